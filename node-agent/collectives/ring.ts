@@ -1,0 +1,370 @@
+/**
+ * Ring collectives over direct peer links: rank r sends only to r+1 and receives only from r−1.
+ *
+ * All-reduce is reduce-scatter then all-gather, run as one pipelined stream (as in NCCL and Horovod): the buffer
+ * is cut into n chunks (partition.ts), each chunk into segments. Rank r starts by sending every segment of chunk
+ * r−1; a segment that arrives is added into the local buffer and sent on, so after n−1 hops it has collected all
+ * n contributions and is final on its owner (chunk c on rank c); from there it travels n−1 more hops as a copy.
+ * Each segment moves as soon as it arrives, so every link stays busy while chunks are still being reduced.
+ *
+ * Every byte sent is a view into the caller's buffer (no copies): a region is only overwritten after the data
+ * sent from it has gone all the way around the ring, which implies the socket has taken it.
+ *
+ * Backpressure: when the outgoing link holds more than its high-water mark, the incoming link is paused until
+ * it drains, so memory stays bounded by the two links' buffers whatever the buffer size.
+ */
+import { ProtocolError } from '../../protocol/errors.ts';
+import type { RingData } from '../../protocol/peer.ts';
+import { AgentError } from '../errors.ts';
+import { chunkRange, mod, segments, type Range } from './partition.ts';
+import { addInto, bytesOf, float32View } from './reduce.ts';
+
+/** The link to our successor. MessageConnection implements it; tests may use fakes. */
+export interface RingOutLink {
+  send(msg: RingData | StreamData, payload: Uint8Array): void;
+  readonly writable: boolean;
+  whenWritable(): Promise<void>;
+  flushed(): Promise<void>;
+}
+
+/** The link from our predecessor: we only need to stop and restart reading from it. */
+export interface RingInLink {
+  pause(): void;
+  resume(): void;
+}
+
+export interface StreamData {
+  type: 'stream.data';
+  seq: number;
+  attach: number;
+}
+
+export interface RingOptions {
+  /** Largest segment on the wire. 1–4 MB frames are fastest over ws (ARCHITECTURE.md). */
+  segmentBytes: number;
+  /** A collective that receives nothing for this long fails with AGT_ERR_COLLECTIVE_TIMEOUT. */
+  idleTimeoutMs: number;
+  /** Bytes of early messages (for a collective we have not started yet) held before pausing the inbound link. */
+  earlyLimitBytes?: number;
+}
+
+type Kind = 'allreduce' | 'reducescatter' | 'allgather' | 'broadcast' | 'stream';
+
+interface Expected {
+  end: number; // one past the segment's last element
+  hop: number; // the hop count the segment must carry
+}
+
+interface Active {
+  seq: number;
+  kind: Kind;
+  buf: Float32Array;
+  expected: Map<number, Expected>; // key: offset * 2 + phase
+  streamBytesLeft: number; // for kind 'stream'
+  sendsDone: boolean;
+  resolve(): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout | null;
+  settled: boolean;
+}
+
+const key = (offset: number, phase: 0 | 1) => offset * 2 + phase;
+
+export class Ring {
+  readonly rank: number;
+  readonly size: number;
+  readonly #out: RingOutLink | null;
+  readonly #in: RingInLink | null;
+  readonly #segmentElems: number;
+  readonly #idleTimeoutMs: number;
+  readonly #earlyLimit: number;
+  #seq = 0;
+  #active: Active | null = null;
+  #early: Array<{ msg: RingData | StreamData; payload: Buffer }> = [];
+  #earlyBytes = 0;
+  #pausedFor = new Set<'backpressure' | 'early'>();
+  #broken: Error | null = null;
+
+  constructor(rank: number, size: number, out: RingOutLink | null, inbound: RingInLink | null, opts: RingOptions) {
+    if (!Number.isInteger(size) || size < 1) throw new RangeError(`ring size must be a positive integer, got ${size}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= size) throw new RangeError(`rank ${rank} is outside ring of ${size}`);
+    if (size > 1 && (!out || !inbound)) throw new RangeError('a ring of more than one rank needs both links');
+    if (opts.segmentBytes < 4) throw new RangeError(`segmentBytes must be at least 4, got ${opts.segmentBytes}`);
+    if (opts.idleTimeoutMs <= 0) throw new RangeError(`idleTimeoutMs must be positive, got ${opts.idleTimeoutMs}`);
+    this.rank = rank;
+    this.size = size;
+    this.#out = out;
+    this.#in = inbound;
+    this.#segmentElems = Math.floor(opts.segmentBytes / 4);
+    this.#idleTimeoutMs = opts.idleTimeoutMs;
+    this.#earlyLimit = opts.earlyLimitBytes ?? 64 * 1024 * 1024;
+  }
+
+  /** In place: every rank ends with the element-wise float32 sum of all ranks' buffers. */
+  allReduce(buf: Float32Array): Promise<void> {
+    return this.#run('allreduce', buf, () => {
+      const n = this.size;
+      const r = this.rank;
+      const expected = new Map<number, Expected>();
+      for (let c = 0; c < n; c++) {
+        const range = chunkRange(buf.length, n, c);
+        if (c !== mod(r - 1, n)) this.#expect(expected, range, 0, mod(r - 2 - c, n));
+        if (c !== r) this.#expect(expected, range, 1, mod(r - 1 - c, n));
+      }
+      return { expected, initial: [{ range: chunkRange(buf.length, n, mod(r - 1, n)), phase: 0 as const }] };
+    });
+  }
+
+  /** In place: afterwards this rank's chunk (returned) holds the sum over all ranks; the rest is scratch. */
+  async reduceScatter(buf: Float32Array): Promise<Range> {
+    await this.#run('reducescatter', buf, () => {
+      const n = this.size;
+      const r = this.rank;
+      const expected = new Map<number, Expected>();
+      for (let c = 0; c < n; c++) {
+        if (c !== mod(r - 1, n)) this.#expect(expected, chunkRange(buf.length, n, c), 0, mod(r - 2 - c, n));
+      }
+      return { expected, initial: [{ range: chunkRange(buf.length, n, mod(r - 1, n)), phase: 0 as const }] };
+    });
+    return chunkRange(buf.length, this.size, this.rank);
+  }
+
+  /** In place: each rank contributes its own chunk (chunkRange(L, n, rank)); every rank ends with all of them. */
+  allGather(buf: Float32Array): Promise<void> {
+    return this.#run('allgather', buf, () => {
+      const n = this.size;
+      const r = this.rank;
+      const expected = new Map<number, Expected>();
+      for (let c = 0; c < n; c++) if (c !== r) this.#expect(expected, chunkRange(buf.length, n, c), 1, mod(r - 1 - c, n));
+      return { expected, initial: [{ range: chunkRange(buf.length, n, r), phase: 1 as const }] };
+    });
+  }
+
+  /** In place: every rank ends with `root`'s buffer, pipelined segment by segment along the ring. */
+  broadcast(buf: Float32Array, root: number): Promise<void> {
+    if (!Number.isInteger(root) || root < 0 || root >= this.size) {
+      return Promise.reject(new RangeError(`broadcast root ${root} is outside ring of ${this.size}`));
+    }
+    return this.#run('broadcast', buf, () => {
+      const whole = { start: 0, end: buf.length };
+      const expected = new Map<number, Expected>();
+      if (this.rank !== root) this.#expect(expected, whole, 1, mod(this.rank - root - 1, this.size));
+      return { expected, initial: this.rank === root ? [{ range: whole, phase: 1 as const }] : [] };
+    });
+  }
+
+  /** Resolves once every rank has entered it. */
+  async barrier(): Promise<void> {
+    await this.allReduce(new Float32Array(1));
+  }
+
+  /**
+   * Link-capacity probe: send `sendBytes` of filler to the successor while receiving `recvBytes` from the
+   * predecessor, with no reduction. Measures what the links carry (the ceiling for the collectives above).
+   */
+  stream(sendBytes: number, recvBytes: number): Promise<void> {
+    if (this.size === 1 && (sendBytes > 0 || recvBytes > 0)) {
+      return Promise.reject(new RangeError('a ring of one rank has no links to stream over'));
+    }
+    const payload = new Uint8Array(Math.min(this.#segmentElems * 4, Math.max(sendBytes, 0)));
+    return this.#start('stream', new Float32Array(0), new Map(), recvBytes, async (a) => {
+      for (let left = sendBytes; left > 0; ) {
+        const n = Math.min(left, payload.byteLength);
+        await this.#sendWhenWritable(a, { type: 'stream.data', seq: a.seq, attach: n }, payload.subarray(0, n));
+        left -= n;
+      }
+    });
+  }
+
+  /** Feed a message that arrived from the predecessor. Throws ProtocolError for data that does not fit. */
+  receive(msg: RingData | StreamData, payload: Buffer): void {
+    const a = this.#active;
+    if (!a || msg.seq > a.seq) {
+      if (msg.seq <= this.#seq) throw new ProtocolError('PRT_ERR_UNEXPECTED', `${msg.type} for finished collective #${msg.seq}`);
+      this.#early.push({ msg, payload });
+      this.#earlyBytes += payload.byteLength;
+      if (this.#earlyBytes > this.#earlyLimit) this.#pause('early');
+      return;
+    }
+    if (msg.seq < a.seq) throw new ProtocolError('PRT_ERR_UNEXPECTED', `${msg.type} for finished collective #${msg.seq}`);
+    this.#handle(a, msg, payload);
+  }
+
+  /** Fails the running collective (and every later one) with `err`: a link closed, the group was released. */
+  abort(err: Error): void {
+    this.#broken ??= err;
+    if (this.#active) this.#settle(this.#active, err);
+  }
+
+  #expect(into: Map<number, Expected>, range: Range, phase: 0 | 1, hop: number): void {
+    for (const s of segments(range, this.#segmentElems)) into.set(key(s.start, phase), { end: s.end, hop });
+  }
+
+  #run(
+    kind: Kind,
+    buf: Float32Array,
+    plan: () => { expected: Map<number, Expected>; initial: Array<{ range: Range; phase: 0 | 1 }> },
+  ): Promise<void> {
+    if (this.size === 1 || buf.length === 0) {
+      // Nothing crosses a link, but the sequence number must advance on every rank alike.
+      return this.#start(kind, buf, new Map(), 0, async () => {});
+    }
+    const { expected, initial } = plan();
+    return this.#start(kind, buf, expected, 0, async (a) => {
+      for (const { range, phase } of initial) {
+        for (const s of segments(range, this.#segmentElems)) {
+          await this.#sendWhenWritable(a, this.#header(a.seq, phase, 0, s), bytesOf(buf, s.start, s.end));
+        }
+      }
+    });
+  }
+
+  #start(
+    kind: Kind,
+    buf: Float32Array,
+    expected: Map<number, Expected>,
+    streamBytes: number,
+    sendInitial: (a: Active) => Promise<void>,
+  ): Promise<void> {
+    if (this.#broken) return Promise.reject(this.#broken);
+    if (this.#active) return Promise.reject(new AgentError('AGT_ERR_GROUP', `collective #${this.#active.seq} is still running`));
+    return new Promise<void>((resolve, reject) => {
+      const a: Active = {
+        seq: ++this.#seq,
+        kind,
+        buf,
+        expected,
+        streamBytesLeft: streamBytes,
+        sendsDone: false,
+        resolve,
+        reject,
+        timer: null,
+        settled: false,
+      };
+      this.#active = a;
+      this.#touch(a);
+      // Messages that arrived before we started this collective.
+      const early = this.#early;
+      this.#early = [];
+      this.#earlyBytes = 0;
+      this.#unpause('early');
+      try {
+        for (const { msg, payload } of early) this.receive(msg, payload);
+      } catch (err) {
+        this.#settle(a, err as Error);
+        return;
+      }
+      sendInitial(a).then(
+        () => {
+          a.sendsDone = true;
+          this.#maybeDone(a);
+        },
+        (err) => this.#settle(a, err as Error),
+      );
+    });
+  }
+
+  #handle(a: Active, msg: RingData | StreamData, payload: Buffer): void {
+    this.#touch(a);
+    if (msg.type === 'stream.data') {
+      if (a.kind !== 'stream' || payload.byteLength > a.streamBytesLeft) {
+        throw new ProtocolError('PRT_ERR_UNEXPECTED', `unexpected stream.data of ${payload.byteLength} bytes in ${a.kind}`);
+      }
+      a.streamBytesLeft -= payload.byteLength;
+      this.#maybeDone(a);
+      return;
+    }
+    const k = key(msg.offset, msg.phase);
+    const exp = a.expected.get(k);
+    if (!exp || exp.end - msg.offset !== msg.count || exp.hop !== msg.hop || payload.byteLength !== msg.count * 4) {
+      throw new ProtocolError(
+        'PRT_ERR_UNEXPECTED',
+        `ring.data (phase ${msg.phase}, hop ${msg.hop}, offset ${msg.offset}, count ${msg.count}) does not match collective #${a.seq} (${a.kind})`,
+      );
+    }
+    a.expected.delete(k);
+    const n = this.size;
+    const dst = a.buf.subarray(msg.offset, msg.offset + msg.count);
+    const src = float32View(payload);
+    const seg = { start: msg.offset, end: msg.offset + msg.count };
+    if (msg.phase === 0) {
+      addInto(dst, src);
+      if (msg.hop < n - 2) this.#forward(a, this.#header(a.seq, 0, msg.hop + 1, seg), seg);
+      else if (a.kind === 'allreduce') this.#forward(a, this.#header(a.seq, 1, 0, seg), seg); // final: start the all-gather
+    } else {
+      dst.set(src);
+      if (msg.hop < n - 2) this.#forward(a, this.#header(a.seq, 1, msg.hop + 1, seg), seg);
+    }
+    this.#maybeDone(a);
+  }
+
+  #header(seq: number, phase: 0 | 1, hop: number, s: Range): RingData {
+    return { type: 'ring.data', seq, phase, hop, offset: s.start, count: s.end - s.start, attach: (s.end - s.start) * 4 };
+  }
+
+  #forward(a: Active, header: RingData, s: Range): void {
+    const out = this.#out!;
+    out.send(header, bytesOf(a.buf, s.start, s.end));
+    if (!out.writable && !this.#pausedFor.has('backpressure')) {
+      this.#pause('backpressure');
+      out.whenWritable().then(
+        () => this.#unpause('backpressure'),
+        (err) => this.abort(err as Error),
+      );
+    }
+  }
+
+  async #sendWhenWritable(a: Active, header: RingData | StreamData, payload: Uint8Array): Promise<void> {
+    const out = this.#out!;
+    if (!out.writable) await out.whenWritable();
+    if (a.settled) throw this.#broken ?? new AgentError('AGT_ERR_GROUP', 'collective ended');
+    out.send(header, payload);
+  }
+
+  #maybeDone(a: Active): void {
+    if (!a.sendsDone || a.expected.size > 0 || a.streamBytesLeft > 0 || a.settled) return;
+    if (!this.#out) return this.#settle(a, null);
+    // The caller may reuse the buffer as soon as we resolve: wait until the socket has taken our views of it.
+    this.#out.flushed().then(
+      () => this.#settle(a, null),
+      (err) => this.#settle(a, err as Error),
+    );
+  }
+
+  #settle(a: Active, err: Error | null): void {
+    if (a.settled) return;
+    a.settled = true;
+    if (a.timer) clearTimeout(a.timer);
+    if (this.#active === a) this.#active = null;
+    this.#unpause('backpressure');
+    if (err) {
+      this.#broken ??= err;
+      a.reject(err);
+    } else a.resolve();
+  }
+
+  #touch(a: Active): void {
+    if (a.timer) a.timer.refresh();
+    else {
+      a.timer = setTimeout(() => {
+        this.#settle(
+          a,
+          new AgentError(
+            'AGT_ERR_COLLECTIVE_TIMEOUT',
+            `${a.kind} #${a.seq} on rank ${this.rank}/${this.size} made no progress for ${this.#idleTimeoutMs} ms (waiting for ${a.expected.size} segments)`,
+          ),
+        );
+      }, this.#idleTimeoutMs);
+    }
+  }
+
+  #pause(reason: 'backpressure' | 'early'): void {
+    if (this.#pausedFor.size === 0) this.#in?.pause();
+    this.#pausedFor.add(reason);
+  }
+
+  #unpause(reason: 'backpressure' | 'early'): void {
+    if (!this.#pausedFor.delete(reason)) return;
+    if (this.#pausedFor.size === 0) this.#in?.resume();
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * The control channel: agent ⇄ coordinator over one WebSocket the agent opens (so agents behind NAT can join).
+ * Sequence: agent `hello` → coordinator `welcome` (or a close with UNAUTHORIZED / VERSION_MISMATCH), then
+ * heartbeats both ways, assignments from the coordinator, results and metrics from the agent, `leave` on shutdown.
+ */
+import { Type } from '@sinclair/typebox';
+import { Attach, Count, Id, Secret, Text, message, messageParser, type MessageOf } from './schema.ts';
+
+/** Largest result attachment an agent may send the coordinator (a collective's result vector, for checking). */
+export const MAX_CONTROL_ATTACHMENT = 16 * 1024 * 1024;
+/** ws maxPayload on the control channel: the attachment plus slack for headers. */
+export const MAX_CONTROL_FRAME = MAX_CONTROL_ATTACHMENT + 64 * 1024;
+
+export const Capabilities = Type.Object(
+  {
+    backend: Text(32), // compute backend the agent runs: wasm, cpu, tensorflow (tfjs-node), ...
+    cores: Type.Integer({ minimum: 1, maximum: 65536 }),
+    memoryBytes: Type.Number({ minimum: 0 }),
+    freeMemoryBytes: Type.Number({ minimum: 0 }),
+    matmulGflops: Type.Number({ minimum: 0, maximum: 1e7 }), // measured on join, float32
+    platform: Text(64),
+    nodeVersion: Text(32),
+  },
+  { additionalProperties: false },
+);
+
+export const PeerInfo = Type.Object(
+  { rank: Count(65535), nodeId: Id, address: Text(256) },
+  { additionalProperties: false },
+);
+
+export const COLLECTIVE_OPS = ['allreduce', 'allgather', 'reducescatter', 'broadcast', 'stream', 'p2p', 'barrier'] as const;
+export type CollectiveOp = (typeof COLLECTIVE_OPS)[number];
+
+export const agentMessages = {
+  /** First message on the channel. `nodeId` + `nodeSecret` reclaim an identity the coordinator issued before. */
+  hello: message('hello', {
+    protocol: Text(16),
+    token: Secret,
+    name: Type.String({ minLength: 1, maxLength: 64 }),
+    nodeId: Type.Optional(Id),
+    nodeSecret: Type.Optional(Secret),
+    capabilities: Capabilities,
+    peerAddress: Text(256), // ws://host:port the agent's peer listener accepts links on
+    agentVersion: Text(32),
+  }),
+  /** "I am alive." Sent every heartbeatMs; `seq` increases by one each time. */
+  heartbeat: message('heartbeat', { seq: Count(2 ** 52), sentAt: Type.Number() }),
+  /** "I am leaving on purpose; do not wait for me." */
+  leave: message('leave', { reason: Text(256) }),
+  /** "My links for this group are up; I am ready to run collectives." */
+  'group.ready': message('group.ready', { groupId: Id, rank: Count(65535) }),
+  /** "I could not join this group", with why. */
+  'group.failed': message('group.failed', { groupId: Id, rank: Count(65535), error: Text(1024) }),
+  /** The outcome of one collective run on this rank. `ms` has one entry per timed repeat. */
+  'collective.result': message('collective.result', {
+    groupId: Id,
+    runId: Id,
+    rank: Count(65535),
+    ok: Type.Boolean(),
+    error: Type.Optional(Text(1024)),
+    ms: Type.Array(Type.Number({ minimum: 0 }), { maxItems: 1000 }),
+    bytes: Count(2 ** 40), // bytes this rank's buffer holds
+    digest: Text(64), // sha256 (hex) of the result buffer, equal on every rank after an all-reduce
+    maxAbsErr: Type.Optional(Type.Number()), // against the serial sum, when the run asked to verify
+    attach: Type.Optional(Attach(MAX_CONTROL_ATTACHMENT)), // the result vector, when the run asked for it
+  }),
+};
+
+export const coordinatorMessages = {
+  /** "You are in." `nodeSecret` lets the agent reclaim its identity after a reconnect. */
+  welcome: message('welcome', {
+    protocol: Text(16),
+    clusterId: Id,
+    nodeId: Id,
+    nodeSecret: Secret,
+    heartbeatMs: Type.Integer({ minimum: 10, maximum: 600_000 }),
+    heartbeatTimeoutMs: Type.Integer({ minimum: 20, maximum: 3_600_000 }),
+  }),
+  /** "Heard your heartbeat `seq`." Lets the agent notice a coordinator that has gone silent. */
+  'heartbeat.ack': message('heartbeat.ack', { seq: Count(2 ** 52) }),
+  /** "You are rank `rank` of this ring; link to your neighbours with `token`." */
+  'group.assign': message('group.assign', {
+    groupId: Id,
+    token: Secret,
+    rank: Count(65535),
+    size: Type.Integer({ minimum: 1, maximum: 65536 }),
+    peers: Type.Array(PeerInfo, { maxItems: 65536 }),
+    segmentBytes: Type.Integer({ minimum: 4, maximum: 64 * 1024 * 1024 }),
+  }),
+  /** "This group is over; close its links." */
+  'group.release': message('group.release', { groupId: Id }),
+  /** "Run this collective on your group's ring." Data is generated from (seed, rank) so every side can check it. */
+  'collective.run': message('collective.run', {
+    groupId: Id,
+    runId: Id,
+    op: Type.Union(COLLECTIVE_OPS.map((op) => Type.Literal(op))),
+    elements: Count(2 ** 28), // float32 elements in each rank's buffer
+    seed: Count(2 ** 31),
+    root: Type.Optional(Count(65535)),
+    repeats: Type.Integer({ minimum: 1, maximum: 1000 }),
+    verify: Type.Boolean(),
+    returnResult: Type.Boolean(),
+  }),
+  /** A refusal or failure the agent should show its user. */
+  error: message('error', { code: Text(64), message: Text(1024) }),
+};
+
+export const parseAgentMessage = messageParser('agent', agentMessages);
+export const parseCoordinatorMessage = messageParser('coordinator', coordinatorMessages);
+export type AgentMessage = MessageOf<typeof agentMessages>;
+export type CoordinatorMessage = MessageOf<typeof coordinatorMessages>;
+export type Hello = MessageOf<{ hello: (typeof agentMessages)['hello'] }>;
+export type CapabilitiesInfo = import('@sinclair/typebox').Static<typeof Capabilities>;
+export type PeerInfoT = import('@sinclair/typebox').Static<typeof PeerInfo>;
+export type GroupAssign = MessageOf<{ a: (typeof coordinatorMessages)['group.assign'] }>;
+export type CollectiveRun = MessageOf<{ a: (typeof coordinatorMessages)['collective.run'] }>;
+export type CollectiveResult = MessageOf<{ a: (typeof agentMessages)['collective.result'] }>;
