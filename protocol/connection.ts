@@ -39,13 +39,19 @@ export class ConnectionClosedError extends Error {
   }
 }
 
+interface DrainWaiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
+  below: number;
+}
+
 export class MessageConnection<In extends { type: string }, Out extends Envelope> {
   readonly #ws: WebSocket;
   readonly #opts: ConnectionOptions<In>;
   readonly #highWater: number;
   #pending: { msg: In; bytes: number } | null = null;
   #outstanding = 0;
-  #drainWaiters: Array<{ resolve: () => void; reject: (e: Error) => void; below: number }> = [];
+  #drainWaiters: DrainWaiter[] = [];
   #closed: ConnectionClosedError | null = null;
   #failed = false;
 
@@ -179,7 +185,7 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
     this.#outstanding -= bytes;
     if (err && !this.#closed) this.#opts.log.debug(`${this.#opts.label}: send failed: ${err.message}`);
     if (this.#drainWaiters.length === 0) return;
-    const still: typeof this.#drainWaiters = [];
+    const still: DrainWaiter[] = [];
     for (const w of this.#drainWaiters) (this.#outstanding < w.below ? w.resolve() : still.push(w));
     this.#drainWaiters = still;
   }

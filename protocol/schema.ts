@@ -14,14 +14,15 @@ export type MessageOf<S extends Record<string, TObject>> = { [K in keyof S]: Sta
 export function messageParser<S extends Record<string, TObject>>(family: string, schemas: S): (raw: Envelope) => MessageOf<S> {
   const checks = new Map(Object.entries(schemas).map(([type, schema]) => [type, TypeCompiler.Compile(schema)]));
   return (raw) => {
-    const check = checks.get(raw.type);
+    const type = raw.type;
+    const check = checks.get(type);
     if (!check) {
-      throw new ProtocolError('PRT_ERR_UNKNOWN_TYPE', `unknown ${family} message type '${String(raw.type).slice(0, 40)}'`);
+      throw new ProtocolError('PRT_ERR_UNKNOWN_TYPE', `unknown ${family} message type '${String(type).slice(0, 40)}'`);
     }
     if (!check.Check(raw)) {
       const first = check.Errors(raw).First();
       const where = first?.path || '/';
-      throw new ProtocolError('PRT_ERR_INVALID', `invalid ${raw.type} message: ${where} ${first?.message ?? 'fails schema'}`);
+      throw new ProtocolError('PRT_ERR_INVALID', `invalid ${type} message: ${where} ${first?.message ?? 'fails schema'}`);
     }
     return raw as MessageOf<S>;
   };

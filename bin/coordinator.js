@@ -1,0 +1,6 @@
+#!/usr/bin/env node
+// coordinator start|nodes|selfcheck … — see coordinator/cli.ts (run through tsx; no build step).
+import { register } from 'tsx/esm/api';
+
+register();
+await import('../coordinator/cli.ts');

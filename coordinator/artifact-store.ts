@@ -1,0 +1,111 @@
+/**
+ * Content-addressed artifact store: checkpoints, datasets and model files live under
+ * `<dir>/sha256/<first two hex>/<full hex>`. A write goes to a temporary file, is fsynced, then renamed into
+ * place, so a crash never leaves a partial file under a valid name; a read re-hashes and refuses a mismatch.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, mkdirSync, rmSync, statSync } from 'node:fs';
+import { open, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+import { CoordinatorError } from './errors.ts';
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export class ArtifactStore {
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+    mkdirSync(join(dir, 'sha256'), { recursive: true });
+    mkdirSync(join(dir, 'tmp'), { recursive: true });
+    // Temporary files left by a crash mid-write are garbage by construction.
+    rmSync(join(dir, 'tmp'), { recursive: true, force: true });
+    mkdirSync(join(dir, 'tmp'), { recursive: true });
+  }
+
+  pathOf(digest: string): string {
+    if (!HEX64.test(digest)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `'${digest.slice(0, 80)}' is not a sha256 hex digest`);
+    return join(this.dir, 'sha256', digest.slice(0, 2), digest);
+  }
+
+  has(digest: string): boolean {
+    try {
+      return statSync(this.pathOf(digest)).isFile();
+    } catch {
+      return false;
+    }
+  }
+
+  /** Stores bytes; returns their sha256 (hex). Idempotent. */
+  async put(bytes: Uint8Array): Promise<string> {
+    const digest = createHash('sha256').update(bytes).digest('hex');
+    if (this.has(digest)) return digest;
+    const tmp = this.#tmpPath();
+    const fh = await open(tmp, 'w');
+    try {
+      await fh.writeFile(bytes);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await this.#commit(tmp, digest);
+    return digest;
+  }
+
+  /** Streams into the store (for files larger than memory); returns the sha256 and size. */
+  async putStream(source: Readable): Promise<{ digest: string; bytes: number }> {
+    const tmp = this.#tmpPath();
+    const hash = createHash('sha256');
+    let bytes = 0;
+    source.on('data', (chunk: Buffer) => {
+      hash.update(chunk);
+      bytes += chunk.length;
+    });
+    try {
+      await pipeline(source, createWriteStream(tmp));
+      const fh = await open(tmp, 'r+');
+      await fh.sync();
+      await fh.close();
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+    const digest = hash.digest('hex');
+    await this.#commit(tmp, digest);
+    return { digest, bytes };
+  }
+
+  /** Reads and verifies; a corrupt file is refused with CRD_ERR_STORAGE naming it. */
+  async get(digest: string): Promise<Buffer> {
+    const path = this.pathOf(digest);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(path);
+    } catch (err) {
+      throw new CoordinatorError('CRD_ERR_NOT_FOUND', `artifact ${digest} is not in ${this.dir}`, { cause: err });
+    }
+    const actual = createHash('sha256').update(bytes).digest('hex');
+    if (actual !== digest) {
+      throw new CoordinatorError('CRD_ERR_STORAGE', `artifact ${path} is corrupt: its sha256 is ${actual}; delete it and re-upload`);
+    }
+    return bytes;
+  }
+
+  /** A read stream of a stored artifact (not verified; use get() where integrity matters more than memory). */
+  createReadStream(digest: string): Readable {
+    return createReadStream(this.pathOf(digest));
+  }
+
+  #tmpPath(): string {
+    return join(this.dir, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}`);
+  }
+
+  async #commit(tmp: string, digest: string): Promise<void> {
+    const final = this.pathOf(digest);
+    mkdirSync(join(this.dir, 'sha256', digest.slice(0, 2)), { recursive: true });
+    await rename(tmp, final);
+  }
+}
+

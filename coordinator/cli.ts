@@ -1,0 +1,194 @@
+/**
+ * coordinator start [--port 7070] [--data DIR] [--token T] …   run the coordinator
+ * coordinator nodes [--url U] [--token T] [--json]             list agents
+ * coordinator selfcheck [--url U] [--token T] [--agents N]      check every collective on a ring of the agents
+ *
+ * Entry point of bin/coordinator.js. Exit codes: 0 ok, 1 error or failed self-check, 2 bad arguments.
+ */
+import { createLogger } from '../common/log.ts';
+import { httpUrl, intOption, parseCli, UsageError } from '../common/cli.ts';
+import { resolveConfig, DEFAULT_CONFIG } from './config.ts';
+import { CoordinatorError } from './errors.ts';
+import { createCoordinator } from './server.ts';
+import type { NodeView } from './agent-hub.ts';
+import type { SelfcheckReport } from './selfcheck.ts';
+
+const HELP = `Usage: coordinator <command> [options]
+
+The brain of a meshtrain cluster: agents join it, it keeps cluster state in SQLite, forms rings of agents and
+runs work on them.
+
+Commands:
+  start        run the coordinator (HTTP API, /metrics, agent endpoint /ws/agent)
+  nodes        list the agents the coordinator knows
+  selfcheck    form a ring of the connected agents and check every collective against a serial sum
+
+Options for start:
+  --port PORT                 HTTP and WebSocket port (default: ${DEFAULT_CONFIG.port}; 0 = any free port)
+  --host HOST                 interface to bind (default: ${DEFAULT_CONFIG.host})
+  --data DIR                  state database and artifact store (default: ${DEFAULT_CONFIG.dataDir})
+  --token TOKEN               cluster join token (default: the one stored in DIR, or a new one, printed once)
+  --heartbeat-ms MS           how often agents heartbeat (default: ${DEFAULT_CONFIG.heartbeatMs})
+  --heartbeat-timeout MS      mark an agent dead after this long without a heartbeat (default: ${DEFAULT_CONFIG.heartbeatTimeoutMs})
+
+Options for nodes and selfcheck:
+  --url URL                   coordinator address (default: http://127.0.0.1:${DEFAULT_CONFIG.port})
+  --token TOKEN               cluster token (or MESHTRAIN_TOKEN)
+  --json                      print JSON instead of a table
+  --agents N                  selfcheck: ring size (default: every connected agent)
+
+  -h, --help                  show this help
+
+Examples:
+  coordinator start --data ./cluster
+  node-agent join ws://127.0.0.1:7070 --token <token>
+  coordinator selfcheck --token <token>
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCli(argv, {
+    port: { type: 'string' },
+    host: { type: 'string' },
+    data: { type: 'string' },
+    token: { type: 'string' },
+    'heartbeat-ms': { type: 'string' },
+    'heartbeat-timeout': { type: 'string' },
+    url: { type: 'string' },
+    json: { type: 'boolean' },
+    agents: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  const [command, ...rest] = positionals;
+  if (values.help || !command) {
+    process.stdout.write(HELP);
+    return values.help ? 0 : 2;
+  }
+  if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
+  switch (command) {
+    case 'start':
+      return start(values);
+    case 'nodes':
+      return nodes(values);
+    case 'selfcheck':
+      return selfcheck(values);
+    default:
+      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck`);
+  }
+}
+
+type Values = Record<string, string | boolean | undefined>;
+const str = (v: Values, k: string) => v[k] as string | undefined;
+
+async function start(v: Values): Promise<number> {
+  const cfg = resolveConfig({
+    port: intOption(str(v, 'port'), 'port', DEFAULT_CONFIG.port, 0, 65535),
+    host: str(v, 'host'),
+    dataDir: str(v, 'data'),
+    token: str(v, 'token') ?? process.env.MESHTRAIN_TOKEN,
+    heartbeatMs: intOption(str(v, 'heartbeat-ms'), 'heartbeat-ms', DEFAULT_CONFIG.heartbeatMs, 1),
+    heartbeatTimeoutMs: intOption(str(v, 'heartbeat-timeout'), 'heartbeat-timeout', DEFAULT_CONFIG.heartbeatTimeoutMs, 1),
+  });
+  const log = createLogger('coordinator');
+  const coordinator = createCoordinator(cfg, log);
+  const { port } = await coordinator.listen();
+  const shown = cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host;
+  // Machine-readable first line: tests and scripts wait for it.
+  process.stdout.write(`coordinator listening on http://${shown}:${port}\n`);
+  if (coordinator.generatedToken) {
+    process.stdout.write(`join token (generated, shown once; stored as a hash in ${cfg.dataDir}): ${coordinator.generatedToken}\n`);
+    process.stdout.write(`agents join with: node-agent join ws://${shown}:${port} --token ${coordinator.generatedToken}\n`);
+  } else if (!cfg.token) {
+    process.stdout.write(`using the join token stored in ${cfg.dataDir} (pass --token to replace it)\n`);
+  }
+  log.info(`data in ${cfg.dataDir}; heartbeat every ${cfg.heartbeatMs} ms, dead after ${cfg.heartbeatTimeoutMs} ms`);
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string) => {
+      log.info(`${sig}: shutting down`);
+      void coordinator.close().then(resolve);
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  return 0;
+}
+
+async function api<T>(v: Values, method: string, path: string, body?: unknown): Promise<T> {
+  const token = str(v, 'token') ?? process.env.MESHTRAIN_TOKEN;
+  if (!token) throw new UsageError('missing --token (or MESHTRAIN_TOKEN)');
+  const base = httpUrl(str(v, 'url') ?? `http://127.0.0.1:${DEFAULT_CONFIG.port}`);
+  let res: Response;
+  try {
+    res = await fetch(`${base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+  } catch (err) {
+    throw new Error(`cannot reach the coordinator at ${base} (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}); is 'coordinator start' running?`);
+  }
+  const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string } };
+  if (!res.ok) throw new Error(`${json.error?.code ?? res.status}: ${json.error?.message ?? res.statusText}`);
+  return json as T;
+}
+
+async function nodes(v: Values): Promise<number> {
+  const { nodes } = await api<{ nodes: NodeView[] }>(v, 'GET', '/api/nodes');
+  if (v.json) {
+    process.stdout.write(JSON.stringify(nodes, null, 2) + '\n');
+    return 0;
+  }
+  const rows = nodes.map((n) => [
+    n.id,
+    n.name,
+    n.status + (n.status === 'alive' && !n.connected ? ' (reconnecting)' : ''),
+    n.capabilities.backend,
+    String(n.capabilities.cores),
+    `${(n.capabilities.memoryBytes / 2 ** 30).toFixed(1)} GiB`,
+    n.capabilities.matmulGflops.toFixed(1),
+    `${(n.heartbeatAgeMs / 1000).toFixed(1)} s`,
+    n.peerAddress,
+  ]);
+  printTable(['ID', 'NAME', 'STATUS', 'BACKEND', 'CORES', 'MEMORY', 'GFLOP/S', 'HEARTBEAT', 'PEER ADDRESS'], rows);
+  return 0;
+}
+
+async function selfcheck(v: Values): Promise<number> {
+  const agents = str(v, 'agents');
+  const report = await api<SelfcheckReport>(v, 'POST', '/api/selfcheck', agents ? { agents: intOption(agents, 'agents', 0, 1) } : {});
+  if (v.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+  else printSelfcheck(report, (line) => process.stdout.write(line + '\n'));
+  return report.ok ? 0 : 1;
+}
+
+export function printSelfcheck(report: SelfcheckReport, out: (line: string) => void): void {
+  out(`ring: ${report.ring.map((m) => `${m.rank}:${m.name}`).join(' → ')} → 0`);
+  for (const c of report.cases) {
+    out(
+      `${c.ok ? 'ok  ' : 'FAIL'} ${c.op.padEnd(13)} ${String(c.elements).padStart(9)} floats ${c.ms.toFixed(2).padStart(9)} ms` +
+        `${c.busbwGbps !== null ? `  busbw ${c.busbwGbps.toFixed(3)} GB/s` : ''}  ${c.detail}`,
+    );
+  }
+  out(report.ok ? `self-check passed: ${report.cases.length} collectives match the serial results` : 'self-check FAILED');
+}
+
+function printTable(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  process.stdout.write([line(header), ...rows.map(line)].join('\n') + '\n');
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (err) {
+  if (err instanceof UsageError) {
+    process.stderr.write(`coordinator: ${err.message}\nRun 'coordinator --help' for usage.\n`);
+    process.exitCode = 2;
+  } else if (err instanceof CoordinatorError) {
+    process.stderr.write(`coordinator: ${err.code}: ${err.message}\n`);
+    process.exitCode = err.code === 'CRD_ERR_BAD_ARGS' ? 2 : 1;
+  } else {
+    process.stderr.write(`coordinator: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}
+setTimeout(() => process.exit(), 100).unref();

@@ -1,0 +1,38 @@
+/**
+ * Errors the coordinator raises. Each has a stable code, documented in README.md § Error codes (a test checks
+ * that), and the HTTP status it maps to when it crosses the API.
+ */
+export const CoordinatorErrorCodes = {
+  /** A request lacks the cluster token or presents a wrong one. */
+  CRD_ERR_UNAUTHORIZED: 401,
+  /** A request body or parameter is invalid; `details` names each bad field. */
+  CRD_ERR_BAD_REQUEST: 400,
+  /** The named node, group or run does not exist. */
+  CRD_ERR_NOT_FOUND: 404,
+  /** Not enough alive agents for what was asked. */
+  CRD_ERR_NOT_ENOUGH_NODES: 409,
+  /** A collective run did not finish within its deadline. */
+  CRD_ERR_TIMEOUT: 504,
+  /** A group failed to form or a collective failed on some rank. */
+  CRD_ERR_GROUP_FAILED: 502,
+  /** The data folder cannot be used (unwritable, corrupt database, artifact checksum mismatch). */
+  CRD_ERR_STORAGE: 500,
+  /** A command-line option is missing or invalid. */
+  CRD_ERR_BAD_ARGS: 400,
+} as const;
+
+export type CoordinatorErrorCode = keyof typeof CoordinatorErrorCodes;
+
+export class CoordinatorError extends Error {
+  readonly code: CoordinatorErrorCode;
+  readonly statusCode: number;
+  readonly details: string[] | undefined;
+
+  constructor(code: CoordinatorErrorCode, message: string, options?: { cause?: unknown; details?: string[] }) {
+    super(message, options);
+    this.name = 'CoordinatorError';
+    this.code = code;
+    this.statusCode = CoordinatorErrorCodes[code];
+    this.details = options?.details;
+  }
+}

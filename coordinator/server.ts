@@ -1,0 +1,191 @@
+/**
+ * The coordinator process: fastify for the HTTP API, /healthz and /metrics; the agent WebSocket endpoint
+ * (/ws/agent) on the same port; SQLite state and the artifact store under --data.
+ *
+ * API (JSON; every /api route needs `Authorization: Bearer <cluster token>`):
+ *   GET    /healthz                      liveness and node counts (no auth)
+ *   GET    /metrics                      Prometheus exposition (no auth)
+ *   GET    /api/nodes                    every known agent: status, capabilities, heartbeat age
+ *   GET    /api/nodes/:id                one agent with its recent status events
+ *   GET    /api/groups                   ring groups
+ *   POST   /api/groups                   form a ring {size?|nodes?, segmentBytes?}
+ *   POST   /api/groups/:id/runs          run a collective {op, elements, seed?, root?, repeats?, verify?, returnResult?}
+ *   DELETE /api/groups/:id               release a ring
+ *   POST   /api/selfcheck                form a ring of the agents and check every collective {agents?, elements?, segmentBytes?}
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Fastify, { type FastifyInstance, type FastifyError } from 'fastify';
+import type { Logger } from '../common/log.ts';
+import { AgentHub, sha256Hex } from './agent-hub.ts';
+import { FormGroupBody, MAX_RETURNED_ELEMENTS, RunBody, SelfcheckBody } from './api-schemas.ts';
+import { ArtifactStore } from './artifact-store.ts';
+import type { CoordinatorConfig } from './config.ts';
+import { CoordinatorError } from './errors.ts';
+import { GroupManager } from './groups.ts';
+import { createMetrics } from './metrics.ts';
+import { runSelfcheck } from './selfcheck.ts';
+import { SqliteStateStore, type StateStore } from './state-store.ts';
+
+export const DEFAULT_SEGMENT_BYTES = 1024 * 1024;
+
+export interface Coordinator {
+  app: FastifyInstance;
+  hub: AgentHub;
+  groups: GroupManager;
+  store: StateStore;
+  artifacts: ArtifactStore;
+  /** Set when this start generated the cluster token (so the CLI can print it once). */
+  generatedToken: string | undefined;
+  listen(): Promise<{ port: number; host: string }>;
+  close(): Promise<void>;
+}
+
+export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger): Coordinator {
+  try {
+    mkdirSync(cfg.dataDir, { recursive: true });
+  } catch (err) {
+    throw new CoordinatorError('CRD_ERR_STORAGE', `cannot create data folder ${cfg.dataDir}: ${(err as Error).message}`, { cause: err });
+  }
+  const store = new SqliteStateStore(join(cfg.dataDir, 'state.db'));
+  const artifacts = new ArtifactStore(join(cfg.dataDir, 'artifacts'));
+
+  let clusterId = store.getMeta('cluster_id');
+  if (!clusterId) {
+    clusterId = `c-${randomBytes(6).toString('hex')}`;
+    store.setMeta('cluster_id', clusterId);
+  }
+  let generatedToken: string | undefined;
+  if (cfg.token) store.setMeta('token_sha256', sha256Hex(cfg.token));
+  else if (!store.getMeta('token_sha256')) {
+    generatedToken = randomBytes(24).toString('base64url');
+    store.setMeta('token_sha256', sha256Hex(generatedToken));
+  }
+  const tokenHash = store.getMeta('token_sha256')!;
+
+  const metrics = createMetrics();
+  const hub = new AgentHub({ store, config: cfg, tokenHash, clusterId, log: log.child('agents'), metrics });
+  const groups = new GroupManager(hub, cfg, log.child('groups'), metrics);
+
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 1024 * 1024,
+    ajv: { customOptions: { allErrors: true, removeAdditional: false, coerceTypes: false } },
+  });
+
+  app.setErrorHandler((err: FastifyError | CoordinatorError, req, reply) => {
+    if (err instanceof CoordinatorError) {
+      return reply.code(err.statusCode).send({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } });
+    }
+    if ((err as FastifyError).validation) {
+      const details = (err as FastifyError).validation!.map((v) => `${v.instancePath || '/'} ${v.message ?? 'is invalid'}${v.params && 'additionalProperty' in v.params ? ` '${String(v.params.additionalProperty)}'` : ''}`);
+      return reply.code(400).send({ error: { code: 'CRD_ERR_BAD_REQUEST', message: `invalid request: ${details.join('; ')}`, details } });
+    }
+    const status = (err as FastifyError).statusCode ?? 500;
+    if (status >= 500) log.error(`${req.method} ${req.url}: ${(err as Error).stack}`);
+    return reply.code(status).send({ error: { code: status >= 500 ? 'CRD_ERR_INTERNAL' : 'CRD_ERR_BAD_REQUEST', message: (err as Error).message } });
+  });
+  app.setNotFoundHandler((req, reply) =>
+    reply.code(404).send({ error: { code: 'CRD_ERR_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }),
+  );
+
+  const tokenBytes = Buffer.from(tokenHash, 'hex');
+  app.addHook('onRequest', async (req) => {
+    if (!req.url.startsWith('/api/')) return;
+    const header = req.headers.authorization ?? '';
+    const presented = header.startsWith('Bearer ') ? header.slice(7) : '';
+    if (!presented || !timingSafeEqual(Buffer.from(sha256Hex(presented), 'hex'), tokenBytes)) {
+      throw new CoordinatorError('CRD_ERR_UNAUTHORIZED', 'missing or wrong cluster token: send Authorization: Bearer <token printed by coordinator start>');
+    }
+  });
+
+  app.get('/healthz', async () => {
+    const nodes = hub.views();
+    return {
+      status: 'ok',
+      clusterId,
+      uptimeSeconds: Math.round(process.uptime()),
+      nodes: { alive: nodes.filter((n) => n.status === 'alive').length, dead: nodes.filter((n) => n.status === 'dead').length, left: nodes.filter((n) => n.status === 'left').length },
+    };
+  });
+  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+
+  app.get('/api/nodes', async () => ({ nodes: hub.views() }));
+  app.get<{ Params: { id: string } }>('/api/nodes/:id', async (req) => {
+    const node = hub.views().find((n) => n.id === req.params.id);
+    if (!node) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no node ${req.params.id}`);
+    return { node, events: store.nodeEvents(node.id, 50) };
+  });
+
+  app.get('/api/groups', async () => ({ groups: groups.list() }));
+  app.post<{ Body: FormGroupBody }>('/api/groups', { schema: { body: FormGroupBody } }, async (req, reply) => {
+    if (req.body.size !== undefined && req.body.nodes !== undefined) {
+      throw new CoordinatorError('CRD_ERR_BAD_REQUEST', 'give size or nodes, not both', { details: ['/size and /nodes are exclusive'] });
+    }
+    const info = await groups.form({
+      ...(req.body.size !== undefined ? { size: req.body.size } : {}),
+      ...(req.body.nodes ? { nodeIds: req.body.nodes } : {}),
+      segmentBytes: req.body.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+    });
+    return reply.code(201).send(info);
+  });
+  app.post<{ Params: { id: string }; Body: RunBody }>('/api/groups/:id/runs', { schema: { body: RunBody } }, async (req) => {
+    const b = req.body;
+    if (b.returnResult && b.elements > MAX_RETURNED_ELEMENTS) {
+      throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `returnResult is limited to ${MAX_RETURNED_ELEMENTS} elements`, { details: [`/elements must be ≤ ${MAX_RETURNED_ELEMENTS} with returnResult`] });
+    }
+    return groups.run(req.params.id, {
+      op: b.op,
+      elements: b.elements,
+      seed: b.seed ?? 1,
+      ...(b.root !== undefined ? { root: b.root } : {}),
+      repeats: b.repeats ?? 1,
+      verify: b.verify ?? false,
+      returnResult: b.returnResult ?? false,
+    });
+  });
+  app.delete<{ Params: { id: string } }>('/api/groups/:id', async (req) => {
+    groups.get(req.params.id);
+    groups.release(req.params.id);
+    return { released: req.params.id };
+  });
+  app.post<{ Body: SelfcheckBody }>('/api/selfcheck', { schema: { body: SelfcheckBody } }, async (req) =>
+    runSelfcheck(groups, {
+      ...(req.body.agents !== undefined ? { agents: req.body.agents } : {}),
+      ...(req.body.elements ? { elements: req.body.elements } : {}),
+      segmentBytes: req.body.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+    }, (line) => log.info(`selfcheck: ${line}`)),
+  );
+
+  app.server.on('upgrade', (req, socket, head) => {
+    const path = (req.url ?? '').split('?')[0];
+    if (path === '/ws/agent') hub.handleUpgrade(req, socket, head);
+    else {
+      socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    }
+  });
+
+  let closed = false;
+  return {
+    app,
+    hub,
+    groups,
+    store,
+    artifacts,
+    generatedToken,
+    async listen() {
+      await app.listen({ host: cfg.host, port: cfg.port });
+      const addr = app.server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : cfg.port;
+      return { port, host: cfg.host };
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      hub.close();
+      await app.close();
+      store.close();
+    },
+  };
+}

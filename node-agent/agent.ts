@@ -1,0 +1,281 @@
+/**
+ * The node agent: joins a coordinator over one outgoing WebSocket (so it works behind NAT), reports what it can
+ * do, heartbeats, opens a peer listener for direct agent-to-agent links, and carries out assignments.
+ *
+ * Connection life: connect → hello → welcome → (heartbeats, assignments)… → lost → reconnect with capped
+ * exponential backoff, reclaiming the same node id with the secret the coordinator gave us. A refused token or
+ * protocol version is final: retrying cannot fix it, so the agent says what to do and exits non-zero.
+ */
+import WebSocket from 'ws';
+import { CloseCode } from '../protocol/codes.ts';
+import { MessageConnection } from '../protocol/connection.ts';
+import {
+  MAX_CONTROL_ATTACHMENT,
+  MAX_CONTROL_FRAME,
+  parseCoordinatorMessage,
+  type AgentMessage,
+  type CapabilitiesInfo,
+  type CollectiveRun,
+  type CoordinatorMessage,
+  type GroupAssign,
+} from '../protocol/control.ts';
+import { PROTOCOL_VERSION } from '../protocol/version.ts';
+import { clientOptions } from '../protocol/ws-options.ts';
+import type { Logger } from '../common/log.ts';
+import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.ts';
+import { runCollective } from './collective-runner.ts';
+import { AgentError } from './errors.ts';
+import { Group } from './group.ts';
+import { PeerServer } from './peer-server.ts';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface AgentConfig {
+  /** ws(s):// URL of the coordinator's agent endpoint. */
+  url: string;
+  token: string;
+  name: string;
+  capabilities: () => Promise<CapabilitiesInfo>;
+  /** Address other agents dial; default: the local address of our connection to the coordinator. */
+  peerHost: string | undefined;
+  peerListenHost: string;
+  peerPort: number;
+  maxRetries: number; // Infinity: keep trying
+  backoff: BackoffOptions;
+  collectiveIdleTimeoutMs: number;
+  log: Logger;
+}
+
+type Control = MessageConnection<CoordinatorMessage, AgentMessage>;
+
+export class Agent {
+  readonly #cfg: AgentConfig;
+  readonly #log: Logger;
+  #peers: PeerServer | null = null;
+  #caps: CapabilitiesInfo | null = null;
+  #nodeId: string | undefined;
+  #nodeSecret: string | undefined;
+  #conn: Control | null = null;
+  #stopping = false;
+  #wake: (() => void) | null = null;
+  readonly #groups = new Map<string, Group>();
+  readonly #groupWaiters = new Map<string, Array<(g: Group) => void>>();
+
+  constructor(cfg: AgentConfig) {
+    this.#cfg = cfg;
+    this.#log = cfg.log;
+  }
+
+  get nodeId(): string | undefined {
+    return this.#nodeId;
+  }
+
+  /** Runs until stop() or a fatal error (thrown as AgentError). */
+  async run(): Promise<void> {
+    this.#peers = await PeerServer.listen({
+      host: this.#cfg.peerListenHost,
+      port: this.#cfg.peerPort,
+      log: this.#log.child('peers'),
+      helloTimeoutMs: 10_000,
+      findGroup: (id, ms) => this.#findGroup(id, ms),
+    });
+    this.#log.info(`peer listener on ${this.#cfg.peerListenHost}:${this.#peers.port}`);
+    this.#caps = await this.#cfg.capabilities();
+    this.#log.info(
+      `capabilities: backend ${this.#caps.backend}, ${this.#caps.cores} cores, ${(this.#caps.memoryBytes / 2 ** 30).toFixed(1)} GiB, ` +
+        `matmul ${this.#caps.matmulGflops} GFLOP/s`,
+    );
+    let failures = 0;
+    while (!this.#stopping) {
+      const outcome = await this.#connectOnce();
+      if (this.#stopping) break;
+      if (outcome.joined) failures = 0;
+      else failures++;
+      if (failures > this.#cfg.maxRetries) {
+        throw new AgentError('AGT_ERR_UNREACHABLE', `gave up on ${this.#cfg.url} after ${failures} failed attempts (${outcome.why})`);
+      }
+      const delay = backoffDelayMs(Math.max(0, failures - 1), this.#cfg.backoff);
+      this.#log.warn(
+        outcome.joined
+          ? `lost the coordinator (${outcome.why}); reconnecting in ${(delay / 1000).toFixed(1)} s`
+          : `coordinator at ${this.#cfg.url} unreachable (${outcome.why}); retrying in ${(delay / 1000).toFixed(1)} s (attempt ${failures + 1})`,
+      );
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        this.#wake = () => (clearTimeout(t), resolve());
+      });
+      this.#wake = null;
+    }
+  }
+
+  /** Leaves the cluster on purpose: tells the coordinator, closes every link. */
+  async stop(reason: string): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#wake?.();
+    const conn = this.#conn;
+    if (conn?.isOpen) {
+      conn.send({ type: 'leave', reason });
+      await Promise.race([conn.flushed().catch(() => {}), new Promise((r) => setTimeout(r, 1000))]);
+      conn.close(CloseCode.GOING_AWAY, 'agent leaving');
+    }
+    for (const g of this.#groups.values()) g.release();
+    this.#groups.clear();
+    await this.#peers?.close();
+  }
+
+  #connectOnce(): Promise<{ joined: boolean; why: string }> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.#cfg.url, { ...clientOptions(MAX_CONTROL_FRAME), handshakeTimeout: 10_000 });
+      let joined = false;
+      let lastError = '';
+      let localAddress = '127.0.0.1';
+      let heartbeat: NodeJS.Timeout | null = null;
+      let watchdog: NodeJS.Timeout | null = null;
+      ws.on('error', (err) => (lastError = (err as NodeJS.ErrnoException).code ?? err.message));
+      ws.once('upgrade', (res) => (localAddress = res.socket.localAddress ?? localAddress));
+      const conn: Control = new MessageConnection(ws, {
+        parse: parseCoordinatorMessage,
+        label: 'coordinator',
+        log: this.#log,
+        maxAttachmentBytes: MAX_CONTROL_ATTACHMENT,
+        onMessage: (msg) => {
+          watchdog?.refresh();
+          if (!joined) {
+            if (msg.type === 'error') this.#log.error(`coordinator: ${msg.code}: ${msg.message}`);
+            if (msg.type !== 'welcome') return;
+            joined = true;
+            this.#nodeId = msg.nodeId;
+            this.#nodeSecret = msg.nodeSecret;
+            this.#log.info(`joined cluster ${msg.clusterId} as node ${msg.nodeId} (${this.#cfg.name})`);
+            let seq = 0;
+            heartbeat = setInterval(() => conn.isOpen && conn.send({ type: 'heartbeat', seq: ++seq, sentAt: Date.now() }), msg.heartbeatMs);
+            // A coordinator that stops answering (half-open TCP, frozen process) is given up on, then redialed.
+            watchdog = setTimeout(() => {
+              this.#log.warn(`no word from the coordinator for ${msg.heartbeatTimeoutMs} ms; reconnecting`);
+              ws.terminate();
+            }, msg.heartbeatTimeoutMs);
+            return;
+          }
+          return this.#dispatch(conn, msg);
+        },
+        onClose: (code, reason) => {
+          if (heartbeat) clearInterval(heartbeat);
+          if (watchdog) clearTimeout(watchdog);
+          if (this.#conn === conn) this.#conn = null;
+          // Our groups' peers are told to re-form by the coordinator; links without a coordinator are useless.
+          for (const g of this.#groups.values()) g.release();
+          this.#groups.clear();
+          if (!joined && code === CloseCode.UNAUTHORIZED) {
+            reject(new AgentError('AGT_ERR_UNAUTHORIZED', `the coordinator refused our join token (${reason || 'unauthorized'}). Pass the token that \`coordinator start\` printed with --token.`));
+          } else if (!joined && code === CloseCode.VERSION_MISMATCH) {
+            reject(new AgentError('AGT_ERR_VERSION_MISMATCH', `${reason}. Install the same release on the agent and the coordinator.`));
+          } else {
+            resolve({ joined, why: lastError || `closed with ${code}${reason ? ` (${reason})` : ''}` });
+          }
+        },
+      });
+      this.#conn = conn;
+      ws.once('open', () => {
+        conn.send({
+          type: 'hello',
+          protocol: PROTOCOL_VERSION,
+          token: this.#cfg.token,
+          name: this.#cfg.name,
+          ...(this.#nodeId && this.#nodeSecret ? { nodeId: this.#nodeId, nodeSecret: this.#nodeSecret } : {}),
+          capabilities: this.#caps!,
+          peerAddress: `ws://${formatHost(this.#cfg.peerHost ?? localAddress)}:${this.#peers!.port}`,
+          agentVersion: AGENT_VERSION,
+        });
+      });
+    });
+  }
+
+  async #dispatch(conn: Control, msg: CoordinatorMessage): Promise<void> {
+    switch (msg.type) {
+      case 'heartbeat.ack':
+        return;
+      case 'error':
+        this.#log.error(`coordinator: ${msg.code}: ${msg.message}`);
+        return;
+      case 'welcome':
+        this.#log.warn('coordinator sent a second welcome; ignored');
+        return;
+      case 'group.assign':
+        return this.#joinGroup(conn, msg);
+      case 'group.release':
+        this.#groups.get(msg.groupId)?.release();
+        this.#groups.delete(msg.groupId);
+        return;
+      case 'collective.run':
+        return this.#runCollective(conn, msg);
+    }
+  }
+
+  async #joinGroup(conn: Control, assign: GroupAssign): Promise<void> {
+    this.#groups.get(assign.groupId)?.release();
+    const group = new Group(assign, {
+      log: this.#log.child(`group ${assign.groupId}`),
+      connectTimeoutMs: 15_000,
+      collectiveIdleTimeoutMs: this.#cfg.collectiveIdleTimeoutMs,
+    });
+    this.#groups.set(group.id, group);
+    for (const w of this.#groupWaiters.get(group.id) ?? []) w(group);
+    this.#groupWaiters.delete(group.id);
+    try {
+      await group.link();
+      if (conn.isOpen) conn.send({ type: 'group.ready', groupId: group.id, rank: group.rank });
+    } catch (err) {
+      this.#log.warn(`group ${group.id}: ${(err as Error).message}`);
+      if (conn.isOpen) conn.send({ type: 'group.failed', groupId: group.id, rank: group.rank, error: (err as Error).message.slice(0, 1000) });
+    }
+  }
+
+  async #runCollective(conn: Control, run: CollectiveRun): Promise<void> {
+    const group = this.#groups.get(run.groupId);
+    try {
+      if (!group) throw new AgentError('AGT_ERR_GROUP', `not a member of group ${run.groupId}`);
+      const { result, attachment } = await runCollective(group, run);
+      if (conn.isOpen) conn.send(result, attachment);
+    } catch (err) {
+      this.#log.warn(`${run.op} ${run.runId} failed: ${(err as Error).message}`);
+      if (conn.isOpen) {
+        conn.send({
+          type: 'collective.result',
+          groupId: run.groupId,
+          runId: run.runId,
+          rank: group?.rank ?? 0,
+          ok: false,
+          error: (err as Error).message.slice(0, 1000),
+          ms: [],
+          bytes: 0,
+          digest: '',
+        });
+      }
+    }
+  }
+
+  #findGroup(id: string, ms: number): Promise<Group | undefined> {
+    const g = this.#groups.get(id);
+    if (g) return Promise.resolve(g);
+    return new Promise((resolve) => {
+      const list = this.#groupWaiters.get(id) ?? [];
+      const timer = setTimeout(() => {
+        const rest = (this.#groupWaiters.get(id) ?? []).filter((w) => w !== done);
+        if (rest.length) this.#groupWaiters.set(id, rest);
+        else this.#groupWaiters.delete(id);
+        resolve(undefined);
+      }, ms);
+      const done = (group: Group) => (clearTimeout(timer), resolve(group));
+      list.push(done);
+      this.#groupWaiters.set(id, list);
+    });
+  }
+}
+
+function formatHost(host: string): string {
+  const bare = host.replace(/^::ffff:/, '');
+  return bare.includes(':') ? `[${bare}]` : bare;
+}
+
+export { DEFAULT_BACKOFF };

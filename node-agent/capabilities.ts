@@ -1,0 +1,32 @@
+/**
+ * What this machine can do, measured on join so the coordinator plans from facts: backend, cores, memory and
+ * float32 matmul GFLOP/s. The measurement runs in a worker thread (compute/worker.ts).
+ */
+import { Worker } from 'node:worker_threads';
+import { availableParallelism, freemem, platform, arch, totalmem } from 'node:os';
+import type { CapabilitiesInfo } from '../protocol/control.ts';
+import { AgentError } from './errors.ts';
+import type { BackendChoice } from './compute/backend.ts';
+
+export async function measureCapabilities(backend: BackendChoice): Promise<CapabilitiesInfo> {
+  const measured = await new Promise<{ backend: string; matmulGflops: number }>((resolve, reject) => {
+    const worker = new Worker(new URL('./compute/worker-boot.mjs', import.meta.url), {
+      workerData: { entry: new URL('./compute/worker.ts', import.meta.url).href, backend },
+    });
+    worker.once('message', (m: { ok: boolean; backend: string; matmulGflops: number; error?: string }) => {
+      void worker.terminate();
+      if (m.ok) resolve(m);
+      else reject(new AgentError('AGT_ERR_BACKEND', `backend '${backend}' failed: ${m.error}`));
+    });
+    worker.once('error', (err) => reject(new AgentError('AGT_ERR_BACKEND', `compute worker failed: ${err.message}`, { cause: err })));
+  });
+  return {
+    backend: measured.backend,
+    cores: availableParallelism(),
+    memoryBytes: totalmem(),
+    freeMemoryBytes: freemem(),
+    matmulGflops: Math.round(measured.matmulGflops * 100) / 100,
+    platform: `${platform()}-${arch()}`,
+    nodeVersion: process.version,
+  };
+}

@@ -1,0 +1,15 @@
+/**
+ * The compute worker: runs TensorFlow.js off the agent's main thread, so heartbeats and peer traffic keep
+ * flowing while a step computes (wasm compute blocks its thread). Started through worker-boot.mjs.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { loadBackend, measureMatmulGflops, type BackendChoice } from './backend.ts';
+
+const { backend } = workerData as { backend: BackendChoice };
+try {
+  const loaded = await loadBackend(backend);
+  const matmulGflops = measureMatmulGflops(loaded.tf);
+  parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops });
+} catch (err) {
+  parentPort!.postMessage({ ok: false, error: (err as Error).message });
+}

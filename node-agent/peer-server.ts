@@ -1,0 +1,96 @@
+/**
+ * The agent's peer listener: other agents of a group dial in here (never through the coordinator). A link is
+ * accepted only after a `peer.hello` whose protocol version matches, whose group this agent belongs to, whose
+ * token is that group's, and whose rank is our ring predecessor; anything else is closed with the code that
+ * says why. A hello may arrive just before our own assignment does, so an unknown group is waited for briefly.
+ */
+import { WebSocketServer } from 'ws';
+import type { AddressInfo } from 'node:net';
+import { CloseCode } from '../protocol/codes.ts';
+import { MessageConnection } from '../protocol/connection.ts';
+import { ProtocolError } from '../protocol/errors.ts';
+import { MAX_PEER_ATTACHMENT, MAX_PEER_FRAME, parsePeerMessage, type PeerMessage } from '../protocol/peer.ts';
+import { assertCompatible } from '../protocol/version.ts';
+import { serverOptions } from '../protocol/ws-options.ts';
+import type { Logger } from '../common/log.ts';
+import type { Group, PeerConnection } from './group.ts';
+
+export interface PeerServerOptions {
+  host: string;
+  port: number;
+  log: Logger;
+  /** Finds a group by id, waiting up to `ms` for its assignment to arrive. */
+  findGroup(groupId: string, ms: number): Promise<Group | undefined>;
+  helloTimeoutMs: number;
+  onReject?(err: ProtocolError): void;
+}
+
+export class PeerServer {
+  readonly #wss: WebSocketServer;
+  readonly #opts: PeerServerOptions;
+
+  private constructor(wss: WebSocketServer, opts: PeerServerOptions) {
+    this.#wss = wss;
+    this.#opts = opts;
+    wss.on('connection', (ws, req) => this.#accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+  }
+
+  static listen(opts: PeerServerOptions): Promise<PeerServer> {
+    return new Promise((resolve, reject) => {
+      const wss = new WebSocketServer({ host: opts.host, port: opts.port, ...serverOptions(MAX_PEER_FRAME) });
+      wss.once('error', reject);
+      wss.once('listening', () => {
+        wss.off('error', reject);
+        wss.on('error', (err) => opts.log.error(`peer listener: ${err.message}`));
+        resolve(new PeerServer(wss, opts));
+      });
+    });
+  }
+
+  get port(): number {
+    return (this.#wss.address() as AddressInfo).port;
+  }
+
+  close(): Promise<void> {
+    for (const ws of this.#wss.clients) ws.close(CloseCode.GOING_AWAY, 'agent shutting down');
+    return new Promise((resolve) => this.#wss.close(() => resolve()));
+  }
+
+  #accept(ws: import('ws').WebSocket, remote: string): void {
+    const log = this.#opts.log;
+    let handler: ((msg: PeerMessage, payload: Buffer | undefined) => void) | null = null;
+    let handshaking = false;
+    let group: Group | undefined;
+    const timer = setTimeout(() => conn.fail(new ProtocolError('PRT_ERR_HELLO_TIMEOUT', `no peer.hello within ${this.#opts.helloTimeoutMs} ms`)), this.#opts.helloTimeoutMs);
+    const conn: PeerConnection = new MessageConnection(ws, {
+      parse: parsePeerMessage,
+      label: `peer link from ${remote}`,
+      log,
+      maxAttachmentBytes: MAX_PEER_ATTACHMENT,
+      onReject: this.#opts.onReject,
+      onClose: (code, reason) => {
+        clearTimeout(timer);
+        if (handler && group) group.linkLost('inbound', code, reason);
+      },
+      onMessage: async (msg, payload) => {
+        if (handler) return handler(msg, payload);
+        if (msg.type !== 'peer.hello' || handshaking) {
+          throw new ProtocolError('PRT_ERR_UNEXPECTED', `expected peer.hello first, got ${msg.type}`);
+        }
+        handshaking = true;
+        assertCompatible(msg.protocol, 'the dialing agent');
+        group = await this.#opts.findGroup(msg.groupId, this.#opts.helloTimeoutMs);
+        if (!group || !group.acceptsToken(msg.token)) {
+          // One answer for both cases, so a stranger learns nothing about which groups exist.
+          throw new ProtocolError('PRT_ERR_UNAUTHORIZED', 'unknown group or wrong group token');
+        }
+        if (msg.rank !== group.predecessorRank) {
+          throw new ProtocolError('PRT_ERR_UNAUTHORIZED', `rank ${msg.rank} is not rank ${group.rank}'s predecessor in group ${group.id}`);
+        }
+        clearTimeout(timer);
+        handler = group.attachInbound(conn);
+        conn.send({ type: 'peer.welcome', rank: group.rank });
+      },
+    });
+  }
+}
