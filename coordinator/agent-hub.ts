@@ -51,6 +51,7 @@ export class AgentHub {
   readonly #live = new Map<string, AgentConnection>();
   readonly #sweeper: NodeJS.Timeout;
   #listener: AgentMessageListener = () => {};
+  #closing = false;
   #downListeners: Array<(nodeId: string, reason: string) => void> = [];
   readonly #now: () => number;
 
@@ -128,6 +129,8 @@ export class AgentHub {
   }
 
   close(): void {
+    // Shutting down is not the agents' fault: leave their status as it is, so they reclaim it on reconnect.
+    this.#closing = true;
     clearInterval(this.#sweeper);
     for (const conn of this.#live.values()) conn.close(CloseCode.GOING_AWAY, 'coordinator shutting down');
     for (const ws of this.#wss.clients) ws.terminate();
@@ -158,6 +161,7 @@ export class AgentHub {
       },
       onClose: (code, reason) => {
         clearTimeout(helloTimer);
+        if (this.#closing) return;
         this.#metrics.agentConnections.set(this.#wss.clients.size);
         if (nodeId === null || this.#live.get(nodeId) !== conn) return;
         this.#live.delete(nodeId);

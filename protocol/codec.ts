@@ -7,8 +7,9 @@ import { Packr } from 'msgpackr';
 import { ProtocolError } from './errors.ts';
 
 // Plain maps only: no record extension (its shared structure state would make decoding depend on earlier frames),
-// no bundled strings. Integers beyond 2^53 decode as BigInt and are then rejected by the schemas.
-const packr = new Packr({ useRecords: false, bundleStrings: false, mapsAsObjects: true, moreTypes: false });
+// no bundled strings. 64-bit integers (which other msgpack writers use even for small values) decode as numbers
+// when they are safe integers, as BigInt otherwise, which the schemas then reject.
+const packr = new Packr({ useRecords: false, bundleStrings: false, mapsAsObjects: true, moreTypes: false, int64AsType: 'auto' as 'number' }); // 'auto' is supported at run time, missing from the typings
 
 export interface Envelope {
   type: string;

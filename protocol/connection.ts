@@ -63,7 +63,7 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
     ws.on('message', (data, isBinary) => this.#onFrame(data as Buffer, isBinary));
     // ws emits 'error' for protocol violations it detects itself (e.g. maxPayload → 1009) and for socket errors;
     // it closes the socket right after. Without a listener the process would crash.
-    ws.on('error', (err) => opts.log.warn(`${opts.label}: ${err.message}`));
+    ws.on('error', (err) => opts.log.debug(`${opts.label}: ${err.message}`));
     ws.on('close', (code, reason) => this.#onClose(code, reason.toString()));
   }
 
@@ -125,7 +125,11 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
     this.#failed = true;
     if (err instanceof ProtocolError) {
       this.#opts.log.warn(`${this.#opts.label}: rejected (${err.code}): ${err.message}; closing`);
-      this.#opts.onReject?.(err);
+      try {
+        this.#opts.onReject?.(err);
+      } catch (hookErr) {
+        this.#opts.log.error(`${this.#opts.label}: onReject hook failed: ${(hookErr as Error).message}`);
+      }
       this.close(err.closeCode, err.message);
     } else {
       this.#opts.log.error(`${this.#opts.label}: handler failed: ${(err as Error)?.stack ?? String(err)}; closing`);

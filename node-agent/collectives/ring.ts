@@ -10,8 +10,8 @@
  * Every byte sent is a view into the caller's buffer (no copies): a region is only overwritten after the data
  * sent from it has gone all the way around the ring, which implies the socket has taken it.
  *
- * Backpressure: when the outgoing link holds more than its high-water mark, the incoming link is paused until
- * it drains, so memory stays bounded by the two links' buffers whatever the buffer size.
+ * Backpressure: a rank injects its own segments only while its outgoing link is below the high-water mark;
+ * segments in transit are forwarded at once (holding them back could deadlock the ring, see #forward).
  */
 import { ProtocolError } from '../../protocol/errors.ts';
 import type { RingData } from '../../protocol/peer.ts';
@@ -82,7 +82,7 @@ export class Ring {
   #active: Active | null = null;
   #early: Array<{ msg: RingData | StreamData; payload: Buffer }> = [];
   #earlyBytes = 0;
-  #pausedFor = new Set<'backpressure' | 'early'>();
+  #pausedFor = new Set<'early'>();
   #broken: Error | null = null;
 
   constructor(rank: number, size: number, out: RingOutLink | null, inbound: RingInLink | null, opts: RingOptions) {
@@ -303,15 +303,11 @@ export class Ring {
   }
 
   #forward(a: Active, header: RingData, s: Range): void {
-    const out = this.#out!;
-    out.send(header, bytesOf(a.buf, s.start, s.end));
-    if (!out.writable && !this.#pausedFor.has('backpressure')) {
-      this.#pause('backpressure');
-      out.whenWritable().then(
-        () => this.#unpause('backpressure'),
-        (err) => this.abort(err as Error),
-      );
-    }
+    // Transit traffic is never held back: if every rank stopped reading while its outgoing link was full, the
+    // ring would deadlock (each waits for its successor to read). Only new data entering the ring (the initial
+    // sends) waits for the window, so the bytes queued per link stay bounded by about one window per rank, and
+    // they are views of the caller's buffer, not copies.
+    this.#out!.send(header, bytesOf(a.buf, s.start, s.end));
   }
 
   async #sendWhenWritable(a: Active, header: RingData | StreamData, payload: Uint8Array): Promise<void> {
@@ -336,7 +332,6 @@ export class Ring {
     a.settled = true;
     if (a.timer) clearTimeout(a.timer);
     if (this.#active === a) this.#active = null;
-    this.#unpause('backpressure');
     if (err) {
       this.#broken ??= err;
       a.reject(err);
@@ -358,12 +353,12 @@ export class Ring {
     }
   }
 
-  #pause(reason: 'backpressure' | 'early'): void {
+  #pause(reason: 'early'): void {
     if (this.#pausedFor.size === 0) this.#in?.pause();
     this.#pausedFor.add(reason);
   }
 
-  #unpause(reason: 'backpressure' | 'early'): void {
+  #unpause(reason: 'early'): void {
     if (!this.#pausedFor.delete(reason)) return;
     if (this.#pausedFor.size === 0) this.#in?.resume();
   }

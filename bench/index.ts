@@ -1,0 +1,21 @@
+/**
+ * npm run bench -- NAME [options]
+ *
+ * Runs one benchmark. Each prints progress on stderr and one JSON object as the last line of stdout.
+ *   transport   raw TCP vs ws point-to-point throughput between two processes (tcp_gbps, ws_gbps, ratio)
+ *   allreduce   ring all-reduce among real agent processes vs what the same ring's links carry
+ */
+const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
+  transport: () => import('./transport.ts'),
+  allreduce: () => import('./allreduce.ts'),
+};
+
+const [name, ...argv] = process.argv.slice(2);
+const load = name ? benches[name] : undefined;
+if (!load) {
+  console.error(`usage: npm run bench -- NAME [options]\n  NAME: ${Object.keys(benches).join(', ')}`);
+  process.exit(2);
+}
+const result = await (await load()).default(argv);
+process.stdout.write(JSON.stringify(result) + '\n');
+process.exit(0);

@@ -1,0 +1,126 @@
+/**
+ * Shared fixtures for the protocol tests: one hand-written valid example of every message type of every family,
+ * and a description of each family (its schemas, its parser, an independent schema check). The example tables
+ * are typed per family, so adding a message type without an example here is a compile error.
+ */
+import type { Static, TObject } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import type { Envelope } from '../../protocol/codec.ts';
+import { agentMessages, coordinatorMessages, parseAgentMessage, parseCoordinatorMessage } from '../../protocol/control.ts';
+import { parsePeerMessage, peerMessages } from '../../protocol/peer.ts';
+
+type Examples<S extends Record<string, TObject>> = { [K in keyof S]: Static<S[K]> };
+
+const capabilities = {
+  backend: 'wasm',
+  cores: 8,
+  memoryBytes: 17_179_869_184,
+  freeMemoryBytes: 8_589_934_592,
+  matmulGflops: 41.5,
+  platform: 'linux-x64',
+  nodeVersion: 'v20.19.0',
+};
+
+export const agentExamples: Examples<typeof agentMessages> = {
+  hello: {
+    type: 'hello',
+    protocol: '1.0',
+    token: 'join-token-0123456789',
+    name: 'büro-rechner 🖥',
+    nodeId: 'node-7',
+    nodeSecret: 's3cret/with+symbols=',
+    capabilities,
+    peerAddress: 'ws://10.0.0.7:7070',
+    agentVersion: '0.1.0',
+  },
+  heartbeat: { type: 'heartbeat', seq: 2 ** 52, sentAt: 1_726_000_000_123.25 },
+  leave: { type: 'leave', reason: 'shutting down (SIGTERM)' },
+  'group.ready': { type: 'group.ready', groupId: 'g_1.a-b', rank: 65535 },
+  'group.failed': { type: 'group.failed', groupId: 'g1', rank: 0, error: 'connect ECONNREFUSED 10.0.0.8:7070' },
+  'collective.result': {
+    type: 'collective.result',
+    groupId: 'g1',
+    runId: 'run-42',
+    rank: 3,
+    ok: false,
+    error: 'timeout after 30000 ms',
+    ms: [0, 1.5, 12.25, 1e6],
+    bytes: 2 ** 40,
+    digest: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855',
+    maxAbsErr: -0.5,
+    attach: 16 * 1024 * 1024,
+  },
+};
+
+export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
+  welcome: {
+    type: 'welcome',
+    protocol: '1.0',
+    clusterId: 'cluster-A',
+    nodeId: 'node-7',
+    nodeSecret: 'x',
+    heartbeatMs: 10,
+    heartbeatTimeoutMs: 3_600_000,
+  },
+  'heartbeat.ack': { type: 'heartbeat.ack', seq: 0 },
+  'group.assign': {
+    type: 'group.assign',
+    groupId: 'g1',
+    token: 'group-token',
+    rank: 1,
+    size: 3,
+    peers: [
+      { rank: 0, nodeId: 'a', address: 'ws://10.0.0.1:7070' },
+      { rank: 1, nodeId: 'b', address: 'ws://[::1]:7070' },
+      { rank: 2, nodeId: 'c', address: '' },
+    ],
+    segmentBytes: 1024 * 1024,
+  },
+  'group.release': { type: 'group.release', groupId: 'g1' },
+  'collective.run': {
+    type: 'collective.run',
+    groupId: 'g1',
+    runId: 'run-42',
+    op: 'reducescatter',
+    elements: 2 ** 28,
+    seed: 2 ** 31,
+    root: 2,
+    repeats: 1000,
+    verify: true,
+    returnResult: false,
+  },
+  error: { type: 'error', code: 'COORD_ERR_FULL', message: 'the cluster is full' },
+};
+
+export const peerExamples: Examples<typeof peerMessages> = {
+  'peer.hello': { type: 'peer.hello', protocol: '1.0', groupId: 'g1', token: 'group-token', rank: 2 },
+  'peer.welcome': { type: 'peer.welcome', rank: 0 },
+  'ring.data': { type: 'ring.data', seq: 17, phase: 1, hop: 2, offset: 2 ** 32, count: 2 ** 28, attach: 64 * 1024 * 1024 },
+  'stream.data': { type: 'stream.data', seq: 3, attach: 0 },
+};
+
+export interface Family {
+  name: 'agent' | 'coordinator' | 'peer';
+  schemas: Record<string, TObject>;
+  parse(raw: Envelope): { type: string };
+  examples: Record<string, Envelope>;
+}
+
+export const families: readonly Family[] = [
+  { name: 'agent', schemas: agentMessages, parse: parseAgentMessage, examples: agentExamples },
+  { name: 'coordinator', schemas: coordinatorMessages, parse: parseCoordinatorMessage, examples: coordinatorExamples },
+  { name: 'peer', schemas: peerMessages, parse: parsePeerMessage, examples: peerExamples },
+];
+
+export const allTypeNames: readonly string[] = families.flatMap((f) => Object.keys(f.schemas));
+
+/**
+ * Checks a parsed message against its family's schema with TypeBox's interpreter (not the compiled check the
+ * parser uses), and that it is a plain object whose fields are all its own.
+ */
+export function passesSchema(family: Family, msg: unknown): boolean {
+  if (msg === null || typeof msg !== 'object' || Object.getPrototypeOf(msg) !== Object.prototype) return false;
+  const type = Object.prototype.hasOwnProperty.call(msg, 'type') ? (msg as { type: unknown }).type : undefined;
+  if (typeof type !== 'string' || !Object.prototype.hasOwnProperty.call(family.schemas, type)) return false;
+  return Value.Check(family.schemas[type]!, msg);
+}
