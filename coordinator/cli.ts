@@ -11,7 +11,7 @@ import { resolveConfig, DEFAULT_CONFIG } from './config.ts';
 import { CoordinatorError } from './errors.ts';
 import { createCoordinator } from './server.ts';
 import type { NodeView } from './agent-hub.ts';
-import type { SelfcheckReport } from './selfcheck.ts';
+import { printSelfcheck, type SelfcheckReport } from './selfcheck.ts';
 
 const HELP = `Usage: coordinator <command> [options]
 
@@ -158,17 +158,6 @@ async function selfcheck(v: Values): Promise<number> {
   if (v.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
   else printSelfcheck(report, (line) => process.stdout.write(line + '\n'));
   return report.ok ? 0 : 1;
-}
-
-export function printSelfcheck(report: SelfcheckReport, out: (line: string) => void): void {
-  out(`ring: ${report.ring.map((m) => `${m.rank}:${m.name}`).join(' → ')} → 0`);
-  for (const c of report.cases) {
-    out(
-      `${c.ok ? 'ok  ' : 'FAIL'} ${c.op.padEnd(13)} ${String(c.elements).padStart(9)} floats ${c.ms.toFixed(2).padStart(9)} ms` +
-        `${c.busbwGbps !== null ? `  busbw ${c.busbwGbps.toFixed(3)} GB/s` : ''}  ${c.detail}`,
-    );
-  }
-  out(report.ok ? `self-check passed: ${report.cases.length} collectives match the serial results` : 'self-check FAILED');
 }
 
 function printTable(header: string[], rows: string[][]): void {

@@ -89,3 +89,15 @@ export function busFactor(op: CollectiveOp, n: number): number {
       return 1;
   }
 }
+
+/** The self-check as lines of text (CLI and demo). */
+export function printSelfcheck(report: SelfcheckReport, out: (line: string) => void): void {
+  out(`ring: ${report.ring.map((m) => `${m.rank}:${m.name}`).join(' → ')} → 0`);
+  for (const c of report.cases) {
+    out(
+      `${c.ok ? 'ok  ' : 'FAIL'} ${c.op.padEnd(13)} ${String(c.elements).padStart(9)} floats ${c.ms.toFixed(2).padStart(9)} ms` +
+        `${c.busbwGbps !== null ? `  busbw ${c.busbwGbps.toFixed(3)} GB/s` : ''}  ${c.detail}`,
+    );
+  }
+  out(report.ok ? `self-check passed: ${report.cases.length} collectives match the serial results` : 'self-check FAILED');
+}
