@@ -1,5 +1,5 @@
 /**
- * npm run bench -- allreduce [--peers 4] [--mb 64] [--segment-mb 1] [--rounds 3]
+ * npm run bench -- allreduce [--peers 4] [--mb 64] [--segment-mb 4] [--rounds 3]
  *
  * Ring all-reduce among real agent processes (a coordinator and --peers agents on loopback), judged against what
  * the same ring's links carry. In one run, with the same processes, alternating so noise hits all alike:
@@ -26,7 +26,7 @@ export default async function main(argv: string[]): Promise<object> {
   });
   const peers = intOption(values.peers, 'peers', 4, 2, 64);
   const mb = intOption(values.mb, 'mb', 64, 1, 1024);
-  const segmentBytes = Math.round(Number(values['segment-mb'] ?? 1) * 1024 * 1024);
+  const segmentBytes = Math.round(Number(values['segment-mb'] ?? 4) * 1024 * 1024);
   const rounds = intOption(values.rounds, 'rounds', 3, 1, 50);
   const bytes = mb * 1024 * 1024;
   const elements = bytes / 4;

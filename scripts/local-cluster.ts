@@ -110,7 +110,7 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
     },
     startAgent(name: string, extraArgs: string[] = []): Proc {
       const p = spawnProc(
-        [AGENT, 'join', cluster.wsUrl, '--token', token, '--name', name, '--peer-listen', '127.0.0.1', '--backend', 'wasm', ...(opts.agentArgs ?? []), ...extraArgs],
+        [...(process.env.MESHTRAIN_AGENT_NODE_ARGS?.split(' ').filter(Boolean) ?? []), AGENT, 'join', cluster.wsUrl, '--token', token, '--name', name, '--peer-listen', '127.0.0.1', '--backend', 'wasm', ...(opts.agentArgs ?? []), ...extraArgs],
         { env, stderr },
       );
       cluster.agents.push(p);
