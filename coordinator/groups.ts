@@ -140,10 +140,9 @@ export class GroupManager {
       this.#log.info(`group ${id} ready: ${members.map((m) => `${m.rank}:${m.nodeId}`).join(' → ')}`);
       return info;
     } catch (err) {
+      this.release(id); // tells the members to drop whatever links they made
       info.state = 'failed';
       info.error = (err as Error).message;
-      this.release(id);
-      info.state = 'failed';
       throw err;
     } finally {
       this.#forming.delete(id);
