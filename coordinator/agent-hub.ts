@@ -149,6 +149,7 @@ export class AgentHub {
       label: `agent ${remote}`,
       log: this.#log,
       maxAttachmentBytes: MAX_CONTROL_ATTACHMENT,
+      firstType: 'hello',
       onReject: (err) => this.#metrics.protocolRejections.inc({ code: err.code }),
       onMessage: (msg, attachment) => {
         if (nodeId === null) {

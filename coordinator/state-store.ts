@@ -130,7 +130,8 @@ export class SqliteStateStore implements StateStore {
 
   setNodeStatus(id: string, status: NodeStatus, reason: string, atMs: number): void {
     this.#db.transaction(() => {
-      this.#stmts.setStatus.run(status, reason, id);
+      // An unknown id changes nothing and records nothing (as in MemoryStateStore).
+      if (this.#stmts.setStatus.run(status, reason, id).changes === 0) return;
       this.#stmts.addEvent.run(id, atMs, status, reason);
     })();
   }
@@ -201,7 +202,9 @@ export class MemoryStateStore implements StateStore {
     return n && structuredClone(n);
   }
   listNodes() {
-    return [...this.#nodes.values()].map((n) => structuredClone(n));
+    return [...this.#nodes.values()]
+      .sort((a, b) => a.firstSeenMs - b.firstSeenMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+      .map((n) => structuredClone(n));
   }
   setNodeStatus(id: string, status: NodeStatus, reason: string, atMs: number) {
     const n = this.#nodes.get(id);

@@ -67,6 +67,7 @@ export class PeerServer {
       label: `peer link from ${remote}`,
       log,
       maxAttachmentBytes: MAX_PEER_ATTACHMENT,
+      firstType: 'peer.hello',
       onReject: this.#opts.onReject,
       onClose: (code, reason) => {
         clearTimeout(timer);
@@ -78,6 +79,7 @@ export class PeerServer {
           throw new ProtocolError('PRT_ERR_UNEXPECTED', `expected peer.hello first, got ${msg.type}`);
         }
         handshaking = true;
+        clearTimeout(timer); // the hello came in time; findGroup's own wait bounds the rest
         assertCompatible(msg.protocol, 'the dialing agent');
         group = await this.#opts.findGroup(msg.groupId, this.#opts.helloTimeoutMs);
         if (!group || !group.acceptsToken(msg.token)) {
@@ -87,7 +89,6 @@ export class PeerServer {
         if (msg.rank !== group.predecessorRank) {
           throw new ProtocolError('PRT_ERR_UNAUTHORIZED', `rank ${msg.rank} is not rank ${group.rank}'s predecessor in group ${group.id}`);
         }
-        clearTimeout(timer);
         handler = group.attachInbound(conn);
         conn.send({ type: 'peer.welcome', rank: group.rank });
       },

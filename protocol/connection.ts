@@ -27,6 +27,11 @@ export interface ConnectionOptions<In> {
   maxAttachmentBytes: number;
   /** Bytes handed to ws but not yet written to the socket above which `writable` turns false. */
   highWaterBytes?: number;
+  /**
+   * The type the first message must have (a hello). Checked as soon as the message is parsed — before waiting
+   * for any attachment it declares — so an unauthenticated peer cannot make us buffer data.
+   */
+  firstType?: string;
 }
 
 export class ConnectionClosedError extends Error {
@@ -54,6 +59,7 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
   #drainWaiters: DrainWaiter[] = [];
   #closed: ConnectionClosedError | null = null;
   #failed = false;
+  #seenFirst = false;
 
   constructor(ws: WebSocket, opts: ConnectionOptions<In>) {
     this.#ws = ws;
@@ -156,6 +162,11 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
         return;
       }
       const msg = this.#opts.parse(decodeFrame(data));
+      if (!this.#seenFirst) {
+        this.#seenFirst = true;
+        const first = this.#opts.firstType;
+        if (first && msg.type !== first) throw new ProtocolError('PRT_ERR_UNEXPECTED', `expected ${first} first, got ${msg.type}`);
+      }
       const attach = (msg as { attach?: unknown }).attach;
       if (typeof attach === 'number') {
         if (attach > this.#opts.maxAttachmentBytes) {
