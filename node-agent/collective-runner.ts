@@ -6,9 +6,9 @@
 import { createHash } from 'node:crypto';
 import type { CollectiveResult, CollectiveRun } from '../protocol/control.ts';
 import { MAX_CONTROL_ATTACHMENT } from '../protocol/control.ts';
-import { chunkRange, type Range } from './collectives/partition.ts';
+import type { Range } from './collectives/partition.ts';
 import { bytesOf } from './collectives/reduce.ts';
-import { expectedResult, selfcheckData } from './collectives/test-data.ts';
+import { collectiveInput, expectedResult } from './collectives/test-data.ts';
 import type { Group } from './group.ts';
 
 export interface RunOutcome {
@@ -26,7 +26,7 @@ export async function runCollective(group: Group, run: CollectiveRun): Promise<R
   let region: Range = { start: 0, end: 0 }; // the part of buf that holds this rank's result
 
   for (let i = 0; i < run.repeats; i++) {
-    buf = input(run, rank, size);
+    buf = collectiveInput(run, rank, size);
     await ring.barrier(); // so the clock starts when every rank is ready, not when the message reached it
     const start = performance.now();
     switch (run.op) {
@@ -83,24 +83,4 @@ export async function runCollective(group: Group, run: CollectiveRun): Promise<R
   }
   if (run.returnResult && bytes.byteLength <= MAX_CONTROL_ATTACHMENT) return { result, attachment: bytes };
   return { result };
-}
-
-/** This rank's input for the run (fresh each repeat: the collectives work in place). */
-function input(run: CollectiveRun, rank: number, size: number): Float32Array {
-  const n = run.elements;
-  switch (run.op) {
-    case 'allreduce':
-    case 'reducescatter':
-      return selfcheckData(run.seed, rank, n);
-    case 'allgather': {
-      const buf = new Float32Array(n);
-      const own = chunkRange(n, size, rank);
-      buf.set(selfcheckData(run.seed, rank, n).subarray(own.start, own.end), own.start);
-      return buf;
-    }
-    case 'broadcast':
-      return rank === (run.root ?? 0) ? selfcheckData(run.seed, rank, n) : new Float32Array(n);
-    default:
-      return new Float32Array(0);
-  }
 }

@@ -30,8 +30,36 @@ export function serialSum(seed: number, size: number, length: number): Float32Ar
   return sum;
 }
 
+/** The fields of a collective run that decide its data. */
+export interface RunShape {
+  op: string;
+  elements: number;
+  seed: number;
+  root?: number | undefined;
+}
+
+/** Rank `rank`'s input for a collective run (made fresh for each repeat: the collectives work in place). */
+export function collectiveInput(run: RunShape, rank: number, size: number): Float32Array {
+  const n = run.elements;
+  switch (run.op) {
+    case 'allreduce':
+    case 'reducescatter':
+      return selfcheckData(run.seed, rank, n);
+    case 'allgather': {
+      const buf = new Float32Array(n);
+      const own = chunkRange(n, size, rank);
+      buf.set(selfcheckData(run.seed, rank, n).subarray(own.start, own.end), own.start);
+      return buf;
+    }
+    case 'broadcast':
+      return rank === (run.root ?? 0) ? selfcheckData(run.seed, rank, n) : new Float32Array(n);
+    default:
+      return new Float32Array(0);
+  }
+}
+
 /** What a correct collective leaves in the buffer, computed serially; undefined for ops with no result. */
-export function expectedResult(run: { op: string; elements: number; seed: number; root?: number | undefined }, size: number): Float32Array | undefined {
+export function expectedResult(run: RunShape, size: number): Float32Array | undefined {
   const n = run.elements;
   switch (run.op) {
     case 'allreduce':
