@@ -2,6 +2,8 @@
  * Starts a real local cluster — one coordinator process and N agent processes on loopback — and hands back a
  * small API client. Used by the demo, the benchmarks and the integration tests, so they all exercise the
  * processes a user runs. Every process is killed by stop(), and on exit of this process.
+ * MESHTRAIN_AGENT_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") adds node flags to every agent, for
+ * profiling the data plane.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';

@@ -107,7 +107,7 @@ describe('a coordinator with three agents', () => {
 
   test('a frozen agent is marked dead when its heartbeats stop, and comes back alive when it resumes', async () => {
     const victim = (await nodes())[0]!;
-    const proc = cluster.agents.find((a) => a.child.pid && victim.name === `agent-${cluster.agents.indexOf(a)}`)!;
+    const proc = cluster.agents[Number(victim.name.replace('agent-', ''))]!; // startCluster names them agent-<index>
     proc.child.kill('SIGSTOP');
     try {
       const dead = await until('the frozen agent to be marked dead', async () => (await nodes()).find((n) => n.id === victim.id && n.status === 'dead'));
