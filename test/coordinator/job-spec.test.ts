@@ -1,0 +1,55 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { validateJobSpec, TRAINING_DEFAULTS } from '../../coordinator/job-spec.ts';
+
+const good = () => ({
+  name: 'demo',
+  model: { vocabSize: 512, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 128 },
+  data: { corpus: 'demo' },
+  training: { steps: 100, batchSize: 16, seqLen: 64 },
+  parallel: { data: 2 },
+});
+
+test('a minimal valid spec is accepted with every default filled in', () => {
+  const res = validateJobSpec(good());
+  assert.equal(res.ok, true);
+  if (!res.ok) return;
+  assert.equal(res.spec.training.lr, TRAINING_DEFAULTS.lr);
+  assert.equal(res.spec.training.microBatches, 1);
+  assert.equal(res.spec.data.heldOutFraction, 0.05);
+  assert.deepEqual(res.spec.parallel, { data: 2 });
+});
+
+test('a spec without parallel defaults to auto', () => {
+  const { parallel: _p, ...spec } = good();
+  const res = validateJobSpec(spec);
+  assert.equal(res.ok && res.spec.parallel, 'auto');
+});
+
+const bad: Array<[string, (s: ReturnType<typeof good>) => unknown, RegExp[]]> = [
+  ['a missing model and an unknown field', (s) => ({ ...s, model: undefined, colour: 'red' }), [/\/model/, /colour|additional/i]],
+  ['a negative learning rate and a zero step count', (s) => ({ ...s, training: { ...s.training, lr: -1, steps: 0 } }), [/\/training\/lr/, /\/training\/steps/]],
+  ['heads that do not divide the width', (s) => ({ ...s, model: { ...s.model, nHead: 3 } }), [/\/model\/nEmbd 128 must be divisible by \/model\/nHead 3/]],
+  ['a sequence longer than the context', (s) => ({ ...s, training: { ...s.training, seqLen: 65 } }), [/seqLen 65 exceeds \/model\/nCtx 64/]],
+  ['a batch that does not split over the ranks', (s) => ({ ...s, training: { ...s.training, batchSize: 15 } }), [/batchSize 15 must divide evenly over \/parallel\/data 2/]],
+  ['a per-rank batch that does not split into micro-batches', (s) => ({ ...s, training: { ...s.training, microBatches: 3 } }), [/per rank \(8\) must divide evenly into \/training\/microBatches 3/]],
+  ['minLr above lr and warm-up longer than training', (s) => ({ ...s, training: { ...s.training, lr: 1e-3, minLr: 1e-2, warmupSteps: 500 } }), [/minLr/, /warmupSteps 500 exceeds/]],
+  ['a name with a slash', (s) => ({ ...s, name: 'a/b' }), [/\/name/]],
+  ['a vocabulary smaller than the byte alphabet', (s) => ({ ...s, model: { ...s.model, vocabSize: 100 } }), [/\/model\/vocabSize/]],
+];
+
+for (const [what, mutate, expected] of bad) {
+  test(`a spec with ${what} is refused, naming each bad field`, () => {
+    const res = validateJobSpec(mutate(good()));
+    assert.equal(res.ok, false);
+    if (res.ok) return;
+    for (const re of expected) assert.ok(res.errors.some((e) => re.test(e)), `expected an error matching ${re}, got:\n${res.errors.join('\n')}`);
+  });
+}
+
+test('non-objects are refused with an error at the root', () => {
+  for (const raw of [null, 42, 'job', []]) {
+    const res = validateJobSpec(raw);
+    assert.equal(res.ok, false);
+  }
+});
