@@ -2,6 +2,7 @@
  * coordinator start [--port 7070] [--data DIR] [--token T] …   run the coordinator
  * coordinator nodes [--url U] [--token T] [--json]             list agents
  * coordinator selfcheck [--url U] [--token T] [--agents N]      check every collective on a ring of the agents
+ * coordinator submit job.json | jobs | job ID                   training jobs
  *
  * Entry point of bin/coordinator.js. Exit codes: 0 ok, 1 error or failed self-check, 2 bad arguments.
  */
@@ -12,6 +13,8 @@ import { CoordinatorError } from './errors.ts';
 import { createCoordinator } from './server.ts';
 import type { NodeView } from './agent-hub.ts';
 import { printSelfcheck, type SelfcheckReport } from './selfcheck.ts';
+import type { JobRecord, MetricRow } from './job-store.ts';
+import { readFile } from 'node:fs/promises';
 
 const HELP = `Usage: coordinator <command> [options]
 
@@ -22,6 +25,9 @@ Commands:
   start        run the coordinator (HTTP API, /metrics, agent endpoint /ws/agent)
   nodes        list the agents the coordinator knows
   selfcheck    form a ring of the connected agents and check every collective against a serial sum
+  submit FILE  submit a training job spec (JSON); prints the job id
+  jobs         list training jobs
+  job ID       show one job: state, step, latest metrics
 
 Options for start:
   --port PORT                 HTTP and WebSocket port (default: ${DEFAULT_CONFIG.port}; 0 = any free port)
@@ -31,7 +37,7 @@ Options for start:
   --heartbeat-ms MS           how often agents heartbeat (default: ${DEFAULT_CONFIG.heartbeatMs})
   --heartbeat-timeout MS      mark an agent dead after this long without a heartbeat (default: ${DEFAULT_CONFIG.heartbeatTimeoutMs})
 
-Options for nodes and selfcheck:
+Options for nodes, selfcheck, submit, jobs and job:
   --url URL                   coordinator address (default: http://127.0.0.1:${DEFAULT_CONFIG.port})
   --token TOKEN               cluster token (or MESHTRAIN_TOKEN)
   --json                      print JSON instead of a table
@@ -63,8 +69,16 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return values.help ? 0 : 2;
   }
-  if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
+  const wantsArg = command === 'submit' || command === 'job';
+  if (wantsArg && rest.length !== 1) throw new UsageError(`'${command}' takes exactly one argument`);
+  if (!wantsArg && rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
   switch (command) {
+    case 'submit':
+      return submit(values, rest[0]!);
+    case 'jobs':
+      return listJobs(values);
+    case 'job':
+      return showJob(values, rest[0]!);
     case 'start':
       return start(values);
     case 'nodes':
@@ -72,7 +86,7 @@ async function main(argv: string[]): Promise<number> {
     case 'selfcheck':
       return selfcheck(values);
     default:
-      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck`);
+      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job`);
   }
 }
 
@@ -126,8 +140,11 @@ async function api<T>(v: Values, method: string, path: string, body?: unknown): 
   } catch (err) {
     throw new Error(`cannot reach the coordinator at ${base} (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}); is 'coordinator start' running?`);
   }
-  const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string } };
-  if (!res.ok) throw new Error(`${json.error?.code ?? res.status}: ${json.error?.message ?? res.statusText}`);
+  const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string; details?: string[] } };
+  if (!res.ok) {
+    const details = json.error?.details?.length ? `\n  - ${json.error.details.join('\n  - ')}` : '';
+    throw new Error(`${json.error?.code ?? res.status}: ${details ? (json.error?.message ?? '').split(':')[0] : (json.error?.message ?? res.statusText)}${details}`);
+  }
   return json as T;
 }
 
@@ -158,6 +175,47 @@ async function selfcheck(v: Values): Promise<number> {
   if (v.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
   else printSelfcheck(report, (line) => process.stdout.write(line + '\n'));
   return report.ok ? 0 : 1;
+}
+
+async function submit(v: Values, file: string): Promise<number> {
+  let spec: unknown;
+  try {
+    spec = JSON.parse(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw new UsageError(`cannot read job spec ${file}: ${(err as Error).message}`);
+  }
+  const job = await api<JobRecord>(v, 'POST', '/api/jobs', spec);
+  if (v.json) process.stdout.write(JSON.stringify(job, null, 2) + '\n');
+  else process.stdout.write(`submitted ${job.id} (${job.name}): ${job.state}\n`);
+  return 0;
+}
+
+async function listJobs(v: Values): Promise<number> {
+  const { jobs } = await api<{ jobs: Array<Omit<JobRecord, 'spec'>> }>(v, 'GET', '/api/jobs');
+  if (v.json) process.stdout.write(JSON.stringify(jobs, null, 2) + '\n');
+  else printTable(['ID', 'NAME', 'STATE', 'STEP', 'WHY', 'UPDATED'], jobs.map((j) => [j.id, j.name, j.state, String(j.step), j.stateReason, new Date(j.updatedMs).toISOString()]));
+  return 0;
+}
+
+async function showJob(v: Values, id: string): Promise<number> {
+  const res = await api<{ job: JobRecord; metrics: MetricRow[] }>(v, 'GET', `/api/jobs/${encodeURIComponent(id)}`);
+  if (v.json) {
+    process.stdout.write(JSON.stringify(res, null, 2) + '\n');
+    return 0;
+  }
+  const { job, metrics } = res;
+  const last = (kind: string) => metrics.filter((m) => m.kind === kind).at(-1);
+  const fmt = (m: MetricRow | undefined) => (m ? Object.entries(m.values).map(([k, x]) => `${k} ${Number(x.toPrecision(4))}`).join(', ') : '—');
+  process.stdout.write(
+    [
+      `${job.id} (${job.name}): ${job.state} — ${job.stateReason}`,
+      `step ${job.step} of ${job.spec.training.steps}`,
+      `model: vocab ${job.spec.model.vocabSize}, ctx ${job.spec.model.nCtx}, ${job.spec.model.nLayer} layers, ${job.spec.model.nHead} heads, d ${job.spec.model.nEmbd}`,
+      `last train: ${fmt(last('train'))}`,
+      `last eval:  ${fmt(last('eval'))}`,
+    ].join('\n') + '\n',
+  );
+  return 0;
 }
 
 function printTable(header: string[], rows: string[][]): void {

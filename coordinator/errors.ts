@@ -9,6 +9,8 @@ export const CoordinatorErrorCodes = {
   CRD_ERR_BAD_REQUEST: 400,
   /** The named node, group or run does not exist. */
   CRD_ERR_NOT_FOUND: 404,
+  /** The request conflicts with the resource's state (e.g. cancelling a finished job). */
+  CRD_ERR_CONFLICT: 409,
   /** Not enough alive agents for what was asked. */
   CRD_ERR_NOT_ENOUGH_NODES: 409,
   /** A collective run did not finish within its deadline. */

@@ -12,6 +12,10 @@
  *   POST   /api/groups/:id/runs          run a collective {op, elements, seed?, root?, repeats?, verify?, returnResult?}
  *   DELETE /api/groups/:id               release a ring
  *   POST   /api/selfcheck                form a ring of the agents and check every collective {agents?, elements?, segmentBytes?}
+ *   POST   /api/jobs                     submit a training job (job-spec.ts); 400 names every bad field
+ *   GET    /api/jobs                     jobs, newest first
+ *   GET    /api/jobs/:id                 one job with its metrics history
+ *   POST   /api/jobs/:id/cancel          cancel a job that has not finished
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
@@ -24,6 +28,8 @@ import { ArtifactStore } from './artifact-store.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
 import { GroupManager } from './groups.ts';
+import { validateJobSpec } from './job-spec.ts';
+import { FINAL_STATES, JobStore } from './job-store.ts';
 import { createMetrics } from './metrics.ts';
 import { runSelfcheck } from './selfcheck.ts';
 import { SqliteStateStore, type StateStore } from './state-store.ts';
@@ -55,6 +61,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   }
   const store = new SqliteStateStore(join(cfg.dataDir, 'state.db'));
   const artifacts = new ArtifactStore(join(cfg.dataDir, 'artifacts'));
+  const jobs = new JobStore(store.database);
 
   let clusterId = store.getMeta('cluster_id');
   if (!clusterId) {
@@ -162,6 +169,28 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
       segmentBytes: req.body.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
     }, (line) => log.info(`selfcheck: ${line}`)),
   );
+
+  app.post('/api/jobs', async (req, reply) => {
+    const res = validateJobSpec(req.body);
+    if (!res.ok) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid job spec: ${res.errors.join('; ')}`, { details: res.errors });
+    const job = jobs.create(res.spec, Date.now());
+    log.info(`job ${job.id} (${job.name}) submitted`);
+    return reply.code(201).send(job);
+  });
+  app.get('/api/jobs', async () => ({ jobs: jobs.list().map(({ spec: _spec, ...summary }) => summary) }));
+  app.get<{ Params: { id: string }; Querystring: { after?: string } }>('/api/jobs/:id', async (req) => {
+    const job = jobs.get(req.params.id);
+    if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
+    const after = Number(req.query.after ?? -1);
+    return { job, metrics: jobs.metrics(job.id, Number.isFinite(after) ? after : -1) };
+  });
+  app.post<{ Params: { id: string } }>('/api/jobs/:id/cancel', async (req) => {
+    const job = jobs.get(req.params.id);
+    if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
+    if (FINAL_STATES.has(job.state)) throw new CoordinatorError('CRD_ERR_CONFLICT', `job ${job.id} already ${job.state}`);
+    jobs.setState(job.id, 'cancelled', 'cancelled by request', Date.now());
+    return jobs.get(job.id);
+  });
 
   app.server.on('upgrade', (req, socket, head) => {
     const path = (req.url ?? '').split('?')[0];

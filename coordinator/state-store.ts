@@ -43,7 +43,8 @@ export interface StateStore {
   close(): void;
 }
 
-const SCHEMA_VERSION = 1;
+/** Bumped whenever #migrate gains a step; each step upgrades from the version before it. */
+const SCHEMA_VERSION = 2;
 
 export class SqliteStateStore implements StateStore {
   readonly #db: Database.Database;
@@ -86,21 +87,42 @@ export class SqliteStateStore implements StateStore {
     if (version > SCHEMA_VERSION) {
       throw new Error(`database schema version ${version} is newer than this coordinator understands (${SCHEMA_VERSION}); upgrade the coordinator`);
     }
-    if (version === SCHEMA_VERSION) return;
-    this.#db.exec(`
-      BEGIN;
-      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-      CREATE TABLE IF NOT EXISTS nodes (
-        id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, status_reason TEXT NOT NULL,
-        capabilities TEXT NOT NULL, peer_address TEXT NOT NULL, agent_version TEXT NOT NULL,
-        remote_address TEXT NOT NULL, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
-        secret_hash TEXT NOT NULL);
-      CREATE TABLE IF NOT EXISTS node_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL REFERENCES nodes(id),
-        at_ms INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL);
-      CREATE INDEX IF NOT EXISTS node_events_by_node ON node_events(node_id, id);
-      PRAGMA user_version = ${SCHEMA_VERSION};
-      COMMIT;`);
+    const steps: Array<[number, string]> = [
+      [
+        1,
+        `CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS nodes (
+          id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, status_reason TEXT NOT NULL,
+          capabilities TEXT NOT NULL, peer_address TEXT NOT NULL, agent_version TEXT NOT NULL,
+          remote_address TEXT NOT NULL, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+          secret_hash TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS node_events (
+          id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL REFERENCES nodes(id),
+          at_ms INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS node_events_by_node ON node_events(node_id, id);`,
+      ],
+      [
+        2,
+        `CREATE TABLE IF NOT EXISTS jobs (
+          id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+          state_reason TEXT NOT NULL, step INTEGER NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS job_metrics (
+          job_id TEXT NOT NULL REFERENCES jobs(id), step INTEGER NOT NULL, kind TEXT NOT NULL,
+          at_ms INTEGER NOT NULL, "values" TEXT NOT NULL, PRIMARY KEY (job_id, kind, step));`,
+      ],
+    ];
+    for (const [to, sql] of steps) {
+      if (version >= to) continue;
+      this.#db.transaction(() => {
+        this.#db.exec(sql);
+        this.#db.pragma(`user_version = ${to}`);
+      })();
+    }
+  }
+
+  /** The open database, for stores of other concepts that share it (job-store.ts). */
+  get database(): Database.Database {
+    return this.#db;
   }
 
   getMeta(key: string): string | undefined {
