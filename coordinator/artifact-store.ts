@@ -54,8 +54,21 @@ export class ArtifactStore {
     return digest;
   }
 
-  /** Streams into the store (for files larger than memory); returns the sha256 and size. */
-  async putStream(source: Readable): Promise<{ digest: string; bytes: number }> {
+  /** Size in bytes of a stored artifact, or undefined when it is not stored. */
+  sizeOf(digest: string): number | undefined {
+    try {
+      const st = statSync(this.pathOf(digest));
+      return st.isFile() ? st.size : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Streams into the store (for files larger than memory); returns the sha256 and size. With `expected`, bytes
+   * whose sha256 differs are discarded and refused (an upload cut short or corrupted on the way).
+   */
+  async putStream(source: Readable, expected?: string): Promise<{ digest: string; bytes: number }> {
     const tmp = this.#tmpPath();
     const hash = createHash('sha256');
     let bytes = 0;
@@ -73,6 +86,10 @@ export class ArtifactStore {
       throw err;
     }
     const digest = hash.digest('hex');
+    if (expected !== undefined && digest !== expected) {
+      await rm(tmp, { force: true });
+      throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `upload's sha256 is ${digest}, not ${expected}: it was cut short or corrupted; send it again`);
+    }
     await this.#commit(tmp, digest);
     return { digest, bytes };
   }

@@ -16,10 +16,14 @@
  *   GET    /api/jobs                     jobs, newest first
  *   GET    /api/jobs/:id                 one job with its metrics history
  *   POST   /api/jobs/:id/cancel          cancel a job that has not finished
+ *   PUT    /api/artifacts/:sha256        store bytes under their sha256 (checked); agents upload checkpoints so
+ *   GET    /api/artifacts/:sha256        fetch stored bytes (dataset shards, checkpoints, model files)
+ *   HEAD   /api/artifacts/:sha256        does it exist, and its size
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyError } from 'fastify';
 import type { Logger } from '../common/log.ts';
 import { AgentHub, sha256Hex } from './agent-hub.ts';
@@ -82,7 +86,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
 
   const app = Fastify({
     logger: false,
-    bodyLimit: 1024 * 1024,
+    bodyLimit: 1024 * 1024, // JSON bodies; artifact uploads are streams and not buffered
     ajv: { customOptions: { allErrors: true, removeAdditional: false, coerceTypes: false } },
   });
 
@@ -190,6 +194,29 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     if (FINAL_STATES.has(job.state)) throw new CoordinatorError('CRD_ERR_CONFLICT', `job ${job.id} already ${job.state}`);
     jobs.setState(job.id, 'cancelled', 'cancelled by request', Date.now());
     return jobs.get(job.id);
+  });
+
+  // Artifacts travel as raw bytes, streamed to and from disk: no JSON, no body-size limit beyond the disk's.
+  app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
+  app.put<{ Params: { digest: string } }>('/api/artifacts/:digest', async (req, reply) => {
+    const expected = req.params.digest;
+    artifacts.pathOf(expected); // validates the digest's form before reading a byte
+    if (req.headers['content-type'] !== 'application/octet-stream') {
+      throw new CoordinatorError('CRD_ERR_BAD_REQUEST', 'send artifacts as Content-Type: application/octet-stream');
+    }
+    const { digest, bytes } = await artifacts.putStream(req.body as Readable, expected);
+    return reply.code(201).send({ digest, bytes });
+  });
+  app.route<{ Params: { digest: string } }>({
+    method: ['GET', 'HEAD'],
+    url: '/api/artifacts/:digest',
+    handler: async (req, reply) => {
+      const size = artifacts.sizeOf(req.params.digest);
+      if (size === undefined) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no artifact ${req.params.digest}`);
+      reply.header('content-length', size).type('application/octet-stream');
+      if (req.method === 'HEAD') return reply.send();
+      return reply.send(artifacts.createReadStream(req.params.digest));
+    },
   });
 
   app.server.on('upgrade', (req, socket, head) => {
