@@ -56,8 +56,9 @@ export class ArtifactStore {
 
   /** Size in bytes of a stored artifact, or undefined when it is not stored. */
   sizeOf(digest: string): number | undefined {
+    const path = this.pathOf(digest); // a malformed digest is the caller's error, not a missing file
     try {
-      const st = statSync(this.pathOf(digest));
+      const st = statSync(path);
       return st.isFile() ? st.size : undefined;
     } catch {
       return undefined;
