@@ -19,6 +19,10 @@
  *   PUT    /api/artifacts/:sha256        store bytes under their sha256 (checked); agents upload checkpoints so
  *   GET    /api/artifacts/:sha256        fetch stored bytes (dataset shards, checkpoints, model files)
  *   HEAD   /api/artifacts/:sha256        does it exist, and its size
+ *   GET    /api/models                   registered models with their version counts
+ *   GET    /api/models/:name/versions    every version: files with sha256, lineage (job, spec, metrics)
+ *   GET    /api/models/:name/versions/:v one version ('latest' works)
+ *   GET    /api/models/:name/versions/:v/files/:file   a file of a version, checked against its sha256
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
@@ -35,6 +39,7 @@ import { GroupManager } from './groups.ts';
 import { validateJobSpec } from './job-spec.ts';
 import { FINAL_STATES, JobStore } from './job-store.ts';
 import { createMetrics } from './metrics.ts';
+import { ModelRegistry } from './registry.ts';
 import { runSelfcheck } from './selfcheck.ts';
 import { SqliteStateStore, type StateStore } from './state-store.ts';
 
@@ -50,6 +55,8 @@ export interface Coordinator {
   hub: AgentHub;
   groups: GroupManager;
   store: StateStore;
+  jobs: JobStore;
+  registry: ModelRegistry;
   artifacts: ArtifactStore;
   /** Set when this start generated the cluster token (so the CLI can print it once). */
   generatedToken: string | undefined;
@@ -66,6 +73,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   const store = new SqliteStateStore(join(cfg.dataDir, 'state.db'));
   const artifacts = new ArtifactStore(join(cfg.dataDir, 'artifacts'));
   const jobs = new JobStore(store.database);
+  const registry = new ModelRegistry(join(cfg.dataDir, 'registry'), store.database);
 
   let clusterId = store.getMeta('cluster_id');
   if (!clusterId) {
@@ -219,6 +227,30 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     },
   });
 
+  app.get('/api/models', async () => ({ models: registry.models() }));
+  app.get<{ Params: { name: string } }>('/api/models/:name/versions', async (req) => {
+    const versions = registry.versions(req.params.name);
+    if (versions.length === 0) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no model ${req.params.name}`);
+    return { name: req.params.name, versions };
+  });
+  const versionOf = (name: string, v: string): number => {
+    if (v === 'latest') {
+      const latest = registry.models().find((m) => m.name === name)?.latest;
+      if (latest === undefined) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no model ${name}`);
+      return latest;
+    }
+    const n = Number(v.replace(/^v/, ''));
+    if (!Number.isInteger(n) || n < 1) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `version '${v.slice(0, 20)}' is not a positive integer or 'latest'`);
+    return n;
+  };
+  app.get<{ Params: { name: string; v: string } }>('/api/models/:name/versions/:v', async (req) =>
+    registry.get(req.params.name, versionOf(req.params.name, req.params.v)),
+  );
+  app.get<{ Params: { name: string; v: string; file: string } }>('/api/models/:name/versions/:v/files/:file', async (req, reply) => {
+    const bytes = registry.readFile(req.params.name, versionOf(req.params.name, req.params.v), req.params.file);
+    return reply.type(req.params.file.endsWith('.json') ? 'application/json' : 'application/octet-stream').send(bytes);
+  });
+
   app.server.on('upgrade', (req, socket, head) => {
     const path = (req.url ?? '').split('?')[0];
     if (path === '/ws/agent') hub.handleUpgrade(req, socket, head);
@@ -233,6 +265,8 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     hub,
     groups,
     store,
+    jobs,
+    registry,
     artifacts,
     generatedToken,
     async listen() {

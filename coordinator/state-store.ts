@@ -44,7 +44,7 @@ export interface StateStore {
 }
 
 /** Bumped whenever #migrate gains a step; each step upgrades from the version before it. */
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
 export class SqliteStateStore implements StateStore {
   readonly #db: Database.Database;
@@ -109,6 +109,12 @@ export class SqliteStateStore implements StateStore {
         CREATE TABLE IF NOT EXISTS job_metrics (
           job_id TEXT NOT NULL REFERENCES jobs(id), step INTEGER NOT NULL, kind TEXT NOT NULL,
           at_ms INTEGER NOT NULL, "values" TEXT NOT NULL, PRIMARY KEY (job_id, kind, step));`,
+      ],
+      [
+        3,
+        `CREATE TABLE IF NOT EXISTS model_versions (
+          name TEXT NOT NULL, version INTEGER NOT NULL, created_ms INTEGER NOT NULL, files TEXT NOT NULL,
+          lineage TEXT NOT NULL, PRIMARY KEY (name, version));`,
       ],
     ];
     for (const [to, sql] of steps) {

@@ -1,0 +1,145 @@
+/**
+ * The model registry: each finished job registers a new version of its model as a Hugging Face-style folder,
+ * `<dir>/<name>/v<N>/` with config.json, model.safetensors and tokenizer.json (loadable by transformers from
+ * that path) plus lineage.json (job, spec, final metrics, parent). A version is written into a temporary folder,
+ * fsynced and renamed into place, then recorded in SQLite with every file's sha256, so a listed version is always
+ * complete and a file that changed on disk is detected when read.
+ */
+import type Database from 'better-sqlite3';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { open, mkdir, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CoordinatorError } from './errors.ts';
+
+export const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export interface Lineage {
+  jobId?: string;
+  spec?: unknown;
+  metrics?: Record<string, number>;
+  parent?: { name: string; version: number };
+  [key: string]: unknown;
+}
+
+export interface ModelVersion {
+  name: string;
+  version: number;
+  createdMs: number;
+  files: Record<string, { bytes: number; sha256: string }>;
+  lineage: Lineage;
+  path: string; // the HF-style folder on the coordinator's disk
+}
+
+interface Row {
+  name: string;
+  version: number;
+  created_ms: number;
+  files: string;
+  lineage: string;
+}
+
+export class ModelRegistry {
+  readonly dir: string;
+  readonly #db: Database.Database;
+  readonly #stmts;
+
+  constructor(dir: string, db: Database.Database) {
+    this.dir = dir;
+    this.#db = db;
+    mkdirSync(join(dir, '.tmp'), { recursive: true });
+    rmSync(join(dir, '.tmp'), { recursive: true, force: true }); // half-written versions from a crash
+    mkdirSync(join(dir, '.tmp'), { recursive: true });
+    this.#stmts = {
+      next: db.prepare<[string], { v: number | null }>('SELECT MAX(version) AS v FROM model_versions WHERE name = ?'),
+      insert: db.prepare('INSERT INTO model_versions(name, version, created_ms, files, lineage) VALUES (?, ?, ?, ?, ?)'),
+      get: db.prepare<[string, number], Row>('SELECT * FROM model_versions WHERE name = ? AND version = ?'),
+      versions: db.prepare<[string], Row>('SELECT * FROM model_versions WHERE name = ? ORDER BY version'),
+      models: db.prepare<[], { name: string; versions: number; latest: number; updated_ms: number }>(
+        'SELECT name, COUNT(*) AS versions, MAX(version) AS latest, MAX(created_ms) AS updated_ms FROM model_versions GROUP BY name ORDER BY name',
+      ),
+    };
+  }
+
+  /** Writes a new version of `name` and returns it. Must include config.json and model.safetensors. */
+  async register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs = Date.now()): Promise<ModelVersion> {
+    if (!MODEL_NAME.test(name)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `model name '${name.slice(0, 80)}' must match ${MODEL_NAME}`);
+    for (const required of ['config.json', 'model.safetensors']) {
+      if (!files[required]) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `a model version needs ${required}`);
+    }
+    const manifest: ModelVersion['files'] = {};
+    const tmp = join(this.dir, '.tmp', randomBytes(8).toString('hex'));
+    await mkdir(tmp, { recursive: true });
+    const all = { ...files, 'lineage.json': Buffer.from(JSON.stringify(lineage, null, 2)) };
+    for (const [file, bytes] of Object.entries(all)) {
+      if (!FILE_NAME.test(file)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `file name '${file.slice(0, 80)}' is not allowed`);
+      const fh = await open(join(tmp, file), 'w');
+      try {
+        await fh.writeFile(bytes);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      manifest[file] = { bytes: bytes.byteLength, sha256: createHash('sha256').update(bytes).digest('hex') };
+    }
+    // Versions are numbered in the database transaction, so two registrations of one name never collide.
+    const version = this.#db.transaction(() => {
+      const v = (this.#stmts.next.get(name)?.v ?? 0) + 1;
+      this.#stmts.insert.run(name, v, nowMs, JSON.stringify(manifest), JSON.stringify(lineage));
+      return v;
+    })();
+    const final = this.#pathOf(name, version);
+    await mkdir(join(this.dir, name), { recursive: true });
+    try {
+      await rename(tmp, final);
+    } catch (err) {
+      this.#db.prepare('DELETE FROM model_versions WHERE name = ? AND version = ?').run(name, version);
+      throw new CoordinatorError('CRD_ERR_STORAGE', `could not move version into ${final}: ${(err as Error).message}`, { cause: err });
+    }
+    await writeFile(join(this.dir, name, 'LATEST'), `v${version}\n`);
+    return this.get(name, version);
+  }
+
+  models(): Array<{ name: string; versions: number; latest: number; updatedMs: number }> {
+    return this.#stmts.models.all().map((m) => ({ name: m.name, versions: m.versions, latest: m.latest, updatedMs: m.updated_ms }));
+  }
+
+  versions(name: string): ModelVersion[] {
+    return this.#stmts.versions.all(name).map((r) => this.#fromRow(r));
+  }
+
+  get(name: string, version: number): ModelVersion {
+    const row = this.#stmts.get.get(name, version);
+    if (!row) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no model ${name} version ${version}`);
+    return this.#fromRow(row);
+  }
+
+  /** A file of a version, checked against the sha256 recorded when it was registered. */
+  readFile(name: string, version: number, file: string): Buffer {
+    const v = this.get(name, version);
+    const entry = v.files[file];
+    if (!entry) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `model ${name} v${version} has no file ${file}`);
+    const bytes = readFileSync(join(v.path, file));
+    const actual = createHash('sha256').update(bytes).digest('hex');
+    if (actual !== entry.sha256) {
+      throw new CoordinatorError('CRD_ERR_STORAGE', `${join(v.path, file)} changed since it was registered (sha256 ${actual}, expected ${entry.sha256})`);
+    }
+    return bytes;
+  }
+
+  #pathOf(name: string, version: number): string {
+    return join(this.dir, name, `v${version}`);
+  }
+
+  #fromRow(r: Row): ModelVersion {
+    const path = this.#pathOf(r.name, r.version);
+    try {
+      statSync(path);
+    } catch (err) {
+      // A version whose folder vanished is a storage error, not a silent empty answer.
+      throw new CoordinatorError('CRD_ERR_STORAGE', `model ${r.name} v${r.version} is registered but ${path} is missing`, { cause: err });
+    }
+    return { name: r.name, version: r.version, createdMs: r.created_ms, files: JSON.parse(r.files), lineage: JSON.parse(r.lineage), path };
+  }
+}

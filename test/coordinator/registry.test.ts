@@ -1,0 +1,85 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SqliteStateStore } from '../../coordinator/state-store.ts';
+import { ModelRegistry } from '../../coordinator/registry.ts';
+import { createCoordinator } from '../../coordinator/server.ts';
+import { resolveConfig } from '../../coordinator/config.ts';
+import { silentLogger } from '../../common/log.ts';
+
+const files = (tag: string) => ({
+  'config.json': Buffer.from(JSON.stringify({ model_type: 'gpt2', tag })),
+  'model.safetensors': Buffer.from(`weights-${tag}`),
+  'tokenizer.json': Buffer.from('{}'),
+});
+
+function fresh(t: import('node:test').TestContext) {
+  const dir = mkdtempSync(join(tmpdir(), 'registry-'));
+  const state = new SqliteStateStore(join(dir, 'state.db'));
+  t.after(() => {
+    state.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, state, registry: new ModelRegistry(join(dir, 'registry'), state.database) };
+}
+
+test('versions of a model are numbered from 1 and land as complete HF-style folders with lineage', async (t) => {
+  const { registry } = fresh(t);
+  const v1 = await registry.register('tiny', files('a'), { jobId: 'job-1', metrics: { loss: 2.5 } }, 1000);
+  const v2 = await registry.register('tiny', files('b'), { jobId: 'job-2', parent: { name: 'tiny', version: 1 } }, 2000);
+  assert.deepEqual([v1.version, v2.version], [1, 2]);
+  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'lineage.json']) assert.ok(existsSync(join(v2.path, f)), f);
+  assert.deepEqual(JSON.parse(readFileSync(join(v2.path, 'lineage.json'), 'utf8')).parent, { name: 'tiny', version: 1 });
+  assert.deepEqual(registry.models(), [{ name: 'tiny', versions: 2, latest: 2, updatedMs: 2000 }]);
+  assert.equal(registry.readFile('tiny', 1, 'model.safetensors').toString(), 'weights-a');
+});
+
+test('a version without weights or config is refused, and so is a bad name', async (t) => {
+  const { registry } = fresh(t);
+  const { 'model.safetensors': _w, ...noWeights } = files('x');
+  await assert.rejects(registry.register('tiny', noWeights, {}), /needs model.safetensors/);
+  await assert.rejects(registry.register('../evil', files('x'), {}), { code: 'CRD_ERR_BAD_REQUEST' });
+  await assert.rejects(registry.register('tiny', { ...files('x'), '../x': Buffer.from('') }, {}), /not allowed/);
+  assert.deepEqual(registry.models(), []);
+});
+
+test('a registered file changed on disk is refused when read', async (t) => {
+  const { registry } = fresh(t);
+  const v = await registry.register('tiny', files('a'), {});
+  writeFileSync(join(v.path, 'model.safetensors'), 'tampered');
+  assert.throws(() => registry.readFile('tiny', 1, 'model.safetensors'), { code: 'CRD_ERR_STORAGE' });
+});
+
+test('a half-written version left by a crash is cleared on start and never listed', async (t) => {
+  const { dir, state } = fresh(t);
+  mkdirSync(join(dir, 'registry', '.tmp', 'deadbeef'), { recursive: true });
+  writeFileSync(join(dir, 'registry', '.tmp', 'deadbeef', 'model.safetensors'), 'partial');
+  const registry = new ModelRegistry(join(dir, 'registry'), state.database);
+  assert.equal(existsSync(join(dir, 'registry', '.tmp', 'deadbeef')), false);
+  assert.deepEqual(registry.models(), []);
+});
+
+test('the models API lists models and versions and serves checked files', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'registry-api-'));
+  const coordinator = createCoordinator(resolveConfig({ dataDir: dir, token: 'registry-test-token' }), silentLogger);
+  t.after(async () => {
+    await coordinator.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await coordinator.registry.register('tiny', files('a'), { jobId: 'job-1' });
+  const auth = { authorization: 'Bearer registry-test-token' };
+  const models = await coordinator.app.inject({ url: '/api/models', headers: auth });
+  assert.equal(models.json().models[0].name, 'tiny');
+  const versions = await coordinator.app.inject({ url: '/api/models/tiny/versions', headers: auth });
+  assert.equal(versions.json().versions[0].lineage.jobId, 'job-1');
+  const latest = await coordinator.app.inject({ url: '/api/models/tiny/versions/latest', headers: auth });
+  assert.equal(latest.json().version, 1);
+  const file = await coordinator.app.inject({ url: '/api/models/tiny/versions/1/files/model.safetensors', headers: auth });
+  assert.equal(file.body, 'weights-a');
+  assert.equal((await coordinator.app.inject({ url: '/api/models/nope/versions', headers: auth })).statusCode, 404);
+  assert.equal((await coordinator.app.inject({ url: '/api/models/tiny/versions/zero', headers: auth })).statusCode, 400);
+  assert.equal((await coordinator.app.inject({ url: '/api/models/tiny/versions/1/files/secret.txt', headers: auth })).statusCode, 404);
+  assert.equal((await coordinator.app.inject({ url: '/api/models' })).statusCode, 401);
+});
