@@ -6,7 +6,7 @@
  */
 import type Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import type { ResolvedJobSpec } from './job-spec.ts';
+import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
 
 export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type JobState = (typeof JOB_STATES)[number];

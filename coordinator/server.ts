@@ -36,7 +36,7 @@ import { ArtifactStore } from './artifact-store.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
 import { GroupManager } from './groups.ts';
-import { validateJobSpec } from './job-spec.ts';
+import { validateJobSpec } from '../protocol/job-spec.ts';
 import { FINAL_STATES, JobStore } from './job-store.ts';
 import { createMetrics } from './metrics.ts';
 import { ModelRegistry } from './registry.ts';

@@ -5,6 +5,12 @@
  */
 import { Type } from '@sinclair/typebox';
 import { Attach, Count, Id, Secret, Text, message, messageParser, type MessageOf } from './schema.ts';
+import { JobSpec } from './job-spec.ts';
+
+/** A content address in the coordinator's artifact store (GET/PUT /api/artifacts/:sha256). */
+const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
+/** Files by name, each a content address: a checkpoint or a model version. */
+const FileSet = Type.Record(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' }), Sha256, { maxProperties: 64 });
 
 /** Largest result attachment an agent may send the coordinator (a collective's result vector, for checking). */
 export const MAX_CONTROL_ATTACHMENT = 16 * 1024 * 1024;
@@ -65,6 +71,32 @@ export const agentMessages = {
     maxAbsErr: Type.Optional(Type.Number()), // against the serial sum, when the run asked to verify
     attach: Type.Optional(Attach(MAX_CONTROL_ATTACHMENT)), // the result vector, when the run asked for it
   }),
+  /** "Step `step` of this job attempt is done": rank 0 reports the global figures (all-reduced loss). */
+  'job.progress': message('job.progress', {
+    jobId: Id,
+    attempt: Count(1_000_000),
+    rank: Count(65535),
+    step: Count(2 ** 40),
+    loss: Type.Number(), // mean training loss over the global batch
+    evalLoss: Type.Optional(Type.Number()), // held-out loss, on evaluation steps
+    lr: Type.Number({ minimum: 0 }),
+    tokensPerS: Type.Number({ minimum: 0 }), // global tokens per second of this step
+    stepMs: Type.Number({ minimum: 0 }),
+    computeMs: Type.Number({ minimum: 0 }), // forward + backward + optimizer
+    allreduceMs: Type.Number({ minimum: 0 }), // gradient all-reduce, as seen by this rank
+  }),
+  /** "A checkpoint of step `step` is uploaded to the artifact store." Rank 0 only. */
+  'job.checkpoint': message('job.checkpoint', { jobId: Id, attempt: Count(1_000_000), step: Count(2 ** 40), files: FileSet }),
+  /** "This rank is finished with the attempt": ok with the final model files (rank 0), or failed with why. */
+  'job.finished': message('job.finished', {
+    jobId: Id,
+    attempt: Count(1_000_000),
+    rank: Count(65535),
+    ok: Type.Boolean(),
+    step: Count(2 ** 40),
+    error: Type.Optional(Text(2048)),
+    files: Type.Optional(FileSet), // config.json, model.safetensors, tokenizer.json: the trained model
+  }),
 };
 
 export const coordinatorMessages = {
@@ -102,6 +134,23 @@ export const coordinatorMessages = {
     verify: Type.Boolean(),
     returnResult: Type.Boolean(),
   }),
+  /**
+   * "Train this job as rank `rank` of `world` on group `groupId`." The data is prepared on the coordinator:
+   * the tokenizer, the shard index and the shards are artifacts to fetch. With `resume`, start from that
+   * checkpoint (step and files) instead of a fresh initialisation.
+   */
+  'job.start': message('job.start', {
+    jobId: Id,
+    attempt: Count(1_000_000), // increases on every (re)start of the job, so stale messages are told apart
+    groupId: Id,
+    rank: Count(65535),
+    world: Type.Integer({ minimum: 1, maximum: 65536 }),
+    spec: JobSpec,
+    data: Type.Object({ tokenizer: Sha256, index: Sha256, shards: Type.Array(Sha256, { maxItems: 100_000 }) }, { additionalProperties: false }),
+    resume: Type.Optional(Type.Object({ step: Count(2 ** 40), files: FileSet }, { additionalProperties: false })),
+  }),
+  /** "Stop working on this job now" (cancelled, or re-planned after a membership change). */
+  'job.stop': message('job.stop', { jobId: Id, reason: Text(1024) }),
   /** A refusal or failure the agent should show its user. */
   error: message('error', { code: Text(64), message: Text(1024) }),
 };
@@ -116,3 +165,5 @@ export type PeerInfoT = import('@sinclair/typebox').Static<typeof PeerInfo>;
 export type GroupAssign = MessageOf<{ a: (typeof coordinatorMessages)['group.assign'] }>;
 export type CollectiveRun = MessageOf<{ a: (typeof coordinatorMessages)['collective.run'] }>;
 export type CollectiveResult = MessageOf<{ a: (typeof agentMessages)['collective.result'] }>;
+export type JobStart = MessageOf<{ a: (typeof coordinatorMessages)['job.start'] }>;
+export type JobProgress = MessageOf<{ a: (typeof agentMessages)['job.progress'] }>;

@@ -296,6 +296,7 @@ function wrongTypeFor(schema: TSchema): unknown[] {
     case 'Union':
       return [{}, [], 'not-a-member', 99];
     case 'Object':
+    case 'Record':
       return ['x', 1, [], true];
     case 'Array':
       return ['x', 1, {}, true];

@@ -50,6 +50,36 @@ export const agentExamples: Examples<typeof agentMessages> = {
     maxAbsErr: -0.5,
     attach: 16 * 1024 * 1024,
   },
+  'job.progress': {
+    type: 'job.progress',
+    jobId: 'job-1a2b',
+    attempt: 2,
+    rank: 0,
+    step: 120,
+    loss: 3.25,
+    evalLoss: 3.5,
+    lr: 0.003,
+    tokensPerS: 2500.5,
+    stepMs: 410,
+    computeMs: 350,
+    allreduceMs: 60,
+  },
+  'job.checkpoint': {
+    type: 'job.checkpoint',
+    jobId: 'job-1a2b',
+    attempt: 1,
+    step: 100,
+    files: { 'model.safetensors': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'optimizer.safetensors': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'state.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' },
+  },
+  'job.finished': {
+    type: 'job.finished',
+    jobId: 'job-1a2b',
+    attempt: 1,
+    rank: 0,
+    ok: true,
+    step: 200,
+    files: { 'config.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'model.safetensors': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'tokenizer.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' },
+  },
 };
 
 export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
@@ -89,6 +119,24 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
     verify: true,
     returnResult: false,
   },
+  'job.start': {
+    type: 'job.start',
+    jobId: 'job-1a2b',
+    attempt: 1,
+    groupId: 'g1',
+    rank: 1,
+    world: 2,
+    spec: {
+      name: 'tiny',
+      model: { vocabSize: 512, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 128 },
+      data: { corpus: 'demo', heldOutFraction: 0.05 },
+      training: { steps: 200, batchSize: 16, seqLen: 64, lr: 0.003, checkpointEvery: 50 },
+      parallel: { data: 2 },
+    },
+    data: { tokenizer: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', index: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', shards: ['e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'] },
+    resume: { step: 100, files: { 'model.safetensors': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'state.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' } },
+  },
+  'job.stop': { type: 'job.stop', jobId: 'job-1a2b', reason: 'cancelled by request' },
   error: { type: 'error', code: 'COORD_ERR_FULL', message: 'the cluster is full' },
 };
 

@@ -83,9 +83,15 @@ function fromSchema(schema: TSchema): fc.Arbitrary<unknown> {
     case 'Number': {
       const min = schema.minimum as number | undefined;
       const max = schema.maximum as number | undefined;
+      const above = schema.exclusiveMinimum as number | undefined;
       return fc
         .double({ noNaN: true, noDefaultInfinity: true, ...(min !== undefined && { min }), ...(max !== undefined && { max }) })
-        .map((x) => (Object.is(x, -0) ? 0 : x)); // msgpack has no -0 integer; the codec sends -0 as 0
+        .map((x) => (Object.is(x, -0) ? 0 : x)) // msgpack has no -0 integer; the codec sends -0 as 0
+        .filter((x) => above === undefined || x > above);
+    }
+    case 'Record': {
+      const [pattern, value] = Object.entries(schema.patternProperties as Record<string, TSchema>)[0]!;
+      return fc.dictionary(fc.stringMatching(new RegExp(pattern)), fromSchema(value), { maxKeys: 4, noNullPrototype: true });
     }
     case 'Boolean':
       return fc.boolean();

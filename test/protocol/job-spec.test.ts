@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { validateJobSpec, TRAINING_DEFAULTS } from '../../coordinator/job-spec.ts';
+import { validateJobSpec, TRAINING_DEFAULTS } from '../../protocol/job-spec.ts';
 
 const good = () => ({
   name: 'demo',

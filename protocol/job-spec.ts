@@ -1,5 +1,6 @@
 /**
- * The training job spec: what `POST /api/jobs` and `coordinator submit job.json` accept. One TypeBox schema gives
+ * The training job spec: what `POST /api/jobs` and `coordinator submit job.json` accept, and what the coordinator
+ * hands each agent in `job.start` (so it lives with the wire, in protocol/). One TypeBox schema gives
  * the TypeScript type and the JSON Schema; `validateJobSpec` adds the rules a schema cannot say (heads divide the
  * width, the global batch divides over the data-parallel ranks and micro-batches, …) and returns every problem
  * at once, each naming its field, so a 400 tells the user everything to fix in one go.
