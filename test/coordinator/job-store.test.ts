@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SqliteStateStore } from '../../coordinator/state-store.ts';
 import { JobStore } from '../../coordinator/job-store.ts';
-import { validateJobSpec, type ResolvedJobSpec } from '../../coordinator/job-spec.ts';
+import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
 function spec(): ResolvedJobSpec {
   const res = validateJobSpec({
