@@ -19,6 +19,8 @@ export const AgentErrorCodes = {
   AGT_ERR_PEER_REFUSED: 'peer refused the link',
   /** A collective was asked of a group this agent is not in, or while another runs. */
   AGT_ERR_GROUP: 'group error',
+  /** An artifact could not be downloaded or uploaded intact (after retries). */
+  AGT_ERR_ARTIFACT: 'artifact transfer failed',
   /** The compute backend could not start. */
   AGT_ERR_BACKEND: 'compute backend failed',
 } as const;

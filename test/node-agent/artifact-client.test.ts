@@ -1,0 +1,55 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createCoordinator } from '../../coordinator/server.ts';
+import { resolveConfig } from '../../coordinator/config.ts';
+import { silentLogger } from '../../common/log.ts';
+import { ArtifactClient, sha256Hex } from '../../node-agent/artifact-client.ts';
+
+async function setup(t: import('node:test').TestContext) {
+  const dir = mkdtempSync(join(tmpdir(), 'artifact-client-'));
+  const coordinator = createCoordinator(resolveConfig({ dataDir: join(dir, 'coord'), token: 'artifact-token', host: '127.0.0.1', port: 0 }), silentLogger);
+  const { port } = await coordinator.listen();
+  t.after(async () => {
+    await coordinator.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const client = new ArtifactClient({ baseUrl: `http://127.0.0.1:${port}`, token: 'artifact-token', cacheDir: join(dir, 'cache'), retries: 1 });
+  return { dir, coordinator, client, port };
+}
+
+test('uploaded bytes download identical, and the second download comes from the cache', async (t) => {
+  const { client, dir, coordinator } = await setup(t);
+  const bytes = randomBytes(200_000);
+  const digest = await client.put(bytes);
+  assert.equal(digest, sha256Hex(bytes));
+  assert.ok((await client.get(digest)).equals(bytes));
+  await coordinator.close(); // the cache must serve it now
+  assert.ok((await client.get(digest)).equals(bytes));
+  assert.deepEqual(readdirSync(join(dir, 'cache')), [digest]);
+});
+
+test('a corrupted cache entry is ignored and fetched again', async (t) => {
+  const { client, dir } = await setup(t);
+  const digest = await client.put(Buffer.from('checkpoint bytes'));
+  await client.get(digest);
+  writeFileSync(join(dir, 'cache', digest), 'garbage');
+  assert.equal((await client.get(digest)).toString(), 'checkpoint bytes');
+});
+
+test('a missing artifact fails at once with AGT_ERR_ARTIFACT naming it', async (t) => {
+  const { client } = await setup(t);
+  const missing = 'a'.repeat(64);
+  await assert.rejects(client.get(missing), (err: Error & { code?: string }) => err.code === 'AGT_ERR_ARTIFACT' && err.message.includes(missing));
+});
+
+test('a wrong token is refused without retrying forever', async (t) => {
+  const { port, dir } = await setup(t);
+  const client = new ArtifactClient({ baseUrl: `http://127.0.0.1:${port}`, token: 'wrong', cacheDir: join(dir, 'c2'), retries: 5 });
+  const started = Date.now();
+  await assert.rejects(client.put(Buffer.from('x')), /HTTP 401/);
+  assert.ok(Date.now() - started < 1000, 'a 401 is not retried');
+});
