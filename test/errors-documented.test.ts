@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { ProtocolErrorCodes } from '../protocol/errors.ts';
 import { CoordinatorErrorCodes } from '../coordinator/errors.ts';
 import { AgentErrorCodes } from '../node-agent/errors.ts';
+import { ModelErrorCodes } from '../model/errors.ts';
 import { CloseCode } from '../protocol/codes.ts';
 
 const README = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
@@ -17,6 +18,7 @@ const ERROR_CODES: readonly string[] = [
   ...Object.keys(ProtocolErrorCodes),
   ...Object.keys(CoordinatorErrorCodes),
   ...Object.keys(AgentErrorCodes),
+  ...Object.keys(ModelErrorCodes),
 ];
 const CLOSE_CODES: ReadonlyArray<[name: string, value: number]> = Object.entries(CloseCode);
 
@@ -48,6 +50,7 @@ describe('documentation of error codes', () => {
     assert.ok(Object.keys(ProtocolErrorCodes).length >= 8);
     assert.ok(Object.keys(CoordinatorErrorCodes).length >= 8);
     assert.ok(Object.keys(AgentErrorCodes).length >= 9);
+    assert.ok(Object.keys(ModelErrorCodes).length >= 10);
     assert.ok(CLOSE_CODES.length >= 14);
   });
 

@@ -1,0 +1,465 @@
+/**
+ * Training checkpoints: what a resume needs, written so that a crash at any moment never leaves something that
+ * looks complete, and checked on load so that a damaged one is refused instead of silently trained from.
+ *
+ * A checkpoint is a folder `<root>/step-000123/` (at least six digits) holding
+ *
+ *   model.safetensors      the weights by GPT-2 name (`__metadata__` {"format": "pt"}, as transformers expects)
+ *   optimizer.safetensors  AdamW's moments `exp_avg.<name>` and `exp_avg_sq.<name>` for each trained weight;
+ *                          `__metadata__` {"format": "meshtrain-adamw", "step": "<AdamW's step count>"}
+ *   state.json             {"step": 123, …}: data cursor, RNG state, resolved job config, metrics, anything JSON
+ *   manifest.json          {"format": "meshtrain-checkpoint", "version": 1, "step": 123, "createdMs": …,
+ *                           "files": {"model.safetensors": {"bytes": N, "sha256": "…"}, …}}, written last
+ *
+ * Saving writes everything into `<root>/.tmp-step-000123.<pid>.<random>/`, fsyncs each file and then the folder,
+ * renames the folder to `step-000123` (atomic on one file system) and fsyncs the root. A crash before the rename
+ * leaves only a `.tmp-*` folder, which listing ignores and the next save or prune deletes. Saving a step that
+ * already exists (a resumed run redoing steps past a checkpoint it could not use) replaces it: the old folder is
+ * first renamed aside to `.old-*`, so a crash in between leaves no half of either. Leftovers are deleted only when
+ * the process that made them (the pid in the name) is gone or, for this process, when that save is no longer under
+ * way; two processes saving the same step into one root at once is not supported.
+ *
+ * Loading reads each file listed in the manifest, checks its size and sha256 and parses it from the same bytes it
+ * hashed, so what is returned is exactly what was verified. The manifest's sha256 values are also the keys of the
+ * coordinator's content-addressed artifact store, so a checkpoint can be uploaded file by file under them.
+ *
+ * Writing in the background: `saveCheckpoint` is async and does its file I/O on libuv's thread pool; only the
+ * sha256 (≈1–2 GB/s) runs on the calling thread. The tensors must not change until its promise settles: a trainer
+ * that wants to go on stepping meanwhile passes `snapshotTensors(…)` copies (one memcpy of the model and moments).
+ *
+ * Everything here is plain typed arrays and shapes (model/safetensors.ts), independent of TensorFlow.js, so agents
+ * and the coordinator can both use it.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { constants as bufferConstants } from 'node:buffer';
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ModelError } from './errors.ts';
+import { prepareSafetensors, readSafetensors, safetensorsChunks, type PreparedSafetensors, type Tensor, type TensorMap } from './safetensors.ts';
+
+export const CHECKPOINT_FORMAT = 'meshtrain-checkpoint';
+export const CHECKPOINT_VERSION = 1;
+export const MODEL_FILE = 'model.safetensors';
+export const OPTIMIZER_FILE = 'optimizer.safetensors';
+export const STATE_FILE = 'state.json';
+export const MANIFEST_FILE = 'manifest.json';
+const REQUIRED_FILES = [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] as const;
+
+const EXP_AVG = 'exp_avg.';
+const EXP_AVG_SQ = 'exp_avg_sq.';
+const OPTIMIZER_FORMAT = 'meshtrain-adamw';
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+/** state.json: `step` is the number of optimizer steps done; the rest is the trainer's (cursor, RNG, config, …). */
+export interface CheckpointState {
+  step: number;
+  [key: string]: JsonValue;
+}
+
+/** AdamW's state: its step count (for bias correction) and first and second moments, keyed by weight name. */
+export interface OptimizerState {
+  step: number;
+  expAvg: TensorMap;
+  expAvgSq: TensorMap;
+}
+
+export interface CheckpointContents {
+  model: TensorMap;
+  optimizer: OptimizerState;
+  /** Anything JSON: data cursor, RNG state, resolved job config, metrics snapshot. `step` is filled in. */
+  state: Record<string, JsonValue>;
+  /** Extra `__metadata__` for model.safetensors; {"format": "pt"} is always added. */
+  modelMetadata?: Record<string, string>;
+}
+
+export interface ManifestEntry {
+  bytes: number;
+  sha256: string;
+}
+
+export interface CheckpointManifest {
+  format: typeof CHECKPOINT_FORMAT;
+  version: number;
+  step: number;
+  createdMs: number;
+  files: Record<string, ManifestEntry>;
+}
+
+export interface CheckpointRef {
+  step: number;
+  dir: string;
+}
+
+export interface LoadedCheckpoint extends CheckpointRef {
+  model: TensorMap;
+  modelMetadata: Record<string, string>;
+  optimizer: OptimizerState;
+  state: CheckpointState;
+  manifest: CheckpointManifest;
+}
+
+const STEP_DIR = /^step-(\d{6,})$/;
+const LEFTOVER = /^\.(tmp|old|del)-.*\.(\d+)\.[0-9a-f]+$/;
+
+/** The folder name of a step: `step-000123`. */
+export function checkpointDirName(step: number): string {
+  if (!Number.isSafeInteger(step) || step < 0) throw new ModelError('MDL_ERR_CHECKPOINT_WRITE', `step must be a non-negative integer, got ${step}`);
+  return `step-${String(step).padStart(6, '0')}`;
+}
+
+/** The checkpoints under `rootDir`, oldest first; [] when the folder does not exist. Leftovers are ignored. */
+export async function listCheckpoints(rootDir: string): Promise<CheckpointRef[]> {
+  let names: string[];
+  try {
+    names = await readdir(rootDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const refs: CheckpointRef[] = [];
+  for (const name of names) {
+    const m = STEP_DIR.exec(name);
+    if (!m) continue;
+    const step = Number(m[1]);
+    if (!Number.isSafeInteger(step) || checkpointDirName(step) !== name) continue; // only canonical names
+    const dir = join(rootDir, name);
+    const isDir = await stat(dir).then((s) => s.isDirectory(), () => false); // gone meanwhile (pruned): skip
+    if (isDir) refs.push({ step, dir });
+  }
+  return refs.sort((a, b) => a.step - b.step);
+}
+
+// ---------------------------------------------------------------------------------------------------- saving
+
+/**
+ * Writes a checkpoint of `step` into `rootDir` atomically (see the file comment) and returns its folder and
+ * manifest. The tensors are read, not copied: do not change them until the promise settles.
+ */
+export async function saveCheckpoint(rootDir: string, step: number, contents: CheckpointContents): Promise<CheckpointRef & { manifest: CheckpointManifest }> {
+  const name = checkpointDirName(step);
+  const writeError = (message: string, cause?: unknown) => new ModelError('MDL_ERR_CHECKPOINT_WRITE', `checkpoint step ${step}: ${message}`, { cause });
+  if ('step' in contents.state && contents.state.step !== step) {
+    throw writeError(`state.step is ${JSON.stringify(contents.state.step)}, not ${step}`);
+  }
+  checkMoments(contents.model, contents.optimizer.expAvg, contents.optimizer.expAvgSq, (m) => writeError(m));
+  if (!Number.isSafeInteger(contents.optimizer.step) || contents.optimizer.step < 0) {
+    throw writeError(`optimizer.step must be a non-negative integer, got ${contents.optimizer.step}`);
+  }
+  // Everything that can fail on bad input is prepared before the first byte is written.
+  let model: PreparedSafetensors, optimizer: PreparedSafetensors, state: Buffer;
+  try {
+    model = prepareSafetensors(contents.model, { ...contents.modelMetadata, format: 'pt' });
+    const moments: TensorMap = {};
+    for (const [k, t] of Object.entries(contents.optimizer.expAvg)) moments[EXP_AVG + k] = t;
+    for (const [k, t] of Object.entries(contents.optimizer.expAvgSq)) moments[EXP_AVG_SQ + k] = t;
+    optimizer = prepareSafetensors(moments, { format: OPTIMIZER_FORMAT, step: String(contents.optimizer.step) });
+    state = Buffer.from(`${JSON.stringify({ ...contents.state, step }, null, 2)}\n`);
+  } catch (err) {
+    throw writeError((err as Error).message, err);
+  }
+
+  await mkdir(rootDir, { recursive: true });
+  await cleanLeftovers(rootDir);
+  const tmp = join(rootDir, `.tmp-${name}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  const final = join(rootDir, name);
+  inFlight.add(tmp);
+  try {
+    await mkdir(tmp);
+    const files: Record<string, ManifestEntry> = {};
+    files[MODEL_FILE] = await writeDurably(join(tmp, MODEL_FILE), safetensorsChunks(model));
+    files[OPTIMIZER_FILE] = await writeDurably(join(tmp, OPTIMIZER_FILE), safetensorsChunks(optimizer));
+    files[STATE_FILE] = await writeDurably(join(tmp, STATE_FILE), [state]);
+    const manifest: CheckpointManifest = { format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, step, createdMs: Date.now(), files };
+    await writeDurably(join(tmp, MANIFEST_FILE), [Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`)]);
+    await syncDir(tmp);
+    let old: string | undefined;
+    try {
+      await rename(tmp, final);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+      old = join(rootDir, `.old-${name}.${process.pid}.${randomBytes(4).toString('hex')}`);
+      await rename(final, old);
+      await rename(tmp, final);
+    }
+    await syncDir(rootDir);
+    if (old) await rm(old, { recursive: true, force: true });
+    return { step, dir: final, manifest };
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true }).catch(() => {});
+    throw err instanceof ModelError ? err : writeError(`could not write ${final}: ${(err as Error).message}`, err);
+  } finally {
+    inFlight.delete(tmp);
+  }
+}
+
+/** Temporary folders of this process's saves still under way, which clean-up must not touch. */
+const inFlight = new Set<string>();
+
+/** Copies of `tensors` (same dtypes and shapes), so that a background save can go on while training changes the originals. */
+export function snapshotTensors(tensors: TensorMap): TensorMap {
+  const out: TensorMap = {};
+  for (const [name, t] of Object.entries(tensors)) out[name] = { dtype: t.dtype, shape: [...t.shape], data: t.data.slice() } as Tensor;
+  return out;
+}
+
+/**
+ * The moments keyed `exp_avg.<name>` / `exp_avg_sq.<name>` in one map, as model/optim.ts's `AdamW.exportState()`
+ * returns them, regrouped for `saveCheckpoint` (F32 tensors; the arrays are not copied).
+ */
+export function optimizerFromPrefixed(state: { step: number; tensors: ReadonlyMap<string, { shape: readonly number[]; data: Float32Array }> }): OptimizerState {
+  const expAvg: TensorMap = {};
+  const expAvgSq: TensorMap = {};
+  for (const [key, { shape, data }] of state.tensors) {
+    if (key.startsWith(EXP_AVG)) expAvg[key.slice(EXP_AVG.length)] = { dtype: 'F32', shape, data };
+    else if (key.startsWith(EXP_AVG_SQ)) expAvgSq[key.slice(EXP_AVG_SQ.length)] = { dtype: 'F32', shape, data };
+    else throw new ModelError('MDL_ERR_CHECKPOINT_WRITE', `optimizer tensor "${key}" is neither ${EXP_AVG}<name> nor ${EXP_AVG_SQ}<name>`);
+  }
+  return { step: state.step, expAvg, expAvgSq };
+}
+
+/** The inverse of `optimizerFromPrefixed`, for `AdamW.importState()` after a load; moments must be F32. */
+export function optimizerToPrefixed(optimizer: OptimizerState): { step: number; tensors: Map<string, { shape: readonly number[]; data: Float32Array }> } {
+  const tensors = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+  for (const [prefix, moments] of [[EXP_AVG, optimizer.expAvg], [EXP_AVG_SQ, optimizer.expAvgSq]] as const) {
+    for (const [name, t] of Object.entries(moments)) {
+      if (t.dtype !== 'F32') throw new ModelError('MDL_ERR_CHECKPOINT_CORRUPT', `${prefix}${name} is ${t.dtype}; AdamW keeps F32 moments`);
+      tensors.set(prefix + name, { shape: t.shape, data: t.data });
+    }
+  }
+  return { step: optimizer.step, tensors };
+}
+
+/** Writes `chunks` to a new file, fsyncs it, and returns its size and sha256. */
+async function writeDurably(path: string, chunks: Uint8Array[]): Promise<ManifestEntry> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const fh = await open(path, 'wx');
+  try {
+    for (const chunk of chunks) {
+      hash.update(chunk);
+      // One write() may write less than asked (Linux caps a call near 2 GiB), so loop.
+      for (let at = 0; at < chunk.byteLength; ) {
+        const { bytesWritten } = await fh.write(chunk, at, Math.min(chunk.byteLength - at, 1 << 30));
+        at += bytesWritten;
+      }
+      bytes += chunk.byteLength;
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return { bytes, sha256: hash.digest('hex') };
+}
+
+/** fsyncs a folder so that renames and new entries in it survive a power cut (a no-op where unsupported). */
+async function syncDir(dir: string): Promise<void> {
+  let fh;
+  try {
+    fh = await open(dir, 'r');
+    await fh.sync();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (process.platform !== 'win32' && code !== 'EINVAL' && code !== 'EISDIR' && code !== 'EPERM') throw err;
+  } finally {
+    await fh?.close();
+  }
+}
+
+/**
+ * Deletes what interrupted saves and prunes left in `rootDir` (`.tmp-*`, `.old-*`, `.del-*` folders) whose
+ * process is gone. Returns the names deleted.
+ */
+export async function cleanLeftovers(rootDir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(rootDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const m = LEFTOVER.exec(name);
+    if (!m || inFlight.has(join(rootDir, name)) || processAlive(Number(m[2]))) continue;
+    await rm(join(rootDir, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return false; // ours and not in flight: left by a save that failed to clean up
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // exists, but not ours to signal
+  }
+}
+
+/**
+ * Keeps the newest `keep` checkpoints under `rootDir` and deletes the rest (each is renamed aside first, so a crash
+ * mid-delete never leaves a partial `step-*` folder), plus leftovers of interrupted saves. Returns the deleted ones.
+ */
+export async function pruneCheckpoints(rootDir: string, keep: number): Promise<CheckpointRef[]> {
+  if (!Number.isSafeInteger(keep) || keep < 1) throw new ModelError('MDL_ERR_CHECKPOINT_WRITE', `keep must be an integer ≥ 1, got ${keep}`);
+  await cleanLeftovers(rootDir);
+  const all = await listCheckpoints(rootDir);
+  const doomed = all.slice(0, Math.max(0, all.length - keep));
+  for (const ref of doomed) {
+    const aside = join(rootDir, `.del-${checkpointDirName(ref.step)}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    await rename(ref.dir, aside);
+    await rm(aside, { recursive: true, force: true });
+  }
+  if (doomed.length > 0) await syncDir(rootDir);
+  return doomed;
+}
+
+// ---------------------------------------------------------------------------------------------------- loading
+
+/**
+ * Reads and verifies the checkpoint in `dir`: every file the manifest lists must exist with its recorded size and
+ * sha256, the three required files must be listed, and their contents must agree (step numbers, one moment pair
+ * per weight with the weight's shape). Throws `MDL_ERR_CHECKPOINT_CORRUPT` naming the file and the mismatch.
+ */
+export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  const corrupt = (message: string, cause?: unknown) => new ModelError('MDL_ERR_CHECKPOINT_CORRUPT', `checkpoint ${dir}: ${message}`, { cause });
+  const manifest = await readManifest(dir, corrupt);
+  const bytes: Record<string, Buffer> = {};
+  for (const [file, expected] of Object.entries(manifest.files)) {
+    const { data, sha256 } = await readHashed(join(dir, file), expected.bytes, file, corrupt);
+    if (sha256 !== expected.sha256) throw corrupt(`${file}: sha256 is ${sha256} but manifest.json says ${expected.sha256}`);
+    bytes[file] = data;
+  }
+  const parse = <T>(file: string, fn: (b: Buffer) => T): T => {
+    try {
+      return fn(bytes[file]!);
+    } catch (err) {
+      throw corrupt(`${file}: ${(err as Error).message}`, err);
+    }
+  };
+  const model = parse(MODEL_FILE, readSafetensors);
+  const opt = parse(OPTIMIZER_FILE, readSafetensors);
+  const state = parse(STATE_FILE, (b) => JSON.parse(b.toString('utf8')) as unknown);
+
+  if (typeof state !== 'object' || state === null || Array.isArray(state)) throw corrupt(`${STATE_FILE}: not a JSON object`);
+  const stateStep = (state as Record<string, unknown>).step;
+  if (stateStep !== manifest.step) throw corrupt(`${STATE_FILE}: step is ${JSON.stringify(stateStep)} but manifest.json says ${manifest.step}`);
+  if (opt.metadata.format !== OPTIMIZER_FORMAT) throw corrupt(`${OPTIMIZER_FILE}: __metadata__.format is ${JSON.stringify(opt.metadata.format)}, not "${OPTIMIZER_FORMAT}"`);
+  const optStep = Number(opt.metadata.step);
+  if (!/^\d+$/.test(opt.metadata.step ?? '') || !Number.isSafeInteger(optStep)) {
+    throw corrupt(`${OPTIMIZER_FILE}: __metadata__.step is ${JSON.stringify(opt.metadata.step)}, not a step count`);
+  }
+  const expAvg: TensorMap = {};
+  const expAvgSq: TensorMap = {};
+  for (const [name, t] of Object.entries(opt.tensors)) {
+    if (name.startsWith(EXP_AVG)) expAvg[name.slice(EXP_AVG.length)] = t;
+    else if (name.startsWith(EXP_AVG_SQ)) expAvgSq[name.slice(EXP_AVG_SQ.length)] = t;
+    else throw corrupt(`${OPTIMIZER_FILE}: tensor "${name}" is neither ${EXP_AVG}<name> nor ${EXP_AVG_SQ}<name>`);
+  }
+  checkMoments(model.tensors, expAvg, expAvgSq, (m) => corrupt(`${OPTIMIZER_FILE}: ${m}`));
+  return {
+    step: manifest.step,
+    dir,
+    model: model.tensors,
+    modelMetadata: model.metadata,
+    optimizer: { step: optStep, expAvg, expAvgSq },
+    state: state as CheckpointState,
+    manifest,
+  };
+}
+
+/**
+ * The newest checkpoint under `rootDir` that verifies, trying older ones in turn; each one refused is reported to
+ * `onSkip` with its error. Undefined when there are no checkpoints at all; throws `MDL_ERR_NO_GOOD_CHECKPOINT`
+ * when there are some but none verifies (starting over silently would throw away the run).
+ */
+export async function loadLatestGoodCheckpoint(
+  rootDir: string,
+  options: { onSkip?: (skipped: CheckpointRef & { error: ModelError }) => void } = {},
+): Promise<LoadedCheckpoint | undefined> {
+  const all = await listCheckpoints(rootDir);
+  const reasons: string[] = [];
+  for (const ref of all.reverse()) {
+    try {
+      return await loadCheckpoint(ref.dir);
+    } catch (err) {
+      if (!(err instanceof ModelError) || err.code !== 'MDL_ERR_CHECKPOINT_CORRUPT') throw err;
+      reasons.push(err.message);
+      options.onSkip?.({ ...ref, error: err });
+    }
+  }
+  if (reasons.length === 0) return undefined;
+  throw new ModelError('MDL_ERR_NO_GOOD_CHECKPOINT', `none of the ${reasons.length} checkpoints under ${rootDir} verifies:\n${reasons.join('\n')}`);
+}
+
+async function readManifest(dir: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<CheckpointManifest> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, MANIFEST_FILE), 'utf8');
+  } catch (err) {
+    throw corrupt(`${MANIFEST_FILE} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): the checkpoint is incomplete`, err);
+  }
+  let m: Partial<CheckpointManifest>;
+  try {
+    m = JSON.parse(text) as Partial<CheckpointManifest>;
+  } catch (err) {
+    throw corrupt(`${MANIFEST_FILE} is not valid JSON: ${(err as Error).message}`, err);
+  }
+  if (typeof m !== 'object' || m === null || m.format !== CHECKPOINT_FORMAT) throw corrupt(`${MANIFEST_FILE}: format is not "${CHECKPOINT_FORMAT}"`);
+  if (m.version !== CHECKPOINT_VERSION) throw corrupt(`${MANIFEST_FILE}: format version ${JSON.stringify(m.version)} is not supported (this build reads ${CHECKPOINT_VERSION})`);
+  if (!Number.isSafeInteger(m.step) || m.step! < 0) throw corrupt(`${MANIFEST_FILE}: step ${JSON.stringify(m.step)} is not a non-negative integer`);
+  const files = m.files;
+  if (typeof files !== 'object' || files === null) throw corrupt(`${MANIFEST_FILE}: files is missing`);
+  for (const [file, e] of Object.entries(files)) {
+    if (file.includes('/') || file.includes('\\') || file === '..' || file === '.' || file === MANIFEST_FILE) throw corrupt(`${MANIFEST_FILE}: file name ${JSON.stringify(file)} is not allowed`);
+    if (typeof e !== 'object' || e === null || !Number.isSafeInteger(e.bytes) || e.bytes < 0 || typeof e.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(e.sha256)) {
+      throw corrupt(`${MANIFEST_FILE}: the entry of ${file} needs bytes (an integer) and sha256 (64 hex digits)`);
+    }
+  }
+  for (const file of REQUIRED_FILES) if (!Object.hasOwn(files, file)) throw corrupt(`${MANIFEST_FILE} does not list ${file}`);
+  const dirStep = STEP_DIR.exec(dir.split(/[\\/]/).filter(Boolean).pop() ?? '');
+  if (dirStep && Number(dirStep[1]) !== m.step) throw corrupt(`${MANIFEST_FILE}: step is ${m.step} but the folder is named for step ${Number(dirStep[1])}`);
+  return m as CheckpointManifest;
+}
+
+/** Reads a whole file, refusing one whose size is not `expectedBytes`, and hashes it as it reads. */
+async function readHashed(path: string, expectedBytes: number, file: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<{ data: Buffer; sha256: string }> {
+  let fh;
+  try {
+    fh = await open(path, 'r');
+  } catch (err) {
+    throw corrupt(`${file} is listed in manifest.json but cannot be opened (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, err);
+  }
+  try {
+    const { size } = await fh.stat();
+    if (size !== expectedBytes) throw corrupt(`${file} is ${size} bytes but manifest.json says ${expectedBytes}${size < expectedBytes ? ' (truncated)' : ''}`);
+    if (size > bufferConstants.MAX_LENGTH) throw corrupt(`${file} is ${size} bytes, more than one Buffer can hold here (${bufferConstants.MAX_LENGTH})`);
+    const data = Buffer.allocUnsafeSlow(size); // its own ArrayBuffer, so tensor views are aligned
+    const hash = createHash('sha256');
+    for (let at = 0; at < size; ) {
+      const { bytesRead } = await fh.read(data, at, Math.min(size - at, 1 << 30), at);
+      if (bytesRead === 0) throw corrupt(`${file} ended after ${at} of ${size} bytes while being read`);
+      hash.update(data.subarray(at, at + bytesRead));
+      at += bytesRead;
+    }
+    return { data, sha256: hash.digest('hex') };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Each weight with moments has both, and both have its dtype and shape; every moment belongs to a weight. */
+function checkMoments(model: TensorMap, expAvg: TensorMap, expAvgSq: TensorMap, error: (message: string) => ModelError): void {
+  const sameKind = (a: Tensor, b: Tensor) => a.dtype === b.dtype && a.shape.length === b.shape.length && a.shape.every((d, i) => d === b.shape[i]);
+  for (const [label, moments, other] of [['exp_avg', expAvg, expAvgSq], ['exp_avg_sq', expAvgSq, expAvg]] as const) {
+    for (const [name, t] of Object.entries(moments)) {
+      const weight = Object.hasOwn(model, name) ? model[name] : undefined;
+      if (!weight) throw error(`${label} has "${name}", which is not a weight of the model`);
+      if (!Object.hasOwn(other, name)) throw error(`"${name}" has ${label} but not ${label === 'exp_avg' ? 'exp_avg_sq' : 'exp_avg'}`);
+      if (!sameKind(t, weight)) throw error(`${label} of "${name}" is ${t.dtype} [${t.shape.join(', ')}] but the weight is ${weight.dtype} [${weight.shape.join(', ')}]`);
+    }
+  }
+}

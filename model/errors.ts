@@ -1,0 +1,37 @@
+/**
+ * Errors raised by model/: tokenizer, demo corpus, token shards, safetensors and checkpoints. Codes are stable (scripts and the
+ * coordinator may match on them) and are to be documented in README.md § Error codes like the other packages'.
+ */
+export const ModelErrorCodes = {
+  /** A tokenizer.json is not valid JSON or not a ByteLevel BPE tokenizer in the `tokenizers` format; the message names the field. */
+  MDL_ERR_TOKENIZER_FILE: 'invalid tokenizer file',
+  /** BPE training was given impossible settings, or the corpus has too few distinct pairs to reach the vocabulary size. */
+  MDL_ERR_TOKENIZER_TRAINING: 'tokenizer training failed',
+  /** A corpus input (text or JSONL) could not be read or a JSONL line has no string `text`. */
+  MDL_ERR_DATA_INPUT: 'invalid corpus input',
+  /** A shard index or shard file is missing, malformed, or disagrees with its index (size, dtype, tokenizer). */
+  MDL_ERR_SHARD: 'invalid token shard',
+  /** A batch request that the shards cannot serve: bad batch/seq/rank/world size, or a cursor outside the shards. */
+  MDL_ERR_BATCH: 'invalid batch request',
+  /** The bundled demo corpus package is missing or unreadable (run `npm ci`). */
+  MDL_ERR_CORPUS: 'demo corpus unavailable',
+  /** Bytes that are not a valid safetensors file (the message names the problem and the tensor), or tensors that cannot be written as one. */
+  MDL_ERR_SAFETENSORS: 'invalid safetensors data',
+  /** A checkpoint fails verification: a file is missing, or its size or sha256 differs from manifest.json, or its contents are inconsistent; the message names the file. */
+  MDL_ERR_CHECKPOINT_CORRUPT: 'corrupt checkpoint',
+  /** Checkpoints exist under the folder but none of them verifies (each one's reason is in the message). */
+  MDL_ERR_NO_GOOD_CHECKPOINT: 'no good checkpoint',
+  /** A checkpoint could not be written: invalid step or contents, or a file-system error (the cause is kept). */
+  MDL_ERR_CHECKPOINT_WRITE: 'checkpoint write failed',
+} as const;
+
+export type ModelErrorCode = keyof typeof ModelErrorCodes;
+
+export class ModelError extends Error {
+  readonly code: ModelErrorCode;
+  constructor(code: ModelErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ModelError';
+    this.code = code;
+  }
+}
