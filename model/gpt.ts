@@ -1,0 +1,334 @@
+/**
+ * A GPT-2-architecture language model in TensorFlow.js, in the order data flows (after karpathy/nanoGPT's model.py):
+ * config, parameters, attention, MLP, block, the model. Parameter names and layouts are GPT-2's own (`wte.weight`,
+ * `h.0.attn.c_attn.weight` as Conv1D [in, out], …), so an exported state dict loads in transformers'
+ * GPT2LMHeadModel; the output head is tied to `wte`.
+ *
+ * Parameters live in tf.Variables for the forward/backward pass, and travel as ONE flat Float32Array (in
+ * `paramLayout` order) everywhere else: the optimizer, the data-parallel all-reduce and checkpoints.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { F32Tensor } from './optim.ts';
+
+// ---------------------------------------------------------------------------------------------------- config
+
+export interface GPTConfig {
+  readonly vocabSize: number; // tokens in the vocabulary (GPT-2: 50257)
+  readonly nCtx: number; // longest sequence the model sees: rows of wpe (GPT-2: 1024)
+  readonly nLayer: number; // transformer blocks (GPT-2 small: 12)
+  readonly nHead: number; // attention heads per block; must divide nEmbd
+  readonly nEmbd: number; // model width d (GPT-2 small: 768)
+}
+
+const CONFIG_KEYS = ['vocabSize', 'nCtx', 'nLayer', 'nHead', 'nEmbd'] as const;
+
+/** Validates a config (every field a positive integer, nHead divides nEmbd, no unknown keys) and freezes a copy. */
+export function gptConfig(raw: GPTConfig): GPTConfig {
+  for (const key of Object.keys(raw)) {
+    if (!(CONFIG_KEYS as readonly string[]).includes(key)) throw new TypeError(`GPTConfig: unknown key ${key}`);
+  }
+  for (const key of CONFIG_KEYS) {
+    const v = raw[key];
+    if (!Number.isSafeInteger(v) || v <= 0) throw new RangeError(`GPTConfig.${key} must be a positive integer, got ${String(v)}`);
+  }
+  if (raw.nEmbd % raw.nHead !== 0) {
+    throw new RangeError(`GPTConfig.nEmbd (${raw.nEmbd}) must be a multiple of nHead (${raw.nHead})`);
+  }
+  return Object.freeze({ vocabSize: raw.vocabSize, nCtx: raw.nCtx, nLayer: raw.nLayer, nHead: raw.nHead, nEmbd: raw.nEmbd });
+}
+
+// ---------------------------------------------------------------------------------------------------- parameters
+
+export interface ParamSpec {
+  readonly name: string; // GPT-2 state-dict name, without the `transformer.` prefix
+  readonly shape: readonly number[];
+  readonly offset: number; // first element in the flat buffer
+  readonly size: number; // elements
+  readonly decay: boolean; // AdamW weight decay applies (2-D tensors only, as nanoGPT)
+  readonly init: { readonly kind: 'normal'; readonly std: number } | { readonly kind: 'ones' } | { readonly kind: 'zeros' };
+}
+
+export interface ParamLayout {
+  readonly specs: readonly ParamSpec[];
+  readonly totalSize: number;
+}
+
+/** Every parameter in GPT-2's state-dict order, with its flat offset and initialisation (GPT-2 / nanoGPT). */
+export function paramLayout(config: GPTConfig): ParamLayout {
+  const { vocabSize: V, nCtx, nLayer, nEmbd: d } = config;
+  const std = 0.02;
+  const projStd = 0.02 / Math.sqrt(2 * nLayer); // residual projections, scaled per GPT-2 paper
+  const normal = (s: number) => ({ kind: 'normal', std: s }) as const;
+  const raw: Array<[string, number[], ParamSpec['init']]> = [
+    ['wte.weight', [V, d], normal(std)],
+    ['wpe.weight', [nCtx, d], normal(std)],
+  ];
+  for (let l = 0; l < nLayer; l++) {
+    const h = `h.${l}`;
+    raw.push(
+      [`${h}.ln_1.weight`, [d], { kind: 'ones' }],
+      [`${h}.ln_1.bias`, [d], { kind: 'zeros' }],
+      [`${h}.attn.c_attn.weight`, [d, 3 * d], normal(std)],
+      [`${h}.attn.c_attn.bias`, [3 * d], { kind: 'zeros' }],
+      [`${h}.attn.c_proj.weight`, [d, d], normal(projStd)],
+      [`${h}.attn.c_proj.bias`, [d], { kind: 'zeros' }],
+      [`${h}.ln_2.weight`, [d], { kind: 'ones' }],
+      [`${h}.ln_2.bias`, [d], { kind: 'zeros' }],
+      [`${h}.mlp.c_fc.weight`, [d, 4 * d], normal(std)],
+      [`${h}.mlp.c_fc.bias`, [4 * d], { kind: 'zeros' }],
+      [`${h}.mlp.c_proj.weight`, [4 * d, d], normal(projStd)],
+      [`${h}.mlp.c_proj.bias`, [d], { kind: 'zeros' }],
+    );
+  }
+  raw.push(['ln_f.weight', [d], { kind: 'ones' }], ['ln_f.bias', [d], { kind: 'zeros' }]);
+  let offset = 0;
+  const specs = raw.map(([name, shape, init]) => {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const spec: ParamSpec = Object.freeze({ name, shape: Object.freeze(shape), offset, size, decay: shape.length >= 2, init });
+    offset += size;
+    return spec;
+  });
+  return Object.freeze({ specs: Object.freeze(specs), totalSize: offset });
+}
+
+/**
+ * Deterministic initial values for every parameter, as one flat buffer. Each parameter draws from its own stream,
+ * seeded by (seed, name), so values do not depend on the backend or on which other parameters exist. The generator
+ * is sfc32 with Box-Muller; tf.randomNormal is not used because its seeding differs between backends.
+ */
+export function initParams(layout: ParamLayout, seed: number): Float32Array {
+  const flat = new Float32Array(layout.totalSize);
+  for (const spec of layout.specs) {
+    const out = flat.subarray(spec.offset, spec.offset + spec.size);
+    if (spec.init.kind === 'ones') out.fill(1);
+    else if (spec.init.kind === 'normal') fillNormal(out, spec.init.std, seedFor(seed, spec.name));
+  }
+  return flat;
+}
+
+function seedFor(seed: number, name: string): number {
+  let h = (0x811c9dc5 ^ (seed >>> 0)) >>> 0; // FNV-1a over the name, started from the seed
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}
+
+function fillNormal(out: Float32Array, std: number, seed: number): void {
+  let a = 0x9e3779b9, b = 0x243f6a88, c = 0xb7e15162, d = seed >>> 0; // sfc32 state
+  const next = (): number => {
+    const t = (((a + b) | 0) + d) | 0;
+    d = (d + 1) | 0;
+    a = b ^ (b >>> 9);
+    b = (c + (c << 3)) | 0;
+    c = (c << 21) | (c >>> 11);
+    c = (c + t) | 0;
+    return ((t >>> 0) + 0.5) / 4294967296; // in (0, 1): safe for log
+  };
+  for (let i = 0; i < 12; i++) next(); // mix the seed in
+  for (let i = 0; i < out.length; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(next()));
+    const theta = 2 * Math.PI * next();
+    out[i] = std * r * Math.cos(theta);
+    if (i + 1 < out.length) out[i + 1] = std * r * Math.sin(theta);
+  }
+}
+
+/** Views of a flat buffer, one per parameter, keyed by name (no copy). */
+export function unflatten(flat: Float32Array, layout: ParamLayout): Map<string, Float32Array> {
+  if (flat.length !== layout.totalSize) throw new RangeError(`flat buffer has ${flat.length} elements, layout needs ${layout.totalSize}`);
+  return new Map(layout.specs.map((s) => [s.name, flat.subarray(s.offset, s.offset + s.size)]));
+}
+
+/**
+ * The parameters as a state dict in model/safetensors.ts's TensorMap shape, keyed by GPT-2 name in layout order:
+ * what model.safetensors holds (GPT2LMHeadModel adds its `transformer.` prefix and ties `lm_head` itself). Copies.
+ */
+export function stateDict(flat: Float32Array, layout: ParamLayout): Record<string, F32Tensor> {
+  const views = unflatten(flat, layout);
+  return Object.fromEntries(layout.specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: views.get(s.name)!.slice() } as const]));
+}
+
+/** The flat buffer of a state dict (e.g. a loaded checkpoint); every parameter must be F32 with its GPT-2 shape. */
+export function flatFromStateDict(
+  tensors: Readonly<Record<string, { readonly dtype: string; readonly shape: readonly number[]; readonly data: unknown }>>,
+  layout: ParamLayout,
+): Float32Array {
+  const flat = new Float32Array(layout.totalSize);
+  for (const s of layout.specs) {
+    const t = tensors[s.name];
+    if (t === undefined) throw new RangeError(`state dict lacks ${s.name}`);
+    if (t.dtype !== 'F32' || !(t.data instanceof Float32Array)) throw new RangeError(`${s.name} is ${t.dtype}, expected F32`);
+    if (t.shape.join() !== s.shape.join()) throw new RangeError(`${s.name} has shape [${t.shape}], expected [${s.shape}]`);
+    flat.set(t.data, s.offset);
+  }
+  return flat;
+}
+
+/**
+ * Adds `scale ×` each gradient tensor into `into` at its parameter's offset (a fresh zero buffer when `into` is
+ * omitted) and returns it. Reads every tensor back to JS: a sync point on GPU backends.
+ */
+export function flattenGrads(grads: ReadonlyMap<string, tf.Tensor>, layout: ParamLayout, into?: Float32Array, scale = 1): Float32Array {
+  const flat = into ?? new Float32Array(layout.totalSize);
+  if (flat.length !== layout.totalSize) throw new RangeError(`flat buffer has ${flat.length} elements, layout needs ${layout.totalSize}`);
+  for (const spec of layout.specs) {
+    const g = grads.get(spec.name);
+    if (g === undefined) throw new RangeError(`no gradient for ${spec.name}`);
+    const values = g.dataSync() as Float32Array;
+    if (values.length !== spec.size) throw new RangeError(`gradient for ${spec.name} has ${values.length} elements, expected ${spec.size}`);
+    const o = spec.offset;
+    for (let i = 0; i < values.length; i++) flat[o + i] = flat[o + i]! + scale * values[i]!;
+  }
+  return flat;
+}
+
+// ---------------------------------------------------------------------------------------------------- modules
+
+type Param = (name: string) => tf.Tensor;
+
+const LN_EPS = 1e-5;
+const MASKED = -1e9; // added to attention scores above the diagonal; exp underflows to exactly 0
+
+/** y = x·W + b with GPT-2's Conv1D layout W: [in, out]. */
+function linear(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
+  return tf.matMul(x, p(`${prefix}.weight`) as tf.Tensor2D).add(p(`${prefix}.bias`));
+}
+
+function layerNorm(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
+  const mean = x.mean(-1, true); // [N, 1]
+  const xc = x.sub(mean);
+  const variance = xc.mul(xc).mean(-1, true); // biased, as torch.nn.LayerNorm
+  return xc.mul(variance.add(LN_EPS).rsqrt()).mul(p(`${prefix}.weight`)).add(p(`${prefix}.bias`));
+}
+
+/** GPT-2's tanh approximation ("gelu_new"): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+function gelu(x: tf.Tensor2D): tf.Tensor2D {
+  const inner = x.add(x.mul(x).mul(x).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
+  return x.mul(0.5).mul(inner.tanh().add(1));
+}
+
+/** Causal self-attention. Reshapes stay at rank ≤ 4: 5-D transposes are ~50× slower on wasm. */
+function attention(x: tf.Tensor2D, p: Param, prefix: string, c: GPTConfig, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
+  const nh = c.nHead, hs = c.nEmbd / c.nHead;
+  const qkv = linear(x, p, `${prefix}.c_attn`); // [B*T, 3d]
+  const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D]; // each [B*T, d]
+  const heads = (t: tf.Tensor2D) => t.reshape([B, T, nh, hs]).transpose([0, 2, 1, 3]).reshape([B * nh, T, hs]) as tf.Tensor3D;
+  const att = tf.matMul(heads(q), heads(k), false, true).mul(1 / Math.sqrt(hs)).add(mask); // [B*nh, T, T]
+  const y = tf.matMul(tf.softmax(att), heads(v)); // [B*nh, T, hs]
+  const merged = y.reshape([B, nh, T, hs]).transpose([0, 2, 1, 3]).reshape([B * T, c.nEmbd]) as tf.Tensor2D; // [B*T, d]
+  return linear(merged, p, `${prefix}.c_proj`);
+}
+
+function mlp(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
+  return linear(gelu(linear(x, p, `${prefix}.c_fc`)), p, `${prefix}.c_proj`); // [B*T, 4d] inside
+}
+
+function block(x: tf.Tensor2D, p: Param, l: number, c: GPTConfig, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
+  x = x.add(attention(layerNorm(x, p, `h.${l}.ln_1`), p, `h.${l}.attn`, c, B, T, mask));
+  x = x.add(mlp(layerNorm(x, p, `h.${l}.ln_2`), p, `h.${l}.mlp`));
+  return x;
+}
+
+// ---------------------------------------------------------------------------------------------------- the model
+
+export class GPT {
+  readonly config: GPTConfig;
+  readonly layout: ParamLayout;
+  /** tf.Variables in layout order, keyed by GPT-2 name. Their tfjs names are auto-generated, so models can coexist. */
+  readonly params: ReadonlyMap<string, tf.Variable>;
+  #masks = new Map<number, Float32Array>(); // causal mask values per sequence length
+
+  /** A model initialised from `initParams(layout, seed)`, or from `flat` when given (e.g. a checkpoint). */
+  constructor(config: GPTConfig, init: { seed: number } | { flat: Float32Array }) {
+    this.config = gptConfig(config);
+    this.layout = paramLayout(this.config);
+    const flat = 'flat' in init ? init.flat : initParams(this.layout, init.seed);
+    const views = unflatten(flat, this.layout);
+    this.params = new Map(this.layout.specs.map((s) => {
+      const t = tf.tensor(views.get(s.name)!, s.shape as number[], 'float32'); // copies
+      const v = tf.variable(t, true);
+      t.dispose(); // the variable keeps the data alive
+      return [s.name, v];
+    }));
+  }
+
+  get variables(): tf.Variable[] {
+    return [...this.params.values()];
+  }
+
+  /** ids: [B, T] int32 with T ≤ nCtx → logits [B, T, vocab]. */
+  forward(ids: tf.Tensor2D): tf.Tensor3D {
+    const c = this.config;
+    const [B, T] = ids.shape;
+    if (ids.dtype !== 'int32') throw new TypeError(`ids must be int32, got ${ids.dtype}`);
+    if (T > c.nCtx) throw new RangeError(`sequence length ${T} exceeds nCtx ${c.nCtx}`);
+    const p: Param = (name) => this.params.get(name)!;
+    return tf.tidy(() => {
+      const mask = tf.tensor2d(this.#mask(T), [T, T]);
+      // Token embedding as a one-hot matmul: wasm has no UnsortedSegmentSum, the gradient of gather. tf.oneHot with
+      // a float32 dtype is wrong on wasm, so it is made int32 and cast.
+      const oneHot = tf.oneHot(ids.reshape([B * T]) as tf.Tensor1D, c.vocabSize).cast('float32'); // [B*T, V]
+      const tok = tf.matMul(oneHot as tf.Tensor2D, p('wte.weight') as tf.Tensor2D); // [B*T, d]
+      const pos = p('wpe.weight').slice([0, 0], [T, c.nEmbd]); // [T, d]
+      let x = tok.reshape([B, T, c.nEmbd]).add(pos).reshape([B * T, c.nEmbd]) as tf.Tensor2D; // [B*T, d]
+      for (let l = 0; l < c.nLayer; l++) x = block(x, p, l, c, B, T, mask);
+      x = layerNorm(x, p, 'ln_f');
+      const logits = tf.matMul(x, p('wte.weight') as tf.Tensor2D, false, true); // [B*T, V], head tied to wte
+      return logits.reshape([B, T, c.vocabSize]) as tf.Tensor3D;
+    });
+  }
+
+  /** Mean cross-entropy of predicting targets [B, T] (int32) from ids [B, T], via a stable log-softmax. */
+  loss(ids: tf.Tensor2D, targets: tf.Tensor2D): tf.Scalar {
+    if (targets.dtype !== 'int32') throw new TypeError(`targets must be int32, got ${targets.dtype}`);
+    if (targets.shape[0] !== ids.shape[0] || targets.shape[1] !== ids.shape[1]) {
+      throw new RangeError(`targets shape [${targets.shape}] differs from ids shape [${ids.shape}]`);
+    }
+    const [B, T] = ids.shape;
+    const V = this.config.vocabSize;
+    return tf.tidy(() => {
+      const logp = tf.logSoftmax(this.forward(ids).reshape([B * T, V]) as tf.Tensor2D); // [B*T, V]
+      const picked = tf.oneHot(targets.reshape([B * T]) as tf.Tensor1D, V).cast('float32'); // [B*T, V]
+      return logp.mul(picked).sum().div(-(B * T)) as tf.Scalar;
+    });
+  }
+
+  /** Loss and gradients (keyed by GPT-2 name); the caller disposes the tensors. */
+  lossAndGrads(ids: tf.Tensor2D, targets: tf.Tensor2D): { loss: tf.Scalar; grads: Map<string, tf.Tensor> } {
+    const vars = this.variables;
+    const { value, grads } = tf.variableGrads(() => this.loss(ids, targets), vars);
+    const names = [...this.params.keys()];
+    return { loss: value, grads: new Map(vars.map((v, i) => [names[i]!, grads[v.name]!])) };
+  }
+
+  /** A copy of every parameter as one flat buffer in layout order. */
+  readParams(): Float32Array {
+    const flat = new Float32Array(this.layout.totalSize);
+    for (const s of this.layout.specs) flat.set(this.params.get(s.name)!.dataSync() as Float32Array, s.offset);
+    return flat;
+  }
+
+  /** Uploads a flat buffer (layout order) into the variables. */
+  writeParams(flat: Float32Array): void {
+    const views = unflatten(flat, this.layout);
+    for (const s of this.layout.specs) {
+      const t = tf.tensor(views.get(s.name)!, s.shape as number[], 'float32');
+      this.params.get(s.name)!.assign(t);
+      t.dispose();
+    }
+  }
+
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+  }
+
+  /** 0 on and below the diagonal, a large negative above: row t attends to positions ≤ t only. */
+  #mask(T: number): Float32Array {
+    let m = this.#masks.get(T);
+    if (m === undefined) {
+      m = new Float32Array(T * T);
+      for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) m[i * T + j] = MASKED;
+      this.#masks.set(T, m);
+    }
+    return m;
+  }
+}
