@@ -10,6 +10,7 @@ import { ProtocolErrorCodes } from '../protocol/errors.ts';
 import { CoordinatorErrorCodes } from '../coordinator/errors.ts';
 import { AgentErrorCodes } from '../node-agent/errors.ts';
 import { ModelErrorCodes } from '../model/errors.ts';
+import { GatewayErrorCodes } from '../gateway/errors.ts';
 import { CloseCode } from '../protocol/codes.ts';
 
 const README = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
@@ -19,6 +20,7 @@ const ERROR_CODES: readonly string[] = [
   ...Object.keys(CoordinatorErrorCodes),
   ...Object.keys(AgentErrorCodes),
   ...Object.keys(ModelErrorCodes),
+  ...Object.keys(GatewayErrorCodes),
 ];
 const CLOSE_CODES: ReadonlyArray<[name: string, value: number]> = Object.entries(CloseCode);
 

@@ -1,0 +1,155 @@
+/**
+ * gateway serve --registry DIR|URL [--port 8080] [--host H] [--token T] [--api-key K] [--model NAME[@vN]]...
+ * gateway serve --fake [--model NAME]...      the test backend, no registry (development only)
+ *
+ * Entry point of bin/gateway.js, which passes the model backend factory in (`runCli(argv, { backendFactory })`):
+ * the gateway itself knows nothing about how a model runs. Exit codes: 0 ok, 1 error, 2 bad arguments.
+ */
+import { createLogger, redact, type Logger } from '../common/log.ts';
+import { intOption, parseCli, UsageError } from '../common/cli.ts';
+import { GatewayError } from './errors.ts';
+import { FakeBackend } from './fake-backend.ts';
+import type { InferenceBackend } from './inference-backend.ts';
+import { openRegistry, type BackendFactory } from './registry-source.ts';
+import { createGateway } from './server.ts';
+
+export const DEFAULT_PORT = 8080;
+export const DEFAULT_HOST = '0.0.0.0';
+
+const HELP = `Usage: gateway serve [options]
+
+The meshtrain inference gateway: serves trained model versions from the coordinator's registry over an
+OpenAI-compatible HTTP API (POST /v1/completions with SSE streaming, GET /v1/models, /healthz, /metrics).
+
+Options:
+  --registry DIR|URL    where model versions come from: the coordinator's registry folder (<data>/registry)
+                        or its API (http://HOST:7070); every file is checked against its sha256
+  --model NAME[@vN]     serve this model (repeatable; default: every model in the registry), at its latest
+                        version or the one given
+  --port PORT           HTTP port (default: ${DEFAULT_PORT}; 0 = any free port)
+  --host HOST           interface to bind (default: ${DEFAULT_HOST})
+  --token TOKEN         cluster token for --registry URL (or MESHTRAIN_TOKEN)
+  --api-key KEY         require 'Authorization: Bearer KEY' on /v1 routes (or MESHTRAIN_GATEWAY_API_KEY)
+  --fake                TEST/DEVELOPMENT ONLY: serve FakeBackend, a deterministic character-level toy that
+                        outputs gibberish, instead of trained models (no --registry; names from --model,
+                        default 'fake-char'); for trying the API, clients and dashboards end to end
+  -h, --help            show this help
+
+Examples:
+  gateway serve --registry ./cluster/registry --api-key secret
+  gateway serve --registry http://127.0.0.1:7070 --token <cluster token> --model tiny@v2
+  gateway serve --fake --port 8080
+  curl localhost:8080/v1/completions -H 'content-type: application/json' \\
+       -d '{"model": "fake-char", "prompt": "Hello", "max_tokens": 16}'
+`;
+
+export interface CliDeps {
+  /** Turns a registry version into a running backend; absent until model/ provides one. */
+  backendFactory?: BackendFactory;
+  log?: Logger;
+  /** Resolves when the server should stop (default: SIGINT or SIGTERM). */
+  stopSignal?: Promise<string>;
+  out?: (line: string) => void;
+  /** Where error messages go (default: stderr). */
+  err?: (text: string) => void;
+}
+
+export async function runCli(argv: string[], deps: CliDeps = {}): Promise<number> {
+  const out = deps.out ?? ((line: string) => process.stdout.write(line + '\n'));
+  const errOut = deps.err ?? ((text: string) => process.stderr.write(text));
+  try {
+    return await main(argv, deps, out);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      errOut(`gateway: ${err.message}\nRun 'gateway --help' for usage.\n`);
+      return 2;
+    }
+    if (err instanceof GatewayError) {
+      errOut(`gateway: ${err.code}: ${err.message}\n`);
+      return err.code === 'GW_ERR_BAD_ARGS' ? 2 : 1;
+    }
+    errOut(`gateway: ${(err as Error).stack ?? String(err)}\n`);
+    return 1;
+  }
+}
+
+async function main(argv: string[], deps: CliDeps, out: (line: string) => void): Promise<number> {
+  const { values: v, positionals } = parseCli(argv, {
+    registry: { type: 'string' },
+    model: { type: 'string', multiple: true },
+    port: { type: 'string' },
+    host: { type: 'string' },
+    token: { type: 'string' },
+    'api-key': { type: 'string' },
+    fake: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  const [command, ...rest] = positionals;
+  if (v.help || !command) {
+    process.stdout.write(HELP);
+    return v.help ? 0 : 2;
+  }
+  if (command !== 'serve') throw new UsageError(`unknown command '${command}'; the only command is 'serve'`);
+  if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
+  if (v.fake && v.registry) throw new UsageError('--fake serves the test backend and reads no registry: give --fake or --registry, not both');
+  if (!v.fake && !v.registry) throw new UsageError('missing --registry DIR|URL (or --fake for the test backend)');
+  const port = intOption(v.port, 'port', DEFAULT_PORT, 0, 65535);
+  const host = v.host ?? DEFAULT_HOST;
+  const apiKey = v['api-key'] ?? process.env.MESHTRAIN_GATEWAY_API_KEY;
+  const log = deps.log ?? createLogger('gateway');
+  const wanted = (v.model ?? []).map(parseModelArg);
+
+  const backends = new Map<string, InferenceBackend>();
+  if (v.fake) {
+    for (const { name, version } of wanted.length ? wanted : [{ name: 'fake-char', version: undefined }]) {
+      if (version !== undefined) throw new UsageError(`--fake has no versions: use --model ${name}`);
+      backends.set(name, new FakeBackend({ id: name }));
+    }
+    log.warn(`serving FakeBackend (${[...backends.keys()].join(', ')}): a deterministic test toy, not a trained model`);
+  } else {
+    const registry = openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN });
+    const available = await registry.models();
+    const chosen = wanted.length ? wanted : available.map((name) => ({ name, version: undefined }));
+    if (chosen.length === 0) throw new GatewayError('GW_ERR_REGISTRY', `no models registered in ${v.registry}`);
+    for (const { name } of chosen) {
+      if (!available.includes(name)) throw new GatewayError('GW_ERR_REGISTRY', `no model '${name}' in ${v.registry}; registered: ${available.join(', ') || 'none'}`);
+    }
+    const factory = deps.backendFactory;
+    if (!factory) {
+      throw new GatewayError(
+        'GW_ERR_NO_BACKEND',
+        `cannot serve ${chosen.map((c) => c.name).join(', ')}: this gateway has no model backend to run registry models (model/ does not provide a BackendFactory yet). ` +
+          'Use --fake to run the gateway with its test backend.',
+      );
+    }
+    for (const { name, version } of chosen) {
+      const { files, meta } = await registry.load(name, version);
+      if (!meta.verified) log.warn(`model ${name} v${meta.version}: ${meta.source} has no manifest (manifest.json or the coordinator's state.db); its files are NOT checksum-verified`);
+      const backend = await factory(files, meta);
+      backends.set(name, backend);
+      log.info(`model ${name} v${meta.version} loaded from ${meta.source} (context ${backend.info.contextLength}, vocabulary ${backend.info.vocabSize})`);
+    }
+  }
+
+  const gateway = createGateway({ backends, apiKey, log });
+  const { port: bound } = await gateway.listen({ port, host });
+  // Machine-readable first line: tests and scripts wait for it.
+  out(`gateway listening on http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
+  if (apiKey) log.info(`API key required on /v1 routes (${redact(apiKey)})`);
+  else if (host !== '127.0.0.1' && host !== 'localhost' && host !== '::1') log.warn(`no --api-key: anyone who can reach ${host}:${bound} can use the models`);
+
+  const sig = await (deps.stopSignal ??
+    new Promise<string>((resolve) => {
+      process.once('SIGINT', () => resolve('SIGINT'));
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+    }));
+  log.info(`${sig}: shutting down`);
+  await gateway.close();
+  return 0;
+}
+
+function parseModelArg(arg: string): { name: string; version: number | undefined } {
+  const m = /^([^@]+)(?:@v?([1-9][0-9]*))?$/.exec(arg);
+  if (!m) throw new UsageError(`--model '${arg}' should be NAME or NAME@vN`);
+  return { name: m[1]!, version: m[2] === undefined ? undefined : Number(m[2]) };
+}

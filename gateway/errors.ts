@@ -1,0 +1,61 @@
+/**
+ * Errors the gateway raises. Each has a stable code (to be documented in README.md § Error codes like the other
+ * packages'), the HTTP status it maps to, and the `type` and `code` of the OpenAI-shaped error body clients see:
+ * `{"error": {"message", "type", "param", "code"}}`. OpenAI clients branch on `type` and `code`, so those follow
+ * OpenAI's own values where one exists.
+ */
+export const GatewayErrorCodes = {
+  /** The request body or a parameter is invalid (missing prompt, value out of range, unknown field); `param` names it. */
+  GW_ERR_BAD_REQUEST: { status: 400, type: 'invalid_request_error', openaiCode: null },
+  /** The prompt, or the prompt plus max_tokens, does not fit in the model's context; the message gives the numbers. */
+  GW_ERR_CONTEXT_LENGTH: { status: 400, type: 'invalid_request_error', openaiCode: 'context_length_exceeded' },
+  /** A parameter this gateway does not implement (e.g. presence_penalty) was set to a non-default value. */
+  GW_ERR_UNSUPPORTED: { status: 400, type: 'invalid_request_error', openaiCode: 'unsupported_parameter' },
+  /** An API key is configured and the request has none or a wrong one (Authorization: Bearer <key>). */
+  GW_ERR_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', openaiCode: 'invalid_api_key' },
+  /** The requested model is not served by this gateway. */
+  GW_ERR_MODEL_NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'model_not_found' },
+  /** No such route. */
+  GW_ERR_NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'not_found' },
+  /** The request body is larger than the gateway's body limit. */
+  GW_ERR_PAYLOAD_TOO_LARGE: { status: 413, type: 'invalid_request_error', openaiCode: 'payload_too_large' },
+  /** Something failed inside the gateway or the model backend; the client sees a generic message, the log the detail. */
+  GW_ERR_INTERNAL: { status: 500, type: 'server_error', openaiCode: null },
+  /** The model registry (folder or coordinator API) is unreachable, malformed, or lacks the model or version asked for. */
+  GW_ERR_REGISTRY: { status: 502, type: 'server_error', openaiCode: null },
+  /** A model file does not match the sha256 or size its manifest records; it is refused, never served. */
+  GW_ERR_CHECKSUM: { status: 502, type: 'server_error', openaiCode: null },
+  /** No backend factory can turn a registry model into an InferenceBackend (the real model backend is not wired in). */
+  GW_ERR_NO_BACKEND: { status: 500, type: 'server_error', openaiCode: null },
+  /** A command-line option is missing or invalid. */
+  GW_ERR_BAD_ARGS: { status: 400, type: 'invalid_request_error', openaiCode: null },
+} as const;
+
+export type GatewayErrorCode = keyof typeof GatewayErrorCodes;
+
+/** The body of every error response, exactly OpenAI's shape. */
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+export class GatewayError extends Error {
+  readonly code: GatewayErrorCode;
+  readonly statusCode: number;
+  /** The request parameter at fault (OpenAI's `param`), when there is one. */
+  readonly param: string | null;
+
+  constructor(code: GatewayErrorCode, message: string, options?: { cause?: unknown; param?: string }) {
+    super(message, options);
+    this.name = 'GatewayError';
+    this.code = code;
+    this.statusCode = GatewayErrorCodes[code].status;
+    this.param = options?.param ?? null;
+  }
+
+  /** The OpenAI-shaped body for this error. Server-side errors never leak their message: it may hold paths or internals. */
+  toBody(): OpenAIErrorBody {
+    const def = GatewayErrorCodes[this.code];
+    const message = this.statusCode >= 500 ? 'The server had an error while processing your request. Retry, or contact the operator if it persists.' : this.message;
+    return { error: { message, type: def.type, param: this.param, code: def.openaiCode } };
+  }
+}

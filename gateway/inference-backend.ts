@@ -1,0 +1,128 @@
+/**
+ * The boundary between the gateway's HTTP layer and a model that generates text. The gateway validates and
+ * normalises an OpenAI request into a `GenerateRequest` (defaults filled in, a seed always chosen, prompt already
+ * token ids that fit the context), calls `generate`, and shapes the result into OpenAI's response or SSE chunks.
+ * Everything model-specific — tokenizer, forward pass, KV cache, batching — lives behind this interface.
+ *
+ * Implementations: `FakeBackend` (fake-backend.ts, a deterministic character-level toy for tests and `--fake`) and,
+ * soon, the GPT backend built from a registry version by a `BackendFactory` (registry-source.ts). `sampling.ts` and
+ * `stop-sequences.ts` hold the pieces every backend needs so they all behave the same: seeded sampling with
+ * temperature and top-p, log-probabilities with top-k alternatives, and stop-sequence cutting that is safe to stream.
+ */
+
+/** What the gateway needs to know about a served model. */
+export interface ModelInfo {
+  /** The name clients pass as `model`. */
+  id: string;
+  /** Maximum tokens of prompt plus completion (GPT's n_ctx). */
+  contextLength: number;
+  vocabSize: number;
+  /** Unix seconds the model version was created (OpenAI's `created` in /v1/models). */
+  createdS: number;
+  /** OpenAI's `owned_by`. */
+  ownedBy: string;
+  /** Registry version this backend serves, when it came from the registry. */
+  version?: number;
+}
+
+export interface GenerateRequest {
+  /** Prompt token ids: 1 ≤ length ≤ contextLength, each in [0, vocabSize). */
+  promptIds: readonly number[];
+  /**
+   * Tokens to sample per choice, ≥ 0 (0 only with echo: score the prompt). promptIds.length + maxTokens ≤
+   * contextLength; the gateway has checked.
+   */
+  maxTokens: number;
+  /** Divides the logits before sampling; 0 means greedy (argmax, ties to the lowest id). */
+  temperature: number;
+  /** Nucleus sampling: sample only among the most likely tokens whose probabilities sum to ≥ topP; (0, 1]. */
+  topP: number;
+  /** Up to 4 non-empty strings; generation of a choice ends when its text contains one, which is cut off. */
+  stop: readonly string[];
+  /** Seeds the sampler; the same request with the same seed must give the same output. Choice i derives its own stream. */
+  seed: number;
+  /** Independent choices to generate from the same prompt, ≥ 1. */
+  n: number;
+  /**
+   * When set, return each sampled token's log-probability and this many top alternatives (0–20). Log-probabilities
+   * are the model's (log-softmax of the raw logits), not of the tempered or top-p-truncated sampling distribution.
+   */
+  logprobs: number | undefined;
+  /** Return the prompt's log-probabilities too (only used with logprobs; the gateway prepends the prompt text itself). */
+  echo: boolean;
+}
+
+/** An alternative token and its log-probability. */
+export interface TopLogprob {
+  token: string;
+  logprob: number;
+}
+
+/** A token's log-probability and the top alternatives at its position, most likely first. */
+export interface TokenLogprob {
+  /** The token as a string (its own text; a byte-level backend may show partial UTF-8 however it likes). */
+  token: string;
+  logprob: number;
+  /** The `logprobs` most likely tokens, most likely first, plus the chosen token when it is not among them. */
+  top: TopLogprob[];
+}
+
+/** One generated token as it is released to the client. */
+export interface GeneratedToken {
+  id: number;
+  /**
+   * The text this token adds to the completion. Concatenated over a choice's tokens it equals the choice's text:
+   * a token that ends inside a multi-byte character adds '' and the next adds the whole character; the token that
+   * runs into a stop sequence adds only what precedes it.
+   */
+  text: string;
+  /** Present when the request asked for logprobs. */
+  logprob?: TokenLogprob;
+}
+
+/** Streamed to `onToken` as soon as text of a choice is safe to show (no longer possibly part of a stop sequence). */
+export interface TokenEvent {
+  choice: number;
+  tokens: GeneratedToken[];
+}
+
+export interface GeneratedChoice {
+  index: number;
+  /** The released tokens: what the text is made of (tokens wholly inside a cut-off stop sequence are not here). */
+  tokens: GeneratedToken[];
+  /** The completion text, stop sequence excluded (the prompt is not included, even with echo). */
+  text: string;
+  /** 'stop': a stop sequence (or the model's end-of-text token) ended it; 'length': maxTokens was reached. */
+  finishReason: 'stop' | 'length';
+  /** Tokens actually sampled, the cut-off stop sequence's tokens included (OpenAI bills these: usage.completion_tokens). */
+  sampledTokens: number;
+}
+
+export interface GenerateResult {
+  choices: GeneratedChoice[];
+  /**
+   * With echo and logprobs: one entry per prompt token, `null` for the first (nothing predicts it). Otherwise null.
+   */
+  promptLogprobs: Array<TokenLogprob | null> | null;
+}
+
+export interface GenerateOptions {
+  /** Aborted when the client goes away: stop computing and reject with the signal's reason. */
+  signal?: AbortSignal;
+  /** Called as tokens are released, in order per choice; the concatenated events of a choice equal its result. */
+  onToken?: (event: TokenEvent) => void;
+  /**
+   * With echo and logprobs: called once, before any onToken, with what `promptLogprobs` of the result will hold, so
+   * a stream can show the echoed prompt with its log-probabilities first.
+   */
+  onPromptLogprobs?: (promptLogprobs: Array<TokenLogprob | null>) => void;
+}
+
+export interface InferenceBackend {
+  readonly info: ModelInfo;
+  tokenize(text: string): number[];
+  detokenize(ids: readonly number[]): string;
+  generate(request: GenerateRequest, options?: GenerateOptions): Promise<GenerateResult>;
+  /** Frees weights and workers; the gateway calls it on close. */
+  close?(): Promise<void>;
+}

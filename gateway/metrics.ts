@@ -1,0 +1,44 @@
+/**
+ * Prometheus metrics of the gateway (GET /metrics). One registry per gateway, so tests can run several in one
+ * process. `model` is a served model's name or "unknown" (never the client's raw string: that would let clients
+ * create unbounded label values); `status` is the HTTP status, 499 when the client went away first.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface GatewayMetrics {
+  registry: Registry;
+  requestSeconds: Histogram<'model' | 'status'>;
+  inFlight: Gauge<'model'>;
+  promptTokens: Counter<'model'>;
+  generatedTokens: Counter<'model'>;
+  clientAborts: Counter<'model'>;
+}
+
+export function createGatewayMetrics(): GatewayMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'meshtrain_gateway_' });
+  return {
+    registry,
+    requestSeconds: new Histogram({
+      name: 'meshtrain_gateway_request_duration_seconds',
+      help: 'Wall time of a /v1/completions request from arrival to the last byte (streams: until [DONE]), by model and HTTP status.',
+      labelNames: ['model', 'status'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers: [registry],
+    }),
+    inFlight: new Gauge({ name: 'meshtrain_gateway_requests_in_flight', help: 'Completion requests being generated now, by model.', labelNames: ['model'], registers: [registry] }),
+    promptTokens: new Counter({ name: 'meshtrain_gateway_prompt_tokens_total', help: 'Prompt tokens of completed requests, by model.', labelNames: ['model'], registers: [registry] }),
+    generatedTokens: new Counter({
+      name: 'meshtrain_gateway_generated_tokens_total',
+      help: 'Tokens sampled for completed requests (all choices), by model.',
+      labelNames: ['model'],
+      registers: [registry],
+    }),
+    clientAborts: new Counter({
+      name: 'meshtrain_gateway_client_aborts_total',
+      help: 'Requests whose client disconnected before the answer was complete; their generation was stopped.',
+      labelNames: ['model'],
+      registers: [registry],
+    }),
+  };
+}

@@ -1,0 +1,273 @@
+/**
+ * The inference gateway's HTTP server: a fastify plugin (`gatewayPlugin`) and `createGateway`, which wraps it in
+ * its own fastify instance. OpenAI-compatible, so the official clients work against it unchanged.
+ *
+ *   POST /v1/completions     OpenAI legacy completions (openai.ts); `stream: true` answers with server-sent events
+ *   GET  /v1/models          the served models, OpenAI's list shape
+ *   GET  /v1/models/:model   one of them
+ *   GET  /healthz            liveness and the served models (no key)
+ *   GET  /metrics            Prometheus exposition (no key)
+ *
+ * With an API key configured every /v1 route needs `Authorization: Bearer <key>`. A client that disconnects stops
+ * its generation (the backend's AbortSignal fires). Errors have OpenAI's body (errors.ts).
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply } from 'fastify';
+import type { Logger } from '../common/log.ts';
+import { GatewayError, type OpenAIErrorBody } from './errors.ts';
+import type { InferenceBackend } from './inference-backend.ts';
+import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
+import { completionResponse, encodeJson, LogprobsBuilder, parseCompletionRequest, usageOf, type CompletionChoice, type CompletionResponse, type ParsedCompletion } from './openai.ts';
+
+/** Response header carrying the sampling seed used, so any completion can be reproduced (pass it as `seed`). */
+export const SEED_HEADER = 'x-meshtrain-seed';
+
+/** JSON request bodies: a full-context prompt as token ids is ~10 bytes a token, so 4 MiB leaves room for ~400k. */
+export const DEFAULT_BODY_LIMIT = 4 * 1024 * 1024;
+
+export interface GatewayOptions {
+  /** Served models by the name clients pass as `model`. */
+  backends: ReadonlyMap<string, InferenceBackend>;
+  /** When set, /v1 routes need `Authorization: Bearer <apiKey>`. */
+  apiKey?: string;
+  log: Logger;
+  /** Where the plugin records its metrics and what /metrics exposes (default: a registry of its own). */
+  metrics?: GatewayMetrics;
+}
+
+export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opts) => {
+  const { backends, log } = opts;
+  const metrics = opts.metrics ?? createGatewayMetrics();
+  const keyHash = opts.apiKey ? sha256(opts.apiKey) : undefined;
+
+  app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {
+    const { status, body } = errorReply(err);
+    if (status >= 500) log.error(`${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
+    return reply.code(status).send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const err = new GatewayError('GW_ERR_NOT_FOUND', `Unknown request URL: ${req.method} ${req.url.split('?')[0]}.`);
+    return reply.code(err.statusCode).send(err.toBody());
+  });
+
+  app.addHook('onRequest', async (req) => {
+    if (!keyHash || !req.url.startsWith('/v1/')) return;
+    const header = req.headers.authorization ?? '';
+    const presented = header.startsWith('Bearer ') ? header.slice(7).trim() : '';
+    if (!presented) throw new GatewayError('GW_ERR_UNAUTHORIZED', "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.");
+    if (!timingSafeEqual(sha256(presented), keyHash)) throw new GatewayError('GW_ERR_UNAUTHORIZED', 'Incorrect API key provided.');
+  });
+
+  const modelCard = (b: InferenceBackend) => ({ id: b.info.id, object: 'model' as const, created: b.info.createdS, owned_by: b.info.ownedBy });
+  app.get('/v1/models', async () => ({ object: 'list', data: [...backends.values()].map(modelCard).sort((a, b) => a.id.localeCompare(b.id)) }));
+  app.get<{ Params: { model: string } }>('/v1/models/:model', async (req) => {
+    const backend = backends.get(req.params.model);
+    if (!backend) throw new GatewayError('GW_ERR_MODEL_NOT_FOUND', `The model '${req.params.model}' does not exist.`, { param: 'model' });
+    return modelCard(backend);
+  });
+  app.get('/healthz', async () => ({
+    status: 'ok',
+    uptimeSeconds: Math.round(process.uptime()),
+    models: [...backends.values()].map((b) => ({ id: b.info.id, version: b.info.version ?? null, contextLength: b.info.contextLength })),
+  }));
+  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+
+  app.post('/v1/completions', async (req, reply) => {
+    const started = performance.now();
+    const named = (req.body as { model?: unknown } | undefined)?.model;
+    let model = typeof named === 'string' && backends.has(named) ? named : 'unknown';
+    let status = 200;
+    try {
+      const { parsed, backend } = parseCompletionRequest(req.body, (name) => backends.get(name));
+      model = backend.info.id;
+      metrics.inFlight.inc({ model });
+      try {
+        // The client going away (socket closed before the answer ended) stops generation.
+        const abort = new AbortController();
+        const onClose = () => {
+          if (!reply.raw.writableFinished) abort.abort(new ClientGone());
+        };
+        reply.raw.on('close', onClose);
+        try {
+          const head = { id: `cmpl-${randomBytes(12).toString('hex')}`, created: Math.floor(Date.now() / 1000) };
+          // The seed actually used (chosen here when the request had none): with it the same request replays exactly.
+          reply.header(SEED_HEADER, String(parsed.generate.seed));
+          log.debug(`${head.id} ${model}: ${parsed.generate.promptIds.length} prompt tokens, max_tokens ${parsed.generate.maxTokens}, n ${parsed.generate.n}, seed ${parsed.generate.seed}${parsed.stream ? ', stream' : ''}`);
+          if (parsed.stream) {
+            status = await stream(reply, head, parsed, backend, abort.signal, log, metrics);
+            return;
+          }
+          const result = await backend.generate(parsed.generate, { signal: abort.signal });
+          const body = completionResponse(head, parsed, backend, result);
+          countTokens(metrics, model, body);
+          return reply.type('application/json; charset=utf-8').send(encodeJson(body));
+        } finally {
+          reply.raw.off('close', onClose);
+        }
+      } finally {
+        metrics.inFlight.dec({ model });
+      }
+    } catch (err) {
+      if (err instanceof ClientGone) {
+        status = 499;
+        metrics.clientAborts.inc({ model });
+        log.debug(`POST /v1/completions (${model}): client went away; generation stopped`);
+        if (!reply.sent) reply.hijack(); // nothing to send to
+        return reply;
+      }
+      status = errorReply(err as Error).status;
+      throw err;
+    } finally {
+      metrics.requestSeconds.observe({ model, status: String(status) }, (performance.now() - started) / 1000);
+    }
+  });
+};
+
+/** The reason an aborted generation rejects with when its client disconnected. */
+class ClientGone extends Error {
+  constructor() {
+    super('the client closed the connection');
+  }
+}
+
+function countTokens(metrics: GatewayMetrics, model: string, body: Pick<CompletionResponse, 'usage'>): void {
+  metrics.promptTokens.inc({ model }, body.usage?.prompt_tokens ?? 0);
+  metrics.generatedTokens.inc({ model }, body.usage?.completion_tokens ?? 0);
+}
+
+/**
+ * Streams a completion as server-sent events: one `data: {chunk}` per released batch of tokens (OpenAI's object
+ * with `finish_reason: null`), a last chunk per choice with its finish_reason, optionally a usage chunk, then
+ * `data: [DONE]`. Returns the status to record. Errors after the headers went out become an error event.
+ */
+async function stream(
+  reply: FastifyReply,
+  head: { id: string; created: number },
+  parsed: ParsedCompletion,
+  backend: InferenceBackend,
+  signal: AbortSignal,
+  log: Logger,
+  metrics: GatewayMetrics,
+): Promise<number> {
+  reply.hijack();
+  const res: ServerResponse = reply.raw;
+  res.writeHead(200, { [SEED_HEADER]: String(parsed.generate.seed), 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  const send = (data: unknown) => {
+    if (!res.destroyed) res.write(`data: ${typeof data === 'string' ? data : encodeJson(data)}\n\n`);
+  };
+  const chunk = (choices: CompletionChoice[]): CompletionResponse => ({ id: head.id, object: 'text_completion', created: head.created, model: parsed.model, choices });
+  const { echo, logprobs, n, promptIds } = parsed.generate;
+  const builders = Array.from({ length: n }, () => new LogprobsBuilder());
+  let echoed = !echo;
+  const echoChunks = (promptLogprobs: Parameters<LogprobsBuilder['prompt']>[2] | null) => {
+    if (echoed) return;
+    echoed = true;
+    for (let i = 0; i < n; i++) {
+      const lp = logprobs === undefined ? null : promptLogprobs ? builders[i]!.prompt(backend, promptIds, promptLogprobs) : (builders[i]!.skip(parsed.promptText), null);
+      send(chunk([{ text: parsed.promptText, index: i, logprobs: lp, finish_reason: null }]));
+    }
+  };
+  try {
+    // Echo goes first: with logprobs once the backend has scored the prompt (before its first token), else at once.
+    const promptScored = echo && logprobs !== undefined;
+    if (echo && !promptScored) echoChunks(null);
+    const result = await backend.generate(parsed.generate, {
+      signal,
+      onPromptLogprobs: promptScored ? (p) => echoChunks(p) : undefined,
+      onToken: (e) => {
+        echoChunks(null); // a backend that did not call onPromptLogprobs: the prompt still comes first, unscored
+        const text = e.tokens.map((t) => t.text).join('');
+        send(chunk([{ text, index: e.choice, logprobs: logprobs === undefined ? null : builders[e.choice]!.tokens(e.tokens), finish_reason: null }]));
+      },
+    });
+    echoChunks(result.promptLogprobs); // max_tokens 0 with a backend that did not call onPromptLogprobs
+    for (const c of result.choices) send(chunk([{ text: '', index: c.index, logprobs: null, finish_reason: c.finishReason }]));
+    const usage = usageOf(parsed, result);
+    if (parsed.includeUsage) send({ ...chunk([]), usage });
+    countTokens(metrics, backend.info.id, { usage });
+    send('[DONE]');
+    return 200;
+  } catch (err) {
+    if (err instanceof ClientGone) throw err;
+    const { status, body } = errorReply(err as Error);
+    if (status >= 500) log.error(`POST /v1/completions (stream, ${parsed.model}): ${(err as Error).stack ?? String(err)}`);
+    send(body);
+    send('[DONE]');
+    return status;
+  } finally {
+    res.end();
+  }
+}
+
+/** Any error → OpenAI's body and a status. Fastify's own 4xx (bad JSON, body too large) keep their status. */
+export function errorReply(err: Error): { status: number; body: OpenAIErrorBody } {
+  if (err instanceof GatewayError) return { status: err.statusCode, body: err.toBody() };
+  const fe = err as FastifyError;
+  if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    const gw = new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', 'The request body is too large.');
+    return { status: gw.statusCode, body: gw.toBody() };
+  }
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
+    return { status: fe.statusCode, body: { error: { message: fe.message, type: 'invalid_request_error', param: null, code: null } } };
+  }
+  return { status: 500, body: new GatewayError('GW_ERR_INTERNAL', 'internal error').toBody() };
+}
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+export interface Gateway {
+  app: FastifyInstance;
+  metrics: GatewayMetrics;
+  listen(opts: { port: number; host?: string }): Promise<{ port: number; host: string }>;
+  /** Stops accepting requests and closes every backend. */
+  close(): Promise<void>;
+}
+
+export interface CreateGatewayOptions {
+  backends: ReadonlyMap<string, InferenceBackend>;
+  apiKey?: string;
+  log: Logger;
+  bodyLimit?: number; // bytes (default DEFAULT_BODY_LIMIT)
+  shutdownGraceMs?: number; // close() lets running requests finish this long, then cuts them (default 30 s)
+}
+
+export function createGateway(opts: CreateGatewayOptions): Gateway {
+  for (const [name, backend] of opts.backends) {
+    if (name !== backend.info.id) throw new GatewayError('GW_ERR_BAD_ARGS', `backend registered as '${name}' reports model id '${backend.info.id}'`);
+  }
+  const metrics = createGatewayMetrics();
+  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT });
+  void app.register(gatewayPlugin, { backends: opts.backends, apiKey: opts.apiKey, log: opts.log, metrics });
+  // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections
+  // that carry no request would otherwise hold server.close() until the client drops them.
+  let running = 0;
+  app.server.on('request', (_req, res: ServerResponse) => {
+    running++;
+    res.once('close', () => running--);
+  });
+  let closed = false;
+  return {
+    app,
+    metrics,
+    async listen({ port, host = '127.0.0.1' }) {
+      await app.listen({ port, host });
+      const addr = app.server.address();
+      return { port: typeof addr === 'object' && addr ? addr.port : port, host };
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      const graceEnds = Date.now() + (opts.shutdownGraceMs ?? 30_000);
+      const sweep = setInterval(() => {
+        if (running === 0 || Date.now() > graceEnds) app.server.closeAllConnections();
+      }, 20);
+      try {
+        await app.close();
+      } finally {
+        clearInterval(sweep);
+      }
+      await Promise.all([...opts.backends.values()].map((b) => b.close?.()));
+    },
+  };
+}

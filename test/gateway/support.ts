@@ -1,0 +1,60 @@
+/** Shared set-up for the gateway tests: a gateway on FakeBackends, driven with app.inject (no sockets). */
+import type { TestContext } from 'node:test';
+import { silentLogger } from '../../common/log.ts';
+import { FakeBackend, type FakeBackendOptions } from '../../gateway/fake-backend.ts';
+import type { InferenceBackend } from '../../gateway/inference-backend.ts';
+import type { CompletionResponse } from '../../gateway/openai.ts';
+import { createGateway, type Gateway } from '../../gateway/server.ts';
+
+export const MODEL = 'fake-char';
+
+export interface Harness {
+  gateway: Gateway;
+  fake: FakeBackend;
+  /** POST /v1/completions; `model` defaults to the fake. */
+  complete(body: Record<string, unknown>, headers?: Record<string, string>): Promise<{ status: number; json: any; body: string; headers: Record<string, unknown> }>;
+}
+
+export function harness(t: TestContext, opts: { fake?: FakeBackendOptions; apiKey?: string; extra?: InferenceBackend[] } = {}): Harness {
+  const fake = new FakeBackend({ id: MODEL, ...opts.fake });
+  const backends = new Map<string, InferenceBackend>([[fake.info.id, fake], ...(opts.extra ?? []).map((b) => [b.info.id, b] as [string, InferenceBackend])]);
+  const gateway = createGateway({ backends, log: silentLogger, ...(opts.apiKey ? { apiKey: opts.apiKey } : {}) });
+  t.after(() => gateway.close());
+  return {
+    gateway,
+    fake,
+    async complete(body, headers = {}) {
+      const res = await gateway.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: MODEL, ...body }, headers });
+      let json: unknown;
+      try {
+        json = res.json();
+      } catch {
+        json = undefined;
+      }
+      return { status: res.statusCode, json, body: res.body, headers: res.headers };
+    },
+  };
+}
+
+/** The `data:` payloads of an SSE body, in order ('[DONE]' stays a string). */
+export function sseEvents(body: string): Array<CompletionResponse | '[DONE]' | { error: unknown }> {
+  return body
+    .split('\n\n')
+    .filter((block) => block.trim() !== '')
+    .map((block) => {
+      if (!block.startsWith('data: ')) throw new Error(`not an SSE data event: ${JSON.stringify(block.slice(0, 80))}`);
+      const data = block.slice(6);
+      return data === '[DONE]' ? '[DONE]' : JSON.parse(data);
+    });
+}
+
+/**
+ * The top_logprobs of each choice of a raw JSON completion body, as [token, logprob] entries in document order
+ * (JSON.parse would move integer-like keys such as "5" to the front). Keys are prefixed before parsing to keep them.
+ */
+export function topLogprobsInOrder(body: string): Array<Array<Array<[string, number]> | null>> {
+  const prefixed = JSON.parse(body.replace(/"((?:[^"\\]|\\.)*)"(\s*:)?/g, (m, s: string, colon?: string) => (colon ? `"#${s}"${colon}` : m)));
+  return prefixed['#choices'].map((c: any) =>
+    c['#logprobs']['#top_logprobs'].map((d: Record<string, number> | null) => d && Object.entries(d).map(([k, v]) => [k.slice(1), v])),
+  );
+}
