@@ -1,13 +1,15 @@
 /**
  * The model registry: each finished job registers a new version of its model as a Hugging Face-style folder,
  * `<dir>/<name>/v<N>/` with config.json, model.safetensors and tokenizer.json (loadable by transformers from
- * that path) plus lineage.json (job, spec, final metrics, parent). A version is written into a temporary folder,
- * fsynced and renamed into place, then recorded in SQLite with every file's sha256, so a listed version is always
- * complete and a file that changed on disk is detected when read.
+ * that path), lineage.json (job, spec, final metrics, parent) and manifest.json (every other file's size and
+ * sha256, so a copied folder can be verified on its own, e.g. by `gateway serve --registry DIR`). A version is
+ * written into a temporary folder, fsynced and renamed into place, and only then recorded in SQLite: a crash
+ * before the record leaves an orphan folder, which the next start removes, never a listed version that is
+ * incomplete.
  */
 import type Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { open, mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CoordinatorError } from './errors.ts';
@@ -44,6 +46,7 @@ export class ModelRegistry {
   readonly dir: string;
   readonly #db: Database.Database;
   readonly #stmts;
+  #queue: Promise<unknown> = Promise.resolve(); // registrations one at a time, so version numbers never race
 
   constructor(dir: string, db: Database.Database) {
     this.dir = dir;
@@ -60,43 +63,64 @@ export class ModelRegistry {
         'SELECT name, COUNT(*) AS versions, MAX(version) AS latest, MAX(created_ms) AS updated_ms FROM model_versions GROUP BY name ORDER BY name',
       ),
     };
+    this.#removeOrphans();
+  }
+
+  /** Version folders with no database record were being registered when the coordinator stopped. */
+  #removeOrphans(): void {
+    for (const name of readdirSync(this.dir)) {
+      if (!MODEL_NAME.test(name)) continue;
+      for (const entry of readdirSync(join(this.dir, name))) {
+        const m = /^v(\d+)$/.exec(entry);
+        if (m && !this.#stmts.get.get(name, Number(m[1]))) rmSync(join(this.dir, name, entry), { recursive: true, force: true });
+      }
+    }
   }
 
   /** Writes a new version of `name` and returns it. Must include config.json and model.safetensors. */
-  async register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs = Date.now()): Promise<ModelVersion> {
+  register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs = Date.now()): Promise<ModelVersion> {
+    const run = this.#queue.then(() => this.#register(name, files, lineage, nowMs));
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  async #register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs: number): Promise<ModelVersion> {
     if (!MODEL_NAME.test(name)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `model name '${name.slice(0, 80)}' must match ${MODEL_NAME}`);
     for (const required of ['config.json', 'model.safetensors']) {
       if (!files[required]) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `a model version needs ${required}`);
     }
+    const all: Record<string, Uint8Array> = { ...files, 'lineage.json': Buffer.from(JSON.stringify(lineage, null, 2)) };
+    for (const file of Object.keys(all)) {
+      if (!FILE_NAME.test(file) || file === 'manifest.json') throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `file name '${file.slice(0, 80)}' is not allowed`);
+    }
+    const version = (this.#stmts.next.get(name)?.v ?? 0) + 1;
     const manifest: ModelVersion['files'] = {};
-    const tmp = join(this.dir, '.tmp', randomBytes(8).toString('hex'));
-    await mkdir(tmp, { recursive: true });
-    const all = { ...files, 'lineage.json': Buffer.from(JSON.stringify(lineage, null, 2)) };
     for (const [file, bytes] of Object.entries(all)) {
-      if (!FILE_NAME.test(file)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `file name '${file.slice(0, 80)}' is not allowed`);
-      const fh = await open(join(tmp, file), 'w');
-      try {
-        await fh.writeFile(bytes);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
       manifest[file] = { bytes: bytes.byteLength, sha256: createHash('sha256').update(bytes).digest('hex') };
     }
-    // Versions are numbered in the database transaction, so two registrations of one name never collide.
-    const version = this.#db.transaction(() => {
-      const v = (this.#stmts.next.get(name)?.v ?? 0) + 1;
-      this.#stmts.insert.run(name, v, nowMs, JSON.stringify(manifest), JSON.stringify(lineage));
-      return v;
-    })();
-    const final = this.#pathOf(name, version);
-    await mkdir(join(this.dir, name), { recursive: true });
+    all['manifest.json'] = Buffer.from(JSON.stringify({ format: 'meshtrain-model-version/1', name, version, createdMs: nowMs, files: manifest }, null, 2));
+
+    const tmp = join(this.dir, '.tmp', randomBytes(8).toString('hex'));
+    await mkdir(tmp, { recursive: true });
     try {
+      for (const [file, bytes] of Object.entries(all)) {
+        const fh = await open(join(tmp, file), 'w');
+        try {
+          await fh.writeFile(bytes);
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      }
+      await mkdir(join(this.dir, name), { recursive: true });
+      const final = this.#pathOf(name, version);
+      if (existsSync(final)) rmSync(final, { recursive: true, force: true }); // an orphan of a crash
       await rename(tmp, final);
     } catch (err) {
-      this.#db.prepare('DELETE FROM model_versions WHERE name = ? AND version = ?').run(name, version);
-      throw new CoordinatorError('CRD_ERR_STORAGE', `could not move version into ${final}: ${(err as Error).message}`, { cause: err });
+      rmSync(tmp, { recursive: true, force: true });
+      throw new CoordinatorError('CRD_ERR_STORAGE', `could not write ${name} v${version}: ${(err as Error).message}`, { cause: err });
     }
+    this.#stmts.insert.run(name, version, nowMs, JSON.stringify(manifest), JSON.stringify(lineage));
     await writeFile(join(this.dir, name, 'LATEST'), `v${version}\n`);
     return this.get(name, version);
   }

@@ -83,3 +83,28 @@ test('the models API lists models and versions and serves checked files', async 
   assert.equal((await coordinator.app.inject({ url: '/api/models/tiny/versions/1/files/secret.txt', headers: auth })).statusCode, 404);
   assert.equal((await coordinator.app.inject({ url: '/api/models' })).statusCode, 401);
 });
+
+test('each version folder carries a manifest that verifies its files on their own', async (t) => {
+  const { registry } = fresh(t);
+  const v = await registry.register('tiny', files('a'), { jobId: 'job-1' });
+  const manifest = JSON.parse(readFileSync(join(v.path, 'manifest.json'), 'utf8'));
+  assert.equal(manifest.version, 1);
+  assert.deepEqual(manifest.files, v.files);
+  assert.equal(manifest.files['manifest.json'], undefined, 'a manifest does not list itself');
+});
+
+test('concurrent registrations of one name get distinct consecutive versions', async (t) => {
+  const { registry } = fresh(t);
+  const versions = await Promise.all([1, 2, 3, 4].map((i) => registry.register('tiny', files(String(i)), {})));
+  assert.deepEqual(versions.map((v) => v.version).sort(), [1, 2, 3, 4]);
+});
+
+test('a version folder with no record (a crash between rename and record) is removed on start', async (t) => {
+  const { dir, state } = fresh(t);
+  mkdirSync(join(dir, 'registry', 'tiny', 'v1'), { recursive: true });
+  writeFileSync(join(dir, 'registry', 'tiny', 'v1', 'model.safetensors'), 'orphan');
+  const registry = new ModelRegistry(join(dir, 'registry'), state.database);
+  assert.equal(existsSync(join(dir, 'registry', 'tiny', 'v1')), false);
+  const v = await registry.register('tiny', files('a'), {});
+  assert.equal(v.version, 1);
+});
