@@ -4,10 +4,13 @@
  * Runs one benchmark. Each prints progress on stderr and one JSON object as the last line of stdout.
  *   transport   raw TCP vs ws point-to-point throughput between two processes (tcp_gbps, ws_gbps, ratio)
  *   allreduce   ring all-reduce among real agent processes vs what the same ring's links carry
+ *   matmul      wasm BatchMatMul: stock vs fast kernel (model/kernels) on a GPT step's shapes; GFLOP/s, speedup,
+ *               whole-step time
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   transport: () => import('./transport.ts'),
   allreduce: () => import('./allreduce.ts'),
+  matmul: () => import('./matmul.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

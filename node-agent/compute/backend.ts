@@ -37,6 +37,9 @@ export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend>
     await tf.setBackend('cpu');
   } else {
     await import('@tensorflow/tfjs-backend-wasm');
+    // Stock wasm BatchMatMul runs transposed and batched products (every gradient, all of attention) in a plain
+    // loop at ~2 GFLOP/s; these route them through XNNPACK (~20). Each thread has its own kernel registry.
+    (await import('../../model/kernels/index.ts')).registerFastWasmKernels();
     if (!(await tf.setBackend('wasm'))) throw new Error('the wasm backend failed to initialise');
   }
   await tf.ready();
