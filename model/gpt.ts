@@ -218,6 +218,33 @@ function attention(x: tf.Tensor2D, p: Param, prefix: string, c: GPTConfig, B: nu
   return linear(merged, p, `${prefix}.c_proj`);
 }
 
+/**
+ * Attention for `t` new positions that follow `past` cached ones: keys and values of the past come from the cache
+ * ([B*nh, past, hs] each) instead of being recomputed, so generating a token costs O(context), not O(context²).
+ * Returns the output and the keys/values extended by the new positions.
+ */
+function attentionCached(
+  x: tf.Tensor2D,
+  p: Param,
+  prefix: string,
+  c: GPTConfig,
+  B: number,
+  t: number,
+  past: { k: tf.Tensor3D; v: tf.Tensor3D } | undefined,
+  mask: tf.Tensor2D, // [t, past + t]
+): { y: tf.Tensor2D; k: tf.Tensor3D; v: tf.Tensor3D } {
+  const nh = c.nHead, hs = c.nEmbd / c.nHead;
+  const qkv = linear(x, p, `${prefix}.c_attn`); // [B*t, 3d]
+  const [q, kNew, vNew] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+  const heads = (z: tf.Tensor2D) => z.reshape([B, t, nh, hs]).transpose([0, 2, 1, 3]).reshape([B * nh, t, hs]) as tf.Tensor3D;
+  const k = past ? tf.concat([past.k, heads(kNew)], 1) : heads(kNew); // [B*nh, past+t, hs]
+  const v = past ? tf.concat([past.v, heads(vNew)], 1) : heads(vNew);
+  const att = tf.matMul(heads(q), k, false, true).mul(1 / Math.sqrt(hs)).add(mask); // [B*nh, t, past+t]
+  const y = tf.matMul(tf.softmax(att), v); // [B*nh, t, hs]
+  const merged = y.reshape([B, nh, t, hs]).transpose([0, 2, 1, 3]).reshape([B * t, c.nEmbd]) as tf.Tensor2D;
+  return { y: linear(merged, p, `${prefix}.c_proj`), k, v };
+}
+
 function mlp(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
   return linear(gelu(linear(x, p, `${prefix}.c_fc`)), p, `${prefix}.c_proj`); // [B*T, 4d] inside
 }
@@ -229,6 +256,16 @@ function block(x: tf.Tensor2D, p: Param, l: number, c: GPTConfig, B: number, T: 
 }
 
 // ---------------------------------------------------------------------------------------------------- the model
+
+/** Keys and values of the positions generated so far, per layer, each [B*nh, length, hs]. */
+export interface KVCache {
+  readonly length: number;
+  readonly layers: ReadonlyArray<{ readonly k: tf.Tensor3D; readonly v: tf.Tensor3D }>;
+}
+
+export function disposeCache(cache: KVCache | undefined): void {
+  if (cache) for (const l of cache.layers) tf.dispose([l.k, l.v]);
+}
 
 export class GPT {
   readonly config: GPTConfig;
@@ -275,6 +312,40 @@ export class GPT {
       const logits = tf.matMul(x, p('wte.weight') as tf.Tensor2D, false, true); // [B*T, V], head tied to wte
       return logits.reshape([B, T, c.vocabSize]) as tf.Tensor3D;
     });
+  }
+
+  /**
+   * Incremental forward for generation: logits [B, t, vocab] of `t` new positions (ids [B, t]) that follow what
+   * `cache` holds (none: a fresh sequence). Returns the cache extended by the new positions; the caller owns it
+   * and disposes it (`disposeCache`) when the sequence is done. Equal to forward() on the whole sequence.
+   */
+  forwardCached(ids: tf.Tensor2D, cache?: KVCache): { logits: tf.Tensor3D; cache: KVCache } {
+    const c = this.config;
+    const [B, t] = ids.shape;
+    const past = cache?.length ?? 0;
+    if (ids.dtype !== 'int32') throw new TypeError(`ids must be int32, got ${ids.dtype}`);
+    if (past + t > c.nCtx) throw new RangeError(`${past} cached + ${t} new positions exceed nCtx ${c.nCtx}`);
+    const p: Param = (name) => this.params.get(name)!;
+    const layers: Array<{ k: tf.Tensor3D; v: tf.Tensor3D }> = [];
+    const logits = tf.tidy(() => {
+      // Row i (absolute position past + i) may attend to positions ≤ past + i.
+      const maskValues = new Float32Array(t * (past + t));
+      for (let i = 0; i < t; i++) for (let j = past + i + 1; j < past + t; j++) maskValues[i * (past + t) + j] = MASKED;
+      const mask = tf.tensor2d(maskValues, [t, past + t]);
+      const oneHot = tf.oneHot(ids.reshape([B * t]) as tf.Tensor1D, c.vocabSize).cast('float32'); // [B*t, V]
+      const tok = tf.matMul(oneHot as tf.Tensor2D, p('wte.weight') as tf.Tensor2D); // [B*t, d]
+      const pos = p('wpe.weight').slice([past, 0], [t, c.nEmbd]); // [t, d]
+      let x = tok.reshape([B, t, c.nEmbd]).add(pos).reshape([B * t, c.nEmbd]) as tf.Tensor2D;
+      for (let l = 0; l < c.nLayer; l++) {
+        const a = attentionCached(layerNorm(x, p, `h.${l}.ln_1`), p, `h.${l}.attn`, c, B, t, cache?.layers[l], mask);
+        layers.push({ k: tf.keep(a.k), v: tf.keep(a.v) });
+        x = x.add(a.y);
+        x = x.add(mlp(layerNorm(x, p, `h.${l}.ln_2`), p, `h.${l}.mlp`));
+      }
+      x = layerNorm(x, p, 'ln_f');
+      return tf.matMul(x, p('wte.weight') as tf.Tensor2D, false, true).reshape([B, t, c.vocabSize]) as tf.Tensor3D;
+    });
+    return { logits, cache: { length: past + t, layers } };
   }
 
   /** Mean cross-entropy of predicting targets [B, T] (int32) from ids [B, T], via a stable log-softmax. */

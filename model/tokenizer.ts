@@ -150,6 +150,13 @@ export class Tokenizer {
     return out;
   }
 
+  /** The bytes token `id` stands for (a view: do not modify). Generation streams text from these. */
+  tokenBytes(id: number): Uint8Array {
+    const bytes = this.#bytes[id];
+    if (bytes === undefined) throw new RangeError(`token id ${id} is outside the vocabulary (0–${this.vocabSize - 1})`);
+    return bytes;
+  }
+
   /** The text of `ids`. Byte sequences that are not valid UTF-8 (a cut-off character) decode to U+FFFD. */
   decode(ids: ArrayLike<number>): string {
     const parts: Uint8Array[] = [];
