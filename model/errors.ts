@@ -23,6 +23,8 @@ export const ModelErrorCodes = {
   MDL_ERR_NO_GOOD_CHECKPOINT: 'no good checkpoint',
   /** A checkpoint could not be written: invalid step or contents, or a file-system error (the cause is kept). */
   MDL_ERR_CHECKPOINT_WRITE: 'checkpoint write failed',
+  /** Model files (config.json, model.safetensors, tokenizer.json) are missing, malformed or disagree with each other. */
+  MDL_ERR_MODEL_FILES: 'invalid model files',
 } as const;
 
 export type ModelErrorCode = keyof typeof ModelErrorCodes;

@@ -1,0 +1,107 @@
+/**
+ * A model version as Hugging Face files: config.json (GPT2Config), model.safetensors (GPT-2 state dict, Conv1D
+ * [in, out] layouts, head tied to wte, metadata {"format":"pt"} which transformers requires) and tokenizer.json.
+ * `transformers.GPT2LMHeadModel.from_pretrained(folder)` and `PreTrainedTokenizerFast(tokenizer_file=…)` load
+ * what `exportHf` writes; `importHf` reads it back (and accepts state dicts with the `transformer.` prefix that
+ * transformers itself saves), refusing anything inconsistent with a clear ModelError.
+ */
+import { GPT, flatFromStateDict, gptConfig, paramLayout, stateDict, type GPTConfig } from './gpt.ts';
+import { ModelError } from './errors.ts';
+import { readSafetensors, writeSafetensors, type TensorMap } from './safetensors.ts';
+import { END_OF_TEXT, Tokenizer } from './tokenizer.ts';
+
+export interface HfFiles {
+  'config.json': Uint8Array;
+  'model.safetensors': Uint8Array;
+  'tokenizer.json': Uint8Array;
+}
+
+/** GPT2Config fields for our architecture: no dropout at inference, GPT-2's tanh GELU, LayerNorm eps 1e-5. */
+export function hfConfig(config: GPTConfig, tokenizer: Tokenizer): Record<string, unknown> {
+  const eos = tokenizer.endOfText ?? null;
+  return {
+    model_type: 'gpt2',
+    architectures: ['GPT2LMHeadModel'],
+    vocab_size: config.vocabSize,
+    n_positions: config.nCtx,
+    n_ctx: config.nCtx,
+    n_embd: config.nEmbd,
+    n_layer: config.nLayer,
+    n_head: config.nHead,
+    n_inner: null,
+    activation_function: 'gelu_new',
+    layer_norm_epsilon: 1e-5,
+    resid_pdrop: 0,
+    embd_pdrop: 0,
+    attn_pdrop: 0,
+    scale_attn_weights: true,
+    tie_word_embeddings: true,
+    bos_token_id: eos,
+    eos_token_id: eos,
+  };
+}
+
+export function exportHf(model: GPT, tokenizer: Tokenizer, params: Float32Array = model.readParams()): HfFiles {
+  if (tokenizer.vocabSize > model.config.vocabSize) {
+    throw new ModelError('MDL_ERR_MODEL_FILES', `tokenizer has ${tokenizer.vocabSize} ids, the model only ${model.config.vocabSize}`);
+  }
+  const json = (v: unknown) => Buffer.from(JSON.stringify(v, null, 2));
+  return {
+    'config.json': json(hfConfig(model.config, tokenizer)),
+    'model.safetensors': writeSafetensors(stateDict(params, model.layout) as TensorMap, { format: 'pt' }),
+    'tokenizer.json': json(tokenizer.toJSON()),
+  };
+}
+
+export interface LoadedModel {
+  config: GPTConfig;
+  params: Float32Array; // flat, in paramLayout order
+  tokenizer: Tokenizer;
+}
+
+/** Parses and checks the three files; building the tf model (`new GPT(config, { flat: params })`) is the caller's. */
+export function importHf(files: Partial<Record<string, Uint8Array>>): LoadedModel {
+  const need = (name: keyof HfFiles): Uint8Array => {
+    const f = files[name];
+    if (!f) throw new ModelError('MDL_ERR_MODEL_FILES', `model files lack ${name}`);
+    return f;
+  };
+  const parse = (name: keyof HfFiles): unknown => {
+    try {
+      return JSON.parse(Buffer.from(need(name)).toString('utf8'));
+    } catch (err) {
+      throw new ModelError('MDL_ERR_MODEL_FILES', `${name} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const raw = parse('config.json') as Record<string, unknown>;
+  const bad = (why: string) => new ModelError('MDL_ERR_MODEL_FILES', `config.json: ${why}`);
+  if (raw === null || typeof raw !== 'object') throw bad('not an object');
+  if (raw.model_type !== 'gpt2') throw bad(`model_type is ${JSON.stringify(raw.model_type)}, only "gpt2" is supported`);
+  if (raw.activation_function !== undefined && raw.activation_function !== 'gelu_new') {
+    throw bad(`activation_function ${JSON.stringify(raw.activation_function)} is not supported (gelu_new)`);
+  }
+  if (raw.n_inner !== undefined && raw.n_inner !== null && raw.n_inner !== 4 * Number(raw.n_embd)) throw bad('n_inner must be 4·n_embd');
+  let config: GPTConfig;
+  try {
+    config = gptConfig({ vocabSize: raw.vocab_size as number, nCtx: raw.n_positions as number, nLayer: raw.n_layer as number, nHead: raw.n_head as number, nEmbd: raw.n_embd as number });
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  const { tensors } = readSafetensors(need('model.safetensors'));
+  // transformers saves GPT2LMHeadModel with a `transformer.` prefix (and sometimes lm_head.weight, tied anyway).
+  const unprefixed: TensorMap = {};
+  for (const [name, t] of Object.entries(tensors)) unprefixed[name.replace(/^transformer\./, '')] = t;
+  let params: Float32Array;
+  try {
+    params = flatFromStateDict(unprefixed, paramLayout(config));
+  } catch (err) {
+    throw new ModelError('MDL_ERR_MODEL_FILES', `model.safetensors does not fit config.json: ${(err as Error).message}`, { cause: err });
+  }
+  const tokenizer = Tokenizer.fromJSON(parse('tokenizer.json'));
+  if (tokenizer.vocabSize > config.vocabSize) {
+    throw new ModelError('MDL_ERR_MODEL_FILES', `tokenizer.json has ${tokenizer.vocabSize} ids, config.json vocab_size ${config.vocabSize}`);
+  }
+  return { config, params, tokenizer };
+}
+
+export { END_OF_TEXT };
