@@ -68,7 +68,10 @@ export async function runCli(argv: string[], deps: CliDeps = {}): Promise<number
       errOut(`gateway: ${err.code}: ${err.message}\n`);
       return err.code === 'GW_ERR_BAD_ARGS' ? 2 : 1;
     }
-    errOut(`gateway: ${(err as Error).stack ?? String(err)}\n`);
+    const code = (err as { code?: unknown }).code;
+    // Errors with a stable code (a model that fails to load, say) are the user's to fix: the message says how.
+    if (typeof code === 'string' && /^[A-Z]+_ERR_/.test(code)) errOut(`gateway: ${code}: ${(err as Error).message}\n`);
+    else errOut(`gateway: ${(err as Error).stack ?? String(err)}\n`);
     return 1;
   }
 }

@@ -10,11 +10,12 @@ import { ModelError } from './errors.ts';
 import { readSafetensors, writeSafetensors, type TensorMap } from './safetensors.ts';
 import { END_OF_TEXT, Tokenizer } from './tokenizer.ts';
 
-export interface HfFiles {
+// A type alias, not an interface, so that it is assignable to Record<string, …> (importHf takes any file set).
+export type HfFiles = {
   'config.json': Uint8Array;
   'model.safetensors': Uint8Array;
   'tokenizer.json': Uint8Array;
-}
+};
 
 /** GPT2Config fields for our architecture: no dropout at inference, GPT-2's tanh GELU, LayerNorm eps 1e-5. */
 export function hfConfig(config: GPTConfig, tokenizer: Tokenizer): Record<string, unknown> {

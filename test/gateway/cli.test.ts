@@ -40,7 +40,7 @@ async function registryDir(t: TestContext): Promise<string> {
   return join(data, 'registry');
 }
 
-test('--help explains every option, and a registry model with no backend to run it is refused, not faked', async (t) => {
+test('--help explains every option, and a registry version whose files are not a model is refused, not faked', async (t) => {
   const registry = await registryDir(t);
   const [help, noBackend] = await Promise.all([gateway(['--help']), gateway(['serve', '--registry', registry, '--port', '0'])]);
   assert.equal(help.code, 0);
@@ -48,7 +48,7 @@ test('--help explains every option, and a registry model with no backend to run 
   for (const option of ['--registry', '--model', '--port', '--host', '--token', '--api-key']) assert.match(help.stdout, new RegExp(`^  ${option} `, 'm'));
   assert.match(help.stdout, /--fake\s+TEST\/DEVELOPMENT ONLY/);
   assert.equal(noBackend.code, 1);
-  assert.match(noBackend.stderr, /GW_ERR_NO_BACKEND: cannot serve tiny: this gateway has no model backend.*Use --fake/s);
+  assert.match(noBackend.stderr, /^gateway: MDL_ERR_MODEL_FILES: config\.json: /);
   assert.equal(noBackend.stdout, '', 'it never claimed to be listening');
 });
 
