@@ -10,7 +10,10 @@ import { JobSpec } from './job-spec.ts';
 /** A content address in the coordinator's artifact store (GET/PUT /api/artifacts/:sha256). */
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
 /** Files by name, each a content address: a checkpoint or a model version. */
-const FileSet = Type.Record(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' }), Sha256, { maxProperties: 64 });
+const FileName = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' });
+const FileSet = Type.Record(FileName, Sha256, { maxProperties: 64 });
+/** A prepared dataset: its folder's files (model/prepare-data.ts layout) by name. */
+const DataFiles = Type.Record(FileName, Sha256, { maxProperties: 100_000 });
 
 /** Largest result attachment an agent may send the coordinator (a collective's result vector, for checking). */
 export const MAX_CONTROL_ATTACHMENT = 16 * 1024 * 1024;
@@ -136,7 +139,7 @@ export const coordinatorMessages = {
   }),
   /**
    * "Train this job as rank `rank` of `world` on group `groupId`." The data is prepared on the coordinator:
-   * the tokenizer, the shard index and the shards are artifacts to fetch. With `resume`, start from that
+   * the files of its folder (tokenizer.json, index.json, the shards) are artifacts to fetch into one folder. With `resume`, start from that
    * checkpoint (step and files) instead of a fresh initialisation.
    */
   'job.start': message('job.start', {
@@ -146,7 +149,7 @@ export const coordinatorMessages = {
     rank: Count(65535),
     world: Type.Integer({ minimum: 1, maximum: 65536 }),
     spec: JobSpec,
-    data: Type.Object({ tokenizer: Sha256, index: Sha256, shards: Type.Array(Sha256, { maxItems: 100_000 }) }, { additionalProperties: false }),
+    data: DataFiles, // tokenizer.json, index.json and every shard file it lists, by name
     resume: Type.Optional(Type.Object({ step: Count(2 ** 40), files: FileSet }, { additionalProperties: false })),
   }),
   /** "Stop working on this job now" (cancelled, or re-planned after a membership change). */

@@ -133,7 +133,7 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
       training: { steps: 200, batchSize: 16, seqLen: 64, lr: 0.003, checkpointEvery: 50 },
       parallel: { data: 2 },
     },
-    data: { tokenizer: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', index: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', shards: ['e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'] },
+    data: { 'tokenizer.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'index.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'train-00000.bin': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'heldout-00000.bin': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' },
     resume: { step: 100, files: { 'model.safetensors': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'state.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' } },
   },
   'job.stop': { type: 'job.stop', jobId: 'job-1a2b', reason: 'cancelled by request' },
