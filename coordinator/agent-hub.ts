@@ -50,7 +50,7 @@ export class AgentHub {
   readonly #metrics: CoordinatorMetrics;
   readonly #live = new Map<string, AgentConnection>();
   readonly #sweeper: NodeJS.Timeout;
-  #listener: AgentMessageListener = () => {};
+  #listeners: AgentMessageListener[] = [];
   #closing = false;
   #downListeners: Array<(nodeId: string, reason: string) => void> = [];
   readonly #now: () => number;
@@ -82,8 +82,9 @@ export class AgentHub {
     opts.metrics.countNodesWith(() => this.#countNodes());
   }
 
+  /** Every listener sees every message the hub does not handle itself, and ignores the types it does not know. */
   onAgentMessage(listener: AgentMessageListener): void {
-    this.#listener = listener;
+    this.#listeners.push(listener);
   }
 
   onNodeDown(listener: (nodeId: string, reason: string) => void): void {
@@ -246,7 +247,7 @@ export class AgentHub {
         conn.close(CloseCode.NORMAL, 'goodbye');
         return;
       default:
-        this.#listener(nodeId, msg, attachment);
+        for (const l of this.#listeners) l(nodeId, msg, attachment);
     }
   }
 

@@ -207,7 +207,7 @@ export class GroupManager {
       case 'collective.result':
         return this.#onResult(nodeId, msg, attachment);
       default:
-        this.#log.warn(`unexpected ${msg.type} from ${nodeId}`);
+        return; // job messages are the job runner's
     }
   }
 

@@ -19,8 +19,17 @@ export interface JobRecord {
   state: JobState;
   stateReason: string;
   step: number; // last completed optimizer step
+  attempt: number; // how many times the job has been started on agents (resumes included)
+  modelVersion: number | null; // the registry version a finished job produced
   createdMs: number;
   updatedMs: number;
+}
+
+export interface CheckpointRecord {
+  step: number;
+  attempt: number;
+  files: Record<string, string>; // file name → sha256 in the artifact store
+  createdMs: number;
 }
 
 export type MetricKind = 'train' | 'eval';
@@ -39,6 +48,8 @@ interface JobRow {
   state: JobState;
   state_reason: string;
   step: number;
+  attempt: number;
+  model_version: number | null;
   created_ms: number;
   updated_ms: number;
 }
@@ -63,6 +74,15 @@ export class JobStore {
       ),
       metrics: db.prepare<[string, number], { step: number; kind: MetricKind; at_ms: number; values: string }>(
         'SELECT step, kind, at_ms, "values" FROM job_metrics WHERE job_id = ? AND step > ? ORDER BY step, kind',
+      ),
+      nextAttempt: db.prepare('UPDATE jobs SET attempt = attempt + 1, updated_ms = ? WHERE id = ?'),
+      setModel: db.prepare('UPDATE jobs SET model_version = ?, updated_ms = ? WHERE id = ?'),
+      putCheckpoint: db.prepare(
+        `INSERT INTO job_checkpoints(job_id, step, attempt, files, created_ms) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(job_id, step) DO UPDATE SET attempt = excluded.attempt, files = excluded.files, created_ms = excluded.created_ms`,
+      ),
+      checkpoints: db.prepare<[string], { step: number; attempt: number; files: string; created_ms: number }>(
+        'SELECT step, attempt, files, created_ms FROM job_checkpoints WHERE job_id = ? ORDER BY step DESC',
       ),
     };
   }
@@ -94,6 +114,25 @@ export class JobStore {
     })();
   }
 
+  /** Starts a new attempt and returns its number (1 for the first start). */
+  nextAttempt(id: string, nowMs: number): number {
+    this.#stmts.nextAttempt.run(nowMs, id);
+    return this.get(id)!.attempt;
+  }
+
+  setModelVersion(id: string, version: number, nowMs: number): void {
+    this.#stmts.setModel.run(version, nowMs, id);
+  }
+
+  putCheckpoint(id: string, cp: CheckpointRecord): void {
+    this.#stmts.putCheckpoint.run(id, cp.step, cp.attempt, JSON.stringify(cp.files), cp.createdMs);
+  }
+
+  /** Newest first. */
+  checkpoints(id: string): CheckpointRecord[] {
+    return this.#stmts.checkpoints.all(id).map((r) => ({ step: r.step, attempt: r.attempt, files: JSON.parse(r.files), createdMs: r.created_ms }));
+  }
+
   metrics(id: string, afterStep = -1): MetricRow[] {
     return this.#stmts.metrics.all(id, afterStep).map((r) => ({ step: r.step, kind: r.kind, atMs: r.at_ms, values: JSON.parse(r.values) }));
   }
@@ -107,6 +146,8 @@ function fromRow(row: JobRow): JobRecord {
     state: row.state,
     stateReason: row.state_reason,
     step: row.step,
+    attempt: row.attempt,
+    modelVersion: row.model_version,
     createdMs: row.created_ms,
     updatedMs: row.updated_ms,
   };

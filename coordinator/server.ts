@@ -38,6 +38,7 @@ import { CoordinatorError } from './errors.ts';
 import { GroupManager } from './groups.ts';
 import { validateJobSpec } from '../protocol/job-spec.ts';
 import { FINAL_STATES, JobStore } from './job-store.ts';
+import { JobRunner } from './job-runner.ts';
 import { createMetrics } from './metrics.ts';
 import { ModelRegistry } from './registry.ts';
 import { runSelfcheck } from './selfcheck.ts';
@@ -91,6 +92,16 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   const metrics = createMetrics();
   const hub = new AgentHub({ store, config: cfg, tokenHash, clusterId, log: log.child('agents'), metrics });
   const groups = new GroupManager(hub, cfg, log.child('groups'), metrics);
+  const runner = new JobRunner({
+    jobs,
+    hub,
+    groups,
+    artifacts,
+    registry,
+    dataDir: cfg.dataDir,
+    segmentBytes: DEFAULT_SEGMENT_BYTES,
+    log: log.child('jobs'),
+  });
 
   const app = Fastify({
     logger: false,
@@ -187,6 +198,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     if (!res.ok) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid job spec: ${res.errors.join('; ')}`, { details: res.errors });
     const job = jobs.create(res.spec, Date.now());
     log.info(`job ${job.id} (${job.name}) submitted`);
+    void runner.tick();
     return reply.code(201).send(job);
   });
   app.get('/api/jobs', async () => ({ jobs: jobs.list().map(({ spec: _spec, ...summary }) => summary) }));
@@ -200,7 +212,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     const job = jobs.get(req.params.id);
     if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
     if (FINAL_STATES.has(job.state)) throw new CoordinatorError('CRD_ERR_CONFLICT', `job ${job.id} already ${job.state}`);
-    jobs.setState(job.id, 'cancelled', 'cancelled by request', Date.now());
+    runner.cancel(job.id, 'cancelled by request');
     return jobs.get(job.id);
   });
 
@@ -278,6 +290,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     async close() {
       if (closed) return;
       closed = true;
+      runner.close();
       hub.close();
       await app.close();
       store.close();

@@ -44,7 +44,7 @@ export interface StateStore {
 }
 
 /** Bumped whenever #migrate gains a step; each step upgrades from the version before it. */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 
 export class SqliteStateStore implements StateStore {
   readonly #db: Database.Database;
@@ -115,6 +115,14 @@ export class SqliteStateStore implements StateStore {
         `CREATE TABLE IF NOT EXISTS model_versions (
           name TEXT NOT NULL, version INTEGER NOT NULL, created_ms INTEGER NOT NULL, files TEXT NOT NULL,
           lineage TEXT NOT NULL, PRIMARY KEY (name, version));`,
+      ],
+      [
+        4,
+        `CREATE TABLE IF NOT EXISTS job_checkpoints (
+          job_id TEXT NOT NULL REFERENCES jobs(id), step INTEGER NOT NULL, attempt INTEGER NOT NULL,
+          files TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (job_id, step));
+        ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN model_version INTEGER;`,
       ],
     ];
     for (const [to, sql] of steps) {

@@ -1,0 +1,222 @@
+/**
+ * Runs training jobs on agents: the executor of job-scheduler.ts's decisions. For a job that may start it prepares
+ * the dataset (datasets.ts), forms a ring of the chosen agents (groups.ts), and sends each `job.start` with its
+ * rank, the dataset's files and the last checkpoint to resume from. It records what the agents report (progress
+ * rows, checkpoints) and, when every rank has finished, registers rank 0's model files as a new version of the
+ * job's model. A member that goes down stops the attempt everywhere and puts the job back in the queue, so it
+ * resumes from its last checkpoint when agents are free again.
+ */
+import type { Logger } from '../common/log.ts';
+import type { AgentMessage, JobProgress } from '../protocol/control.ts';
+import type { AgentHub } from './agent-hub.ts';
+import type { ArtifactStore } from './artifact-store.ts';
+import { prepareDataset } from './datasets.ts';
+import type { GroupManager } from './groups.ts';
+import { decideJobs } from './job-scheduler.ts';
+import { FINAL_STATES, type JobRecord, type JobStore } from './job-store.ts';
+import type { ModelRegistry } from './registry.ts';
+
+interface Attempt {
+  jobId: string;
+  attempt: number;
+  groupId: string | null;
+  nodeIds: string[];
+  finished: Map<number, Extract<AgentMessage, { type: 'job.finished' }>>;
+  lastProgress: JobProgress | null;
+  lastEvalLoss: number | null;
+  stopping: boolean;
+}
+
+export interface JobRunnerOptions {
+  jobs: JobStore;
+  hub: AgentHub;
+  groups: GroupManager;
+  artifacts: ArtifactStore;
+  registry: ModelRegistry;
+  dataDir: string;
+  segmentBytes: number;
+  log: Logger;
+  now?: () => number;
+  tickMs?: number;
+}
+
+export class JobRunner {
+  readonly #o: JobRunnerOptions;
+  readonly #now: () => number;
+  readonly #attempts = new Map<string, Attempt>(); // by job id, while running
+  readonly #timer: NodeJS.Timeout;
+  #ticking = false;
+
+  constructor(o: JobRunnerOptions) {
+    this.#o = o;
+    this.#now = o.now ?? Date.now;
+    o.hub.onAgentMessage((nodeId, msg) => this.#onMessage(nodeId, msg));
+    o.hub.onNodeDown((nodeId, reason) => this.#onNodeDown(nodeId, reason));
+    // A coordinator that stopped mid-job finds it 'running' with no attempt: queue it to resume.
+    for (const job of o.jobs.list()) {
+      if (job.state === 'running') o.jobs.setState(job.id, 'queued', 'coordinator restarted; resuming from the last checkpoint', this.#now());
+    }
+    this.#timer = setInterval(() => void this.tick(), o.tickMs ?? 500);
+    this.#timer.unref();
+  }
+
+  close(): void {
+    clearInterval(this.#timer);
+  }
+
+  /** Starts whatever the scheduler says can start now. */
+  async tick(): Promise<void> {
+    if (this.#ticking) return;
+    this.#ticking = true;
+    try {
+      const queued = this.#o.jobs.list().filter((j) => j.state === 'queued');
+      if (queued.length === 0) return;
+      const busy = new Set([...this.#attempts.values()].flatMap((a) => a.nodeIds));
+      const free = this.#o.hub
+        .availableNodes()
+        .filter((n) => !busy.has(n.id))
+        .map((n) => ({ id: n.id, matmulGflops: n.capabilities.matmulGflops, firstSeenMs: n.firstSeenMs }));
+      for (const d of decideJobs(queued.map((j) => ({ id: j.id, spec: j.spec, createdMs: j.createdMs })), free)) {
+        const job = queued.find((j) => j.id === d.jobId)!;
+        if (d.action === 'wait') {
+          if (job.stateReason !== d.reason) this.#o.jobs.setState(job.id, 'queued', d.reason, this.#now());
+          continue;
+        }
+        await this.#launch(job, d.nodeIds);
+      }
+    } finally {
+      this.#ticking = false;
+    }
+  }
+
+  /** Cancels a job; a running attempt is stopped on its agents. */
+  cancel(jobId: string, reason: string): void {
+    const attempt = this.#attempts.get(jobId);
+    this.#o.jobs.setState(jobId, 'cancelled', reason, this.#now());
+    if (attempt) this.#stopAttempt(attempt, reason);
+  }
+
+  async #launch(job: JobRecord, nodeIds: string[]): Promise<void> {
+    const { jobs, groups, log } = this.#o;
+    const attemptNo = jobs.nextAttempt(job.id, this.#now());
+    const attempt: Attempt = { jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, finished: new Map(), lastProgress: null, lastEvalLoss: null, stopping: false };
+    this.#attempts.set(job.id, attempt);
+    jobs.setState(job.id, 'running', `attempt ${attemptNo}: preparing data`, this.#now());
+    try {
+      const data = await prepareDataset(job.spec, this.#o.dataDir, this.#o.artifacts, log.child(job.id));
+      if (attempt.stopping) return;
+      jobs.setState(job.id, 'running', `attempt ${attemptNo}: linking ${nodeIds.length} agents`, this.#now());
+      const group = await groups.form({ nodeIds, segmentBytes: this.#o.segmentBytes });
+      attempt.groupId = group.id;
+      if (attempt.stopping) return groups.release(group.id);
+      const checkpoint = jobs.checkpoints(job.id)[0];
+      for (const m of group.members) {
+        this.#o.hub.send(m.nodeId, {
+          type: 'job.start',
+          jobId: job.id,
+          attempt: attemptNo,
+          groupId: group.id,
+          rank: m.rank,
+          world: group.size,
+          spec: job.spec,
+          data,
+          ...(checkpoint ? { resume: { step: checkpoint.step, files: checkpoint.files } } : {}),
+        });
+      }
+      const from = checkpoint ? `resuming from step ${checkpoint.step}` : 'from scratch';
+      jobs.setState(job.id, 'running', `attempt ${attemptNo}: data-parallel on ${group.size} agent${group.size === 1 ? '' : 's'}, ${from}`, this.#now());
+      log.info(`job ${job.id} attempt ${attemptNo} started on ${group.members.map((m) => m.nodeId).join(', ')} (${from})`);
+    } catch (err) {
+      this.#attempts.delete(job.id);
+      if (attempt.groupId) groups.release(attempt.groupId);
+      const why = (err as Error).message;
+      log.warn(`job ${job.id} attempt ${attemptNo} could not start: ${why}`);
+      // A dataset that cannot be prepared will not fix itself; agents that failed to link may.
+      const fatal = (err as { code?: string }).code?.startsWith('MDL_ERR') || (err as NodeJS.ErrnoException).code === 'ENOENT';
+      if (!FINAL_STATES.has(jobs.get(job.id)!.state)) jobs.setState(job.id, fatal ? 'failed' : 'queued', `attempt ${attemptNo} could not start: ${why}`, this.#now());
+    }
+  }
+
+  #onMessage(nodeId: string, msg: AgentMessage): void {
+    if (msg.type !== 'job.progress' && msg.type !== 'job.checkpoint' && msg.type !== 'job.finished') return;
+    const attempt = this.#attempts.get(msg.jobId);
+    // Messages from an older attempt (or a job that ended) are stale: counting them could count a step twice.
+    if (!attempt || attempt.attempt !== msg.attempt || !attempt.nodeIds.includes(nodeId)) return;
+    const { jobs } = this.#o;
+    const now = this.#now();
+    switch (msg.type) {
+      case 'job.progress': {
+        attempt.lastProgress = msg;
+        const train = { loss: msg.loss, lr: msg.lr, tokensPerS: msg.tokensPerS, stepMs: msg.stepMs, computeMs: msg.computeMs, allreduceMs: msg.allreduceMs };
+        const rows: Parameters<JobStore['recordStep']>[2] = [{ kind: 'train', atMs: now, values: train }];
+        if (msg.evalLoss !== undefined) {
+          attempt.lastEvalLoss = msg.evalLoss;
+          rows.push({ kind: 'eval', atMs: now, values: { loss: msg.evalLoss, perplexity: Math.exp(msg.evalLoss) } });
+        }
+        jobs.recordStep(msg.jobId, msg.step, rows, now);
+        return;
+      }
+      case 'job.checkpoint':
+        jobs.putCheckpoint(msg.jobId, { step: msg.step, attempt: msg.attempt, files: msg.files, createdMs: now });
+        this.#o.log.info(`job ${msg.jobId}: checkpoint at step ${msg.step}`);
+        return;
+      case 'job.finished':
+        attempt.finished.set(msg.rank, msg);
+        if (!msg.ok) {
+          this.#o.log.warn(`job ${msg.jobId}: rank ${msg.rank} failed: ${msg.error}`);
+          return this.#endAttempt(attempt, 'failed', `rank ${msg.rank} (${nodeId}) failed: ${msg.error ?? 'unknown error'}`);
+        }
+        if (attempt.finished.size === attempt.nodeIds.length) void this.#complete(attempt);
+        return;
+    }
+  }
+
+  async #complete(attempt: Attempt): Promise<void> {
+    const { jobs, registry, artifacts, log } = this.#o;
+    const job = jobs.get(attempt.jobId)!;
+    const files = attempt.finished.get(0)?.files;
+    try {
+      if (!files) throw new Error('rank 0 finished without model files');
+      const bytes: Record<string, Uint8Array> = {};
+      for (const [name, digest] of Object.entries(files)) bytes[name] = await artifacts.get(digest);
+      const metrics: Record<string, number> = { steps: job.spec.training.steps };
+      if (attempt.lastProgress) metrics.loss = attempt.lastProgress.loss;
+      if (attempt.lastEvalLoss !== null) {
+        metrics.evalLoss = attempt.lastEvalLoss;
+        metrics.evalPerplexity = Math.exp(attempt.lastEvalLoss);
+      }
+      const version = await registry.register(job.name, bytes, { jobId: job.id, spec: job.spec, metrics, attempt: attempt.attempt });
+      jobs.setModelVersion(job.id, version.version, this.#now());
+      this.#endAttempt(attempt, 'succeeded', `registered ${job.name} v${version.version}`);
+      log.info(`job ${job.id} succeeded: registered ${job.name} v${version.version}`);
+    } catch (err) {
+      this.#endAttempt(attempt, 'failed', `could not register the model: ${(err as Error).message}`);
+    }
+  }
+
+  #onNodeDown(nodeId: string, reason: string): void {
+    for (const attempt of this.#attempts.values()) {
+      if (!attempt.nodeIds.includes(nodeId)) continue;
+      this.#o.log.warn(`job ${attempt.jobId}: member ${nodeId} went down (${reason}); stopping attempt ${attempt.attempt}`);
+      this.#endAttempt(attempt, 'queued', `member ${nodeId} went down (${reason}); will resume from the last checkpoint`);
+    }
+  }
+
+  #endAttempt(attempt: Attempt, state: 'queued' | 'failed' | 'succeeded', reason: string): void {
+    if (this.#attempts.get(attempt.jobId) !== attempt) return;
+    this.#attempts.delete(attempt.jobId);
+    if (state !== 'succeeded') this.#stopAttempt(attempt, reason);
+    else if (attempt.groupId) this.#o.groups.release(attempt.groupId);
+    const current = this.#o.jobs.get(attempt.jobId);
+    if (current && !FINAL_STATES.has(current.state)) this.#o.jobs.setState(attempt.jobId, state, reason, this.#now());
+  }
+
+  #stopAttempt(attempt: Attempt, reason: string): void {
+    attempt.stopping = true;
+    this.#attempts.delete(attempt.jobId);
+    for (const nodeId of attempt.nodeIds) {
+      if (this.#o.hub.isConnected(nodeId)) this.#o.hub.send(nodeId, { type: 'job.stop', jobId: attempt.jobId, reason: reason.slice(0, 1000) });
+    }
+    if (attempt.groupId) this.#o.groups.release(attempt.groupId);
+  }
+}

@@ -1,0 +1,52 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { prepareDataset } from '../../coordinator/datasets.ts';
+import { ArtifactStore } from '../../coordinator/artifact-store.ts';
+import { validateJobSpec } from '../../protocol/job-spec.ts';
+import { loadDemoCorpus } from '../../model/corpus.ts';
+import { silentLogger } from '../../common/log.ts';
+
+function specFor(corpus: string) {
+  const res = validateJobSpec({
+    name: 'tiny',
+    model: { vocabSize: 300, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 16 },
+    data: { corpus, heldOutFraction: 0.2 },
+    training: { steps: 2, batchSize: 2, seqLen: 16 },
+  });
+  assert.ok(res.ok);
+  return res.spec;
+}
+
+test('a dataset is prepared once, its files stored by sha256, and reused by the next job with the same key', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'datasets-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const corpus = join(dir, 'corpus.txt');
+  writeFileSync(corpus, loadDemoCorpus().documents.slice(0, 6).join('\n\n'));
+  const artifacts = new ArtifactStore(join(dir, 'artifacts'));
+  const files = await prepareDataset(specFor(corpus), dir, artifacts, silentLogger);
+  assert.ok(files['tokenizer.json'] && files['index.json']);
+  const shards = Object.keys(files).filter((f) => f.endsWith('.bin'));
+  assert.ok(shards.length >= 2, `train and held-out shards: ${Object.keys(files).join(', ')}`);
+  for (const [, digest] of Object.entries(files)) {
+    const bytes = await artifacts.get(digest);
+    assert.equal(createHash('sha256').update(bytes).digest('hex'), digest);
+  }
+  const index = JSON.parse((await artifacts.get(files['index.json']!)).toString());
+  assert.equal(index.vocabSize, 300);
+
+  const folder = join(dir, 'datasets');
+  const before = statSync(folder).mtimeMs;
+  const again = await prepareDataset(specFor(corpus), dir, artifacts, silentLogger);
+  assert.deepEqual(again, files, 'the same key gives the same bytes');
+  assert.equal(statSync(folder).mtimeMs, before, 'nothing was prepared again');
+});
+
+test('a corpus path that does not exist is an error, not an empty dataset', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'datasets-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  await assert.rejects(prepareDataset(specFor(join(dir, 'missing.txt')), dir, new ArtifactStore(join(dir, 'a')), silentLogger), /ENOENT/);
+});
