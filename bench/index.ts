@@ -6,11 +6,13 @@
  *   allreduce   ring all-reduce among real agent processes vs what the same ring's links carry
  *   matmul      wasm BatchMatMul: stock vs fast kernel (model/kernels) on a GPT step's shapes; GFLOP/s, speedup,
  *               whole-step time
+ *   train-step  one agent's training step on the reference config: tokens/s, model FLOP/s vs the matmul peak
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   transport: () => import('./transport.ts'),
   allreduce: () => import('./allreduce.ts'),
   matmul: () => import('./matmul.ts'),
+  'train-step': () => import('./train-step.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

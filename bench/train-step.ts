@@ -1,0 +1,71 @@
+/**
+ * npm run bench -- train-step [--steps 12] [--backend wasm]
+ *
+ * One agent's training step on the reference config (vocab 256, d_model 128, 4 heads, 2 layers, context 64,
+ * batch 16), run the way the agent's trainer runs it (loadBackend: wasm with the fast matmul kernels, GPT,
+ * AdamW, trainStep), against the backend's own best large matmul measured in the same run.
+ *   tokens_per_s         batch·context / median step time
+ *   model_flops_per_s    (6·params + 12·layers·context·d_model) FLOPs per token × tokens/s (PaLM's count:
+ *                        weights forward+backward, plus attention scores and values)
+ *   step_ms              median step (forward, backward, AdamW, parameter upload)
+ *   matmul_peak_gflops   best 1024³ float32 matmul on the same backend (the practical ceiling)
+ *   ratio                model FLOP/s ÷ matmul peak (target ≥ 0.7)
+ */
+import * as tf from '@tensorflow/tfjs';
+import { intOption, parseCli } from '../common/cli.ts';
+import { GPT } from '../model/gpt.ts';
+import { AdamW } from '../model/optim.ts';
+import { createTrainState, trainStep } from '../model/train-step.ts';
+import { BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../node-agent/compute/backend.ts';
+
+export default async function main(argv: string[]): Promise<object> {
+  const { values } = parseCli(argv, { steps: { type: 'string' }, backend: { type: 'string' } });
+  const steps = intOption(values.steps, 'steps', 12, 3, 1000);
+  const choice = (values.backend ?? 'wasm') as BackendChoice;
+  if (!BACKENDS.includes(choice)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
+  const loaded = await loadBackend(choice);
+
+  const config = { vocabSize: 256, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 128 };
+  const B = 16;
+  const T = 64;
+  const model = new GPT(config, { seed: 1 });
+  const state = createTrainState(model, new AdamW(model.layout.specs));
+  const params = model.layout.totalSize;
+  // Real-looking token streams: a fixed pseudo-random sequence, targets shifted by one.
+  let x = 12345;
+  const stream = Int32Array.from({ length: B * (T + 1) }, () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 16) % config.vocabSize);
+  const ids = new Int32Array(B * T);
+  const targets = new Int32Array(B * T);
+  for (let b = 0; b < B; b++) {
+    ids.set(stream.subarray(b * (T + 1), b * (T + 1) + T), b * T);
+    targets.set(stream.subarray(b * (T + 1) + 1, (b + 1) * (T + 1)), b * T);
+  }
+  const times: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const t0 = performance.now();
+    const r = await trainStep(state, [{ ids, targets, batch: B, seq: T }], { lr: 6e-4, gradClip: 1 });
+    const ms = performance.now() - t0;
+    if (i >= 2) times.push(ms); // the first steps pay for kernel compilation and weight packing
+    console.error(`step ${i + 1}/${steps}: ${ms.toFixed(1)} ms, loss ${r.loss.toFixed(3)}${i < 2 ? ' (warm-up)' : ''}`);
+  }
+  const stepMs = [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
+  const peak = measureMatmulGflops(loaded.tf, 1024, 5);
+  const tokensPerS = (B * T) / (stepMs / 1000);
+  const flopsPerToken = 6 * params + 12 * config.nLayer * T * config.nEmbd;
+  const modelFlopsPerS = flopsPerToken * tokensPerS;
+  model.dispose();
+  void tf;
+  return {
+    bench: 'train-step',
+    backend: loaded.name,
+    config: { ...config, batch: B },
+    params,
+    step_ms: Math.round(stepMs * 10) / 10,
+    tokens_per_s: Math.round(tokensPerS),
+    model_flops_per_s: Math.round(modelFlopsPerS),
+    model_gflops: Math.round(modelFlopsPerS / 1e7) / 100,
+    matmul_peak_gflops: Math.round(peak * 100) / 100,
+    ratio: Math.round((modelFlopsPerS / 1e9 / peak) * 1000) / 1000,
+    target_ratio: 0.7,
+  };
+}
