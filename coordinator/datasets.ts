@@ -8,7 +8,9 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
-import { prepareTokenData } from '../model/prepare-data.ts';
+import { Worker } from 'node:worker_threads';
+import type { DataProgress } from '../model/data.ts';
+import type { SplitInfo, SplitName } from '../model/shard-index.ts';
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 
@@ -46,20 +48,16 @@ export async function prepareDataset(
     let lastLog = 0;
     const started = performance.now();
     log.info(`preparing dataset ${id}: corpus ${key.corpus}, vocabulary ${key.vocabSize}, held out ${key.heldOutFraction}`);
-    const prepared = await prepareTokenData({
-      corpus: key.corpus,
-      outDir: tmp,
-      vocabSize: key.vocabSize,
-      heldOutFraction: key.heldOutFraction,
-      seed: key.seed,
-      onShardProgress: (p) => {
+    const splits = await prepareInWorker(
+      { corpus: key.corpus, outDir: tmp, vocabSize: key.vocabSize, heldOutFraction: key.heldOutFraction, seed: key.seed },
+      (p) => {
         if (performance.now() - lastLog < 1000) return;
         lastLog = performance.now();
         log.info(`dataset ${id}: tokenized ${(p.bytesDone / 1e6).toFixed(1)}${p.bytesTotal ? ` of ${(p.bytesTotal / 1e6).toFixed(1)}` : ''} MB, ${p.tokens} tokens`);
       },
-    });
+    );
     renameSync(tmp, dir);
-    const { train, heldOut } = prepared.index.splits;
+    const { train, heldOut } = splits;
     log.info(
       `dataset ${id} ready in ${((performance.now() - started) / 1000).toFixed(1)} s: ${train.tokens} train tokens (${train.documents} documents), ` +
         `${heldOut.tokens} held-out tokens (${heldOut.documents} documents)`,
@@ -71,4 +69,23 @@ export async function prepareDataset(
     files[name] = digest;
   }
   return files;
+}
+
+/** prepareTokenData in a worker thread (dataset-worker.ts), so the coordinator keeps answering heartbeats. */
+function prepareInWorker(
+  options: { corpus: string; outDir: string; vocabSize: number; heldOutFraction: number; seed: number },
+  onProgress: (p: DataProgress) => void,
+): Promise<Record<SplitName, SplitInfo>> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL('../node-agent/compute/worker-boot.mjs', import.meta.url), {
+      workerData: { entry: new URL('./dataset-worker.ts', import.meta.url).href, options },
+    });
+    worker.on('message', (m: { type: string; progress?: DataProgress; splits?: Record<SplitName, SplitInfo>; message?: string; code?: string }) => {
+      if (m.type === 'progress') onProgress(m.progress!);
+      else if (m.type === 'done') resolve(m.splits!);
+      else if (m.type === 'error') reject(Object.assign(new Error(m.message), { code: m.code }));
+    });
+    worker.once('error', reject);
+    worker.once('exit', (code) => code !== 0 && reject(new Error(`dataset worker exited with ${code}`)));
+  });
 }
