@@ -6,6 +6,8 @@
  * exponential backoff, reclaiming the same node id with the secret the coordinator gave us. A refused token or
  * protocol version is final: retrying cannot fix it, so the agent says what to do and exits non-zero.
  */
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import WebSocket from 'ws';
 import { CloseCode } from '../protocol/codes.ts';
 import { MessageConnection } from '../protocol/connection.ts';
@@ -18,15 +20,19 @@ import {
   type CollectiveRun,
   type CoordinatorMessage,
   type GroupAssign,
+  type JobStart,
 } from '../protocol/control.ts';
 import { PROTOCOL_VERSION } from '../protocol/version.ts';
 import { clientOptions } from '../protocol/ws-options.ts';
 import type { Logger } from '../common/log.ts';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.ts';
 import { runCollective } from './collective-runner.ts';
+import { ArtifactClient } from './artifact-client.ts';
+import type { BackendChoice } from './compute/backend.ts';
 import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
 import { PeerServer } from './peer-server.ts';
+import { runJob } from './trainer/job-runner.ts';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -44,6 +50,10 @@ export interface AgentConfig {
   backoff: BackoffOptions;
   collectiveIdleTimeoutMs: number;
   log: Logger;
+  /** Compute backend for training jobs (default auto). */
+  backend?: BackendChoice;
+  /** Where jobs keep their data, checkpoints and the artifact cache (default <tmpdir>/meshtrain-agent-<name>). */
+  workDir?: string;
 }
 
 type Control = MessageConnection<CoordinatorMessage, AgentMessage>;
@@ -60,6 +70,9 @@ export class Agent {
   #wake: (() => void) | null = null;
   readonly #groups = new Map<string, Group>();
   readonly #groupWaiters = new Map<string, Array<(g: Group) => void>>();
+  /** The one training job this agent runs at a time. */
+  #job: { jobId: string; groupId: string; stop: AbortController; done: Promise<unknown> } | null = null;
+  #artifacts: ArtifactClient | null = null;
 
   constructor(cfg: AgentConfig) {
     this.#cfg = cfg;
@@ -113,6 +126,11 @@ export class Agent {
     if (this.#stopping) return;
     this.#stopping = true;
     this.#wake?.();
+    const job = this.#job;
+    if (job) {
+      this.#stopJob(`the agent is leaving (${reason})`);
+      await Promise.race([job.done, new Promise((r) => setTimeout(r, 5000))]); // so its job.finished goes out first
+    }
     const conn = this.#conn;
     if (conn?.isOpen) {
       conn.send({ type: 'leave', reason });
@@ -164,6 +182,7 @@ export class Agent {
           if (watchdog) clearTimeout(watchdog);
           if (this.#conn === conn) this.#conn = null;
           // Our groups' peers are told to re-form by the coordinator; links without a coordinator are useless.
+          this.#stopJob('lost the control connection to the coordinator');
           for (const g of this.#groups.values()) g.release();
           this.#groups.clear();
           if (!joined && code === CloseCode.UNAUTHORIZED) {
@@ -204,11 +223,61 @@ export class Agent {
       case 'group.assign':
         return this.#joinGroup(conn, msg);
       case 'group.release':
+        if (this.#job?.groupId === msg.groupId) this.#stopJob(`group ${msg.groupId} was released`);
         this.#groups.get(msg.groupId)?.release();
         this.#groups.delete(msg.groupId);
         return;
       case 'collective.run':
         return this.#runCollective(conn, msg);
+      case 'job.start':
+        return this.#startJob(conn, msg);
+      case 'job.stop':
+        if (this.#job?.jobId === msg.jobId) this.#stopJob(msg.reason);
+        else this.#log.info(`job.stop for ${msg.jobId}, which this agent is not running; ignored`);
+        return;
+    }
+  }
+
+  /** Runs a training job (node-agent/trainer/job-runner.ts) on its group's ring; one job at a time. */
+  #startJob(conn: Control, start: JobStart): void {
+    const refuse = (error: string) => {
+      this.#log.warn(`job ${start.jobId}: ${error}`);
+      if (conn.isOpen) conn.send({ type: 'job.finished', jobId: start.jobId, attempt: start.attempt, rank: start.rank, ok: false, step: start.resume?.step ?? 0, error });
+    };
+    if (this.#job) return refuse(`this agent is already running job ${this.#job.jobId}`);
+    const group = this.#groups.get(start.groupId);
+    if (!group) return refuse(`this agent is not a member of group ${start.groupId}: send group.assign before job.start`);
+    let ring;
+    try {
+      ring = group.ring;
+    } catch {
+      return refuse(`group ${start.groupId} is not linked yet: wait for group.ready from every rank before job.start`);
+    }
+    const workDir = this.#cfg.workDir ?? join(tmpdir(), `meshtrain-agent-${this.#cfg.name.replace(/[^A-Za-z0-9_.-]/g, '_')}`);
+    this.#artifacts ??= new ArtifactClient({ baseUrl: httpBaseUrl(this.#cfg.url), token: this.#cfg.token, cacheDir: join(workDir, 'artifacts') });
+    const stop = new AbortController();
+    const done = runJob(start, {
+      ring,
+      artifacts: this.#artifacts,
+      send: (m) => {
+        const c = this.#conn;
+        if (c?.isOpen) c.send(m);
+      },
+      log: this.#log.child(`job ${start.jobId}`),
+      backend: this.#cfg.backend ?? 'auto',
+      signal: stop.signal,
+      workDir: join(workDir, 'jobs'),
+    }).finally(() => {
+      if (this.#job?.stop === stop) this.#job = null;
+    });
+    this.#job = { jobId: start.jobId, groupId: start.groupId, stop, done };
+  }
+
+  #stopJob(reason: string): void {
+    const job = this.#job;
+    if (job && !job.stop.signal.aborted) {
+      this.#log.info(`stopping job ${job.jobId}: ${reason}`);
+      job.stop.abort(reason);
     }
   }
 
@@ -271,6 +340,13 @@ export class Agent {
       this.#groupWaiters.set(id, list);
     });
   }
+}
+
+/** http(s)://host:port of the coordinator whose agent endpoint is the ws(s):// `url`. */
+export function httpBaseUrl(url: string): string {
+  const u = new URL(url);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  return u.origin;
 }
 
 function formatHost(host: string): string {

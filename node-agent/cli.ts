@@ -30,6 +30,7 @@ Options:
   --peer-host HOST         address other agents should dial (default: this machine's address toward the coordinator)
   --max-retries N          give up after N failed connection attempts in a row (default: never give up)
   --collective-timeout MS  fail a collective that makes no progress for this long (default: 30000)
+  --work-dir DIR           job data, checkpoints and the artifact cache (default: a folder in the system temp dir)
   -h, --help               show this help
 
 Exit codes: 0 left cleanly, 1 error, 2 bad arguments / token refused / protocol mismatch, 3 coordinator unreachable.
@@ -49,6 +50,7 @@ async function main(argv: string[]): Promise<number> {
     'peer-host': { type: 'string' },
     'max-retries': { type: 'string' },
     'collective-timeout': { type: 'string' },
+    'work-dir': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help || positionals.length === 0) {
@@ -78,6 +80,8 @@ async function main(argv: string[]): Promise<number> {
     maxRetries: values['max-retries'] === undefined ? Infinity : intOption(values['max-retries'], 'max-retries', 0),
     backoff: DEFAULT_BACKOFF,
     collectiveIdleTimeoutMs: intOption(values['collective-timeout'], 'collective-timeout', 30_000, 1),
+    backend,
+    ...(values['work-dir'] ? { workDir: values['work-dir'] } : {}),
     log,
   });
 

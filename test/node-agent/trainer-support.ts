@@ -1,0 +1,157 @@
+/**
+ * Shared pieces of the trainer tests: a tiny prepared dataset, an in-memory artifact store, a recording
+ * coordinator `send`, and a helper that runs one job on every rank of a fake in-memory ring.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { AgentMessage, JobStart } from '../../protocol/control.ts';
+import type { JobSpec } from '../../protocol/job-spec.ts';
+import { prepareTokenData } from '../../model/prepare-data.ts';
+import { runJob, type ArtifactStore, type JobFinished } from '../../node-agent/trainer/job-runner.ts';
+import type { Logger } from '../../common/log.ts';
+import { fakeRing } from '../support/fake-ring.ts';
+
+export const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+export class MemoryStore implements ArtifactStore {
+  readonly blobs = new Map<string, Buffer>();
+  async get(digest: string): Promise<Uint8Array> {
+    const b = this.blobs.get(digest);
+    if (!b) throw new Error(`no artifact ${digest}`);
+    return Buffer.from(b);
+  }
+  async put(bytes: Uint8Array): Promise<string> {
+    const d = sha256(bytes);
+    this.blobs.set(d, Buffer.from(bytes));
+    return d;
+  }
+  async putAll(files: Record<string, Uint8Array>): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const [name, bytes] of Object.entries(files)) out[name] = await this.put(bytes);
+    return out;
+  }
+}
+
+const WORDS = ('the a model learns to predict next token from context with attention and layers of small width ' +
+  'data parallel ranks share gradients over a ring so every replica stays the same while steps run on cores').split(' ');
+
+/** A small English-like corpus of blank-line-separated documents, deterministic. */
+function corpusText(docs = 60, wordsPerDoc = 40): string {
+  let x = 12345;
+  const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8) / (1 << 24);
+  const out: string[] = [];
+  for (let d = 0; d < docs; d++) {
+    const w: string[] = [];
+    for (let i = 0; i < wordsPerDoc; i++) w.push(WORDS[Math.floor(rnd() * WORDS.length)]!);
+    out.push(`${w.join(' ')}.`);
+  }
+  return out.join('\n\n');
+}
+
+export interface Dataset {
+  root: string;
+  store: MemoryStore;
+  data: Record<string, string>; // file name → sha256, as job.start carries it
+  vocabSize: number;
+}
+
+/** Prepares the corpus (vocab 300) and uploads the folder's files into a fresh MemoryStore. */
+export async function tinyDataset(): Promise<Dataset> {
+  const root = await mkdtemp(join(tmpdir(), 'trainer-test-'));
+  const corpus = join(root, 'corpus.txt');
+  await writeFile(corpus, corpusText());
+  const outDir = join(root, 'prepared');
+  const { index } = await prepareTokenData({ corpus, outDir, vocabSize: 300, heldOutFraction: 0.2, seed: 7 });
+  const store = new MemoryStore();
+  const files: Record<string, Uint8Array> = {};
+  for (const name of await readdir(outDir)) files[name] = await readFile(join(outDir, name));
+  const data = await store.putAll(files);
+  return { root, store, data, vocabSize: index.vocabSize };
+}
+
+export function tinySpec(training: Partial<JobSpec['training']> = {}): JobSpec {
+  return {
+    name: 'tiny',
+    model: { vocabSize: 300, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 16 },
+    data: { corpus: 'corpus.txt' },
+    training: { steps: 5, batchSize: 4, microBatches: 1, seqLen: 16, seed: 42, lr: 1e-2, minLr: 1e-3, warmupSteps: 1, ...training },
+  };
+}
+
+export function recordingLogger(lines: string[] = []): Logger & { lines: string[] } {
+  const log = (m: string) => void lines.push(m);
+  const logger: Logger & { lines: string[] } = { lines, debug: log, info: log, warn: log, error: log, child: () => logger };
+  return logger;
+}
+
+export interface RankRun {
+  messages: AgentMessage[];
+  finished: JobFinished;
+  /** performance.now() when runJob resolved. */
+  finishedAt: number;
+  log: string[];
+}
+
+export interface RunOptions {
+  world: number;
+  spec: JobSpec;
+  ds: Dataset;
+  resume?: JobStart['resume'];
+  jobId?: string;
+  signal?: AbortSignal;
+  /** Per rank, overriding `signal`. */
+  signals?: AbortSignal[];
+  /** The fake ring's collective idle timeout (default 20 s). */
+  idleTimeoutMs?: number;
+  /** Called with each rank's messages as they are sent. */
+  onSend?: (rank: number, msg: AgentMessage) => void;
+}
+
+/** Runs the job on every rank of an in-memory ring at once (each rank its own worker and work dir). */
+export async function runRanks(o: RunOptions): Promise<RankRun[]> {
+  const { rings } = fakeRing(o.world, 4096, o.idleTimeoutMs ?? 20_000);
+  const work = await mkdtemp(join(o.ds.root, 'work-'));
+  try {
+    return await Promise.all(
+      rings.map(async (ring, rank) => {
+        const messages: AgentMessage[] = [];
+        const log = recordingLogger();
+        const start: JobStart = {
+          type: 'job.start', jobId: o.jobId ?? 'job1', attempt: 1, groupId: 'g1', rank, world: o.world, spec: o.spec as JobStart['spec'], data: o.ds.data,
+          ...(o.resume ? { resume: o.resume } : {}),
+        };
+        const finished = await runJob(start, {
+          ring,
+          artifacts: o.ds.store,
+          send: (m) => (messages.push(m), o.onSend?.(rank, m)),
+          log,
+          backend: 'wasm',
+          signal: o.signals?.[rank] ?? o.signal ?? new AbortController().signal,
+          workDir: join(work, `rank${rank}`),
+        });
+        return { messages, finished, finishedAt: performance.now(), log: log.lines };
+      }),
+    );
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+export const progressOf = (msgs: AgentMessage[]) => msgs.filter((m): m is Extract<AgentMessage, { type: 'job.progress' }> => m.type === 'job.progress');
+export const checkpointsOf = (msgs: AgentMessage[]) => msgs.filter((m): m is Extract<AgentMessage, { type: 'job.checkpoint' }> => m.type === 'job.checkpoint');
+
+export function relDiff(a: number, b: number): number {
+  return Math.abs(a - b) / Math.max(Math.abs(b), 1e-12);
+}
+
+/** max |a − b| / max |b| (see test/model/train-step.test.ts for why not per element). */
+export function maxRel(a: Float32Array, b: Float32Array): number {
+  let diff = 0, scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / scale;
+}
