@@ -13,7 +13,7 @@ import type { ArtifactStore } from './artifact-store.ts';
 import { prepareDataset } from './datasets.ts';
 import type { GroupManager } from './groups.ts';
 import { decideJobs } from './job-scheduler.ts';
-import { FINAL_STATES, type JobRecord, type JobStore } from './job-store.ts';
+import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobStore } from './job-store.ts';
 import type { ModelRegistry } from './registry.ts';
 
 interface Attempt {
@@ -109,7 +109,7 @@ export class JobRunner {
       const group = await groups.form({ nodeIds, segmentBytes: this.#o.segmentBytes });
       attempt.groupId = group.id;
       if (attempt.stopping) return groups.release(group.id);
-      const checkpoint = jobs.checkpoints(job.id)[0];
+      const checkpoint = await this.#lastGoodCheckpoint(job.id);
       for (const m of group.members) {
         this.#o.hub.send(m.nodeId, {
           type: 'job.start',
@@ -135,6 +135,22 @@ export class JobRunner {
       const fatal = (err as { code?: string }).code?.startsWith('MDL_ERR') || (err as NodeJS.ErrnoException).code === 'ENOENT';
       if (!FINAL_STATES.has(jobs.get(job.id)!.state)) jobs.setState(job.id, fatal ? 'failed' : 'queued', `attempt ${attemptNo} could not start: ${why}`, this.#now());
     }
+  }
+
+  /**
+   * The newest checkpoint whose every file is intact in the artifact store (each read back and hashed); one that
+   * fails is skipped, with the reason logged, in favour of the one before it.
+   */
+  async #lastGoodCheckpoint(jobId: string): Promise<CheckpointRecord | undefined> {
+    for (const cp of this.#o.jobs.checkpoints(jobId)) {
+      try {
+        for (const digest of Object.values(cp.files)) await this.#o.artifacts.get(digest);
+        return cp;
+      } catch (err) {
+        this.#o.log.warn(`job ${jobId}: checkpoint of step ${cp.step} is unusable (${(err as Error).message}); trying the one before`);
+      }
+    }
+    return undefined;
   }
 
   #onMessage(nodeId: string, msg: AgentMessage): void {

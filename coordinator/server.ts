@@ -14,7 +14,7 @@
  *   POST   /api/selfcheck                form a ring of the agents and check every collective {agents?, elements?, segmentBytes?}
  *   POST   /api/jobs                     submit a training job (job-spec.ts); 400 names every bad field
  *   GET    /api/jobs                     jobs, newest first
- *   GET    /api/jobs/:id                 one job with its metrics history
+ *   GET    /api/jobs/:id                 one job with its metrics history and checkpoints
  *   POST   /api/jobs/:id/cancel          cancel a job that has not finished
  *   PUT    /api/artifacts/:sha256        store bytes under their sha256 (checked); agents upload checkpoints so
  *   GET    /api/artifacts/:sha256        fetch stored bytes (dataset shards, checkpoints, model files)
@@ -206,7 +206,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     const job = jobs.get(req.params.id);
     if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
     const after = Number(req.query.after ?? -1);
-    return { job, metrics: jobs.metrics(job.id, Number.isFinite(after) ? after : -1) };
+    return { job, metrics: jobs.metrics(job.id, Number.isFinite(after) ? after : -1), checkpoints: jobs.checkpoints(job.id) };
   });
   app.post<{ Params: { id: string } }>('/api/jobs/:id/cancel', async (req) => {
     const job = jobs.get(req.params.id);
