@@ -72,6 +72,7 @@ before(async () => {
       onMessage: (msg) => {
         if (msg.type === 'hello') {
           c.send({ type: 'welcome', protocol: PROTOCOL_VERSION, clusterId: 'c1', nodeId: 'n1', nodeSecret: 'secret-secret-secret-1234', heartbeatMs: 1000, heartbeatTimeoutMs: 60_000 });
+          conn = c; // only now may assignments be sent: an agent ignores anything before its welcome
           return;
         }
         if (msg.type === 'heartbeat') return void c.send({ type: 'heartbeat.ack', seq: msg.seq });
@@ -79,7 +80,6 @@ before(async () => {
         for (const w of waiters.splice(0)) w();
       },
     });
-    conn = c;
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   port = (server.address() as { port: number }).port;
@@ -101,7 +101,7 @@ before(async () => {
   runDone = agent.run().catch(() => {});
   const deadline = Date.now() + 10_000;
   while (!conn && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  assert.ok(conn, 'the agent connected');
+  assert.ok(conn, 'the agent connected and was welcomed');
   conn.send({ type: 'group.assign', groupId: 'g1', token: 'group-token-group-token-1', rank: 0, size: 1, peers: [{ rank: 0, nodeId: 'n1', address: 'ws://127.0.0.1:1' }], segmentBytes: 1 << 20 });
   await next('group.ready');
 });
