@@ -102,6 +102,16 @@ export interface LoadedCheckpoint extends CheckpointRef {
 const STEP_DIR = /^step-(\d{6,})$/;
 const LEFTOVER = /^\.(tmp|old|del)-.*\.(\d+)\.[0-9a-f]+$/;
 
+/** The entries of `dir`, or none when it does not exist (no checkpoint has been written yet). */
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
 /** The folder name of a step: `step-000123`. */
 export function checkpointDirName(step: number): string {
   if (!Number.isSafeInteger(step) || step < 0) throw new ModelError('MDL_ERR_CHECKPOINT_WRITE', `step must be a non-negative integer, got ${step}`);
@@ -110,13 +120,7 @@ export function checkpointDirName(step: number): string {
 
 /** The checkpoints under `rootDir`, oldest first; [] when the folder does not exist. Leftovers are ignored. */
 export async function listCheckpoints(rootDir: string): Promise<CheckpointRef[]> {
-  let names: string[];
-  try {
-    names = await readdir(rootDir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await readdirOrEmpty(rootDir);
   const refs: CheckpointRef[] = [];
   for (const name of names) {
     const m = STEP_DIR.exec(name);
@@ -272,13 +276,7 @@ async function syncDir(dir: string): Promise<void> {
  * process is gone. Returns the names deleted.
  */
 export async function cleanLeftovers(rootDir: string): Promise<string[]> {
-  let names: string[];
-  try {
-    names = await readdir(rootDir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await readdirOrEmpty(rootDir);
   const removed: string[] = [];
   for (const name of names) {
     const m = LEFTOVER.exec(name);
