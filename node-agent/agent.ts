@@ -239,11 +239,15 @@ export class Agent {
   }
 
   /** Runs a training job (node-agent/trainer/job-runner.ts) on its group's ring; one job at a time. */
-  #startJob(conn: Control, start: JobStart): void {
+  async #startJob(conn: Control, start: JobStart): Promise<void> {
     const refuse = (error: string) => {
       this.#log.warn(`job ${start.jobId}: ${error}`);
       if (conn.isOpen) conn.send({ type: 'job.finished', jobId: start.jobId, attempt: start.attempt, rank: start.rank, ok: false, step: start.resume?.step ?? 0, error });
     };
+    // A job being stopped (its attempt ended: a peer died, a re-plan) is on its way out; the coordinator may
+    // already be starting the next attempt here. Let the old one finish stopping first (it takes milliseconds).
+    const stopping = this.#job;
+    if (stopping?.stop.signal.aborted) await Promise.race([stopping.done, new Promise((r) => setTimeout(r, 10_000))]);
     if (this.#job) return refuse(`this agent is already running job ${this.#job.jobId}`);
     const group = this.#groups.get(start.groupId);
     if (!group) return refuse(`this agent is not a member of group ${start.groupId}: send group.assign before job.start`);
