@@ -9,14 +9,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
-import { loadDemoCorpus } from '../../model/corpus.ts';
-import type { CheckpointRecord, JobRecord, MetricRow } from '../../coordinator/job-store.ts';
-
-interface JobView {
-  job: JobRecord;
-  metrics: MetricRow[];
-  checkpoints: CheckpointRecord[];
-}
+import type { JobRecord } from '../../coordinator/job-store.ts';
+import { assertSameCurve, runToEnd, untilJob, writeCorpus } from '../support/jobs.ts';
 
 describe('a job whose coordinator is killed mid-run', () => {
   let cluster: LocalCluster;
@@ -24,8 +18,7 @@ describe('a job whose coordinator is killed mid-run', () => {
   let corpus: string;
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'resume-'));
-    corpus = join(dir, 'corpus.txt');
-    writeFileSync(corpus, loadDemoCorpus().documents.slice(10, 18).join('\n\n'));
+    corpus = writeCorpus(dir, 10, 18);
     cluster = await startCluster({ agents: 2 });
   });
   after(async () => {
@@ -40,25 +33,11 @@ describe('a job whose coordinator is killed mid-run', () => {
     training: { steps: 60, batchSize: 8, seqLen: 64, lr: 3e-3, checkpointEvery: 10 },
     parallel: { data: 2 },
   });
-  const view = (id: string) => cluster.api<JobView>('GET', `/api/jobs/${id}`);
-  async function until(id: string, done: (v: JobView) => boolean, timeoutMs = 180_000): Promise<JobView> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const v = await view(id).catch(() => undefined);
-      if (v && done(v)) return v;
-      if (v && (v.job.state === 'failed' || v.job.state === 'cancelled')) assert.fail(`job ${v.job.state}: ${v.job.stateReason}`);
-      if (Date.now() > deadline) assert.fail(`timed out; last state ${v?.job.state} (${v?.job.stateReason})`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  const losses = (v: JobView) => v.metrics.filter((m) => m.kind === 'train').map((m) => [m.step, m.values.loss!] as const);
-
   test('resumes from the last good checkpoint and continues the same loss curve, counting every step once', async () => {
-    const reference = await until((await cluster.api<JobRecord>('POST', '/api/jobs', spec('ref'))).id, (v) => v.job.state === 'succeeded');
+    const reference = await runToEnd(cluster, spec('ref'));
     const id = (await cluster.api<JobRecord>('POST', '/api/jobs', spec('resumed'))).id;
-    const mid = await until(id, (v) => v.checkpoints.length >= 2 && v.job.step < 55);
+    const mid = await untilJob(cluster, id, (v) => v.checkpoints.length >= 2 && v.job.step < 55);
     const newest = mid.checkpoints[0]!;
-    const older = mid.checkpoints[1]!;
 
     cluster.coordinator.child.kill('SIGKILL');
     await cluster.coordinator.exited;
@@ -67,18 +46,12 @@ describe('a job whose coordinator is killed mid-run', () => {
     writeFileSync(join(cluster.dataDir, 'artifacts', 'sha256', digest.slice(0, 2), digest), 'not the weights any more');
     await cluster.startCoordinator();
 
-    const done = await until(id, (v) => v.job.state === 'succeeded');
+    const done = await untilJob(cluster, id, (v) => v.job.state === 'succeeded');
     assert.equal(done.job.attempt, 2, 'one restart, one more attempt');
     assert.ok(
       cluster.coordinator.output.some((l) => l.includes(`checkpoint of step ${newest.step} is unusable`)),
       'the corrupt checkpoint was noticed',
     );
-    const got = losses(done);
-    assert.deepEqual(got.map(([s]) => s), Array.from({ length: 60 }, (_, i) => i + 1), 'every step exactly once');
-    const ref = losses(reference);
-    for (const [step, loss] of got) {
-      const want = ref[step - 1]![1];
-      assert.ok(Math.abs(loss - want) / Math.abs(want) <= 1e-4, `step ${step}: ${loss} vs uninterrupted ${want} (resumed from step ${older.step})`);
-    }
+    assertSameCurve(done, reference, 60); // resumed from the checkpoint before the corrupt one
   });
 });

@@ -6,13 +6,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
-import { loadDemoCorpus } from '../../model/corpus.ts';
-import type { JobRecord, MetricRow } from '../../coordinator/job-store.ts';
+import { runToEnd, trainLosses, writeCorpus } from '../support/jobs.ts';
 
 const GATEWAY = new URL('../../bin/gateway.js', import.meta.url).pathname;
 
@@ -22,8 +21,7 @@ describe('training a GPT on two agents', () => {
   let corpus: string;
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'training-'));
-    corpus = join(dir, 'corpus.txt');
-    writeFileSync(corpus, loadDemoCorpus().documents.slice(0, 8).join('\n\n'));
+    corpus = writeCorpus(dir, 0, 8);
     cluster = await startCluster({ agents: 2, agentArgs: ['--backend', 'wasm'] });
   });
   after(async () => {
@@ -39,20 +37,8 @@ describe('training a GPT on two agents', () => {
     parallel: { data },
   });
 
-  async function runToEnd(body: object, timeoutMs = 180_000): Promise<{ job: JobRecord; metrics: MetricRow[] }> {
-    const job = await cluster.api<JobRecord>('POST', '/api/jobs', body);
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const res = await cluster.api<{ job: JobRecord; metrics: MetricRow[] }>('GET', `/api/jobs/${job.id}`);
-      if (res.job.state === 'succeeded') return res;
-      if (res.job.state === 'failed' || res.job.state === 'cancelled') assert.fail(`job ${res.job.state}: ${res.job.stateReason}`);
-      if (Date.now() > deadline) assert.fail(`job still ${res.job.state} (${res.job.stateReason}) after ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-
   test('a data-parallel job trains, checkpoints, evaluates, registers its model, and the gateway serves it', async () => {
-    const { job, metrics } = await runToEnd(spec('tiny-2', 2));
+    const { job, metrics } = await runToEnd(cluster, spec('tiny-2', 2));
     const train = metrics.filter((m) => m.kind === 'train');
     const evals = metrics.filter((m) => m.kind === 'eval');
     assert.deepEqual(train.map((m) => m.step), Array.from({ length: 30 }, (_, i) => i + 1), 'every step once');
@@ -91,11 +77,10 @@ describe('training a GPT on two agents', () => {
   });
 
   test('one agent and two agents with the same global batch and seed give the same losses', async () => {
-    const one = await runToEnd(spec('eq-1', 1, { steps: 5, evalEvery: 0, checkpointEvery: 0 }));
-    const two = await runToEnd(spec('eq-2', 2, { steps: 5, evalEvery: 0, checkpointEvery: 0 }));
-    const losses = (r: { metrics: MetricRow[] }) => r.metrics.filter((m) => m.kind === 'train').map((m) => m.values.loss!);
-    const a = losses(one);
-    const b = losses(two);
+    const one = await runToEnd(cluster, spec('eq-1', 1, { steps: 5, evalEvery: 0, checkpointEvery: 0 }));
+    const two = await runToEnd(cluster, spec('eq-2', 2, { steps: 5, evalEvery: 0, checkpointEvery: 0 }));
+    const a = trainLosses(one).map(([, loss]) => loss);
+    const b = trainLosses(two).map(([, loss]) => loss);
     assert.equal(a.length, 5);
     a.forEach((x, i) => assert.ok(Math.abs(x - b[i]!) / Math.abs(x) <= 1e-4, `step ${i + 1}: ${x} vs ${b[i]}`));
   });

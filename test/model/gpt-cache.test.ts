@@ -4,15 +4,9 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { GPT, disposeCache, type KVCache } from '../../model/gpt.ts';
 import { registerFastWasmKernels } from '../../model/kernels/index.ts';
+import { relDiff } from '../support/gpt-oracle.ts';
 
 const config = { vocabSize: 40, nCtx: 12, nLayer: 2, nHead: 2, nEmbd: 16 };
-
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let worst = 0;
-  const scale = Math.max(1e-6, ...Array.from(b, Math.abs));
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!) / scale);
-  return worst;
-}
 
 for (const backend of ['cpu', 'wasm'] as const) {
   test(`on ${backend}, a prompt then one token at a time through the KV cache gives the logits of the full forward pass`, async () => {
@@ -42,7 +36,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
     }
     assert.equal(cache.length, seq.length);
     disposeCache(cache);
-    assert.ok(maxRelDiff(got, expected) < 1e-4, `max relative difference ${maxRelDiff(got, expected)}`);
+    assert.ok(relDiff(got, expected) < 1e-4, `max relative difference ${relDiff(got, expected)}`);
     // Only the ids tensors made inline above may remain: they are not the cache's business.
     assert.ok(tf.memory().numTensors - before <= seq.length - prompt + 2, `tensors left: ${tf.memory().numTensors - before}`);
     model.dispose();

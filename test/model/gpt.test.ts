@@ -4,17 +4,9 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { GPT, flatFromStateDict, flattenGrads, gptConfig, initParams, paramLayout, stateDict, unflatten, type GPTConfig } from '../../model/gpt.ts';
 
-const TINY: GPTConfig = { vocabSize: 32, nCtx: 8, nLayer: 2, nHead: 2, nEmbd: 16 };
+import { randomIds } from '../support/gpt-oracle.ts';
 
-function randomIds(n: number, vocab: number, seed: number): Int32Array {
-  const out = new Int32Array(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    out[i] = (x >>> 8) % vocab;
-  }
-  return out;
-}
+const TINY: GPTConfig = { vocabSize: 32, nCtx: 8, nLayer: 2, nHead: 2, nEmbd: 16 };
 
 test('parameter names and shapes follow GPT-2 state-dict layout and order', () => {
   const layout = paramLayout(gptConfig(TINY));
