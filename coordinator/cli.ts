@@ -2,13 +2,14 @@
  * coordinator start [--port 7070] [--data DIR] [--token T] …   run the coordinator
  * coordinator nodes [--url U] [--token T] [--json]             list agents
  * coordinator selfcheck [--url U] [--token T] [--agents N]      check every collective on a ring of the agents
- * coordinator submit job.json | jobs | job ID                   training jobs
+ * coordinator submit job.json | jobs | job ID | plan ID         training jobs
  *
  * Entry point of bin/coordinator.js. Exit codes: 0 ok, 1 error or failed self-check, 2 bad arguments.
  */
 import { createLogger } from '../common/log.ts';
 import { httpUrl, intOption, parseCli, UsageError } from '../common/cli.ts';
 import { resolveConfig, DEFAULT_CONFIG } from './config.ts';
+import type { PlanReport } from './plan-report.ts';
 import { CoordinatorError } from './errors.ts';
 import { createCoordinator } from './server.ts';
 import type { NodeView } from './agent-hub.ts';
@@ -28,6 +29,7 @@ Commands:
   submit FILE  submit a training job spec (JSON); prints the job id
   jobs         list training jobs
   job ID       show one job: state, step, latest metrics
+  plan ID      the layout the planner chose for a job, the candidates it weighed, predicted vs measured step time
 
 Options for start:
   --port PORT                 HTTP and WebSocket port (default: ${DEFAULT_CONFIG.port}; 0 = any free port)
@@ -69,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return values.help ? 0 : 2;
   }
-  const wantsArg = command === 'submit' || command === 'job';
+  const wantsArg = command === 'submit' || command === 'job' || command === 'plan';
   if (wantsArg && rest.length !== 1) throw new UsageError(`'${command}' takes exactly one argument`);
   if (!wantsArg && rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
   switch (command) {
@@ -79,6 +81,8 @@ async function main(argv: string[]): Promise<number> {
       return listJobs(values);
     case 'job':
       return showJob(values, rest[0]!);
+    case 'plan':
+      return showPlan(values, rest[0]!);
     case 'start':
       return start(values);
     case 'nodes':
@@ -86,7 +90,7 @@ async function main(argv: string[]): Promise<number> {
     case 'selfcheck':
       return selfcheck(values);
     default:
-      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job`);
+      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job, plan`);
   }
 }
 
@@ -215,6 +219,31 @@ async function showJob(v: Values, id: string): Promise<number> {
       `last eval:  ${fmt(last('eval'))}`,
     ].join('\n') + '\n',
   );
+  return 0;
+}
+
+async function showPlan(v: Values, id: string): Promise<number> {
+  const report = await api<PlanReport>(v, 'GET', `/api/jobs/${encodeURIComponent(id)}/plan`);
+  if (v.json) {
+    process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+    return 0;
+  }
+  const plan = report.plan;
+  if (!plan) {
+    process.stdout.write(`${id}: not planned yet\n`);
+    return 0;
+  }
+  const ms = (x: number | null | undefined) => (x === null || x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(1));
+  process.stdout.write(`${plan.explanation}\n${plan.refused ? `refused: ${plan.refused}\n` : ''}\n`);
+  printTable(
+    ['LAYOUT', 'MICRO', 'STAGES', 'STEP MS', 'BUBBLE MS', 'DP MS', 'TP MS', 'MEM MB', 'FITS'],
+    plan.candidates.map((c) => [
+      `${c.layout.data}×${c.layout.pipeline}×${c.layout.tensor}`, String(c.microBatches), c.stages.map(([a, b]) => `${a}-${b}`).join(','),
+      ms(c.predicted.stepMs), ms(c.predicted.bubbleMs), ms(c.predicted.dataAllreduceMs), ms(c.predicted.tensorCommMs),
+      ms(c.predicted.memoryBytesPerAgent / 1e6), c.feasible ? 'yes' : `no: ${c.reason ?? ''}`,
+    ]),
+  );
+  process.stdout.write(`\npredicted ${ms(report.predictedStepMs)} ms per step, measured ${ms(report.measuredStepMs)} ms (median of ${report.measuredSteps} steps)\n`);
   return 0;
 }
 

@@ -1,10 +1,12 @@
 /**
- * Ring groups of agents and the collectives run on them. The coordinator only orchestrates: it picks members,
- * issues a group token, tells each agent its rank and neighbours, and collects results. The data itself moves
- * agent-to-agent over the links the agents open to each other.
+ * Groups of agents and the collectives run on them. The coordinator only orchestrates: it picks members, issues a
+ * group token, tells each agent its rank, its neighbours and the group's rings, and collects results. The data
+ * itself moves agent-to-agent over the links the agents open to each other. A group is one ring ('world') unless
+ * `form` is given rings: a job with data × pipeline × tensor parallelism has one per replica set, stage pair and
+ * shard set (protocol/layout.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import type { AgentMessage, CollectiveOp, CollectiveResult } from '../protocol/control.ts';
+import { assignedRings, ringProblems, type AgentMessage, type CollectiveOp, type CollectiveResult, type RingSpecT } from '../protocol/control.ts';
 import type { Logger } from '../common/log.ts';
 import type { AgentHub } from './agent-hub.ts';
 import type { CoordinatorConfig } from './config.ts';
@@ -25,6 +27,8 @@ export interface GroupInfo {
   state: 'forming' | 'ready' | 'failed' | 'released';
   error?: string;
   members: GroupMember[];
+  /** The rings among the members, as group ranks in ring order (the one 'world' ring when none were asked for). */
+  rings: RingSpecT[];
   createdAtMs: number;
 }
 
@@ -108,8 +112,16 @@ export class GroupManager {
     return g;
   }
 
-  /** Forms a ring of `size` available agents (or exactly `nodeIds`) and waits until every link is up. */
-  async form(opts: { size?: number; nodeIds?: string[]; segmentBytes: number }): Promise<GroupInfo> {
+  /**
+   * Forms a group of `size` available agents (or exactly `nodeIds`, ranked in that order) with `rings` among them
+   * (default: one ring 'world' of every rank in order) and waits until every member has linked all its rings.
+   */
+  async form(opts: {
+    size?: number;
+    nodeIds?: string[];
+    segmentBytes: number;
+    rings?: ReadonlyArray<{ readonly id: string; readonly members: readonly number[] }>;
+  }): Promise<GroupInfo> {
     const available = this.#hub.availableNodes();
     let chosen = available;
     if (opts.nodeIds) {
@@ -123,16 +135,38 @@ export class GroupManager {
       chosen = available.slice(0, opts.size);
     }
     if (chosen.length === 0) throw new CoordinatorError('CRD_ERR_NOT_ENOUGH_NODES', "no agents are connected; start one with 'node-agent join'");
+    const rings = opts.rings?.map((r) => ({ id: r.id, members: [...r.members] }));
+    if (rings) {
+      const problems = ringProblems(rings, chosen.length);
+      if (problems.length) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `bad rings for a group of ${chosen.length}: ${problems[0]}`, { details: problems });
+    }
 
     const id = `g-${randomBytes(6).toString('hex')}`;
     const token = randomBytes(24).toString('base64url');
     const members = chosen.map((n, rank) => ({ rank, nodeId: n.id, name: n.name, address: n.peerAddress }));
-    const info: GroupInfo = { id, size: members.length, segmentBytes: opts.segmentBytes, state: 'forming', members, createdAtMs: Date.now() };
+    const info: GroupInfo = {
+      id,
+      size: members.length,
+      segmentBytes: opts.segmentBytes,
+      state: 'forming',
+      members,
+      rings: assignedRings({ size: members.length, rings }),
+      createdAtMs: Date.now(),
+    };
     this.#groups.set(id, info);
     const ready = new Promise<void>((resolve, reject) => this.#forming.set(id, { pending: new Set(members.map((m) => m.rank)), resolve, reject }));
     const peers = members.map(({ rank, nodeId, address }) => ({ rank, nodeId, address }));
     for (const m of members) {
-      this.#hub.send(m.nodeId, { type: 'group.assign', groupId: id, token, rank: m.rank, size: members.length, peers, segmentBytes: opts.segmentBytes });
+      this.#hub.send(m.nodeId, {
+        type: 'group.assign',
+        groupId: id,
+        token,
+        rank: m.rank,
+        size: members.length,
+        peers,
+        segmentBytes: opts.segmentBytes,
+        ...(rings ? { rings } : {}),
+      });
     }
     try {
       await withTimeout(ready, this.#cfg.groupFormTimeoutMs, () => `group ${id} did not form within ${this.#cfg.groupFormTimeoutMs} ms`);

@@ -6,13 +6,22 @@
  * job's model. A member that goes down stops the attempt everywhere and puts the job back in the queue, so it
  * resumes from its last checkpoint when agents are free again.
  */
+import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
-import type { AgentMessage, JobProgress } from '../protocol/control.ts';
+import type { AgentMessage, JobProgress, JobStart } from '../protocol/control.ts';
+import { jobRings, layoutName, type ParallelLayout } from '../protocol/layout.ts';
+import { flatFromStateDict, paramLayout } from '../model/gpt.ts';
+import { exportHf } from '../model/hf-format.ts';
+import { allShards } from '../model/shard-layout.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
 import type { AgentHub } from './agent-hub.ts';
 import type { ArtifactStore } from './artifact-store.ts';
+import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
 import type { GroupManager } from './groups.ts';
 import { decideJobs } from './job-scheduler.ts';
+import type { StoredPlan } from './plan-report.ts';
+import type { Candidate } from './planner.ts';
 import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobStore } from './job-store.ts';
 import type { ModelRegistry } from './registry.ts';
 
@@ -21,10 +30,16 @@ interface Attempt {
   attempt: number;
   groupId: string | null;
   nodeIds: string[];
+  layout: ParallelLayout;
+  data: FileSet | null; // the prepared dataset's files (tokenizer.json among them)
   finished: Map<number, Extract<AgentMessage, { type: 'job.finished' }>>;
   lastProgress: JobProgress | null;
   lastEvalLoss: number | null;
   stopping: boolean;
+  /** Shard checkpoints received, by step, keyed "stage.tp", until every shard of the step is in. */
+  shards: Map<number, Map<string, FileSet>>;
+  /** The canonical (merged) checkpoint of each step, once every shard of it arrived. */
+  merged: Map<number, Promise<FileSet>>;
 }
 
 export interface JobRunnerOptions {
@@ -45,11 +60,13 @@ export class JobRunner {
   readonly #now: () => number;
   readonly #attempts = new Map<string, Attempt>(); // by job id, while running
   readonly #timer: NodeJS.Timeout;
+  readonly #sharder: CheckpointSharder;
   #ticking = false;
 
   constructor(o: JobRunnerOptions) {
     this.#o = o;
     this.#now = o.now ?? Date.now;
+    this.#sharder = new CheckpointSharder(o.artifacts, join(o.dataDir, 'scratch'));
     o.hub.onAgentMessage((nodeId, msg) => this.#onMessage(nodeId, msg));
     o.hub.onNodeDown((nodeId, reason) => this.#onNodeDown(nodeId, reason));
     // A coordinator that stopped mid-job finds it 'running' with no attempt: queue it to resume.
@@ -75,14 +92,25 @@ export class JobRunner {
       const free = this.#o.hub
         .availableNodes()
         .filter((n) => !busy.has(n.id))
-        .map((n) => ({ id: n.id, matmulGflops: n.capabilities.matmulGflops, firstSeenMs: n.firstSeenMs }));
+        .map((n) => ({
+          id: n.id,
+          host: hostOf(n.peerAddress),
+          cores: n.capabilities.cores,
+          memoryBytes: n.capabilities.memoryBytes,
+          matmulGflops: n.capabilities.matmulGflops,
+          firstSeenMs: n.firstSeenMs,
+        }));
       for (const d of decideJobs(queued.map((j) => ({ id: j.id, spec: j.spec, createdMs: j.createdMs })), free)) {
         const job = queued.find((j) => j.id === d.jobId)!;
         if (d.action === 'wait') {
-          if (job.stateReason !== d.reason) this.#o.jobs.setState(job.id, 'queued', d.reason, this.#now());
+          if (job.stateReason !== d.reason) {
+            this.#o.jobs.setState(job.id, 'queued', d.reason, this.#now());
+            if (d.plan) this.#o.jobs.setPlan(job.id, { ...d.plan, plannedAtMs: this.#now() } satisfies StoredPlan, this.#now());
+          }
           continue;
         }
-        await this.#launch(job, d.nodeIds);
+        this.#o.jobs.setPlan(job.id, { ...d.plan, plannedAtMs: this.#now() } satisfies StoredPlan, this.#now());
+        await this.#launch(job, d.chosen);
       }
     } finally {
       this.#ticking = false;
@@ -96,21 +124,31 @@ export class JobRunner {
     if (attempt) this.#stopAttempt(attempt, reason);
   }
 
-  async #launch(job: JobRecord, nodeIds: string[]): Promise<void> {
+  async #launch(job: JobRecord, chosen: Candidate): Promise<void> {
     const { jobs, groups, log } = this.#o;
+    const nodeIds = chosen.placement;
+    const layout = chosen.layout;
     const attemptNo = jobs.nextAttempt(job.id, this.#now());
-    const attempt: Attempt = { jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, finished: new Map(), lastProgress: null, lastEvalLoss: null, stopping: false };
+    const attempt: Attempt = {
+      jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, layout, data: null, finished: new Map(), lastProgress: null, lastEvalLoss: null,
+      stopping: false, shards: new Map(), merged: new Map(),
+    };
     this.#attempts.set(job.id, attempt);
     jobs.setState(job.id, 'running', `attempt ${attemptNo}: preparing data`, this.#now());
     try {
       const data = await prepareDataset(job.spec, this.#o.dataDir, this.#o.artifacts, log.child(job.id));
+      attempt.data = data;
       if (attempt.stopping) return;
       jobs.setState(job.id, 'running', `attempt ${attemptNo}: linking ${nodeIds.length} agents`, this.#now());
-      const group = await groups.form({ nodeIds, segmentBytes: this.#o.segmentBytes });
+      const group = await groups.form({ nodeIds, segmentBytes: this.#o.segmentBytes, rings: jobRings(layout) });
       attempt.groupId = group.id;
       if (attempt.stopping) return groups.release(group.id);
       const checkpoint = await this.#lastGoodCheckpoint(job.id);
+      const resume = checkpoint ? await this.#resumeFiles(job, checkpoint.step, checkpoint.files, layout, chosen.stages) : null;
+      if (attempt.stopping) return;
+      const plan: NonNullable<JobStart['plan']> = { layout, stages: chosen.stages, microBatches: chosen.microBatches, zero: job.spec.training.zero };
       for (const m of group.members) {
+        const stage = Math.floor(m.rank / layout.tensor) % layout.pipeline, tp = m.rank % layout.tensor;
         this.#o.hub.send(m.nodeId, {
           type: 'job.start',
           jobId: job.id,
@@ -120,12 +158,13 @@ export class JobRunner {
           world: group.size,
           spec: job.spec,
           data,
-          ...(checkpoint ? { resume: { step: checkpoint.step, files: checkpoint.files } } : {}),
+          plan,
+          ...(resume ? { resume: { step: checkpoint!.step, files: resume.get(`${stage}.${tp}`)! } } : {}),
         });
       }
       const from = checkpoint ? `resuming from step ${checkpoint.step}` : 'from scratch';
-      jobs.setState(job.id, 'running', `attempt ${attemptNo}: data-parallel on ${group.size} agent${group.size === 1 ? '' : 's'}, ${from}`, this.#now());
-      log.info(`job ${job.id} attempt ${attemptNo} started on ${group.members.map((m) => m.nodeId).join(', ')} (${from})`);
+      jobs.setState(job.id, 'running', `attempt ${attemptNo}: ${layoutName(layout)} (data × pipeline × tensor) on ${group.size} agent${group.size === 1 ? '' : 's'}, ${from}`, this.#now());
+      log.info(`job ${job.id} attempt ${attemptNo} started as ${layoutName(layout)} on ${group.members.map((m) => m.nodeId).join(', ')} (${from})`);
     } catch (err) {
       this.#attempts.delete(job.id);
       if (attempt.groupId) groups.release(attempt.groupId);
@@ -135,6 +174,20 @@ export class JobRunner {
       const fatal = (err as { code?: string }).code?.startsWith('MDL_ERR') || (err as NodeJS.ErrnoException).code === 'ENOENT';
       if (!FINAL_STATES.has(jobs.get(job.id)!.state)) jobs.setState(job.id, fatal ? 'failed' : 'queued', `attempt ${attemptNo} could not start: ${why}`, this.#now());
     }
+  }
+
+  /**
+   * Each shard's resume files ("stage.tp" → files) for `layout`, cut from the canonical checkpoint. With one stage
+   * and one tensor shard the canonical checkpoint is the shard checkpoint, so it goes as it is.
+   */
+  async #resumeFiles(job: JobRecord, step: number, files: FileSet, layout: ParallelLayout, stages: Array<[number, number]>): Promise<Map<string, FileSet>> {
+    if (layout.pipeline === 1 && layout.tensor === 1) return new Map([['0.0', files]]);
+    const t0 = this.#now();
+    const canonical = await this.#sharder.load(files);
+    const out = new Map<string, FileSet>();
+    for (const shard of allShards(stages, layout.tensor)) out.set(`${shard.stage}.${shard.tpRank}`, await this.#sharder.reshard(job.spec.model, canonical, shard));
+    this.#o.log.info(`job ${job.id}: checkpoint of step ${step} resharded for ${layoutName(layout)} (${out.size} shards, ${this.#now() - t0} ms)`);
+    return out;
   }
 
   /**
@@ -163,7 +216,12 @@ export class JobRunner {
     switch (msg.type) {
       case 'job.progress': {
         attempt.lastProgress = msg;
-        const train = { loss: msg.loss, lr: msg.lr, tokensPerS: msg.tokensPerS, stepMs: msg.stepMs, computeMs: msg.computeMs, allreduceMs: msg.allreduceMs };
+        const train: Record<string, number> = { loss: msg.loss, lr: msg.lr, tokensPerS: msg.tokensPerS, stepMs: msg.stepMs, computeMs: msg.computeMs, allreduceMs: msg.allreduceMs };
+        if (msg.pipelineMs !== undefined) train.pipelineMs = msg.pipelineMs;
+        if (msg.bubble !== undefined) train.bubble = msg.bubble;
+        if (msg.optimizerBytes !== undefined) train.optimizerBytes = msg.optimizerBytes;
+        if (msg.paramCount !== undefined) train.paramCount = msg.paramCount;
+        msg.stageBusyMs?.forEach((ms, stage) => (train[`stage${stage}BusyMs`] = ms));
         const rows: Parameters<JobStore['recordStep']>[2] = [{ kind: 'train', atMs: now, values: train }];
         if (msg.evalLoss !== undefined) {
           attempt.lastEvalLoss = msg.evalLoss;
@@ -173,9 +231,7 @@ export class JobRunner {
         return;
       }
       case 'job.checkpoint':
-        jobs.putCheckpoint(msg.jobId, { step: msg.step, attempt: msg.attempt, files: msg.files, createdMs: now });
-        this.#o.log.info(`job ${msg.jobId}: checkpoint at step ${msg.step}`);
-        return;
+        return this.#onShardCheckpoint(attempt, msg);
       case 'job.finished':
         attempt.finished.set(msg.rank, msg);
         if (!msg.ok) {
@@ -187,14 +243,49 @@ export class JobRunner {
     }
   }
 
+  /**
+   * A shard checkpoint (from data-parallel rank 0 of one stage shard). When every shard of its step is in, they
+   * are merged into the canonical checkpoint, which is what the job records (one merge at a time per attempt).
+   */
+  #onShardCheckpoint(attempt: Attempt, msg: Extract<AgentMessage, { type: 'job.checkpoint' }>): void {
+    const { layout } = attempt;
+    const key = `${msg.shard?.stage ?? 0}.${msg.shard?.tp ?? 0}`;
+    const got = attempt.shards.get(msg.step) ?? new Map<string, FileSet>();
+    attempt.shards.set(msg.step, got.set(key, msg.files));
+    const needed = layout.pipeline * layout.tensor;
+    if (got.size < needed) return;
+    attempt.shards.delete(msg.step);
+    const job = this.#o.jobs.get(attempt.jobId)!;
+    const previous = [...attempt.merged.values()].at(-1) ?? Promise.resolve({});
+    const merged = previous.catch(() => ({})).then(async () => {
+      const t0 = this.#now();
+      const files = needed === 1 ? msg.files : await this.#sharder.mergeShards(job.spec.model, [...got.values()], { layout: { ...layout } });
+      this.#o.jobs.putCheckpoint(msg.jobId, { step: msg.step, attempt: msg.attempt, files, createdMs: this.#now() });
+      this.#o.log.info(`job ${msg.jobId}: checkpoint at step ${msg.step}${needed > 1 ? ` (${needed} shards merged in ${this.#now() - t0} ms)` : ''}`);
+      return files;
+    });
+    merged.catch((err: Error) => this.#o.log.warn(`job ${msg.jobId}: could not merge the checkpoint of step ${msg.step}: ${err.message}`));
+    attempt.merged.set(msg.step, merged);
+  }
+
+  /** The model version's files (config.json, model.safetensors, tokenizer.json) from the final canonical checkpoint. */
+  async #modelFiles(attempt: Attempt, job: JobRecord): Promise<Record<string, Uint8Array>> {
+    const final = attempt.merged.get(job.spec.training.steps);
+    if (!final) throw new Error(`no checkpoint of the final step ${job.spec.training.steps} arrived`);
+    const canonical = await this.#sharder.load(await final);
+    const layout = paramLayout(job.spec.model);
+    const flat = flatFromStateDict(canonical.model, layout);
+    const tokenizerDigest = attempt.data?.['tokenizer.json'];
+    if (!tokenizerDigest) throw new Error('the dataset has no tokenizer.json');
+    const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(await this.#o.artifacts.get(tokenizerDigest)).toString('utf8')));
+    return { ...exportHf({ config: job.spec.model, layout }, tokenizer, flat) };
+  }
+
   async #complete(attempt: Attempt): Promise<void> {
-    const { jobs, registry, artifacts, log } = this.#o;
+    const { jobs, registry, log } = this.#o;
     const job = jobs.get(attempt.jobId)!;
-    const files = attempt.finished.get(0)?.files;
     try {
-      if (!files) throw new Error('rank 0 finished without model files');
-      const bytes: Record<string, Uint8Array> = {};
-      for (const [name, digest] of Object.entries(files)) bytes[name] = await artifacts.get(digest);
+      const bytes = await this.#modelFiles(attempt, job);
       const metrics: Record<string, number> = { steps: job.spec.training.steps };
       if (attempt.lastProgress) metrics.loss = attempt.lastProgress.loss;
       if (attempt.lastEvalLoss !== null) {
@@ -234,5 +325,14 @@ export class JobRunner {
       if (this.#o.hub.isConnected(nodeId)) this.#o.hub.send(nodeId, { type: 'job.stop', jobId: attempt.jobId, reason: reason.slice(0, 1000) });
     }
     if (attempt.groupId) this.#o.groups.release(attempt.groupId);
+  }
+}
+
+/** The host part of an agent's peer address (ws://host:port): agents on one host share its cores and loopback. */
+function hostOf(peerAddress: string): string {
+  try {
+    return new URL(peerAddress).hostname;
+  } catch {
+    return peerAddress;
   }
 }

@@ -21,6 +21,7 @@ export interface JobRecord {
   step: number; // last completed optimizer step
   attempt: number; // how many times the job has been started on agents (resumes included)
   modelVersion: number | null; // the registry version a finished job produced
+  plan: unknown | null; // the planner's last choice for this job (coordinator/planner.ts Plan), JSON
   createdMs: number;
   updatedMs: number;
 }
@@ -50,6 +51,7 @@ interface JobRow {
   step: number;
   attempt: number;
   model_version: number | null;
+  plan: string | null;
   created_ms: number;
   updated_ms: number;
 }
@@ -77,6 +79,7 @@ export class JobStore {
       ),
       nextAttempt: db.prepare('UPDATE jobs SET attempt = attempt + 1, updated_ms = ? WHERE id = ?'),
       setModel: db.prepare('UPDATE jobs SET model_version = ?, updated_ms = ? WHERE id = ?'),
+      setPlan: db.prepare('UPDATE jobs SET plan = ?, updated_ms = ? WHERE id = ?'),
       putCheckpoint: db.prepare(
         `INSERT INTO job_checkpoints(job_id, step, attempt, files, created_ms) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT(job_id, step) DO UPDATE SET attempt = excluded.attempt, files = excluded.files, created_ms = excluded.created_ms`,
@@ -124,6 +127,10 @@ export class JobStore {
     this.#stmts.setModel.run(version, nowMs, id);
   }
 
+  setPlan(id: string, plan: unknown, nowMs: number): void {
+    this.#stmts.setPlan.run(JSON.stringify(plan), nowMs, id);
+  }
+
   putCheckpoint(id: string, cp: CheckpointRecord): void {
     this.#stmts.putCheckpoint.run(id, cp.step, cp.attempt, JSON.stringify(cp.files), cp.createdMs);
   }
@@ -148,6 +155,7 @@ function fromRow(row: JobRow): JobRecord {
     step: row.step,
     attempt: row.attempt,
     modelVersion: row.model_version,
+    plan: row.plan === null ? null : (JSON.parse(row.plan) as unknown),
     createdMs: row.created_ms,
     updatedMs: row.updated_ms,
   };

@@ -15,6 +15,7 @@
  *   POST   /api/jobs                     submit a training job (job-spec.ts); 400 names every bad field
  *   GET    /api/jobs                     jobs, newest first
  *   GET    /api/jobs/:id                 one job with its metrics history and checkpoints
+ *   GET    /api/jobs/:id/plan            the layout the planner chose, the candidates it weighed, predicted vs measured step time
  *   POST   /api/jobs/:id/cancel          cancel a job that has not finished
  *   PUT    /api/artifacts/:sha256        store bytes under their sha256 (checked); agents upload checkpoints so
  *   GET    /api/artifacts/:sha256        fetch stored bytes (dataset shards, checkpoints, model files)
@@ -40,6 +41,7 @@ import { validateJobSpec } from '../protocol/job-spec.ts';
 import { FINAL_STATES, JobStore } from './job-store.ts';
 import { JobRunner } from './job-runner.ts';
 import { createMetrics } from './metrics.ts';
+import { planReport } from './plan-report.ts';
 import { ModelRegistry } from './registry.ts';
 import { runSelfcheck } from './selfcheck.ts';
 import { SqliteStateStore, type StateStore } from './state-store.ts';
@@ -201,12 +203,18 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     void runner.tick();
     return reply.code(201).send(job);
   });
-  app.get('/api/jobs', async () => ({ jobs: jobs.list().map(({ spec: _spec, ...summary }) => summary) }));
+  app.get('/api/jobs', async () => ({ jobs: jobs.list().map(({ spec: _spec, plan: _plan, ...summary }) => summary) }));
+  app.get<{ Params: { id: string } }>('/api/jobs/:id/plan', async (req) => {
+    const job = jobs.get(req.params.id);
+    if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
+    return planReport(job, jobs.metrics(job.id));
+  });
   app.get<{ Params: { id: string }; Querystring: { after?: string } }>('/api/jobs/:id', async (req) => {
     const job = jobs.get(req.params.id);
     if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
     const after = Number(req.query.after ?? -1);
-    return { job, metrics: jobs.metrics(job.id, Number.isFinite(after) ? after : -1), checkpoints: jobs.checkpoints(job.id) };
+    const { plan: _plan, ...rest } = job; // the plan has its own endpoint (it lists every candidate)
+    return { job: rest, metrics: jobs.metrics(job.id, Number.isFinite(after) ? after : -1), checkpoints: jobs.checkpoints(job.id) };
   });
   app.post<{ Params: { id: string } }>('/api/jobs/:id/cancel', async (req) => {
     const job = jobs.get(req.params.id);

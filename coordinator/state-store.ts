@@ -44,7 +44,7 @@ export interface StateStore {
 }
 
 /** Bumped whenever #migrate gains a step; each step upgrades from the version before it. */
-const SCHEMA_VERSION = 4;
+const SCHEMA_VERSION = 5;
 
 export class SqliteStateStore implements StateStore {
   readonly #db: Database.Database;
@@ -124,6 +124,7 @@ export class SqliteStateStore implements StateStore {
         ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE jobs ADD COLUMN model_version INTEGER;`,
       ],
+      [5, `ALTER TABLE jobs ADD COLUMN plan TEXT;`], // the planner's layout choice and the candidates it weighed (JSON)
     ];
     for (const [to, sql] of steps) {
       if (version >= to) continue;

@@ -25,6 +25,8 @@ export const ModelErrorCodes = {
   MDL_ERR_CHECKPOINT_WRITE: 'checkpoint write failed',
   /** Model files (config.json, model.safetensors, tokenizer.json) are missing, malformed or disagree with each other. */
   MDL_ERR_MODEL_FILES: 'invalid model files',
+  /** Shard tensors cannot be split or merged: a parameter is missing or not fully covered, a tensor has the wrong dtype or shape, or replicated copies disagree (the message names the parameter and the shards). */
+  MDL_ERR_RESHARD: 'cannot reshard tensors',
 } as const;
 
 export type ModelErrorCode = keyof typeof ModelErrorCodes;

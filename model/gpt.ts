@@ -98,12 +98,21 @@ export function paramLayout(config: GPTConfig): ParamLayout {
  */
 export function initParams(layout: ParamLayout, seed: number): Float32Array {
   const flat = new Float32Array(layout.totalSize);
-  for (const spec of layout.specs) {
-    const out = flat.subarray(spec.offset, spec.offset + spec.size);
-    if (spec.init.kind === 'ones') out.fill(1);
-    else if (spec.init.kind === 'normal') fillNormal(out, spec.init.std, seedFor(seed, spec.name));
-  }
+  for (const spec of layout.specs) fillParam(flat.subarray(spec.offset, spec.offset + spec.size), spec, seed);
   return flat;
+}
+
+/** The full initial tensor of one parameter: the same values `initParams` puts at its offset (a sharded model inits from it). */
+export function initParam(spec: ParamSpec, seed: number): Float32Array {
+  const out = new Float32Array(spec.size);
+  fillParam(out, spec, seed);
+  return out;
+}
+
+/** Writes one parameter's initial values into `out` (zeroed, spec.size long). */
+function fillParam(out: Float32Array, spec: ParamSpec, seed: number): void {
+  if (spec.init.kind === 'ones') out.fill(1);
+  else if (spec.init.kind === 'normal') fillNormal(out, spec.init.std, seedFor(seed, spec.name));
 }
 
 function seedFor(seed: number, name: string): number {
@@ -183,17 +192,17 @@ export function flattenGrads(grads: ReadonlyMap<string, tf.Tensor>, layout: Para
 
 // ---------------------------------------------------------------------------------------------------- modules
 
-type Param = (name: string) => tf.Tensor;
+export type Param = (name: string) => tf.Tensor;
 
 const LN_EPS = 1e-5;
 const MASKED = -1e9; // added to attention scores above the diagonal; exp underflows to exactly 0
 
 /** y = x·W + b with GPT-2's Conv1D layout W: [in, out]. */
-function linear(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
+export function linear(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
   return tf.matMul(x, p(`${prefix}.weight`) as tf.Tensor2D).add(p(`${prefix}.bias`));
 }
 
-function layerNorm(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
+export function layerNorm(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
   const mean = x.mean(-1, true); // [N, 1]
   const xc = x.sub(mean);
   const variance = xc.mul(xc).mean(-1, true); // biased, as torch.nn.LayerNorm
@@ -201,7 +210,7 @@ function layerNorm(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
 }
 
 /** GPT-2's tanh approximation ("gelu_new"): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
-function gelu(x: tf.Tensor2D): tf.Tensor2D {
+export function gelu(x: tf.Tensor2D): tf.Tensor2D {
   const inner = x.add(x.mul(x).mul(x).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
   return x.mul(0.5).mul(inner.tanh().add(1));
 }

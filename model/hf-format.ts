@@ -42,14 +42,17 @@ export function hfConfig(config: GPTConfig, tokenizer: Tokenizer): Record<string
   };
 }
 
-export function exportHf(model: GPT, tokenizer: Tokenizer, params: Float32Array = model.readParams()): HfFiles {
+/** `model` may be a GPT (its parameters are read when `params` is omitted) or just a config and layout with `params`. */
+export function exportHf(model: Pick<GPT, 'config' | 'layout'> & { readParams?(): Float32Array }, tokenizer: Tokenizer, params?: Float32Array): HfFiles {
+  const flat = params ?? model.readParams?.();
+  if (!flat) throw new RangeError('exportHf needs the parameters: pass params or a GPT');
   if (tokenizer.vocabSize > model.config.vocabSize) {
     throw new ModelError('MDL_ERR_MODEL_FILES', `tokenizer has ${tokenizer.vocabSize} ids, the model only ${model.config.vocabSize}`);
   }
   const json = (v: unknown) => Buffer.from(JSON.stringify(v, null, 2));
   return {
     'config.json': json(hfConfig(model.config, tokenizer)),
-    'model.safetensors': writeSafetensors(stateDict(params, model.layout) as TensorMap, { format: 'pt' }),
+    'model.safetensors': writeSafetensors(stateDict(flat, model.layout) as TensorMap, { format: 'pt' }),
     'tokenizer.json': json(tokenizer.toJSON()),
   };
 }

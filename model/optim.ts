@@ -1,7 +1,9 @@
 /**
  * AdamW, the learning-rate schedule and gradient clipping, on flat Float32Arrays in plain JS (as torch.optim.AdamW
  * and nanoGPT's get_lr). Plain JS on one flat buffer is deterministic whatever the tf backend, so data-parallel
- * replicas that apply the same reduced gradient stay bit-identical, and a later ZeRO-1 shard is just a range.
+ * replicas that apply the same reduced gradient stay bit-identical, and a ZeRO-1 shard is just a range: each
+ * data-parallel rank keeps moments for, and updates, only its [start, end) of the flat buffer, with the same
+ * per-element arithmetic, so the ranges put together equal one full update bit for bit.
  */
 
 // ---------------------------------------------------------------------------------------------------- schedule
@@ -89,15 +91,29 @@ export interface OptimizerStateLike {
   readonly expAvgSq: Readonly<Record<string, { readonly dtype: string; readonly shape: readonly number[]; readonly data: unknown }>>;
 }
 
+/** The elements [start, end) of the flat buffer one optimizer updates (ZeRO-1: this rank's share). */
+export interface OptimRange {
+  readonly start: number; // first element
+  readonly end: number; // one past the last element
+}
+
+/** A ranged AdamW's state as one flat copy of its range's moments (ZeRO-1 shards are saved and moved this way). */
+export interface FlatOptimizerState {
+  readonly step: number;
+  readonly expAvg: Float32Array; // m, end − start elements
+  readonly expAvgSq: Float32Array; // v
+}
+
 export class AdamW {
   readonly config: AdamWConfig;
   readonly segments: readonly OptimSegment[];
-  readonly size: number;
-  #expAvg: Float32Array; // m
+  readonly size: number; // elements of the whole flat buffer that update() takes
+  readonly range: OptimRange; // the elements this optimizer updates and keeps moments for; default the whole buffer
+  #expAvg: Float32Array; // m of range.start + i at i
   #expAvgSq: Float32Array; // v
   #step = 0;
 
-  constructor(segments: readonly OptimSegment[], config: Partial<AdamWConfig> = {}) {
+  constructor(segments: readonly OptimSegment[], config: Partial<AdamWConfig> = {}, options: { range?: OptimRange } = {}) {
     const c = { ...ADAMW_DEFAULTS, ...config };
     if (!(c.beta1 >= 0 && c.beta1 < 1)) throw new RangeError(`AdamW beta1 must be in [0, 1), got ${c.beta1}`);
     if (!(c.beta2 >= 0 && c.beta2 < 1)) throw new RangeError(`AdamW beta2 must be in [0, 1), got ${c.beta2}`);
@@ -106,8 +122,13 @@ export class AdamW {
     this.config = Object.freeze(c);
     this.segments = segments;
     this.size = segments.reduce((n, s) => Math.max(n, s.offset + s.size), 0);
-    this.#expAvg = new Float32Array(this.size);
-    this.#expAvgSq = new Float32Array(this.size);
+    const { start, end } = options.range ?? { start: 0, end: this.size };
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || start > end || end > this.size) {
+      throw new RangeError(`AdamW range must satisfy 0 ≤ start ≤ end ≤ ${this.size} (integers), got [${start}, ${end})`);
+    }
+    this.range = Object.freeze({ start, end });
+    this.#expAvg = new Float32Array(end - start);
+    this.#expAvgSq = new Float32Array(end - start);
   }
 
   get step(): number {
@@ -119,7 +140,8 @@ export class AdamW {
    *   p ← p·(1 − lr·wd)            (decay segments only)
    *   m ← β1·m + (1 − β1)·g,  v ← β2·v + (1 − β2)·g²
    *   p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + eps)
-   * Arithmetic is float64 per element, stored as float32.
+   * Arithmetic is float64 per element, stored as float32. Only elements inside `range` are read or written; the
+   * buffers are still the whole flat length, so offsets stay the layout's.
    */
   update(params: Float32Array, grads: Float32Array, lr: number): void {
     if (params.length !== this.size || grads.length !== this.size) {
@@ -130,21 +152,51 @@ export class AdamW {
     const stepSize = lr / (1 - b1 ** t);
     const bc2Sqrt = Math.sqrt(1 - b2 ** t);
     const m = this.#expAvg, v = this.#expAvgSq;
+    const base = this.range.start;
     for (const seg of this.segments) {
       const keep = seg.decay ? 1 - lr * weightDecay : 1;
-      for (let i = seg.offset, end = seg.offset + seg.size; i < end; i++) {
+      const from = Math.max(seg.offset, base), to = Math.min(seg.offset + seg.size, this.range.end); // seg ∩ range
+      for (let i = from; i < to; i++) {
         const g = grads[i]!;
-        const mi = b1 * m[i]! + (1 - b1) * g;
-        const vi = b2 * v[i]! + (1 - b2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
+        const mi = b1 * m[i - base]! + (1 - b1) * g;
+        const vi = b2 * v[i - base]! + (1 - b2) * g * g;
+        m[i - base] = mi;
+        v[i - base] = vi;
         params[i] = params[i]! * keep - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
       }
     }
   }
 
+  /** Copies of the range's moments and the step, for a ZeRO-1 shard's checkpoint or hand-over. */
+  exportFlat(): FlatOptimizerState {
+    return { step: this.#step, expAvg: this.#expAvg.slice(), expAvgSq: this.#expAvgSq.slice() };
+  }
+
+  /** Replaces the state from exportFlat's form; the moments must be float32 of exactly the range's length. */
+  importFlat(state: FlatOptimizerState): void {
+    checkStep(state.step);
+    const n = this.range.end - this.range.start;
+    for (const [label, a] of [['expAvg', state.expAvg], ['expAvgSq', state.expAvgSq]] as const) {
+      if (!(a instanceof Float32Array)) throw new RangeError(`AdamW.importFlat: ${label} must be a Float32Array`);
+      if (a.length !== n) throw new RangeError(`AdamW.importFlat: ${label} has ${a.length} elements, the range [${this.range.start}, ${this.range.end}) has ${n}`);
+    }
+    this.#expAvg = state.expAvg.slice();
+    this.#expAvgSq = state.expAvgSq.slice();
+    this.#step = state.step;
+  }
+
+  /** Per-parameter state needs every parameter's moments: only an optimizer over the whole buffer has them. */
+  #requireWhole(what: string): void {
+    if (this.range.start !== 0 || this.range.end !== this.size) {
+      throw new RangeError(
+        `AdamW.${what} needs the whole buffer, but this optimizer holds [${this.range.start}, ${this.range.end}) of ${this.size}: use exportFlat/importFlat`,
+      );
+    }
+  }
+
   /** Copies of the moments, keyed by parameter name in segment order. */
   exportState(): OptimizerState {
+    this.#requireWhole('exportState');
     const expAvg: Record<string, F32Tensor> = {}, expAvgSq: Record<string, F32Tensor> = {};
     for (const s of this.segments) {
       expAvg[s.name] = { dtype: 'F32', shape: s.shape, data: this.#expAvg.slice(s.offset, s.offset + s.size) };
@@ -155,7 +207,8 @@ export class AdamW {
 
   /** Replaces the state; every parameter's moments must be present, float32, with its shape, and nothing else. */
   importState(state: OptimizerStateLike): void {
-    if (!Number.isSafeInteger(state.step) || state.step < 0) throw new RangeError(`optimizer step must be a non-negative integer, got ${state.step}`);
+    this.#requireWhole('importState');
+    checkStep(state.step);
     const m = new Float32Array(this.size), v = new Float32Array(this.size);
     for (const [label, moments, into] of [['exp_avg', state.expAvg, m], ['exp_avg_sq', state.expAvgSq, v]] as const) {
       for (const s of this.segments) {
@@ -174,4 +227,8 @@ export class AdamW {
     this.#expAvgSq = v;
     this.#step = state.step;
   }
+}
+
+function checkStep(step: number): void {
+  if (!Number.isSafeInteger(step) || step < 0) throw new RangeError(`optimizer step must be a non-negative integer, got ${step}`);
 }

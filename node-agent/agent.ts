@@ -32,7 +32,7 @@ import type { BackendChoice } from './compute/backend.ts';
 import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
 import { PeerServer } from './peer-server.ts';
-import { runJob } from './trainer/job-runner.ts';
+import { jobLinks, runJob } from './trainer/job-runner.ts';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -238,7 +238,7 @@ export class Agent {
     }
   }
 
-  /** Runs a training job (node-agent/trainer/job-runner.ts) on its group's ring; one job at a time. */
+  /** Runs a training job (node-agent/trainer/job-runner.ts) on its group's rings; one job at a time. */
   async #startJob(conn: Control, start: JobStart): Promise<void> {
     const refuse = (error: string) => {
       this.#log.warn(`job ${start.jobId}: ${error}`);
@@ -251,17 +251,16 @@ export class Agent {
     if (this.#job) return refuse(`this agent is already running job ${this.#job.jobId}`);
     const group = this.#groups.get(start.groupId);
     if (!group) return refuse(`this agent is not a member of group ${start.groupId}: send group.assign before job.start`);
-    let ring;
     try {
-      ring = group.ring;
-    } catch {
-      return refuse(`group ${start.groupId} is not linked yet: wait for group.ready from every rank before job.start`);
+      group.ringOf(); // every job has a linked world ring; its other rings are looked up by name (jobLinks)
+    } catch (err) {
+      return refuse(`${(err as Error).message}: a job starts once every rank of its group has sent group.ready`);
     }
     const workDir = this.#cfg.workDir ?? join(tmpdir(), `meshtrain-agent-${this.#cfg.name.replace(/[^A-Za-z0-9_.-]/g, '_')}`);
     this.#artifacts ??= new ArtifactClient({ baseUrl: httpBaseUrl(this.#cfg.url), token: this.#cfg.token, cacheDir: join(workDir, 'artifacts') });
     const stop = new AbortController();
     const done = runJob(start, {
-      ring,
+      links: (placement) => jobLinks(group, placement),
       artifacts: this.#artifacts,
       send: (m) => {
         const c = this.#conn;
@@ -287,11 +286,20 @@ export class Agent {
 
   async #joinGroup(conn: Control, assign: GroupAssign): Promise<void> {
     this.#groups.get(assign.groupId)?.release();
-    const group = new Group(assign, {
-      log: this.#log.child(`group ${assign.groupId}`),
-      connectTimeoutMs: 15_000,
-      collectiveIdleTimeoutMs: this.#cfg.collectiveIdleTimeoutMs,
-    });
+    this.#groups.delete(assign.groupId);
+    let group: Group;
+    try {
+      group = new Group(assign, {
+        log: this.#log.child(`group ${assign.groupId}`),
+        connectTimeoutMs: 15_000,
+        collectiveIdleTimeoutMs: this.#cfg.collectiveIdleTimeoutMs,
+      });
+    } catch (err) {
+      // An assignment whose rings do not add up: refuse it, and keep the control channel.
+      this.#log.warn(`group ${assign.groupId}: ${(err as Error).message}`);
+      if (conn.isOpen) conn.send({ type: 'group.failed', groupId: assign.groupId, rank: assign.rank, error: (err as Error).message.slice(0, 1000) });
+      return;
+    }
     this.#groups.set(group.id, group);
     for (const w of this.#groupWaiters.get(group.id) ?? []) w(group);
     this.#groupWaiters.delete(group.id);

@@ -1,5 +1,5 @@
 /**
- * Executes a `collective.run` from the coordinator on this agent's ring: builds the deterministic input for this
+ * Executes a `collective.run` from the coordinator on this agent's world ring: builds the deterministic input for this
  * rank, runs the collective `repeats` times (each timed between two barriers' worth of synchronisation), and
  * checks the last result against the serial sum when asked. Used by `coordinator selfcheck` and the benchmarks.
  */
@@ -17,8 +17,8 @@ export interface RunOutcome {
 }
 
 export async function runCollective(group: Group, run: CollectiveRun): Promise<RunOutcome> {
-  const { rank, size } = group;
   const ring = group.ring;
+  const { rank, size } = ring; // our place in the world ring, which the test data is generated for
   const n = run.elements;
   const root = run.root ?? 0;
   const ms: number[] = [];
@@ -63,7 +63,7 @@ export async function runCollective(group: Group, run: CollectiveRun): Promise<R
     type: 'collective.result',
     groupId: group.id,
     runId: run.runId,
-    rank,
+    rank: group.rank,
     ok: true,
     ms,
     bytes: buf.byteLength,

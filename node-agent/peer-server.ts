@@ -1,15 +1,16 @@
 /**
  * The agent's peer listener: other agents of a group dial in here (never through the coordinator). A link is
  * accepted only after a `peer.hello` whose protocol version matches, whose group this agent belongs to, whose
- * token is that group's, and whose rank is our ring predecessor; anything else is closed with the code that
- * says why. A hello may arrive just before our own assignment does, so an unknown group is waited for briefly.
+ * token is that group's, and whose rank is our predecessor in the ring the hello names ('world' if none); anything
+ * else is closed with the code that says why. The link then carries that ring's traffic only. A hello may arrive
+ * just before our own assignment does, so an unknown group is waited for briefly.
  */
 import { WebSocketServer } from 'ws';
 import type { AddressInfo } from 'node:net';
 import { CloseCode } from '../protocol/codes.ts';
 import { MessageConnection } from '../protocol/connection.ts';
 import { ProtocolError } from '../protocol/errors.ts';
-import { MAX_PEER_ATTACHMENT, MAX_PEER_FRAME, parsePeerMessage, type PeerMessage } from '../protocol/peer.ts';
+import { MAX_PEER_ATTACHMENT, MAX_PEER_FRAME, WORLD_RING, parsePeerMessage, type PeerMessage } from '../protocol/peer.ts';
 import { assertCompatible } from '../protocol/version.ts';
 import { serverOptions } from '../protocol/ws-options.ts';
 import type { Logger } from '../common/log.ts';
@@ -61,6 +62,7 @@ export class PeerServer {
     let handler: ((msg: PeerMessage, payload: Buffer | undefined) => void) | null = null;
     let handshaking = false;
     let group: Group | undefined;
+    let ringId = WORLD_RING;
     const timer = setTimeout(() => conn.fail(new ProtocolError('PRT_ERR_HELLO_TIMEOUT', `no peer.hello within ${this.#opts.helloTimeoutMs} ms`)), this.#opts.helloTimeoutMs);
     const conn: PeerConnection = new MessageConnection(ws, {
       parse: parsePeerMessage,
@@ -71,7 +73,7 @@ export class PeerServer {
       onReject: this.#opts.onReject,
       onClose: (code, reason) => {
         clearTimeout(timer);
-        if (handler && group) group.linkLost('inbound', code, reason);
+        if (handler && group) group.linkLost(ringId, 'inbound', code, reason);
       },
       onMessage: async (msg, payload) => {
         if (handler) return handler(msg, payload);
@@ -86,10 +88,15 @@ export class PeerServer {
           // One answer for both cases, so a stranger learns nothing about which groups exist.
           throw new ProtocolError('PRT_ERR_UNAUTHORIZED', 'unknown group or wrong group token');
         }
-        if (msg.rank !== group.predecessorRank) {
-          throw new ProtocolError('PRT_ERR_UNAUTHORIZED', `rank ${msg.rank} is not rank ${group.rank}'s predecessor in group ${group.id}`);
+        ringId = msg.ring ?? WORLD_RING;
+        const predecessor = group.predecessorRank(ringId);
+        if (predecessor === undefined) {
+          throw new ProtocolError('PRT_ERR_UNAUTHORIZED', `rank ${group.rank} of group ${group.id} takes no link in ring ${ringId}`);
         }
-        handler = group.attachInbound(conn);
+        if (msg.rank !== predecessor) {
+          throw new ProtocolError('PRT_ERR_UNAUTHORIZED', `rank ${msg.rank} is not rank ${group.rank}'s predecessor in ring ${ringId} of group ${group.id}`);
+        }
+        handler = group.attachInbound(ringId, conn);
         conn.send({ type: 'peer.welcome', rank: group.rank });
       },
     });

@@ -6,6 +6,7 @@
 import { Type } from '@sinclair/typebox';
 import { Attach, Count, Id, Secret, Text, message, messageParser, type MessageOf } from './schema.ts';
 import { JobSpec } from './job-spec.ts';
+import { RingId, WORLD_RING } from './peer.ts';
 
 /** A content address in the coordinator's artifact store (GET/PUT /api/artifacts/:sha256). */
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
@@ -35,6 +36,18 @@ export const Capabilities = Type.Object(
 
 export const PeerInfo = Type.Object(
   { rank: Count(65535), nodeId: Id, address: Text(256) },
+  { additionalProperties: false },
+);
+
+/** Most rings one group may have (e.g. data × pipeline × tensor replicas of a large job). */
+export const MAX_RINGS = 4096;
+
+/**
+ * One ring of a group: `members` are group ranks in ring order (each dials the next, the last dials the first).
+ * The schema checks the shape and that members are distinct; `ringProblems` checks what needs the group's size.
+ */
+export const RingSpec = Type.Object(
+  { id: RingId, members: Type.Array(Count(65535), { minItems: 1, maxItems: 65535, uniqueItems: true }) },
   { additionalProperties: false },
 );
 
@@ -87,9 +100,23 @@ export const agentMessages = {
     stepMs: Type.Number({ minimum: 0 }),
     computeMs: Type.Number({ minimum: 0 }), // forward + backward + optimizer
     allreduceMs: Type.Number({ minimum: 0 }), // gradient all-reduce, as seen by this rank
+    pipelineMs: Type.Optional(Type.Number({ minimum: 0 })), // the 1F1B section of the step (slowest stage)
+    stageBusyMs: Type.Optional(Type.Array(Type.Number({ minimum: 0 }), { maxItems: 256 })), // compute per stage in it
+    bubble: Type.Optional(Type.Number()), // idle share of the pipeline section: 1 − mean busy / pipelineMs
+    optimizerBytes: Type.Optional(Type.Number({ minimum: 0 })), // AdamW state on this rank (smaller with ZeRO-1)
+    paramCount: Type.Optional(Type.Number({ minimum: 0 })), // parameters this rank holds (its stage shard)
   }),
-  /** "A checkpoint of step `step` is uploaded to the artifact store." Rank 0 only. */
-  'job.checkpoint': message('job.checkpoint', { jobId: Id, attempt: Count(1_000_000), step: Count(2 ** 40), files: FileSet }),
+  /**
+   * "A checkpoint of step `step` is uploaded to the artifact store": the shard checkpoint of stage `shard.stage`,
+   * tensor shard `shard.tp` (absent: the whole model), from that shard's data-parallel rank 0.
+   */
+  'job.checkpoint': message('job.checkpoint', {
+    jobId: Id,
+    attempt: Count(1_000_000),
+    step: Count(2 ** 40),
+    files: FileSet,
+    shard: Type.Optional(Type.Object({ stage: Count(65535), tp: Count(65535) }, { additionalProperties: false })),
+  }),
   /** "This rank is finished with the attempt": ok with the final model files (rank 0), or failed with why. */
   'job.finished': message('job.finished', {
     jobId: Id,
@@ -114,7 +141,11 @@ export const coordinatorMessages = {
   }),
   /** "Heard your heartbeat `seq`." Lets the agent notice a coordinator that has gone silent. */
   'heartbeat.ack': message('heartbeat.ack', { seq: Count(2 ** 52) }),
-  /** "You are rank `rank` of this ring; link to your neighbours with `token`." */
+  /**
+   * "You are rank `rank` of this group of `size`; in every ring of `rings` you are in, link to your successor and
+   * accept your predecessor, with `token`." Without `rings` the group is one ring, 'world': ranks 0..size−1 in
+   * order.
+   */
   'group.assign': message('group.assign', {
     groupId: Id,
     token: Secret,
@@ -122,6 +153,7 @@ export const coordinatorMessages = {
     size: Type.Integer({ minimum: 1, maximum: 65536 }),
     peers: Type.Array(PeerInfo, { maxItems: 65536 }),
     segmentBytes: Type.Integer({ minimum: 4, maximum: 64 * 1024 * 1024 }),
+    rings: Type.Optional(Type.Array(RingSpec, { minItems: 1, maxItems: MAX_RINGS })),
   }),
   /** "This group is over; close its links." */
   'group.release': message('group.release', { groupId: Id }),
@@ -150,7 +182,22 @@ export const coordinatorMessages = {
     world: Type.Integer({ minimum: 1, maximum: 65536 }),
     spec: JobSpec,
     data: DataFiles, // tokenizer.json, index.json and every shard file it lists, by name
-    resume: Type.Optional(Type.Object({ step: Count(2 ** 40), files: FileSet }, { additionalProperties: false })),
+    resume: Type.Optional(Type.Object({ step: Count(2 ** 40), files: FileSet }, { additionalProperties: false })), // this rank's shard of it
+    /** The layout (protocol/layout.ts) and this attempt's schedule; absent: plain data parallelism over `world`. */
+    plan: Type.Optional(
+      Type.Object(
+        {
+          layout: Type.Object(
+            { data: Type.Integer({ minimum: 1, maximum: 65536 }), pipeline: Type.Integer({ minimum: 1, maximum: 256 }), tensor: Type.Integer({ minimum: 1, maximum: 256 }) },
+            { additionalProperties: false },
+          ),
+          stages: Type.Array(Type.Tuple([Count(4096), Count(4096)]), { minItems: 1, maxItems: 256 }), // [firstLayer, endLayer) per stage
+          microBatches: Type.Integer({ minimum: 1, maximum: 4096 }),
+          zero: Type.Union([Type.Literal(0), Type.Literal(1)]),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   }),
   /** "Stop working on this job now" (cancelled, or re-planned after a membership change). */
   'job.stop': message('job.stop', { jobId: Id, reason: Text(1024) }),
@@ -166,7 +213,41 @@ export type Hello = MessageOf<{ hello: (typeof agentMessages)['hello'] }>;
 export type CapabilitiesInfo = import('@sinclair/typebox').Static<typeof Capabilities>;
 export type PeerInfoT = import('@sinclair/typebox').Static<typeof PeerInfo>;
 export type GroupAssign = MessageOf<{ a: (typeof coordinatorMessages)['group.assign'] }>;
+export type RingSpecT = import('@sinclair/typebox').Static<typeof RingSpec>;
 export type CollectiveRun = MessageOf<{ a: (typeof coordinatorMessages)['collective.run'] }>;
 export type CollectiveResult = MessageOf<{ a: (typeof agentMessages)['collective.result'] }>;
 export type JobStart = MessageOf<{ a: (typeof coordinatorMessages)['job.start'] }>;
 export type JobProgress = MessageOf<{ a: (typeof agentMessages)['job.progress'] }>;
+
+/** The rings of an assignment: the ones it names, or the one 'world' ring of every rank in order. */
+export function assignedRings(assign: { size: number; rings?: RingSpecT[] | undefined }): RingSpecT[] {
+  return assign.rings ?? [{ id: WORLD_RING, members: Array.from({ length: assign.size }, (_, r) => r) }];
+}
+
+/**
+ * What is wrong with `rings` for a group of `size` ranks, beyond what the schema checks (or repeating it, for
+ * callers that build rings themselves): one line per problem, naming the field; empty when they are fine.
+ */
+export function ringProblems(rings: ReadonlyArray<{ readonly id: string; readonly members: readonly number[] }>, size: number): string[] {
+  const problems: string[] = [];
+  const enough = () => problems.length >= 20; // enough to act on; a huge bad list should not make a huge message
+  const idPattern = new RegExp(RingId.pattern as string);
+  if (rings.length === 0 || rings.length > MAX_RINGS) problems.push(`/rings must hold 1 to ${MAX_RINGS} rings, not ${rings.length}`);
+  const ids = new Set<string>();
+  for (const [i, ring] of rings.entries()) {
+    if (!idPattern.test(ring.id)) problems.push(`/rings/${i}/id '${String(ring.id).slice(0, 70)}' must be 1–64 characters of A–Z a–z 0–9 . _ -`);
+    else if (ids.has(ring.id)) problems.push(`/rings/${i}/id '${ring.id}' names two rings`);
+    ids.add(ring.id);
+    const members = ring.members;
+    if (members.length === 0 || members.length > 65535) problems.push(`/rings/${i}/members must hold 1 to 65535 ranks, not ${members.length}`);
+    const inRing = new Set<number>();
+    for (const [j, r] of members.entries()) {
+      if (enough()) return problems;
+      if (!Number.isInteger(r) || r < 0 || r >= size) problems.push(`/rings/${i}/members/${j} (${r}) is not a rank of a group of ${size}`);
+      else if (inRing.has(r)) problems.push(`/rings/${i}/members/${j}: rank ${r} is in ring '${ring.id}' twice`);
+      inRing.add(r);
+    }
+    if (enough()) return problems;
+  }
+  return problems;
+}

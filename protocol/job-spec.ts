@@ -47,13 +47,21 @@ export const TrainingSpec = Type.Object(
     evalEvery: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000, description: 'held-out evaluation interval in steps; 0 disables' })),
     evalBatches: Type.Optional(PositiveInt(10_000, 'held-out batches per evaluation')),
     checkpointEvery: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000, description: 'checkpoint interval in steps; 0: only at the end' })),
+    zero: Type.Optional(Type.Union([Type.Literal(0), Type.Literal(1)], { description: 'ZeRO stage: 1 shards the optimizer state over the data-parallel replicas' })),
   },
   { additionalProperties: false },
 );
 
 export const ParallelSpec = Type.Union([
   Type.Literal('auto'),
-  Type.Object({ data: PositiveInt(4096, 'data-parallel ranks') }, { additionalProperties: false }),
+  Type.Object(
+    {
+      data: PositiveInt(4096, 'data-parallel replicas'),
+      pipeline: Type.Optional(PositiveInt(256, 'pipeline stages (blocks split over this many agents); default 1')),
+      tensor: Type.Optional(PositiveInt(256, 'tensor-parallel shards per stage (must divide model.nHead); default 1')),
+    },
+    { additionalProperties: false },
+  ),
 ]);
 
 export const JobSpec = Type.Object(
@@ -73,7 +81,7 @@ export type JobSpec = Static<typeof JobSpec>;
 export interface ResolvedJobSpec extends JobSpec {
   data: Required<Static<typeof DataSpec>>;
   training: Required<Static<typeof TrainingSpec>>;
-  parallel: { data: number } | 'auto';
+  parallel: { data: number; pipeline: number; tensor: number } | 'auto';
 }
 
 export const TRAINING_DEFAULTS = Object.freeze({
@@ -89,6 +97,7 @@ export const TRAINING_DEFAULTS = Object.freeze({
   evalEvery: 0,
   evalBatches: 4,
   checkpointEvery: 0,
+  zero: 0 as 0 | 1,
 });
 
 const check = TypeCompiler.Compile(JobSpec);
@@ -106,7 +115,7 @@ export function validateJobSpec(raw: unknown): SpecResult {
     ...spec,
     data: { heldOutFraction: 0.05, ...spec.data },
     training,
-    parallel: spec.parallel ?? 'auto',
+    parallel: spec.parallel === undefined || spec.parallel === 'auto' ? 'auto' : { pipeline: 1, tensor: 1, ...spec.parallel },
   };
   const errors: string[] = [];
   const m = resolved.model;
@@ -121,6 +130,11 @@ export function validateJobSpec(raw: unknown): SpecResult {
     errors.push(`/training/batchSize ${training.batchSize} must divide evenly over /parallel/data ${ranks} ranks`);
   } else if (!Number.isInteger(perRank / training.microBatches)) {
     errors.push(`/training/batchSize per rank (${perRank}) must divide evenly into /training/microBatches ${training.microBatches}`);
+  }
+  if (resolved.parallel !== 'auto') {
+    const { pipeline, tensor } = resolved.parallel;
+    if (pipeline > m.nLayer) errors.push(`/parallel/pipeline ${pipeline} exceeds /model/nLayer ${m.nLayer}: every stage needs at least one block`);
+    if (m.nHead % tensor !== 0) errors.push(`/parallel/tensor ${tensor} must divide /model/nHead ${m.nHead}: attention is split by heads`);
   }
   return errors.length ? { ok: false, errors } : { ok: true, spec: resolved };
 }

@@ -1,18 +1,38 @@
 /**
- * The data plane: agent ⇄ agent links inside a group (a ring). The dialing agent says `peer.hello` with the
- * group's token (issued by the coordinator); the listener answers `peer.welcome` or closes with UNAUTHORIZED.
- * After that, data messages carry their tensor bytes as a raw attachment frame (never msgpack arrays).
+ * The data plane: agent ⇄ agent links inside a group. A group has one or more rings (control.ts `group.assign`);
+ * in each ring every member dials its successor in that ring, so there is one link per (ring, neighbour pair).
+ * The dialing agent says `peer.hello` with the group's token (issued by the coordinator) and the ring; the
+ * listener answers `peer.welcome` or closes with UNAUTHORIZED. After that, data messages carry their tensor bytes
+ * as a raw attachment frame (never msgpack arrays): collective segments (`ring.data`), link probes
+ * (`stream.data`) and point-to-point tensors between pipeline neighbours (`pipe.data`).
  */
 import { Type } from '@sinclair/typebox';
 import { Attach, Count, Id, Secret, Text, message, messageParser, type MessageOf } from './schema.ts';
 
-/** Largest attachment on a peer link: one pipelined segment. */
+/** The ring a group has when its assignment names none: every rank, in rank order. */
+export const WORLD_RING = 'world';
+
+/** A ring's id inside its group ('world', 'dp.0', 'pp.1', ...). */
+export const RingId = Type.String({ pattern: '^[A-Za-z0-9._-]{1,64}$' });
+/** What a point-to-point tensor is, so that sender and receiver agree (e.g. 'fwd:7' for micro-batch 7's activations). */
+export const PipeTag = Type.String({ pattern: '^[A-Za-z0-9._:-]{1,64}$' });
+
+/** Largest attachment on a peer link: one pipelined segment, or one point-to-point tensor. */
 export const MAX_PEER_ATTACHMENT = 64 * 1024 * 1024;
 export const MAX_PEER_FRAME = MAX_PEER_ATTACHMENT + 64 * 1024;
 
 export const peerMessages = {
-  /** "I am rank `rank` of group `groupId`; here is the group's token." Dialer → listener, first. */
-  'peer.hello': message('peer.hello', { protocol: Text(16), groupId: Id, token: Secret, rank: Count(65535) }),
+  /**
+   * "I am rank `rank` of group `groupId` (my group rank, not my position in the ring), dialing you as my successor
+   * in ring `ring` (absent: 'world'); here is the group's token." Dialer → listener, first.
+   */
+  'peer.hello': message('peer.hello', {
+    protocol: Text(16),
+    groupId: Id,
+    token: Secret,
+    rank: Count(65535),
+    ring: Type.Optional(RingId),
+  }),
   /** "Token accepted; I am rank `rank`." */
   'peer.welcome': message('peer.welcome', { rank: Count(65535) }),
   /**
@@ -30,8 +50,15 @@ export const peerMessages = {
   }),
   /** Raw bytes for link-capacity measurements; the receiver counts and drops them. */
   'stream.data': message('stream.data', { seq: Count(2 ** 52), attach: Attach(MAX_PEER_ATTACHMENT) }),
+  /**
+   * "Here is the tensor you will ask for under `tag`": float32 values (little-endian, `attach / 4` of them) sent
+   * to our successor on this link's ring, e.g. a pipeline stage's activations or their gradients. A tag is used
+   * once until the receiver has taken it; a second message under a tag still unreceived is refused.
+   */
+  'pipe.data': message('pipe.data', { tag: PipeTag, attach: Attach(MAX_PEER_ATTACHMENT) }),
 };
 
 export const parsePeerMessage = messageParser('peer', peerMessages);
 export type PeerMessage = MessageOf<typeof peerMessages>;
 export type RingData = MessageOf<{ a: (typeof peerMessages)['ring.data'] }>;
+export type PipeData = MessageOf<{ a: (typeof peerMessages)['pipe.data'] }>;

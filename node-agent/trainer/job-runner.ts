@@ -1,24 +1,29 @@
 /**
- * One rank of a data-parallel training job, on the agent's main thread: `runJob(start, ctx)` fetches the data
- * (and the checkpoint to resume from), starts the compute worker (trainer-worker.ts), and drives the steps:
+ * One rank of a training job, on the agent's main thread: `runJob(start, ctx)` fetches the data (and the checkpoint
+ * to resume from), starts the compute worker (trainer-worker.ts) and drives the steps. The rank is one cell of a
+ * data × pipeline × tensor layout (protocol/layout.ts); the worker holds its stage's blocks, cut to its
+ * tensor-parallel shard. Per step:
  *
- *   for step = start + 1 … steps:
- *     worker: forward/backward of this rank's micro-batches into the shared gradient buffer → 'reduce'
- *     main:   ring.allReduce(shared gradient) in place (the SUM over ranks) → 'reduced'
- *     worker: average, clip, AdamW → 'stepped' {local mean loss, tokens, timings}
- *     [every evalEvery steps and at the end: every rank evaluates its share of the held-out batches]
- *     main:   all-reduce [loss, tokens, evalLoss] (every rank's batch has the same shape, so the mean of the
- *             rank means is the global mean) → rank 0 sends job.progress
- *     [every checkpointEvery steps and at the end: rank 0 snapshots the state and, in the background while
- *      training goes on, saves a checkpoint folder, uploads its files and sends job.checkpoint]
- *   rank 0 uploads the Hugging Face files (config.json, model.safetensors, tokenizer.json) → job.finished ok
+ *   worker begin: this replica's batch, cut into m micro-batches
+ *   1F1B schedule (schedule.ts): for each action
+ *     F(i): activations from the previous stage (mailbox) → worker fwd → activations to the next stage
+ *     B(i): gradient from the next stage (mailbox)        → worker bwd → input gradient to the previous stage
+ *     (inside fwd/bwd the worker asks for tensor-parallel all-reduces: main runs them on the 'tp' ring)
+ *   tied:  first and last stage sum their wte gradients (the head is tied to the embedding)
+ *   data:  all-reduce the shard's gradient over the replicas (ZeRO-1: reduce-scatter, each rank keeps its range)
+ *   world: all-reduce [Σ squared gradient, Σ loss, tokens, per-stage busy and pipeline time] → the global norm
+ *   worker update: clip, AdamW (ZeRO-1: own range, then all-gather the parameters over 'data' and upload)
+ *   [every evalEvery steps and at the end: a forward-only pipeline over the held-out batches]
+ *   world rank 0 → job.progress
+ *   [every checkpointEvery steps and at the end: data-parallel rank 0 of every stage shard saves the shard's
+ *    checkpoint (with ZeRO-1 the moments are all-gathered first), uploads it in the background while training
+ *    goes on, and sends job.checkpoint; the coordinator merges the shards into one layout-free checkpoint]
  *
- * Every rank runs the same collectives in the same order (the schedule depends only on the step and the spec),
- * which the ring requires. Any failure ends in job.finished {ok: false, error} and never hangs: a peer that dies
- * makes our next collective time out (the ring's idle timeout), and `ctx.signal` (job.stop, lost control
- * connection, released group) terminates the worker at once and fails a collective in flight by aborting the ring.
- * A ring aborted that way stays broken; it would be out of step with its peers anyway, so a new attempt needs a
- * new group. `runJob` itself never throws: it resolves with the job.finished message it sent.
+ * Every rank runs the same collectives in the same order on each ring (the schedule depends only on the step, the
+ * spec and the layout), which the rings require. Any failure ends in job.finished {ok: false, error} and never
+ * hangs: a peer that dies makes our next collective or receive time out, and `ctx.signal` (job.stop, lost control
+ * connection, released group) terminates the worker at once and aborts the rings. An aborted ring stays broken; a
+ * new attempt needs a new group. `runJob` itself never throws: it resolves with the job.finished message it sent.
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -27,11 +32,16 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from '../../common/log.ts';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
+import { coordsOf, layoutName, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
 import { checkpointDirName, loadCheckpoint, MANIFEST_FILE, saveCheckpoint } from '../../model/checkpoint.ts';
+import { shardLayout, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
+import type { TensorMap } from '../../model/safetensors.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { Ring } from '../collectives/ring.ts';
+import type { Mailbox } from '../collectives/mailbox.ts';
 import type { BackendChoice } from '../compute/backend.ts';
-import type { FromWorker, ResumeState, ToWorker } from './messages.ts';
+import type { FromWorker, Placement, Ready, ResumeState, ToWorker } from './messages.ts';
+import { bubbleTheory, oneFOneB } from './schedule.ts';
 
 /** The part of ArtifactClient a job uses (tests pass an in-memory one). */
 export interface ArtifactStore {
@@ -40,9 +50,46 @@ export interface ArtifactStore {
   putAll(files: Record<string, Uint8Array>): Promise<Record<string, string>>;
 }
 
+/** This rank's rings and pipeline links (protocol/layout.ts names them). */
+export interface JobLinks {
+  world: Ring; // every rank
+  data: Ring; // the replicas of our stage shard
+  tensor: Ring; // the tensor-parallel shards of our stage
+  tied: Ring | null; // first ↔ last stage of our replica (p > 1, on those two stages only)
+  prev: Mailbox | null; // to and from the previous stage
+  next: Mailbox | null; // to and from the next stage
+}
+
+/** What a group offers; agent.ts passes its Group. */
+export interface RingSource {
+  ringOf(id: string): Ring;
+  mailbox(id: string): Mailbox;
+}
+
+/** The links of `rank` in `placement`'s layout, looked up by the names both sides derive. */
+export function jobLinks(group: RingSource, placement: Placement): JobLinks {
+  const { layout, rank } = placement;
+  const { dp, pp, tp } = coordsOf(rank, layout);
+  const last = layout.pipeline - 1;
+  return {
+    world: group.ringOf(ringIds.world),
+    data: group.ringOf(ringIds.data(pp, tp)),
+    tensor: group.ringOf(ringIds.tensor(dp, pp)),
+    tied: last > 0 && (pp === 0 || pp === last) ? group.ringOf(ringIds.tied(dp, tp)) : null,
+    prev: pp > 0 ? group.mailbox(ringIds.pipe(dp, tp, pp - 1)) : null,
+    next: pp < last ? group.mailbox(ringIds.pipe(dp, tp, pp)) : null,
+  };
+}
+
+/** job.start's plan, or for a job.start without one, plain data parallelism over its world. */
+export function placementOf(start: JobStart, spec: ResolvedJobSpec): Placement {
+  const plan = start.plan;
+  if (plan) return { layout: plan.layout, stages: plan.stages.map(([a, b]) => [a, b] as [number, number]), microBatches: plan.microBatches, zero: plan.zero, rank: start.rank };
+  return { layout: { data: start.world, pipeline: 1, tensor: 1 }, stages: [[0, spec.model.nLayer]], microBatches: spec.training.microBatches, zero: spec.training.zero, rank: start.rank };
+}
+
 export interface JobContext {
-  /** The linked ring of the job's group (size = world, our rank = start.rank). */
-  ring: Ring;
+  links: JobLinks | ((placement: Placement) => JobLinks);
   artifacts: ArtifactStore;
   /** To the coordinator; dropped by the caller when the control connection is down. */
   send(msg: AgentMessage): void;
@@ -54,23 +101,25 @@ export interface JobContext {
   workDir: string;
   /** Keep `<workDir>/<jobId>` after the job (default: deleted; everything that matters is uploaded). */
   keepWorkDir?: boolean;
+  /** How long a pipeline receive may wait (default 5 minutes; the rings have their own idle timeout). */
+  recvTimeoutMs?: number;
 }
 
 export type JobFinished = Extract<AgentMessage, { type: 'job.finished' }>;
-
 
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$/;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).slice(0, 2048);
 
 export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinished> {
-  const { jobId, attempt, rank, world } = start;
+  const { jobId, attempt, rank } = start;
   const log = ctx.log;
   const jobDir = join(ctx.workDir, jobId);
+  const recvMs = ctx.recvTimeoutMs ?? 5 * 60_000;
   let step = start.resume?.step ?? 0;
   let worker: TrainerWorker | null = null;
+  let links: JobLinks | null = null;
   let checkpointing: Promise<void> = Promise.resolve();
-  let inCollective = false;
 
   // Everything awaited below races this, so a stop is acted on at once, whatever we are waiting for.
   let onAbort!: (err: Error) => void;
@@ -80,7 +129,8 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
   const abortListener = () => {
     const err = abortError();
     worker?.terminate();
-    if (inCollective) ctx.ring.abort(err); // a collective in flight would otherwise wait for its idle timeout
+    // A collective in flight would otherwise wait for its idle timeout; these rings are done for this attempt.
+    if (links) for (const r of [links.world, links.data, links.tensor, links.tied]) r?.abort(err);
     onAbort(err);
   };
   const race = <T>(p: Promise<T>): Promise<T> => Promise.race([p, aborted]);
@@ -94,89 +144,154 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
     if (!checked.ok) throw new Error(`invalid job spec: ${checked.errors.join('; ')}`);
     const spec = checked.spec;
     const t = spec.training;
-    if (ctx.ring.size !== world || ctx.ring.rank !== rank) {
-      throw new Error(`the group's ring is rank ${ctx.ring.rank} of ${ctx.ring.size}, but the job says rank ${rank} of ${world}`);
+    const placement = placementOf(start, spec);
+    const { layout, microBatches, zero } = placement;
+    if (worldSize(layout) !== start.world) throw new Error(`layout ${layoutName(layout)} has ${worldSize(layout)} ranks, the job says ${start.world}`);
+    const coords = coordsOf(rank, layout);
+    const [firstLayer, endLayer] = placement.stages[coords.pp] ?? [];
+    if (firstLayer === undefined || endLayer === undefined || placement.stages.length !== layout.pipeline) {
+      throw new Error(`the plan gives ${placement.stages.length} stage bounds for ${layout.pipeline} stages`);
     }
-    if (t.batchSize % world !== 0 || (t.batchSize / world) % t.microBatches !== 0) {
-      throw new Error(`training.batchSize ${t.batchSize} does not split into ${world} ranks × ${t.microBatches} micro-batches`);
-    }
+    const shard: ShardSpec = { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor };
+    const layoutOfShard = shardLayout(spec.model, shard); // validates the shard against the model
+    links = typeof ctx.links === 'function' ? ctx.links(placement) : ctx.links;
+    const { world, data, tensor, tied, prev, next } = links;
+    if (world.size !== start.world || world.rank !== rank) throw new Error(`the world ring is rank ${world.rank} of ${world.size}, the job says rank ${rank} of ${start.world}`);
+    if (data.size !== layout.data || tensor.size !== layout.tensor) throw new Error(`the data/tensor rings have ${data.size}/${tensor.size} ranks, the layout ${layoutName(layout)}`);
 
     // 1. data and checkpoint
     const dataDir = join(jobDir, 'data');
     await race(download(ctx.artifacts, start.data, dataDir, 'data file'));
     let resume: ResumeState | undefined;
-    if (start.resume) resume = await race(fetchResume(ctx.artifacts, start.resume, join(jobDir, 'resume'), spec));
-    log.info(`job ${jobId} attempt ${attempt}: rank ${rank}/${world}, ${Object.keys(start.data).length} data files${resume ? `, resuming after step ${resume.step}` : ''}`);
+    if (start.resume) resume = await race(fetchResume(ctx.artifacts, start.resume, join(jobDir, 'resume'), spec, shard));
+    log.info(`job ${jobId} attempt ${attempt}: rank ${rank}/${start.world} of ${layoutName(layout)} (replica ${coords.dp}, stage ${coords.pp} ` +
+      `blocks [${firstLayer}, ${endLayer}), shard ${coords.tp})${resume ? `, resuming after step ${resume.step}` : ''}`);
 
     // 2. the worker
     worker = new TrainerWorker(ctx.backend);
     if (ctx.signal.aborted) worker.terminate();
-    const ready = await race(worker.request({ type: 'init', spec, rank, world, dataDir, seed: t.seed, ...(resume ? { resume } : {}) }, 'ready'));
-    const grads = new Float32Array(ready.grads);
-    log.info(`job ${jobId}: worker ready on ${ready.backend}, ${ready.params} parameters, starting at step ${ready.step + 1} of ${t.steps}`);
+    const ready = await race(worker.request({ type: 'init', spec, placement, dataDir, ...(resume ? { resume } : {}) }, 'ready'));
+    const params = new Float32Array(ready.params), grads = new Float32Array(ready.grads);
+    worker.serveTensorParallel(ready, tensor);
+    const optimizerBytes = 2 * 4 * (ready.optimizerRange[1] - ready.optimizerRange[0]);
+    log.info(`job ${jobId}: worker ready on ${ready.backend}, ${ready.paramCount} parameters here (optimizer state ${(optimizerBytes / 1e6).toFixed(2)} MB), ` +
+      `starting at step ${ready.step + 1} of ${t.steps}`);
 
-    const collective = async (buf: Float32Array) => {
-      inCollective = true;
-      try {
-        await race(ctx.ring.allReduce(buf));
-      } finally {
-        inCollective = false;
-      }
-    };
+    const schedule = oneFOneB(coords.pp, layout.pipeline, microBatches);
+    const w = worker;
+    const stageCount = layout.pipeline;
+    const reportsStage = coords.dp === 0 && coords.tp === 0; // one voice per stage in the world sums
+    const countsLoss = !next && coords.tp === 0; // the last stage's first shard, in every replica
 
     // 3. the steps
-    const metrics = new Float32Array(3);
-    let evalSkipped = '';
     for (let s = step + 1; s <= t.steps; s++) {
       const t0 = performance.now();
-      let allreduceMs = 0;
-      const stepped = await race(
-        worker.request({ type: 'step', step: s }, 'stepped', async () => {
-          const r0 = performance.now();
-          await collective(grads);
-          allreduceMs += performance.now() - r0;
-        }),
-      );
+      const begun = await race(w.request({ type: 'begin', step: s }, 'begun'));
+      const sends: Array<Promise<void>> = [];
+      let busyMs = 0, lossSum = 0, tokens = 0;
+      for (const a of schedule) {
+        if (a.op === 'F') {
+          const acts = prev ? await race(prev.recv(`a.${s}.${a.mb}`, recvMs)) : undefined;
+          const r = await race(w.request({ type: 'fwd', mb: a.mb, ...(acts ? { acts } : {}) }, 'fwdDone', acts ? [acts.buffer as ArrayBuffer] : []));
+          busyMs += r.busyMs;
+          if (r.out && next) sends.push(next.send(`a.${s}.${a.mb}`, r.out));
+        } else {
+          const gradOut = next ? await race(next.recv(`g.${s}.${a.mb}`, recvMs)) : undefined;
+          const r = await race(w.request({ type: 'bwd', mb: a.mb, ...(gradOut ? { gradOut } : {}) }, 'bwdDone', gradOut ? [gradOut.buffer as ArrayBuffer] : []));
+          busyMs += r.busyMs;
+          if (r.loss !== undefined) {
+            lossSum += r.loss;
+            tokens += r.tokens;
+          }
+          if (r.gradIn && prev) sends.push(prev.send(`g.${s}.${a.mb}`, r.gradIn));
+        }
+      }
+      await race(Promise.all(sends));
+      const pipelineMs = performance.now() - t0;
+
+      const r0 = performance.now();
+      if (tied && ready.tiedRange) await race(tied.allReduce(grads.subarray(ready.tiedRange[0], ready.tiedRange[1])));
+      if (layout.data > 1) await race(zero ? data.reduceScatter(grads).then(() => {}) : data.allReduce(grads));
+      const normed = await race(w.request({ type: 'norm' }, 'normed'));
+      // [Σ g², Σ loss, tokens, busy ms per stage…, pipeline ms per stage…]
+      const sums = new Float64Array(3 + 2 * stageCount);
+      sums[0] = normed.sumsq;
+      if (countsLoss) {
+        sums[1] = lossSum;
+        sums[2] = tokens;
+      }
+      if (reportsStage) {
+        sums[3 + coords.pp] = busyMs;
+        sums[3 + stageCount + coords.pp] = pipelineMs;
+      }
+      const reduced = Float32Array.from(sums);
+      await race(world.allReduce(reduced));
+      const gradNorm = Math.sqrt(reduced[0]!);
+      const updated = await race(w.request({ type: 'update', gradNorm }, 'updated'));
+      if (zero && layout.data > 1) {
+        await race(data.allGather(params));
+        await race(w.request({ type: 'upload' }, 'uploaded'));
+      }
       step = s;
-      const trainMs = performance.now() - t0;
-      const evalNow = s === t.steps || (t.evalEvery > 0 && s % t.evalEvery === 0);
-      const evaluated = evalNow ? await race(worker.request({ type: 'eval' }, 'evaluated')) : null;
-      if (evaluated?.skipped && !evalSkipped) log.warn(`job ${jobId}: no held-out evaluation: ${(evalSkipped = evaluated.skipped)}`);
-      metrics[0] = stepped.loss;
-      metrics[1] = stepped.tokens;
-      metrics[2] = evaluated?.loss ?? 0;
-      const m0 = performance.now();
-      await collective(metrics);
-      const loss = metrics[0]! / world, tokens = metrics[1]!;
-      const evalLoss = evaluated && Number.isFinite(metrics[2]) ? metrics[2]! / world : undefined;
-      const stepMs = trainMs + (performance.now() - m0); // the evaluation is not part of the step's time
-      const tokensPerS = tokens / Math.max(stepMs / 1000, 1e-9);
+      const stepMs = performance.now() - t0;
+      const allreduceMs = performance.now() - r0 - updated.updateMs;
+      const loss = reduced[1]! / (layout.data * microBatches);
+      const globalTokens = reduced[2]!;
+      const stageBusyMs = Array.from(reduced.subarray(3, 3 + stageCount));
+      const stagePipelineMs = Array.from(reduced.subarray(3 + stageCount, 3 + 2 * stageCount));
       if (!Number.isFinite(loss)) throw new Error(`step ${s}: the loss is ${loss}`);
+
+      // held-out evaluation: a forward-only pipeline
+      let evalLoss: number | undefined;
+      const evalNow = s === t.steps || (t.evalEvery > 0 && s % t.evalEvery === 0);
+      if (evalNow) {
+        const begunEval = await race(w.request({ type: 'evalBegin' }, 'evalBegun'));
+        if (begunEval.skipped) log.warn(`job ${jobId}: no held-out evaluation: ${begunEval.skipped}`);
+        let evalSum = 0;
+        for (let i = 0; i < begunEval.microBatches; i++) {
+          const acts = prev ? await race(prev.recv(`e.${s}.${i}`, recvMs)) : undefined;
+          const r = await race(w.request({ type: 'evalFwd', mb: i, ...(acts ? { acts } : {}) }, 'evalDone', acts ? [acts.buffer as ArrayBuffer] : []));
+          if (r.out && next) sends.push(next.send(`e.${s}.${i}`, r.out));
+          if (r.loss !== undefined) evalSum += r.loss;
+        }
+        await race(Promise.all(sends));
+        const ev = Float32Array.of(countsLoss ? evalSum : 0, countsLoss ? begunEval.microBatches : 0);
+        await race(world.allReduce(ev));
+        if (ev[1]! > 0) evalLoss = ev[0]! / ev[1]!;
+      }
+
+      const tokensPerS = globalTokens / Math.max(stepMs / 1000, 1e-9);
+      const window = Math.max(...stagePipelineMs);
+      const bubble = window > 0 ? 1 - stageBusyMs.reduce((a, b) => a + b, 0) / (stageCount * window) : 0;
       log.info(`job ${jobId} step ${s}/${t.steps} loss ${loss.toFixed(4)}${evalLoss !== undefined ? ` eval ${evalLoss.toFixed(4)}` : ''} ` +
-        `${Math.round(tokensPerS)} tok/s (${stepMs.toFixed(0)} ms, all-reduce ${allreduceMs.toFixed(0)} ms)`);
+        `${Math.round(tokensPerS)} tok/s (${stepMs.toFixed(0)} ms: pipeline ${pipelineMs.toFixed(0)}, busy ${busyMs.toFixed(0)}, reduce ${allreduceMs.toFixed(0)}` +
+        `${stageCount > 1 ? `, bubble ${(bubble * 100).toFixed(1)}% vs ${(bubbleTheory(stageCount, microBatches) * 100).toFixed(1)}% in theory` : ''})`);
       if (rank === 0) {
         ctx.send({
-          type: 'job.progress', jobId, attempt, rank, step: s, loss, ...(evalLoss !== undefined ? { evalLoss } : {}), lr: stepped.lr,
-          tokensPerS, stepMs, computeMs: stepped.computeMs + stepped.updateMs, allreduceMs,
+          type: 'job.progress', jobId, attempt, rank, step: s, loss, ...(evalLoss !== undefined ? { evalLoss } : {}), lr: begun.lr,
+          tokensPerS, stepMs, computeMs: busyMs + updated.updateMs, allreduceMs,
+          pipelineMs: window, stageBusyMs, bubble, optimizerBytes, paramCount: ready.paramCount,
         });
-        const checkpointNow = s === t.steps || (t.checkpointEvery > 0 && s % t.checkpointEvery === 0);
-        if (checkpointNow) {
+      }
+
+      const checkpointNow = s === t.steps || (t.checkpointEvery > 0 && s % t.checkpointEvery === 0);
+      if (checkpointNow) {
+        const snap = await race(w.request({ type: 'export' }, 'exported'));
+        if (zero && layout.data > 1) {
+          await race(data.allGather(snap.expAvg)); // each rank's range → the whole shard's moments
+          await race(data.allGather(snap.expAvgSq));
+        }
+        if (coords.dp === 0) {
           await race(checkpointing); // one upload at a time; its failure fails the job here
-          const snap = await race(worker.request({ type: 'export' }, 'exported'));
-          checkpointing = saveAndUpload(ctx, start, spec, snap, join(jobDir, 'checkpoints'));
+          checkpointing = saveAndUpload(ctx, start, spec, { shard, layout: layoutOfShard, coords, placement }, snap, join(jobDir, 'checkpoints'));
           checkpointing.catch(() => {}); // awaited (and its error raised) before the next one and at the end
         }
       }
     }
 
-    // 4. the end
+    // 4. the end: the coordinator registers the model from the final checkpoint's merged shards
     await race(checkpointing);
-    let files: Record<string, string> | undefined;
-    if (rank === 0) {
-      const hf = await race(worker.request({ type: 'exportHf' }, 'hf'));
-      files = await race(ctx.artifacts.putAll(hf.files));
-    }
-    finished = { type: 'job.finished', jobId, attempt, rank, ok: true, step, ...(files ? { files } : {}) };
+    finished = { type: 'job.finished', jobId, attempt, rank, ok: true, step };
     log.info(`job ${jobId}: finished ${step} steps`);
   } catch (err) {
     const error = ctx.signal.aborted ? abortError().message : errorText(err);
@@ -214,8 +329,20 @@ async function download(store: ArtifactStore, files: Record<string, string>, dir
   }
 }
 
-/** Downloads a checkpoint's files into `<root>/step-NNNNNN`, verifies it (loadCheckpoint) and checks it fits the job. */
-async function fetchResume(store: ArtifactStore, resume: NonNullable<JobStart['resume']>, root: string, spec: ResolvedJobSpec): Promise<ResumeState> {
+/** The shard a checkpoint's state.json says it holds; a checkpoint without one holds the whole model. */
+export function checkpointShard(state: Record<string, unknown>, nLayer: number): ShardSpec {
+  const s = state.shard as ShardSpec | undefined;
+  return s ?? { stage: 0, stages: 1, firstLayer: 0, endLayer: nLayer, tpRank: 0, tpSize: 1 };
+}
+
+const sameShard = (a: ShardSpec, b: ShardSpec) =>
+  a.stage === b.stage && a.stages === b.stages && a.firstLayer === b.firstLayer && a.endLayer === b.endLayer && a.tpRank === b.tpRank && a.tpSize === b.tpSize;
+
+/**
+ * Downloads a checkpoint's files into `<root>/step-NNNNNN`, verifies it (loadCheckpoint) and checks that it fits
+ * the job and holds exactly our shard (the coordinator reshards the layout-free checkpoint for each shard).
+ */
+async function fetchResume(store: ArtifactStore, resume: NonNullable<JobStart['resume']>, root: string, spec: ResolvedJobSpec, shard: ShardSpec): Promise<ResumeState> {
   const dir = join(root, checkpointDirName(resume.step));
   await rm(dir, { recursive: true, force: true });
   if (!Object.hasOwn(resume.files, MANIFEST_FILE)) throw new Error(`resume checkpoint of step ${resume.step}: its files lack ${MANIFEST_FILE}`);
@@ -227,42 +354,56 @@ async function fetchResume(store: ArtifactStore, resume: NonNullable<JobStart['r
   if (!saved || typeof saved !== 'object' || JSON.stringify(saved.model) !== JSON.stringify(spec.model)) {
     throw bad(`state.json's model ${JSON.stringify(saved?.model)} is not this job's ${JSON.stringify(spec.model)}`);
   }
+  const held = checkpointShard(ckpt.state as Record<string, unknown>, spec.model.nLayer);
+  if (!sameShard(held, shard)) throw bad(`it holds shard ${JSON.stringify(held)}, this rank needs ${JSON.stringify(shard)}`);
   const cursor = ckpt.state.cursor as unknown as ShardCursor | undefined;
   if (!cursor || !Number.isInteger(cursor.shard) || !Number.isInteger(cursor.offset)) throw bad(`state.json has no data cursor`);
   if (ckpt.optimizer.step !== resume.step) throw bad(`optimizer.safetensors has ${ckpt.optimizer.step} updates, not ${resume.step}`);
   return { model: ckpt.model, optimizer: ckpt.optimizer, step: resume.step, cursor: { shard: cursor.shard, offset: cursor.offset } };
 }
 
-/** Rank 0: writes the snapshot as a checkpoint folder, uploads its files and tells the coordinator. */
+/** Named tensors (local shapes) of a flat shard buffer. */
+function tensorsOf(flat: Float32Array, layout: ShardLayout): TensorMap {
+  return Object.fromEntries(layout.specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: flat.subarray(s.offset, s.offset + s.size) }]));
+}
+
+/** Data-parallel rank 0 of a stage shard: writes the snapshot as a shard checkpoint, uploads it, tells the coordinator. */
 async function saveAndUpload(
   ctx: JobContext,
   start: JobStart,
   spec: ResolvedJobSpec,
+  where: { shard: ShardSpec; layout: ShardLayout; coords: Coords; placement: Placement },
   snap: Extract<FromWorker, { type: 'exported' }>,
   root: string,
 ): Promise<void> {
   const t0 = performance.now();
-  const saved = await saveCheckpoint(root, snap.step, {
-    model: snap.model,
-    optimizer: snap.optimizer,
-    state: { step: snap.step, cursor: { shard: snap.cursor.shard, offset: snap.cursor.offset }, spec: spec as never, world: start.world, jobId: start.jobId, attempt: start.attempt },
+  const { shard, layout, placement } = where;
+  const saved = await saveCheckpoint(join(root, `shard-${shard.stage}-${shard.tpRank}`), snap.step, {
+    model: tensorsOf(snap.params, layout),
+    optimizer: { step: snap.optimizerStep, expAvg: tensorsOf(snap.expAvg, layout), expAvgSq: tensorsOf(snap.expAvgSq, layout) },
+    state: {
+      step: snap.step, cursor: { shard: snap.cursor.shard, offset: snap.cursor.offset }, spec: spec as never, shard: { ...shard },
+      layout: { ...placement.layout }, world: start.world, jobId: start.jobId, attempt: start.attempt,
+    },
   });
   const bytes: Record<string, Uint8Array> = {};
   for (const name of [...Object.keys(saved.manifest.files), MANIFEST_FILE]) bytes[name] = await readFile(join(saved.dir, name));
   const files = await ctx.artifacts.putAll(bytes);
   if (ctx.signal.aborted) return;
-  ctx.send({ type: 'job.checkpoint', jobId: start.jobId, attempt: start.attempt, step: snap.step, files });
-  ctx.log.info(`job ${start.jobId}: checkpoint of step ${snap.step} uploaded (${(performance.now() - t0).toFixed(0)} ms)`);
+  ctx.send({ type: 'job.checkpoint', jobId: start.jobId, attempt: start.attempt, step: snap.step, files, shard: { stage: shard.stage, tp: shard.tpRank } });
+  ctx.log.info(`job ${start.jobId}: checkpoint of step ${snap.step} (stage ${shard.stage}, shard ${shard.tpRank}) uploaded (${(performance.now() - t0).toFixed(0)} ms)`);
 }
 
 type Reply<K extends FromWorker['type']> = Extract<FromWorker, { type: K }>;
 
-/** The compute worker, one request at a time. */
+/** The compute worker: one request at a time, plus the tensor-parallel all-reduces it asks for meanwhile. */
 class TrainerWorker {
   readonly #worker: Worker;
-  #pending: { expect: string; resolve(m: FromWorker): void; reject(e: Error): void; onReduce?: () => Promise<void> } | null = null;
+  #pending: { expect: string; resolve(m: FromWorker): void; reject(e: Error): void } | null = null;
   #dead: Error | null = null;
   #exited: Promise<void>;
+  #tp: { data: Float32Array; flag: Int32Array; ring: Ring } | null = null;
+  #tpError: Error | null = null;
 
   constructor(backend: BackendChoice) {
     this.#worker = new Worker(new URL('../compute/worker-boot.mjs', import.meta.url), {
@@ -274,12 +415,17 @@ class TrainerWorker {
     this.#worker.on('exit', (code) => this.#fail(new Error(`trainer worker exited (code ${code})`)));
   }
 
-  request<K extends FromWorker['type']>(msg: ToWorker, expect: K, onReduce?: () => Promise<void>): Promise<Reply<K>> {
+  /** From now on, the worker's `tp` requests run on `ring` over the shared scratch buffer. */
+  serveTensorParallel(ready: Ready, ring: Ring): void {
+    this.#tp = { data: new Float32Array(ready.tpData), flag: new Int32Array(ready.tpFlag), ring };
+  }
+
+  request<K extends FromWorker['type']>(msg: ToWorker, expect: K, transfer: ArrayBuffer[] = []): Promise<Reply<K>> {
     if (this.#dead) return Promise.reject(this.#dead);
     if (this.#pending) return Promise.reject(new Error(`trainer worker is busy with a ${this.#pending.expect} request`));
     return new Promise<Reply<K>>((resolve, reject) => {
-      this.#pending = { expect, resolve: resolve as (m: FromWorker) => void, reject, ...(onReduce ? { onReduce } : {}) };
-      this.#worker.postMessage(msg);
+      this.#pending = { expect, resolve: resolve as (m: FromWorker) => void, reject };
+      this.#worker.postMessage(msg, transfer);
     });
   }
 
@@ -290,20 +436,34 @@ class TrainerWorker {
   }
 
   #onMessage(m: FromWorker): void {
+    if (m.type === 'tp') return this.#allReduceForWorker(m.elems);
     const p = this.#pending;
     if (!p) return;
-    if (m.type === 'reduce') {
-      if (!p.onReduce) return this.#settle(new Error('the worker asked for an all-reduce outside a step'));
-      p.onReduce().then(
-        () => this.#worker.postMessage({ type: 'reduced' } satisfies ToWorker),
-        (err: Error) => this.#settle(err),
-      );
-      return;
-    }
-    if (m.type === 'failed') return this.#settle(new Error(m.error));
+    if (m.type === 'failed') return this.#settle(this.#tpError ?? new Error(m.error));
     if (m.type !== p.expect) return this.#settle(new Error(`the worker answered ${m.type} to a request for ${p.expect}`));
     this.#pending = null;
     p.resolve(m);
+  }
+
+  #allReduceForWorker(elems: number): void {
+    const tp = this.#tp;
+    const wake = (value: 1 | 2) => {
+      if (!tp) return;
+      Atomics.store(tp.flag, 0, value);
+      Atomics.notify(tp.flag, 0);
+    };
+    if (!tp || elems > tp.data.length) {
+      this.#settle(new Error(`the worker asked for a tensor-parallel all-reduce of ${elems} floats it cannot have`));
+      return wake(2);
+    }
+    tp.ring.allReduce(tp.data.subarray(0, elems)).then(
+      () => wake(1),
+      (err: Error) => {
+        this.#tpError = err; // the worker fails its request with a generic message; this is the one worth reporting
+        this.#settle(err);
+        wake(2);
+      },
+    );
   }
 
   #settle(err: Error): void {
@@ -317,4 +477,3 @@ class TrainerWorker {
     this.#settle(this.#dead);
   }
 }
-

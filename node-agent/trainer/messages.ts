@@ -1,41 +1,57 @@
 /**
  * The messages between a job's main-thread runner (job-runner.ts) and its compute worker (trainer-worker.ts).
  *
- * The worker owns TensorFlow.js, the GPT, AdamW, the TrainState and the data readers; the main thread owns the
- * network (the ring, the coordinator, the artifact store). At init the worker allocates the gradient buffer on a
- * SharedArrayBuffer and hands it over in `ready`: both threads then see the same float32 memory, so the ring
- * all-reduce runs in place on it with no copies.
+ * The worker owns TensorFlow.js, this agent's StageModel (its pipeline stage and tensor-parallel shard), AdamW
+ * (over the whole shard, or with ZeRO-1 over this data-parallel rank's range of it) and the data readers; the main
+ * thread owns the network (rings, pipeline mailboxes, the coordinator, the artifact store) and drives the schedule.
+ * At init the worker allocates on SharedArrayBuffers: the shard's parameters and gradients (main all-reduces,
+ * reduce-scatters and all-gathers them in place) and a tensor-parallel scratch buffer with a flag word.
  *
  * One request at a time, each answered once (or with `failed`):
  *
  *   main → worker            worker → main
- *   init                     ready {grads: SharedArrayBuffer, …}
- *   step {step}              reduce          (only with world > 1: the gradient is in the shared buffer)
- *     reduced                                (main has all-reduced the shared buffer in place: the SUM over ranks)
- *                            stepped {loss, tokens, computeMs, reduceMs, updateMs, lr, cursor}
- *   eval                     evaluated {loss, batches}
- *   export                   exported {step, cursor, model, optimizer}
- *   exportHf                 hf {files}
- *   (any request)            failed {error}
+ *   init                     ready {params, grads, tpData, tpFlag, …}
+ *   begin {step}             begun {lr}                 reads this step's batch, zeroes the gradient
+ *   fwd {mb, acts?}          fwdDone {out?, busyMs}     not on the last stage (which has nothing to send)
+ *   bwd {mb, gradOut?}       bwdDone {gradIn?, loss?, busyMs}
+ *   norm                     normed {sumsq}             after main reduced the gradient: averages it over the
+ *                                                       data-parallel ranks and sums the squares this rank counts
+ *   update {gradNorm}        updated {updateMs}         clip + AdamW (+ upload, unless ZeRO-1: then main
+ *   upload                   uploaded                   all-gathers the parameters first and asks for `upload`)
+ *   evalBegin                evalBegun {microBatches}
+ *   evalFwd {mb, acts?}      evalDone {out?, loss?}
+ *   export                   exported {…}               parameters and full-length moments (own range filled)
  *
- * Hand-off of the shared buffer: the worker writes the gradient, then posts `reduce` and does nothing until
- * `reduced` arrives; main only touches the buffer between those two messages. postMessage is the synchronisation
- * (the sender's writes happen before the receiver's handler runs), so no Atomics are needed.
+ * And one request from the worker in the middle of fwd/bwd: `tp {elems}` asks main to all-reduce the first
+ * `elems` floats of tpData over the tensor-parallel ring. The worker then blocks in Atomics.wait on tpFlag[0]
+ * until main stores 1 (done) or 2 (failed) and notifies: tfjs runs gradient functions synchronously, so the
+ * collective has to look synchronous to it (model/stage-model.ts).
+ *
+ * Hand-off of shared memory: main touches params/grads only between the worker's reply to one request and the
+ * next request (and tpData only between `tp` and the flag); postMessage and Atomics order the writes.
  */
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
+import type { ParallelLayout } from '../../protocol/layout.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 
-export interface OptimizerSnapshot {
-  step: number; // AdamW updates applied (bias correction)
-  expAvg: TensorMap;
-  expAvgSq: TensorMap;
+/** Where this agent sits in the job: what job.start's plan and rank say. */
+export interface Placement {
+  layout: ParallelLayout;
+  /** [firstLayer, endLayer) of every pipeline stage. */
+  stages: Array<[number, number]>;
+  /** Micro-batches per data-parallel rank per step. */
+  microBatches: number;
+  /** 1: ZeRO-1 (optimizer state sharded over the data-parallel ranks). */
+  zero: 0 | 1;
+  rank: number;
 }
 
 export interface ResumeState {
-  /** The weights by GPT-2 name (a checkpoint's model.safetensors). */
+  /** This shard's weights by GPT-2 name, local shapes (a shard checkpoint's model.safetensors). */
   model: TensorMap;
-  optimizer: OptimizerSnapshot;
+  /** The shard's AdamW moments by parameter name (whole shard, even with ZeRO-1), and AdamW's step. */
+  optimizer: { step: number; expAvg: TensorMap; expAvgSq: TensorMap };
   /** Optimizer steps done: the next step run is step + 1. */
   step: number;
   /** Where the next global training batch starts. */
@@ -43,31 +59,41 @@ export interface ResumeState {
 }
 
 export type ToWorker =
-  | { type: 'init'; spec: ResolvedJobSpec; rank: number; world: number; dataDir: string; seed: number; resume?: ResumeState }
-  | { type: 'step'; step: number }
-  | { type: 'reduced' }
-  | { type: 'eval' }
-  | { type: 'export' }
-  | { type: 'exportHf' };
+  | { type: 'init'; spec: ResolvedJobSpec; placement: Placement; dataDir: string; resume?: ResumeState }
+  | { type: 'begin'; step: number }
+  | { type: 'fwd'; mb: number; acts?: Float32Array }
+  | { type: 'bwd'; mb: number; gradOut?: Float32Array }
+  | { type: 'norm' }
+  | { type: 'update'; gradNorm: number }
+  | { type: 'upload' }
+  | { type: 'evalBegin' }
+  | { type: 'evalFwd'; mb: number; acts?: Float32Array }
+  | { type: 'export' };
 
-export interface SteppedMsg {
-  type: 'stepped';
+export interface Ready {
+  type: 'ready';
+  params: SharedArrayBuffer; // the shard's parameters, float32, shard layout order
+  grads: SharedArrayBuffer; // its gradient, same layout
+  tpData: SharedArrayBuffer; // tensor-parallel scratch: one micro-batch of activations
+  tpFlag: SharedArrayBuffer; // Int32Array(1): 0 waiting, 1 reduced, 2 failed
+  paramCount: number; // elements in this shard
+  optimizerRange: [number, number]; // the [start, end) of the shard AdamW updates on this rank
+  tiedRange: [number, number] | null; // wte.weight's [offset, end) when both first and last stage hold a copy
+  backend: string;
   step: number;
-  loss: number; // mean over this rank's micro-batches (not reduced)
-  tokens: number; // this rank's tokens
-  lr: number;
-  gradNorm: number;
-  computeMs: number; // forward + backward
-  reduceMs: number; // inside reduceGrads, as the worker saw it
-  updateMs: number; // clip + AdamW + upload
-  cursor: ShardCursor; // where the next step reads
+  cursor: ShardCursor;
 }
 
 export type FromWorker =
-  | { type: 'ready'; grads: SharedArrayBuffer; params: number; backend: string; step: number; cursor: ShardCursor }
-  | { type: 'reduce' }
-  | SteppedMsg
-  | { type: 'evaluated'; loss: number; batches: number; skipped?: string } // skipped: why (loss NaN)
-  | { type: 'exported'; step: number; cursor: ShardCursor; model: TensorMap; optimizer: OptimizerSnapshot }
-  | { type: 'hf'; files: Record<string, Uint8Array> }
+  | Ready
+  | { type: 'begun'; lr: number }
+  | { type: 'fwdDone'; out?: Float32Array; busyMs: number }
+  | { type: 'bwdDone'; gradIn?: Float32Array; loss?: number; tokens: number; busyMs: number }
+  | { type: 'normed'; sumsq: number }
+  | { type: 'updated'; updateMs: number }
+  | { type: 'uploaded' }
+  | { type: 'evalBegun'; microBatches: number; skipped?: string } // skipped: why there is no held-out evaluation
+  | { type: 'evalDone'; out?: Float32Array; loss?: number }
+  | { type: 'exported'; step: number; cursor: ShardCursor; params: Float32Array; expAvg: Float32Array; expAvgSq: Float32Array; optimizerStep: number }
+  | { type: 'tp'; elems: number }
   | { type: 'failed'; error: string };

@@ -1,15 +1,15 @@
 /**
- * The compute side of one data-parallel rank, in a worker thread (wasm compute blocks its thread, and the main
+ * The compute side of one rank of a training job, in a worker thread (wasm compute blocks its thread, and the main
  * thread must keep heartbeats and peer traffic flowing). Started through compute/worker-boot.mjs with workerData
- * `{ entry, backend }`; the message protocol is in messages.ts.
+ * `{ entry, backend }`; the message protocol and the shared-memory hand-offs are in messages.ts.
  *
- * It holds the GPT, AdamW and the TrainState, whose gradient buffer lives on a SharedArrayBuffer that main
- * all-reduces in place, and two readers of the prepared data folder: the training split (this rank's rows of
- * each global batch, from a resumable cursor) and the held-out split (always read from its start, so every
- * evaluation sees the same data).
+ * It holds this rank's StageModel (model/stage-model.ts: its pipeline stage's blocks, cut to its tensor-parallel
+ * shard), AdamW over the shard (or, with ZeRO-1, over this data-parallel rank's range of it), the shard's
+ * parameters and gradient on SharedArrayBuffers, and two readers of the prepared data folder: the training split
+ * (this data-parallel replica's rows of each global batch, from a resumable cursor) and the held-out split.
  *
- * Every rank builds the model from the same seed (or the same checkpoint), reads the same shards with its own
- * row stripe and applies the same reduced gradient, so the replicas stay identical.
+ * Every rank of a stage shard builds the same parameters (from the seed through initShardParams, or from the same
+ * checkpoint) and applies the same reduced gradient, so the data-parallel replicas stay identical.
  */
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
@@ -17,78 +17,92 @@ import { join } from 'node:path';
 import { parentPort, workerData, type TransferListItem } from 'node:worker_threads';
 import { loadBackend, type BackendChoice } from '../compute/backend.ts';
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
-import type { FromWorker, ToWorker, ResumeState } from './messages.ts';
+import { coordsOf, type Coords } from '../../protocol/layout.ts';
+import type { FromWorker, Placement, ResumeState, ToWorker } from './messages.ts';
 
 const port = parentPort!;
 const { backend } = workerData as { backend: BackendChoice };
 
 // Imported after the backend is chosen (loadBackend may pick tfjs-node), so every module sees the same tf.
 const loaded = await loadBackend(backend);
-const tf = loaded.tf;
-const { GPT, flatFromStateDict, paramLayout, stateDict } = await import('../../model/gpt.ts');
+const { StageModel } = await import('../../model/stage-model.ts');
+const { initShardParams, shardLayout } = await import('../../model/shard-layout.ts');
 const { AdamW, lrAt } = await import('../../model/optim.ts');
-const { createTrainState, tokenBatch, trainStep } = await import('../../model/train-step.ts');
+const { tokenBatch } = await import('../../model/train-step.ts');
 const { TokenShardReader } = await import('../../model/token-shard-reader.ts');
-const { Tokenizer } = await import('../../model/tokenizer.ts');
-const { exportHf } = await import('../../model/hf-format.ts');
+const { chunkRange } = await import('../collectives/partition.ts');
 
-type TrainState = import('../../model/train-step.ts').TrainState;
 type Reader = InstanceType<typeof TokenShardReader>;
+type TokenBatch = import('../../model/train-step.ts').TokenBatch;
+
+/** How long a tensor-parallel all-reduce may take before the worker gives up (main's ring has its own timeout). */
+const TP_WAIT_MS = 10 * 60_000;
 
 interface Job {
   spec: ResolvedJobSpec;
-  rank: number;
-  world: number;
+  placement: Placement;
+  coords: Coords;
   dataDir: string;
-  state: TrainState;
-  train: Reader;
-  heldOut: Reader | null; // made on the first evaluation (a tiny held-out split only fails if evaluated)
-  tokenizer: InstanceType<typeof Tokenizer>;
   tokenizerSha256: string;
+  model: InstanceType<typeof StageModel>;
+  optimizer: InstanceType<typeof AdamW>;
+  range: [number, number]; // what AdamW updates here
+  params: Float32Array; // shared with main
+  grads: Float32Array; // shared with main
+  rows: number; // rows per micro-batch
+  train: Reader;
+  heldOut: Reader | null;
+  micro: TokenBatch[]; // this step's micro-batches
+  inputs: Map<number, Float32Array>; // activations received for micro-batches whose backward is still to come
+  evalMicro: TokenBatch[];
   step: number;
 }
 
 let job: Job | null = null;
-let awaitingReduce: (() => void) | null = null;
 
 const post = (msg: FromWorker, transfer: TransferListItem[] = []) => port.postMessage(msg, transfer);
 
 port.on('message', (msg: ToWorker) => {
-  if (msg.type === 'reduced') {
-    const done = awaitingReduce;
-    awaitingReduce = null;
-    if (done) done();
-    else post({ type: 'failed', error: 'reduced arrived with no all-reduce pending' });
-    return;
+  try {
+    const [reply, transfer] = handle(msg);
+    post(reply, transfer);
+  } catch (err) {
+    post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });
   }
-  handle(msg).then(
-    ([reply, transfer]) => post(reply, transfer),
-    (err: unknown) => post({ type: 'failed', error: err instanceof Error ? err.message : String(err) }),
-  );
 });
 
-async function handle(msg: Exclude<ToWorker, { type: 'reduced' }>): Promise<[FromWorker, TransferListItem[]]> {
+function handle(msg: ToWorker): [FromWorker, TransferListItem[]] {
   switch (msg.type) {
     case 'init':
-      return init(msg.spec, msg.rank, msg.world, msg.dataDir, msg.seed, msg.resume);
-    case 'step':
-      return [await step(need(), msg.step), []];
-    case 'eval':
-      return [evaluate(need()), []];
+      return [init(msg.spec, msg.placement, msg.dataDir, msg.resume), []];
+    case 'begin':
+      return [begin(need(), msg.step), []];
+    case 'fwd':
+      return forward(need(), msg.mb, msg.acts);
+    case 'bwd':
+      return backward(need(), msg.mb, msg.gradOut);
+    case 'norm':
+      return [norm(need()), []];
+    case 'update':
+      return [update(need(), msg.gradNorm), []];
+    case 'upload':
+      need().model.writeParams(need().params);
+      return [{ type: 'uploaded' }, []];
+    case 'evalBegin':
+      return [evalBegin(need()), []];
+    case 'evalFwd':
+      return evalForward(need(), msg.mb, msg.acts);
     case 'export': {
       const j = need();
-      const model = stateDict(j.state.params, j.state.model.layout); // copies
-      const opt = j.state.optimizer.exportState(); // copies
-      const transfer = [...Object.values(model), ...Object.values(opt.expAvg), ...Object.values(opt.expAvgSq)].map((t) => t.data.buffer as ArrayBuffer);
-      return [{ type: 'exported', step: j.step, cursor: j.train.cursor, model, optimizer: { step: opt.step, expAvg: opt.expAvg, expAvgSq: opt.expAvgSq } }, transfer];
-    }
-    case 'exportHf': {
-      const j = need();
-      const files = exportHf(j.state.model, j.tokenizer, j.state.params);
-      // Buffers may be views of a shared pool: copy each into its own ArrayBuffer and transfer that.
-      const own: Record<string, Uint8Array> = {};
-      for (const [name, bytes] of Object.entries(files)) own[name] = new Uint8Array(bytes);
-      return [{ type: 'hf', files: own }, Object.values(own).map((b) => b.buffer as ArrayBuffer)];
+      const { step: optimizerStep, expAvg: m, expAvgSq: v } = j.optimizer.exportFlat();
+      const expAvg = new Float32Array(j.params.length), expAvgSq = new Float32Array(j.params.length);
+      expAvg.set(m, j.range[0]);
+      expAvgSq.set(v, j.range[0]);
+      const params = j.params.slice();
+      return [
+        { type: 'exported', step: j.step, cursor: j.train.cursor, params, expAvg, expAvgSq, optimizerStep },
+        [params.buffer as ArrayBuffer, expAvg.buffer as ArrayBuffer, expAvgSq.buffer as ArrayBuffer],
+      ];
     }
   }
 }
@@ -98,101 +112,213 @@ function need(): Job {
   return job;
 }
 
-function init(spec: ResolvedJobSpec, rank: number, world: number, dataDir: string, seed: number, resume?: ResumeState): [FromWorker, TransferListItem[]] {
+function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resume?: ResumeState): FromWorker {
   if (job) throw new Error('the trainer worker is already initialised');
   const t = spec.training;
-  const perRank = t.batchSize / world;
-  if (!Number.isInteger(perRank) || !Number.isInteger(perRank / t.microBatches)) {
-    throw new Error(`batchSize ${t.batchSize} does not split into ${world} ranks × ${t.microBatches} micro-batches`);
+  const { layout, stages, microBatches, zero, rank } = placement;
+  const coords = coordsOf(rank, layout);
+  const perReplica = t.batchSize / layout.data;
+  if (!Number.isInteger(perReplica) || !Number.isInteger(perReplica / microBatches)) {
+    throw new Error(`batchSize ${t.batchSize} does not split into ${layout.data} replicas × ${microBatches} micro-batches`);
   }
+  const [firstLayer, endLayer] = stages[coords.pp]!;
+  const shard = shardLayout(spec.model, { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor });
+
   const tokenizerBytes = readFileSync(join(dataDir, 'tokenizer.json'));
   const tokenizerSha256 = createHash('sha256').update(tokenizerBytes).digest('hex');
-  const tokenizer = Tokenizer.fromJSON(JSON.parse(tokenizerBytes.toString('utf8')));
   const train = new TokenShardReader(dataDir, {
-    split: 'train', batchSize: perRank, seqLen: t.seqLen, rank, worldSize: world, tokenizerSha256, ...(resume ? { cursor: resume.cursor } : {}),
+    split: 'train', batchSize: perReplica, seqLen: t.seqLen, rank: coords.dp, worldSize: layout.data, tokenizerSha256, ...(resume ? { cursor: resume.cursor } : {}),
   });
   if (train.index.vocabSize > spec.model.vocabSize) {
     throw new Error(`the data's vocabulary has ${train.index.vocabSize} ids but model.vocabSize is ${spec.model.vocabSize}`);
   }
-  const model = resume ? new GPT(spec.model, { flat: flatFromStateDict(resume.model, paramLayout(spec.model)) }) : new GPT(spec.model, { seed });
-  const optimizer = new AdamW(model.layout.specs, { beta1: t.beta1, beta2: t.beta2, weightDecay: t.weightDecay });
-  if (resume) optimizer.importState(resume.optimizer);
-  const base = createTrainState(model, optimizer);
-  const shared = new SharedArrayBuffer(base.grads.byteLength);
-  const state: TrainState = { model: base.model, optimizer: base.optimizer, params: base.params, grads: new Float32Array(shared) };
-  job = { spec, rank, world, dataDir, state, train, heldOut: null, tokenizer, tokenizerSha256, step: resume?.step ?? 0 };
-  return [{ type: 'ready', grads: shared, params: model.layout.totalSize, backend: loaded.name, step: job.step, cursor: train.cursor }, []];
-}
 
-async function step(j: Job, n: number) {
-  if (n !== j.step + 1) throw new Error(`asked for step ${n} after step ${j.step}`);
-  const t = j.spec.training;
-  const batch = j.train.next(); // this rank's rows of the global batch; the cursor moves on
-  const rowsPer = batch.batch / t.microBatches;
-  const row = t.seqLen + 1;
-  const micro = Array.from({ length: t.microBatches }, (_, i) =>
-    tokenBatch(batch.tokens.subarray(i * rowsPer * row, (i + 1) * rowsPer * row), rowsPer, t.seqLen));
-  const lr = lrAt(n - 1, { maxLr: t.lr, minLr: t.minLr, warmupSteps: t.warmupSteps, decaySteps: t.steps });
-  const r = await trainStep(j.state, micro, {
-    lr,
-    gradClip: t.gradClip,
-    worldSize: j.world,
-    ...(j.world > 1
-      ? {
-          reduceGrads: () =>
-            new Promise<void>((resolve) => {
-              awaitingReduce = resolve;
-              post({ type: 'reduce' });
-            }),
+  const params = new Float32Array(new SharedArrayBuffer(shard.totalSize * 4));
+  if (resume) {
+    for (const s of shard.specs) {
+      const tensor = resume.model[s.name];
+      if (!tensor || tensor.dtype !== 'F32' || !(tensor.data instanceof Float32Array) || tensor.data.length !== s.size) {
+        throw new Error(`the resume checkpoint's ${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
+      }
+      params.set(tensor.data, s.offset);
+    }
+  } else params.set(initShardParams(spec.model, shard, t.seed));
+  const grads = new Float32Array(new SharedArrayBuffer(shard.totalSize * 4));
+
+  const range: [number, number] = zero ? (({ start, end }) => [start, end] as [number, number])(chunkRange(shard.totalSize, layout.data, coords.dp)) : [0, shard.totalSize];
+  const optimizer = new AdamW(shard.specs, { beta1: t.beta1, beta2: t.beta2, weightDecay: t.weightDecay }, { range: { start: range[0], end: range[1] } });
+  if (resume) {
+    const m = new Float32Array(shard.totalSize), v = new Float32Array(shard.totalSize);
+    for (const [label, from, into] of [['exp_avg', resume.optimizer.expAvg, m], ['exp_avg_sq', resume.optimizer.expAvgSq, v]] as const) {
+      for (const s of shard.specs) {
+        const tensor = from[s.name];
+        if (!tensor || tensor.dtype !== 'F32' || !(tensor.data instanceof Float32Array) || tensor.data.length !== s.size) {
+          throw new Error(`the resume checkpoint's ${label}.${s.name} does not fit this shard`);
         }
-      : {}),
-  });
-  j.step = n;
+        into.set(tensor.data, s.offset);
+      }
+    }
+    optimizer.importFlat({ step: resume.optimizer.step, expAvg: m.slice(range[0], range[1]), expAvgSq: v.slice(range[0], range[1]) });
+  }
+
+  // Tensor-parallel scratch: one micro-batch of activations, [rows·seqLen, d].
+  const rows = perReplica / microBatches;
+  const tpData = new SharedArrayBuffer(Math.max(1, rows * t.seqLen * spec.model.nEmbd) * 4);
+  const tpFlag = new SharedArrayBuffer(4);
+  const tpView = new Float32Array(tpData), flag = new Int32Array(tpFlag);
+  const tp = {
+    size: layout.tensor,
+    allReduce(x: Float32Array): void {
+      if (x.length > tpView.length) throw new Error(`tensor-parallel all-reduce of ${x.length} floats exceeds the ${tpView.length}-float buffer`);
+      tpView.set(x);
+      Atomics.store(flag, 0, 0);
+      post({ type: 'tp', elems: x.length });
+      // Wait until main stores 1 or 2; re-check after every wake-up rather than trusting one (the usual loop).
+      const deadline = performance.now() + TP_WAIT_MS;
+      while (Atomics.load(flag, 0) === 0) {
+        const left = deadline - performance.now();
+        if (left <= 0) throw new Error(`tensor-parallel all-reduce did not finish within ${TP_WAIT_MS} ms`);
+        Atomics.wait(flag, 0, 0, left);
+      }
+      if (Atomics.load(flag, 0) !== 1) throw new Error('tensor-parallel all-reduce failed (see the agent log)');
+      x.set(tpView.subarray(0, x.length));
+    },
+  };
+  const model = new StageModel(spec.model, shard, params, tp);
+  const tied = layout.pipeline > 1 ? shard.byName.get('wte.weight') : undefined;
+  job = {
+    spec, placement, coords, dataDir, tokenizerSha256, model, optimizer, range, params, grads, rows, train,
+    heldOut: null, micro: [], inputs: new Map(), evalMicro: [], step: resume?.step ?? 0,
+  };
   return {
-    type: 'stepped' as const,
-    step: n,
-    loss: r.loss,
-    tokens: r.tokens,
-    lr,
-    gradNorm: r.gradNorm,
-    computeMs: r.computeMs,
-    reduceMs: r.reduceMs,
-    updateMs: r.updateMs,
-    cursor: j.train.cursor,
+    type: 'ready', params: params.buffer as SharedArrayBuffer, grads: grads.buffer as SharedArrayBuffer, tpData, tpFlag,
+    paramCount: shard.totalSize, optimizerRange: range, tiedRange: tied ? [tied.offset, tied.offset + tied.size] : null,
+    backend: loaded.name, step: job.step, cursor: train.cursor,
   };
 }
 
-/** Mean held-out loss over this rank's rows of the first evalBatches global batches of the held-out split. */
-function evaluate(j: Job): FromWorker {
+/** Splits this replica's rows of a global batch into micro-batches of `rows` rows. */
+function microBatchesOf(tokens: Int32Array, count: number, rows: number, seqLen: number): TokenBatch[] {
+  const row = seqLen + 1;
+  return Array.from({ length: count }, (_, i) => tokenBatch(tokens.subarray(i * rows * row, (i + 1) * rows * row), rows, seqLen));
+}
+
+function begin(j: Job, n: number): FromWorker {
+  if (n !== j.step + 1) throw new Error(`asked for step ${n} after step ${j.step}`);
+  const t = j.spec.training;
+  const batch = j.train.next(); // every stage reads it, so every stage's cursor moves alike
+  j.micro = microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen);
+  for (const mb of j.micro) checkIds(mb, j.spec.model.vocabSize);
+  j.inputs.clear();
+  j.grads.fill(0);
+  j.step = n - 1; // becomes n when the update is applied
+  return { type: 'begun', lr: lrAt(n - 1, { maxLr: t.lr, minLr: t.minLr, warmupSteps: t.warmupSteps, decaySteps: t.steps }) };
+}
+
+function checkIds(mb: TokenBatch, vocabSize: number): void {
+  // an id outside the vocabulary would one-hot to a zero row and silently train on nothing
+  for (const arr of [mb.ids, mb.targets]) {
+    for (let i = 0; i < arr.length; i++) if (!(arr[i]! >= 0 && arr[i]! < vocabSize)) throw new Error(`token ${arr[i]} is outside the vocabulary [0, ${vocabSize})`);
+  }
+}
+
+function stageInput(j: Job, mb: TokenBatch, acts: Float32Array | undefined) {
+  if (j.model.hasEmbed) return { ids: mb.ids };
+  if (!acts) throw new Error(`stage ${j.coords.pp} needs the previous stage's activations`);
+  return { acts };
+}
+
+function forward(j: Job, i: number, acts?: Float32Array): [FromWorker, TransferListItem[]] {
+  const mb = j.micro[i];
+  if (!mb) throw new Error(`no micro-batch ${i} in this step`);
+  const t0 = performance.now();
+  const input = stageInput(j, mb, acts);
+  if (acts) j.inputs.set(i, acts);
+  if (j.model.hasHead) return [{ type: 'fwdDone', busyMs: performance.now() - t0 }, []]; // the backward does it all
+  const out = j.model.forward(input, mb.batch, mb.seq);
+  return [{ type: 'fwdDone', out, busyMs: performance.now() - t0 }, [out.buffer as ArrayBuffer]];
+}
+
+function backward(j: Job, i: number, gradOut?: Float32Array): [FromWorker, TransferListItem[]] {
+  const mb = j.micro[i];
+  if (!mb) throw new Error(`no micro-batch ${i} in this step`);
+  const t0 = performance.now();
+  const input = stageInput(j, mb, j.inputs.get(i));
+  j.inputs.delete(i);
+  if (!j.model.hasHead && !gradOut) throw new Error(`stage ${j.coords.pp} needs the next stage's gradient`);
+  const upstream = j.model.hasHead ? { targets: mb.targets, scale: 1 / j.placement.microBatches } : { gradOut: gradOut! };
+  const r = j.model.backward(input, mb.batch, mb.seq, upstream, j.grads);
+  const reply: FromWorker = { type: 'bwdDone', tokens: mb.batch * mb.seq, busyMs: performance.now() - t0, ...r };
+  return [reply, r.gradIn ? [r.gradIn.buffer as ArrayBuffer] : []];
+}
+
+/**
+ * After main summed the gradient over the data-parallel ranks (all of it, or with ZeRO-1 only our range): divide
+ * by their number, then sum the squares this rank is responsible for in the global norm — each parameter element
+ * exactly once over the whole job: tensor-parallel replicas and the tied head copy are not counted
+ * (countsForNorm), and of the data-parallel replicas only rank 0 counts, or with ZeRO-1 each rank its range.
+ */
+function norm(j: Job): FromWorker {
+  const d = j.placement.layout.data;
+  const [lo, hi] = j.range;
+  const g = j.grads;
+  if (d > 1) for (let i = lo; i < hi; i++) g[i] = g[i]! / d;
+  let sumsq = 0;
+  if (j.placement.zero || j.coords.dp === 0) {
+    for (const s of j.model.layout.specs) {
+      if (!s.countsForNorm) continue;
+      const a = Math.max(lo, s.offset), b = Math.min(hi, s.offset + s.size);
+      for (let i = a; i < b; i++) sumsq += g[i]! * g[i]!;
+    }
+  }
+  return { type: 'normed', sumsq };
+}
+
+function update(j: Job, gradNorm: number): FromWorker {
+  const t0 = performance.now();
+  const t = j.spec.training;
+  const [lo, hi] = j.range;
+  if (t.gradClip > 0) {
+    const coeff = t.gradClip / (gradNorm + 1e-6); // torch.nn.utils.clip_grad_norm_, as optim.ts clipGradNorm
+    if (coeff < 1) for (let i = lo; i < hi; i++) j.grads[i] = j.grads[i]! * coeff;
+  }
+  const lr = lrAt(j.step, { maxLr: t.lr, minLr: t.minLr, warmupSteps: t.warmupSteps, decaySteps: t.steps });
+  j.optimizer.update(j.params, j.grads, lr);
+  j.step++;
+  if (!j.placement.zero || j.placement.layout.data === 1) j.model.writeParams(j.params);
+  return { type: 'updated', updateMs: performance.now() - t0 };
+}
+
+function evalBegin(j: Job): FromWorker {
   const t = j.spec.training;
   if (j.heldOut === null) {
     try {
       j.heldOut = new TokenShardReader(j.dataDir, {
-        split: 'heldOut', batchSize: t.batchSize / j.world, seqLen: t.seqLen, rank: j.rank, worldSize: j.world, tokenizerSha256: j.tokenizerSha256,
+        split: 'heldOut', batchSize: t.batchSize / j.placement.layout.data, seqLen: t.seqLen, rank: j.coords.dp, worldSize: j.placement.layout.data,
+        tokenizerSha256: j.tokenizerSha256,
       });
     } catch (err) {
       // Too small a held-out split for one global batch: the same on every rank, so every rank skips alike
-      // (NaN survives the all-reduce and main leaves evalLoss out) instead of failing a finished training.
-      if ((err as { code?: string }).code === 'MDL_ERR_BATCH') return { type: 'evaluated', loss: Number.NaN, batches: 0, skipped: (err as Error).message };
+      // instead of failing a finished training.
+      if ((err as { code?: string }).code === 'MDL_ERR_BATCH') return { type: 'evalBegun', microBatches: 0, skipped: (err as Error).message };
       throw err;
     }
   }
-  const rowsPer = t.batchSize / j.world / t.microBatches;
-  const row = t.seqLen + 1;
-  let cursor = { shard: 0, offset: 0 };
-  let sum = 0, n = 0;
+  let cursor = { shard: 0, offset: 0 }; // every evaluation sees the same held-out data
+  j.evalMicro = [];
   for (let b = 0; b < t.evalBatches; b++) {
     const batch = j.heldOut.batchAt(cursor);
     cursor = batch.next;
-    for (let i = 0; i < t.microBatches; i++) {
-      const mb = tokenBatch(batch.tokens.subarray(i * rowsPer * row, (i + 1) * rowsPer * row), rowsPer, t.seqLen);
-      const ids = tf.tensor2d(mb.ids, [mb.batch, mb.seq], 'int32');
-      const targets = tf.tensor2d(mb.targets, [mb.batch, mb.seq], 'int32');
-      const loss = j.state.model.loss(ids as never, targets as never);
-      sum += loss.dataSync()[0]!;
-      n++;
-      tf.dispose([ids, targets, loss]);
-    }
+    j.evalMicro.push(...microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen));
   }
-  return { type: 'evaluated', loss: sum / n, batches: t.evalBatches };
+  return { type: 'evalBegun', microBatches: j.evalMicro.length };
+}
+
+function evalForward(j: Job, i: number, acts?: Float32Array): [FromWorker, TransferListItem[]] {
+  const mb = j.evalMicro[i];
+  if (!mb) throw new Error(`no held-out micro-batch ${i}`);
+  const input = stageInput(j, mb, acts);
+  if (j.model.hasHead) return [{ type: 'evalDone', loss: j.model.loss(input, mb.batch, mb.seq, mb.targets) }, []];
+  const out = j.model.forward(input, mb.batch, mb.seq);
+  return [{ type: 'evalDone', out }, [out.buffer as ArrayBuffer]];
 }

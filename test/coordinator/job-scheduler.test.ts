@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideJobs, dataParallelDegree, type FreeAgent, type QueuedJob } from '../../coordinator/job-scheduler.ts';
+import { decideJobs, type FreeAgent, type QueuedJob } from '../../coordinator/job-scheduler.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
-function spec(parallel: { data: number } | 'auto', batchSize = 12, microBatches = 1): ResolvedJobSpec {
+function spec(parallel: { data: number; pipeline?: number; tensor?: number } | 'auto', batchSize = 12, microBatches = 1): ResolvedJobSpec {
   const res = validateJobSpec({
     name: 'j',
-    model: { vocabSize: 300, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 16 },
+    model: { vocabSize: 300, nCtx: 16, nLayer: 2, nHead: 2, nEmbd: 16 },
     data: { corpus: 'demo' },
     training: { steps: 5, batchSize, microBatches, seqLen: 16 },
     parallel,
@@ -15,31 +15,26 @@ function spec(parallel: { data: number } | 'auto', batchSize = 12, microBatches 
   return res.spec;
 }
 const job = (id: string, createdMs: number, s: ResolvedJobSpec): QueuedJob => ({ id, createdMs, spec: s });
-const agent = (id: string, matmulGflops = 10, firstSeenMs = 0): FreeAgent => ({ id, matmulGflops, firstSeenMs });
+const agent = (id: string, matmulGflops = 10, host = id): FreeAgent => ({ id, matmulGflops, firstSeenMs: 0, host, cores: 1, memoryBytes: 8e9 });
 
-test('auto picks the most ranks that split the batch evenly, micro-batches included', () => {
-  const cases: Array<[batch: number, micro: number, free: number, degree: number]> = [
-    [12, 1, 5, 4], [12, 1, 12, 12], [12, 2, 5, 3], [12, 4, 5, 3], [7, 1, 4, 1], [16, 1, 0, 0], [16, 8, 3, 2],
-  ];
-  for (const [batch, micro, free, degree] of cases) {
-    assert.equal(dataParallelDegree(spec('auto', batch, micro), free), degree, `batch ${batch}, micro ${micro}, ${free} free`);
-  }
-});
-
-test('a pinned degree starts only when that many agents are free', () => {
-  assert.equal(dataParallelDegree(spec({ data: 3 }), 2), 0);
-  assert.equal(dataParallelDegree(spec({ data: 3 }), 3), 3);
-});
-
-test('jobs start first in, first out, each on the fastest free agents', () => {
+test('jobs start first in, first out, each on the fastest free agents in its pinned layout', () => {
   const decisions = decideJobs(
     [job('b', 2, spec({ data: 2 })), job('a', 1, spec({ data: 1 }))],
     [agent('slow', 5), agent('fast', 20), agent('mid', 10)],
   );
-  assert.deepEqual(decisions, [
-    { action: 'start', jobId: 'a', nodeIds: ['fast'], reason: 'data-parallel on 1 agent' },
-    { action: 'start', jobId: 'b', nodeIds: ['mid', 'slow'], reason: 'data-parallel on 2 agents' },
+  assert.deepEqual(decisions.map((d) => [d.action, d.jobId, d.action === 'start' ? [...d.chosen.placement].sort() : null, d.reason]), [
+    ['start', 'a', ['fast'], '1×1×1 (data × pipeline × tensor) on 1 agent'],
+    ['start', 'b', ['mid', 'slow'], '2×1×1 (data × pipeline × tensor) on 2 agents'],
   ]);
+});
+
+test('a pinned pipeline × tensor layout gets its stage bounds and placement from the planner', () => {
+  const [d] = decideJobs([job('pp', 1, spec({ data: 1, pipeline: 2, tensor: 2 }, 4, 2))], ['a', 'b', 'c', 'd'].map((id) => agent(id)));
+  assert.equal(d!.action, 'start');
+  if (d?.action !== 'start') return;
+  assert.deepEqual(d.chosen.layout, { data: 1, pipeline: 2, tensor: 2 });
+  assert.deepEqual(d.chosen.stages, [[0, 1], [1, 2]]);
+  assert.equal(new Set(d.chosen.placement).size, 4);
 });
 
 test('a job that does not fit holds the jobs behind it and says what it waits for', () => {
@@ -53,4 +48,13 @@ test('a job that does not fit holds the jobs behind it and says what it waits fo
 test('with no agents every job waits', () => {
   const decisions = decideJobs([job('a', 1, spec('auto'))], []);
   assert.deepEqual(decisions, [{ action: 'wait', jobId: 'a', reason: 'waiting for 1 free agent (0 free)' }]);
+});
+
+test('a job too big for the agents waits with the planner saying why, and keeps its plan', () => {
+  const big = spec('auto');
+  big.model = { vocabSize: 50_000, nCtx: 1024, nLayer: 24, nHead: 16, nEmbd: 2048 };
+  const [d] = decideJobs([job('big', 1, big)], [{ ...agent('tiny'), memoryBytes: 1e8 }]);
+  assert.equal(d!.action, 'wait');
+  assert.match(d!.reason, /GB/);
+  assert.ok(d!.action === 'wait' && d!.plan && d!.plan.chosen === null);
 });

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AdamW, clipGradNorm, globalNorm, lrAt, type OptimSegment } from '../../model/optim.ts';
+import { chunkRange } from '../../node-agent/collectives/partition.ts';
 
 // two segments: a 2-D weight that decays and a bias that does not
 const SEGMENTS: OptimSegment[] = [
@@ -100,4 +101,87 @@ test('clipping scales the gradient to the maximum norm only when it is exceeded,
   close(g[0]!, 0.6, 1e-6, 'clipped x');
   close(g[1]!, 0.8, 1e-6, 'clipped y');
   close(globalNorm(g), 1, 1e-6, 'norm after clipping');
+});
+
+// ---------------------------------------------------------------------------------------------------- ZeRO-1 ranges
+
+// decaying weights and non-decaying biases of odd sizes, so that chunk boundaries fall inside segments
+const ZERO_SEGMENTS: OptimSegment[] = [
+  { name: 'w1', shape: [3, 5], offset: 0, size: 15, decay: true },
+  { name: 'b1', shape: [5], offset: 15, size: 5, decay: false },
+  { name: 'w2', shape: [4, 4], offset: 20, size: 16, decay: true },
+  { name: 'b2', shape: [7], offset: 36, size: 7, decay: false },
+];
+const ZERO_SIZE = 43;
+
+/** Deterministic pseudo-random float32 values in [-0.5, 0.5). */
+function noise(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  return Float32Array.from({ length: n }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) - 0.5);
+}
+
+for (const n of [1, 2, 3, 5, 8, 43, 64]) {
+  test(`a buffer cut into ${n} chunks, each updated by its own ranged AdamW, ends bit-identical to one full AdamW`, () => {
+    const cfg = { weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8 };
+    const full = new AdamW(ZERO_SEGMENTS, cfg);
+    const ranged = Array.from({ length: n }, (_, i) => new AdamW(ZERO_SEGMENTS, cfg, { range: chunkRange(ZERO_SIZE, n, i) }));
+    const pFull = noise(ZERO_SIZE, 1), pRanged = pFull.slice();
+    for (let step = 1; step <= 6; step++) {
+      const g = noise(ZERO_SIZE, 100 + step), lr = 1e-2 / step;
+      full.update(pFull, g, lr);
+      for (const opt of ranged) opt.update(pRanged, g, lr);
+    }
+    assert.deepEqual(pRanged, pFull);
+    const whole = full.exportFlat();
+    const parts = ranged.map((o) => o.exportFlat());
+    assert.deepEqual(Float32Array.from(parts.flatMap((p) => [...p.expAvg])), whole.expAvg);
+    assert.deepEqual(Float32Array.from(parts.flatMap((p) => [...p.expAvgSq])), whole.expAvgSq);
+    assert.ok(parts.every((p) => p.step === 6));
+  });
+}
+
+test('chunk boundaries of the ZeRO test fall inside segments, not only between them', () => {
+  const cuts = [1, 2].map((i) => chunkRange(ZERO_SIZE, 3, i).start); // 14 and 28
+  const inside = (at: number) => ZERO_SEGMENTS.some((s) => at > s.offset && at < s.offset + s.size);
+  assert.ok(cuts.every(inside), `cuts ${cuts}`);
+});
+
+test('a ranged AdamW resumes identically from exportFlat/importFlat and leaves elements outside its range alone', () => {
+  const range = chunkRange(ZERO_SIZE, 3, 1);
+  const a = new AdamW(ZERO_SEGMENTS, {}, { range });
+  assert.deepEqual(a.range, { start: 14, end: 28 });
+  const pa = noise(ZERO_SIZE, 2);
+  const before = pa.slice();
+  a.update(pa, noise(ZERO_SIZE, 3), 1e-2);
+  a.update(pa, noise(ZERO_SIZE, 4), 1e-2);
+  assert.deepEqual(pa.subarray(0, 14), before.subarray(0, 14));
+  assert.deepEqual(pa.subarray(28), before.subarray(28));
+  const saved = a.exportFlat();
+  assert.equal(saved.expAvg.length, 14);
+  saved.expAvg[0] = 99; // a copy: changing it leaves the optimizer alone
+  assert.notEqual(a.exportFlat().expAvg[0], 99);
+  const b = new AdamW(ZERO_SEGMENTS, {}, { range });
+  b.importFlat(a.exportFlat());
+  const pb = pa.slice();
+  const g = noise(ZERO_SIZE, 5);
+  a.update(pa, g, 1e-2);
+  b.update(pb, g, 1e-2);
+  assert.deepEqual(pb, pa);
+  assert.equal(b.step, 3);
+  assert.deepEqual(b.exportFlat(), a.exportFlat());
+});
+
+test('a ranged AdamW refuses per-parameter state, moments of the wrong length and ranges outside the buffer', () => {
+  const a = new AdamW(ZERO_SEGMENTS, {}, { range: { start: 10, end: 20 } });
+  assert.throws(() => a.exportState(), (e: unknown) => e instanceof RangeError && /exportState needs the whole buffer, but this optimizer holds \[10, 20\) of 43/.test(e.message));
+  const whole = new AdamW(ZERO_SEGMENTS).exportState();
+  assert.throws(() => a.importState(whole), /importState needs the whole buffer/);
+  const ok = a.exportFlat();
+  assert.throws(() => a.importFlat({ ...ok, expAvgSq: new Float32Array(9) }), /expAvgSq has 9 elements, the range \[10, 20\) has 10/);
+  assert.throws(() => a.importFlat({ ...ok, step: -1 }), /step must be a non-negative integer/);
+  assert.throws(() => new AdamW(ZERO_SEGMENTS, {}, { range: { start: 5, end: 44 } }), /0 ≤ start ≤ end ≤ 43/);
+  assert.throws(() => new AdamW(ZERO_SEGMENTS, {}, { range: { start: 6, end: 5 } }), /got \[6, 5\)/);
+  const p = new Float32Array(ZERO_SIZE);
+  assert.throws(() => a.update(p.subarray(10, 20), p.subarray(10, 20), 1e-3), /expects 43 elements/);
+  assert.deepEqual(new AdamW(ZERO_SEGMENTS).range, { start: 0, end: 43 }); // the default is the whole buffer
 });

@@ -33,7 +33,8 @@ test('aborting mid-run stops both ranks promptly with job.finished ok:false carr
     assert.equal(r.finished.ok, false);
     assert.ok(r.finishedAt - abortedAt < 1000, `rank ${r.finished.rank} took ${(r.finishedAt - abortedAt).toFixed(0)} ms to stop`);
     assert.match(r.finished.error!, /stopped: job\.stop: cancelled by the user/);
-    assert.ok(r.finished.step >= 3 && r.finished.step <= 4, `stopped at step ${r.finished.step}`);
+    // rank 0 reports step 3 after the world all-reduce; its peer may still be applying that update
+    assert.ok(r.finished.step >= 2 && r.finished.step <= 4, `stopped at step ${r.finished.step}`);
     assert.equal(r.messages.at(-1), r.finished);
   }
   assert.ok(progressOf(runs[0]!.messages).length <= 4);

@@ -13,6 +13,7 @@ import { Agent } from '../../node-agent/agent.ts';
 import { MessageConnection } from '../../protocol/connection.ts';
 import { MAX_CONTROL_ATTACHMENT, MAX_CONTROL_FRAME, parseAgentMessage, type AgentMessage, type CoordinatorMessage } from '../../protocol/control.ts';
 import { PROTOCOL_VERSION } from '../../protocol/version.ts';
+import { jobRings } from '../../protocol/layout.ts';
 import { serverOptions } from '../../protocol/ws-options.ts';
 import { silentLogger } from '../../common/log.ts';
 import { DEFAULT_BACKOFF } from '../../node-agent/backoff.ts';
@@ -102,7 +103,7 @@ before(async () => {
   const deadline = Date.now() + 10_000;
   while (!conn && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   assert.ok(conn, 'the agent connected and was welcomed');
-  conn.send({ type: 'group.assign', groupId: 'g1', token: 'group-token-group-token-1', rank: 0, size: 1, peers: [{ rank: 0, nodeId: 'n1', address: 'ws://127.0.0.1:1' }], segmentBytes: 1 << 20 });
+  conn.send({ type: 'group.assign', groupId: 'g1', token: 'group-token-group-token-1', rank: 0, size: 1, peers: [{ rank: 0, nodeId: 'n1', address: 'ws://127.0.0.1:1' }], segmentBytes: 1 << 20, rings: jobRings({ data: 1, pipeline: 1, tensor: 1 }) });
   await next('group.ready');
 });
 
@@ -117,18 +118,18 @@ after(async () => {
 const start = (jobId: string, groupId: string, steps: number) =>
   ({ type: 'job.start', jobId, attempt: 1, groupId, rank: 0, world: 1, spec: tinySpec({ steps }), data: ds.data }) as CoordinatorMessage;
 
-test('job.start on a linked group trains, reports progress and finishes with the model files, fetched over HTTP', async () => {
+test('job.start on a linked group trains, reports progress and finishes with its final checkpoint, fetched and uploaded over HTTP', async () => {
   conn!.send(start('j1', 'g1', 3));
   const fin = await next('job.finished', (m) => m.jobId === 'j1');
   assert.equal(fin.ok, true, fin.error);
   assert.equal(fin.step, 3);
-  assert.deepEqual(Object.keys(fin.files ?? {}).sort(), ['config.json', 'model.safetensors', 'tokenizer.json']);
   const steps: number[] = [];
   for (let s = 1; s <= 3; s++) steps.push((await next('job.progress', (m) => m.jobId === 'j1' && m.step === s)).step);
   assert.deepEqual(steps, [1, 2, 3]);
   const ckpt = await next('job.checkpoint', (m) => m.jobId === 'j1');
   assert.equal(ckpt.step, 3, 'checkpointEvery 0: a checkpoint at the end only');
-  for (const digest of [...Object.values(fin.files!), ...Object.values(ckpt.files)]) assert.ok(ds.store.blobs.has(digest), 'uploaded over HTTP');
+  assert.deepEqual(Object.keys(ckpt.files).sort(), ['manifest.json', 'model.safetensors', 'optimizer.safetensors', 'state.json']);
+  for (const digest of Object.values(ckpt.files)) assert.ok(ds.store.blobs.has(digest), 'uploaded over HTTP');
 });
 
 test('job.start for a group the agent is not in is refused with job.finished ok:false', async () => {

@@ -1,8 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
-import { importHf } from '../../model/hf-format.ts';
-import { maxRel, progressOf, relDiff, runRanks, tinyDataset, tinySpec, type Dataset, type RankRun } from './trainer-support.ts';
+import { checkpointsOf, maxRel, progressOf, relDiff, runRanks, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';
 
 let ds: Dataset;
 let one: RankRun;
@@ -13,15 +12,10 @@ after(async () => {
   await rm(ds.root, { recursive: true, force: true });
 });
 
-async function modelOf(run: RankRun) {
-  assert.ok(run.finished.ok, run.finished.error);
-  const files: Record<string, Uint8Array> = {};
-  for (const [name, digest] of Object.entries(run.finished.files ?? {})) files[name] = await ds.store.get(digest);
-  assert.deepEqual(Object.keys(files).sort(), ['config.json', 'model.safetensors', 'tokenizer.json']);
-  return importHf(files);
-}
+/** The trained weights, as the coordinator registers them: from the final step's checkpoint. */
+const modelOf = async (runs: RankRun[]) => ({ params: await trainedParams(runs, ds, tinySpec()) });
 
-test('one rank trains 5 steps, reports progress every step with an eval at the end, and uploads the model files', async () => {
+test('one rank trains 5 steps, reports progress every step with an eval at the end, and uploads its final checkpoint', async () => {
   [one] = await runRanks({ world: 1, spec: tinySpec(), ds }) as [RankRun];
   assert.ok(one.finished.ok, one.finished.error);
   assert.equal(one.finished.step, 5);
@@ -32,16 +26,15 @@ test('one rank trains 5 steps, reports progress every step with an eval at the e
   assert.ok(progress[4]!.loss < progress[0]!.loss, 'the loss goes down');
   assert.equal(progress.filter((p) => p.evalLoss !== undefined).map((p) => p.step).join(), '5');
   assert.ok(one.log.some((l) => /step 5\/5 loss \d+\.\d+ .*tok\/s/.test(l)), 'a live line per step in the log');
-  const m = await modelOf(one);
-  assert.equal(m.config.vocabSize, 300);
-  assert.equal(m.config.nCtx, 16);
+  assert.deepEqual(checkpointsOf(one.messages).map((c) => c.step), [5]);
+  assert.equal((await modelOf([one])).params.length, 300 * 16 + 16 * 16 + (12 * 16 * 16 + 13 * 16) + 2 * 16); // wte, wpe, one block, ln_f
 });
 
 test('two ranks with the same global batch and seed give the losses and weights of one rank', async () => {
   const runs = await runRanks({ world: 2, spec: tinySpec(), ds });
   for (const r of runs) assert.ok(r.finished.ok, r.finished.error);
   assert.equal(progressOf(runs[1]!.messages).length, 0, 'only rank 0 reports progress');
-  assert.equal(runs[1]!.finished.files, undefined);
+  assert.equal(checkpointsOf(runs[1]!.messages).length, 0, 'only data-parallel rank 0 of a shard saves it');
   const a = progressOf(one.messages), b = progressOf(runs[0]!.messages);
   assert.equal(b.length, 5);
   for (let i = 0; i < 5; i++) {
@@ -49,7 +42,7 @@ test('two ranks with the same global batch and seed give the losses and weights 
     assert.equal(b[i]!.lr, a[i]!.lr);
   }
   assert.ok(relDiff(b[4]!.evalLoss!, a[4]!.evalLoss!) < 1e-4, `eval ${b[4]!.evalLoss} vs ${a[4]!.evalLoss}`);
-  const w1 = await modelOf(one), w2 = await modelOf(runs[0]!);
+  const w1 = await modelOf([one]), w2 = await modelOf(runs);
   const rel = maxRel(w2.params, w1.params);
   assert.ok(rel < 1e-4, `weights differ by ${rel}`);
 });
@@ -62,7 +55,7 @@ test('three ranks with two micro-batches each equal one rank with six', async ()
   const a = progressOf(w1!.messages), b = progressOf(w3[0]!.messages);
   assert.equal(b.length, 3);
   for (let i = 0; i < 3; i++) assert.ok(relDiff(b[i]!.loss, a[i]!.loss) < 1e-4, `step ${i + 1}: ${b[i]!.loss} vs ${a[i]!.loss}`);
-  const rel = maxRel((await modelOf(w3[0]!)).params, (await modelOf(w1!)).params);
+  const rel = maxRel((await modelOf(w3)).params, (await modelOf([w1!])).params);
   assert.ok(rel < 1e-4, `weights differ by ${rel}`);
 });
 

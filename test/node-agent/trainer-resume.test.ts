@@ -1,8 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
-import { importHf } from '../../model/hf-format.ts';
-import { checkpointsOf, maxRel, progressOf, relDiff, runRanks, sha256, tinyDataset, tinySpec, type Dataset, type RankRun } from './trainer-support.ts';
+import { checkpointsOf, maxRel, progressOf, relDiff, runRanks, sha256, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';
 
 let ds: Dataset;
 let full: RankRun[];
@@ -15,11 +14,7 @@ after(async () => {
   await rm(ds.root, { recursive: true, force: true });
 });
 
-async function weightsOf(run: RankRun): Promise<Float32Array> {
-  const files: Record<string, Uint8Array> = {};
-  for (const [name, digest] of Object.entries(run.finished.files ?? {})) files[name] = await ds.store.get(digest);
-  return importHf(files).params;
-}
+const weightsOf = (runs: RankRun[]): Promise<Float32Array> => trainedParams(runs, ds, spec);
 
 function step3Files(): Record<string, string> {
   const ckpt = checkpointsOf(full[0]!.messages).find((c) => c.step === 3);
@@ -56,7 +51,7 @@ test('resuming from the step-3 checkpoint runs steps 4–6 with the losses and f
     assert.equal(b[i]!.lr, a[i]!.lr);
   }
   assert.ok(relDiff(b[2]!.evalLoss!, a[2]!.evalLoss!) < 1e-4);
-  const rel = maxRel(await weightsOf(resumed[0]!), await weightsOf(full[0]!));
+  const rel = maxRel(await weightsOf(resumed), await weightsOf(full));
   assert.ok(rel < 1e-5, `weights differ by ${rel}`);
 });
 

@@ -9,9 +9,13 @@ import { join } from 'node:path';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import type { JobSpec } from '../../protocol/job-spec.ts';
 import { prepareTokenData } from '../../model/prepare-data.ts';
-import { runJob, type ArtifactStore, type JobFinished } from '../../node-agent/trainer/job-runner.ts';
+import { jobLinks, runJob, type ArtifactStore, type JobFinished } from '../../node-agent/trainer/job-runner.ts';
+import type { ParallelLayout } from '../../protocol/layout.ts';
+import { splitLayers } from '../../model/shard-layout.ts';
+import { flatFromStateDict, paramLayout } from '../../model/gpt.ts';
+import { CheckpointSharder } from '../../coordinator/checkpoint-shards.ts';
 import type { Logger } from '../../common/log.ts';
-import { fakeRing } from '../support/fake-ring.ts';
+import { fakeTopology } from '../support/fake-topology.ts';
 
 export const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
@@ -96,9 +100,17 @@ export interface RankRun {
 
 export interface RunOptions {
   world: number;
+  /** data × pipeline × tensor (default: data-parallel over `world`); its product must be `world`. */
+  layout?: ParallelLayout;
+  /** [firstLayer, endLayer) per stage (default: blocks split evenly). */
+  stages?: Array<[number, number]>;
+  /** Micro-batches per replica (default: the spec's). */
+  microBatches?: number;
+  zero?: 0 | 1;
   spec: JobSpec;
   ds: Dataset;
-  resume?: JobStart['resume'];
+  /** The same for every rank, or per rank (shard checkpoints differ by stage and tensor shard). */
+  resume?: JobStart['resume'] | ((rank: number) => JobStart['resume']);
   jobId?: string;
   signal?: AbortSignal;
   /** Per rank, overriding `signal`. */
@@ -111,19 +123,29 @@ export interface RunOptions {
 
 /** Runs the job on every rank of an in-memory ring at once (each rank its own worker and work dir). */
 export async function runRanks(o: RunOptions): Promise<RankRun[]> {
-  const { rings } = fakeRing(o.world, 4096, o.idleTimeoutMs ?? 20_000);
+  const layout = o.layout ?? { data: o.world, pipeline: 1, tensor: 1 };
+  const topology = fakeTopology(layout, o.idleTimeoutMs ?? 20_000);
+  const plan: NonNullable<JobStart['plan']> | undefined = o.layout || o.stages || o.microBatches || o.zero
+    ? {
+        layout,
+        stages: o.stages ?? splitLayers(o.spec.model.nLayer, Array(layout.pipeline).fill(1)),
+        microBatches: o.microBatches ?? o.spec.training.microBatches ?? 1,
+        zero: o.zero ?? 0,
+      }
+    : undefined;
   const work = await mkdtemp(join(o.ds.root, 'work-'));
   try {
     return await Promise.all(
-      rings.map(async (ring, rank) => {
+      Array.from({ length: o.world }, async (_, rank) => {
         const messages: AgentMessage[] = [];
         const log = recordingLogger();
         const start: JobStart = {
           type: 'job.start', jobId: o.jobId ?? 'job1', attempt: 1, groupId: 'g1', rank, world: o.world, spec: o.spec as JobStart['spec'], data: o.ds.data,
-          ...(o.resume ? { resume: o.resume } : {}),
+          ...(o.resume ? { resume: typeof o.resume === 'function' ? o.resume(rank) : o.resume } : {}),
+          ...(plan ? { plan } : {}),
         };
         const finished = await runJob(start, {
-          ring,
+          links: (placement) => jobLinks(topology.sourceOf(rank), placement),
           artifacts: o.ds.store,
           send: (m) => (messages.push(m), o.onSend?.(rank, m)),
           log,
@@ -154,4 +176,24 @@ export function maxRel(a: Float32Array, b: Float32Array): number {
     scale = Math.max(scale, Math.abs(b[i]!));
   }
   return diff / scale;
+}
+
+/** The job.checkpoint messages of `step` from every rank (one per stage shard). */
+export function finalCheckpoints(runs: RankRun[], step: number) {
+  return runs.flatMap((r) => checkpointsOf(r.messages)).filter((c) => c.step === step);
+}
+
+/**
+ * The whole trained model as the coordinator would register it: the shard checkpoints of the last step merged
+ * (coordinator/checkpoint-shards.ts), as one flat buffer in paramLayout order.
+ */
+export async function trainedParams(runs: RankRun[], ds: Dataset, spec: JobSpec): Promise<Float32Array> {
+  for (const r of runs) if (!r.finished.ok) throw new Error(`rank ${r.finished.rank} failed: ${r.finished.error}`);
+  const step = Math.max(...runs.map((r) => r.finished.step));
+  const parts = finalCheckpoints(runs, step);
+  if (parts.length === 0) throw new Error(`no checkpoint of step ${step}`);
+  const sharder = new CheckpointSharder(ds.store, join(ds.root, 'scratch'));
+  const files = parts.length === 1 ? parts[0]!.files : await sharder.mergeShards(spec.model, parts.map((p) => p.files));
+  const canonical = await sharder.load(files);
+  return flatFromStateDict(canonical.model, paramLayout(spec.model));
 }

@@ -105,6 +105,11 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
       { rank: 2, nodeId: 'c', address: '' },
     ],
     segmentBytes: 1024 * 1024,
+    rings: [
+      { id: 'world', members: [0, 1, 2] },
+      { id: 'dp.0', members: [2, 0] },
+      { id: 'pp_1-x', members: [1] },
+    ],
   },
   'group.release': { type: 'group.release', groupId: 'g1' },
   'collective.run': {
@@ -141,10 +146,11 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
 };
 
 export const peerExamples: Examples<typeof peerMessages> = {
-  'peer.hello': { type: 'peer.hello', protocol: '1.0', groupId: 'g1', token: 'group-token', rank: 2 },
+  'peer.hello': { type: 'peer.hello', protocol: '1.0', groupId: 'g1', token: 'group-token', rank: 2, ring: 'dp.0' },
   'peer.welcome': { type: 'peer.welcome', rank: 0 },
   'ring.data': { type: 'ring.data', seq: 17, phase: 1, hop: 2, offset: 2 ** 32, count: 2 ** 28, attach: 64 * 1024 * 1024 },
   'stream.data': { type: 'stream.data', seq: 3, attach: 0 },
+  'pipe.data': { type: 'pipe.data', tag: 'fwd:7.mb-0_a', attach: 4096 },
 };
 
 export interface Family {

@@ -99,8 +99,14 @@ function fromSchema(schema: TSchema): fc.Arbitrary<unknown> {
       return fc.constant(schema.const);
     case 'Union':
       return fc.oneof(...(schema.anyOf as TSchema[]).map(fromSchema));
-    case 'Array':
-      return fc.array(fromSchema(schema.items as TSchema), { maxLength: Math.min((schema.maxItems as number | undefined) ?? 8, 6) });
+    case 'Tuple':
+      return fc.tuple(...((schema.items as TSchema[] | undefined) ?? []).map(fromSchema));
+    case 'Array': {
+      const limits = { minLength: (schema.minItems as number | undefined) ?? 0, maxLength: Math.min((schema.maxItems as number | undefined) ?? 8, 6) };
+      const items = fromSchema(schema.items as TSchema);
+      // uniqueItems compares values; the arrays that use it hold integers, which compare by value.
+      return schema.uniqueItems === true ? fc.uniqueArray(items, limits) : fc.array(items, limits);
+    }
     default:
       throw new Error(`fromSchema: unsupported kind ${String(schema[Kind])}`);
   }
@@ -465,7 +471,7 @@ function connectionProperty(family: Family, frames: Frame[], maxAttachmentBytes:
   return run;
 }
 
-const ATTACHING_TYPES = new Set(['collective.result', 'ring.data', 'stream.data']);
+const ATTACHING_TYPES = new Set(['collective.result', 'ring.data', 'stream.data', 'pipe.data']);
 const maxAttachmentArb = fc.constantFrom(0, 1, 7, 64, 1000);
 /** An attach value: small, or anywhere up to the schema maximum. */
 const attachArb = fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 0, max: 80 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 64 * 1024 * 1024 }) });

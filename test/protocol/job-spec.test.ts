@@ -17,7 +17,7 @@ test('a minimal valid spec is accepted with every default filled in', () => {
   assert.equal(res.spec.training.lr, TRAINING_DEFAULTS.lr);
   assert.equal(res.spec.training.microBatches, 1);
   assert.equal(res.spec.data.heldOutFraction, 0.05);
-  assert.deepEqual(res.spec.parallel, { data: 2 });
+  assert.deepEqual(res.spec.parallel, { data: 2, pipeline: 1, tensor: 1 });
 });
 
 test('a spec without parallel defaults to auto', () => {

@@ -1,0 +1,653 @@
+/**
+ * The training planner: which data × pipeline × tensor layout a job runs with, on which agents, with which pipeline
+ * stages, and why. `planJob(request) → plan` is a pure function (STYLE.md habit 3): no clock, no I/O, the same
+ * request gives the same plan. The job runner carries a plan out; test/coordinator/planner.test.ts tables it.
+ *
+ * Cost model, per optimizer step (every figure from the agents' measurements and PlannerCalibration):
+ * - Compute: matmul FLOPs counted exactly from model/gpt.ts (flopsPerMicroBatch), run at matmulGflops × efficiency ×
+ *   core share. LayerNorm, softmax, GELU, … are not counted: `efficiency` absorbs them (measured on wasm: a step
+ *   runs at ~0.33 of the 1024³ matmul rate, non-matmul ops taking about half of it).
+ * - Pipeline (1F1B): stage i spends T_i per micro-batch = compute + its tensor-parallel all-reduces + its p2p sends;
+ *   the step's pipeline section is (m + p − 1)·max T_i = m·T (computeMs) + (p − 1)·T (bubbleMs). Stages other than
+ *   the last recompute their forward in backward: 2F + B there, F + B on the last; B = 2F (embedding: F, its one-hot
+ *   input needs no gradient).
+ * - Data: each stage shard's gradients ring-all-reduced over the d replicas after the pipeline drains (no overlap
+ *   with backward is assumed: an upper bound), plus the tied-embedding sum between first and last stage (p > 1).
+ *   ZeRO-1 moves the same bytes. Then the optimizer, optimizerNsPerParam per local parameter.
+ * - Memory: float32 params + grads + two AdamW moments (÷ d with ZeRO-1) + activations: the inputs of the
+ *   micro-batches in flight (≤ p − stage, recomputing stages only) plus one micro-batch's working set, i.e. the
+ *   tensors tfjs's tape keeps for backward, counted from gpt.ts's forward (stageActivationBytes).
+ */
+import { layoutName, rankOf } from '../protocol/layout.ts';
+
+export interface PlannerAgent {
+  id: string;
+  host: string; // agents with the same host share its cores and talk over loopback
+  cores: number;
+  memoryBytes: number;
+  matmulGflops: number; // measured on join, 1024³ float32 matmul
+}
+
+export interface PlannerCalibration {
+  efficiency: number; // achieved share of matmul GFLOP/s in a training step
+  linkBytesPerS: number; // between agents on different hosts
+  loopbackBytesPerS: number; // between agents on one host
+  hopLatencyMs: number; // α per message hop
+  optimizerNsPerParam: number; // AdamW + clip + upload per local parameter
+  memoryFraction: number; // share of an agent's memory a job may use
+}
+
+export const DEFAULT_CALIBRATION: PlannerCalibration = Object.freeze({
+  efficiency: 0.33, // measured: a wasm training step at ~1/3 of the agent's 1024³ matmul rate
+  linkBytesPerS: 100e6, // ~1 Gbit/s between hosts
+  loopbackBytesPerS: 300e6, // measured: ws ring of agents on one 2-core host
+  hopLatencyMs: 1,
+  optimizerNsPerParam: 30,
+  memoryFraction: 0.5, // leaves room for the runtime, the dataset reader and a second job
+});
+
+export interface PlanRequest {
+  model: { vocabSize: number; nCtx: number; nLayer: number; nHead: number; nEmbd: number };
+  training: { batchSize: number; microBatches: number; seqLen: number; zero: 0 | 1 };
+  parallel: 'auto' | { data: number; pipeline: number; tensor: number };
+  agents: PlannerAgent[];
+  calibration?: Partial<PlannerCalibration>;
+}
+
+export interface Layout {
+  data: number;
+  pipeline: number;
+  tensor: number;
+}
+
+export interface PredictedCost {
+  stepMs: number; // computeMs + bubbleMs + dataAllreduceMs + optimizerMs
+  computeMs: number; // m × slowest stage's per-micro-batch time (incl. its TP and p2p communication)
+  bubbleMs: number; // (p − 1) × slowest stage's per-micro-batch time
+  tensorCommMs: number; // TP all-reduce share of computeMs + bubbleMs
+  pipelineCommMs: number; // p2p activation/gradient share of computeMs + bubbleMs
+  dataAllreduceMs: number; // gradient all-reduce over d (slowest stage shard)
+  optimizerMs: number;
+  memoryBytesPerAgent: number; // the largest of any agent
+}
+
+export interface Candidate {
+  layout: Layout;
+  microBatches: number; // m used
+  stages: Array<[number, number]>; // [firstLayer, endLayer) per stage
+  placement: string[]; // agent id per world rank
+  predicted: PredictedCost; // every field NaN when the layout cannot even be laid out (reason says why)
+  feasible: boolean;
+  reason?: string;
+}
+
+export interface Plan {
+  chosen: Candidate | null;
+  candidates: Candidate[]; // feasible first, by predicted step time; then the infeasible in enumeration order
+  refused?: string; // when chosen is null: why, and what to do
+  explanation: string;
+}
+
+type Model = PlanRequest['model'];
+type Training = PlanRequest['training'];
+
+const BYTES = 4; // float32
+const M_PER_STAGE = 4; // auto raises m to at most 4p: the bubble is then < 20%, and smaller micro-batches lose matmul
+// efficiency that this model does not see
+const MAX_HYPOTHETICAL_AGENTS = 4096; // how far a refusal looks for a layout that would fit
+
+// ---------------------------------------------------------------------------------------------------- FLOPs
+
+/** Forward matmul FLOPs of one block on `rows` sequences of `seqLen`, per tensor-parallel rank (2·M·K·N each). */
+export function blockForwardFlops(model: Model, rows: number, seqLen: number, tensor = 1): number {
+  const n = rows * seqLen, d = model.nEmbd;
+  const linears = 2 * n * d * 3 * d + 2 * n * d * d + 2 * n * d * 4 * d + 2 * n * 4 * d * d; // c_attn, c_proj, c_fc, mlp.c_proj
+  const attention = 2 * 2 * rows * model.nHead * seqLen * seqLen * (d / model.nHead); // q·kᵀ and att·v per head
+  return (linears + attention) / tensor;
+}
+
+/** The token embedding, a one-hot matmul [b·s, V] × [V, d]. */
+export const embeddingForwardFlops = (model: Model, rows: number, seqLen: number): number => 2 * rows * seqLen * model.vocabSize * model.nEmbd;
+
+/** The output head tied to wte, [b·s, d] × [d, V]. */
+export const headForwardFlops = (model: Model, rows: number, seqLen: number): number => 2 * rows * seqLen * model.nEmbd * model.vocabSize;
+
+export interface StageWork {
+  blocks: number;
+  first: boolean; // holds the embedding
+  last: boolean; // holds ln_f, the head and the loss
+  tensor: number; // blocks are split t ways; embedding and head are replicated
+  recompute: boolean; // re-runs its forward in backward (pipeline stages other than the last)
+}
+
+/** Matmul FLOPs one rank of a stage spends on one micro-batch: forward, recomputed forward and backward. */
+export function flopsPerMicroBatch(model: Model, rows: number, seqLen: number, stage: StageWork): { forward: number; recompute: number; backward: number; total: number } {
+  const blocks = stage.blocks * blockForwardFlops(model, rows, seqLen, stage.tensor);
+  const embedding = stage.first ? embeddingForwardFlops(model, rows, seqLen) : 0;
+  const head = stage.last ? headForwardFlops(model, rows, seqLen) : 0;
+  const forward = embedding + blocks + head;
+  const recompute = stage.recompute ? embedding + blocks : 0;
+  const backward = embedding + 2 * blocks + 2 * head; // the one-hot input needs no gradient: wte's only
+  return { forward, recompute, backward, total: forward + recompute + backward };
+}
+
+// ---------------------------------------------------------------------------------------------------- communication
+
+/** Ring all-reduce of `bytes` over n ranks: 2(n−1)/n · S/B + 2(n−1)·α. */
+export function ringAllreduceMs(n: number, bytes: number, bytesPerS: number, hopLatencyMs: number): number {
+  if (n <= 1) return 0;
+  return ((2 * (n - 1)) / n) * (bytes / bytesPerS) * 1e3 + 2 * (n - 1) * hopLatencyMs;
+}
+
+/** Share of a 1F1B pipeline step spent idle: (p − 1)/(m + p − 1). */
+export const bubbleFraction = (pipeline: number, microBatches: number): number => (pipeline - 1) / (microBatches + pipeline - 1);
+
+// ---------------------------------------------------------------------------------------------------- memory
+
+/** Parameters one tensor-parallel rank of a stage holds (elements). */
+export function stageParams(model: Model, stage: Pick<StageWork, 'blocks' | 'first' | 'last' | 'tensor'>): number {
+  const d = model.nEmbd, t = stage.tensor;
+  // c_attn, attn.c_proj's weight, c_fc and mlp.c_proj's weight are split; both LayerNorms and the c_proj biases not
+  const block = (12 * d * d + 7 * d) / t + 6 * d;
+  const wte = model.vocabSize * d;
+  let n = stage.blocks * block;
+  if (stage.first) n += wte + model.nCtx * d;
+  if (stage.last) n += 2 * d + (stage.first ? 0 : wte); // ln_f; the head's own copy of wte when p > 1
+  return n;
+}
+
+/**
+ * Activations one rank of a stage holds at its peak: `inFlight` stored stage inputs (ids on stage 0) plus one
+ * micro-batch's working set, the tensors tfjs's tape keeps for backward in gpt.ts's forward, per block:
+ * replicated 16·N·d (two LayerNorms at 5, two projections with bias at 2, two residuals), split 55·N·d/t (qkv 6,
+ * head transposes 3, attention output 2, c_fc 8, GELU's nine ops on [N, 4d] 36) and 4 score tensors [b·nh, s, s]/t;
+ * embedding 2·N·V + 2·N·d (one-hot int32 and float32); head 7·N·V + 5·N·d (ln_f, logits, log-softmax, target one-hot).
+ */
+export function stageActivationBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number): number {
+  const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;
+  const block = 16 * n * d + (55 * n * d) / t + (4 * rows * model.nHead * seqLen * seqLen) / t;
+  const working = stage.blocks * block + (stage.first ? 2 * n * v + 2 * n * d : 0) + (stage.last ? 7 * n * v + 5 * n * d : 0);
+  const stored = inFlight * (stage.first ? n : n * d);
+  return BYTES * (working + stored);
+}
+
+/** params + grads + two AdamW moments (sharded over d with ZeRO-1), float32, plus activations. */
+export function memoryBytes(params: number, activationBytes: number, data: number, zero: 0 | 1): number {
+  return BYTES * (2 * params + (2 * params) / (zero ? data : 1)) + activationBytes;
+}
+
+// ---------------------------------------------------------------------------------------------------- stages
+
+/**
+ * Contiguous block counts for `stages` stages over `layers` blocks that minimise the slowest stage's cost(stage,
+ * blocks), each stage at least one block. Exact dynamic programme, O(stages · layers²). On ties the later stage takes
+ * more blocks: stage 0 holds the most micro-batches in flight.
+ */
+export function stageBoundaries(stages: number, layers: number, cost: (stage: number, blocks: number) => number): Array<[number, number]> {
+  if (!Number.isInteger(stages) || stages < 1 || stages > layers) throw new RangeError(`cannot split ${layers} blocks into ${stages} stages`);
+  const memo = new Map<number, number>();
+  const c = (i: number, n: number): number => {
+    const key = i * (layers + 1) + n;
+    let v = memo.get(key);
+    if (v === undefined) memo.set(key, (v = cost(i, n)));
+    return v;
+  };
+  // best[i][l]: the least slowest-stage cost when stages 0..i hold the first l blocks; start[i][l]: where stage i begins
+  const best = Array.from({ length: stages }, () => new Float64Array(layers + 1).fill(Infinity));
+  const start = Array.from({ length: stages }, () => new Int32Array(layers + 1));
+  for (let l = 1; l <= layers - stages + 1; l++) best[0]![l] = c(0, l);
+  for (let i = 1; i < stages; i++) {
+    for (let l = i + 1; l <= layers - stages + 1 + i; l++) {
+      for (let j = i; j < l; j++) {
+        const v = Math.max(best[i - 1]![j]!, c(i, l - j));
+        if (v < best[i]![l]!) {
+          best[i]![l] = v;
+          start[i]![l] = j;
+        }
+      }
+    }
+  }
+  const out: Array<[number, number]> = [];
+  for (let i = stages - 1, end = layers; i >= 0; i--) {
+    const first = i === 0 ? 0 : start[i]![end]!;
+    out.unshift([first, end]);
+    end = first;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------- placement
+
+interface Slot {
+  agent: PlannerAgent;
+  flopsPerS: number; // achieved in a training step: matmulGflops × efficiency × core share
+  share: number; // min(1, cores / this job's agents on the host)
+}
+type Grid = Slot[][][]; // [dp][pp][tp]
+
+function slotsFor(chosen: readonly PlannerAgent[], cal: PlannerCalibration): Map<string, Slot> {
+  const perHost = new Map<string, number>();
+  for (const a of chosen) perHost.set(a.host, (perHost.get(a.host) ?? 0) + 1);
+  return new Map(chosen.map((a) => {
+    const share = Math.min(1, a.cores / perHost.get(a.host)!);
+    return [a.id, { agent: a, flopsPerS: a.matmulGflops * 1e9 * cal.efficiency * share, share }];
+  }));
+}
+
+/**
+ * Agents in the order a job of k agents takes them (its first k): each time the one that keeps the slowest chosen
+ * agent fastest (a crowded host slows all its agents), then the largest total speed, then a host already in use
+ * (tensor groups stay local), then the id. Greedy, so the order for k is a prefix of the order for k + 1.
+ */
+function agentOrder(agents: readonly PlannerAgent[], cal: PlannerCalibration): PlannerAgent[] {
+  const chosen: PlannerAgent[] = [];
+  const rest = [...agents];
+  while (rest.length > 0) {
+    let best = 0, bestKey: number[] = [];
+    for (let i = 0; i < rest.length; i++) {
+      const candidate = rest[i]!;
+      const speeds = [...slotsFor([...chosen, candidate], cal).values()].map((s) => s.flopsPerS);
+      const key = [Math.min(...speeds), speeds.reduce((a, b) => a + b, 0), chosen.some((a) => a.host === candidate.host) ? 1 : 0];
+      if (i === 0 || isGreater(key, bestKey)) { // rest is in id order: ties keep the smaller id
+        best = i;
+        bestKey = key;
+      }
+    }
+    chosen.push(rest.splice(best, 1)[0]!);
+  }
+  return chosen;
+}
+
+function isGreater(a: number[], b: number[]): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i]! > b[i]!;
+  return false;
+}
+
+const bySpeed = (a: Slot, b: Slot): number => b.flopsPerS - a.flopsPerS || compareIds(a.agent.id, b.agent.id);
+const compareIds = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Tensor groups of t slots: whole groups from one host first (fastest first), the remainder across hosts. */
+function tensorGroups(slots: Slot[], t: number): Slot[][] {
+  const hosts = [...new Set(slots.map((s) => s.agent.host))].sort(compareIds);
+  const groups: Slot[][] = [];
+  const leftovers: Slot[] = [];
+  for (const host of hosts) {
+    const mine = slots.filter((s) => s.agent.host === host).sort(bySpeed);
+    const whole = mine.length - (mine.length % t);
+    for (let i = 0; i < whole; i += t) groups.push(mine.slice(i, i + t));
+    leftovers.push(...mine.slice(whole));
+  }
+  leftovers.sort(bySpeed);
+  for (let i = 0; i < leftovers.length; i += t) groups.push(leftovers.slice(i, i + t));
+  const speed = (g: Slot[]) => Math.min(...g.map((s) => s.flopsPerS));
+  return groups.sort((a, b) => speed(b) - speed(a) || compareIds(a[0]!.agent.id, b[0]!.agent.id));
+}
+
+/**
+ * Which agents a layout of n = d·p·t takes: the first n in agentOrder and, when t > 1 and that differs, the set
+ * that takes whole tensor groups from single hosts first (ranked by their slowest member's place in agentOrder) and
+ * fills up in agentOrder. Both are costed: a local group can beat a faster agent across a slow link, or not.
+ */
+function agentSets(order: readonly PlannerAgent[], l: Layout): PlannerAgent[][] {
+  const n = l.data * l.pipeline * l.tensor, t = l.tensor;
+  const first = order.slice(0, n);
+  if (t === 1 || n === order.length) return [first];
+  const place = new Map(order.map((a, i) => [a.id, i]));
+  const local: PlannerAgent[][] = [];
+  for (const host of [...new Set(order.map((a) => a.host))].sort(compareIds)) {
+    const mine = order.filter((a) => a.host === host);
+    for (let i = 0; i + t <= mine.length; i += t) local.push(mine.slice(i, i + t));
+  }
+  const worst = (g: PlannerAgent[]) => Math.max(...g.map((a) => place.get(a.id)!));
+  const taken = local.sort((a, b) => worst(a) - worst(b)).slice(0, l.data * l.pipeline).flat();
+  const set = [...taken, ...order.filter((a) => !taken.includes(a))].slice(0, n);
+  const same = set.every((a) => first.includes(a));
+  return same ? [first] : [first, set];
+}
+
+/**
+ * Two ways to lay the groups (fastest first) onto (dp, pp): stage-major puts a stage's d replicas side by side (its
+ * data ring stays local), replica-major a replica's p stages (its p2p links stay local). Both are costed.
+ */
+function grids(groups: Slot[][], l: Layout): Grid[] {
+  const make = (at: (j: number) => { dp: number; pp: number }): Grid => {
+    const grid: Grid = Array.from({ length: l.data }, () => Array.from({ length: l.pipeline }, () => []));
+    groups.forEach((g, j) => {
+      const { dp, pp } = at(j);
+      grid[dp]![pp] = g;
+    });
+    return grid;
+  };
+  const stageMajor = make((j) => ({ dp: j % l.data, pp: Math.floor(j / l.data) }));
+  if (l.data === 1 || l.pipeline === 1) return [stageMajor];
+  return [stageMajor, make((j) => ({ dp: Math.floor(j / l.pipeline), pp: j % l.pipeline }))];
+}
+
+// ---------------------------------------------------------------------------------------------------- costing
+
+interface Ctx {
+  model: Model;
+  training: Training;
+  cal: PlannerCalibration;
+  agents: PlannerAgent[]; // usable, in agentOrder
+}
+
+const stageWork = (l: Layout, i: number, blocks: number): StageWork => ({
+  blocks,
+  first: i === 0,
+  last: i === l.pipeline - 1,
+  tensor: l.tensor,
+  recompute: l.pipeline > 1 && i < l.pipeline - 1,
+});
+
+/** Predicted cost, stages and placement of one layout with m micro-batches on one grid of agents. */
+function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
+  const { model, training, cal } = ctx;
+  const { data: d, pipeline: p, tensor: t } = l;
+  const rows = training.batchSize / (d * m);
+  const message = rows * training.seqLen * model.nEmbd * BYTES; // one micro-batch's [b, s, d] float32
+  const alpha = cal.hopLatencyMs;
+  const pairBw = (a: Slot, b: Slot) => (a.agent.host === b.agent.host ? cal.loopbackBytesPerS : cal.linkBytesPerS);
+  const ringBw = (ring: Slot[]) => (ring.every((s) => s.agent.host === ring[0]!.agent.host) ? cal.loopbackBytesPerS : cal.linkBytesPerS);
+  const sendMs = (from: Slot[], to: Slot[]) => Math.max(...from.map((s, tp) => (message / pairBw(s, to[tp]!)) * 1e3 + alpha));
+
+  // What a stage's replicas spend per micro-batch apart from compute: TP all-reduce (one) and p2p sends.
+  const lanes = Array.from({ length: p }, (_, i) => grid.map((replica) => {
+    const group = replica[i]!;
+    const next = replica[i + 1], prev = replica[i - 1];
+    return {
+      flopsPerS: Math.min(...group.map((s) => s.flopsPerS)), // a TP group runs at its slowest member's pace
+      allreduceMs: ringAllreduceMs(t, message, ringBw(group), alpha),
+      p2pMs: (next ? sendMs(group, next) : 0) + (prev ? sendMs(group, prev) : 0), // activation forward, gradient back
+    };
+  }));
+  const stageTime = (i: number, blocks: number) => {
+    const work = stageWork(l, i, blocks);
+    const flops = flopsPerMicroBatch(model, rows, training.seqLen, work).total;
+    const allreduces = (work.recompute ? 6 : 4) * blocks; // 2 forward, 2 backward, 2 again when recomputing
+    let worst = { totalMs: -1, tensorMs: 0, p2pMs: 0 };
+    for (const lane of lanes[i]!) {
+      const tensorMs = allreduces * lane.allreduceMs;
+      const totalMs = (flops / lane.flopsPerS) * 1e3 + tensorMs + lane.p2pMs;
+      if (totalMs > worst.totalMs) worst = { totalMs, tensorMs, p2pMs: lane.p2pMs };
+    }
+    return worst;
+  };
+  const stages = stageBoundaries(p, model.nLayer, (i, n) => stageTime(i, n).totalMs);
+  const times = stages.map(([a, b], i) => stageTime(i, b - a));
+  const slowest = times.reduce((w, x) => (x.totalMs > w.totalMs ? x : w));
+
+  let dataAllreduceMs = 0, optimizerMs = 0, memoryPeak = 0;
+  let worstFit: { ratio: number; need: number; slot: Slot; stage: number } | undefined;
+  for (let i = 0; i < p; i++) {
+    const [a, b] = stages[i]!;
+    const work = stageWork(l, i, b - a);
+    const params = stageParams(model, work);
+    const activations = stageActivationBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, p - i) : 0);
+    const need = memoryBytes(params, activations, d, training.zero);
+    for (let tp = 0; tp < t; tp++) {
+      const ring = grid.map((replica) => replica[i]![tp]!);
+      let ms = ringAllreduceMs(d, params * BYTES, ringBw(ring), alpha);
+      if (p > 1 && (i === 0 || i === p - 1)) {
+        const wte = model.vocabSize * model.nEmbd * BYTES; // the tied embedding's two copies sum their gradients
+        ms += Math.max(...grid.map((replica) => ringAllreduceMs(2, wte, pairBw(replica[0]![tp]!, replica[p - 1]![tp]!), alpha)));
+      }
+      dataAllreduceMs = Math.max(dataAllreduceMs, ms);
+      for (const slot of ring) {
+        optimizerMs = Math.max(optimizerMs, (cal.optimizerNsPerParam * params) / (training.zero ? d : 1) / slot.share / 1e6);
+        memoryPeak = Math.max(memoryPeak, need);
+        const ratio = need / (slot.agent.memoryBytes * cal.memoryFraction);
+        if (ratio > 1 && (!worstFit || ratio > worstFit.ratio)) worstFit = { ratio, need, slot, stage: i };
+      }
+    }
+  }
+
+  const placement: string[] = [];
+  grid.forEach((replica, dp) => replica.forEach((group, pp) => group.forEach((s, tp) => (placement[rankOf({ dp, pp, tp }, l)] = s.agent.id))));
+  const spans = m + p - 1;
+  const predicted: PredictedCost = {
+    stepMs: spans * slowest.totalMs + dataAllreduceMs + optimizerMs,
+    computeMs: m * slowest.totalMs,
+    bubbleMs: (p - 1) * slowest.totalMs,
+    tensorCommMs: spans * slowest.tensorMs,
+    pipelineCommMs: spans * slowest.p2pMs,
+    dataAllreduceMs,
+    optimizerMs,
+    memoryBytesPerAgent: memoryPeak,
+  };
+  const candidate: Candidate = { layout: { ...l }, microBatches: m, stages, placement, predicted, feasible: !worstFit };
+  if (worstFit) {
+    const { need, slot, stage } = worstFit;
+    candidate.reason = `needs ${fmtBytes(need)} per agent${p > 1 ? ` (stage ${stage})` : ''}, agent ${slot.agent.id} allows ` +
+      `${fmtBytes(slot.agent.memoryBytes * cal.memoryFraction)} (memoryFraction ${cal.memoryFraction} of ${fmtBytes(slot.agent.memoryBytes)})`;
+  }
+  return candidate;
+}
+
+interface Problem {
+  reason: string;
+  advice: string;
+}
+
+/** Why a layout cannot be laid out at all, before any costing. */
+function structuralProblem(ctx: Ctx, l: Layout, m: number): Problem | undefined {
+  const { model, training } = ctx;
+  const n = l.data * l.pipeline * l.tensor;
+  if (![l.data, l.pipeline, l.tensor].every((x) => Number.isSafeInteger(x) && x >= 1)) {
+    return { reason: `degrees ${layoutName(l)} must be positive integers`, advice: 'give data, pipeline and tensor as positive integers' };
+  }
+  if (n > ctx.agents.length) {
+    return { reason: `${layoutName(l)} needs ${n} agents, ${ctx.agents.length} usable`, advice: `start ${n - ctx.agents.length} more agent(s), or use parallel: auto` };
+  }
+  if (model.nHead % l.tensor !== 0) {
+    return { reason: `tensor ${l.tensor} does not divide nHead ${model.nHead}`, advice: `use a tensor degree among ${divisors(model.nHead).join(', ')}` };
+  }
+  if (l.pipeline > model.nLayer) {
+    return { reason: `pipeline ${l.pipeline} exceeds nLayer ${model.nLayer} (each stage needs a block)`, advice: `use at most ${model.nLayer} stages` };
+  }
+  if (training.batchSize % l.data !== 0) {
+    return { reason: `batchSize ${training.batchSize} does not divide over data ${l.data}`, advice: 'make batchSize a multiple of the data degree' };
+  }
+  if ((training.batchSize / l.data) % m !== 0) {
+    return { reason: `batchSize per data rank ${training.batchSize / l.data} does not divide into ${m} micro-batches`, advice: 'make batchSize / data a multiple of microBatches' };
+  }
+  if (training.seqLen > model.nCtx) {
+    return { reason: `seqLen ${training.seqLen} exceeds nCtx ${model.nCtx}`, advice: 'lower seqLen or raise nCtx' };
+  }
+  return undefined;
+}
+
+/** Micro-batch counts to try: the spec's, and for p > 1 larger divisors of batchSize/d up to 4p (same model: the
+ * global batch and its mean-loss gradient do not change, only how it is cut into micro-batches). */
+function microBatchOptions(training: Training, l: Layout, pinned: boolean): number[] {
+  const m = training.microBatches;
+  if (pinned || l.pipeline === 1) return [m];
+  return divisors(training.batchSize / l.data).filter((x) => x >= m && x <= Math.max(m, M_PER_STAGE * l.pipeline));
+}
+
+const unpredicted = (): PredictedCost => ({ stepMs: NaN, computeMs: NaN, bubbleMs: NaN, tensorCommMs: NaN, pipelineCommMs: NaN, dataAllreduceMs: NaN, optimizerMs: NaN, memoryBytesPerAgent: NaN });
+
+/** The best (feasible first, then fastest; else leanest) of a layout's micro-batch counts and placements. */
+function weigh(ctx: Ctx, l: Layout, pinned: boolean): { candidate: Candidate; problem?: Problem } {
+  const problem = structuralProblem(ctx, l, ctx.training.microBatches);
+  if (problem) return { candidate: { layout: { ...l }, microBatches: ctx.training.microBatches, stages: [], placement: [], predicted: unpredicted(), feasible: false, reason: problem.reason }, problem };
+  const layoutGrids = agentSets(ctx.agents, l).flatMap((set) => grids(tensorGroups([...slotsFor(set, ctx.cal).values()], l.tensor), l));
+  let best: Candidate | undefined;
+  for (const m of microBatchOptions(ctx.training, l, pinned)) {
+    for (const grid of layoutGrids) {
+      const c = evaluate(ctx, l, m, grid);
+      const better = !best || (c.feasible !== best.feasible ? c.feasible
+        : c.feasible ? c.predicted.stepMs < best.predicted.stepMs : c.predicted.memoryBytesPerAgent < best.predicted.memoryBytesPerAgent);
+      if (better) best = c;
+    }
+  }
+  return { candidate: best! };
+}
+
+/** Faster first; equal (to 1e-9) → fewer agents, then smaller p·t, then the layout and m themselves. */
+function compareFeasible(a: Candidate, b: Candidate): number {
+  const x = a.predicted.stepMs, y = b.predicted.stepMs;
+  if (Math.abs(x - y) > 1e-9 * Math.max(x, y)) return x - y;
+  const agents = (c: Candidate) => c.layout.data * c.layout.pipeline * c.layout.tensor;
+  const split = (c: Candidate) => c.layout.pipeline * c.layout.tensor;
+  return agents(a) - agents(b) || split(a) - split(b) || a.layout.data - b.layout.data || a.layout.pipeline - b.layout.pipeline || a.microBatches - b.microBatches;
+}
+
+// ---------------------------------------------------------------------------------------------------- the plan
+
+export function planJob(req: PlanRequest): Plan {
+  const cal = calibration(req.calibration);
+  validate(req);
+  const usable = req.agents.filter((a) => a.matmulGflops > 0 && a.cores >= 1 && a.memoryBytes > 0).sort((a, b) => compareIds(a.id, b.id));
+  const ctx: Ctx = { model: req.model, training: req.training, cal, agents: agentOrder(usable, cal) };
+  const pinned = req.parallel !== 'auto';
+  const layouts: Layout[] = req.parallel === 'auto' ? enumerate(usable.length) : [req.parallel];
+  const weighed = layouts.map((l) => weigh(ctx, l, pinned));
+  const feasible = weighed.map((w) => w.candidate).filter((c) => c.feasible).sort(compareFeasible);
+  const infeasible = weighed.map((w) => w.candidate).filter((c) => !c.feasible);
+  const candidates = [...feasible, ...infeasible];
+  const chosen = feasible[0] ?? null;
+  if (chosen) return { chosen, candidates, explanation: explain(ctx, chosen, feasible[1], pinned) };
+
+  let refused: string;
+  if (usable.length === 0) {
+    refused = req.agents.length === 0 ? 'no agents are connected: start at least one node-agent'
+      : `none of the ${req.agents.length} agents can compute (0 GFLOP/s, cores or memory): start a working node-agent`;
+  } else if (pinned) {
+    const w = weighed[0]!;
+    refused = `layout ${layoutName(req.parallel as Layout)} is infeasible: ${w.candidate.reason}; ` +
+      (w.problem ? w.problem.advice : memoryAdvice(ctx));
+  } else if (weighed.every((w) => w.problem)) {
+    const w = weighed[0]!; // 1×1×1 fails only on the spec itself
+    refused = `no layout is possible: ${w.candidate.reason}; ${w.problem!.advice}`;
+  } else {
+    const leanest = infeasible.filter((c) => !Number.isNaN(c.predicted.memoryBytesPerAgent))
+      .reduce((a, b) => (b.predicted.memoryBytesPerAgent < a.predicted.memoryBytesPerAgent ? b : a));
+    refused = `no layout fits in memory on ${usable.length} agent(s): the leanest, ${layoutName(leanest.layout)} with m = ${leanest.microBatches}, ` +
+      `${leanest.reason}; ${memoryAdvice(ctx)}`;
+  }
+  return { chosen: null, candidates, refused, explanation: `Refused: ${refused}.` };
+}
+
+/**
+ * What would make the job fit: the fewest agents like the roomiest one that some layout fits on (an estimate, with
+ * blocks split evenly rather than by speed), or else a smaller batch or model.
+ */
+function memoryAdvice(ctx: Ctx): string {
+  const { model, training, cal } = ctx;
+  const roomiest = ctx.agents.reduce((a, b) => (b.memoryBytes > a.memoryBytes || (b.memoryBytes === a.memoryBytes && b.id < a.id) ? b : a));
+  const allow = roomiest.memoryBytes * cal.memoryFraction;
+  const size = (l: Layout) => l.data * l.pipeline * l.tensor;
+  const layouts = enumerate(MAX_HYPOTHETICAL_AGENTS)
+    .filter((l) => model.nHead % l.tensor === 0 && l.pipeline <= model.nLayer && training.batchSize % l.data === 0 && (training.batchSize / l.data) % training.microBatches === 0)
+    .sort((a, b) => size(a) - size(b));
+  let fit: { agents: number; need: number; l: Layout; m: number } | undefined;
+  for (const l of layouts) {
+    const n = size(l);
+    if (fit && n > fit.agents) break;
+    for (const m of microBatchOptions(training, l, false)) {
+      const need = evenSplitMemory(ctx, l, m);
+      if (need <= allow && (!fit || n < fit.agents || (n === fit.agents && need < fit.need))) fit = { agents: n, need, l, m };
+    }
+  }
+  const hint = 'or lower batchSize or seqLen (activations shrink with them), or raise microBatches';
+  if (!fit) return `no layout of up to ${MAX_HYPOTHETICAL_AGENTS} agents like ${roomiest.id} would fit: lower batchSize or seqLen, raise microBatches, or train a smaller model`;
+  const example = `${layoutName(fit.l)} with m = ${fit.m} needs ${fmtBytes(fit.need)} per agent`;
+  if (fit.agents > ctx.agents.length) {
+    return `start ${fit.agents - ctx.agents.length} more agent(s) with at least ${fmtBytes(fit.need / cal.memoryFraction)} of memory like ${roomiest.id} (${example}), ${hint}`;
+  }
+  return `give every agent at least ${fmtBytes(fit.need / cal.memoryFraction)} of memory (${example}), ${hint}`;
+}
+
+/** Peak memory per agent of a layout with blocks split evenly (later stages take the remainder). */
+function evenSplitMemory(ctx: Ctx, l: Layout, m: number): number {
+  const { model, training } = ctx;
+  const rows = training.batchSize / (l.data * m);
+  let peak = 0;
+  for (let i = 0; i < l.pipeline; i++) {
+    const blocks = Math.floor(model.nLayer / l.pipeline) + (i >= l.pipeline - (model.nLayer % l.pipeline) ? 1 : 0);
+    const work = stageWork(l, i, blocks);
+    const act = stageActivationBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, l.pipeline - i) : 0);
+    peak = Math.max(peak, memoryBytes(stageParams(model, work), act, l.data, training.zero));
+  }
+  return peak;
+}
+
+function explain(ctx: Ctx, c: Candidate, runnerUp: Candidate | undefined, pinned: boolean): string {
+  const p = c.predicted;
+  const n = c.layout.data * c.layout.pipeline * c.layout.tensor;
+  const parts = [
+    `${pinned ? 'Pinned' : 'Chose'} ${layoutName(c.layout)} (data × pipeline × tensor) on ${n} of ${ctx.agents.length} agent(s) with m = ${c.microBatches}: ` +
+      `predicted ${fmtMs(p.stepMs)} per step (compute ${fmtMs(p.computeMs)} + bubble ${fmtMs(p.bubbleMs)}, of which tensor all-reduce ` +
+      `${fmtMs(p.tensorCommMs)} and p2p ${fmtMs(p.pipelineCommMs)}; data all-reduce ${fmtMs(p.dataAllreduceMs)}; optimizer ${fmtMs(p.optimizerMs)}), ` +
+      `${fmtBytes(p.memoryBytesPerAgent)} per agent at most.`,
+  ];
+  if (c.layout.pipeline > 1) parts.push(`Stages hold blocks ${c.stages.map(([a, b]) => `[${a}, ${b})`).join(' ')}, sized to the agents' speeds.`);
+  if (c.microBatches > ctx.training.microBatches) {
+    parts.push(`m was raised from ${ctx.training.microBatches} to ${c.microBatches} to shrink the bubble to ${Math.round(100 * bubbleFraction(c.layout.pipeline, c.microBatches))}%; ` +
+      'the model and its gradients are the same, only the batch is cut finer.');
+  }
+  if (runnerUp) {
+    const r = runnerUp.predicted;
+    const terms: Array<[string, number]> = [
+      ['compute', r.computeMs - p.computeMs], ['bubble', r.bubbleMs - p.bubbleMs], ['data all-reduce', r.dataAllreduceMs - p.dataAllreduceMs],
+      ['optimizer', r.optimizerMs - p.optimizerMs],
+    ];
+    const [why, delta] = terms.reduce((a, b) => (b[1] > a[1] ? b : a));
+    parts.push(`Runner-up ${layoutName(runnerUp.layout)} with m = ${runnerUp.microBatches}: ${fmtMs(r.stepMs)}` +
+      (delta > 0 ? `, mostly from ${why} (+${fmtMs(delta)}).` : '.'));
+  } else if (!pinned) {
+    parts.push('No other layout fits.');
+  }
+  return parts.join(' ');
+}
+
+// ---------------------------------------------------------------------------------------------------- helpers
+
+/** Every (d, p, t) with d·p·t ≤ n, in order of d, then p, then t. */
+function enumerate(n: number): Layout[] {
+  const out: Layout[] = [];
+  for (let data = 1; data <= n; data++) {
+    for (let pipeline = 1; data * pipeline <= n; pipeline++) {
+      for (let tensor = 1; data * pipeline * tensor <= n; tensor++) out.push({ data, pipeline, tensor });
+    }
+  }
+  return out;
+}
+
+function divisors(n: number): number[] {
+  const low: number[] = [], high: number[] = [];
+  for (let i = 1; i * i <= n; i++) {
+    if (n % i !== 0) continue;
+    low.push(i);
+    if (i * i !== n) high.unshift(n / i);
+  }
+  return [...low, ...high];
+}
+
+function calibration(partial: Partial<PlannerCalibration> | undefined): PlannerCalibration {
+  const cal = { ...DEFAULT_CALIBRATION, ...partial };
+  for (const [key, v] of Object.entries(cal)) {
+    const min = key === 'hopLatencyMs' || key === 'optimizerNsPerParam' ? 0 : Number.MIN_VALUE;
+    if (!Number.isFinite(v) || v < min) throw new RangeError(`calibration.${key} must be a ${min === 0 ? 'non-negative' : 'positive'} number, got ${v}`);
+  }
+  if (cal.efficiency > 1 || cal.memoryFraction > 1) throw new RangeError('calibration.efficiency and memoryFraction must be at most 1');
+  return Object.freeze(cal);
+}
+
+function validate(req: PlanRequest): void {
+  const ints: Array<[string, number]> = [
+    ...Object.entries(req.model).map(([k, v]) => [`model.${k}`, v] as [string, number]),
+    ['training.batchSize', req.training.batchSize], ['training.microBatches', req.training.microBatches], ['training.seqLen', req.training.seqLen],
+  ];
+  for (const [name, v] of ints) if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${name} must be a positive integer, got ${v}`);
+  if (req.model.nEmbd % req.model.nHead !== 0) throw new RangeError(`model.nEmbd ${req.model.nEmbd} must be a multiple of nHead ${req.model.nHead}`);
+}
+
+function fmtBytes(b: number): string {
+  if (b >= 1e9) return `${(b / 1e9).toFixed(2)} GB`;
+  if (b >= 1e6) return `${(b / 1e6).toFixed(1)} MB`;
+  return `${(b / 1e3).toFixed(1)} kB`;
+}
+
+const fmtMs = (ms: number): string => (ms >= 10 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);

@@ -1,0 +1,323 @@
+/**
+ * The planner (coordinator/planner.ts) is a pure function of its request, so it is tested with tables of requests:
+ * cost-model pieces against hand computation, then whole plans for small clusters. Run: node scripts/run-tests.mjs planner
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  blockForwardFlops,
+  bubbleFraction,
+  embeddingForwardFlops,
+  flopsPerMicroBatch,
+  headForwardFlops,
+  planJob,
+  ringAllreduceMs,
+  stageBoundaries,
+  type PlannerAgent,
+  type PlanRequest,
+} from '../../coordinator/planner.ts';
+
+const agent = (id: string, host: string, matmulGflops = 20, memoryBytes = 8e9, cores = 2): PlannerAgent => ({ id, host, cores, memoryBytes, matmulGflops });
+
+const TINY = { vocabSize: 10, nCtx: 8, nLayer: 2, nHead: 2, nEmbd: 4 };
+const MID = { vocabSize: 1024, nCtx: 256, nLayer: 8, nHead: 4, nEmbd: 256 };
+const LARGE = { vocabSize: 50257, nCtx: 1024, nLayer: 24, nHead: 16, nEmbd: 1024 }; // GPT-2 medium: ~355M parameters
+const TRAIN = { batchSize: 16, microBatches: 4, seqLen: 128, zero: 0 as const };
+
+function request(over: Partial<PlanRequest>): PlanRequest {
+  return { model: MID, training: TRAIN, parallel: 'auto', agents: [agent('a', 'h1')], ...over };
+}
+
+describe('FLOP counts', () => {
+  // The matmuls of gpt.ts's forward for B = 1 row of T = 3 tokens, V = 10, d = 4, nh = 2 (hs = 2), as [M, K] × [K, N].
+  const B = 1, T = 3, V = 10, d = 4, nh = 2, hs = 2;
+  const mm = (m: number, k: number, n: number, times = 1) => 2 * m * k * n * times;
+  const block = mm(B * T, d, 3 * d) + mm(T, hs, T, B * nh) + mm(T, T, hs, B * nh) + mm(B * T, d, d) + mm(B * T, d, 4 * d) + mm(B * T, 4 * d, d);
+  const embedding = mm(B * T, V, d);
+  const head = mm(B * T, d, V);
+
+  test('one block of the tiny config costs 24·N·d² + 4·B·T²·d, as its six matmuls add up', () => {
+    assert.equal(block, 1296);
+    assert.equal(blockForwardFlops(TINY, B, T), block);
+    assert.equal(blockForwardFlops(TINY, B, T, 2), block / 2);
+  });
+
+  test('the one-hot embedding and the tied head each cost 2·N·V·d', () => {
+    assert.equal(embeddingForwardFlops(TINY, B, T), embedding);
+    assert.equal(headForwardFlops(TINY, B, T), head);
+  });
+
+  const cases = [
+    {
+      name: 'a single stage runs forward once and backward at twice the forward, except the embedding (weight gradient only)',
+      stage: { blocks: 2, first: true, last: true, tensor: 1, recompute: false },
+      expect: { forward: embedding + 2 * block + head, recompute: 0, backward: embedding + 4 * block + 2 * head },
+    },
+    {
+      name: 'a first pipeline stage also recomputes its embedding and blocks in backward',
+      stage: { blocks: 1, first: true, last: false, tensor: 1, recompute: true },
+      expect: { forward: embedding + block, recompute: embedding + block, backward: embedding + 2 * block },
+    },
+    {
+      name: 'a last pipeline stage does not recompute and carries the head',
+      stage: { blocks: 1, first: false, last: true, tensor: 1, recompute: false },
+      expect: { forward: block + head, recompute: 0, backward: 2 * block + 2 * head },
+    },
+    {
+      name: 'tensor parallelism splits the blocks but replicates the embedding and head',
+      stage: { blocks: 2, first: true, last: true, tensor: 2, recompute: false },
+      expect: { forward: embedding + block + head, recompute: 0, backward: embedding + 2 * block + 2 * head },
+    },
+  ];
+  for (const c of cases) {
+    test(c.name, () => {
+      const f = flopsPerMicroBatch(TINY, B, T, c.stage);
+      assert.deepEqual(f, { ...c.expect, total: c.expect.forward + c.expect.recompute + c.expect.backward });
+    });
+  }
+});
+
+describe('bubbleFraction', () => {
+  const cases = [
+    { p: 1, m: 4, expect: 0 },
+    { p: 2, m: 1, expect: 0.5 },
+    { p: 4, m: 4, expect: 3 / 7 },
+    { p: 4, m: 13, expect: 3 / 16 },
+  ];
+  for (const c of cases) {
+    test(`a pipeline of ${c.p} stages with ${c.m} micro-batches idles (p−1)/(m+p−1) = ${c.expect.toFixed(3)} of the step`, () => {
+      assert.equal(bubbleFraction(c.p, c.m), c.expect);
+    });
+  }
+});
+
+describe('ringAllreduceMs', () => {
+  const cases = [
+    { name: 'a ring of one costs nothing', n: 1, bytes: 1e9, bw: 1e6, alpha: 5, expect: 0 },
+    { name: 'a ring of two moves S bytes and pays two hops', n: 2, bytes: 100e6, bw: 100e6, alpha: 1, expect: 1000 + 2 },
+    { name: 'a ring of four moves 1.5·S bytes and pays six hops', n: 4, bytes: 4e6, bw: 100e6, alpha: 0.5, expect: 60 + 3 },
+  ];
+  for (const c of cases) {
+    test(c.name, () => assert.ok(Math.abs(ringAllreduceMs(c.n, c.bytes, c.bw, c.alpha) - c.expect) < 1e-9));
+  }
+});
+
+describe('stageBoundaries', () => {
+  test('equal stages with equal costs per block split the blocks evenly', () => {
+    assert.deepEqual(stageBoundaries(4, 8, (_, n) => n), [[0, 2], [2, 4], [4, 6], [6, 8]]);
+  });
+
+  test('a stage three times as fast takes three times the blocks', () => {
+    assert.deepEqual(stageBoundaries(2, 8, (i, n) => (i === 0 ? n : 3 * n)), [[0, 6], [6, 8]]);
+  });
+
+  test('a fixed cost on the last stage (the head) moves blocks to the others', () => {
+    assert.deepEqual(stageBoundaries(2, 6, (i, n) => n + (i === 1 ? 2 : 0)), [[0, 4], [4, 6]]);
+  });
+
+  test('more stages than blocks are refused', () => {
+    assert.throws(() => stageBoundaries(3, 2, (_, n) => n), RangeError);
+  });
+});
+
+describe('planJob with a pinned layout', () => {
+  const fourAgents = [agent('a', 'h1'), agent('b', 'h2'), agent('c', 'h3'), agent('d', 'h4')];
+  const cases: Array<{ name: string; req: PlanRequest; reason: RegExp; advice: RegExp }> = [
+    {
+      name: 'a layout that needs more agents than are connected says how many to start',
+      req: request({ parallel: { data: 1, pipeline: 3, tensor: 1 }, agents: fourAgents.slice(0, 2) }),
+      reason: /needs 3 agents, 2 usable/,
+      advice: /start 1 more agent/,
+    },
+    {
+      name: 'a tensor degree that does not divide the heads is named',
+      req: request({ parallel: { data: 1, pipeline: 1, tensor: 3 }, agents: fourAgents }),
+      reason: /tensor 3 does not divide nHead 4/,
+      advice: /1, 2, 4/,
+    },
+    {
+      name: 'more stages than blocks are refused',
+      req: request({ model: { ...MID, nLayer: 2 }, parallel: { data: 1, pipeline: 3, tensor: 1 }, agents: fourAgents }),
+      reason: /pipeline 3 exceeds nLayer 2/,
+      advice: /at most 2 stages/,
+    },
+    {
+      name: 'a global batch that does not divide over the replicas is refused',
+      req: request({ training: { ...TRAIN, batchSize: 6, microBatches: 1 }, parallel: { data: 4, pipeline: 1, tensor: 1 }, agents: fourAgents }),
+      reason: /batchSize 6 does not divide over data 4/,
+      advice: /multiple of the data degree/,
+    },
+    {
+      name: 'a per-replica batch that does not divide into the micro-batches is refused',
+      req: request({ training: { ...TRAIN, batchSize: 12, microBatches: 4 }, parallel: { data: 2, pipeline: 1, tensor: 1 }, agents: fourAgents }),
+      reason: /per data rank 6 does not divide into 4 micro-batches/,
+      advice: /multiple of microBatches/,
+    },
+    {
+      name: 'a layout that does not fit in memory names the memory needed and the agent that lacks it',
+      req: request({ parallel: { data: 1, pipeline: 1, tensor: 1 }, agents: [agent('a-1', 'h1', 20, 100e6)] }),
+      reason: /needs [\d.]+ MB per agent, agent a-1 allows 50\.0 MB/,
+      advice: /start \d+ more agent/,
+    },
+  ];
+  for (const c of cases) {
+    test(c.name, () => {
+      const plan = planJob(c.req);
+      assert.equal(plan.chosen, null);
+      assert.equal(plan.candidates.length, 1, 'only the pinned layout is weighed');
+      assert.equal(plan.candidates[0]!.feasible, false);
+      assert.match(plan.candidates[0]!.reason ?? '', c.reason);
+      assert.match(plan.refused ?? '', c.reason);
+      assert.match(plan.refused ?? '', c.advice);
+    });
+  }
+
+  test('a pinned layout keeps the spec\'s micro-batches', () => {
+    const plan = planJob(request({ parallel: { data: 1, pipeline: 2, tensor: 1 }, agents: fourAgents }));
+    assert.equal(plan.chosen?.microBatches, TRAIN.microBatches);
+    assert.deepEqual(plan.chosen?.layout, { data: 1, pipeline: 2, tensor: 1 });
+  });
+});
+
+describe('planJob with parallel: auto', () => {
+  test('one agent trains the whole model alone: 1×1×1', () => {
+    const plan = planJob(request({ agents: [agent('solo', 'h1')] }));
+    assert.deepEqual(plan.chosen?.layout, { data: 1, pipeline: 1, tensor: 1 });
+    assert.deepEqual(plan.chosen?.stages, [[0, MID.nLayer]]);
+    assert.deepEqual(plan.chosen?.placement, ['solo']);
+    assert.match(plan.explanation, /1×1×1/);
+  });
+
+  test('four equal agents on four hosts split a model too large for one of them into pipeline stages', () => {
+    const agents = [agent('a', 'h1'), agent('b', 'h2'), agent('c', 'h3'), agent('d', 'h4')];
+    const plan = planJob({ model: LARGE, training: { batchSize: 8, microBatches: 1, seqLen: 128, zero: 0 }, parallel: 'auto', agents });
+    const byLayout = (d: number, p: number, t: number) => plan.candidates.find((c) => c.layout.data === d && c.layout.pipeline === p && c.layout.tensor === t)!;
+    for (const replicas of [byLayout(1, 1, 1), byLayout(4, 1, 1)]) {
+      assert.equal(replicas.feasible, false);
+      assert.match(replicas.reason ?? '', /needs [\d.]+ GB per agent/);
+    }
+    assert.ok(plan.chosen, plan.refused);
+    assert.ok(plan.chosen.layout.pipeline > 1, JSON.stringify(plan.chosen.layout));
+    assert.ok(plan.chosen.predicted.memoryBytesPerAgent <= 8e9 * 0.5);
+    assert.ok(plan.chosen.microBatches >= plan.chosen.layout.pipeline, 'm was raised to fill the pipeline');
+    assert.match(plan.explanation, /Runner-up/);
+  });
+
+  test('raising m for a pipeline keeps the global batch: m divides batchSize / d', () => {
+    const agents = [agent('a', 'h1'), agent('b', 'h2'), agent('c', 'h3'), agent('d', 'h4')];
+    const plan = planJob({ model: LARGE, training: { batchSize: 8, microBatches: 1, seqLen: 128, zero: 0 }, parallel: 'auto', agents });
+    for (const c of plan.candidates.filter((x) => x.feasible)) {
+      assert.equal((8 / c.layout.data) % c.microBatches, 0, JSON.stringify(c.layout));
+      assert.ok(c.microBatches >= 1);
+    }
+  });
+
+  test('feasible candidates come first, by predicted step time', () => {
+    const agents = [agent('a', 'h1'), agent('b', 'h1'), agent('c', 'h2'), agent('d', 'h2')];
+    const plan = planJob(request({ agents }));
+    const feasible = plan.candidates.filter((c) => c.feasible);
+    assert.deepEqual(plan.candidates.slice(0, feasible.length), feasible);
+    for (let i = 1; i < feasible.length; i++) assert.ok(feasible[i - 1]!.predicted.stepMs <= feasible[i]!.predicted.stepMs);
+    assert.equal(plan.chosen, feasible[0]);
+  });
+
+  const refusals = [
+    {
+      name: 'a job too large for two agents is refused with the memory it needs and how many more agents would do',
+      memoryBytes: 4e9,
+      advice: /start \d+ more agent\(s\) with at least [\d.]+ GB of memory/,
+    },
+    {
+      name: 'a job whose replicated embedding alone outgrows every agent is refused with what to shrink',
+      memoryBytes: 1e9,
+      advice: /lower batchSize or seqLen, raise microBatches, or train a smaller model/,
+    },
+  ];
+  for (const c of refusals) {
+    test(c.name, () => {
+      const agents = [agent('a', 'h1', 20, c.memoryBytes), agent('b', 'h2', 20, c.memoryBytes)];
+      const plan = planJob({ model: LARGE, training: { batchSize: 8, microBatches: 1, seqLen: 128, zero: 0 }, parallel: 'auto', agents });
+      assert.equal(plan.chosen, null);
+      assert.ok(plan.candidates.length > 0 && plan.candidates.every((x) => !x.feasible));
+      assert.match(plan.refused ?? '', /no layout fits in memory/);
+      assert.match(plan.refused ?? '', /needs [\d.]+ GB per agent/);
+      assert.match(plan.refused ?? '', c.advice);
+      assert.match(plan.explanation, /Refused/);
+    });
+  }
+
+  test('no agents at all is refused with what to start', () => {
+    const plan = planJob(request({ agents: [] }));
+    assert.equal(plan.chosen, null);
+    assert.match(plan.refused ?? '', /start at least one node-agent/);
+  });
+});
+
+describe('stage boundaries and placement', () => {
+  test('uneven agent speeds give unequal stages: the faster agent gets more blocks', () => {
+    const plan = planJob(request({ parallel: { data: 1, pipeline: 2, tensor: 1 }, agents: [agent('slow', 'h1', 10), agent('fast', 'h2', 30)] }));
+    const chosen = plan.chosen!;
+    const blocks = (id: string) => {
+      const [a, b] = chosen.stages[chosen.placement.indexOf(id)]!;
+      return b - a;
+    };
+    assert.ok(blocks('fast') > blocks('slow'), JSON.stringify(chosen.stages));
+    assert.equal(blocks('fast') + blocks('slow'), MID.nLayer);
+  });
+
+  test('equal agents get stages within one block of each other apart from the embedding and head', () => {
+    const plan = planJob(request({ parallel: { data: 1, pipeline: 4, tensor: 1 }, agents: [agent('a', 'h1'), agent('b', 'h2'), agent('c', 'h3'), agent('d', 'h4')] }));
+    const sizes = plan.chosen!.stages.map(([a, b]) => b - a);
+    assert.equal(sizes.reduce((x, y) => x + y), MID.nLayer);
+    assert.ok(Math.max(...sizes.slice(1, -1)) - Math.min(...sizes.slice(1, -1)) <= 1, JSON.stringify(sizes));
+  });
+
+  const cases: Array<{ name: string; agents: PlannerAgent[]; layout: { data: number; pipeline: number; tensor: number }; groups: string[][] }> = [
+    {
+      name: 'tensor groups stay on one host even when agent ids interleave the hosts',
+      agents: [agent('a', 'h1'), agent('b', 'h2'), agent('c', 'h1'), agent('d', 'h2')],
+      layout: { data: 2, pipeline: 1, tensor: 2 },
+      groups: [['h1', 'h1'], ['h2', 'h2']],
+    },
+    {
+      name: 'a tensor group takes two agents of one host over a lone agent elsewhere',
+      agents: [agent('a', 'h1'), agent('b', 'h2'), agent('c', 'h2')],
+      layout: { data: 1, pipeline: 1, tensor: 2 },
+      groups: [['h2', 'h2']],
+    },
+    {
+      name: 'each pipeline stage\'s tensor group sits on one host',
+      agents: [agent('a', 'h1', 20, 8e9, 4), agent('b', 'h2', 20, 8e9, 4), agent('c', 'h1', 20, 8e9, 4), agent('d', 'h2', 20, 8e9, 4)],
+      layout: { data: 1, pipeline: 2, tensor: 2 },
+      groups: [['h1', 'h1'], ['h2', 'h2']],
+    },
+  ];
+  for (const c of cases) {
+    test(c.name, () => {
+      const plan = planJob(request({ parallel: c.layout, agents: c.agents }));
+      assert.ok(plan.chosen, plan.refused);
+      const host = (id: string) => c.agents.find((a) => a.id === id)!.host;
+      const t = c.layout.tensor;
+      const groups = [];
+      for (let r = 0; r < plan.chosen.placement.length; r += t) groups.push(plan.chosen.placement.slice(r, r + t).map(host));
+      assert.deepEqual(groups.sort(), c.groups);
+    });
+  }
+
+  test('agents sharing a host share its cores: two agents on a one-core host are each half as fast', () => {
+    const alone = planJob(request({ parallel: { data: 2, pipeline: 1, tensor: 1 }, agents: [agent('a', 'h1', 20, 8e9, 1), agent('b', 'h2', 20, 8e9, 1)] }));
+    const shared = planJob(request({ parallel: { data: 2, pipeline: 1, tensor: 1 }, agents: [agent('a', 'h1', 20, 8e9, 1), agent('b', 'h1', 20, 8e9, 1)] }));
+    assert.ok(Math.abs(shared.chosen!.predicted.computeMs - 2 * alone.chosen!.predicted.computeMs) < 1e-6);
+  });
+});
+
+describe('determinism', () => {
+  test('the same request gives the same plan, whatever order the agents are listed in', () => {
+    const agents = [agent('n-3', 'h2', 18), agent('n-1', 'h1', 22), agent('n-2', 'h1', 22), agent('n-4', 'h2', 15), agent('n-5', 'h3', 30)];
+    const req = (list: PlannerAgent[]): PlanRequest => ({ model: MID, training: TRAIN, parallel: 'auto', agents: list });
+    const first = planJob(req(agents));
+    assert.deepEqual(planJob(req(agents)), first);
+    assert.deepEqual(planJob(req([...agents].reverse())), first);
+    assert.deepEqual(planJob(req([agents[2]!, agents[4]!, agents[0]!, agents[3]!, agents[1]!])), first);
+  });
+});

@@ -1,0 +1,65 @@
+/**
+ * Every layout trains the same model as one rank (ARCHITECTURE.md, "Parallelism"): data × pipeline × tensor
+ * ranks run in one process on in-memory rings (test/support/fake-topology.ts), each rank with its own compute
+ * worker, and their losses and final (merged) weights are compared with a single rank's on the same global batch
+ * and seed. The real-process versions are in test/integration/layouts.test.ts.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import type { ParallelLayout } from '../../protocol/layout.ts';
+import { maxRel, progressOf, relDiff, runRanks, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';
+
+let ds: Dataset;
+let one: RankRun[];
+let oneParams: Float32Array;
+// 2 blocks and 2 heads: room for 2 stages and 2 tensor shards; 4 sequences in 2 micro-batches per step.
+const spec = tinySpec({ batchSize: 4, microBatches: 2, steps: 5 });
+spec.model = { ...spec.model, nLayer: 2, nHead: 2 };
+
+before(async () => {
+  ds = await tinyDataset();
+  one = await runRanks({ world: 1, spec, ds, jobId: 'one' });
+  oneParams = await trainedParams(one, ds, spec);
+});
+after(async () => {
+  await rm(ds.root, { recursive: true, force: true });
+});
+
+async function sameAsOneRank(layout: ParallelLayout, extra: { zero?: 0 | 1; stages?: Array<[number, number]> } = {}) {
+  const world = layout.data * layout.pipeline * layout.tensor;
+  const runs = await runRanks({ world, layout, spec, ds, jobId: `l${layout.data}${layout.pipeline}${layout.tensor}${extra.zero ?? 0}`, ...extra });
+  const failed = runs.filter((r) => !r.finished.ok);
+  assert.equal(failed.length, 0, failed.map((r) => `rank ${r.finished.rank}: ${r.finished.error}\n${r.log.slice(-5).join('\n')}`).join('\n'));
+  const a = progressOf(one[0]!.messages), b = progressOf(runs[0]!.messages);
+  assert.equal(b.length, 5);
+  for (let i = 0; i < 5; i++) assert.ok(relDiff(b[i]!.loss, a[i]!.loss) < 1e-4, `step ${i + 1}: ${b[i]!.loss} vs one rank's ${a[i]!.loss}`);
+  assert.ok(relDiff(b[4]!.evalLoss!, a[4]!.evalLoss!) < 1e-4, `held-out ${b[4]!.evalLoss} vs ${a[4]!.evalLoss}`);
+  const rel = maxRel(await trainedParams(runs, ds, spec), oneParams);
+  assert.ok(rel < 1e-4, `final weights differ by ${rel}`);
+  return runs;
+}
+
+test('two pipeline stages (1×2×1) train the same model as one rank', async () => {
+  const runs = await sameAsOneRank({ data: 1, pipeline: 2, tensor: 1 });
+  const p = progressOf(runs[0]!.messages).at(-1)!;
+  assert.equal(p.stageBusyMs?.length, 2);
+  assert.ok(p.bubble !== undefined && p.bubble > 0 && p.bubble < 1, `bubble ${p.bubble}`);
+});
+
+test('two tensor-parallel shards (1×1×2) train the same model as one rank', async () => {
+  await sameAsOneRank({ data: 1, pipeline: 1, tensor: 2 });
+});
+
+test('2×2×1, 1×2×2 and 2×1×2 on four ranks train the same model as one rank', async () => {
+  await sameAsOneRank({ data: 2, pipeline: 2, tensor: 1 });
+  await sameAsOneRank({ data: 1, pipeline: 2, tensor: 2 });
+  await sameAsOneRank({ data: 2, pipeline: 1, tensor: 2 });
+});
+
+test('ZeRO-1 over two replicas trains the same model and halves the optimizer state per rank', async () => {
+  const plain = await runRanks({ world: 2, layout: { data: 2, pipeline: 1, tensor: 1 }, spec, ds, jobId: 'dp2' });
+  const zero = await sameAsOneRank({ data: 2, pipeline: 1, tensor: 1 }, { zero: 1 });
+  const bytes = (runs: RankRun[]) => progressOf(runs[0]!.messages).at(-1)!.optimizerBytes!;
+  assert.ok(Math.abs(bytes(zero) / bytes(plain) - 0.5) < 0.01, `ZeRO-1 ${bytes(zero)} B vs ${bytes(plain)} B`);
+});
