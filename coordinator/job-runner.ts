@@ -9,7 +9,9 @@
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
 import type { AgentMessage, JobProgress, JobStart } from '../protocol/control.ts';
+import { validateJobSpec } from '../protocol/job-spec.ts';
 import { jobRings, layoutName, type ParallelLayout } from '../protocol/layout.ts';
+import { CoordinatorError } from './errors.ts';
 import { flatFromStateDict, paramLayout } from '../model/gpt.ts';
 import { exportHf } from '../model/hf-format.ts';
 import { allShards } from '../model/shard-layout.ts';
@@ -115,6 +117,28 @@ export class JobRunner {
     } finally {
       this.#ticking = false;
     }
+  }
+
+  /**
+   * Changes a job's layout (`parallel`: pinned degrees or 'auto'). A running attempt is stopped and the job queued
+   * again: it resumes from its last checkpoint under the new layout (the checkpoint is resharded for it).
+   */
+  replan(jobId: string, parallel: unknown): JobRecord {
+    const { jobs } = this.#o;
+    const job = jobs.get(jobId);
+    if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${jobId}`);
+    if (FINAL_STATES.has(job.state)) throw new CoordinatorError('CRD_ERR_CONFLICT', `job ${job.id} already ${job.state}`);
+    const checked = validateJobSpec({ ...job.spec, parallel });
+    if (!checked.ok) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid layout: ${checked.errors.join('; ')}`, { details: checked.errors });
+    const name = checked.spec.parallel === 'auto' ? 'auto' : layoutName(checked.spec.parallel);
+    const reason = `re-planned to ${name}; resuming from the last checkpoint`;
+    jobs.setSpec(job.id, checked.spec, this.#now());
+    const attempt = this.#attempts.get(job.id);
+    if (attempt) this.#stopAttempt(attempt, reason);
+    jobs.setState(job.id, 'queued', reason, this.#now());
+    this.#o.log.info(`job ${job.id}: ${reason}`);
+    void this.tick();
+    return jobs.get(job.id)!;
   }
 
   /** Cancels a job; a running attempt is stopped on its agents. */

@@ -80,6 +80,7 @@ export class JobStore {
       nextAttempt: db.prepare('UPDATE jobs SET attempt = attempt + 1, updated_ms = ? WHERE id = ?'),
       setModel: db.prepare('UPDATE jobs SET model_version = ?, updated_ms = ? WHERE id = ?'),
       setPlan: db.prepare('UPDATE jobs SET plan = ?, updated_ms = ? WHERE id = ?'),
+      setSpec: db.prepare('UPDATE jobs SET spec = ?, updated_ms = ? WHERE id = ?'),
       putCheckpoint: db.prepare(
         `INSERT INTO job_checkpoints(job_id, step, attempt, files, created_ms) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT(job_id, step) DO UPDATE SET attempt = excluded.attempt, files = excluded.files, created_ms = excluded.created_ms`,
@@ -125,6 +126,11 @@ export class JobStore {
 
   setModelVersion(id: string, version: number, nowMs: number): void {
     this.#stmts.setModel.run(version, nowMs, id);
+  }
+
+  /** Replaces the spec (a re-plan changes its `parallel`); the caller validated it. */
+  setSpec(id: string, spec: ResolvedJobSpec, nowMs: number): void {
+    this.#stmts.setSpec.run(JSON.stringify(spec), nowMs, id);
   }
 
   setPlan(id: string, plan: unknown, nowMs: number): void {

@@ -16,6 +16,7 @@
  *   GET    /api/jobs                     jobs, newest first
  *   GET    /api/jobs/:id                 one job with its metrics history and checkpoints
  *   GET    /api/jobs/:id/plan            the layout the planner chose, the candidates it weighed, predicted vs measured step time
+ *   POST   /api/jobs/:id/replan          {parallel}: change the layout; a running job resumes from its last checkpoint under it
  *   POST   /api/jobs/:id/cancel          cancel a job that has not finished
  *   PUT    /api/artifacts/:sha256        store bytes under their sha256 (checked); agents upload checkpoints so
  *   GET    /api/artifacts/:sha256        fetch stored bytes (dataset shards, checkpoints, model files)
@@ -215,6 +216,14 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     const after = Number(req.query.after ?? -1);
     const { plan: _plan, ...rest } = job; // the plan has its own endpoint (it lists every candidate)
     return { job: rest, metrics: jobs.metrics(job.id, Number.isFinite(after) ? after : -1), checkpoints: jobs.checkpoints(job.id) };
+  });
+  app.post<{ Params: { id: string }; Body: { parallel?: unknown } }>('/api/jobs/:id/replan', async (req) => {
+    const body = req.body as { parallel?: unknown } | undefined;
+    if (!body || typeof body !== 'object' || body.parallel === undefined) {
+      throw new CoordinatorError('CRD_ERR_BAD_REQUEST', 'send {"parallel": "auto" | {"data": d, "pipeline": p, "tensor": t}}', { details: ['/parallel is required'] });
+    }
+    const { plan: _plan, ...job } = runner.replan(req.params.id, body.parallel);
+    return job;
   });
   app.post<{ Params: { id: string } }>('/api/jobs/:id/cancel', async (req) => {
     const job = jobs.get(req.params.id);

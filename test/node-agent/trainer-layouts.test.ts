@@ -7,8 +7,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
-import type { ParallelLayout } from '../../protocol/layout.ts';
-import { maxRel, progressOf, relDiff, runRanks, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';
+import { join } from 'node:path';
+import { CheckpointSharder } from '../../coordinator/checkpoint-shards.ts';
+import { allShards, splitLayers } from '../../model/shard-layout.ts';
+import { coordsOf, type ParallelLayout } from '../../protocol/layout.ts';
+import { finalCheckpoints, maxRel, progressOf, relDiff, runRanks, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';
 
 let ds: Dataset;
 let one: RankRun[];
@@ -62,4 +65,39 @@ test('ZeRO-1 over two replicas trains the same model and halves the optimizer st
   const zero = await sameAsOneRank({ data: 2, pipeline: 1, tensor: 1 }, { zero: 1 });
   const bytes = (runs: RankRun[]) => progressOf(runs[0]!.messages).at(-1)!.optimizerBytes!;
   assert.ok(Math.abs(bytes(zero) / bytes(plain) - 0.5) < 0.01, `ZeRO-1 ${bytes(zero)} B vs ${bytes(plain)} B`);
+});
+
+test('a checkpoint saved at 2×2×1 resumes at 1×2×2, 1×1×1 and 4×1×1 and ends where an uninterrupted run ends', async () => {
+  const long = { ...spec, training: { ...spec.training, steps: 6, checkpointEvery: 3 } };
+  const reference = await runRanks({ world: 1, spec: long, ds, jobId: 'ref6' });
+  const refParams = await trainedParams(reference, ds, long);
+  const saved = await runRanks({ world: 4, layout: { data: 2, pipeline: 2, tensor: 1 }, spec: long, ds, jobId: 'saved' });
+  const shards = finalCheckpoints(saved, 3);
+  assert.equal(shards.length, 2, 'one shard checkpoint per stage, from data-parallel rank 0');
+  const sharder = new CheckpointSharder(ds.store, join(ds.root, 'scratch'));
+  const canonical = await sharder.load(await sharder.mergeShards(long.model, shards.map((s) => s.files)));
+  assert.equal(canonical.step, 3);
+
+  const resumeAt = async (layout: ParallelLayout, microBatches: number) => {
+    const stages = splitLayers(long.model.nLayer, Array(layout.pipeline).fill(1));
+    const files = new Map<string, Record<string, string>>();
+    for (const shard of allShards(stages, layout.tensor)) files.set(`${shard.stage}.${shard.tpRank}`, await sharder.reshard(long.model, canonical, shard));
+    const world = layout.data * layout.pipeline * layout.tensor;
+    const runs = await runRanks({
+      world, layout, stages, microBatches, spec: long, ds, jobId: `resumed${layout.data}${layout.pipeline}${layout.tensor}`,
+      resume: (rank) => {
+        const { pp, tp } = coordsOf(rank, layout);
+        return { step: 3, files: files.get(`${pp}.${tp}`)! };
+      },
+    });
+    const steps = progressOf(runs[0]!.messages).map((p) => p.step);
+    assert.deepEqual(steps, [4, 5, 6], 'the resumed run does steps 4–6 only');
+    const a = progressOf(reference[0]!.messages).slice(3), b = progressOf(runs[0]!.messages);
+    for (let i = 0; i < 3; i++) assert.ok(relDiff(b[i]!.loss, a[i]!.loss) < 1e-4, `${layout.data}×${layout.pipeline}×${layout.tensor} step ${i + 4}: ${b[i]!.loss} vs ${a[i]!.loss}`);
+    const rel = maxRel(await trainedParams(runs, ds, long), refParams);
+    assert.ok(rel < 1e-4, `final weights differ by ${rel}`);
+  };
+  await resumeAt({ data: 1, pipeline: 2, tensor: 2 }, 2);
+  await resumeAt({ data: 1, pipeline: 1, tensor: 1 }, 2);
+  await resumeAt({ data: 4, pipeline: 1, tensor: 1 }, 1); // 1 row per replica: micro-batches do not change the model
 });
