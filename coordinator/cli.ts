@@ -30,6 +30,9 @@ Commands:
   jobs         list training jobs
   job ID       show one job: state, step, latest metrics
   plan ID      the layout the planner chose for a job, the candidates it weighed, predicted vs measured step time
+  replan ID LAYOUT
+               change a job's layout: 'auto' or data×pipeline×tensor such as 2x2x1; a running job resumes from
+               its last checkpoint under it
 
 Options for start:
   --port PORT                 HTTP and WebSocket port (default: ${DEFAULT_CONFIG.port}; 0 = any free port)
@@ -39,7 +42,7 @@ Options for start:
   --heartbeat-ms MS           how often agents heartbeat (default: ${DEFAULT_CONFIG.heartbeatMs})
   --heartbeat-timeout MS      mark an agent dead after this long without a heartbeat (default: ${DEFAULT_CONFIG.heartbeatTimeoutMs})
 
-Options for nodes, selfcheck, submit, jobs and job:
+Options for nodes, selfcheck, submit, jobs, job, plan and replan:
   --url URL                   coordinator address (default: http://127.0.0.1:${DEFAULT_CONFIG.port})
   --token TOKEN               cluster token (or MESHTRAIN_TOKEN)
   --json                      print JSON instead of a table
@@ -71,9 +74,8 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return values.help ? 0 : 2;
   }
-  const wantsArg = command === 'submit' || command === 'job' || command === 'plan';
-  if (wantsArg && rest.length !== 1) throw new UsageError(`'${command}' takes exactly one argument`);
-  if (!wantsArg && rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
+  const args = command === 'replan' ? 2 : command === 'submit' || command === 'job' || command === 'plan' ? 1 : 0;
+  if (rest.length !== args) throw new UsageError(args ? `'${command}' takes exactly ${args} argument${args > 1 ? 's' : ''}` : `unexpected argument '${rest[0]}'`);
   switch (command) {
     case 'submit':
       return submit(values, rest[0]!);
@@ -83,6 +85,8 @@ async function main(argv: string[]): Promise<number> {
       return showJob(values, rest[0]!);
     case 'plan':
       return showPlan(values, rest[0]!);
+    case 'replan':
+      return replan(values, rest[0]!, rest[1]!);
     case 'start':
       return start(values);
     case 'nodes':
@@ -90,7 +94,7 @@ async function main(argv: string[]): Promise<number> {
     case 'selfcheck':
       return selfcheck(values);
     default:
-      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job, plan`);
+      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job, plan, replan`);
   }
 }
 
@@ -219,6 +223,21 @@ async function showJob(v: Values, id: string): Promise<number> {
       `last eval:  ${fmt(last('eval'))}`,
     ].join('\n') + '\n',
   );
+  return 0;
+}
+
+/** 'auto' or d×p×t (x or ×) → the job spec's `parallel`. */
+function parseLayout(text: string): 'auto' | { data: number; pipeline: number; tensor: number } {
+  if (text === 'auto') return 'auto';
+  const m = /^(\d+)[x×](\d+)[x×](\d+)$/.exec(text);
+  if (!m) throw new UsageError(`layout '${text}' is neither 'auto' nor data×pipeline×tensor such as 2x2x1`);
+  return { data: Number(m[1]), pipeline: Number(m[2]), tensor: Number(m[3]) };
+}
+
+async function replan(v: Values, id: string, layout: string): Promise<number> {
+  const job = await api<JobRecord>(v, 'POST', `/api/jobs/${encodeURIComponent(id)}/replan`, { parallel: parseLayout(layout) });
+  if (v.json) process.stdout.write(JSON.stringify(job, null, 2) + '\n');
+  else process.stdout.write(`${job.id}: ${job.state} — ${job.stateReason}\n`);
   return 0;
 }
 
