@@ -23,7 +23,8 @@ import { prepareDataset } from './datasets.ts';
 import type { GroupManager } from './groups.ts';
 import { decideJobs } from './job-scheduler.ts';
 import type { StoredPlan } from './plan-report.ts';
-import type { Candidate } from './planner.ts';
+import type { Candidate, PlannerCalibration } from './planner.ts';
+import type { SelfcheckReport } from './selfcheck.ts';
 import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobStore } from './job-store.ts';
 import type { ModelRegistry } from './registry.ts';
 
@@ -63,6 +64,7 @@ export class JobRunner {
   readonly #attempts = new Map<string, Attempt>(); // by job id, while running
   readonly #timer: NodeJS.Timeout;
   readonly #sharder: CheckpointSharder;
+  #calibration: Partial<PlannerCalibration> = {};
   #ticking = false;
 
   constructor(o: JobRunnerOptions) {
@@ -102,7 +104,7 @@ export class JobRunner {
           matmulGflops: n.capabilities.matmulGflops,
           firstSeenMs: n.firstSeenMs,
         }));
-      for (const d of decideJobs(queued.map((j) => ({ id: j.id, spec: j.spec, createdMs: j.createdMs })), free)) {
+      for (const d of decideJobs(queued.map((j) => ({ id: j.id, spec: j.spec, createdMs: j.createdMs })), free, this.#calibration)) {
         const job = queued.find((j) => j.id === d.jobId)!;
         if (d.action === 'wait') {
           if (job.stateReason !== d.reason) {
@@ -117,6 +119,20 @@ export class JobRunner {
     } finally {
       this.#ticking = false;
     }
+  }
+
+  /**
+   * Link bandwidth measured by a self-check (its best all-reduce bus bandwidth, which is what each ring link
+   * carried) replaces the planner's default for links of that kind: loopback when every agent of the ring shares a
+   * host, else between hosts.
+   */
+  observeSelfcheck(report: SelfcheckReport): void {
+    const best = Math.max(0, ...report.cases.filter((c) => c.ok && c.op === 'allreduce' && c.busbwGbps !== null).map((c) => c.busbwGbps!));
+    if (!(best > 0)) return;
+    const hosts = new Set(report.ring.map((m) => hostOf(this.#o.hub.availableNodes().find((n) => n.id === m.nodeId)?.peerAddress ?? m.nodeId)));
+    const key = hosts.size <= 1 ? 'loopbackBytesPerS' : 'linkBytesPerS';
+    this.#calibration = { ...this.#calibration, [key]: best * 1e9 };
+    this.#o.log.info(`planner: ${key === 'loopbackBytesPerS' ? 'loopback' : 'inter-host'} links measured at ${best} GB/s by the self-check`);
   }
 
   /**

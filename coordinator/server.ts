@@ -188,13 +188,15 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     groups.release(req.params.id);
     return { released: req.params.id };
   });
-  app.post<{ Body: SelfcheckBody }>('/api/selfcheck', { schema: { body: SelfcheckBody } }, async (req) =>
-    runSelfcheck(groups, {
+  app.post<{ Body: SelfcheckBody }>('/api/selfcheck', { schema: { body: SelfcheckBody } }, async (req) => {
+    const report = await runSelfcheck(groups, {
       ...(req.body.agents !== undefined ? { agents: req.body.agents } : {}),
       ...(req.body.elements ? { elements: req.body.elements } : {}),
       segmentBytes: req.body.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
-    }, (line) => log.info(`selfcheck: ${line}`)),
-  );
+    }, (line) => log.info(`selfcheck: ${line}`));
+    runner.observeSelfcheck(report); // the planner plans from the link bandwidth just measured
+    return report;
+  });
 
   app.post('/api/jobs', async (req, reply) => {
     const res = validateJobSpec(req.body);

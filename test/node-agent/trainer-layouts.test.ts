@@ -101,3 +101,14 @@ test('a checkpoint saved at 2×2×1 resumes at 1×2×2, 1×1×1 and 4×1×1 and 
   await resumeAt({ data: 1, pipeline: 1, tensor: 1 }, 2);
   await resumeAt({ data: 4, pipeline: 1, tensor: 1 }, 1); // 1 row per replica: micro-batches do not change the model
 });
+
+test('stages may hold unequal numbers of blocks: [0, 1) and [1, 3) of a 3-block model train as one rank does', async () => {
+  const deep = { ...spec, model: { ...spec.model, nLayer: 3 }, training: { ...spec.training, steps: 3 } };
+  const [ref] = await runRanks({ world: 1, spec: deep, ds, jobId: 'deep1' });
+  const runs = await runRanks({ world: 2, layout: { data: 1, pipeline: 2, tensor: 1 }, stages: [[0, 1], [1, 3]], spec: deep, ds, jobId: 'deep2' });
+  const a = progressOf(ref!.messages), b = progressOf(runs[0]!.messages);
+  assert.equal(b.length, 3);
+  for (let i = 0; i < 3; i++) assert.ok(relDiff(b[i]!.loss, a[i]!.loss) < 1e-4, `step ${i + 1}: ${b[i]!.loss} vs ${a[i]!.loss}`);
+  const rel = maxRel(await trainedParams(runs, ds, deep), await trainedParams([ref!], ds, deep));
+  assert.ok(rel < 1e-4, `final weights differ by ${rel}`);
+});
