@@ -264,6 +264,20 @@ function block(x: tf.Tensor2D, p: Param, l: number, c: GPTConfig, B: number, T: 
   return x;
 }
 
+/**
+ * 0 on and below the diagonal, a large negative above: row t attends to positions ≤ t only. Cached per length in
+ * `cache` (the caller's: one per model).
+ */
+export function causalMask(T: number, cache: Map<number, Float32Array>): Float32Array {
+  let m = cache.get(T);
+  if (m === undefined) {
+    m = new Float32Array(T * T);
+    for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) m[i * T + j] = MASKED;
+    cache.set(T, m);
+  }
+  return m;
+}
+
 // ---------------------------------------------------------------------------------------------------- the model
 
 /** Keys and values of the positions generated so far, per layer, each [B*nh, length, hs]. */
@@ -401,14 +415,8 @@ export class GPT {
     for (const v of this.params.values()) v.dispose();
   }
 
-  /** 0 on and below the diagonal, a large negative above: row t attends to positions ≤ t only. */
   #mask(T: number): Float32Array {
-    let m = this.#masks.get(T);
-    if (m === undefined) {
-      m = new Float32Array(T * T);
-      for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) m[i * T + j] = MASKED;
-      this.#masks.set(T, m);
-    }
-    return m;
+    return causalMask(T, this.#masks);
   }
+
 }

@@ -24,7 +24,7 @@
  * an unsplit model (one stage) pays nothing extra.
  */
 import * as tf from '@tensorflow/tfjs';
-import { gelu, layerNorm, linear, type GPTConfig } from './gpt.ts';
+import { causalMask, gelu, layerNorm, linear, type GPTConfig } from './gpt.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
 /** The tensor-parallel group, as the model sees it. */
@@ -41,8 +41,6 @@ export type StageInput = { readonly ids: Int32Array } | { readonly acts: Float32
 export type StageUpstream = { readonly targets: Int32Array; readonly scale: number } | { readonly gradOut: Float32Array };
 
 type Param = (name: string) => tf.Tensor;
-
-const MASKED = -1e9; // as gpt.ts: exp underflows to exactly 0 above the diagonal
 
 export class StageModel {
   readonly config: GPTConfig;
@@ -163,7 +161,7 @@ export class StageModel {
   /** The stage's blocks, and on the last stage the final LayerNorm. */
   #body(x: tf.Tensor2D, B: number, T: number): tf.Tensor2D {
     const { firstLayer, endLayer } = this.layout.shard;
-    const mask = tf.tensor2d(this.#mask(T), [T, T]);
+    const mask = tf.tensor2d(causalMask(T, this.#masks), [T, T]);
     for (let l = firstLayer; l < endLayer; l++) {
       x = x.add(this.#attention(layerNorm(x, this.#param, `h.${l}.ln_1`), `h.${l}.attn`, B, T, mask));
       x = x.add(this.#mlp(layerNorm(x, this.#param, `h.${l}.ln_2`), `h.${l}.mlp`));
@@ -209,14 +207,4 @@ export class StageModel {
     if (!v) throw new RangeError(`shard of stage ${this.layout.shard.stage}, tp rank ${this.layout.shard.tpRank} has no ${name}`);
     return v;
   };
-
-  #mask(T: number): Float32Array {
-    let m = this.#masks.get(T);
-    if (m === undefined) {
-      m = new Float32Array(T * T);
-      for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) m[i * T + j] = MASKED;
-      this.#masks.set(T, m);
-    }
-    return m;
-  }
 }

@@ -2,20 +2,21 @@
  * In-memory ring links for unit tests of the collectives: each send copies its payload (as the kernel would)
  * and delivers it to the successor's Ring on a later macrotask, in order. `faults` can drop a link.
  */
-import { Ring, type RingOutLink, type RingInLink, type StreamData } from '../../node-agent/collectives/ring.ts';
+import { Ring, type RingInLink, type StreamData } from '../../node-agent/collectives/ring.ts';
 import type { RingData } from '../../protocol/peer.ts';
 import { ConnectionClosedError } from '../../protocol/connection.ts';
 
-class FakeLink implements RingOutLink, RingInLink {
-  target: Ring | null = null;
-  queue: Array<{ msg: RingData | StreamData; payload: Buffer }> = [];
+/** A one-way link delivering `M` messages to `target.receive` (a Ring, or a mailbox for pipe.data). */
+export class FakeLink<M extends object = RingData | StreamData> implements RingInLink {
+  target: { receive(msg: M, payload: Buffer): void } | null = null;
+  queue: Array<{ msg: M; payload: Buffer }> = [];
   paused = false;
   scheduled = false;
   closed = false;
   onError: (err: Error) => void = () => {};
   readonly writable = true;
 
-  send(msg: RingData | StreamData, payload: Uint8Array): void {
+  send(msg: M, payload: Uint8Array): void {
     if (this.closed) throw new ConnectionClosedError(1006, 'fake link cut');
     this.queue.push({ msg: { ...msg }, payload: Buffer.from(payload) });
     this.#schedule();

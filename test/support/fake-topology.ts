@@ -4,49 +4,12 @@
  * macrotask, in order, as a socket would. `sourceOf(rank)` is what agent.ts's Group offers a job (ringOf,
  * mailbox), so trainer tests run every rank of any layout in one process, each rank with its own compute worker.
  */
-import { LinkMailbox, type MailboxOutLink } from '../../node-agent/collectives/mailbox.ts';
-import type { Ring, RingInLink } from '../../node-agent/collectives/ring.ts';
+import { LinkMailbox } from '../../node-agent/collectives/mailbox.ts';
+import type { Ring } from '../../node-agent/collectives/ring.ts';
 import type { RingSource } from '../../node-agent/trainer/job-runner.ts';
 import { jobRings, worldSize, type ParallelLayout } from '../../protocol/layout.ts';
 import type { PipeData } from '../../protocol/peer.ts';
-import { fakeRing } from './fake-ring.ts';
-
-class FakePipe implements MailboxOutLink, RingInLink {
-  target: LinkMailbox | null = null;
-  queue: Array<{ msg: PipeData; payload: Buffer }> = [];
-  paused = false;
-  scheduled = false;
-  readonly writable = true;
-
-  send(msg: PipeData, payload: Uint8Array): void {
-    this.queue.push({ msg: { ...msg }, payload: Buffer.from(payload) });
-    this.#schedule();
-  }
-  whenWritable(): Promise<void> {
-    return Promise.resolve();
-  }
-  flushed(): Promise<void> {
-    return Promise.resolve();
-  }
-  pause(): void {
-    this.paused = true;
-  }
-  resume(): void {
-    this.paused = false;
-    this.#schedule();
-  }
-  #schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      while (!this.paused && this.queue.length > 0) {
-        const { msg, payload } = this.queue.shift()!;
-        this.target!.receive(msg, payload);
-      }
-    });
-  }
-}
+import { FakeLink, fakeRing } from './fake-ring.ts';
 
 export interface FakeTopology {
   sourceOf(rank: number): RingSource;
@@ -62,7 +25,7 @@ export function fakeTopology(layout: ParallelLayout, idleTimeoutMs = 20_000, seg
     rings.set(spec.id, new Map(spec.members.map((rank, i) => [rank, made[i]!])));
     if (spec.members.length === 2) {
       const [a, b] = spec.members as [number, number];
-      const ab = new FakePipe(), ba = new FakePipe();
+      const ab = new FakeLink<PipeData>(), ba = new FakeLink<PipeData>();
       const ma = new LinkMailbox(ab, ba, { label: spec.id }), mb = new LinkMailbox(ba, ab, { label: spec.id });
       ab.target = mb;
       ba.target = ma;
