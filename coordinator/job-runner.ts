@@ -153,8 +153,9 @@ export class JobRunner {
     if (attempt) this.#stopAttempt(attempt, reason);
     jobs.setState(job.id, 'queued', reason, this.#now());
     this.#o.log.info(`job ${job.id}: ${reason}`);
+    const queued = jobs.get(job.id)!; // before the tick below may already start the next attempt
     void this.tick();
-    return jobs.get(job.id)!;
+    return queued;
   }
 
   /** Cancels a job; a running attempt is stopped on its agents. */
