@@ -1,5 +1,6 @@
 /**
  * gateway serve --registry DIR|URL [--port 8080] [--host H] [--token T] [--api-key K] [--model NAME[@vN]]...
+ *               [--max-batch-size 16] [--max-batch-wait-ms 2]
  * gateway serve --fake [--model NAME]...      the test backend, no registry (development only)
  *
  * Entry point of bin/gateway.js, which passes the model backend factory in (`runCli(argv, { backendFactory })`):
@@ -10,6 +11,7 @@ import { intOption, parseCli, UsageError } from '../common/cli.ts';
 import { GatewayError } from './errors.ts';
 import { FakeBackend } from './fake-backend.ts';
 import type { InferenceBackend } from './inference-backend.ts';
+import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './batch-scheduler.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
 import { createGateway } from './server.ts';
 
@@ -30,6 +32,11 @@ Options:
   --host HOST           interface to bind (default: ${DEFAULT_HOST})
   --token TOKEN         cluster token for --registry URL (or MESHTRAIN_TOKEN)
   --api-key KEY         require 'Authorization: Bearer KEY' on /v1 routes (or MESHTRAIN_GATEWAY_API_KEY)
+  --max-batch-size N    dynamic batching: at most N sequences (request choices) share a forward pass per
+                        generation step (default: ${DEFAULT_BATCH_SETTINGS.maxBatchSize}; 1 = no batching)
+  --max-batch-wait-ms MS
+                        an idle model waits up to MS for more requests before starting a batch that is not
+                        full (default: ${DEFAULT_BATCH_SETTINGS.maxWaitMs}); running sequences never wait for company
   --fake                TEST/DEVELOPMENT ONLY: serve FakeBackend, a deterministic character-level toy that
                         outputs gibberish, instead of trained models (no --registry; names from --model,
                         default 'fake-char'); for trying the API, clients and dashboards end to end
@@ -84,6 +91,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     host: { type: 'string' },
     token: { type: 'string' },
     'api-key': { type: 'string' },
+    'max-batch-size': { type: 'string' },
+    'max-batch-wait-ms': { type: 'string' },
     fake: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
@@ -101,6 +110,10 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   const apiKey = v['api-key'] ?? process.env.MESHTRAIN_GATEWAY_API_KEY;
   const log = deps.log ?? createLogger('gateway');
   const wanted = (v.model ?? []).map(parseModelArg);
+  const batching = {
+    maxBatchSize: intOption(v['max-batch-size'], 'max-batch-size', DEFAULT_BATCH_SETTINGS.maxBatchSize, 1, MAX_BATCH_SIZE),
+    maxWaitMs: intOption(v['max-batch-wait-ms'], 'max-batch-wait-ms', DEFAULT_BATCH_SETTINGS.maxWaitMs, 0, MAX_BATCH_WAIT_MS),
+  };
 
   const backends = new Map<string, InferenceBackend>();
   if (v.fake) {
@@ -134,7 +147,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     }
   }
 
-  const gateway = createGateway({ backends, apiKey, log });
+  const gateway = createGateway({ backends, apiKey, log, batching });
   const { port: bound } = await gateway.listen({ port, host });
   // Machine-readable first line: tests and scripts wait for it.
   out(`gateway listening on http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);

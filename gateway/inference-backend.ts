@@ -4,8 +4,8 @@
  * token ids that fit the context), calls `generate`, and shapes the result into OpenAI's response or SSE chunks.
  * Everything model-specific — tokenizer, forward pass, KV cache, batching — lives behind this interface.
  *
- * Implementations: `FakeBackend` (fake-backend.ts, a deterministic character-level toy for tests and `--fake`) and,
- * soon, the GPT backend built from a registry version by a `BackendFactory` (registry-source.ts). `sampling.ts` and
+ * Implementations: `FakeBackend` (fake-backend.ts, a deterministic character-level toy for tests and `--fake`) and
+ * `GptBackend` (gpt-backend.ts), built from a registry version by a `BackendFactory` (registry-source.ts). `sampling.ts` and
  * `stop-sequences.ts` hold the pieces every backend needs so they all behave the same: seeded sampling with
  * temperature and top-p, log-probabilities with top-k alternatives, and stop-sequence cutting that is safe to stream.
  */
@@ -118,11 +118,29 @@ export interface GenerateOptions {
   onPromptLogprobs?: (promptLogprobs: Array<TokenLogprob | null>) => void;
 }
 
+/**
+ * The gateway's batching settings, for a backend that batches concurrent requests into one forward pass per
+ * generation step (GptBackend). Settings left out keep the backend's own.
+ */
+export interface BatchingConfig {
+  /** Sequences (choices) in one forward pass at most; 1 turns batching off. */
+  maxBatchSize?: number;
+  /** How long an idle backend waits for more requests before starting a batch that is not full, in ms. */
+  maxWaitMs?: number;
+  /** Called with the number of sequences in each decode forward pass (the gateway's batch-size histogram). */
+  onBatch?: (size: number) => void;
+}
+
 export interface InferenceBackend {
   readonly info: ModelInfo;
   tokenize(text: string): number[];
   detokenize(ids: readonly number[]): string;
+  /**
+   * Concurrent calls may be served together (batched); each call's output is the same as if it ran alone.
+   */
   generate(request: GenerateRequest, options?: GenerateOptions): Promise<GenerateResult>;
+  /** Backends that batch take the gateway's settings here (createGateway calls it once, at start). */
+  configureBatching?(config: BatchingConfig): void;
   /** Frees weights and workers; the gateway calls it on close. */
   close?(): Promise<void>;
 }

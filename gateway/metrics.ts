@@ -12,6 +12,7 @@ export interface GatewayMetrics {
   promptTokens: Counter<'model'>;
   generatedTokens: Counter<'model'>;
   clientAborts: Counter<'model'>;
+  batchSize: Histogram<'model'>;
 }
 
 export function createGatewayMetrics(): GatewayMetrics {
@@ -38,6 +39,13 @@ export function createGatewayMetrics(): GatewayMetrics {
       name: 'meshtrain_gateway_client_aborts_total',
       help: 'Requests whose client disconnected before the answer was complete; their generation was stopped.',
       labelNames: ['model'],
+      registers: [registry],
+    }),
+    batchSize: new Histogram({
+      name: 'meshtrain_gateway_batch_size',
+      help: 'Sequences (request choices) in each decode forward pass of a batching backend, one observation per generation step, by model.',
+      labelNames: ['model'],
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
       registers: [registry],
     }),
   };

@@ -15,6 +15,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply } from 'fastify';
 import type { Logger } from '../common/log.ts';
+import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GatewayError, type OpenAIErrorBody } from './errors.ts';
 import type { InferenceBackend } from './inference-backend.ts';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
@@ -230,13 +231,22 @@ export interface CreateGatewayOptions {
   log: Logger;
   bodyLimit?: number; // bytes (default DEFAULT_BODY_LIMIT)
   shutdownGraceMs?: number; // close() lets running requests finish this long, then cuts them (default 30 s)
+  /**
+   * Dynamic batching of every backend that batches (`configureBatching`): max sequences per forward pass and how
+   * long an idle backend waits for more. Settings left out keep the backend's own (defaults 16 and 2 ms).
+   */
+  batching?: Partial<BatchSettings>;
 }
 
 export function createGateway(opts: CreateGatewayOptions): Gateway {
   for (const [name, backend] of opts.backends) {
     if (name !== backend.info.id) throw new GatewayError('GW_ERR_BAD_ARGS', `backend registered as '${name}' reports model id '${backend.info.id}'`);
   }
+  if (opts.batching) batchSettings(opts.batching); // refuse bad settings before anything starts
   const metrics = createGatewayMetrics();
+  for (const [name, backend] of opts.backends) {
+    backend.configureBatching?.({ ...opts.batching, onBatch: (size) => metrics.batchSize.observe({ model: name }, size) });
+  }
   const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT });
   void app.register(gatewayPlugin, { backends: opts.backends, apiKey: opts.apiKey, log: opts.log, metrics });
   // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections

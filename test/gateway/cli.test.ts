@@ -45,7 +45,7 @@ test('--help explains every option, and a registry version whose files are not a
   const [help, noBackend] = await Promise.all([gateway(['--help']), gateway(['serve', '--registry', registry, '--port', '0'])]);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /Usage: gateway serve/);
-  for (const option of ['--registry', '--model', '--port', '--host', '--token', '--api-key']) assert.match(help.stdout, new RegExp(`^  ${option} `, 'm'));
+  for (const option of ['--registry', '--model', '--port', '--host', '--token', '--api-key', '--max-batch-size', '--max-batch-wait-ms']) assert.match(help.stdout, new RegExp(`^  ${option} `, 'm'));
   assert.match(help.stdout, /--fake\s+TEST\/DEVELOPMENT ONLY/);
   assert.equal(noBackend.code, 1);
   assert.match(noBackend.stderr, /^gateway: MDL_ERR_MODEL_FILES: config\.json: /);

@@ -1,0 +1,264 @@
+/**
+ * The GPT's forward pass over a batch of sequences of different lengths, for the batch scheduler
+ * (batch-scheduler.ts): prefill forwards for the prompts admitted in an iteration (grouped by length), then one
+ * decode forward per generation step for every running sequence together. Built from model/gpt.ts's exported
+ * pieces (`linear`, `layerNorm`, `gelu`, `causalMask`) and the model's parameters: a row computes what
+ * GPT.forwardCached computes (to float rounding: decode attention uses products and sums, not matmuls).
+ *
+ * The batch's KV cache is one tensor pair per layer, [rows·nh, width, hs], right-padded: row b's positions
+ * 0…length_b−1 sit in columns 0…length_b−1 (column = position) and later columns are padding the attention mask
+ * hides. Keeping every row's real columns at the start is what makes a row's numbers independent of its
+ * neighbours: padding only appends exact zeros to the row's sums (masked scores exp to exactly 0), and matmuls
+ * and reductions compute rows separately, so a sequence gets the same logits alone or batched (bit for bit on the
+ * cpu and wasm backends, as measured; a backend that reorders sums by shape may differ in the last bits).
+ * A decode step writes each row's new key and value into its own column (tensorScatterUpdate: one copy of the
+ * cache, as concat would be), and the width grows WIDTH_CHUNK columns at a time, so most steps do not also
+ * reallocate. Padding columns hold finite values (zeros, or keys of a padded prompt position): masked, they weigh 0.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { causalMask, gelu, layerNorm, linear, type GPT, type Param } from '../model/gpt.ts';
+import type { BatchEngine, PrefillInput, PrefillOutput } from './batch-scheduler.ts';
+
+const MASKED = -1e9; // added to hidden scores, as gpt.ts does: exp underflows to exactly 0
+const WIDTH_CHUNK = 16; // cache columns added at a time: masked columns cost a little attention, reallocations more
+
+interface LayerKV {
+  readonly k: tf.Tensor3D; // [rows·nh, width, hs]
+  readonly v: tf.Tensor3D;
+}
+
+/** A prompt's keys and values, to start rows from (one per choice): per layer [nh, ≥ length, hs]. */
+export interface PromptKV {
+  readonly length: number;
+  readonly layers: readonly LayerKV[];
+}
+
+const PAD_SLACK = 0.25; // a prompt joins a prefill group when padding it wastes at most this much of the longest…
+const PAD_SLACK_TOKENS = 8; // …or this many positions (short prompts: a forward's fixed cost outweighs a few rows)
+const MAX_PREFILL_SCORES = 1 << 22; // rows × T² per head in one prefill: bounds its attention scores' memory
+
+/**
+ * Which prompts to prefill together (indices into `lengths`, longest first): similar lengths, so that little work
+ * goes into padding, and a bounded attention-score tensor. Any grouping gives the same numbers: rows are independent.
+ */
+export function prefillGroups(lengths: readonly number[]): number[][] {
+  const order = lengths.map((_, i) => i).sort((a, b) => lengths[b]! - lengths[a]! || a - b);
+  const groups: number[][] = [];
+  let group: number[] = [];
+  let longest = 0;
+  for (const i of order) {
+    const L = lengths[i]!;
+    const fits = group.length > 0 && longest - L <= Math.max(PAD_SLACK_TOKENS, longest * PAD_SLACK) && (group.length + 1) * longest * longest <= MAX_PREFILL_SCORES;
+    if (!fits) {
+      if (group.length > 0) groups.push(group);
+      group = [];
+      longest = L;
+    }
+    group.push(i);
+  }
+  if (group.length > 0) groups.push(group);
+  return groups;
+}
+
+export class GptBatchEngine implements BatchEngine<PromptKV> {
+  readonly logitsWidth: number;
+  readonly #model: GPT;
+  readonly #p: Param;
+  #layers: LayerKV[] = [];
+  #width = 0; // columns of every cache tensor
+  #lengths: number[] = []; // positions cached per row
+  readonly #masks = new Map<number, Float32Array>();
+
+  constructor(model: GPT) {
+    this.#model = model;
+    this.#p = (name) => model.params.get(name)!;
+    this.logitsWidth = model.config.vocabSize;
+  }
+
+  get rows(): number {
+    return this.#lengths.length;
+  }
+
+  /** Runs the prompts, grouped by length (prefillGroups): one forward per group, usually one in all. */
+  prefill(prompts: readonly PrefillInput[]): Array<PrefillOutput<PromptKV>> {
+    const out = new Array<PrefillOutput<PromptKV>>(prompts.length);
+    for (const group of prefillGroups(prompts.map((p) => p.ids.length))) {
+      this.#prefillGroup(group.map((i) => prompts[i]!)).forEach((o, j) => (out[group[j]!] = o));
+    }
+    return out;
+  }
+
+  /** One forward over prompts right-padded to the longest: causality keeps the padding out of real positions. */
+  #prefillGroup(prompts: readonly PrefillInput[]): Array<PrefillOutput<PromptKV>> {
+    const { nHead: nh, nEmbd: d } = this.#model.config;
+    const hs = d / nh;
+    const R = prompts.length;
+    const T = Math.max(...prompts.map((p) => p.ids.length));
+    const ids = new Int32Array(R * T); // padding is token 0: computed, never attended to, never read
+    const positions = new Int32Array(R * T);
+    const wanted: number[] = []; // rows of [R·T] whose logits come back
+    for (const [r, p] of prompts.entries()) {
+      ids.set(p.ids, r * T);
+      for (let i = 0; i < T; i++) positions[r * T + i] = i;
+      if (p.allPositions) for (let i = 0; i < p.ids.length; i++) wanted.push(r * T + i);
+      else wanted.push(r * T + p.ids.length - 1);
+    }
+    const kv: LayerKV[][] = Array.from({ length: R }, () => []); // per prompt, per layer: [nh, T, hs]
+    const logits = tf.tidy(() => {
+      const mask = tf.tensor2d(causalMask(T, this.#masks), [T, T]);
+      let x = this.#embed(ids, positions); // [R·T, d]
+      for (let l = 0; l < this.#model.config.nLayer; l++) {
+        const { q, k, v } = this.#qkv(x, l, R, T); // each [R·nh, T, hs]
+        const att = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(hs)).add(mask); // [R·nh, T, T]
+        x = this.#finishBlock(x, l, tf.matMul(tf.softmax(att), v), R, T);
+        // Each prompt's rows, padded columns included: arrange() cuts or pads them to the batch's width.
+        const ks = (R === 1 ? [k] : tf.split(k, R, 0)) as tf.Tensor3D[];
+        const vs = (R === 1 ? [v] : tf.split(v, R, 0)) as tf.Tensor3D[];
+        for (let r = 0; r < R; r++) kv[r]!.push({ k: tf.keep(ks[r]!), v: tf.keep(vs[r]!) });
+      }
+      return this.#head(x, wanted);
+    });
+    const values = logits.dataSync() as Float32Array; // [wanted, V]; a sync point on GPU backends
+    logits.dispose();
+    const V = this.logitsWidth;
+    let row = 0;
+    return prompts.map((p, r) => {
+      const rows = p.allPositions ? p.ids.length : 1;
+      const result = { logits: values.subarray(row * V, (row + rows) * V), prompt: { length: p.ids.length, layers: kv[r]! } };
+      row += rows;
+      return result;
+    });
+  }
+
+  /** The batch becomes: current rows `keep` (in that order), then one new row per entry of `add`. */
+  arrange(keep: readonly number[], add: readonly PromptKV[]): void {
+    if (add.length === 0 && keep.length === this.rows && keep.every((b, i) => b === i)) return;
+    const lengths = [...keep.map((b) => this.#lengths[b]!), ...add.map((p) => p.length)];
+    if (lengths.length === 0) return this.clear();
+    const nh = this.#model.config.nHead;
+    const width = this.#fitWidth(Math.max(...lengths) + 1); // room for the next decode's token
+    const kept = tf.tensor1d(keep.flatMap((b) => Array.from({ length: nh }, (_, h) => b * nh + h)), 'int32');
+    const fit = (t: tf.Tensor3D) => {
+      const w = t.shape[1];
+      return (w === width ? t : w > width ? t.slice([0, 0, 0], [-1, width, -1]) : t.pad([[0, 0], [0, width - w], [0, 0]])) as tf.Tensor3D; // padding: zeros
+    };
+    const build = (old: tf.Tensor3D | undefined, fresh: tf.Tensor3D[]) =>
+      tf.tidy(() => tf.concat([...(keep.length ? [fit(tf.gather(old!, kept))] : []), ...fresh.map(fit)], 0) as tf.Tensor3D); // concat copies, even of one
+    const layers = Array.from({ length: this.#model.config.nLayer }, (_, l) => ({
+      k: build(this.#layers[l]?.k, add.map((p) => p.layers[l]!.k)),
+      v: build(this.#layers[l]?.v, add.map((p) => p.layers[l]!.v)),
+    }));
+    kept.dispose();
+    this.#disposeLayers();
+    this.#layers = layers;
+    this.#width = width;
+    this.#lengths = lengths;
+  }
+
+  /** Feeds tokens[b] to row b at its next position, every row in one forward; returns logits [rows, V]. */
+  decode(tokens: readonly number[]): Float32Array {
+    const B = this.rows;
+    if (tokens.length !== B) throw new RangeError(`decode: ${tokens.length} tokens for ${B} rows`);
+    const { nHead: nh, nEmbd: d, nLayer } = this.#model.config;
+    const hs = d / nh;
+    const positions = Int32Array.from(this.#lengths); // each token goes in the column after its row's last
+    this.#ensureWidth(Math.max(...positions) + 1);
+    const W = this.#width;
+    const at = new Int32Array(B * nh * 2); // (cache row, column) of each row's and head's new key and value
+    const mask = new Float32Array(B * W).fill(MASKED); // row b sees columns 0…positions[b]
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < nh; h++) at.set([b * nh + h, positions[b]!], (b * nh + h) * 2);
+      mask.fill(0, b * W, b * W + positions[b]! + 1);
+    }
+    const next: LayerKV[] = [];
+    const logits = tf.tidy(() => {
+      const atT = tf.tensor2d(at, [B * nh, 2], 'int32');
+      const maskT = tf.tensor3d(mask, [B, 1, W]);
+      let x = this.#embed(Int32Array.from(tokens), positions); // [B, d]
+      for (let l = 0; l < nLayer; l++) {
+        const { q, k: kNew, v: vNew } = this.#qkv(x, l, B, 1); // each [B·nh, 1, hs]
+        const old = this.#layers[l]!;
+        const k = tf.tensorScatterUpdate(old.k, atT, kNew.reshape([B * nh, hs])); // [B·nh, W, hs]; a copy
+        const v = tf.tensorScatterUpdate(old.v, atT, vNew.reshape([B * nh, hs]));
+        // One query per row: products and sums instead of B·nh matrix-vector matmuls (slow batched on wasm).
+        const scores = q.mul(k).sum(2).mul(1 / Math.sqrt(hs)); // [B·nh, W]
+        const att = tf.softmax(scores.reshape([B, nh, W]).add(maskT)).reshape([B * nh, W, 1]);
+        const y = att.mul(v).sum(1).reshape([B * nh, 1, hs]) as tf.Tensor3D; // [B·nh, 1, hs]
+        x = this.#finishBlock(x, l, y, B, 1);
+        next.push({ k: tf.keep(k), v: tf.keep(v) });
+      }
+      return this.#head(x);
+    });
+    const values = logits.dataSync() as Float32Array; // [B, V]: the step's one sync point
+    logits.dispose();
+    this.#disposeLayers();
+    this.#layers = next;
+    this.#lengths = this.#lengths.map((n) => n + 1);
+    return values;
+  }
+
+  release(prompt: PromptKV): void {
+    for (const { k, v } of prompt.layers) tf.dispose([k, v]);
+  }
+
+  clear(): void {
+    this.#disposeLayers();
+    this.#layers = [];
+    this.#width = 0;
+    this.#lengths = [];
+  }
+
+  /** Token plus position embeddings, gathered (no gradient is needed here, so no one-hot matmul). */
+  #embed(ids: Int32Array, positions: Int32Array): tf.Tensor2D {
+    const tok = tf.gather(this.#p('wte.weight'), tf.tensor1d(ids, 'int32'));
+    return tok.add(tf.gather(this.#p('wpe.weight'), tf.tensor1d(positions, 'int32'))) as tf.Tensor2D; // [N, d]
+  }
+
+  /** Queries, keys and values of block l, split into heads: each [B·nh, t, hs]. */
+  #qkv(x: tf.Tensor2D, l: number, B: number, t: number): { q: tf.Tensor3D; k: tf.Tensor3D; v: tf.Tensor3D } {
+    const { nHead: nh, nEmbd: d } = this.#model.config;
+    const hs = d / nh;
+    const qkv = linear(layerNorm(x, this.#p, `h.${l}.ln_1`), this.#p, `h.${l}.attn.c_attn`); // [B·t, 3d]
+    const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+    const heads = (z: tf.Tensor2D) =>
+      (t === 1 ? z.reshape([B * nh, 1, hs]) : z.reshape([B, t, nh, hs]).transpose([0, 2, 1, 3]).reshape([B * nh, t, hs])) as tf.Tensor3D;
+    return { q: heads(q), k: heads(k), v: heads(v) };
+  }
+
+  /** The rest of block l after attention: output projection, residual, MLP, residual. y: [B·nh, t, hs]. */
+  #finishBlock(x: tf.Tensor2D, l: number, y: tf.Tensor3D, B: number, t: number): tf.Tensor2D {
+    const { nHead: nh, nEmbd: d } = this.#model.config;
+    const merged = (t === 1 ? y.reshape([B, d]) : y.reshape([B, nh, t, d / nh]).transpose([0, 2, 1, 3]).reshape([B * t, d])) as tf.Tensor2D;
+    x = x.add(linear(merged, this.#p, `h.${l}.attn.c_proj`));
+    const h = linear(gelu(linear(layerNorm(x, this.#p, `h.${l}.ln_2`), this.#p, `h.${l}.mlp.c_fc`)), this.#p, `h.${l}.mlp.c_proj`);
+    return x.add(h);
+  }
+
+  /** Final layer norm and the head tied to wte, over all rows of x or only `rows`: [rows, V]. */
+  #head(x: tf.Tensor2D, rows?: number[]): tf.Tensor2D {
+    let h = layerNorm(x, this.#p, 'ln_f');
+    if (rows) h = tf.gather(h, tf.tensor1d(rows, 'int32'));
+    return tf.matMul(h, this.#p('wte.weight') as tf.Tensor2D, false, true);
+  }
+
+  /** Cache width for `needed` columns: rounded up to a chunk, never past the context. */
+  #fitWidth(needed: number): number {
+    const nCtx = this.#model.config.nCtx;
+    if (needed > nCtx) throw new RangeError(`a batch row needs ${needed} positions, more than nCtx ${nCtx}`);
+    return Math.min(nCtx, Math.ceil(needed / WIDTH_CHUNK) * WIDTH_CHUNK);
+  }
+
+  #ensureWidth(needed: number): void {
+    if (this.#width >= needed) return;
+    const width = this.#fitWidth(needed);
+    const grow = (t: tf.Tensor3D) => t.pad([[0, 0], [0, width - this.#width], [0, 0]]) as tf.Tensor3D; // zeros: finite
+    const layers = this.#layers.map(({ k, v }) => ({ k: grow(k), v: grow(v) }));
+    this.#disposeLayers();
+    this.#layers = layers;
+    this.#width = width;
+  }
+
+  #disposeLayers(): void {
+    for (const { k, v } of this.#layers) tf.dispose([k, v]);
+  }
+}
