@@ -7,12 +7,16 @@
  *   matmul      wasm BatchMatMul: stock vs fast kernel (model/kernels) on a GPT step's shapes; GFLOP/s, speedup,
  *               whole-step time
  *   train-step  one agent's training step on the reference config: tokens/s, model FLOP/s vs the matmul peak
+ *   pipeline    a pure-pipeline job on real agents: the measured bubble vs (p − 1)/(m + p − 1), per-stage busy time
+ *   plan        the planner's predicted step time vs the measured one, for several pinned layouts on 4 agents
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   transport: () => import('./transport.ts'),
   allreduce: () => import('./allreduce.ts'),
   matmul: () => import('./matmul.ts'),
   'train-step': () => import('./train-step.ts'),
+  pipeline: () => import('./pipeline.ts'),
+  plan: () => import('./plan.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

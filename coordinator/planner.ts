@@ -4,19 +4,36 @@
  * request gives the same plan. The job runner carries a plan out; test/coordinator/planner.test.ts tables it.
  *
  * Cost model, per optimizer step (every figure from the agents' measurements and PlannerCalibration):
- * - Compute: matmul FLOPs counted exactly from model/gpt.ts (flopsPerMicroBatch), run at matmulGflops × efficiency ×
- *   core share. LayerNorm, softmax, GELU, … are not counted: `efficiency` absorbs them (measured on wasm: a step
- *   runs at ~0.33 of the 1024³ matmul rate, non-matmul ops taking about half of it).
- * - Pipeline (1F1B): stage i spends T_i per micro-batch = compute + its tensor-parallel all-reduces + its p2p sends;
- *   the step's pipeline section is (m + p − 1)·max T_i = m·T (computeMs) + (p − 1)·T (bubbleMs). Stages other than
- *   the last recompute their forward in backward: 2F + B there, F + B on the last; B = 2F (embedding: F, its one-hot
- *   input needs no gradient).
+ * - Compute, per micro-batch on one rank of a stage with a core to itself (stageComputeMs): matmul FLOPs counted
+ *   exactly from model/gpt.ts (flopsPerMicroBatch) at matmulGflops × efficiency; plus what is not a matmul, which
+ *   for small models is most of a step: elementNs per activation element per pass (LayerNorm, softmax, GELU, the
+ *   one-hot, reshapes: the working set stageActivationBytes counts, 3 passes for forward + backward, 4 when the
+ *   forward is recomputed), blockPassMs per block per pass (operation dispatch, which tensor parallelism does not
+ *   split), paramNsPerMicroBatch per local parameter (every micro-batch's gradient is read back from the backend and
+ *   summed into the flat buffer) and microBatchMs (worker round trips and the rest of a micro-batch's fixed cost).
+ * - Pipeline (1F1B): stage i spends T_i per micro-batch = compute + its tensor-parallel all-reduces (2 per block per
+ *   pass) + its p2p sends; the stage boundaries balance T_i. Stages other than the last recompute their forward in
+ *   backward: 2F + B there, F + B on the last; B = 2F (embedding: F, its one-hot input needs no gradient). The
+ *   section is simulated (simulatePipeline): every replica's stages run their 1F1B order, each forward waiting for
+ *   its activation and each backward for its gradient; computeMs = m·max T_i and bubbleMs the fill and drain
+ *   ((p − 1)·T for equal stages: (m + p − 1)·T in all).
+ * - Shared cores: while the job's agents on a host compute at once they share its cores (slowdown: each keeps
+ *   agentCores busy), so the simulation slows each by what is computing on its host at that moment: data-parallel
+ *   replicas all the time, pipeline stages only where their work overlaps. What that adds is sharingMs. A message
+ *   hop waits for its receiver to get a core: α × slowdown with all of the job's agents on the host busy.
  * - Data: each stage shard's gradients ring-all-reduced over the d replicas after the pipeline drains (no overlap
  *   with backward is assumed: an upper bound), plus the tied-embedding sum between first and last stage (p > 1).
- *   ZeRO-1 moves the same bytes. Then the optimizer, optimizerNsPerParam per local parameter.
+ *   ZeRO-1 moves the same bytes.
+ * - Per step: stepOverheadMs (the worker's begin, norm and update round trips) and the world all-reduce of a few
+ *   scalars (2(n − 1) hops) in overheadMs; then the optimizer, optimizerNsPerParam per local parameter.
  * - Memory: float32 params + grads + two AdamW moments (÷ d with ZeRO-1) + activations: the inputs of the
  *   micro-batches in flight (≤ p − stage, recomputing stages only) plus one micro-batch's working set, i.e. the
  *   tensors tfjs's tape keeps for backward, counted from gpt.ts's forward (stageActivationBytes).
+ *
+ * Agents measure matmulGflops on join, and agents started together measure together: sharing a host's cores, they
+ * report less than the host gives one of them (four agents joining a 2-core host at once reported 10–23 GFLOP/s;
+ * one alone 23–25). The planner therefore rates every agent of a host at the best any of them measured: they run
+ * on the same cores (assumed: the same backend too), and sharing is what the cost model adds itself.
  */
 import { layoutName, rankOf } from '../protocol/layout.ts';
 
@@ -25,24 +42,53 @@ export interface PlannerAgent {
   host: string; // agents with the same host share its cores and talk over loopback
   cores: number;
   memoryBytes: number;
-  matmulGflops: number; // measured on join, 1024³ float32 matmul
+  matmulGflops: number; // measured on join: best of five 512³ float32 matmuls (node-agent/compute/backend.ts)
 }
 
 export interface PlannerCalibration {
-  efficiency: number; // achieved share of matmul GFLOP/s in a training step
+  efficiency: number; // share of the agent's matmul GFLOP/s that a training step's matmuls achieve
+  elementNs: number; // per activation element per pass: the non-matmul operations
+  paramNsPerMicroBatch: number; // per local parameter per micro-batch: its gradient read back and accumulated
+  microBatchMs: number; // per micro-batch on each rank: operation dispatch, worker round trips
+  blockPassMs: number; // per block per pass: dispatching its operations, whatever their size
+  stepOverheadMs: number; // per step on each rank: the worker's begin, norm and update round trips
+  agentCores: number; // cores one computing agent keeps busy when agents share a host (see slowdown)
   linkBytesPerS: number; // between agents on different hosts
   loopbackBytesPerS: number; // between agents on one host
-  hopLatencyMs: number; // α per message hop
-  optimizerNsPerParam: number; // AdamW + clip + upload per local parameter
+  hopLatencyMs: number; // α per message hop, for a process with a core to itself
+  optimizerNsPerParam: number; // norm, clip, AdamW and parameter upload per local parameter
   memoryFraction: number; // share of an agent's memory a job may use
 }
 
+/**
+ * Measured on the 2-core development machine (wasm backend with the fast matmul kernels, Node 20), with the cores
+ * otherwise idle. The compute constants are a least-squares fit (relative error, median times) of one thread timing
+ * a stage's forward and backward (StageModel, as the trainer worker runs them) on 20 shapes × 4 stage kinds (whole
+ * model, first, middle, last stage; d 32–256, vocabulary 256–1024, 1–4 blocks, 8–2048 tokens per micro-batch,
+ * tensor-parallel degree 1, 2 and 4), beside the agent's own matmul measurement in the same process, in two runs.
+ * The fit is within 15% on most shapes; middle pipeline stages run up to 25–35% slower than it says.
+ */
 export const DEFAULT_CALIBRATION: PlannerCalibration = Object.freeze({
-  efficiency: 0.33, // measured: a wasm training step at ~1/3 of the agent's 1024³ matmul rate
+  efficiency: 0.95, // fit: 0.95 and 0.97 of the 512³ matmul rate (the non-matmul work is counted apart)
+  elementNs: 2.5, // fit: 2.54 and 2.58 ns per activation element per pass
+  paramNsPerMicroBatch: 17, // fit: 17.0 and 17.7 ns per parameter per micro-batch
+  microBatchMs: 2.9, // fit: 2.1–2.2 ms in one thread; + ~0.7 ms of worker round trips (fwd and bwd) in an agent
+  blockPassMs: 0.2, // fit: 0.18 and 0.29 ms per block per pass (shows in tensor-parallel shards, whose work shrinks)
+  stepOverheadMs: 5, // 1×1×1 jobs on one agent: step time less the worker's busy time and the optimizer, 4–6 ms
+  // A lone training agent keeps 1.17–1.27 cores busy (/proc: its compute thread plus V8's garbage-collector and
+  // compiler threads and its main thread), and agents computing at once also slow each other through the caches:
+  // two data-parallel agents on the 2 cores computed 1.33× slower than one alone. 1.5 (with hopLatencyMs 0.5) best
+  // fits the step times of 27 jobs: three runs of 7–10 layouts on 4 agents (1×1×1 to 1×1×4; d 128, 4 blocks), RMS
+  // error 18%. The same layout varied by up to ±25% from run to run.
+  agentCores: 1.5,
   linkBytesPerS: 100e6, // ~1 Gbit/s between hosts
-  loopbackBytesPerS: 300e6, // measured: ws ring of agents on one 2-core host
-  hopLatencyMs: 1,
-  optimizerNsPerParam: 30,
+  // busbw of a ws ring of 4 agents on one 2-core host, 64 MB (bench allreduce); a job's few MB of gradients went at
+  // 120–165 MB/s. A self-check replaces it with what it measures (coordinator/job-runner.ts).
+  loopbackBytesPerS: 300e6,
+  // An all-reduce of 8 floats between 2 idle agents takes 0.5 ms for its 2 hops (0.25 each; 0.7 each in a ring of
+  // 4 agents on 2 cores). 0.5 fits the tensor-parallel jobs above, whose partner is often still computing.
+  hopLatencyMs: 0.5,
+  optimizerNsPerParam: 14, // one thread: sum of squares, AdamW and parameter upload, 12–14 ns per parameter
   memoryFraction: 0.5, // leaves room for the runtime, the dataset reader and a second job
 });
 
@@ -61,12 +107,14 @@ export interface Layout {
 }
 
 export interface PredictedCost {
-  stepMs: number; // computeMs + bubbleMs + dataAllreduceMs + optimizerMs
-  computeMs: number; // m × slowest stage's per-micro-batch time (incl. its TP and p2p communication)
-  bubbleMs: number; // (p − 1) × slowest stage's per-micro-batch time
+  stepMs: number; // computeMs + bubbleMs + sharingMs + dataAllreduceMs + overheadMs + optimizerMs
+  computeMs: number; // m × slowest stage's per-micro-batch time with a core to itself (incl. its TP all-reduces)
+  bubbleMs: number; // pipeline fill and drain, sends included ((p − 1) × the per-micro-batch time if stages are equal)
+  sharingMs: number; // what sharing their hosts' cores adds to the pipeline section (see slowdown)
   tensorCommMs: number; // TP all-reduce share of computeMs + bubbleMs
   pipelineCommMs: number; // p2p activation/gradient share of computeMs + bubbleMs
   dataAllreduceMs: number; // gradient all-reduce over d (slowest stage shard)
+  overheadMs: number; // fixed per step: worker round trips, the world all-reduce of the loss and norm scalars
   optimizerMs: number;
   memoryBytesPerAgent: number; // the largest of any agent
 }
@@ -131,6 +179,25 @@ export function flopsPerMicroBatch(model: Model, rows: number, seqLen: number, s
   return { forward, recompute, backward, total: forward + recompute + backward };
 }
 
+/**
+ * Milliseconds one rank of a stage computes per micro-batch with a core to itself, at `flopsPerS` for matmuls (see
+ * the cost model at the top): matmul FLOPs, the non-matmul work per activation element of the forward's working
+ * set over 3 passes (forward, backward at twice it) or 4 (with the recomputed forward), the gradient read-back per
+ * local parameter, and a fixed cost per micro-batch. Split as the trainer runs it: a recomputing stage's forward
+ * call runs one pass; the last stage's forward call does nothing (its backward runs the forward under the tape).
+ */
+export function stageComputeMs(
+  model: Model, rows: number, seqLen: number, stage: StageWork, flopsPerS: number, cal: PlannerCalibration,
+): { forwardMs: number; backwardMs: number; totalMs: number } {
+  const flops = flopsPerMicroBatch(model, rows, seqLen, stage);
+  // one pass over the blocks: its non-matmul work per element, and dispatching its operations (not split by t)
+  const passMs = (cal.elementNs * stageActivationBytes(model, rows, seqLen, stage, 0)) / BYTES / 1e6 + cal.blockPassMs * stage.blocks;
+  const forwardMs = stage.recompute ? (flops.forward / flopsPerS) * 1e3 + passMs + cal.microBatchMs / 2 : 0;
+  const backwardMs = ((flops.total - (stage.recompute ? flops.forward : 0)) / flopsPerS) * 1e3 + 3 * passMs +
+    (cal.paramNsPerMicroBatch * stageParams(model, stage)) / 1e6 + (stage.recompute ? cal.microBatchMs / 2 : cal.microBatchMs);
+  return { forwardMs, backwardMs, totalMs: forwardMs + backwardMs };
+}
+
 // ---------------------------------------------------------------------------------------------------- communication
 
 /** Ring all-reduce of `bytes` over n ranks: 2(n−1)/n · S/B + 2(n−1)·α. */
@@ -141,6 +208,112 @@ export function ringAllreduceMs(n: number, bytes: number, bytesPerS: number, hop
 
 /** Share of a 1F1B pipeline step spent idle: (p − 1)/(m + p − 1). */
 export const bubbleFraction = (pipeline: number, microBatches: number): number => (pipeline - 1) / (microBatches + pipeline - 1);
+
+// ---------------------------------------------------------------------------------------------------- shared cores
+
+/**
+ * How many times slower each of `n` agents computing at once on a host of `cores` cores runs than one alone: each
+ * keeps about agentCores cores busy (its compute thread, V8's garbage-collector and compiler threads, its main
+ * thread), so they share the cores once n · agentCores exceeds them.
+ */
+export function slowdown(n: number, cores: number, cal: Pick<PlannerCalibration, 'agentCores'>): number {
+  return Math.max(1, (n * cal.agentCores) / cores);
+}
+
+/** One stage's tensor-parallel group in one replica, as simulatePipeline runs it. */
+export interface PipelineLane {
+  hosts: string[]; // the host of each member: all of them compute at once
+  forwardMs: number; // compute per micro-batch in the forward call, with a core to itself
+  backwardMs: number; // compute per micro-batch in the backward call (the recomputed forward included)
+  forwardWaitMs: number; // tensor-parallel all-reduce latency inside the forward call: wall time, no core
+  backwardWaitMs: number;
+  sendMs: number; // an activation (or gradient) to the next (or previous) stage
+}
+
+/**
+ * One step's pipeline section: `lanes[replica][stage]` each run the 1F1B schedule (Megatron's, as
+ * node-agent/trainer/schedule.ts), a forward after the previous stage's activation arrives, a backward after the
+ * next stage's gradient. While lanes compute, the job's agents computing on a host at that moment share its cores
+ * (slowdown); all-reduce and send latencies take wall time only. With `shareCores` false every agent has a core
+ * of its own. Returns when the last lane finishes, in ms.
+ */
+export function simulatePipeline(lanes: PipelineLane[][], m: number, cores: ReadonlyMap<string, number>, cal: PlannerCalibration, shareCores = true): number {
+  const p = lanes[0]!.length;
+  const EPS = 1e-9;
+  const hostIds = new Map([...cores.keys()].map((h, i) => [h, i]));
+  const hostCores = [...cores.values()];
+  const busy = new Int32Array(hostCores.length); // agents computing on each host right now
+  const doneFwd = lanes.map((r) => r.map(() => new Float64Array(m).fill(Infinity)));
+  const doneBwd = lanes.map((r) => r.map(() => new Float64Array(m).fill(Infinity)));
+  const runs = lanes.flatMap((replica, dp) => replica.map((lane, s) => {
+    const ops: number[] = []; // mb for a forward, −1 − mb for a backward, in 1F1B order
+    let f = 0, b = 0;
+    for (; f < Math.min(p - s - 1, m); f++) ops.push(f);
+    while (f < m) ops.push(f++, -1 - b++);
+    while (b < m) ops.push(-1 - b++);
+    const hosts = lane.hosts.map((h) => hostIds.get(h)!);
+    return { lane, hosts, dp, s, ops, k: 0, phase: 0 as 0 | 1 | 2, left: 0, until: 0 }; // phase: 0 waiting, 1 computing, 2 all-reduce wait
+  }));
+  type Run = (typeof runs)[number];
+  let remaining = runs.length;
+  const readyAt = (r: Run): number => {
+    const op = r.ops[r.k]!;
+    if (op >= 0) return r.s === 0 ? 0 : doneFwd[r.dp]![r.s - 1]![op]! + lanes[r.dp]![r.s - 1]!.sendMs;
+    return r.s === p - 1 ? 0 : doneBwd[r.dp]![r.s + 1]![-1 - op]! + lanes[r.dp]![r.s + 1]!.sendMs;
+  };
+  const finish = (r: Run, now: number) => {
+    const op = r.ops[r.k]!;
+    if (op >= 0) doneFwd[r.dp]![r.s]![op] = now;
+    else doneBwd[r.dp]![r.s]![-1 - op] = now;
+    r.phase = 0;
+    if (++r.k === r.ops.length) remaining--;
+  };
+  const compute = (r: Run, now: number, on: boolean) => {
+    if (on) r.phase = 1;
+    for (const h of r.hosts) busy[h]! += on ? 1 : -1;
+    if (on) return;
+    const ms = r.ops[r.k]! >= 0 ? r.lane.forwardWaitMs : r.lane.backwardWaitMs;
+    if (ms > EPS) {
+      r.phase = 2;
+      r.until = now + ms;
+    } else finish(r, now);
+  };
+  const rate = (r: Run) => {
+    if (!shareCores) return 1;
+    let worst = 1;
+    for (const h of r.hosts) worst = Math.max(worst, slowdown(busy[h]!, hostCores[h]!, cal));
+    return 1 / worst;
+  };
+  let now = 0;
+  for (;;) {
+    for (let started = true; started;) { // start every operation whose input has arrived (a zero-time one may free others)
+      started = false;
+      for (const r of runs) {
+        if (r.phase !== 0 || r.k === r.ops.length || readyAt(r) > now + EPS) continue;
+        r.left = r.ops[r.k]! >= 0 ? r.lane.forwardMs : r.lane.backwardMs;
+        compute(r, now, true);
+        if (r.left <= EPS) compute(r, now, false);
+        started = true;
+      }
+    }
+    if (remaining === 0) return now;
+    let next = Infinity;
+    for (const r of runs) {
+      if (r.phase === 1) next = Math.min(next, now + r.left / rate(r));
+      else if (r.phase === 2) next = Math.min(next, r.until);
+      else if (r.k < r.ops.length) next = Math.min(next, readyAt(r));
+    }
+    if (!Number.isFinite(next)) throw new Error('simulatePipeline: the schedule deadlocked'); // cannot happen for 1F1B
+    const rates = runs.map((r) => (r.phase === 1 ? rate(r) : 0)); // the rates of this interval, before anything changes
+    runs.forEach((r, i) => {
+      if (r.phase === 1) {
+        r.left -= (next - now) * rates[i]!;
+        if (r.left <= EPS) compute(r, next, false);
+      } else if (r.phase === 2 && r.until <= next + EPS) finish(r, next);
+    });
+    now = next;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------- memory
 
@@ -220,17 +393,26 @@ export function stageBoundaries(stages: number, layers: number, cost: (stage: nu
 
 interface Slot {
   agent: PlannerAgent;
-  flopsPerS: number; // achieved in a training step: matmulGflops × efficiency × core share
-  share: number; // min(1, cores / this job's agents on the host)
+  flopsPerS: number; // a training step's matmuls with a core to itself: its host's best matmulGflops × efficiency
+  share: number; // 1 / slowdown with all of this job's agents on its host computing at once
+  pace: number; // flopsPerS × share: its speed while all of the job's agents on its host compute
 }
 type Grid = Slot[][][]; // [dp][pp][tp]
 
-function slotsFor(chosen: readonly PlannerAgent[], cal: PlannerCalibration): Map<string, Slot> {
+/** Each host's best matmulGflops: what any of its agents gets with a core to itself (see the top of the file). */
+function hostGflops(agents: readonly PlannerAgent[]): Map<string, number> {
+  const best = new Map<string, number>();
+  for (const a of agents) best.set(a.host, Math.max(best.get(a.host) ?? 0, a.matmulGflops));
+  return best;
+}
+
+function slotsFor(chosen: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostGflops'>): Map<string, Slot> {
   const perHost = new Map<string, number>();
   for (const a of chosen) perHost.set(a.host, (perHost.get(a.host) ?? 0) + 1);
   return new Map(chosen.map((a) => {
-    const share = Math.min(1, a.cores / perHost.get(a.host)!);
-    return [a.id, { agent: a, flopsPerS: a.matmulGflops * 1e9 * cal.efficiency * share, share }];
+    const share = 1 / slowdown(perHost.get(a.host)!, a.cores, ctx.cal);
+    const flopsPerS = (ctx.hostGflops.get(a.host) ?? a.matmulGflops) * 1e9 * ctx.cal.efficiency;
+    return [a.id, { agent: a, flopsPerS, share, pace: flopsPerS * share }];
   }));
 }
 
@@ -239,14 +421,14 @@ function slotsFor(chosen: readonly PlannerAgent[], cal: PlannerCalibration): Map
  * agent fastest (a crowded host slows all its agents), then the largest total speed, then a host already in use
  * (tensor groups stay local), then the id. Greedy, so the order for k is a prefix of the order for k + 1.
  */
-function agentOrder(agents: readonly PlannerAgent[], cal: PlannerCalibration): PlannerAgent[] {
+function agentOrder(agents: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostGflops'>): PlannerAgent[] {
   const chosen: PlannerAgent[] = [];
   const rest = [...agents];
   while (rest.length > 0) {
     let best = 0, bestKey: number[] = [];
     for (let i = 0; i < rest.length; i++) {
       const candidate = rest[i]!;
-      const speeds = [...slotsFor([...chosen, candidate], cal).values()].map((s) => s.flopsPerS);
+      const speeds = [...slotsFor([...chosen, candidate], ctx).values()].map((s) => s.pace);
       const key = [Math.min(...speeds), speeds.reduce((a, b) => a + b, 0), chosen.some((a) => a.host === candidate.host) ? 1 : 0];
       if (i === 0 || isGreater(key, bestKey)) { // rest is in id order: ties keep the smaller id
         best = i;
@@ -263,7 +445,7 @@ function isGreater(a: number[], b: number[]): boolean {
   return false;
 }
 
-const bySpeed = (a: Slot, b: Slot): number => b.flopsPerS - a.flopsPerS || compareIds(a.agent.id, b.agent.id);
+const bySpeed = (a: Slot, b: Slot): number => b.pace - a.pace || compareIds(a.agent.id, b.agent.id);
 const compareIds = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
 /** Tensor groups of t slots: whole groups from one host first (fastest first), the remainder across hosts. */
@@ -279,7 +461,7 @@ function tensorGroups(slots: Slot[], t: number): Slot[][] {
   }
   leftovers.sort(bySpeed);
   for (let i = 0; i < leftovers.length; i += t) groups.push(leftovers.slice(i, i + t));
-  const speed = (g: Slot[]) => Math.min(...g.map((s) => s.flopsPerS));
+  const speed = (g: Slot[]) => Math.min(...g.map((s) => s.pace));
   return groups.sort((a, b) => speed(b) - speed(a) || compareIds(a[0]!.agent.id, b[0]!.agent.id));
 }
 
@@ -330,6 +512,7 @@ interface Ctx {
   training: Training;
   cal: PlannerCalibration;
   agents: PlannerAgent[]; // usable, in agentOrder
+  hostGflops: Map<string, number>; // best matmulGflops of each host's usable agents
 }
 
 const stageWork = (l: Layout, i: number, blocks: number): StageWork => ({
@@ -346,10 +529,11 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
   const { data: d, pipeline: p, tensor: t } = l;
   const rows = training.batchSize / (d * m);
   const message = rows * training.seqLen * model.nEmbd * BYTES; // one micro-batch's [b, s, d] float32
-  const alpha = cal.hopLatencyMs;
+  // A hop waits for its receiver to get a core: α with a core each, longer when the job's agents crowd a host.
+  const alpha = (slots: Slot[]) => cal.hopLatencyMs / Math.min(...slots.map((s) => s.share));
   const pairBw = (a: Slot, b: Slot) => (a.agent.host === b.agent.host ? cal.loopbackBytesPerS : cal.linkBytesPerS);
   const ringBw = (ring: Slot[]) => (ring.every((s) => s.agent.host === ring[0]!.agent.host) ? cal.loopbackBytesPerS : cal.linkBytesPerS);
-  const sendMs = (from: Slot[], to: Slot[]) => Math.max(...from.map((s, tp) => (message / pairBw(s, to[tp]!)) * 1e3 + alpha));
+  const sendMs = (from: Slot[], to: Slot[]) => Math.max(...from.map((s, tp) => (message / pairBw(s, to[tp]!)) * 1e3 + alpha([s, to[tp]!])));
 
   // What a stage's replicas spend per micro-batch apart from compute: TP all-reduce (one) and p2p sends.
   const lanes = Array.from({ length: p }, (_, i) => grid.map((replica) => {
@@ -357,25 +541,61 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     const next = replica[i + 1], prev = replica[i - 1];
     return {
       flopsPerS: Math.min(...group.map((s) => s.flopsPerS)), // a TP group runs at its slowest member's pace
-      allreduceMs: ringAllreduceMs(t, message, ringBw(group), alpha),
+      allreduceMs: ringAllreduceMs(t, message, ringBw(group), alpha(group)),
       p2pMs: (next ? sendMs(group, next) : 0) + (prev ? sendMs(group, prev) : 0), // activation forward, gradient back
     };
   }));
+  const allreduces = (work: StageWork) => ({ forward: work.recompute ? 2 * work.blocks : 0, backward: 4 * work.blocks }); // 2 per block per pass
+  // Per micro-batch with a core each: what the stage boundaries balance.
   const stageTime = (i: number, blocks: number) => {
     const work = stageWork(l, i, blocks);
-    const flops = flopsPerMicroBatch(model, rows, training.seqLen, work).total;
-    const allreduces = (work.recompute ? 6 : 4) * blocks; // 2 forward, 2 backward, 2 again when recomputing
+    const n = allreduces(work);
     let worst = { totalMs: -1, tensorMs: 0, p2pMs: 0 };
     for (const lane of lanes[i]!) {
-      const tensorMs = allreduces * lane.allreduceMs;
-      const totalMs = (flops / lane.flopsPerS) * 1e3 + tensorMs + lane.p2pMs;
+      const tensorMs = (n.forward + n.backward) * lane.allreduceMs;
+      const totalMs = stageComputeMs(model, rows, training.seqLen, work, lane.flopsPerS, cal).totalMs + tensorMs + lane.p2pMs;
       if (totalMs > worst.totalMs) worst = { totalMs, tensorMs, p2pMs: lane.p2pMs };
     }
     return worst;
   };
   const stages = stageBoundaries(p, model.nLayer, (i, n) => stageTime(i, n).totalMs);
-  const times = stages.map(([a, b], i) => stageTime(i, b - a));
-  const slowest = times.reduce((w, x) => (x.totalMs > w.totalMs ? x : w));
+  const slowest = stages.map(([a, b], i) => stageTime(i, b - a)).reduce((w, x) => (x.totalMs > w.totalMs ? x : w));
+
+  // The pipeline section, simulated: once with a core per agent (compute + fill and drain), once with the job's
+  // agents sharing their hosts' cores (what that adds is sharingMs).
+  const cores = new Map<string, number>();
+  for (const slot of grid.flat(2)) cores.set(slot.agent.host, Math.min(cores.get(slot.agent.host) ?? Infinity, slot.agent.cores));
+  const pipeLanes: PipelineLane[][] = grid.map((replica, dp) => replica.map((group, i) => {
+    const [a, b] = stages[i]!;
+    const work = stageWork(l, i, b - a);
+    const lane = lanes[i]![dp]!;
+    const compute = stageComputeMs(model, rows, training.seqLen, work, lane.flopsPerS, cal);
+    const n = allreduces(work);
+    const neighbour = replica[i + 1] ?? replica[i - 1];
+    return {
+      hosts: group.map((s) => s.agent.host),
+      forwardMs: compute.forwardMs,
+      backwardMs: compute.backwardMs,
+      forwardWaitMs: n.forward * lane.allreduceMs,
+      backwardWaitMs: n.backward * lane.allreduceMs,
+      sendMs: neighbour ? sendMs(group, neighbour) : 0,
+    };
+  }));
+  const perMicroBatch = Math.max(...pipeLanes.flat().map((x) => x.forwardMs + x.backwardMs + x.forwardWaitMs + x.backwardWaitMs));
+  let aloneMs: number, sharedMs: number;
+  if (p === 1) {
+    // One stage: every lane runs its m micro-batches back to back, all at once (what the simulation gives, in closed form).
+    const all = new Map<string, number>();
+    for (const slot of grid.flat(2)) all.set(slot.agent.host, (all.get(slot.agent.host) ?? 0) + 1);
+    const waits = (x: PipelineLane) => x.forwardWaitMs + x.backwardWaitMs;
+    const slow = (x: PipelineLane) => Math.max(...x.hosts.map((h) => slowdown(all.get(h)!, cores.get(h)!, cal)));
+    aloneMs = m * perMicroBatch;
+    sharedMs = Math.max(...pipeLanes.flat().map((x) => m * ((x.forwardMs + x.backwardMs) * slow(x) + waits(x))));
+  } else {
+    aloneMs = simulatePipeline(pipeLanes, m, cores, cal, false);
+    const crowded = grid.flat(2).some((slot) => slot.share < 1);
+    sharedMs = crowded ? simulatePipeline(pipeLanes, m, cores, cal, true) : aloneMs;
+  }
 
   let dataAllreduceMs = 0, optimizerMs = 0, memoryPeak = 0;
   let worstFit: { ratio: number; need: number; slot: Slot; stage: number } | undefined;
@@ -387,31 +607,42 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     const need = memoryBytes(params, activations, d, training.zero);
     for (let tp = 0; tp < t; tp++) {
       const ring = grid.map((replica) => replica[i]![tp]!);
-      let ms = ringAllreduceMs(d, params * BYTES, ringBw(ring), alpha);
+      let ms = ringAllreduceMs(d, params * BYTES, ringBw(ring), alpha(ring));
       if (p > 1 && (i === 0 || i === p - 1)) {
         const wte = model.vocabSize * model.nEmbd * BYTES; // the tied embedding's two copies sum their gradients
-        ms += Math.max(...grid.map((replica) => ringAllreduceMs(2, wte, pairBw(replica[0]![tp]!, replica[p - 1]![tp]!), alpha)));
+        ms += Math.max(...grid.map((replica) => {
+          const pair = [replica[0]![tp]!, replica[p - 1]![tp]!];
+          return ringAllreduceMs(2, wte, pairBw(pair[0]!, pair[1]!), alpha(pair));
+        }));
       }
       dataAllreduceMs = Math.max(dataAllreduceMs, ms);
       for (const slot of ring) {
-        optimizerMs = Math.max(optimizerMs, (cal.optimizerNsPerParam * params) / (training.zero ? d : 1) / slot.share / 1e6);
+        optimizerMs = Math.max(optimizerMs, (cal.optimizerNsPerParam * params) / (training.zero ? d : 1) / slot.share / 1e6); // all at once
         memoryPeak = Math.max(memoryPeak, need);
         const ratio = need / (slot.agent.memoryBytes * cal.memoryFraction);
         if (ratio > 1 && (!worstFit || ratio > worstFit.ratio)) worstFit = { ratio, need, slot, stage: i };
       }
     }
   }
+  // Every step the world all-reduces the loss, the norm's sum of squares and per-stage timings: a few floats.
+  const world = grid.flat(2);
+  const overheadMs = cal.stepOverheadMs + ringAllreduceMs(world.length, (3 + 2 * p) * BYTES, ringBw(world), alpha(world));
 
   const placement: string[] = [];
   grid.forEach((replica, dp) => replica.forEach((group, pp) => group.forEach((s, tp) => (placement[rankOf({ dp, pp, tp }, l)] = s.agent.id))));
   const spans = m + p - 1;
+  const computeMs = m * perMicroBatch;
+  const bubbleMs = Math.max(0, aloneMs - computeMs);
+  const sharingMs = Math.max(0, sharedMs - aloneMs);
   const predicted: PredictedCost = {
-    stepMs: spans * slowest.totalMs + dataAllreduceMs + optimizerMs,
-    computeMs: m * slowest.totalMs,
-    bubbleMs: (p - 1) * slowest.totalMs,
+    stepMs: computeMs + bubbleMs + sharingMs + dataAllreduceMs + overheadMs + optimizerMs,
+    computeMs,
+    bubbleMs,
+    sharingMs,
     tensorCommMs: spans * slowest.tensorMs,
     pipelineCommMs: spans * slowest.p2pMs,
     dataAllreduceMs,
+    overheadMs,
     optimizerMs,
     memoryBytesPerAgent: memoryPeak,
   };
@@ -465,13 +696,16 @@ function microBatchOptions(training: Training, l: Layout, pinned: boolean): numb
   return divisors(training.batchSize / l.data).filter((x) => x >= m && x <= Math.max(m, M_PER_STAGE * l.pipeline));
 }
 
-const unpredicted = (): PredictedCost => ({ stepMs: NaN, computeMs: NaN, bubbleMs: NaN, tensorCommMs: NaN, pipelineCommMs: NaN, dataAllreduceMs: NaN, optimizerMs: NaN, memoryBytesPerAgent: NaN });
+const unpredicted = (): PredictedCost => ({
+  stepMs: NaN, computeMs: NaN, bubbleMs: NaN, sharingMs: NaN, tensorCommMs: NaN, pipelineCommMs: NaN, dataAllreduceMs: NaN, overheadMs: NaN, optimizerMs: NaN,
+  memoryBytesPerAgent: NaN,
+});
 
 /** The best (feasible first, then fastest; else leanest) of a layout's micro-batch counts and placements. */
 function weigh(ctx: Ctx, l: Layout, pinned: boolean): { candidate: Candidate; problem?: Problem } {
   const problem = structuralProblem(ctx, l, ctx.training.microBatches);
   if (problem) return { candidate: { layout: { ...l }, microBatches: ctx.training.microBatches, stages: [], placement: [], predicted: unpredicted(), feasible: false, reason: problem.reason }, problem };
-  const layoutGrids = agentSets(ctx.agents, l).flatMap((set) => grids(tensorGroups([...slotsFor(set, ctx.cal).values()], l.tensor), l));
+  const layoutGrids = agentSets(ctx.agents, l).flatMap((set) => grids(tensorGroups([...slotsFor(set, ctx).values()], l.tensor), l));
   let best: Candidate | undefined;
   for (const m of microBatchOptions(ctx.training, l, pinned)) {
     for (const grid of layoutGrids) {
@@ -499,7 +733,8 @@ export function planJob(req: PlanRequest): Plan {
   const cal = calibration(req.calibration);
   validate(req);
   const usable = req.agents.filter((a) => a.matmulGflops > 0 && a.cores >= 1 && a.memoryBytes > 0).sort((a, b) => compareIds(a.id, b.id));
-  const ctx: Ctx = { model: req.model, training: req.training, cal, agents: agentOrder(usable, cal) };
+  const best = hostGflops(usable);
+  const ctx: Ctx = { model: req.model, training: req.training, cal, agents: agentOrder(usable, { cal, hostGflops: best }), hostGflops: best };
   const pinned = req.parallel !== 'auto';
   const layouts: Layout[] = req.parallel === 'auto' ? enumerate(usable.length) : [req.parallel];
   const weighed = layouts.map((l) => weigh(ctx, l, pinned));
@@ -579,7 +814,8 @@ function explain(ctx: Ctx, c: Candidate, runnerUp: Candidate | undefined, pinned
   const parts = [
     `${pinned ? 'Pinned' : 'Chose'} ${layoutName(c.layout)} (data × pipeline × tensor) on ${n} of ${ctx.agents.length} agent(s) with m = ${c.microBatches}: ` +
       `predicted ${fmtMs(p.stepMs)} per step (compute ${fmtMs(p.computeMs)} + bubble ${fmtMs(p.bubbleMs)}, of which tensor all-reduce ` +
-      `${fmtMs(p.tensorCommMs)} and p2p ${fmtMs(p.pipelineCommMs)}; data all-reduce ${fmtMs(p.dataAllreduceMs)}; optimizer ${fmtMs(p.optimizerMs)}), ` +
+      `${fmtMs(p.tensorCommMs)} and p2p ${fmtMs(p.pipelineCommMs)}; ${p.sharingMs > 0 ? `waiting for shared cores ${fmtMs(p.sharingMs)}; ` : ''}` +
+      `data all-reduce ${fmtMs(p.dataAllreduceMs)}; per-step overhead ${fmtMs(p.overheadMs)}; optimizer ${fmtMs(p.optimizerMs)}), ` +
       `${fmtBytes(p.memoryBytesPerAgent)} per agent at most.`,
   ];
   if (c.layout.pipeline > 1) parts.push(`Stages hold blocks ${c.stages.map(([a, b]) => `[${a}, ${b})`).join(' ')}, sized to the agents' speeds.`);
@@ -590,8 +826,8 @@ function explain(ctx: Ctx, c: Candidate, runnerUp: Candidate | undefined, pinned
   if (runnerUp) {
     const r = runnerUp.predicted;
     const terms: Array<[string, number]> = [
-      ['compute', r.computeMs - p.computeMs], ['bubble', r.bubbleMs - p.bubbleMs], ['data all-reduce', r.dataAllreduceMs - p.dataAllreduceMs],
-      ['optimizer', r.optimizerMs - p.optimizerMs],
+      ['compute', r.computeMs - p.computeMs], ['bubble', r.bubbleMs - p.bubbleMs], ['shared cores', r.sharingMs - p.sharingMs],
+      ['data all-reduce', r.dataAllreduceMs - p.dataAllreduceMs], ['per-step overhead', r.overheadMs - p.overheadMs], ['optimizer', r.optimizerMs - p.optimizerMs],
     ];
     const [why, delta] = terms.reduce((a, b) => (b[1] > a[1] ? b : a));
     parts.push(`Runner-up ${layoutName(runnerUp.layout)} with m = ${runnerUp.microBatches}: ${fmtMs(r.stepMs)}` +
@@ -628,7 +864,8 @@ function divisors(n: number): number[] {
 function calibration(partial: Partial<PlannerCalibration> | undefined): PlannerCalibration {
   const cal = { ...DEFAULT_CALIBRATION, ...partial };
   for (const [key, v] of Object.entries(cal)) {
-    const min = key === 'hopLatencyMs' || key === 'optimizerNsPerParam' ? 0 : Number.MIN_VALUE;
+    // the overheads may be zero (an idealised machine); speeds, bandwidths and fractions must be positive
+    const min = ['efficiency', 'linkBytesPerS', 'loopbackBytesPerS', 'memoryFraction', 'agentCores'].includes(key) ? Number.MIN_VALUE : 0;
     if (!Number.isFinite(v) || v < min) throw new RangeError(`calibration.${key} must be a ${min === 0 ? 'non-negative' : 'positive'} number, got ${v}`);
   }
   if (cal.efficiency > 1 || cal.memoryFraction > 1) throw new RangeError('calibration.efficiency and memoryFraction must be at most 1');

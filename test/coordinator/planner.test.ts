@@ -9,10 +9,16 @@ import {
   bubbleFraction,
   embeddingForwardFlops,
   flopsPerMicroBatch,
+  DEFAULT_CALIBRATION,
   headForwardFlops,
   planJob,
   ringAllreduceMs,
+  stageActivationBytes,
   stageBoundaries,
+  simulatePipeline,
+  slowdown,
+  stageComputeMs,
+  stageParams,
   type PlannerAgent,
   type PlanRequest,
 } from '../../coordinator/planner.ts';
@@ -75,6 +81,77 @@ describe('FLOP counts', () => {
       assert.deepEqual(f, { ...c.expect, total: c.expect.forward + c.expect.recompute + c.expect.backward });
     });
   }
+});
+
+describe('stageComputeMs', () => {
+  const cal = { ...DEFAULT_CALIBRATION, efficiency: 1, elementNs: 2, paramNsPerMicroBatch: 10, microBatchMs: 3, blockPassMs: 0.5 };
+  const rows = 2, seq = 8, flopsPerS = 1e9;
+  const pass = (stage: Parameters<typeof stageParams>[1] & { blocks: number; tensor: number; recompute: boolean }) =>
+    (2 * stageActivationBytes(MID, rows, seq, stage, 0)) / 4 / 1e6 + 0.5 * stage.blocks;
+  const cases = [
+    { name: 'a whole model counts matmul FLOPs, 3 passes over its working set and blocks, its parameters and a fixed cost', stage: { blocks: 2, first: true, last: true, tensor: 1, recompute: false }, passes: 3 },
+    { name: 'a recomputing stage counts 4 passes', stage: { blocks: 1, first: true, last: false, tensor: 1, recompute: true }, passes: 4 },
+    { name: 'a tensor-parallel rank counts its own share of FLOPs, activations and parameters, but every block', stage: { blocks: 2, first: false, last: true, tensor: 2, recompute: false }, passes: 3 },
+  ];
+  for (const c of cases) {
+    test(c.name, () => {
+      const want = (flopsPerMicroBatch(MID, rows, seq, c.stage).total / flopsPerS) * 1e3 + c.passes * pass(c.stage) + (10 * stageParams(MID, c.stage)) / 1e6 + 3;
+      assert.ok(Math.abs(stageComputeMs(MID, rows, seq, c.stage, flopsPerS, cal).totalMs - want) < 1e-9);
+    });
+  }
+
+  test('a recomputing stage\'s forward call runs one pass; the last stage\'s does nothing (its backward runs the forward)', () => {
+    const first = { blocks: 1, first: true, last: false, tensor: 1, recompute: true };
+    const want = (flopsPerMicroBatch(MID, rows, seq, first).forward / flopsPerS) * 1e3 + pass(first) + 1.5;
+    assert.ok(Math.abs(stageComputeMs(MID, rows, seq, first, flopsPerS, cal).forwardMs - want) < 1e-9);
+    assert.equal(stageComputeMs(MID, rows, seq, { blocks: 1, first: false, last: true, tensor: 1, recompute: false }, flopsPerS, cal).forwardMs, 0);
+  });
+});
+
+describe('slowdown', () => {
+  const cal = { agentCores: 1.5 };
+  const cases = [
+    { name: 'one agent on a host with cores to spare runs at full speed', n: 1, cores: 2, expect: 1 },
+    { name: 'agents whose threads need no more than the cores run at full speed', n: 2, cores: 4, expect: 1 },
+    { name: 'two agents on two cores share them: each needs 1.5', n: 2, cores: 2, expect: 1.5 },
+    { name: 'four agents on two cores take three times as long', n: 4, cores: 2, expect: 3 },
+  ];
+  for (const c of cases) test(c.name, () => assert.equal(slowdown(c.n, c.cores, cal), c.expect));
+});
+
+describe('simulatePipeline', () => {
+  const cal = { ...DEFAULT_CALIBRATION, agentCores: 1 };
+  const lane = (host: string, forwardMs: number, backwardMs: number, waits = 0, sendMs = 0) =>
+    ({ hosts: [host], forwardMs, backwardMs, forwardWaitMs: waits, backwardWaitMs: waits, sendMs });
+  const roomy = new Map([['h', 8]]);
+
+  test('one stage runs its m micro-batches back to back', () => {
+    assert.equal(simulatePipeline([[lane('h', 1, 2, 0.5)]], 4, roomy, cal), 4 * 4);
+  });
+
+  test('equal stages with cores to spare take (m + p − 1) micro-batch times: the 1F1B bubble', () => {
+    assert.ok(Math.abs(simulatePipeline([[lane('h', 1, 2), lane('h', 1, 2), lane('h', 1, 2)]], 4, roomy, cal) - (4 + 3 - 1) * 3) < 1e-9);
+  });
+
+  test('sends add their latency to the fill and the drain', () => {
+    const alone = simulatePipeline([[lane('h', 1, 2), lane('h', 1, 2)]], 1, roomy, cal);
+    assert.ok(Math.abs(simulatePipeline([[lane('h', 1, 2, 0, 0.5), lane('h', 1, 2, 0, 0.5)]], 1, roomy, cal) - alone - 2 * 0.5) < 1e-9);
+  });
+
+  test('replicas on a host with one core per agent\'s need run as if alone; on half of that, twice as long', () => {
+    const replicas = [[lane('h', 1, 2)], [lane('h', 1, 2)]];
+    assert.equal(simulatePipeline(replicas, 3, new Map([['h', 2]]), cal), 9);
+    assert.ok(Math.abs(simulatePipeline(replicas, 3, new Map([['h', 1]]), cal) - 18) < 1e-9);
+    assert.equal(simulatePipeline(replicas, 3, new Map([['h', 1]]), cal, false), 9, 'or with sharing off');
+  });
+
+  test('pipeline stages sharing one core lose less than replicas: a stage waiting for its input leaves the core', () => {
+    const oneCore = new Map([['h', 1]]);
+    const stages = simulatePipeline([[lane('h', 1, 2), lane('h', 1, 2)]], 4, oneCore, cal);
+    const alone = simulatePipeline([[lane('h', 1, 2), lane('h', 1, 2)]], 4, oneCore, cal, false);
+    assert.ok(stages > alone && stages < 2 * alone, `${stages} vs ${alone} alone`);
+    assert.ok(stages >= 2 * 4 * 3 - 1e-9, 'but no less than all the work on one core');
+  });
 });
 
 describe('bubbleFraction', () => {
@@ -171,6 +248,15 @@ describe('planJob with a pinned layout', () => {
       assert.match(plan.refused ?? '', c.advice);
     });
   }
+
+  test('a pipeline takes Σ of its stages\' per-micro-batch times plus m − 1 of the slowest\'s (1F1B fill, steady state, drain)', () => {
+    const plan = planJob(request({ parallel: { data: 1, pipeline: 2, tensor: 1 }, agents: fourAgents }));
+    const c = plan.chosen!.predicted;
+    const m = TRAIN.microBatches;
+    const slowest = c.computeMs / m;
+    assert.ok(c.bubbleMs > 0 && c.bubbleMs <= slowest + 1e-9, 'the fill and drain cost one other stage\'s time at most');
+    assert.ok(Math.abs(c.stepMs - (c.computeMs + c.bubbleMs + c.sharingMs + c.dataAllreduceMs + c.overheadMs + c.optimizerMs)) < 1e-9);
+  });
 
   test('a pinned layout keeps the spec\'s micro-batches', () => {
     const plan = planJob(request({ parallel: { data: 1, pipeline: 2, tensor: 1 }, agents: fourAgents }));
@@ -280,8 +366,8 @@ describe('stage boundaries and placement', () => {
       groups: [['h1', 'h1'], ['h2', 'h2']],
     },
     {
-      name: 'a tensor group takes two agents of one host over a lone agent elsewhere',
-      agents: [agent('a', 'h1'), agent('b', 'h2'), agent('c', 'h2')],
+      name: 'a tensor group takes two agents of one host with cores for both over a lone agent elsewhere',
+      agents: [agent('a', 'h1', 20, 8e9, 4), agent('b', 'h2', 20, 8e9, 4), agent('c', 'h2', 20, 8e9, 4)],
       layout: { data: 1, pipeline: 1, tensor: 2 },
       groups: [['h2', 'h2']],
     },
@@ -304,10 +390,27 @@ describe('stage boundaries and placement', () => {
     });
   }
 
-  test('agents sharing a host share its cores: two agents on a one-core host are each half as fast', () => {
+  test('agents sharing a host share its cores: two data-parallel agents on a one-core host take twice as long to compute', () => {
     const alone = planJob(request({ parallel: { data: 2, pipeline: 1, tensor: 1 }, agents: [agent('a', 'h1', 20, 8e9, 1), agent('b', 'h2', 20, 8e9, 1)] }));
     const shared = planJob(request({ parallel: { data: 2, pipeline: 1, tensor: 1 }, agents: [agent('a', 'h1', 20, 8e9, 1), agent('b', 'h1', 20, 8e9, 1)] }));
-    assert.ok(Math.abs(shared.chosen!.predicted.computeMs - 2 * alone.chosen!.predicted.computeMs) < 1e-6);
+    const a = alone.chosen!.predicted, s = shared.chosen!.predicted;
+    assert.equal(s.computeMs, a.computeMs, 'the same work per micro-batch with a core to itself');
+    assert.ok(Math.abs(s.computeMs + s.sharingMs - 2 * (a.computeMs + a.sharingMs)) < 1e-6, 'the shared core makes it twice as long');
+  });
+
+  test('pipeline stages on a crowded host lose less than replicas: a stage idles in the bubble and leaves its core', () => {
+    const agents = [agent('a', 'h1', 20, 8e9, 1), agent('b', 'h1', 20, 8e9, 1)];
+    const alone = planJob(request({ parallel: { data: 1, pipeline: 2, tensor: 1 }, agents: [agent('a', 'h1', 20, 8e9, 1), agent('b', 'h2', 20, 8e9, 1)] })).chosen!.predicted;
+    const shared = planJob(request({ parallel: { data: 1, pipeline: 2, tensor: 1 }, agents })).chosen!.predicted;
+    const section = (c: typeof alone) => c.computeMs + c.bubbleMs + c.sharingMs;
+    assert.ok(section(shared) > section(alone), 'sharing costs something');
+    assert.ok(section(shared) < 2 * section(alone), 'but less than twice');
+  });
+
+  test('agents of one host are planned at the best matmul rate any of them measured (the others measured while sharing it)', () => {
+    const slowJoin = planJob(request({ parallel: { data: 1, pipeline: 1, tensor: 1 }, agents: [agent('a', 'h1', 9), agent('b', 'h1', 20)] }));
+    const alone = planJob(request({ parallel: { data: 1, pipeline: 1, tensor: 1 }, agents: [agent('a', 'h1', 20)] }));
+    assert.equal(slowJoin.chosen!.predicted.stepMs, alone.chosen!.predicted.stepMs);
   });
 });
 
