@@ -11,6 +11,7 @@ import { prefillGroups } from '../../gateway/batched-gpt.ts';
 import { runCli } from '../../gateway/cli.ts';
 import { GptBackend, type GptBackendOptions } from '../../gateway/gpt-backend.ts';
 import type { GenerateRequest, GenerateResult, TokenEvent, TokenLogprob } from '../../gateway/inference-backend.ts';
+import { generateRequest } from './support.ts';
 import { createGateway } from '../../gateway/server.ts';
 
 await tf.setBackend('cpu');
@@ -24,18 +25,7 @@ function backend(t: TestContext, options: GptBackendOptions = {}): GptBackend {
   return b;
 }
 
-const request = (prompt: string, over: Partial<GenerateRequest> = {}): GenerateRequest => ({
-  promptIds: tokenizer.encode(prompt),
-  maxTokens: 8,
-  temperature: 0,
-  topP: 1,
-  stop: [],
-  seed: 1,
-  n: 1,
-  logprobs: undefined,
-  echo: false,
-  ...over,
-});
+const request = (prompt: string, over: Partial<GenerateRequest> = {}): GenerateRequest => generateRequest(tokenizer.encode(prompt), over);
 
 /** A stop sequence that will fire: two characters from the middle of what the request samples without one. */
 async function stopInOwnText(r: GenerateRequest): Promise<GenerateRequest> {

@@ -13,6 +13,7 @@ import { trainBpe } from '../../model/tokenizer.ts';
 import { loadDemoCorpus } from '../../model/corpus.ts';
 import { GptBackend } from '../../gateway/gpt-backend.ts';
 import type { GenerateRequest } from '../../gateway/inference-backend.ts';
+import { generateRequest } from './support.ts';
 import { ModelRegistry } from '../../coordinator/registry.ts';
 import { SqliteStateStore } from '../../coordinator/state-store.ts';
 
@@ -22,18 +23,7 @@ const config = { vocabSize: 304, nCtx: 32, nLayer: 2, nHead: 2, nEmbd: 16 }; // 
 const model = new GPT(config, { seed: 11 });
 const backend = new GptBackend(model, tokenizer, { id: 'tiny', createdS: 0, ownedBy: 'test' });
 
-const request = (over: Partial<GenerateRequest> = {}): GenerateRequest => ({
-  promptIds: tokenizer.encode('The state of the Union'),
-  maxTokens: 8,
-  temperature: 0,
-  topP: 1,
-  stop: [],
-  seed: 1,
-  n: 1,
-  logprobs: undefined,
-  echo: false,
-  ...over,
-});
+const request = (over: Partial<GenerateRequest> = {}): GenerateRequest => generateRequest(tokenizer.encode('The state of the Union'), over);
 
 /** Greedy continuation computed the slow way: the full forward pass over the whole sequence for every token. */
 function greedyByFullForward(prompt: number[], steps: number): number[] {

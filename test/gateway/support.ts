@@ -2,7 +2,7 @@
 import type { TestContext } from 'node:test';
 import { silentLogger } from '../../common/log.ts';
 import { FakeBackend, type FakeBackendOptions } from '../../gateway/fake-backend.ts';
-import type { InferenceBackend } from '../../gateway/inference-backend.ts';
+import type { GenerateRequest, InferenceBackend } from '../../gateway/inference-backend.ts';
 import type { CompletionResponse } from '../../gateway/openai.ts';
 import { createGateway, type Gateway } from '../../gateway/server.ts';
 
@@ -57,4 +57,9 @@ export function topLogprobsInOrder(body: string): Array<Array<Array<[string, num
   return prefixed['#choices'].map((c: any) =>
     c['#logprobs']['#top_logprobs'].map((d: Record<string, number> | null) => d && Object.entries(d).map(([k, v]) => [k.slice(1), v])),
   );
+}
+
+/** A GenerateRequest for `promptIds` with the gateway's defaults (greedy, 8 tokens, seed 1), overridden by `over`. */
+export function generateRequest(promptIds: number[], over: Partial<GenerateRequest> = {}): GenerateRequest {
+  return { promptIds, maxTokens: 8, temperature: 0, topP: 1, stop: [], seed: 1, n: 1, logprobs: undefined, echo: false, ...over };
 }
