@@ -1,19 +1,21 @@
 /**
- * gateway serve --registry DIR|URL [--port 8080] [--host H] [--token T] [--api-key K] [--model NAME[@vN]]...
- *               [--max-batch-size 16] [--max-batch-wait-ms 2]
+ * gateway serve --registry DIR|URL [--port 8080] [--host H] [--token T] [--api-key K]... [--admin-key K]
+ *               [--model NAME[@vN]]... [--max-batch-size 16] [--max-batch-wait-ms 2] [--max-body-bytes 1048576]
+ *               [--max-prompt-tokens N] [--rate-limit RPS [--rate-burst N]] [--drain-timeout-ms 10000]
  * gateway serve --fake [--model NAME]...      the test backend, no registry (development only)
  *
  * Entry point of bin/gateway.js, which passes the model backend factory in (`runCli(argv, { backendFactory })`):
  * the gateway itself knows nothing about how a model runs. Exit codes: 0 ok, 1 error, 2 bad arguments.
  */
-import { createLogger, redact, type Logger } from '../common/log.ts';
+import { createLogger, type Logger } from '../common/log.ts';
 import { intOption, parseCli, UsageError } from '../common/cli.ts';
 import { GatewayError } from './errors.ts';
 import { FakeBackend } from './fake-backend.ts';
 import type { InferenceBackend } from './inference-backend.ts';
 import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './batch-scheduler.ts';
+import type { RateLimit } from './rate-limit.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
-import { createGateway } from './server.ts';
+import { apiKeyList, createGateway, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
 
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_HOST = '0.0.0.0';
@@ -31,7 +33,17 @@ Options:
   --port PORT           HTTP port (default: ${DEFAULT_PORT}; 0 = any free port)
   --host HOST           interface to bind (default: ${DEFAULT_HOST})
   --token TOKEN         cluster token for --registry URL (or MESHTRAIN_TOKEN)
-  --api-key KEY         require 'Authorization: Bearer KEY' on /v1 routes (or MESHTRAIN_GATEWAY_API_KEY)
+  --api-key KEY         require 'Authorization: Bearer KEY' on /v1 routes; repeatable or comma-separated for
+                        several keys, each with its own rate limit (or MESHTRAIN_GATEWAY_API_KEY, comma-separated)
+  --admin-key KEY       the key for /admin routes such as GET /admin/status (or MESHTRAIN_GATEWAY_ADMIN_KEY);
+                        without one admin routes answer 403; API keys never open them
+  --max-body-bytes N    larger request bodies get 413 (default: ${DEFAULT_BODY_LIMIT}, 1 MiB)
+  --max-prompt-tokens N longer prompts get 400 (default: each model's context length)
+  --rate-limit RPS      per client (API key, or IP when no keys are set): at most RPS requests a second on /v1
+                        routes, token bucket; over it, 429 with Retry-After (default: no limit)
+  --rate-burst N        requests a client may send at once after being idle (default: RPS rounded up)
+  --drain-timeout-ms MS on SIGTERM/SIGINT stop taking requests (503) and let running ones finish for up to MS,
+                        then cut them and exit (default: ${DEFAULT_DRAIN_TIMEOUT_MS})
   --max-batch-size N    dynamic batching: at most N sequences (request choices) share a forward pass per
                         generation step (default: ${DEFAULT_BATCH_SETTINGS.maxBatchSize}; 1 = no batching)
   --max-batch-wait-ms MS
@@ -44,6 +56,7 @@ Options:
 
 Examples:
   gateway serve --registry ./cluster/registry --api-key secret
+  gateway serve --registry ./cluster/registry --api-key team-a,team-b --admin-key ops --rate-limit 5 --rate-burst 20
   gateway serve --registry http://127.0.0.1:7070 --token <cluster token> --model tiny@v2
   gateway serve --fake --port 8080
   curl localhost:8080/v1/completions -H 'content-type: application/json' \\
@@ -90,7 +103,13 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     port: { type: 'string' },
     host: { type: 'string' },
     token: { type: 'string' },
-    'api-key': { type: 'string' },
+    'api-key': { type: 'string', multiple: true },
+    'admin-key': { type: 'string' },
+    'max-body-bytes': { type: 'string' },
+    'max-prompt-tokens': { type: 'string' },
+    'rate-limit': { type: 'string' },
+    'rate-burst': { type: 'string' },
+    'drain-timeout-ms': { type: 'string' },
     'max-batch-size': { type: 'string' },
     'max-batch-wait-ms': { type: 'string' },
     fake: { type: 'boolean' },
@@ -107,7 +126,13 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   if (!v.fake && !v.registry) throw new UsageError('missing --registry DIR|URL (or --fake for the test backend)');
   const port = intOption(v.port, 'port', DEFAULT_PORT, 0, 65535);
   const host = v.host ?? DEFAULT_HOST;
-  const apiKey = v['api-key'] ?? process.env.MESHTRAIN_GATEWAY_API_KEY;
+  const apiKeys = apiKeyList(v['api-key'] ?? process.env.MESHTRAIN_GATEWAY_API_KEY);
+  const adminKey = (v['admin-key'] ?? process.env.MESHTRAIN_GATEWAY_ADMIN_KEY) || undefined;
+  if (adminKey !== undefined && apiKeys.includes(adminKey)) throw new UsageError('--admin-key must differ from every --api-key');
+  const bodyLimit = intOption(v['max-body-bytes'], 'max-body-bytes', DEFAULT_BODY_LIMIT, 1);
+  const maxPromptTokens = v['max-prompt-tokens'] === undefined ? undefined : intOption(v['max-prompt-tokens'], 'max-prompt-tokens', 0, 1);
+  const drainTimeoutMs = intOption(v['drain-timeout-ms'], 'drain-timeout-ms', DEFAULT_DRAIN_TIMEOUT_MS, 0);
+  const rateLimit = rateLimitOptions(v['rate-limit'], v['rate-burst']);
   const log = deps.log ?? createLogger('gateway');
   const wanted = (v.model ?? []).map(parseModelArg);
   const batching = {
@@ -147,11 +172,12 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     }
   }
 
-  const gateway = createGateway({ backends, apiKey, log, batching });
+  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, log, batching });
   const { port: bound } = await gateway.listen({ port, host });
   // Machine-readable first line: tests and scripts wait for it.
   out(`gateway listening on http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
-  if (apiKey) log.info(`API key required on /v1 routes (${redact(apiKey)})`);
+  // Keys are never logged, not even in part: only how many there are.
+  if (apiKeys.length) log.info(`API key required on /v1 routes (${apiKeys.length} key${apiKeys.length > 1 ? 's' : ''} accepted)`);
   else if (host !== '127.0.0.1' && host !== 'localhost' && host !== '::1') log.warn(`no --api-key: anyone who can reach ${host}:${bound} can use the models`);
 
   const sig = await (deps.stopSignal ??
@@ -159,9 +185,19 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
       process.once('SIGINT', () => resolve('SIGINT'));
       process.once('SIGTERM', () => resolve('SIGTERM'));
     }));
-  log.info(`${sig}: shutting down`);
+  log.info(`${sig}: draining (running requests get up to ${drainTimeoutMs} ms), then shutting down`);
   await gateway.close();
   return 0;
+}
+
+function rateLimitOptions(rps: string | undefined, burst: string | undefined): RateLimit | undefined {
+  if (rps === undefined) {
+    if (burst !== undefined) throw new UsageError('--rate-burst needs --rate-limit RPS');
+    return undefined;
+  }
+  const perSecond = Number(rps);
+  if (!Number.isFinite(perSecond) || perSecond <= 0) throw new UsageError(`--rate-limit must be a positive number of requests per second, got '${rps}'`);
+  return { rps: perSecond, burst: intOption(burst, 'rate-burst', Math.ceil(perSecond), 1) };
 }
 
 function parseModelArg(arg: string): { name: string; version: number | undefined } {

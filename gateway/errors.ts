@@ -9,18 +9,28 @@ export const GatewayErrorCodes = {
   GW_ERR_BAD_REQUEST: { status: 400, type: 'invalid_request_error', openaiCode: null },
   /** The prompt, or the prompt plus max_tokens, does not fit in the model's context; the message gives the numbers. */
   GW_ERR_CONTEXT_LENGTH: { status: 400, type: 'invalid_request_error', openaiCode: 'context_length_exceeded' },
+  /** The prompt has more tokens than the gateway's --max-prompt-tokens (below the model's context); the message gives both. */
+  GW_ERR_PROMPT_TOO_LONG: { status: 400, type: 'invalid_request_error', openaiCode: 'context_length_exceeded' },
   /** A parameter this gateway does not implement (e.g. presence_penalty) was set to a non-default value. */
   GW_ERR_UNSUPPORTED: { status: 400, type: 'invalid_request_error', openaiCode: 'unsupported_parameter' },
   /** An API key is configured and the request has none or a wrong one (Authorization: Bearer <key>). */
   GW_ERR_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', openaiCode: 'invalid_api_key' },
+  /** An admin route was called with an API key: it is valid for /v1 routes only. */
+  GW_ERR_FORBIDDEN: { status: 403, type: 'invalid_request_error', openaiCode: 'insufficient_permissions' },
+  /** An admin route was called but no admin key is configured: admin routes are closed, never open. */
+  GW_ERR_ADMIN_DISABLED: { status: 403, type: 'invalid_request_error', openaiCode: 'admin_disabled' },
   /** The requested model is not served by this gateway. */
   GW_ERR_MODEL_NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'model_not_found' },
   /** No such route. */
   GW_ERR_NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'not_found' },
   /** The request body is larger than the gateway's body limit. */
   GW_ERR_PAYLOAD_TOO_LARGE: { status: 413, type: 'invalid_request_error', openaiCode: 'payload_too_large' },
+  /** The client (API key, or IP without keys) is over its rate limit; `Retry-After` says when to try again. As OpenAI. */
+  GW_ERR_RATE_LIMITED: { status: 429, type: 'requests', openaiCode: 'rate_limit_exceeded' },
   /** Something failed inside the gateway or the model backend; the client sees a generic message, the log the detail. */
   GW_ERR_INTERNAL: { status: 500, type: 'server_error', openaiCode: null },
+  /** The gateway is draining for shutdown: it finishes running requests and takes no new ones (retry elsewhere). */
+  GW_ERR_SHUTTING_DOWN: { status: 503, type: 'server_error', openaiCode: 'server_shutting_down' },
   /** The model registry (folder or coordinator API) is unreachable, malformed, or lacks the model or version asked for. */
   GW_ERR_REGISTRY: { status: 502, type: 'server_error', openaiCode: null },
   /** A model file does not match the sha256 or size its manifest records; it is refused, never served. */
@@ -32,6 +42,9 @@ export const GatewayErrorCodes = {
 } as const;
 
 export type GatewayErrorCode = keyof typeof GatewayErrorCodes;
+
+/** Server-side codes whose message is safe and useful to show clients (others may hold paths or internals). */
+const PUBLIC_MESSAGES: ReadonlySet<GatewayErrorCode> = new Set(['GW_ERR_SHUTTING_DOWN']);
 
 /** The body of every error response, exactly OpenAI's shape. */
 export interface OpenAIErrorBody {
@@ -52,10 +65,10 @@ export class GatewayError extends Error {
     this.param = options?.param ?? null;
   }
 
-  /** The OpenAI-shaped body for this error. Server-side errors never leak their message: it may hold paths or internals. */
+  /** The OpenAI-shaped body for this error. Server-side errors never leak their message (but PUBLIC_MESSAGES). */
   toBody(): OpenAIErrorBody {
     const def = GatewayErrorCodes[this.code];
-    const message = this.statusCode >= 500 ? 'The server had an error while processing your request. Retry, or contact the operator if it persists.' : this.message;
+    const message = this.statusCode >= 500 && !PUBLIC_MESSAGES.has(this.code) ? 'The server had an error while processing your request. Retry, or contact the operator if it persists.' : this.message;
     return { error: { message, type: def.type, param: this.param, code: def.openaiCode } };
   }
 }

@@ -13,6 +13,7 @@ export interface GatewayMetrics {
   generatedTokens: Counter<'model'>;
   clientAborts: Counter<'model'>;
   batchSize: Histogram<'model'>;
+  rateLimited: Counter;
 }
 
 export function createGatewayMetrics(): GatewayMetrics {
@@ -39,6 +40,13 @@ export function createGatewayMetrics(): GatewayMetrics {
       name: 'meshtrain_gateway_client_aborts_total',
       help: 'Requests whose client disconnected before the answer was complete; their generation was stopped.',
       labelNames: ['model'],
+      registers: [registry],
+    }),
+    // No label: the limit is per client and clients are keys, which must never reach metrics; refused before the
+    // body is read, so there is no model to name either.
+    rateLimited: new Counter({
+      name: 'meshtrain_gateway_rate_limited_total',
+      help: 'Requests refused with 429 because their client (API key, or IP without keys) was over --rate-limit.',
       registers: [registry],
     }),
     batchSize: new Histogram({

@@ -7,31 +7,51 @@
  *   GET  /v1/models/:model   one of them
  *   GET  /healthz            liveness and the served models (no key)
  *   GET  /metrics            Prometheus exposition (no key)
+ *   GET  /admin/status       served models and safety settings (admin key; admin.ts)
  *
- * With an API key configured every /v1 route needs `Authorization: Bearer <key>`. A client that disconnects stops
- * its generation (the backend's AbortSignal fires). Errors have OpenAI's body (errors.ts).
+ * Every request passes one onRequest hook, in this order: draining for shutdown → 503; access (auth.ts): with API
+ * keys configured every /v1 route needs `Authorization: Bearer <key>`, /admin needs the admin key → 401/403; rate
+ * limit per client (rate-limit.ts) on /v1 → 429 with Retry-After. A client that disconnects stops its generation
+ * (the backend's AbortSignal fires). Errors have OpenAI's body (errors.ts).
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply } from 'fastify';
 import type { Logger } from '../common/log.ts';
+import { adminPlugin } from './admin.ts';
+import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
 import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GatewayError, type OpenAIErrorBody } from './errors.ts';
 import type { InferenceBackend } from './inference-backend.ts';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
+import { RateLimiter, type RateLimit } from './rate-limit.ts';
 import { completionResponse, encodeJson, LogprobsBuilder, parseCompletionRequest, usageOf, type CompletionChoice, type CompletionResponse, type ParsedCompletion } from './openai.ts';
 
 /** Response header carrying the sampling seed used, so any completion can be reproduced (pass it as `seed`). */
 export const SEED_HEADER = 'x-meshtrain-seed';
 
-/** JSON request bodies: a full-context prompt as token ids is ~10 bytes a token, so 4 MiB leaves room for ~400k. */
-export const DEFAULT_BODY_LIMIT = 4 * 1024 * 1024;
+/** JSON request bodies: a prompt as token ids is ~10 bytes a token, so 1 MiB leaves room for ~100k tokens. */
+export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+
+/** How long close() lets running requests (streams included) finish before it cuts them. */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
 
 export interface GatewayOptions {
   /** Served models by the name clients pass as `model`. */
   backends: ReadonlyMap<string, InferenceBackend>;
-  /** When set, /v1 routes need `Authorization: Bearer <apiKey>`. */
-  apiKey?: string;
+  /** When set (one key or several), /v1 routes need `Authorization: Bearer <one of them>`. */
+  apiKey?: string | readonly string[];
+  /** The key for /admin routes; without one they are refused (403), never open. Must differ from every API key. */
+  adminKey?: string;
+  /** Requests per client on /v1 routes (per API key, or per IP without keys); absent = no limit. */
+  rateLimit?: RateLimit;
+  /** Prompts longer than this are refused (400) even where the model's context would take them. */
+  maxPromptTokens?: number;
+  /**
+   * True once shutdown has begun: new requests get 503. createGateway passes its own, true from the moment close()
+   * is called; without it, from fastify's preClose hook (a few ticks after app.close()).
+   */
+  draining?: () => boolean;
   log: Logger;
   /** Where the plugin records its metrics and what /metrics exposes (default: a registry of its own). */
   metrics?: GatewayMetrics;
@@ -40,10 +60,20 @@ export interface GatewayOptions {
 export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opts) => {
   const { backends, log } = opts;
   const metrics = opts.metrics ?? createGatewayMetrics();
-  const keyHash = opts.apiKey ? sha256(opts.apiKey) : undefined;
+  const apiKeys = apiKeyList(opts.apiKey);
+  if (opts.adminKey !== undefined && apiKeys.includes(opts.adminKey)) throw new GatewayError('GW_ERR_BAD_ARGS', 'the admin key must differ from every API key');
+  const keys = new KeyRing(apiKeys, opts.adminKey || undefined);
+  const limiter = opts.rateLimit ? new RateLimiter(opts.rateLimit) : undefined;
+  const { maxPromptTokens } = opts;
+  // Set by app.close(): from then on requests get 503 while the running ones finish (createGateway's close()).
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  const draining = () => closing || (opts.draining?.() ?? false);
 
   app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {
-    const { status, body } = errorReply(err);
+    const { status, body } = errorReply(err, req.routeOptions.bodyLimit);
     if (status >= 500) log.error(`${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
     return reply.code(status).send(body);
   });
@@ -52,12 +82,32 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     return reply.code(err.statusCode).send(err.toBody());
   });
 
-  app.addHook('onRequest', async (req) => {
-    if (!keyHash || !req.url.startsWith('/v1/')) return;
-    const header = req.headers.authorization ?? '';
-    const presented = header.startsWith('Bearer ') ? header.slice(7).trim() : '';
-    if (!presented) throw new GatewayError('GW_ERR_UNAUTHORIZED', "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.");
-    if (!timingSafeEqual(sha256(presented), keyHash)) throw new GatewayError('GW_ERR_UNAUTHORIZED', 'Incorrect API key provided.');
+  app.addHook('onRequest', async (req, reply) => {
+    if (draining()) {
+      const err = new GatewayError('GW_ERR_SHUTTING_DOWN', 'The server is shutting down and takes no new requests; retry on another instance.');
+      return reply.code(err.statusCode).header('connection', 'close').send(err.toBody());
+    }
+    const route = routeClassOf(req);
+    const { key, clientId } = keys.match(bearerToken(req.headers.authorization));
+    const access = decideAccess(route, key, keys.configured);
+    if (!access.allow) throw new GatewayError(access.code, access.message);
+    if (limiter && route === 'inference') {
+      const waitMs = limiter.take(clientId ?? `ip:${req.ip}`);
+      if (waitMs > 0) {
+        metrics.rateLimited.inc();
+        const err = new GatewayError('GW_ERR_RATE_LIMITED', `Rate limit reached: ${limiter.limit.rps} requests per second (burst ${limiter.limit.burst}) per client. Retry after ${Math.ceil(waitMs / 1000)} s.`);
+        return reply.code(err.statusCode).header('retry-after', String(Math.ceil(waitMs / 1000))).send(err.toBody());
+      }
+    }
+  });
+
+  await app.register(adminPlugin, {
+    prefix: '/admin',
+    backends,
+    status: () => ({
+      config: { apiKeys: keys.apiKeyCount, maxBodyBytes: app.initialConfig.bodyLimit ?? DEFAULT_BODY_LIMIT, maxPromptTokens: maxPromptTokens ?? null, rateLimit: limiter?.limit ?? null },
+      draining: draining(),
+    }),
   });
 
   const modelCard = (b: InferenceBackend) => ({ id: b.info.id, object: 'model' as const, created: b.info.createdS, owned_by: b.info.ownedBy });
@@ -82,6 +132,10 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     try {
       const { parsed, backend } = parseCompletionRequest(req.body, (name) => backends.get(name));
       model = backend.info.id;
+      const promptTokens = parsed.generate.promptIds.length;
+      if (maxPromptTokens !== undefined && promptTokens > maxPromptTokens) {
+        throw new GatewayError('GW_ERR_PROMPT_TOO_LONG', `The prompt is ${promptTokens} tokens; this server accepts at most ${maxPromptTokens} prompt tokens (--max-prompt-tokens).`, { param: 'prompt' });
+      }
       metrics.inFlight.inc({ model });
       try {
         // The client going away (socket closed before the answer ended) stops generation.
@@ -202,11 +256,11 @@ async function stream(
 }
 
 /** Any error → OpenAI's body and a status. Fastify's own 4xx (bad JSON, body too large) keep their status. */
-export function errorReply(err: Error): { status: number; body: OpenAIErrorBody } {
+export function errorReply(err: Error, bodyLimit?: number): { status: number; body: OpenAIErrorBody } {
   if (err instanceof GatewayError) return { status: err.statusCode, body: err.toBody() };
   const fe = err as FastifyError;
   if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-    const gw = new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', 'The request body is too large.');
+    const gw = new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is too large${bodyLimit ? `: the limit is ${bodyLimit} bytes` : ''}.`);
     return { status: gw.statusCode, body: gw.toBody() };
   }
   if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
@@ -215,22 +269,32 @@ export function errorReply(err: Error): { status: number; body: OpenAIErrorBody 
   return { status: 500, body: new GatewayError('GW_ERR_INTERNAL', 'internal error').toBody() };
 }
 
-const sha256 = (s: string) => createHash('sha256').update(s).digest();
+/** API keys from one key, a list, or comma-separated lists of them; empty entries dropped. */
+export function apiKeyList(keys: string | readonly string[] | undefined): string[] {
+  const all = (typeof keys === 'string' ? [keys] : keys ?? []).flatMap((k) => k.split(',')).map((k) => k.trim());
+  return [...new Set(all.filter((k) => k !== ''))];
+}
 
 export interface Gateway {
   app: FastifyInstance;
   metrics: GatewayMetrics;
   listen(opts: { port: number; host?: string }): Promise<{ port: number; host: string }>;
-  /** Stops accepting requests and closes every backend. */
+  /**
+   * Drains, then closes every backend: no new connections, 503 for new requests on open ones, running requests
+   * (streams included) finish for up to `drainTimeoutMs` and are then cut.
+   */
   close(): Promise<void>;
 }
 
 export interface CreateGatewayOptions {
   backends: ReadonlyMap<string, InferenceBackend>;
-  apiKey?: string;
+  apiKey?: string | readonly string[];
+  adminKey?: string;
+  rateLimit?: RateLimit;
+  maxPromptTokens?: number;
   log: Logger;
-  bodyLimit?: number; // bytes (default DEFAULT_BODY_LIMIT)
-  shutdownGraceMs?: number; // close() lets running requests finish this long, then cuts them (default 30 s)
+  bodyLimit?: number; // bytes; larger bodies get 413 (default DEFAULT_BODY_LIMIT)
+  drainTimeoutMs?: number; // close() lets running requests finish this long, then cuts them (default DEFAULT_DRAIN_TIMEOUT_MS)
   /**
    * Dynamic batching of every backend that batches (`configureBatching`): max sequences per forward pass and how
    * long an idle backend waits for more. Settings left out keep the backend's own (defaults 16 and 2 ms).
@@ -247,8 +311,16 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   for (const [name, backend] of opts.backends) {
     backend.configureBatching?.({ ...opts.batching, onBatch: (size) => metrics.batchSize.observe({ model: name }, size) });
   }
-  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT });
-  void app.register(gatewayPlugin, { backends: opts.backends, apiKey: opts.apiKey, log: opts.log, metrics });
+  if (opts.maxPromptTokens !== undefined && !(Number.isInteger(opts.maxPromptTokens) && opts.maxPromptTokens >= 1)) {
+    throw new GatewayError('GW_ERR_BAD_ARGS', `maxPromptTokens must be an integer ≥ 1, got ${opts.maxPromptTokens}`);
+  }
+  if (opts.adminKey !== undefined && apiKeyList(opts.apiKey).includes(opts.adminKey)) throw new GatewayError('GW_ERR_BAD_ARGS', 'the admin key must differ from every API key');
+  if (opts.rateLimit) new RateLimiter(opts.rateLimit); // refuse a bad limit before anything starts
+  // return503OnClosing off: fastify's own 503 body is not OpenAI's; the plugin's hook answers during the drain.
+  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false });
+  const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log } = opts;
+  let closed = false;
+  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, metrics, draining: () => closed });
   // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections
   // that carry no request would otherwise hold server.close() until the client drops them.
   let running = 0;
@@ -256,7 +328,6 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
     running++;
     res.once('close', () => running--);
   });
-  let closed = false;
   return {
     app,
     metrics,
@@ -268,7 +339,7 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
     async close() {
       if (closed) return;
       closed = true;
-      const graceEnds = Date.now() + (opts.shutdownGraceMs ?? 30_000);
+      const graceEnds = Date.now() + (opts.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS);
       const sweep = setInterval(() => {
         if (running === 0 || Date.now() > graceEnds) app.server.closeAllConnections();
       }, 20);
