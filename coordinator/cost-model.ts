@@ -1,0 +1,271 @@
+/**
+ * The planner's cost model (see planner.ts's header for how the terms add up to a step): FLOPs per micro-batch
+ * counted from model/gpt.ts, what a stage shard's compute costs on one agent, ring all-reduce time, agents sharing a
+ * host's cores, the 1F1B pipeline section simulated stage by stage, and memory per agent. Pure functions of the
+ * model, the work and the calibration, measured on this machine (DEFAULT_CALIBRATION says how).
+ */
+
+/** The model's shape, as the planner sees it. */
+export interface Model {
+  vocabSize: number;
+  nCtx: number;
+  nLayer: number;
+  nHead: number;
+  nEmbd: number;
+}
+
+const BYTES = 4; // float32
+
+export interface PlannerCalibration {
+  efficiency: number; // share of the agent's matmul GFLOP/s that a training step's matmuls achieve
+  elementNs: number; // per activation element per pass: the non-matmul operations
+  paramNsPerMicroBatch: number; // per local parameter per micro-batch: its gradient read back and accumulated
+  microBatchMs: number; // per micro-batch on each rank: operation dispatch, worker round trips
+  blockPassMs: number; // per block per pass: dispatching its operations, whatever their size
+  stepOverheadMs: number; // per step on each rank: the worker's begin, norm and update round trips
+  agentCores: number; // cores one computing agent keeps busy when agents share a host (see slowdown)
+  linkBytesPerS: number; // between agents on different hosts
+  loopbackBytesPerS: number; // between agents on one host
+  hopLatencyMs: number; // α per message hop, for a process with a core to itself
+  optimizerNsPerParam: number; // norm, clip, AdamW and parameter upload per local parameter
+  memoryFraction: number; // share of an agent's memory a job may use
+}
+
+/**
+ * Measured on the 2-core development machine (wasm backend with the fast matmul kernels, Node 20), with the cores
+ * otherwise idle. The compute constants are a least-squares fit (relative error, median times) of one thread timing
+ * a stage's forward and backward (StageModel, as the trainer worker runs them) on 20 shapes × 4 stage kinds (whole
+ * model, first, middle, last stage; d 32–256, vocabulary 256–1024, 1–4 blocks, 8–2048 tokens per micro-batch,
+ * tensor-parallel degree 1, 2 and 4), beside the agent's own matmul measurement in the same process, in two runs.
+ * The fit is within 15% on most shapes; middle pipeline stages run up to 25–35% slower than it says.
+ */
+export const DEFAULT_CALIBRATION: PlannerCalibration = Object.freeze({
+  efficiency: 0.95, // fit: 0.95 and 0.97 of the 512³ matmul rate (the non-matmul work is counted apart)
+  elementNs: 2.5, // fit: 2.54 and 2.58 ns per activation element per pass
+  paramNsPerMicroBatch: 17, // fit: 17.0 and 17.7 ns per parameter per micro-batch
+  microBatchMs: 2.9, // fit: 2.1–2.2 ms in one thread; + ~0.7 ms of worker round trips (fwd and bwd) in an agent
+  blockPassMs: 0.2, // fit: 0.18 and 0.29 ms per block per pass (shows in tensor-parallel shards, whose work shrinks)
+  stepOverheadMs: 5, // 1×1×1 jobs on one agent: step time less the worker's busy time and the optimizer, 4–6 ms
+  // A lone training agent keeps 1.17–1.27 cores busy (/proc: its compute thread plus V8's garbage-collector and
+  // compiler threads and its main thread), and agents computing at once also slow each other through the caches:
+  // two data-parallel agents on the 2 cores computed 1.33× slower than one alone. 1.5 (with hopLatencyMs 0.5) best
+  // fits the step times of 27 jobs: three runs of 7–10 layouts on 4 agents (1×1×1 to 1×1×4; d 128, 4 blocks), RMS
+  // error 18%. The same layout varied by up to ±25% from run to run.
+  agentCores: 1.5,
+  linkBytesPerS: 100e6, // ~1 Gbit/s between hosts
+  // busbw of a ws ring of 4 agents on one 2-core host, 64 MB (bench allreduce); a job's few MB of gradients went at
+  // 120–165 MB/s. A self-check replaces it with what it measures (coordinator/job-runner.ts).
+  loopbackBytesPerS: 300e6,
+  // An all-reduce of 8 floats between 2 idle agents takes 0.5 ms for its 2 hops (0.25 each; 0.7 each in a ring of
+  // 4 agents on 2 cores). 0.5 fits the tensor-parallel jobs above, whose partner is often still computing.
+  hopLatencyMs: 0.5,
+  optimizerNsPerParam: 14, // one thread: sum of squares, AdamW and parameter upload, 12–14 ns per parameter
+  memoryFraction: 0.5, // leaves room for the runtime, the dataset reader and a second job
+});
+
+
+// ---------------------------------------------------------------------------------------------------- FLOPs
+
+/** Forward matmul FLOPs of one block on `rows` sequences of `seqLen`, per tensor-parallel rank (2·M·K·N each). */
+export function blockForwardFlops(model: Model, rows: number, seqLen: number, tensor = 1): number {
+  const n = rows * seqLen, d = model.nEmbd;
+  const linears = 2 * n * d * 3 * d + 2 * n * d * d + 2 * n * d * 4 * d + 2 * n * 4 * d * d; // c_attn, c_proj, c_fc, mlp.c_proj
+  const attention = 2 * 2 * rows * model.nHead * seqLen * seqLen * (d / model.nHead); // q·kᵀ and att·v per head
+  return (linears + attention) / tensor;
+}
+
+/** The token embedding, a one-hot matmul [b·s, V] × [V, d]. */
+export const embeddingForwardFlops = (model: Model, rows: number, seqLen: number): number => 2 * rows * seqLen * model.vocabSize * model.nEmbd;
+
+/** The output head tied to wte, [b·s, d] × [d, V]. */
+export const headForwardFlops = (model: Model, rows: number, seqLen: number): number => 2 * rows * seqLen * model.nEmbd * model.vocabSize;
+
+export interface StageWork {
+  blocks: number;
+  first: boolean; // holds the embedding
+  last: boolean; // holds ln_f, the head and the loss
+  tensor: number; // blocks are split t ways; embedding and head are replicated
+  recompute: boolean; // re-runs its forward in backward (pipeline stages other than the last)
+}
+
+/** Matmul FLOPs one rank of a stage spends on one micro-batch: forward, recomputed forward and backward. */
+export function flopsPerMicroBatch(model: Model, rows: number, seqLen: number, stage: StageWork): { forward: number; recompute: number; backward: number; total: number } {
+  const blocks = stage.blocks * blockForwardFlops(model, rows, seqLen, stage.tensor);
+  const embedding = stage.first ? embeddingForwardFlops(model, rows, seqLen) : 0;
+  const head = stage.last ? headForwardFlops(model, rows, seqLen) : 0;
+  const forward = embedding + blocks + head;
+  const recompute = stage.recompute ? embedding + blocks : 0;
+  const backward = embedding + 2 * blocks + 2 * head; // the one-hot input needs no gradient: wte's only
+  return { forward, recompute, backward, total: forward + recompute + backward };
+}
+
+/**
+ * Milliseconds one rank of a stage computes per micro-batch with a core to itself, at `flopsPerS` for matmuls (see
+ * the cost model at the top): matmul FLOPs, the non-matmul work per activation element of the forward's working
+ * set over 3 passes (forward, backward at twice it) or 4 (with the recomputed forward), the gradient read-back per
+ * local parameter, and a fixed cost per micro-batch. Split as the trainer runs it: a recomputing stage's forward
+ * call runs one pass; the last stage's forward call does nothing (its backward runs the forward under the tape).
+ */
+export function stageComputeMs(
+  model: Model, rows: number, seqLen: number, stage: StageWork, flopsPerS: number, cal: PlannerCalibration,
+): { forwardMs: number; backwardMs: number; totalMs: number } {
+  const flops = flopsPerMicroBatch(model, rows, seqLen, stage);
+  // one pass over the blocks: its non-matmul work per element, and dispatching its operations (not split by t)
+  const passMs = (cal.elementNs * stageActivationBytes(model, rows, seqLen, stage, 0)) / BYTES / 1e6 + cal.blockPassMs * stage.blocks;
+  const forwardMs = stage.recompute ? (flops.forward / flopsPerS) * 1e3 + passMs + cal.microBatchMs / 2 : 0;
+  const backwardMs = ((flops.total - (stage.recompute ? flops.forward : 0)) / flopsPerS) * 1e3 + 3 * passMs +
+    (cal.paramNsPerMicroBatch * stageParams(model, stage)) / 1e6 + (stage.recompute ? cal.microBatchMs / 2 : cal.microBatchMs);
+  return { forwardMs, backwardMs, totalMs: forwardMs + backwardMs };
+}
+
+// ---------------------------------------------------------------------------------------------------- communication
+
+/** Ring all-reduce of `bytes` over n ranks: 2(n−1)/n · S/B + 2(n−1)·α. */
+export function ringAllreduceMs(n: number, bytes: number, bytesPerS: number, hopLatencyMs: number): number {
+  if (n <= 1) return 0;
+  return ((2 * (n - 1)) / n) * (bytes / bytesPerS) * 1e3 + 2 * (n - 1) * hopLatencyMs;
+}
+
+/** Share of a 1F1B pipeline step spent idle: (p − 1)/(m + p − 1). */
+export const bubbleFraction = (pipeline: number, microBatches: number): number => (pipeline - 1) / (microBatches + pipeline - 1);
+
+// ---------------------------------------------------------------------------------------------------- shared cores
+
+/**
+ * How many times slower each of `n` agents computing at once on a host of `cores` cores runs than one alone: each
+ * keeps about agentCores cores busy (its compute thread, V8's garbage-collector and compiler threads, its main
+ * thread), so they share the cores once n · agentCores exceeds them.
+ */
+export function slowdown(n: number, cores: number, cal: Pick<PlannerCalibration, 'agentCores'>): number {
+  return Math.max(1, (n * cal.agentCores) / cores);
+}
+
+/** One stage's tensor-parallel group in one replica, as simulatePipeline runs it. */
+export interface PipelineLane {
+  hosts: string[]; // the host of each member: all of them compute at once
+  forwardMs: number; // compute per micro-batch in the forward call, with a core to itself
+  backwardMs: number; // compute per micro-batch in the backward call (the recomputed forward included)
+  forwardWaitMs: number; // tensor-parallel all-reduce latency inside the forward call: wall time, no core
+  backwardWaitMs: number;
+  sendMs: number; // an activation (or gradient) to the next (or previous) stage
+}
+
+/**
+ * One step's pipeline section: `lanes[replica][stage]` each run the 1F1B schedule (Megatron's, as
+ * node-agent/trainer/schedule.ts), a forward after the previous stage's activation arrives, a backward after the
+ * next stage's gradient. While lanes compute, the job's agents computing on a host at that moment share its cores
+ * (slowdown); all-reduce and send latencies take wall time only. With `shareCores` false every agent has a core
+ * of its own. Returns when the last lane finishes, in ms.
+ */
+export function simulatePipeline(lanes: PipelineLane[][], m: number, cores: ReadonlyMap<string, number>, cal: PlannerCalibration, shareCores = true): number {
+  const p = lanes[0]!.length;
+  const EPS = 1e-9;
+  const hostIds = new Map([...cores.keys()].map((h, i) => [h, i]));
+  const hostCores = [...cores.values()];
+  const busy = new Int32Array(hostCores.length); // agents computing on each host right now
+  const doneFwd = lanes.map((r) => r.map(() => new Float64Array(m).fill(Infinity)));
+  const doneBwd = lanes.map((r) => r.map(() => new Float64Array(m).fill(Infinity)));
+  const runs = lanes.flatMap((replica, dp) => replica.map((lane, s) => {
+    const ops: number[] = []; // mb for a forward, −1 − mb for a backward, in 1F1B order
+    let f = 0, b = 0;
+    for (; f < Math.min(p - s - 1, m); f++) ops.push(f);
+    while (f < m) ops.push(f++, -1 - b++);
+    while (b < m) ops.push(-1 - b++);
+    const hosts = lane.hosts.map((h) => hostIds.get(h)!);
+    return { lane, hosts, dp, s, ops, k: 0, phase: 0 as 0 | 1 | 2, left: 0, until: 0 }; // phase: 0 waiting, 1 computing, 2 all-reduce wait
+  }));
+  type Run = (typeof runs)[number];
+  let remaining = runs.length;
+  const readyAt = (r: Run): number => {
+    const op = r.ops[r.k]!;
+    if (op >= 0) return r.s === 0 ? 0 : doneFwd[r.dp]![r.s - 1]![op]! + lanes[r.dp]![r.s - 1]!.sendMs;
+    return r.s === p - 1 ? 0 : doneBwd[r.dp]![r.s + 1]![-1 - op]! + lanes[r.dp]![r.s + 1]!.sendMs;
+  };
+  const finish = (r: Run, now: number) => {
+    const op = r.ops[r.k]!;
+    if (op >= 0) doneFwd[r.dp]![r.s]![op] = now;
+    else doneBwd[r.dp]![r.s]![-1 - op] = now;
+    r.phase = 0;
+    if (++r.k === r.ops.length) remaining--;
+  };
+  const compute = (r: Run, now: number, on: boolean) => {
+    if (on) r.phase = 1;
+    for (const h of r.hosts) busy[h]! += on ? 1 : -1;
+    if (on) return;
+    const ms = r.ops[r.k]! >= 0 ? r.lane.forwardWaitMs : r.lane.backwardWaitMs;
+    if (ms > EPS) {
+      r.phase = 2;
+      r.until = now + ms;
+    } else finish(r, now);
+  };
+  const rate = (r: Run) => {
+    if (!shareCores) return 1;
+    let worst = 1;
+    for (const h of r.hosts) worst = Math.max(worst, slowdown(busy[h]!, hostCores[h]!, cal));
+    return 1 / worst;
+  };
+  let now = 0;
+  for (;;) {
+    for (let started = true; started;) { // start every operation whose input has arrived (a zero-time one may free others)
+      started = false;
+      for (const r of runs) {
+        if (r.phase !== 0 || r.k === r.ops.length || readyAt(r) > now + EPS) continue;
+        r.left = r.ops[r.k]! >= 0 ? r.lane.forwardMs : r.lane.backwardMs;
+        compute(r, now, true);
+        if (r.left <= EPS) compute(r, now, false);
+        started = true;
+      }
+    }
+    if (remaining === 0) return now;
+    let next = Infinity;
+    for (const r of runs) {
+      if (r.phase === 1) next = Math.min(next, now + r.left / rate(r));
+      else if (r.phase === 2) next = Math.min(next, r.until);
+      else if (r.k < r.ops.length) next = Math.min(next, readyAt(r));
+    }
+    if (!Number.isFinite(next)) throw new Error('simulatePipeline: the schedule deadlocked'); // cannot happen for 1F1B
+    const rates = runs.map((r) => (r.phase === 1 ? rate(r) : 0)); // the rates of this interval, before anything changes
+    runs.forEach((r, i) => {
+      if (r.phase === 1) {
+        r.left -= (next - now) * rates[i]!;
+        if (r.left <= EPS) compute(r, next, false);
+      } else if (r.phase === 2 && r.until <= next + EPS) finish(r, next);
+    });
+    now = next;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------- memory
+
+/** Parameters one tensor-parallel rank of a stage holds (elements). */
+export function stageParams(model: Model, stage: Pick<StageWork, 'blocks' | 'first' | 'last' | 'tensor'>): number {
+  const d = model.nEmbd, t = stage.tensor;
+  // c_attn, attn.c_proj's weight, c_fc and mlp.c_proj's weight are split; both LayerNorms and the c_proj biases not
+  const block = (12 * d * d + 7 * d) / t + 6 * d;
+  const wte = model.vocabSize * d;
+  let n = stage.blocks * block;
+  if (stage.first) n += wte + model.nCtx * d;
+  if (stage.last) n += 2 * d + (stage.first ? 0 : wte); // ln_f; the head's own copy of wte when p > 1
+  return n;
+}
+
+/**
+ * Activations one rank of a stage holds at its peak: `inFlight` stored stage inputs (ids on stage 0) plus one
+ * micro-batch's working set, the tensors tfjs's tape keeps for backward in gpt.ts's forward, per block:
+ * replicated 16·N·d (two LayerNorms at 5, two projections with bias at 2, two residuals), split 55·N·d/t (qkv 6,
+ * head transposes 3, attention output 2, c_fc 8, GELU's nine ops on [N, 4d] 36) and 4 score tensors [b·nh, s, s]/t;
+ * embedding 2·N·V + 2·N·d (one-hot int32 and float32); head 7·N·V + 5·N·d (ln_f, logits, log-softmax, target one-hot).
+ */
+export function stageActivationBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number): number {
+  const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;
+  const block = 16 * n * d + (55 * n * d) / t + (4 * rows * model.nHead * seqLen * seqLen) / t;
+  const working = stage.blocks * block + (stage.first ? 2 * n * v + 2 * n * d : 0) + (stage.last ? 7 * n * v + 5 * n * d : 0);
+  const stored = inFlight * (stage.first ? n : n * d);
+  return BYTES * (working + stored);
+}
+
+/** params + grads + two AdamW moments (sharded over d with ZeRO-1), float32, plus activations. */
+export function memoryBytes(params: number, activationBytes: number, data: number, zero: 0 | 1): number {
+  return BYTES * (2 * params + (2 * params) / (zero ? data : 1)) + activationBytes;
+}
+
