@@ -3,9 +3,16 @@
  * hook (auth.ts, server.ts) lets only the admin key through to anything under /admin, and refuses everyone when no
  * admin key is configured. Add later admin routes here.
  *
- *   GET /admin/status   the served models and a summary of the gateway's safety settings (never the keys)
+ *   GET  /admin/status                        the served models and a summary of the gateway's safety settings (never the keys)
+ *   GET  /admin/deployments                   every deployment (deployments.ts)
+ *   GET  /admin/deployments/:name             one, with the version a rollback would go back to
+ *   PUT  /admin/deployments/:name             create or switch: {primary, arms?, stickyHeader?, reason}; 400 when invalid
+ *   POST /admin/deployments/:name/rollback    {reason}: the previous primary back, arms dropped
+ *   GET  /admin/deployments/:name/audit       every change: who, when, old → new, why
  */
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { parseDeployment, type DeploymentManager } from './deployments.ts';
+import { GatewayError } from './errors.ts';
 import type { InferenceBackend } from './inference-backend.ts';
 import type { RateLimit } from './rate-limit.ts';
 
@@ -23,11 +30,37 @@ export interface AdminStatus {
 export interface AdminOptions {
   backends: ReadonlyMap<string, InferenceBackend>;
   status: () => Omit<AdminStatus, 'models'>;
+  deployments: DeploymentManager;
+  /** Who made a change: the admin key's short sha256 id (never the key). */
+  who: (req: FastifyRequest) => string;
 }
 
-export const adminPlugin: FastifyPluginAsync<AdminOptions> = async (app, { backends, status }) => {
+type Named = { Params: { name: string } };
+
+export const adminPlugin: FastifyPluginAsync<AdminOptions> = async (app, { backends, status, deployments, who }) => {
   app.get('/status', async (): Promise<AdminStatus> => ({
     models: [...backends.values()].map((b) => ({ id: b.info.id, version: b.info.version ?? null, contextLength: b.info.contextLength })),
     ...status(),
   }));
+  const found = (name: string) => {
+    const d = deployments.get(name);
+    if (!d) throw new GatewayError('GW_ERR_DEPLOYMENT_NOT_FOUND', `no deployment '${name}'; GET /admin/deployments lists them`);
+    return d;
+  };
+  app.get('/deployments', async () => ({ deployments: deployments.list() }));
+  app.get<Named>('/deployments/:name', async (req) => found(req.params.name));
+  app.get<Named>('/deployments/:name/audit', async (req) => {
+    found(req.params.name);
+    return { audit: deployments.audit(req.params.name) };
+  });
+  app.put<Named>('/deployments/:name', async (req) => {
+    const { deployment, reason } = parseDeployment(req.params.name, req.body, { requireReason: true });
+    if (backends.has(deployment.name)) throw new GatewayError('GW_ERR_BAD_DEPLOYMENT', `'${deployment.name}' is a served model's name; a deployment needs a name of its own`);
+    return { deployment: await deployments.put(deployment, who(req), reason) };
+  });
+  app.post<Named>('/deployments/:name/rollback', async (req) => {
+    const reason = (req.body as { reason?: unknown } | undefined)?.reason;
+    if (typeof reason !== 'string' || reason.trim() === '') throw new GatewayError('GW_ERR_BAD_DEPLOYMENT', 'reason is required: {"reason": "why"}');
+    return { deployment: await deployments.rollback(req.params.name, who(req), reason) };
+  });
 };

@@ -2,13 +2,18 @@
  * gateway serve --registry DIR|URL [--port 8080] [--host H] [--token T] [--api-key K]... [--admin-key K]
  *               [--model NAME[@vN]]... [--max-batch-size 16] [--max-batch-wait-ms 2] [--max-body-bytes 1048576]
  *               [--max-prompt-tokens N] [--rate-limit RPS [--rate-burst N]] [--drain-timeout-ms 10000]
+ *               [--deployments FILE] [--audit-log FILE]
  * gateway serve --fake [--model NAME]...      the test backend, no registry (development only)
+ * gateway deploy --url URL --admin-key K NAME --primary MODEL@vN [--arm MODEL@vN:W]... [--sticky-header H] --reason TEXT
+ * gateway rollback --url URL --admin-key K NAME --reason TEXT
  *
  * Entry point of bin/gateway.js, which passes the model backend factory in (`runCli(argv, { backendFactory })`):
  * the gateway itself knows nothing about how a model runs. Exit codes: 0 ok, 1 error, 2 bad arguments.
  */
 import { createLogger, type Logger } from '../common/log.ts';
 import { intOption, parseCli, UsageError } from '../common/cli.ts';
+import { readFileSync } from 'node:fs';
+import { DeploymentManager, loadDeploymentsFile, type VersionResolver } from './deployments.ts';
 import { GatewayError } from './errors.ts';
 import { FakeBackend } from './fake-backend.ts';
 import type { InferenceBackend } from './inference-backend.ts';
@@ -21,6 +26,8 @@ export const DEFAULT_PORT = 8080;
 export const DEFAULT_HOST = '0.0.0.0';
 
 const HELP = `Usage: gateway serve [options]
+       gateway deploy --url URL --admin-key K NAME --primary MODEL@vN [--arm MODEL@vN:WEIGHT]... --reason TEXT
+       gateway rollback --url URL --admin-key K NAME --reason TEXT
 
 The meshtrain inference gateway: serves trained model versions from the coordinator's registry over an
 OpenAI-compatible HTTP API (POST /v1/completions with SSE streaming, GET /v1/models, /healthz, /metrics).
@@ -52,7 +59,17 @@ Options:
   --fake                TEST/DEVELOPMENT ONLY: serve FakeBackend, a deterministic character-level toy that
                         outputs gibberish, instead of trained models (no --registry; names from --model,
                         default 'fake-char'); for trying the API, clients and dashboards end to end
+  --deployments FILE    named deployments to install at start: a JSON array of
+                        {name, primary: {model, version}, arms?: [{model, version, weight}], stickyHeader?}
+  --audit-log FILE      append every deployment change (who, when, old → new, why) to FILE as JSON lines
   -h, --help            show this help
+
+Deployments (deploy, rollback: call PUT /admin/deployments/NAME and POST …/rollback on a running gateway):
+  --url URL             the gateway (http://HOST:PORT)
+  --primary MODEL@vN    the version serving the traffic the arms leave (1 − Σ arm weights)
+  --arm MODEL@vN:W      an A/B arm with weight W in [0, 1] (repeatable; weights sum to ≤ 1)
+  --sticky-header H     header holding the sticky key (default x-meshtrain-key; else the request's user field)
+  --reason TEXT         why: recorded in the audit log (required)
 
 Examples:
   gateway serve --registry ./cluster/registry --api-key secret
@@ -113,6 +130,13 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     'max-batch-size': { type: 'string' },
     'max-batch-wait-ms': { type: 'string' },
     fake: { type: 'boolean' },
+    deployments: { type: 'string' },
+    'audit-log': { type: 'string' },
+    url: { type: 'string' },
+    primary: { type: 'string' },
+    arm: { type: 'string', multiple: true },
+    'sticky-header': { type: 'string' },
+    reason: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   const [command, ...rest] = positionals;
@@ -120,7 +144,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     process.stdout.write(HELP);
     return v.help ? 0 : 2;
   }
-  if (command !== 'serve') throw new UsageError(`unknown command '${command}'; the only command is 'serve'`);
+  if (command === 'deploy' || command === 'rollback') return deployCommand(command, rest, v, out);
+  if (command !== 'serve') throw new UsageError(`unknown command '${command}'; the commands are serve, deploy and rollback`);
   if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
   if (v.fake && v.registry) throw new UsageError('--fake serves the test backend and reads no registry: give --fake or --registry, not both');
   if (!v.fake && !v.registry) throw new UsageError('missing --registry DIR|URL (or --fake for the test backend)');
@@ -141,7 +166,9 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   };
 
   const backends = new Map<string, InferenceBackend>();
+  let resolve: VersionResolver;
   if (v.fake) {
+    resolve = async (model) => new FakeBackend({ id: model });
     for (const { name, version } of wanted.length ? wanted : [{ name: 'fake-char', version: undefined }]) {
       if (version !== undefined) throw new UsageError(`--fake has no versions: use --model ${name}`);
       backends.set(name, new FakeBackend({ id: name }));
@@ -156,6 +183,11 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
       if (!available.includes(name)) throw new GatewayError('GW_ERR_REGISTRY', `no model '${name}' in ${v.registry}; registered: ${available.join(', ') || 'none'}`);
     }
     const factory = deps.backendFactory;
+    resolve = async (model, version) => {
+      if (!factory) throw new GatewayError('GW_ERR_NO_BACKEND', 'this gateway has no model backend to run registry models');
+      const { files, meta } = await registry.load(model, version);
+      return factory(files, meta);
+    };
     if (!factory) {
       throw new GatewayError(
         'GW_ERR_NO_BACKEND',
@@ -172,7 +204,18 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     }
   }
 
-  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, log, batching });
+  const deployments = new DeploymentManager({ resolve, reserved: (name) => backends.has(name), ...(v['audit-log'] ? { auditLogPath: v['audit-log'] } : {}) });
+  if (v.deployments) {
+    let text: string;
+    try {
+      text = readFileSync(v.deployments, 'utf8');
+    } catch (err) {
+      throw new GatewayError('GW_ERR_BAD_ARGS', `cannot read --deployments ${v.deployments}: ${(err as Error).message}`, { cause: err });
+    }
+    await loadDeploymentsFile(deployments, text, v.deployments);
+    log.info(`deployments from ${v.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
+  }
+  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, log, batching, deployments });
   const { port: bound } = await gateway.listen({ port, host });
   // Machine-readable first line: tests and scripts wait for it.
   out(`gateway listening on http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
@@ -204,4 +247,49 @@ function parseModelArg(arg: string): { name: string; version: number | undefined
   const m = /^([^@]+)(?:@v?([1-9][0-9]*))?$/.exec(arg);
   if (!m) throw new UsageError(`--model '${arg}' should be NAME or NAME@vN`);
   return { name: m[1]!, version: m[2] === undefined ? undefined : Number(m[2]) };
+}
+
+/** `gateway deploy` / `gateway rollback`: one admin API call; prints the deployment the gateway answers with. */
+async function deployCommand(command: 'deploy' | 'rollback', rest: string[], v: Record<string, unknown>, out: (line: string) => void): Promise<number> {
+  const [name, ...extra] = rest;
+  if (!name) throw new UsageError(`gateway ${command} needs a deployment NAME`);
+  if (extra.length) throw new UsageError(`unexpected argument '${extra[0]}'`);
+  const url = v.url as string | undefined;
+  const adminKey = (v['admin-key'] as string | undefined) ?? process.env.MESHTRAIN_GATEWAY_ADMIN_KEY;
+  const reason = v.reason as string | undefined;
+  if (!url) throw new UsageError('missing --url http://HOST:PORT of the gateway');
+  if (!adminKey) throw new UsageError('missing --admin-key (or MESHTRAIN_GATEWAY_ADMIN_KEY)');
+  if (!reason) throw new UsageError('missing --reason TEXT: every change is audited with why');
+  let method = 'POST';
+  let path = `/admin/deployments/${encodeURIComponent(name)}/rollback`;
+  let body: Record<string, unknown> = { reason };
+  if (command === 'deploy') {
+    if (!v.primary) throw new UsageError('missing --primary MODEL@vN');
+    const arms = ((v.arm as string[] | undefined) ?? []).map((a) => {
+      const m = /^(.+):([0-9.]+)$/.exec(a);
+      if (!m) throw new UsageError(`--arm '${a}' should be MODEL@vN:WEIGHT`);
+      return { ...parseVersionArg(m[1]!, '--arm'), weight: Number(m[2]) };
+    });
+    method = 'PUT';
+    path = `/admin/deployments/${encodeURIComponent(name)}`;
+    body = { primary: parseVersionArg(v.primary as string, '--primary'), arms, reason, ...(v['sticky-header'] ? { stickyHeader: v['sticky-header'] } : {}) };
+  } else if (v.primary || v.arm) throw new UsageError('gateway rollback takes no --primary or --arm: it goes back to the previous primary');
+  let res: Response;
+  try {
+    res = await fetch(`${url.replace(/\/+$/, '')}${path}`, { method, headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  } catch (err) {
+    throw new GatewayError('GW_ERR_ADMIN_CALL', `cannot reach the gateway at ${url}: ${(err as Error).message}`, { cause: err });
+  }
+  const doc = (await res.json().catch(() => ({}))) as { deployment?: unknown; error?: { message?: string; code?: string | null } };
+  if (!res.ok) {
+    throw new GatewayError('GW_ERR_ADMIN_CALL', `${method} ${path}: ${res.status} ${doc.error?.message ?? res.statusText}`);
+  }
+  out(JSON.stringify(doc.deployment));
+  return 0;
+}
+
+function parseVersionArg(arg: string, option: string): { model: string; version: number } {
+  const m = /^([^@]+)@v?([1-9][0-9]*)$/.exec(arg);
+  if (!m) throw new UsageError(`${option} '${arg}' should be MODEL@vN`);
+  return { model: m[1]!, version: Number(m[2]) };
 }

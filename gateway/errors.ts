@@ -37,6 +37,14 @@ export const GatewayErrorCodes = {
   GW_ERR_CHECKSUM: { status: 502, type: 'server_error', openaiCode: null },
   /** No backend factory can turn a registry model into an InferenceBackend (the real model backend is not wired in). */
   GW_ERR_NO_BACKEND: { status: 500, type: 'server_error', openaiCode: null },
+  /** A deployment PUT (or start-up file entry) is invalid, or one of its versions does not exist or fails to load. */
+  GW_ERR_BAD_DEPLOYMENT: { status: 400, type: 'invalid_request_error', openaiCode: null },
+  /** No deployment has this name (admin deployment routes). */
+  GW_ERR_DEPLOYMENT_NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'not_found' },
+  /** A rollback was asked for but the deployment has had only one primary: there is nothing to go back to. */
+  GW_ERR_NO_ROLLBACK: { status: 409, type: 'invalid_request_error', openaiCode: null },
+  /** `gateway deploy` / `gateway rollback`: the gateway was unreachable or refused the change; the message has its answer. */
+  GW_ERR_ADMIN_CALL: { status: 502, type: 'server_error', openaiCode: null },
   /** A command-line option is missing or invalid. */
   GW_ERR_BAD_ARGS: { status: 400, type: 'invalid_request_error', openaiCode: null },
 } as const;

@@ -14,6 +14,7 @@ export interface GatewayMetrics {
   clientAborts: Counter<'model'>;
   batchSize: Histogram<'model'>;
   rateLimited: Counter;
+  deploymentExposures: Counter<'deployment' | 'version'>;
 }
 
 export function createGatewayMetrics(): GatewayMetrics {
@@ -47,6 +48,13 @@ export function createGatewayMetrics(): GatewayMetrics {
     rateLimited: new Counter({
       name: 'meshtrain_gateway_rate_limited_total',
       help: 'Requests refused with 429 because their client (API key, or IP without keys) was over --rate-limit.',
+      registers: [registry],
+    }),
+    // Labels are admin-configured deployment names and their `model@vN` arms, never client strings.
+    deploymentExposures: new Counter({
+      name: 'meshtrain_gateway_deployment_exposures_total',
+      help: 'Requests a deployment routed to each of its versions (primary and A/B arms), counted when generation starts.',
+      labelNames: ['deployment', 'version'],
       registers: [registry],
     }),
     batchSize: new Histogram({

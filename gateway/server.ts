@@ -8,6 +8,10 @@
  *   GET  /healthz            liveness and the served models (no key)
  *   GET  /metrics            Prometheus exposition (no key)
  *   GET  /admin/status       served models and safety settings (admin key; admin.ts)
+ *   /admin/deployments/…     named deployments: A/B arms, switches, rollback, audit (admin key; deployments.ts)
+ *
+ * A `model` naming a deployment is routed to one of its versions (sticky A/B split) before anything else; the
+ * response's `x-meshtrain-version` header says which `model@vN` served it.
  *
  * Every request passes one onRequest hook, in this order: draining for shutdown → 503; access (auth.ts): with API
  * keys configured every /v1 route needs `Authorization: Bearer <key>`, /admin needs the admin key → 401/403; rate
@@ -23,12 +27,16 @@ import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
 import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GatewayError, type OpenAIErrorBody } from './errors.ts';
 import type { InferenceBackend } from './inference-backend.ts';
+import { DeploymentManager, type VersionResolver } from './deployments.ts';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
 import { RateLimiter, type RateLimit } from './rate-limit.ts';
 import { completionResponse, encodeJson, LogprobsBuilder, parseCompletionRequest, usageOf, type CompletionChoice, type CompletionResponse, type ParsedCompletion } from './openai.ts';
 
 /** Response header carrying the sampling seed used, so any completion can be reproduced (pass it as `seed`). */
 export const SEED_HEADER = 'x-meshtrain-seed';
+
+/** Response header naming the deployment version (`model@vN`) that served a request to a deployment. */
+export const VERSION_HEADER = 'x-meshtrain-version';
 
 /** JSON request bodies: a prompt as token ids is ~10 bytes a token, so 1 MiB leaves room for ~100k tokens. */
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -55,7 +63,13 @@ export interface GatewayOptions {
   log: Logger;
   /** Where the plugin records its metrics and what /metrics exposes (default: a registry of its own). */
   metrics?: GatewayMetrics;
+  /** Named deployments (A/B arms, rollback); default: none, and PUTs fail to resolve any version. */
+  deployments?: DeploymentManager;
 }
+
+const noVersions: VersionResolver = async (model, version) => {
+  throw new GatewayError('GW_ERR_REGISTRY', `this gateway has no version resolver: cannot load ${model}@v${version}`);
+};
 
 export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opts) => {
   const { backends, log } = opts;
@@ -71,6 +85,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     closing = true;
   });
   const draining = () => closing || (opts.draining?.() ?? false);
+  const deployments = opts.deployments ?? new DeploymentManager({ resolve: noVersions, reserved: (name) => backends.has(name) });
 
   app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {
     const { status, body } = errorReply(err, req.routeOptions.bodyLimit);
@@ -108,14 +123,22 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
       config: { apiKeys: keys.apiKeyCount, maxBodyBytes: app.initialConfig.bodyLimit ?? DEFAULT_BODY_LIMIT, maxPromptTokens: maxPromptTokens ?? null, rateLimit: limiter?.limit ?? null },
       draining: draining(),
     }),
+    deployments,
+    who: (req) => keys.match(bearerToken(req.headers.authorization)).clientId?.replace(/^key:/, 'admin:') ?? 'unknown',
   });
 
-  const modelCard = (b: InferenceBackend) => ({ id: b.info.id, object: 'model' as const, created: b.info.createdS, owned_by: b.info.ownedBy });
-  app.get('/v1/models', async () => ({ object: 'list', data: [...backends.values()].map(modelCard).sort((a, b) => a.id.localeCompare(b.id)) }));
+  const modelCard = (b: InferenceBackend, id = b.info.id) => ({ id, object: 'model' as const, created: b.info.createdS, owned_by: b.info.ownedBy });
+  const deploymentCards = () => deployments.list().flatMap((d) => {
+    const b = deployments.primaryBackend(d.name);
+    return b ? [modelCard(b, d.name)] : [];
+  });
+  app.get('/v1/models', async () => ({ object: 'list', data: [...[...backends.values()].map((b) => modelCard(b)), ...deploymentCards()].sort((a, b) => a.id.localeCompare(b.id)) }));
   app.get<{ Params: { model: string } }>('/v1/models/:model', async (req) => {
     const backend = backends.get(req.params.model);
-    if (!backend) throw new GatewayError('GW_ERR_MODEL_NOT_FOUND', `The model '${req.params.model}' does not exist.`, { param: 'model' });
-    return modelCard(backend);
+    const deployed = deployments.primaryBackend(req.params.model);
+    if (backend) return modelCard(backend);
+    if (deployed) return modelCard(deployed, req.params.model);
+    throw new GatewayError('GW_ERR_MODEL_NOT_FOUND', `The model '${req.params.model}' does not exist.`, { param: 'model' });
   });
   app.get('/healthz', async () => ({
     status: 'ok',
@@ -126,12 +149,23 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
 
   app.post('/v1/completions', async (req, reply) => {
     const started = performance.now();
-    const named = (req.body as { model?: unknown } | undefined)?.model;
-    let model = typeof named === 'string' && backends.has(named) ? named : 'unknown';
+    const { model: named, user } = (req.body ?? {}) as { model?: unknown; user?: unknown };
+    // A deployment is routed here, once: the request stays on this version whatever switches happen meanwhile.
+    const routed = typeof named === 'string' && !backends.has(named)
+      ? deployments.route(named, (header) => {
+        const value = req.headers[header];
+        const key = Array.isArray(value) ? value[0] : value;
+        return key || (typeof user === 'string' ? user : undefined);
+      })
+      : undefined;
+    let model = typeof named === 'string' && (backends.has(named) || routed) ? named : 'unknown';
     let status = 200;
     try {
-      const { parsed, backend } = parseCompletionRequest(req.body, (name) => backends.get(name));
-      model = backend.info.id;
+      const { parsed, backend } = parseCompletionRequest(req.body, (name) => (routed ? routed.backend : backends.get(name)));
+      if (routed) {
+        metrics.deploymentExposures.inc({ deployment: model, version: routed.version });
+        reply.header(VERSION_HEADER, routed.version);
+      } else model = backend.info.id;
       const promptTokens = parsed.generate.promptIds.length;
       if (maxPromptTokens !== undefined && promptTokens > maxPromptTokens) {
         throw new GatewayError('GW_ERR_PROMPT_TOO_LONG', `The prompt is ${promptTokens} tokens; this server accepts at most ${maxPromptTokens} prompt tokens (--max-prompt-tokens).`, { param: 'prompt' });
@@ -150,7 +184,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
           reply.header(SEED_HEADER, String(parsed.generate.seed));
           log.debug(`${head.id} ${model}: ${parsed.generate.promptIds.length} prompt tokens, max_tokens ${parsed.generate.maxTokens}, n ${parsed.generate.n}, seed ${parsed.generate.seed}${parsed.stream ? ', stream' : ''}`);
           if (parsed.stream) {
-            status = await stream(reply, head, parsed, backend, abort.signal, log, metrics);
+            status = await stream(reply, head, parsed, backend, abort.signal, log, metrics, model, routed ? { [VERSION_HEADER]: routed.version } : {});
             return;
           }
           const result = await backend.generate(parsed.generate, { signal: abort.signal });
@@ -204,10 +238,12 @@ async function stream(
   signal: AbortSignal,
   log: Logger,
   metrics: GatewayMetrics,
+  model: string,
+  headers: Record<string, string>,
 ): Promise<number> {
   reply.hijack();
   const res: ServerResponse = reply.raw;
-  res.writeHead(200, { [SEED_HEADER]: String(parsed.generate.seed), 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res.writeHead(200, { ...headers, [SEED_HEADER]: String(parsed.generate.seed), 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
   const send = (data: unknown) => {
     if (!res.destroyed) res.write(`data: ${typeof data === 'string' ? data : encodeJson(data)}\n\n`);
   };
@@ -240,7 +276,7 @@ async function stream(
     for (const c of result.choices) send(chunk([{ text: '', index: c.index, logprobs: null, finish_reason: c.finishReason }]));
     const usage = usageOf(parsed, result);
     if (parsed.includeUsage) send({ ...chunk([]), usage });
-    countTokens(metrics, backend.info.id, { usage });
+    countTokens(metrics, model, { usage });
     send('[DONE]');
     return 200;
   } catch (err) {
@@ -300,6 +336,8 @@ export interface CreateGatewayOptions {
    * long an idle backend waits for more. Settings left out keep the backend's own (defaults 16 and 2 ms).
    */
   batching?: Partial<BatchSettings>;
+  /** Named deployments (deployments.ts), already holding any start-up file's; closed with the gateway. */
+  deployments?: DeploymentManager;
 }
 
 export function createGateway(opts: CreateGatewayOptions): Gateway {
@@ -318,9 +356,12 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   if (opts.rateLimit) new RateLimiter(opts.rateLimit); // refuse a bad limit before anything starts
   // return503OnClosing off: fastify's own 503 body is not OpenAI's; the plugin's hook answers during the drain.
   const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false });
-  const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log } = opts;
+  const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, deployments } = opts;
+  for (const d of deployments?.list() ?? []) {
+    if (backends.has(d.name)) throw new GatewayError('GW_ERR_BAD_ARGS', `deployment '${d.name}' has the name of a served model; give it a name of its own`);
+  }
   let closed = false;
-  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, metrics, draining: () => closed });
+  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, metrics, draining: () => closed, ...(deployments ? { deployments } : {}) });
   // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections
   // that carry no request would otherwise hold server.close() until the client drops them.
   let running = 0;
@@ -349,6 +390,7 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
         clearInterval(sweep);
       }
       await Promise.all([...opts.backends.values()].map((b) => b.close?.()));
+      await deployments?.close();
     },
   };
 }
