@@ -2,8 +2,9 @@
  * npm run bench -- train-step [--steps 12] [--backend wasm]
  *
  * One agent's training step on the reference config (vocab 256, d_model 128, 4 heads, 2 layers, context 64,
- * batch 16), run the way the agent's trainer runs it (loadBackend: wasm with the fast matmul kernels, GPT,
- * AdamW, trainStep), against the backend's own best large matmul measured in the same run.
+ * batch 16), run the way the agent's trainer worker runs an unsplit model (loadBackend: wasm with the fast matmul
+ * kernels; the whole model as one StageModel shard, its backward into the flat gradient, clip, AdamW, parameter
+ * upload), against the backend's own best large matmul measured in the same run.
  *   tokens_per_s         batch·context / median step time
  *   model_flops_per_s    (6·params + 12·layers·context·d_model) FLOPs per token × tokens/s (PaLM's count:
  *                        weights forward+backward, plus attention scores and values)
@@ -13,9 +14,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { intOption, parseCli } from '../common/cli.ts';
-import { GPT } from '../model/gpt.ts';
-import { AdamW } from '../model/optim.ts';
-import { createTrainState, trainStep } from '../model/train-step.ts';
+import { AdamW, clipGradNorm } from '../model/optim.ts';
+import { initShardParams, shardLayout } from '../model/shard-layout.ts';
+import { StageModel } from '../model/stage-model.ts';
 import { BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../node-agent/compute/backend.ts';
 
 export default async function main(argv: string[]): Promise<object> {
@@ -28,9 +29,12 @@ export default async function main(argv: string[]): Promise<object> {
   const config = { vocabSize: 256, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 128 };
   const B = 16;
   const T = 64;
-  const model = new GPT(config, { seed: 1 });
-  const state = createTrainState(model, new AdamW(model.layout.specs));
-  const params = model.layout.totalSize;
+  const layout = shardLayout(config, { stage: 0, stages: 1, firstLayer: 0, endLayer: config.nLayer, tpRank: 0, tpSize: 1 });
+  const flat = initShardParams(config, layout, 1);
+  const model = new StageModel(config, layout, flat);
+  const optimizer = new AdamW(layout.specs);
+  const grads = new Float32Array(layout.totalSize);
+  const params = layout.totalSize;
   // Real-looking token streams: a fixed pseudo-random sequence, targets shifted by one.
   let x = 12345;
   const stream = Int32Array.from({ length: B * (T + 1) }, () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 16) % config.vocabSize);
@@ -43,10 +47,14 @@ export default async function main(argv: string[]): Promise<object> {
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
-    const r = await trainStep(state, [{ ids, targets, batch: B, seq: T }], { lr: 6e-4, gradClip: 1 });
+    grads.fill(0);
+    const { loss } = model.backward({ ids }, B, T, { targets, scale: 1 }, grads);
+    clipGradNorm(grads, 1);
+    optimizer.update(flat, grads, 6e-4);
+    model.writeParams(flat);
     const ms = performance.now() - t0;
     if (i >= 2) times.push(ms); // the first steps pay for kernel compilation and weight packing
-    console.error(`step ${i + 1}/${steps}: ${ms.toFixed(1)} ms, loss ${r.loss.toFixed(3)}${i < 2 ? ' (warm-up)' : ''}`);
+    console.error(`step ${i + 1}/${steps}: ${ms.toFixed(1)} ms, loss ${loss!.toFixed(3)}${i < 2 ? ' (warm-up)' : ''}`);
   }
   const stepMs = [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
   const peak = measureMatmulGflops(loaded.tf, 1024, 5);

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { loadCheckpoint, MANIFEST_FILE, saveCheckpoint, type JsonValue, type LoadedCheckpoint } from '../model/checkpoint.ts';
 import { mergeShardTensors, shardTensors } from '../model/checkpoint-reshard.ts';
 import type { GPTConfig } from '../model/gpt.ts';
-import { shardLayout, type ShardSpec } from '../model/shard-layout.ts';
+import { shardLayout, shardOfCheckpoint, type ShardSpec } from '../model/shard-layout.ts';
 import type { TensorMap } from '../model/safetensors.ts';
 /** What the sharder needs of an artifact store (coordinator/artifact-store.ts; tests pass an in-memory one). */
 export interface ArtifactStore {
@@ -26,11 +26,6 @@ export interface ArtifactStore {
 export type FileSet = Record<string, string>; // file name → sha256 in the artifact store
 
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$/;
-
-/** The shard a checkpoint's state.json says it holds; a checkpoint without one holds the whole model. */
-export function shardOfState(state: Record<string, unknown>, nLayer: number): ShardSpec {
-  return (state.shard as ShardSpec | undefined) ?? { stage: 0, stages: 1, firstLayer: 0, endLayer: nLayer, tpRank: 0, tpSize: 1 };
-}
 
 export class CheckpointSharder {
   readonly #artifacts: ArtifactStore;
@@ -63,7 +58,7 @@ export class CheckpointSharder {
     if (!first) throw new Error('no shard checkpoints to merge');
     const steps = new Set(loaded.map((c) => c.step));
     if (steps.size !== 1) throw new Error(`shard checkpoints of different steps: ${[...steps].join(', ')}`);
-    const withLayout = loaded.map((c) => ({ c, layout: shardLayout(config, shardOfState(c.state, config.nLayer)) }));
+    const withLayout = loaded.map((c) => ({ c, layout: shardLayout(config, shardOfCheckpoint(c.state, config.nLayer)) }));
     const model = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.model })));
     const expAvg = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.optimizer.expAvg })));
     const expAvgSq = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.optimizer.expAvgSq })));

@@ -137,6 +137,14 @@ function sliceOf(spec: ParamSpec, s: ShardSpec, offset: number): ShardParamSpec 
 }
 
 /** The parameters (and slices) one shard holds, laid out in one local flat buffer in paramLayout order. */
+/**
+ * The shard a checkpoint's state.json says it holds (`shard`, written by agents); a checkpoint without one — a
+ * canonical, merged checkpoint — holds the whole model.
+ */
+export function shardOfCheckpoint(state: Readonly<Record<string, unknown>>, nLayer: number): ShardSpec {
+  return (state.shard as ShardSpec | undefined) ?? { stage: 0, stages: 1, firstLayer: 0, endLayer: nLayer, tpRank: 0, tpSize: 1 };
+}
+
 export function shardLayout(config: GPTConfig, shard: ShardSpec): ShardLayout {
   const c = gptConfig(config);
   checkShard(c, shard);

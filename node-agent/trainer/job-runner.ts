@@ -34,7 +34,7 @@ import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, layoutName, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
 import { checkpointDirName, loadCheckpoint, MANIFEST_FILE, saveCheckpoint } from '../../model/checkpoint.ts';
-import { shardLayout, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
+import { shardLayout, shardOfCheckpoint, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { Ring } from '../collectives/ring.ts';
@@ -329,12 +329,6 @@ async function download(store: ArtifactStore, files: Record<string, string>, dir
   }
 }
 
-/** The shard a checkpoint's state.json says it holds; a checkpoint without one holds the whole model. */
-export function checkpointShard(state: Record<string, unknown>, nLayer: number): ShardSpec {
-  const s = state.shard as ShardSpec | undefined;
-  return s ?? { stage: 0, stages: 1, firstLayer: 0, endLayer: nLayer, tpRank: 0, tpSize: 1 };
-}
-
 const sameShard = (a: ShardSpec, b: ShardSpec) =>
   a.stage === b.stage && a.stages === b.stages && a.firstLayer === b.firstLayer && a.endLayer === b.endLayer && a.tpRank === b.tpRank && a.tpSize === b.tpSize;
 
@@ -354,7 +348,7 @@ async function fetchResume(store: ArtifactStore, resume: NonNullable<JobStart['r
   if (!saved || typeof saved !== 'object' || JSON.stringify(saved.model) !== JSON.stringify(spec.model)) {
     throw bad(`state.json's model ${JSON.stringify(saved?.model)} is not this job's ${JSON.stringify(spec.model)}`);
   }
-  const held = checkpointShard(ckpt.state as Record<string, unknown>, spec.model.nLayer);
+  const held = shardOfCheckpoint(ckpt.state, spec.model.nLayer);
   if (!sameShard(held, shard)) throw bad(`it holds shard ${JSON.stringify(held)}, this rank needs ${JSON.stringify(shard)}`);
   const cursor = ckpt.state.cursor as unknown as ShardCursor | undefined;
   if (!cursor || !Number.isInteger(cursor.shard) || !Number.isInteger(cursor.offset)) throw bad(`state.json has no data cursor`);

@@ -210,8 +210,7 @@ function begin(j: Job, n: number): FromWorker {
   j.micro = microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen);
   for (const mb of j.micro) checkIds(mb, j.spec.model.vocabSize);
   j.inputs.clear();
-  j.grads.fill(0);
-  j.step = n - 1; // becomes n when the update is applied
+  j.grads.fill(0); // j.step becomes n when the update is applied
   return { type: 'begun', lr: lrAt(n - 1, { maxLr: t.lr, minLr: t.minLr, warmupSteps: t.warmupSteps, decaySteps: t.steps }) };
 }
 

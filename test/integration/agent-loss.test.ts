@@ -4,50 +4,35 @@
  * on the one agent left, from the last checkpoint (checkpoints do not depend on the number of agents), and its
  * losses are the uninterrupted run's, step for step, each recorded once.
  */
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
 import type { JobRecord } from '../../coordinator/job-store.ts';
 import type { NodeView } from '../../coordinator/agent-hub.ts';
-import { assertSameCurve, runToEnd, untilJob, writeCorpus } from '../support/jobs.ts';
+import { assertSameCurve, clusterFixture, runToEnd, untilJob } from '../support/jobs.ts';
 
 describe('a job that loses one of its two agents', () => {
-  let cluster: LocalCluster;
-  let dir: string;
-  let corpus: string;
-  before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'agent-loss-'));
-    corpus = writeCorpus(dir, 20, 28);
-    cluster = await startCluster({ agents: 2 });
-  });
-  after(async () => {
-    await cluster?.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const fx = clusterFixture('agent-loss', [20, 28], { agents: 2 });
 
   const spec = (name: string) => ({
     name,
     model: { vocabSize: 300, nCtx: 64, nLayer: 2, nHead: 2, nEmbd: 64 },
-    data: { corpus, heldOutFraction: 0.2 },
+    data: { corpus: fx.corpus, heldOutFraction: 0.2 },
     training: { steps: 50, batchSize: 8, seqLen: 64, lr: 3e-3, checkpointEvery: 10 },
     parallel: 'auto',
   });
   test('resumes on the agent left, from the last checkpoint, with the uninterrupted losses', async () => {
-    const reference = await runToEnd(cluster, spec('ref'));
+    const reference = await runToEnd(fx.cluster, spec('ref'));
     assert.match(reference.job.stateReason, /registered/);
-    const id = (await cluster.api<JobRecord>('POST', '/api/jobs', spec('survivor'))).id;
-    await untilJob(cluster, id, (v) => v.checkpoints.length >= 1 && v.job.step >= 15 && v.job.step < 45);
+    const id = (await fx.cluster.api<JobRecord>('POST', '/api/jobs', spec('survivor'))).id;
+    await untilJob(fx.cluster, id, (v) => v.checkpoints.length >= 1 && v.job.step >= 15 && v.job.step < 45);
 
-    const { nodes } = await cluster.api<{ nodes: NodeView[] }>('GET', '/api/nodes');
+    const { nodes } = await fx.cluster.api<{ nodes: NodeView[] }>('GET', '/api/nodes');
     const victim = nodes.find((n) => n.name === 'agent-1')!;
-    cluster.agents[1]!.child.kill('SIGKILL');
+    fx.cluster.agents[1]!.child.kill('SIGKILL');
 
-    const done = await untilJob(cluster, id, (v) => v.job.state === 'succeeded');
+    const done = await untilJob(fx.cluster, id, (v) => v.job.state === 'succeeded');
     assert.equal(done.job.attempt, 2, 'the job was restarted once');
-    const after = (await cluster.api<{ nodes: NodeView[] }>('GET', '/api/nodes')).nodes.find((n) => n.id === victim.id)!;
+    const after = (await fx.cluster.api<{ nodes: NodeView[] }>('GET', '/api/nodes')).nodes.find((n) => n.id === victim.id)!;
     assert.equal(after.status, 'dead');
     assertSameCurve(done, reference, 50);
   });

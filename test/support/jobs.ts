@@ -1,10 +1,12 @@
 /** Shared by the training integration tests: a small real corpus, polling a job, and comparing loss curves. */
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 import { loadDemoCorpus } from '../../model/corpus.ts';
 import type { CheckpointRecord, JobRecord, MetricRow } from '../../coordinator/job-store.ts';
-import type { LocalCluster } from '../../scripts/local-cluster.ts';
+import { startCluster, type ClusterOptions, type LocalCluster } from '../../scripts/local-cluster.ts';
 
 export interface JobView {
   job: JobRecord;
@@ -17,6 +19,38 @@ export function writeCorpus(dir: string, from: number, to: number): string {
   const path = join(dir, 'corpus.txt');
   writeFileSync(path, loadDemoCorpus().documents.slice(from, to).join('\n\n'));
   return path;
+}
+
+export interface ClusterFixture {
+  readonly cluster: LocalCluster;
+  readonly corpus: string;
+}
+
+/**
+ * For the describe block it is called in: a temporary folder holding speeches [from, to) of the demo corpus
+ * (writeCorpus) and a local cluster, started before the block's tests and stopped and deleted after them.
+ */
+export function clusterFixture(prefix: string, [from, to]: readonly [number, number], options: ClusterOptions): ClusterFixture {
+  let cluster: LocalCluster | undefined;
+  let dir = '', corpus = '';
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
+    corpus = writeCorpus(dir, from, to);
+    cluster = await startCluster(options);
+  });
+  after(async () => {
+    await cluster?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    get cluster() {
+      if (!cluster) throw new Error('the cluster is started in the before hook');
+      return cluster;
+    },
+    get corpus() {
+      return corpus;
+    },
+  };
 }
 
 /** Polls GET /api/jobs/:id until `done`; fails at once if the job fails or is cancelled. */
