@@ -6,8 +6,10 @@
  *   GET  /admin/status                        the served models and a summary of the gateway's safety settings (never the keys)
  *   GET  /admin/deployments                   every deployment (deployments.ts)
  *   GET  /admin/deployments/:name             one, with the version a rollback would go back to
- *   PUT  /admin/deployments/:name             create or switch: {primary, arms?, stickyHeader?, reason}; 400 when invalid
+ *   PUT  /admin/deployments/:name             create or switch: {primary, arms?, shadows?, stickyHeader?, rollout?, reason}; 400 when invalid
+ *   POST /admin/deployments/:name/promote     {version: "model@vN", reason}: a shadow or arm becomes the primary
  *   POST /admin/deployments/:name/rollback    {reason}: the previous primary back, arms dropped
+ *   GET  /admin/deployments/:name/comparison  each shadow's comparison with the primary, its SPRT decision, the guard
  *   GET  /admin/deployments/:name/audit       every change: who, when, old → new, why
  */
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
@@ -58,9 +60,25 @@ export const adminPlugin: FastifyPluginAsync<AdminOptions> = async (app, { backe
     if (backends.has(deployment.name)) throw new GatewayError('GW_ERR_BAD_DEPLOYMENT', `'${deployment.name}' is a served model's name; a deployment needs a name of its own`);
     return { deployment: await deployments.put(deployment, who(req), reason) };
   });
+  app.get<Named>('/deployments/:name/comparison', async (req) => {
+    found(req.params.name);
+    return deployments.comparison(req.params.name);
+  });
+  app.post<Named>('/deployments/:name/promote', async (req) => {
+    const body = (req.body ?? {}) as { version?: unknown; reason?: unknown };
+    const reason = reasonOf(body);
+    if (typeof body.version !== 'string' || !/^[^@]+@v[1-9][0-9]*$/.test(body.version)) {
+      throw new GatewayError('GW_ERR_BAD_DEPLOYMENT', `version is required as "model@vN" (one of the deployment's shadows or arms), got ${JSON.stringify(body.version)}`);
+    }
+    return { deployment: await deployments.promote(req.params.name, body.version, who(req), reason) };
+  });
   app.post<Named>('/deployments/:name/rollback', async (req) => {
-    const reason = (req.body as { reason?: unknown } | undefined)?.reason;
-    if (typeof reason !== 'string' || reason.trim() === '') throw new GatewayError('GW_ERR_BAD_DEPLOYMENT', 'reason is required: {"reason": "why"}');
-    return { deployment: await deployments.rollback(req.params.name, who(req), reason) };
+    return { deployment: await deployments.rollback(req.params.name, who(req), reasonOf(req.body)) };
   });
 };
+
+function reasonOf(body: unknown): string {
+  const reason = (body as { reason?: unknown } | undefined)?.reason;
+  if (typeof reason !== 'string' || reason.trim() === '') throw new GatewayError('GW_ERR_BAD_DEPLOYMENT', 'reason is required: {"reason": "why"} (it goes in the audit log)');
+  return reason;
+}

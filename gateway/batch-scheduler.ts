@@ -15,9 +15,16 @@
  * maxWaitMs from the oldest arrival for company before starting. Once sequences run, newcomers join at the next
  * iteration without waiting: running sequences never stall for company.
  *
+ * Priorities: a request is foreground (a client's) or background (a shadow mirror). Foreground sequences are
+ * admitted first; background ones only when no foreground work is waiting or running here, and — through the
+ * gateway's PriorityGate (priority-gate.ts) — on no other backend either: a scheduler with only background work
+ * parks before each iteration while the gate is busy. Background rows already running when a client request arrives
+ * on the same backend ride along in its forwards until they finish (a few extra rows cost little in one forward).
+ *
  * The model side is a `BatchEngine` (batched-gpt.ts for the GPT): rows of a batched KV cache, advanced together.
  */
 import { GatewayError } from './errors.ts';
+import type { PriorityGate } from './priority-gate.ts';
 import type { GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, GeneratedToken, TokenLogprob } from './inference-backend.ts';
 import { logSoftmax, sampleToken, seededRandom, tokenLogprob } from './sampling.ts';
 import { StopSequenceCutter } from './stop-sequences.ts';
@@ -120,6 +127,8 @@ class Job<Prompt> {
   prompt: PrefillOutput<Prompt> | undefined; // held until every choice is admitted
   promptLogprobs: Array<TokenLogprob | null> | null = null;
   settled = false;
+  startedMs = -1; // first admission
+  parkedMs = 0; // time parked behind foreground work since
   readonly wantsPromptLogprobs: boolean;
   constructor(
     readonly req: GenerateRequest,
@@ -139,6 +148,7 @@ class Sequence<Prompt> {
   readonly utf8 = new TextDecoder('utf-8', { ignoreBOM: true });
   readonly tokens: GeneratedToken[] = [];
   readonly enqueuedMs = performance.now();
+  readonly foreground: boolean;
   sampled = 0;
   endOfText = false;
   done = false;
@@ -150,6 +160,7 @@ class Sequence<Prompt> {
   ) {
     this.random = seededRandom(job.req.seed, index);
     this.cutter = new StopSequenceCutter(job.req.stop);
+    this.foreground = job.opts.priority !== 'background';
   }
 }
 
@@ -158,11 +169,14 @@ export class BatchScheduler<Prompt> {
   readonly #text: TokenText;
   #settings: BatchSettings;
   #onBatch: ((size: number) => void) | undefined;
-  #waiting: Array<Sequence<Prompt>> = [];
+  #onQueue: ((waiting: number) => void) | undefined;
+  #gate: PriorityGate | undefined;
+  #waiting: Array<Sequence<Prompt>> = []; // foreground first, each class in arrival order
   #running: Array<Sequence<Prompt>> = []; // row b of the engine is #running[b]
   readonly #prompted = new Set<Job<Prompt>>(); // jobs holding a prompt cache
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
+  #parked = false; // waiting for the gate: only background work here, foreground work elsewhere
   #closed = false;
 
   constructor(engine: BatchEngine<Prompt>, text: TokenText, settings: BatchSettings = DEFAULT_BATCH_SETTINGS, onBatch?: (size: number) => void) {
@@ -172,14 +186,24 @@ export class BatchScheduler<Prompt> {
     this.#onBatch = onBatch;
   }
 
+  /** Sequences waiting for a row now. */
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
   get settings(): BatchSettings {
     return this.#settings;
   }
 
-  /** New settings apply from the next iteration; `onBatch` is called with the rows of every decode forward. */
-  configure(settings: BatchSettings, onBatch?: (size: number) => void): void {
+  /**
+   * New settings apply from the next iteration; `onBatch` is called with the rows of every decode forward, `onQueue`
+   * with the waiting sequences after each admission; `gate` is shared with the gateway's other backends.
+   */
+  configure(settings: BatchSettings, hooks: { onBatch?: (size: number) => void; onQueue?: (waiting: number) => void; gate?: PriorityGate } = {}): void {
     this.#settings = settings;
-    if (onBatch) this.#onBatch = onBatch;
+    if (hooks.onBatch) this.#onBatch = hooks.onBatch;
+    if (hooks.onQueue) this.#onQueue = hooks.onQueue;
+    if (hooks.gate) this.#gate = hooks.gate;
   }
 
   submit(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerateResult> {
@@ -201,7 +225,13 @@ export class BatchScheduler<Prompt> {
         },
       );
       signal?.addEventListener('abort', onAbort, { once: true });
-      for (let i = 0; i < req.n; i++) this.#waiting.push(new Sequence(job, i));
+      const sequences = Array.from({ length: req.n }, (_, i) => new Sequence(job, i));
+      if (opts.priority === 'background') this.#waiting.push(...sequences);
+      else {
+        this.#waiting.splice(this.#foregroundWaiting(), 0, ...sequences); // after the foreground ones, before the background
+        this.#gate?.enter(this);
+        if (this.#parked) this.#wake?.();
+      }
       if (this.#waiting.length >= this.#settings.maxBatchSize) this.#wake?.();
       this.#loop ??= this.#run();
     });
@@ -216,6 +246,7 @@ export class BatchScheduler<Prompt> {
     this.#waiting = [];
     this.#engine.clear();
     this.#releasePrompts();
+    this.#gate?.leave(this);
     this.#wake?.();
     await this.#loop;
   }
@@ -225,9 +256,16 @@ export class BatchScheduler<Prompt> {
       await new Promise((r) => setImmediate(r)); // new requests and aborts come in between iterations
       if (this.#closed) break;
       if (this.#running.length === 0 && this.#waiting.length === 0) break;
+      const foreground = this.#holdGate();
+      if (!foreground && this.#gate?.busy) {
+        await this.#park(this.#gate);
+        continue;
+      }
+      // Background sequences join only when nothing here is foreground (and, checked above, nothing elsewhere).
+      const admissible = foreground ? this.#foregroundWaiting() : this.#waiting.length;
       const oldest = this.#waiting[0];
       const decision = admission(
-        { running: this.#running.length, waiting: this.#waiting.length, oldestWaitMs: oldest ? performance.now() - oldest.enqueuedMs : 0 },
+        { running: this.#running.length, waiting: admissible, oldestWaitMs: oldest ? performance.now() - oldest.enqueuedMs : 0 },
         this.#settings,
       );
       if (decision.kind === 'wait') {
@@ -251,8 +289,35 @@ export class BatchScheduler<Prompt> {
         this.#engine.clear();
       }
       this.#releasePrompts();
+      this.#onQueue?.(this.#waiting.length);
     }
+    this.#gate?.leave(this);
     this.#loop = undefined; // synchronously after the emptiness check: a submit from now on starts a new loop
+  }
+
+  /** Waiting foreground sequences: they come first in #waiting. */
+  #foregroundWaiting(): number {
+    const i = this.#waiting.findIndex((s) => !s.foreground);
+    return i === -1 ? this.#waiting.length : i;
+  }
+
+  /** Holds the gate while foreground work is waiting or running here, lets go otherwise; true when there is some. */
+  #holdGate(): boolean {
+    const foreground = this.#waiting[0]?.foreground === true || this.#running.some((s) => s.foreground && !s.done && !s.job.settled);
+    if (foreground) this.#gate?.enter(this);
+    else this.#gate?.leave(this);
+    return foreground;
+  }
+
+  /** Only background work here and foreground work elsewhere: wait until the gate is idle or a client request comes. */
+  async #park(gate: PriorityGate): Promise<void> {
+    this.#parked = true;
+    const since = performance.now();
+    await Promise.race([gate.idle(), new Promise<void>((resolve) => (this.#wake = resolve))]);
+    this.#parked = false;
+    this.#wake = undefined;
+    const parked = performance.now() - since;
+    for (const job of new Set(this.#running.map((s) => s.job))) job.parkedMs += parked;
   }
 
   #iterate(admitted: ReadonlyArray<Sequence<Prompt>>): void {
@@ -276,7 +341,7 @@ export class BatchScheduler<Prompt> {
     const width = this.#engine.logitsWidth;
     for (const s of admitted) {
       const { prompt } = s.job;
-      s.job.admitted++;
+      if (s.job.admitted++ === 0) s.job.startedMs = performance.now();
       if (!prompt) continue; // its job failed in prefill
       const last = prompt.logits.length / width - 1;
       s.logits = prompt.logits.subarray(last * width, last * width + this.#text.vocabSize);
@@ -337,7 +402,7 @@ export class BatchScheduler<Prompt> {
     };
     if (--job.unfinished === 0) {
       job.settled = true;
-      job.resolve({ choices: job.choices, promptLogprobs: job.promptLogprobs });
+      job.resolve({ choices: job.choices, promptLogprobs: job.promptLogprobs, serviceMs: performance.now() - job.startedMs - job.parkedMs });
     }
   }
 

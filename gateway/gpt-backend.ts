@@ -67,8 +67,8 @@ export class GptBackend implements InferenceBackend {
   }
 
   configureBatching(config: BatchingConfig): void {
-    const { onBatch, ...settings } = config;
-    this.#scheduler.configure(batchSettings(settings, this.#scheduler.settings), onBatch);
+    const { onBatch, onQueue, gate, ...settings } = config;
+    this.#scheduler.configure(batchSettings(settings, this.#scheduler.settings), { onBatch, onQueue, gate });
   }
 
   async close(): Promise<void> {

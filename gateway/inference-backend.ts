@@ -9,6 +9,7 @@
  * `stop-sequences.ts` hold the pieces every backend needs so they all behave the same: seeded sampling with
  * temperature and top-p, log-probabilities with top-k alternatives, and stop-sequence cutting that is safe to stream.
  */
+import type { PriorityGate } from './priority-gate.ts';
 
 /** What the gateway needs to know about a served model. */
 export interface ModelInfo {
@@ -104,6 +105,11 @@ export interface GenerateResult {
    * With echo and logprobs: one entry per prompt token, `null` for the first (nothing predicts it). Otherwise null.
    */
   promptLogprobs: Array<TokenLogprob | null> | null;
+  /**
+   * Batching backends: ms from the request's first admission to a batch until its end, not counting time parked
+   * behind foreground work (what the model itself took, for comparing a shadow's speed with the primary's).
+   */
+  serviceMs?: number;
 }
 
 export interface GenerateOptions {
@@ -116,6 +122,11 @@ export interface GenerateOptions {
    * a stream can show the echoed prompt with its log-probabilities first.
    */
   onPromptLogprobs?: (promptLogprobs: Array<TokenLogprob | null>) => void;
+  /**
+   * 'background' (shadow mirrors): run only when no client request is waiting or running on any backend sharing
+   * the gateway's PriorityGate, and after every foreground request of this backend. Default 'foreground'.
+   */
+  priority?: 'foreground' | 'background';
 }
 
 /**
@@ -129,6 +140,10 @@ export interface BatchingConfig {
   maxWaitMs?: number;
   /** Called with the number of sequences in each decode forward pass (the gateway's batch-size histogram). */
   onBatch?: (size: number) => void;
+  /** Shared by every backend of the gateway: background work waits while any of them has foreground work. */
+  gate?: PriorityGate;
+  /** Called with the sequences waiting for a row after each admission (the gateway's queue-depth gauge). */
+  onQueue?: (waiting: number) => void;
 }
 
 export interface InferenceBackend {

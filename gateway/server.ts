@@ -27,7 +27,8 @@ import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
 import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GatewayError, type OpenAIErrorBody } from './errors.ts';
 import type { InferenceBackend } from './inference-backend.ts';
-import { DeploymentManager, type VersionResolver } from './deployments.ts';
+import { DeploymentManager, versionLabel, type DeploymentHooks, type VersionResolver } from './deployments.ts';
+import { PriorityGate } from './priority-gate.ts';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
 import { RateLimiter, type RateLimit } from './rate-limit.ts';
 import { completionResponse, encodeJson, LogprobsBuilder, parseCompletionRequest, usageOf, type CompletionChoice, type CompletionResponse, type ParsedCompletion } from './openai.ts';
@@ -208,7 +209,9 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
       status = errorReply(err as Error).status;
       throw err;
     } finally {
-      metrics.requestSeconds.observe({ model, status: String(status) }, (performance.now() - started) / 1000);
+      const seconds = (performance.now() - started) / 1000;
+      metrics.requestSeconds.observe({ model, status: String(status) }, seconds);
+      if (routed) metrics.deploymentSeconds.observe({ deployment: model, version: routed.version, status: String(status) }, seconds);
     }
   });
 };
@@ -346,9 +349,15 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   }
   if (opts.batching) batchSettings(opts.batching); // refuse bad settings before anything starts
   const metrics = createGatewayMetrics();
-  for (const [name, backend] of opts.backends) {
-    backend.configureBatching?.({ ...opts.batching, onBatch: (size) => metrics.batchSize.observe({ model: name }, size) });
-  }
+  // One gate for every backend: shadow mirrors (background) run only while no client request waits or runs.
+  const gate = new PriorityGate();
+  const prepare = (backend: InferenceBackend, name: string) => backend.configureBatching?.({
+    ...opts.batching,
+    gate,
+    onBatch: (size) => metrics.batchSize.observe({ model: name }, size),
+    onQueue: (waiting) => metrics.queueDepth.set({ model: name }, waiting),
+  });
+  for (const [name, backend] of opts.backends) prepare(backend, name);
   if (opts.maxPromptTokens !== undefined && !(Number.isInteger(opts.maxPromptTokens) && opts.maxPromptTokens >= 1)) {
     throw new GatewayError('GW_ERR_BAD_ARGS', `maxPromptTokens must be an integer ≥ 1, got ${opts.maxPromptTokens}`);
   }
@@ -356,12 +365,14 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   if (opts.rateLimit) new RateLimiter(opts.rateLimit); // refuse a bad limit before anything starts
   // return503OnClosing off: fastify's own 503 body is not OpenAI's; the plugin's hook answers during the drain.
   const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false });
-  const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, deployments } = opts;
+  const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log } = opts;
+  const deployments = opts.deployments ?? new DeploymentManager({ resolve: noVersions, reserved: (name) => backends.has(name) });
+  deployments.setHooks(deploymentHooks(metrics, prepare, log));
   for (const d of deployments?.list() ?? []) {
     if (backends.has(d.name)) throw new GatewayError('GW_ERR_BAD_ARGS', `deployment '${d.name}' has the name of a served model; give it a name of its own`);
   }
   let closed = false;
-  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, metrics, draining: () => closed, ...(deployments ? { deployments } : {}) });
+  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, metrics, draining: () => closed, deployments });
   // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections
   // that carry no request would otherwise hold server.close() until the client drops them.
   let running = 0;
@@ -389,8 +400,37 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
       } finally {
         clearInterval(sweep);
       }
+      await deployments.close();
       await Promise.all([...opts.backends.values()].map((b) => b.close?.()));
-      await deployments?.close();
+    },
+  };
+}
+
+/** Deployment events → metrics and the log. */
+function deploymentHooks(metrics: GatewayMetrics, prepare: (backend: InferenceBackend, name: string) => void, log: Logger): DeploymentHooks {
+  return {
+    prepare,
+    onCompared(deployment, version, result, snap) {
+      const labels = { deployment, version };
+      metrics.shadowComparisons.inc({ ...labels, outcome: result.error ? 'error' : result.identical ? 'identical' : 'different' });
+      if (snap.meanTokenAgreement !== null) metrics.shadowAgreement.set(labels, snap.meanTokenAgreement);
+      if (snap.divergence !== null) metrics.shadowDivergence.set(labels, snap.divergence);
+      if (snap.meanLogprobDiff !== null) metrics.shadowLogprobDiff.set(labels, snap.meanLogprobDiff);
+      if (snap.meanLatencyDiffMs !== null) metrics.shadowLatencyDiff.set(labels, snap.meanLatencyDiffMs / 1000);
+    },
+    onDropped: (deployment, version, reason) => metrics.shadowDropped.inc({ deployment, version, reason }),
+    onQueue: (deployment, version, depth) => metrics.shadowQueueDepth.set({ deployment, version }, depth),
+    onDecision(deployment, version, state) {
+      const decision = state.decision === 'accept-h1' ? 'promote' : 'reject';
+      metrics.rolloutDecisions.inc({ deployment, version, decision });
+      log.info(`deployment ${deployment}: shadow ${version}: ${decision} (${state.successes}/${state.n} successes, llr ${state.llr.toFixed(2)})`);
+    },
+    onAudit(entry) {
+      const newPrimary = entry.old !== null && versionLabel(entry.old.primary) !== versionLabel(entry.new.primary);
+      if (entry.action === 'rollback' || entry.action === 'auto-rollback') metrics.rollbacks.inc({ deployment: entry.deployment, trigger: entry.action === 'rollback' ? 'manual' : 'auto' });
+      else if (newPrimary) metrics.promotions.inc({ deployment: entry.deployment, trigger: entry.action === 'auto-promote' ? 'auto' : 'manual' });
+      const level = entry.action.startsWith('auto') ? 'warn' : 'info';
+      log[level](`deployment ${entry.deployment}: ${entry.action} by ${entry.who}: ${versionLabel(entry.new.primary)} is the primary (${entry.reason})`);
     },
   };
 }
