@@ -9,6 +9,7 @@
  *   train-step  one agent's training step on the reference config: tokens/s, model FLOP/s vs the matmul peak
  *   pipeline    a pure-pipeline job on real agents: the measured bubble vs (p − 1)/(m + p − 1), per-stage busy time
  *   plan        the planner's predicted step time vs the measured one, for several pinned layouts on 4 agents
+ *   gateway     real gateway processes: overhead vs direct calls, throughput, batching, shadow cost, failures on switch
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   transport: () => import('./transport.ts'),
@@ -17,6 +18,7 @@ const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promi
   'train-step': () => import('./train-step.ts'),
   pipeline: () => import('./pipeline.ts'),
   plan: () => import('./plan.ts'),
+  gateway: () => import('./gateway.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

@@ -2,10 +2,14 @@
  * gateway serve --registry DIR|URL [--port 8080] [--host H] [--token T] [--api-key K]... [--admin-key K]
  *               [--model NAME[@vN]]... [--max-batch-size 16] [--max-batch-wait-ms 2] [--max-body-bytes 1048576]
  *               [--max-prompt-tokens N] [--rate-limit RPS [--rate-burst N]] [--drain-timeout-ms 10000]
- *               [--deployments FILE] [--audit-log FILE]
+ *               [--deployments FILE] [--audit-log FILE] [--shadow-queue 64] [--shadow-concurrency 4]
+ *               [--shadow-max-age-ms 30000]
  * gateway serve --fake [--model NAME]...      the test backend, no registry (development only)
- * gateway deploy --url URL --admin-key K NAME --primary MODEL@vN [--arm MODEL@vN:W]... [--sticky-header H] --reason TEXT
+ * gateway deploy --url URL --admin-key K NAME --primary MODEL@vN [--arm MODEL@vN:W]... [--shadow MODEL@vN[:PCT]]...
+ *                [--rollout JSON] [--sticky-header H] --reason TEXT
+ * gateway promote --url URL --admin-key K NAME --version MODEL@vN --reason TEXT
  * gateway rollback --url URL --admin-key K NAME --reason TEXT
+ * gateway comparison --url URL --admin-key K NAME
  *
  * Entry point of bin/gateway.js, which passes the model backend factory in (`runCli(argv, { backendFactory })`):
  * the gateway itself knows nothing about how a model runs. Exit codes: 0 ok, 1 error, 2 bad arguments.
@@ -20,14 +24,18 @@ import type { InferenceBackend } from './inference-backend.ts';
 import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './batch-scheduler.ts';
 import type { RateLimit } from './rate-limit.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
+import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
 import { apiKeyList, createGateway, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
 
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_HOST = '0.0.0.0';
 
 const HELP = `Usage: gateway serve [options]
-       gateway deploy --url URL --admin-key K NAME --primary MODEL@vN [--arm MODEL@vN:WEIGHT]... --reason TEXT
+       gateway deploy --url URL --admin-key K NAME --primary MODEL@vN [--arm MODEL@vN:WEIGHT]...
+                      [--shadow MODEL@vN[:PERCENT]]... [--rollout JSON] --reason TEXT
+       gateway promote --url URL --admin-key K NAME --version MODEL@vN --reason TEXT
        gateway rollback --url URL --admin-key K NAME --reason TEXT
+       gateway comparison --url URL --admin-key K NAME
 
 The meshtrain inference gateway: serves trained model versions from the coordinator's registry over an
 OpenAI-compatible HTTP API (POST /v1/completions with SSE streaming, GET /v1/models, /healthz, /metrics).
@@ -59,17 +67,30 @@ Options:
   --fake                TEST/DEVELOPMENT ONLY: serve FakeBackend, a deterministic character-level toy that
                         outputs gibberish, instead of trained models (no --registry; names from --model,
                         default 'fake-char'); for trying the API, clients and dashboards end to end
-  --deployments FILE    named deployments to install at start: a JSON array of
-                        {name, primary: {model, version}, arms?: [{model, version, weight}], stickyHeader?}
+  --deployments FILE    named deployments to install at start: a JSON array of {name, primary: {model, version},
+                        arms?: [{model, version, weight}], shadows?: [{model, version, percent}], stickyHeader?,
+                        rollout?} (README: Deployments)
   --audit-log FILE      append every deployment change (who, when, old → new, why) to FILE as JSON lines
+  --shadow-queue N      mirrored requests waiting per shadow version; beyond it mirrors are dropped and counted
+                        (default: ${DEFAULT_SHADOW_SETTINGS.queueCapacity})
+  --shadow-concurrency N
+                        mirrors of one shadow version generating at once (default: ${DEFAULT_SHADOW_SETTINGS.concurrency}); they
+                        run only while no client request waits or runs
+  --shadow-max-age-ms MS
+                        a mirror that waited longer is dropped as stale (default: ${DEFAULT_SHADOW_SETTINGS.maxAgeMs})
   -h, --help            show this help
 
-Deployments (deploy, rollback: call PUT /admin/deployments/NAME and POST …/rollback on a running gateway):
+Deployments (deploy, promote, rollback, comparison: the admin API of a running gateway):
   --url URL             the gateway (http://HOST:PORT)
   --primary MODEL@vN    the version serving the traffic the arms leave (1 − Σ arm weights)
   --arm MODEL@vN:W      an A/B arm with weight W in [0, 1] (repeatable; weights sum to ≤ 1)
+  --shadow MODEL@vN[:PCT]
+                        a shadow version getting copies of PCT% (default 100) of the primary's requests,
+                        compared and never returned (repeatable)
+  --rollout JSON        the rollout policy: {success?, sprt?, autoPromote?, guard?} (README: Rollouts)
+  --version MODEL@vN    promote: the shadow or arm that becomes the primary
   --sticky-header H     header holding the sticky key (default x-meshtrain-key; else the request's user field)
-  --reason TEXT         why: recorded in the audit log (required)
+  --reason TEXT         why: recorded in the audit log (required for deploy, promote, rollback)
 
 Examples:
   gateway serve --registry ./cluster/registry --api-key secret
@@ -135,6 +156,12 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     url: { type: 'string' },
     primary: { type: 'string' },
     arm: { type: 'string', multiple: true },
+    shadow: { type: 'string', multiple: true },
+    rollout: { type: 'string' },
+    version: { type: 'string' },
+    'shadow-queue': { type: 'string' },
+    'shadow-concurrency': { type: 'string' },
+    'shadow-max-age-ms': { type: 'string' },
     'sticky-header': { type: 'string' },
     reason: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -144,8 +171,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     process.stdout.write(HELP);
     return v.help ? 0 : 2;
   }
-  if (command === 'deploy' || command === 'rollback') return deployCommand(command, rest, v, out);
-  if (command !== 'serve') throw new UsageError(`unknown command '${command}'; the commands are serve, deploy and rollback`);
+  if (command === 'deploy' || command === 'rollback' || command === 'promote' || command === 'comparison') return deployCommand(command, rest, v, out);
+  if (command !== 'serve') throw new UsageError(`unknown command '${command}'; the commands are serve, deploy, promote, rollback and comparison`);
   if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
   if (v.fake && v.registry) throw new UsageError('--fake serves the test backend and reads no registry: give --fake or --registry, not both');
   if (!v.fake && !v.registry) throw new UsageError('missing --registry DIR|URL (or --fake for the test backend)');
@@ -204,7 +231,12 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     }
   }
 
-  const deployments = new DeploymentManager({ resolve, reserved: (name) => backends.has(name), ...(v['audit-log'] ? { auditLogPath: v['audit-log'] } : {}) });
+  const shadow = {
+    queueCapacity: intOption(v['shadow-queue'], 'shadow-queue', DEFAULT_SHADOW_SETTINGS.queueCapacity, 0, 1_000_000),
+    concurrency: intOption(v['shadow-concurrency'], 'shadow-concurrency', DEFAULT_SHADOW_SETTINGS.concurrency, 1, 1024),
+    maxAgeMs: intOption(v['shadow-max-age-ms'], 'shadow-max-age-ms', DEFAULT_SHADOW_SETTINGS.maxAgeMs, 1),
+  };
+  const deployments = new DeploymentManager({ resolve, shadow, reserved: (name) => backends.has(name), ...(v['audit-log'] ? { auditLogPath: v['audit-log'] } : {}) });
   if (v.deployments) {
     let text: string;
     try {
@@ -249,8 +281,8 @@ function parseModelArg(arg: string): { name: string; version: number | undefined
   return { name: m[1]!, version: m[2] === undefined ? undefined : Number(m[2]) };
 }
 
-/** `gateway deploy` / `gateway rollback`: one admin API call; prints the deployment the gateway answers with. */
-async function deployCommand(command: 'deploy' | 'rollback', rest: string[], v: Record<string, unknown>, out: (line: string) => void): Promise<number> {
+/** `gateway deploy|promote|rollback|comparison`: one admin API call; prints what the gateway answers with. */
+async function deployCommand(command: 'deploy' | 'promote' | 'rollback' | 'comparison', rest: string[], v: Record<string, unknown>, out: (line: string) => void): Promise<number> {
   const [name, ...extra] = rest;
   if (!name) throw new UsageError(`gateway ${command} needs a deployment NAME`);
   if (extra.length) throw new UsageError(`unexpected argument '${extra[0]}'`);
@@ -259,10 +291,11 @@ async function deployCommand(command: 'deploy' | 'rollback', rest: string[], v: 
   const reason = v.reason as string | undefined;
   if (!url) throw new UsageError('missing --url http://HOST:PORT of the gateway');
   if (!adminKey) throw new UsageError('missing --admin-key (or MESHTRAIN_GATEWAY_ADMIN_KEY)');
-  if (!reason) throw new UsageError('missing --reason TEXT: every change is audited with why');
-  let method = 'POST';
-  let path = `/admin/deployments/${encodeURIComponent(name)}/rollback`;
-  let body: Record<string, unknown> = { reason };
+  if (!reason && command !== 'comparison') throw new UsageError('missing --reason TEXT: every change is audited with why');
+  const base = `/admin/deployments/${encodeURIComponent(name)}`;
+  if (command !== 'deploy' && (v.primary || v.arm || v.shadow || v.rollout)) throw new UsageError(`gateway ${command} takes no --primary, --arm, --shadow or --rollout (those are for deploy)`);
+  if (command !== 'promote' && v.version) throw new UsageError('--version is for gateway promote');
+  let request: { method: string; path: string; body?: Record<string, unknown> };
   if (command === 'deploy') {
     if (!v.primary) throw new UsageError('missing --primary MODEL@vN');
     const arms = ((v.arm as string[] | undefined) ?? []).map((a) => {
@@ -270,21 +303,44 @@ async function deployCommand(command: 'deploy' | 'rollback', rest: string[], v: 
       if (!m) throw new UsageError(`--arm '${a}' should be MODEL@vN:WEIGHT`);
       return { ...parseVersionArg(m[1]!, '--arm'), weight: Number(m[2]) };
     });
-    method = 'PUT';
-    path = `/admin/deployments/${encodeURIComponent(name)}`;
-    body = { primary: parseVersionArg(v.primary as string, '--primary'), arms, reason, ...(v['sticky-header'] ? { stickyHeader: v['sticky-header'] } : {}) };
-  } else if (v.primary || v.arm) throw new UsageError('gateway rollback takes no --primary or --arm: it goes back to the previous primary');
+    const shadows = ((v.shadow as string[] | undefined) ?? []).map((a) => {
+      const m = /^(.+?)(?::([0-9.]+))?$/.exec(a)!;
+      return { ...parseVersionArg(m[1]!, '--shadow'), percent: m[2] === undefined ? 100 : Number(m[2]) };
+    });
+    let rollout: unknown;
+    if (v.rollout !== undefined) {
+      try {
+        rollout = JSON.parse(v.rollout as string);
+      } catch (err) {
+        throw new UsageError(`--rollout must be JSON such as '{"autoPromote": true}': ${(err as Error).message}`);
+      }
+    }
+    request = {
+      method: 'PUT',
+      path: base,
+      body: { primary: parseVersionArg(v.primary as string, '--primary'), arms, shadows, reason, ...(rollout === undefined ? {} : { rollout }), ...(v['sticky-header'] ? { stickyHeader: v['sticky-header'] } : {}) },
+    };
+  } else if (command === 'promote') {
+    if (!v.version) throw new UsageError('missing --version MODEL@vN: the shadow or arm to promote');
+    parseVersionArg(v.version as string, '--version');
+    request = { method: 'POST', path: `${base}/promote`, body: { version: v.version, reason } };
+  } else if (command === 'rollback') request = { method: 'POST', path: `${base}/rollback`, body: { reason } };
+  else request = { method: 'GET', path: `${base}/comparison` };
   let res: Response;
   try {
-    res = await fetch(`${url.replace(/\/+$/, '')}${path}`, { method, headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    res = await fetch(`${url.replace(/\/+$/, '')}${request.path}`, {
+      method: request.method,
+      headers: { authorization: `Bearer ${adminKey}`, ...(request.body ? { 'content-type': 'application/json' } : {}) },
+      ...(request.body ? { body: JSON.stringify(request.body) } : {}),
+    });
   } catch (err) {
     throw new GatewayError('GW_ERR_ADMIN_CALL', `cannot reach the gateway at ${url}: ${(err as Error).message}`, { cause: err });
   }
   const doc = (await res.json().catch(() => ({}))) as { deployment?: unknown; error?: { message?: string; code?: string | null } };
   if (!res.ok) {
-    throw new GatewayError('GW_ERR_ADMIN_CALL', `${method} ${path}: ${res.status} ${doc.error?.message ?? res.statusText}`);
+    throw new GatewayError('GW_ERR_ADMIN_CALL', `${request.method} ${request.path}: ${res.status} ${doc.error?.message ?? res.statusText}`);
   }
-  out(JSON.stringify(doc.deployment));
+  out(JSON.stringify(command === 'comparison' ? doc : doc.deployment));
   return 0;
 }
 

@@ -21,6 +21,7 @@ export interface FakeBackendOptions {
   delayMsPerToken?: number; // sleep between tokens, to make streams slow enough to abort (default 0)
   failWith?: Error; // generate() rejects with this (tests of the 500 path)
   createdS?: number; // default 0 (a fixed time keeps /v1/models deterministic)
+  variant?: number; // another "version" of the toy: different logits, so different answers (default 0)
 }
 
 export class FakeBackend implements InferenceBackend {
@@ -30,11 +31,13 @@ export class FakeBackend implements InferenceBackend {
   aborted = 0;
   readonly #delayMs: number;
   readonly #failWith: Error | undefined;
+  readonly #variant: number;
 
   constructor(opts: FakeBackendOptions = {}) {
     this.info = { id: opts.id ?? 'fake-char', contextLength: opts.contextLength ?? 256, vocabSize: VOCAB.length, createdS: opts.createdS ?? 0, ownedBy: 'meshtrain-fake' };
     this.#delayMs = opts.delayMsPerToken ?? 0;
     this.#failWith = opts.failWith;
+    this.#variant = opts.variant ?? 0;
   }
 
   tokenize(text: string): number[] {
@@ -47,7 +50,7 @@ export class FakeBackend implements InferenceBackend {
 
   /** The toy model: logits for the next token depend only on the last three tokens. Peaked (cubed uniform) so top_p matters. */
   logits(context: readonly number[]): Float64Array {
-    let h = 0x811c9dc5;
+    let h = 0x811c9dc5 ^ Math.imul(this.#variant, 0x27d4eb2d);
     for (let i = Math.max(0, context.length - 3); i < context.length; i++) h = mix32(h ^ (context[i]! + 1));
     const out = new Float64Array(VOCAB.length);
     for (let v = 0; v < VOCAB.length; v++) {

@@ -1,0 +1,391 @@
+/**
+ * npm run bench -- gateway [--seconds S] [--rounds R]
+ *
+ * The inference gateway as users run it: two `bin/gateway.js serve --registry DIR` child processes on loopback
+ * (A: default batching; B: --max-batch-size 1), each with an admin key and a deployments file, loaded by the load
+ * generator (bench/support/load-generator.ts) from this process. The registry holds model `bench` v1 (GPT seed 1)
+ * and v2 (seed 2): BPE vocab 512 on three demo documents, d 128, 4 layers, 4 heads, context 128 (a size where
+ * batching pays). Deployments: plain = bench@v1; shadowed = bench@v1 with bench@v2 mirrored at 100 %; switch =
+ * bench@v1. Conditions compared with each other run interleaved in rounds, so machine noise hits both alike.
+ *   overhead_p50_ms / _p99_ms  one sequential client, a ~16-token prompt, max_tokens 4, temperature 0, fixed seed:
+ *                     quantile of HTTP calls to A `plain` − the same quantile of direct GptBackend.generate calls in
+ *                     this process on the same version (same registry files, same compute backend choice as
+ *                     bin/gateway.js), alternating blocks of R_o calls (one keep-alive connection, as a client keeps)
+ *   max_throughput_rps closed loop, 16 clients, max_tokens 32, temperature 1, distinct seeds, varied prompts, A plain
+ *   batching_speedup  that closed loop's throughput on A / on B (plain on each)
+ *   shadow_p99_increase  open loop at 0.25 × max_throughput_rps, A shadowed vs A plain: p99(shadowed)/p99(plain) − 1
+ *                     (latency from the scheduled send time); shadow_compared / shadow_dropped from the comparison
+ *   shadow_saturated_throughput  closed loop (16 clients) throughput on A shadowed / on A plain
+ *   failed_requests   open loop at 0.5 × max_throughput_rps on A `switch` while the bench switches it every ~400 ms
+ *                     (PUT primary bench@v2, then POST rollback, alternately): non-200 responses + network errors;
+ *                     switches (admin calls that succeeded), switch_ms_max (slowest admin call)
+ * Between rounds that follow shadowed traffic the bench waits for the shadow queue to drain, so left-over mirrors
+ * never run inside the next condition's round. `details` has every phase's status counts and errors.
+ * --seconds S (default 5) is the length of an open-loop round and of the switch phase; closed-loop rounds are
+ * 0.6 S and the max-throughput run 0.8 S. --rounds R (default 3) rounds per comparison. Default run: ~2.5 minutes.
+ */
+import http from 'node:http';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { intOption, parseCli } from '../common/cli.ts';
+import { gptBackendFactory } from '../gateway/gpt-backend.ts';
+import type { GenerateRequest, InferenceBackend } from '../gateway/inference-backend.ts';
+import { DirRegistrySource } from '../gateway/registry-source.ts';
+import { loadDemoCorpus } from '../model/corpus.ts';
+import { trainBpe } from '../model/tokenizer.ts';
+import { loadBackend, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { makeRegistry, startGateway, type GatewayProcess } from './support/gateway-fixture.ts';
+import { closedLoop, openLoop, quantile, type LoadRequest, type LoadResult } from './support/load-generator.ts';
+
+const ADMIN_KEY = 'bench-admin-key';
+const MODEL = 'bench';
+const CLIENTS = 16;
+const LOAD_MAX_TOKENS = 32;
+const SMALL_MAX_TOKENS = 4;
+const SMALL_SEED = 1234;
+const OVERHEAD_ROUNDS = 20, OVERHEAD_BLOCK = 10;
+const SWITCH_EVERY_MS = 400;
+
+const TARGETS = {
+  overhead_p50_ms: 0.5,
+  overhead_p99_ms: 2,
+  shadow_p99_increase: 0.05,
+  shadow_saturated_throughput: 0.9,
+  batching_speedup: 3,
+  failed_requests: 0,
+} as const;
+const AT_MOST = new Set(['overhead_p50_ms', 'overhead_p99_ms', 'shadow_p99_increase', 'failed_requests']);
+
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+const r2 = (x: number) => Math.round(x * 100) / 100;
+const log = (line: string) => process.stderr.write(`[gateway] ${line}\n`);
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** One request over a keep-alive agent: status, body and the time to the end of the body. Rejects on network errors. */
+function call(agent: http.Agent, base: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: string; ms: number }> {
+  const target = new URL(base);
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = http.request({
+      hostname: target.hostname, port: target.port, method, path, agent,
+      headers: { ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)) }), ...headers },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), ms: performance.now() - t0 }));
+      res.on('error', reject);
+    });
+    req.setTimeout(60_000, () => req.destroy(new Error('timeout after 60 s')));
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+const admin = { authorization: `Bearer ${ADMIN_KEY}` };
+
+/** Pools several rounds of one condition. */
+class Pool {
+  ok = 0; sent = 0; errors = 0; seconds = 0;
+  latencies: number[] = [];
+  statuses: Record<string, number> = {};
+  errorMessages = new Set<string>();
+  add(r: LoadResult): void {
+    this.ok += r.ok; this.sent += r.sent; this.errors += r.errors; this.seconds += r.durationS;
+    for (const l of r.latenciesMs) this.latencies.push(l);
+    for (const [s, n] of Object.entries(r.statuses)) this.statuses[s] = (this.statuses[s] ?? 0) + n;
+    for (const m of r.errorMessages) if (this.errorMessages.size < 5) this.errorMessages.add(m);
+  }
+  get rps(): number { return this.seconds > 0 ? this.ok / this.seconds : 0; }
+  get failed(): number { return this.sent - this.ok; }
+  summary(): object {
+    return {
+      sent: this.sent, ok: this.ok, rps: r2(this.rps), seconds: r2(this.seconds),
+      p50_ms: r2(quantile(this.latencies, 0.5)), p99_ms: r2(quantile(this.latencies, 0.99)),
+      statuses: this.statuses, non_200: Object.entries(this.statuses).filter(([s]) => s !== '200').reduce((a, [, n]) => a + n, 0),
+      network_errors: this.errors, error_messages: [...this.errorMessages],
+    };
+  }
+  line(): string {
+    return `${this.rps.toFixed(1)} rps, p50 ${quantile(this.latencies, 0.5).toFixed(1)} ms, p99 ${quantile(this.latencies, 0.99).toFixed(1)} ms, ok ${this.ok}/${this.sent}`;
+  }
+}
+
+export default async function main(argv: string[]): Promise<object> {
+  const { values } = parseCli(argv, { seconds: { type: 'string' }, rounds: { type: 'string' } });
+  const seconds = values.seconds === undefined ? 5 : Number(values.seconds);
+  if (!(seconds > 0)) throw new Error(`--seconds must be a positive number, got ${values.seconds}`);
+  const rounds = intOption(values.rounds, 'rounds', 3, 1, 100);
+  const openMs = seconds * 1000, closedMs = 0.6 * seconds * 1000, maxMs = 0.8 * seconds * 1000;
+  const started = performance.now();
+
+  const data = mkdtempSync(join(tmpdir(), 'meshtrain-bench-gateway-'));
+  const gateways: GatewayProcess[] = [];
+  let direct: InferenceBackend | undefined;
+  const cleanup = (): void => {
+    for (const g of gateways) g.kill();
+    rmSync(data, { recursive: true, force: true });
+  };
+  const onSignal = (): void => { cleanup(); process.exit(130); };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    // ---- set-up -----------------------------------------------------------------------------------------------
+    const choice = (process.env.MESHTRAIN_BACKEND ?? 'auto') as BackendChoice; // what bin/gateway.js does
+    const compute = await loadBackend(choice);
+    const corpus = loadDemoCorpus();
+    const tokenizer = await trainBpe(corpus.documents.slice(0, 3), { vocabSize: 512 });
+    const config = { vocabSize: tokenizer.vocabSize, nCtx: 128, nLayer: 4, nHead: 4, nEmbd: 128 };
+    const { registry, versions } = await makeRegistry(data, MODEL, config, tokenizer, [1, 2]);
+    if (versions[0] !== 1 || versions[1] !== 2) throw new Error(`expected versions 1 and 2 in a fresh registry, got ${versions.join(', ')}`);
+    const deploymentsFile = join(data, 'deployments.json');
+    writeFileSync(deploymentsFile, JSON.stringify([
+      { name: 'plain', primary: { model: MODEL, version: 1 } },
+      { name: 'shadowed', primary: { model: MODEL, version: 1 }, shadows: [{ model: MODEL, version: 2, percent: 100 }] },
+      { name: 'switch', primary: { model: MODEL, version: 1 } },
+    ]));
+    log(`compute backend ${compute.name}; vocab ${tokenizer.vocabSize}, d 128, 4 layers, ctx 128; starting gateways A (default batching) and B (--max-batch-size 1)`);
+    const common = ['--registry', registry, '--admin-key', ADMIN_KEY, '--deployments', deploymentsFile];
+    const startA = startGateway(common), startB = startGateway([...common, '--max-batch-size', '1']);
+    const [a, b] = await Promise.allSettled([startA, startB]);
+    for (const s of [a, b]) if (s.status === 'fulfilled') gateways.push(s.value);
+    if (a.status === 'rejected') throw a.reason;
+    if (b.status === 'rejected') throw b.reason;
+    const A = a.value.url, B = b.value.url;
+
+    // The direct baseline: the same version, loaded the way the gateway loads it, in this process.
+    const v1 = await new DirRegistrySource(registry).load(MODEL, 1);
+    direct = await gptBackendFactory(v1.files, v1.meta);
+    log(`A ${A}, B ${B}; set-up ${((performance.now() - started) / 1000).toFixed(1)} s`);
+
+    // ---- requests ---------------------------------------------------------------------------------------------
+    const text = corpus.documents[5]!;
+    const words = text.split(/\s+/).filter(Boolean);
+    let small = '';
+    for (const w of words) { small = small ? `${small} ${w}` : w; if (direct.tokenize(small).length >= 16) break; }
+    const smallIds = direct.tokenize(small);
+    const smallReq: GenerateRequest = { promptIds: smallIds, maxTokens: SMALL_MAX_TOKENS, temperature: 0, topP: 1, stop: [], seed: SMALL_SEED, n: 1, logprobs: undefined, echo: false };
+    const smallBody = (model: string) => ({ model, prompt: small, max_tokens: SMALL_MAX_TOKENS, temperature: 0, seed: SMALL_SEED });
+    const prompts = Array.from({ length: CLIENTS }, (_, i) => {
+      const ids = direct!.tokenize(text.slice(i * 100, i * 100 + 40 + 7 * i)).slice(0, 60);
+      return direct!.detokenize(ids);
+    });
+    const promptLens = prompts.map((p) => direct!.tokenize(p).length);
+    let seedCounter = 1;
+    const loadRequest = (model: string) => (i: number): LoadRequest => ({
+      method: 'POST', path: '/v1/completions', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model, prompt: prompts[i % prompts.length], max_tokens: LOAD_MAX_TOKENS, temperature: 1, seed: seedCounter++ }),
+    });
+    const completions = (base: string) => `${base}/v1/completions`;
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+
+    const comparison = async (): Promise<{ shadows: Array<{ queue: { depth: number; running: number }; dropped: Record<string, number>; offered: number; comparison: { count: number; errors?: number } }> }> => {
+      const r = await call(agent, A, 'GET', '/admin/deployments/shadowed/comparison', undefined, admin);
+      if (r.status !== 200) throw new Error(`GET comparison: ${r.status} ${r.body.slice(0, 300)}`);
+      return JSON.parse(r.body);
+    };
+    /** Waits until A's shadow has nothing queued or running, so its work stays out of the next round. */
+    const drainShadow = async (): Promise<number> => {
+      const t0 = performance.now();
+      for (;;) {
+        const c = await comparison();
+        const q = c.shadows[0]!.queue;
+        if (q.depth === 0 && q.running === 0) return performance.now() - t0;
+        if (performance.now() - t0 > 120_000) throw new Error('the shadow queue did not drain within 120 s');
+        await sleep(50);
+      }
+    };
+
+    // ---- warm-up and a correctness check ---------------------------------------------------------------------
+    const directResult = await direct.generate(smallReq);
+    for (const [name, base, model] of [['A plain', A, 'plain'], ['A shadowed', A, 'shadowed'], ['A switch', A, 'switch'], ['B plain', B, 'plain']] as const) {
+      const r = await call(agent, base, 'POST', '/v1/completions', smallBody(model));
+      if (r.status !== 200) throw new Error(`${name}: ${r.status} ${r.body.slice(0, 300)}`);
+      const got = (JSON.parse(r.body) as { choices: Array<{ text: string }> }).choices[0]!.text;
+      if (got !== directResult.choices[0]!.text) throw new Error(`${name} answered ${JSON.stringify(got)}, the direct call ${JSON.stringify(directResult.choices[0]!.text)}: not the same model`);
+    }
+    for (let i = 0; i < 20; i++) { await direct.generate(smallReq); await call(agent, A, 'POST', '/v1/completions', smallBody('plain')); }
+    const warm: Record<string, object> = {};
+    for (const [name, base, model] of [['A_plain', A, 'plain'], ['B_plain', B, 'plain'], ['A_shadowed', A, 'shadowed']] as const) {
+      const r = await closedLoop({ url: completions(base), clients: CLIENTS, requests: 2 * CLIENTS, request: loadRequest(model) });
+      warm[name] = { ok: r.ok, sent: r.sent, statuses: r.statuses, errors: r.errors };
+    }
+    await drainShadow();
+    log(`warm-up done (${((performance.now() - started) / 1000).toFixed(1)} s); small prompt ${smallIds.length} tokens; load prompts ${Math.min(...promptLens)}–${Math.max(...promptLens)} tokens`);
+
+    // ---- 1. overhead ------------------------------------------------------------------------------------------
+    const directMs: number[] = [], gatewayMs: number[] = [];
+    const overheadStatuses: Record<string, number> = {};
+    let overheadMismatch = 0;
+    for (let k = 0; k < OVERHEAD_ROUNDS; k++) {
+      const blocks = [
+        async () => { for (let i = 0; i < OVERHEAD_BLOCK; i++) { const t0 = performance.now(); await direct!.generate(smallReq); directMs.push(performance.now() - t0); } },
+        async () => {
+          for (let i = 0; i < OVERHEAD_BLOCK; i++) {
+            const r = await call(agent, A, 'POST', '/v1/completions', smallBody('plain'));
+            overheadStatuses[r.status] = (overheadStatuses[r.status] ?? 0) + 1;
+            if (r.status === 200) {
+              gatewayMs.push(r.ms);
+              if ((JSON.parse(r.body) as { choices: Array<{ text: string }> }).choices[0]!.text !== directResult.choices[0]!.text) overheadMismatch++;
+            }
+          }
+        },
+      ];
+      if (k % 2) blocks.reverse();
+      for (const block of blocks) await block();
+      if (k % 5 === 4 || k === OVERHEAD_ROUNDS - 1) {
+        log(`overhead round ${k + 1}/${OVERHEAD_ROUNDS}: direct p50 ${quantile(directMs, 0.5).toFixed(2)} p99 ${quantile(directMs, 0.99).toFixed(2)} ms; gateway p50 ${quantile(gatewayMs, 0.5).toFixed(2)} p99 ${quantile(gatewayMs, 0.99).toFixed(2)} ms`);
+      }
+    }
+    const overhead = {
+      direct_p50_ms: r3(quantile(directMs, 0.5)), gateway_p50_ms: r3(quantile(gatewayMs, 0.5)),
+      direct_p99_ms: r3(quantile(directMs, 0.99)), gateway_p99_ms: r3(quantile(gatewayMs, 0.99)),
+      samples: { direct: directMs.length, gateway: gatewayMs.length },
+      statuses: overheadStatuses, text_mismatches: overheadMismatch,
+    };
+
+    // ---- 2. max throughput ------------------------------------------------------------------------------------
+    const maxPool = new Pool();
+    maxPool.add(await closedLoop({ url: completions(A), clients: CLIENTS, durationMs: maxMs, request: loadRequest('plain') }));
+    log(`max throughput (A plain, ${CLIENTS} clients, ${LOAD_MAX_TOKENS} tokens): ${maxPool.line()}`);
+    const maxRps = maxPool.rps;
+    if (!(maxRps > 0)) throw new Error(`no successful request in the max-throughput run: ${JSON.stringify(maxPool.summary())}`);
+
+    // ---- 3. batching: A vs B ----------------------------------------------------------------------------------
+    const batchA = new Pool(), batchB = new Pool();
+    for (let k = 0; k < rounds; k++) {
+      const order: Array<[Pool, string, string]> = [[batchA, A, 'A'], [batchB, B, 'B']];
+      if (k % 2) order.reverse();
+      for (const [pool, base, name] of order) {
+        pool.add(await closedLoop({ url: completions(base), clients: CLIENTS, durationMs: closedMs, request: loadRequest('plain') }));
+        log(`batching round ${k + 1}/${rounds} ${name}: ${pool.line()}`);
+      }
+    }
+
+    // ---- 4. shadow at a fixed rate ----------------------------------------------------------------------------
+    const openRate = 0.25 * maxRps;
+    const shPlain = new Pool(), shShadowed = new Pool();
+    const drainsMs: number[] = [];
+    for (let k = 0; k < rounds; k++) {
+      const order: Array<[Pool, string]> = [[shPlain, 'plain'], [shShadowed, 'shadowed']];
+      if (k % 2) order.reverse();
+      for (const [pool, model] of order) {
+        pool.add(await openLoop({ url: completions(A), ratePerS: openRate, durationMs: openMs, request: loadRequest(model) }));
+        if (model === 'shadowed') drainsMs.push(await drainShadow());
+        log(`shadow open loop ${openRate.toFixed(2)} rps, round ${k + 1}/${rounds} ${model}: ${pool.line()}`);
+      }
+    }
+    const afterOpen = (await comparison()).shadows[0]!;
+
+    // ---- 5. shadow at saturation ------------------------------------------------------------------------------
+    const satPlain = new Pool(), satShadowed = new Pool();
+    for (let k = 0; k < rounds; k++) {
+      const order: Array<[Pool, string]> = [[satPlain, 'plain'], [satShadowed, 'shadowed']];
+      if (k % 2) order.reverse();
+      for (const [pool, model] of order) {
+        pool.add(await closedLoop({ url: completions(A), clients: CLIENTS, durationMs: closedMs, request: loadRequest(model) }));
+        if (model === 'shadowed') drainsMs.push(await drainShadow());
+        log(`shadow saturated, round ${k + 1}/${rounds} ${model}: ${pool.line()}`);
+      }
+    }
+    const shadowEnd = (await comparison()).shadows[0]!;
+
+    // ---- 6. switching under load ------------------------------------------------------------------------------
+    const switchRate = 0.5 * maxRps;
+    const adminCalls: Array<{ action: string; status: number | string; ms: number }> = [];
+    let loadDone = false;
+    const switcher = (async () => {
+      let toV2 = true;
+      while (!loadDone) {
+        const t0 = performance.now();
+        const action = toV2 ? 'put-v2' : 'rollback';
+        try {
+          const r = toV2
+            ? await call(agent, A, 'PUT', '/admin/deployments/switch', { primary: { model: MODEL, version: 2 }, reason: 'bench' }, admin)
+            : await call(agent, A, 'POST', '/admin/deployments/switch/rollback', { reason: 'bench' }, admin);
+          adminCalls.push({ action, status: r.status, ms: r.ms });
+          if (r.status !== 200) log(`admin ${action}: ${r.status} ${r.body.slice(0, 200)}`);
+        } catch (err) {
+          adminCalls.push({ action, status: (err as Error).message, ms: performance.now() - t0 });
+        }
+        toV2 = !toV2;
+        await sleep(SWITCH_EVERY_MS - (performance.now() - t0));
+      }
+    })();
+    const switchPool = new Pool();
+    try {
+      switchPool.add(await openLoop({ url: completions(A), ratePerS: switchRate, durationMs: openMs, request: loadRequest('switch') }));
+    } finally {
+      loadDone = true;
+      await switcher;
+    }
+    const switches = adminCalls.filter((c) => c.status === 200).length;
+    log(`switch open loop ${switchRate.toFixed(2)} rps with ${switches}/${adminCalls.length} switches: ${switchPool.line()}`);
+    const audit = await call(agent, A, 'GET', '/admin/deployments/switch/audit', undefined, admin);
+    const auditEntries = audit.status === 200 ? (JSON.parse(audit.body) as { audit?: unknown[] }).audit : undefined;
+    agent.destroy();
+
+    // ---- results ----------------------------------------------------------------------------------------------
+    const droppedSum = (d: Record<string, number>) => Object.values(d).reduce((x, y) => x + y, 0);
+    const results = {
+      overhead_p50_ms: r3(overhead.gateway_p50_ms - overhead.direct_p50_ms),
+      overhead_p99_ms: r3(overhead.gateway_p99_ms - overhead.direct_p99_ms),
+      max_throughput_rps: r2(maxRps),
+      batching_speedup: r2(batchA.rps / batchB.rps),
+      shadow_p99_increase: r3(quantile(shShadowed.latencies, 0.99) / quantile(shPlain.latencies, 0.99) - 1),
+      shadow_saturated_throughput: r3(satShadowed.rps / satPlain.rps),
+      failed_requests: switchPool.failed,
+    };
+    const met = Object.fromEntries(Object.entries(TARGETS).map(([key, target]) => {
+      const value = results[key as keyof typeof results];
+      return [key, Number.isFinite(value) && (AT_MOST.has(key) ? value <= target : value >= target)];
+    }));
+    const elapsedS = r2((performance.now() - started) / 1000);
+    log(`done in ${elapsedS} s`);
+    return {
+      ...results,
+      direct_p50_ms: overhead.direct_p50_ms,
+      gateway_p50_ms: overhead.gateway_p50_ms,
+      direct_p99_ms: overhead.direct_p99_ms,
+      gateway_p99_ms: overhead.gateway_p99_ms,
+      shadow_compared: shadowEnd.comparison.count,
+      shadow_dropped: droppedSum(shadowEnd.dropped),
+      switches,
+      switch_ms_max: r2(Math.max(...adminCalls.map((c) => c.ms))),
+      targets: TARGETS,
+      met,
+      details: {
+        compute_backend: compute.name,
+        model: { ...config, versions },
+        small_prompt_tokens: smallIds.length,
+        load_prompt_tokens: promptLens,
+        seconds, rounds, elapsed_s: elapsedS,
+        warmup: warm,
+        overhead,
+        max_throughput: maxPool.summary(),
+        batching: { A: batchA.summary(), B: batchB.summary() },
+        shadow_open_loop: {
+          rate_rps: r2(openRate), plain: shPlain.summary(), shadowed: shShadowed.summary(),
+          shadow_after: { offered: afterOpen.offered, compared: afterOpen.comparison.count, dropped: afterOpen.dropped },
+        },
+        shadow_saturated: { plain: satPlain.summary(), shadowed: satShadowed.summary() },
+        shadow_end: { offered: shadowEnd.offered, compared: shadowEnd.comparison.count, comparison_errors: shadowEnd.comparison.errors, dropped: shadowEnd.dropped },
+        shadow_drain_ms: drainsMs.map(Math.round),
+        switch: {
+          rate_rps: r2(switchRate), load: switchPool.summary(),
+          admin_calls: adminCalls.length, admin_statuses: adminCalls.reduce<Record<string, number>>((acc, c) => { acc[String(c.status)] = (acc[String(c.status)] ?? 0) + 1; return acc; }, {}),
+          admin_ms: adminCalls.map((c) => r2(c.ms)),
+          audit_entries: auditEntries?.length ?? null,
+        },
+        gateway_stderr: Object.fromEntries(gateways.map((g, i) => [i === 0 ? 'A' : 'B', g.stderr().slice(-1500)])),
+      },
+    };
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await Promise.resolve(direct?.close?.()).catch(() => {});
+    cleanup();
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Foreground before background on the real GPT backend: a shadow's forward passes wait while any client request
+ * waits or runs on a backend sharing the gate, and background output is unchanged by the waiting.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs';
+import { GPT } from '../../model/gpt.ts';
+import { trainBpe } from '../../model/tokenizer.ts';
+import { loadDemoCorpus } from '../../model/corpus.ts';
+import { GptBackend } from '../../gateway/gpt-backend.ts';
+import { PriorityGate } from '../../gateway/priority-gate.ts';
+import type { GenerateRequest } from '../../gateway/inference-backend.ts';
+import { generateRequest } from './support.ts';
+
+await tf.setBackend('cpu');
+const tokenizer = await trainBpe([loadDemoCorpus().documents[5]!], { vocabSize: 300 });
+const config = { vocabSize: 304, nCtx: 64, nLayer: 2, nHead: 2, nEmbd: 16 };
+
+/** A backend on the gate whose decode forwards are logged as `name`. */
+function backend(t: TestContext, name: string, gate: PriorityGate, log: string[], seed = 11): GptBackend {
+  const b = new GptBackend(new GPT(config, { seed }), tokenizer, { id: name, createdS: 0, ownedBy: 'test' });
+  b.configureBatching({ gate, maxWaitMs: 0, onBatch: () => log.push(name) });
+  t.after(() => b.close());
+  return b;
+}
+
+const request = (prompt: string, over: Partial<GenerateRequest> = {}) => generateRequest(tokenizer.encode(prompt), { maxTokens: 16, ...over });
+
+test('a background request on another backend runs no forward pass while a client request runs', async (t) => {
+  const gate = new PriorityGate();
+  const log: string[] = [];
+  const primary = backend(t, 'primary', gate, log);
+  const shadow = backend(t, 'shadow', gate, log, 12);
+  const alone = await new GptBackend(new GPT(config, { seed: 12 }), tokenizer, { id: 'ref', createdS: 0, ownedBy: 'test' }).generate(request('We the people'));
+  log.length = 0;
+  const bg = shadow.generate(request('We the people'), { priority: 'background' });
+  await new Promise((r) => setImmediate(r)); // the shadow starts first: its first forward is under way
+  const started = performance.now();
+  const fg = primary.generate(request('The state of the Union'));
+  const fgResult = await fg;
+  const fgMs = performance.now() - started;
+  const bgResult = await bg;
+  const firstPrimary = log.indexOf('primary');
+  const lastPrimary = log.lastIndexOf('primary');
+  const shadowDuring = log.slice(firstPrimary, lastPrimary).filter((n) => n === 'shadow').length;
+  assert.equal(shadowDuring, 0, `no shadow forward between the client's first and last: ${log.join(' ')}`);
+  assert.ok(log.slice(0, firstPrimary).filter((n) => n === 'shadow').length <= 1, `at most the one shadow forward under way when the client came: ${log.join(' ')}`);
+  assert.equal(fgResult.choices[0]!.sampledTokens, 16);
+  assert.deepEqual(bgResult.choices, alone.choices, 'parking does not change what the shadow generates');
+  assert.ok(bgResult.serviceMs! < fgMs + 1000, 'service time is reported');
+});
+
+test('on one backend, foreground sequences are admitted before background ones that arrived earlier', async (t) => {
+  const gate = new PriorityGate();
+  const b = backend(t, 'both', gate, []);
+  b.configureBatching({ maxBatchSize: 1 }); // one row: admission order is completion order
+  const run = async (startBackgroundFirst: boolean) => {
+    const order: string[] = [];
+    const bgs = [0, 1].map((i) => b.generate(request('We the people', { seed: i, maxTokens: 4 }), { priority: 'background' }).then(() => order.push(`bg${i}`)));
+    if (startBackgroundFirst) await new Promise((r) => setImmediate(r)); // bg0 takes the row
+    const fgs = [0, 1].map((i) => b.generate(request('The Union', { seed: i, maxTokens: 4 })).then(() => order.push(`fg${i}`)));
+    await Promise.all([...bgs, ...fgs]);
+    return order;
+  };
+  assert.deepEqual(await run(false), ['fg0', 'fg1', 'bg0', 'bg1'], 'submitted together: the clients first');
+  assert.deepEqual(await run(true), ['bg0', 'fg0', 'fg1', 'bg1'], 'bg0 already running finishes; then the clients, then the rest of the background');
+});
+
+test('the gate wakes parked background work when the last foreground holder leaves', async () => {
+  const gate = new PriorityGate();
+  const a = {};
+  const b = {};
+  gate.enter(a);
+  gate.enter(b);
+  let woke = false;
+  const idle = gate.idle().then(() => (woke = true));
+  gate.leave(a);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(woke, false, 'b still holds it');
+  gate.leave(b);
+  await idle;
+  assert.equal(woke, true);
+  assert.equal(gate.busy, false);
+  await gate.idle(); // resolves at once when idle
+});
