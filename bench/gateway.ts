@@ -12,7 +12,12 @@
  *                     this process on the same version (same registry files, same compute backend choice as
  *                     bin/gateway.js), alternating blocks of R_o calls (one keep-alive connection, as a client keeps)
  *   max_throughput_rps closed loop, 16 clients, max_tokens 32, temperature 1, distinct seeds, varied prompts, A plain
- *   batching_speedup  that closed loop's throughput on A / on B (plain on each)
+ *   batching_speedup  that closed loop's throughput on A / on B (plain on each); details.batching also has each
+ *                     gateway's mean decode batch size (its /metrics) and the same loop on the direct backend in this
+ *                     process, interleaved with them (how much of the batched throughput the HTTP path keeps)
+ *   details.overhead  also the same small request with the prompt as token ids, and GET /healthz (the bare HTTP round
+ *                     trip), interleaved with the blocks above: where the overhead goes
+ *   gateway_cpu_ms_per_ok  per condition: the serving gateway's CPU time (/proc) over its rounds per 200 response
  *   shadow_p99_increase  open loop at 0.25 × max_throughput_rps, A shadowed vs A plain: p99(shadowed)/p99(plain) − 1
  *                     (latency from the scheduled send time); shadow_compared / shadow_dropped from the comparison
  *   shadow_saturated_throughput  closed loop (16 clients) throughput on A shadowed / on A plain
@@ -25,7 +30,7 @@
  * 0.6 S and the max-throughput run 0.8 S. --rounds R (default 3) rounds per comparison. Default run: ~2.5 minutes.
  */
 import http from 'node:http';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -89,10 +94,16 @@ const admin = { authorization: `Bearer ${ADMIN_KEY}` };
 /** Pools several rounds of one condition. */
 class Pool {
   ok = 0; sent = 0; errors = 0; seconds = 0;
+  /** CPU seconds the serving gateway process used during this condition's rounds (shadow work included). */
+  gatewayCpuS = 0;
+  /** Wall seconds over which gatewayCpuS was taken (the rounds, plus the shadow's drain after shadowed ones). */
+  cpuWallS = 0;
   latencies: number[] = [];
   statuses: Record<string, number> = {};
   errorMessages = new Set<string>();
-  add(r: LoadResult): void {
+  /** Adds a round; `cpu`: the gateway's CPU seconds and the wall seconds they were taken over. */
+  add(r: LoadResult, cpu?: { cpuS: number; wallS: number }): void {
+    if (cpu && Number.isFinite(cpu.cpuS)) { this.gatewayCpuS += cpu.cpuS; this.cpuWallS += cpu.wallS; }
     this.ok += r.ok; this.sent += r.sent; this.errors += r.errors; this.seconds += r.durationS;
     for (const l of r.latenciesMs) this.latencies.push(l);
     for (const [s, n] of Object.entries(r.statuses)) this.statuses[s] = (this.statuses[s] ?? 0) + n;
@@ -106,11 +117,74 @@ class Pool {
       p50_ms: r2(quantile(this.latencies, 0.5)), p99_ms: r2(quantile(this.latencies, 0.99)),
       statuses: this.statuses, non_200: Object.entries(this.statuses).filter(([s]) => s !== '200').reduce((a, [, n]) => a + n, 0),
       network_errors: this.errors, error_messages: [...this.errorMessages],
+      ...(this.gatewayCpuS > 0 ? { gateway_cpu_ms_per_ok: r2((this.gatewayCpuS * 1000) / this.ok), gateway_cores_busy: r2(this.gatewayCpuS / this.cpuWallS) } : {}),
     };
   }
   line(): string {
     return `${this.rps.toFixed(1)} rps, p50 ${quantile(this.latencies, 0.5).toFixed(1)} ms, p99 ${quantile(this.latencies, 0.99).toFixed(1)} ms, ok ${this.ok}/${this.sent}`;
   }
+}
+
+const CLK_TCK = 100; // Linux USER_HZ
+/** Starts a CPU measurement of `pid`; call the result to get {cpuS, wallS} since. */
+function cpuMeter(pid: number | undefined): () => { cpuS: number; wallS: number } {
+  const c0 = cpuSample(pid);
+  return () => { const c1 = cpuSample(pid); return { cpuS: c1.cpuS - c0.cpuS, wallS: (c1.at - c0.at) / 1000 }; };
+}
+/** CPU seconds (user + system) a process has used so far, from /proc (NaN where /proc is not there), and when. */
+function cpuSample(pid: number | undefined): { cpuS: number; at: number } {
+  const at = performance.now();
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
+    return { cpuS: (Number(fields[11]) + Number(fields[12])) / CLK_TCK, at }; // utime, stime (fields 14, 15 of stat)
+  } catch {
+    return { cpuS: NaN, at };
+  }
+}
+/** Resident memory of a process in MiB, from /proc; NaN where /proc is not there. */
+function rssMiB(pid: number | undefined): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round(Number(m[1]) / 1024) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** The gateway's meshtrain_gateway_batch_size histogram, summed over its labels: decode forwards and their sequences. */
+async function batchMetric(agent: http.Agent, base: string, model?: string): Promise<{ sum: number; count: number }> {
+  const r = await call(agent, base, 'GET', '/metrics', undefined, admin);
+  if (r.status !== 200) throw new Error(`GET /metrics: ${r.status} ${r.body.slice(0, 200)}`);
+  let sum = 0, count = 0;
+  for (const line of r.body.split('\n')) {
+    const m = /^meshtrain_gateway_batch_size_(sum|count)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+    if (m && (model === undefined || m[2]?.includes(`model="${model}"`))) { if (m[1] === 'sum') sum += Number(m[3]); else count += Number(m[3]); }
+  }
+  return { sum, count };
+}
+
+/** closedLoop's shape on a backend in this process: `clients` loops calling generate; a LoadResult with status 200 for a result, an error otherwise. */
+async function directClosedLoop(backend: InferenceBackend, clients: number, durationMs: number, request: (i: number) => GenerateRequest): Promise<LoadResult> {
+  const latenciesMs: number[] = [], messages = new Set<string>();
+  let sent = 0, ok = 0, errors = 0, next = 0;
+  const start = performance.now();
+  await Promise.all(Array.from({ length: clients }, async () => {
+    while (performance.now() - start < durationMs) {
+      const req = request(next++);
+      sent++;
+      const t0 = performance.now();
+      try {
+        await backend.generate(req);
+        ok++;
+        latenciesMs.push(performance.now() - t0);
+      } catch (err) {
+        errors++;
+        if (messages.size < 5) messages.add((err as Error).message);
+      }
+    }
+  }));
+  const durationS = (performance.now() - start) / 1000;
+  return { sent, completed: ok, ok, statuses: ok ? { 200: ok } : {}, errors, errorMessages: [...messages], latenciesMs, durationS, throughputRps: ok / durationS };
 }
 
 export default async function main(argv: string[]): Promise<object> {
@@ -153,7 +227,9 @@ export default async function main(argv: string[]): Promise<object> {
     for (const s of [a, b]) if (s.status === 'fulfilled') gateways.push(s.value);
     if (a.status === 'rejected') throw a.reason;
     if (b.status === 'rejected') throw b.reason;
-    const A = a.value.url, B = b.value.url;
+    const A = a.value.url, B = b.value.url, pidA = a.value.child.pid, pidB = b.value.child.pid;
+    const rss: Array<{ at: string; A: number; B: number }> = [];
+    const noteRss = (at: string) => rss.push({ at, A: rssMiB(pidA), B: rssMiB(pidB) });
 
     // The direct baseline: the same version, loaded the way the gateway loads it, in this process.
     const v1 = await new DirRegistrySource(registry).load(MODEL, 1);
@@ -172,14 +248,15 @@ export default async function main(argv: string[]): Promise<object> {
       const ids = direct!.tokenize(text.slice(i * 100, i * 100 + 40 + 7 * i)).slice(0, 60);
       return direct!.detokenize(ids);
     });
-    const promptLens = prompts.map((p) => direct!.tokenize(p).length);
+    const promptIds = prompts.map((p) => direct!.tokenize(p));
+    const promptLens = promptIds.map((ids) => ids.length);
     let seedCounter = 1;
     const loadRequest = (model: string) => (i: number): LoadRequest => ({
       method: 'POST', path: '/v1/completions', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model, prompt: prompts[i % prompts.length], max_tokens: LOAD_MAX_TOKENS, temperature: 1, seed: seedCounter++ }),
     });
     const completions = (base: string) => `${base}/v1/completions`;
-    const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 }); // one connection: the sequential client's, reused
 
     const comparison = async (): Promise<{ shadows: Array<{ queue: { depth: number; running: number }; dropped: Record<string, number>; offered: number; comparison: { count: number; errors?: number } }> }> => {
       const r = await call(agent, A, 'GET', '/admin/deployments/shadowed/comparison', undefined, admin);
@@ -209,16 +286,20 @@ export default async function main(argv: string[]): Promise<object> {
     for (let i = 0; i < 20; i++) { await direct.generate(smallReq); await call(agent, A, 'POST', '/v1/completions', smallBody('plain')); }
     const warm: Record<string, object> = {};
     for (const [name, base, model] of [['A_plain', A, 'plain'], ['B_plain', B, 'plain'], ['A_shadowed', A, 'shadowed']] as const) {
-      const r = await closedLoop({ url: completions(base), clients: CLIENTS, requests: 2 * CLIENTS, request: loadRequest(model) });
+      // Long enough for V8 to tier up the gateway's hot code (wasm and JS): the first seconds of load run slower.
+      const r = await closedLoop({ url: completions(base), clients: CLIENTS, durationMs: closedMs, request: loadRequest(model) });
       warm[name] = { ok: r.ok, sent: r.sent, statuses: r.statuses, errors: r.errors };
     }
+    await directClosedLoop(direct, CLIENTS, closedMs, (i) => ({ ...smallReq, promptIds: promptIds[i % promptIds.length]!, maxTokens: LOAD_MAX_TOKENS, temperature: 1, seed: seedCounter++ }));
     await drainShadow();
+    noteRss('after warm-up');
     log(`warm-up done (${((performance.now() - started) / 1000).toFixed(1)} s); small prompt ${smallIds.length} tokens; load prompts ${Math.min(...promptLens)}–${Math.max(...promptLens)} tokens`);
 
     // ---- 1. overhead ------------------------------------------------------------------------------------------
     const directMs: number[] = [], gatewayMs: number[] = [];
     const overheadStatuses: Record<string, number> = {};
     let overheadMismatch = 0;
+    const idsMs: number[] = [], healthMs: number[] = [];
     for (let k = 0; k < OVERHEAD_ROUNDS; k++) {
       const blocks = [
         async () => { for (let i = 0; i < OVERHEAD_BLOCK; i++) { const t0 = performance.now(); await direct!.generate(smallReq); directMs.push(performance.now() - t0); } },
@@ -232,9 +313,24 @@ export default async function main(argv: string[]): Promise<object> {
             }
           }
         },
+        // Diagnostics (not the target): the same request with the prompt as token ids (no tokenizing in the
+        // gateway), and GET /healthz (the HTTP round trip alone, on the same kind of connection).
+        async () => {
+          for (let i = 0; i < OVERHEAD_BLOCK; i++) {
+            const r = await call(agent, A, 'POST', '/v1/completions', { ...smallBody('plain'), prompt: smallIds });
+            overheadStatuses[r.status] = (overheadStatuses[r.status] ?? 0) + 1;
+            if (r.status === 200) idsMs.push(r.ms);
+          }
+        },
+        async () => {
+          for (let i = 0; i < OVERHEAD_BLOCK; i++) {
+            const r = await call(agent, A, 'GET', '/healthz');
+            if (r.status === 200) healthMs.push(r.ms);
+            else overheadStatuses[`healthz ${r.status}`] = (overheadStatuses[`healthz ${r.status}`] ?? 0) + 1;
+          }
+        },
       ];
-      if (k % 2) blocks.reverse();
-      for (const block of blocks) await block();
+      for (let j = 0; j < blocks.length; j++) await blocks[(j + k) % blocks.length]!(); // each block in each position
       if (k % 5 === 4 || k === OVERHEAD_ROUNDS - 1) {
         log(`overhead round ${k + 1}/${OVERHEAD_ROUNDS}: direct p50 ${quantile(directMs, 0.5).toFixed(2)} p99 ${quantile(directMs, 0.99).toFixed(2)} ms; gateway p50 ${quantile(gatewayMs, 0.5).toFixed(2)} p99 ${quantile(gatewayMs, 0.99).toFixed(2)} ms`);
       }
@@ -243,23 +339,39 @@ export default async function main(argv: string[]): Promise<object> {
       direct_p50_ms: r3(quantile(directMs, 0.5)), gateway_p50_ms: r3(quantile(gatewayMs, 0.5)),
       direct_p99_ms: r3(quantile(directMs, 0.99)), gateway_p99_ms: r3(quantile(gatewayMs, 0.99)),
       samples: { direct: directMs.length, gateway: gatewayMs.length },
+      gateway_token_ids_prompt_p50_ms: r3(quantile(idsMs, 0.5)), gateway_token_ids_prompt_p99_ms: r3(quantile(idsMs, 0.99)),
+      healthz_p50_ms: r3(quantile(healthMs, 0.5)), healthz_p99_ms: r3(quantile(healthMs, 0.99)),
       statuses: overheadStatuses, text_mismatches: overheadMismatch,
     };
 
     // ---- 2. max throughput ------------------------------------------------------------------------------------
     const maxPool = new Pool();
-    maxPool.add(await closedLoop({ url: completions(A), clients: CLIENTS, durationMs: maxMs, request: loadRequest('plain') }));
+    let cpu = cpuMeter(pidA);
+    maxPool.add(await closedLoop({ url: completions(A), clients: CLIENTS, durationMs: maxMs, request: loadRequest('plain') }), cpu());
     log(`max throughput (A plain, ${CLIENTS} clients, ${LOAD_MAX_TOKENS} tokens): ${maxPool.line()}`);
     const maxRps = maxPool.rps;
+    noteRss('after max throughput');
     if (!(maxRps > 0)) throw new Error(`no successful request in the max-throughput run: ${JSON.stringify(maxPool.summary())}`);
 
-    // ---- 3. batching: A vs B ----------------------------------------------------------------------------------
-    const batchA = new Pool(), batchB = new Pool();
+    // ---- 3. batching: A vs B (and, for reference, the same closed loop on the direct backend in this process) ------
+    const batchA = new Pool(), batchB = new Pool(), batchDirect = new Pool();
+    const batchSizes: Record<string, { forwards: number; sequences: number }> = { A: { forwards: 0, sequences: 0 }, B: { forwards: 0, sequences: 0 } };
     for (let k = 0; k < rounds; k++) {
-      const order: Array<[Pool, string, string]> = [[batchA, A, 'A'], [batchB, B, 'B']];
+      const order: Array<[Pool, string | null, string]> = [[batchA, A, 'A'], [batchB, B, 'B'], [batchDirect, null, 'direct']];
       if (k % 2) order.reverse();
       for (const [pool, base, name] of order) {
-        pool.add(await closedLoop({ url: completions(base), clients: CLIENTS, durationMs: closedMs, request: loadRequest('plain') }));
+        if (base === null) {
+          pool.add(await directClosedLoop(direct, CLIENTS, closedMs, (i) => ({ ...smallReq, promptIds: promptIds[i % promptIds.length]!, maxTokens: LOAD_MAX_TOKENS, temperature: 1, seed: seedCounter++ })));
+        } else {
+          const pid = base === A ? pidA : pidB;
+          const before = await batchMetric(agent, base);
+          cpu = cpuMeter(pid);
+          const result = await closedLoop({ url: completions(base), clients: CLIENTS, durationMs: closedMs, request: loadRequest('plain') });
+          pool.add(result, cpu());
+          const after = await batchMetric(agent, base);
+          batchSizes[name]!.forwards += after.count - before.count;
+          batchSizes[name]!.sequences += after.sum - before.sum;
+        }
         log(`batching round ${k + 1}/${rounds} ${name}: ${pool.line()}`);
       }
     }
@@ -272,25 +384,37 @@ export default async function main(argv: string[]): Promise<object> {
       const order: Array<[Pool, string]> = [[shPlain, 'plain'], [shShadowed, 'shadowed']];
       if (k % 2) order.reverse();
       for (const [pool, model] of order) {
-        pool.add(await openLoop({ url: completions(A), ratePerS: openRate, durationMs: openMs, request: loadRequest(model) }));
-        if (model === 'shadowed') drainsMs.push(await drainShadow());
+        cpu = cpuMeter(pidA);
+        const result = await openLoop({ url: completions(A), ratePerS: openRate, durationMs: openMs, request: loadRequest(model) });
+        if (model === 'shadowed') drainsMs.push(await drainShadow()); // the shadow's left-over work is this condition's CPU
+        pool.add(result, cpu());
         log(`shadow open loop ${openRate.toFixed(2)} rps, round ${k + 1}/${rounds} ${model}: ${pool.line()}`);
       }
     }
     const afterOpen = (await comparison()).shadows[0]!;
+    noteRss('after shadow open loop');
 
     // ---- 5. shadow at saturation ------------------------------------------------------------------------------
     const satPlain = new Pool(), satShadowed = new Pool();
+    const satBatch = { plain: { forwards: 0, sequences: 0 }, shadowed: { forwards: 0, sequences: 0 } };
     for (let k = 0; k < rounds; k++) {
       const order: Array<[Pool, string]> = [[satPlain, 'plain'], [satShadowed, 'shadowed']];
       if (k % 2) order.reverse();
       for (const [pool, model] of order) {
-        pool.add(await closedLoop({ url: completions(A), clients: CLIENTS, durationMs: closedMs, request: loadRequest(model) }));
+        const before = await batchMetric(agent, A, `${MODEL}@v1`);
+        cpu = cpuMeter(pidA);
+        const result = await closedLoop({ url: completions(A), clients: CLIENTS, durationMs: closedMs, request: loadRequest(model) });
+        const after = await batchMetric(agent, A, `${MODEL}@v1`); // the primary's decode forwards in the round
         if (model === 'shadowed') drainsMs.push(await drainShadow());
+        pool.add(result, cpu());
+        const fw = satBatch[model as 'plain' | 'shadowed'];
+        fw.forwards += after.count - before.count;
+        fw.sequences += after.sum - before.sum;
         log(`shadow saturated, round ${k + 1}/${rounds} ${model}: ${pool.line()}`);
       }
     }
     const shadowEnd = (await comparison()).shadows[0]!;
+    noteRss('after shadow saturated');
 
     // ---- 6. switching under load ------------------------------------------------------------------------------
     const switchRate = 0.5 * maxRps;
@@ -323,6 +447,7 @@ export default async function main(argv: string[]): Promise<object> {
     }
     const switches = adminCalls.filter((c) => c.status === 200).length;
     log(`switch open loop ${switchRate.toFixed(2)} rps with ${switches}/${adminCalls.length} switches: ${switchPool.line()}`);
+    noteRss('after switching');
     const audit = await call(agent, A, 'GET', '/admin/deployments/switch/audit', undefined, admin);
     const auditEntries = audit.status === 200 ? (JSON.parse(audit.body) as { audit?: unknown[] }).audit : undefined;
     agent.destroy();
@@ -365,14 +490,23 @@ export default async function main(argv: string[]): Promise<object> {
         warmup: warm,
         overhead,
         max_throughput: maxPool.summary(),
-        batching: { A: batchA.summary(), B: batchB.summary() },
+        batching: {
+          A: { ...batchA.summary(), mean_batch_size: r2(batchSizes.A!.sequences / batchSizes.A!.forwards) },
+          B: { ...batchB.summary(), mean_batch_size: r2(batchSizes.B!.sequences / batchSizes.B!.forwards) },
+          direct_in_process: batchDirect.summary(),
+          gateway_A_vs_direct_throughput: r3(batchA.rps / batchDirect.rps),
+        },
         shadow_open_loop: {
           rate_rps: r2(openRate), plain: shPlain.summary(), shadowed: shShadowed.summary(),
           shadow_after: { offered: afterOpen.offered, compared: afterOpen.comparison.count, dropped: afterOpen.dropped },
         },
-        shadow_saturated: { plain: satPlain.summary(), shadowed: satShadowed.summary() },
+        shadow_saturated: {
+          plain: { ...satPlain.summary(), primary_decode_forwards: satBatch.plain.forwards, primary_mean_batch_size: r2(satBatch.plain.sequences / satBatch.plain.forwards) },
+          shadowed: { ...satShadowed.summary(), primary_decode_forwards: satBatch.shadowed.forwards, primary_mean_batch_size: r2(satBatch.shadowed.sequences / satBatch.shadowed.forwards) },
+        },
         shadow_end: { offered: shadowEnd.offered, compared: shadowEnd.comparison.count, comparison_errors: shadowEnd.comparison.errors, dropped: shadowEnd.dropped },
         shadow_drain_ms: drainsMs.map(Math.round),
+        gateway_rss_mib: rss,
         switch: {
           rate_rps: r2(switchRate), load: switchPool.summary(),
           admin_calls: adminCalls.length, admin_statuses: adminCalls.reduce<Record<string, number>>((acc, c) => { acc[String(c.status)] = (acc[String(c.status)] ?? 0) + 1; return acc; }, {}),

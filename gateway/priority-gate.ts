@@ -6,16 +6,31 @@
  * Each batch scheduler holds the gate (`enter`) while it has foreground sequences waiting or running and lets go
  * (`leave`) when it has none. A scheduler with only background work checks `busy` before every iteration and, while
  * it is busy, parks on `idle()`: so a client request waits at most for the one background iteration (one decode
- * forward, or one prefill) already under way when it arrived. Under sustained client load background work does not
- * run at all; its bounded queue fills and further mirrors are dropped and counted (shadow.ts).
+ * forward, or one prefill) already under way when it arrived.
+ *
+ * Background work resumes only after the gate has been free for `graceMs`: under load the gaps between one client
+ * request ending and the next arriving are a millisecond or two (a client's next request, an HTTP round trip), and
+ * a shadow step started in such a gap would delay that next request by a whole forward pass. So under sustained
+ * client load background work does not run at all; its bounded queue fills and further mirrors are dropped and
+ * counted (shadow.ts). When clients leave real gaps, it runs in them.
  */
-export class PriorityGate {
-  #holders = new Set<object>();
-  #waiters: Array<() => void> = [];
+export const DEFAULT_GRACE_MS = 5;
 
-  /** Some scheduler has foreground work. */
+export class PriorityGate {
+  readonly graceMs: number;
+  #holders = new Set<object>();
+  #freeSince = -Infinity; // performance.now() when the last holder left
+  #waiters: Array<() => void> = [];
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(graceMs = DEFAULT_GRACE_MS) {
+    if (!(graceMs >= 0 && Number.isFinite(graceMs))) throw new RangeError(`graceMs must be a finite number ≥ 0, got ${graceMs}`);
+    this.graceMs = graceMs;
+  }
+
+  /** Some scheduler has foreground work, or had some less than graceMs ago. */
   get busy(): boolean {
-    return this.#holders.size > 0;
+    return this.#holders.size > 0 || performance.now() - this.#freeSince < this.graceMs;
   }
 
   /** `holder` has foreground work (idempotent). */
@@ -23,17 +38,33 @@ export class PriorityGate {
     this.#holders.add(holder);
   }
 
-  /** `holder` has no foreground work any more (idempotent); background work resumes when no holder is left. */
+  /** `holder` has no foreground work any more (idempotent); background work resumes graceMs after no holder is left. */
   leave(holder: object): void {
     if (!this.#holders.delete(holder) || this.#holders.size > 0) return;
-    const waiters = this.#waiters;
-    this.#waiters = [];
-    for (const wake of waiters) wake();
+    this.#freeSince = performance.now();
+    this.#schedule();
   }
 
-  /** Resolves when no scheduler has foreground work (at once when none has). */
+  /** Resolves when no scheduler has had foreground work for graceMs (at once when that is so already). */
   idle(): Promise<void> {
     if (!this.busy) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push(resolve));
+    return new Promise((resolve) => {
+      this.#waiters.push(resolve);
+      this.#schedule();
+    });
+  }
+
+  /** Wakes the waiters once the gate has been free for graceMs; a holder entering meanwhile defers it to its leave. */
+  #schedule(): void {
+    if (this.#timer || this.#waiters.length === 0 || this.#holders.size > 0) return;
+    const wait = Math.max(0, this.graceMs - (performance.now() - this.#freeSince));
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (this.#holders.size > 0) return; // taken again: its leave schedules the next look
+      if (this.busy) return this.#schedule(); // left again within the grace: wait the rest
+      const waiters = this.#waiters;
+      this.#waiters = [];
+      for (const wake of waiters) wake();
+    }, wait);
   }
 }

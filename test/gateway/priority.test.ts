@@ -68,7 +68,7 @@ test('on one backend, foreground sequences are admitted before background ones t
 });
 
 test('the gate wakes parked background work when the last foreground holder leaves', async () => {
-  const gate = new PriorityGate();
+  const gate = new PriorityGate(0);
   const a = {};
   const b = {};
   gate.enter(a);
@@ -83,4 +83,26 @@ test('the gate wakes parked background work when the last foreground holder leav
   assert.equal(woke, true);
   assert.equal(gate.busy, false);
   await gate.idle(); // resolves at once when idle
+});
+
+test('background resumes only after the gate has been free for its grace period, and a holder returning within it defers that', async () => {
+  const gate = new PriorityGate(40);
+  const a = {};
+  gate.enter(a);
+  let wokeAt = -1;
+  const idle = gate.idle().then(() => (wokeAt = performance.now()));
+  gate.leave(a);
+  const left = performance.now();
+  assert.equal(gate.busy, true, 'still busy within the grace period');
+  await new Promise((r) => setTimeout(r, 20));
+  gate.enter(a); // the next client request arrives in the gap
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(wokeAt, -1, 'not woken while held again');
+  gate.leave(a);
+  const leftAgain = performance.now();
+  await idle;
+  assert.ok(wokeAt - leftAgain >= 39, `woken ${wokeAt - leftAgain} ms after the last leave (grace 40)`);
+  assert.ok(wokeAt - left >= 99);
+  assert.equal(gate.busy, false);
+  assert.throws(() => new PriorityGate(-1), /graceMs must be a finite number ≥ 0/);
 });
