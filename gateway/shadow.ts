@@ -19,7 +19,7 @@
  * different vocabulary size the log-prob measure is left out.
  */
 import { compareOutputs, ComparisonStats, outputFromChoice, type ComparisonResult, type ComparisonSnapshot } from './comparison.ts';
-import type { GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, InferenceBackend } from './inference-backend.ts';
+import type { GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, GeneratedToken, InferenceBackend } from './inference-backend.ts';
 import { isSuccess, type RolloutConfig } from './rollout.ts';
 import { sprt, type Sprt, type SprtState } from './sprt.ts';
 
@@ -288,7 +288,7 @@ export class MirroringBackend implements InferenceBackend {
     try {
       if (!addLogprobs) result = await this.#inner.generate(request, options);
       else {
-        const strip = options.onToken && ((e: Parameters<NonNullable<GenerateOptions['onToken']>>[0]) => options.onToken!({ ...e, tokens: e.tokens.map(({ logprob: _, ...t }) => t) }));
+        const strip = options.onToken && ((e: Parameters<NonNullable<GenerateOptions['onToken']>>[0]) => options.onToken!({ ...e, tokens: e.tokens.map(withoutLogprob) }));
         result = await this.#inner.generate({ ...request, logprobs: 0 }, strip ? { ...options, onToken: strip } : options);
       }
     } catch (err) {
@@ -300,6 +300,8 @@ export class MirroringBackend implements InferenceBackend {
     const offeredMs = performance.now();
     for (const { mirror } of targets) mirror.offer({ request, primary: result, primaryLatencyMs: latencyMs, offeredMs });
     if (!addLogprobs) return result;
-    return { ...result, choices: result.choices.map((c) => ({ ...c, tokens: c.tokens.map(({ logprob: _, ...t }) => t) })) };
+    return { ...result, choices: result.choices.map((c) => ({ ...c, tokens: c.tokens.map(withoutLogprob) })) };
   }
 }
+
+const withoutLogprob = ({ logprob: _, ...token }: GeneratedToken): GeneratedToken => token;

@@ -5,18 +5,13 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import * as tf from '@tensorflow/tfjs';
-import { GPT } from '../../model/gpt.ts';
-import { exportHf } from '../../model/hf-format.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
 import { loadDemoCorpus } from '../../model/corpus.ts';
-import { ModelRegistry } from '../../coordinator/registry.ts';
-import { SqliteStateStore } from '../../coordinator/state-store.ts';
+import { makeRegistry, startGateway as startGatewayProcess } from '../../bench/support/gateway-fixture.ts';
 import { runCli } from '../../gateway/cli.ts';
 
 await tf.setBackend('cpu');
@@ -26,28 +21,13 @@ const ADMIN = 'ops-key';
 async function registry(dir: string): Promise<string> {
   const tokenizer = await trainBpe([loadDemoCorpus().documents[5]!], { vocabSize: 300 });
   const config = { vocabSize: 300, nCtx: 64, nLayer: 2, nHead: 2, nEmbd: 16 };
-  const state = new SqliteStateStore(join(dir, 'state.db'));
-  const reg = new ModelRegistry(join(dir, 'registry'), state.database);
-  for (const seed of [11, 11, 12]) await reg.register('tiny', exportHf(new GPT(config, { seed }), tokenizer), { jobId: 'job-test' });
-  state.close();
-  return join(dir, 'registry');
+  return (await makeRegistry(dir, 'tiny', config, tokenizer, [11, 11, 12])).registry;
 }
 
 async function startGateway(t: TestContext, args: string[]): Promise<string> {
-  const child = spawn(process.execPath, [new URL('../../bin/gateway.js', import.meta.url).pathname, 'serve', '--port', '0', '--host', '127.0.0.1', '--admin-key', ADMIN, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LOG_LEVEL: 'warn', MESHTRAIN_BACKEND: 'cpu' },
-  });
-  t.after(() => child.kill('SIGKILL'));
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  return new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = /gateway listening on (http:\/\/\S+)/.exec(line);
-      if (m) resolve(m[1]!);
-    });
-    child.on('exit', (code) => reject(new Error(`gateway exited ${code}: ${stderr}`)));
-  });
+  const gateway = await startGatewayProcess(['--admin-key', ADMIN, ...args], { MESHTRAIN_BACKEND: 'cpu' });
+  t.after(() => gateway.kill());
+  return gateway.url;
 }
 
 test('a real gateway mirrors to GPT shadows, scores them teacher-forced, and promotes and rolls back with no failed request', async (t) => {
