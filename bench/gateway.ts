@@ -42,7 +42,7 @@ import { loadDemoCorpus } from '../model/corpus.ts';
 import { trainBpe } from '../model/tokenizer.ts';
 import { loadBackend, type BackendChoice } from '../node-agent/compute/backend.ts';
 import { makeRegistry, startGateway, type GatewayProcess } from './support/gateway-fixture.ts';
-import { closedLoop, openLoop, quantile, type LoadRequest, type LoadResult } from './support/load-generator.ts';
+import { closedLoop, openLoop, quantile, sendRequest, type LoadRequest, type LoadResult } from './support/load-generator.ts';
 
 const ADMIN_KEY = 'bench-admin-key';
 const MODEL = 'bench';
@@ -69,24 +69,12 @@ const log = (line: string) => process.stderr.write(`[gateway] ${line}\n`);
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** One request over a keep-alive agent: status, body and the time to the end of the body. Rejects on network errors. */
-function call(agent: http.Agent, base: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: string; ms: number }> {
-  const target = new URL(base);
+async function call(agent: http.Agent, base: string, method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: string; ms: number }> {
   const payload = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const req = http.request({
-      hostname: target.hostname, port: target.port, method, path, agent,
-      headers: { ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)) }), ...headers },
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), ms: performance.now() - t0 }));
-      res.on('error', reject);
-    });
-    req.setTimeout(60_000, () => req.destroy(new Error('timeout after 60 s')));
-    req.on('error', reject);
-    req.end(payload);
-  });
+  const t0 = performance.now();
+  const outcome = await sendRequest(agent, new URL(base), { method, path, headers: { ...(payload === undefined ? {} : { 'content-type': 'application/json' }), ...headers }, ...(payload === undefined ? {} : { body: payload }) }, 60_000, true);
+  if ('error' in outcome) throw new Error(`${method} ${path}: ${outcome.error}`);
+  return { status: outcome.status, body: outcome.body ?? '', ms: performance.now() - t0 };
 }
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };

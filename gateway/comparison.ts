@@ -134,6 +134,7 @@ export class Welford {
 export class Reservoir {
   readonly capacity: number;
   #values: number[] = [];
+  #sorted: number[] | undefined; // #values in order, until the next add
   #seen = 0;
   #random: () => number;
 
@@ -144,6 +145,7 @@ export class Reservoir {
 
   add(x: number): void {
     this.#seen++;
+    this.#sorted = undefined;
     if (this.#values.length < this.capacity) this.#values.push(x);
     else {
       const j = Math.floor(this.#random() * this.#seen);
@@ -156,7 +158,7 @@ export class Reservoir {
   /** The p-quantile (0 ≤ p ≤ 1), linear interpolation between order statistics; null when empty. */
   quantile(p: number): number | null {
     if (this.#values.length === 0) return null;
-    const sorted = [...this.#values].sort((x, y) => x - y);
+    const sorted = (this.#sorted ??= [...this.#values].sort((x, y) => x - y)); // p50 and p99 of one snapshot: one sort
     const at = p * (sorted.length - 1);
     const lo = Math.floor(at);
     const hi = Math.min(lo + 1, sorted.length - 1);

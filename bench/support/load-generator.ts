@@ -16,7 +16,7 @@
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 
-export interface LoadRequest { method: 'POST' | 'GET'; path: string; headers?: Record<string, string>; body?: string }
+export interface LoadRequest { method: 'POST' | 'GET' | 'PUT'; path: string; headers?: Record<string, string>; body?: string }
 export interface LoadResult {
   sent: number; completed: number; // completed = got a full response (any status)
   ok: number; // 2xx
@@ -28,7 +28,8 @@ export interface LoadResult {
   throughputRps: number; // ok / durationS
 }
 
-type Outcome = { status: number } | { error: string };
+/** A full response (its body when asked for), or why there was none. */
+export type Outcome = { status: number; body?: string } | { error: string };
 const DEFAULT_TIMEOUT_MS = 30_000, DEFAULT_MAX_IN_FLIGHT = 1000, MAX_ERROR_MESSAGES = 5;
 
 /** Accumulates outcomes; one per run. Only this class mutates the tallies, so `sent = completed + errors` at the end. */
@@ -77,18 +78,23 @@ function errorMessage(err: unknown): string {
   return e?.message || e?.code || String(err);
 }
 
-/** One request; resolves (never rejects) once the body is fully read, or with the error that prevented it. */
-function send(agent: http.Agent, target: URL, req: LoadRequest, timeoutMs: number): Promise<Outcome> {
+/**
+ * One request; resolves (never rejects) once the body is fully read, or with the error that prevented it. The body
+ * is drained unread unless `keepBody` (the load loops only count; a caller checking answers keeps it).
+ */
+export function sendRequest(agent: http.Agent, target: URL, req: LoadRequest, timeoutMs: number, keepBody = false): Promise<Outcome> {
   return new Promise((resolve) => {
     let settled = false;
     const settle = (outcome: Outcome): void => { if (!settled) { settled = true; clearTimeout(timer); resolve(outcome); } };
     const headers = req.body === undefined ? { ...req.headers } : { 'content-length': String(Buffer.byteLength(req.body)), ...req.headers };
     const r = http.request({ hostname: target.hostname, port: target.port, method: req.method, path: req.path, headers, agent }, (res) => {
-      res.on('end', () => settle({ status: res.statusCode ?? 0 }));
+      const chunks: Buffer[] = [];
+      res.on('end', () => settle({ status: res.statusCode ?? 0, ...(keepBody ? { body: Buffer.concat(chunks).toString('utf8') } : {}) }));
       res.on('error', (err) => settle({ error: errorMessage(err) }));
       // 'close' without 'end': the socket went away mid-body, so this is not a full response.
       res.on('close', () => { if (!res.complete) settle({ error: 'response aborted' }); });
-      res.resume(); // drain the body so the keep-alive socket can be reused
+      if (keepBody) res.on('data', (c: Buffer) => chunks.push(c));
+      else res.resume(); // drain the body so the keep-alive socket can be reused
     });
     // A deadline for the whole exchange (socket idle timeouts would let a slowly dribbling response run forever).
     const timer = setTimeout(() => r.destroy(new Error(`timeout after ${timeoutMs} ms`)), timeoutMs);
@@ -120,7 +126,7 @@ export function closedLoop(opts: { url: string; clients: number; durationMs?: nu
       const req = opts.request(next++);
       tally.sent();
       const t0 = performance.now();
-      const outcome = await send(agent, target, req, timeoutMs);
+      const outcome = await sendRequest(agent, target, req, timeoutMs);
       tally.record(outcome, performance.now() - t0);
     }
   };
@@ -155,7 +161,7 @@ async function runOpenLoop(opts: OpenLoopOptions, target: URL): Promise<LoadResu
     tally.sent();
     if (inFlight >= maxInFlight) { tally.record({ error: 'max in flight' }, 0); return; }
     inFlight++;
-    pending.push(send(agent, target, opts.request(k), timeoutMs).then((outcome) => {
+    pending.push(sendRequest(agent, target, opts.request(k), timeoutMs).then((outcome) => {
       inFlight--;
       tally.record(outcome, performance.now() - scheduledAt); // from the schedule, not the actual send
     }));

@@ -1,21 +1,17 @@
 /** The GPT backend behind the gateway: the real model, its tokenizer and the KV cache, checked against the model itself. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import * as tf from '@tensorflow/tfjs';
 import { GPT } from '../../model/gpt.ts';
-import { exportHf } from '../../model/hf-format.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
 import { loadDemoCorpus } from '../../model/corpus.ts';
 import { GptBackend } from '../../gateway/gpt-backend.ts';
 import type { GenerateRequest } from '../../gateway/inference-backend.ts';
 import { generateRequest } from './support.ts';
-import { ModelRegistry } from '../../coordinator/registry.ts';
-import { SqliteStateStore } from '../../coordinator/state-store.ts';
+import { makeRegistry, startGateway } from '../../bench/support/gateway-fixture.ts';
 
 await tf.setBackend('cpu');
 const tokenizer = await trainBpe([loadDemoCorpus().documents[5]!], { vocabSize: 300 });
@@ -101,24 +97,10 @@ test('an aborted request stops generating and rejects', async () => {
 test('gateway serve --registry runs a registered model: completions come back from the trained weights', async (t) => {
   const data = mkdtempSync(join(tmpdir(), 'gw-gpt-'));
   t.after(() => rmSync(data, { recursive: true, force: true }));
-  const state = new SqliteStateStore(join(data, 'state.db'));
-  await new ModelRegistry(join(data, 'registry'), state.database).register('tiny', exportHf(model, tokenizer), { jobId: 'job-test' });
-  state.close();
-
-  const child = spawn(process.execPath, [new URL('../../bin/gateway.js', import.meta.url).pathname, 'serve', '--registry', join(data, 'registry'), '--port', '0', '--host', '127.0.0.1'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LOG_LEVEL: 'warn', MESHTRAIN_BACKEND: 'cpu' },
-  });
-  t.after(() => child.kill('SIGKILL'));
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  const url = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = /gateway listening on (http:\/\/\S+)/.exec(line);
-      if (m) resolve(m[1]!);
-    });
-    child.on('exit', (code) => reject(new Error(`gateway exited ${code}: ${stderr}`)));
-  });
+  const { registry } = await makeRegistry(data, 'tiny', config, tokenizer, [11]); // the same weights as `model`
+  const gateway = await startGateway(['--registry', registry], { MESHTRAIN_BACKEND: 'cpu' });
+  t.after(() => gateway.kill());
+  const { url } = gateway;
   const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string }> };
   assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
   const res = await fetch(`${url}/v1/completions`, {

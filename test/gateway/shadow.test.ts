@@ -136,7 +136,7 @@ test('percent mirrors about that share of the requests', async (t) => {
 });
 
 test('under load mirrors are dropped and counted, and the queue never grows past its capacity', async (t) => {
-  const { put, complete, drained, metrics, gateway } = setup(t, { shadow: { queueCapacity: 2, concurrency: 1, maxAgeMs: 30_000 } });
+  const { put, complete, drained, metrics } = setup(t, { shadow: { queueCapacity: 2, concurrency: 1, maxAgeMs: 30_000 } });
   await put({ primary: v(1), shadows: [{ ...v(5), percent: 100 }] }); // a slow shadow: 20 ms a token
   let maxDepth = 0;
   const watch = setInterval(async () => {
@@ -153,7 +153,6 @@ test('under load mirrors are dropped and counted, and the queue never grows past
   assert.equal(s.comparison.count, 3);
   assert.ok(maxDepth <= 2, `queue depth ${maxDepth}`);
   assert.match(await metrics(), /meshtrain_gateway_shadow_dropped_total\{deployment="chat",version="tiny@v5",reason="queue-full"\} 17/);
-  void gateway;
 });
 
 test('an identical shadow reaches promote and, with autoPromote, becomes the primary, audited as auto-promote by the rollout', async (t) => {
