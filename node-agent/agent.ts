@@ -33,6 +33,7 @@ import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
 import { PeerServer } from './peer-server.ts';
 import { jobLinks, runJob } from './trainer/job-runner.ts';
+import type { StepObserver } from './trainer/step-report.ts';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -54,6 +55,8 @@ export interface AgentConfig {
   backend?: BackendChoice;
   /** Where jobs keep their data, checkpoints and the artifact cache (default <tmpdir>/meshtrain-agent-<name>). */
   workDir?: string;
+  /** Told about every step and checkpoint of the jobs this agent runs (metrics, traces). */
+  observers?: readonly StepObserver[];
 }
 
 type Control = MessageConnection<CoordinatorMessage, AgentMessage>;
@@ -270,6 +273,7 @@ export class Agent {
       backend: this.#cfg.backend ?? 'auto',
       signal: stop.signal,
       workDir: join(workDir, 'jobs'),
+      ...(this.#cfg.observers ? { observers: this.#cfg.observers } : {}),
     }).finally(() => {
       if (this.#job?.stop === stop) this.#job = null;
     });

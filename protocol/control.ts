@@ -107,6 +107,29 @@ export const agentMessages = {
     paramCount: Type.Optional(Type.Number({ minimum: 0 })), // parameters this rank holds (its stage shard)
   }),
   /**
+   * "Here is how step `step` went on my rank": every rank sends one per step, so the coordinator can break the
+   * step time down per agent, measure each data-parallel link and name the straggler everyone waits for.
+   * The phases add up to `stepMs` (waitMs is what is left: receives, evaluation, checkpoint hand-off, the worker).
+   */
+  'job.rank': message('job.rank', {
+    jobId: Id,
+    attempt: Count(1_000_000),
+    rank: Count(65535),
+    step: Count(2 ** 40),
+    stepMs: Type.Number({ minimum: 0 }),
+    computeMs: Type.Number({ minimum: 0 }), // this rank's forward + backward + optimizer
+    allreduceMs: Type.Number({ minimum: 0 }), // gradient rings (data, tied) and the world sums, waiting included
+    bubbleMs: Type.Number({ minimum: 0 }), // idle inside this rank's 1F1B section (pipeline waits)
+    waitMs: Type.Number({ minimum: 0 }), // the rest of the step
+    /** The data-parallel ring link to our successor: what this step's gradient all-reduce sent over it. */
+    link: Type.Optional(
+      Type.Object(
+        { toRank: Count(65535), bytes: Count(2 ** 40), ms: Type.Number({ minimum: 0 }) },
+        { additionalProperties: false },
+      ),
+    ),
+  }),
+  /**
    * "A checkpoint of step `step` is uploaded to the artifact store": the shard checkpoint of stage `shard.stage`,
    * tensor shard `shard.tp` (absent: the whole model), from that shard's data-parallel rank 0.
    */
@@ -183,6 +206,11 @@ export const coordinatorMessages = {
     spec: JobSpec,
     data: DataFiles, // tokenizer.json, index.json and every shard file it lists, by name
     resume: Type.Optional(Type.Object({ step: Count(2 ** 40), files: FileSet }, { additionalProperties: false })), // this rank's shard of it
+    /**
+     * W3C traceparent of the coordinator's span for this attempt. When present, every rank traces its steps: rank 0
+     * broadcasts each step's span context over the world ring so that one step's spans on every agent share a trace.
+     */
+    trace: Type.Optional(Type.String({ pattern: '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$' })),
     /** The layout (protocol/layout.ts) and this attempt's schedule; absent: plain data parallelism over `world`. */
     plan: Type.Optional(
       Type.Object(
@@ -218,6 +246,7 @@ export type CollectiveRun = MessageOf<{ a: (typeof coordinatorMessages)['collect
 export type CollectiveResult = MessageOf<{ a: (typeof agentMessages)['collective.result'] }>;
 export type JobStart = MessageOf<{ a: (typeof coordinatorMessages)['job.start'] }>;
 export type JobProgress = MessageOf<{ a: (typeof agentMessages)['job.progress'] }>;
+export type JobRankReport = MessageOf<{ a: (typeof agentMessages)['job.rank'] }>;
 
 /** The rings of an assignment: the ones it names, or the one 'world' ring of every rank in order. */
 export function assignedRings(assign: { size: number; rings?: RingSpecT[] | undefined }): RingSpecT[] {

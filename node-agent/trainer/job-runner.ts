@@ -25,14 +25,14 @@
  * connection, released group) terminates the worker at once and aborts the rings. An aborted ring stays broken; a
  * new attempt needs a new group. `runJob` itself never throws: it resolves with the job.finished message it sent.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../../common/log.ts';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
-import { coordsOf, layoutName, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
+import { coordsOf, layoutName, rankOf, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
 import { checkpointDirName, loadCheckpoint, MANIFEST_FILE, saveCheckpoint } from '../../model/checkpoint.ts';
 import { shardLayout, shardOfCheckpoint, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
@@ -42,6 +42,7 @@ import type { Mailbox } from '../collectives/mailbox.ts';
 import type { BackendChoice } from '../compute/backend.ts';
 import type { FromWorker, Placement, Ready, ResumeState, ToWorker } from './messages.ts';
 import { bubbleTheory, oneFOneB } from './schedule.ts';
+import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type StepObserver, type StepReport, type TraceParent } from './step-report.ts';
 
 /** The part of ArtifactClient a job uses (tests pass an in-memory one). */
 export interface ArtifactStore {
@@ -103,6 +104,8 @@ export interface JobContext {
   keepWorkDir?: boolean;
   /** How long a pipeline receive may wait (default 5 minutes; the rings have their own idle timeout). */
   recvTimeoutMs?: number;
+  /** Told about every finished step and uploaded checkpoint (metrics, traces). */
+  observers?: readonly StepObserver[];
 }
 
 export type JobFinished = Extract<AgentMessage, { type: 'job.finished' }>;
@@ -184,35 +187,69 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
     const countsLoss = !next && coords.tp === 0; // the last stage's first shard, in every replica
 
     // 3. the steps
+    const observers = ctx.observers ?? [];
+    const attemptTrace = start.trace ? parseTraceparent(start.trace) : null;
+    const dataSucc = rankOf({ dp: (coords.dp + 1) % layout.data, pp: coords.pp, tp: coords.tp }, layout);
+    const gradBytes = grads.byteLength;
     for (let s = step + 1; s <= t.steps; s++) {
       const t0 = performance.now();
-      const begun = await race(w.request({ type: 'begin', step: s }, 'begun'));
+      const startMs = epochMs();
+      const phases: Phase[] = [];
+      // Records how long `p` took as a phase of this step; the timeline is what metrics and traces are built from.
+      const timed = async <T>(name: PhaseName, attrs: Record<string, string | number> | undefined, p: Promise<T>): Promise<T> => {
+        const from = epochMs();
+        try {
+          return await race(p);
+        } finally {
+          phases.push({ name, startMs: from, endMs: epochMs(), ...(attrs ? { attrs } : {}) });
+        }
+      };
+      const sending = (key: string, bytes: number, p: Promise<void>): Promise<void> => {
+        const from = epochMs();
+        return p.then(() => void phases.push({ name: 'send', startMs: from, endMs: epochMs(), attrs: { key, bytes } }));
+      };
+      // A traced job: rank 0 picks this step's span context and the world ring carries it to every rank.
+      const stepTrace = attemptTrace ? await race(agreeStepTrace(world, attemptTrace)) : null;
+
+      const begun = await timed('begin', undefined, w.request({ type: 'begin', step: s }, 'begun'));
       const sends: Array<Promise<void>> = [];
       let busyMs = 0, lossSum = 0, tokens = 0;
       for (const a of schedule) {
         if (a.op === 'F') {
-          const acts = prev ? await race(prev.recv(`a.${s}.${a.mb}`, recvMs)) : undefined;
-          const r = await race(w.request({ type: 'fwd', mb: a.mb, ...(acts ? { acts } : {}) }, 'fwdDone', acts ? [acts.buffer as ArrayBuffer] : []));
+          const key = `a.${s}.${a.mb}`;
+          const acts = prev ? await timed('recv', { key }, prev.recv(key, recvMs)) : undefined;
+          const r = await timed('fwd', { mb: a.mb }, w.request({ type: 'fwd', mb: a.mb, ...(acts ? { acts } : {}) }, 'fwdDone', acts ? [acts.buffer as ArrayBuffer] : []));
           busyMs += r.busyMs;
-          if (r.out && next) sends.push(next.send(`a.${s}.${a.mb}`, r.out));
+          if (r.out && next) sends.push(sending(key, r.out.byteLength, next.send(key, r.out)));
         } else {
-          const gradOut = next ? await race(next.recv(`g.${s}.${a.mb}`, recvMs)) : undefined;
-          const r = await race(w.request({ type: 'bwd', mb: a.mb, ...(gradOut ? { gradOut } : {}) }, 'bwdDone', gradOut ? [gradOut.buffer as ArrayBuffer] : []));
+          const key = `g.${s}.${a.mb}`;
+          const gradOut = next ? await timed('recv', { key }, next.recv(key, recvMs)) : undefined;
+          const r = await timed('bwd', { mb: a.mb }, w.request({ type: 'bwd', mb: a.mb, ...(gradOut ? { gradOut } : {}) }, 'bwdDone', gradOut ? [gradOut.buffer as ArrayBuffer] : []));
           busyMs += r.busyMs;
           if (r.loss !== undefined) {
             lossSum += r.loss;
             tokens += r.tokens;
           }
-          if (r.gradIn && prev) sends.push(prev.send(`g.${s}.${a.mb}`, r.gradIn));
+          if (r.gradIn && prev) sends.push(sending(`g.${s}.${a.mb}`, r.gradIn.byteLength, prev.send(`g.${s}.${a.mb}`, r.gradIn)));
         }
       }
       await race(Promise.all(sends));
       const pipelineMs = performance.now() - t0;
 
       const r0 = performance.now();
-      if (tied && ready.tiedRange) await race(tied.allReduce(grads.subarray(ready.tiedRange[0], ready.tiedRange[1])));
-      if (layout.data > 1) await race(zero ? data.reduceScatter(grads).then(() => {}) : data.allReduce(grads));
+      let dataRingMs = 0;
+      if (tied && ready.tiedRange) {
+        const tiedGrads = grads.subarray(ready.tiedRange[0], ready.tiedRange[1]);
+        await timed('allreduce', { ring: 'tied', op: 'allreduce', bytes: tiedGrads.byteLength }, tied.allReduce(tiedGrads));
+      }
+      if (layout.data > 1) {
+        const d0 = performance.now();
+        await timed('allreduce', { ring: 'data', op: zero ? 'reducescatter' : 'allreduce', bytes: gradBytes }, zero ? data.reduceScatter(grads).then(() => {}) : data.allReduce(grads));
+        dataRingMs = performance.now() - d0;
+      }
+      const u0 = performance.now();
       const normed = await race(w.request({ type: 'norm' }, 'normed'));
+      let updateMs = performance.now() - u0;
       // [Σ g², Σ loss, tokens, busy ms per stage…, pipeline ms per stage…]
       const sums = new Float64Array(3 + 2 * stageCount);
       sums[0] = normed.sumsq;
@@ -225,11 +262,16 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
         sums[3 + stageCount + coords.pp] = pipelineMs;
       }
       const reduced = Float32Array.from(sums);
-      await race(world.allReduce(reduced));
+      await timed('allreduce', { ring: 'world', op: 'allreduce', bytes: reduced.byteLength }, world.allReduce(reduced));
       const gradNorm = Math.sqrt(reduced[0]!);
+      const u1 = epochMs();
       const updated = await race(w.request({ type: 'update', gradNorm }, 'updated'));
+      phases.push({ name: 'update', startMs: u1, endMs: epochMs() });
+      updateMs += updated.updateMs;
       if (zero && layout.data > 1) {
-        await race(data.allGather(params));
+        const g0 = performance.now();
+        await timed('allreduce', { ring: 'data', op: 'allgather', bytes: params.byteLength }, data.allGather(params));
+        dataRingMs += performance.now() - g0;
         await race(w.request({ type: 'upload' }, 'uploaded'));
       }
       step = s;
@@ -241,10 +283,19 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
       const stagePipelineMs = Array.from(reduced.subarray(3 + stageCount, 3 + 2 * stageCount));
       if (!Number.isFinite(loss)) throw new Error(`step ${s}: the loss is ${loss}`);
 
+      // This rank's own breakdown of the step (the job.progress figures above are the global ones).
+      const ringMs = phases.filter((p) => p.name === 'allreduce').reduce((a, p) => a + (p.endMs - p.startMs), 0);
+      const rankBubbleMs = stageCount > 1 ? Math.max(0, pipelineMs - busyMs) : 0;
+      const rankComputeMs = busyMs + updateMs;
+      const rankWaitMs = Math.max(0, stepMs - rankComputeMs - ringMs - rankBubbleMs);
+      const sentBytes = layout.data > 1 ? (zero ? 2 * Math.round((gradBytes * (layout.data - 1)) / layout.data) : ringAllReduceSentBytes(gradBytes, layout.data)) : 0;
+      const stepEndMs = epochMs();
+
       // held-out evaluation: a forward-only pipeline
       let evalLoss: number | undefined;
       const evalNow = s === t.steps || (t.evalEvery > 0 && s % t.evalEvery === 0);
       if (evalNow) {
+        const e0 = epochMs();
         const begunEval = await race(w.request({ type: 'evalBegin' }, 'evalBegun'));
         if (begunEval.skipped) log.warn(`job ${jobId}: no held-out evaluation: ${begunEval.skipped}`);
         let evalSum = 0;
@@ -258,6 +309,7 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
         const ev = Float32Array.of(countsLoss ? evalSum : 0, countsLoss ? begunEval.microBatches : 0);
         await race(world.allReduce(ev));
         if (ev[1]! > 0) evalLoss = ev[0]! / ev[1]!;
+        phases.push({ name: 'eval', startMs: e0, endMs: epochMs(), attrs: { microBatches: begunEval.microBatches } });
       }
 
       const tokensPerS = globalTokens / Math.max(stepMs / 1000, 1e-9);
@@ -273,9 +325,14 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
           pipelineMs: window, stageBusyMs, bubble, optimizerBytes, paramCount: ready.paramCount,
         });
       }
+      ctx.send({
+        type: 'job.rank', jobId, attempt, rank, step: s, stepMs, computeMs: rankComputeMs, allreduceMs: ringMs, bubbleMs: rankBubbleMs, waitMs: rankWaitMs,
+        ...(layout.data > 1 ? { link: { toRank: dataSucc, bytes: sentBytes, ms: dataRingMs } } : {}),
+      });
 
       const checkpointNow = s === t.steps || (t.checkpointEvery > 0 && s % t.checkpointEvery === 0);
       if (checkpointNow) {
+        const c0 = epochMs();
         const snap = await race(w.request({ type: 'export' }, 'exported'));
         if (zero && layout.data > 1) {
           await race(data.allGather(snap.expAvg)); // each rank's range → the whole shard's moments
@@ -283,8 +340,25 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
         }
         if (coords.dp === 0) {
           await race(checkpointing); // one upload at a time; its failure fails the job here
-          checkpointing = saveAndUpload(ctx, start, spec, { shard, layout: layoutOfShard, coords, placement }, snap, join(jobDir, 'checkpoints'));
+          checkpointing = saveAndUpload(ctx, start, spec, { shard, layout: layoutOfShard, coords, placement }, snap, join(jobDir, 'checkpoints'), stepTrace?.step);
           checkpointing.catch(() => {}); // awaited (and its error raised) before the next one and at the end
+        }
+        phases.push({ name: 'checkpoint', startMs: c0, endMs: epochMs(), attrs: { step: s } });
+      }
+
+      const report: StepReport = {
+        jobId, attempt, rank, world: start.world, coords: { ...coords }, step: s, startMs, endMs: stepEndMs,
+        stepMs, computeMs: rankComputeMs, allreduceMs: ringMs, bubbleMs: rankBubbleMs, waitMs: rankWaitMs,
+        dataRing: layout.data > 1 ? { toRank: dataSucc, sentBytes, ms: dataRingMs, bufferBytes: gradBytes, size: layout.data } : null,
+        ...(rank === 0 ? { global: { loss, ...(evalLoss !== undefined ? { evalLoss } : {}), tokensPerS, tokens: globalTokens, bubble, lr: begun.lr } } : {}),
+        phases,
+        ...(stepTrace ? { trace: stepTrace } : {}),
+      };
+      for (const o of observers) {
+        try {
+          o.onStep(report);
+        } catch (err) {
+          log.warn(`job ${jobId}: a step observer failed: ${errorText(err)}`);
         }
       }
     }
@@ -305,6 +379,29 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
   }
   ctx.send(finished);
   return finished;
+}
+
+/** `00-<trace id>-<span id>-<flags>` (W3C traceparent; protocol/control.ts checks its form). */
+export function parseTraceparent(header: string): TraceParent {
+  const [, traceId = '', spanId = '', flags = '00'] = header.split('-');
+  return { traceId, spanId, sampled: (parseInt(flags, 16) & 1) === 1 };
+}
+
+/**
+ * This step's span context, the same on every rank: rank 0 draws fresh ids and broadcasts them over the world
+ * ring as 16-bit integers in float32s (exact, unlike raw bytes reinterpreted as floats, which a NaN could alter).
+ */
+async function agreeStepTrace(world: Ring, attempt: TraceParent): Promise<{ step: TraceParent; attemptParent: TraceParent }> {
+  const words = new Float32Array(12); // 8 words of trace id, 4 of span id
+  if (world.rank === 0) {
+    const ids = randomBytes(24);
+    for (let i = 0; i < 12; i++) words[i] = ids.readUInt16BE(2 * i);
+  }
+  if (world.size > 1) await world.broadcast(words, 0);
+  const bytes = Buffer.alloc(24);
+  for (let i = 0; i < 12; i++) bytes.writeUInt16BE(words[i]!, 2 * i);
+  const hex = bytes.toString('hex');
+  return { step: { traceId: hex.slice(0, 32), spanId: hex.slice(32), sampled: attempt.sampled }, attemptParent: attempt };
 }
 
 function reasonOf(reason: unknown): string {
@@ -369,8 +466,10 @@ async function saveAndUpload(
   where: { shard: ShardSpec; layout: ShardLayout; coords: Coords; placement: Placement },
   snap: Extract<FromWorker, { type: 'exported' }>,
   root: string,
+  trace: TraceParent | undefined,
 ): Promise<void> {
   const t0 = performance.now();
+  const startMs = epochMs();
   const { shard, layout, placement } = where;
   const saved = await saveCheckpoint(join(root, `shard-${shard.stage}-${shard.tpRank}`), snap.step, {
     model: tensorsOf(snap.params, layout),
@@ -384,6 +483,14 @@ async function saveAndUpload(
   for (const name of [...Object.keys(saved.manifest.files), MANIFEST_FILE]) bytes[name] = await readFile(join(saved.dir, name));
   const files = await ctx.artifacts.putAll(bytes);
   if (ctx.signal.aborted) return;
+  const size = Object.values(bytes).reduce((a, b) => a + b.byteLength, 0);
+  for (const o of ctx.observers ?? []) {
+    try {
+      o.onCheckpoint?.({ jobId: start.jobId, attempt: start.attempt, rank: start.rank, step: snap.step, startMs, endMs: epochMs(), bytes: size, ...(trace ? { trace } : {}) });
+    } catch (err) {
+      ctx.log.warn(`job ${start.jobId}: a checkpoint observer failed: ${errorText(err)}`);
+    }
+  }
   ctx.send({ type: 'job.checkpoint', jobId: start.jobId, attempt: start.attempt, step: snap.step, files, shard: { stage: shard.stage, tp: shard.tpRank } });
   ctx.log.info(`job ${start.jobId}: checkpoint of step ${snap.step} (stage ${shard.stage}, shard ${shard.tpRank}) uploaded (${(performance.now() - t0).toFixed(0)} ms)`);
 }
