@@ -12,6 +12,7 @@ import { Agent, DEFAULT_BACKOFF } from './agent.ts';
 import { measureCapabilities } from './capabilities.ts';
 import { BACKENDS, type BackendChoice } from './compute/backend.ts';
 import { AgentError } from './errors.ts';
+import type { StepObserver } from './trainer/step-report.ts';
 
 const HELP = `Usage: node-agent join <coordinator-url> --token TOKEN [options]
 
@@ -69,6 +70,8 @@ async function main(argv: string[]): Promise<number> {
   if (!/^.{1,64}$/u.test(name)) throw new UsageError('--name must be 1 to 64 characters');
 
   const log = createLogger(`agent ${name}`);
+  // Step and checkpoint observers: metrics (node-agent/metrics.ts) and traces (common/tracing.ts) push theirs here.
+  const observers: StepObserver[] = [];
   const agent = new Agent({
     url: wsUrl(url, '/ws/agent'),
     token,
@@ -82,6 +85,7 @@ async function main(argv: string[]): Promise<number> {
     collectiveIdleTimeoutMs: intOption(values['collective-timeout'], 'collective-timeout', 30_000, 1),
     backend,
     ...(values['work-dir'] ? { workDir: values['work-dir'] } : {}),
+    observers,
     log,
   });
 
