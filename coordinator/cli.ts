@@ -16,6 +16,7 @@ import type { NodeView } from './agent-hub.ts';
 import { printSelfcheck, type SelfcheckReport } from './selfcheck.ts';
 import type { JobRecord, MetricRow } from './job-store.ts';
 import { readFile } from 'node:fs/promises';
+import { initTracing } from '../common/tracing.ts';
 
 const HELP = `Usage: coordinator <command> [options]
 
@@ -111,6 +112,7 @@ async function start(v: Values): Promise<number> {
     heartbeatTimeoutMs: intOption(str(v, 'heartbeat-timeout'), 'heartbeat-timeout', DEFAULT_CONFIG.heartbeatTimeoutMs, 1),
   });
   const log = createLogger('coordinator');
+  const tracing = await initTracing('coordinator'); // off unless OTEL_* asks for traces (common/tracing.ts)
   const coordinator = createCoordinator(cfg, log);
   const { port } = await coordinator.listen();
   const shown = cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host;
@@ -126,7 +128,7 @@ async function start(v: Values): Promise<number> {
   await new Promise<void>((resolve) => {
     const stop = (sig: string) => {
       log.info(`${sig}: shutting down`);
-      void coordinator.close().then(resolve);
+      void coordinator.close().then(() => tracing.shutdown()).then(resolve); // flush the attempts' spans
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);

@@ -19,6 +19,10 @@ export const CoordinatorErrorCodes = {
   CRD_ERR_GROUP_FAILED: 502,
   /** The data folder cannot be used (unwritable, corrupt database, artifact checksum mismatch). */
   CRD_ERR_STORAGE: 500,
+  /** A gateway the dashboard asked about did not answer, or answered with something that is not JSON. */
+  CRD_ERR_GATEWAY_UNREACHABLE: 502,
+  /** A cookie-authenticated request that changes something lacks `X-Requested-With: meshtrain` (the CSRF guard). */
+  CRD_ERR_FORBIDDEN: 403,
   /** A command-line option is missing or invalid. */
   CRD_ERR_BAD_ARGS: 400,
 } as const;

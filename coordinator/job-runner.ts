@@ -8,6 +8,7 @@
  */
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
+import { startAttemptSpan, type AttemptSpan } from '../common/tracing.ts';
 import type { AgentMessage, JobProgress, JobStart } from '../protocol/control.ts';
 import { validateJobSpec } from '../protocol/job-spec.ts';
 import { jobRings, layoutName, type ParallelLayout } from '../protocol/layout.ts';
@@ -22,10 +23,12 @@ import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
 import type { GroupManager } from './groups.ts';
 import { decideJobs } from './job-scheduler.ts';
+import { AttemptTelemetry, type Breakdown, type LinkLive, type PlacementCell, type RankLive, type Straggler } from './job-telemetry.ts';
+import { EventBus } from './events.ts';
 import type { StoredPlan } from './plan-report.ts';
 import type { Candidate, PlannerCalibration } from './planner.ts';
 import type { SelfcheckReport } from './selfcheck.ts';
-import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobStore } from './job-store.ts';
+import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobState, type JobStore } from './job-store.ts';
 import type { ModelRegistry } from './registry.ts';
 
 interface Attempt {
@@ -34,6 +37,7 @@ interface Attempt {
   groupId: string | null;
   nodeIds: string[];
   layout: ParallelLayout;
+  microBatches: number;
   data: FileSet | null; // the prepared dataset's files (tokenizer.json among them)
   finished: Map<number, Extract<AgentMessage, { type: 'job.finished' }>>;
   lastProgress: JobProgress | null;
@@ -43,6 +47,40 @@ interface Attempt {
   shards: Map<number, Map<string, FileSet>>;
   /** The canonical (merged) checkpoint of each step, once every shard of it arrived. */
   merged: Map<number, Promise<FileSet>>;
+  /** Every rank's own step reports, once the group is formed (rank → node known). */
+  telemetry: AttemptTelemetry | null;
+  /** The attempt's trace span (a no-op unless tracing is on). */
+  span: AttemptSpan;
+}
+
+/** A node's part in a running job, as the dashboard and GET /api/nodes show it. */
+export interface NodeRole {
+  jobId: string;
+  attempt: number;
+  rank: number;
+  dp: number;
+  pp: number;
+  tp: number;
+  layers: [number, number];
+}
+
+/** What GET /api/jobs/:id/live answers: the job as it runs now (or as its last attempt left it). */
+export interface JobLive {
+  jobId: string;
+  state: JobState;
+  step: number;
+  attempt: number | null;
+  layout: ParallelLayout | null;
+  stages: Array<[number, number]> | null;
+  microBatches: number | null;
+  placement: PlacementCell[];
+  ranks: RankLive[];
+  breakdown: Breakdown | null;
+  links: LinkLive[];
+  straggler: Straggler | null;
+  tokensPerS: number | null;
+  loss: number | null;
+  evalLoss: number | null;
 }
 
 export interface JobRunnerOptions {
@@ -54,6 +92,8 @@ export interface JobRunnerOptions {
   dataDir: string;
   segmentBytes: number;
   log: Logger;
+  /** Where changes are announced (the live stream, metrics); default: a bus nobody listens to. */
+  bus?: EventBus;
   now?: () => number;
   tickMs?: number;
 }
@@ -62,6 +102,9 @@ export class JobRunner {
   readonly #o: JobRunnerOptions;
   readonly #now: () => number;
   readonly #attempts = new Map<string, Attempt>(); // by job id, while running
+  /** The last attempt of recently finished jobs, so their page still shows how they ran. */
+  readonly #ended = new Map<string, Attempt>();
+  readonly #bus: EventBus;
   readonly #timer: NodeJS.Timeout;
   readonly #sharder: CheckpointSharder;
   #calibration: Partial<PlannerCalibration> = {};
@@ -70,6 +113,7 @@ export class JobRunner {
   constructor(o: JobRunnerOptions) {
     this.#o = o;
     this.#now = o.now ?? Date.now;
+    this.#bus = o.bus ?? new EventBus();
     this.#sharder = new CheckpointSharder(o.artifacts, join(o.dataDir, 'scratch'));
     o.hub.onAgentMessage((nodeId, msg) => this.#onMessage(nodeId, msg));
     o.hub.onNodeDown((nodeId, reason) => this.#onNodeDown(nodeId, reason));
@@ -83,6 +127,50 @@ export class JobRunner {
 
   close(): void {
     clearInterval(this.#timer);
+  }
+
+  #setState(jobId: string, state: JobState, reason: string): void {
+    this.#o.jobs.setState(jobId, state, reason, this.#now());
+    this.#bus.emit('job', { jobId, state });
+  }
+
+  /** Each busy node's part in its job (rank, coordinates, layers). */
+  roles(): Map<string, NodeRole> {
+    const out = new Map<string, NodeRole>();
+    for (const a of this.#attempts.values()) {
+      for (const cell of a.telemetry?.placement() ?? []) {
+        out.set(cell.nodeId, { jobId: a.jobId, attempt: a.attempt, rank: cell.rank, dp: cell.dp, pp: cell.pp, tp: cell.tp, layers: cell.layers });
+      }
+    }
+    return out;
+  }
+
+  /** The nodes named as stragglers of the running jobs. */
+  stragglers(): Set<string> {
+    return new Set([...this.#attempts.values()].flatMap((a) => a.telemetry?.straggler()?.nodeId ?? []));
+  }
+
+  /** The job as it runs now, or as its last attempt left it; undefined for an unknown job. */
+  live(jobId: string): JobLive | undefined {
+    const job = this.#o.jobs.get(jobId);
+    if (!job) return undefined;
+    const a = this.#attempts.get(jobId) ?? this.#ended.get(jobId);
+    const t = a?.telemetry ?? null;
+    const p = a?.lastProgress ?? null;
+    return {
+      jobId, state: job.state, step: job.step, attempt: a?.attempt ?? null,
+      layout: a ? { ...a.layout } : null,
+      stages: t ? t.stages.map(([x, y]) => [x, y] as [number, number]) : null,
+      microBatches: a?.microBatches ?? null,
+      placement: t?.placement() ?? [],
+      ranks: t?.ranks() ?? [],
+      breakdown: t?.breakdown() ?? null,
+      links: t?.links() ?? [],
+      straggler: t?.straggler() ?? null,
+      tokensPerS: p?.tokensPerS ?? null,
+      loss: p?.loss ?? null,
+      evalLoss: a?.lastEvalLoss ?? null,
+    };
   }
 
   /** Starts whatever the scheduler says can start now. */
@@ -108,7 +196,7 @@ export class JobRunner {
         const job = queued.find((j) => j.id === d.jobId)!;
         if (d.action === 'wait') {
           if (job.stateReason !== d.reason) {
-            this.#o.jobs.setState(job.id, 'queued', d.reason, this.#now());
+            this.#setState(job.id, 'queued', d.reason);
             if (d.plan) this.#o.jobs.setPlan(job.id, { ...d.plan, plannedAtMs: this.#now() } satisfies StoredPlan, this.#now());
           }
           continue;
@@ -151,7 +239,7 @@ export class JobRunner {
     jobs.setSpec(job.id, checked.spec, this.#now());
     const attempt = this.#attempts.get(job.id);
     if (attempt) this.#stopAttempt(attempt, reason);
-    jobs.setState(job.id, 'queued', reason, this.#now());
+    this.#setState(job.id, 'queued', reason);
     this.#o.log.info(`job ${job.id}: ${reason}`);
     const queued = jobs.get(job.id)!; // before the tick below may already start the next attempt
     void this.tick();
@@ -161,7 +249,7 @@ export class JobRunner {
   /** Cancels a job; a running attempt is stopped on its agents. */
   cancel(jobId: string, reason: string): void {
     const attempt = this.#attempts.get(jobId);
-    this.#o.jobs.setState(jobId, 'cancelled', reason, this.#now());
+    this.#setState(jobId, 'cancelled', reason);
     if (attempt) this.#stopAttempt(attempt, reason);
   }
 
@@ -171,19 +259,22 @@ export class JobRunner {
     const layout = chosen.layout;
     const attemptNo = jobs.nextAttempt(job.id, this.#now());
     const attempt: Attempt = {
-      jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, layout, data: null, finished: new Map(), lastProgress: null, lastEvalLoss: null,
-      stopping: false, shards: new Map(), merged: new Map(),
+      jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, layout, microBatches: chosen.microBatches, data: null, finished: new Map(), lastProgress: null, lastEvalLoss: null,
+      stopping: false, shards: new Map(), merged: new Map(), telemetry: null,
+      span: startAttemptSpan(job.id, attemptNo, { 'meshtrain.job.name': job.name, 'meshtrain.layout': layoutName(layout) }),
     };
     this.#attempts.set(job.id, attempt);
-    jobs.setState(job.id, 'running', `attempt ${attemptNo}: preparing data`, this.#now());
+    this.#setState(job.id, 'running', `attempt ${attemptNo}: preparing data`);
     try {
       const data = await prepareDataset(job.spec, this.#o.dataDir, this.#o.artifacts, log.child(job.id));
       attempt.data = data;
       if (attempt.stopping) return;
-      jobs.setState(job.id, 'running', `attempt ${attemptNo}: linking ${nodeIds.length} agents`, this.#now());
+      this.#setState(job.id, 'running', `attempt ${attemptNo}: linking ${nodeIds.length} agents`);
       const group = await groups.form({ nodeIds, segmentBytes: this.#o.segmentBytes, rings: jobRings(layout) });
       attempt.groupId = group.id;
       if (attempt.stopping) return groups.release(group.id);
+      const nodeOfRank = [...group.members].sort((a, b) => a.rank - b.rank).map((m) => m.nodeId);
+      attempt.telemetry = new AttemptTelemetry(layout, chosen.stages, nodeOfRank, (id) => this.#o.hub.views().find((n) => n.id === id)?.name ?? id);
       const checkpoint = await this.#lastGoodCheckpoint(job.id);
       const resume = checkpoint ? await this.#resumeFiles(job, checkpoint.step, checkpoint.files, layout, chosen.stages) : null;
       if (attempt.stopping) return;
@@ -200,20 +291,24 @@ export class JobRunner {
           spec: job.spec,
           data,
           plan,
+          ...(attempt.span.traceparent ? { trace: attempt.span.traceparent } : {}),
           ...(resume ? { resume: { step: checkpoint!.step, files: resume.get(`${stage}.${tp}`)! } } : {}),
         });
       }
       const from = checkpoint ? `resuming from step ${checkpoint.step}` : 'from scratch';
-      jobs.setState(job.id, 'running', `attempt ${attemptNo}: ${layoutName(layout)} (data × pipeline × tensor) on ${group.size} agent${group.size === 1 ? '' : 's'}, ${from}`, this.#now());
+      this.#setState(job.id, 'running', `attempt ${attemptNo}: ${layoutName(layout)} (data × pipeline × tensor) on ${group.size} agent${group.size === 1 ? '' : 's'}, ${from}`);
       log.info(`job ${job.id} attempt ${attemptNo} started as ${layoutName(layout)} on ${group.members.map((m) => m.nodeId).join(', ')} (${from})`);
+      this.#bus.emit('attempt', { jobId: job.id, attempt: attemptNo, phase: 'started', nodeIds });
+      for (const nodeId of nodeIds) this.#bus.emit('node', { nodeId });
     } catch (err) {
       this.#attempts.delete(job.id);
       if (attempt.groupId) groups.release(attempt.groupId);
       const why = (err as Error).message;
+      attempt.span.end('failed', why);
       log.warn(`job ${job.id} attempt ${attemptNo} could not start: ${why}`);
       // A dataset that cannot be prepared will not fix itself; agents that failed to link may.
       const fatal = (err as { code?: string }).code?.startsWith('MDL_ERR') || (err as NodeJS.ErrnoException).code === 'ENOENT';
-      if (!FINAL_STATES.has(jobs.get(job.id)!.state)) jobs.setState(job.id, fatal ? 'failed' : 'queued', `attempt ${attemptNo} could not start: ${why}`, this.#now());
+      if (!FINAL_STATES.has(jobs.get(job.id)!.state)) this.#setState(job.id, fatal ? 'failed' : 'queued', `attempt ${attemptNo} could not start: ${why}`);
     }
   }
 
@@ -248,7 +343,7 @@ export class JobRunner {
   }
 
   #onMessage(nodeId: string, msg: AgentMessage): void {
-    if (msg.type !== 'job.progress' && msg.type !== 'job.checkpoint' && msg.type !== 'job.finished') return;
+    if (msg.type !== 'job.progress' && msg.type !== 'job.rank' && msg.type !== 'job.checkpoint' && msg.type !== 'job.finished') return;
     const attempt = this.#attempts.get(msg.jobId);
     // Messages from an older attempt (or a job that ended) are stale: counting them could count a step twice.
     if (!attempt || attempt.attempt !== msg.attempt || !attempt.nodeIds.includes(nodeId)) return;
@@ -269,8 +364,13 @@ export class JobRunner {
           rows.push({ kind: 'eval', atMs: now, values: { loss: msg.evalLoss, perplexity: Math.exp(msg.evalLoss) } });
         }
         jobs.recordStep(msg.jobId, msg.step, rows, now);
+        this.#bus.emit('progress', { jobId: msg.jobId, attempt: msg.attempt, progress: msg, rows: rows.map((r) => ({ ...r, step: msg.step })) });
         return;
       }
+      case 'job.rank':
+        attempt.telemetry?.record(msg);
+        this.#bus.emit('rank', { jobId: msg.jobId, attempt: msg.attempt, nodeId, report: msg });
+        return;
       case 'job.checkpoint':
         return this.#onShardCheckpoint(attempt, msg);
       case 'job.finished':
@@ -301,7 +401,10 @@ export class JobRunner {
     const merged = previous.catch(() => ({})).then(async () => {
       const t0 = this.#now();
       const files = needed === 1 ? msg.files : await this.#sharder.mergeShards(job.spec.model, [...got.values()], { layout: { ...layout } });
-      this.#o.jobs.putCheckpoint(msg.jobId, { step: msg.step, attempt: msg.attempt, files, createdMs: this.#now() });
+      const checkpoint = { step: msg.step, attempt: msg.attempt, files, createdMs: this.#now() };
+      this.#o.jobs.putCheckpoint(msg.jobId, checkpoint);
+      const bytes = Object.values(files).reduce((sum, digest) => sum + (this.#o.artifacts.sizeOf(digest) ?? 0), 0);
+      this.#bus.emit('checkpoint', { jobId: msg.jobId, checkpoint, bytes, mergeMs: this.#now() - t0, shards: needed });
       this.#o.log.info(`job ${msg.jobId}: checkpoint at step ${msg.step}${needed > 1 ? ` (${needed} shards merged in ${this.#now() - t0} ms)` : ''}`);
       return files;
     });
@@ -335,6 +438,7 @@ export class JobRunner {
       }
       const version = await registry.register(job.name, bytes, { jobId: job.id, spec: job.spec, metrics, attempt: attempt.attempt });
       jobs.setModelVersion(job.id, version.version, this.#now());
+      this.#bus.emit('model', { name: job.name, version: version.version });
       this.#endAttempt(attempt, 'succeeded', `registered ${job.name} v${version.version}`);
       log.info(`job ${job.id} succeeded: registered ${job.name} v${version.version}`);
     } catch (err) {
@@ -353,21 +457,39 @@ export class JobRunner {
   #endAttempt(attempt: Attempt, state: 'queued' | 'failed' | 'succeeded', reason: string): void {
     if (this.#attempts.get(attempt.jobId) !== attempt) return;
     this.#attempts.delete(attempt.jobId);
+    this.#remember(attempt);
+    attempt.span.end(state, reason);
     if (state !== 'succeeded') this.#stopAttempt(attempt, reason);
     else if (attempt.groupId) this.#o.groups.release(attempt.groupId);
     const current = this.#o.jobs.get(attempt.jobId);
-    if (current && !FINAL_STATES.has(current.state)) this.#o.jobs.setState(attempt.jobId, state, reason, this.#now());
+    if (current && !FINAL_STATES.has(current.state)) this.#setState(attempt.jobId, state, reason);
+  }
+
+  /** Keeps an ended attempt's telemetry for its job page, and tells watchers its nodes are free. */
+  #remember(attempt: Attempt): void {
+    this.#ended.delete(attempt.jobId);
+    this.#ended.set(attempt.jobId, attempt);
+    if (this.#ended.size > ENDED_KEPT) this.#ended.delete(this.#ended.keys().next().value!);
+    this.#bus.emit('attempt', { jobId: attempt.jobId, attempt: attempt.attempt, phase: 'ended', nodeIds: attempt.nodeIds });
+    for (const nodeId of attempt.nodeIds) this.#bus.emit('node', { nodeId });
   }
 
   #stopAttempt(attempt: Attempt, reason: string): void {
     attempt.stopping = true;
-    this.#attempts.delete(attempt.jobId);
+    if (this.#attempts.get(attempt.jobId) === attempt) {
+      this.#attempts.delete(attempt.jobId);
+      this.#remember(attempt);
+      attempt.span.end('stopped', reason);
+    }
     for (const nodeId of attempt.nodeIds) {
       if (this.#o.hub.isConnected(nodeId)) this.#o.hub.send(nodeId, { type: 'job.stop', jobId: attempt.jobId, reason: reason.slice(0, 1000) });
     }
     if (attempt.groupId) this.#o.groups.release(attempt.groupId);
   }
 }
+
+/** Finished attempts kept for their job pages: the last one of this many jobs. */
+const ENDED_KEPT = 64;
 
 /** The host part of an agent's peer address (ws://host:port): agents on one host share its cores and loopback. */
 function hostOf(peerAddress: string): string {

@@ -2,9 +2,14 @@
  * The coordinator process: fastify for the HTTP API, /healthz and /metrics; the agent WebSocket endpoint
  * (/ws/agent) on the same port; SQLite state and the artifact store under --data.
  *
- * API (JSON; every /api route needs `Authorization: Bearer <cluster token>`):
+ * API (JSON; every /api route needs `Authorization: Bearer <cluster token>` or the dashboard's session cookie):
+ *   GET    /                             the dashboard (dashboard.ts; static, no data without a session)
  *   GET    /healthz                      liveness and node counts (no auth)
  *   GET    /metrics                      Prometheus exposition (no auth)
+ *   POST   /api/login                    {token}: a session cookie for the dashboard (no auth)
+ *   POST   /api/logout                   ends the session (no auth)
+ *   GET    /api/session                  {authenticated} (no auth)
+ *   GET    /api/events                   the live feed, server-sent events (live-stream.ts)
  *   GET    /api/nodes                    every known agent: status, capabilities, heartbeat age
  *   GET    /api/nodes/:id                one agent with its recent status events
  *   GET    /api/groups                   ring groups
@@ -15,6 +20,7 @@
  *   POST   /api/jobs                     submit a training job (job-spec.ts); 400 names every bad field
  *   GET    /api/jobs                     jobs, newest first
  *   GET    /api/jobs/:id                 one job with its metrics history and checkpoints
+ *   GET    /api/jobs/:id/live            the job as it runs: layout and who holds what, per-rank step breakdown, links, straggler
  *   GET    /api/jobs/:id/plan            the layout the planner chose, the candidates it weighed, predicted vs measured step time
  *   POST   /api/jobs/:id/replan          {parallel}: change the layout; a running job resumes from its last checkpoint under it
  *   POST   /api/jobs/:id/cancel          cancel a job that has not finished
@@ -25,6 +31,10 @@
  *   GET    /api/models/:name/versions    every version: files with sha256, lineage (job, spec, metrics)
  *   GET    /api/models/:name/versions/:v one version ('latest' works)
  *   GET    /api/models/:name/versions/:v/files/:file   a file of a version, checked against its sha256
+ *   POST   /api/gateways                 a gateway announces itself {name, url, adminKey} (gateways.ts)
+ *   GET    /api/gateways                 the gateways that announced themselves
+ *   GET    /api/gateways/:gw/deployments[/:name[/comparison]]       relayed to the gateway's /admin API
+ *   POST   /api/gateways/:gw/deployments/:name/promote|rollback     relayed likewise
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
@@ -41,7 +51,12 @@ import { GroupManager } from './groups.ts';
 import { validateJobSpec } from '../protocol/job-spec.ts';
 import { FINAL_STATES, JobStore } from './job-store.ts';
 import { JobRunner } from './job-runner.ts';
-import { createMetrics } from './metrics.ts';
+import { bindJobMetrics, createMetrics } from './metrics.ts';
+import { dashboardRoutes } from './dashboard.ts';
+import { EventBus } from './events.ts';
+import { announcementProblems, GatewayDirectory } from './gateways.ts';
+import { LiveStreams, MAX_STREAMS } from './live-stream.ts';
+import { clearedSessionCookie, sessionCookie, sessionIdOf, SessionStore } from './sessions.ts';
 import { planReport } from './plan-report.ts';
 import { ModelRegistry } from './registry.ts';
 import { runSelfcheck } from './selfcheck.ts';
@@ -93,6 +108,8 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   const tokenHash = store.getMeta('token_sha256')!;
 
   const metrics = createMetrics();
+  const bus = new EventBus((err, name) => log.warn(`a '${name}' event listener failed: ${(err as Error)?.stack ?? String(err)}`));
+  bindJobMetrics(metrics, bus); // training figures on /metrics, from the bus
   const hub = new AgentHub({ store, config: cfg, tokenHash, clusterId, log: log.child('agents'), metrics });
   const groups = new GroupManager(hub, cfg, log.child('groups'), metrics);
   const runner = new JobRunner({
@@ -104,6 +121,21 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     dataDir: cfg.dataDir,
     segmentBytes: DEFAULT_SEGMENT_BYTES,
     log: log.child('jobs'),
+    bus,
+  });
+  const gateways = new GatewayDirectory();
+  const sessions = new SessionStore();
+  const nodeViews = () => {
+    const roles = runner.roles(), slow = runner.stragglers();
+    return hub.views().map((n) => ({ ...n, role: roles.get(n.id) ?? null, straggler: slow.has(n.id) }));
+  };
+  const jobSummaries = () => jobs.list().map(({ spec, plan: _plan, ...summary }) => ({ ...summary, totalSteps: spec.training.steps }));
+  const streams = new LiveStreams(bus, {
+    nodes: nodeViews,
+    jobs: jobSummaries,
+    live: (id) => runner.live(id),
+    models: () => registry.models(),
+    gateways: () => gateways.list(),
   });
 
   const app = Fastify({
@@ -129,13 +161,41 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   );
 
   const tokenBytes = Buffer.from(tokenHash, 'hex');
+  const isClusterToken = (presented: unknown) =>
+    typeof presented === 'string' && presented.length > 0 && presented.length <= 1024 && timingSafeEqual(Buffer.from(sha256Hex(presented), 'hex'), tokenBytes);
+  const OPEN_API = new Set(['/api/login', '/api/logout', '/api/session']);
   app.addHook('onRequest', async (req) => {
     if (!req.url.startsWith('/api/')) return;
-    const header = req.headers.authorization ?? '';
-    const presented = header.startsWith('Bearer ') ? header.slice(7) : '';
-    if (!presented || !timingSafeEqual(Buffer.from(sha256Hex(presented), 'hex'), tokenBytes)) {
-      throw new CoordinatorError('CRD_ERR_UNAUTHORIZED', 'missing or wrong cluster token: send Authorization: Bearer <token printed by coordinator start>');
+    if (OPEN_API.has(req.url.split('?')[0]!)) return;
+    const header = req.headers.authorization;
+    if (header !== undefined) {
+      if (header.startsWith('Bearer ') && isClusterToken(header.slice(7))) return;
+    } else if (sessions.touch(sessionIdOf(req.headers.cookie))) {
+      // A cookie rides along with any request the browser makes, a forged cross-site form post included; a
+      // custom header cannot be sent cross-site without a CORS preflight we never grant.
+      if (req.method !== 'GET' && req.method !== 'HEAD' && req.headers['x-requested-with'] !== 'meshtrain') {
+        throw new CoordinatorError('CRD_ERR_FORBIDDEN', 'a dashboard request that changes something must carry X-Requested-With: meshtrain');
+      }
+      return;
     }
+    throw new CoordinatorError('CRD_ERR_UNAUTHORIZED', 'missing or wrong cluster token: send Authorization: Bearer <token printed by coordinator start>, or log in to the dashboard');
+  });
+
+  app.register(dashboardRoutes);
+  app.post('/api/login', async (req, reply) => {
+    const body = req.body as { token?: unknown } | undefined;
+    if (!isClusterToken(body?.token)) throw new CoordinatorError('CRD_ERR_UNAUTHORIZED', 'wrong cluster token: use the token `coordinator start` printed');
+    return reply.header('set-cookie', sessionCookie(sessions.create(), req.protocol === 'https')).send({ ok: true });
+  });
+  app.post('/api/logout', async (req, reply) => {
+    sessions.end(sessionIdOf(req.headers.cookie));
+    return reply.header('set-cookie', clearedSessionCookie).send({ ok: true });
+  });
+  app.get('/api/session', async (req) => ({ authenticated: sessions.touch(sessionIdOf(req.headers.cookie)) }));
+  app.get('/api/events', async (_req, reply) => {
+    if (streams.size >= MAX_STREAMS) throw new CoordinatorError('CRD_ERR_CONFLICT', `already ${MAX_STREAMS} live streams open; close a dashboard tab`);
+    reply.hijack();
+    streams.serve(reply.raw);
   });
 
   app.get('/healthz', async () => {
@@ -149,9 +209,9 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   });
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
-  app.get('/api/nodes', async () => ({ nodes: hub.views() }));
+  app.get('/api/nodes', async () => ({ nodes: nodeViews() }));
   app.get<{ Params: { id: string } }>('/api/nodes/:id', async (req) => {
-    const node = hub.views().find((n) => n.id === req.params.id);
+    const node = nodeViews().find((n) => n.id === req.params.id);
     if (!node) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no node ${req.params.id}`);
     return { node, events: store.nodeEvents(node.id, 50) };
   });
@@ -203,10 +263,16 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     if (!res.ok) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid job spec: ${res.errors.join('; ')}`, { details: res.errors });
     const job = jobs.create(res.spec, Date.now());
     log.info(`job ${job.id} (${job.name}) submitted`);
+    bus.emit('job', { jobId: job.id, state: job.state });
     void runner.tick();
     return reply.code(201).send(job);
   });
-  app.get('/api/jobs', async () => ({ jobs: jobs.list().map(({ spec: _spec, plan: _plan, ...summary }) => summary) }));
+  app.get('/api/jobs', async () => ({ jobs: jobSummaries() }));
+  app.get<{ Params: { id: string } }>('/api/jobs/:id/live', async (req) => {
+    const live = runner.live(req.params.id);
+    if (!live) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
+    return live;
+  });
   app.get<{ Params: { id: string } }>('/api/jobs/:id/plan', async (req) => {
     const job = jobs.get(req.params.id);
     if (!job) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no job ${req.params.id}`);
@@ -282,6 +348,40 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     return reply.type(req.params.file.endsWith('.json') ? 'application/json' : 'application/octet-stream').send(bytes);
   });
 
+  app.post('/api/gateways', async (req, reply) => {
+    if (!req.headers.authorization) throw new CoordinatorError('CRD_ERR_FORBIDDEN', 'gateways announce themselves with the cluster token, not a dashboard session');
+    const problems = announcementProblems(req.body);
+    if (problems.length) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid gateway announcement: ${problems.join('; ')}`, { details: problems });
+    const a = req.body as { name: string; url: string; adminKey: string };
+    if (gateways.announce(a)) {
+      log.info(`gateway ${a.name} at ${a.url} announced itself`);
+      bus.emit('gateway', { name: a.name });
+    }
+    return reply.code(201).send({ ok: true });
+  });
+  app.get('/api/gateways', async () => ({ gateways: gateways.list() }));
+  type Relayed = { Params: { gw: string; name?: string } };
+  const deploymentPath = (name: string | undefined, tail = '') => `/deployments${name === undefined ? '' : `/${encodeURIComponent(name)}`}${tail}`;
+  app.get<Relayed>('/api/gateways/:gw/deployments', async (req, reply) => {
+    const r = await gateways.relay(req.params.gw, 'GET', deploymentPath(undefined));
+    return reply.code(r.status).send(r.body);
+  });
+  app.get<Relayed>('/api/gateways/:gw/deployments/:name', async (req, reply) => {
+    const r = await gateways.relay(req.params.gw, 'GET', deploymentPath(req.params.name));
+    return reply.code(r.status).send(r.body);
+  });
+  app.get<Relayed>('/api/gateways/:gw/deployments/:name/comparison', async (req, reply) => {
+    const r = await gateways.relay(req.params.gw, 'GET', deploymentPath(req.params.name, '/comparison'));
+    return reply.code(r.status).send(r.body);
+  });
+  for (const action of ['promote', 'rollback'] as const) {
+    app.post<Relayed>(`/api/gateways/:gw/deployments/:name/${action}`, async (req, reply) => {
+      const r = await gateways.relay(req.params.gw, 'POST', deploymentPath(req.params.name, `/${action}`), req.body ?? {});
+      if (r.status < 300) bus.emit('gateway', { name: req.params.gw });
+      return reply.code(r.status).send(r.body);
+    });
+  }
+
   app.server.on('upgrade', (req, socket, head) => {
     const path = (req.url ?? '').split('?')[0];
     if (path === '/ws/agent') hub.handleUpgrade(req, socket, head);
@@ -309,6 +409,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     async close() {
       if (closed) return;
       closed = true;
+      streams.close();
       runner.close();
       hub.close();
       await app.close();

@@ -1,0 +1,64 @@
+// The nodes view: every agent the coordinator knows, what it is and what it is doing. Dead agents and slow ones
+// (the straggler of a running job, or far below the fastest agent's measured matmul rate) are marked by row class.
+import { age, badge, bytes, card, empty, fill, h, num, table } from './dom.js';
+
+/** An agent measuring below this share of the fastest alive agent's GFLOP/s is marked slow. */
+const SLOW_SHARE = 0.5;
+/** An alive agent whose last heartbeat is older than this is shown as late (the sweep declares it dead later). */
+const LATE_HEARTBEAT_MS = 5000;
+
+export function mountNodes(root, { store }) {
+  const summary = h('p.summary');
+  const body = h('div');
+  root.append(h('h1', 'Nodes'), summary, card(null, body));
+
+  const render = () => {
+    const nodes = store.nodes;
+    const alive = nodes.filter((n) => n.status === 'alive');
+    const fastest = Math.max(0, ...alive.map((n) => n.capabilities?.matmulGflops ?? 0));
+    const elapsed = Date.now() - store.nodesAtMs; // heartbeat ages were measured when the list arrived
+    fill(summary, `${alive.length} alive · ${nodes.filter((n) => n.status === 'dead').length} dead · ${nodes.filter((n) => n.status === 'left').length} left`);
+    if (nodes.length === 0) return fill(body, empty('No agents have joined yet: run node-agent join on a machine.'));
+    fill(body, table(
+      ['Agent', 'Status', 'Connected', 'Backend', 'Cores', 'Memory', 'Matmul', 'Heartbeat', 'Role'],
+      nodes.map((n) => nodeRow(n, n.heartbeatAgeMs + elapsed, fastest)),
+      { class: 'nodes' },
+    ));
+  };
+
+  render();
+  const ticker = setInterval(render, 1000); // heartbeat ages count on between updates
+  return {
+    event: (name) => name === 'nodes' && render(),
+    destroy: () => clearInterval(ticker),
+  };
+}
+
+function nodeRow(n, heartbeatAgeMs, fastestGflops) {
+  const caps = n.capabilities ?? {};
+  const slow = n.status === 'alive' && fastestGflops > 0 && caps.matmulGflops < SLOW_SHARE * fastestGflops;
+  const late = n.status === 'alive' && heartbeatAgeMs > LATE_HEARTBEAT_MS;
+  const classes = [`node-${n.status}`, n.straggler && 'node-straggler', slow && 'node-slow'].filter(Boolean).join(' ');
+  return h('tr', { class: classes, 'data-node-id': n.id },
+    h('td', h('strong', n.name), h('div.muted.small', n.id)),
+    h('td', badge(n.status), n.straggler ? badge('straggler') : null, slow ? badge('slow') : null,
+      n.statusReason ? h('div.muted.small', n.statusReason) : null),
+    h('td', n.connected ? 'yes' : h('span.warn', 'no')),
+    h('td', caps.backend ?? '–'),
+    h('td.num', num(caps.cores, 0)),
+    h('td.num', bytes(caps.memoryBytes), h('div.muted.small', `${bytes(caps.freeMemoryBytes)} free`)),
+    h('td.num', `${num(caps.matmulGflops, 1)} GFLOP/s`),
+    h('td.num', { class: late ? 'warn' : undefined }, age(heartbeatAgeMs)),
+    h('td', roleCell(n.role)),
+  );
+}
+
+function roleCell(role) {
+  if (!role) return h('span.muted', 'idle');
+  const [first, end] = role.layers ?? [];
+  return [
+    h('a', { href: `#/jobs/${encodeURIComponent(role.jobId)}` }, role.jobId),
+    h('div.small', `rank ${role.rank} · data ${role.dp} · pipe ${role.pp} · tensor ${role.tp}`),
+    first !== undefined ? h('div.muted.small', `layers ${first}–${end - 1}`) : null,
+  ];
+}
