@@ -14,7 +14,8 @@ import { CoordinatorError } from './errors.ts';
 import { createCoordinator } from './server.ts';
 import type { NodeView } from './agent-hub.ts';
 import { printSelfcheck, type SelfcheckReport } from './selfcheck.ts';
-import type { JobRecord, MetricRow } from './job-store.ts';
+import { FINAL_STATES, type CheckpointRecord, type JobRecord, type MetricRow } from './job-store.ts';
+import type { JobLive, NodeRole } from './job-runner.ts';
 import { readFile } from 'node:fs/promises';
 import { initTracing } from '../common/tracing.ts';
 
@@ -29,7 +30,8 @@ Commands:
   selfcheck    form a ring of the connected agents and check every collective against a serial sum
   submit FILE  submit a training job spec (JSON); prints the job id
   jobs         list training jobs
-  job ID       show one job: state, step, latest metrics
+  job ID       show one job: state, step, latest metrics, layout, per-agent step breakdown, links, straggler;
+               --watch follows it with a live line until it ends
   plan ID      the layout the planner chose for a job, the candidates it weighed, predicted vs measured step time
   replan ID LAYOUT
                change a job's layout: 'auto' or data×pipeline×tensor such as 2x2x1; a running job resumes from
@@ -48,6 +50,8 @@ Options for nodes, selfcheck, submit, jobs, job, plan and replan:
   --token TOKEN               cluster token (or MESHTRAIN_TOKEN)
   --json                      print JSON instead of a table
   --agents N                  selfcheck: ring size (default: every connected agent)
+  --watch                     job: follow the job live until it ends (exit 0 if it succeeded, 1 if not);
+                              with --json, one JSON object per new step and state change
 
   -h, --help                  show this help
 
@@ -67,6 +71,7 @@ async function main(argv: string[]): Promise<number> {
     'heartbeat-timeout': { type: 'string' },
     url: { type: 'string' },
     json: { type: 'boolean' },
+    watch: { type: 'boolean' },
     agents: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
@@ -83,7 +88,7 @@ async function main(argv: string[]): Promise<number> {
     case 'jobs':
       return listJobs(values);
     case 'job':
-      return showJob(values, rest[0]!);
+      return values.watch ? watchJob(values, rest[0]!) : showJob(values, rest[0]!);
     case 'plan':
       return showPlan(values, rest[0]!);
     case 'replan':
@@ -159,7 +164,7 @@ async function api<T>(v: Values, method: string, path: string, body?: unknown): 
 }
 
 async function nodes(v: Values): Promise<number> {
-  const { nodes } = await api<{ nodes: NodeView[] }>(v, 'GET', '/api/nodes');
+  const { nodes } = await api<{ nodes: Array<NodeView & { role: NodeRole | null; straggler: boolean }> }>(v, 'GET', '/api/nodes');
   if (v.json) {
     process.stdout.write(JSON.stringify(nodes, null, 2) + '\n');
     return 0;
@@ -173,9 +178,10 @@ async function nodes(v: Values): Promise<number> {
     `${(n.capabilities.memoryBytes / 2 ** 30).toFixed(1)} GiB`,
     n.capabilities.matmulGflops.toFixed(1),
     `${(n.heartbeatAgeMs / 1000).toFixed(1)} s`,
+    n.role ? `${n.role.jobId} rank ${n.role.rank} (dp ${n.role.dp}, stage ${n.role.pp}, shard ${n.role.tp})${n.straggler ? ' STRAGGLER' : ''}` : '—',
     n.peerAddress,
   ]);
-  printTable(['ID', 'NAME', 'STATUS', 'BACKEND', 'CORES', 'MEMORY', 'GFLOP/S', 'HEARTBEAT', 'PEER ADDRESS'], rows);
+  printTable(['ID', 'NAME', 'STATUS', 'BACKEND', 'CORES', 'MEMORY', 'GFLOP/S', 'HEARTBEAT', 'ROLE', 'PEER ADDRESS'], rows);
   return 0;
 }
 
@@ -201,16 +207,17 @@ async function submit(v: Values, file: string): Promise<number> {
 }
 
 async function listJobs(v: Values): Promise<number> {
-  const { jobs } = await api<{ jobs: Array<Omit<JobRecord, 'spec'>> }>(v, 'GET', '/api/jobs');
+  const { jobs } = await api<{ jobs: Array<Omit<JobRecord, 'spec'> & { totalSteps: number }> }>(v, 'GET', '/api/jobs');
   if (v.json) process.stdout.write(JSON.stringify(jobs, null, 2) + '\n');
-  else printTable(['ID', 'NAME', 'STATE', 'STEP', 'WHY', 'UPDATED'], jobs.map((j) => [j.id, j.name, j.state, String(j.step), j.stateReason, new Date(j.updatedMs).toISOString()]));
+  else printTable(['ID', 'NAME', 'STATE', 'STEP', 'WHY', 'UPDATED'], jobs.map((j) => [j.id, j.name, j.state, `${j.step}/${j.totalSteps}`, j.stateReason, new Date(j.updatedMs).toISOString()]));
   return 0;
 }
 
 async function showJob(v: Values, id: string): Promise<number> {
-  const res = await api<{ job: JobRecord; metrics: MetricRow[] }>(v, 'GET', `/api/jobs/${encodeURIComponent(id)}`);
+  const res = await api<{ job: JobRecord; metrics: MetricRow[]; checkpoints: CheckpointRecord[] }>(v, 'GET', `/api/jobs/${encodeURIComponent(id)}`);
+  const live = await api<JobLive>(v, 'GET', `/api/jobs/${encodeURIComponent(id)}/live`);
   if (v.json) {
-    process.stdout.write(JSON.stringify(res, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ ...res, live }, null, 2) + '\n');
     return 0;
   }
   const { job, metrics } = res;
@@ -223,9 +230,72 @@ async function showJob(v: Values, id: string): Promise<number> {
       `model: vocab ${job.spec.model.vocabSize}, ctx ${job.spec.model.nCtx}, ${job.spec.model.nLayer} layers, ${job.spec.model.nHead} heads, d ${job.spec.model.nEmbd}`,
       `last train: ${fmt(last('train'))}`,
       `last eval:  ${fmt(last('eval'))}`,
+      `checkpoints: ${res.checkpoints.length ? res.checkpoints.map((c) => c.step).join(', ') : '—'}`,
     ].join('\n') + '\n',
   );
+  if (live.layout) {
+    const b = live.breakdown;
+    process.stdout.write(`\nlayout ${live.layout.data}×${live.layout.pipeline}×${live.layout.tensor} (data × pipeline × tensor), attempt ${live.attempt}` +
+      (b ? `; a typical step: ${b.stepMs.toFixed(0)} ms = compute ${b.computeMs.toFixed(0)} + all-reduce ${b.allreduceMs.toFixed(0)} + bubble ${b.bubbleMs.toFixed(0)} + waiting ${b.waitMs.toFixed(0)}` : '') + '\n');
+    const ms = (x: number) => x.toFixed(0);
+    const byRank = new Map(live.ranks.map((r) => [r.rank, r]));
+    printTable(
+      ['RANK', 'AGENT', 'DP', 'STAGE', 'SHARD', 'LAYERS', 'STEP', 'STEP MS', 'COMPUTE', 'ALL-REDUCE', 'BUBBLE', 'WAIT'],
+      live.placement.map((c) => {
+        const r = byRank.get(c.rank);
+        return [String(c.rank), c.nodeName, String(c.dp), String(c.pp), String(c.tp), `${c.layers[0]}–${c.layers[1]}`,
+          r ? String(r.step) : '—', r ? ms(r.stepMs) : '—', r ? ms(r.computeMs) : '—', r ? ms(r.allreduceMs) : '—', r ? ms(r.bubbleMs) : '—', r ? ms(r.waitMs) : '—'];
+      }),
+    );
+    for (const l of live.links) process.stdout.write(`link ${l.fromName} → ${l.toName}: ${(l.bytes / 1e6).toFixed(2)} MB in ${l.ms.toFixed(1)} ms = ${l.gbps.toFixed(3)} GB/s\n`);
+    if (live.straggler) process.stdout.write(`straggler: ${live.straggler.reason}\n`);
+  }
   return 0;
+}
+
+/** The live line of `job ID --watch`: step, progress, loss, tokens/s, the step's split and the straggler. */
+function watchLine(job: Pick<JobRecord, 'state' | 'step'> & { totalSteps: number }, live: JobLive | null, lastTrain?: MetricRow, lastEval?: MetricRow): string {
+  const frac = job.totalSteps > 0 ? Math.min(1, job.step / job.totalSteps) : 0;
+  const width = 20, filled = Math.round(frac * width);
+  const parts = [`${job.state} step ${job.step}/${job.totalSteps} ${'█'.repeat(filled)}${'░'.repeat(width - filled)} ${(frac * 100).toFixed(0)}%`];
+  if (lastTrain) parts.push(`loss ${lastTrain.values.loss!.toFixed(4)}`);
+  if (lastEval) parts.push(`eval ${lastEval.values.loss!.toFixed(4)}`);
+  if (lastTrain?.values.tokensPerS !== undefined) parts.push(`${Math.round(lastTrain.values.tokensPerS).toLocaleString('en-US')} tok/s`);
+  const b = live?.breakdown;
+  if (b) parts.push(`${b.stepMs.toFixed(0)} ms/step (compute ${b.computeMs.toFixed(0)}, all-reduce ${b.allreduceMs.toFixed(0)}, bubble ${b.bubbleMs.toFixed(0)}, wait ${b.waitMs.toFixed(0)})`);
+  if (live?.straggler) parts.push(`straggler ${live.straggler.nodeName} ${live.straggler.ratio.toFixed(1)}×`);
+  return parts.join(' · ');
+}
+
+/** Polls the job once a second and shows its live line (one JSON object per change with --json) until it ends. */
+async function watchJob(v: Values, id: string): Promise<number> {
+  const path = `/api/jobs/${encodeURIComponent(id)}`;
+  const tty = process.stdout.isTTY && !v.json;
+  let after = -1, lastState = '', lastTrain: MetricRow | undefined, lastEval: MetricRow | undefined;
+  for (;;) {
+    const res = await api<{ job: JobRecord; metrics: MetricRow[] }>(v, 'GET', `${path}?after=${after}`);
+    const live = await api<JobLive>(v, 'GET', `${path}/live`);
+    const { job } = res;
+    const totalSteps = job.spec.training.steps;
+    for (const row of res.metrics) {
+      if (row.kind === 'train') lastTrain = row;
+      else lastEval = row;
+      if (v.json) process.stdout.write(JSON.stringify({ jobId: id, ...row }) + '\n');
+    }
+    after = Math.max(after, ...res.metrics.map((m) => m.step));
+    const line = watchLine({ state: job.state, step: job.step, totalSteps }, live, lastTrain, lastEval);
+    if (v.json) {
+      if (job.state !== lastState) process.stdout.write(JSON.stringify({ jobId: id, state: job.state, reason: job.stateReason, step: job.step }) + '\n');
+    } else if (tty) process.stdout.write(`\r\x1b[2K${line}`);
+    else if (res.metrics.length || job.state !== lastState) process.stdout.write(line + '\n');
+    lastState = job.state;
+    if (FINAL_STATES.has(job.state)) {
+      if (tty) process.stdout.write(`\n${job.state}: ${job.stateReason}\n`);
+      else if (!v.json) process.stdout.write(`${job.state}: ${job.stateReason}\n`);
+      return job.state === 'succeeded' ? 0 : 1;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
 }
 
 /** 'auto' or d×p×t (x or ×) → the job spec's `parallel`. */

@@ -26,6 +26,9 @@ import type { RateLimit } from './rate-limit.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
 import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
 import { apiKeyList, createGateway, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
+import { initTracing } from '../common/tracing.ts';
+import { hostname } from 'node:os';
+import { localAddressToward, startAnnouncing } from './announce.ts';
 
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_HOST = '0.0.0.0';
@@ -47,7 +50,12 @@ Options:
                         version or the one given
   --port PORT           HTTP port (default: ${DEFAULT_PORT}; 0 = any free port)
   --host HOST           interface to bind (default: ${DEFAULT_HOST})
-  --token TOKEN         cluster token for --registry URL (or MESHTRAIN_TOKEN)
+  --token TOKEN         cluster token for --registry URL (or MESHTRAIN_TOKEN). With an --admin-key too, the
+                        gateway announces itself to that coordinator every 10 s so its dashboard shows the
+                        deployments and can promote or roll back (the admin key goes to the coordinator only)
+  --name NAME           how the gateway appears on the coordinator's dashboard (default: HOSTNAME-PORT)
+  --advertise URL       where the coordinator reaches this gateway (default: http://<our address toward the
+                        coordinator>:PORT)
   --api-key KEY         require 'Authorization: Bearer KEY' on /v1 routes; repeatable or comma-separated for
                         several keys, each with its own rate limit (or MESHTRAIN_GATEWAY_API_KEY, comma-separated)
   --admin-key KEY       the key for /admin routes such as GET /admin/status (or MESHTRAIN_GATEWAY_ADMIN_KEY);
@@ -153,6 +161,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     fake: { type: 'boolean' },
     deployments: { type: 'string' },
     'audit-log': { type: 'string' },
+    name: { type: 'string' },
+    advertise: { type: 'string' },
     url: { type: 'string' },
     primary: { type: 'string' },
     arm: { type: 'string', multiple: true },
@@ -247,10 +257,22 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     await loadDeploymentsFile(deployments, text, v.deployments);
     log.info(`deployments from ${v.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
   }
+  const tracing = await initTracing('gateway'); // off unless OTEL_* asks for traces (common/tracing.ts)
   const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, log, batching, deployments });
   const { port: bound } = await gateway.listen({ port, host });
   // Machine-readable first line: tests and scripts wait for it.
   out(`gateway listening on http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
+  // Reading models from a coordinator's API: tell it where we are, so its dashboard can manage our deployments.
+  let stopAnnouncing = () => {};
+  if (v.registry && /^https?:\/\//.test(v.registry)) {
+    const token = v.token ?? process.env.MESHTRAIN_TOKEN;
+    if (!adminKey) log.info('no --admin-key: not announcing this gateway to the coordinator (its dashboard could not manage deployments without one)');
+    else if (token) {
+      const shownHost = host === '0.0.0.0' || host === '::' ? ((await localAddressToward(v.registry)) ?? '127.0.0.1') : host;
+      const url = v.advertise ?? `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${bound}`;
+      stopAnnouncing = startAnnouncing({ coordinatorUrl: v.registry, token, name: v.name ?? `${hostname()}-${bound}`, url, adminKey, log });
+    }
+  }
   // Keys are never logged, not even in part: only how many there are.
   if (apiKeys.length) log.info(`API key required on /v1 routes (${apiKeys.length} key${apiKeys.length > 1 ? 's' : ''} accepted)`);
   else if (host !== '127.0.0.1' && host !== 'localhost' && host !== '::1') log.warn(`no --api-key: anyone who can reach ${host}:${bound} can use the models`);
@@ -261,7 +283,9 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
       process.once('SIGTERM', () => resolve('SIGTERM'));
     }));
   log.info(`${sig}: draining (running requests get up to ${drainTimeoutMs} ms), then shutting down`);
+  stopAnnouncing();
   await gateway.close();
+  await tracing.shutdown(); // flush the last requests' spans
   return 0;
 }
 
