@@ -31,6 +31,7 @@ import { DeploymentManager, versionLabel, type DeploymentHooks, type VersionReso
 import { PriorityGate } from './priority-gate.ts';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
 import { RateLimiter, type RateLimit } from './rate-limit.ts';
+import { annotateRequest, inRequestContext, traceRequests } from './tracing.ts';
 import { completionResponse, encodeJson, LogprobsBuilder, parseCompletionRequest, usageOf, type CompletionChoice, type CompletionResponse, type ParsedCompletion } from './openai.ts';
 
 /** Response header carrying the sampling seed used, so any completion can be reproduced (pass it as `seed`). */
@@ -98,6 +99,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     return reply.code(err.statusCode).send(err.toBody());
   });
 
+  traceRequests(app); // first, so that requests refused below get their span too
   app.addHook('onRequest', async (req, reply) => {
     if (draining()) {
       const err = new GatewayError('GW_ERR_SHUTTING_DOWN', 'The server is shutting down and takes no new requests; retry on another instance.');
@@ -148,7 +150,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
   }));
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
-  app.post('/v1/completions', async (req, reply) => {
+  app.post('/v1/completions', inRequestContext(async (req, reply) => {
     const started = performance.now();
     const { model: named, user } = (req.body ?? {}) as { model?: unknown; user?: unknown };
     // A deployment is routed here, once: the request stays on this version whatever switches happen meanwhile.
@@ -212,8 +214,9 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
       const seconds = (performance.now() - started) / 1000;
       metrics.requestSeconds.observe({ model, status: String(status) }, seconds);
       if (routed) metrics.deploymentSeconds.observe({ deployment: model, version: routed.version, status: String(status) }, seconds);
+      annotateRequest({ 'gen_ai.operation.name': 'text_completion', 'gen_ai.request.model': model, ...(routed ? { 'meshtrain.deployment': model, 'meshtrain.version': routed.version } : {}) });
     }
-  });
+  }));
 };
 
 /** The reason an aborted generation rejects with when its client disconnected. */
@@ -226,6 +229,7 @@ class ClientGone extends Error {
 function countTokens(metrics: GatewayMetrics, model: string, body: Pick<CompletionResponse, 'usage'>): void {
   metrics.promptTokens.inc({ model }, body.usage?.prompt_tokens ?? 0);
   metrics.generatedTokens.inc({ model }, body.usage?.completion_tokens ?? 0);
+  annotateRequest({ 'gen_ai.usage.input_tokens': body.usage?.prompt_tokens ?? 0, 'gen_ai.usage.output_tokens': body.usage?.completion_tokens ?? 0 });
 }
 
 /**

@@ -22,6 +22,8 @@ import { compareOutputs, ComparisonStats, outputFromChoice, type ComparisonResul
 import type { GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, GeneratedToken, InferenceBackend } from './inference-backend.ts';
 import { isSuccess, type RolloutConfig } from './rollout.ts';
 import { sprt, type Sprt, type SprtState } from './sprt.ts';
+import type { SpanContext } from '@opentelemetry/api';
+import { activeSpanContext, annotateComparison, inMirrorSpan } from './tracing.ts';
 
 export interface ShadowSettings {
   /** Mirrors waiting to run, per shadow version; beyond it new mirrors are dropped ('queue-full'). */
@@ -52,6 +54,8 @@ export interface MirrorJob {
   primaryLatencyMs: number;
   /** performance.now() when it was offered. */
   offeredMs: number;
+  /** The client request's span when tracing is on: the mirror's own span links to it (gateway/tracing.ts). */
+  requestSpan?: SpanContext | undefined;
 }
 
 export interface ShadowMirrorSnapshot {
@@ -145,7 +149,7 @@ export class ShadowMirror {
         continue;
       }
       this.#running++;
-      void this.#run(job).finally(() => {
+      void inMirrorSpan(this.version, job, () => this.#run(job)).finally(() => {
         this.#running--;
         this.#pump();
         this.#settle();
@@ -198,6 +202,7 @@ export class ShadowMirror {
         this.#events.onDecision?.(state);
       }
     }
+    annotateComparison(result);
     this.#events.onCompared?.(result, this.#stats.snapshot());
   }
 
@@ -298,7 +303,8 @@ export class MirroringBackend implements InferenceBackend {
     const latencyMs = result.serviceMs ?? performance.now() - started;
     this.#opts.onOutcome?.(true, latencyMs);
     const offeredMs = performance.now();
-    for (const { mirror } of targets) mirror.offer({ request, primary: result, primaryLatencyMs: latencyMs, offeredMs });
+    const requestSpan = activeSpanContext(); // the client request's span, captured while still in its context
+    for (const { mirror } of targets) mirror.offer({ request, primary: result, primaryLatencyMs: latencyMs, offeredMs, requestSpan });
     if (!addLogprobs) return result;
     return { ...result, choices: result.choices.map((c) => ({ ...c, tokens: c.tokens.map(withoutLogprob) })) };
   }

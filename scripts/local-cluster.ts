@@ -26,6 +26,8 @@ export interface ClusterOptions {
   logLevel?: string; // LOG_LEVEL of the children (default: warn)
   /** Where the children's stderr goes: 'inherit' shows their logs, 'ignore' drops them, 'capture' keeps them. */
   stderr?: 'inherit' | 'ignore' | 'capture';
+  /** Extra environment of every child (on top of this process's), e.g. OTEL_* to trace the cluster. */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface Proc {
@@ -89,7 +91,7 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
   const ownDir = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'meshtrain-'));
   const token = opts.token ?? randomBytes(16).toString('hex');
-  const env = { LOG_LEVEL: opts.logLevel ?? 'warn' };
+  const env = { ...opts.env, LOG_LEVEL: opts.logLevel ?? 'warn' };
   const stderr = opts.stderr ?? 'capture';
   let port = 0;
   const cluster: LocalCluster = {

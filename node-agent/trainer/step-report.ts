@@ -57,9 +57,9 @@ export interface StepReport {
   global?: { loss: number; evalLoss?: number; tokensPerS: number; tokens: number; bubble: number; lr: number };
   phases: Phase[];
   /**
-   * The step's trace context when the job is traced (job.start carried a traceparent): on rank 0 the context of
-   * the span to create for the step itself (its parent is `attemptParent`); on other ranks the same context, so
-   * their step spans become children of rank 0's.
+   * The step's trace context when the job is traced (job.start carried a traceparent): on rank 0 the ids of the
+   * span to create for the step itself, the root of the step's own trace, linked to `attemptParent` (the
+   * coordinator's attempt span); on other ranks the same context, so their step spans become children of rank 0's.
    */
   trace?: { step: TraceParent; attemptParent: TraceParent };
 }
