@@ -1,12 +1,14 @@
 /**
- * npm run demo [-- --agents 2] [--steps 500]
+ * npm run demo [-- --agents 2] [--steps 500] [--keep]
  *
  * The main job, on this machine alone: starts a coordinator and N node agents as separate processes on loopback,
  * checks the ring (all-reduce self-check), trains a small GPT data-parallel on real English text (the U.S. State
  * of the Union addresses), registers it, serves it with the gateway and prints a completion from it. Progress is
- * shown live throughout; everything it starts, it stops.
+ * shown live throughout, in the terminal and on the coordinator's dashboard (its URL and login token are printed
+ * first). Everything it starts, it stops: at the end, or with --keep when you press Ctrl-C.
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { intOption, parseCli } from '../common/cli.ts';
@@ -15,7 +17,7 @@ import type { JobRecord, MetricRow } from '../coordinator/job-store.ts';
 import { printSelfcheck, type SelfcheckReport } from '../coordinator/selfcheck.ts';
 import { startCluster } from './local-cluster.ts';
 
-const { values } = parseCli(process.argv.slice(2), { agents: { type: 'string' }, steps: { type: 'string' } });
+const { values } = parseCli(process.argv.slice(2), { agents: { type: 'string' }, steps: { type: 'string' }, keep: { type: 'boolean' } });
 const agents = intOption(values.agents, 'agents', 2, 1, 16);
 const steps = intOption(values.steps, 'steps', 500, 1, 100_000);
 const say = (line: string) => process.stdout.write(line + '\n');
@@ -25,6 +27,7 @@ const elapsed = () => `${((performance.now() - started) / 1000).toFixed(0)} s`;
 say(`▶ starting a coordinator and ${agents} node agents (separate processes, loopback ports)…`);
 const cluster = await startCluster({ agents: 0, logLevel: 'info', stderr: 'capture' });
 say(`  coordinator at ${cluster.url} (state in ${cluster.dataDir})`);
+say(`  dashboard: open ${cluster.url}/ and log in with the cluster token ${cluster.token}`);
 for (let i = 0; i < agents; i++) cluster.startAgent(`agent-${i}`);
 let shown = 0;
 const follow = setInterval(() => {
@@ -93,9 +96,12 @@ try {
   }
 
   say('▶ serving it with the gateway (OpenAI-compatible /v1/completions)…');
-  gateway = spawn(process.execPath, [new URL('../bin/gateway.js', import.meta.url).pathname, 'serve', '--registry', join(cluster.dataDir, 'registry'), '--port', '0', '--host', '127.0.0.1'], {
+  // Reading models through the coordinator's API with an admin key, the gateway announces itself to the
+  // coordinator: the dashboard's Gateways panel shows its deployments.
+  const gatewayArgs = ['serve', '--registry', cluster.url, '--port', '0', '--host', '127.0.0.1', '--name', 'demo-gateway'];
+  gateway = spawn(process.execPath, [new URL('../bin/gateway.js', import.meta.url).pathname, ...gatewayArgs], {
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, LOG_LEVEL: 'warn' },
+    env: { ...process.env, LOG_LEVEL: 'warn', MESHTRAIN_TOKEN: cluster.token, MESHTRAIN_GATEWAY_ADMIN_KEY: randomBytes(16).toString('hex') },
   });
   const url = await new Promise<string>((resolve, reject) => {
     createInterface({ input: gateway!.stdout! }).on('line', (l) => {
@@ -113,6 +119,10 @@ try {
   const completion = (await res.json()) as { choices?: Array<{ text: string }>; error?: { message: string } };
   if (!res.ok) throw new Error(`completion failed: ${completion.error?.message}`);
   say(`✔ ${url}/v1/completions → "${prompt}${completion.choices![0]!.text}"`);
+  if (values.keep) {
+    say(`✔ done in ${elapsed()}. The cluster keeps running: dashboard ${cluster.url}/ (token ${cluster.token}), gateway ${url}. Ctrl-C stops it.`);
+    await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+  }
   say(`✔ done in ${elapsed()}; stopping the cluster.`);
 } catch (err) {
   say(`✘ ${(err as Error).message}`);
