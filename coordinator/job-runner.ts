@@ -358,6 +358,10 @@ export class JobRunner {
         if (msg.optimizerBytes !== undefined) train.optimizerBytes = msg.optimizerBytes;
         if (msg.paramCount !== undefined) train.paramCount = msg.paramCount;
         msg.stageBusyMs?.forEach((ms, stage) => (train[`stage${stage}BusyMs`] = ms));
+        // The step split four ways, adding up to stepMs: with one stage the "pipeline section" is only the
+        // messages to the worker, which is waiting, not a bubble.
+        train.bubbleMs = attempt.layout.pipeline > 1 ? (msg.bubble ?? 0) * (msg.pipelineMs ?? 0) : 0;
+        train.waitMs = Math.max(0, msg.stepMs - msg.computeMs - msg.allreduceMs - train.bubbleMs);
         const rows: Parameters<JobStore['recordStep']>[2] = [{ kind: 'train', atMs: now, values: train }];
         if (msg.evalLoss !== undefined) {
           attempt.lastEvalLoss = msg.evalLoss;

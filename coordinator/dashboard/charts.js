@@ -1,6 +1,5 @@
 // Step charts on uPlot (canvas: thousands of points redraw in a frame, so a long job's history stays cheap).
-// x is the optimizer step. A stacked chart draws running totals, each filled down to zero over the one below,
-// while its legend shows each part's own value.
+// x is the optimizer step. A stacked chart draws running totals, each filled down to zero over the one below.
 import uPlot from './vendor/uPlot.esm.js';
 
 const HEIGHT_PX = 220;
@@ -18,7 +17,6 @@ export const COLORS = {
 export class StepChart {
   #plot;
   #stacked;
-  #raw = [];
   #resize;
   #container;
 
@@ -30,25 +28,24 @@ export class StepChart {
     this.#container = container;
     this.#stacked = stacked;
     const drawn = stacked ? [...series].reverse() : series; // uPlot draws in order: the tallest total first
-    const n = series.length;
     const opts = {
       width: Math.max(300, container.clientWidth),
       height: HEIGHT_PX,
       scales: { x: { time: false } },
       axes: [{ label: 'step' }, { label: yLabel, size: 60 }],
-      legend: { live: true },
+      // A stacked chart's legend would list its parts top first; the page draws its own in reading order.
+      legend: { show: !stacked },
       cursor: { drag: { x: true, y: false } },
       series: [
         { label: 'step' },
-        ...drawn.map((s, i) => ({
+        ...drawn.map((s) => ({
           label: s.label,
           stroke: s.color,
           width: 1.5,
           spanGaps: true,
           fill: stacked ? s.color : undefined,
           points: { show: s.points ?? false, size: 6 },
-          // The stacked series hold running totals; the legend reads the part itself.
-          value: stacked ? (_u, _v, _si, idx) => fmt(this.#raw[n - 1 - i]?.[idx]) : (_u, v) => fmt(v),
+          value: (_u, v) => fmt(v),
         })),
       ],
     };
@@ -61,7 +58,6 @@ export class StepChart {
   setData(steps, columns) {
     let drawn = columns;
     if (this.#stacked) {
-      this.#raw = columns;
       const totals = [];
       let below = steps.map(() => 0);
       for (const col of columns) {

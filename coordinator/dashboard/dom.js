@@ -2,15 +2,15 @@
 // attribute, never as HTML, so a job or node name cannot inject markup.
 
 /**
- * h('td.num.warn', {title: 'x', onclick: fn, 'data-testid': 'y'}, child, …): an element with classes from the tag,
+ * h('td#id.num.warn', {title: 'x', onclick: fn, 'data-testid': 'y'}, child, …): an element with classes from the tag,
  * attributes, listeners (on*) and children (strings become text; null, undefined and false are skipped; arrays
  * are flattened). `value`, `checked` and `disabled` are set as properties so forms behave.
  */
 export function h(tag, attrs, ...children) {
-  const [name, ...classes] = tag.split('.');
-  const el = name === 'svg' || SVG_CHILDREN.has(name)
-    ? document.createElementNS('http://www.w3.org/2000/svg', name)
-    : document.createElement(name);
+  const [head, ...classes] = tag.split('.');
+  const [name, id] = head.split('#');
+  const el = document.createElement(name);
+  if (id) el.id = id;
   if (classes.length) el.setAttribute('class', classes.join(' '));
   if (attrs && (typeof attrs !== 'object' || attrs instanceof Node || Array.isArray(attrs))) {
     children.unshift(attrs);
@@ -26,8 +26,6 @@ export function h(tag, attrs, ...children) {
   append(el, children);
   return el;
 }
-
-const SVG_CHILDREN = new Set(['rect', 'line', 'path', 'text', 'g', 'circle', 'title', 'marker', 'defs']);
 
 function append(el, children) {
   for (const child of children) {

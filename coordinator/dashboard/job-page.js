@@ -5,7 +5,7 @@
 import { ApiError, get, post } from './api.js';
 import { COLORS, StepChart } from './charts.js';
 import { badge, card, fill, h, num, time } from './dom.js';
-import { breakdownPanel, checkpointsPanel, layoutGrid, linksPanel, planPanel, stragglerBanner } from './job-panels.js';
+import { breakdownPanel, checkpointsPanel, layoutGrid, linksPanel, phaseLegend, planPanel, stragglerBanner } from './job-panels.js';
 import { progress } from './jobs.js';
 
 const FINAL_STATES = new Set(['succeeded', 'failed', 'cancelled']);
@@ -35,7 +35,7 @@ export function mountJob(root, { store }, id) {
     h('div.grid2',
       card('Loss', lossBox),
       card('Throughput (tokens/s)', tokensBox)),
-    card('Step time', stepBox, h('h3', 'Latest step, per rank'), breakdownBox),
+    card('Step time', phaseLegend(), stepBox, h('h3', 'Latest step, per rank'), breakdownBox),
     h('div.grid2',
       card('Layout', layoutBox),
       card('All-reduce links', linksBox)),
@@ -78,7 +78,7 @@ export function mountJob(root, { store }, id) {
       train.map((r) => r.values.computeMs ?? 0),
       train.map((r) => r.values.allreduceMs ?? 0),
       train.map(bubbleMs),
-      train.map((r) => Math.max(0, (r.values.stepMs ?? 0) - (r.values.computeMs ?? 0) - (r.values.allreduceMs ?? 0) - bubbleMs(r))),
+      train.map((r) => r.values.waitMs ?? Math.max(0, (r.values.stepMs ?? 0) - (r.values.computeMs ?? 0) - (r.values.allreduceMs ?? 0) - bubbleMs(r))),
     ]);
     renderHeader();
   };
@@ -99,7 +99,7 @@ export function mountJob(root, { store }, id) {
         h('dt', 'Attempt'), h('dd', num(job.attempt, 0)),
         h('dt', 'Tokens/s'), h('dd', num(live?.tokensPerS ?? t?.values.tokensPerS, 0)),
         h('dt', 'Loss'), h('dd', num(live?.loss ?? t?.values.loss, 4)),
-        h('dt', 'Eval loss'), h('dd', num(live?.evalLoss ?? e?.values.loss, 4)),
+        h('dt', 'Eval loss'), h('dd', { 'data-testid': 'eval-loss' }, num(live?.evalLoss ?? e?.values.loss, 4)),
         h('dt', 'Submitted'), h('dd', time(job.createdMs)),
         job.modelVersion ? [h('dt', 'Model'), h('dd', h('a', { href: '#/models' }, `${job.name}@v${job.modelVersion}`))] : null),
       h('div.actions', h('button.danger', { type: 'button', 'data-testid': 'cancel-job', disabled: !running, onclick: cancel }, 'Cancel job')));
@@ -181,9 +181,9 @@ export function mountJob(root, { store }, id) {
   };
 }
 
-/** The bubble's share of the pipeline section, in ms (0 without a pipeline). */
+/** The pipeline bubble in ms, as the coordinator recorded it (rows from before it did: the bubble's share of the section). */
 function bubbleMs(r) {
-  return (r.values.bubble ?? 0) * (r.values.pipelineMs ?? 0);
+  return r.values.bubbleMs ?? (r.values.bubble ?? 0) * (r.values.pipelineMs ?? 0);
 }
 
 /** A finished or queued job has no live placement: draw the plan's (agent ids per world rank, tensor innermost). */

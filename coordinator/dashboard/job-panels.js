@@ -34,7 +34,7 @@ function stackBar(b, scaleMs) {
   return bar;
 }
 
-function legend() {
+export function phaseLegend() {
   return h('div.legend', PARTS.map(([, label, color]) => {
     const swatch = h('span.swatch');
     swatch.style.background = color;
@@ -49,7 +49,6 @@ export function breakdownPanel(live) {
   const scale = Math.max(live.breakdown.stepMs, ...ranks.map((r) => r.stepMs)) || 1;
   const straggling = live.straggler?.rank;
   return h('div.breakdown',
-    legend(),
     h('div.bar-row.overall', h('span.bar-label', 'step'), stackBar(live.breakdown, scale), h('span.bar-total', ms(live.breakdown.stepMs))),
     ranks.map((r) => h('div.bar-row', { class: r.rank === straggling ? 'straggling' : undefined, 'data-rank': r.rank },
       h('span.bar-label', `rank ${r.rank} · ${r.nodeName}`),
@@ -67,7 +66,7 @@ export function linksPanel(links) {
     h('td', `${l.toName} (rank ${l.toRank})`),
     h('td.num', bytes(l.bytes)),
     h('td.num', ms(l.ms)),
-    h('td.num', num(l.gbps, 2)))), { class: 'links' });
+    h('td.num', num(l.gbps, l.gbps < 1 ? 3 : 2)))), { class: 'links' });
 }
 
 /**
