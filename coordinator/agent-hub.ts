@@ -215,7 +215,6 @@ export class AgentHub {
     this.#live.set(id, conn);
     if (previous && previous !== conn) previous.close(CloseCode.REPLACED, 'a newer connection took over this node');
     this.#metrics.joins.inc({ outcome: decision.action === 'reclaim' ? 'reclaimed' : 'new' });
-    if (decision.action === 'reclaim') this.#metrics.agentReconnects.inc();
     conn.send({
       type: 'welcome',
       protocol: PROTOCOL_VERSION,

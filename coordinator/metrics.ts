@@ -20,7 +20,6 @@ export interface CoordinatorMetrics {
   collectiveRuns: Counter<'op' | 'outcome'>;
   collectiveSeconds: Histogram<'op'>;
   /** Agents that joined again with the identity they had (the hub's 'reclaimed' joins). */
-  agentReconnects: Counter;
   /** Where the node gauge reads its counts at scrape time. */
   countNodesWith(fn: () => Record<string, number>): void;
 }
@@ -66,11 +65,6 @@ export function createMetrics(): CoordinatorMetrics {
       help: 'Wall time of one collective (slowest rank), by op.',
       labelNames: ['op'],
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60],
-      registers: [registry],
-    }),
-    agentReconnects: new Counter({
-      name: 'meshtrain_agent_reconnects_total',
-      help: 'Agents that joined again under the node id they had (after a lost connection or a coordinator restart).',
       registers: [registry],
     }),
   };
@@ -137,7 +131,7 @@ export function bindJobMetrics(metrics: CoordinatorMetrics, bus: EventBus, keepJ
   });
   const attempts = new Counter({ name: 'meshtrain_job_attempts_total', help: 'Attempts started, by job (more than 1: the job was re-planned or resumed).', labelNames: ['job'], registers });
   const checkpointSeconds = new Histogram({
-    name: 'meshtrain_checkpoint_duration_seconds',
+    name: 'meshtrain_checkpoint_merge_duration_seconds',
     help: "Time the coordinator took to merge a step's shard checkpoints into the canonical, layout-free checkpoint.",
     buckets: CHECKPOINT_BUCKETS,
     registers,

@@ -31,6 +31,8 @@ import { ArtifactClient } from './artifact-client.ts';
 import type { BackendChoice } from './compute/backend.ts';
 import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
+import { httpEndpoints } from './http-endpoints.ts';
+import type { AgentMetrics } from './metrics.ts';
 import { PeerServer } from './peer-server.ts';
 import { jobLinks, runJob } from './trainer/job-runner.ts';
 import type { StepObserver } from './trainer/step-report.ts';
@@ -57,6 +59,11 @@ export interface AgentConfig {
   workDir?: string;
   /** Told about every step and checkpoint of the jobs this agent runs (metrics, traces). */
   observers?: readonly StepObserver[];
+  /**
+   * Served at GET /metrics on the peer port, and told about joins, heartbeats and lost connections. Its step
+   * figures come through `observers` (the caller adds it there too).
+   */
+  metrics?: AgentMetrics;
 }
 
 type Control = MessageConnection<CoordinatorMessage, AgentMessage>;
@@ -94,8 +101,17 @@ export class Agent {
       log: this.#log.child('peers'),
       helloTimeoutMs: 10_000,
       findGroup: (id, ms) => this.#findGroup(id, ms),
+      onRequest: httpEndpoints({
+        registry: this.#cfg.metrics?.registry,
+        health: () => ({ name: this.#cfg.name, nodeId: this.#nodeId ?? null, connected: this.#conn?.isOpen ?? false, job: this.#job?.jobId ?? null }),
+        onError: (err) => this.#log.warn(`GET /metrics: ${(err as Error).message}`),
+      }),
     });
-    this.#log.info(`peer listener on ${this.#cfg.peerListenHost}:${this.#peers.port}`);
+    const listen = this.#cfg.peerListenHost;
+    this.#log.info(`peer listener on ${formatHost(listen)}:${this.#peers.port}`);
+    // A wildcard address is not one to browse to; the peer host (what other agents dial) or loopback is.
+    const shown = this.#cfg.peerHost ?? (listen === '0.0.0.0' || listen === '::' ? '127.0.0.1' : listen);
+    if (this.#cfg.metrics) this.#log.info(`metrics at http://${formatHost(shown)}:${this.#peers.port}/metrics`);
     this.#caps = await this.#cfg.capabilities();
     this.#log.info(
       `capabilities: backend ${this.#caps.backend}, ${this.#caps.cores} cores, ${(this.#caps.memoryBytes / 2 ** 30).toFixed(1)} GiB, ` +
@@ -166,11 +182,16 @@ export class Agent {
             if (msg.type === 'error') this.#log.error(`coordinator: ${msg.code}: ${msg.message}`);
             if (msg.type !== 'welcome') return;
             joined = true;
+            this.#cfg.metrics?.joined(this.#nodeId !== undefined); // we had an identity: this is a rejoin
             this.#nodeId = msg.nodeId;
             this.#nodeSecret = msg.nodeSecret;
             this.#log.info(`joined cluster ${msg.clusterId} as node ${msg.nodeId} (${this.#cfg.name})`);
             let seq = 0;
-            heartbeat = setInterval(() => conn.isOpen && conn.send({ type: 'heartbeat', seq: ++seq, sentAt: Date.now() }), msg.heartbeatMs);
+            heartbeat = setInterval(() => {
+              if (!conn.isOpen) return;
+              conn.send({ type: 'heartbeat', seq: ++seq, sentAt: Date.now() });
+              this.#cfg.metrics?.heartbeatSent();
+            }, msg.heartbeatMs);
             // A coordinator that stops answering (half-open TCP, frozen process) is given up on, then redialed.
             watchdog = setTimeout(() => {
               this.#log.warn(`no word from the coordinator for ${msg.heartbeatTimeoutMs} ms; reconnecting`);
@@ -184,6 +205,7 @@ export class Agent {
           if (heartbeat) clearInterval(heartbeat);
           if (watchdog) clearTimeout(watchdog);
           if (this.#conn === conn) this.#conn = null;
+          this.#cfg.metrics?.disconnected();
           // Our groups' peers are told to re-form by the coordinator; links without a coordinator are useless.
           this.#stopJob('lost the control connection to the coordinator');
           for (const g of this.#groups.values()) g.release();

@@ -12,6 +12,8 @@ import { Agent, DEFAULT_BACKOFF } from './agent.ts';
 import { measureCapabilities } from './capabilities.ts';
 import { BACKENDS, type BackendChoice } from './compute/backend.ts';
 import { AgentError } from './errors.ts';
+import { createStepTracer, initTracing } from '../common/tracing.ts';
+import { AgentMetrics } from './metrics.ts';
 import type { StepObserver } from './trainer/step-report.ts';
 
 const HELP = `Usage: node-agent join <coordinator-url> --token TOKEN [options]
@@ -26,7 +28,7 @@ Options:
   --token TOKEN            the cluster's join token (printed by 'coordinator start'; or set MESHTRAIN_TOKEN)
   --name NAME              how this agent appears in the cluster (default: the host name and process id)
   --backend B              compute backend: ${BACKENDS.join('|')} (default: auto = tfjs-node-gpu, tfjs-node, then wasm)
-  --peer-port PORT         port for links from other agents (default: 0 = any free port)
+  --peer-port PORT         port for links from other agents, and for GET /metrics and /healthz (default: 0 = any free port)
   --peer-listen HOST       interface the peer listener binds (default: 0.0.0.0)
   --peer-host HOST         address other agents should dial (default: this machine's address toward the coordinator)
   --max-retries N          give up after N failed connection attempts in a row (default: never give up)
@@ -72,6 +74,11 @@ async function main(argv: string[]): Promise<number> {
   const log = createLogger(`agent ${name}`);
   // Step and checkpoint observers: metrics (node-agent/metrics.ts) and traces (common/tracing.ts) push theirs here.
   const observers: StepObserver[] = [];
+  // Off unless OTEL_* asks for traces (common/tracing.ts); the agent's name tells its spans apart.
+  const tracing = await initTracing('node-agent', { 'service.instance.id': name });
+  if (tracing.enabled) observers.push(createStepTracer());
+  const metrics = new AgentMetrics(); // GET /metrics on the peer port
+  observers.push(metrics);
   const agent = new Agent({
     url: wsUrl(url, '/ws/agent'),
     token,
@@ -86,6 +93,7 @@ async function main(argv: string[]): Promise<number> {
     backend,
     ...(values['work-dir'] ? { workDir: values['work-dir'] } : {}),
     observers,
+    metrics,
     log,
   });
 
@@ -98,7 +106,7 @@ async function main(argv: string[]): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  await agent.run();
+  await agent.run().finally(() => tracing.shutdown()); // flush the last steps' spans before exit
   log.info('left the cluster');
   return 0;
 }

@@ -4,9 +4,13 @@
  * token is that group's, and whose rank is our predecessor in the ring the hello names ('world' if none); anything
  * else is closed with the code that says why. The link then carries that ring's traffic only. A hello may arrive
  * just before our own assignment does, so an unknown group is waited for briefly.
+ *
+ * The port also answers plain HTTP (GET /metrics, GET /healthz: http-endpoints.ts), so the listener is an HTTP
+ * server we own with the WebSocket server attached to its upgrades.
  */
-import { WebSocketServer } from 'ws';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
 import { CloseCode } from '../protocol/codes.ts';
 import { MessageConnection } from '../protocol/connection.ts';
 import { ProtocolError } from '../protocol/errors.ts';
@@ -24,13 +28,17 @@ export interface PeerServerOptions {
   findGroup(groupId: string, ms: number): Promise<Group | undefined>;
   helloTimeoutMs: number;
   onReject?(err: ProtocolError): void;
+  /** Answers plain HTTP requests (no upgrade) on the port; default: 404 for every one. */
+  onRequest?: RequestListener;
 }
 
 export class PeerServer {
+  readonly #server: Server;
   readonly #wss: WebSocketServer;
   readonly #opts: PeerServerOptions;
 
-  private constructor(wss: WebSocketServer, opts: PeerServerOptions) {
+  private constructor(server: Server, wss: WebSocketServer, opts: PeerServerOptions) {
+    this.#server = server;
     this.#wss = wss;
     this.#opts = opts;
     wss.on('connection', (ws, req) => this.#accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
@@ -38,23 +46,33 @@ export class PeerServer {
 
   static listen(opts: PeerServerOptions): Promise<PeerServer> {
     return new Promise((resolve, reject) => {
-      const wss = new WebSocketServer({ host: opts.host, port: opts.port, ...serverOptions(MAX_PEER_FRAME) });
-      wss.once('error', reject);
-      wss.once('listening', () => {
-        wss.off('error', reject);
-        wss.on('error', (err) => opts.log.error(`peer listener: ${err.message}`));
-        resolve(new PeerServer(wss, opts));
+      const server = createServer(opts.onRequest ?? ((_req, res) => res.writeHead(404).end()));
+      const wss = new WebSocketServer({ server, ...serverOptions(MAX_PEER_FRAME) });
+      // ws re-emits the server's errors on the WebSocketServer; one listener each keeps them from being unhandled.
+      wss.on('error', () => {});
+      server.once('error', reject);
+      server.listen(opts.port, opts.host, () => {
+        server.off('error', reject);
+        server.on('error', (err) => opts.log.error(`peer listener: ${err.message}`));
+        resolve(new PeerServer(server, wss, opts));
       });
     });
   }
 
   get port(): number {
-    return (this.#wss.address() as AddressInfo).port;
+    return (this.#server.address() as AddressInfo).port;
   }
 
   close(): Promise<void> {
     for (const ws of this.#wss.clients) ws.close(CloseCode.GOING_AWAY, 'agent shutting down');
-    return new Promise((resolve) => this.#wss.close(() => resolve()));
+    // wss.close() leaves a server it was given alone: close that too, and drop idle keep-alive HTTP connections
+    // (a scraper's), which would otherwise hold close() open until they time out.
+    return new Promise((resolve) =>
+      this.#wss.close(() => {
+        this.#server.close(() => resolve());
+        this.#server.closeIdleConnections();
+      }),
+    );
   }
 
   #accept(ws: import('ws').WebSocket, remote: string): void {
