@@ -274,7 +274,8 @@ export class JobRunner {
       attempt.groupId = group.id;
       if (attempt.stopping) return groups.release(group.id);
       const nodeOfRank = [...group.members].sort((a, b) => a.rank - b.rank).map((m) => m.nodeId);
-      attempt.telemetry = new AttemptTelemetry(layout, chosen.stages, nodeOfRank, (id) => this.#o.hub.views().find((n) => n.id === id)?.name ?? id);
+      const names = new Map(this.#o.hub.views().map((n) => [n.id, n.name])); // a node keeps its name while it holds its id
+      attempt.telemetry = new AttemptTelemetry(layout, chosen.stages, nodeOfRank, (id) => names.get(id) ?? id);
       const checkpoint = await this.#lastGoodCheckpoint(job.id);
       const resume = checkpoint ? await this.#resumeFiles(job, checkpoint.step, checkpoint.files, layout, chosen.stages) : null;
       if (attempt.stopping) return;

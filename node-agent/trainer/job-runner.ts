@@ -288,7 +288,8 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
       const rankBubbleMs = stageCount > 1 ? Math.max(0, pipelineMs - busyMs) : 0;
       const rankComputeMs = busyMs + updateMs;
       const rankWaitMs = Math.max(0, stepMs - rankComputeMs - ringMs - rankBubbleMs);
-      const sentBytes = layout.data > 1 ? (zero ? 2 * Math.round((gradBytes * (layout.data - 1)) / layout.data) : ringAllReduceSentBytes(gradBytes, layout.data)) : 0;
+      // ZeRO-1's reduce-scatter of the gradients plus all-gather of the parameters sends what one all-reduce does.
+      const sentBytes = ringAllReduceSentBytes(gradBytes, layout.data);
       const stepEndMs = epochMs();
 
       // held-out evaluation: a forward-only pipeline
