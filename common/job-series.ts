@@ -8,6 +8,14 @@
  */
 import type { Counter, Gauge, Histogram } from 'prom-client';
 
+/**
+ * Histogram buckets (seconds) of the per-job families, shared by the coordinator's and the agents' so that the two
+ * views of a job compare bucket for bucket.
+ */
+export const STEP_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+export const PHASE_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+export const CHECKPOINT_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+
 type Labelled<L extends string> = Counter<L> | Gauge<L> | Histogram<L>;
 type Labels<L extends string> = Record<L, string | number>;
 
@@ -43,10 +51,5 @@ export class JobSeries {
     if (!sets) series.set(metric as Labelled<string>, (sets = new Set()));
     sets.add(JSON.stringify(labels));
     return labels;
-  }
-
-  /** Job ids whose series are kept, least recently active first. */
-  get jobs(): string[] {
-    return [...this.#jobs.keys()];
   }
 }

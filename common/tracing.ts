@@ -51,7 +51,7 @@ export interface TracingOptions {
 }
 
 /** A collector that is down must not hold a process's exit for the exporter's 10 s timeout. */
-export const SHUTDOWN_FLUSH_MS = 5_000;
+const SHUTDOWN_FLUSH_MS = 5_000;
 
 const OFF: Tracing = Object.freeze({ enabled: false, shutdown: async () => {} });
 
@@ -162,7 +162,7 @@ export function parseTraceparent(header: string): TraceParent | undefined {
 }
 
 /** A context whose (remote) parent span is `tp`: spans started in it join tp's trace. */
-export function contextOf(tp: TraceParent, parent: Context = ROOT_CONTEXT): Context {
+function contextOf(tp: TraceParent, parent: Context = ROOT_CONTEXT): Context {
   return trace.setSpan(parent, trace.wrapSpanContext(remoteSpanContext(tp)));
 }
 
@@ -209,7 +209,7 @@ export function startAttemptSpan(jobId: string, attempt: number, attrs: Record<s
 // Agents: a step's timeline → spans
 
 /** Span name of each phase of a step (step-report.ts). */
-export const PHASE_SPAN: Readonly<Record<PhaseName, string>> = Object.freeze({
+const PHASE_SPAN: Readonly<Record<PhaseName, string>> = Object.freeze({
   begin: 'data.batch',
   fwd: 'compute.fwd',
   bwd: 'compute.bwd',

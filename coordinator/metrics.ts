@@ -7,7 +7,7 @@
  * derived from the event bus (bindJobMetrics), from what rank 0 and every rank report each step.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { JobSeries } from '../common/job-series.ts';
+import { CHECKPOINT_BUCKETS, JobSeries, PHASE_BUCKETS, STEP_BUCKETS } from '../common/job-series.ts';
 import type { EventBus } from './events.ts';
 
 export interface CoordinatorMetrics {
@@ -19,7 +19,6 @@ export interface CoordinatorMetrics {
   protocolRejections: Counter<'code'>;
   collectiveRuns: Counter<'op' | 'outcome'>;
   collectiveSeconds: Histogram<'op'>;
-  /** Agents that joined again with the identity they had (the hub's 'reclaimed' joins). */
   /** Where the node gauge reads its counts at scrape time. */
   countNodesWith(fn: () => Record<string, number>): void;
 }
@@ -72,9 +71,6 @@ export function createMetrics(): CoordinatorMetrics {
 
 /** Jobs whose per-job series are kept; older jobs' series are dropped (common/job-series.ts). */
 const KEEP_JOBS = 20;
-const STEP_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
-const PHASE_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
-const CHECKPOINT_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
 /**
  * Training metrics from the coordinator's event bus: rank 0's global figures per step (progress), every rank's

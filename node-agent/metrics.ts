@@ -8,15 +8,11 @@
  * series are dropped once it is not among the most recent jobs (common/job-series.ts).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { JobSeries } from '../common/job-series.ts';
+import { CHECKPOINT_BUCKETS, JobSeries, PHASE_BUCKETS, STEP_BUCKETS } from '../common/job-series.ts';
 import { ringAllReduceSentBytes, type CheckpointReport, type StepObserver, type StepReport } from './trainer/step-report.ts';
 
 /** Jobs whose series are kept (an agent runs one job at a time; a few finished ones stay visible to a scraper). */
 const KEEP_JOBS = 8;
-
-const STEP_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
-const PHASE_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
-const CHECKPOINT_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
 /** The rings whose all-reduces a step's timeline names (tensor-parallel all-reduces run inside the worker's phases). */
 const RINGS = ['data', 'tied', 'world'] as const;

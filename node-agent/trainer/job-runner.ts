@@ -42,6 +42,7 @@ import type { Mailbox } from '../collectives/mailbox.ts';
 import type { BackendChoice } from '../compute/backend.ts';
 import type { FromWorker, Placement, Ready, ResumeState, ToWorker } from './messages.ts';
 import { bubbleTheory, oneFOneB } from './schedule.ts';
+import { parseTraceparent } from '../../common/tracing.ts';
 import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type StepObserver, type StepReport, type TraceParent } from './step-report.ts';
 
 /** The part of ArtifactClient a job uses (tests pass an in-memory one). */
@@ -188,7 +189,7 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
 
     // 3. the steps
     const observers = ctx.observers ?? [];
-    const attemptTrace = start.trace ? parseTraceparent(start.trace) : null;
+    const attemptTrace = (start.trace && parseTraceparent(start.trace)) || null; // all-zero ids: not traced
     const dataSucc = rankOf({ dp: (coords.dp + 1) % layout.data, pp: coords.pp, tp: coords.tp }, layout);
     const gradBytes = grads.byteLength;
     for (let s = step + 1; s <= t.steps; s++) {
@@ -380,12 +381,6 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
   }
   ctx.send(finished);
   return finished;
-}
-
-/** `00-<trace id>-<span id>-<flags>` (W3C traceparent; protocol/control.ts checks its form). */
-export function parseTraceparent(header: string): TraceParent {
-  const [, traceId = '', spanId = '', flags = '00'] = header.split('-');
-  return { traceId, spanId, sampled: (parseInt(flags, 16) & 1) === 1 };
 }
 
 /**

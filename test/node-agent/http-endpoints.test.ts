@@ -41,6 +41,8 @@ describe("the agent's peer port over plain HTTP", () => {
   test('HEAD /metrics answers without a body', async () => {
     const res = await fetch(`${base}/metrics`, { method: 'HEAD' });
     assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+    assert.ok(Number(res.headers.get('content-length')) > 0, 'the length GET would send');
     assert.equal(await res.text(), '');
   });
 

@@ -86,6 +86,9 @@ test('every request gets one server span named by its route, with its status and
     assert.equal(s.parentSpanContext, undefined, 'no traceparent: a root span');
   }
   assert.equal(got[5]!.attributes['http.route'], undefined, 'an unknown URL has no route');
+  for (const s of got) {
+    for (const v of Object.values(s.attributes)) assert.ok(!String(v).includes(API_KEY), `${s.name}: the API key in an attribute`);
+  }
 });
 
 test("a request carrying a traceparent header gets its span as the caller's child, in the caller's trace", async (t) => {

@@ -125,4 +125,11 @@ describe('tracing a two-agent cluster over OTLP', () => {
     }
     assert.equal(byRank.get(1)!.parentSpanId, byRank.get(0)!.spanId);
   });
+
+  test('the cluster token is in no span attribute nor resource attribute', () => {
+    assert.ok(receiver.spans.length > 0);
+    for (const s of receiver.spans) {
+      for (const v of [...Object.values(s.attributes), ...Object.values(s.resource)]) assert.ok(!String(v).includes(cluster.token), `${s.name}: ${String(v)}`);
+    }
+  });
 });
