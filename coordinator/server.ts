@@ -362,18 +362,12 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   app.get('/api/gateways', async () => ({ gateways: gateways.list() }));
   type Relayed = { Params: { gw: string; name?: string } };
   const deploymentPath = (name: string | undefined, tail = '') => `/deployments${name === undefined ? '' : `/${encodeURIComponent(name)}`}${tail}`;
-  app.get<Relayed>('/api/gateways/:gw/deployments', async (req, reply) => {
-    const r = await gateways.relay(req.params.gw, 'GET', deploymentPath(undefined));
-    return reply.code(r.status).send(r.body);
-  });
-  app.get<Relayed>('/api/gateways/:gw/deployments/:name', async (req, reply) => {
-    const r = await gateways.relay(req.params.gw, 'GET', deploymentPath(req.params.name));
-    return reply.code(r.status).send(r.body);
-  });
-  app.get<Relayed>('/api/gateways/:gw/deployments/:name/comparison', async (req, reply) => {
-    const r = await gateways.relay(req.params.gw, 'GET', deploymentPath(req.params.name, '/comparison'));
-    return reply.code(r.status).send(r.body);
-  });
+  for (const tail of ['', '/:name', '/:name/comparison']) {
+    app.get<Relayed>(`/api/gateways/:gw/deployments${tail}`, async (req, reply) => {
+      const r = await gateways.relay(req.params.gw, 'GET', deploymentPath(req.params.name, tail.endsWith('/comparison') ? '/comparison' : ''));
+      return reply.code(r.status).send(r.body);
+    });
+  }
   for (const action of ['promote', 'rollback'] as const) {
     app.post<Relayed>(`/api/gateways/:gw/deployments/:name/${action}`, async (req, reply) => {
       const r = await gateways.relay(req.params.gw, 'POST', deploymentPath(req.params.name, `/${action}`), req.body ?? {});

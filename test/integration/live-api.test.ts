@@ -146,7 +146,13 @@ describe('the live view of a cluster', () => {
       assert.deepEqual(gateways.map((g) => [g.name, g.alive]), [['gw-test', true]]);
       const list = await cluster.api<{ deployments: unknown[] }>('GET', '/api/gateways/gw-test/deployments');
       assert.ok(Array.isArray(list.deployments), JSON.stringify(list));
-      // The gateway's own refusal (no deployment of that name) comes back as it is.
+      // The gateway's own refusals (no deployment of that name) come back as they are, on every relayed route.
+      for (const path of ['/deployments/nope', '/deployments/nope/comparison']) {
+        const got = await fetch(`${cluster.url}/api/gateways/gw-test${path}`, { headers: { cookie } });
+        assert.equal(got.status, 404, path);
+        const { error } = (await got.json()) as { error: { code?: string; message: string } };
+        assert.doesNotMatch(String(error.code), /^CRD_/, `${path}: the gateway answered, not a missing coordinator route`);
+      }
       const res = await fetch(`${cluster.url}/api/gateways/gw-test/deployments/nope/rollback`, {
         method: 'POST', headers: { cookie, 'x-requested-with': 'meshtrain', 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'test' }),
       });
