@@ -112,6 +112,11 @@ export class ArtifactStore {
   }
 
   /** A read stream of a stored artifact (not verified; use get() where integrity matters more than memory). */
+  /** Removes an artifact (pruned checkpoints); a missing one is not an error. */
+  async delete(digest: string): Promise<void> {
+    await rm(this.pathOf(digest), { force: true });
+  }
+
   createReadStream(digest: string): Readable {
     return createReadStream(this.pathOf(digest));
   }

@@ -3,8 +3,14 @@
  * the dataset (datasets.ts), forms a ring of the chosen agents (groups.ts), and sends each `job.start` with its
  * rank, the dataset's files and the last checkpoint to resume from. It records what the agents report (progress
  * rows, checkpoints) and, when every rank has finished, registers rank 0's model files as a new version of the
- * job's model. A member that goes down stops the attempt everywhere and puts the job back in the queue, so it
- * resumes from its last checkpoint when agents are free again.
+ * job's model.
+ *
+ * Faults: a member that goes down (its connection drops or its heartbeats stop), a rank that fails on a link or a
+ * deadline, or an attempt that reports no step within `stepTimeoutMs` stops the attempt everywhere and puts the job
+ * back in the queue; the scheduler re-plans it for the agents there are and it resumes from its last good
+ * checkpoint (elastic.ts decideRestart bounds the retries). Each time a checkpoint lands, elastic.ts decideReshape
+ * may grow the job onto free agents or move work off a straggler; old checkpoints are pruned to
+ * `training.keepCheckpoints`.
  */
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
@@ -22,7 +28,9 @@ import type { ArtifactStore } from './artifact-store.ts';
 import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
 import type { GroupManager } from './groups.ts';
-import { decideJobs } from './job-scheduler.ts';
+import { decideJobs, type FreeAgent } from './job-scheduler.ts';
+import { decideReshape, decideRestart, type FailureRun } from './elastic.ts';
+import type { NodeRecord } from './state-store.ts';
 import { AttemptTelemetry, type Breakdown, type LinkLive, type PlacementCell, type RankLive, type Straggler } from './job-telemetry.ts';
 import { EventBus } from './events.ts';
 import type { StoredPlan } from './plan-report.ts';
@@ -37,7 +45,10 @@ interface Attempt {
   groupId: string | null;
   nodeIds: string[];
   layout: ParallelLayout;
+  stages: Array<[number, number]>;
   microBatches: number;
+  /** When an agent last reported anything (progress, a rank report, a checkpoint), or job.start went out. */
+  lastActivityMs: number;
   data: FileSet | null; // the prepared dataset's files (tokenizer.json among them)
   finished: Map<number, Extract<AgentMessage, { type: 'job.finished' }>>;
   lastProgress: JobProgress | null;
@@ -96,7 +107,12 @@ export interface JobRunnerOptions {
   bus?: EventBus;
   now?: () => number;
   tickMs?: number;
+  /** A running attempt that reports no step (nor anything else) for this long is stopped and resumed (default 5 min). */
+  stepTimeoutMs?: number;
 }
+
+/** How long a straggler's measured slowdown is believed when it is not measured again. */
+const SLOWDOWN_TTL_MS = 10 * 60_000;
 
 export class JobRunner {
   readonly #o: JobRunnerOptions;
@@ -109,6 +125,10 @@ export class JobRunner {
   readonly #sharder: CheckpointSharder;
   #calibration: Partial<PlannerCalibration> = {};
   #ticking = false;
+  /** Failed attempts in a row per job (decideRestart). */
+  readonly #failures = new Map<string, FailureRun>();
+  /** Nodes seen straggling: how many times slower than their peers, and when that was measured. */
+  readonly #slowdowns = new Map<string, { factor: number; atMs: number }>();
 
   constructor(o: JobRunnerOptions) {
     this.#o = o;
@@ -178,20 +198,10 @@ export class JobRunner {
     if (this.#ticking) return;
     this.#ticking = true;
     try {
+      this.#checkStalls();
       const queued = this.#o.jobs.list().filter((j) => j.state === 'queued');
       if (queued.length === 0) return;
-      const busy = new Set([...this.#attempts.values()].flatMap((a) => a.nodeIds));
-      const free = this.#o.hub
-        .availableNodes()
-        .filter((n) => !busy.has(n.id))
-        .map((n) => ({
-          id: n.id,
-          host: hostOf(n.peerAddress),
-          cores: n.capabilities.cores,
-          memoryBytes: n.capabilities.memoryBytes,
-          matmulGflops: n.capabilities.matmulGflops,
-          firstSeenMs: n.firstSeenMs,
-        }));
+      const free = this.#freeAgents();
       for (const d of decideJobs(queued.map((j) => ({ id: j.id, spec: j.spec, createdMs: j.createdMs })), free, this.#calibration)) {
         const job = queued.find((j) => j.id === d.jobId)!;
         if (d.action === 'wait') {
@@ -207,6 +217,49 @@ export class JobRunner {
     } finally {
       this.#ticking = false;
     }
+  }
+
+  /** Connected agents no attempt is using, as the planner sees them (with any slowdown measured lately). */
+  #freeAgents(): FreeAgent[] {
+    const busy = new Set([...this.#attempts.values()].flatMap((a) => a.nodeIds));
+    return this.#o.hub.availableNodes().filter((n) => !busy.has(n.id)).map((n) => this.#plannerAgent(n));
+  }
+
+  #plannerAgent(n: NodeRecord): FreeAgent {
+    const seen = this.#slowdowns.get(n.id);
+    const fresh = seen && this.#now() - seen.atMs < SLOWDOWN_TTL_MS;
+    return {
+      id: n.id,
+      host: hostOf(n.peerAddress),
+      cores: n.capabilities.cores,
+      memoryBytes: n.capabilities.memoryBytes,
+      matmulGflops: n.capabilities.matmulGflops,
+      firstSeenMs: n.firstSeenMs,
+      ...(fresh ? { slowdown: seen.factor } : {}),
+    };
+  }
+
+  /** Attempts that went quiet: no agent reported anything within stepTimeoutMs (a hang no deadline caught). */
+  #checkStalls(): void {
+    const limit = this.#o.stepTimeoutMs ?? 300_000;
+    const now = this.#now();
+    for (const a of [...this.#attempts.values()]) {
+      if (a.stopping || a.groupId === null || now - a.lastActivityMs <= limit) continue;
+      this.#o.log.warn(`job ${a.jobId} attempt ${a.attempt}: nothing reported for ${Math.round((now - a.lastActivityMs) / 1000)} s; stopping it`);
+      this.#attemptFailed(a, `no step reported within ${limit / 1000} s (stepTimeoutMs)`);
+    }
+  }
+
+  /**
+   * A straggler named by an attempt's telemetry is remembered as that many times slower, so the planner gives it
+   * less work or leaves it out; its peers, judged and not named, are forgotten as stragglers.
+   */
+  #noteSlowdowns(attempt: Attempt): void {
+    const t = attempt.telemetry;
+    if (!t) return;
+    const straggler = t.straggler();
+    for (const id of t.judged()) if (id !== straggler?.nodeId) this.#slowdowns.delete(id);
+    if (straggler) this.#slowdowns.set(straggler.nodeId, { factor: straggler.ratio, atMs: this.#now() });
   }
 
   /**
@@ -259,7 +312,8 @@ export class JobRunner {
     const layout = chosen.layout;
     const attemptNo = jobs.nextAttempt(job.id, this.#now());
     const attempt: Attempt = {
-      jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, layout, microBatches: chosen.microBatches, data: null, finished: new Map(), lastProgress: null, lastEvalLoss: null,
+      jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, layout, stages: chosen.stages, microBatches: chosen.microBatches, lastActivityMs: this.#now(),
+      data: null, finished: new Map(), lastProgress: null, lastEvalLoss: null,
       stopping: false, shards: new Map(), merged: new Map(), telemetry: null,
       span: startAttemptSpan(job.id, attemptNo, { 'meshtrain.job.name': job.name, 'meshtrain.layout': layoutName(layout) }),
     };
@@ -279,6 +333,9 @@ export class JobRunner {
       const checkpoint = await this.#lastGoodCheckpoint(job.id);
       const resume = checkpoint ? await this.#resumeFiles(job, checkpoint.step, checkpoint.files, layout, chosen.stages) : null;
       if (attempt.stopping) return;
+      // What attempts before this one recorded past the checkpoint is about to be recomputed: each step once.
+      jobs.rewindTo(job.id, checkpoint?.step ?? 0, this.#now());
+      attempt.lastActivityMs = this.#now();
       const plan: NonNullable<JobStart['plan']> = { layout, stages: chosen.stages, microBatches: chosen.microBatches, zero: job.spec.training.zero };
       for (const m of group.members) {
         const stage = Math.floor(m.rank / layout.tensor) % layout.pipeline, tp = m.rank % layout.tensor;
@@ -309,7 +366,10 @@ export class JobRunner {
       log.warn(`job ${job.id} attempt ${attemptNo} could not start: ${why}`);
       // A dataset that cannot be prepared will not fix itself; agents that failed to link may.
       const fatal = (err as { code?: string }).code?.startsWith('MDL_ERR') || (err as NodeJS.ErrnoException).code === 'ENOENT';
-      if (!FINAL_STATES.has(jobs.get(job.id)!.state)) this.#setState(job.id, fatal ? 'failed' : 'queued', `attempt ${attemptNo} could not start: ${why}`);
+      if (FINAL_STATES.has(jobs.get(job.id)!.state) || attempt.stopping) return;
+      if (fatal) return this.#setState(job.id, 'failed', `attempt ${attemptNo} could not start: ${why}`);
+      const { state, reason } = this.#restartOrFail(job.id, `attempt ${attemptNo} could not start: ${why}`);
+      this.#setState(job.id, state, reason);
     }
   }
 
@@ -350,6 +410,7 @@ export class JobRunner {
     if (!attempt || attempt.attempt !== msg.attempt || !attempt.nodeIds.includes(nodeId)) return;
     const { jobs } = this.#o;
     const now = this.#now();
+    attempt.lastActivityMs = now;
     switch (msg.type) {
       case 'job.progress': {
         attempt.lastProgress = msg;
@@ -381,8 +442,10 @@ export class JobRunner {
       case 'job.finished':
         attempt.finished.set(msg.rank, msg);
         if (!msg.ok) {
-          this.#o.log.warn(`job ${msg.jobId}: rank ${msg.rank} failed: ${msg.error}`);
-          return this.#endAttempt(attempt, 'failed', `rank ${msg.rank} (${nodeId}) failed: ${msg.error ?? 'unknown error'}`);
+          this.#o.log.warn(`job ${msg.jobId}: rank ${msg.rank} failed${msg.fatal ? ' (the job itself is at fault)' : ''}: ${msg.error}`);
+          const why = `rank ${msg.rank} (${nodeId}) failed: ${msg.error ?? 'unknown error'}`;
+          // A fault of the job itself (an invalid spec, a diverged loss) would fail the same way again.
+          return msg.fatal ? this.#endAttempt(attempt, 'failed', why) : this.#attemptFailed(attempt, why);
         }
         if (attempt.finished.size === attempt.nodeIds.length) void this.#complete(attempt);
         return;
@@ -411,6 +474,9 @@ export class JobRunner {
       const bytes = Object.values(files).reduce((sum, digest) => sum + (this.#o.artifacts.sizeOf(digest) ?? 0), 0);
       this.#bus.emit('checkpoint', { jobId: msg.jobId, checkpoint, bytes, mergeMs: this.#now() - t0, shards: needed });
       this.#o.log.info(`job ${msg.jobId}: checkpoint at step ${msg.step}${needed > 1 ? ` (${needed} shards merged in ${this.#now() - t0} ms)` : ''}`);
+      // The shard files were only the way in: a merged checkpoint does not use them (one shard: it is them).
+      await this.#prune(job, needed > 1 ? [...got.values()].flatMap((f) => Object.values(f)) : []);
+      this.#considerReshape(attempt, msg.step);
       return files;
     });
     merged.catch((err: Error) => this.#o.log.warn(`job ${msg.jobId}: could not merge the checkpoint of step ${msg.step}: ${err.message}`));
@@ -452,11 +518,83 @@ export class JobRunner {
   }
 
   #onNodeDown(nodeId: string, reason: string): void {
-    for (const attempt of this.#attempts.values()) {
+    for (const attempt of [...this.#attempts.values()]) {
       if (!attempt.nodeIds.includes(nodeId)) continue;
       this.#o.log.warn(`job ${attempt.jobId}: member ${nodeId} went down (${reason}); stopping attempt ${attempt.attempt}`);
-      this.#endAttempt(attempt, 'queued', `member ${nodeId} went down (${reason}); will resume from the last checkpoint`);
+      this.#attemptFailed(attempt, `member ${nodeId} went down (${reason})`);
     }
+  }
+
+  /** An attempt failed through no fault of the job's own: queue it to resume, unless it keeps failing (decideRestart). */
+  #attemptFailed(attempt: Attempt, why: string): void {
+    if (this.#attempts.get(attempt.jobId) !== attempt) return;
+    const { state, reason } = this.#restartOrFail(attempt.jobId, why);
+    this.#endAttempt(attempt, state, reason);
+  }
+
+  #restartOrFail(jobId: string, why: string): { state: 'queued' | 'failed'; reason: string } {
+    const job = this.#o.jobs.get(jobId)!;
+    const newest = this.#o.jobs.checkpoints(jobId)[0]?.step ?? 0;
+    const max = job.spec.training.maxRestarts;
+    const { action, run } = decideRestart(this.#failures.get(jobId), newest, max);
+    this.#failures.set(jobId, run);
+    if (action === 'fail') {
+      return { state: 'failed', reason: `${why}; ${run.failures} attempts in a row ended without a new checkpoint (training.maxRestarts ${max})` };
+    }
+    const from = newest > 0 ? `the checkpoint of step ${newest} or the last good one before it` : 'the start (no checkpoint yet)';
+    return { state: 'queued', reason: `${why}; will resume from ${from} (restart ${run.failures} of ${max})` };
+  }
+
+  /**
+   * A checkpoint of a running attempt landed: the moment a restart costs nothing. Grow onto free agents, move
+   * work off a straggler, or re-plan, as decideReshape says.
+   */
+  #considerReshape(attempt: Attempt, step: number): void {
+    if (attempt.stopping || this.#attempts.get(attempt.jobId) !== attempt) return;
+    const job = this.#o.jobs.get(attempt.jobId);
+    if (!job || FINAL_STATES.has(job.state)) return;
+    this.#noteSlowdowns(attempt);
+    const nodes = new Map(this.#o.hub.availableNodes().map((n) => [n.id, n]));
+    if (!attempt.nodeIds.every((id) => nodes.has(id))) return; // a member is going down: that path re-plans
+    const decision = decideReshape({
+      spec: job.spec,
+      layout: attempt.layout,
+      stages: attempt.stages,
+      members: attempt.nodeIds.map((id) => this.#plannerAgent(nodes.get(id)!)),
+      free: this.#freeAgents(),
+      straggler: attempt.telemetry?.straggler()?.nodeId ?? null,
+      step,
+      steps: job.spec.training.steps,
+      calibration: this.#calibration,
+    });
+    if (decision.action === 'keep') return;
+    const reason = `${decision.reason}; resuming from the checkpoint of step ${step}`;
+    this.#o.log.info(`job ${job.id}: ${reason}`);
+    this.#stopAttempt(attempt, reason);
+    this.#setState(job.id, 'queued', reason);
+    void this.tick();
+  }
+
+  /**
+   * Retention: the newest `training.keepCheckpoints` checkpoints of the job stay (0: all), older ones are dropped
+   * from the record and their files from the store, unless something still recorded uses them. `extra` are more
+   * digests to drop on the same terms (shard files a merge has consumed).
+   */
+  async #prune(job: JobRecord, extra: string[]): Promise<void> {
+    const { jobs, artifacts, log } = this.#o;
+    const keep = job.spec.training.keepCheckpoints;
+    const old = keep > 0 ? jobs.checkpoints(job.id).slice(keep) : [];
+    for (const cp of old) jobs.deleteCheckpoint(job.id, cp.step);
+    const candidates = new Set([...old.flatMap((cp) => Object.values(cp.files)), ...extra]);
+    if (candidates.size === 0) return;
+    const used = jobs.checkpointDigests();
+    for (const a of this.#attempts.values()) for (const d of Object.values(a.data ?? {})) used.add(d);
+    let removed = 0;
+    for (const digest of candidates) {
+      if (used.has(digest)) continue;
+      await artifacts.delete(digest).then(() => removed++, (err: Error) => log.warn(`could not delete artifact ${digest}: ${err.message}`));
+    }
+    if (old.length) log.info(`job ${job.id}: pruned ${old.length} old checkpoint${old.length === 1 ? '' : 's'} (steps ${old.map((c) => c.step).join(', ')}; keepCheckpoints ${keep}), ${removed} files removed`);
   }
 
   #endAttempt(attempt: Attempt, state: 'queued' | 'failed' | 'succeeded', reason: string): void {
@@ -472,6 +610,7 @@ export class JobRunner {
 
   /** Keeps an ended attempt's telemetry for its job page, and tells watchers its nodes are free. */
   #remember(attempt: Attempt): void {
+    this.#noteSlowdowns(attempt);
     this.#ended.delete(attempt.jobId);
     this.#ended.set(attempt.jobId, attempt);
     if (this.#ended.size > ENDED_KEPT) this.#ended.delete(this.#ended.keys().next().value!);

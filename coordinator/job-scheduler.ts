@@ -5,7 +5,7 @@
  * that does not fit yet holds the ones behind it, so a large job is never starved by a stream of small ones.
  */
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
-import { planJob, type Candidate, type Plan, type PlannerAgent, type PlannerCalibration } from './planner.ts';
+import { planJob, type Candidate, type Layout, type Plan, type PlannerAgent, type PlannerCalibration } from './planner.ts';
 
 export interface QueuedJob {
   id: string;
@@ -21,21 +21,53 @@ export type SchedulerDecision =
   | { action: 'start'; jobId: string; chosen: Candidate; plan: Plan; reason: string }
   | { action: 'wait'; jobId: string; reason: string; plan?: Plan };
 
-/** The planner's request for a job on `agents`. */
-export function planRequest(spec: ResolvedJobSpec, agents: PlannerAgent[], calibration?: Partial<PlannerCalibration>) {
+/** The planner's request for a job on `agents`, pinned to `layout` when given (an elastic job's current degree). */
+export function planRequest(spec: ResolvedJobSpec, agents: PlannerAgent[], calibration?: Partial<PlannerCalibration>, layout?: Layout) {
   const t = spec.training;
+  const p = layout ?? spec.parallel;
   return {
     model: spec.model,
     training: { batchSize: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen, zero: t.zero },
-    parallel: spec.parallel,
+    parallel: p === 'auto' ? ('auto' as const) : { data: p.data, pipeline: p.pipeline, tensor: p.tensor },
     agents,
     ...(calibration ? { calibration } : {}),
   };
 }
 
-/** How many agents a pinned layout needs (1 for 'auto': it fits itself to what there is). */
+/**
+ * The data-parallel degrees a pinned spec may run with, most first: from `data` down to `minData`, each one the
+ * global batch divides over (per-rank rows split into the micro-batches). One degree unless the job is elastic.
+ */
+export function dataDegrees(spec: ResolvedJobSpec): number[] {
+  if (spec.parallel === 'auto') return [];
+  const { batchSize, microBatches } = spec.training;
+  const out: number[] = [];
+  for (let d = spec.parallel.data; d >= spec.parallel.minData; d--) if (batchSize % (d * microBatches) === 0) out.push(d);
+  return out;
+}
+
+/** The fewest agents a spec can start on (1 for 'auto': it fits itself to what there is). */
 export function agentsWanted(spec: ResolvedJobSpec): number {
-  return spec.parallel === 'auto' ? 1 : spec.parallel.data * spec.parallel.pipeline * spec.parallel.tensor;
+  if (spec.parallel === 'auto') return 1;
+  const fewest = dataDegrees(spec).at(-1) ?? spec.parallel.data;
+  return fewest * spec.parallel.pipeline * spec.parallel.tensor;
+}
+
+/**
+ * The plan for a job on `agents`: 'auto' as the planner picks; a pinned layout at the most data-parallel replicas
+ * the agents allow (an elastic job runs short-handed rather than wait). Null when there are too few agents even for
+ * the fewest replicas; otherwise a plan, whose `chosen` is null when none of the degrees fits (the last refusal).
+ */
+export function planFor(spec: ResolvedJobSpec, agents: PlannerAgent[], calibration?: Partial<PlannerCalibration>): Plan | null {
+  if (spec.parallel === 'auto') return agents.length > 0 ? planJob(planRequest(spec, agents, calibration)) : null;
+  const { pipeline, tensor } = spec.parallel;
+  let last: Plan | null = null;
+  for (const data of dataDegrees(spec)) {
+    if (data * pipeline * tensor > agents.length) continue;
+    last = planJob(planRequest(spec, agents, calibration, { data, pipeline, tensor }));
+    if (last.chosen) return last;
+  }
+  return last;
 }
 
 export function decideJobs(queued: QueuedJob[], free: FreeAgent[], calibration?: Partial<PlannerCalibration>): SchedulerDecision[] {
@@ -45,7 +77,7 @@ export function decideJobs(queued: QueuedJob[], free: FreeAgent[], calibration?:
   for (let i = 0; i < ordered.length; i++) {
     const job = ordered[i]!;
     const wanted = agentsWanted(job.spec);
-    const plan = pool.length >= wanted ? planJob(planRequest(job.spec, pool, calibration)) : null;
+    const plan = pool.length >= wanted ? planFor(job.spec, pool, calibration) : null;
     if (!plan?.chosen) {
       const reason = plan?.refused ?? `waiting for ${wanted} free agent${wanted === 1 ? '' : 's'} (${pool.length} free)`;
       decisions.push({ action: 'wait', jobId: job.id, reason, ...(plan ? { plan } : {}) });

@@ -85,6 +85,9 @@ export class JobStore {
         `INSERT INTO job_checkpoints(job_id, step, attempt, files, created_ms) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT(job_id, step) DO UPDATE SET attempt = excluded.attempt, files = excluded.files, created_ms = excluded.created_ms`,
       ),
+      deleteCheckpoint: db.prepare('DELETE FROM job_checkpoints WHERE job_id = ? AND step = ?'),
+      allCheckpointFiles: db.prepare<[], { files: string }>('SELECT files FROM job_checkpoints'),
+      truncateMetrics: db.prepare('DELETE FROM job_metrics WHERE job_id = ? AND step > ?'),
       checkpoints: db.prepare<[string], { step: number; attempt: number; files: string; created_ms: number }>(
         'SELECT step, attempt, files, created_ms FROM job_checkpoints WHERE job_id = ? ORDER BY step DESC',
       ),
@@ -139,6 +142,26 @@ export class JobStore {
 
   putCheckpoint(id: string, cp: CheckpointRecord): void {
     this.#stmts.putCheckpoint.run(id, cp.step, cp.attempt, JSON.stringify(cp.files), cp.createdMs);
+  }
+
+  deleteCheckpoint(id: string, step: number): void {
+    this.#stmts.deleteCheckpoint.run(id, step);
+  }
+
+  /** Every artifact digest any job's recorded checkpoint uses. */
+  checkpointDigests(): Set<string> {
+    return new Set(this.#stmts.allCheckpointFiles.all().flatMap((r) => Object.values(JSON.parse(r.files) as Record<string, string>)));
+  }
+
+  /**
+   * An attempt resumes from the checkpoint of `step`: what earlier attempts recorded after it is about to be
+   * recomputed, so it goes (in one transaction with the job's step), and each step stays counted once.
+   */
+  rewindTo(id: string, step: number, nowMs: number): void {
+    this.#db.transaction(() => {
+      this.#stmts.truncateMetrics.run(id, step);
+      this.#stmts.setStep.run(step, nowMs, id);
+    })();
   }
 
   /** Newest first. */

@@ -179,6 +179,11 @@ export class AttemptTelemetry {
     return out;
   }
 
+  /** The nodes with enough steps in the window to be judged, straggler or not. */
+  judged(): string[] {
+    return [...this.#windows.entries()].filter(([, w]) => w.length >= STRAGGLER_MIN_STEPS).map(([rank]) => this.#nodeOf[rank] ?? '?');
+  }
+
   straggler(): Straggler | null {
     return findStraggler([...this.#windows.entries()].map(([rank, w]) => {
       const nodeId = this.#nodeOf[rank] ?? '?';

@@ -49,6 +49,11 @@ export interface PlannerAgent {
   cores: number;
   memoryBytes: number;
   matmulGflops: number; // measured on join: best of five 512³ float32 matmuls (node-agent/compute/backend.ts)
+  /**
+   * How many times slower than its peers this agent was seen computing the same work in a running job (a
+   * straggler: job-telemetry.ts); its speed is divided by it. Absent or 1: as fast as its host's best.
+   */
+  slowdown?: number;
 }
 
 export interface PlanRequest {
@@ -164,7 +169,7 @@ function slotsFor(chosen: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostG
   for (const a of chosen) perHost.set(a.host, (perHost.get(a.host) ?? 0) + 1);
   return new Map(chosen.map((a) => {
     const share = 1 / slowdown(perHost.get(a.host)!, a.cores, ctx.cal);
-    const flopsPerS = (ctx.hostGflops.get(a.host) ?? a.matmulGflops) * 1e9 * ctx.cal.efficiency;
+    const flopsPerS = ((ctx.hostGflops.get(a.host) ?? a.matmulGflops) * 1e9 * ctx.cal.efficiency) / Math.max(1, a.slowdown ?? 1);
     return [a.id, { agent: a, flopsPerS, share, pace: flopsPerS * share }];
   }));
 }

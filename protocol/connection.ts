@@ -32,6 +32,14 @@ export interface ConnectionOptions<In> {
    * for any attachment it declares — so an unauthenticated peer cannot make us buffer data.
    */
   firstType?: string;
+  /**
+   * Liveness for links whose peer may vanish without a FIN (a network partition, a frozen host): ping every
+   * `intervalMs`; when nothing at all (a frame, a pong) has come back for `timeoutMs`, the socket is dropped and
+   * onClose sees HEARTBEAT_TIMEOUT. Silence does not count while we hold the link paused (the peer's pongs sit
+   * unread behind our own backpressure) or while our sends are stuck in the socket (a peer that holds us paused
+   * looks the same as a dead one then; the caller's own deadlines cover that case).
+   */
+  keepalive?: { intervalMs: number; timeoutMs: number };
 }
 
 export class ConnectionClosedError extends Error {
@@ -60,6 +68,10 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
   #closed: ConnectionClosedError | null = null;
   #failed = false;
   #seenFirst = false;
+  #paused = false;
+  #heardMs = Date.now();
+  #keepalive: NodeJS.Timeout | null = null;
+  #silent: { code: number; reason: string } | null = null;
 
   constructor(ws: WebSocket, opts: ConnectionOptions<In>) {
     this.#ws = ws;
@@ -71,6 +83,7 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
     // it closes the socket right after. Without a listener the process would crash.
     ws.on('error', (err) => opts.log.debug(`${opts.label}: ${err.message}`));
     ws.on('close', (code, reason) => this.#onClose(code, reason.toString()));
+    if (opts.keepalive) this.#startKeepalive(opts.keepalive);
   }
 
   get label(): string {
@@ -114,10 +127,13 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
   }
 
   pause(): void {
+    this.#paused = true;
     this.#ws.pause();
   }
 
   resume(): void {
+    this.#paused = false;
+    this.#heardMs = Date.now(); // the silence while paused was ours
     this.#ws.resume();
   }
 
@@ -145,7 +161,28 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
     setTimeout(() => this.#ws.terminate(), 2000).unref();
   }
 
+  #startKeepalive({ intervalMs, timeoutMs }: { intervalMs: number; timeoutMs: number }): void {
+    const heard = () => (this.#heardMs = Date.now());
+    this.#ws.on('pong', heard);
+    this.#ws.on('ping', heard);
+    this.#keepalive = setInterval(() => {
+      if (this.#ws.readyState !== 1) return;
+      if (this.#paused || this.#outstanding > 0) {
+        heard();
+      } else if (Date.now() - this.#heardMs > timeoutMs) {
+        const reason = `nothing heard for ${timeoutMs} ms (keepalive)`;
+        this.#opts.log.warn(`${this.#opts.label}: ${reason}; dropping the link`);
+        this.#silent = { code: CloseCode.HEARTBEAT_TIMEOUT, reason };
+        this.#ws.terminate();
+        return;
+      }
+      this.#ws.ping();
+    }, intervalMs);
+    this.#keepalive.unref();
+  }
+
   #onFrame(data: Buffer, isBinary: boolean): void {
+    this.#heardMs = Date.now();
     if (this.#failed) return;
     try {
       if (!isBinary) throw new ProtocolError('PRT_ERR_MALFORMED', 'text frames are not part of the protocol; send binary msgpack');
@@ -206,6 +243,8 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
   }
 
   #onClose(code: number, reason: string): void {
+    if (this.#keepalive) clearInterval(this.#keepalive);
+    if (this.#silent) ({ code, reason } = this.#silent);
     if (this.#closed) return;
     this.#closed = new ConnectionClosedError(code, reason);
     for (const w of this.#drainWaiters) w.reject(this.#closed);

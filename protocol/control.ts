@@ -12,9 +12,11 @@ import { RingId, WORLD_RING } from './peer.ts';
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
 /** Files by name, each a content address: a checkpoint or a model version. */
 const FileName = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' });
-const FileSet = Type.Record(FileName, Sha256, { maxProperties: 64 });
+// additionalProperties: false is what makes the key pattern bind: without it TypeBox's Record lets any other key
+// through (e.g. '../../etc/x', which would then name a file on disk).
+const FileSet = Type.Record(FileName, Sha256, { maxProperties: 64, additionalProperties: false });
 /** A prepared dataset: its folder's files (model/prepare-data.ts layout) by name. */
-const DataFiles = Type.Record(FileName, Sha256, { maxProperties: 100_000 });
+const DataFiles = Type.Record(FileName, Sha256, { maxProperties: 100_000, additionalProperties: false });
 
 /** Largest result attachment an agent may send the coordinator (a collective's result vector, for checking). */
 export const MAX_CONTROL_ATTACHMENT = 16 * 1024 * 1024;
@@ -148,6 +150,8 @@ export const agentMessages = {
     ok: Type.Boolean(),
     step: Count(2 ** 40),
     error: Type.Optional(Text(2048)),
+    /** "The job itself is at fault (an invalid spec or plan, a diverged loss): running it again would fail the same way." */
+    fatal: Type.Optional(Type.Boolean()),
     files: Type.Optional(FileSet), // config.json, model.safetensors, tokenizer.json: the trained model
   }),
 };

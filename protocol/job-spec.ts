@@ -48,6 +48,8 @@ export const TrainingSpec = Type.Object(
     evalBatches: Type.Optional(PositiveInt(10_000, 'held-out batches per evaluation')),
     checkpointEvery: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000, description: 'checkpoint interval in steps; 0: only at the end' })),
     zero: Type.Optional(Type.Union([Type.Literal(0), Type.Literal(1)], { description: 'ZeRO stage: 1 shards the optimizer state over the data-parallel replicas' })),
+    keepCheckpoints: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, description: 'newest checkpoints kept; older ones are pruned (0: keep all)' })),
+    maxRestarts: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, description: 'attempts that may fail in a row without a new checkpoint before the job fails' })),
   },
   { additionalProperties: false },
 );
@@ -59,6 +61,7 @@ export const ParallelSpec = Type.Union([
       data: PositiveInt(4096, 'data-parallel replicas'),
       pipeline: Type.Optional(PositiveInt(256, 'pipeline stages (blocks split over this many agents); default 1')),
       tensor: Type.Optional(PositiveInt(256, 'tensor-parallel shards per stage (must divide model.nHead); default 1')),
+      minData: Type.Optional(PositiveInt(4096, 'fewest data-parallel replicas the job runs with while agents are missing; default: data (not elastic)')),
     },
     { additionalProperties: false },
   ),
@@ -81,7 +84,20 @@ export type JobSpec = Static<typeof JobSpec>;
 export interface ResolvedJobSpec extends JobSpec {
   data: Required<Static<typeof DataSpec>>;
   training: Required<Static<typeof TrainingSpec>>;
-  parallel: { data: number; pipeline: number; tensor: number } | 'auto';
+  parallel: ResolvedParallel | 'auto';
+}
+
+/**
+ * A pinned layout. `data` is the most data-parallel replicas and `minData` the fewest: between them the job is
+ * elastic (it shrinks when agents are lost and grows back at a checkpoint boundary). Pipeline and tensor degrees
+ * are the model's split and never change. The global batch stays `training.batchSize` whatever the replica count,
+ * so every degree trains the same model.
+ */
+export interface ResolvedParallel {
+  data: number;
+  pipeline: number;
+  tensor: number;
+  minData: number;
 }
 
 export const TRAINING_DEFAULTS = Object.freeze({
@@ -98,6 +114,8 @@ export const TRAINING_DEFAULTS = Object.freeze({
   evalBatches: 4,
   checkpointEvery: 0,
   zero: 0 as 0 | 1,
+  keepCheckpoints: 3, // the newest three: a corrupt newest one still leaves two to fall back on
+  maxRestarts: 10,
 });
 
 const check = TypeCompiler.Compile(JobSpec);
@@ -115,7 +133,7 @@ export function validateJobSpec(raw: unknown): SpecResult {
     ...spec,
     data: { heldOutFraction: 0.05, ...spec.data },
     training,
-    parallel: spec.parallel === undefined || spec.parallel === 'auto' ? 'auto' : { pipeline: 1, tensor: 1, ...spec.parallel },
+    parallel: spec.parallel === undefined || spec.parallel === 'auto' ? 'auto' : { pipeline: 1, tensor: 1, minData: spec.parallel.data, ...spec.parallel },
   };
   const errors: string[] = [];
   const m = resolved.model;
@@ -135,6 +153,11 @@ export function validateJobSpec(raw: unknown): SpecResult {
     const { pipeline, tensor } = resolved.parallel;
     if (pipeline > m.nLayer) errors.push(`/parallel/pipeline ${pipeline} exceeds /model/nLayer ${m.nLayer}: every stage needs at least one block`);
     if (m.nHead % tensor !== 0) errors.push(`/parallel/tensor ${tensor} must divide /model/nHead ${m.nHead}: attention is split by heads`);
+    const { data, minData } = resolved.parallel;
+    if (minData > data) errors.push(`/parallel/minData ${minData} exceeds /parallel/data ${data}`);
+    else if (training.batchSize % (minData * training.microBatches) !== 0) {
+      errors.push(`/training/batchSize ${training.batchSize} must divide evenly over /parallel/minData ${minData} ranks × ${training.microBatches} micro-batches`);
+    }
   }
   return errors.length ? { ok: false, errors } : { ok: true, spec: resolved };
 }

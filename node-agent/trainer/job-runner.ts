@@ -112,6 +112,9 @@ export interface JobContext {
 export type JobFinished = Extract<AgentMessage, { type: 'job.finished' }>;
 
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$/;
+
+/** A failure of the job itself (an invalid spec or plan, a diverged loss): job.finished says `fatal`, no retry. */
+class JobFault extends Error {}
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).slice(0, 2048);
 
@@ -145,16 +148,16 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
     ctx.signal.addEventListener('abort', abortListener, { once: true });
 
     const checked = validateJobSpec(start.spec);
-    if (!checked.ok) throw new Error(`invalid job spec: ${checked.errors.join('; ')}`);
+    if (!checked.ok) throw new JobFault(`invalid job spec: ${checked.errors.join('; ')}`);
     const spec = checked.spec;
     const t = spec.training;
     const placement = placementOf(start, spec);
     const { layout, microBatches, zero } = placement;
-    if (worldSize(layout) !== start.world) throw new Error(`layout ${layoutName(layout)} has ${worldSize(layout)} ranks, the job says ${start.world}`);
+    if (worldSize(layout) !== start.world) throw new JobFault(`layout ${layoutName(layout)} has ${worldSize(layout)} ranks, the job says ${start.world}`);
     const coords = coordsOf(rank, layout);
     const [firstLayer, endLayer] = placement.stages[coords.pp] ?? [];
     if (firstLayer === undefined || endLayer === undefined || placement.stages.length !== layout.pipeline) {
-      throw new Error(`the plan gives ${placement.stages.length} stage bounds for ${layout.pipeline} stages`);
+      throw new JobFault(`the plan gives ${placement.stages.length} stage bounds for ${layout.pipeline} stages`);
     }
     const shard: ShardSpec = { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor };
     const layoutOfShard = shardLayout(spec.model, shard); // validates the shard against the model
@@ -282,7 +285,7 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
       const globalTokens = reduced[2]!;
       const stageBusyMs = Array.from(reduced.subarray(3, 3 + stageCount));
       const stagePipelineMs = Array.from(reduced.subarray(3 + stageCount, 3 + 2 * stageCount));
-      if (!Number.isFinite(loss)) throw new Error(`step ${s}: the loss is ${loss}`);
+      if (!Number.isFinite(loss)) throw new JobFault(`step ${s}: the loss is ${loss}; lower training.lr or raise warmupSteps`);
 
       // This rank's own breakdown of the step (the job.progress figures above are the global ones).
       const ringMs = phases.filter((p) => p.name === 'allreduce').reduce((a, p) => a + (p.endMs - p.startMs), 0);
@@ -372,7 +375,8 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
   } catch (err) {
     const error = ctx.signal.aborted ? abortError().message : errorText(err);
     log.warn(`job ${jobId}: failed at step ${step}: ${error}`);
-    finished = { type: 'job.finished', jobId, attempt, rank, ok: false, step, error };
+    const fatal = !ctx.signal.aborted && err instanceof JobFault;
+    finished = { type: 'job.finished', jobId, attempt, rank, ok: false, step, error, ...(fatal ? { fatal } : {}) };
   } finally {
     ctx.signal.removeEventListener('abort', abortListener);
     await worker?.terminate();
@@ -478,6 +482,7 @@ async function saveAndUpload(
   const bytes: Record<string, Uint8Array> = {};
   for (const name of [...Object.keys(saved.manifest.files), MANIFEST_FILE]) bytes[name] = await readFile(join(saved.dir, name));
   const files = await ctx.artifacts.putAll(bytes);
+  await rm(saved.dir, { recursive: true, force: true }); // uploaded: the coordinator's copy is the one that counts
   if (ctx.signal.aborted) return;
   const size = Object.values(bytes).reduce((a, b) => a + b.byteLength, 0);
   for (const o of ctx.observers ?? []) {

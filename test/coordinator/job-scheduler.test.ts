@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideJobs, type FreeAgent, type QueuedJob } from '../../coordinator/job-scheduler.ts';
+import { dataDegrees, decideJobs, type FreeAgent, type QueuedJob } from '../../coordinator/job-scheduler.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
-function spec(parallel: { data: number; pipeline?: number; tensor?: number } | 'auto', batchSize = 12, microBatches = 1): ResolvedJobSpec {
+function spec(parallel: { data: number; pipeline?: number; tensor?: number; minData?: number } | 'auto', batchSize = 12, microBatches = 1): ResolvedJobSpec {
   const res = validateJobSpec({
     name: 'j',
     model: { vocabSize: 300, nCtx: 16, nLayer: 2, nHead: 2, nEmbd: 16 },
@@ -57,4 +57,38 @@ test('a job too big for the agents waits with the planner saying why, and keeps 
   assert.equal(d!.action, 'wait');
   assert.match(d!.reason, /GB/);
   assert.ok(d!.action === 'wait' && d!.plan && d!.plan.chosen === null);
+});
+
+test('an elastic job starts short-handed on the agents there are, down to minData replicas', () => {
+  const elastic = spec({ data: 3, minData: 1 }, 12);
+  assert.deepEqual(dataDegrees(elastic), [3, 2, 1]);
+  const cases: Array<[number, string, number | null]> = [
+    [4, 'all three replicas when four agents are free', 3],
+    [2, 'two replicas on two agents', 2],
+    [1, 'one replica on one agent', 1],
+    [0, 'nothing without agents', null],
+  ];
+  for (const [n, what, want] of cases) {
+    const [d] = decideJobs([job('e', 1, elastic)], ['a', 'b', 'c', 'd'].slice(0, n).map((id) => agent(id)));
+    assert.equal(d!.action === 'start' ? d.chosen.layout.data : null, want, what);
+  }
+});
+
+test('an elastic job only takes degrees its global batch divides over, and a pinned one waits for all its agents', () => {
+  const elastic = spec({ data: 4, minData: 2 }, 8, 2); // 8 rows: d·m must divide 8
+  assert.deepEqual(dataDegrees(elastic), [4, 2], '3 replicas × 2 micro-batches do not divide 8 rows');
+  const [three] = decideJobs([job('e', 1, elastic)], ['a', 'b', 'c'].map((id) => agent(id)));
+  assert.equal(three!.action === 'start' && three.chosen.layout.data, 2);
+  const [pinned] = decideJobs([job('p', 1, spec({ data: 3 }))], ['a', 'b'].map((id) => agent(id)));
+  assert.equal(pinned!.action, 'wait');
+  assert.match(pinned!.reason, /waiting for 3 free agents \(2 free\)/);
+});
+
+test('a straggler measured slow is the agent a pinned layout leaves out when a spare is free', () => {
+  const [d] = decideJobs([job('p', 1, spec({ data: 2 }))], [{ ...agent('a'), slowdown: 4 }, agent('b'), agent('c')]);
+  assert.ok(d!.action === 'start');
+  assert.deepEqual([...d.chosen.placement].sort(), ['b', 'c']);
+  const [control] = decideJobs([job('p', 1, spec({ data: 2 }))], [agent('a'), agent('b'), agent('c')]);
+  assert.ok(control!.action === 'start');
+  assert.ok(control.chosen.placement.includes('a'), 'without the slowdown, a (first by id) is taken');
 });

@@ -17,7 +17,9 @@ test('a minimal valid spec is accepted with every default filled in', () => {
   assert.equal(res.spec.training.lr, TRAINING_DEFAULTS.lr);
   assert.equal(res.spec.training.microBatches, 1);
   assert.equal(res.spec.data.heldOutFraction, 0.05);
-  assert.deepEqual(res.spec.parallel, { data: 2, pipeline: 1, tensor: 1 });
+  assert.deepEqual(res.spec.parallel, { data: 2, pipeline: 1, tensor: 1, minData: 2 }, 'not elastic unless minData says so');
+  assert.equal(res.spec.training.keepCheckpoints, 3);
+  assert.equal(res.spec.training.maxRestarts, 10);
 });
 
 test('a spec without parallel defaults to auto', () => {
@@ -34,6 +36,9 @@ const bad: Array<[string, (s: ReturnType<typeof good>) => unknown, RegExp[]]> = 
   ['a batch that does not split over the ranks', (s) => ({ ...s, training: { ...s.training, batchSize: 15 } }), [/batchSize 15 must divide evenly over \/parallel\/data 2/]],
   ['a per-rank batch that does not split into micro-batches', (s) => ({ ...s, training: { ...s.training, microBatches: 3 } }), [/per rank \(8\) must divide evenly into \/training\/microBatches 3/]],
   ['minLr above lr and warm-up longer than training', (s) => ({ ...s, training: { ...s.training, lr: 1e-3, minLr: 1e-2, warmupSteps: 500 } }), [/minLr/, /warmupSteps 500 exceeds/]],
+  ['minData above data', (s) => ({ ...s, parallel: { data: 2, minData: 3 } }), [/\/parallel\/minData 3 exceeds \/parallel\/data 2/]],
+  ['a batch that does not split over minData ranks', (s) => ({ ...s, training: { ...s.training, batchSize: 3 }, parallel: { data: 3, minData: 2 } }), [/batchSize 3 must divide evenly over \/parallel\/minData 2 ranks × 1/]],
+  ['a negative retention', (s) => ({ ...s, training: { ...s.training, keepCheckpoints: -1 } }), [/\/training\/keepCheckpoints/]],
   ['a name with a slash', (s) => ({ ...s, name: 'a/b' }), [/\/name/]],
   ['a vocabulary smaller than the byte alphabet', (s) => ({ ...s, model: { ...s.model, vocabSize: 100 } }), [/\/model\/vocabSize/]],
 ];
