@@ -9,6 +9,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { CloseCode } from '../protocol/codes.ts';
 import { MessageConnection } from '../protocol/connection.ts';
+import { HelloGate } from '../common/conn-limits.ts';
 import {
   MAX_CONTROL_ATTACHMENT,
   MAX_CONTROL_FRAME,
@@ -50,6 +51,7 @@ export class AgentHub {
   readonly #metrics: CoordinatorMetrics;
   readonly #live = new Map<string, AgentConnection>();
   readonly #sweeper: NodeJS.Timeout;
+  readonly #hellos: HelloGate; // connections that have not said hello yet, capped (a flood of silent sockets)
   #listeners: AgentMessageListener[] = [];
   #closing = false;
   #downListeners: Array<(nodeId: string, reason: string) => void> = [];
@@ -72,6 +74,7 @@ export class AgentHub {
     this.#metrics = opts.metrics;
     this.#now = opts.now ?? Date.now;
     this.#wss = new WebSocketServer({ noServer: true, ...serverOptions(MAX_CONTROL_FRAME) });
+    this.#hellos = new HelloGate(this.#cfg.maxPendingHellos);
     this.#wss.on('connection', (ws, req) => this.#accept(ws, req));
     // Nodes alive before a restart get a full timeout from now to reconnect before they are declared dead.
     const now = this.#now();
@@ -119,6 +122,24 @@ export class AgentHub {
     }));
   }
 
+  /**
+   * Revokes a node's credential: its status becomes 'revoked' (final), its secret hash is cleared so no secret
+   * matches it again, its live connection is closed with REVOKED, and the node-down listeners stop and re-queue
+   * the work it held, as for a dead node. Revoking a revoked node changes nothing. Undefined for an unknown id.
+   */
+  revoke(id: string, reason = 'revoked by an operator'): NodeView | undefined {
+    const node = this.#store.getNode(id);
+    if (!node) return undefined;
+    if (node.status !== 'revoked') {
+      this.#log.warn(`node ${id} (${node.name}) revoked: ${reason}`);
+      this.#store.putNode({ ...node, secretHash: '' }); // same status: no event; markDown records the change
+      this.#live.get(id)?.close(CloseCode.REVOKED, reason);
+      this.#live.delete(id);
+      this.#markDown(id, 'revoked', reason);
+    }
+    return this.views().find((n) => n.id === id);
+  }
+
   /** Marks dead every alive node whose heartbeats stopped; runs on a timer, callable from tests. */
   sweep(): void {
     for (const { id, reason } of findDead(this.#store.listNodes(), this.#now(), this.#cfg.heartbeatTimeoutMs)) {
@@ -140,6 +161,8 @@ export class AgentHub {
 
   #accept(ws: WebSocket, req: IncomingMessage): void {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+    const helloDone = this.#hellos.admit(ws);
+    if (!helloDone) return; // closed with 1013 TRY_AGAIN
     let nodeId: string | null = null;
     const helloTimer = setTimeout(
       () => conn.fail(new ProtocolError('PRT_ERR_HELLO_TIMEOUT', `no hello within ${this.#cfg.helloTimeoutMs} ms`)),
@@ -156,6 +179,7 @@ export class AgentHub {
         if (nodeId === null) {
           if (msg.type !== 'hello') throw new ProtocolError('PRT_ERR_UNEXPECTED', `expected hello first, got ${msg.type}`);
           clearTimeout(helloTimer);
+          helloDone();
           nodeId = this.#admit(conn, msg, remote);
           return;
         }
@@ -163,6 +187,7 @@ export class AgentHub {
       },
       onClose: (code, reason) => {
         clearTimeout(helloTimer);
+        helloDone();
         if (this.#closing) return;
         this.#metrics.agentConnections.set(this.#wss.clients.size);
         if (nodeId === null || this.#live.get(nodeId) !== conn) return;
@@ -194,6 +219,11 @@ export class AgentHub {
     if (decision.action === 'refuse') {
       this.#metrics.joins.inc({ outcome: 'refused' });
       throw new ProtocolError('PRT_ERR_UNAUTHORIZED', decision.reason);
+    }
+    if (decision.action === 'revoked') {
+      this.#metrics.joins.inc({ outcome: 'revoked' });
+      this.#log.warn(`refused ${hello.name} from ${remote}: ${decision.reason}`);
+      throw new ProtocolError('PRT_ERR_REVOKED', decision.reason);
     }
     const now = this.#now();
     const id = decision.action === 'reclaim' ? decision.id : `node-${randomBytes(4).toString('hex')}`;
@@ -251,13 +281,13 @@ export class AgentHub {
     }
   }
 
-  #markDown(id: string, status: 'dead' | 'left', reason: string): void {
+  #markDown(id: string, status: 'dead' | 'left' | 'revoked', reason: string): void {
     this.#store.setNodeStatus(id, status, reason, this.#now());
     for (const l of this.#downListeners) l(id, reason);
   }
 
   #countNodes(): Record<string, number> {
-    const counts = { alive: 0, dead: 0, left: 0 };
+    const counts = { alive: 0, dead: 0, left: 0, revoked: 0 };
     for (const n of this.#store.listNodes()) counts[n.status]++;
     return counts;
   }

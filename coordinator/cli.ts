@@ -1,6 +1,7 @@
 /**
  * coordinator start [--port 7070] [--data DIR] [--token T] …   run the coordinator
  * coordinator nodes [--url U] [--token T] [--json]             list agents
+ * coordinator nodes revoke ID                                  revoke an agent's credential
  * coordinator selfcheck [--url U] [--token T] [--agents N]      check every collective on a ring of the agents
  * coordinator submit job.json | jobs | job ID | plan ID         training jobs
  *
@@ -18,6 +19,7 @@ import { FINAL_STATES, type CheckpointRecord, type JobRecord, type MetricRow } f
 import type { JobLive, NodeRole } from './job-runner.ts';
 import { readFile } from 'node:fs/promises';
 import { initTracing } from '../common/tracing.ts';
+import { fetchTrusting, loadTrust } from '../common/tls.ts';
 
 const HELP = `Usage: coordinator <command> [options]
 
@@ -27,6 +29,9 @@ runs work on them.
 Commands:
   start        run the coordinator (HTTP API, /metrics, agent endpoint /ws/agent)
   nodes        list the agents the coordinator knows
+  nodes revoke ID
+               revoke an agent's credential: it is disconnected, its job re-queued, and its node id and secret
+               are never accepted again (the agent exits with AGT_ERR_REVOKED)
   selfcheck    form a ring of the connected agents and check every collective against a serial sum
   submit FILE  submit a training job spec (JSON); prints the job id
   jobs         list training jobs
@@ -44,10 +49,17 @@ Options for start:
   --token TOKEN               cluster join token (default: the one stored in DIR, or a new one, printed once)
   --heartbeat-ms MS           how often agents heartbeat (default: ${DEFAULT_CONFIG.heartbeatMs})
   --heartbeat-timeout MS      mark an agent dead after this long without a heartbeat (default: ${DEFAULT_CONFIG.heartbeatTimeoutMs})
+  --step-timeout MS           stop and resume a job attempt that reports no step for this long (default: ${DEFAULT_CONFIG.stepTimeoutMs})
+  --headers-timeout MS        cut an HTTP client that has not sent its request head by then (default: ${DEFAULT_CONFIG.headersTimeoutMs})
+  --max-connections N         open sockets on the port beyond which new ones are dropped (default: ${DEFAULT_CONFIG.maxConnections})
+  --max-pending-hellos N      agent connections still owing their hello beyond which new ones get 1013 (default: ${DEFAULT_CONFIG.maxPendingHellos})
+  --tls-cert PATH             serve HTTPS and WSS with this PEM certificate (chain); needs --tls-key
+  --tls-key PATH              the PEM private key of --tls-cert
 
 Options for nodes, selfcheck, submit, jobs, job, plan and replan:
-  --url URL                   coordinator address (default: http://127.0.0.1:${DEFAULT_CONFIG.port})
+  --url URL                   coordinator address (default: http://127.0.0.1:${DEFAULT_CONFIG.port}; https://… for TLS)
   --token TOKEN               cluster token (or MESHTRAIN_TOKEN)
+  --ca PATH                   trust this PEM CA for an https:// coordinator (or set NODE_EXTRA_CA_CERTS)
   --json                      print JSON instead of a table
   --agents N                  selfcheck: ring size (default: every connected agent)
   --watch                     job: follow the job live until it ends (exit 0 if it succeeded, 1 if not);
@@ -69,6 +81,13 @@ async function main(argv: string[]): Promise<number> {
     token: { type: 'string' },
     'heartbeat-ms': { type: 'string' },
     'heartbeat-timeout': { type: 'string' },
+    'step-timeout': { type: 'string' },
+    'headers-timeout': { type: 'string' },
+    'max-connections': { type: 'string' },
+    'max-pending-hellos': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    ca: { type: 'string' },
     url: { type: 'string' },
     json: { type: 'boolean' },
     watch: { type: 'boolean' },
@@ -80,7 +99,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return values.help ? 0 : 2;
   }
-  const args = command === 'replan' ? 2 : command === 'submit' || command === 'job' || command === 'plan' ? 1 : 0;
+  const args = command === 'replan' || (command === 'nodes' && rest[0] === 'revoke') ? 2 : command === 'submit' || command === 'job' || command === 'plan' ? 1 : 0;
   if (rest.length !== args) throw new UsageError(args ? `'${command}' takes exactly ${args} argument${args > 1 ? 's' : ''}` : `unexpected argument '${rest[0]}'`);
   switch (command) {
     case 'submit':
@@ -96,7 +115,7 @@ async function main(argv: string[]): Promise<number> {
     case 'start':
       return start(values);
     case 'nodes':
-      return nodes(values);
+      return rest[0] === 'revoke' ? revoke(values, rest[1]!) : nodes(values);
     case 'selfcheck':
       return selfcheck(values);
     default:
@@ -115,6 +134,12 @@ async function start(v: Values): Promise<number> {
     token: str(v, 'token') ?? process.env.MESHTRAIN_TOKEN,
     heartbeatMs: intOption(str(v, 'heartbeat-ms'), 'heartbeat-ms', DEFAULT_CONFIG.heartbeatMs, 1),
     heartbeatTimeoutMs: intOption(str(v, 'heartbeat-timeout'), 'heartbeat-timeout', DEFAULT_CONFIG.heartbeatTimeoutMs, 1),
+    stepTimeoutMs: intOption(str(v, 'step-timeout'), 'step-timeout', DEFAULT_CONFIG.stepTimeoutMs, 1),
+    headersTimeoutMs: intOption(str(v, 'headers-timeout'), 'headers-timeout', DEFAULT_CONFIG.headersTimeoutMs, 1),
+    maxConnections: intOption(str(v, 'max-connections'), 'max-connections', DEFAULT_CONFIG.maxConnections, 1),
+    maxPendingHellos: intOption(str(v, 'max-pending-hellos'), 'max-pending-hellos', DEFAULT_CONFIG.maxPendingHellos, 1),
+    tlsCert: str(v, 'tls-cert'),
+    tlsKey: str(v, 'tls-key'),
   });
   const log = createLogger('coordinator');
   const tracing = await initTracing('coordinator'); // off unless OTEL_* asks for traces (common/tracing.ts)
@@ -122,10 +147,11 @@ async function start(v: Values): Promise<number> {
   const { port } = await coordinator.listen();
   const shown = cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host;
   // Machine-readable first line: tests and scripts wait for it.
-  process.stdout.write(`coordinator listening on http://${shown}:${port}\n`);
+  const tls = cfg.tlsCert !== undefined;
+  process.stdout.write(`coordinator listening on ${tls ? 'https' : 'http'}://${shown}:${port}\n`);
   if (coordinator.generatedToken) {
     process.stdout.write(`join token (generated, shown once; stored as a hash in ${cfg.dataDir}): ${coordinator.generatedToken}\n`);
-    process.stdout.write(`agents join with: node-agent join ws://${shown}:${port} --token ${coordinator.generatedToken}\n`);
+    process.stdout.write(`agents join with: node-agent join ${tls ? 'wss' : 'ws'}://${shown}:${port} --token ${coordinator.generatedToken}${tls ? ' --ca <the CA that signed --tls-cert>' : ''}\n`);
   } else if (!cfg.token) {
     process.stdout.write(`using the join token stored in ${cfg.dataDir} (pass --token to replace it)\n`);
   }
@@ -145,15 +171,23 @@ async function api<T>(v: Values, method: string, path: string, body?: unknown): 
   const token = str(v, 'token') ?? process.env.MESHTRAIN_TOKEN;
   if (!token) throw new UsageError('missing --token (or MESHTRAIN_TOKEN)');
   const base = httpUrl(str(v, 'url') ?? `http://127.0.0.1:${DEFAULT_CONFIG.port}`);
+  let trust: string[] | undefined;
+  try {
+    trust = str(v, 'ca') === undefined ? undefined : loadTrust(str(v, 'ca')!);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
   let res: Response;
   try {
-    res = await fetch(`${base}${path}`, {
+    res = await fetchTrusting(trust)(`${base}${path}`, {
       method,
       headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
     });
   } catch (err) {
-    throw new Error(`cannot reach the coordinator at ${base} (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}); is 'coordinator start' running?`);
+    const code = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+    const hint = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO/.test(code) ? 'pass --ca with the CA that signed its certificate, or set NODE_EXTRA_CA_CERTS' : "is 'coordinator start' running?";
+    throw new Error(`cannot reach the coordinator at ${base} (${code}); ${hint}`);
   }
   const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string; details?: string[] } };
   if (!res.ok) {
@@ -182,6 +216,13 @@ async function nodes(v: Values): Promise<number> {
     n.peerAddress,
   ]);
   printTable(['ID', 'NAME', 'STATUS', 'BACKEND', 'CORES', 'MEMORY', 'GFLOP/S', 'HEARTBEAT', 'ROLE', 'PEER ADDRESS'], rows);
+  return 0;
+}
+
+async function revoke(v: Values, id: string): Promise<number> {
+  const { node } = await api<{ node: NodeView }>(v, 'POST', `/api/nodes/${encodeURIComponent(id)}/revoke`);
+  if (v.json) process.stdout.write(JSON.stringify(node, null, 2) + '\n');
+  else process.stdout.write(`revoked ${node.id} (${node.name}): disconnected; its node id and secret are no longer accepted\n`);
   return 0;
 }
 

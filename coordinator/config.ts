@@ -2,6 +2,7 @@
  * The coordinator's configuration: defaults below (one comment each), overridden by CLI flags, validated once,
  * frozen. Unknown keys are rejected so a typo cannot silently fall back to a default.
  */
+import { tlsPairProblems } from '../common/tls.ts';
 import { CoordinatorError } from './errors.ts';
 
 export interface CoordinatorConfig {
@@ -14,6 +15,12 @@ export interface CoordinatorConfig {
   helloTimeoutMs: number; // a connection that has not said hello by then is closed
   groupFormTimeoutMs: number; // agents must link their ring within this
   collectiveTimeoutMs: number; // a collective run must finish within this
+  stepTimeoutMs: number; // a running job attempt that reports nothing for this long is stopped and resumed
+  headersTimeoutMs: number; // an HTTP client must send its whole request head within this, or get 408 (slow-loris guard)
+  maxConnections: number; // open sockets on the port (API, dashboard, agents) beyond which new ones are dropped at once
+  maxPendingHellos: number; // agent WebSockets still owing their hello beyond which new ones are closed with 1013
+  tlsCert: string | undefined; // PEM certificate chain: serve HTTPS and WSS instead of HTTP and WS (with tlsKey)
+  tlsKey: string | undefined; // PEM private key of tlsCert
 }
 
 export const DEFAULT_CONFIG: Readonly<CoordinatorConfig> = Object.freeze({
@@ -26,6 +33,12 @@ export const DEFAULT_CONFIG: Readonly<CoordinatorConfig> = Object.freeze({
   helloTimeoutMs: 5000,
   groupFormTimeoutMs: 30_000,
   collectiveTimeoutMs: 300_000,
+  stepTimeoutMs: 300_000,
+  headersTimeoutMs: 10_000,
+  maxConnections: 1024,
+  maxPendingHellos: 64,
+  tlsCert: undefined,
+  tlsKey: undefined,
 });
 
 export function resolveConfig(overrides: Partial<Record<string, unknown>>): Readonly<CoordinatorConfig> {
@@ -34,7 +47,7 @@ export function resolveConfig(overrides: Partial<Record<string, unknown>>): Read
   const cfg = { ...DEFAULT_CONFIG, ...(Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) as Partial<CoordinatorConfig>) };
   const positive = (key: keyof CoordinatorConfig) => {
     const v = cfg[key];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) bad.push(`${key} must be a positive integer (ms), got ${String(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) bad.push(`${key} must be a positive integer${key.endsWith('Ms') ? ' (ms)' : ''}, got ${String(v)}`);
   };
   if (typeof cfg.port !== 'number' || !Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) bad.push(`port must be 0–65535, got ${cfg.port}`);
   if (typeof cfg.host !== 'string' || cfg.host === '') bad.push('host must be a non-empty string');
@@ -42,8 +55,9 @@ export function resolveConfig(overrides: Partial<Record<string, unknown>>): Read
   if (cfg.token !== undefined && (typeof cfg.token !== 'string' || cfg.token.length < 8 || cfg.token.length > 256)) {
     bad.push('token must be 8 to 256 characters');
   }
-  (['heartbeatMs', 'heartbeatTimeoutMs', 'helloTimeoutMs', 'groupFormTimeoutMs', 'collectiveTimeoutMs'] as const).forEach(positive);
+  (['heartbeatMs', 'heartbeatTimeoutMs', 'helloTimeoutMs', 'groupFormTimeoutMs', 'collectiveTimeoutMs', 'stepTimeoutMs', 'headersTimeoutMs', 'maxConnections', 'maxPendingHellos'] as const).forEach(positive);
   if (cfg.heartbeatTimeoutMs <= cfg.heartbeatMs) bad.push(`heartbeatTimeoutMs (${cfg.heartbeatTimeoutMs}) must exceed heartbeatMs (${cfg.heartbeatMs})`);
+  bad.push(...tlsPairProblems(cfg.tlsCert, cfg.tlsKey));
   if (bad.length) throw new CoordinatorError('CRD_ERR_BAD_ARGS', `invalid coordinator configuration: ${bad.join('; ')}`, { details: bad });
   return Object.freeze(cfg);
 }

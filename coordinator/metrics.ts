@@ -31,7 +31,7 @@ export function createMetrics(): CoordinatorMetrics {
     registry,
     nodes: new Gauge({
       name: 'meshtrain_nodes',
-      help: 'Known agents by status (alive, dead, left).',
+      help: 'Known agents by status (alive, dead, left, revoked).',
       labelNames: ['status'],
       registers: [registry],
       collect() {
@@ -43,7 +43,7 @@ export function createMetrics(): CoordinatorMetrics {
     heartbeats: new Counter({ name: 'meshtrain_heartbeats_received_total', help: 'Heartbeats received from agents.', registers: [registry] }),
     joins: new Counter({
       name: 'meshtrain_agent_joins_total',
-      help: 'Agent hellos by outcome (new, reclaimed, unauthorized, version_mismatch, refused).',
+      help: 'Agent hellos by outcome (new, reclaimed, unauthorized, version_mismatch, refused, revoked).',
       labelNames: ['outcome'],
       registers: [registry],
     }),

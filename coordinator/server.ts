@@ -12,6 +12,7 @@
  *   GET    /api/events                   the live feed, server-sent events (live-stream.ts)
  *   GET    /api/nodes                    every known agent: status, capabilities, heartbeat age
  *   GET    /api/nodes/:id                one agent with its recent status events
+ *   POST   /api/nodes/:id/revoke         revoke an agent's credential: disconnected, never admitted under that id again
  *   GET    /api/groups                   ring groups
  *   POST   /api/groups                   form a ring {size?|nodes?, segmentBytes?}
  *   POST   /api/groups/:id/runs          run a collective {op, elements, seed?, root?, repeats?, verify?, returnResult?}
@@ -42,7 +43,9 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyError } from 'fastify';
 import type { Logger } from '../common/log.ts';
+import { loadServerTls, type ServerTls } from '../common/tls.ts';
 import { AgentHub, sha256Hex } from './agent-hub.ts';
+import { limitServer } from '../common/conn-limits.ts';
 import { FormGroupBody, MAX_RETURNED_ELEMENTS, RunBody, SelfcheckBody } from './api-schemas.ts';
 import { ArtifactStore } from './artifact-store.ts';
 import type { CoordinatorConfig } from './config.ts';
@@ -122,6 +125,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     segmentBytes: DEFAULT_SEGMENT_BYTES,
     log: log.child('jobs'),
     bus,
+    stepTimeoutMs: cfg.stepTimeoutMs,
   });
   const gateways = new GatewayDirectory();
   const sessions = new SessionStore();
@@ -138,11 +142,23 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     gateways: () => gateways.list(),
   });
 
+  // HTTPS and WSS on one port when a certificate is configured; the agent endpoint rides the same server's upgrades.
+  let https: ServerTls | null = null;
+  if (cfg.tlsCert !== undefined && cfg.tlsKey !== undefined) {
+    try {
+      https = loadServerTls(cfg.tlsCert, cfg.tlsKey);
+    } catch (err) {
+      throw new CoordinatorError('CRD_ERR_BAD_ARGS', (err as Error).message, { cause: err });
+    }
+  }
+  // The https option only changes the server class; routes, hooks and upgrades are the same, so the instance keeps
+  // the plain type.
   const app = Fastify({
     logger: false,
+    https,
     bodyLimit: 1024 * 1024, // JSON bodies; artifact uploads are streams and not buffered
     ajv: { customOptions: { allErrors: true, removeAdditional: false, coerceTypes: false } },
-  });
+  }) as unknown as FastifyInstance;
 
   app.setErrorHandler((err: FastifyError | CoordinatorError, req, reply) => {
     if (err instanceof CoordinatorError) {
@@ -204,7 +220,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
       status: 'ok',
       clusterId,
       uptimeSeconds: Math.round(process.uptime()),
-      nodes: { alive: nodes.filter((n) => n.status === 'alive').length, dead: nodes.filter((n) => n.status === 'dead').length, left: nodes.filter((n) => n.status === 'left').length },
+      nodes: Object.fromEntries((['alive', 'dead', 'left', 'revoked'] as const).map((s) => [s, nodes.filter((n) => n.status === s).length])),
     };
   });
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
@@ -214,6 +230,11 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     const node = nodeViews().find((n) => n.id === req.params.id);
     if (!node) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no node ${req.params.id}`);
     return { node, events: store.nodeEvents(node.id, 50) };
+  });
+  app.post<{ Params: { id: string } }>('/api/nodes/:id/revoke', async (req) => {
+    if (!hub.revoke(req.params.id)) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `no node ${req.params.id}`);
+    bus.emit('node', { nodeId: req.params.id });
+    return { node: nodeViews().find((n) => n.id === req.params.id) };
   });
 
   app.get('/api/groups', async () => ({ groups: groups.list() }));
@@ -376,6 +397,8 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     });
   }
 
+  // Slow-loris and flood guards (common/conn-limits.ts); the hub caps agents that have not said hello yet.
+  limitServer(app.server as import('node:http').Server, cfg);
   app.server.on('upgrade', (req, socket, head) => {
     const path = (req.url ?? '').split('?')[0];
     if (path === '/ws/agent') hub.handleUpgrade(req, socket, head);

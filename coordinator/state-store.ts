@@ -7,7 +7,8 @@ import Database from 'better-sqlite3';
 import type { CapabilitiesInfo } from '../protocol/control.ts';
 import { CoordinatorError } from './errors.ts';
 
-export type NodeStatus = 'alive' | 'dead' | 'left';
+/** 'revoked': an operator revoked the node's credential (`coordinator nodes revoke`); final, its id is never reused. */
+export type NodeStatus = 'alive' | 'dead' | 'left' | 'revoked';
 
 export interface NodeRecord {
   id: string;
@@ -20,7 +21,7 @@ export interface NodeRecord {
   remoteAddress: string;
   firstSeenMs: number;
   lastSeenMs: number; // last heartbeat (or hello) received, epoch ms
-  secretHash: string; // sha256 of the node's reconnect secret
+  secretHash: string; // sha256 of the node's reconnect secret; '' once revoked (no secret matches it)
 }
 
 export interface NodeEvent {

@@ -18,6 +18,7 @@ export interface AnnounceOptions {
   adminKey: string;
   log: Logger;
   everyMs?: number;
+  fetch?: typeof fetch; // e.g. one trusting --ca for an https:// coordinator (common/tls.ts fetchTrusting)
 }
 
 /** Starts announcing; returns the function that stops. */
@@ -25,7 +26,7 @@ export function startAnnouncing(o: AnnounceOptions): () => void {
   let failing = false, announced = false;
   const announce = async () => {
     try {
-      const res = await fetch(`${o.coordinatorUrl.replace(/\/$/, '')}/api/gateways`, {
+      const res = await (o.fetch ?? fetch)(`${o.coordinatorUrl.replace(/\/$/, '')}/api/gateways`, {
         method: 'POST',
         headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
         body: JSON.stringify({ name: o.name, url: o.url, adminKey: o.adminKey }),

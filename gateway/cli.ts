@@ -16,6 +16,7 @@
  */
 import { createLogger, type Logger } from '../common/log.ts';
 import { intOption, parseCli, UsageError } from '../common/cli.ts';
+import { DEFAULT_CONNECTION_LIMITS } from '../common/conn-limits.ts';
 import { readFileSync } from 'node:fs';
 import { DeploymentManager, loadDeploymentsFile, type VersionResolver } from './deployments.ts';
 import { GatewayError } from './errors.ts';
@@ -29,6 +30,7 @@ import { apiKeyList, createGateway, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS
 import { initTracing } from '../common/tracing.ts';
 import { hostname } from 'node:os';
 import { localAddressToward, startAnnouncing } from './announce.ts';
+import { fetchTrusting, loadServerTls, loadTrust, tlsPairProblems, type ServerTls } from '../common/tls.ts';
 
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_HOST = '0.0.0.0';
@@ -55,7 +57,10 @@ Options:
                         deployments and can promote or roll back (the admin key goes to the coordinator only)
   --name NAME           how the gateway appears on the coordinator's dashboard (default: HOSTNAME-PORT)
   --advertise URL       where the coordinator reaches this gateway (default: http://<our address toward the
-                        coordinator>:PORT)
+                        coordinator>:PORT; https:// with --tls-cert)
+  --ca PATH             trust this PEM CA for an https:// --registry coordinator (or set NODE_EXTRA_CA_CERTS)
+  --tls-cert PATH       serve HTTPS with this PEM certificate (chain); needs --tls-key
+  --tls-key PATH        the PEM private key of --tls-cert
   --api-key KEY         require 'Authorization: Bearer KEY' on /v1 routes; repeatable or comma-separated for
                         several keys, each with its own rate limit (or MESHTRAIN_GATEWAY_API_KEY, comma-separated)
   --admin-key KEY       the key for /admin routes such as GET /admin/status (or MESHTRAIN_GATEWAY_ADMIN_KEY);
@@ -67,6 +72,10 @@ Options:
   --rate-burst N        requests a client may send at once after being idle (default: RPS rounded up)
   --drain-timeout-ms MS on SIGTERM/SIGINT stop taking requests (503) and let running ones finish for up to MS,
                         then cut them and exit (default: ${DEFAULT_DRAIN_TIMEOUT_MS})
+  --headers-timeout-ms MS
+                        answer 408 and cut a client that has not sent its request head by then (slow-loris guard;
+                        default: ${DEFAULT_CONNECTION_LIMITS.headersTimeoutMs})
+  --max-connections N   open sockets beyond which new ones are dropped at once (default: ${DEFAULT_CONNECTION_LIMITS.maxConnections})
   --max-batch-size N    dynamic batching: at most N sequences (request choices) share a forward pass per
                         generation step (default: ${DEFAULT_BATCH_SETTINGS.maxBatchSize}; 1 = no batching)
   --max-batch-wait-ms MS
@@ -156,6 +165,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     'rate-limit': { type: 'string' },
     'rate-burst': { type: 'string' },
     'drain-timeout-ms': { type: 'string' },
+    'headers-timeout-ms': { type: 'string' },
+    'max-connections': { type: 'string' },
     'max-batch-size': { type: 'string' },
     'max-batch-wait-ms': { type: 'string' },
     fake: { type: 'boolean' },
@@ -163,6 +174,9 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     'audit-log': { type: 'string' },
     name: { type: 'string' },
     advertise: { type: 'string' },
+    ca: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
     url: { type: 'string' },
     primary: { type: 'string' },
     arm: { type: 'string', multiple: true },
@@ -188,12 +202,25 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   if (!v.fake && !v.registry) throw new UsageError('missing --registry DIR|URL (or --fake for the test backend)');
   const port = intOption(v.port, 'port', DEFAULT_PORT, 0, 65535);
   const host = v.host ?? DEFAULT_HOST;
+  let https: ServerTls | undefined, trustingFetch: typeof fetch;
+  try {
+    const problems = tlsPairProblems(v['tls-cert'], v['tls-key']);
+    if (problems.length) throw new Error(problems.join('; '));
+    if (v['tls-cert'] !== undefined && v['tls-key'] !== undefined) https = loadServerTls(v['tls-cert'], v['tls-key']);
+    trustingFetch = fetchTrusting(v.ca === undefined ? undefined : loadTrust(v.ca));
+  } catch (err) {
+    throw new GatewayError('GW_ERR_BAD_ARGS', (err as Error).message, { cause: err });
+  }
   const apiKeys = apiKeyList(v['api-key'] ?? process.env.MESHTRAIN_GATEWAY_API_KEY);
   const adminKey = (v['admin-key'] ?? process.env.MESHTRAIN_GATEWAY_ADMIN_KEY) || undefined;
   if (adminKey !== undefined && apiKeys.includes(adminKey)) throw new UsageError('--admin-key must differ from every --api-key');
   const bodyLimit = intOption(v['max-body-bytes'], 'max-body-bytes', DEFAULT_BODY_LIMIT, 1);
   const maxPromptTokens = v['max-prompt-tokens'] === undefined ? undefined : intOption(v['max-prompt-tokens'], 'max-prompt-tokens', 0, 1);
   const drainTimeoutMs = intOption(v['drain-timeout-ms'], 'drain-timeout-ms', DEFAULT_DRAIN_TIMEOUT_MS, 0);
+  const limits = {
+    headersTimeoutMs: intOption(v['headers-timeout-ms'], 'headers-timeout-ms', DEFAULT_CONNECTION_LIMITS.headersTimeoutMs, 1),
+    maxConnections: intOption(v['max-connections'], 'max-connections', DEFAULT_CONNECTION_LIMITS.maxConnections, 1),
+  };
   const rateLimit = rateLimitOptions(v['rate-limit'], v['rate-burst']);
   const log = deps.log ?? createLogger('gateway');
   const wanted = (v.model ?? []).map(parseModelArg);
@@ -212,7 +239,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     }
     log.warn(`serving FakeBackend (${[...backends.keys()].join(', ')}): a deterministic test toy, not a trained model`);
   } else {
-    const registry = openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN });
+    const registry = openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN, fetch: trustingFetch });
     const available = await registry.models();
     const chosen = wanted.length ? wanted : available.map((name) => ({ name, version: undefined }));
     if (chosen.length === 0) throw new GatewayError('GW_ERR_REGISTRY', `no models registered in ${v.registry}`);
@@ -258,10 +285,10 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     log.info(`deployments from ${v.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
   }
   const tracing = await initTracing('gateway'); // off unless OTEL_* asks for traces (common/tracing.ts)
-  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, log, batching, deployments });
+  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, limits, log, batching, deployments, ...(https ? { https } : {}) });
   const { port: bound } = await gateway.listen({ port, host });
   // Machine-readable first line: tests and scripts wait for it.
-  out(`gateway listening on http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
+  out(`gateway listening on ${https ? 'https' : 'http'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
   // Reading models from a coordinator's API: tell it where we are, so its dashboard can manage our deployments.
   let stopAnnouncing = () => {};
   if (v.registry && /^https?:\/\//.test(v.registry)) {
@@ -269,8 +296,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     if (!adminKey) log.info('no --admin-key: not announcing this gateway to the coordinator (its dashboard could not manage deployments without one)');
     else if (token) {
       const shownHost = host === '0.0.0.0' || host === '::' ? ((await localAddressToward(v.registry)) ?? '127.0.0.1') : host;
-      const url = v.advertise ?? `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${bound}`;
-      stopAnnouncing = startAnnouncing({ coordinatorUrl: v.registry, token, name: v.name ?? `${hostname()}-${bound}`, url, adminKey, log });
+      const url = v.advertise ?? `${https ? 'https' : 'http'}://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${bound}`;
+      stopAnnouncing = startAnnouncing({ fetch: trustingFetch, coordinatorUrl: v.registry, token, name: v.name ?? `${hostname()}-${bound}`, url, adminKey, log });
     }
   }
   // Keys are never logged, not even in part: only how many there are.

@@ -20,8 +20,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
+import { DEFAULT_CONNECTION_LIMITS, limitServer, type ConnectionLimits } from '../common/conn-limits.ts';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply } from 'fastify';
 import type { Logger } from '../common/log.ts';
+import type { ServerTls } from '../common/tls.ts';
 import { adminPlugin } from './admin.ts';
 import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
 import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
@@ -338,6 +340,8 @@ export interface CreateGatewayOptions {
   log: Logger;
   bodyLimit?: number; // bytes; larger bodies get 413 (default DEFAULT_BODY_LIMIT)
   drainTimeoutMs?: number; // close() lets running requests finish this long, then cuts them (default DEFAULT_DRAIN_TIMEOUT_MS)
+  /** Headers timeout (slow-loris guard) and socket cap of the port (common/conn-limits.ts); defaults for any left out. */
+  limits?: Partial<Pick<ConnectionLimits, 'headersTimeoutMs' | 'maxConnections'>>;
   /**
    * Dynamic batching of every backend that batches (`configureBatching`): max sequences per forward pass and how
    * long an idle backend waits for more. Settings left out keep the backend's own (defaults 16 and 2 ms).
@@ -345,6 +349,8 @@ export interface CreateGatewayOptions {
   batching?: Partial<BatchSettings>;
   /** Named deployments (deployments.ts), already holding any start-up file's; closed with the gateway. */
   deployments?: DeploymentManager;
+  /** Serve HTTPS with this certificate and key (--tls-cert/--tls-key; common/tls.ts loadServerTls). */
+  https?: ServerTls;
 }
 
 export function createGateway(opts: CreateGatewayOptions): Gateway {
@@ -368,8 +374,10 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   if (opts.adminKey !== undefined && apiKeyList(opts.apiKey).includes(opts.adminKey)) throw new GatewayError('GW_ERR_BAD_ARGS', 'the admin key must differ from every API key');
   if (opts.rateLimit) new RateLimiter(opts.rateLimit); // refuse a bad limit before anything starts
   // return503OnClosing off: fastify's own 503 body is not OpenAI's; the plugin's hook answers during the drain.
-  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false });
+  // The https option only changes the server class; the instance keeps the plain type (as in coordinator/server.ts).
+  const app = Fastify({ logger: false, https: opts.https ?? null, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false }) as unknown as FastifyInstance;
   const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log } = opts;
+  limitServer(app.server as import('node:http').Server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits });
   const deployments = opts.deployments ?? new DeploymentManager({ resolve: noVersions, reserved: (name) => backends.has(name) });
   deployments.setHooks(deploymentHooks(metrics, prepare, log));
   for (const d of deployments?.list() ?? []) {

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { CloseCode } from '../protocol/codes.ts';
+import type { ConnectionLimits } from '../common/conn-limits.ts';
 import { MessageConnection } from '../protocol/connection.ts';
 import {
   MAX_CONTROL_ATTACHMENT,
@@ -25,6 +26,7 @@ import {
 import { PROTOCOL_VERSION } from '../protocol/version.ts';
 import { clientOptions } from '../protocol/ws-options.ts';
 import type { Logger } from '../common/log.ts';
+import { fetchTrusting, type ServerTls } from '../common/tls.ts';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.ts';
 import { runCollective } from './collective-runner.ts';
 import { ArtifactClient } from './artifact-client.ts';
@@ -47,11 +49,26 @@ export interface AgentConfig {
   capabilities: () => Promise<CapabilitiesInfo>;
   /** Address other agents dial; default: the local address of our connection to the coordinator. */
   peerHost: string | undefined;
+  /**
+   * The peer address sent to the coordinator, verbatim (ws:// or wss://), instead of one made of peerHost and the
+   * listener's port: for agents reached through a proxy, a NAT port mapping or a fault-injecting relay.
+   */
+  peerAdvertise?: string;
   peerListenHost: string;
   peerPort: number;
   maxRetries: number; // Infinity: keep trying
   backoff: BackoffOptions;
   collectiveIdleTimeoutMs: number;
+  /** A peer link that has not said peer.hello by then is closed; an unknown group in a hello is waited for this long (default 10 s). */
+  peerHelloTimeoutMs?: number;
+  /** The peer port's headers timeout, socket cap and pending-hello cap (common/conn-limits.ts; defaults for any left out). */
+  peerLimits?: Partial<ConnectionLimits>;
+  /** A peer link that hears nothing (no frame, no pong) for this long is dropped (default 10 s); pings every fifth of it. */
+  peerKeepaliveMs?: number;
+  /** CAs trusted for a wss:// coordinator, its artifact API and wss:// peers (--ca); default: Node's + NODE_EXTRA_CA_CERTS. */
+  ca?: readonly string[];
+  /** Serve the peer listener over TLS (--tls-cert/--tls-key): peers dial wss://, /metrics is https://. */
+  tls?: ServerTls;
   log: Logger;
   /** Compute backend for training jobs (default auto). */
   backend?: BackendChoice;
@@ -99,7 +116,10 @@ export class Agent {
       host: this.#cfg.peerListenHost,
       port: this.#cfg.peerPort,
       log: this.#log.child('peers'),
-      helloTimeoutMs: 10_000,
+      helloTimeoutMs: this.#cfg.peerHelloTimeoutMs ?? 10_000,
+      ...(this.#cfg.peerLimits ? { limits: this.#cfg.peerLimits } : {}),
+      keepalive: this.#keepalive(),
+      ...(this.#cfg.tls ? { tls: this.#cfg.tls } : {}),
       findGroup: (id, ms) => this.#findGroup(id, ms),
       onRequest: httpEndpoints({
         registry: this.#cfg.metrics?.registry,
@@ -111,7 +131,7 @@ export class Agent {
     this.#log.info(`peer listener on ${formatHost(listen)}:${this.#peers.port}`);
     // A wildcard address is not one to browse to; the peer host (what other agents dial) or loopback is.
     const shown = this.#cfg.peerHost ?? (listen === '0.0.0.0' || listen === '::' ? '127.0.0.1' : listen);
-    if (this.#cfg.metrics) this.#log.info(`metrics at http://${formatHost(shown)}:${this.#peers.port}/metrics`);
+    if (this.#cfg.metrics) this.#log.info(`metrics at ${this.#cfg.tls ? 'https' : 'http'}://${formatHost(shown)}:${this.#peers.port}/metrics`);
     this.#caps = await this.#cfg.capabilities();
     this.#log.info(
       `capabilities: backend ${this.#caps.backend}, ${this.#caps.cores} cores, ${(this.#caps.memoryBytes / 2 ** 30).toFixed(1)} GiB, ` +
@@ -163,7 +183,7 @@ export class Agent {
 
   #connectOnce(): Promise<{ joined: boolean; why: string }> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.#cfg.url, { ...clientOptions(MAX_CONTROL_FRAME), handshakeTimeout: 10_000 });
+      const ws = new WebSocket(this.#cfg.url, { ...clientOptions(MAX_CONTROL_FRAME), handshakeTimeout: 10_000, ...(this.#cfg.ca ? { ca: [...this.#cfg.ca] } : {}) });
       let joined = false;
       let lastError = '';
       let localAddress = '127.0.0.1';
@@ -212,6 +232,9 @@ export class Agent {
           this.#groups.clear();
           if (!joined && code === CloseCode.UNAUTHORIZED) {
             reject(new AgentError('AGT_ERR_UNAUTHORIZED', `the coordinator refused our join token (${reason || 'unauthorized'}). Pass the token that \`coordinator start\` printed with --token.`));
+          } else if (code === CloseCode.REVOKED) {
+            // Final whether it comes mid-session or on a reconnect: the coordinator will never take this id back.
+            reject(new AgentError('AGT_ERR_REVOKED', `the coordinator revoked this agent's credential (node ${this.#nodeId ?? 'unknown'}: ${reason || 'revoked'}); it has stopped its work and will not reconnect. An operator ran \`coordinator nodes revoke\`: ask them before starting it again, which joins the cluster as a new node.`));
           } else if (!joined && code === CloseCode.VERSION_MISMATCH) {
             reject(new AgentError('AGT_ERR_VERSION_MISMATCH', `${reason}. Install the same release on the agent and the coordinator.`));
           } else {
@@ -228,7 +251,7 @@ export class Agent {
           name: this.#cfg.name,
           ...(this.#nodeId && this.#nodeSecret ? { nodeId: this.#nodeId, nodeSecret: this.#nodeSecret } : {}),
           capabilities: this.#caps!,
-          peerAddress: `ws://${formatHost(this.#cfg.peerHost ?? localAddress)}:${this.#peers!.port}`,
+          peerAddress: this.#cfg.peerAdvertise ?? `${this.#cfg.tls ? 'wss' : 'ws'}://${formatHost(this.#cfg.peerHost ?? localAddress)}:${this.#peers!.port}`,
           agentVersion: AGENT_VERSION,
         });
       });
@@ -282,7 +305,7 @@ export class Agent {
       return refuse(`${(err as Error).message}: a job starts once every rank of its group has sent group.ready`);
     }
     const workDir = this.#cfg.workDir ?? join(tmpdir(), `meshtrain-agent-${this.#cfg.name.replace(/[^A-Za-z0-9_.-]/g, '_')}`);
-    this.#artifacts ??= new ArtifactClient({ baseUrl: httpBaseUrl(this.#cfg.url), token: this.#cfg.token, cacheDir: join(workDir, 'artifacts') });
+    this.#artifacts ??= new ArtifactClient({ baseUrl: httpBaseUrl(this.#cfg.url), token: this.#cfg.token, cacheDir: join(workDir, 'artifacts'), fetch: fetchTrusting(this.#cfg.ca) });
     const stop = new AbortController();
     const done = runJob(start, {
       links: (placement) => jobLinks(group, placement),
@@ -318,7 +341,9 @@ export class Agent {
       group = new Group(assign, {
         log: this.#log.child(`group ${assign.groupId}`),
         connectTimeoutMs: 15_000,
+        ...(this.#cfg.ca ? { ca: this.#cfg.ca } : {}),
         collectiveIdleTimeoutMs: this.#cfg.collectiveIdleTimeoutMs,
+        keepalive: this.#keepalive(),
       });
     } catch (err) {
       // An assignment whose rings do not add up: refuse it, and keep the control channel.
@@ -360,6 +385,11 @@ export class Agent {
         });
       }
     }
+  }
+
+  #keepalive(): { intervalMs: number; timeoutMs: number } {
+    const timeoutMs = this.#cfg.peerKeepaliveMs ?? 10_000;
+    return { intervalMs: Math.max(50, Math.floor(timeoutMs / 5)), timeoutMs };
   }
 
   #findGroup(id: string, ms: number): Promise<Group | undefined> {

@@ -15,6 +15,8 @@ export interface ArtifactClientOptions {
   token: string;
   cacheDir: string;
   retries?: number; // per transfer, for transient failures (default 3)
+  timeoutMs?: number; // one request, start to last byte (default 5 min): a coordinator that stops answering is retried
+  fetch?: typeof fetch; // e.g. one trusting --ca for an https:// coordinator (common/tls.ts fetchTrusting)
 }
 
 export const sha256Hex = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
@@ -23,7 +25,7 @@ export class ArtifactClient {
   readonly #opts: Required<ArtifactClientOptions>;
 
   constructor(opts: ArtifactClientOptions) {
-    this.#opts = { retries: 3, ...opts };
+    this.#opts = { retries: 3, timeoutMs: 300_000, ...opts, fetch: opts.fetch ?? fetch };
     mkdirSync(opts.cacheDir, { recursive: true });
   }
 
@@ -35,7 +37,7 @@ export class ArtifactClient {
       if (sha256Hex(bytes) === digest) return bytes;
     }
     const bytes = await this.#retry(`download ${digest.slice(0, 12)}`, async () => {
-      const res = await fetch(`${this.#opts.baseUrl}/api/artifacts/${digest}`, { headers: this.#auth() });
+      const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${digest}`, { headers: this.#auth(), signal: AbortSignal.timeout(this.#opts.timeoutMs) });
       if (!res.ok) throw await httpError(res, `download of ${digest}`);
       const body = Buffer.from(await res.arrayBuffer());
       const actual = sha256Hex(body);
@@ -52,10 +54,11 @@ export class ArtifactClient {
   async put(bytes: Uint8Array): Promise<string> {
     const digest = sha256Hex(bytes);
     await this.#retry(`upload ${digest.slice(0, 12)}`, async () => {
-      const res = await fetch(`${this.#opts.baseUrl}/api/artifacts/${digest}`, {
+      const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${digest}`, {
         method: 'PUT',
         headers: { ...this.#auth(), 'content-type': 'application/octet-stream' },
         body: bytes,
+        signal: AbortSignal.timeout(this.#opts.timeoutMs),
       });
       if (!res.ok) throw await httpError(res, `upload of ${digest}`);
     });

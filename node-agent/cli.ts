@@ -2,7 +2,7 @@
  * node-agent join <coordinator-url> --token TOKEN [options]
  *
  * Entry point of the node agent (bin/node-agent.js). Exit codes: 0 after a clean leave (SIGINT/SIGTERM),
- * 2 for bad arguments, a refused token or a protocol mismatch, 3 when the coordinator stayed unreachable for
+ * 2 for bad arguments, a refused token, a revoked credential or a protocol mismatch, 3 when the coordinator stayed unreachable for
  * --max-retries attempts, 1 for anything else.
  */
 import { hostname } from 'node:os';
@@ -12,8 +12,10 @@ import { Agent, DEFAULT_BACKOFF } from './agent.ts';
 import { measureCapabilities } from './capabilities.ts';
 import { BACKENDS, type BackendChoice } from './compute/backend.ts';
 import { AgentError } from './errors.ts';
+import { loadServerTls, loadTrust, tlsPairProblems, type ServerTls } from '../common/tls.ts';
 import { createStepTracer, initTracing } from '../common/tracing.ts';
 import { AgentMetrics } from './metrics.ts';
+import { DEFAULT_CONNECTION_LIMITS } from '../common/conn-limits.ts';
 import type { StepObserver } from './trainer/step-report.ts';
 
 const HELP = `Usage: node-agent join <coordinator-url> --token TOKEN [options]
@@ -31,12 +33,23 @@ Options:
   --peer-port PORT         port for links from other agents, and for GET /metrics and /healthz (default: 0 = any free port)
   --peer-listen HOST       interface the peer listener binds (default: 0.0.0.0)
   --peer-host HOST         address other agents should dial (default: this machine's address toward the coordinator)
+  --peer-advertise URL     the exact ws:// or wss:// URL other agents dial for this one, when it is not the peer listener
+                           itself (a proxy or port mapping in front of it); overrides --peer-host
   --max-retries N          give up after N failed connection attempts in a row (default: never give up)
   --collective-timeout MS  fail a collective that makes no progress for this long (default: 30000)
+  --peer-keepalive MS      drop a peer link that has been silent this long: no data, no answer to pings (default: 10000)
+  --peer-hello-timeout MS  close a peer link that has not said peer.hello by then (default: 10000)
+  --headers-timeout MS     peer port: cut an HTTP client that has not sent its request head by then (default: 10000)
+  --max-connections N      peer port: open sockets beyond which new ones are dropped (default: 1024)
+  --max-pending-hellos N   peer port: links still owing peer.hello beyond which new ones get 1013 (default: 64)
   --work-dir DIR           job data, checkpoints and the artifact cache (default: a folder in the system temp dir)
+  --ca PATH                trust this PEM CA for a wss:// coordinator and wss:// peers (or set NODE_EXTRA_CA_CERTS)
+  --tls-cert PATH          serve the peer listener over TLS with this PEM certificate: peers dial wss://; needs --tls-key
+  --tls-key PATH           the PEM private key of --tls-cert
   -h, --help               show this help
 
-Exit codes: 0 left cleanly, 1 error, 2 bad arguments / token refused / protocol mismatch, 3 coordinator unreachable.
+Exit codes: 0 left cleanly, 1 error, 2 bad arguments / token refused / credential revoked / protocol mismatch,
+3 coordinator unreachable.
 Environment: LOG_LEVEL=debug|info|warn|error, MESHTRAIN_TOKEN.
 
 Example:
@@ -51,9 +64,18 @@ async function main(argv: string[]): Promise<number> {
     'peer-port': { type: 'string' },
     'peer-listen': { type: 'string' },
     'peer-host': { type: 'string' },
+    'peer-advertise': { type: 'string' },
     'max-retries': { type: 'string' },
     'collective-timeout': { type: 'string' },
+    'peer-keepalive': { type: 'string' },
+    'peer-hello-timeout': { type: 'string' },
+    'headers-timeout': { type: 'string' },
+    'max-connections': { type: 'string' },
+    'max-pending-hellos': { type: 'string' },
     'work-dir': { type: 'string' },
+    ca: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help || positionals.length === 0) {
@@ -85,13 +107,22 @@ async function main(argv: string[]): Promise<number> {
     name,
     capabilities: () => measureCapabilities(backend),
     peerHost: values['peer-host'],
+    ...(values['peer-advertise'] !== undefined ? { peerAdvertise: peerAdvertise(values['peer-advertise']) } : {}),
     peerListenHost: values['peer-listen'] ?? '0.0.0.0',
     peerPort: intOption(values['peer-port'], 'peer-port', 0, 0, 65535),
     maxRetries: values['max-retries'] === undefined ? Infinity : intOption(values['max-retries'], 'max-retries', 0),
     backoff: DEFAULT_BACKOFF,
     collectiveIdleTimeoutMs: intOption(values['collective-timeout'], 'collective-timeout', 30_000, 1),
+    peerKeepaliveMs: intOption(values['peer-keepalive'], 'peer-keepalive', 10_000, 100),
+    peerHelloTimeoutMs: intOption(values['peer-hello-timeout'], 'peer-hello-timeout', 10_000, 1),
+    peerLimits: {
+      headersTimeoutMs: intOption(values['headers-timeout'], 'headers-timeout', DEFAULT_CONNECTION_LIMITS.headersTimeoutMs, 1),
+      maxConnections: intOption(values['max-connections'], 'max-connections', DEFAULT_CONNECTION_LIMITS.maxConnections, 1),
+      maxPendingHellos: intOption(values['max-pending-hellos'], 'max-pending-hellos', DEFAULT_CONNECTION_LIMITS.maxPendingHellos, 1),
+    },
     backend,
     ...(values['work-dir'] ? { workDir: values['work-dir'] } : {}),
+    ...tlsOptions(values.ca, values['tls-cert'], values['tls-key']),
     observers,
     metrics,
     log,
@@ -111,6 +142,30 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** --peer-advertise: a ws:// or wss:// URL with a host, sent to the coordinator as it is given. */
+function peerAdvertise(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new UsageError(`--peer-advertise must be a ws:// or wss:// URL, got '${value}'`);
+  }
+  if ((url.protocol !== 'ws:' && url.protocol !== 'wss:') || !url.hostname) throw new UsageError(`--peer-advertise must be a ws:// or wss:// URL, got '${value}'`);
+  if (value.length > 256) throw new UsageError('--peer-advertise must be at most 256 characters'); // the hello's peerAddress limit
+  return value;
+}
+
+/** --ca, --tls-cert, --tls-key: read and checked here, so a wrong file is a usage error before anything starts. */
+function tlsOptions(ca: string | undefined, cert: string | undefined, key: string | undefined): { ca?: string[]; tls?: ServerTls } {
+  try {
+    const problems = tlsPairProblems(cert, key);
+    if (problems.length) throw new Error(problems.join('; '));
+    return { ...(ca !== undefined ? { ca: loadTrust(ca) } : {}), ...(cert !== undefined && key !== undefined ? { tls: loadServerTls(cert, key) } : {}) };
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (err) {
@@ -119,7 +174,7 @@ try {
     process.exitCode = 2;
   } else if (err instanceof AgentError) {
     process.stderr.write(`node-agent: ${err.code}: ${err.message}\n`);
-    process.exitCode = err.code === 'AGT_ERR_UNREACHABLE' ? 3 : err.code === 'AGT_ERR_UNAUTHORIZED' || err.code === 'AGT_ERR_VERSION_MISMATCH' ? 2 : 1;
+    process.exitCode = err.code === 'AGT_ERR_UNREACHABLE' ? 3 : err.code === 'AGT_ERR_UNAUTHORIZED' || err.code === 'AGT_ERR_REVOKED' || err.code === 'AGT_ERR_VERSION_MISMATCH' ? 2 : 1;
   } else {
     process.stderr.write(`node-agent: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
     process.exitCode = 1;

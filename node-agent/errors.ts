@@ -5,6 +5,8 @@
 export const AgentErrorCodes = {
   /** The coordinator refused our join token. Fix --token (printed by `coordinator start`). */
   AGT_ERR_UNAUTHORIZED: 'the coordinator refused the join token',
+  /** An operator revoked this agent's node credential (`coordinator nodes revoke`); it must not reconnect under it. */
+  AGT_ERR_REVOKED: "the coordinator revoked this agent's credential",
   /** The coordinator speaks another protocol major version. */
   AGT_ERR_VERSION_MISMATCH: 'protocol version mismatch with the coordinator',
   /** The coordinator could not be reached within --max-retries attempts. */

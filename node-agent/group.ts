@@ -32,6 +32,10 @@ export interface GroupOptions {
   collectiveIdleTimeoutMs: number;
   /** Per ring: bytes of point-to-point tensors held before recv before the inbound link is paused (default 256 MiB). */
   mailboxLimitBytes?: number;
+  /** CAs trusted when dialing wss:// peers (--ca; common/tls.ts loadTrust); default: Node's store + NODE_EXTRA_CA_CERTS. */
+  ca?: readonly string[];
+  /** Pings on every link of the group; a link silent this long is dropped (see MessageConnection's keepalive). */
+  keepalive?: { intervalMs: number; timeoutMs: number };
 }
 
 /** Our place in one ring and its links. */
@@ -71,6 +75,7 @@ export class Group {
     this.#opts = opts;
     if (assign.rank >= assign.size) throw new AgentError('AGT_ERR_GROUP', `group ${this.id}: rank ${assign.rank} is not a rank of a group of ${assign.size}`);
     const rings = assignedRings(assign);
+    const addressed = new Set(assign.peers.map((p) => p.rank)); // not peers.some per ring: 4096 rings × 65536 peers
     const problems = ringProblems(rings, assign.size);
     if (problems.length) throw new AgentError('AGT_ERR_GROUP', `group ${this.id} has bad rings: ${problems.join('; ')}`);
     for (const { id, members } of rings) {
@@ -89,7 +94,7 @@ export class Group {
         mailbox: null,
         inboundWaiters: [],
       };
-      if (n > 1 && !assign.peers.some((p) => p.rank === slot.successor)) {
+      if (n > 1 && !addressed.has(slot.successor)) {
         throw new AgentError('AGT_ERR_GROUP', `group ${this.id} assignment lacks the address of rank ${slot.successor}, our successor in ring ${id}`);
       }
       this.#slots.set(id, slot);
@@ -239,7 +244,7 @@ export class Group {
 
   #dialOnce(slot: RingSlot, address: string, deadline: number): Promise<PeerConnection> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(address, clientOptions(MAX_PEER_FRAME));
+      const ws = new WebSocket(address, { ...clientOptions(MAX_PEER_FRAME), ...(this.#opts.ca ? { ca: [...this.#opts.ca] } : {}) });
       const timer = setTimeout(() => {
         ws.terminate();
         reject(new Error('handshake timed out'));
@@ -250,6 +255,7 @@ export class Group {
         label: `link to ${address} (group ${this.id}, ring ${slot.id})`,
         log: this.#opts.log,
         maxAttachmentBytes: MAX_PEER_ATTACHMENT,
+        ...(this.#opts.keepalive ? { keepalive: this.#opts.keepalive } : {}),
         onMessage: (msg) => {
           if (msg.type !== 'peer.welcome' || welcomed) throw new ProtocolError('PRT_ERR_UNEXPECTED', `${msg.type} on an outbound link`);
           welcomed = true;

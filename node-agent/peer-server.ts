@@ -9,15 +9,18 @@
  * server we own with the WebSocket server attached to its upgrades.
  */
 import { createServer, type RequestListener, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { CloseCode } from '../protocol/codes.ts';
+import { DEFAULT_CONNECTION_LIMITS, HelloGate, limitServer, type ConnectionLimits } from '../common/conn-limits.ts';
 import { MessageConnection } from '../protocol/connection.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { MAX_PEER_ATTACHMENT, MAX_PEER_FRAME, WORLD_RING, parsePeerMessage, type PeerMessage } from '../protocol/peer.ts';
 import { assertCompatible } from '../protocol/version.ts';
 import { serverOptions } from '../protocol/ws-options.ts';
 import type { Logger } from '../common/log.ts';
+import type { ServerTls } from '../common/tls.ts';
 import type { Group, PeerConnection } from './group.ts';
 
 export interface PeerServerOptions {
@@ -28,25 +31,36 @@ export interface PeerServerOptions {
   findGroup(groupId: string, ms: number): Promise<Group | undefined>;
   helloTimeoutMs: number;
   onReject?(err: ProtocolError): void;
+  /** Pings on every accepted link; a link silent this long is dropped (see MessageConnection's keepalive). */
+  keepalive?: { intervalMs: number; timeoutMs: number };
   /** Answers plain HTTP requests (no upgrade) on the port; default: 404 for every one. */
   onRequest?: RequestListener;
+  /** Serve TLS (peers dial wss://, /metrics is https://) with this certificate and key (--tls-cert/--tls-key). */
+  tls?: ServerTls;
+  /** Headers timeout, socket cap and pending-hello cap of the port (common/conn-limits.ts); defaults for any left out. */
+  limits?: Partial<ConnectionLimits>;
 }
 
 export class PeerServer {
   readonly #server: Server;
   readonly #wss: WebSocketServer;
   readonly #opts: PeerServerOptions;
+  readonly #hellos: HelloGate; // links that have not been welcomed yet, capped (a flood of silent sockets)
 
   private constructor(server: Server, wss: WebSocketServer, opts: PeerServerOptions) {
     this.#server = server;
     this.#wss = wss;
     this.#opts = opts;
+    this.#hellos = new HelloGate(opts.limits?.maxPendingHellos ?? DEFAULT_CONNECTION_LIMITS.maxPendingHellos);
     wss.on('connection', (ws, req) => this.#accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
   }
 
   static listen(opts: PeerServerOptions): Promise<PeerServer> {
     return new Promise((resolve, reject) => {
-      const server = createServer(opts.onRequest ?? ((_req, res) => res.writeHead(404).end()));
+      const onRequest: RequestListener = opts.onRequest ?? ((_req, res) => res.writeHead(404).end());
+      // An https.Server is an http.Server over TLS sockets: the same requests, upgrades and limits.
+      const server = (opts.tls ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, onRequest) : createServer(onRequest)) as Server;
+      limitServer(server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits });
       const wss = new WebSocketServer({ server, ...serverOptions(MAX_PEER_FRAME) });
       // ws re-emits the server's errors on the WebSocketServer; one listener each keeps them from being unhandled.
       wss.on('error', () => {});
@@ -77,6 +91,8 @@ export class PeerServer {
 
   #accept(ws: import('ws').WebSocket, remote: string): void {
     const log = this.#opts.log;
+    const helloDone = this.#hellos.admit(ws);
+    if (!helloDone) return; // closed with 1013 TRY_AGAIN
     let handler: ((msg: PeerMessage, payload: Buffer | undefined) => void) | null = null;
     let handshaking = false;
     let group: Group | undefined;
@@ -88,9 +104,11 @@ export class PeerServer {
       log,
       maxAttachmentBytes: MAX_PEER_ATTACHMENT,
       firstType: 'peer.hello',
+      ...(this.#opts.keepalive ? { keepalive: this.#opts.keepalive } : {}),
       onReject: this.#opts.onReject,
       onClose: (code, reason) => {
         clearTimeout(timer);
+        helloDone();
         if (handler && group) group.linkLost(ringId, 'inbound', code, reason);
       },
       onMessage: async (msg, payload) => {
@@ -115,6 +133,7 @@ export class PeerServer {
           throw new ProtocolError('PRT_ERR_UNAUTHORIZED', `rank ${msg.rank} is not rank ${group.rank}'s predecessor in ring ${ringId} of group ${group.id}`);
         }
         handler = group.attachInbound(ringId, conn);
+        helloDone();
         conn.send({ type: 'peer.welcome', rank: group.rank });
       },
     });

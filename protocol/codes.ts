@@ -9,6 +9,8 @@ export const CloseCode = {
   GOING_AWAY: 1001,
   /** "Your frame exceeded my maxPayload." (sent by ws itself before any of our code sees the frame) */
   MESSAGE_TOO_BIG: 1009,
+  /** "Too many connections are waiting to say hello to me right now; try again later." (common/conn-limits.ts) */
+  TRY_AGAIN: 1013,
   /** "Your protocol major version differs from mine; the reason names both." */
   VERSION_MISMATCH: 4000,
   /** "Your frame is not a msgpack value I can decode (garbage, truncated, trailing bytes, or a text frame)." */
@@ -29,6 +31,8 @@ export const CloseCode = {
   HEARTBEAT_TIMEOUT: 4008,
   /** "A newer connection has taken over your node identity." */
   REPLACED: 4009,
+  /** "An operator revoked your node credential: I will not accept you under this node id again. Do not reconnect." */
+  REVOKED: 4010,
   /** "Handling your message failed on my side; my log has the details. Reconnect and retry." */
   INTERNAL: 4011,
 } as const;

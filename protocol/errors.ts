@@ -21,6 +21,8 @@ export const ProtocolErrorCodes = {
   PRT_ERR_UNAUTHORIZED: CloseCode.UNAUTHORIZED,
   /** The peer did not say hello in time. */
   PRT_ERR_HELLO_TIMEOUT: CloseCode.HELLO_TIMEOUT,
+  /** The agent claimed a node id whose credential an operator revoked (`coordinator nodes revoke`). */
+  PRT_ERR_REVOKED: CloseCode.REVOKED,
 } as const satisfies Record<string, CloseCodeValue>;
 
 export type ProtocolErrorCode = keyof typeof ProtocolErrorCodes;

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
+import { fetchTrusting, loadTrust } from '../common/tls.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const COORDINATOR = join(ROOT, 'bin/coordinator.js');
@@ -28,6 +29,13 @@ export interface ClusterOptions {
   stderr?: 'inherit' | 'ignore' | 'capture';
   /** Extra environment of every child (on top of this process's), e.g. OTEL_* to trace the cluster. */
   env?: NodeJS.ProcessEnv;
+  /** Extra flags for the coordinator (`coordinator start …`). */
+  coordinatorArgs?: string[];
+  /**
+   * Serve the coordinator over HTTPS/WSS with this certificate and key (PEM paths); `api` and every agent trust
+   * `ca` (agents get --ca). The URLs become https:// and wss://.
+   */
+  tls?: { cert: string; key: string; ca: string };
 }
 
 export interface Proc {
@@ -37,8 +45,10 @@ export interface Proc {
 }
 
 export interface LocalCluster {
-  url: string; // http://127.0.0.1:PORT
+  url: string; // http://127.0.0.1:PORT (https:// with `tls`)
   wsUrl: string;
+  /** fetch that trusts the cluster's CA (plain fetch without `tls`). */
+  fetch: typeof fetch;
   port: number;
   token: string;
   dataDir: string;
@@ -94,16 +104,18 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
   const env = { ...opts.env, LOG_LEVEL: opts.logLevel ?? 'warn' };
   const stderr = opts.stderr ?? 'capture';
   let port = 0;
+  const tlsArgs = opts.tls ? ['--tls-cert', opts.tls.cert, '--tls-key', opts.tls.key] : [];
   const cluster: LocalCluster = {
     url: '',
     wsUrl: '',
+    fetch: fetchTrusting(opts.tls ? loadTrust(opts.tls.ca) : undefined),
     port: 0,
     token,
     dataDir,
     coordinator: undefined as unknown as Proc,
     agents: [],
     async api<T>(method: string, path: string, body?: unknown): Promise<T> {
-      const res = await fetch(`${cluster.url}${path}`, {
+      const res = await cluster.fetch(`${cluster.url}${path}`, {
         method,
         headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
@@ -114,7 +126,7 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
     },
     startAgent(name: string, extraArgs: string[] = []): Proc {
       const p = spawnProc(
-        [...(process.env.MESHTRAIN_AGENT_NODE_ARGS?.split(' ').filter(Boolean) ?? []), AGENT, 'join', cluster.wsUrl, '--token', token, '--name', name, '--peer-listen', '127.0.0.1', '--backend', 'wasm', ...(opts.agentArgs ?? []), ...extraArgs],
+        [...(process.env.MESHTRAIN_AGENT_NODE_ARGS?.split(' ').filter(Boolean) ?? []), AGENT, 'join', cluster.wsUrl, '--token', token, '--name', name, '--peer-listen', '127.0.0.1', '--backend', 'wasm', ...(opts.tls ? ['--ca', opts.tls.ca] : []), ...(opts.agentArgs ?? []), ...extraArgs],
         { env, stderr },
       );
       cluster.agents.push(p);
@@ -133,12 +145,13 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
       const args = [COORDINATOR, 'start', '--host', '127.0.0.1', '--port', String(port), '--data', dataDir, '--token', token];
       if (opts.heartbeatMs) args.push('--heartbeat-ms', String(opts.heartbeatMs));
       if (opts.heartbeatTimeoutMs) args.push('--heartbeat-timeout', String(opts.heartbeatTimeoutMs));
+      args.push(...tlsArgs, ...(opts.coordinatorArgs ?? []));
       cluster.coordinator = spawnProc(args, { env, stderr });
-      const m = await waitForLine(cluster.coordinator, /coordinator listening on http:\/\/127\.0\.0\.1:(\d+)/, 30_000);
+      const m = await waitForLine(cluster.coordinator, /coordinator listening on https?:\/\/127\.0\.0\.1:(\d+)/, 30_000);
       port = Number(m[1]);
       cluster.port = port;
-      cluster.url = `http://127.0.0.1:${port}`;
-      cluster.wsUrl = `ws://127.0.0.1:${port}`;
+      cluster.url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+      cluster.wsUrl = `${opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`;
     },
     async stop(): Promise<void> {
       const procs = [...cluster.agents, cluster.coordinator].filter(Boolean);

@@ -17,7 +17,9 @@ export function mountNodes(root, { store }) {
     const alive = nodes.filter((n) => n.status === 'alive');
     const fastest = Math.max(0, ...alive.map((n) => n.capabilities?.matmulGflops ?? 0));
     const elapsed = Date.now() - store.nodesAtMs; // heartbeat ages were measured when the list arrived
-    fill(summary, `${alive.length} alive · ${nodes.filter((n) => n.status === 'dead').length} dead · ${nodes.filter((n) => n.status === 'left').length} left`);
+    const revoked = nodes.filter((n) => n.status === 'revoked').length;
+    fill(summary, `${alive.length} alive · ${nodes.filter((n) => n.status === 'dead').length} dead · ${nodes.filter((n) => n.status === 'left').length} left` +
+      (revoked ? ` · ${revoked} revoked` : ''));
     if (nodes.length === 0) return fill(body, empty('No agents have joined yet: run node-agent join on a machine.'));
     fill(body, table(
       ['Agent', 'Status', 'Connected', 'Backend', 'Cores', 'Memory', 'Matmul', 'Heartbeat', 'Role'],

@@ -48,6 +48,12 @@ export interface MailboxOptions {
 }
 
 export const DEFAULT_MAILBOX_LIMIT_BYTES = 256 * 1024 * 1024;
+/**
+ * Tensors held at once above which the inbound link is paused too, whatever their bytes: empty tensors under
+ * ever new tags cost no bytes but a map entry each, so a byte limit alone would let a peer grow the map forever.
+ * Far above what a 1F1B schedule keeps in flight (at most a few per micro-batch, and microBatches ≤ 4096).
+ */
+export const MAX_HELD_TENSORS = 16_384;
 
 const TAG = new RegExp(PipeTag.pattern as string);
 
@@ -117,7 +123,7 @@ export class LinkMailbox implements Mailbox {
     if (held) {
       this.#held.delete(tag);
       this.#heldBytes -= held.byteLength;
-      if (this.#paused && this.#heldBytes <= this.#limit) this.#resume();
+      if (this.#paused && !this.#overLimit()) this.#resume();
       return Promise.resolve(held);
     }
     if (this.#waiters.has(tag)) return Promise.reject(new AgentError('AGT_ERR_GROUP', `${this.#label}: a recv of '${tag}' is already waiting`));
@@ -151,7 +157,7 @@ export class LinkMailbox implements Mailbox {
     }
     this.#held.set(msg.tag, data);
     this.#heldBytes += data.byteLength;
-    if (!this.#paused && this.#heldBytes > this.#limit) {
+    if (!this.#paused && this.#overLimit()) {
       this.#paused = true;
       this.#in?.pause();
     }
@@ -170,6 +176,10 @@ export class LinkMailbox implements Mailbox {
     this.#held.clear();
     this.#heldBytes = 0;
     if (this.#paused) this.#resume();
+  }
+
+  #overLimit(): boolean {
+    return this.#heldBytes > this.#limit || this.#held.size > MAX_HELD_TENSORS;
   }
 
   #resume(): void {

@@ -70,6 +70,12 @@ interface Active {
 
 const key = (offset: number, phase: 0 | 1) => offset * 2 + phase;
 
+/**
+ * Early messages held at once above which the inbound link is paused, whatever their bytes: empty segments cost
+ * no bytes but an entry each, so the byte limit alone would let a peer grow the queue forever.
+ */
+export const MAX_EARLY_MESSAGES = 16_384;
+
 export class Ring {
   readonly rank: number;
   readonly size: number;
@@ -178,12 +184,20 @@ export class Ring {
 
   /** Feed a message that arrived from the predecessor. Throws ProtocolError for data that does not fit. */
   receive(msg: RingData | StreamData, payload: Buffer): void {
+    // What can be checked without knowing the collective is checked now, so that a bad segment for a collective
+    // we have not started yet is refused at once rather than held until then.
+    if (msg.type === 'ring.data' && (payload.byteLength !== msg.count * 4 || msg.count === 0 || msg.hop > this.size - 2)) {
+      throw new ProtocolError(
+        'PRT_ERR_UNEXPECTED',
+        `ring.data (hop ${msg.hop}, count ${msg.count}, ${payload.byteLength} bytes) cannot belong to any collective on a ring of ${this.size}`,
+      );
+    }
     const a = this.#active;
     if (!a || msg.seq > a.seq) {
       if (msg.seq <= this.#seq) throw new ProtocolError('PRT_ERR_UNEXPECTED', `${msg.type} for finished collective #${msg.seq}`);
       this.#early.push({ msg, payload });
       this.#earlyBytes += payload.byteLength;
-      if (this.#earlyBytes > this.#earlyLimit) this.#pause('early');
+      if (this.#earlyBytes > this.#earlyLimit || this.#early.length > MAX_EARLY_MESSAGES) this.#pause('early');
       return;
     }
     if (msg.seq < a.seq) throw new ProtocolError('PRT_ERR_UNEXPECTED', `${msg.type} for finished collective #${msg.seq}`);

@@ -69,26 +69,26 @@ test('an elastic job starts short-handed on the agents there are, down to minDat
     [0, 'nothing without agents', null],
   ];
   for (const [n, what, want] of cases) {
-    const [d] = decideJobs([job('e', 1, elastic)], ['a', 'b', 'c', 'd'].slice(0, n).map((id) => agent(id)));
-    assert.equal(d!.action === 'start' ? d.chosen.layout.data : null, want, what);
+    const d = decideJobs([job('e', 1, elastic)], ['a', 'b', 'c', 'd'].slice(0, n).map((id) => agent(id)))[0]!;
+    assert.equal(d.action === 'start' ? d.chosen.layout.data : null, want, what);
   }
 });
 
 test('an elastic job only takes degrees its global batch divides over, and a pinned one waits for all its agents', () => {
   const elastic = spec({ data: 4, minData: 2 }, 8, 2); // 8 rows: d·m must divide 8
   assert.deepEqual(dataDegrees(elastic), [4, 2], '3 replicas × 2 micro-batches do not divide 8 rows');
-  const [three] = decideJobs([job('e', 1, elastic)], ['a', 'b', 'c'].map((id) => agent(id)));
-  assert.equal(three!.action === 'start' && three.chosen.layout.data, 2);
+  const three = decideJobs([job('e', 1, elastic)], ['a', 'b', 'c'].map((id) => agent(id)))[0]!;
+  assert.equal(three.action === 'start' && three.chosen.layout.data, 2);
   const [pinned] = decideJobs([job('p', 1, spec({ data: 3 }))], ['a', 'b'].map((id) => agent(id)));
   assert.equal(pinned!.action, 'wait');
   assert.match(pinned!.reason, /waiting for 3 free agents \(2 free\)/);
 });
 
 test('a straggler measured slow is the agent a pinned layout leaves out when a spare is free', () => {
-  const [d] = decideJobs([job('p', 1, spec({ data: 2 }))], [{ ...agent('a'), slowdown: 4 }, agent('b'), agent('c')]);
-  assert.ok(d!.action === 'start');
+  const d = decideJobs([job('p', 1, spec({ data: 2 }))], [{ ...agent('a'), slowdown: 4 }, agent('b'), agent('c')])[0]!;
+  assert.ok(d.action === 'start');
   assert.deepEqual([...d.chosen.placement].sort(), ['b', 'c']);
-  const [control] = decideJobs([job('p', 1, spec({ data: 2 }))], [agent('a'), agent('b'), agent('c')]);
-  assert.ok(control!.action === 'start');
+  const control = decideJobs([job('p', 1, spec({ data: 2 }))], [agent('a'), agent('b'), agent('c')])[0]!;
+  assert.ok(control.action === 'start');
   assert.ok(control.chosen.placement.includes('a'), 'without the slowdown, a (first by id) is taken');
 });

@@ -5,6 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decideAdmission, findDead, type AdmitDecision, type SweepNode } from '../../coordinator/membership.ts';
+import type { NodeStatus } from '../../coordinator/state-store.ts';
 
 const HASH = 'a'.repeat(64);
 const OTHER_HASH = 'b'.repeat(64);
@@ -13,7 +14,7 @@ describe('decideAdmission', () => {
   const cases: Array<{
     name: string;
     claim: { nodeId?: string; secretHash?: string };
-    existing: { id: string; secretHash: string } | undefined;
+    existing: { id: string; secretHash: string; status: NodeStatus } | undefined;
     expect: AdmitDecision['action'];
   }> = [
     { name: 'an agent that presents no node id gets a new identity', claim: {}, existing: undefined, expect: 'new' },
@@ -32,26 +33,56 @@ describe('decideAdmission', () => {
     {
       name: 'an agent that presents a known id with its matching secret reclaims that id',
       claim: { nodeId: 'node-1', secretHash: HASH },
-      existing: { id: 'node-1', secretHash: HASH },
+      existing: { id: 'node-1', secretHash: HASH, status: 'alive' },
       expect: 'reclaim',
     },
     {
       name: 'an agent that presents a known id with a wrong secret is refused',
       claim: { nodeId: 'node-1', secretHash: OTHER_HASH },
-      existing: { id: 'node-1', secretHash: HASH },
+      existing: { id: 'node-1', secretHash: HASH, status: 'alive' },
       expect: 'refuse',
     },
     {
       name: 'an agent that presents a known id without any secret is refused',
       claim: { nodeId: 'node-1' },
-      existing: { id: 'node-1', secretHash: HASH },
+      existing: { id: 'node-1', secretHash: HASH, status: 'alive' },
       expect: 'refuse',
     },
     {
       name: 'an agent that presents a known id with an empty secret hash is refused',
       claim: { nodeId: 'node-1', secretHash: '' },
-      existing: { id: 'node-1', secretHash: HASH },
+      existing: { id: 'node-1', secretHash: HASH, status: 'alive' },
       expect: 'refuse',
+    },
+    {
+      name: 'an agent that presents a known dead id with its matching secret reclaims that id',
+      claim: { nodeId: 'node-1', secretHash: HASH },
+      existing: { id: 'node-1', secretHash: HASH, status: 'dead' },
+      expect: 'reclaim',
+    },
+    {
+      name: 'an agent that presents a revoked id with its last secret is refused as revoked',
+      claim: { nodeId: 'node-1', secretHash: HASH },
+      existing: { id: 'node-1', secretHash: '', status: 'revoked' },
+      expect: 'revoked',
+    },
+    {
+      name: 'an agent that presents a revoked id with an empty secret hash is refused as revoked, not reclaimed',
+      claim: { nodeId: 'node-1', secretHash: '' },
+      existing: { id: 'node-1', secretHash: '', status: 'revoked' },
+      expect: 'revoked',
+    },
+    {
+      name: 'an agent that presents a revoked id without any secret is refused as revoked',
+      claim: { nodeId: 'node-1' },
+      existing: { id: 'node-1', secretHash: '', status: 'revoked' },
+      expect: 'revoked',
+    },
+    {
+      name: 'an agent that presents no id is given a new identity even if revoked nodes exist',
+      claim: {},
+      existing: undefined,
+      expect: 'new',
     },
   ];
 
@@ -64,11 +95,15 @@ describe('decideAdmission', () => {
         assert.ok(decision.reason.includes(c.claim.nodeId!), `the reason names the id: ${decision.reason}`);
         assert.match(decision.reason, /secret/);
       }
+      if (decision.action === 'revoked') {
+        assert.ok(decision.reason.includes(c.claim.nodeId!), `the reason names the id: ${decision.reason}`);
+        assert.match(decision.reason, /revoked/);
+      }
     });
   }
 
   test('a refusal never reveals the stored secret hash', () => {
-    const decision = decideAdmission({ nodeId: 'node-1', secretHash: OTHER_HASH }, { id: 'node-1', secretHash: HASH });
+    const decision = decideAdmission({ nodeId: 'node-1', secretHash: OTHER_HASH }, { id: 'node-1', secretHash: HASH, status: 'alive' });
     assert.equal(decision.action, 'refuse');
     assert.ok(decision.action === 'refuse' && !decision.reason.includes(HASH));
   });
@@ -96,10 +131,11 @@ describe('findDead', () => {
       dead: ['late'],
     },
     {
-      name: 'nodes already dead or left are ignored however long they have been silent',
+      name: 'nodes already dead, left or revoked are ignored however long they have been silent',
       nodes: [
         { id: 'was-dead', status: 'dead', lastSeenMs: 0 },
         { id: 'has-left', status: 'left', lastSeenMs: NOW - 10 * TIMEOUT },
+        { id: 'was-revoked', status: 'revoked', lastSeenMs: NOW - 10 * TIMEOUT },
       ],
       dead: [],
     },

@@ -6,12 +6,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
-import { runToEnd, trainLosses, writeCorpus } from '../support/jobs.ts';
+import type { JobRecord } from '../../coordinator/job-store.ts';
+import { runToEnd, trainLosses, untilJob, writeCorpus } from '../support/jobs.ts';
 
 const GATEWAY = new URL('../../bin/gateway.js', import.meta.url).pathname;
 
@@ -74,6 +75,18 @@ describe('training a GPT on two agents', () => {
     } finally {
       gw.kill('SIGKILL');
     }
+  });
+
+  test('old checkpoints are pruned to keepCheckpoints, their files removed from the artifact store', async () => {
+    const { id } = await cluster.api<JobRecord>('POST', '/api/jobs', spec('kept', 2, { steps: 15, evalEvery: 0, checkpointEvery: 5, keepCheckpoints: 2 }));
+    const early = await untilJob(cluster, id, (v) => v.checkpoints.some((c) => c.step === 5));
+    const first = early.checkpoints.find((c) => c.step === 5)!;
+    const path = (digest: string) => join(cluster.dataDir, 'artifacts', 'sha256', digest.slice(0, 2), digest);
+    assert.ok(Object.values(first.files).every((d) => existsSync(path(d))), 'the first checkpoint is in the store while it is kept');
+    const done = await untilJob(cluster, id, (v) => v.job.state === 'succeeded');
+    assert.deepEqual(done.checkpoints.map((c) => c.step), [15, 10], 'the newest two are kept');
+    assert.deepEqual(Object.values(first.files).filter((d) => existsSync(path(d))), [], "the pruned checkpoint's files are gone");
+    assert.ok(done.checkpoints.every((c) => Object.values(c.files).every((d) => existsSync(path(d)))), 'the kept ones are intact');
   });
 
   test('one agent and two agents with the same global batch and seed give the same losses', async () => {
