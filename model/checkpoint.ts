@@ -142,26 +142,8 @@ export async function listCheckpoints(rootDir: string): Promise<CheckpointRef[]>
  */
 export async function saveCheckpoint(rootDir: string, step: number, contents: CheckpointContents): Promise<CheckpointRef & { manifest: CheckpointManifest }> {
   const name = checkpointDirName(step);
-  const writeError = (message: string, cause?: unknown) => new ModelError('MDL_ERR_CHECKPOINT_WRITE', `checkpoint step ${step}: ${message}`, { cause });
-  if ('step' in contents.state && contents.state.step !== step) {
-    throw writeError(`state.step is ${JSON.stringify(contents.state.step)}, not ${step}`);
-  }
-  checkMoments(contents.model, contents.optimizer.expAvg, contents.optimizer.expAvgSq, (m) => writeError(m));
-  if (!Number.isSafeInteger(contents.optimizer.step) || contents.optimizer.step < 0) {
-    throw writeError(`optimizer.step must be a non-negative integer, got ${contents.optimizer.step}`);
-  }
-  // Everything that can fail on bad input is prepared before the first byte is written.
-  let model: PreparedSafetensors, optimizer: PreparedSafetensors, state: Buffer;
-  try {
-    model = prepareSafetensors(contents.model, { ...contents.modelMetadata, format: 'pt' });
-    const moments: TensorMap = {};
-    for (const [k, t] of Object.entries(contents.optimizer.expAvg)) moments[EXP_AVG + k] = t;
-    for (const [k, t] of Object.entries(contents.optimizer.expAvgSq)) moments[EXP_AVG_SQ + k] = t;
-    optimizer = prepareSafetensors(moments, { format: OPTIMIZER_FORMAT, step: String(contents.optimizer.step) });
-    state = Buffer.from(`${JSON.stringify({ ...contents.state, step }, null, 2)}\n`);
-  } catch (err) {
-    throw writeError((err as Error).message, err);
-  }
+  const writeError = checkpointWriteError(step);
+  const { model, optimizer, state } = prepareCheckpoint(step, contents);
 
   await mkdir(rootDir, { recursive: true });
   await cleanLeftovers(rootDir);
@@ -202,6 +184,54 @@ export async function saveCheckpoint(rootDir: string, step: number, contents: Ch
 const inFlight = new Set<string>();
 
 /** Copies of `tensors` (same dtypes and shapes), so that a background save can go on while training changes the originals. */
+/**
+ * A checkpoint's files in memory, the manifest among them, each with its size and sha256: what an agent uploads
+ * to the coordinator's content-addressed store without touching its own disk (the store writes durably, and the
+ * coordinator records the checkpoint only once every file is in). The tensors are copied once, into the files.
+ */
+export function encodeCheckpoint(step: number, contents: CheckpointContents): { files: Record<string, Uint8Array>; manifest: CheckpointManifest } {
+  const { model, optimizer, state } = prepareCheckpoint(step, contents);
+  const files: Record<string, Uint8Array> = {};
+  const entries: Record<string, ManifestEntry> = {};
+  const add = (name: string, chunks: Uint8Array[]) => {
+    const bytes = Buffer.concat(chunks);
+    files[name] = bytes;
+    entries[name] = { bytes: bytes.byteLength, sha256: createHash('sha256').update(bytes).digest('hex') };
+  };
+  add(MODEL_FILE, safetensorsChunks(model));
+  add(OPTIMIZER_FILE, safetensorsChunks(optimizer));
+  add(STATE_FILE, [state]);
+  const manifest: CheckpointManifest = { format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, step, createdMs: Date.now(), files: entries };
+  files[MANIFEST_FILE] = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+  return { files, manifest };
+}
+
+const checkpointWriteError = (step: number) => (message: string, cause?: unknown) =>
+  new ModelError('MDL_ERR_CHECKPOINT_WRITE', `checkpoint step ${step}: ${message}`, { cause });
+
+/** Validates a checkpoint's contents and lays out its three files; everything that can fail on bad input fails here. */
+function prepareCheckpoint(step: number, contents: CheckpointContents): { model: PreparedSafetensors; optimizer: PreparedSafetensors; state: Buffer } {
+  const writeError = checkpointWriteError(step);
+  if ('step' in contents.state && contents.state.step !== step) {
+    throw writeError(`state.step is ${JSON.stringify(contents.state.step)}, not ${step}`);
+  }
+  checkMoments(contents.model, contents.optimizer.expAvg, contents.optimizer.expAvgSq, (m) => writeError(m));
+  if (!Number.isSafeInteger(contents.optimizer.step) || contents.optimizer.step < 0) {
+    throw writeError(`optimizer.step must be a non-negative integer, got ${contents.optimizer.step}`);
+  }
+  try {
+    const model = prepareSafetensors(contents.model, { ...contents.modelMetadata, format: 'pt' });
+    const moments: TensorMap = {};
+    for (const [k, t] of Object.entries(contents.optimizer.expAvg)) moments[EXP_AVG + k] = t;
+    for (const [k, t] of Object.entries(contents.optimizer.expAvgSq)) moments[EXP_AVG_SQ + k] = t;
+    const optimizer = prepareSafetensors(moments, { format: OPTIMIZER_FORMAT, step: String(contents.optimizer.step) });
+    const state = Buffer.from(`${JSON.stringify({ ...contents.state, step }, null, 2)}\n`);
+    return { model, optimizer, state };
+  } catch (err) {
+    throw writeError((err as Error).message, err);
+  }
+}
+
 export function snapshotTensors(tensors: TensorMap): TensorMap {
   const out: TensorMap = {};
   for (const [name, t] of Object.entries(tensors)) out[name] = { dtype: t.dtype, shape: [...t.shape], data: t.data.slice() } as Tensor;

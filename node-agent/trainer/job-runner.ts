@@ -26,14 +26,14 @@
  * new attempt needs a new group. `runJob` itself never throws: it resolves with the job.finished message it sent.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../../common/log.ts';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, layoutName, rankOf, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
-import { checkpointDirName, loadCheckpoint, MANIFEST_FILE, saveCheckpoint } from '../../model/checkpoint.ts';
+import { checkpointDirName, encodeCheckpoint, loadCheckpoint, MANIFEST_FILE } from '../../model/checkpoint.ts';
 import { shardLayout, shardOfCheckpoint, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
@@ -49,7 +49,7 @@ import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type StepO
 export interface ArtifactStore {
   get(digest: string): Promise<Uint8Array>;
   put(bytes: Uint8Array): Promise<string>;
-  putAll(files: Record<string, Uint8Array>): Promise<Record<string, string>>;
+  putAll(files: Record<string, Uint8Array>, digests?: Record<string, string>): Promise<Record<string, string>>;
 }
 
 /** This rank's rings and pipeline links (protocol/layout.ts names them). */
@@ -99,7 +99,7 @@ export interface JobContext {
   backend: BackendChoice;
   /** job.stop, control connection lost, group released: stop now. Its reason goes into job.finished's error. */
   signal: AbortSignal;
-  /** Parent of `<jobId>/data`, `<jobId>/resume`, `<jobId>/checkpoints`. */
+  /** Parent of `<jobId>/data` and `<jobId>/resume`. */
   workDir: string;
   /** Keep `<workDir>/<jobId>` after the job (default: deleted; everything that matters is uploaded). */
   keepWorkDir?: boolean;
@@ -345,7 +345,7 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
         }
         if (coords.dp === 0) {
           await race(checkpointing); // one upload at a time; its failure fails the job here
-          checkpointing = saveAndUpload(ctx, start, spec, { shard, layout: layoutOfShard, coords, placement }, snap, join(jobDir, 'checkpoints'), stepTrace?.step);
+          checkpointing = saveAndUpload(ctx, start, spec, { shard, layout: layoutOfShard, coords, placement }, snap, stepTrace?.step);
           checkpointing.catch(() => {}); // awaited (and its error raised) before the next one and at the end
         }
         phases.push({ name: 'checkpoint', startMs: c0, endMs: epochMs(), attrs: { step: s } });
@@ -458,20 +458,23 @@ function tensorsOf(flat: Float32Array, layout: ShardLayout): TensorMap {
   return Object.fromEntries(layout.specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: flat.subarray(s.offset, s.offset + s.size) }]));
 }
 
-/** Data-parallel rank 0 of a stage shard: writes the snapshot as a shard checkpoint, uploads it, tells the coordinator. */
+/**
+ * Data-parallel rank 0 of a stage shard: encodes the snapshot as a shard checkpoint in memory (files, manifest,
+ * sha256 each), uploads it straight to the coordinator's store and tells the coordinator. Nothing is written to
+ * the agent's disk: the store writes durably, and a checkpoint counts only once the coordinator has recorded it.
+ */
 async function saveAndUpload(
   ctx: JobContext,
   start: JobStart,
   spec: ResolvedJobSpec,
   where: { shard: ShardSpec; layout: ShardLayout; coords: Coords; placement: Placement },
   snap: Extract<FromWorker, { type: 'exported' }>,
-  root: string,
   trace: TraceParent | undefined,
 ): Promise<void> {
   const t0 = performance.now();
   const startMs = epochMs();
   const { shard, layout, placement } = where;
-  const saved = await saveCheckpoint(join(root, `shard-${shard.stage}-${shard.tpRank}`), snap.step, {
+  const encoded = encodeCheckpoint(snap.step, {
     model: tensorsOf(snap.params, layout),
     optimizer: { step: snap.optimizerStep, expAvg: tensorsOf(snap.expAvg, layout), expAvgSq: tensorsOf(snap.expAvgSq, layout) },
     state: {
@@ -479,10 +482,9 @@ async function saveAndUpload(
       layout: { ...placement.layout }, world: start.world, jobId: start.jobId, attempt: start.attempt,
     },
   });
-  const bytes: Record<string, Uint8Array> = {};
-  for (const name of [...Object.keys(saved.manifest.files), MANIFEST_FILE]) bytes[name] = await readFile(join(saved.dir, name));
-  const files = await ctx.artifacts.putAll(bytes);
-  await rm(saved.dir, { recursive: true, force: true }); // uploaded: the coordinator's copy is the one that counts
+  const bytes = encoded.files;
+  const digests = Object.fromEntries(Object.entries(encoded.manifest.files).map(([name, e]) => [name, e.sha256]));
+  const files = await ctx.artifacts.putAll(bytes, digests);
   if (ctx.signal.aborted) return;
   const size = Object.values(bytes).reduce((a, b) => a + b.byteLength, 0);
   for (const o of ctx.observers ?? []) {
