@@ -10,6 +10,7 @@
  *   pipeline    a pure-pipeline job on real agents: the measured bubble vs (p − 1)/(m + p − 1), per-stage busy time
  *   plan        the planner's predicted step time vs the measured one, for several pinned layouts on 4 agents
  *   gateway     real gateway processes: overhead vs direct calls, throughput, batching, shadow cost, failures on switch
+ *   recovery    an agent killed mid-job: detection and resume time, steps lost, checkpointing's cost per step
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   transport: () => import('./transport.ts'),
@@ -19,6 +20,7 @@ const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promi
   pipeline: () => import('./pipeline.ts'),
   plan: () => import('./plan.ts'),
   gateway: () => import('./gateway.ts'),
+  recovery: () => import('./recovery.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

@@ -111,6 +111,13 @@ export interface JobRunnerOptions {
   stepTimeoutMs?: number;
 }
 
+/**
+ * A failed attempt's job waits this long before it is planned again: a member killed outright makes its peers'
+ * ranks fail on their closed links at the same moment as its own connection drops, and the next plan must not be
+ * made before the coordinator has seen the drop (it would place work on the dead agent).
+ */
+const RESTART_SETTLE_MS = 1000;
+
 /** How long a straggler's measured slowdown is believed when it is not measured again. */
 const SLOWDOWN_TTL_MS = 10 * 60_000;
 
@@ -127,6 +134,8 @@ export class JobRunner {
   #ticking = false;
   /** Failed attempts in a row per job (decideRestart). */
   readonly #failures = new Map<string, FailureRun>();
+  /** Jobs whose attempt just failed, and when they may be planned again (RESTART_SETTLE_MS). */
+  readonly #settling = new Map<string, number>();
   /** Nodes seen straggling: how many times slower than their peers, and when that was measured. */
   readonly #slowdowns = new Map<string, { factor: number; atMs: number }>();
 
@@ -199,7 +208,9 @@ export class JobRunner {
     this.#ticking = true;
     try {
       this.#checkStalls();
-      const queued = this.#o.jobs.list().filter((j) => j.state === 'queued');
+      const now = this.#now();
+      for (const [id, at] of this.#settling) if (at <= now) this.#settling.delete(id);
+      const queued = this.#o.jobs.list().filter((j) => j.state === 'queued' && !this.#settling.has(j.id));
       if (queued.length === 0) return;
       const free = this.#freeAgents();
       for (const d of decideJobs(queued.map((j) => ({ id: j.id, spec: j.spec, createdMs: j.createdMs })), free, this.#calibration)) {
@@ -538,6 +549,7 @@ export class JobRunner {
     const max = job.spec.training.maxRestarts;
     const { action, run } = decideRestart(this.#failures.get(jobId), newest, max);
     this.#failures.set(jobId, run);
+    this.#settling.set(jobId, this.#now() + RESTART_SETTLE_MS);
     if (action === 'fail') {
       return { state: 'failed', reason: `${why}; ${run.failures} attempts in a row ended without a new checkpoint (training.maxRestarts ${max})` };
     }

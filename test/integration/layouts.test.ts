@@ -171,7 +171,7 @@ describe('training one GPT under every data × pipeline × tensor layout on four
     assert.ok(mid.job.state === 'running' && mid.job.step < STEPS, `still running when re-planned (${mid.job.state} at step ${mid.job.step})`);
 
     const replanned = await cluster.api<JobRecord>('POST', `/api/jobs/${id}/replan`, { parallel: to });
-    assert.deepEqual(replanned.spec.parallel, { pipeline: 1, tensor: 1, ...to }, 'the job now asks for the new layout');
+    assert.deepEqual(replanned.spec.parallel, { pipeline: 1, tensor: 1, minData: to.data, ...to }, 'the job now asks for the new layout');
     const resumed = await untilJob(cluster, id, (v) => /^attempt 2: .*resuming from step \d+/.test(v.job.stateReason) || v.job.state === 'succeeded');
     const m = /^attempt 2: (\d+)×(\d+)×(\d+) .*resuming from step (\d+)/.exec(resumed.job.stateReason);
     assert.ok(m, `the second attempt says it resumes from a checkpoint: ${resumed.job.stateReason}`);
