@@ -26,6 +26,7 @@ import { intOption, parseCli } from '../common/cli.ts';
 import type { NodeEvent } from '../coordinator/state-store.ts';
 import type { JobLive } from '../coordinator/job-runner.ts';
 import type { JobRecord } from '../coordinator/job-store.ts';
+import { seededRandom } from '../gateway/sampling.ts';
 import { startCluster, type LocalCluster } from '../scripts/local-cluster.ts';
 import { runToEnd, untilJob, writeCorpus, type JobView } from '../test/support/jobs.ts';
 import { cpuSeconds, foreignCores } from './plan.ts';
@@ -37,18 +38,6 @@ const MODEL = { vocabSize: 300, nCtx: 64, nLayer: 2, nHead: 2, nEmbd: 64 };
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** mulberry32: a small seeded generator, so a run's victim and kill step can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 const spec = (corpus: string, name: string, steps: number, checkpointEvery: number, parallel: object) => ({
   name,
@@ -102,7 +91,7 @@ function attemptLine(cluster: LocalCluster, jobId: string, n: number): { layout:
 }
 
 async function killMidJob(cluster: LocalCluster, corpus: string, steps: number, seed: number) {
-  const random = rng(seed);
+  const random = seededRandom(seed); // so a run's victim and kill step can be replayed
   const victimRank = Math.floor(random() * AGENTS);
   const killStep = 2 + Math.floor(random() * (steps - 12)); // after the first checkpoint (step 1), well before the end
   console.error(`recovery: killing rank ${victimRank} at step ${killStep} of ${steps} (seed ${seed})`);
