@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { mkdirSync, statSync } from 'node:fs';
 import type { Browser, Page } from 'playwright-core';
 import type { JobRecord } from '../../coordinator/job-store.ts';
-import { launchChromium, pageErrors, until } from '../support/browser.ts';
+import { launchChromium, pageErrors } from '../support/browser.ts';
+import { until } from '../support/until.ts';
 import { clusterFixture, type JobView } from '../support/jobs.ts';
 
 const ARTIFACTS = new URL('../../test-artifacts/', import.meta.url).pathname;

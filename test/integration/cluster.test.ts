@@ -9,18 +9,9 @@ import { expectedResult } from '../../node-agent/collectives/test-data.ts';
 import { chunkRange } from '../../node-agent/collectives/partition.ts';
 import type { RunReport } from '../../coordinator/groups.ts';
 import type { NodeView } from '../../coordinator/agent-hub.ts';
+import { until } from '../support/until.ts';
 
 const AGENT = new URL('../../bin/node-agent.js', import.meta.url).pathname;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('a coordinator with three agents', () => {
   let cluster: LocalCluster;

@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NodeView } from '../../coordinator/agent-hub.ts';
 import type { JobLive } from '../../coordinator/job-runner.ts';
+import type { PlacementCell } from '../../coordinator/job-telemetry.ts';
 import type { JobRecord } from '../../coordinator/job-store.ts';
 import type { LocalCluster, Proc } from '../../scripts/local-cluster.ts';
 import { assertSameCurve, clusterFixture, runToEnd, trainLosses, untilJob, writeCorpus, type JobView } from '../support/jobs.ts';
@@ -89,6 +90,30 @@ async function assertMarkedDead(cluster: LocalCluster, nodeId: string, what: str
   assert.equal(node.node.status, 'dead', `${what}: ${JSON.stringify(node.node)}`);
 }
 
+/**
+ * Runs `name` (layout `parallel`) on 3 agents, kills -9 the job agent `pick` chooses mid-step once a checkpoint is
+ * in, and checks what every kill test checks: the job recovered the uninterrupted run's curve from a checkpoint at
+ * or after the last one before the kill, and the coordinator marked the agent dead. Returns the victim and the first
+ * attempt that started after the kill, for the test's own layout checks.
+ */
+async function killMemberMidRun(cluster: LocalCluster, name: string, parallel: Parallel, pick: (cell: PlacementCell) => boolean, what: string) {
+  await ensureAgents(cluster, 3);
+  const ref = await reference(cluster, parallel);
+  const id = (await cluster.api<JobRecord>('POST', '/api/jobs', spec(name, parallel))).id;
+  return withEvidence(cluster, () => id, async () => {
+    await midRun(cluster, id, STEPS);
+    const { placement } = await live(cluster, id);
+    const victim = placement.find(pick);
+    assert.ok(victim, `a ${what} to kill`);
+    const checkpointed = await lastCheckpoint(cluster, id);
+    await kill(procOf(cluster, victim.nodeName));
+    await assertRecovered(cluster, id, ref, STEPS, checkpointed);
+    await assertMarkedDead(cluster, victim.nodeId, `the coordinator saw the ${what} go down`);
+    const second = attemptsOf(cluster, id).find((a) => a.attempt >= 2)!; // the first attempt that started after the kill
+    return { placement, victim, second };
+  });
+}
+
 /** Runs `body`; a failure carries the coordinator's and agents' log lines about the job. */
 async function withEvidence<T>(cluster: LocalCluster, jobId: () => string | undefined, body: () => Promise<T>): Promise<T> {
   try {
@@ -152,46 +177,16 @@ describe('jobs on three agents whose members are killed mid-step', () => {
   const fx = clusterFixture('faults-kill', [10, 18], { agents: 3, logLevel: 'info' });
 
   test('a data-parallel job that loses an agent to kill -9 re-plans onto the two left and continues the same loss curve', async () => {
-    const { cluster } = fx;
-    await ensureAgents(cluster, 3);
-    const ref = await reference(cluster, { data: 2 });
-    const id = (await cluster.api<JobRecord>('POST', '/api/jobs', spec('kill-dp', { data: 2 }))).id;
-    await withEvidence(cluster, () => id, async () => {
-      await midRun(cluster, id, STEPS);
-      const { placement } = await live(cluster, id);
-      assert.equal(placement.length, 2);
-      const victim = placement.find((c) => c.dp === 1)!;
-      const checkpointed = await lastCheckpoint(cluster, id);
-      await kill(procOf(cluster, victim.nodeName));
-
-      await assertRecovered(cluster, id, ref, STEPS, checkpointed);
-      await assertMarkedDead(cluster, victim.nodeId, 'the coordinator saw the member go down');
-      const second = attemptsOf(cluster, id).find((a) => a.attempt >= 2)!; // the first attempt that started after the kill
-      assert.equal(second.layout, '2×1×1', 'still two replicas: the spare took the dead agent\'s place');
-      assert.ok(!second.nodes.includes(victim.nodeId), 'the dead agent is not in the new attempt');
-    });
+    const { placement, victim, second } = await killMemberMidRun(fx.cluster, 'kill-dp', { data: 2 }, (c) => c.dp === 1, 'member');
+    assert.equal(placement.length, 2);
+    assert.equal(second.layout, '2×1×1', 'still two replicas: the spare took the dead agent\'s place');
+    assert.ok(!second.nodes.includes(victim.nodeId), 'the dead agent is not in the new attempt');
   });
 
   test('a pipeline job whose stage-1 agent is killed mid-step resumes on the agents left with the same loss curve', async () => {
-    const { cluster } = fx;
-    await ensureAgents(cluster, 3);
-    const parallel = { data: 1, pipeline: 2 };
-    const ref = await reference(cluster, parallel);
-    const id = (await cluster.api<JobRecord>('POST', '/api/jobs', spec('kill-stage', parallel))).id;
-    await withEvidence(cluster, () => id, async () => {
-      await midRun(cluster, id, STEPS);
-      const { placement } = await live(cluster, id);
-      const victim = placement.find((c) => c.pp === 1)!;
-      assert.ok(victim, 'a stage-1 agent');
-      const checkpointed = await lastCheckpoint(cluster, id);
-      await kill(procOf(cluster, victim.nodeName));
-
-      await assertRecovered(cluster, id, ref, STEPS, checkpointed);
-      await assertMarkedDead(cluster, victim.nodeId, 'the coordinator saw the stage go down');
-      const second = attemptsOf(cluster, id).find((a) => a.attempt >= 2)!; // the first attempt that started after the kill
-      assert.equal(second.layout, '1×2×1', 'two stages again, on the agents left');
-      assert.ok(!second.nodes.includes(victim.nodeId));
-    });
+    const { victim, second } = await killMemberMidRun(fx.cluster, 'kill-stage', { data: 1, pipeline: 2 }, (c) => c.pp === 1, 'stage');
+    assert.equal(second.layout, '1×2×1', 'two stages again, on the agents left');
+    assert.ok(!second.nodes.includes(victim.nodeId));
   });
 
   test('a job whose newest checkpoint is corrupt when an agent dies resumes from the checkpoint before it', async () => {

@@ -23,19 +23,10 @@ import { makeTestPki, type TestPki } from '../support/tls.ts';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { until } from '../support/until.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
 const AGENT = new URL('../../bin/node-agent.js', import.meta.url).pathname;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // A raw agent: says hello, heartbeats, records what the coordinator sends and how the connection ends.
