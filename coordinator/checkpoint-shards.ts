@@ -13,9 +13,9 @@
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadCheckpoint, MANIFEST_FILE, saveCheckpoint, type JsonValue, type LoadedCheckpoint } from '../model/checkpoint.ts';
-import { mergeShardTensors, shardTensors } from '../model/checkpoint-reshard.ts';
+import { mergeShardTensors, modelLayouts, shardTensors, type CheckpointLayouts } from '../model/checkpoint-reshard.ts';
 import type { GPTConfig } from '../model/gpt.ts';
-import { shardLayout, shardOfCheckpoint, type ShardSpec } from '../model/shard-layout.ts';
+import { shardOfCheckpoint, type ShardSpec } from '../model/shard-layout.ts';
 import type { TensorMap } from '../model/safetensors.ts';
 /** What the sharder needs of an artifact store (coordinator/artifact-store.ts; tests pass an in-memory one). */
 export interface ArtifactStore {
@@ -50,27 +50,30 @@ export class CheckpointSharder {
     });
   }
 
-  /** Merges every shard checkpoint of one step into the canonical one; returns its files. */
-  async mergeShards(config: GPTConfig, parts: FileSet[], extraState: Record<string, JsonValue> = {}): Promise<FileSet> {
+  /**
+   * Merges every shard checkpoint of one step into the canonical one; returns its files. `layouts` says what the
+   * checkpoints hold: the whole model by default, or e.g. a LoRA adapter (model/lora.ts's `loraLayouts`).
+   */
+  async mergeShards(config: GPTConfig, parts: FileSet[], extraState: Record<string, JsonValue> = {}, layouts: CheckpointLayouts = modelLayouts(config)): Promise<FileSet> {
     const loaded = [];
     for (const files of parts) loaded.push(await this.load(files));
     const first = loaded[0];
     if (!first) throw new Error('no shard checkpoints to merge');
     const steps = new Set(loaded.map((c) => c.step));
     if (steps.size !== 1) throw new Error(`shard checkpoints of different steps: ${[...steps].join(', ')}`);
-    const withLayout = loaded.map((c) => ({ c, layout: shardLayout(config, shardOfCheckpoint(c.state, config.nLayer)) }));
-    const model = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.model })));
-    const expAvg = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.optimizer.expAvg })));
-    const expAvgSq = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.optimizer.expAvgSq })));
+    const withLayout = loaded.map((c) => ({ c, layout: layouts.shard(shardOfCheckpoint(c.state, config.nLayer)) }));
+    const model = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.model })), layouts.full);
+    const expAvg = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.optimizer.expAvg })), layouts.full);
+    const expAvgSq = mergeShardTensors(config, withLayout.map(({ c, layout }) => ({ layout, tensors: c.optimizer.expAvgSq })), layouts.full);
     const optimizerSteps = new Set(loaded.map((c) => c.optimizer.step));
     if (optimizerSteps.size !== 1) throw new Error(`shards disagree on AdamW's step: ${[...optimizerSteps].join(', ')}`);
     const { shard: _shard, ...state } = first.state;
     return this.#save(first.step, { model, optimizer: { step: first.optimizer.step, expAvg, expAvgSq }, state: { ...state, ...extraState } });
   }
 
-  /** The shard checkpoint `shard` needs, cut from a canonical checkpoint. */
-  async reshard(config: GPTConfig, canonical: LoadedCheckpoint, shard: ShardSpec): Promise<FileSet> {
-    const layout = shardLayout(config, shard);
+  /** The shard checkpoint `shard` needs, cut from a canonical checkpoint (of the whole model unless `layouts` says otherwise). */
+  async reshard(config: GPTConfig, canonical: LoadedCheckpoint, shard: ShardSpec, layouts: CheckpointLayouts = modelLayouts(config)): Promise<FileSet> {
+    const layout = layouts.shard(shard);
     const { shard: _old, ...state } = canonical.state;
     return this.#save(canonical.step, {
       model: shardTensors(canonical.model, layout),

@@ -4,6 +4,9 @@
  * coordinator nodes revoke ID                                  revoke an agent's credential
  * coordinator selfcheck [--url U] [--token T] [--agents N]      check every collective on a ring of the agents
  * coordinator submit job.json | jobs | job ID | plan ID         training jobs
+ * coordinator models [quantize NAME VERSION [--scheme int8]]     registered models; register a version's INT8 variant
+ * coordinator models merge NAME VERSION                         fold a LoRA adapter version into its base (a new version)
+ * coordinator runs list|compare|export …, sweep submit|status|list …   experiment tracking and sweeps (cli-runs.ts)
  *
  * Entry point of bin/coordinator.js. Exit codes: 0 ok, 1 error or failed self-check, 2 bad arguments.
  */
@@ -20,6 +23,7 @@ import type { JobLive, NodeRole } from './job-runner.ts';
 import { readFile } from 'node:fs/promises';
 import { initTracing } from '../common/tracing.ts';
 import { fetchTrusting, loadTrust } from '../common/tls.ts';
+import { runsCommand, sweepCommand, type CliIo } from './cli-runs.ts';
 
 const HELP = `Usage: coordinator <command> [options]
 
@@ -28,6 +32,9 @@ runs work on them.
 
 Commands:
   start        run the coordinator (HTTP API, /metrics, agent endpoint /ws/agent)
+  data prepare --source NAME=PATH[:RATIO] … --out DIR
+               clean, de-duplicate, mask, mix and tokenize raw text into a dataset a job can train on
+               ('coordinator data prepare --help' lists its options)
   nodes        list the agents the coordinator knows
   nodes revoke ID
                revoke an agent's credential: it is disconnected, its job re-queued, and its node id and secret
@@ -38,9 +45,24 @@ Commands:
   job ID       show one job: state, step, latest metrics, layout, per-agent step breakdown, links, straggler;
                --watch follows it with a live line until it ends
   plan ID      the layout the planner chose for a job, the candidates it weighed, predicted vs measured step time
+  models       list registered models
+  models quantize NAME VERSION [--scheme int8]
+               register the INT8 variant of a version (weight-only, per-channel) as a new version of NAME;
+               prints its version and the size of its weights against the parent's
+  models merge NAME VERSION
+               fold the LoRA adapter version NAME VERSION into its base (W + alpha/r·A·B) and register the result
+               as a new full version of NAME
   replan ID LAYOUT
                change a job's layout: 'auto' or data×pipeline×tensor such as 2x2x1; a running job resumes from
                its last checkpoint under it
+  runs list [--name N|N*] [--state S]
+               every run (job) with its final train and held-out loss, tokens/s, model version and code version
+  runs compare ID ID…
+               runs side by side: spec differences, final metrics, a train-loss sparkline each
+  runs export ID [--format json|csv] [--out FILE]
+               a run's spec, code version, artifacts and metrics history (json), or its metrics as CSV
+  sweep submit FILE | sweep status ID | sweep list
+               hyper-parameter sweeps: trials run as jobs, the best is the lowest held-out loss
 
 Options for start:
   --port PORT                 HTTP and WebSocket port (default: ${DEFAULT_CONFIG.port}; 0 = any free port)
@@ -56,12 +78,16 @@ Options for start:
   --tls-cert PATH             serve HTTPS and WSS with this PEM certificate (chain); needs --tls-key
   --tls-key PATH              the PEM private key of --tls-cert
 
-Options for nodes, selfcheck, submit, jobs, job, plan and replan:
+Options for nodes, selfcheck, submit, jobs, job, plan, replan, models, runs and sweep:
   --url URL                   coordinator address (default: http://127.0.0.1:${DEFAULT_CONFIG.port}; https://… for TLS)
   --token TOKEN               cluster token (or MESHTRAIN_TOKEN)
   --ca PATH                   trust this PEM CA for an https:// coordinator (or set NODE_EXTRA_CA_CERTS)
   --json                      print JSON instead of a table
   --agents N                  selfcheck: ring size (default: every connected agent)
+  --name N, --state S         runs list: only runs named N (N* for a prefix) or in state S
+  --format json|csv           runs export: the whole run as JSON (default), or its metrics as CSV
+  --out FILE                  runs export: write to FILE instead of stdout
+  --scheme SCHEME             models quantize: the quantization scheme (default and only one: int8)
   --watch                     job: follow the job live until it ends (exit 0 if it succeeded, 1 if not);
                               with --json, one JSON object per new step and state change
 
@@ -74,6 +100,8 @@ Examples:
 `;
 
 async function main(argv: string[]): Promise<number> {
+  // `data …` has its own options (a repeatable --source): coordinator/data-prepare-cli.ts parses them.
+  if (argv[0] === 'data') return (await import('./data-prepare-cli.ts')).dataCommand(argv.slice(1));
   const { values, positionals } = parseCli(argv, {
     port: { type: 'string' },
     host: { type: 'string' },
@@ -92,6 +120,11 @@ async function main(argv: string[]): Promise<number> {
     json: { type: 'boolean' },
     watch: { type: 'boolean' },
     agents: { type: 'string' },
+    scheme: { type: 'string' },
+    name: { type: 'string' },
+    state: { type: 'string' },
+    format: { type: 'string' },
+    out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   const [command, ...rest] = positionals;
@@ -99,7 +132,16 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return values.help ? 0 : 2;
   }
-  const args = command === 'replan' || (command === 'nodes' && rest[0] === 'revoke') ? 2 : command === 'submit' || command === 'job' || command === 'plan' ? 1 : 0;
+  if (command === 'runs' || command === 'sweep') {
+    const io: CliIo = {
+      api: (method, path, body) => api(values, method, path, body),
+      text: (path) => api<string>(values, 'GET', path, undefined, 'text'),
+      print: (s) => void process.stdout.write(s),
+      table: printTable,
+    };
+    return command === 'runs' ? runsCommand(io, values, rest) : sweepCommand(io, values, rest);
+  }
+  const args = command === 'models' && (rest[0] === 'quantize' || rest[0] === 'merge') ? 3 : command === 'replan' || (command === 'nodes' && rest[0] === 'revoke') ? 2 : command === 'submit' || command === 'job' || command === 'plan' ? 1 : 0;
   if (rest.length !== args) throw new UsageError(args ? `'${command}' takes exactly ${args} argument${args > 1 ? 's' : ''}` : `unexpected argument '${rest[0]}'`);
   switch (command) {
     case 'submit':
@@ -118,8 +160,10 @@ async function main(argv: string[]): Promise<number> {
       return rest[0] === 'revoke' ? revoke(values, rest[1]!) : nodes(values);
     case 'selfcheck':
       return selfcheck(values);
+    case 'models':
+      return rest[0] === 'quantize' ? quantizeModel(values, rest[1]!, rest[2]!) : rest[0] === 'merge' ? mergeModel(values, rest[1]!, rest[2]!) : listModels(values);
     default:
-      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job, plan, replan`);
+      throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job, plan, replan, runs, sweep, models`);
   }
 }
 
@@ -167,7 +211,7 @@ async function start(v: Values): Promise<number> {
   return 0;
 }
 
-async function api<T>(v: Values, method: string, path: string, body?: unknown): Promise<T> {
+async function api<T>(v: Values, method: string, path: string, body?: unknown, as: 'json' | 'text' = 'json'): Promise<T> {
   const token = str(v, 'token') ?? process.env.MESHTRAIN_TOKEN;
   if (!token) throw new UsageError('missing --token (or MESHTRAIN_TOKEN)');
   const base = httpUrl(str(v, 'url') ?? `http://127.0.0.1:${DEFAULT_CONFIG.port}`);
@@ -189,7 +233,14 @@ async function api<T>(v: Values, method: string, path: string, body?: unknown): 
     const hint = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO/.test(code) ? 'pass --ca with the CA that signed its certificate, or set NODE_EXTRA_CA_CERTS' : "is 'coordinator start' running?";
     throw new Error(`cannot reach the coordinator at ${base} (${code}); ${hint}`);
   }
-  const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string; details?: string[] } };
+  const text = await res.text().catch(() => '');
+  let json: { error?: { code: string; message: string; details?: string[] } } = {};
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // not JSON (a CSV export, or a proxy's error page): the status says what happened
+  }
+  if (res.ok && as === 'text') return text as T;
   if (!res.ok) {
     const details = json.error?.details?.length ? `\n  - ${json.error.details.join('\n  - ')}` : '';
     throw new Error(`${json.error?.code ?? res.status}: ${details ? (json.error?.message ?? '').split(':')[0] : (json.error?.message ?? res.statusText)}${details}`);
@@ -337,6 +388,39 @@ async function watchJob(v: Values, id: string): Promise<number> {
     }
     await new Promise((r) => setTimeout(r, 1000));
   }
+}
+
+async function listModels(v: Values): Promise<number> {
+  const { models } = await api<{ models: Array<{ name: string; versions: number; latest: number; updatedMs: number }> }>(v, 'GET', '/api/models');
+  if (v.json) process.stdout.write(JSON.stringify(models, null, 2) + '\n');
+  else printTable(['NAME', 'VERSIONS', 'LATEST', 'UPDATED'], models.map((m) => [m.name, String(m.versions), `v${m.latest}`, new Date(m.updatedMs).toISOString()]));
+  return 0;
+}
+
+/** `models quantize NAME VERSION`: the coordinator registers the variant; this prints its version and sizes. */
+async function quantizeModel(v: Values, name: string, version: string): Promise<number> {
+  type Created = { name: string; version: number; lineage: { quantization?: { scheme: string; f32Bytes: number; int8Bytes: number; sizeRatio: number } } };
+  const path = `/api/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/quantize`;
+  const created = await api<Created>(v, 'POST', path, { scheme: str(v, 'scheme') ?? 'int8' });
+  if (v.json) process.stdout.write(JSON.stringify(created, null, 2) + '\n');
+  else {
+    const q = created.lineage.quantization!;
+    const ratio = `${(q.sizeRatio * 100).toFixed(1)} %, ${(1 / q.sizeRatio).toFixed(2)}× smaller`;
+    process.stdout.write(`registered ${created.name} v${created.version}: ${q.scheme} variant of v${version.replace(/^v/, '')}; weights ${q.int8Bytes} bytes vs ${q.f32Bytes} in float32 (${ratio})\n`);
+  }
+  return 0;
+}
+
+/** `models merge NAME VERSION`: the coordinator merges the adapter into its base and registers the result. */
+async function mergeModel(v: Values, name: string, version: string): Promise<number> {
+  type Created = { name: string; version: number; lineage: { parents?: Array<{ name: string; version: number }> } };
+  const created = await api<Created>(v, 'POST', `/api/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/merge`);
+  if (v.json) process.stdout.write(JSON.stringify(created, null, 2) + '\n');
+  else {
+    const [adapter, base] = created.lineage.parents ?? [];
+    process.stdout.write(`registered ${created.name} v${created.version}: adapter ${adapter?.name} v${adapter?.version} merged into ${base?.name} v${base?.version}\n`);
+  }
+  return 0;
 }
 
 /** 'auto' or d×p×t (x or ×) → the job spec's `parallel`. */

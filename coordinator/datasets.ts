@@ -10,9 +10,11 @@ import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
 import { Worker } from 'node:worker_threads';
 import type { DataProgress } from '../model/data.ts';
-import type { SplitInfo, SplitName } from '../model/shard-index.ts';
-import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
+import { readShardIndex, type SplitInfo, type SplitName } from '../model/shard-index.ts';
+import { ModelError } from '../model/errors.ts';
+import { dataFormatOf, type ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
+import type { DatasetWorkerOptions } from './dataset-worker.ts';
 
 export interface DatasetKey {
   corpus: string;
@@ -20,10 +22,22 @@ export interface DatasetKey {
   heldOutFraction: number;
   seed: number;
   source?: { bytes: number; mtimeMs: number }; // a file corpus: re-prepare when it changes
+  format?: 'chat' | 'preference'; // examples (model/examples.ts) rather than token shards
+  maxTokens?: number; // examples: the longest sequence kept (seqLen + 1)
+  tokenizerSha256?: string; // a tokenizer reused from a model version rather than trained
 }
 
-export function datasetKey(spec: ResolvedJobSpec): DatasetKey {
+/** A tokenizer the dataset must use: the one of the version a job starts from or distils (its ids are that model's). */
+export interface ReusedTokenizer {
+  json: string;
+  sha256: string;
+}
+
+export function datasetKey(spec: ResolvedJobSpec, tokenizer?: ReusedTokenizer): DatasetKey {
   const key: DatasetKey = { corpus: spec.data.corpus, vocabSize: spec.model.vocabSize, heldOutFraction: spec.data.heldOutFraction, seed: spec.training.seed };
+  const format = dataFormatOf(spec);
+  if (format !== 'text') Object.assign(key, { format, maxTokens: spec.training.seqLen + 1 });
+  if (tokenizer) key.tokenizerSha256 = tokenizer.sha256;
   if (spec.data.corpus !== 'demo') {
     const st = statSync(spec.data.corpus); // throws ENOENT: the runner reports it as the job's failure
     key.source = { bytes: st.size, mtimeMs: Math.floor(st.mtimeMs) };
@@ -37,19 +51,26 @@ export async function prepareDataset(
   dataDir: string,
   artifacts: ArtifactStore,
   log: Logger,
+  tokenizer?: ReusedTokenizer,
 ): Promise<Record<string, string>> {
-  const key = datasetKey(spec);
+  const prepared = preparedFolder(spec);
+  if (prepared) return storePrepared(prepared, spec, artifacts, log);
+  const key = datasetKey(spec, tokenizer);
   const id = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 16);
   const dir = join(dataDir, 'datasets', id);
-  if (!existsSync(join(dir, 'index.json'))) {
+  const indexFile = key.format ? 'examples.json' : 'index.json';
+  if (!existsSync(join(dir, indexFile))) {
     const tmp = `${dir}.tmp-${process.pid}`;
     rmSync(tmp, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });
     let lastLog = 0;
     const started = performance.now();
-    log.info(`preparing dataset ${id}: corpus ${key.corpus}, vocabulary ${key.vocabSize}, held out ${key.heldOutFraction}`);
+    log.info(`preparing dataset ${id}: corpus ${key.corpus}, ${key.format ?? 'text'}, vocabulary ${key.vocabSize}${tokenizer ? ' (reused)' : ''}, held out ${key.heldOutFraction}`);
     const splits = await prepareInWorker(
-      { corpus: key.corpus, outDir: tmp, vocabSize: key.vocabSize, heldOutFraction: key.heldOutFraction, seed: key.seed },
+      {
+        corpus: key.corpus, outDir: tmp, vocabSize: key.vocabSize, heldOutFraction: key.heldOutFraction, seed: key.seed,
+        ...(key.format ? { format: key.format, maxTokens: key.maxTokens! } : {}), ...(tokenizer ? { tokenizerJson: tokenizer.json } : {}),
+      },
       (p) => {
         if (performance.now() - lastLog < 1000) return;
         lastLog = performance.now();
@@ -58,9 +79,10 @@ export async function prepareDataset(
     );
     renameSync(tmp, dir);
     const { train, heldOut } = splits;
+    const unit = key.format ? 'examples' : 'documents';
     log.info(
-      `dataset ${id} ready in ${((performance.now() - started) / 1000).toFixed(1)} s: ${train.tokens} train tokens (${train.documents} documents), ` +
-        `${heldOut.tokens} held-out tokens (${heldOut.documents} documents)`,
+      `dataset ${id} ready in ${((performance.now() - started) / 1000).toFixed(1)} s: ${train.tokens} train tokens (${train.documents} ${unit}), ` +
+        `${heldOut.tokens} held-out tokens (${heldOut.documents} ${unit})`,
     );
   }
   const files: Record<string, string> = {};
@@ -71,9 +93,40 @@ export async function prepareDataset(
   return files;
 }
 
+/** The corpus folder when it is already a prepared dataset (`coordinator data prepare` or model/prepare-data.ts output), else null. */
+function preparedFolder(spec: ResolvedJobSpec): string | null {
+  const dir = spec.data.corpus;
+  if (dir === 'demo' || !existsSync(dir) || !statSync(dir).isDirectory()) return null;
+  return existsSync(join(dir, 'index.json')) && existsSync(join(dir, 'tokenizer.json')) ? dir : null;
+}
+
+/**
+ * Stores a prepared folder's index, tokenizer and shards as they are: its split and seed are the ones it was
+ * prepared with (spec.data.heldOutFraction does not re-split it), and its vocabulary must fit the model's.
+ */
+async function storePrepared(dir: string, spec: ResolvedJobSpec, artifacts: ArtifactStore, log: Logger): Promise<Record<string, string>> {
+  let index;
+  try {
+    index = readShardIndex(dir);
+  } catch (err) {
+    throw new ModelError('MDL_ERR_DATASET_MISMATCH', `${dir} looks like a prepared dataset but cannot be used: ${(err as Error).message}`, { cause: err });
+  }
+  if (index.vocabSize > spec.model.vocabSize) {
+    throw new ModelError(
+      'MDL_ERR_DATASET_MISMATCH',
+      `${dir} was tokenized with a vocabulary of ${index.vocabSize}, larger than model.vocabSize ${spec.model.vocabSize}; set model.vocabSize ≥ ${index.vocabSize} or prepare it with --vocab ${spec.model.vocabSize}`,
+    );
+  }
+  const names = ['index.json', index.tokenizer, ...index.splits.train.shards.map((s) => s.file), ...index.splits.heldOut.shards.map((s) => s.file)];
+  const files: Record<string, string> = {};
+  for (const name of names.sort()) files[name] = (await artifacts.putStream(createReadStream(join(dir, name)))).digest;
+  log.info(`using the prepared dataset ${dir}: ${index.splits.train.tokens} train tokens, ${index.splits.heldOut.tokens} held-out tokens, vocabulary ${index.vocabSize}`);
+  return files;
+}
+
 /** prepareTokenData in a worker thread (dataset-worker.ts), so the coordinator keeps answering heartbeats. */
 function prepareInWorker(
-  options: { corpus: string; outDir: string; vocabSize: number; heldOutFraction: number; seed: number },
+  options: DatasetWorkerOptions,
   onProgress: (p: DataProgress) => void,
 ): Promise<Record<SplitName, SplitInfo>> {
   return new Promise((resolve, reject) => {

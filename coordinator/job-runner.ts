@@ -27,6 +27,7 @@ import type { AgentHub } from './agent-hub.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
+import { initCheckpoint, refOf, tokenizerSource, versionFiles, versionTokenizer } from './stage-inputs.ts';
 import type { GroupManager } from './groups.ts';
 import { decideJobs, type FreeAgent } from './job-scheduler.ts';
 import { decideReshape, decideRestart, type FailureRun } from './elastic.ts';
@@ -38,6 +39,8 @@ import type { Candidate, PlannerCalibration } from './planner.ts';
 import type { SelfcheckReport } from './selfcheck.ts';
 import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobState, type JobStore } from './job-store.ts';
 import type { ModelRegistry } from './registry.ts';
+import { jobLineage, parentOf } from './lineage.ts';
+import type { RunStore } from './run-store.ts';
 
 interface Attempt {
   jobId: string;
@@ -100,6 +103,8 @@ export interface JobRunnerOptions {
   groups: GroupManager;
   artifacts: ArtifactStore;
   registry: ModelRegistry;
+  /** Where each run's dataset is recorded for experiment tracking (and read back into the model's lineage). */
+  runs?: RunStore;
   dataDir: string;
   segmentBytes: number;
   log: Logger;
@@ -331,8 +336,11 @@ export class JobRunner {
     this.#attempts.set(job.id, attempt);
     this.#setState(job.id, 'running', `attempt ${attemptNo}: preparing data`);
     try {
-      const data = await prepareDataset(job.spec, this.#o.dataDir, this.#o.artifacts, log.child(job.id));
+      const { registry, artifacts } = this.#o;
+      const source = tokenizerSource(job.spec);
+      const data = await prepareDataset(job.spec, this.#o.dataDir, artifacts, log.child(job.id), source ? versionTokenizer(registry, source) : undefined);
       attempt.data = data;
+      this.#o.runs?.setData(job.id, { corpus: job.spec.data.corpus, files: data });
       if (attempt.stopping) return;
       this.#setState(job.id, 'running', `attempt ${attemptNo}: linking ${nodeIds.length} agents`);
       const group = await groups.form({ nodeIds, segmentBytes: this.#o.segmentBytes, rings: jobRings(layout) });
@@ -341,6 +349,12 @@ export class JobRunner {
       const nodeOfRank = [...group.members].sort((a, b) => a.rank - b.rank).map((m) => m.nodeId);
       const names = new Map(this.#o.hub.views().map((n) => [n.id, n.name])); // a node keeps its name while it holds its id
       attempt.telemetry = new AttemptTelemetry(layout, chosen.stages, nodeOfRank, (id) => names.get(id) ?? id);
+      if (job.spec.init && jobs.checkpoints(job.id).length === 0) {
+        // Starting from a version is resuming from its weights at step 0 (stage-inputs.ts).
+        jobs.putCheckpoint(job.id, { step: 0, attempt: attemptNo, files: await initCheckpoint(registry, artifacts, job.spec, job.id), createdMs: this.#now() });
+      }
+      const frozenRef = job.spec.kind === 'dpo' ? refOf(job.spec.init!.from) : job.spec.kind === 'distill' ? refOf(job.spec.distill!.teacher) : null;
+      const frozen = frozenRef ? { role: job.spec.kind === 'dpo' ? 'reference' as const : 'teacher' as const, files: await versionFiles(registry, artifacts, frozenRef) } : null;
       const checkpoint = await this.#lastGoodCheckpoint(job.id);
       const resume = checkpoint ? await this.#resumeFiles(job, checkpoint.step, checkpoint.files, layout, chosen.stages) : null;
       if (attempt.stopping) return;
@@ -360,6 +374,7 @@ export class JobRunner {
           spec: job.spec,
           data,
           plan,
+          ...(frozen ? { frozen } : {}),
           ...(attempt.span.traceparent ? { trace: attempt.span.traceparent } : {}),
           ...(resume ? { resume: { step: checkpoint!.step, files: resume.get(`${stage}.${tp}`)! } } : {}),
         });
@@ -518,7 +533,11 @@ export class JobRunner {
         metrics.evalLoss = attempt.lastEvalLoss;
         metrics.evalPerplexity = Math.exp(attempt.lastEvalLoss);
       }
-      const version = await registry.register(job.name, bytes, { jobId: job.id, spec: job.spec, metrics, attempt: attempt.attempt });
+      const lineage = {
+        ...jobLineage({ jobId: job.id, spec: job.spec, metrics, attempt: attempt.attempt, run: this.#o.runs?.get(job.id), parent: parentOf(job.spec, registry) }),
+        ...(job.spec.distill ? { teacher: refOf(job.spec.distill.teacher) } : {}),
+      };
+      const version = await registry.register(job.name, bytes, lineage);
       jobs.setModelVersion(job.id, version.version, this.#now());
       this.#bus.emit('model', { name: job.name, version: version.version });
       this.#endAttempt(attempt, 'succeeded', `registered ${job.name} v${version.version}`);

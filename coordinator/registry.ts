@@ -77,7 +77,10 @@ export class ModelRegistry {
     }
   }
 
-  /** Writes a new version of `name` and returns it. Must include config.json and model.safetensors. */
+  /**
+   * Writes a new version of `name` and returns it. Must include config.json and model.safetensors or
+   * model.int8.safetensors, or be a LoRA adapter: adapter_model.safetensors and adapter_config.json.
+   */
   register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs = Date.now()): Promise<ModelVersion> {
     const run = this.#queue.then(() => this.#register(name, files, lineage, nowMs));
     this.#queue = run.catch(() => {});
@@ -86,8 +89,18 @@ export class ModelRegistry {
 
   async #register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs: number): Promise<ModelVersion> {
     if (!MODEL_NAME.test(name)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `model name '${name.slice(0, 80)}' must match ${MODEL_NAME}`);
-    for (const required of ['config.json', 'model.safetensors']) {
-      if (!files[required]) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `a model version needs ${required}`);
+    // A LoRA adapter version (coordinator/adapters.ts) holds PEFT files and names its base in lineage; a model
+    // version holds config.json and float32 weights, or INT8 ones (model/quantize.ts, coordinator/model-quantize.ts).
+    const adapter = files['adapter_model.safetensors'] || files['adapter_config.json'];
+    if (adapter) {
+      for (const f of ['adapter_model.safetensors', 'adapter_config.json']) {
+        if (!files[f]) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `an adapter version needs adapter_model.safetensors and adapter_config.json; ${f} is missing`);
+      }
+    } else {
+      if (!files['config.json']) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', 'a model version needs config.json (or is an adapter: adapter_model.safetensors + adapter_config.json)');
+      if (!files['model.safetensors'] && !files['model.int8.safetensors']) {
+        throw new CoordinatorError('CRD_ERR_BAD_REQUEST', 'a model version needs model.safetensors or model.int8.safetensors (or is an adapter: adapter_model.safetensors + adapter_config.json)');
+      }
     }
     const all: Record<string, Uint8Array> = { ...files, 'lineage.json': Buffer.from(JSON.stringify(lineage, null, 2)) };
     for (const file of Object.keys(all)) {

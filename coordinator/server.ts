@@ -31,7 +31,11 @@
  *   GET    /api/models                   registered models with their version counts
  *   GET    /api/models/:name/versions    every version: files with sha256, lineage (job, spec, metrics)
  *   GET    /api/models/:name/versions/:v one version ('latest' works)
+ *   GET    /api/models/:name/versions/:v/lineage   the version and its parents back to the first: job, data digests, code version, metrics
+ *   GET    /api/runs…, /api/sweeps…      experiment tracking and hyper-parameter sweeps (runs-api.ts)
  *   GET    /api/models/:name/versions/:v/files/:file   a file of a version, checked against its sha256
+ *   POST   /api/models/:name/versions/:v/quantize      {scheme?: "int8"}: register its INT8 variant as a new version (201)
+ *   POST   /api/models/:name/versions/:v/merge         fold a LoRA adapter version into its base: a new full version (201)
  *   POST   /api/gateways                 a gateway announces itself {name, url, adminKey} (gateways.ts)
  *   GET    /api/gateways                 the gateways that announced themselves
  *   GET    /api/gateways/:gw/deployments[/:name[/comparison]]       relayed to the gateway's /admin API
@@ -52,6 +56,7 @@ import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
 import { GroupManager } from './groups.ts';
 import { validateJobSpec } from '../protocol/job-spec.ts';
+import { pinVersionRefs } from './stage-inputs.ts';
 import { FINAL_STATES, JobStore } from './job-store.ts';
 import { JobRunner } from './job-runner.ts';
 import { bindJobMetrics, createMetrics } from './metrics.ts';
@@ -62,8 +67,16 @@ import { LiveStreams, MAX_STREAMS } from './live-stream.ts';
 import { clearedSessionCookie, sessionCookie, sessionIdOf, SessionStore } from './sessions.ts';
 import { planReport } from './plan-report.ts';
 import { ModelRegistry } from './registry.ts';
+import { parseQuantizeBody, quantizeVersion } from './model-quantize.ts';
+import { mergeAdapter } from './adapters.ts';
 import { runSelfcheck } from './selfcheck.ts';
 import { SqliteStateStore, type StateStore } from './state-store.ts';
+import { formatCodeVersion, readCodeVersion } from './code-version.ts';
+import { lineageChain } from './lineage.ts';
+import { RunStore } from './run-store.ts';
+import { runsApi } from './runs-api.ts';
+import { SweepStore } from './sweep-store.ts';
+import { SweepRunner } from './sweeps.ts';
 
 /**
  * Segment size for ring collectives. Measured with `npm run bench -- allreduce` (4 agents, 64 MB, 2 cores):
@@ -80,6 +93,8 @@ export interface Coordinator {
   jobs: JobStore;
   registry: ModelRegistry;
   artifacts: ArtifactStore;
+  /** Each job's code version and dataset (experiment tracking). */
+  runs: RunStore;
   /** Set when this start generated the cluster token (so the CLI can print it once). */
   generatedToken: string | undefined;
   listen(): Promise<{ port: number; host: string }>;
@@ -96,6 +111,8 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   const artifacts = new ArtifactStore(join(cfg.dataDir, 'artifacts'));
   const jobs = new JobStore(store.database);
   const registry = new ModelRegistry(join(cfg.dataDir, 'registry'), store.database);
+  const runs = new RunStore(store.database);
+  const codeVersion = formatCodeVersion(readCodeVersion()); // once: what this process runs, recorded with every job
 
   let clusterId = store.getMeta('cluster_id');
   if (!clusterId) {
@@ -121,6 +138,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     groups,
     artifacts,
     registry,
+    runs,
     dataDir: cfg.dataDir,
     segmentBytes: DEFAULT_SEGMENT_BYTES,
     log: log.child('jobs'),
@@ -279,15 +297,27 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     return report;
   });
 
-  app.post('/api/jobs', async (req, reply) => {
-    const res = validateJobSpec(req.body);
+  /** Every job enters here: POST /api/jobs and each sweep trial (sweeps.ts). */
+  const submitJob = (raw: unknown) => {
+    const res = validateJobSpec(raw);
     if (!res.ok) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid job spec: ${res.errors.join('; ')}`, { details: res.errors });
-    const job = jobs.create(res.spec, Date.now());
+    const job = jobs.create(pinVersionRefs(res.spec, registry), Date.now()); // "chat" → "chat@4": what it trains from never moves
+    runs.create(job.id, codeVersion);
     log.info(`job ${job.id} (${job.name}) submitted`);
     bus.emit('job', { jobId: job.id, state: job.state });
-    void runner.tick();
-    return reply.code(201).send(job);
+    queueMicrotask(() => void runner.tick()); // after the caller's transaction (a sweep records its trial with the job)
+    return job;
+  };
+  const sweeps = new SweepRunner({
+    sweeps: new SweepStore(store.database),
+    jobs,
+    submitJob,
+    cancelJob: (id, reason) => runner.cancel(id, reason),
+    bus,
+    log: log.child('sweeps'),
   });
+  app.post('/api/jobs', async (req, reply) => reply.code(201).send(submitJob(req.body)));
+  app.register(runsApi({ jobs, runs, registry, sweeps }));
   app.get('/api/jobs', async () => ({ jobs: jobSummaries() }));
   app.get<{ Params: { id: string } }>('/api/jobs/:id/live', async (req) => {
     const live = runner.live(req.params.id);
@@ -364,9 +394,24 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   app.get<{ Params: { name: string; v: string } }>('/api/models/:name/versions/:v', async (req) =>
     registry.get(req.params.name, versionOf(req.params.name, req.params.v)),
   );
+  app.get<{ Params: { name: string; v: string } }>('/api/models/:name/versions/:v/lineage', async (req) => {
+    const version = versionOf(req.params.name, req.params.v);
+    return { name: req.params.name, version, ...lineageChain(registry, req.params.name, version) };
+  });
   app.get<{ Params: { name: string; v: string; file: string } }>('/api/models/:name/versions/:v/files/:file', async (req, reply) => {
     const bytes = registry.readFile(req.params.name, versionOf(req.params.name, req.params.v), req.params.file);
     return reply.type(req.params.file.endsWith('.json') ? 'application/json' : 'application/octet-stream').send(bytes);
+  });
+  app.post<{ Params: { name: string; v: string } }>('/api/models/:name/versions/:v/quantize', async (req, reply) => {
+    const { scheme } = parseQuantizeBody(req.body);
+    const created = await quantizeVersion(registry, req.params.name, versionOf(req.params.name, req.params.v), scheme);
+    log.info(`model ${created.name} v${created.version}: ${scheme} variant of v${created.lineage.parent?.version}`);
+    return reply.code(201).send(created);
+  });
+  app.post<{ Params: { name: string; v: string } }>('/api/models/:name/versions/:v/merge', async (req, reply) => {
+    const created = await mergeAdapter(registry, req.params.name, versionOf(req.params.name, req.params.v));
+    log.info(`model ${created.name} v${created.version}: adapter v${created.lineage.parent?.version} merged into its base`);
+    return reply.code(201).send(created);
   });
 
   app.post('/api/gateways', async (req, reply) => {
@@ -416,6 +461,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     jobs,
     registry,
     artifacts,
+    runs,
     generatedToken,
     async listen() {
       await app.listen({ host: cfg.host, port: cfg.port });
@@ -427,6 +473,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
       if (closed) return;
       closed = true;
       streams.close();
+      sweeps.close();
       runner.close();
       hub.close();
       await app.close();

@@ -45,7 +45,7 @@ export interface StateStore {
 }
 
 /** Bumped whenever #migrate gains a step; each step upgrades from the version before it. */
-const SCHEMA_VERSION = 5;
+const SCHEMA_VERSION = 6;
 
 export class SqliteStateStore implements StateStore {
   readonly #db: Database.Database;
@@ -126,6 +126,17 @@ export class SqliteStateStore implements StateStore {
         ALTER TABLE jobs ADD COLUMN model_version INTEGER;`,
       ],
       [5, `ALTER TABLE jobs ADD COLUMN plan TEXT;`], // the planner's layout choice and the candidates it weighed (JSON)
+      [
+        6, // experiment tracking (run-store.ts): each job's code version and dataset; sweeps and their trials (sweeps.ts)
+        `CREATE TABLE IF NOT EXISTS job_runs (
+          job_id TEXT PRIMARY KEY REFERENCES jobs(id), code_version TEXT NOT NULL, data TEXT);
+        CREATE TABLE IF NOT EXISTS sweeps (
+          id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL, state_reason TEXT NOT NULL,
+          created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS sweep_trials (
+          sweep_id TEXT NOT NULL REFERENCES sweeps(id), idx INTEGER NOT NULL, params TEXT NOT NULL,
+          job_id TEXT REFERENCES jobs(id), PRIMARY KEY (sweep_id, idx));`,
+      ],
     ];
     for (const [to, sql] of steps) {
       if (version >= to) continue;

@@ -71,7 +71,7 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
 
   constructor(model: GPT) {
     this.#model = model;
-    this.#p = (name) => model.params.get(name)!;
+    this.#p = model.param; // carries an attached adapter (LoRA, unmerged)
     this.logitsWidth = model.config.vocabSize;
   }
 

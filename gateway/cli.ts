@@ -25,6 +25,7 @@ import type { InferenceBackend } from './inference-backend.ts';
 import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './batch-scheduler.ts';
 import type { RateLimit } from './rate-limit.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
+import { withAdapterBases } from './adapter-source.ts';
 import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
 import { apiKeyList, createGateway, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
 import { initTracing } from '../common/tracing.ts';
@@ -239,7 +240,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     }
     log.warn(`serving FakeBackend (${[...backends.keys()].join(', ')}): a deterministic test toy, not a trained model`);
   } else {
-    const registry = openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN, fetch: trustingFetch });
+    // Adapter versions (LoRA) come with their base's files: the factory serves the base with the adapter attached.
+    const registry = withAdapterBases(openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN, fetch: trustingFetch }));
     const available = await registry.models();
     const chosen = wanted.length ? wanted : available.map((name) => ({ name, version: undefined }));
     if (chosen.length === 0) throw new GatewayError('GW_ERR_REGISTRY', `no models registered in ${v.registry}`);

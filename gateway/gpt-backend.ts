@@ -12,6 +12,9 @@
  */
 import { GPT } from '../model/gpt.ts';
 import { importHf } from '../model/hf-format.ts';
+import { readAdapter } from '../model/lora-files.ts';
+import { attachLora } from '../model/lora.ts';
+import { ADAPTER_CONFIG_FILE } from './adapter-source.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { BatchScheduler, batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GptBatchEngine, type PromptKV } from './batched-gpt.ts';
@@ -79,12 +82,28 @@ export class GptBackend implements InferenceBackend {
 
 /** Builds a GptBackend from a registry version's files (the gateway CLI's BackendFactory). */
 export const gptBackendFactory: BackendFactory = async (files, meta) => {
+  if (files.has(ADAPTER_CONFIG_FILE) && !meta.base) {
+    throw new GatewayError('GW_ERR_REGISTRY', `${meta.name} v${meta.version} is a LoRA adapter: load it through withAdapterBases (adapter-source.ts) so its base comes with it`);
+  }
   const loaded = importHf(Object.fromEntries(files));
   const model = new GPT(loaded.config, { flat: loaded.params });
+  let adapter: { base: string; rank: number } | undefined;
+  if (meta.base) {
+    try {
+      const { spec, flat } = readAdapter(Object.fromEntries(files), loaded.config);
+      attachLora(model, spec, flat); // unmerged: the base's weights stay as loaded
+      adapter = { base: `${meta.base.name}@v${meta.base.version}`, rank: spec.rank };
+    } catch (err) {
+      model.dispose();
+      throw err;
+    }
+  }
   return new GptBackend(model, loaded.tokenizer, {
     id: meta.name,
     createdS: Math.floor(meta.createdMs / 1000),
     ownedBy: 'meshtrain',
     version: meta.version,
+    ...(loaded.quantization ? { quantization: loaded.quantization } : {}), // dequantized by importHf: served in float32
+    ...(adapter ? { adapter } : {}),
   });
 };

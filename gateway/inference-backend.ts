@@ -24,6 +24,13 @@ export interface ModelInfo {
   ownedBy: string;
   /** Registry version this backend serves, when it came from the registry. */
   version?: number;
+  /**
+   * 'int8' when the version's weights are stored INT8 (model.int8.safetensors). Weight-only: they are dequantized at
+   * load and computed in float32, so this saves disk and transfer, not memory or time. Shown in /v1/models.
+   */
+  quantization?: 'int8';
+  /** A LoRA adapter version served unmerged on its base (adapter-source.ts): `base` is "name@vN". Shown in /v1/models. */
+  adapter?: { base: string; rank: number };
 }
 
 export interface GenerateRequest {

@@ -37,6 +37,8 @@ export interface ModelVersionMeta {
   verified: boolean;
   /** lineage.json, parsed (job, spec, metrics, parent), or {} when absent. */
   lineage: Record<string, unknown>;
+  /** For a LoRA adapter version loaded with its base (adapter-source.ts): the base version the files also hold. */
+  base?: ModelVersionMeta;
 }
 
 /** A version's files by name (config.json, model.safetensors, tokenizer.json, lineage.json, …), verified. */

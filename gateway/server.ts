@@ -132,7 +132,11 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     who: (req) => keys.match(bearerToken(req.headers.authorization)).clientId?.replace(/^key:/, 'admin:') ?? 'unknown',
   });
 
-  const modelCard = (b: InferenceBackend, id = b.info.id) => ({ id, object: 'model' as const, created: b.info.createdS, owned_by: b.info.ownedBy });
+  const modelCard = (b: InferenceBackend, id = b.info.id) => ({
+    id, object: 'model' as const, created: b.info.createdS, owned_by: b.info.ownedBy,
+    ...(b.info.quantization ? { quantization: b.info.quantization } : {}), // an INT8 registry version (weights stored INT8)
+    ...(b.info.adapter ? { adapter: b.info.adapter } : {}), // a LoRA adapter served on its base
+  });
   const deploymentCards = () => deployments.list().flatMap((d) => {
     const b = deployments.primaryBackend(d.name);
     return b ? [modelCard(b, d.name)] : [];

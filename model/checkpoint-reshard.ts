@@ -10,9 +10,25 @@
  * first and last stage — must be bit-identical; a difference means replicas drifted apart in training.
  */
 import { ModelError } from './errors.ts';
-import { gptConfig, paramLayout, type GPTConfig } from './gpt.ts';
+import { gptConfig, paramLayout, type GPTConfig, type ParamLayout } from './gpt.ts';
 import type { F32Tensor } from './optim.ts';
-import { extractParam, forEachRun, type ShardLayout, type ShardParamSpec, type ShardSpec } from './shard-layout.ts';
+import { extractParam, forEachRun, shardLayout, type ShardLayout, type ShardParamSpec, type ShardSpec } from './shard-layout.ts';
+
+/**
+ * What a checkpoint holds and how it is cut: the full parameters (`full`) and one shard's slices of them
+ * (`shard`). The whole model by default (`modelLayouts`); a LoRA adapter's factors (model/lora.ts's `loraLayouts`)
+ * are cut, merged and checked by the same code.
+ */
+export interface CheckpointLayouts {
+  readonly full: ParamLayout;
+  shard(s: ShardSpec): ShardLayout;
+}
+
+/** The whole GPT-2 model: paramLayout and shardLayout. */
+export function modelLayouts(config: GPTConfig): CheckpointLayouts {
+  const c = gptConfig(config);
+  return { full: paramLayout(c), shard: (s) => shardLayout(c, s) };
+}
 
 /** What is accepted as input: an F32Tensor, or any model/safetensors.ts TensorMap entry (checked to be F32). */
 export interface TensorLike {
@@ -101,14 +117,15 @@ function checkCovered(name: string, m: Merging): void {
 }
 
 /**
- * Full tensors from every shard's local tensors, in paramLayout order. Every parameter must be covered exactly;
- * replicated copies must be bit-identical, else a ModelError (MDL_ERR_RESHARD) names the parameter and the shards.
+ * Full tensors from every shard's local tensors, in paramLayout order (or `full`'s, e.g. an adapter's). Every
+ * parameter must be covered exactly; replicated copies must be bit-identical, else a ModelError (MDL_ERR_RESHARD)
+ * names the parameter and the shards.
  */
 export function mergeShardTensors(
   config: GPTConfig,
   parts: ReadonlyArray<{ readonly layout: ShardLayout; readonly tensors: Readonly<Record<string, TensorLike>> }>,
+  full: ParamLayout = paramLayout(gptConfig(config)),
 ): Record<string, F32Tensor> {
-  const full = paramLayout(gptConfig(config));
   const merging = new Map<string, Merging>(full.specs.map((s) => {
     const data = new Float32Array(s.size);
     return [s.name, { shape: s.shape, data, bits: new Uint32Array(data.buffer), covered: new Uint8Array(s.size), writers: [] }];

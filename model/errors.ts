@@ -27,6 +27,16 @@ export const ModelErrorCodes = {
   MDL_ERR_MODEL_FILES: 'invalid model files',
   /** Shard tensors cannot be split or merged: a parameter is missing or not fully covered, a tensor has the wrong dtype or shape, or replicated copies disagree (the message names the parameter and the shards). */
   MDL_ERR_RESHARD: 'cannot reshard tensors',
+  /** Data-preparation settings are invalid: a bad source ratio or threshold, an unknown config key; the message names the setting. */
+  MDL_ERR_DATAPREP_CONFIG: 'invalid data-preparation settings',
+  /** A prepared dataset folder does not fit the job: its vocabulary is larger than the model's, or its index is unusable. */
+  MDL_ERR_DATASET_MISMATCH: 'prepared dataset does not fit the model',
+  /** INT8 weights cannot be made or read: an input that is not finite F32, an I8 tensor without its scale, a scale of the wrong shape, not finite and positive, or without its I8 tensor (the message names the tensor). */
+  MDL_ERR_QUANTIZATION: 'invalid quantized weights',
+  /** A LoRA spec is invalid (rank, alpha, dropout, targets; the message names the field) or does not fit the model. */
+  MDL_ERR_LORA_SPEC: 'invalid LoRA spec',
+  /** Adapter files (adapter_config.json, adapter_model.safetensors) are missing, malformed, or disagree with each other or the base model; the message names the tensor or field. */
+  MDL_ERR_ADAPTER_FILES: 'invalid adapter files',
 } as const;
 
 export type ModelErrorCode = keyof typeof ModelErrorCodes;

@@ -45,7 +45,11 @@ export interface ParamSpec {
   readonly offset: number; // first element in the flat buffer
   readonly size: number; // elements
   readonly decay: boolean; // AdamW weight decay applies (2-D tensors only, as nanoGPT)
-  readonly init: { readonly kind: 'normal'; readonly std: number } | { readonly kind: 'ones' } | { readonly kind: 'zeros' };
+  readonly init:
+    | { readonly kind: 'normal'; readonly std: number }
+    | { readonly kind: 'uniform'; readonly bound: number } // U(-bound, bound): LoRA's A, as PEFT's kaiming_uniform(a=√5)
+    | { readonly kind: 'ones' }
+    | { readonly kind: 'zeros' };
 }
 
 export interface ParamLayout {
@@ -113,6 +117,7 @@ export function initParam(spec: ParamSpec, seed: number): Float32Array {
 function fillParam(out: Float32Array, spec: ParamSpec, seed: number): void {
   if (spec.init.kind === 'ones') out.fill(1);
   else if (spec.init.kind === 'normal') fillNormal(out, spec.init.std, seedFor(seed, spec.name));
+  else if (spec.init.kind === 'uniform') fillUniform(out, spec.init.bound, seedFor(seed, spec.name));
 }
 
 function seedFor(seed: number, name: string): number {
@@ -121,7 +126,8 @@ function seedFor(seed: number, name: string): number {
   return h;
 }
 
-function fillNormal(out: Float32Array, std: number, seed: number): void {
+/** sfc32 (seeded, mixed): uniform numbers in (0, 1). */
+function sfc32(seed: number): () => number {
   let a = 0x9e3779b9, b = 0x243f6a88, c = 0xb7e15162, d = seed >>> 0; // sfc32 state
   const next = (): number => {
     const t = (((a + b) | 0) + d) | 0;
@@ -133,12 +139,22 @@ function fillNormal(out: Float32Array, std: number, seed: number): void {
     return ((t >>> 0) + 0.5) / 4294967296; // in (0, 1): safe for log
   };
   for (let i = 0; i < 12; i++) next(); // mix the seed in
+  return next;
+}
+
+function fillNormal(out: Float32Array, std: number, seed: number): void {
+  const next = sfc32(seed);
   for (let i = 0; i < out.length; i += 2) {
     const r = Math.sqrt(-2 * Math.log(next()));
     const theta = 2 * Math.PI * next();
     out[i] = std * r * Math.cos(theta);
     if (i + 1 < out.length) out[i + 1] = std * r * Math.sin(theta);
   }
+}
+
+function fillUniform(out: Float32Array, bound: number, seed: number): void {
+  const next = sfc32(seed);
+  for (let i = 0; i < out.length; i++) out[i] = bound * (2 * next() - 1);
 }
 
 /** Views of a flat buffer, one per parameter, keyed by name (no copy). */
@@ -192,14 +208,33 @@ export function flattenGrads(grads: ReadonlyMap<string, tf.Tensor>, layout: Para
 
 // ---------------------------------------------------------------------------------------------------- modules
 
-export type Param = (name: string) => tf.Tensor;
+/**
+ * A low-rank adapter on one linear layer (model/lora.ts): y += scale·(x·A)·B, A [in, r], B [r, out]. Looked up by
+ * the layer's prefix (`h.3.attn.c_attn`); undefined for a layer without one.
+ */
+export interface LoraFactors {
+  readonly A: tf.Tensor2D;
+  readonly B: tf.Tensor2D;
+  readonly scale: number;
+  /** Applied to x before A, e.g. dropout while training (model/lora.ts's loraDropout); none at inference. */
+  readonly input?: (x: tf.Tensor2D) => tf.Tensor2D;
+}
+
+/** Parameters by GPT-2 name; `lora`, when present, adds adapters to the linear layers (absent: the plain model). */
+export type Param = ((name: string) => tf.Tensor) & { lora?: (prefix: string) => LoraFactors | undefined };
 
 const LN_EPS = 1e-5;
 const MASKED = -1e9; // added to attention scores above the diagonal; exp underflows to exactly 0
 
-/** y = x·W + b with GPT-2's Conv1D layout W: [in, out]. */
+/**
+ * y = x·W + b with GPT-2's Conv1D layout W: [in, out], plus scale·(x·A)·B when an adapter is attached to this layer
+ * (LoRA, unmerged: two thin matmuls through rank r instead of touching W). No adapter: one property check.
+ */
 export function linear(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
-  return tf.matMul(x, p(`${prefix}.weight`) as tf.Tensor2D).add(p(`${prefix}.bias`));
+  const y = tf.matMul(x, p(`${prefix}.weight`) as tf.Tensor2D).add(p(`${prefix}.bias`)) as tf.Tensor2D;
+  const lora = p.lora?.(prefix);
+  if (!lora) return y;
+  return y.add(tf.matMul(tf.matMul(lora.input ? lora.input(x) : x, lora.A), lora.B).mul(lora.scale)); // [N, r] in between
 }
 
 export function layerNorm(x: tf.Tensor2D, p: Param, prefix: string): tf.Tensor2D {
@@ -295,7 +330,10 @@ export class GPT {
   readonly layout: ParamLayout;
   /** tf.Variables in layout order, keyed by GPT-2 name. Their tfjs names are auto-generated, so models can coexist. */
   readonly params: ReadonlyMap<string, tf.Variable>;
+  /** The parameters as a Param for the modules; carries the attached adapter's lookup while there is one. */
+  readonly param: Param;
   #masks = new Map<number, Float32Array>(); // causal mask values per sequence length
+  #adapter: { layout: ParamLayout; vars: Map<string, tf.Variable>; byPrefix: Map<string, LoraFactors> } | undefined;
 
   /** A model initialised from `initParams(layout, seed)`, or from `flat` when given (e.g. a checkpoint). */
   constructor(config: GPTConfig, init: { seed: number } | { flat: Float32Array }) {
@@ -309,6 +347,60 @@ export class GPT {
       t.dispose(); // the variable keeps the data alive
       return [s.name, v];
     }));
+    this.param = (name) => this.params.get(name)!;
+  }
+
+  /**
+   * Attaches a low-rank adapter (model/lora.ts's `attachLora` builds the arguments): `layout` names
+   * `<layer>.lora_A` [in, r] and `<layer>.lora_B` [r, out] for the adapted layers, `flat` holds them in that order.
+   * Every forward then computes W·x + b + scale·(x·A)·B on those layers, unmerged; the base weights are untouched.
+   * The adapter's tf.Variables (`adapterVariables`) are what an adapter-only training step differentiates.
+   */
+  attachAdapter(layout: ParamLayout, flat: Float32Array, scale: number): void {
+    const views = unflatten(flat, layout);
+    const vars = new Map(layout.specs.map((s) => {
+      if (!/\.lora_[AB]$/.test(s.name) || s.shape.length !== 2) throw new RangeError(`adapter parameter ${s.name} [${s.shape}] is not a 2-D lora_A or lora_B`);
+      const t = tf.tensor2d(views.get(s.name)!, s.shape as [number, number], 'float32');
+      const v = tf.variable(t, true);
+      t.dispose();
+      return [s.name, v] as const;
+    }));
+    const byPrefix = new Map<string, LoraFactors>();
+    for (const name of vars.keys()) {
+      const prefix = name.slice(0, -'.lora_A'.length);
+      const A = vars.get(`${prefix}.lora_A`), B = vars.get(`${prefix}.lora_B`);
+      if (!A || !B) throw new RangeError(`adapter for ${prefix} needs both lora_A and lora_B`);
+      if (!this.params.has(`${prefix}.weight`)) throw new RangeError(`adapter names ${prefix}, which is no linear layer of this model`);
+      const W = this.params.get(`${prefix}.weight`)!.shape;
+      if (A.shape[0] !== W[0] || B.shape[1] !== W[1] || A.shape[1] !== B.shape[0]) {
+        throw new RangeError(`adapter for ${prefix}: A [${A.shape}] · B [${B.shape}] does not fit the weight [${W}]`);
+      }
+      byPrefix.set(prefix, { A: A as tf.Variable<tf.Rank.R2>, B: B as tf.Variable<tf.Rank.R2>, scale });
+    }
+    this.detachAdapter();
+    this.#adapter = { layout, vars, byPrefix };
+    this.param.lora = (prefix) => byPrefix.get(prefix);
+  }
+
+  /** Back to the plain base model (the adapter's variables are disposed). */
+  detachAdapter(): void {
+    delete this.param.lora;
+    for (const v of this.#adapter?.vars.values() ?? []) v.dispose();
+    this.#adapter = undefined;
+  }
+
+  /** The attached adapter's tf.Variables by name (`h.0.attn.c_attn.lora_A`, …); empty without one. */
+  get adapterVariables(): ReadonlyMap<string, tf.Variable> {
+    return this.#adapter?.vars ?? new Map();
+  }
+
+  /** A copy of the attached adapter as one flat buffer in its layout's order. */
+  readAdapter(): Float32Array {
+    const a = this.#adapter;
+    if (!a) throw new RangeError('no adapter is attached');
+    const flat = new Float32Array(a.layout.totalSize);
+    for (const s of a.layout.specs) flat.set(a.vars.get(s.name)!.dataSync() as Float32Array, s.offset);
+    return flat;
   }
 
   get variables(): tf.Variable[] {
@@ -321,7 +413,7 @@ export class GPT {
     const [B, T] = ids.shape;
     if (ids.dtype !== 'int32') throw new TypeError(`ids must be int32, got ${ids.dtype}`);
     if (T > c.nCtx) throw new RangeError(`sequence length ${T} exceeds nCtx ${c.nCtx}`);
-    const p: Param = (name) => this.params.get(name)!;
+    const p = this.param;
     return tf.tidy(() => {
       const mask = tf.tensor2d(this.#mask(T), [T, T]);
       // Token embedding as a one-hot matmul: wasm has no UnsortedSegmentSum, the gradient of gather. tf.oneHot with
@@ -348,7 +440,7 @@ export class GPT {
     const past = cache?.length ?? 0;
     if (ids.dtype !== 'int32') throw new TypeError(`ids must be int32, got ${ids.dtype}`);
     if (past + t > c.nCtx) throw new RangeError(`${past} cached + ${t} new positions exceed nCtx ${c.nCtx}`);
-    const p: Param = (name) => this.params.get(name)!;
+    const p = this.param;
     const layers: Array<{ k: tf.Tensor3D; v: tf.Tensor3D }> = [];
     const logits = tf.tidy(() => {
       // Row i (absolute position past + i) may attend to positions ≤ past + i.
@@ -412,6 +504,7 @@ export class GPT {
   }
 
   dispose(): void {
+    this.detachAdapter();
     for (const v of this.params.values()) v.dispose();
   }
 

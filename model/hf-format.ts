@@ -7,6 +7,7 @@
  */
 import { GPT, flatFromStateDict, gptConfig, paramLayout, stateDict, type GPTConfig } from './gpt.ts';
 import { ModelError } from './errors.ts';
+import { INT8_METHOD, INT8_WEIGHTS_FILE, readInt8Safetensors, writeInt8Safetensors, type Int8Sizes } from './quantize.ts';
 import { readSafetensors, writeSafetensors, type TensorMap } from './safetensors.ts';
 import { END_OF_TEXT, Tokenizer } from './tokenizer.ts';
 
@@ -59,8 +60,42 @@ export function exportHf(model: Pick<GPT, 'config' | 'layout'> & { readParams?()
 
 export interface LoadedModel {
   config: GPTConfig;
-  params: Float32Array; // flat, in paramLayout order
+  params: Float32Array; // flat, in paramLayout order (dequantized when the files hold INT8 weights)
   tokenizer: Tokenizer;
+  /** 'int8' when the weights came from model.int8.safetensors (model/quantize.ts). */
+  quantization?: 'int8';
+}
+
+/** config.json's entry for an INT8 version (transformers has no loader for it: these folders are for our gateway). */
+export const INT8_QUANTIZATION_CONFIG = { quant_method: INT8_METHOD, bits: 8, granularity: 'per-channel', symmetric: true } as const;
+
+/**
+ * The INT8 variant of a version's HF files: config.json with `quantization_config`, model.int8.safetensors and
+ * tokenizer.json as they were. The input is checked by importHf first; `sizes` are tensor data bytes.
+ */
+export function quantizeHf(files: Partial<Record<string, Uint8Array>>): { files: Record<string, Uint8Array>; sizes: Int8Sizes } {
+  const loaded = importHf(files);
+  if (loaded.quantization) throw new ModelError('MDL_ERR_MODEL_FILES', `these files are already quantized (${loaded.quantization})`);
+  const { bytes, sizes } = writeInt8Safetensors(stateDict(loaded.params, paramLayout(loaded.config)));
+  const config = { ...(JSON.parse(Buffer.from(files['config.json']!).toString('utf8')) as object), quantization_config: INT8_QUANTIZATION_CONFIG };
+  return { files: { 'config.json': Buffer.from(JSON.stringify(config, null, 2)), [INT8_WEIGHTS_FILE]: bytes, 'tokenizer.json': files['tokenizer.json']! }, sizes };
+}
+
+/** The GPTConfig of a parsed config.json (GPT2Config), checked: only our architecture is accepted. */
+export function configFromHf(json: unknown): GPTConfig {
+  const raw = json as Record<string, unknown>;
+  const bad = (why: string) => new ModelError('MDL_ERR_MODEL_FILES', `config.json: ${why}`);
+  if (raw === null || typeof raw !== 'object') throw bad('not an object');
+  if (raw.model_type !== 'gpt2') throw bad(`model_type is ${JSON.stringify(raw.model_type)}, only "gpt2" is supported`);
+  if (raw.activation_function !== undefined && raw.activation_function !== 'gelu_new') {
+    throw bad(`activation_function ${JSON.stringify(raw.activation_function)} is not supported (gelu_new)`);
+  }
+  if (raw.n_inner !== undefined && raw.n_inner !== null && raw.n_inner !== 4 * Number(raw.n_embd)) throw bad('n_inner must be 4·n_embd');
+  try {
+    return gptConfig({ vocabSize: raw.vocab_size as number, nCtx: raw.n_positions as number, nLayer: raw.n_layer as number, nHead: raw.n_head as number, nEmbd: raw.n_embd as number });
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
 }
 
 /** Parses and checks the three files; building the tf model (`new GPT(config, { flat: params })`) is the caller's. */
@@ -77,21 +112,17 @@ export function importHf(files: Partial<Record<string, Uint8Array>>): LoadedMode
       throw new ModelError('MDL_ERR_MODEL_FILES', `${name} is not valid JSON: ${(err as Error).message}`, { cause: err });
     }
   };
-  const raw = parse('config.json') as Record<string, unknown>;
+  const rawConfig = parse('config.json') as Record<string, unknown>;
+  const config = configFromHf(rawConfig);
+  // A version holds either float32 weights or INT8 ones (model/quantize.ts), never both.
+  const int8 = files[INT8_WEIGHTS_FILE];
+  if (int8 && files['model.safetensors']) throw new ModelError('MDL_ERR_MODEL_FILES', `model files hold both model.safetensors and ${INT8_WEIGHTS_FILE}`);
+  const quant = rawConfig.quantization_config as { quant_method?: unknown } | undefined;
   const bad = (why: string) => new ModelError('MDL_ERR_MODEL_FILES', `config.json: ${why}`);
-  if (raw === null || typeof raw !== 'object') throw bad('not an object');
-  if (raw.model_type !== 'gpt2') throw bad(`model_type is ${JSON.stringify(raw.model_type)}, only "gpt2" is supported`);
-  if (raw.activation_function !== undefined && raw.activation_function !== 'gelu_new') {
-    throw bad(`activation_function ${JSON.stringify(raw.activation_function)} is not supported (gelu_new)`);
-  }
-  if (raw.n_inner !== undefined && raw.n_inner !== null && raw.n_inner !== 4 * Number(raw.n_embd)) throw bad('n_inner must be 4·n_embd');
-  let config: GPTConfig;
-  try {
-    config = gptConfig({ vocabSize: raw.vocab_size as number, nCtx: raw.n_positions as number, nLayer: raw.n_layer as number, nHead: raw.n_head as number, nEmbd: raw.n_embd as number });
-  } catch (err) {
-    throw bad((err as Error).message);
-  }
-  const { tensors } = readSafetensors(need('model.safetensors'));
+  if (int8 && quant?.quant_method !== INT8_METHOD) throw bad(`${INT8_WEIGHTS_FILE} needs quantization_config.quant_method "${INT8_METHOD}"`);
+  if (!int8 && quant !== undefined) throw bad(`quantization_config ${JSON.stringify(quant).slice(0, 80)} is not supported without ${INT8_WEIGHTS_FILE}`);
+  const weightsFile = int8 ? INT8_WEIGHTS_FILE : 'model.safetensors';
+  const tensors: TensorMap = int8 ? readInt8Safetensors(int8) : readSafetensors(need('model.safetensors')).tensors;
   // transformers saves GPT2LMHeadModel with a `transformer.` prefix (and sometimes lm_head.weight, tied anyway).
   const unprefixed: TensorMap = {};
   for (const [name, t] of Object.entries(tensors)) unprefixed[name.replace(/^transformer\./, '')] = t;
@@ -99,13 +130,13 @@ export function importHf(files: Partial<Record<string, Uint8Array>>): LoadedMode
   try {
     params = flatFromStateDict(unprefixed, paramLayout(config));
   } catch (err) {
-    throw new ModelError('MDL_ERR_MODEL_FILES', `model.safetensors does not fit config.json: ${(err as Error).message}`, { cause: err });
+    throw new ModelError('MDL_ERR_MODEL_FILES', `${weightsFile} does not fit config.json: ${(err as Error).message}`, { cause: err });
   }
   const tokenizer = Tokenizer.fromJSON(parse('tokenizer.json'));
   if (tokenizer.vocabSize > config.vocabSize) {
     throw new ModelError('MDL_ERR_MODEL_FILES', `tokenizer.json has ${tokenizer.vocabSize} ids, config.json vocab_size ${config.vocabSize}`);
   }
-  return { config, params, tokenizer };
+  return { config, params, tokenizer, ...(int8 ? { quantization: 'int8' as const } : {}) };
 }
 
 export { END_OF_TEXT };

@@ -59,7 +59,7 @@ function checkInt(field: string, v: number, min: number, max = Number.MAX_SAFE_I
   }
 }
 
-function checkShard(c: GPTConfig, s: ShardSpec): void {
+export function checkShard(c: GPTConfig, s: ShardSpec): void {
   checkInt('stages', s.stages, 1);
   checkInt('stage', s.stage, 0, s.stages - 1);
   checkInt('tpSize', s.tpSize, 1);
@@ -75,8 +75,11 @@ function checkShard(c: GPTConfig, s: ShardSpec): void {
 
 // ---------------------------------------------------------------------------------------------------- the layout
 
+/** A tensor-parallel cut of a tensor viewed as 2-D: its columns in `groups` equal groups, each cut t ways, or its rows. */
+export type TpSplit = { readonly cut: 'cols'; readonly groups: number } | { readonly cut: 'rows' };
+
 /** How tensor parallelism cuts a block parameter (by its name after `h.<l>.`); anything not listed is replicated. */
-const TP_SPLITS: Readonly<Record<string, { readonly cut: 'cols'; readonly groups: number } | { readonly cut: 'rows' }>> = {
+const TP_SPLITS: Readonly<Record<string, TpSplit>> = {
   'attn.c_attn.weight': { cut: 'cols', groups: 3 }, // [q | k | v], each cut into its heads
   'attn.c_attn.bias': { cut: 'cols', groups: 3 },
   'attn.c_proj.weight': { cut: 'rows' }, // row-parallel: the input is this rank's heads
@@ -105,10 +108,13 @@ function stageHolds(name: string, s: ShardSpec): boolean {
   return l >= s.firstLayer && l < s.endLayer;
 }
 
-/** This shard's slice of one full parameter. */
-function sliceOf(spec: ParamSpec, s: ShardSpec, offset: number): ShardParamSpec {
+/**
+ * This shard's slice of one full parameter, cut by `rule` (omitted: the GPT-2 rule for its name; null:
+ * replicated). model/lora.ts cuts adapter factors with its own rules through this.
+ */
+export function sliceOf(spec: ParamSpec, s: ShardSpec, offset: number, rule?: TpSplit | null): ShardParamSpec {
   const [R, C] = view2d(spec.shape);
-  const split = TP_SPLITS[BLOCK_PARAM.exec(spec.name)?.[2] ?? ''];
+  const split = rule === undefined ? TP_SPLITS[BLOCK_PARAM.exec(spec.name)?.[2] ?? ''] : (rule ?? undefined);
   const t = s.tpSize, r = s.tpRank;
   let rows: [number, number] = [0, R];
   let cols: Array<[number, number]> = [[0, C]];

@@ -25,6 +25,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig } from './gpt.ts';
+import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
 /** The tensor-parallel group, as the model sees it. */
@@ -37,8 +38,11 @@ export interface TensorParallel {
 /** A stage's input: token ids [B, T] on the first stage, the previous stage's activations [B·T, d] on others. */
 export type StageInput = { readonly ids: Int32Array } | { readonly acts: Float32Array };
 
-/** What flows back into `backward`: next-token targets on the last stage, ∂L/∂(our output) on the others. */
-export type StageUpstream = { readonly targets: Int32Array; readonly scale: number } | { readonly gradOut: Float32Array };
+/**
+ * What flows back into `backward`: next-token targets (and what the stage optimises, model/objectives.ts; default
+ * the causal-LM loss) on the last stage, ∂L/∂(our output) on the others.
+ */
+export type StageUpstream = { readonly targets: Int32Array; readonly scale: number; readonly objective?: Objective } | { readonly gradOut: Float32Array };
 
 type Param = (name: string) => tf.Tensor;
 
@@ -84,10 +88,10 @@ export class StageModel {
     return tf.tidy(() => Float32Array.from(this.#body(this.#input(input, B, T), B, T).dataSync() as Float32Array));
   }
 
-  /** Mean cross-entropy of the micro-batch (last stage only, no gradients): held-out evaluation. */
-  loss(input: StageInput, B: number, T: number, targets: Int32Array): number {
+  /** The micro-batch's loss (last stage only, no gradients): held-out evaluation. */
+  loss(input: StageInput, B: number, T: number, targets: Int32Array, objective?: Objective): number {
     if (!this.hasHead) throw new RangeError('only the last stage computes the loss');
-    return tf.tidy(() => this.#loss(this.#body(this.#input(input, B, T), B, T), targets, B, T).dataSync()[0]!);
+    return tf.tidy(() => this.#loss(this.#body(this.#input(input, B, T), B, T), targets, B, T, objective).dataSync()[0]!);
   }
 
   /**
@@ -108,7 +112,8 @@ export class StageModel {
       let result: { value: tf.Tensor; grads: tf.Tensor[] };
       if ('targets' in upstream) {
         if (!this.hasHead) throw new RangeError('targets go to the last stage; other stages get gradOut');
-        result = tf.engine().gradients(() => this.#loss(this.#body(stageInput(), B, T), upstream.targets, B, T), xs, tf.scalar(upstream.scale));
+        const { targets, objective } = upstream;
+        result = tf.engine().gradients(() => this.#loss(this.#body(stageInput(), B, T), targets, B, T, objective), xs, tf.scalar(upstream.scale));
       } else {
         if (this.hasHead) throw new RangeError('the last stage back-propagates its loss: pass targets');
         if (upstream.gradOut.length !== B * T * this.config.nEmbd) throw new RangeError(`gradOut has ${upstream.gradOut.length} elements, expected ${B * T * this.config.nEmbd}`);
@@ -169,13 +174,10 @@ export class StageModel {
     return this.hasHead ? layerNorm(x, this.#param, 'ln_f') : x;
   }
 
-  /** Mean cross-entropy through the head tied to wte. */
-  #loss(x: tf.Tensor2D, targets: Int32Array, B: number, T: number): tf.Scalar {
-    const V = this.config.vocabSize;
-    if (targets.length !== B * T) throw new RangeError(`targets has ${targets.length} ids, expected ${B * T}`);
-    const logits = tf.matMul(x, this.#param('wte.weight') as tf.Tensor2D, false, true); // [B*T, V]
-    const picked = tf.oneHot(tf.tensor1d(targets, 'int32'), V).cast('float32');
-    return tf.logSoftmax(logits).mul(picked).sum().div(-(B * T)) as tf.Scalar;
+  /** The objective (default: mean cross-entropy) through the head tied to wte. */
+  #loss(x: tf.Tensor2D, targets: Int32Array, B: number, T: number, objective?: Objective): tf.Scalar {
+    const logits = tf.matMul(x, this.#param('wte.weight') as tf.Tensor2D, false, true) as tf.Tensor2D; // [B*T, V]
+    return objectiveLoss(logits, targets, B, T, objective);
   }
 
   /** Causal self-attention over this rank's heads; c_attn by columns, c_proj by rows (see the top of the file). */

@@ -211,6 +211,11 @@ export const coordinatorMessages = {
     data: DataFiles, // tokenizer.json, index.json and every shard file it lists, by name
     resume: Type.Optional(Type.Object({ step: Count(2 ** 40), files: FileSet }, { additionalProperties: false })), // this rank's shard of it
     /**
+     * A frozen model the last pipeline stage runs forward-only beside the one it trains: dpo's reference, distill's
+     * teacher. A registry version's files (config.json, model.safetensors or model.int8.safetensors, tokenizer.json).
+     */
+    frozen: Type.Optional(Type.Object({ role: Type.Union([Type.Literal('reference'), Type.Literal('teacher')]), files: FileSet }, { additionalProperties: false })),
+    /**
      * W3C traceparent of the coordinator's span for this attempt. When present, every rank traces its steps: rank 0
      * broadcasts each step's span context over the world ring so that one step's spans on every agent share a trace.
      */

@@ -67,13 +67,71 @@ export const ParallelSpec = Type.Union([
   ),
 ]);
 
+export const JOB_KINDS = ['pretrain', 'sft', 'dpo', 'distill'] as const;
+export type JobKind = (typeof JOB_KINDS)[number];
+
+/** A registry version: "name@3", or "name" for its newest version (resolved once, when the job is accepted). */
+const VersionRef = (description: string) => Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?$', description });
+
+export const InitSpec = Type.Object(
+  { from: VersionRef('start from this model version\'s weights (its config must equal model, its tokenizer is reused)') },
+  { additionalProperties: false },
+);
+
+export const DpoSpec = Type.Object(
+  { beta: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100, description: 'DPO β: how far the policy may move from the frozen reference (the init version); default 0.1' })) },
+  { additionalProperties: false },
+);
+
+export const DistillSpec = Type.Object(
+  {
+    teacher: VersionRef('the teacher version (same tokenizer; any size)'),
+    temperature: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100, description: 'softens both distributions before the KL; default 2' })),
+    alpha: Type.Optional(Fraction('weight of the KL term; 1 − alpha weighs the hard-label loss; default 0.5')),
+  },
+  { additionalProperties: false },
+);
+
+export const EvalSpec = Type.Object(
+  {
+    tasks: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, description: 'held-out instruction tasks (.jsonl of {prompt, response}) for exact-match; default: the data\'s held-out split' })),
+    maxExamples: Type.Optional(PositiveInt(100_000, 'examples per suite run; default 200')),
+    maxNewTokens: Type.Optional(PositiveInt(4096, 'longest generated answer in exact-match; default 32')),
+    every: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000, description: 'run the suite at checkpoints every this many steps too (0: only at the end)' })),
+    earlyStopping: Type.Optional(Type.Object(
+      {
+        patience: PositiveInt(1_000_000, 'held-out evaluations without an improvement of at least minDelta before the job stops'),
+        minDelta: Type.Optional(Type.Number({ minimum: 0, maximum: 1e6, description: 'smallest held-out loss decrease that counts; default 0' })),
+      },
+      { additionalProperties: false },
+    )),
+    pass: Type.Optional(Type.Object(
+      {
+        maxEvalLoss: Type.Optional(Type.Number({ minimum: 0, description: 'held-out loss must be at most this' })),
+        maxPerplexity: Type.Optional(Type.Number({ minimum: 1, description: 'held-out perplexity must be at most this' })),
+        minExactMatch: Type.Optional(Fraction('sft: exact-match accuracy must reach this')),
+        minWinRate: Type.Optional(Fraction('dpo: share of held-out pairs where the model prefers chosen')),
+        maxPerplexityIncrease: Type.Optional(Type.Number({ minimum: 0, description: 'dpo: relative increase of the chosen replies\' perplexity over the reference' })),
+        minScoreRatio: Type.Optional(Type.Number({ minimum: 0, description: 'distill: student score / teacher score must reach this' })),
+      },
+      { additionalProperties: false, description: 'criteria that must all hold at the end, or the model is not registered and the job fails' },
+    )),
+  },
+  { additionalProperties: false },
+);
+
 export const JobSpec = Type.Object(
   {
     name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', description: 'job and model name' }),
+    kind: Type.Optional(Type.Union(JOB_KINDS.map((k) => Type.Literal(k)), { description: 'what the job trains; default pretrain' })),
     model: ModelSpec,
     data: DataSpec,
     training: TrainingSpec,
     parallel: Type.Optional(ParallelSpec),
+    init: Type.Optional(InitSpec),
+    dpo: Type.Optional(DpoSpec),
+    distill: Type.Optional(DistillSpec),
+    eval: Type.Optional(EvalSpec),
   },
   { additionalProperties: false },
 );
@@ -82,10 +140,24 @@ export type JobSpec = Static<typeof JobSpec>;
 
 /** A spec with every default filled in: what is stored with the job and saved in each checkpoint. */
 export interface ResolvedJobSpec extends JobSpec {
+  kind: JobKind;
   data: Required<Static<typeof DataSpec>>;
   training: Required<Static<typeof TrainingSpec>>;
   parallel: ResolvedParallel | 'auto';
+  dpo?: Required<Static<typeof DpoSpec>>;
+  distill?: Required<Static<typeof DistillSpec>>;
 }
+
+/** How a kind's data are laid out: token shards of text, or examples (one sequence, or a chosen/rejected pair). */
+export function dataFormatOf(spec: Pick<ResolvedJobSpec, 'kind' | 'data'>): 'text' | 'chat' | 'preference' {
+  if (spec.kind === 'sft') return 'chat';
+  if (spec.kind === 'dpo') return 'preference';
+  if (spec.kind === 'distill' && /\.jsonl$/i.test(spec.data.corpus) && spec.data.corpus !== 'demo') return 'chat'; // distil on conversations
+  return 'text';
+}
+
+/** Sequences per example: a preference pair is two rows that must share a micro-batch. */
+export const rowsPerExample = (spec: Pick<ResolvedJobSpec, 'kind'>): 1 | 2 => (spec.kind === 'dpo' ? 2 : 1);
 
 /**
  * A pinned layout. `data` is the most data-parallel replicas and `minData` the fewest: between them the job is
@@ -131,10 +203,15 @@ export function validateJobSpec(raw: unknown): SpecResult {
   const training = { ...TRAINING_DEFAULTS, ...spec.training };
   const resolved: ResolvedJobSpec = {
     ...spec,
+    kind: spec.kind ?? 'pretrain',
+    dpo: spec.dpo || spec.kind === 'dpo' ? { beta: 0.1, ...spec.dpo } : undefined,
+    distill: spec.distill ? { temperature: 2, alpha: 0.5, ...spec.distill } : undefined,
     data: { heldOutFraction: 0.05, ...spec.data },
     training,
     parallel: spec.parallel === undefined || spec.parallel === 'auto' ? 'auto' : { pipeline: 1, tensor: 1, minData: spec.parallel.data, ...spec.parallel },
   };
+  if (!resolved.dpo) delete resolved.dpo; // absent, not undefined: the stored spec stays the submitted shape
+  if (!resolved.distill) delete resolved.distill;
   const errors: string[] = [];
   const m = resolved.model;
   if (m.nEmbd % m.nHead !== 0) errors.push(`/model/nEmbd ${m.nEmbd} must be divisible by /model/nHead ${m.nHead}`);
@@ -142,6 +219,15 @@ export function validateJobSpec(raw: unknown): SpecResult {
   if (training.minLr > training.lr) errors.push(`/training/minLr ${training.minLr} exceeds /training/lr ${training.lr}`);
   if (training.warmupSteps > training.steps) errors.push(`/training/warmupSteps ${training.warmupSteps} exceeds /training/steps ${training.steps}`);
   if (training.beta1 >= 1 || training.beta2 >= 1) errors.push('/training/beta1 and /training/beta2 must be below 1');
+  const kind = resolved.kind;
+  if (kind === 'dpo' && !spec.init) errors.push('/init a dpo job needs init.from: the version it starts from is also its frozen reference');
+  if (kind === 'sft' && spec.data.corpus === 'demo') errors.push('/data/corpus an sft job needs a .jsonl of instruction examples, not the demo text corpus');
+  if (kind === 'dpo' && spec.data.corpus === 'demo') errors.push('/data/corpus a dpo job needs a .jsonl of preference pairs, not the demo text corpus');
+  if ((kind === 'sft' || kind === 'dpo') && !/\.jsonl$/i.test(spec.data.corpus)) errors.push(`/data/corpus a ${kind} job reads a .jsonl file`);
+  if (kind === 'distill' && !spec.distill) errors.push('/distill a distill job needs distill.teacher');
+  if (kind !== 'distill' && spec.distill) errors.push(`/distill only a distill job has a teacher (kind is ${kind})`);
+  if (kind !== 'dpo' && spec.dpo) errors.push(`/dpo only a dpo job has DPO settings (kind is ${kind})`);
+  if (spec.eval?.earlyStopping && training.evalEvery === 0) errors.push('/eval/earlyStopping needs /training/evalEvery > 0: it watches the held-out loss');
   const ranks = resolved.parallel === 'auto' ? 1 : resolved.parallel.data;
   const perRank = training.batchSize / ranks;
   if (!Number.isInteger(perRank)) {

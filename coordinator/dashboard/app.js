@@ -1,4 +1,4 @@
-// The dashboard's entry: login, the hash router (#/nodes, #/jobs, #/jobs/ID, #/submit, #/models, #/gateways) and
+// The dashboard's entry: login, the hash router (#/nodes, #/jobs, #/jobs/ID, #/submit, #/runs, #/models, #/gateways) and
 // the live stream that keeps the open view current. Each view is `mount(root, ctx, param) → {event?, resync?,
 // destroy?}`: it fetches what it shows, then hears every stream event and `resync()` after a gap in the stream.
 import { connectEvents, get, post, whenUnauthorized } from './api.js';
@@ -8,9 +8,10 @@ import { mountJob } from './job-page.js';
 import { mountJobs } from './jobs.js';
 import { mountModels } from './models.js';
 import { mountNodes } from './nodes.js';
+import { mountRuns } from './runs.js';
 import { mountSubmit } from './submit.js';
 
-const VIEWS = { nodes: mountNodes, jobs: mountJobs, job: mountJob, submit: mountSubmit, models: mountModels, gateways: mountGateways };
+const VIEWS = { nodes: mountNodes, jobs: mountJobs, job: mountJob, submit: mountSubmit, models: mountModels, runs: mountRuns, gateways: mountGateways };
 
 /** While the stream is down, views poll this often so the page still moves (EventSource keeps retrying). */
 const POLL_MS = 3000;

@@ -21,7 +21,7 @@ export class StepChart {
   #container;
 
   /**
-   * series: [{label, color, points?}] (points: draw a dot per value, for sparse series such as held-out loss);
+   * series: [{label, color, points?, dash?}] (points: draw a dot per value, for sparse series such as held-out loss);
    * stacked: parts of one whole, in order from the bottom.
    */
   constructor(container, { series, yLabel, stacked = false }) {
@@ -45,6 +45,7 @@ export class StepChart {
           spanGaps: true,
           fill: stacked ? s.color : undefined,
           points: { show: s.points ?? false, size: 6 },
+          dash: s.dash, // e.g. [4, 4]: a second series of the same run (held-out beside train loss)
           value: (_u, v) => fmt(v),
         })),
       ],

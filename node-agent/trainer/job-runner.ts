@@ -171,13 +171,16 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
     await race(download(ctx.artifacts, start.data, dataDir, 'data file'));
     let resume: ResumeState | undefined;
     if (start.resume) resume = await race(fetchResume(ctx.artifacts, start.resume, join(jobDir, 'resume'), spec, shard));
+    // dpo's reference / distill's teacher runs on the last stage only: only it fetches the version's files.
+    const frozenDir = start.frozen && shard.stage === shard.stages - 1 ? join(jobDir, 'frozen') : undefined;
+    if (frozenDir) await race(download(ctx.artifacts, start.frozen!.files, frozenDir, `${start.frozen!.role} model file`));
     log.info(`job ${jobId} attempt ${attempt}: rank ${rank}/${start.world} of ${layoutName(layout)} (replica ${coords.dp}, stage ${coords.pp} ` +
       `blocks [${firstLayer}, ${endLayer}), shard ${coords.tp})${resume ? `, resuming after step ${resume.step}` : ''}`);
 
     // 2. the worker
     worker = new TrainerWorker(ctx.backend);
     if (ctx.signal.aborted) worker.terminate();
-    const ready = await race(worker.request({ type: 'init', spec, placement, dataDir, ...(resume ? { resume } : {}) }, 'ready'));
+    const ready = await race(worker.request({ type: 'init', spec, placement, dataDir, ...(resume ? { resume } : {}), ...(frozenDir ? { frozenDir } : {}) }, 'ready'));
     const params = new Float32Array(ready.params), grads = new Float32Array(ready.grads);
     worker.serveTensorParallel(ready, tensor);
     const optimizerBytes = 2 * 4 * (ready.optimizerRange[1] - ready.optimizerRange[0]);

@@ -11,12 +11,12 @@
  * Every rank of a stage shard builds the same parameters (from the seed through initShardParams, or from the same
  * checkpoint) and applies the same reduced gradient, so the data-parallel replicas stay identical.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { parentPort, workerData, type TransferListItem } from 'node:worker_threads';
 import { loadBackend, type BackendChoice } from '../compute/backend.ts';
-import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
+import { dataFormatOf, rowsPerExample, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, type Coords } from '../../protocol/layout.ts';
 import type { FromWorker, Placement, ResumeState, ToWorker } from './messages.ts';
 
@@ -25,15 +25,22 @@ const { backend } = workerData as { backend: BackendChoice };
 
 // Imported after the backend is chosen (loadBackend may pick tfjs-node), so every module sees the same tf.
 const loaded = await loadBackend(backend);
+const tf = loaded.tf;
 const { StageModel } = await import('../../model/stage-model.ts');
 const { initShardParams, shardLayout } = await import('../../model/shard-layout.ts');
 const { AdamW, lrAt } = await import('../../model/optim.ts');
 const { tokenBatch } = await import('../../model/train-step.ts');
 const { TokenShardReader } = await import('../../model/token-shard-reader.ts');
+const { ExampleReader } = await import('../../model/examples.ts');
+const { GPT } = await import('../../model/gpt.ts');
+const { importHf } = await import('../../model/hf-format.ts');
+const { rowLogprobs } = await import('../../model/objectives.ts');
 const { chunkRange } = await import('../collectives/partition.ts');
 
-type Reader = InstanceType<typeof TokenShardReader>;
-type TokenBatch = import('../../model/train-step.ts').TokenBatch;
+type Reader = InstanceType<typeof TokenShardReader> | InstanceType<typeof ExampleReader>;
+/** One micro-batch: ids and targets [rows, seq]; with examples, which targets are learned ([rows, seq]). */
+type TokenBatch = import('../../model/train-step.ts').TokenBatch & { weights?: Float32Array };
+type Objective = import('../../model/objectives.ts').Objective;
 
 /** How long a tensor-parallel all-reduce may take before the worker gives up (main's ring has its own timeout). */
 const TP_WAIT_MS = 10 * 60_000;
@@ -49,7 +56,9 @@ interface Job {
   range: [number, number]; // what AdamW updates here
   params: Float32Array; // shared with main
   grads: Float32Array; // shared with main
-  rows: number; // rows per micro-batch
+  rows: number; // rows per micro-batch (examples × rowsPerExample)
+  examples: boolean; // the data are examples (model/examples.ts), not token shards
+  frozen: InstanceType<typeof GPT> | null; // dpo's reference or distill's teacher, on the last stage only
   train: Reader;
   heldOut: Reader | null;
   micro: TokenBatch[]; // this step's micro-batches
@@ -74,7 +83,7 @@ port.on('message', (msg: ToWorker) => {
 function handle(msg: ToWorker): [FromWorker, TransferListItem[]] {
   switch (msg.type) {
     case 'init':
-      return [init(msg.spec, msg.placement, msg.dataDir, msg.resume), []];
+      return [init(msg.spec, msg.placement, msg.dataDir, msg.resume, msg.frozenDir), []];
     case 'begin':
       return [begin(need(), msg.step), []];
     case 'fwd':
@@ -112,7 +121,7 @@ function need(): Job {
   return job;
 }
 
-function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resume?: ResumeState): FromWorker {
+function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resume?: ResumeState, frozenDir?: string): FromWorker {
   if (job) throw new Error('the trainer worker is already initialised');
   const t = spec.training;
   const { layout, stages, microBatches, zero, rank } = placement;
@@ -126,9 +135,9 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
 
   const tokenizerBytes = readFileSync(join(dataDir, 'tokenizer.json'));
   const tokenizerSha256 = createHash('sha256').update(tokenizerBytes).digest('hex');
-  const train = new TokenShardReader(dataDir, {
-    split: 'train', batchSize: perReplica, seqLen: t.seqLen, rank: coords.dp, worldSize: layout.data, tokenizerSha256, ...(resume ? { cursor: resume.cursor } : {}),
-  });
+  const examples = dataFormatOf(spec) !== 'text';
+  const readerOptions = { split: 'train', batchSize: perReplica, seqLen: t.seqLen, rank: coords.dp, worldSize: layout.data, tokenizerSha256, ...(resume ? { cursor: resume.cursor } : {}) } as const;
+  const train = examples ? new ExampleReader(dataDir, readerOptions) : new TokenShardReader(dataDir, readerOptions);
   if (train.index.vocabSize > spec.model.vocabSize) {
     throw new Error(`the data's vocabulary has ${train.index.vocabSize} ids but model.vocabSize is ${spec.model.vocabSize}`);
   }
@@ -162,7 +171,7 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
   }
 
   // Tensor-parallel scratch: one micro-batch of activations, [rows·seqLen, d].
-  const rows = perReplica / microBatches;
+  const rows = (perReplica / microBatches) * rowsPerExample(spec);
   const tpData = new SharedArrayBuffer(Math.max(1, rows * t.seqLen * spec.model.nEmbd) * 4);
   const tpFlag = new SharedArrayBuffer(4);
   const tpView = new Float32Array(tpData), flag = new Int32Array(tpFlag);
@@ -185,9 +194,11 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
     },
   };
   const model = new StageModel(spec.model, shard, params, tp);
+  const frozen = model.hasHead && frozenDir ? loadFrozen(spec, frozenDir) : null;
+  if (model.hasHead && (spec.kind === 'dpo' || spec.kind === 'distill') && !frozen) throw new Error(`a ${spec.kind} job needs its ${spec.kind === 'dpo' ? 'reference' : 'teacher'} model on the last stage`);
   const tied = layout.pipeline > 1 ? shard.byName.get('wte.weight') : undefined;
   job = {
-    spec, placement, coords, dataDir, tokenizerSha256, model, optimizer, range, params, grads, rows, train,
+    spec, placement, coords, dataDir, tokenizerSha256, model, optimizer, range, params, grads, rows, examples, frozen, train,
     heldOut: null, micro: [], inputs: new Map(), evalMicro: [], step: resume?.step ?? 0,
   };
   return {
@@ -197,17 +208,60 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
   };
 }
 
-/** Splits this replica's rows of a global batch into micro-batches of `rows` rows. */
-function microBatchesOf(tokens: Int32Array, count: number, rows: number, seqLen: number): TokenBatch[] {
+/**
+ * The frozen model of a dpo (reference) or distill (teacher) job, from a registry version's files. It must read
+ * the same token ids (the same vocabulary) and, for a reference, be the very model the job starts from.
+ */
+function loadFrozen(spec: ResolvedJobSpec, dir: string): InstanceType<typeof GPT> {
+  const read = (name: string) => (existsSync(join(dir, name)) ? readFileSync(join(dir, name)) : undefined);
+  const files: Record<string, Uint8Array | undefined> = Object.fromEntries(['config.json', 'model.safetensors', 'model.int8.safetensors', 'tokenizer.json'].map((n) => [n, read(n)]));
+  const loaded = importHf(files);
+  const c = loaded.config, m = spec.model;
+  if (c.vocabSize !== m.vocabSize) throw new Error(`the ${spec.kind === 'dpo' ? 'reference' : 'teacher'} has vocabulary ${c.vocabSize}, the job's model ${m.vocabSize}: they must read the same ids`);
+  if (c.nCtx < spec.training.seqLen) throw new Error(`the frozen model's context (${c.nCtx}) is shorter than training.seqLen ${spec.training.seqLen}`);
+  if (spec.kind === 'dpo' && (c.nLayer !== m.nLayer || c.nEmbd !== m.nEmbd || c.nHead !== m.nHead || c.nCtx !== m.nCtx)) {
+    throw new Error('the dpo reference must have the job\'s model config (it is the version the job starts from)');
+  }
+  return new GPT(c, { flat: loaded.params });
+}
+
+/** Splits this replica's rows of a global batch (and their target weights, with examples) into micro-batches of `rows` rows. */
+function microBatchesOf(tokens: Int32Array, count: number, rows: number, seqLen: number, weights?: Float32Array): TokenBatch[] {
   const row = seqLen + 1;
-  return Array.from({ length: count }, (_, i) => tokenBatch(tokens.subarray(i * rows * row, (i + 1) * rows * row), rows, seqLen));
+  return Array.from({ length: count }, (_, i) => ({
+    ...tokenBatch(tokens.subarray(i * rows * row, (i + 1) * rows * row), rows, seqLen),
+    ...(weights ? { weights: weights.subarray(i * rows * seqLen, (i + 1) * rows * seqLen) } : {}),
+  }));
+}
+
+/**
+ * What the last stage optimises for micro-batch `mb` (model/objectives.ts). The frozen model's forward runs here,
+ * without a tape: dpo needs the reference's log-probability of each row, distill the teacher's logits.
+ */
+function objectiveFor(j: Job, mb: TokenBatch): Objective {
+  const weights = mb.weights;
+  const { kind } = j.spec;
+  if (kind !== 'dpo' && kind !== 'distill') return { kind: 'lm', ...(weights ? { weights } : {}) };
+  const frozen = j.frozen!;
+  const B = mb.batch, T = mb.seq, V = frozen.config.vocabSize;
+  const logits = tf.tidy(() => frozen.forward(tf.tensor2d(mb.ids, [B, T], 'int32')).reshape([B * T, V]) as ReturnType<typeof tf.tensor2d>);
+  try {
+    if (kind === 'dpo') {
+      if (!weights) throw new Error('dpo needs example data (chosen/rejected pairs)');
+      return { kind: 'dpo', weights, refLogp: rowLogprobs(logits, mb.targets, weights, B, T), beta: j.spec.dpo!.beta };
+    }
+    const { temperature, alpha } = j.spec.distill!;
+    return { kind: 'distill', teacherLogits: Float32Array.from(logits.dataSync() as Float32Array), temperature, alpha, ...(weights ? { weights } : {}) };
+  } finally {
+    logits.dispose();
+  }
 }
 
 function begin(j: Job, n: number): FromWorker {
   if (n !== j.step + 1) throw new Error(`asked for step ${n} after step ${j.step}`);
   const t = j.spec.training;
   const batch = j.train.next(); // every stage reads it, so every stage's cursor moves alike
-  j.micro = microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen);
+  j.micro = microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen, 'weights' in batch ? batch.weights : undefined);
   for (const mb of j.micro) checkIds(mb, j.spec.model.vocabSize);
   j.inputs.clear();
   j.grads.fill(0); // j.step becomes n when the update is applied
@@ -245,7 +299,7 @@ function backward(j: Job, i: number, gradOut?: Float32Array): [FromWorker, Trans
   const input = stageInput(j, mb, j.inputs.get(i));
   j.inputs.delete(i);
   if (!j.model.hasHead && !gradOut) throw new Error(`stage ${j.coords.pp} needs the next stage's gradient`);
-  const upstream = j.model.hasHead ? { targets: mb.targets, scale: 1 / j.placement.microBatches } : { gradOut: gradOut! };
+  const upstream = j.model.hasHead ? { targets: mb.targets, scale: 1 / j.placement.microBatches, objective: objectiveFor(j, mb) } : { gradOut: gradOut! };
   const r = j.model.backward(input, mb.batch, mb.seq, upstream, j.grads);
   const reply: FromWorker = { type: 'bwdDone', tokens: mb.batch * mb.seq, busyMs: performance.now() - t0, ...r };
   return [reply, r.gradIn ? [r.gradIn.buffer as ArrayBuffer] : []];
@@ -292,10 +346,11 @@ function evalBegin(j: Job): FromWorker {
   const t = j.spec.training;
   if (j.heldOut === null) {
     try {
-      j.heldOut = new TokenShardReader(j.dataDir, {
+      const options = {
         split: 'heldOut', batchSize: t.batchSize / j.placement.layout.data, seqLen: t.seqLen, rank: j.coords.dp, worldSize: j.placement.layout.data,
         tokenizerSha256: j.tokenizerSha256,
-      });
+      } as const;
+      j.heldOut = j.examples ? new ExampleReader(j.dataDir, options) : new TokenShardReader(j.dataDir, options);
     } catch (err) {
       // Too small a held-out split for one global batch: the same on every rank, so every rank skips alike
       // instead of failing a finished training.
@@ -308,7 +363,7 @@ function evalBegin(j: Job): FromWorker {
   for (let b = 0; b < t.evalBatches; b++) {
     const batch = j.heldOut.batchAt(cursor);
     cursor = batch.next;
-    j.evalMicro.push(...microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen));
+    j.evalMicro.push(...microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen, 'weights' in batch ? batch.weights : undefined));
   }
   return { type: 'evalBegun', microBatches: j.evalMicro.length };
 }
@@ -317,7 +372,7 @@ function evalForward(j: Job, i: number, acts?: Float32Array): [FromWorker, Trans
   const mb = j.evalMicro[i];
   if (!mb) throw new Error(`no held-out micro-batch ${i}`);
   const input = stageInput(j, mb, acts);
-  if (j.model.hasHead) return [{ type: 'evalDone', loss: j.model.loss(input, mb.batch, mb.seq, mb.targets) }, []];
+  if (j.model.hasHead) return [{ type: 'evalDone', loss: j.model.loss(input, mb.batch, mb.seq, mb.targets, objectiveFor(j, mb)) }, []];
   const out = j.model.forward(input, mb.batch, mb.seq);
   return [{ type: 'evalDone', out }, [out.buffer as ArrayBuffer]];
 }

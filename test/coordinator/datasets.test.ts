@@ -9,6 +9,7 @@ import { ArtifactStore } from '../../coordinator/artifact-store.ts';
 import { validateJobSpec } from '../../protocol/job-spec.ts';
 import { loadDemoCorpus } from '../../model/corpus.ts';
 import { silentLogger } from '../../common/log.ts';
+import { prepareTokenData } from '../../model/prepare-data.ts';
 
 function specFor(corpus: string) {
   const res = validateJobSpec({
@@ -49,4 +50,22 @@ test('a corpus path that does not exist is an error, not an empty dataset', asyn
   const dir = mkdtempSync(join(tmpdir(), 'datasets-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   await assert.rejects(prepareDataset(specFor(join(dir, 'missing.txt')), dir, new ArtifactStore(join(dir, 'a')), silentLogger), /ENOENT/);
+});
+
+test('a corpus folder that is already a prepared dataset is used as it is, and refused when its vocabulary is larger than the model\'s', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'datasets-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const prepared = join(dir, 'prepared');
+  await prepareTokenData({ corpus: 'demo', outDir: prepared, vocabSize: 290, heldOutFraction: 0.1 });
+  writeFileSync(join(prepared, 'report.json'), '{}'); // not part of the dataset
+  const artifacts = new ArtifactStore(join(dir, 'artifacts'));
+  const files = await prepareDataset(specFor(prepared), dir, artifacts, silentLogger);
+  assert.ok(files['index.json'] && files['tokenizer.json'] && files['train-00000.bin']);
+  assert.equal(files['report.json'], undefined);
+  const index = JSON.parse((await artifacts.get(files['index.json']!)).toString());
+  assert.equal(index.vocabSize, 290, 'the folder\'s own tokenizer, not a new one of model.vocabSize');
+
+  const small = specFor(prepared);
+  small.model.vocabSize = 280;
+  await assert.rejects(prepareDataset(small, dir, artifacts, silentLogger), { code: 'MDL_ERR_DATASET_MISMATCH', message: /vocabulary of 290.*model\.vocabSize 280/ });
 });

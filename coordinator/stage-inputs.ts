@@ -1,0 +1,125 @@
+/**
+ * What a fine-tuning stage takes from the model registry: the version it starts from (`init.from`, which is also
+ * DPO's frozen reference), a distillation teacher, and their tokenizer. References are pinned when a job is
+ * accepted ("chat" → "chat@4"), so a version registered while the job waits or resumes never changes what it
+ * trains from, and they are checked then: a missing version or a config that does not fit is a 400, not a failed
+ * job an hour later.
+ *
+ * Starting from a version is a checkpoint at step 0 (the version's weights, zero AdamW moments, the data cursor
+ * at the start): the job then runs exactly like a resumed one, so every layout, reshard and fault path that
+ * checkpoints have applies to it unchanged.
+ */
+import { createHash } from 'node:crypto';
+import { encodeCheckpoint } from '../model/checkpoint.ts';
+import { paramLayout, stateDict, type GPTConfig } from '../model/gpt.ts';
+import { configFromHf, importHf } from '../model/hf-format.ts';
+import type { TensorMap } from '../model/safetensors.ts';
+import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
+import type { ArtifactStore } from './artifact-store.ts';
+import type { FileSet } from './checkpoint-shards.ts';
+import type { ReusedTokenizer } from './datasets.ts';
+import { CoordinatorError } from './errors.ts';
+import type { ModelRegistry } from './registry.ts';
+
+export interface VersionRef {
+  name: string;
+  version: number;
+}
+
+const WEIGHT_FILES = ['model.safetensors', 'model.int8.safetensors'] as const;
+
+export function parseVersionRef(ref: string): { name: string; version?: number } {
+  const at = ref.lastIndexOf('@');
+  return at < 0 ? { name: ref } : { name: ref.slice(0, at), version: Number(ref.slice(at + 1)) };
+}
+
+export const formatRef = (r: VersionRef) => `${r.name}@${r.version}`;
+
+/** The spec with init.from and distill.teacher pinned to existing versions that fit it; every problem in one 400. */
+export function pinVersionRefs(spec: ResolvedJobSpec, registry: ModelRegistry): ResolvedJobSpec {
+  const errors: string[] = [];
+  const pin = (field: string, ref: string): { ref: VersionRef; config: GPTConfig } | null => {
+    const { name, version } = parseVersionRef(ref);
+    const latest = registry.models().find((m) => m.name === name)?.latest;
+    if (latest === undefined) return errors.push(`${field} names model ${name}, which has no registered version`), null;
+    const v = version ?? latest;
+    let files: string[];
+    try {
+      files = Object.keys(registry.get(name, v).files);
+    } catch {
+      return errors.push(`${field}: model ${name} has no version ${v} (newest: ${latest})`), null;
+    }
+    if (!WEIGHT_FILES.some((f) => files.includes(f))) return errors.push(`${field}: ${name}@${v} holds no full model weights (an adapter? merge it first)`), null;
+    return { ref: { name, version: v }, config: configFromHf(JSON.parse(registry.readFile(name, v, 'config.json').toString('utf8'))) };
+  };
+  const out: ResolvedJobSpec = structuredClone(spec);
+  if (spec.init) {
+    const init = pin('/init/from', spec.init.from);
+    if (init) {
+      out.init = { from: formatRef(init.ref) };
+      const m = spec.model, c = init.config;
+      const differs = (['vocabSize', 'nCtx', 'nLayer', 'nHead', 'nEmbd'] as const).filter((k) => m[k] !== c[k]);
+      if (differs.length) errors.push(`/model must equal ${formatRef(init.ref)}'s config to start from it: ${differs.map((k) => `${k} ${m[k]} ≠ ${c[k]}`).join(', ')}`);
+    }
+  }
+  if (spec.distill) {
+    const teacher = pin('/distill/teacher', spec.distill.teacher);
+    if (teacher) {
+      out.distill = { ...spec.distill, teacher: formatRef(teacher.ref) };
+      if (teacher.config.vocabSize !== spec.model.vocabSize) errors.push(`/model/vocabSize ${spec.model.vocabSize} must equal the teacher's ${teacher.config.vocabSize}: the student learns the teacher's distribution over the same ids`);
+      if (teacher.config.nCtx < spec.training.seqLen) errors.push(`/training/seqLen ${spec.training.seqLen} exceeds the teacher's context ${teacher.config.nCtx}`);
+    }
+  }
+  if (errors.length) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid job spec: ${errors.join('; ')}`, { details: errors });
+  return out;
+}
+
+/** A pinned reference's version; a reference to a version that has since vanished fails clearly. */
+export function refOf(ref: string): VersionRef {
+  const { name, version } = parseVersionRef(ref);
+  if (version === undefined) throw new Error(`version reference ${ref} was not pinned when the job was accepted`);
+  return { name, version };
+}
+
+/** The version whose tokenizer the job's data must use (the one it starts from, else its teacher), if any. */
+export function tokenizerSource(spec: ResolvedJobSpec): VersionRef | null {
+  if (spec.init) return refOf(spec.init.from);
+  if (spec.distill) return refOf(spec.distill.teacher);
+  return null;
+}
+
+export function versionTokenizer(registry: ModelRegistry, ref: VersionRef): ReusedTokenizer {
+  const bytes = registry.readFile(ref.name, ref.version, 'tokenizer.json');
+  return { json: bytes.toString('utf8'), sha256: createHash('sha256').update(bytes).digest('hex') };
+}
+
+/** A version's files, verified against its manifest, in the artifact store: what agents fetch to load it. */
+export async function versionFiles(registry: ModelRegistry, artifacts: ArtifactStore, ref: VersionRef): Promise<FileSet> {
+  const out: FileSet = {};
+  const present = Object.keys(registry.get(ref.name, ref.version).files);
+  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) {
+    if (present.includes(file)) out[file] = await artifacts.put(registry.readFile(ref.name, ref.version, file));
+  }
+  return out;
+}
+
+/** The version's weights as a step-0 canonical checkpoint of the job (zero moments, cursor at the start). */
+export async function initCheckpoint(registry: ModelRegistry, artifacts: ArtifactStore, spec: ResolvedJobSpec, jobId: string): Promise<FileSet> {
+  const ref = refOf(spec.init!.from);
+  const files: Record<string, Uint8Array | undefined> = {};
+  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) {
+    if (Object.hasOwn(registry.get(ref.name, ref.version).files, file)) files[file] = registry.readFile(ref.name, ref.version, file);
+  }
+  const loaded = importHf(files);
+  const layout = paramLayout(loaded.config);
+  const model = stateDict(loaded.params, layout) as TensorMap;
+  const zeros = stateDict(new Float32Array(layout.totalSize), layout) as TensorMap;
+  const encoded = encodeCheckpoint(0, {
+    model,
+    optimizer: { step: 0, expAvg: zeros, expAvgSq: structuredClone(zeros) },
+    state: { step: 0, cursor: { shard: 0, offset: 0 }, spec: spec as never, layout: { data: 1, pipeline: 1, tensor: 1 }, world: 1, jobId, attempt: 0, init: formatRef(ref) },
+  });
+  const out: FileSet = {};
+  for (const [name, bytes] of Object.entries(encoded.files)) out[name] = await artifacts.put(bytes);
+  return out;
+}
