@@ -280,13 +280,16 @@ export class ExampleReader {
     if (tokenizerSha256 !== undefined && tokenizerSha256 !== this.index.tokenizerSha256) {
       throw new ModelError('MDL_ERR_SHARD', `${dir}: examples were tokenized by ${this.index.tokenizerSha256.slice(0, 12)}…, not the expected ${tokenizerSha256.slice(0, 12)}…`);
     }
-    if (seqLen + 1 < this.index.maxTokens) throw fail(`seqLen ${seqLen} is shorter than the examples' ${this.index.maxTokens - 1} tokens`);
     this.#split = split;
     const raw = readFileSync(join(dir, `${split}.offsets`));
     if (endianness() === 'BE') raw.swap32();
     this.#offsets = new Uint32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
     const count = this.index.splits[split].examples;
     if (this.#offsets.length !== count * this.index.rowsPerExample + 1) throw new ModelError('MDL_ERR_SHARD', `${dir}/${split}.offsets does not match examples.json`);
+    let longest = 0;
+    for (let i = 1; i < this.#offsets.length; i++) longest = Math.max(longest, this.#offsets[i]! - this.#offsets[i - 1]!);
+    // A row is never cut: a cut would drop the very reply being taught (prepareExamples drops what exceeds maxTokens).
+    if (longest > seqLen + 1) throw fail(`the ${split} split has a ${longest}-token sequence; seqLen ${seqLen} holds at most ${seqLen + 1}`);
     this.#b = batchSize;
     this.#seq = seqLen;
     this.#rank = rank;
