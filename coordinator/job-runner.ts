@@ -40,6 +40,8 @@ import type { SelfcheckReport } from './selfcheck.ts';
 import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobState, type JobStore } from './job-store.ts';
 import type { ModelRegistry } from './registry.ts';
 import { jobLineage, parentOf } from './lineage.ts';
+import { evaluateStage, hasSuite } from './evaluator.ts';
+import { decideEarlyStop, passCheck } from './eval-criteria.ts';
 import type { RunStore } from './run-store.ts';
 
 interface Attempt {
@@ -65,6 +67,10 @@ interface Attempt {
   telemetry: AttemptTelemetry | null;
   /** The attempt's trace span (a no-op unless tracing is on). */
   span: AttemptSpan;
+  /** Set when early stopping decided to end the job at this step: its merged checkpoint becomes the version. */
+  earlyStopAt?: number;
+  /** A periodic evaluation suite (eval.every) is running: the next one waits for it rather than piling up. */
+  evaluating?: boolean;
 }
 
 /** A node's part in a running job, as the dashboard and GET /api/nodes show it. */
@@ -457,6 +463,7 @@ export class JobRunner {
         }
         jobs.recordStep(msg.jobId, msg.step, rows, now);
         this.#bus.emit('progress', { jobId: msg.jobId, attempt: msg.attempt, progress: msg, rows: rows.map((r) => ({ ...r, step: msg.step })) });
+        if (msg.evalLoss !== undefined) this.#considerEarlyStop(attempt, msg.step);
         return;
       }
       case 'job.rank':
@@ -466,6 +473,7 @@ export class JobRunner {
       case 'job.checkpoint':
         return this.#onShardCheckpoint(attempt, msg);
       case 'job.finished':
+        if (attempt.earlyStopAt !== undefined) return; // stopped on purpose: the checkpoint of that step ends the job
         attempt.finished.set(msg.rank, msg);
         if (!msg.ok) {
           this.#o.log.warn(`job ${msg.jobId}: rank ${msg.rank} failed${msg.fatal ? ' (the job itself is at fault)' : ''}: ${msg.error}`);
@@ -507,12 +515,67 @@ export class JobRunner {
     });
     merged.catch((err: Error) => this.#o.log.warn(`job ${msg.jobId}: could not merge the checkpoint of step ${msg.step}: ${err.message}`));
     attempt.merged.set(msg.step, merged);
+    if (attempt.earlyStopAt === msg.step) this.#stopEarly(attempt, msg.step);
+    else this.#periodicEval(attempt, job, msg.step);
   }
 
-  /** The model version's files (config.json, model.safetensors, tokenizer.json) from the final canonical checkpoint. */
-  async #modelFiles(attempt: Attempt, job: JobRecord): Promise<Record<string, Uint8Array>> {
-    const final = attempt.merged.get(job.spec.training.steps);
-    if (!final) throw new Error(`no checkpoint of the final step ${job.spec.training.steps} arrived`);
+  /** A held-out loss arrived: with eval.earlyStopping, end the job at this step when the loss stopped improving (decideEarlyStop). */
+  #considerEarlyStop(attempt: Attempt, step: number): void {
+    const job = this.#o.jobs.get(attempt.jobId)!;
+    const rule = job.spec.eval?.earlyStopping;
+    if (!rule || attempt.earlyStopAt !== undefined || attempt.stopping || step >= job.spec.training.steps) return;
+    if (!decideEarlyStop(this.#evalLosses(job.id, step).map(([, loss]) => loss), rule)) return;
+    // The job spec makes evalEvery a multiple of checkpointEvery, so this step's checkpoint is on its way (it is
+    // sent after the progress report). No reshape, stall check or rank report may end the attempt meanwhile.
+    attempt.earlyStopAt = step;
+    attempt.stopping = true;
+    this.#o.log.info(`job ${job.id}: held-out loss has not improved by more than ${rule.minDelta ?? 0} in ${rule.patience} evaluations; stopping early at step ${step}`);
+    if (attempt.merged.has(step)) this.#stopEarly(attempt, step);
+  }
+
+  /** The job's held-out losses recorded up to `step`, as [step, loss] in step order. */
+  #evalLosses(jobId: string, step: number): Array<[number, number]> {
+    return this.#o.jobs.metrics(jobId).filter((r) => r.kind === 'eval' && r.step <= step && r.values.loss !== undefined).map((r) => [r.step, r.values.loss!]);
+  }
+
+  /** Stops the agents and registers the model from the checkpoint of the early-stopping step (once it is merged). */
+  #stopEarly(attempt: Attempt, step: number): void {
+    const reason = `stopped early at step ${step}: no held-out improvement`;
+    attempt.merged.get(step)!.then(
+      () => {
+        for (const nodeId of attempt.nodeIds) if (this.#o.hub.isConnected(nodeId)) this.#o.hub.send(nodeId, { type: 'job.stop', jobId: attempt.jobId, reason });
+        return this.#complete(attempt, step);
+      },
+      (err: Error) => this.#attemptFailed(attempt, `early stopping at step ${step}: its checkpoint could not be merged (${err.message})`),
+    );
+  }
+
+  /** eval.every: the suite on a merged checkpoint at a multiple of it, off the training path; skipped while one runs. */
+  #periodicEval(attempt: Attempt, job: JobRecord, step: number): void {
+    const every = job.spec.eval?.every ?? 0;
+    if (!(every > 0) || step % every !== 0 || step >= job.spec.training.steps || !hasSuite(job.spec) || attempt.evaluating || !attempt.data) return;
+    attempt.evaluating = true;
+    const { log } = this.#o;
+    void attempt.merged.get(step)!
+      .then(async () => {
+        const suite = await evaluateStage({ spec: job.spec, data: attempt.data!, model: await this.#modelFiles(attempt, job, step), artifacts: this.#o.artifacts, registry: this.#o.registry });
+        if (suite) this.#recordSuite(job.id, step, suite.values);
+      })
+      .catch((err: Error) => log.warn(`job ${job.id}: evaluation at step ${step} failed: ${err.message}`))
+      .finally(() => (attempt.evaluating = false));
+  }
+
+  /** The suite's numbers join the step's 'eval' row (beside its held-out loss, which the row keeps). */
+  #recordSuite(jobId: string, step: number, values: Record<string, number>): void {
+    const existing = this.#o.jobs.metrics(jobId, step - 1).find((r) => r.step === step && r.kind === 'eval')?.values ?? {};
+    this.#o.jobs.putMetrics(jobId, step, [{ kind: 'eval', atMs: this.#now(), values: { ...existing, ...values } }]);
+    this.#o.log.info(`job ${jobId}: evaluation at step ${step}: ${Object.entries(values).map(([k, v]) => `${k} ${Number(v.toPrecision(4))}`).join(', ')}`);
+  }
+
+  /** The model version's files (config.json, model.safetensors, tokenizer.json) from the canonical checkpoint of `step` (default: the final one). */
+  async #modelFiles(attempt: Attempt, job: JobRecord, step = job.spec.training.steps): Promise<Record<string, Uint8Array>> {
+    const final = attempt.merged.get(step);
+    if (!final) throw new Error(`no checkpoint of step ${step} arrived`);
     const canonical = await this.#sharder.load(await final);
     const layout = paramLayout(job.spec.model);
     const flat = flatFromStateDict(canonical.model, layout);
@@ -522,16 +585,40 @@ export class JobRunner {
     return { ...exportHf({ config: job.spec.model, layout }, tokenizer, flat) };
   }
 
-  async #complete(attempt: Attempt): Promise<void> {
+  /**
+   * Registers the model from the checkpoint of `step` (the final one, or the early-stopping one), after the stage's
+   * evaluation suite: its numbers are recorded and go into the lineage, and a spec's unmet pass criterion fails
+   * the job instead, with nothing registered.
+   */
+  async #complete(attempt: Attempt, step = this.#o.jobs.get(attempt.jobId)!.spec.training.steps): Promise<void> {
     const { jobs, registry, log } = this.#o;
     const job = jobs.get(attempt.jobId)!;
+    attempt.stopping = true; // training is over: no stall check or reshape may end the attempt while the suite runs
     try {
-      const bytes = await this.#modelFiles(attempt, job);
-      const metrics: Record<string, number> = { steps: job.spec.training.steps };
+      const bytes = await this.#modelFiles(attempt, job, step);
+      const metrics: Record<string, number> = { steps: step };
       if (attempt.lastProgress) metrics.loss = attempt.lastProgress.loss;
-      if (attempt.lastEvalLoss !== null) {
-        metrics.evalLoss = attempt.lastEvalLoss;
-        metrics.evalPerplexity = Math.exp(attempt.lastEvalLoss);
+      const evalLoss = this.#evalLosses(job.id, step).at(-1)?.[1] ?? attempt.lastEvalLoss;
+      if (evalLoss !== null) {
+        metrics.evalLoss = evalLoss;
+        metrics.evalPerplexity = Math.exp(evalLoss);
+      }
+      if (attempt.earlyStopAt !== undefined) {
+        metrics.earlyStopped = step;
+        const trained = jobs.metrics(job.id, step - 1).find((r) => r.step === step && r.kind === 'train')?.values.loss;
+        if (trained !== undefined) metrics.loss = trained; // training went on a little past the step the model is from
+      }
+      const suite = attempt.data ? await evaluateStage({ spec: job.spec, data: attempt.data, model: bytes, artifacts: this.#o.artifacts, registry }) : null;
+      if (suite) {
+        this.#recordSuite(job.id, step, suite.values);
+        Object.assign(metrics, suite.values);
+        for (const s of suite.samples) log.info(`job ${job.id}: sample ${JSON.stringify(s.prompt)} → ${JSON.stringify(s.got)} (expected ${JSON.stringify(s.expected)})`);
+      }
+      const unmet = passCheck(job.spec.eval?.pass, metrics);
+      if (unmet.length) {
+        this.#endAttempt(attempt, 'failed', `pass criteria not met, no version registered: ${unmet.join('; ')}`);
+        log.warn(`job ${job.id} failed its pass criteria: ${unmet.join('; ')}`);
+        return;
       }
       const lineage = {
         ...jobLineage({ jobId: job.id, spec: job.spec, metrics, attempt: attempt.attempt, run: this.#o.runs?.get(job.id), parent: parentOf(job.spec, registry) }),
@@ -540,7 +627,7 @@ export class JobRunner {
       const version = await registry.register(job.name, bytes, lineage);
       jobs.setModelVersion(job.id, version.version, this.#now());
       this.#bus.emit('model', { name: job.name, version: version.version });
-      this.#endAttempt(attempt, 'succeeded', `registered ${job.name} v${version.version}`);
+      this.#endAttempt(attempt, 'succeeded', `registered ${job.name} v${version.version}${attempt.earlyStopAt !== undefined ? ` (stopped early at step ${step})` : ''}`);
       log.info(`job ${job.id} succeeded: registered ${job.name} v${version.version}`);
     } catch (err) {
       this.#endAttempt(attempt, 'failed', `could not register the model: ${(err as Error).message}`);

@@ -121,6 +121,13 @@ export class JobStore {
     })();
   }
 
+  /** Adds metric rows to a step already recorded (an evaluation that finished later), leaving the job's step as it is. */
+  putMetrics(id: string, step: number, metrics: Array<Omit<MetricRow, 'step'>>): void {
+    this.#db.transaction(() => {
+      for (const m of metrics) this.#stmts.putMetric.run(id, step, m.kind, m.atMs, JSON.stringify(m.values));
+    })();
+  }
+
   /** Starts a new attempt and returns its number (1 for the first start). */
   nextAttempt(id: string, nowMs: number): number {
     this.#stmts.nextAttempt.run(nowMs, id);

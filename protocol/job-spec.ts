@@ -228,6 +228,11 @@ export function validateJobSpec(raw: unknown): SpecResult {
   if (kind !== 'distill' && spec.distill) errors.push(`/distill only a distill job has a teacher (kind is ${kind})`);
   if (kind !== 'dpo' && spec.dpo) errors.push(`/dpo only a dpo job has DPO settings (kind is ${kind})`);
   if (spec.eval?.earlyStopping && training.evalEvery === 0) errors.push('/eval/earlyStopping needs /training/evalEvery > 0: it watches the held-out loss');
+  // Early stopping registers the checkpoint of the step it stops at, so every evaluation step must be a checkpoint step.
+  if (spec.eval?.earlyStopping && training.checkpointEvery === 0) errors.push('/eval/earlyStopping needs /training/checkpointEvery > 0: the model is taken from the checkpoint of the step it stops at');
+  else if (spec.eval?.earlyStopping && training.evalEvery % training.checkpointEvery !== 0) {
+    errors.push(`/training/evalEvery ${training.evalEvery} must be a multiple of /training/checkpointEvery ${training.checkpointEvery} with /eval/earlyStopping: the model is taken from the checkpoint of the step it stops at`);
+  }
   const ranks = resolved.parallel === 'auto' ? 1 : resolved.parallel.data;
   const perRank = training.batchSize / ranks;
   if (!Number.isInteger(perRank)) {

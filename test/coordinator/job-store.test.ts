@@ -55,6 +55,17 @@ test('a step recorded twice (replayed after a resume) keeps one row with the new
   state.close();
 });
 
+test('metrics put at an earlier step (a late evaluation) leave the job at its newest step', () => {
+  const state = new SqliteStateStore(':memory:');
+  const jobs = new JobStore(state.database);
+  const job = jobs.create(spec(), 0);
+  jobs.recordStep(job.id, 6, [{ kind: 'train', atMs: 1, values: { loss: 4 } }], 1);
+  jobs.putMetrics(job.id, 3, [{ kind: 'eval', atMs: 2, values: { exactMatch: 0.5 } }]);
+  assert.equal(jobs.get(job.id)!.step, 6);
+  assert.deepEqual(jobs.metrics(job.id).map((m) => [m.step, m.kind]), [[3, 'eval'], [6, 'train']]);
+  state.close();
+});
+
 test('jobs are listed newest first', () => {
   const state = new SqliteStateStore(':memory:');
   const jobs = new JobStore(state.database);

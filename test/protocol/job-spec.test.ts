@@ -41,7 +41,14 @@ const bad: Array<[string, (s: ReturnType<typeof good>) => unknown, RegExp[]]> = 
   ['a negative retention', (s) => ({ ...s, training: { ...s.training, keepCheckpoints: -1 } }), [/\/training\/keepCheckpoints/]],
   ['a name with a slash', (s) => ({ ...s, name: 'a/b' }), [/\/name/]],
   ['a vocabulary smaller than the byte alphabet', (s) => ({ ...s, model: { ...s.model, vocabSize: 100 } }), [/\/model\/vocabSize/]],
+  ['early stopping without checkpoints', (s) => ({ ...s, training: { ...s.training, evalEvery: 10 }, eval: { earlyStopping: { patience: 2 } } }), [/earlyStopping needs \/training\/checkpointEvery > 0/]],
+  ['early stopping evaluating off the checkpoint steps', (s) => ({ ...s, training: { ...s.training, evalEvery: 10, checkpointEvery: 4 }, eval: { earlyStopping: { patience: 2 } } }), [/evalEvery 10 must be a multiple of \/training\/checkpointEvery 4/]],
 ];
+
+test('early stopping that evaluates on checkpoint steps is accepted', () => {
+  const res = validateJobSpec({ ...good(), training: { ...good().training, evalEvery: 10, checkpointEvery: 5 }, eval: { earlyStopping: { patience: 2, minDelta: 0.01 } } });
+  assert.equal(res.ok, true, res.ok ? '' : res.errors.join('; '));
+});
 
 for (const [what, mutate, expected] of bad) {
   test(`a spec with ${what} is refused, naming each bad field`, () => {

@@ -1,0 +1,77 @@
+/**
+ * Runs a stage's evaluation suite (model/eval-suites.ts) in a worker thread for the coordinator (started through
+ * node-agent/compute/worker-boot.mjs by evaluator.ts): greedy generation over hundreds of prompts is seconds of
+ * CPU, and on the coordinator's main thread it would hold up heartbeats long enough for agents to be declared dead.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import * as tf from '@tensorflow/tfjs';
+import { exactMatch, preferenceEval, scoreRatio, type ChatRecord, type PreferenceRecord } from '../model/eval-suites.ts';
+import type { HeldOutRecord } from '../model/examples.ts';
+import { GPT } from '../model/gpt.ts';
+import { importHf } from '../model/hf-format.ts';
+
+/** What a suite run needs, all as bytes and plain data (it crosses into the worker by structured clone). */
+export interface EvalWorkerInput {
+  kind: 'sft' | 'dpo' | 'distill';
+  /** The model under evaluation as HF files (config.json, model.safetensors, tokenizer.json). */
+  model: Record<string, Uint8Array>;
+  /** DPO's reference or distillation's teacher, as a registered version's files. */
+  frozen?: Record<string, Uint8Array>;
+  /** Held-out chat or preference records; absent for a distillation on text, which uses `windows`. */
+  records?: HeldOutRecord[];
+  /** Held-out token windows (seqLen + 1 ids each) of a text dataset. */
+  windows?: Int32Array[];
+  beta: number;
+  maxNewTokens: number;
+  maxExamples: number;
+}
+
+export interface SuiteResults {
+  /** The suite's numbers, as recorded in the 'eval' metrics row. */
+  values: Record<string, number>;
+  /** A few generated answers beside the expected ones (exact-match suites), for the log. */
+  samples: Array<{ prompt: string; expected: string; got: string }>;
+}
+
+function load(files: Record<string, Uint8Array>): GPT {
+  const loaded = importHf(files);
+  return new GPT(loaded.config, { flat: loaded.params });
+}
+
+export function runSuite(input: EvalWorkerInput): SuiteResults {
+  const model = load(input.model);
+  const frozen = input.frozen ? load(input.frozen) : null;
+  const tokenizer = importHf(input.model).tokenizer;
+  const chats = (input.records ?? []).filter((r): r is ChatRecord => r.kind === 'chat');
+  const o = { maxNewTokens: input.maxNewTokens, maxExamples: input.maxExamples };
+  try {
+    switch (input.kind) {
+      case 'sft': {
+        const r = exactMatch(model, tokenizer, chats, o);
+        return { values: r.examples ? { exactMatch: r.exactMatch, examples: r.examples } : { examples: 0 }, samples: r.samples };
+      }
+      case 'dpo': {
+        const pairs = (input.records ?? []).filter((r): r is PreferenceRecord => r.kind === 'preference');
+        const { examples, ...r } = preferenceEval(model, frozen!, tokenizer, pairs, input.beta, input.maxExamples);
+        return { values: examples ? { ...r, examples } : { examples: 0 }, samples: [] };
+      }
+      default: { // distill
+        const data = input.windows ? { windows: input.windows } : { records: chats };
+        const { examples, ...r } = scoreRatio(model, frozen!, tokenizer, data, o);
+        return { values: examples ? { ...r, examples } : { examples: 0 }, samples: [] };
+      }
+    }
+  } finally {
+    model.dispose();
+    frozen?.dispose();
+  }
+}
+
+if (parentPort && workerData?.input) {
+  try {
+    await tf.setBackend('cpu');
+    parentPort.postMessage({ type: 'done', results: runSuite(workerData.input as EvalWorkerInput) });
+  } catch (err) {
+    parentPort.postMessage({ type: 'error', message: (err as Error).message, code: (err as { code?: string }).code });
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Gathers what a stage's evaluation suite needs and runs it in a worker thread (eval-worker.ts): the model under
+ * evaluation (HF files), the frozen version it is judged against (DPO's reference, distillation's teacher, from
+ * the registry), and the held-out data — `eval.tasks` when the spec names a file of {prompt, response} tasks,
+ * else the prepared dataset's held-out split (heldout.jsonl for examples, the held-out token shards for text).
+ * Pre-training has no suite beyond the held-out loss every job reports.
+ */
+import { readFile } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import { parseExample, type HeldOutRecord } from '../model/examples.ts';
+import { bytesPerToken, type ShardIndex } from '../model/shard-index.ts';
+import { dataFormatOf, type ResolvedJobSpec } from '../protocol/job-spec.ts';
+import type { ArtifactStore } from './artifact-store.ts';
+import type { FileSet } from './checkpoint-shards.ts';
+import type { EvalWorkerInput, SuiteResults } from './eval-worker.ts';
+import type { ModelRegistry } from './registry.ts';
+import { refOf } from './stage-inputs.ts';
+
+export type { SuiteResults } from './eval-worker.ts';
+
+export const EVAL_DEFAULTS = Object.freeze({
+  maxExamples: 200, // examples (or text windows) per suite run
+  maxNewTokens: 32, // longest greedy answer in exact-match
+});
+
+export interface EvaluateOptions {
+  spec: ResolvedJobSpec;
+  /** The prepared dataset's files (name → digest), as the attempt sent them to its agents. */
+  data: FileSet;
+  /** The model under evaluation, as exportHf wrote it. */
+  model: Record<string, Uint8Array>;
+  artifacts: ArtifactStore;
+  registry: ModelRegistry;
+}
+
+/** Whether a job of this kind has a suite to run (pre-training: none). */
+export const hasSuite = (spec: Pick<ResolvedJobSpec, 'kind'>): spec is ResolvedJobSpec & { kind: 'sft' | 'dpo' | 'distill' } =>
+  spec.kind === 'sft' || spec.kind === 'dpo' || spec.kind === 'distill';
+
+/** Runs the job's suite off the main thread; null for a kind that has none. */
+export async function evaluateStage(o: EvaluateOptions): Promise<SuiteResults | null> {
+  const input = await suiteInput(o);
+  return input ? runInWorker(input) : null;
+}
+
+/** Everything the worker needs, read on the main thread (file and artifact I/O only, no compute). */
+export async function suiteInput(o: EvaluateOptions): Promise<EvalWorkerInput | null> {
+  const { spec } = o;
+  if (!hasSuite(spec)) return null;
+  const maxExamples = spec.eval?.maxExamples ?? EVAL_DEFAULTS.maxExamples;
+  const input: EvalWorkerInput = {
+    kind: spec.kind, model: o.model, beta: spec.dpo?.beta ?? 0.1, maxExamples, maxNewTokens: spec.eval?.maxNewTokens ?? EVAL_DEFAULTS.maxNewTokens,
+  };
+  const frozenRef = spec.kind === 'dpo' ? refOf(spec.init!.from) : spec.kind === 'distill' ? refOf(spec.distill!.teacher) : null;
+  if (frozenRef) input.frozen = versionBytes(o.registry, frozenRef.name, frozenRef.version);
+  const format = dataFormatOf(spec);
+  if (spec.eval?.tasks && format === 'chat') input.records = await readTasks(spec.eval.tasks);
+  else if (format !== 'text') input.records = await heldOutRecords(o.data, o.artifacts);
+  else input.windows = await heldOutWindows(o.data, o.artifacts, spec.training.seqLen, maxExamples);
+  return input;
+}
+
+/** `eval.tasks`: a .jsonl of {prompt, response} (or {messages}) tasks, checked line by line like training data. */
+async function readTasks(path: string): Promise<HeldOutRecord[]> {
+  const lines = (await readFile(path, 'utf8')).split('\n');
+  return lines.flatMap((line, i) => (line.trim() === '' ? [] : [parseExample(JSON.parse(line), 'chat', `${path}:${i + 1}`)]));
+}
+
+async function heldOutRecords(data: FileSet, artifacts: ArtifactStore): Promise<HeldOutRecord[]> {
+  const digest = data['heldout.jsonl'];
+  if (!digest) return [];
+  const text = Buffer.from(await artifacts.get(digest)).toString('utf8');
+  return text.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l) as HeldOutRecord);
+}
+
+/** Consecutive windows of seqLen + 1 ids from the held-out token shards, at most `max`. */
+async function heldOutWindows(data: FileSet, artifacts: ArtifactStore, seqLen: number, max: number): Promise<Int32Array[]> {
+  const indexDigest = data['index.json'];
+  if (!indexDigest) return [];
+  const index = JSON.parse(Buffer.from(await artifacts.get(indexDigest)).toString('utf8')) as ShardIndex;
+  const width = bytesPerToken(index.dtype);
+  const out: Int32Array[] = [];
+  for (const shard of index.splits.heldOut.shards) {
+    const digest = data[shard.file];
+    if (!digest || out.length >= max) continue;
+    const bytes = Buffer.from(await artifacts.get(digest));
+    const ids = width === 2 ? new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2) : new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+    for (let at = 0; at + seqLen + 1 <= ids.length && out.length < max; at += seqLen) out.push(Int32Array.from(ids.subarray(at, at + seqLen + 1)));
+  }
+  return out;
+}
+
+const WEIGHT_FILES = ['model.safetensors', 'model.int8.safetensors'];
+
+function versionBytes(registry: ModelRegistry, name: string, version: number): Record<string, Uint8Array> {
+  const present = Object.keys(registry.get(name, version).files);
+  const out: Record<string, Uint8Array> = {};
+  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) if (present.includes(file)) out[file] = registry.readFile(name, version, file);
+  return out;
+}
+
+/** The suite in a worker thread, so the coordinator keeps answering heartbeats. */
+export function runInWorker(input: EvalWorkerInput): Promise<SuiteResults> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL('../node-agent/compute/worker-boot.mjs', import.meta.url), {
+      workerData: { entry: new URL('./eval-worker.ts', import.meta.url).href, input },
+    });
+    worker.on('message', (m: { type: string; results?: SuiteResults; message?: string; code?: string }) => {
+      if (m.type === 'done') resolve(m.results!);
+      else if (m.type === 'error') reject(Object.assign(new Error(`evaluation failed: ${m.message}`), { code: m.code }));
+      void worker.terminate();
+    });
+    worker.once('error', reject);
+    worker.once('exit', (code) => code !== 0 && reject(new Error(`evaluation worker exited with ${code}`)));
+  });
+}
