@@ -7,7 +7,7 @@
  * (model/examples.ts). The tokenizer is trained on the training split, or reused as given: a job that starts from
  * (or distils) a model version must feed that model the ids its tokenizer makes.
  */
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { createReadStream, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { isHeldOut, writeTokenShards, type DataProgress } from '../model/data.ts';
@@ -15,7 +15,6 @@ import { parseExample, prepareExamples, tokenizerDigest, type ExampleFormat } fr
 import { prepareTokenData } from '../model/prepare-data.ts';
 import type { SplitInfo, SplitName } from '../model/shard-index.ts';
 import { Tokenizer, trainBpe } from '../model/tokenizer.ts';
-import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 
 export interface DatasetWorkerOptions {

@@ -21,7 +21,7 @@
  * learned, so padding and prompts weigh 0.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, mkdirSync, openSync, readFileSync, readSync, renameSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -120,7 +120,7 @@ export async function prepareExamples(o: PrepareExamplesOptions): Promise<Exampl
   const dropped = { tooLong: 0 };
   let bytesTotal: number | null = null;
   try {
-    bytesTotal = (await import('node:fs')).statSync(o.corpus).size;
+    bytesTotal = statSync(o.corpus).size;
   } catch (err) {
     throw new ModelError('MDL_ERR_DATA_INPUT', `${o.corpus}: cannot read the examples file (${(err as Error).message})`, { cause: err });
   }
@@ -137,12 +137,14 @@ export async function prepareExamples(o: PrepareExamplesOptions): Promise<Exampl
       throw new ModelError('MDL_ERR_DATA_INPUT', `${o.corpus}:${lineNo}: not JSON (${(err as Error).message})`, { cause: err });
     }
     const example = parseExample(raw, o.format, `${o.corpus}:${lineNo}`);
+    // Numbered before the length check, so the split of an example never depends on which others were dropped
+    // (and the tokenizer trained on the training split, dataset-worker.ts, sees the same split).
+    const split: SplitName = isHeldOut(o.seed, index++, o.heldOutFraction) ? 'heldOut' : 'train';
     const sequences = renderExample(example, o.tokenizer);
     if (sequences.some((s) => s.ids.length > o.maxTokens)) {
       dropped.tooLong++;
       continue;
     }
-    const split: SplitName = isHeldOut(o.seed, index++, o.heldOutFraction) ? 'heldOut' : 'train';
     writers[split].add(sequences);
     if (split === 'heldOut') heldOutRecords.push(JSON.stringify(example));
     if (o.onProgress && performance.now() - lastReport > 200) {
