@@ -7,15 +7,14 @@
  * (model/examples.ts). The tokenizer is trained on the training split, or reused as given: a job that starts from
  * (or distils) a model version must feed that model the ids its tokenizer makes.
  */
-import { createReadStream, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { isHeldOut, writeTokenShards, type DataProgress } from '../model/data.ts';
-import { parseExample, prepareExamples, tokenizerDigest, type ExampleFormat } from '../model/examples.ts';
+import { prepareExamples, readExampleFile, tokenizerDigest, type ExampleFormat } from '../model/examples.ts';
 import { prepareTokenData } from '../model/prepare-data.ts';
 import type { SplitInfo, SplitName } from '../model/shard-index.ts';
 import { Tokenizer, trainBpe } from '../model/tokenizer.ts';
-import { createInterface } from 'node:readline';
 
 export interface DatasetWorkerOptions {
   corpus: string;
@@ -51,18 +50,9 @@ async function prepare(o: DatasetWorkerOptions): Promise<Record<SplitName, Split
 
 /** The training examples' texts (prompts and replies), for a tokenizer trained from scratch on instruction data. */
 async function* exampleTexts(o: DatasetWorkerOptions): AsyncGenerator<string> {
-  let lineNo = 0, index = 0;
-  for await (const line of createInterface({ input: createReadStream(o.corpus, { encoding: 'utf8' }), crlfDelay: Infinity })) {
-    lineNo++;
-    if (line.trim() === '') continue;
-    let raw: unknown;
-    try {
-      raw = JSON.parse(line);
-    } catch {
-      continue; // prepareExamples reports the line with its number
-    }
+  let index = 0; // numbered as prepareExamples numbers them, so the held-out split is the same
+  for await (const { example } of readExampleFile(o.corpus, o.format!)) {
     if (isHeldOut(o.seed, index++, o.heldOutFraction)) continue;
-    const example = parseExample(raw, o.format!, `${o.corpus}:${lineNo}`);
     yield [...example.prompt.map((m) => m.content), ...(example.kind === 'chat' ? [example.response] : [example.chosen, example.rejected])].join('\n');
   }
 }

@@ -5,16 +5,15 @@
  * else the prepared dataset's held-out split (heldout.jsonl for examples, the held-out token shards for text).
  * Pre-training has no suite beyond the held-out loss every job reports.
  */
-import { readFile } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
-import { parseExample, type HeldOutRecord } from '../model/examples.ts';
+import { parseHeldOutRecords, readExampleFile, type HeldOutRecord } from '../model/examples.ts';
 import { bytesPerToken, type ShardIndex } from '../model/shard-index.ts';
 import { dataFormatOf, type ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 import type { FileSet } from './checkpoint-shards.ts';
 import type { EvalWorkerInput, SuiteResults } from './eval-worker.ts';
 import type { ModelRegistry } from './registry.ts';
-import { refOf } from './stage-inputs.ts';
+import { refOf, versionBytes } from './stage-inputs.ts';
 
 export type { SuiteResults } from './eval-worker.ts';
 
@@ -52,7 +51,7 @@ export async function suiteInput(o: EvaluateOptions): Promise<EvalWorkerInput | 
     kind: spec.kind, model: o.model, beta: spec.dpo?.beta ?? 0.1, maxExamples, maxNewTokens: spec.eval?.maxNewTokens ?? EVAL_DEFAULTS.maxNewTokens,
   };
   const frozenRef = spec.kind === 'dpo' ? refOf(spec.init!.from) : spec.kind === 'distill' ? refOf(spec.distill!.teacher) : null;
-  if (frozenRef) input.frozen = versionBytes(o.registry, frozenRef.name, frozenRef.version);
+  if (frozenRef) input.frozen = versionBytes(o.registry, frozenRef);
   const format = dataFormatOf(spec);
   if (spec.eval?.tasks && format === 'chat') input.records = await readTasks(spec.eval.tasks);
   else if (format !== 'text') input.records = await heldOutRecords(o.data, o.artifacts);
@@ -62,15 +61,15 @@ export async function suiteInput(o: EvaluateOptions): Promise<EvalWorkerInput | 
 
 /** `eval.tasks`: a .jsonl of {prompt, response} (or {messages}) tasks, checked line by line like training data. */
 async function readTasks(path: string): Promise<HeldOutRecord[]> {
-  const lines = (await readFile(path, 'utf8')).split('\n');
-  return lines.flatMap((line, i) => (line.trim() === '' ? [] : [parseExample(JSON.parse(line), 'chat', `${path}:${i + 1}`)]));
+  const out: HeldOutRecord[] = [];
+  for await (const { example } of readExampleFile(path, 'chat')) out.push(example);
+  return out;
 }
 
 async function heldOutRecords(data: FileSet, artifacts: ArtifactStore): Promise<HeldOutRecord[]> {
   const digest = data['heldout.jsonl'];
   if (!digest) return [];
-  const text = Buffer.from(await artifacts.get(digest)).toString('utf8');
-  return text.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l) as HeldOutRecord);
+  return parseHeldOutRecords(Buffer.from(await artifacts.get(digest)).toString('utf8'));
 }
 
 /** Consecutive windows of seqLen + 1 ids from the held-out token shards, at most `max`. */
@@ -87,15 +86,6 @@ async function heldOutWindows(data: FileSet, artifacts: ArtifactStore, seqLen: n
     const ids = width === 2 ? new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2) : new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
     for (let at = 0; at + seqLen + 1 <= ids.length && out.length < max; at += seqLen) out.push(Int32Array.from(ids.subarray(at, at + seqLen + 1)));
   }
-  return out;
-}
-
-const WEIGHT_FILES = ['model.safetensors', 'model.int8.safetensors'];
-
-function versionBytes(registry: ModelRegistry, name: string, version: number): Record<string, Uint8Array> {
-  const present = Object.keys(registry.get(name, version).files);
-  const out: Record<string, Uint8Array> = {};
-  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) if (present.includes(file)) out[file] = registry.readFile(name, version, file);
   return out;
 }
 

@@ -93,24 +93,25 @@ export function versionTokenizer(registry: ModelRegistry, ref: VersionRef): Reus
   return { json: bytes.toString('utf8'), sha256: createHash('sha256').update(bytes).digest('hex') };
 }
 
-/** A version's files, verified against its manifest, in the artifact store: what agents fetch to load it. */
+/** The files a model is loaded from (config.json, tokenizer.json, its weights), each verified against the manifest. */
+export function versionBytes(registry: ModelRegistry, ref: VersionRef): Record<string, Uint8Array> {
+  const present = Object.keys(registry.get(ref.name, ref.version).files);
+  const out: Record<string, Uint8Array> = {};
+  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) if (present.includes(file)) out[file] = registry.readFile(ref.name, ref.version, file);
+  return out;
+}
+
+/** A version's files in the artifact store: what agents fetch to load it. */
 export async function versionFiles(registry: ModelRegistry, artifacts: ArtifactStore, ref: VersionRef): Promise<FileSet> {
   const out: FileSet = {};
-  const present = Object.keys(registry.get(ref.name, ref.version).files);
-  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) {
-    if (present.includes(file)) out[file] = await artifacts.put(registry.readFile(ref.name, ref.version, file));
-  }
+  for (const [file, bytes] of Object.entries(versionBytes(registry, ref))) out[file] = await artifacts.put(bytes);
   return out;
 }
 
 /** The version's weights as a step-0 canonical checkpoint of the job (zero moments, cursor at the start). */
 export async function initCheckpoint(registry: ModelRegistry, artifacts: ArtifactStore, spec: ResolvedJobSpec, jobId: string): Promise<FileSet> {
   const ref = refOf(spec.init!.from);
-  const files: Record<string, Uint8Array | undefined> = {};
-  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) {
-    if (Object.hasOwn(registry.get(ref.name, ref.version).files, file)) files[file] = registry.readFile(ref.name, ref.version, file);
-  }
-  const loaded = importHf(files);
+  const loaded = importHf(versionBytes(registry, ref));
   const layout = paramLayout(loaded.config);
   const model = stateDict(loaded.params, layout) as TensorMap;
   const zeros = stateDict(new Float32Array(layout.totalSize), layout) as TensorMap;

@@ -124,19 +124,8 @@ export async function prepareExamples(o: PrepareExamplesOptions): Promise<Exampl
   } catch (err) {
     throw new ModelError('MDL_ERR_DATA_INPUT', `${o.corpus}: cannot read the examples file (${(err as Error).message})`, { cause: err });
   }
-  const lines = createInterface({ input: createReadStream(o.corpus, { encoding: 'utf8' }), crlfDelay: Infinity });
-  let lineNo = 0, bytesDone = 0, index = 0, lastReport = 0;
-  for await (const line of lines) {
-    lineNo++;
-    bytesDone += Buffer.byteLength(line) + 1;
-    if (line.trim() === '') continue;
-    let raw: unknown;
-    try {
-      raw = JSON.parse(line.replace(/^\uFEFF/, ''));
-    } catch (err) {
-      throw new ModelError('MDL_ERR_DATA_INPUT', `${o.corpus}:${lineNo}: not JSON (${(err as Error).message})`, { cause: err });
-    }
-    const example = parseExample(raw, o.format, `${o.corpus}:${lineNo}`);
+  let index = 0, lastReport = 0;
+  for await (const { example, bytesDone } of readExampleFile(o.corpus, o.format)) {
     // Numbered before the length check, so the split of an example never depends on which others were dropped
     // (and the tokenizer trained on the training split, dataset-worker.ts, sees the same split).
     const split: SplitName = isHeldOut(o.seed, index++, o.heldOutFraction) ? 'heldOut' : 'train';
@@ -173,8 +162,30 @@ export async function prepareExamples(o: PrepareExamplesOptions): Promise<Exampl
   };
   writeFileSync(join(o.outDir, 'examples.json.tmp'), JSON.stringify(result, null, 2) + '\n');
   renameSync(join(o.outDir, 'examples.json.tmp'), join(o.outDir, 'examples.json'));
-  o.onProgress?.({ bytesDone: bytesTotal ?? bytesDone, bytesTotal, examples: index });
+  o.onProgress?.({ bytesDone: bytesTotal, bytesTotal, examples: index });
   return result;
+}
+
+/**
+ * The examples of a .jsonl file in order, streamed, each checked (`parseExample`); a line that is not JSON or not
+ * an example fails with MDL_ERR_DATA_INPUT naming the file and line. Blank lines are skipped. `bytesDone` follows
+ * the reading (for progress).
+ */
+export async function* readExampleFile(path: string, format: ExampleFormat): AsyncGenerator<{ example: HeldOutRecord; bytesDone: number }> {
+  const lines = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  let lineNo = 0, bytesDone = 0;
+  for await (const line of lines) {
+    lineNo++;
+    bytesDone += Buffer.byteLength(line) + 1;
+    if (line.trim() === '') continue;
+    let raw: unknown;
+    try {
+      raw = JSON.parse(line.replace(/^\uFEFF/, ''));
+    } catch (err) {
+      throw new ModelError('MDL_ERR_DATA_INPUT', `${path}:${lineNo}: not JSON (${(err as Error).message})`, { cause: err });
+    }
+    yield { example: parseExample(raw, format, `${path}:${lineNo}`), bytesDone };
+  }
 }
 
 /** Appends one split's sequences to its three files. */
@@ -236,7 +247,12 @@ export function readExamplesIndex(dir: string): ExamplesIndex {
 
 /** The held-out examples (heldout.jsonl) for the evaluation suites. */
 export function readHeldOutRecords(dir: string): HeldOutRecord[] {
-  return readFileSync(join(dir, 'heldout.jsonl'), 'utf8').split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l) as HeldOutRecord);
+  return parseHeldOutRecords(readFileSync(join(dir, 'heldout.jsonl'), 'utf8'));
+}
+
+/** heldout.jsonl's text as records (written by prepareExamples, so already checked). */
+export function parseHeldOutRecords(text: string): HeldOutRecord[] {
+  return text.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l) as HeldOutRecord);
 }
 
 export interface ExampleBatch {
