@@ -50,20 +50,27 @@ export function decideReshape(i: ReshapeInput): ReshapeDecision {
   if (i.spec.parallel !== 'auto' && best.layout.data > i.layout.data) {
     return { action: 'reshape', layout: best.layout, reason: `growing from ${i.layout.data} to ${best.layout.data} data-parallel replicas (${i.free.length} agent${i.free.length === 1 ? '' : 's'} free)` };
   }
-  const current = planJob(planRequest(i.spec, i.members, i.calibration, i.layout)).chosen;
+  // The planner rates a host by its best agent's benchmark (planner.ts hostGflops), so the members are costed with
+  // what their hosts measured across every agent seen here, as the candidate was: else a free agent's better
+  // benchmark on the same host makes the very same shape look faster than itself.
+  const hostBest = new Map<string, number>();
+  for (const a of [...i.members, ...i.free]) hostBest.set(a.host, Math.max(hostBest.get(a.host) ?? 0, a.matmulGflops));
+  const members = i.members.map((m) => ({ ...m, matmulGflops: hostBest.get(m.host)! }));
+  const current = planJob(planRequest(i.spec, members, i.calibration, i.layout)).chosen;
   const currentMs = current?.predicted.stepMs ?? Infinity;
   const bestMs = best.predicted.stepMs;
   const gain = 1 - bestMs / currentMs;
   const straggler = i.straggler;
   const dropsStraggler = straggler !== null && i.members.some((m) => m.id === straggler) && !best.placement.includes(straggler);
   const ms = (x: number) => `${Math.round(x)} ms`;
+  const samePlace = best.placement.length === i.members.length && best.placement.every((id, rank) => id === i.members[rank]!.id);
+  const restaged = best.stages.some(([a, b], s) => a !== i.stages[s]?.[0] || b !== i.stages[s]?.[1]);
+  if (next === was && samePlace && !restaged) return { action: 'keep', reason: `the best shape is the running one (${was} on the same agents)` };
   if (gain >= RESHAPE_MARGIN) {
     const what = dropsStraggler ? `leaving out straggler ${straggler}` : `re-planning ${was} → ${next}`;
     return { action: 'reshape', layout: best.layout, reason: `${what}: predicted ${ms(bestMs)} per step instead of ${ms(currentMs)}` };
   }
   // Same agents, same layout, but the straggler's stage would hold fewer blocks: less work for it.
-  const samePlace = best.placement.length === i.members.length && best.placement.every((id, rank) => id === i.members[rank]!.id);
-  const restaged = best.stages.some(([a, b], s) => a !== i.stages[s]?.[0] || b !== i.stages[s]?.[1]);
   if (straggler !== null && samePlace && next === was && restaged) {
     const bounds = (st: ReadonlyArray<readonly [number, number]>) => st.map(([a, b]) => `[${a}, ${b})`).join(' ');
     return { action: 'reshape', layout: best.layout, reason: `giving straggler ${straggler} less work: stages ${bounds(i.stages)} → ${bounds(best.stages)}` };

@@ -60,6 +60,15 @@ describe('decideReshape', () => {
     assert.match(d.reason, /leaving out straggler b: predicted \d+ ms per step instead of \d+ ms/);
   });
 
+  test('keeps a job whose best shape is the running one, though a free agent on its host benchmarked faster', () => {
+    // Three agents of one host, as on a developer's machine: the free one's self-benchmark came out 40% higher.
+    const local = (id: string, gflops: number): PlannerAgent => ({ id, host: 'h', cores: 8, memoryBytes: 8e9, matmulGflops: gflops });
+    for (const parallel of [{ data: 2 }, { data: 1, pipeline: 2 }]) {
+      const d = decideReshape(running(spec(parallel), [local('a', 10), local('b', 10)], { free: [local('c', 14)] }));
+      assert.equal(d.action, 'keep', d.reason);
+    }
+  });
+
   test('keeps a straggler whose measured slowdown is too small to pay for a restart', () => {
     const members = [agent('a'), agent('b', 1 + RESHAPE_MARGIN / 4)];
     const d = decideReshape(running(spec({ data: 2 }), [agent('a'), agent('b')], { members, free: [agent('c')], straggler: 'b' }));
