@@ -20,6 +20,7 @@ import { validateJobSpec } from '../protocol/job-spec.ts';
 import { jobRings, layoutName, type ParallelLayout } from '../protocol/layout.ts';
 import { CoordinatorError } from './errors.ts';
 import { flatFromStateDict, paramLayout } from '../model/gpt.ts';
+import type { LoraSpec } from '../model/lora.ts';
 import { exportHf } from '../model/hf-format.ts';
 import { allShards } from '../model/shard-layout.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
@@ -27,7 +28,8 @@ import type { AgentHub } from './agent-hub.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
-import { initCheckpoint, refOf, tokenizerSource, versionFiles, versionTokenizer } from './stage-inputs.ts';
+import { checkpointLayouts, initCheckpoint, refOf, tokenizerSource, trainedWeights, versionFiles, versionTokenizer } from './stage-inputs.ts';
+import { registerAdapter } from './adapters.ts';
 import type { GroupManager } from './groups.ts';
 import { decideJobs, type FreeAgent } from './job-scheduler.ts';
 import { decideReshape, decideRestart, type FailureRun } from './elastic.ts';
@@ -361,6 +363,7 @@ export class JobRunner {
       }
       const frozenRef = job.spec.kind === 'dpo' ? refOf(job.spec.init!.from) : job.spec.kind === 'distill' ? refOf(job.spec.distill!.teacher) : null;
       const frozen = frozenRef ? { role: job.spec.kind === 'dpo' ? 'reference' as const : 'teacher' as const, files: await versionFiles(registry, artifacts, frozenRef) } : null;
+      const base = job.spec.lora ? { files: await versionFiles(registry, artifacts, refOf(job.spec.init!.from)) } : null;
       const checkpoint = await this.#lastGoodCheckpoint(job.id);
       const resume = checkpoint ? await this.#resumeFiles(job, checkpoint.step, checkpoint.files, layout, chosen.stages) : null;
       if (attempt.stopping) return;
@@ -381,6 +384,7 @@ export class JobRunner {
           data,
           plan,
           ...(frozen ? { frozen } : {}),
+          ...(base ? { base } : {}),
           ...(attempt.span.traceparent ? { trace: attempt.span.traceparent } : {}),
           ...(resume ? { resume: { step: checkpoint!.step, files: resume.get(`${stage}.${tp}`)! } } : {}),
         });
@@ -414,7 +418,8 @@ export class JobRunner {
     const t0 = this.#now();
     const canonical = await this.#sharder.load(files);
     const out = new Map<string, FileSet>();
-    for (const shard of allShards(stages, layout.tensor)) out.set(`${shard.stage}.${shard.tpRank}`, await this.#sharder.reshard(job.spec.model, canonical, shard));
+    const layouts = checkpointLayouts(job.spec);
+    for (const shard of allShards(stages, layout.tensor)) out.set(`${shard.stage}.${shard.tpRank}`, await this.#sharder.reshard(job.spec.model, canonical, shard, layouts));
     this.#o.log.info(`job ${job.id}: checkpoint of step ${step} resharded for ${layoutName(layout)} (${out.size} shards, ${this.#now() - t0} ms)`);
     return out;
   }
@@ -502,7 +507,7 @@ export class JobRunner {
     const previous = [...attempt.merged.values()].at(-1) ?? Promise.resolve({});
     const merged = previous.catch(() => ({})).then(async () => {
       const t0 = this.#now();
-      const files = needed === 1 ? msg.files : await this.#sharder.mergeShards(job.spec.model, [...got.values()], { layout: { ...layout } });
+      const files = needed === 1 ? msg.files : await this.#sharder.mergeShards(job.spec.model, [...got.values()], { layout: { ...layout } }, checkpointLayouts(job.spec));
       const checkpoint = { step: msg.step, attempt: msg.attempt, files, createdMs: this.#now() };
       this.#o.jobs.putCheckpoint(msg.jobId, checkpoint);
       const bytes = Object.values(files).reduce((sum, digest) => sum + (this.#o.artifacts.sizeOf(digest) ?? 0), 0);
@@ -572,17 +577,27 @@ export class JobRunner {
     this.#o.log.info(`job ${jobId}: evaluation at step ${step}: ${Object.entries(values).map(([k, v]) => `${k} ${Number(v.toPrecision(4))}`).join(', ')}`);
   }
 
-  /** The model version's files (config.json, model.safetensors, tokenizer.json) from the canonical checkpoint of `step` (default: the final one). */
+  /**
+   * The model's files (config.json, model.safetensors, tokenizer.json) from the canonical checkpoint of `step`
+   * (default: the final one); with LoRA the base with the adapter merged in (what the suites judge), and the
+   * adapter's own values (what is registered).
+   */
   async #modelFiles(attempt: Attempt, job: JobRecord, step = job.spec.training.steps): Promise<Record<string, Uint8Array>> {
+    return (await this.#trained(attempt, job, step)).files;
+  }
+
+  async #trained(attempt: Attempt, job: JobRecord, step: number): Promise<{ files: Record<string, Uint8Array>; adapter: Float32Array | null }> {
     const final = attempt.merged.get(step);
     if (!final) throw new Error(`no checkpoint of step ${step} arrived`);
     const canonical = await this.#sharder.load(await final);
     const layout = paramLayout(job.spec.model);
-    const flat = flatFromStateDict(canonical.model, layout);
+    const flat = trainedWeights(this.#o.registry, job.spec, canonical.model);
+    const adapter = job.spec.lora ? checkpointLayouts(job.spec).full : null;
     const tokenizerDigest = attempt.data?.['tokenizer.json'];
     if (!tokenizerDigest) throw new Error('the dataset has no tokenizer.json');
     const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(await this.#o.artifacts.get(tokenizerDigest)).toString('utf8')));
-    return { ...exportHf({ config: job.spec.model, layout }, tokenizer, flat) };
+    const files = { ...exportHf({ config: job.spec.model, layout }, tokenizer, flat) };
+    return { files, adapter: adapter ? flatFromStateDict(canonical.model, adapter) : null };
   }
 
   /**
@@ -595,7 +610,7 @@ export class JobRunner {
     const job = jobs.get(attempt.jobId)!;
     attempt.stopping = true; // training is over: no stall check or reshape may end the attempt while the suite runs
     try {
-      const bytes = await this.#modelFiles(attempt, job, step);
+      const { files: bytes, adapter } = await this.#trained(attempt, job, step);
       const metrics: Record<string, number> = { steps: step };
       if (attempt.lastProgress) metrics.loss = attempt.lastProgress.loss;
       const evalLoss = this.#evalLosses(job.id, step).at(-1)?.[1] ?? attempt.lastEvalLoss;
@@ -624,7 +639,10 @@ export class JobRunner {
         ...jobLineage({ jobId: job.id, spec: job.spec, metrics, attempt: attempt.attempt, run: this.#o.runs?.get(job.id), parent: parentOf(job.spec, registry) }),
         ...(job.spec.distill ? { teacher: refOf(job.spec.distill.teacher) } : {}),
       };
-      const version = await registry.register(job.name, bytes, lineage);
+      // A LoRA job registers its adapter alone (PEFT files, a few percent of the base), on its frozen base.
+      const version = adapter
+        ? await registerAdapter(registry, { name: job.name, base: refOf(job.spec.init!.from), spec: job.spec.lora as LoraSpec, flat: adapter, lineage })
+        : await registry.register(job.name, bytes, lineage);
       jobs.setModelVersion(job.id, version.version, this.#now());
       this.#bus.emit('model', { name: job.name, version: version.version });
       this.#endAttempt(attempt, 'succeeded', `registered ${job.name} v${version.version}${attempt.earlyStopAt !== undefined ? ` (stopped early at step ${step})` : ''}`);

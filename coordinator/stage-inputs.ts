@@ -11,8 +11,11 @@
  */
 import { createHash } from 'node:crypto';
 import { encodeCheckpoint } from '../model/checkpoint.ts';
-import { paramLayout, stateDict, type GPTConfig } from '../model/gpt.ts';
+import { modelLayouts, type CheckpointLayouts } from '../model/checkpoint-reshard.ts';
+import { flatFromStateDict, initParams, paramLayout, stateDict, type GPTConfig, type ParamLayout } from '../model/gpt.ts';
 import { configFromHf, importHf } from '../model/hf-format.ts';
+import { loraLayout, loraLayouts, loraSpec, mergeLora } from '../model/lora.ts';
+import type { F32Tensor } from '../model/optim.ts';
 import type { TensorMap } from '../model/safetensors.ts';
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
@@ -108,12 +111,22 @@ export async function versionFiles(registry: ModelRegistry, artifacts: ArtifactS
   return out;
 }
 
-/** The version's weights as a step-0 canonical checkpoint of the job (zero moments, cursor at the start). */
+/**
+ * The version's weights as a step-0 canonical checkpoint of the job (zero moments, cursor at the start). A LoRA
+ * job trains only its adapter on the frozen version, so its step 0 is a fresh adapter (B = 0: the base's outputs).
+ */
 export async function initCheckpoint(registry: ModelRegistry, artifacts: ArtifactStore, spec: ResolvedJobSpec, jobId: string): Promise<FileSet> {
   const ref = refOf(spec.init!.from);
-  const loaded = importHf(versionBytes(registry, ref));
-  const layout = paramLayout(loaded.config);
-  const model = stateDict(loaded.params, layout) as TensorMap;
+  let layout: ParamLayout, flat: Float32Array;
+  if (spec.lora) {
+    layout = loraLayout(spec.model, loraSpec(spec.lora, spec.model));
+    flat = initParams(layout, spec.training.seed);
+  } else {
+    const loaded = importHf(versionBytes(registry, ref));
+    layout = paramLayout(loaded.config);
+    flat = loaded.params;
+  }
+  const model = stateDict(flat, layout) as TensorMap;
   const zeros = stateDict(new Float32Array(layout.totalSize), layout) as TensorMap;
   const encoded = encodeCheckpoint(0, {
     model,
@@ -123,4 +136,23 @@ export async function initCheckpoint(registry: ModelRegistry, artifacts: Artifac
   const out: FileSet = {};
   for (const [name, bytes] of Object.entries(encoded.files)) out[name] = await artifacts.put(bytes);
   return out;
+}
+
+/** What the job's checkpoints hold and how they are cut: the whole model, or with LoRA only its adapter. */
+export function checkpointLayouts(spec: ResolvedJobSpec): CheckpointLayouts {
+  return spec.lora ? loraLayouts(spec.model, loraSpec(spec.lora, spec.model)) : modelLayouts(spec.model);
+}
+
+/**
+ * The full weights a canonical checkpoint's model tensors stand for (paramLayout order): themselves, or with LoRA
+ * the frozen base (the init version) with the adapter merged in, which gives exactly the outputs of the two served
+ * unmerged: what the evaluation suites judge.
+ */
+export function trainedWeights(registry: ModelRegistry, spec: ResolvedJobSpec, model: TensorMap): Float32Array {
+  if (!spec.lora) return flatFromStateDict(model, paramLayout(spec.model));
+  const lora = loraSpec(spec.lora, spec.model);
+  const adapter = flatFromStateDict(model, loraLayout(spec.model, lora));
+  const base = importHf(versionBytes(registry, refOf(spec.init!.from)));
+  const merged: Record<string, F32Tensor> = mergeLora(stateDict(base.params, paramLayout(base.config)), adapter, spec.model, lora);
+  return flatFromStateDict(merged, paramLayout(spec.model));
 }

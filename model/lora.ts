@@ -19,7 +19,9 @@ import { ModelError } from './errors.ts';
 import type { F32Tensor } from './optim.ts';
 import { checkShard, sliceOf, type ShardLayout, type ShardParamSpec, type ShardSpec, type TpSplit } from './shard-layout.ts';
 
-export const LORA_TARGETS = ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] as const;
+import { LORA_TARGETS } from '../protocol/job-spec.ts';
+
+export { LORA_TARGETS };
 export type LoraTarget = (typeof LORA_TARGETS)[number];
 
 export interface LoraSpec {

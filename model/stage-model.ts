@@ -24,7 +24,8 @@
  * an unsplit model (one stage) pays nothing extra.
  */
 import * as tf from '@tensorflow/tfjs';
-import { causalMask, gelu, layerNorm, linear, type GPTConfig } from './gpt.ts';
+import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
+import { loraDropout } from './lora.ts';
 import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
@@ -44,21 +45,40 @@ export type StageInput = { readonly ids: Int32Array } | { readonly acts: Float32
  */
 export type StageUpstream = { readonly targets: Int32Array; readonly scale: number; readonly objective?: Objective } | { readonly gradOut: Float32Array };
 
-type Param = (name: string) => tf.Tensor;
+/**
+ * LoRA (model/lora.ts): the shard's adapter factors, trained while every base weight stays frozen. Its layout is
+ * the shard's cut of the adapter (loraShardLayout); `flat` holds its values in that order.
+ */
+export interface StageAdapter {
+  readonly layout: ShardLayout;
+  readonly flat: Float32Array;
+  readonly scale: number; // alpha / rank
+  readonly dropout: number; // on each adapter's input while training
+}
 
 export class StageModel {
   readonly config: GPTConfig;
   readonly layout: ShardLayout;
+  /** What is trained: the shard's parameters, or with an adapter only its factors (the gradient buffer's layout). */
+  readonly trainable: ShardLayout;
   readonly hasEmbed: boolean;
   readonly hasHead: boolean;
   readonly #vars: Map<string, tf.Variable>;
+  readonly #adapterVars: Map<string, tf.Variable>;
+  readonly #adapter: { scale: number; dropout: number; byPrefix: Map<string, { A: tf.Variable; B: tf.Variable; seed: number }> } | null;
+  #dropoutSeed: number | undefined; // set while a training pass runs: adapter dropout is on
   readonly #tp: TensorParallel | null;
   readonly #copyToTp: (x: tf.Tensor) => tf.Tensor;
   readonly #reduceFromTp: (x: tf.Tensor) => tf.Tensor;
   #masks = new Map<number, Float32Array>();
 
-  constructor(config: GPTConfig, layout: ShardLayout, flat: Float32Array, tp?: TensorParallel) {
+  /**
+   * `flat` is the shard's parameters in `layout` order. With `adapter`, they are the frozen base and only the
+   * adapter's factors are variables that train (backward's gradients and writeParams are in the adapter's layout).
+   */
+  constructor(config: GPTConfig, layout: ShardLayout, flat: Float32Array, tp?: TensorParallel, adapter?: StageAdapter) {
     if (flat.length !== layout.totalSize) throw new RangeError(`shard buffer has ${flat.length} elements, its layout needs ${layout.totalSize}`);
+    if (adapter && adapter.flat.length !== adapter.layout.totalSize) throw new RangeError(`adapter buffer has ${adapter.flat.length} elements, its layout needs ${adapter.layout.totalSize}`);
     const shard = layout.shard;
     if ((tp?.size ?? 1) !== shard.tpSize) throw new RangeError(`the shard is one of ${shard.tpSize} tensor-parallel ranks, the group has ${tp?.size ?? 1}`);
     this.config = config;
@@ -66,12 +86,28 @@ export class StageModel {
     this.hasEmbed = shard.stage === 0;
     this.hasHead = shard.stage === shard.stages - 1;
     this.#tp = shard.tpSize > 1 ? tp! : null;
-    this.#vars = new Map(layout.specs.map((s) => {
-      const t = tf.tensor(flat.subarray(s.offset, s.offset + s.size), s.shape as number[], 'float32');
-      const v = tf.variable(t, true);
+    this.trainable = adapter?.layout ?? layout;
+    const variables = (l: ShardLayout, values: Float32Array, trainable: boolean) => new Map(l.specs.map((s) => {
+      const t = tf.tensor(values.subarray(s.offset, s.offset + s.size), s.shape as number[], 'float32');
+      const v = tf.variable(t, trainable);
       t.dispose();
       return [s.name, v];
     }));
+    this.#vars = variables(layout, flat, !adapter);
+    this.#adapterVars = adapter ? variables(adapter.layout, adapter.flat, true) : new Map();
+    this.#adapter = null;
+    if (adapter) {
+      const byPrefix = new Map<string, { A: tf.Variable; B: tf.Variable; seed: number }>();
+      for (const [name, A] of this.#adapterVars) {
+        if (!name.endsWith('.lora_A')) continue;
+        const prefix = name.slice(0, -'.lora_A'.length);
+        const B = this.#adapterVars.get(`${prefix}.lora_B`);
+        if (!B || !this.#vars.has(`${prefix}.weight`)) throw new RangeError(`adapter ${prefix} needs lora_A, lora_B and a base ${prefix}.weight in this shard`);
+        byPrefix.set(prefix, { A, B, seed: byPrefix.size + 1 });
+      }
+      this.#adapter = { scale: adapter.scale, dropout: adapter.dropout, byPrefix };
+      this.#param = Object.assign((name: string) => this.#lookup(name), { lora: (prefix: string) => this.#lora(prefix) });
+    }
     const sum = (x: tf.Tensor): tf.Tensor => {
       const data = Float32Array.from(x.dataSync() as Float32Array);
       this.#tp!.allReduce(data);
@@ -82,10 +118,13 @@ export class StageModel {
     this.#reduceFromTp = this.#tp ? tf.customGrad((x) => ({ value: sum(x as tf.Tensor), gradFunc: (dy) => dy.clone() })) as (x: tf.Tensor) => tf.Tensor : (x) => x;
   }
 
-  /** Runs the stage without gradients; returns its output activations [B·T, d] (not on the last stage). */
-  forward(input: StageInput, B: number, T: number): Float32Array {
+  /**
+   * Runs the stage without gradients; returns its output activations [B·T, d] (not on the last stage). A training
+   * pass gives `dropoutSeed` (adapter dropout on), and its backward the same seed, so the recomputation matches.
+   */
+  forward(input: StageInput, B: number, T: number, dropoutSeed?: number): Float32Array {
     if (this.hasHead) throw new RangeError('the last stage has no activations to send; call backward (or loss)');
-    return tf.tidy(() => Float32Array.from(this.#body(this.#input(input, B, T), B, T).dataSync() as Float32Array));
+    return this.#training(dropoutSeed, () => tf.tidy(() => Float32Array.from(this.#body(this.#input(input, B, T), B, T).dataSync() as Float32Array)));
   }
 
   /** The micro-batch's loss (last stage only, no gradients): held-out evaluation. */
@@ -99,11 +138,12 @@ export class StageModel {
    * layout order) and returns ∂L/∂input (not on the first stage) and, on the last stage, the micro-batch's loss
    * (before `scale`, which multiplies only its gradient: 1/m for a mean over m micro-batches).
    */
-  backward(input: StageInput, B: number, T: number, upstream: StageUpstream, grads: Float32Array): { gradIn?: Float32Array; loss?: number } {
-    if (grads.length !== this.layout.totalSize) throw new RangeError(`gradient buffer has ${grads.length} elements, the shard ${this.layout.totalSize}`);
-    const names = [...this.#vars.keys()];
-    const vars = [...this.#vars.values()];
-    return tf.tidy(() => {
+  backward(input: StageInput, B: number, T: number, upstream: StageUpstream, grads: Float32Array, dropoutSeed?: number): { gradIn?: Float32Array; loss?: number } {
+    if (grads.length !== this.trainable.totalSize) throw new RangeError(`gradient buffer has ${grads.length} elements, the shard trains ${this.trainable.totalSize}`);
+    const trained = this.#adapter ? this.#adapterVars : this.#vars;
+    const names = [...trained.keys()];
+    const vars = [...trained.values()];
+    return this.#training(dropoutSeed, () => tf.tidy(() => {
       // The first stage's embedding must run under the tape (wte and wpe train); other stages' input is a leaf.
       const wantInput = !this.hasEmbed;
       const leaf = wantInput ? this.#input(input, B, T) : null;
@@ -121,7 +161,7 @@ export class StageModel {
       }
       const paramGrads = wantInput ? result.grads.slice(1) : result.grads;
       for (let i = 0; i < names.length; i++) {
-        const spec = this.layout.byName.get(names[i]!)!;
+        const spec = this.trainable.byName.get(names[i]!)!;
         const g = paramGrads[i]!.dataSync() as Float32Array;
         for (let j = 0, o = spec.offset; j < g.length; j++) grads[o + j] = grads[o + j]! + g[j]!;
       }
@@ -129,20 +169,43 @@ export class StageModel {
         ...(wantInput ? { gradIn: Float32Array.from(result.grads[0]!.dataSync() as Float32Array) } : {}),
         ...(this.hasHead ? { loss: result.value.dataSync()[0]! } : {}),
       };
-    });
+    }));
   }
 
-  /** Uploads the shard's flat buffer (layout order) into the variables. */
+  /** Uploads the trained values (the shard's flat buffer, or the adapter's, in `trainable` order) into the variables. */
   writeParams(flat: Float32Array): void {
-    for (const s of this.layout.specs) {
+    const vars = this.#adapter ? this.#adapterVars : this.#vars;
+    for (const s of this.trainable.specs) {
       const t = tf.tensor(flat.subarray(s.offset, s.offset + s.size), s.shape as number[], 'float32');
-      this.#vars.get(s.name)!.assign(t);
+      vars.get(s.name)!.assign(t);
       t.dispose();
     }
   }
 
   dispose(): void {
-    for (const v of this.#vars.values()) v.dispose();
+    for (const v of [...this.#vars.values(), ...this.#adapterVars.values()]) v.dispose();
+  }
+
+  #training<T>(dropoutSeed: number | undefined, run: () => T): T {
+    this.#dropoutSeed = dropoutSeed;
+    try {
+      return run();
+    } finally {
+      this.#dropoutSeed = undefined;
+    }
+  }
+
+  /**
+   * The adapter on layer `prefix`, if any. Dropout masks are seeded by the pass and the layer, so a pipeline
+   * stage's recomputed forward sees the masks its first forward saw, and every tensor-parallel rank the same mask
+   * on its replicated input.
+   */
+  #lora(prefix: string): LoraFactors | undefined {
+    const a = this.#adapter!, f = a.byPrefix.get(prefix);
+    if (!f) return undefined;
+    const seed = this.#dropoutSeed;
+    const input = a.dropout > 0 && seed !== undefined ? (x: tf.Tensor2D) => loraDropout(x, a.dropout, (seed * 1009 + f.seed) % 2 ** 31) : undefined;
+    return { A: f.A as tf.Tensor2D, B: f.B as tf.Tensor2D, scale: a.scale, ...(input ? { input } : {}) };
   }
 
   // ------------------------------------------------------------------------------------------------ the stage
@@ -198,15 +261,22 @@ export class StageModel {
     return this.#rowParallel(h, `${prefix}.c_proj`);
   }
 
-  /** x·W_rows summed over the group, then the (replicated) bias once. */
+  /**
+   * x·W_rows summed over the group, then the (replicated) bias once. An adapter's rows-cut A_k adds
+   * scale·(x_k·A_k)·B to this rank's partial before the same sum (model/lora.ts LORA_TP_RULES).
+   */
   #rowParallel(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
-    const partial = tf.matMul(x, this.#param(`${prefix}.weight`) as tf.Tensor2D);
+    let partial = tf.matMul(x, this.#param(`${prefix}.weight`) as tf.Tensor2D);
+    const lora = this.#param.lora?.(prefix);
+    if (lora) partial = partial.add(tf.matMul(tf.matMul(lora.input ? lora.input(x) : x, lora.A), lora.B).mul(lora.scale));
     return (this.#reduceFromTp(partial) as tf.Tensor2D).add(this.#param(`${prefix}.bias`));
   }
 
-  #param: Param = (name) => {
+  #lookup(name: string): tf.Tensor {
     const v = this.#vars.get(name);
     if (!v) throw new RangeError(`shard of stage ${this.layout.shard.stage}, tp rank ${this.layout.shard.tpRank} has no ${name}`);
     return v;
-  };
+  }
+
+  #param: Param = (name) => this.#lookup(name);
 }

@@ -216,6 +216,11 @@ export const coordinatorMessages = {
      */
     frozen: Type.Optional(Type.Object({ role: Type.Union([Type.Literal('reference'), Type.Literal('teacher')]), files: FileSet }, { additionalProperties: false })),
     /**
+     * A LoRA job's frozen base (spec.lora): the init.from version's files, which every rank loads and cuts to its
+     * shard; what the job trains, checkpoints and resumes is only the adapter.
+     */
+    base: Type.Optional(Type.Object({ files: FileSet }, { additionalProperties: false })),
+    /**
      * W3C traceparent of the coordinator's span for this attempt. When present, every rank traces its steps: rank 0
      * broadcasts each step's span context over the world ring so that one step's spans on every agent share a trace.
      */

@@ -92,6 +92,19 @@ export const DistillSpec = Type.Object(
   { additionalProperties: false },
 );
 
+/** The linear layers of each block an adapter may target (GPT-2 names); model/lora.ts owns what they mean. */
+export const LORA_TARGETS = ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] as const;
+
+export const LoraSpecSchema = Type.Object(
+  {
+    rank: Type.Optional(PositiveInt(1024, 'r: the inner dimension of each adapter A·B (≤ model.nEmbd); default 8')),
+    alpha: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1e4, description: 'the update is scaled by alpha / rank; default 2 × rank' })),
+    dropout: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1, description: "dropout on each adapter's input while training; default 0" })),
+    targets: Type.Optional(Type.Array(Type.Union(LORA_TARGETS.map((t) => Type.Literal(t))), { minItems: 1, maxItems: LORA_TARGETS.length, uniqueItems: true, description: 'which linear layers of every block get an adapter; default all four' })),
+  },
+  { additionalProperties: false, description: 'train low-rank adapters on the frozen init.from version instead of all weights' },
+);
+
 export const EvalSpec = Type.Object(
   {
     tasks: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, description: 'held-out instruction tasks (.jsonl of {prompt, response}) for exact-match; default: the data\'s held-out split' })),
@@ -131,6 +144,7 @@ export const JobSpec = Type.Object(
     init: Type.Optional(InitSpec),
     dpo: Type.Optional(DpoSpec),
     distill: Type.Optional(DistillSpec),
+    lora: Type.Optional(LoraSpecSchema),
     eval: Type.Optional(EvalSpec),
   },
   { additionalProperties: false },
@@ -146,6 +160,7 @@ export interface ResolvedJobSpec extends JobSpec {
   parallel: ResolvedParallel | 'auto';
   dpo?: Required<Static<typeof DpoSpec>>;
   distill?: Required<Static<typeof DistillSpec>>;
+  lora?: Required<Static<typeof LoraSpecSchema>>;
 }
 
 /** How a kind's data are laid out: token shards of text, or examples (one sequence, or a chosen/rejected pair). */
@@ -206,12 +221,14 @@ export function validateJobSpec(raw: unknown): SpecResult {
     kind: spec.kind ?? 'pretrain',
     dpo: spec.dpo || spec.kind === 'dpo' ? { beta: 0.1, ...spec.dpo } : undefined,
     distill: spec.distill ? { temperature: 2, alpha: 0.5, ...spec.distill } : undefined,
+    lora: spec.lora ? resolveLora(spec.lora) : undefined,
     data: { heldOutFraction: 0.05, ...spec.data },
     training,
     parallel: spec.parallel === undefined || spec.parallel === 'auto' ? 'auto' : { pipeline: 1, tensor: 1, minData: spec.parallel.data, ...spec.parallel },
   };
   if (!resolved.dpo) delete resolved.dpo; // absent, not undefined: the stored spec stays the submitted shape
   if (!resolved.distill) delete resolved.distill;
+  if (!resolved.lora) delete resolved.lora;
   const errors: string[] = [];
   const m = resolved.model;
   if (m.nEmbd % m.nHead !== 0) errors.push(`/model/nEmbd ${m.nEmbd} must be divisible by /model/nHead ${m.nHead}`);
@@ -227,6 +244,8 @@ export function validateJobSpec(raw: unknown): SpecResult {
   if (kind === 'distill' && !spec.distill) errors.push('/distill a distill job needs distill.teacher');
   if (kind !== 'distill' && spec.distill) errors.push(`/distill only a distill job has a teacher (kind is ${kind})`);
   if (kind !== 'dpo' && spec.dpo) errors.push(`/dpo only a dpo job has DPO settings (kind is ${kind})`);
+  if (resolved.lora && !spec.init) errors.push('/init a LoRA job needs init.from: the frozen base version its adapters are trained on');
+  if (resolved.lora && resolved.lora.rank > m.nEmbd) errors.push(`/lora/rank ${resolved.lora.rank} exceeds /model/nEmbd ${m.nEmbd}: an adapter's rank is at most its layer's smaller side`);
   if (spec.eval?.earlyStopping && training.evalEvery === 0) errors.push('/eval/earlyStopping needs /training/evalEvery > 0: it watches the held-out loss');
   // Early stopping registers the checkpoint of the step it stops at, so every evaluation step must be a checkpoint step.
   if (spec.eval?.earlyStopping && training.checkpointEvery === 0) errors.push('/eval/earlyStopping needs /training/checkpointEvery > 0: the model is taken from the checkpoint of the step it stops at');
@@ -251,4 +270,11 @@ export function validateJobSpec(raw: unknown): SpecResult {
     }
   }
   return errors.length ? { ok: false, errors } : { ok: true, spec: resolved };
+}
+
+/** Defaults of a LoRA block: rank 8, alpha 2 × rank, no dropout, every linear layer; targets in canonical order. */
+function resolveLora(l: Static<typeof LoraSpecSchema>): Required<Static<typeof LoraSpecSchema>> {
+  const rank = l.rank ?? 8;
+  const targets = LORA_TARGETS.filter((t) => (l.targets ?? LORA_TARGETS).includes(t));
+  return { rank, alpha: l.alpha ?? 2 * rank, dropout: l.dropout ?? 0, targets };
 }

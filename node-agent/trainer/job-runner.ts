@@ -35,6 +35,7 @@ import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.t
 import { coordsOf, layoutName, rankOf, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
 import { checkpointDirName, encodeCheckpoint, loadCheckpoint, MANIFEST_FILE } from '../../model/checkpoint.ts';
 import { shardLayout, shardOfCheckpoint, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
+import { loraShardLayout, loraSpec } from '../../model/lora.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { Ring } from '../collectives/ring.ts';
@@ -160,7 +161,9 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
       throw new JobFault(`the plan gives ${placement.stages.length} stage bounds for ${layout.pipeline} stages`);
     }
     const shard: ShardSpec = { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor };
-    const layoutOfShard = shardLayout(spec.model, shard); // validates the shard against the model
+    // Validates the shard against the model; with LoRA, what the checkpoints hold is the adapter's cut of it.
+    const modelShard = shardLayout(spec.model, shard);
+    const layoutOfShard = spec.lora ? loraShardLayout(spec.model, loraSpec(spec.lora, spec.model), shard) : modelShard;
     links = typeof ctx.links === 'function' ? ctx.links(placement) : ctx.links;
     const { world, data, tensor, tied, prev, next } = links;
     if (world.size !== start.world || world.rank !== rank) throw new Error(`the world ring is rank ${world.rank} of ${world.size}, the job says rank ${rank} of ${start.world}`);
@@ -174,13 +177,16 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
     // dpo's reference / distill's teacher runs on the last stage only: only it fetches the version's files.
     const frozenDir = start.frozen && shard.stage === shard.stages - 1 ? join(jobDir, 'frozen') : undefined;
     if (frozenDir) await race(download(ctx.artifacts, start.frozen!.files, frozenDir, `${start.frozen!.role} model file`));
+    // A LoRA job's frozen base: every rank cuts its shard of it.
+    const baseDir = start.base ? join(jobDir, 'base') : undefined;
+    if (baseDir) await race(download(ctx.artifacts, start.base!.files, baseDir, 'LoRA base model file'));
     log.info(`job ${jobId} attempt ${attempt}: rank ${rank}/${start.world} of ${layoutName(layout)} (replica ${coords.dp}, stage ${coords.pp} ` +
       `blocks [${firstLayer}, ${endLayer}), shard ${coords.tp})${resume ? `, resuming after step ${resume.step}` : ''}`);
 
     // 2. the worker
     worker = new TrainerWorker(ctx.backend);
     if (ctx.signal.aborted) worker.terminate();
-    const ready = await race(worker.request({ type: 'init', spec, placement, dataDir, ...(resume ? { resume } : {}), ...(frozenDir ? { frozenDir } : {}) }, 'ready'));
+    const ready = await race(worker.request({ type: 'init', spec, placement, dataDir, ...(resume ? { resume } : {}), ...(frozenDir ? { frozenDir } : {}), ...(baseDir ? { baseDir } : {}) }, 'ready'));
     const params = new Float32Array(ready.params), grads = new Float32Array(ready.grads);
     worker.serveTensorParallel(ready, tensor);
     const optimizerBytes = 2 * 4 * (ready.optimizerRange[1] - ready.optimizerRange[0]);

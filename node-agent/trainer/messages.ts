@@ -59,7 +59,7 @@ export interface ResumeState {
 }
 
 export type ToWorker =
-  | { type: 'init'; spec: ResolvedJobSpec; placement: Placement; dataDir: string; resume?: ResumeState; frozenDir?: string }
+  | { type: 'init'; spec: ResolvedJobSpec; placement: Placement; dataDir: string; resume?: ResumeState; frozenDir?: string; baseDir?: string }
   | { type: 'begin'; step: number }
   | { type: 'fwd'; mb: number; acts?: Float32Array }
   | { type: 'bwd'; mb: number; gradOut?: Float32Array }

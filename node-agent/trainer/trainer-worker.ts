@@ -27,12 +27,13 @@ const { backend } = workerData as { backend: BackendChoice };
 const loaded = await loadBackend(backend);
 const tf = loaded.tf;
 const { StageModel } = await import('../../model/stage-model.ts');
-const { initShardParams, shardLayout } = await import('../../model/shard-layout.ts');
+const { extractShard, initShardParams, shardLayout } = await import('../../model/shard-layout.ts');
 const { AdamW, lrAt } = await import('../../model/optim.ts');
 const { tokenBatch } = await import('../../model/train-step.ts');
 const { TokenShardReader } = await import('../../model/token-shard-reader.ts');
 const { ExampleReader } = await import('../../model/examples.ts');
-const { GPT } = await import('../../model/gpt.ts');
+const { GPT, initParams, paramLayout, unflatten } = await import('../../model/gpt.ts');
+const { loraLayout, loraScale, loraShardLayout, loraSpec, partialSumGrads } = await import('../../model/lora.ts');
 const { importHf } = await import('../../model/hf-format.ts');
 const { rowLogprobs } = await import('../../model/objectives.ts');
 const { chunkRange } = await import('../collectives/partition.ts');
@@ -41,6 +42,7 @@ type Reader = InstanceType<typeof TokenShardReader> | InstanceType<typeof Exampl
 /** One micro-batch: ids and targets [rows, seq]; with examples, which targets are learned ([rows, seq]). */
 type TokenBatch = import('../../model/train-step.ts').TokenBatch & { weights?: Float32Array };
 type Objective = import('../../model/objectives.ts').Objective;
+type ShardLayout = import('../../model/shard-layout.ts').ShardLayout;
 
 /** How long a tensor-parallel all-reduce may take before the worker gives up (main's ring has its own timeout). */
 const TP_WAIT_MS = 10 * 60_000;
@@ -59,6 +61,8 @@ interface Job {
   rows: number; // rows per micro-batch (examples × rowsPerExample)
   examples: boolean; // the data are examples (model/examples.ts), not token shards
   frozen: InstanceType<typeof GPT> | null; // dpo's reference or distill's teacher, on the last stage only
+  tp: { allReduce(x: Float32Array): void; chunk: number }; // the tensor-parallel group (size 1: no-op)
+  partialSums: Array<[number, number]>; // LoRA factors whose gradient is a partial sum over the TP group: [offset, size]
   train: Reader;
   heldOut: Reader | null;
   micro: TokenBatch[]; // this step's micro-batches
@@ -83,7 +87,7 @@ port.on('message', (msg: ToWorker) => {
 function handle(msg: ToWorker): [FromWorker, TransferListItem[]] {
   switch (msg.type) {
     case 'init':
-      return [init(msg.spec, msg.placement, msg.dataDir, msg.resume, msg.frozenDir), []];
+      return [init(msg.spec, msg.placement, msg.dataDir, msg.resume, msg.frozenDir, msg.baseDir), []];
     case 'begin':
       return [begin(need(), msg.step), []];
     case 'fwd':
@@ -121,7 +125,7 @@ function need(): Job {
   return job;
 }
 
-function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resume?: ResumeState, frozenDir?: string): FromWorker {
+function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resume?: ResumeState, frozenDir?: string, baseDir?: string): FromWorker {
   if (job) throw new Error('the trainer worker is already initialised');
   const t = spec.training;
   const { layout, stages, microBatches, zero, rank } = placement;
@@ -132,6 +136,10 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
   }
   const [firstLayer, endLayer] = stages[coords.pp]!;
   const shard = shardLayout(spec.model, { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor });
+  // With LoRA the base is frozen and read from the init version; what trains (and is checkpointed) is the adapter.
+  const lora = spec.lora ? loraSpec(spec.lora, spec.model) : null;
+  const trainable = lora ? loraShardLayout(spec.model, lora, shard.shard) : shard;
+  const base = lora ? loadBase(spec, baseDir, shard) : null;
 
   const tokenizerBytes = readFileSync(join(dataDir, 'tokenizer.json'));
   const tokenizerSha256 = createHash('sha256').update(tokenizerBytes).digest('hex');
@@ -142,24 +150,28 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
     throw new Error(`the data's vocabulary has ${train.index.vocabSize} ids but model.vocabSize is ${spec.model.vocabSize}`);
   }
 
-  const params = new Float32Array(new SharedArrayBuffer(shard.totalSize * 4));
+  const params = new Float32Array(new SharedArrayBuffer(trainable.totalSize * 4));
   if (resume) {
-    for (const s of shard.specs) {
+    for (const s of trainable.specs) {
       const tensor = resume.model[s.name];
       if (!tensor || tensor.dtype !== 'F32' || !(tensor.data instanceof Float32Array) || tensor.data.length !== s.size) {
         throw new Error(`the resume checkpoint's ${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
       }
       params.set(tensor.data, s.offset);
     }
+  } else if (lora) {
+    const views = unflatten(initParams(loraLayout(spec.model, lora), t.seed), loraLayout(spec.model, lora));
+    params.set(extractShard((name) => views.get(name)!, trainable));
   } else params.set(initShardParams(spec.model, shard, t.seed));
-  const grads = new Float32Array(new SharedArrayBuffer(shard.totalSize * 4));
+  const grads = new Float32Array(new SharedArrayBuffer(trainable.totalSize * 4));
 
-  const range: [number, number] = zero ? (({ start, end }) => [start, end] as [number, number])(chunkRange(shard.totalSize, layout.data, coords.dp)) : [0, shard.totalSize];
-  const optimizer = new AdamW(shard.specs, { beta1: t.beta1, beta2: t.beta2, weightDecay: t.weightDecay }, { range: { start: range[0], end: range[1] } });
+  const range: [number, number] = zero ? (({ start, end }) => [start, end] as [number, number])(chunkRange(trainable.totalSize, layout.data, coords.dp)) : [0, trainable.totalSize];
+  // AdamW's moments exist for what trains only: with LoRA, the adapter's factors.
+  const optimizer = new AdamW(trainable.specs, { beta1: t.beta1, beta2: t.beta2, weightDecay: t.weightDecay }, { range: { start: range[0], end: range[1] } });
   if (resume) {
-    const m = new Float32Array(shard.totalSize), v = new Float32Array(shard.totalSize);
+    const m = new Float32Array(trainable.totalSize), v = new Float32Array(trainable.totalSize);
     for (const [label, from, into] of [['exp_avg', resume.optimizer.expAvg, m], ['exp_avg_sq', resume.optimizer.expAvgSq, v]] as const) {
-      for (const s of shard.specs) {
+      for (const s of trainable.specs) {
         const tensor = from[s.name];
         if (!tensor || tensor.dtype !== 'F32' || !(tensor.data instanceof Float32Array) || tensor.data.length !== s.size) {
           throw new Error(`the resume checkpoint's ${label}.${s.name} does not fit this shard`);
@@ -193,19 +205,39 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
       x.set(tpView.subarray(0, x.length));
     },
   };
-  const model = new StageModel(spec.model, shard, params, tp);
+  const model = lora
+    ? new StageModel(spec.model, shard, base!, tp, { layout: trainable, flat: params, scale: loraScale(lora), dropout: lora.dropout })
+    : new StageModel(spec.model, shard, params, tp);
   const frozen = model.hasHead && frozenDir ? loadFrozen(spec, frozenDir) : null;
   if (model.hasHead && (spec.kind === 'dpo' || spec.kind === 'distill') && !frozen) throw new Error(`a ${spec.kind} job needs its ${spec.kind === 'dpo' ? 'reference' : 'teacher'} model on the last stage`);
-  const tied = layout.pipeline > 1 ? shard.byName.get('wte.weight') : undefined;
+  const tied = layout.pipeline > 1 ? trainable.byName.get('wte.weight') : undefined; // frozen under LoRA: nothing to tie
+  const partialSums = partialSumGrads(trainable).map((name) => [trainable.byName.get(name)!.offset, trainable.byName.get(name)!.size] as [number, number]);
   job = {
     spec, placement, coords, dataDir, tokenizerSha256, model, optimizer, range, params, grads, rows, examples, frozen, train,
+    tp: { allReduce: (x) => tp.allReduce(x), chunk: tpView.length }, partialSums,
     heldOut: null, micro: [], inputs: new Map(), evalMicro: [], step: resume?.step ?? 0,
   };
   return {
     type: 'ready', params: params.buffer as SharedArrayBuffer, grads: grads.buffer as SharedArrayBuffer, tpData, tpFlag,
-    paramCount: shard.totalSize, optimizerRange: range, tiedRange: tied ? [tied.offset, tied.offset + tied.size] : null,
+    paramCount: trainable.totalSize, optimizerRange: range, tiedRange: tied ? [tied.offset, tied.offset + tied.size] : null,
     backend: loaded.name, step: job.step, cursor: train.cursor,
   };
+}
+
+/**
+ * A LoRA job's frozen base, cut to this shard: the init version's weights (the agent downloaded its files). It
+ * must be the job's model: the adapter's shapes and the shard bounds are the job's.
+ */
+function loadBase(spec: ResolvedJobSpec, dir: string | undefined, shard: ShardLayout): Float32Array {
+  if (!dir) throw new Error('a LoRA job needs its base model (job.start names no base files)');
+  const read = (name: string) => (existsSync(join(dir, name)) ? readFileSync(join(dir, name)) : undefined);
+  const loaded = importHf(Object.fromEntries(['config.json', 'model.safetensors', 'model.int8.safetensors', 'tokenizer.json'].map((n) => [n, read(n)])));
+  const c = loaded.config, m = spec.model;
+  if (c.vocabSize !== m.vocabSize || c.nLayer !== m.nLayer || c.nEmbd !== m.nEmbd || c.nHead !== m.nHead || c.nCtx !== m.nCtx) {
+    throw new Error(`the LoRA base's config ${JSON.stringify(c)} is not the job's model ${JSON.stringify(m)}`);
+  }
+  const views = unflatten(loaded.params, paramLayout(c));
+  return extractShard((name) => views.get(name)!, shard);
 }
 
 /**
@@ -288,7 +320,7 @@ function forward(j: Job, i: number, acts?: Float32Array): [FromWorker, TransferL
   const input = stageInput(j, mb, acts);
   if (acts) j.inputs.set(i, acts);
   if (j.model.hasHead) return [{ type: 'fwdDone', busyMs: performance.now() - t0 }, []]; // the backward does it all
-  const out = j.model.forward(input, mb.batch, mb.seq);
+  const out = j.model.forward(input, mb.batch, mb.seq, dropoutSeed(j, i));
   return [{ type: 'fwdDone', out, busyMs: performance.now() - t0 }, [out.buffer as ArrayBuffer]];
 }
 
@@ -300,9 +332,14 @@ function backward(j: Job, i: number, gradOut?: Float32Array): [FromWorker, Trans
   j.inputs.delete(i);
   if (!j.model.hasHead && !gradOut) throw new Error(`stage ${j.coords.pp} needs the next stage's gradient`);
   const upstream = j.model.hasHead ? { targets: mb.targets, scale: 1 / j.placement.microBatches, objective: objectiveFor(j, mb) } : { gradOut: gradOut! };
-  const r = j.model.backward(input, mb.batch, mb.seq, upstream, j.grads);
+  const r = j.model.backward(input, mb.batch, mb.seq, upstream, j.grads, dropoutSeed(j, i));
   const reply: FromWorker = { type: 'bwdDone', tokens: mb.batch * mb.seq, busyMs: performance.now() - t0, ...r };
   return [reply, r.gradIn ? [r.gradIn.buffer as ArrayBuffer] : []];
+}
+
+/** Adapter dropout's seed for micro-batch `i` of this step: one per replica, equal across a stage's TP ranks and its two passes. */
+function dropoutSeed(j: Job, i: number): number {
+  return ((j.step + 1) * 4099 + i * 31 + j.coords.dp) % 2 ** 31;
 }
 
 /**
@@ -316,6 +353,12 @@ function norm(j: Job): FromWorker {
   const [lo, hi] = j.range;
   const g = j.grads;
   if (d > 1) for (let i = lo; i < hi; i++) g[i] = g[i]! / d;
+  // A replicated LoRA factor's local gradient is one rank's term of a sum over the TP group (lora.ts
+  // LORA_TP_RULES): sum it, in the same order on every rank of the group (their ranges are equal).
+  for (const [offset, size] of j.partialSums) {
+    const a = Math.max(lo, offset), b = Math.min(hi, offset + size);
+    for (let x = a; x < b; x += j.tp.chunk) j.tp.allReduce(g.subarray(x, Math.min(b, x + j.tp.chunk)));
+  }
   let sumsq = 0;
   if (j.placement.zero || j.coords.dp === 0) {
     for (const s of j.model.layout.specs) {

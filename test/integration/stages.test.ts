@@ -10,7 +10,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
-import { runToEnd, trainLosses, writeCorpus, type JobView } from '../support/jobs.ts';
+import { loraLayout, loraSpec } from '../../model/lora.ts';
+import { readSafetensorsHeader } from '../../model/safetensors.ts';
+import { assertSameCurve, runToEnd, trainLosses, writeCorpus, type JobView } from '../support/jobs.ts';
 import { greetRecords, preferenceRecords, reversalRecords, reversalTasks, writeJsonl } from '../support/synthetic-tasks.ts';
 
 const MODEL = { vocabSize: 320, nCtx: 64, nLayer: 2, nHead: 2, nEmbd: 32 };
@@ -82,6 +84,36 @@ describe('stage jobs: pretrain → sft → dpo, and distill', () => {
     assert.deepEqual((await version(cluster, 'chat-small', 1)).lineage.teacher, { name: 'chat', version: 1 });
     const distillEval = finalEval(distill);
     for (const k of ['scoreRatio', 'studentScore', 'teacherScore']) assert.ok(Number.isFinite(distillEval[k]), `${k} in ${JSON.stringify(distillEval)}`);
+  });
+
+  test('a LoRA job trains only its adapter on the frozen base, alike under tensor and pipeline parallelism, and registers the adapter alone', async () => {
+    const lora = { rank: 4, alpha: 8, dropout: 0, targets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] };
+    const spec = (name: string, parallel: object) => ({
+      name, kind: 'sft', init: { from: 'base@1' }, lora, model: MODEL, data: { corpus: sftData, heldOutFraction: 0.1 },
+      training: training(6, { checkpointEvery: 3 }), parallel, eval: { maxNewTokens: 8, maxExamples: 4 },
+    });
+    const reference = await runToEnd(cluster, spec('lora-ref', { data: 1 }));
+    assert.equal(reference.job.state, 'succeeded', reference.job.stateReason);
+    const losses = trainLosses(reference);
+    assert.ok(losses.at(-1)![1] < losses[0]![1], `the adapter learns: ${losses.map(([, l]) => l.toFixed(4)).join(' ')}`);
+    // Tensor parallelism cuts each adapter like the weight it adapts and sums the replicated factor's gradient over
+    // the group; pipeline parallelism gives each stage its blocks' adapters: both train the same adapter.
+    for (const [name, parallel] of [['lora-tp', { data: 1, tensor: 2 }], ['lora-pp', { data: 1, pipeline: 2 }]] as const) {
+      const run = await runToEnd(cluster, spec(name, parallel));
+      assert.equal(run.job.state, 'succeeded', run.job.stateReason);
+      assertSameCurve(run, reference, 6);
+    }
+    // The checkpoint holds the adapter and AdamW moments for it alone: nothing of the frozen base.
+    const checkpoint = reference.checkpoints.find((c) => c.step === 6)!;
+    const optimizer = await fetch(`${cluster.url}/api/artifacts/${checkpoint.files['optimizer.safetensors']}`, { headers: { authorization: `Bearer ${cluster.token}` } });
+    const names = [...readSafetensorsHeader(new Uint8Array(await optimizer.arrayBuffer())).tensors.keys()];
+    const adapterNames = loraLayout(MODEL, loraSpec(lora, MODEL)).specs.map((p) => p.name);
+    assert.deepEqual(names.sort(), [...adapterNames.map((n) => `exp_avg.${n}`), ...adapterNames.map((n) => `exp_avg_sq.${n}`)].sort());
+    const v = await cluster.api<{ files: Record<string, unknown>; lineage: { adapter?: boolean; base?: unknown; metrics: Record<string, number> } }>('GET', '/api/models/lora-ref/versions/1');
+    assert.ok('adapter_model.safetensors' in v.files && 'adapter_config.json' in v.files && !('model.safetensors' in v.files), `adapter files only: ${Object.keys(v.files)}`);
+    assert.equal(v.lineage.adapter, true);
+    assert.deepEqual(v.lineage.base, { name: 'base', version: 1 });
+    assert.ok(Number.isFinite(v.lineage.metrics.exactMatch), `the suite judged base + adapter: ${JSON.stringify(v.lineage.metrics)}`);
   });
 
   test('a stage that misses its pass criteria fails with each unmet criterion and registers no version', async () => {

@@ -43,7 +43,21 @@ const bad: Array<[string, (s: ReturnType<typeof good>) => unknown, RegExp[]]> = 
   ['a vocabulary smaller than the byte alphabet', (s) => ({ ...s, model: { ...s.model, vocabSize: 100 } }), [/\/model\/vocabSize/]],
   ['early stopping without checkpoints', (s) => ({ ...s, training: { ...s.training, evalEvery: 10 }, eval: { earlyStopping: { patience: 2 } } }), [/earlyStopping needs \/training\/checkpointEvery > 0/]],
   ['early stopping evaluating off the checkpoint steps', (s) => ({ ...s, training: { ...s.training, evalEvery: 10, checkpointEvery: 4 }, eval: { earlyStopping: { patience: 2 } } }), [/evalEvery 10 must be a multiple of \/training\/checkpointEvery 4/]],
+  ['LoRA without a base, a rank above the width and an unknown target', (s) => ({ ...s, lora: { rank: 256, targets: ['attn.c_attn', 'wte'] } }), [/\/lora\/targets/]],
+  ['LoRA without a base to adapt', (s) => ({ ...s, lora: {} }), [/\/init a LoRA job needs init\.from/]],
+  ['a LoRA rank above the width', (s) => ({ ...s, init: { from: 'base@1' }, lora: { rank: 256 } }), [/\/lora\/rank 256 exceeds \/model\/nEmbd 128/]],
 ];
+
+test('a LoRA block gets rank 8, alpha 2 × rank, no dropout and every target, in canonical order', () => {
+  const res = validateJobSpec({ ...good(), init: { from: 'base@1' }, lora: {} });
+  assert.ok(res.ok, res.ok ? '' : res.errors.join('; '));
+  assert.deepEqual(res.spec.lora, { rank: 8, alpha: 16, dropout: 0, targets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] });
+  const picked = validateJobSpec({ ...good(), init: { from: 'base@1' }, lora: { rank: 4, targets: ['mlp.c_fc', 'attn.c_attn'] } });
+  assert.ok(picked.ok);
+  assert.deepEqual(picked.spec.lora, { rank: 4, alpha: 8, dropout: 0, targets: ['attn.c_attn', 'mlp.c_fc'] });
+  const plain = validateJobSpec(good());
+  assert.ok(plain.ok && !('lora' in plain.spec), 'no lora key unless asked for');
+});
 
 test('early stopping that evaluates on checkpoint steps is accepted', () => {
   const res = validateJobSpec({ ...good(), training: { ...good().training, evalEvery: 10, checkpointEvery: 5 }, eval: { earlyStopping: { patience: 2, minDelta: 0.01 } } });
