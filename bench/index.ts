@@ -11,6 +11,8 @@
  *   plan        the planner's predicted step time vs the measured one, for several pinned layouts on 4 agents
  *   gateway     real gateway processes: overhead vs direct calls, throughput, batching, shadow cost, failures on switch
  *   recovery    an agent killed mid-job: detection and resume time, steps lost, checkpointing's cost per step
+ *   stages      the model's life on a real cluster: data prep recalls, pretrain → SFT (exact-match) and LoRA (gain
+ *               ratio, parameter share) → DPO (win-rate, perplexity change) and distillation (score ratio), INT8
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   transport: () => import('./transport.ts'),
@@ -21,6 +23,7 @@ const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promi
   plan: () => import('./plan.ts'),
   gateway: () => import('./gateway.ts'),
   recovery: () => import('./recovery.ts'),
+  stages: () => import('./stages.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

@@ -1,0 +1,259 @@
+/**
+ * npm run bench -- stages [--seed 1]
+ *
+ * The model's whole life on a real local cluster (a coordinator and 2 agents on loopback), each stage a job of its
+ * kind starting from the version before it, each judged on held-out data it never trained on:
+ *   data prep   `measureDataPrep` (bench/support/dataprep-demo.ts): a corpus with planted exact and near
+ *               duplicates and personal data goes through model/dataprep; `dedup_recall` is the share of planted
+ *               near-duplicates removed, `pii_recall` the share of planted e-mail addresses, phone numbers, IP
+ *               addresses and card numbers masked
+ *   pretrain    a small GPT on the demo corpus plus sentences using the task words (the base)
+ *   sft         instruction tuning from the base on word-reversal tasks ("Reverse: red cat sky" → "sky cat red")
+ *               and greetings ("Greet: anna" → "hello anna" or "hi anna", 50/50); `sft_exact_match` is greedy
+ *               exact-match on reversal tasks whose word combinations no training example has, `base_exact_match`
+ *               the base's on the same tasks (it has never seen the format)
+ *   lora        the same SFT with rank-r adapters on the frozen base instead of all weights, concurrently with the
+ *               full one on the other agent; `lora_gain_ratio` = (lora − base) / (full − base) exact-match,
+ *               `lora_param_fraction` = adapter parameters / model parameters
+ *   dpo         from the SFT version, preference pairs "hello NAME" over "hi NAME", the SFT version frozen as the
+ *               reference; the held-out pairs are names no training pair has. `dpo_win_rate` is the share of them
+ *               whose implicit reward prefers the chosen reply, `dpo_ppl_change` the relative change of the held-out
+ *               chosen replies' perplexity against the reference (the suite's perplexityIncrease)
+ *   distill     the SFT version teaches a student with half its layers (KL on τ-softened distributions + hard
+ *               labels), concurrently with DPO; `distill_score_ratio` = student exact-match / teacher exact-match
+ *   int8        the SFT version's weights quantized for serving (model/quantize.ts, the registry path):
+ *               `int8_ppl_change` = |ppl_int8 − ppl_f32| / ppl_f32 on held-out text, `int8_size_ratio` = weight
+ *               bytes int8 / float32
+ * Targets (issue 8): sft_exact_match ≥ 0.9 (from near 0), dpo_win_rate ≥ 0.8 with |dpo_ppl_change| ≤ 0.1,
+ * lora_gain_ratio ≥ 0.9 with lora_param_fraction < 0.05, distill_score_ratio ≥ 0.9, int8_ppl_change < 0.02 with
+ * int8_size_ratio ≈ 0.25, dedup_recall and pii_recall 1. `met` lists each target's verdict.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { intOption, parseCli } from '../common/cli.ts';
+import { loadDemoCorpus } from '../model/corpus.ts';
+import { exactMatch, type ChatRecord } from '../model/eval-suites.ts';
+import { readExampleFile } from '../model/examples.ts';
+import { GPT } from '../model/gpt.ts';
+import { importHf } from '../model/hf-format.ts';
+import { loraSpec, trainableFraction } from '../model/lora.ts';
+import { tokenBatch, type TokenBatch } from '../model/train-step.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
+import { loadBackend } from '../node-agent/compute/backend.ts';
+import { startCluster, type LocalCluster } from '../scripts/local-cluster.ts';
+import { type JobView } from '../test/support/jobs.ts';
+import { greetRecords, reversalRecords, reversalTasks, TASK_WORDS, writeJsonl } from '../test/support/synthetic-tasks.ts';
+import { measureDataPrep } from './support/dataprep-demo.ts';
+import { measureInt8 } from './support/int8-demo.ts';
+
+/** The recipe: sizes and steps that a 2-core CPU runs in minutes (see .scratch/stages-feas for how they were found). */
+const R = {
+  model: { vocabSize: 512, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 64 },
+  seqLen: 40,
+  tasks: { train: 1000, heldOut: 200, words: 3 },
+  pretrain: { steps: 300, batchSize: 16, lr: 3e-3 },
+  sft: { steps: 400, batchSize: 16, lr: 3e-3 },
+  lora: { steps: 400, batchSize: 16, lr: 1e-2, spec: { rank: 4, alpha: 8, dropout: 0, targets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] } },
+  dpo: { steps: 60, batchSize: 8, lr: 1e-3, beta: 0.1, names: 240 },
+  distill: { steps: 400, batchSize: 16, lr: 3e-3, temperature: 2, alpha: 0.5 },
+  evalExamples: 200,
+};
+
+const TARGETS = {
+  sft_exact_match: (x: number) => x >= 0.9,
+  dpo_win_rate: (x: number) => x >= 0.8,
+  dpo_ppl_change: (x: number) => Math.abs(x) <= 0.1,
+  lora_gain_ratio: (x: number) => x >= 0.9,
+  lora_param_fraction: (x: number) => x < 0.05,
+  distill_score_ratio: (x: number) => x >= 0.9,
+  int8_ppl_change: (x: number) => x < 0.02,
+  int8_size_ratio: (x: number) => x <= 0.3,
+  dedup_recall: (x: number) => x >= 0.95,
+  pii_recall: (x: number) => x >= 0.95,
+};
+
+const round4 = (x: number) => Math.round(x * 1e4) / 1e4;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export default async function main(argv: string[]): Promise<object> {
+  const { values } = parseCli(argv, { seed: { type: 'string' } });
+  const seed = intOption(values.seed, 'seed', 1, 0);
+  const t0 = performance.now();
+  const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
+
+  console.error('data prep: planted duplicates and personal data …');
+  const prep = await measureDataPrep({ seed });
+  console.error(`data prep: near-duplicate recall ${prep.dedup_recall}, personal data recall ${prep.pii_recall} (${elapsed()})`);
+
+  const dir = mkdtempSync(join(tmpdir(), 'bench-stages-'));
+  const cluster = await startCluster({ agents: 2, agentArgs: ['--backend', 'wasm'] });
+  try {
+    const files = writeData(dir, seed);
+    const training = (s: { steps: number; batchSize: number; lr: number }) => ({ steps: s.steps, batchSize: s.batchSize, seqLen: R.seqLen, lr: s.lr, minLr: s.lr / 10, warmupSteps: Math.min(20, s.steps), seed, evalBatches: 2 });
+    const evalTasks = { tasks: files.tasks, maxExamples: R.evalExamples, maxNewTokens: 12 };
+
+    const base = await runStage(cluster, 'pretrain', {
+      name: 'stages-base', kind: 'pretrain', model: R.model, data: { corpus: files.pretrain, heldOutFraction: 0.05 }, training: training(R.pretrain), parallel: { data: 1 },
+    }, elapsed);
+    const baseEm = await baseExactMatch(cluster, files.tasks);
+    console.error(`base: exact-match ${baseEm} on ${R.evalExamples} held-out reversal tasks (${elapsed()})`);
+
+    // Full SFT and LoRA SFT from the same base, one agent each.
+    const sftSpec = { kind: 'sft', init: { from: 'stages-base' }, model: R.model, data: { corpus: files.sft, heldOutFraction: 0.05 }, parallel: { data: 1 }, eval: evalTasks };
+    const [sft, lora] = await Promise.all([
+      runStage(cluster, 'sft', { ...sftSpec, name: 'stages-sft', training: training(R.sft) }, elapsed),
+      runStage(cluster, 'lora', { ...sftSpec, name: 'stages-lora', training: training(R.lora), lora: R.lora.spec }, elapsed),
+    ]);
+    const sftEm = finalEval(sft).exactMatch!, loraEm = finalEval(lora).exactMatch!;
+
+    // DPO and distillation from the SFT version, one agent each.
+    const [dpo, distill] = await Promise.all([
+      runStage(cluster, 'dpo', {
+        name: 'stages-dpo', kind: 'dpo', init: { from: 'stages-sft' }, dpo: { beta: R.dpo.beta }, model: R.model,
+        data: { corpus: files.pref, heldOutFraction: 0.2 }, training: training(R.dpo), parallel: { data: 1 }, eval: { maxExamples: R.evalExamples },
+      }, elapsed),
+      runStage(cluster, 'distill', {
+        name: 'stages-student', kind: 'distill', distill: { teacher: 'stages-sft', temperature: R.distill.temperature, alpha: R.distill.alpha },
+        model: { ...R.model, nLayer: R.model.nLayer / 2 }, data: { corpus: files.sft, heldOutFraction: 0.05 }, training: training(R.distill), parallel: { data: 1 }, eval: evalTasks,
+      }, elapsed),
+    ]);
+    const dpoEval = finalEval(dpo), distillEval = finalEval(distill);
+
+    console.error(`int8: quantizing the SFT version … (${elapsed()})`);
+    const int8 = await int8OfSft(cluster, files.heldOutText);
+
+    const result = {
+      sft_exact_match: round4(sftEm),
+      base_exact_match: round4(baseEm),
+      dpo_win_rate: round4(dpoEval.winRate!),
+      dpo_ppl_change: round4(dpoEval.perplexityIncrease!),
+      dpo_reward_margin: round4(dpoEval.rewardMargin!),
+      lora_gain_ratio: round4(sftEm === baseEm ? 0 : (loraEm - baseEm) / (sftEm - baseEm)),
+      lora_exact_match: round4(loraEm),
+      lora_param_fraction: round4(trainableFraction(R.model, loraSpec(R.lora.spec, R.model))),
+      distill_score_ratio: round4(distillEval.scoreRatio!),
+      distill_student_exact_match: round4(distillEval.studentScore!),
+      int8_ppl_change: round4(int8.int8_ppl_change),
+      int8_size_ratio: round4(int8.int8_size_ratio),
+      dedup_recall: prep.dedup_recall,
+      pii_recall: prep.pii_recall,
+      stage_s: Object.fromEntries([base, sft, lora, dpo, distill].map((v) => [v.job.name, round4(stageSeconds(v))])),
+      recipe: R,
+      total_s: Math.round((performance.now() - t0) / 1000),
+    };
+    const met = Object.fromEntries(Object.entries(TARGETS).map(([k, ok]) => [k, ok(result[k as keyof typeof TARGETS] as number)]));
+    return { ...result, met };
+  } finally {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+interface StageFiles {
+  pretrain: string; // .txt: the demo corpus plus task-word sentences
+  heldOutText: string[]; // text the base never trained on, for INT8's perplexity
+  sft: string; // .jsonl {prompt, response}
+  tasks: string; // .jsonl held-out reversal tasks
+  pref: string; // .jsonl {prompt, chosen, rejected}
+}
+
+function writeData(dir: string, seed: number): StageFiles {
+  const docs = loadDemoCorpus().documents;
+  const cut = Math.floor(docs.length * 0.95);
+  // Plain sentences with the task words, so the base knows them as words (not the reversal format).
+  const sentences = reversalTasks(400, seed + 100, R.tasks.words).map((t) => `The ${t.answer.split(' ').join(' and the ')} were there.`);
+  const pretrain = join(dir, 'pretrain.txt');
+  writeFileSync(pretrain, [...docs.slice(0, cut), ...sentences].join('\n\n'));
+  const tasks = reversalTasks(R.tasks.train + R.tasks.heldOut, seed, R.tasks.words);
+  const names = syntheticNames(R.dpo.names + 64, seed);
+  const sft = join(dir, 'sft.jsonl'), tasksFile = join(dir, 'tasks.jsonl'), pref = join(dir, 'pref.jsonl');
+  writeJsonl(sft, [...reversalRecords(tasks.slice(0, R.tasks.train)), ...greetRecords(seed, 4), ...names.slice(R.dpo.names).map((n, i) => ({ prompt: `Greet: ${n}`, response: `${i % 2 ? 'hello' : 'hi'} ${n}` }))], seed);
+  writeJsonl(tasksFile, reversalRecords(tasks.slice(R.tasks.train)), seed);
+  // One pair per name: the held-out split's names are names no training pair has.
+  writeJsonl(pref, names.slice(0, R.dpo.names).map((n) => ({ prompt: `Greet: ${n}`, chosen: `hello ${n}`, rejected: `hi ${n}` })), seed);
+  return { pretrain, heldOutText: docs.slice(cut), sft, tasks: tasksFile, pref };
+}
+
+/** Distinct two-syllable names ("bako", "mire", …), seeded order. */
+function syntheticNames(count: number, seed: number): string[] {
+  const c = 'bdfgklmnprstvz', v = 'aeiou';
+  const all: string[] = [];
+  for (const a of c) for (const b of v) for (const d of c) for (const e of v) all.push(a + b + d + e);
+  let s = seed >>> 0;
+  for (let i = all.length - 1; i > 0; i--) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const j = s % (i + 1);
+    [all[i], all[j]] = [all[j]!, all[i]!];
+  }
+  return all.slice(0, count).filter((n) => !(TASK_WORDS as readonly string[]).includes(n));
+}
+
+/** Submits a job and follows it with a live line on stderr until it ends; a failed stage stops the benchmark. */
+async function runStage(cluster: LocalCluster, label: string, spec: object, elapsed: () => string): Promise<JobView> {
+  const { id } = await cluster.api<{ id: string }>('POST', '/api/jobs', spec);
+  let last = '';
+  for (;;) {
+    await sleep(2000);
+    const v = await cluster.api<JobView>('GET', `/api/jobs/${id}`);
+    const train = v.metrics.filter((m) => m.kind === 'train').at(-1);
+    const line = `${label}: ${v.job.state} step ${train?.step ?? 0}/${v.job.spec.training.steps} loss ${train?.values.loss?.toFixed(4) ?? '-'} (${elapsed()})`;
+    if (line !== last && (train?.step ?? 0) % 50 === 0) console.error(line);
+    last = line;
+    if (v.job.state === 'succeeded') {
+      console.error(`${label}: ${v.job.stateReason}; ${JSON.stringify(finalEval(v))} (${elapsed()})`);
+      return v;
+    }
+    if (v.job.state === 'failed' || v.job.state === 'cancelled') throw new Error(`stage ${label} ${v.job.state}: ${v.job.stateReason}`);
+  }
+}
+
+function finalEval(v: JobView): Record<string, number> {
+  const rows = v.metrics.filter((m) => m.kind === 'eval');
+  return rows.find((m) => m.step === v.job.spec.training.steps)?.values ?? rows.at(-1)?.values ?? {};
+}
+
+function stageSeconds(v: JobView): number {
+  const rows = v.metrics.filter((m) => m.kind === 'train');
+  return rows.length ? (rows.at(-1)!.atMs - v.job.createdMs) / 1000 : 0;
+}
+
+async function versionFiles(cluster: LocalCluster, name: string): Promise<Record<string, Uint8Array>> {
+  const v = await cluster.api<{ version: number; files: Record<string, unknown> }>('GET', `/api/models/${name}/versions/latest`);
+  const out: Record<string, Uint8Array> = {};
+  for (const file of Object.keys(v.files)) {
+    if (file === 'lineage.json') continue;
+    const res = await fetch(`${cluster.url}/api/models/${name}/versions/${v.version}/files/${file}`, { headers: { authorization: `Bearer ${cluster.token}` } });
+    if (!res.ok) throw new Error(`GET ${name} v${v.version} ${file}: ${res.status}`);
+    out[file] = new Uint8Array(await res.arrayBuffer());
+  }
+  return out;
+}
+
+/** The base's exact-match on the held-out tasks, computed as the SFT suite computes it (model/eval-suites.ts). */
+async function baseExactMatch(cluster: LocalCluster, tasksFile: string): Promise<number> {
+  await loadBackend('wasm');
+  const files = await versionFiles(cluster, 'stages-base');
+  const loaded = importHf(files);
+  const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(files['tokenizer.json']!).toString('utf8')));
+  const records: ChatRecord[] = [];
+  for await (const { example } of readExampleFile(tasksFile, 'chat')) records.push(example as ChatRecord);
+  const model = new GPT(loaded.config, { flat: loaded.params });
+  try {
+    return exactMatch(model, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch;
+  } finally {
+    model.dispose();
+  }
+}
+
+/** INT8 of the SFT version's weights, judged on held-out text the way measureInt8 does. */
+async function int8OfSft(cluster: LocalCluster, texts: string[]) {
+  const files = await versionFiles(cluster, 'stages-sft');
+  const loaded = importHf(files);
+  const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(files['tokenizer.json']!).toString('utf8')));
+  const seq = R.seqLen, rows = 8, need = rows * (seq + 1);
+  const ids = texts.flatMap((t) => tokenizer.encode(t));
+  const heldOut: TokenBatch[] = [];
+  for (let o = 0; o + need <= ids.length && heldOut.length < 8; o += need) heldOut.push(tokenBatch(Int32Array.from(ids.slice(o, o + need)), rows, seq));
+  return measureInt8({ config: loaded.config, flat: loaded.params, heldOut });
+}
