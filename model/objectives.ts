@@ -21,9 +21,11 @@ export type Objective =
    * DPO (Rafailov et al. 2023): rows come in pairs, chosen then rejected. With π and ρ the summed log-probability
    * of a row's weighted targets under the policy and the frozen reference,
    *   loss = −log σ(β · ((π_c − ρ_c) − (π_r − ρ_r))), averaged over pairs.
-   * `refLogp` [B] is ρ per row, computed by the caller with the reference model.
+   * `refLogp` [B] is ρ per row, computed by the caller with the reference model. With `rpoAlpha` > 0 (RPO, Pang et
+   * al. 2024; TRL's rpo_alpha) the chosen reply's per-token NLL, weighted by it, is added per pair: it keeps the
+   * chosen replies likely, where plain DPO may push both replies down and drift from what SFT taught.
    */
-  | { readonly kind: 'dpo'; readonly weights: Float32Array; readonly refLogp: Float32Array; readonly beta: number }
+  | { readonly kind: 'dpo'; readonly weights: Float32Array; readonly refLogp: Float32Array; readonly beta: number; readonly rpoAlpha?: number }
   /**
    * Distillation (Hinton et al. 2015): per target, α·τ²·KL(p_teacher^τ ‖ p_student^τ) + (1 − α)·nll, then the LM
    * objective's weighted per-row mean. `teacherLogits` [B·T, V] from the frozen teacher on the same ids.
@@ -67,7 +69,11 @@ export function objectiveLoss(logits: tf.Tensor2D, targets: Int32Array, B: numbe
       const margin = policy.sub(tf.tensor1d(refLogp)).reshape([B / 2, 2]); // [pairs, (chosen, rejected)]
       const [chosen, rejected] = tf.split(margin, 2, 1);
       const z = chosen!.sub(rejected!).mul(beta); // β·((π_c − ρ_c) − (π_r − ρ_r))
-      return tf.softplus(z.neg()).mean() as tf.Scalar; // −log σ(z) = softplus(−z), stable for large |z|
+      const dpo = tf.softplus(z.neg()).mean() as tf.Scalar; // −log σ(z) = softplus(−z), stable for large |z|
+      const alpha = objective.rpoAlpha ?? 0;
+      if (alpha === 0) return dpo;
+      const nll = rowMeans(logp.mul(picked).sum(1).neg() as tf.Tensor1D, objective.weights, B, T).reshape([B / 2, 2]); // [pairs, 2]
+      return dpo.add(tf.split(nll, 2, 1)[0]!.mean().mul(alpha)) as tf.Scalar;
     }
   }
 }
@@ -88,8 +94,12 @@ export function rowLogprobs(logits: tf.Tensor2D, targets: Int32Array, weights: F
 }
 
 function weightedRowMean(perToken: tf.Tensor1D, weights: Float32Array, B: number, T: number): tf.Scalar {
+  return rowMeans(perToken, weights, B, T).mean() as tf.Scalar;
+}
+
+/** Each row's weighted mean of a per-token value: [B] (a row with no weight gives 0). */
+function rowMeans(perToken: tf.Tensor1D, weights: Float32Array, B: number, T: number): tf.Tensor1D {
   const w = tf.tensor2d(weights, [B, T]);
   const num = perToken.reshape([B, T]).mul(w).sum(1); // [B]
-  const den = w.sum(1).maximum(1e-9);
-  return num.div(den).mean() as tf.Scalar;
+  return num.div(w.sum(1).maximum(1e-9)) as tf.Tensor1D;
 }

@@ -79,7 +79,10 @@ export const InitSpec = Type.Object(
 );
 
 export const DpoSpec = Type.Object(
-  { beta: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100, description: 'DPO β: how far the policy may move from the frozen reference (the init version); default 0.1' })) },
+  {
+    beta: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100, description: 'DPO β: how far the policy may move from the frozen reference (the init version); default 0.1' })),
+    rpoAlpha: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: "weight of the chosen reply's NLL added to the DPO loss (RPO; TRL's rpo_alpha); default 0" })),
+  },
   { additionalProperties: false },
 );
 
@@ -99,7 +102,7 @@ export const LoraSpecSchema = Type.Object(
   {
     rank: Type.Optional(PositiveInt(1024, 'r: the inner dimension of each adapter A·B (≤ model.nEmbd); default 8')),
     alpha: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1e4, description: 'the update is scaled by alpha / rank; default 2 × rank' })),
-    dropout: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1, description: "dropout on each adapter's input while training; default 0" })),
+    dropout: Type.Optional(Type.Number({ minimum: 0, maximum: 0.9, description: "dropout on each adapter's input while training (at most 0.9); default 0" })),
     targets: Type.Optional(Type.Array(Type.Union(LORA_TARGETS.map((t) => Type.Literal(t))), { minItems: 1, maxItems: LORA_TARGETS.length, uniqueItems: true, description: 'which linear layers of every block get an adapter; default all four' })),
   },
   { additionalProperties: false, description: 'train low-rank adapters on the frozen init.from version instead of all weights' },
@@ -219,7 +222,7 @@ export function validateJobSpec(raw: unknown): SpecResult {
   const resolved: ResolvedJobSpec = {
     ...spec,
     kind: spec.kind ?? 'pretrain',
-    dpo: spec.dpo || spec.kind === 'dpo' ? { beta: 0.1, ...spec.dpo } : undefined,
+    dpo: spec.dpo || spec.kind === 'dpo' ? { beta: 0.1, rpoAlpha: 0, ...spec.dpo } : undefined,
     distill: spec.distill ? { temperature: 2, alpha: 0.5, ...spec.distill } : undefined,
     lora: spec.lora ? resolveLora(spec.lora) : undefined,
     data: { heldOutFraction: 0.05, ...spec.data },

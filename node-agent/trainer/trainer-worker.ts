@@ -211,7 +211,7 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
   const frozen = model.hasHead && frozenDir ? loadFrozen(spec, frozenDir) : null;
   if (model.hasHead && (spec.kind === 'dpo' || spec.kind === 'distill') && !frozen) throw new Error(`a ${spec.kind} job needs its ${spec.kind === 'dpo' ? 'reference' : 'teacher'} model on the last stage`);
   const tied = layout.pipeline > 1 ? trainable.byName.get('wte.weight') : undefined; // frozen under LoRA: nothing to tie
-  const partialSums = partialSumGrads(trainable).map((name) => [trainable.byName.get(name)!.offset, trainable.byName.get(name)!.size] as [number, number]);
+  const partialSums = (lora ? partialSumGrads(trainable) : []).map((name) => [trainable.byName.get(name)!.offset, trainable.byName.get(name)!.size] as [number, number]);
   job = {
     spec, placement, coords, dataDir, tokenizerSha256, model, optimizer, range, params, grads, rows, examples, frozen, train,
     tp: { allReduce: (x) => tp.allReduce(x), chunk: tpView.length }, partialSums,
@@ -280,7 +280,7 @@ function objectiveFor(j: Job, mb: TokenBatch): Objective {
   try {
     if (kind === 'dpo') {
       if (!weights) throw new Error('dpo needs example data (chosen/rejected pairs)');
-      return { kind: 'dpo', weights, refLogp: rowLogprobs(logits, mb.targets, weights, B, T), beta: j.spec.dpo!.beta };
+      return { kind: 'dpo', weights, refLogp: rowLogprobs(logits, mb.targets, weights, B, T), beta: j.spec.dpo!.beta, rpoAlpha: j.spec.dpo!.rpoAlpha ?? 0 };
     }
     const { temperature, alpha } = j.spec.distill!;
     return { kind: 'distill', teacherLogits: Float32Array.from(logits.dataSync() as Float32Array), temperature, alpha, ...(weights ? { weights } : {}) };

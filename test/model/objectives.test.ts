@@ -27,6 +27,7 @@ test('every objective is a mean over examples: the loss of a batch is the mean o
   const cases: Array<[string, (w: Float32Array, r: Float32Array, t: Float32Array) => Objective]> = [
     ['lm', (w) => ({ kind: 'lm', weights: w })],
     ['dpo', (w, r) => ({ kind: 'dpo', weights: w, refLogp: r, beta: 0.3 })],
+    ['dpo+rpo', (w, r) => ({ kind: 'dpo', weights: w, refLogp: r, beta: 0.3, rpoAlpha: 0.7 })],
     ['distill', (w, _r, t) => ({ kind: 'distill', weights: w, teacherLogits: t, temperature: 2, alpha: 0.4 })],
   ];
   for (const [name, make] of cases) {
@@ -48,6 +49,19 @@ test('DPO loss is ln 2 when the policy is the reference, and falls when the chos
   const better = logits.slice(); // raise the logit of every chosen row's (rows 0 and 2) targets
   for (const row of [0, 2]) for (let t = 0; t < T; t++) better[(row * T + t) * V + targets[row * T + t]!]! += 1;
   assert.ok(dpo(better) < Math.LN2 - 0.05, `${dpo(better)}`);
+});
+
+test('RPO adds rpoAlpha × the chosen replies\' mean per-token NLL to the DPO loss, and nothing at rpoAlpha 0', () => {
+  const logits = randomLogits(5);
+  const weights = Float32Array.from({ length: B * T }, (_, i) => (i % T >= 2 ? 1 : 0));
+  const refLogp = Float32Array.from([-3, -4, -2.5, -6]);
+  const dpo = loss(logits, { kind: 'dpo', weights, refLogp, beta: 0.3 });
+  assert.equal(loss(logits, { kind: 'dpo', weights, refLogp, beta: 0.3, rpoAlpha: 0 }), dpo);
+  // The chosen rows (0 and 2) alone through the weighted LM loss: their mean per-token NLL.
+  const rows = (r: number) => ({ l: logits.subarray(r * T * V, (r + 1) * T * V), w: weights.subarray(r * T, (r + 1) * T), tg: targets.subarray(r * T, (r + 1) * T) });
+  const chosenNll = [0, 2].map((r) => loss(rows(r).l, { kind: 'lm', weights: rows(r).w }, 1, rows(r).tg)).reduce((a, b) => a + b) / 2;
+  const rpo = loss(logits, { kind: 'dpo', weights, refLogp, beta: 0.3, rpoAlpha: 0.5 });
+  assert.ok(Math.abs(rpo - (dpo + 0.5 * chosenNll)) < 1e-5, `${rpo} vs ${dpo} + 0.5 × ${chosenNll}`);
 });
 
 test('distillation towards a teacher that equals the student is only the hard-label part', () => {
