@@ -28,7 +28,7 @@ import type { AgentHub } from './agent-hub.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
-import { checkpointLayouts, initCheckpoint, refOf, tokenizerSource, trainedWeights, versionFiles, versionTokenizer } from './stage-inputs.ts';
+import { checkpointLayouts, initCheckpoint, refOf, startsFromVersion, tokenizerSource, trainedWeights, versionFiles, versionTokenizer } from './stage-inputs.ts';
 import { registerAdapter } from './adapters.ts';
 import type { GroupManager } from './groups.ts';
 import { decideJobs, type FreeAgent } from './job-scheduler.ts';
@@ -357,7 +357,7 @@ export class JobRunner {
       const nodeOfRank = [...group.members].sort((a, b) => a.rank - b.rank).map((m) => m.nodeId);
       const names = new Map(this.#o.hub.views().map((n) => [n.id, n.name])); // a node keeps its name while it holds its id
       attempt.telemetry = new AttemptTelemetry(layout, chosen.stages, nodeOfRank, (id) => names.get(id) ?? id);
-      if (job.spec.init && jobs.checkpoints(job.id).length === 0) {
+      if (startsFromVersion(job.spec) && jobs.checkpoints(job.id).length === 0) {
         // Starting from a version is resuming from its weights at step 0 (stage-inputs.ts).
         jobs.putCheckpoint(job.id, { step: 0, attempt: attemptNo, files: await initCheckpoint(registry, artifacts, job.spec, job.id), createdMs: this.#now() });
       }

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { encodeCheckpoint } from '../model/checkpoint.ts';
 import { modelLayouts, type CheckpointLayouts } from '../model/checkpoint-reshard.ts';
-import { flatFromStateDict, initParams, paramLayout, stateDict, type GPTConfig, type ParamLayout } from '../model/gpt.ts';
+import { flatFromStateDict, initParams, paramLayout, stateDict, unflatten, type GPTConfig, type ParamLayout } from '../model/gpt.ts';
 import { configFromHf, importHf } from '../model/hf-format.ts';
 import { loraLayout, loraLayouts, loraSpec, mergeLora } from '../model/lora.ts';
 import type { F32Tensor } from '../model/optim.ts';
@@ -71,6 +71,12 @@ export function pinVersionRefs(spec: ResolvedJobSpec, registry: ModelRegistry): 
       out.distill = { ...spec.distill, teacher: formatRef(teacher.ref) };
       if (teacher.config.vocabSize !== spec.model.vocabSize) errors.push(`/model/vocabSize ${spec.model.vocabSize} must equal the teacher's ${teacher.config.vocabSize}: the student learns the teacher's distribution over the same ids`);
       if (teacher.config.nCtx < spec.training.seqLen) errors.push(`/training/seqLen ${spec.training.seqLen} exceeds the teacher's context ${teacher.config.nCtx}`);
+      if (spec.distill.initFromTeacher) {
+        const c = teacher.config, m = spec.model;
+        if (c.nEmbd !== m.nEmbd || c.nHead !== m.nHead || m.nLayer > c.nLayer || m.nCtx > c.nCtx) {
+          errors.push(`/distill/initFromTeacher needs the student's nEmbd and nHead equal to the teacher's (${c.nEmbd}, ${c.nHead}) and its nLayer and nCtx at most the teacher's (${c.nLayer}, ${c.nCtx})`);
+        }
+      }
     }
   }
   if (errors.length) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid job spec: ${errors.join('; ')}`, { details: errors });
@@ -111,14 +117,22 @@ export async function versionFiles(registry: ModelRegistry, artifacts: ArtifactS
   return out;
 }
 
+/** Whether the job starts from weights of a registry version (a step-0 checkpoint) rather than a random init. */
+export const startsFromVersion = (spec: ResolvedJobSpec): boolean => Boolean(spec.init || spec.distill?.initFromTeacher);
+
 /**
  * The version's weights as a step-0 canonical checkpoint of the job (zero moments, cursor at the start). A LoRA
  * job trains only its adapter on the frozen version, so its step 0 is a fresh adapter (B = 0: the base's outputs).
+ * A student with distill.initFromTeacher starts from the teacher's layers (studentFromTeacher).
  */
 export async function initCheckpoint(registry: ModelRegistry, artifacts: ArtifactStore, spec: ResolvedJobSpec, jobId: string): Promise<FileSet> {
-  const ref = refOf(spec.init!.from);
+  const ref = refOf(spec.init?.from ?? spec.distill!.teacher);
   let layout: ParamLayout, flat: Float32Array;
-  if (spec.lora) {
+  if (!spec.init) {
+    const teacher = importHf(versionBytes(registry, ref));
+    layout = paramLayout(spec.model);
+    flat = studentFromTeacher(teacher.config, teacher.params, spec.model);
+  } else if (spec.lora) {
     layout = loraLayout(spec.model, loraSpec(spec.lora, spec.model));
     flat = initParams(layout, spec.training.seed);
   } else {
@@ -155,4 +169,22 @@ export function trainedWeights(registry: ModelRegistry, spec: ResolvedJobSpec, m
   const base = importHf(versionBytes(registry, refOf(spec.init!.from)));
   const merged: Record<string, F32Tensor> = mergeLora(stateDict(base.params, paramLayout(base.config)), adapter, spec.model, lora);
   return flatFromStateDict(merged, paramLayout(spec.model));
+}
+
+/**
+ * A student's initial weights taken from its teacher, as DistilBERT does (Sanh et al. 2019: "taking one layer out of
+ * two"): embeddings and the final LayerNorm copied, student block i from teacher block ⌊i·L_t/L_s⌋, position
+ * embeddings cut to the student's context. Width and heads must match (check at submit).
+ */
+export function studentFromTeacher(teacherConfig: GPTConfig, teacher: Float32Array, student: GPTConfig): Float32Array {
+  const t = unflatten(teacher, paramLayout(teacherConfig));
+  const layout = paramLayout(student);
+  const flat = new Float32Array(layout.totalSize);
+  for (const p of layout.specs) {
+    const m = /^h\.(\d+)\.(.+)$/.exec(p.name);
+    const from = m ? `h.${Math.floor((Number(m[1]) * teacherConfig.nLayer) / student.nLayer)}.${m[2]}` : p.name;
+    const src = t.get(from)!;
+    flat.set(src.subarray(0, p.size), p.offset); // wpe: the first nCtx rows (row-major), everything else whole
+  }
+  return flat;
 }

@@ -91,6 +91,7 @@ export const DistillSpec = Type.Object(
     teacher: VersionRef('the teacher version (same tokenizer; any size)'),
     temperature: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100, description: 'softens both distributions before the KL; default 2' })),
     alpha: Type.Optional(Fraction('weight of the KL term; 1 − alpha weighs the hard-label loss; default 0.5')),
+    initFromTeacher: Type.Optional(Type.Boolean({ description: "start the student from the teacher's weights: embeddings, final LayerNorm and every (L_t/L_s)-th block (DistilBERT); needs the teacher's width and heads; default false" })),
   },
   { additionalProperties: false },
 );
@@ -223,7 +224,7 @@ export function validateJobSpec(raw: unknown): SpecResult {
     ...spec,
     kind: spec.kind ?? 'pretrain',
     dpo: spec.dpo || spec.kind === 'dpo' ? { beta: 0.1, rpoAlpha: 0, ...spec.dpo } : undefined,
-    distill: spec.distill ? { temperature: 2, alpha: 0.5, ...spec.distill } : undefined,
+    distill: spec.distill ? { temperature: 2, alpha: 0.5, initFromTeacher: false, ...spec.distill } : undefined,
     lora: spec.lora ? resolveLora(spec.lora) : undefined,
     data: { heldOutFraction: 0.05, ...spec.data },
     training,

@@ -74,7 +74,7 @@ describe('stage jobs: pretrain → sft → dpo, and distill', () => {
 
     const student = { ...MODEL, nLayer: 1 };
     const distill = await runToEnd(cluster, {
-      name: 'chat-small', kind: 'distill', distill: { teacher: 'chat', temperature: 2, alpha: 0.5 }, model: student,
+      name: 'chat-small', kind: 'distill', distill: { teacher: 'chat', temperature: 2, alpha: 0.5, initFromTeacher: true }, model: student,
       data: { corpus: sftData, heldOutFraction: 0.1 }, training: training(8), parallel: { data: 2 }, eval: { maxNewTokens: 8, maxExamples: 8 },
     });
     assert.equal(distill.job.state, 'succeeded', distill.job.stateReason);
