@@ -16,11 +16,12 @@
  *               full one on the other agent; `lora_gain_ratio` = (lora − base) / (full − base) exact-match,
  *               `lora_param_fraction` = adapter parameters / model parameters
  *   dpo         from the SFT version, preference pairs "hello NAME" over "hi NAME", the SFT version frozen as the
- *               reference; the held-out pairs are names no training pair has. `dpo_win_rate` is the share of them
+ *               reference, with RPO's NLL of the chosen reply (dpo.rpoAlpha); the held-out pairs are names no
+ *               training pair has. `dpo_win_rate` is the share of them
  *               whose implicit reward prefers the chosen reply, `dpo_ppl_change` the relative change of the held-out
  *               chosen replies' perplexity against the reference (the suite's perplexityIncrease)
  *   distill     the SFT version teaches a student with half its layers (KL on τ-softened distributions + hard
- *               labels), concurrently with DPO; `distill_score_ratio` = student exact-match / teacher exact-match
+ *               labels; the student starts from the teacher's blocks, distill.initFromTeacher), concurrently with DPO; `distill_score_ratio` = student exact-match / teacher exact-match
  *   int8        the SFT version's weights quantized for serving (model/quantize.ts, the registry path):
  *               `int8_ppl_change` = |ppl_int8 − ppl_f32| / ppl_f32 on held-out text, `int8_size_ratio` = weight
  *               bytes int8 / float32
@@ -43,20 +44,20 @@ import { Tokenizer } from '../model/tokenizer.ts';
 import { loadBackend } from '../node-agent/compute/backend.ts';
 import { startCluster, type LocalCluster } from '../scripts/local-cluster.ts';
 import { type JobView } from '../test/support/jobs.ts';
-import { greetRecords, reversalRecords, reversalTasks, TASK_WORDS, writeJsonl } from '../test/support/synthetic-tasks.ts';
+import { GREET_NAMES, greetRecords, reversalRecords, reversalTasks, TASK_WORDS, writeJsonl } from '../test/support/synthetic-tasks.ts';
 import { measureDataPrep } from './support/dataprep-demo.ts';
 import { measureInt8 } from './support/int8-demo.ts';
 
 /** The recipe: sizes and steps that a 2-core CPU runs in minutes (see .scratch/stages-feas for how they were found). */
 const R = {
-  model: { vocabSize: 512, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 64 },
-  seqLen: 40,
-  tasks: { train: 1000, heldOut: 200, words: 3 },
-  pretrain: { steps: 300, batchSize: 16, lr: 3e-3 },
-  sft: { steps: 400, batchSize: 16, lr: 3e-3 },
-  lora: { steps: 400, batchSize: 16, lr: 1e-2, spec: { rank: 4, alpha: 8, dropout: 0, targets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] } },
-  dpo: { steps: 60, batchSize: 8, lr: 1e-3, beta: 0.1, names: 240 },
-  distill: { steps: 400, batchSize: 16, lr: 3e-3, temperature: 2, alpha: 0.5 },
+  model: { vocabSize: 512, nCtx: 32, nLayer: 2, nHead: 4, nEmbd: 64 },
+  seqLen: 32,
+  tasks: { train: 2000, heldOut: 200, words: 3 },
+  pretrain: { steps: 200, batchSize: 16, lr: 3e-3 },
+  sft: { steps: 500, batchSize: 16, lr: 3e-3 },
+  lora: { steps: 500, batchSize: 16, lr: 1e-2, spec: { rank: 3, alpha: 6, dropout: 0, targets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] } },
+  dpo: { steps: 40, batchSize: 8, lr: 1e-4, beta: 0.1, rpoAlpha: 1, names: 240 },
+  distill: { steps: 300, batchSize: 16, lr: 3e-3, temperature: 2, alpha: 0.5 },
   evalExamples: 200,
 };
 
@@ -110,11 +111,11 @@ export default async function main(argv: string[]): Promise<object> {
     // DPO and distillation from the SFT version, one agent each.
     const [dpo, distill] = await Promise.all([
       runStage(cluster, 'dpo', {
-        name: 'stages-dpo', kind: 'dpo', init: { from: 'stages-sft' }, dpo: { beta: R.dpo.beta }, model: R.model,
+        name: 'stages-dpo', kind: 'dpo', init: { from: 'stages-sft' }, dpo: { beta: R.dpo.beta, rpoAlpha: R.dpo.rpoAlpha }, model: R.model,
         data: { corpus: files.pref, heldOutFraction: 0.2 }, training: training(R.dpo), parallel: { data: 1 }, eval: { maxExamples: R.evalExamples },
       }, elapsed),
       runStage(cluster, 'distill', {
-        name: 'stages-student', kind: 'distill', distill: { teacher: 'stages-sft', temperature: R.distill.temperature, alpha: R.distill.alpha },
+        name: 'stages-student', kind: 'distill', distill: { teacher: 'stages-sft', temperature: R.distill.temperature, alpha: R.distill.alpha, initFromTeacher: true },
         model: { ...R.model, nLayer: R.model.nLayer / 2 }, data: { corpus: files.sft, heldOutFraction: 0.05 }, training: training(R.distill), parallel: { data: 1 }, eval: evalTasks,
       }, elapsed),
     ]);
@@ -158,21 +159,36 @@ interface StageFiles {
   pref: string; // .jsonl {prompt, chosen, rejected}
 }
 
+/**
+ * The base is pre-trained on demo-corpus text and plain sentences of the task words and names (no reversal, no
+ * chat template): its tokenizer, trained on the same text, makes each task word one token. Replies start with a
+ * space (" sky cat red"), so an answer's words are the very tokens of the prompt (" sky", not the line-initial
+ * "sky"): the task is copying in reverse order, not also learning a second spelling of every word (exact-match
+ * compares trimmed text).
+ */
 function writeData(dir: string, seed: number): StageFiles {
   const docs = loadDemoCorpus().documents;
-  const cut = Math.floor(docs.length * 0.95);
-  // Plain sentences with the task words, so the base knows them as words (not the reversal format).
-  const sentences = reversalTasks(400, seed + 100, R.tasks.words).map((t) => `The ${t.answer.split(' ').join(' and the ')} were there.`);
+  const next = lcg(seed + 100);
+  const vocab = [...TASK_WORDS, ...GREET_NAMES, 'hello', 'hi', 'the', 'a', 'and'];
+  const sentences = Array.from({ length: 3000 }, () => Array.from({ length: 8 + Math.floor(next() * 8) }, () => vocab[Math.floor(next() * vocab.length)]!).join(' ') + '.');
   const pretrain = join(dir, 'pretrain.txt');
-  writeFileSync(pretrain, [...docs.slice(0, cut), ...sentences].join('\n\n'));
+  const textDocs = docs.slice(0, 40), heldOutText = docs.slice(-10);
+  const half = Math.ceil(sentences.length / textDocs.length);
+  writeFileSync(pretrain, textDocs.map((d, i) => `${d}\n\n${sentences.slice(i * half, (i + 1) * half).join(' ')}`).join('\n\n'));
   const tasks = reversalTasks(R.tasks.train + R.tasks.heldOut, seed, R.tasks.words);
-  const names = syntheticNames(R.dpo.names + 64, seed);
+  const names = syntheticNames(R.dpo.names, seed);
+  const reply = (r: { prompt: string; response: string }) => ({ prompt: r.prompt, response: ` ${r.response}` });
   const sft = join(dir, 'sft.jsonl'), tasksFile = join(dir, 'tasks.jsonl'), pref = join(dir, 'pref.jsonl');
-  writeJsonl(sft, [...reversalRecords(tasks.slice(0, R.tasks.train)), ...greetRecords(seed, 4), ...names.slice(R.dpo.names).map((n, i) => ({ prompt: `Greet: ${n}`, response: `${i % 2 ? 'hello' : 'hi'} ${n}` }))], seed);
-  writeJsonl(tasksFile, reversalRecords(tasks.slice(R.tasks.train)), seed);
+  writeJsonl(sft, [...reversalRecords(tasks.slice(0, R.tasks.train)), ...greetRecords(seed, 8)].map(reply), seed);
+  writeJsonl(tasksFile, reversalRecords(tasks.slice(R.tasks.train)).map(reply), seed);
   // One pair per name: the held-out split's names are names no training pair has.
-  writeJsonl(pref, names.slice(0, R.dpo.names).map((n) => ({ prompt: `Greet: ${n}`, chosen: `hello ${n}`, rejected: `hi ${n}` })), seed);
-  return { pretrain, heldOutText: docs.slice(cut), sft, tasks: tasksFile, pref };
+  writeJsonl(pref, names.map((n) => ({ prompt: `Greet: ${n}`, chosen: ` hello ${n}`, rejected: ` hi ${n}` })), seed);
+  return { pretrain, heldOutText, sft, tasks: tasksFile, pref };
+}
+
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
 /** Distinct two-syllable names ("bako", "mire", …), seeded order. */
