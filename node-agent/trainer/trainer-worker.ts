@@ -224,14 +224,19 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
   };
 }
 
+/** A registry version's model as the agent downloaded it into `dir` (weights in float32 or INT8). */
+function loadModelDir(dir: string) {
+  const read = (name: string) => (existsSync(join(dir, name)) ? readFileSync(join(dir, name)) : undefined);
+  return importHf(Object.fromEntries(['config.json', 'model.safetensors', 'model.int8.safetensors', 'tokenizer.json'].map((n) => [n, read(n)])));
+}
+
 /**
  * A LoRA job's frozen base, cut to this shard: the init version's weights (the agent downloaded its files). It
  * must be the job's model: the adapter's shapes and the shard bounds are the job's.
  */
 function loadBase(spec: ResolvedJobSpec, dir: string | undefined, shard: ShardLayout): Float32Array {
   if (!dir) throw new Error('a LoRA job needs its base model (job.start names no base files)');
-  const read = (name: string) => (existsSync(join(dir, name)) ? readFileSync(join(dir, name)) : undefined);
-  const loaded = importHf(Object.fromEntries(['config.json', 'model.safetensors', 'model.int8.safetensors', 'tokenizer.json'].map((n) => [n, read(n)])));
+  const loaded = loadModelDir(dir);
   const c = loaded.config, m = spec.model;
   if (c.vocabSize !== m.vocabSize || c.nLayer !== m.nLayer || c.nEmbd !== m.nEmbd || c.nHead !== m.nHead || c.nCtx !== m.nCtx) {
     throw new Error(`the LoRA base's config ${JSON.stringify(c)} is not the job's model ${JSON.stringify(m)}`);
@@ -245,9 +250,7 @@ function loadBase(spec: ResolvedJobSpec, dir: string | undefined, shard: ShardLa
  * the same token ids (the same vocabulary) and, for a reference, be the very model the job starts from.
  */
 function loadFrozen(spec: ResolvedJobSpec, dir: string): InstanceType<typeof GPT> {
-  const read = (name: string) => (existsSync(join(dir, name)) ? readFileSync(join(dir, name)) : undefined);
-  const files: Record<string, Uint8Array | undefined> = Object.fromEntries(['config.json', 'model.safetensors', 'model.int8.safetensors', 'tokenizer.json'].map((n) => [n, read(n)]));
-  const loaded = importHf(files);
+  const loaded = loadModelDir(dir);
   const c = loaded.config, m = spec.model;
   if (c.vocabSize !== m.vocabSize) throw new Error(`the ${spec.kind === 'dpo' ? 'reference' : 'teacher'} has vocabulary ${c.vocabSize}, the job's model ${m.vocabSize}: they must read the same ids`);
   if (c.nCtx < spec.training.seqLen) throw new Error(`the frozen model's context (${c.nCtx}) is shorter than training.seqLen ${spec.training.seqLen}`);
