@@ -7,7 +7,7 @@
  *               duplicates and personal data goes through model/dataprep; `dedup_recall` is the share of planted
  *               near-duplicates removed, `pii_recall` the share of planted e-mail addresses, phone numbers, IP
  *               addresses and card numbers masked
- *   pretrain    a small GPT on the demo corpus plus sentences using the task words (the base)
+ *   pretrain    a small GPT on demo-corpus text plus documents of repeated lines of the task words (the base)
  *   sft         instruction tuning from the base on word-reversal tasks ("Reverse: red cat sky" → "sky cat red")
  *               and greetings ("Greet: anna" → "hello anna" or "hi anna", 50/50); `sft_exact_match` is greedy
  *               exact-match on reversal tasks whose word combinations no training example has, `base_exact_match`
@@ -18,13 +18,17 @@
  *   dpo         from the SFT version, preference pairs "hello NAME" over "hi NAME", the SFT version frozen as the
  *               reference, with RPO's NLL of the chosen reply (dpo.rpoAlpha); the held-out pairs are names no
  *               training pair has. `dpo_win_rate` is the share of them
- *               whose implicit reward prefers the chosen reply, `dpo_ppl_change` the relative change of the held-out
- *               chosen replies' perplexity against the reference (the suite's perplexityIncrease)
+ *               whose implicit reward prefers the chosen reply; `dpo_ppl_change` the relative change, DPO version
+ *               against the SFT version, of the perplexity of the held-out reversal tasks' replies (data DPO never
+ *               saw: what SFT taught must survive); `dpo_chosen_ppl_change` the suite's change of the held-out chosen
+ *               replies' perplexity against the reference
  *   distill     the SFT version teaches a student with half its layers (KL on τ-softened distributions + hard
  *               labels; the student starts from the teacher's blocks, distill.initFromTeacher), concurrently with DPO; `distill_score_ratio` = student exact-match / teacher exact-match
- *   int8        the SFT version's weights quantized for serving (model/quantize.ts, the registry path):
- *               `int8_ppl_change` = |ppl_int8 − ppl_f32| / ppl_f32 on held-out text, `int8_size_ratio` = weight
- *               bytes int8 / float32
+ *   int8        weights quantized for serving (model/quantize.ts, the registry path): `int8_ppl_change` =
+ *               |ppl_int8 − ppl_f32| / ppl_f32 of the base (the language model) on held-out demo-corpus text it never
+ *               trained on, `int8_size_ratio` = weight bytes int8 / float32; for the SFT version,
+ *               `int8_sft_exact_match` is the quantized weights' exact-match on the held-out tasks and
+ *               `int8_sft_text_ppl_change` the change on the same held-out text, which that version no longer models
  * Targets (issue 8): sft_exact_match ≥ 0.9 (from near 0), dpo_win_rate ≥ 0.8 with |dpo_ppl_change| ≤ 0.1,
  * lora_gain_ratio ≥ 0.9 with lora_param_fraction < 0.05, distill_score_ratio ≥ 0.9, int8_ppl_change < 0.02 with
  * int8_size_ratio ≈ 0.25, dedup_recall and pii_recall 1. `met` lists each target's verdict.
@@ -34,11 +38,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { intOption, parseCli } from '../common/cli.ts';
 import { loadDemoCorpus } from '../model/corpus.ts';
-import { exactMatch, type ChatRecord } from '../model/eval-suites.ts';
+import { renderChat } from '../model/chat-template.ts';
+import { exactMatch, replyLogprobs, type ChatRecord } from '../model/eval-suites.ts';
 import { readExampleFile } from '../model/examples.ts';
-import { GPT } from '../model/gpt.ts';
+import { flatFromStateDict, GPT, paramLayout, stateDict } from '../model/gpt.ts';
 import { importHf } from '../model/hf-format.ts';
 import { loraSpec, trainableFraction } from '../model/lora.ts';
+import { readInt8Safetensors, writeInt8Safetensors } from '../model/quantize.ts';
 import { tokenBatch, type TokenBatch } from '../model/train-step.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { loadBackend } from '../node-agent/compute/backend.ts';
@@ -54,8 +60,11 @@ const R = {
   seqLen: 32,
   tasks: { train: 2000, heldOut: 200, words: 3 },
   pretrain: { steps: 600, batchSize: 16, lr: 3e-3 },
+  pretrainCopyDocs: 4000,
   sft: { steps: 2000, batchSize: 16, lr: 3e-3 },
-  lora: { steps: 2000, batchSize: 16, lr: 1e-2, spec: { rank: 3, alpha: 6, dropout: 0, targets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] } },
+  // Rank 5 on the query/key/value and MLP-up projections (4.3 % of the parameters): in the .scratch study, rank 3 on
+  // all four projections (4.6 %) reached exact-match 0.36 in 2000 steps and rank 8 on attention alone 0.04.
+  lora: { steps: 2000, batchSize: 16, lr: 1e-2, spec: { rank: 5, alpha: 10, dropout: 0, targets: ['attn.c_attn', 'mlp.c_fc'] } },
   dpo: { steps: 80, batchSize: 8, lr: 1e-4, beta: 0.1, rpoAlpha: 1, names: 240 },
   distill: { steps: 1000, batchSize: 16, lr: 3e-3, temperature: 2, alpha: 0.5 },
   evalExamples: 200,
@@ -64,7 +73,7 @@ const R = {
 const TARGETS = {
   sft_exact_match: (x: number) => x >= 0.9,
   dpo_win_rate: (x: number) => x >= 0.8,
-  dpo_ppl_change: (x: number) => x <= 0.1, // the held-out chosen replies may not become more than 10 % less likely
+  dpo_ppl_change: (x: number) => Math.abs(x) <= 0.1,
   lora_gain_ratio: (x: number) => x >= 0.9,
   lora_param_fraction: (x: number) => x < 0.05,
   distill_score_ratio: (x: number) => x >= 0.9,
@@ -97,7 +106,8 @@ export default async function main(argv: string[]): Promise<object> {
     const base = await runStage(cluster, 'pretrain', {
       name: 'stages-base', kind: 'pretrain', model: R.model, data: { corpus: files.pretrain, heldOutFraction: 0.05 }, training: training(R.pretrain), parallel: { data: 1 },
     }, elapsed);
-    const baseEm = await baseExactMatch(cluster, files.tasks);
+    const heldOutTasks = await readTasks(files.tasks);
+    const baseEm = await versionExactMatch(cluster, 'stages-base', heldOutTasks);
     console.error(`base: exact-match ${baseEm} on ${R.evalExamples} held-out reversal tasks (${elapsed()})`);
 
     // Full SFT and LoRA SFT from the same base, one agent each.
@@ -120,23 +130,32 @@ export default async function main(argv: string[]): Promise<object> {
       }, elapsed),
     ]);
     const dpoEval = finalEval(dpo), distillEval = finalEval(distill);
+    // DPO must not cost the model what SFT taught it: its held-out task replies' perplexity against the SFT version's.
+    const [sftTaskPpl, dpoTaskPpl] = [await replyPerplexity(cluster, 'stages-sft', heldOutTasks), await replyPerplexity(cluster, 'stages-dpo', heldOutTasks)];
 
-    console.error(`int8: quantizing the SFT version … (${elapsed()})`);
-    const int8 = await int8OfSft(cluster, files.heldOutText);
+    console.error(`int8: quantizing the base and the SFT version … (${elapsed()})`);
+    const int8Base = await int8Of(cluster, 'stages-base', files.heldOutText);
+    const int8Sft = await int8Of(cluster, 'stages-sft', files.heldOutText, heldOutTasks);
 
     const result = {
       sft_exact_match: round4(sftEm),
       base_exact_match: round4(baseEm),
       dpo_win_rate: round4(dpoEval.winRate!),
-      dpo_ppl_change: round4(dpoEval.perplexityIncrease!),
+      dpo_ppl_change: round4(dpoTaskPpl / sftTaskPpl - 1),
+      dpo_task_ppl: round4(dpoTaskPpl),
+      sft_task_ppl: round4(sftTaskPpl),
+      dpo_chosen_ppl_change: round4(dpoEval.perplexityIncrease!),
       dpo_reward_margin: round4(dpoEval.rewardMargin!),
       lora_gain_ratio: round4(sftEm === baseEm ? 0 : (loraEm - baseEm) / (sftEm - baseEm)),
       lora_exact_match: round4(loraEm),
       lora_param_fraction: round4(trainableFraction(R.model, loraSpec(R.lora.spec, R.model))),
       distill_score_ratio: round4(distillEval.scoreRatio!),
       distill_student_exact_match: round4(distillEval.studentScore!),
-      int8_ppl_change: round4(int8.int8_ppl_change),
-      int8_size_ratio: round4(int8.int8_size_ratio),
+      int8_ppl_change: round4(int8Base.int8_ppl_change),
+      int8_size_ratio: round4(int8Base.int8_size_ratio),
+      int8_base_ppl: round4(int8Base.ppl_f32),
+      int8_sft_text_ppl_change: round4(int8Sft.int8_ppl_change),
+      int8_sft_exact_match: round4(int8Sft.exactMatch),
       dedup_recall: prep.dedup_recall,
       pii_recall: prep.pii_recall,
       stage_s: Object.fromEntries([base, sft, lora, dpo, distill].map((v) => [v.job.name, round4(stageSeconds(v))])),
@@ -152,7 +171,7 @@ export default async function main(argv: string[]): Promise<object> {
 }
 
 interface StageFiles {
-  pretrain: string; // .txt: the demo corpus plus task-word sentences
+  pretrain: string; // .txt: demo-corpus documents and documents of repeated task-word lines
   heldOutText: string[]; // text the base never trained on, for INT8's perplexity
   sft: string; // .jsonl {prompt, response}
   tasks: string; // .jsonl held-out reversal tasks
@@ -160,21 +179,28 @@ interface StageFiles {
 }
 
 /**
- * The base is pre-trained on demo-corpus text and plain sentences of the task words and names (no reversal, no
- * chat template): its tokenizer, trained on the same text, makes each task word one token. Replies start with a
- * space (" sky cat red"), so an answer's words are the very tokens of the prompt (" sky", not the line-initial
- * "sky"): the task is copying in reverse order, not also learning a second spelling of every word (exact-match
- * compares trimmed text).
+ * The base is pre-trained on demo-corpus text and on documents of short lines of the task words and names, each line
+ * followed by a copy of itself or of its tail (no reversal, no chat template). The repetition is the structure text
+ * has that teaches a model to attend by position (an induction circuit); without it the base's position embeddings
+ * stay near their random start, and a fine-tune that freezes them (LoRA) cannot learn a task that moves words by
+ * position: full SFT with only wpe frozen reached exact-match 0.02 on such a base (.scratch study, 400 steps), 0.86
+ * on this one. Its tokenizer, trained on the same text, makes each task word one token. Replies start with a space
+ * (" sky cat red"), so an answer's words are the very tokens of the prompt (" sky", not the line-initial "sky"): the
+ * task is copying in reverse order, not also learning a second spelling of every word (exact-match compares trimmed
+ * text).
  */
 function writeData(dir: string, seed: number): StageFiles {
   const docs = loadDemoCorpus().documents;
   const next = lcg(seed + 100);
   const vocab = [...TASK_WORDS, ...GREET_NAMES, 'hello', 'hi', 'the', 'a', 'and'];
-  const sentences = Array.from({ length: 3000 }, () => Array.from({ length: 8 + Math.floor(next() * 8) }, () => vocab[Math.floor(next() * vocab.length)]!).join(' ') + '.');
+  const line = () => Array.from({ length: 3 + Math.floor(next() * 3) }, () => vocab[Math.floor(next() * vocab.length)]!).join(' ');
+  const copyDocs = Array.from({ length: R.pretrainCopyDocs }, (_, i) => Array.from({ length: 4 }, () => {
+    const l = line();
+    return `${l}\n${i % 3 === 0 ? l : l.slice(l.indexOf(' ') + 1)}`;
+  }).join('\n'));
   const pretrain = join(dir, 'pretrain.txt');
-  const textDocs = docs.slice(0, 40), heldOutText = docs.slice(-10);
-  const half = Math.ceil(sentences.length / textDocs.length);
-  writeFileSync(pretrain, textDocs.map((d, i) => `${d}\n\n${sentences.slice(i * half, (i + 1) * half).join(' ')}`).join('\n\n'));
+  const textDocs = docs.slice(0, 20), heldOutText = docs.slice(-10);
+  writeFileSync(pretrain, [...textDocs, ...copyDocs].join('\n\n'));
   const tasks = reversalTasks(R.tasks.train + R.tasks.heldOut, seed, R.tasks.words);
   const names = syntheticNames(R.dpo.names, seed);
   const reply = (r: { prompt: string; response: string }) => ({ prompt: r.prompt, response: ` ${r.response}` });
@@ -246,15 +272,24 @@ async function versionFiles(cluster: LocalCluster, name: string): Promise<Record
   return out;
 }
 
-/** The base's exact-match on the held-out tasks, computed as the SFT suite computes it (model/eval-suites.ts). */
-async function baseExactMatch(cluster: LocalCluster, tasksFile: string): Promise<number> {
+/** A registry version's weights as a GPT on the current backend (wasm), with its tokenizer; the caller disposes it. */
+async function loadVersion(cluster: LocalCluster, name: string): Promise<{ model: GPT; tokenizer: Tokenizer; flat: Float32Array }> {
   await loadBackend('wasm');
-  const files = await versionFiles(cluster, 'stages-base');
+  const files = await versionFiles(cluster, name);
   const loaded = importHf(files);
   const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(files['tokenizer.json']!).toString('utf8')));
+  return { model: new GPT(loaded.config, { flat: loaded.params }), tokenizer, flat: loaded.params };
+}
+
+async function readTasks(tasksFile: string): Promise<ChatRecord[]> {
   const records: ChatRecord[] = [];
   for await (const { example } of readExampleFile(tasksFile, 'chat')) records.push(example as ChatRecord);
-  const model = new GPT(loaded.config, { flat: loaded.params });
+  return records.slice(0, R.evalExamples);
+}
+
+/** A version's exact-match on the held-out tasks, computed as the SFT suite computes it (model/eval-suites.ts). */
+async function versionExactMatch(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
+  const { model, tokenizer } = await loadVersion(cluster, name);
   try {
     return exactMatch(model, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch;
   } finally {
@@ -262,14 +297,37 @@ async function baseExactMatch(cluster: LocalCluster, tasksFile: string): Promise
   }
 }
 
-/** INT8 of the SFT version's weights, judged on held-out text the way measureInt8 does. */
-async function int8OfSft(cluster: LocalCluster, texts: string[]) {
-  const files = await versionFiles(cluster, 'stages-sft');
-  const loaded = importHf(files);
-  const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(files['tokenizer.json']!).toString('utf8')));
+/** Perplexity of the reply tokens of `records` (the tokens SFT trains on) under a version. */
+async function replyPerplexity(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
+  const { model, tokenizer } = await loadVersion(cluster, name);
+  try {
+    const seqs = records.map((r) => renderChat([...r.prompt, { role: 'assistant', content: r.response }], tokenizer));
+    const { logp, tokens } = replyLogprobs(model, seqs);
+    return Math.exp(-logp.reduce((a, b) => a + b, 0) / tokens.reduce((a, b) => a + b, 0));
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * INT8 of a version's weights (the registry's quantize → bytes → dequantize path), judged as measureInt8 does on
+ * held-out text, plus the greedy exact-match of the dequantized weights on `records` when given.
+ */
+async function int8Of(cluster: LocalCluster, name: string, texts: string[], records?: readonly ChatRecord[]) {
+  const { model, tokenizer, flat } = await loadVersion(cluster, name);
+  const config = model.config;
+  model.dispose();
   const seq = R.seqLen, rows = 8, need = rows * (seq + 1);
   const ids = texts.flatMap((t) => tokenizer.encode(t));
   const heldOut: TokenBatch[] = [];
   for (let o = 0; o + need <= ids.length && heldOut.length < 8; o += need) heldOut.push(tokenBatch(Int32Array.from(ids.slice(o, o + need)), rows, seq));
-  return measureInt8({ config: loaded.config, flat: loaded.params, heldOut });
+  const m = await measureInt8({ config, flat, heldOut });
+  if (!records) return { ...m, exactMatch: NaN };
+  const layout = paramLayout(config);
+  const int8 = new GPT(config, { flat: flatFromStateDict(readInt8Safetensors(writeInt8Safetensors(stateDict(flat, layout)).bytes), layout) });
+  try {
+    return { ...m, exactMatch: exactMatch(int8, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch };
+  } finally {
+    int8.dispose();
+  }
 }
