@@ -41,10 +41,9 @@ import { loadDemoCorpus } from '../model/corpus.ts';
 import { renderChat } from '../model/chat-template.ts';
 import { exactMatch, replyLogprobs, type ChatRecord } from '../model/eval-suites.ts';
 import { readExampleFile } from '../model/examples.ts';
-import { flatFromStateDict, GPT, paramLayout, stateDict } from '../model/gpt.ts';
+import { GPT } from '../model/gpt.ts';
 import { importHf } from '../model/hf-format.ts';
 import { loraSpec, trainableFraction } from '../model/lora.ts';
-import { readInt8Safetensors, writeInt8Safetensors } from '../model/quantize.ts';
 import { tokenBatch, type TokenBatch } from '../model/train-step.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { loadBackend } from '../node-agent/compute/backend.ts';
@@ -325,8 +324,7 @@ async function int8Of(cluster: LocalCluster, name: string, texts: string[], reco
   for (let o = 0; o + need <= ids.length && heldOut.length < 8; o += need) heldOut.push(tokenBatch(Int32Array.from(ids.slice(o, o + need)), rows, seq));
   const m = await measureInt8({ config, flat, heldOut });
   if (!records) return { ...m, exactMatch: NaN };
-  const layout = paramLayout(config);
-  const int8 = new GPT(config, { flat: flatFromStateDict(readInt8Safetensors(writeInt8Safetensors(stateDict(flat, layout)).bytes), layout) });
+  const int8 = new GPT(config, { flat: m.dequantized });
   try {
     return { ...m, exactMatch: exactMatch(int8, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch };
   } finally {

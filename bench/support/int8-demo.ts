@@ -22,6 +22,8 @@ export interface Int8Measurement {
   int8_file_ratio: number;
   ppl_f32: number;
   ppl_int8: number;
+  /** The weights as served: read back from model.int8.safetensors and dequantized, in `flat`'s layout. */
+  dequantized: Float32Array;
 }
 
 /**
@@ -65,5 +67,6 @@ export async function measureInt8(opts: { config: GPTConfig; flat: Float32Array;
     int8_file_ratio: bytes.byteLength / f32File,
     ppl_f32,
     ppl_int8,
+    dequantized,
   };
 }
