@@ -53,18 +53,18 @@ import { GREET_NAMES, greetRecords, reversalRecords, reversalTasks, TASK_WORDS, 
 import { measureDataPrep } from './support/dataprep-demo.ts';
 import { measureInt8 } from './support/int8-demo.ts';
 
-/** The recipe: sizes and steps that a 2-core CPU runs in minutes (see .scratch/stages-feas for how they were found). */
+/** The recipe: sizes and steps that a 2-core CPU runs in minutes (found by in-process studies of each stage; README's Measured table has the runs). */
 const R = {
   model: { vocabSize: 512, nCtx: 32, nLayer: 2, nHead: 4, nEmbd: 64 },
   seqLen: 32,
   tasks: { train: 2000, heldOut: 200, words: 3 },
-  // 1500 steps: from a 600-step base the same adapters stayed at exact-match 0 (loss 2.54 after 600 LoRA steps); from
-  // this one they reached 0.97 (.scratch/lora-diag, LoRA in-process on the job's base).
+  // 1500 steps: on the 600-step base of this corpus the same adapters stayed at exact-match 0 (loss 2.54 after 600
+  // LoRA steps); on this one they reach 0.97 by step 1400 (both measured in-process on the job's registered base).
   pretrain: { steps: 1500, batchSize: 16, lr: 3e-3 },
   pretrainCopyDocs: 4000,
   sft: { steps: 2000, batchSize: 16, lr: 3e-3 },
-  // Rank 5 on the query/key/value and MLP-up projections (4.3 % of the parameters): in the .scratch study, rank 3 on
-  // all four projections (4.6 %) reached exact-match 0.36 in 2000 steps and rank 8 on attention alone 0.04.
+  // Rank 5 on the query/key/value and MLP-up projections (4.3 % of the parameters): measured in-process on one base,
+  // rank 3 on all four projections (4.6 %) reached exact-match 0.36 in 2000 steps and rank 8 on attention alone 0.04.
   lora: { steps: 2000, batchSize: 16, lr: 1e-2, spec: { rank: 5, alpha: 10, dropout: 0, targets: ['attn.c_attn', 'mlp.c_fc'] } },
   dpo: { steps: 80, batchSize: 8, lr: 1e-4, beta: 0.1, rpoAlpha: 1, names: 240 },
   distill: { steps: 1000, batchSize: 16, lr: 3e-3, temperature: 2, alpha: 0.5 },
@@ -184,8 +184,8 @@ interface StageFiles {
  * followed by a copy of itself or of its tail (no reversal, no chat template). The repetition is the structure text
  * has that teaches a model to attend by position (an induction circuit); without it the base's position embeddings
  * stay near their random start, and a fine-tune that freezes them (LoRA) cannot learn a task that moves words by
- * position: full SFT with only wpe frozen reached exact-match 0.02 on such a base (.scratch study, 400 steps), 0.86
- * on this one. Its tokenizer, trained on the same text, makes each task word one token. Replies start with a space
+ * position: full SFT with only wpe frozen reached exact-match 0.02 on such a base and 0.86 on one pre-trained with
+ * repeated lines (measured in-process, 400 and 600 steps). Its tokenizer, trained on the same text, makes each task word one token. Replies start with a space
  * (" sky cat red"), so an answer's words are the very tokens of the prompt (" sky", not the line-initial "sky"): the
  * task is copying in reverse order, not also learning a second spelling of every word (exact-match compares trimmed
  * text).
