@@ -40,7 +40,7 @@ export const TrainingSpec = Type.Object(
     lr: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 10, description: 'peak learning rate' })),
     minLr: Type.Optional(Type.Number({ minimum: 0, maximum: 10, description: 'learning rate at the end of the cosine decay' })),
     warmupSteps: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000, description: 'linear warm-up steps' })),
-    weightDecay: Type.Optional(Type.Number({ minimum: 0, maximum: 10, description: 'AdamW decoupled weight decay (2-D weights only)' })),
+    weightDecay: Type.Optional(Type.Number({ minimum: 0, maximum: 10, description: 'AdamW decoupled weight decay (2-D weights only; LoRA adapter factors are never decayed)' })),
     beta1: Type.Optional(Fraction('AdamW β1')),
     beta2: Type.Optional(Fraction('AdamW β2')),
     gradClip: Type.Optional(Type.Number({ minimum: 0, maximum: 1e6, description: 'clip the global gradient norm at this value; 0 disables' })),
