@@ -185,10 +185,10 @@ interface StageFiles {
  * has that teaches a model to attend by position (an induction circuit); without it the base's position embeddings
  * stay near their random start, and a fine-tune that freezes them (LoRA) cannot learn a task that moves words by
  * position: full SFT with only wpe frozen reached exact-match 0.02 on such a base and 0.86 on one pre-trained with
- * repeated lines (measured in-process, 400 and 600 steps). Its tokenizer, trained on the same text, makes each task word one token. Replies start with a space
- * (" sky cat red"), so an answer's words are the very tokens of the prompt (" sky", not the line-initial "sky"): the
- * task is copying in reverse order, not also learning a second spelling of every word (exact-match compares trimmed
- * text).
+ * repeated lines (measured in-process, 400 and 600 steps). Its tokenizer, trained on the same text, makes each task
+ * word one token. Replies start with a space (" sky cat red"), so an answer's words are the very tokens of the prompt
+ * (" sky", not the line-initial "sky"): the task is copying in reverse order, not also learning a second spelling of
+ * every word (exact-match compares trimmed text).
  */
 function writeData(dir: string, seed: number): StageFiles {
   const docs = loadDemoCorpus().documents;
@@ -235,14 +235,18 @@ function syntheticNames(count: number, seed: number): string[] {
 /** Submits a job and follows it with a live line on stderr until it ends; a failed stage stops the benchmark. */
 async function runStage(cluster: LocalCluster, label: string, spec: object, elapsed: () => string): Promise<JobView> {
   const { id } = await cluster.api<{ id: string }>('POST', '/api/jobs', spec);
-  let last = '';
+  let shownStep = -Infinity, shownState = '';
   for (;;) {
     await sleep(2000);
     const v = await cluster.api<JobView>('GET', `/api/jobs/${id}`);
     const train = v.metrics.filter((m) => m.kind === 'train').at(-1);
-    const line = `${label}: ${v.job.state} step ${train?.step ?? 0}/${v.job.spec.training.steps} loss ${train?.values.loss?.toFixed(4) ?? '-'} (${elapsed()})`;
-    if (line !== last && (train?.step ?? 0) % 50 === 0) console.error(line);
-    last = line;
+    const step = train?.step ?? 0;
+    // A line every 50 steps or so (polls miss exact multiples when the machine is busy) and at each state change.
+    if (step - shownStep >= 50 || v.job.state !== shownState) {
+      console.error(`${label}: ${v.job.state} step ${step}/${v.job.spec.training.steps} loss ${train?.values.loss?.toFixed(4) ?? '-'} (${elapsed()})`);
+      shownStep = step;
+      shownState = v.job.state;
+    }
     if (v.job.state === 'succeeded') {
       console.error(`${label}: ${v.job.stateReason}; ${JSON.stringify(finalEval(v))} (${elapsed()})`);
       return v;
@@ -273,13 +277,24 @@ async function versionFiles(cluster: LocalCluster, name: string): Promise<Record
   return out;
 }
 
-/** A registry version's weights as a GPT on the current backend (wasm), with its tokenizer; the caller disposes it. */
-async function loadVersion(cluster: LocalCluster, name: string): Promise<{ model: GPT; tokenizer: Tokenizer; flat: Float32Array }> {
-  await loadBackend('wasm');
+/** A registry version's config, weights and tokenizer, as the registry serves them. */
+async function loadVersion(cluster: LocalCluster, name: string) {
   const files = await versionFiles(cluster, name);
-  const loaded = importHf(files);
+  const { config, params } = importHf(files);
   const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(files['tokenizer.json']!).toString('utf8')));
-  return { model: new GPT(loaded.config, { flat: loaded.params }), tokenizer, flat: loaded.params };
+  return { config, flat: params, tokenizer };
+}
+
+/** `f` on a version's weights as a GPT on the wasm backend, disposed after. */
+async function withVersion<T>(cluster: LocalCluster, name: string, f: (model: GPT, tokenizer: Tokenizer) => T): Promise<T> {
+  await loadBackend('wasm');
+  const { config, flat, tokenizer } = await loadVersion(cluster, name);
+  const model = new GPT(config, { flat });
+  try {
+    return f(model, tokenizer);
+  } finally {
+    model.dispose();
+  }
 }
 
 async function readTasks(tasksFile: string): Promise<ChatRecord[]> {
@@ -289,25 +304,17 @@ async function readTasks(tasksFile: string): Promise<ChatRecord[]> {
 }
 
 /** A version's exact-match on the held-out tasks, computed as the SFT suite computes it (model/eval-suites.ts). */
-async function versionExactMatch(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
-  const { model, tokenizer } = await loadVersion(cluster, name);
-  try {
-    return exactMatch(model, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch;
-  } finally {
-    model.dispose();
-  }
+function versionExactMatch(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
+  return withVersion(cluster, name, (model, tokenizer) => exactMatch(model, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch);
 }
 
 /** Perplexity of the reply tokens of `records` (the tokens SFT trains on) under a version. */
-async function replyPerplexity(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
-  const { model, tokenizer } = await loadVersion(cluster, name);
-  try {
+function replyPerplexity(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
+  return withVersion(cluster, name, (model, tokenizer) => {
     const seqs = records.map((r) => renderChat([...r.prompt, { role: 'assistant', content: r.response }], tokenizer));
     const { logp, tokens } = replyLogprobs(model, seqs);
     return Math.exp(-logp.reduce((a, b) => a + b, 0) / tokens.reduce((a, b) => a + b, 0));
-  } finally {
-    model.dispose();
-  }
+  });
 }
 
 /**
@@ -315,9 +322,8 @@ async function replyPerplexity(cluster: LocalCluster, name: string, records: rea
  * held-out text, plus the greedy exact-match of the dequantized weights on `records` when given.
  */
 async function int8Of(cluster: LocalCluster, name: string, texts: string[], records?: readonly ChatRecord[]) {
-  const { model, tokenizer, flat } = await loadVersion(cluster, name);
-  const config = model.config;
-  model.dispose();
+  await loadBackend('wasm');
+  const { config, flat, tokenizer } = await loadVersion(cluster, name);
   const seq = R.seqLen, rows = 8, need = rows * (seq + 1);
   const ids = texts.flatMap((t) => tokenizer.encode(t));
   const heldOut: TokenBatch[] = [];
