@@ -25,6 +25,8 @@ export const CoordinatorErrorCodes = {
   CRD_ERR_FORBIDDEN: 403,
   /** A command-line option is missing or invalid. */
   CRD_ERR_BAD_ARGS: 400,
+  /** A fault of the coordinator itself (a bug, or a start-up check of its own tables); the log has the stack. */
+  CRD_ERR_INTERNAL: 500,
 } as const;
 
 export type CoordinatorErrorCode = keyof typeof CoordinatorErrorCodes;

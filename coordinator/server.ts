@@ -48,6 +48,7 @@ import type { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyError } from 'fastify';
 import type { Logger } from '../common/log.ts';
 import { loadServerTls, type ServerTls } from '../common/tls.ts';
+import { decideAccess, stalePublicRoutes } from './access.ts';
 import { AgentHub, sha256Hex } from './agent-hub.ts';
 import { limitServer } from '../common/conn-limits.ts';
 import { FormGroupBody, MAX_RETURNED_ELEMENTS, RunBody, SelfcheckBody } from './api-schemas.ts';
@@ -97,6 +98,8 @@ export interface Coordinator {
   runs: RunStore;
   /** Set when this start generated the cluster token (so the CLI can print it once). */
   generatedToken: string | undefined;
+  /** Every registered HTTP route as "METHOD pattern" (HEAD routes included), complete once the app is ready. */
+  routes(): string[];
   listen(): Promise<{ port: number; host: string }>;
   close(): Promise<void>;
 }
@@ -197,22 +200,27 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   const tokenBytes = Buffer.from(tokenHash, 'hex');
   const isClusterToken = (presented: unknown) =>
     typeof presented === 'string' && presented.length > 0 && presented.length <= 1024 && timingSafeEqual(Buffer.from(sha256Hex(presented), 'hex'), tokenBytes);
-  const OPEN_API = new Set(['/api/login', '/api/logout', '/api/session']);
+  // Every route, as "METHOD pattern", for the public-list check below and for tests that try each one as a stranger.
+  const routeTable = new Set<string>();
+  app.addHook('onRoute', (r) => {
+    for (const method of [r.method].flat()) routeTable.add(`${method} ${r.url}`);
+  });
+  app.addHook('onReady', async () => {
+    const stale = stalePublicRoutes(routeTable);
+    if (stale.length) throw new CoordinatorError('CRD_ERR_INTERNAL', `PUBLIC_ROUTES names routes that do not exist: ${stale.map((r) => `${r.method} ${r.url}`).join(', ')}`);
+  });
+  // Access is decided on the route the router matched (access.ts), so no spelling of a URL reaches a route around it.
   app.addHook('onRequest', async (req) => {
-    if (!req.url.startsWith('/api/')) return;
-    if (OPEN_API.has(req.url.split('?')[0]!)) return;
     const header = req.headers.authorization;
-    if (header !== undefined) {
-      if (header.startsWith('Bearer ') && isClusterToken(header.slice(7))) return;
-    } else if (sessions.touch(sessionIdOf(req.headers.cookie))) {
-      // A cookie rides along with any request the browser makes, a forged cross-site form post included; a
-      // custom header cannot be sent cross-site without a CORS preflight we never grant.
-      if (req.method !== 'GET' && req.method !== 'HEAD' && req.headers['x-requested-with'] !== 'meshtrain') {
-        throw new CoordinatorError('CRD_ERR_FORBIDDEN', 'a dashboard request that changes something must carry X-Requested-With: meshtrain');
-      }
-      return;
-    }
-    throw new CoordinatorError('CRD_ERR_UNAUTHORIZED', 'missing or wrong cluster token: send Authorization: Bearer <token printed by coordinator start>, or log in to the dashboard');
+    const decision = decideAccess({
+      method: req.method,
+      routeUrl: req.routeOptions.url,
+      hasAuthorization: header !== undefined,
+      clusterToken: header !== undefined && header.startsWith('Bearer ') && isClusterToken(header.slice(7)),
+      session: header === undefined && sessions.touch(sessionIdOf(req.headers.cookie)),
+      requestedWith: [req.headers['x-requested-with']].flat()[0],
+    });
+    if (!decision.allow) throw new CoordinatorError(decision.code, decision.message);
   });
 
   app.register(dashboardRoutes);
@@ -463,6 +471,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     artifacts,
     runs,
     generatedToken,
+    routes: () => [...routeTable].sort(),
     async listen() {
       await app.listen({ host: cfg.host, port: cfg.port });
       const addr = app.server.address();

@@ -1,9 +1,9 @@
 /**
- * Who may call what. Routes fall in three classes by path: inference (`/v1/…`: an API key, when any is configured),
- * admin (`/admin/…`: the admin key; refused outright when none is configured, never open) and open (`/healthz`,
- * `/metrics`). `decideAccess` is the pure decision; `KeyRing` matches a presented key in constant time; the
- * gateway's onRequest hook (server.ts) applies both to every request, so a route added under /admin is guarded
- * without doing anything.
+ * Who may call what. Routes fall in three classes by the route they matched: inference (`/v1/…`: an API key, when
+ * any is configured), open (PUBLIC_ROUTES: `/healthz`, `/metrics`) and admin (everything else: the admin key;
+ * refused outright when none is configured, never open). `decideAccess` is the pure decision; `KeyRing` matches a
+ * presented key in constant time; the gateway's onRequest hook (server.ts) applies both to every request, so a
+ * route added anywhere is guarded without doing anything.
  *
  * Keys are kept only as sha256 digests and never logged or exported: a client is known by `clientId`, a short
  * digest prefix, which the rate limiter uses as its bucket name.
@@ -40,11 +40,25 @@ export function decideAccess(route: RouteClass, key: KeyMatch, configured: { api
 const under = (path: string, prefix: string) => path === prefix || path.startsWith(`${prefix}/`);
 
 /**
- * The class of a request, from the route it matched and from its path, raw and percent-decoded: the router decodes
- * paths, so `/%61dmin/status` reaches /admin/status and must be guarded like it. Unmatched paths (404s) under /v1 or
- * /admin are guarded too, so a missing key never learns which routes exist.
+ * The only routes that answer without a key, as "METHOD pattern". Everything else is inference or admin: a matched
+ * route that is neither under /v1 nor on this list is treated as admin, so a route added later is closed until
+ * someone decides otherwise.
  */
-export function routeClassOf(req: Pick<FastifyRequest, 'url' | 'routeOptions'>): RouteClass {
+export const PUBLIC_ROUTES: readonly string[] = Object.freeze(['GET /healthz', 'HEAD /healthz', 'GET /metrics', 'HEAD /metrics']);
+const PUBLIC = new Set(PUBLIC_ROUTES);
+
+/**
+ * The class of a request. A matched request is classed by the route the router matched (`routeOptions.url`, the
+ * pattern, whatever the URL's spelling: the router decodes `/%61dmin/status` to /admin/status). An unmatched one
+ * (headed for a 404) is classed by its path, raw and percent-decoded, so that a missing key never learns which
+ * routes exist under /v1 or /admin.
+ */
+export function routeClassOf(req: Pick<FastifyRequest, 'url' | 'method' | 'routeOptions'>): RouteClass {
+  const route = req.routeOptions.url;
+  if (route !== undefined) {
+    if (PUBLIC.has(`${req.method} ${route}`)) return 'open';
+    return under(route, '/v1') ? 'inference' : 'admin';
+  }
   const raw = req.url.split('?')[0]!;
   let decoded = raw;
   try {
@@ -52,9 +66,8 @@ export function routeClassOf(req: Pick<FastifyRequest, 'url' | 'routeOptions'>):
   } catch {
     // a malformed escape: the router will not match it either
   }
-  const paths = [raw, decoded, req.routeOptions.url ?? ''];
-  if (paths.some((p) => under(p, '/admin'))) return 'admin';
-  if (paths.some((p) => under(p, '/v1'))) return 'inference';
+  if (under(raw, '/admin') || under(decoded, '/admin')) return 'admin';
+  if (under(raw, '/v1') || under(decoded, '/v1')) return 'inference';
   return 'open';
 }
 

@@ -12,6 +12,12 @@ import type { Registry } from 'prom-client';
 
 const TEXT = 'text/plain; charset=utf-8';
 
+/**
+ * Every HTTP route of the peer port, as "METHOD path", all public (matched on the exact path: no decoding, so no
+ * other spelling reaches them). WebSocket upgrades are the peer links, authenticated by the group token.
+ */
+export const AGENT_HTTP_ROUTES: readonly string[] = Object.freeze(['GET /metrics', 'HEAD /metrics', 'GET /healthz', 'HEAD /healthz']);
+
 export interface HttpEndpointsOptions {
   /** Served at GET /metrics; without it /metrics is 404. */
   registry?: Registry | undefined;
