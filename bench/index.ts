@@ -2,6 +2,7 @@
  * npm run bench -- NAME [options]
  *
  * Runs one benchmark. Each prints progress on stderr and one JSON object as the last line of stdout.
+ *   codec       the protocol's decode path (decodeFrame + schema parse) with msgpackr's native extractor vs its JS decoder
  *   transport   raw TCP vs ws point-to-point throughput between two processes (tcp_gbps, ws_gbps, ratio)
  *   allreduce   ring all-reduce among real agent processes vs what the same ring's links carry
  *   matmul      wasm BatchMatMul: stock vs fast kernel (model/kernels) on a GPT step's shapes; GFLOP/s, speedup,
@@ -15,6 +16,7 @@
  *               ratio, parameter share) → DPO (win-rate, perplexity change) and distillation (score ratio), INT8
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
+  codec: () => import('./codec.ts'),
   transport: () => import('./transport.ts'),
   allreduce: () => import('./allreduce.ts'),
   matmul: () => import('./matmul.ts'),
