@@ -6,7 +6,6 @@ import { silentLogger, type Logger } from '../../common/log.ts';
 import { decideAccess, KeyRing, type KeyMatch, type RouteClass } from '../../gateway/auth.ts';
 import { runCli } from '../../gateway/cli.ts';
 import { FakeBackend } from '../../gateway/fake-backend.ts';
-import { RateLimiter, takeToken } from '../../gateway/rate-limit.ts';
 import { createGateway, type CreateGatewayOptions } from '../../gateway/server.ts';
 import { MODEL } from './support.ts';
 
@@ -127,33 +126,6 @@ test('a prompt over --max-prompt-tokens is a 400 naming the limit, though it fit
   });
   assert.equal((await inject('POST', '/v1/completions', undefined, { ...completion, prompt: 'x'.repeat(10) })).statusCode, 200);
   assert.equal(fake.generateCalls, 1);
-});
-
-test('a token bucket allows a burst, then one request per 1/rps seconds, and says how long to wait', () => {
-  const limit = { rps: 2, burst: 3 };
-  let b = takeToken(undefined, 0, limit);
-  assert.deepEqual(b, { bucket: { tokens: 2, atMs: 0 }, retryAfterMs: 0 });
-  b = takeToken(b.bucket, 0, limit);
-  b = takeToken(b.bucket, 0, limit);
-  assert.equal(b.retryAfterMs, 0);
-  b = takeToken(b.bucket, 0, limit);
-  assert.equal(b.retryAfterMs, 500);
-  b = takeToken(b.bucket, 250, limit);
-  assert.equal(b.retryAfterMs, 250);
-  assert.equal(takeToken(b.bucket, 500, limit).retryAfterMs, 0);
-  assert.equal(takeToken({ tokens: 0, atMs: 0 }, 60_000, limit).bucket.tokens, 2, 'an idle bucket fills up to the burst, no more');
-});
-
-test('the rate limiter keeps one bucket per client', () => {
-  let now = 0;
-  const limiter = new RateLimiter({ rps: 1, burst: 1 }, () => now);
-  assert.equal(limiter.take('a'), 0);
-  assert.equal(limiter.take('b'), 0);
-  assert.equal(limiter.take('a'), 1000);
-  now = 1000;
-  assert.equal(limiter.take('a'), 0);
-  assert.throws(() => new RateLimiter({ rps: 0, burst: 1 }), /positive number/);
-  assert.throws(() => new RateLimiter({ rps: 1, burst: 0 }), /integer ≥ 1/);
 });
 
 test('over its rate limit a key gets 429 with Retry-After, other keys go on, and the counter names no key', async (t) => {
