@@ -19,6 +19,11 @@ if (files.length === 0) {
   console.error(`no test files match ${filter ?? 'test/**/*.test.ts'}`);
   process.exit(1);
 }
+// Extract and check the bundled Chromium once, here, so that test files running side by side never race to unpack it.
+if (files.some((f) => f.includes('dashboard'))) {
+  const { findChromium } = await import('./chromium.mjs');
+  process.env.CHROMIUM_PATH = (await findChromium()).path;
+}
 const args = ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=2', ...files];
 const res = spawnSync(process.execPath, args, { stdio: 'inherit' });
 process.exit(res.status ?? 1);

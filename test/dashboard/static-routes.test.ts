@@ -21,7 +21,7 @@ describe('the dashboard static routes', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const get = (url: string) => coordinator.app.inject({ method: 'GET', url });
+  const get = (url: string, token?: string) => coordinator.app.inject({ method: 'GET', url, ...(token ? { headers: { authorization: `Bearer ${token}` } } : {}) });
 
   test('the page is served at / without a token, with a strict policy and no caching', async () => {
     const res = await get('/');
@@ -60,7 +60,7 @@ describe('the dashboard static routes', () => {
     assert.match(css.body, /\.uplot/);
   });
 
-  test('no path outside the listed files is served', async () => {
+  test('no path outside the listed files is served: 404, or 401 to a stranger where no route matched (closed by default)', async () => {
     for (const url of [
       '/dashboard/../package.json',
       '/dashboard/..%2Fpackage.json',
@@ -71,9 +71,11 @@ describe('the dashboard static routes', () => {
       '/dashboard/missing.js',
       '/dashboard/',
     ]) {
-      const res = await get(url);
+      const stranger = await get(url);
+      assert.ok([401, 404].includes(stranger.statusCode), `${url}: ${stranger.statusCode}`);
+      const res = await get(url, 'dashboard-static-token');
       assert.equal(res.statusCode, 404, url);
-      assert.doesNotMatch(res.body, /"name":\s*"meshtrain"/, url);
+      for (const body of [stranger.body, res.body]) assert.doesNotMatch(body, /"name":\s*"meshtrain"/, url);
     }
   });
 

@@ -1,18 +1,16 @@
 /**
- * A real headless Chromium for the dashboard tests, driven by playwright-core (which downloads no browser: it uses
- * the system's, Debian's `chromium` package here and in CI).
+ * A real headless Chromium for the dashboard tests, driven by playwright-core (which downloads no browser): the one
+ * the npm package @sparticuz/chromium ships, or CHROMIUM_PATH (scripts/chromium.mjs finds and checks it).
  */
-import { existsSync } from 'node:fs';
 import { chromium, type Browser, type Page } from 'playwright-core';
-
-export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+import { CHROMIUM_ARGS, findChromium } from '../../scripts/chromium.mjs';
 
 /** Fails, never skips, without a browser: a dashboard that was never rendered is not a dashboard that passed. */
 export async function launchChromium(): Promise<Browser> {
-  if (!existsSync(CHROMIUM_PATH)) {
-    throw new Error(`no Chromium at ${CHROMIUM_PATH}: install it (apt-get install chromium) or point CHROMIUM_PATH at one`);
-  }
-  return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: ['--no-sandbox'] });
+  const { path } = await findChromium();
+  // The bundled build derives navigator.language from LANG, and C.UTF-8 (Debian's default) becomes "en-US@posix",
+  // which is no BCP 47 tag: uPlot's Intl.NumberFormat(navigator.language) then throws. A person's browser says en-US.
+  return chromium.launch({ executablePath: path, headless: true, args: [...CHROMIUM_ARGS], env: { ...process.env, LANG: 'en_US.UTF-8' } });
 }
 
 /**

@@ -1,12 +1,15 @@
 /**
- * Throwaway TLS material for tests, made with the system's openssl (/usr/bin/openssl): a CA, and a server
+ * Throwaway TLS material for tests, made in process (no openssl binary needed on the machine): a CA, and a server
  * certificate it signed for CN localhost with SAN DNS:localhost, IP:127.0.0.1 — good for the coordinator and every
- * agent's peer listener on loopback. `makeTestPki` writes them to a fresh temporary folder; `remove` deletes it.
+ * agent's peer listener on loopback. Keys come from Node's crypto (native RSA key generation: ~50 ms where
+ * node-forge's pure-JS one takes seconds); node-forge builds and signs the certificates. `makeTestPki` writes them
+ * to a fresh temporary folder; `remove` deletes it.
  */
-import { execFileSync } from 'node:child_process';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import forge from 'node-forge';
 
 export interface TestPki {
   dir: string;
@@ -18,24 +21,69 @@ export interface TestPki {
   remove(): void;
 }
 
-function openssl(args: string[], cwd: string): void {
-  execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+interface Keys {
+  privatePem: string;
+  privateKey: forge.pki.rsa.PrivateKey;
+  publicKey: forge.pki.rsa.PublicKey;
 }
 
-function makeCa(dir: string, name: string): { cert: string; key: string } {
-  const key = join(dir, `${name}.key`), cert = join(dir, `${name}.crt`);
-  openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${name}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
-  return { cert, key };
+function rsaKeys(): Keys {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  return { privatePem: privateKey, privateKey: forge.pki.privateKeyFromPem(privateKey), publicKey: forge.pki.publicKeyFromPem(publicKey) };
+}
+
+/** A certificate for `subject`'s key, signed by `issuer` (itself when absent: a self-signed CA). */
+function certificate(cn: string, keys: Keys, issuer: { cert: forge.pki.Certificate; keys: Keys } | undefined, extensions: object[]): forge.pki.Certificate {
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = keys.publicKey;
+  cert.serialNumber = `01${randomBytes(15).toString('hex')}`; // positive, unique
+  cert.validity.notBefore = new Date(Date.now() - DAY_MS);
+  cert.validity.notAfter = new Date(Date.now() + 2 * DAY_MS);
+  cert.setSubject([{ name: 'commonName', value: cn }]);
+  cert.setIssuer(issuer ? issuer.cert.subject.attributes : [{ name: 'commonName', value: cn }]);
+  cert.setExtensions(extensions);
+  cert.sign(issuer ? issuer.keys.privateKey : keys.privateKey, forge.md.sha256.create());
+  return cert;
+}
+
+function makeCa(name: string): { cert: forge.pki.Certificate; keys: Keys } {
+  const keys = rsaKeys();
+  const cert = certificate(name, keys, undefined, [
+    { name: 'basicConstraints', cA: true, critical: true },
+    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+    { name: 'subjectKeyIdentifier' },
+  ]);
+  return { cert, keys };
 }
 
 export function makeTestPki(): TestPki {
   const dir = mkdtempSync(join(tmpdir(), 'meshtrain-pki-'));
-  const ca = makeCa(dir, 'meshtrain-test-ca');
-  const other = makeCa(dir, 'unrelated-ca');
-  const key = join(dir, 'server.key'), csr = join(dir, 'server.csr'), cert = join(dir, 'server.crt'), ext = join(dir, 'server.ext');
-  writeFileSync(ext, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n');
-  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', '/CN=localhost'], dir);
-  openssl(['x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext], dir);
-  return { dir, caCert: ca.cert, cert, key, otherCaCert: other.cert, remove: () => rmSync(dir, { recursive: true, force: true }) };
+  const ca = makeCa('meshtrain-test-ca');
+  const other = makeCa('unrelated-ca');
+  const serverKeys = rsaKeys();
+  const server = certificate('localhost', serverKeys, ca, [
+    { name: 'basicConstraints', cA: false },
+    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+    { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
+    { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
+  ]);
+  const write = (name: string, text: string) => {
+    const p = join(dir, name);
+    writeFileSync(p, text, { mode: 0o600 });
+    return p;
+  };
+  return {
+    dir,
+    caCert: write('meshtrain-test-ca.crt', forge.pki.certificateToPem(ca.cert)),
+    cert: write('server.crt', forge.pki.certificateToPem(server)),
+    key: write('server.key', serverKeys.privatePem),
+    otherCaCert: write('unrelated-ca.crt', forge.pki.certificateToPem(other.cert)),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }

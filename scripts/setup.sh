@@ -1,0 +1,51 @@
+#!/bin/sh
+# npm run setup — the system packages meshtrain needs, before `npm ci` (the README's commands and .ci/run both run it).
+#   python3, make, g++   better-sqlite3 compiles from source when its prebuilt binary cannot be downloaded
+#   libnss3, libexpat1   the headless Chromium the dashboard tests drive (npm package @sparticuz/chromium) links them
+# As root on Debian or Ubuntu it installs what is missing with apt-get; otherwise it stops with one line naming
+# exactly what to install. It changes nothing when everything is there.
+set -eu
+
+missing_cmds=""
+for c in python3 make g++; do
+  command -v "$c" >/dev/null 2>&1 || missing_cmds="$missing_cmds $c"
+done
+
+has_lib() {
+  for ldconfig in ldconfig /sbin/ldconfig /usr/sbin/ldconfig; do
+    if command -v "$ldconfig" >/dev/null 2>&1; then
+      "$ldconfig" -p 2>/dev/null | grep -q "$1" && return 0
+      return 1
+    fi
+  done
+  return 1
+}
+missing_libs=""
+has_lib 'libnss3\.so' || missing_libs="$missing_libs libnss3"
+has_lib 'libexpat\.so\.1' || missing_libs="$missing_libs libexpat1"
+
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "setup: meshtrain needs Node.js 20 or later (found $(node --version 2>/dev/null || echo none)): install it, then run npm run setup again" >&2
+  exit 1
+fi
+
+pkgs="$missing_cmds$missing_libs"
+if [ -z "$pkgs" ]; then
+  echo "setup: system packages present (python3, make, g++, libnss3, libexpat1); next: npm ci"
+  exit 0
+fi
+# Debian's package for the g++ command is g++; python3, make, libnss3 and libexpat1 are named as the commands/libraries.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing${pkgs} with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  echo "setup: installed${pkgs}; next: npm ci"
+  exit 0
+fi
+if command -v apt-get >/dev/null 2>&1; then
+  echo "setup: missing${pkgs}: run  sudo apt-get install -y${pkgs}  then npm run setup again" >&2
+else
+  echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium): install them with your package manager, then npm run setup again" >&2
+fi
+exit 1
