@@ -7,6 +7,7 @@ import { decideAccess, KeyRing, type KeyMatch, type RouteClass } from '../../gat
 import { runCli } from '../../gateway/cli.ts';
 import { FakeBackend } from '../../gateway/fake-backend.ts';
 import { createGateway, type CreateGatewayOptions } from '../../gateway/server.ts';
+import { until } from '../support/until.ts';
 import { MODEL } from './support.ts';
 
 function gatewayWith(t: TestContext, opts: Partial<CreateGatewayOptions> = {}, fake = new FakeBackend({ id: MODEL })) {
@@ -160,20 +161,20 @@ test('closing drains: a running request finishes with 200, a new one gets 503 in
   const { port } = await gateway.listen({ port: 0 });
   const url = `http://127.0.0.1:${port}/v1/completions`;
   const slow = fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...completion, max_tokens: 30 }) });
-  while (fake.tokensSampled < 3) await new Promise((r) => setTimeout(r, 5));
+  await until('the slow request to sample 3 tokens', async () => fake.tokensSampled >= 3, 10_000, 5);
   const closing = gateway.close();
-  let closed = false;
-  void closing.then(() => (closed = true));
+  let sampledWhenClosed = -1; // how far the running request had got when close resolved
+  void closing.then(() => (sampledWhenClosed = fake.tokensSampled));
   const during = await inject('POST', '/v1/completions', undefined, completion);
   assert.equal(during.statusCode, 503);
   assert.deepEqual(during.json().error, { message: 'The server is shutting down and takes no new requests; retry on another instance.', type: 'server_error', param: null, code: 'server_shutting_down' });
   const overSocket = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(completion) }).then((r) => r.status, () => 'refused');
   assert.ok(overSocket === 503 || overSocket === 'refused', `a new request during the drain got ${overSocket}`);
-  assert.equal(closed, false, 'close waits for the running request');
   const res = await slow;
   assert.equal(res.status, 200);
   assert.equal(((await res.json()) as { choices: Array<{ text: string }> }).choices[0]!.text.length, 30);
   await closing;
+  assert.equal(sampledWhenClosed, 30, 'close waited for the running request to sample all its tokens');
   assert.equal(fake.generateCalls, 1, 'nothing new was generated during the drain');
 });
 
@@ -182,7 +183,7 @@ test('a stream running at close finishes with [DONE] before the gateway closes',
   const { gateway } = gatewayWith(t, {}, fake);
   const { port } = await gateway.listen({ port: 0 });
   const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...completion, max_tokens: 20, stream: true }) });
-  while (fake.tokensSampled < 3) await new Promise((r) => setTimeout(r, 5));
+  await until('the stream to sample 3 tokens', async () => fake.tokensSampled >= 3, 10_000, 5);
   const closing = gateway.close();
   const body = await res.text();
   assert.match(body, /data: \[DONE\]\n\n$/);
@@ -191,14 +192,16 @@ test('a stream running at close finishes with [DONE] before the gateway closes',
 });
 
 test('a request still running at the drain timeout is cut, and close resolves', async (t) => {
-  const fake = new FakeBackend({ id: MODEL, delayMsPerToken: 20 });
+  // 200 tokens at 50 ms each take at least 10 s (a loaded machine only makes timers later), against a 100 ms drain.
+  const fake = new FakeBackend({ id: MODEL, delayMsPerToken: 50 });
   const { gateway } = gatewayWith(t, { drainTimeoutMs: 100 }, fake);
   const { port } = await gateway.listen({ port: 0 });
   const slow = fetch(`http://127.0.0.1:${port}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...completion, max_tokens: 200 }) }).then((r) => r.status, () => 'cut');
-  while (fake.tokensSampled < 1) await new Promise((r) => setTimeout(r, 5));
+  await until('the slow request to sample its first token', async () => fake.tokensSampled >= 1, 10_000, 5);
   const started = Date.now();
   await gateway.close();
-  assert.ok(Date.now() - started < 2000, `close took ${Date.now() - started} ms`);
+  const sampledWhenClosed = fake.tokensSampled;
+  assert.ok(sampledWhenClosed < 200, `close resolved before the request finished (${sampledWhenClosed} of 200 tokens, ${Date.now() - started} ms)`);
   assert.equal(await slow, 'cut');
   assert.ok(fake.tokensSampled < 200);
 });

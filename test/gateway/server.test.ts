@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { FakeBackend } from '../../gateway/fake-backend.ts';
 import { createGateway } from '../../gateway/server.ts';
 import { silentLogger } from '../../common/log.ts';
+import { until } from '../support/until.ts';
 import { harness, MODEL } from './support.ts';
 
 test('GET /v1/models lists the served models in OpenAI\'s list shape, and /v1/models/:id shows one', async (t) => {
@@ -91,7 +92,7 @@ test('closing the gateway lets a running request finish, then closes the backend
   t.after(() => gateway.close());
   const { port } = await gateway.listen({ port: 0 });
   const pending = fetch(`http://127.0.0.1:${port}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 30 }) });
-  while (fake.tokensSampled < 3) await new Promise((r) => setTimeout(r, 5));
+  await until('the running request to sample 3 tokens', async () => fake.tokensSampled >= 3, 10_000, 5);
   const closing = gateway.close();
   const res = await pending;
   assert.equal(res.status, 200);

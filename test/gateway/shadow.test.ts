@@ -13,6 +13,7 @@ import { FakeBackend, type FakeBackendOptions } from '../../gateway/fake-backend
 import { createGateway } from '../../gateway/server.ts';
 import { DEFAULT_ROLLOUT } from '../../gateway/rollout.ts';
 import { MirroringBackend, ShadowMirror, type ShadowSettings } from '../../gateway/shadow.ts';
+import { until } from '../support/until.ts';
 import { generateRequest } from './support.ts';
 
 const ADMIN = 'adm-secret';
@@ -164,7 +165,7 @@ test('an identical shadow reaches promote and, with autoPromote, becomes the pri
   assert.equal(c.shadows[0].decision.verdict, 'keep-watching');
   assert.equal(c.shadows[0].decision.n, 4);
   await complete({ seed: 4 });
-  for (let i = 0; i < 100 && (await admin('GET', '/admin/deployments/chat')).json.deployment.primary.version !== 2; i++) await new Promise((r) => setTimeout(r, 10));
+  await until('the auto-promotion of v2', async () => (await admin('GET', '/admin/deployments/chat')).json.deployment.primary.version === 2, 30_000, 10);
   const { json } = await admin('GET', '/admin/deployments/chat');
   assert.deepEqual(json.deployment.primary, v(2));
   assert.deepEqual(json.deployment.shadows, [], 'the promoted shadow is no longer a shadow');

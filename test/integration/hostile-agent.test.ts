@@ -253,17 +253,22 @@ describe('a real agent under a hostile coordinator and hostile peers', () => {
       const outOfGroup = dial(peerUrl, helloFor(b.groupId, b.token, 7));
       const wrongRing = dial(peerUrl, helloFor(b.groupId, b.token, 0, { ring: 'dp.9' }));
       const second = dial(peerUrl, helloFor(a.groupId, a.token)); // a.link is open
+      // "At once" is judged against the agent's own clock rather than ours: each of these is refused before the hello
+      // for an unknown group, dialed at the same moment, is refused at the end of the agent's assignment wait.
+      let unknownClosed = false;
+      void unknown.closed.then(() => (unknownClosed = true));
       for (const [name, d] of Object.entries({ foreign, foreignOther, notPredecessor, outOfGroup, wrongRing })) {
         const c = await d.closed;
         assert.equal(c.code, CloseCode.UNAUTHORIZED, `${name}: ${c.code} ${c.reason}`);
-        assert.ok(c.ms < PEER_HELLO_TIMEOUT_MS, `${name} refused at once (${c.ms} ms)`);
+        assert.equal(unknownClosed, false, `${name} refused at once, before the assignment wait ended (${c.ms} ms)`);
       }
       const s = await second.closed;
       assert.equal(s.code, CloseCode.UNEXPECTED, `second link: ${s.reason}`);
       assert.match(s.reason, /already has a link/);
       const u = await unknown.closed;
       assert.equal(u.code, CloseCode.UNAUTHORIZED, `unknown group: ${u.reason}`);
-      assert.ok(u.ms >= PEER_HELLO_TIMEOUT_MS - 100 && u.ms < PEER_HELLO_TIMEOUT_MS + 3000, `after the assignment wait (${u.ms} ms)`);
+      // A timer never fires early; a late one is the machine's load, and the 4005 itself says the agent refused it.
+      assert.ok(u.ms >= PEER_HELLO_TIMEOUT_MS - 100, `after the assignment wait (${u.ms} ms)`);
       assert.equal(a.link.ws.readyState, WebSocket.OPEN, 'the real predecessor link survives the impostors');
       a.link.ws.close();
     });
@@ -324,7 +329,7 @@ describe('a real agent under a hostile coordinator and hostile peers', () => {
           scenarios.slice(i, i + 4).map(async (s) => {
             const g = await linkedGroup();
             for (const f of s.frames) g.link.ws.send(f, { binary: s.name !== 'a text frame' });
-            const c = await Promise.race([g.link.closed, sleep(5000).then(() => ({ code: -1, reason: 'still open after 5 s', ms: 5000 }))]);
+            const c = await Promise.race([g.link.closed, sleep(15_000).then(() => ({ code: -1, reason: 'still open after 15 s', ms: 15_000 }))]);
             if (c.code !== s.code) wrong.push(`${s.name}: expected ${s.code}, got ${c.code} ${c.reason}`);
             coordinator.send({ type: 'group.release', groupId: g.groupId });
           }),
@@ -336,25 +341,34 @@ describe('a real agent under a hostile coordinator and hostile peers', () => {
     });
 
     test('during a running all-reduce, a segment at a bad offset, of a bad count or phase, or of the wrong kind is refused with 4006 and the collective fails at once', async () => {
+      // Collective #1 is the run's opening barrier, #2 the all-reduce of 1000 elements.
       const bad: Array<[string, Record<string, unknown>, number]> = [
-        ['offset beyond the buffer', { type: 'ring.data', seq: 1, phase: 0, hop: 0, offset: 1 << 30, count: 1, attach: 4 }, 4],
-        ['count beyond the segment', { type: 'ring.data', seq: 1, phase: 0, hop: 0, offset: 0, count: 2, attach: 8 }, 8],
-        ['phase 1 where phase 0 is due', { type: 'ring.data', seq: 1, phase: 1, hop: 0, offset: 0, count: 1, attach: 4 }, 4],
-        ['stream.data in an all-reduce', { type: 'stream.data', seq: 1, attach: 4 }, 4],
+        ['offset beyond the buffer', { type: 'ring.data', seq: 2, phase: 0, hop: 0, offset: 1 << 30, count: 1, attach: 4 }, 4],
+        ['count beyond the segment', { type: 'ring.data', seq: 2, phase: 0, hop: 0, offset: 500, count: 257, attach: 1028 }, 1028],
+        ['phase 1 where phase 0 is due', { type: 'ring.data', seq: 2, phase: 1, hop: 0, offset: 500, count: 256, attach: 1024 }, 1024],
+        ['stream.data in an all-reduce', { type: 'stream.data', seq: 2, attach: 4 }, 4],
       ];
       await Promise.all(
         bad.map(async ([name, header, n], i) => {
           const g = await linkedGroup();
+          const fromAgent: PeerMessage[] = [];
+          listener.links.get(g.groupId)!.onData = (msg) => void fromAgent.push(msg);
           const t0 = Date.now();
           coordinator.send({ type: 'collective.run', groupId: g.groupId, runId: `bad-${i}`, op: 'allreduce', elements: 1000, seed: 1, repeats: 1, verify: true, returnResult: false });
-          await sleep(200); // the agent is now in the collective's opening barrier (seq 1), waiting for rank 0
+          // Our part of the barrier (rank 0 holds its one element; held by the agent if it has not started yet), so
+          // that the agent goes on into the all-reduce: its first segments to us say it runs and waits for ours.
+          g.link.ws.send(encodeMessage({ type: 'ring.data', seq: 1, phase: 0, hop: 0, offset: 0, count: 1, attach: 4 }));
+          g.link.ws.send(Buffer.alloc(4));
+          await until(`${name}: the agent's first all-reduce segment`, 30_000, () => (fromAgent.some((m) => m.type === 'ring.data' && m.seq === 2) ? true : undefined));
           g.link.ws.send(encodeMessage(header as Envelope));
           g.link.ws.send(Buffer.alloc(n));
           const c = await g.link.closed;
           assert.equal(c.code, CloseCode.UNEXPECTED, `${name}: ${c.reason}`);
-          const result = await coordinator.take(`collective.result of bad-${i}`, 6000, (m): m is Extract<AgentMessage, { type: 'collective.result' }> => m.type === 'collective.result' && m.runId === `bad-${i}`);
+          const result = await coordinator.take(`collective.result of bad-${i}`, 30_000, (m): m is Extract<AgentMessage, { type: 'collective.result' }> => m.type === 'collective.result' && m.runId === `bad-${i}`);
           assert.equal(result.ok, false, name);
-          assert.ok(Date.now() - t0 < 4000, `${name}: failed in ${Date.now() - t0} ms, before the 8 s collective timeout`);
+          // Failed by the refused link, not by the 8 s collective timeout (which says it made no progress).
+          assert.doesNotMatch(result.error ?? '', /made no progress/, `${name}: failed in ${Date.now() - t0} ms with: ${result.error}`);
+          assert.match(result.error ?? '', /closed/, `${name}: failed by its refused link: ${result.error}`);
           coordinator.send({ type: 'group.release', groupId: g.groupId });
         }),
       );
@@ -392,9 +406,9 @@ describe('a real agent under a hostile coordinator and hostile peers', () => {
         const before = coordinator.current!;
         const hellos = coordinator.hellos.length;
         before.ws.send(frame, { binary: typeof frame !== 'string' });
-        const code = await Promise.race([before.closed, sleep(4000).then(() => -1)]);
+        const code = await Promise.race([before.closed, sleep(15_000).then(() => -1)]);
         if (code !== expected) wrong.push(`${typeof frame === 'string' ? 'text' : frame.subarray(0, 60).toString('hex')}: expected ${expected}, got ${code}`);
-        await until('the agent to reconnect', 8000, () => (coordinator.hellos.length > hellos && coordinator.current !== before ? true : undefined));
+        await until('the agent to reconnect', 30_000, () => (coordinator.hellos.length > hellos && coordinator.current !== before ? true : undefined));
         const again = agentHello();
         if (again.nodeId !== NODE_ID || again.nodeSecret !== NODE_SECRET) wrong.push(`reconnected as ${again.nodeId} without its secret`);
       }

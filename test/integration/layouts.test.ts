@@ -222,16 +222,22 @@ describe('training one GPT under every data × pipeline × tensor layout on four
 
   test('a pinned layout larger than the cluster stays queued and says what it waits for', async () => {
     const job = await cluster.api<JobRecord>('POST', '/api/jobs', spec('layout-8x1x1', { data: 8 }, { microBatches: 1 }));
+    let behind: JobRecord | undefined;
     try {
-      const waiting = await untilJob(cluster, job.id, (v) => /waiting for 8 free agents/.test(v.job.stateReason), 10_000);
+      const waiting = await untilJob(cluster, job.id, (v) => /waiting for 8 free agents/.test(v.job.stateReason), 30_000);
       assert.equal(waiting.job.state, 'queued');
-      await new Promise((r) => setTimeout(r, 1200)); // a couple of scheduler ticks: still waiting, not started
+      // A later scheduler pass, seen rather than slept for: a job submitted after this one is told it is queued
+      // behind it, which the scheduler says only in a pass that found this one still unable to start.
+      behind = await cluster.api<JobRecord>('POST', '/api/jobs', spec('layout-behind-8x1x1', { data: 1 }));
+      await untilJob(cluster, behind.id, (v) => v.job.stateReason === `queued behind ${job.id}`, 30_000);
       const later = await cluster.api<JobView>('GET', `/api/jobs/${job.id}`);
       assert.equal(later.job.state, 'queued');
       assert.equal(later.job.attempt, 0, 'never started');
       assert.match(later.job.stateReason, /waiting for 8 free agents \(4 free\)/);
     } finally {
-      await cluster.api('POST', `/api/jobs/${job.id}/cancel`); // a queued job would hold every job behind it
+      // The one behind first: with the large one gone, it would start. A queued job would hold every job behind it.
+      if (behind) await cluster.api('POST', `/api/jobs/${behind.id}/cancel`);
+      await cluster.api('POST', `/api/jobs/${job.id}/cancel`);
     }
   });
 });

@@ -23,6 +23,7 @@ import WebSocket from 'ws';
 import { spawnProc, waitForLine, type Proc } from '../../scripts/local-cluster.ts';
 import { encodeMessage } from '../../protocol/codec.ts';
 import { CloseCode } from '../../protocol/codes.ts';
+import { until } from '../support/until.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const TOKEN = 'limits-test-cluster-token';
@@ -32,6 +33,12 @@ const COORDINATOR_MAX_CONNECTIONS = 300;
 const COORDINATOR_MAX_PENDING = 16;
 const AGENT_MAX_CONNECTIONS = 150;
 const AGENT_MAX_PENDING = 8;
+/**
+ * Slack on top of a server-side timeout before a cut counts as late. Generous (a loaded machine delays the server's
+ * deadline check and our own clock), yet each bound stays below the process's default timeout (10 s), so a limit
+ * that was not applied still fails.
+ */
+const LATE_MS = 5000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -63,6 +70,7 @@ function slowLoris(port: number, everyMs: number, giveUpMs: number): Promise<Cut
 interface WsOutcome {
   code: number;
   ms: number;
+  gaveUp: boolean; // we cut it ourselves after giveUpMs: the server never closed it
 }
 
 /** Opens a WebSocket that never says anything; resolves with its close code (1006: dropped without a close frame). */
@@ -71,15 +79,32 @@ function silentWs(url: string, giveUpMs: number, sockets: Set<WebSocket>): Promi
     const t0 = Date.now();
     const ws = new WebSocket(url, { perMessageDeflate: false });
     sockets.add(ws);
-    const giveUp = setTimeout(() => ws.terminate(), giveUpMs);
+    let gaveUp = false;
+    const giveUp = setTimeout(() => ((gaveUp = true), ws.terminate()), giveUpMs);
     ws.on('error', () => {});
     ws.on('close', (code) => {
       clearTimeout(giveUp);
       sockets.delete(ws);
-      resolve({ code, ms: Date.now() - t0 });
+      resolve({ code, ms: Date.now() - t0, gaveUp });
     });
   });
 }
+
+/** Refused by the server: told 1013 TRY_AGAIN, or dropped (1006) by the server rather than by our own give-up. */
+const refusedByServer = (o: WsOutcome) => o.code === CloseCode.TRY_AGAIN || (o.code === 1006 && !o.gaveUp);
+
+/** The flood's outcomes in the order they settle. */
+function settling(flood: Array<Promise<WsOutcome>>): WsOutcome[] {
+  const settled: WsOutcome[] = [];
+  for (const o of flood) void o.then((r) => settled.push(r));
+  return settled;
+}
+
+const tally = (outcomes: WsOutcome[]) => {
+  const byCode = new Map<number, number>();
+  for (const o of outcomes) byCode.set(o.code, (byCode.get(o.code) ?? 0) + 1);
+  return [...byCode].map(([c, n]) => `${c}×${n}`).join(' ');
+};
 
 function residentBytes(metrics: string, prefix: string): number {
   const m = new RegExp(`^${prefix}process_resident_memory_bytes (\\d+(?:\\.\\d+)?(?:e\\+?\\d+)?)$`, 'm').exec(metrics);
@@ -141,32 +166,32 @@ describe('connection limits on real processes', () => {
     const cuts = await Promise.all([coordinatorPort, peerPort, gatewayPort].map((port) => slowLoris(port, 400, 10_000)));
     for (const [i, name] of ['coordinator', 'agent peer port', 'gateway'].entries()) {
       const c = cuts[i]!;
-      assert.ok(c.ms >= HEADERS_TIMEOUT_MS - 100 && c.ms < HEADERS_TIMEOUT_MS + 1500, `${name}: cut after ${c.ms} ms`);
+      assert.ok(c.ms >= HEADERS_TIMEOUT_MS - 100 && c.ms < HEADERS_TIMEOUT_MS + LATE_MS, `${name}: cut after ${c.ms} ms`);
       assert.match(c.received, /^HTTP\/1\.1 408/, `${name}: answered 408`);
     }
     const s = await silentPeer;
     assert.equal(s.code, CloseCode.HELLO_TIMEOUT);
-    assert.ok(s.ms >= PEER_HELLO_TIMEOUT_MS - 100 && s.ms < PEER_HELLO_TIMEOUT_MS + 1500, `cut after ${s.ms} ms`);
+    assert.ok(s.ms >= PEER_HELLO_TIMEOUT_MS - 100 && s.ms < PEER_HELLO_TIMEOUT_MS + LATE_MS, `cut after ${s.ms} ms`);
   });
 
   test(`a flood of 400 silent WebSockets on the coordinator's agent endpoint: all beyond ${COORDINATOR_MAX_PENDING} pending are refused at once (1013, or dropped past ${COORDINATOR_MAX_CONNECTIONS} sockets); the agent stays connected, the API answers, memory stays bounded`, async (t) => {
     const rssBefore = residentBytes(await (await fetch(`${api}/metrics`)).text(), 'meshtrain_coordinator_');
+    const t0 = Date.now();
     const flood = Array.from({ length: 400 }, () => silentWs(`ws://127.0.0.1:${coordinatorPort}/ws/agent`, 15_000, sockets));
-    const settled = new Map<number, number>();
-    let quick = 0;
-    for (const o of flood) void o.then((r) => (settled.set(r.code, (settled.get(r.code) ?? 0) + 1), r.ms < 3000 && quick++));
-    await sleep(3000);
-    t.diagnostic(`after 3 s: ${[...settled].map(([c, n]) => `${c}×${n}`).join(' ')}, ${400 - [...settled.values()].reduce((a, b) => a + b, 0)} still open`);
-    assert.ok(quick >= 400 - COORDINATOR_MAX_PENDING - 4, `${quick} of 400 were refused within 3 s`);
-    assert.ok((settled.get(CloseCode.TRY_AGAIN) ?? 0) >= 100, 'most were told 1013 TRY_AGAIN');
-    assert.ok([...settled.keys()].every((c) => c === CloseCode.TRY_AGAIN || c === 1006), `only 1013 or a dropped socket: ${[...settled.keys()]}`);
-    // While the pending ones still wait for their hello timeout:
+    const settled = settling(flood);
+    // Refused at once means refused rather than left to the hello timeout (5 s): wait for the refusals themselves,
+    // not for a wall-clock window, and judge them by how they ended.
+    await until(`all but the ${COORDINATOR_MAX_PENDING} pending of 400 to be refused`, async () => settled.filter(refusedByServer).length >= 400 - COORDINATOR_MAX_PENDING - 4, 60_000, 50)
+      .catch((err: Error) => assert.fail(`${err.message}; settled so far: ${tally(settled)}`));
+    t.diagnostic(`after ${Date.now() - t0} ms: ${tally(settled)}, ${400 - settled.length} still open`);
+    assert.ok(settled.filter((o) => o.code === CloseCode.TRY_AGAIN).length >= 100, 'most were told 1013 TRY_AGAIN');
+    // While the pending ones (at most the cap) wait for their hello timeout:
     const health = await fetch(`${api}/healthz`);
     assert.equal(health.status, 200, 'the API answers during the flood');
     const [node] = await nodes();
     assert.ok(node?.connected && node.status === 'alive', 'the real agent stays connected');
     const outcomes = await Promise.all(flood);
-    assert.ok(outcomes.every((o) => o.code !== 1006 || o.ms < 3000), 'no silent socket outlived its refusal or hello timeout');
+    assert.ok(outcomes.every((o) => refusedByServer(o) || o.code === CloseCode.HELLO_TIMEOUT), `each was refused or cut at its hello timeout by the coordinator: ${tally(outcomes)}, ${outcomes.filter((o) => o.gaveUp).length} outlived our 15 s give-up`);
     assert.equal(outcomes.filter((o) => o.code === CloseCode.HELLO_TIMEOUT).length <= COORDINATOR_MAX_PENDING, true, 'at most the cap waited for the hello timeout');
     const rssAfter = residentBytes(await (await fetch(`${api}/metrics`)).text(), 'meshtrain_coordinator_');
     t.diagnostic(`coordinator RSS ${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB`);
@@ -175,42 +200,56 @@ describe('connection limits on real processes', () => {
 
   test(`a flood of 200 silent WebSockets on the agent's peer listener is refused beyond ${AGENT_MAX_PENDING} pending; the agent stays connected and its /healthz answers`, async () => {
     const flood = Array.from({ length: 200 }, () => silentWs(`ws://127.0.0.1:${peerPort}`, 15_000, sockets));
-    await sleep(1500);
+    const settled = settling(flood);
+    // Once all but the pending ones are refused, the flood holds no more than the pending cap's sockets (before
+    // that, a request could find the port's socket cap full and be dropped like any flooder).
+    await until(`all but the ${AGENT_MAX_PENDING} pending of 200 to be refused`, async () => settled.filter(refusedByServer).length >= 200 - AGENT_MAX_PENDING, 60_000, 50)
+      .catch((err: Error) => assert.fail(`${err.message}; settled so far: ${tally(settled)}`));
     const health = await fetch(`http://127.0.0.1:${peerPort}/healthz`);
     assert.equal(health.status, 200, 'the peer port still answers HTTP');
     const outcomes = await Promise.all(flood);
     const tryAgain = outcomes.filter((o) => o.code === CloseCode.TRY_AGAIN);
     const timedOut = outcomes.filter((o) => o.code === CloseCode.HELLO_TIMEOUT);
     assert.ok(tryAgain.length >= 200 - AGENT_MAX_CONNECTIONS, `${tryAgain.length} told 1013`);
-    assert.ok(tryAgain.every((o) => o.ms < 1500), 'refused at once');
     assert.ok(timedOut.length <= AGENT_MAX_PENDING, `${timedOut.length} waited for the hello timeout`);
-    assert.equal(tryAgain.length + timedOut.length + outcomes.filter((o) => o.code === 1006 && o.ms < 1500).length, 200, 'every one ended in 1013, 4007 or an immediate drop');
+    assert.equal(tryAgain.length + timedOut.length + outcomes.filter((o) => o.code === 1006 && !o.gaveUp).length, 200, `every one ended in 1013, 4007 or a drop by the agent: ${tally(outcomes)}, ${outcomes.filter((o) => o.gaveUp).length} outlived our 15 s give-up`);
     const [node] = await nodes();
     assert.ok(node?.connected && node.status === 'alive', 'the agent stays connected to the coordinator');
   });
 
   test(`idle sockets beyond the coordinator's ${COORDINATOR_MAX_CONNECTIONS}-socket cap are dropped at once`, async (t) => {
+    // A socket beyond the cap is destroyed as soon as it is accepted, without a byte; one within it stays until the
+    // headers timeout, which answers it 408 first. So what each socket received tells which of the two cut it,
+    // however long a loaded machine takes to get there.
     const t0 = Date.now();
-    const closedAt: number[] = [];
+    const closed: Array<{ ms: number; received: string }> = [];
     const open: Socket[] = [];
     for (let i = 0; i < COORDINATOR_MAX_CONNECTIONS + 60; i++) {
       const s = connect(coordinatorPort, '127.0.0.1');
       open.push(s);
+      let received = '';
+      s.on('data', (d) => (received += d.toString()));
       s.on('error', () => {});
-      s.on('close', () => closedAt.push(Date.now() - t0));
+      s.on('close', () => closed.push({ ms: Date.now() - t0, received }));
     }
-    await sleep(1000);
-    t.diagnostic(`closed by the coordinator within 1 s: ${closedAt.length} of ${open.length}`);
-    assert.ok(closedAt.length >= 55 && closedAt.length <= 70, `${closedAt.length} sockets above the cap were dropped at once`);
-    for (const s of open) s.destroy();
-    await sleep(200);
-    assert.equal((await fetch(`${api}/healthz`)).status, 200, 'the API answers again');
+    try {
+      await until(`the coordinator to close all ${open.length} idle sockets`, async () => closed.length === open.length, 60_000, 50);
+    } finally {
+      for (const s of open) s.destroy();
+    }
+    const dropped = closed.filter((c) => c.received === '');
+    const answered = closed.filter((c) => c.received !== '');
+    t.diagnostic(`dropped without a byte: ${dropped.length} of ${open.length}, the last after ${Math.max(0, ...dropped.map((c) => c.ms))} ms; the rest answered after ${Math.min(...answered.map((c) => c.ms))} ms or more`);
+    assert.ok(dropped.length >= 55 && dropped.length <= 70, `${dropped.length} sockets above the cap were dropped at once`);
+    assert.ok(answered.every((c) => /^HTTP\/1\.1 408/.test(c.received)), 'the ones within the cap were kept until the headers timeout answered them 408');
+    const health = await until('the API to answer again', async () => fetch(`${api}/healthz`).catch(() => undefined), 30_000, 100);
+    assert.equal(health.status, 200, 'the API answers again');
     const [node] = await nodes();
     assert.ok(node?.connected, 'the agent stays connected');
     // A real agent message still gets through a fresh control connection: the pending-hello slots are free again.
     const ws = new WebSocket(`ws://127.0.0.1:${coordinatorPort}/ws/agent`);
     const code = await new Promise<number>((resolve) => {
-      setTimeout(() => ws.terminate(), 5000).unref();
+      setTimeout(() => ws.terminate(), 15_000).unref();
       ws.on('open', () => ws.send(encodeMessage({ type: 'heartbeat', seq: 1, sentAt: 0 })));
       ws.on('error', () => {});
       ws.on('close', (c) => resolve(c));

@@ -11,6 +11,7 @@ import type { JobLive } from '../../coordinator/job-runner.ts';
 import type { MetricRow } from '../../coordinator/job-store.ts';
 import { spawnProc, waitForLine, type Proc } from '../../scripts/local-cluster.ts';
 import { clusterFixture, untilJob } from '../support/jobs.ts';
+import { until } from '../support/until.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
 const GATEWAY = new URL('../../bin/gateway.js', import.meta.url).pathname;
@@ -97,7 +98,10 @@ describe('the live view of a cluster', () => {
 
     await untilJob(cluster, job.id, (v) => v.job.state === 'succeeded');
     assert.equal(await watchExit, 0, `job --watch exits 0 for a job that succeeded:\n${watchLines.join('\n')}`);
-    await new Promise((r) => setTimeout(r, 700)); // one more flush of the feed
+    // The feed coalesces job changes and flushes them every FLUSH_MS: wait for the flush that carries the success.
+    // Metrics and checkpoints go out as they happen, all before the job succeeds, so they are in the feed by then.
+    const succeededInFeed = () => feed.events.some((e) => e.event === 'jobs' && e.data.jobs.some((j: { id: string; state: string }) => j.id === job.id && j.state === 'succeeded'));
+    await until('the feed to show the job succeeded', async () => succeededInFeed(), 30_000, 50);
     feed.close();
     await feed.done;
 
@@ -139,10 +143,10 @@ describe('the live view of a cluster', () => {
       gw = spawnProc([GATEWAY, 'serve', '--registry', cluster.url, '--token', cluster.token, '--admin-key', 'ops-key', '--name', 'gw-test', '--host', '127.0.0.1', '--port', '0'], { stderr: 'capture' });
       await waitForLine(gw, /gateway listening on/, 60_000);
       let gateways: Array<{ name: string; alive: boolean }> = [];
-      for (let i = 0; i < 50 && !gateways.some((g) => g.name === 'gw-test'); i++) {
-        await new Promise((r) => setTimeout(r, 100));
+      await until('gw-test to announce itself', async () => {
         ({ gateways } = await cluster.api<{ gateways: typeof gateways }>('GET', '/api/gateways'));
-      }
+        return gateways.some((g) => g.name === 'gw-test');
+      }, 30_000, 100).catch((err: Error) => assert.fail(`${err.message}; gateway output:\n${gw!.output.join('\n')}`));
       assert.deepEqual(gateways.map((g) => [g.name, g.alive]), [['gw-test', true]]);
       const list = await cluster.api<{ deployments: unknown[] }>('GET', '/api/gateways/gw-test/deployments');
       assert.ok(Array.isArray(list.deployments), JSON.stringify(list));

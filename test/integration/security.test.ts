@@ -21,6 +21,7 @@ import { agentExamples } from '../protocol/fixtures.ts';
 import { untilJob, writeCorpus } from '../support/jobs.ts';
 import { makeTestPki, type TestPki } from '../support/tls.ts';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { until } from '../support/until.ts';
@@ -311,17 +312,23 @@ describe('a cluster on TLS with per-agent credentials', () => {
 
   test('no log line at LOG_LEVEL=debug and no /metrics output holds the cluster token, a node secret or a group token', async () => {
     // A group with a raw agent in it hands the raw agent the group token (and the real agent, which might log it).
-    const member = raw({ name: 'raw-group' });
+    // The raw agent advertises a port of ours as its peer listener: the real agent, its ring predecessor, dials it
+    // once it holds its own assignment (and the group token), which is the moment the leak check below needs.
+    let dialed = false;
+    const rawPeerPort = createServer((s) => ((dialed = true), s.destroy())).unref();
+    await new Promise<void>((resolve) => rawPeerPort.listen(0, '127.0.0.1', resolve));
+    const member = raw({ name: 'raw-group', peerAddress: `wss://127.0.0.1:${(rawPeerPort.address() as AddressInfo).port}` });
     const w = (await member.welcome) as unknown as { nodeId: string; nodeSecret: string };
     secrets['group member secret'] = w.nodeSecret;
     const real = (await nodes()).find((n) => n.name === 'agent-0')!;
     const forming = cluster.api('POST', '/api/groups', { nodes: [real.id, w.nodeId], segmentBytes: 4096 }).catch((err: Error) => err);
     const assign = (await member.next('group.assign')) as unknown as { groupId: string; rank: number; token: string };
     secrets['group token'] = assign.token;
-    await new Promise((r) => setTimeout(r, 300)); // the real agent has its assignment too by now
+    await until('agent-0 to dial the raw agent, its successor in the group\'s ring', async () => dialed, 30_000, 20);
     member.send({ type: 'group.failed', groupId: assign.groupId, rank: assign.rank, error: 'the raw agent does not link' });
     assert.ok((await forming) instanceof Error, 'the group fails to form: the raw agent never links');
     member.close();
+    rawPeerPort.close();
 
     const texts: Array<readonly [string, string]> = [
       ...[cluster.coordinator, ...cluster.agents].map((p: Proc, i) => [`process ${i} output`, p.output.join('\n')] as const),

@@ -275,10 +275,11 @@ describe('interrupted saves', () => {
     big.model['wte.weight'] = { dtype: 'F32', shape: [1 << 22], data: new Float32Array(1 << 22) };
     big.optimizer = { step: 1, expAvg: {}, expAvgSq: {} };
     const pending = saveCheckpoint(root, 1, big);
-    let names: string[] = [];
-    while (!names.some((n) => n.startsWith('.tmp-'))) {
-      names = await readdir(root);
-      await new Promise((r) => setImmediate(r));
+    let saved = false;
+    void pending.then(() => (saved = true), () => (saved = true));
+    for (const deadline = Date.now() + 30_000; !(await readdir(root)).some((n) => n.startsWith('.tmp-')); await new Promise((r) => setImmediate(r))) {
+      assert.ok(!saved, 'the save ended before its temporary folder was seen: nothing to clean up during it');
+      assert.ok(Date.now() < deadline, 'no temporary folder of the save appeared within 30 s');
     }
     assert.deepEqual(await cleanLeftovers(root), []);
     await Promise.all([pending, saveCheckpoint(root, 2, contents(2)), pruneCheckpoints(root, 5)]);

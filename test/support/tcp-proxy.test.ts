@@ -16,15 +16,13 @@ async function dial(port: number): Promise<{ socket: Socket; received: () => str
   return { socket, received: () => data, closed: () => closed, error: () => error };
 }
 
-async function until(cond: () => boolean, ms = 2000): Promise<void> {
+async function until(cond: () => boolean, what = 'the condition', ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
 }
-
-const quiet = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('a TCP proxy in front of an echo server', () => {
   let echo: Server;
@@ -50,15 +48,16 @@ describe('a TCP proxy in front of an echo server', () => {
     a.socket.write('hello');
     await until(() => a.received() === 'hello');
 
+    const droppedBefore = proxy.droppedBytes;
     proxy.setMode('blackhole');
     a.socket.write(' lost');
     const b = await dial(proxy.port); // accepted, but it goes nowhere
     b.socket.write('also lost');
-    await quiet(200);
+    // Both writes reached the proxy and vanished there: seen in its count, not slept for.
+    await until(() => proxy.droppedBytes - droppedBefore >= ' lost'.length + 'also lost'.length, 'the proxy to drop both writes');
     assert.equal(a.received(), 'hello', 'nothing comes back through the partition');
     assert.equal(b.received(), '');
     assert.ok(!a.closed() && !b.closed() && !a.error() && !b.error(), 'no close and no error: a partition, not a reset');
-    assert.ok(proxy.droppedBytes >= ' lost'.length + 'also lost'.length, `dropped ${proxy.droppedBytes} bytes`);
 
     proxy.setMode('reset');
     await until(() => a.closed() && b.closed());
@@ -79,12 +78,14 @@ describe('a TCP proxy in front of an echo server', () => {
   test('a connection that lost bytes to the blackhole stays silent after the network heals', async () => {
     proxy.setMode('pass');
     const a = await dial(proxy.port);
+    const droppedBefore = proxy.droppedBytes;
     proxy.setMode('blackhole');
     a.socket.write('gap');
-    await quiet(50);
+    await until(() => proxy.droppedBytes - droppedBefore >= 'gap'.length, 'the proxy to drop the write into the partition');
     proxy.setMode('pass');
     a.socket.write('after');
-    await quiet(200);
+    // The proxy read the bytes sent after the heal and dropped them too, so the echo server never saw them.
+    await until(() => proxy.droppedBytes - droppedBefore >= 'gap'.length + 'after'.length, 'the proxy to drop the write after the heal');
     assert.equal(a.received(), '', 'a stream with a gap in it is not resumed');
     assert.ok(!a.closed());
     a.socket.destroy();
