@@ -22,7 +22,8 @@ if (files.length === 0) {
 // Extract and check the bundled Chromium once, here, so that test files running side by side never race to unpack it.
 if (files.some((f) => f.includes('dashboard'))) {
   const { findChromium } = await import('./chromium.mjs');
-  process.env.CHROMIUM_PATH = (await findChromium()).path;
+  const chromium = await findChromium();
+  Object.assign(process.env, chromium.env, { CHROMIUM_PATH: chromium.path }); // the test files find the same browser
 }
 const args = ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=2', ...files];
 const res = spawnSync(process.execPath, args, { stdio: 'inherit' });

@@ -7,10 +7,8 @@ import { CHROMIUM_ARGS, findChromium } from '../../scripts/chromium.mjs';
 
 /** Fails, never skips, without a browser: a dashboard that was never rendered is not a dashboard that passed. */
 export async function launchChromium(): Promise<Browser> {
-  const { path } = await findChromium();
-  // The bundled build derives navigator.language from LANG, and C.UTF-8 (Debian's default) becomes "en-US@posix",
-  // which is no BCP 47 tag: uPlot's Intl.NumberFormat(navigator.language) then throws. A person's browser says en-US.
-  return chromium.launch({ executablePath: path, headless: true, args: [...CHROMIUM_ARGS], env: { ...process.env, LANG: 'en_US.UTF-8' } });
+  const { path, env } = await findChromium();
+  return chromium.launch({ executablePath: path, headless: true, args: [...CHROMIUM_ARGS], env: { ...process.env, ...env } });
 }
 
 /**
