@@ -8,6 +8,7 @@
 import { GPT, flatFromStateDict, gptConfig, paramLayout, stateDict, type GPTConfig } from './gpt.ts';
 import { ModelError } from './errors.ts';
 import { INT8_METHOD, INT8_WEIGHTS_FILE, readInt8Safetensors, writeInt8Safetensors, type Int8Sizes } from './quantize.ts';
+import { flatFromHfStateDict } from './hf-state-dict.ts';
 import { readSafetensors, writeSafetensors, type TensorMap } from './safetensors.ts';
 import { END_OF_TEXT, Tokenizer } from './tokenizer.ts';
 
@@ -122,15 +123,18 @@ export function importHf(files: Partial<Record<string, Uint8Array>>): LoadedMode
   if (int8 && quant?.quant_method !== INT8_METHOD) throw bad(`${INT8_WEIGHTS_FILE} needs quantization_config.quant_method "${INT8_METHOD}"`);
   if (!int8 && quant !== undefined) throw bad(`quantization_config ${JSON.stringify(quant).slice(0, 80)} is not supported without ${INT8_WEIGHTS_FILE}`);
   const weightsFile = int8 ? INT8_WEIGHTS_FILE : 'model.safetensors';
-  const tensors: TensorMap = int8 ? readInt8Safetensors(int8) : readSafetensors(need('model.safetensors')).tensors;
-  // transformers saves GPT2LMHeadModel with a `transformer.` prefix (and sometimes lm_head.weight, tied anyway).
-  const unprefixed: TensorMap = {};
-  for (const [name, t] of Object.entries(tensors)) unprefixed[name.replace(/^transformer\./, '')] = t;
   let params: Float32Array;
-  try {
-    params = flatFromStateDict(unprefixed, paramLayout(config));
-  } catch (err) {
-    throw new ModelError('MDL_ERR_MODEL_FILES', `${weightsFile} does not fit config.json: ${(err as Error).message}`, { cause: err });
+  if (int8) {
+    const unprefixed: TensorMap = {};
+    for (const [name, t] of Object.entries(readInt8Safetensors(int8))) unprefixed[name.replace(/^transformer\./, '')] = t;
+    try {
+      params = flatFromStateDict(unprefixed, paramLayout(config));
+    } catch (err) {
+      throw new ModelError('MDL_ERR_MODEL_FILES', `${weightsFile} does not fit config.json: ${(err as Error).message}`, { cause: err });
+    }
+  } else {
+    // Published GPT-2 files: a `transformer.` prefix, F16/BF16, mask buffers, a tied lm_head (hf-state-dict.ts).
+    params = flatFromHfStateDict(readSafetensors(need('model.safetensors')).tensors, config, weightsFile);
   }
   const tokenizer = Tokenizer.fromJSON(parse('tokenizer.json'));
   if (tokenizer.vocabSize > config.vocabSize) {

@@ -46,9 +46,9 @@ test('inconsistent or broken files are refused with MDL_ERR_MODEL_FILES naming t
   const cases: Array<[string, Partial<Record<string, Uint8Array>>, RegExp]> = [
     ['no weights', { 'config.json': files['config.json'], 'tokenizer.json': files['tokenizer.json'] }, /lack model.safetensors/],
     ['another architecture', withConfig({ model_type: 'llama' }), /only "gpt2"/],
-    ['a width the weights do not have', withConfig({ n_embd: 32 }), /does not fit config.json/],
+    ['a width the weights do not have', withConfig({ n_embd: 32 }), /wte.weight has shape \[300, 16\], config.json implies \[300, 32\]/],
     ['heads that do not divide the width', withConfig({ n_head: 3 }), /multiple of nHead/],
-    ['a vocabulary smaller than the tokenizer', withConfig({ vocab_size: 280 }), /does not fit|tokenizer.json has 300 ids/],
+    ['a vocabulary smaller than the tokenizer', withConfig({ vocab_size: 280 }), /wte.weight has shape \[300, 16\], config.json implies \[280, 16\]|tokenizer.json has 300 ids/],
     ['config that is not JSON', { ...files, 'config.json': Buffer.from('{nope') }, /config.json is not valid JSON/],
   ];
   for (const [what, bad, re] of cases) {
