@@ -6,6 +6,7 @@
  * coordinator submit job.json | jobs | job ID | plan ID         training jobs
  * coordinator models [quantize NAME VERSION [--scheme int8]]     registered models; register a version's INT8 variant
  * coordinator models merge NAME VERSION                         fold a LoRA adapter version into its base (a new version)
+ * coordinator models import DIR --name NAME                     register a Hugging Face GPT-2 folder as a new version
  * coordinator runs list|compare|export …, sweep submit|status|list …   experiment tracking and sweeps (cli-runs.ts)
  *
  * Entry point of bin/coordinator.js. Exit codes: 0 ok, 1 error or failed self-check, 2 bad arguments.
@@ -21,6 +22,11 @@ import { printSelfcheck, type SelfcheckReport } from './selfcheck.ts';
 import { FINAL_STATES, type CheckpointRecord, type JobRecord, type MetricRow } from './job-store.ts';
 import type { JobLive, NodeRole } from './job-runner.ts';
 import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { IMPORT_FILES } from './model-import.ts';
 import { initTracing } from '../common/tracing.ts';
 import { fetchTrusting, loadTrust } from '../common/tls.ts';
 import { runsCommand, sweepCommand, type CliIo } from './cli-runs.ts';
@@ -52,6 +58,10 @@ Commands:
   models merge NAME VERSION
                fold the LoRA adapter version NAME VERSION into its base (W + alpha/r·A·B) and register the result
                as a new full version of NAME
+  models import DIR --name NAME
+               upload a Hugging Face GPT-2-family folder (config.json, model.safetensors in F32/F16/BF16,
+               tokenizer.json; generation_config.json, tokenizer_config.json, special_tokens_map.json kept) and
+               register it as a new version of NAME; every tensor is checked against config.json
   replan ID LAYOUT
                change a job's layout: 'auto' or data×pipeline×tensor such as 2x2x1; a running job resumes from
                its last checkpoint under it
@@ -84,7 +94,7 @@ Options for nodes, selfcheck, submit, jobs, job, plan, replan, models, runs and 
   --ca PATH                   trust this PEM CA for an https:// coordinator (or set NODE_EXTRA_CA_CERTS)
   --json                      print JSON instead of a table
   --agents N                  selfcheck: ring size (default: every connected agent)
-  --name N, --state S         runs list: only runs named N (N* for a prefix) or in state S
+  --name N, --state S         runs list: only runs named N (N* for a prefix) or in state S; models import: the model name
   --format json|csv           runs export: the whole run as JSON (default), or its metrics as CSV
   --out FILE                  runs export: write to FILE instead of stdout
   --scheme SCHEME             models quantize: the quantization scheme (default and only one: int8)
@@ -141,7 +151,7 @@ async function main(argv: string[]): Promise<number> {
     };
     return command === 'runs' ? runsCommand(io, values, rest) : sweepCommand(io, values, rest);
   }
-  const args = command === 'models' && (rest[0] === 'quantize' || rest[0] === 'merge') ? 3 : command === 'replan' || (command === 'nodes' && rest[0] === 'revoke') ? 2 : command === 'submit' || command === 'job' || command === 'plan' ? 1 : 0;
+  const args = command === 'models' && (rest[0] === 'quantize' || rest[0] === 'merge') ? 3 : command === 'models' && rest[0] === 'import' ? 2 : command === 'replan' || (command === 'nodes' && rest[0] === 'revoke') ? 2 : command === 'submit' || command === 'job' || command === 'plan' ? 1 : 0;
   if (rest.length !== args) throw new UsageError(args ? `'${command}' takes exactly ${args} argument${args > 1 ? 's' : ''}` : `unexpected argument '${rest[0]}'`);
   switch (command) {
     case 'submit':
@@ -161,6 +171,7 @@ async function main(argv: string[]): Promise<number> {
     case 'selfcheck':
       return selfcheck(values);
     case 'models':
+      if (rest[0] === 'import') return importModel(values, rest[1]!);
       return rest[0] === 'quantize' ? quantizeModel(values, rest[1]!, rest[2]!) : rest[0] === 'merge' ? mergeModel(values, rest[1]!, rest[2]!) : listModels(values);
     default:
       throw new UsageError(`unknown command '${command}'; commands: start, nodes, selfcheck, submit, jobs, job, plan, replan, runs, sweep, models`);
@@ -168,6 +179,8 @@ async function main(argv: string[]): Promise<number> {
 }
 
 type Values = Record<string, string | boolean | undefined>;
+
+const IMPORT_FILE_NAMES = Object.keys(IMPORT_FILES);
 const str = (v: Values, k: string) => v[k] as string | undefined;
 
 async function start(v: Values): Promise<number> {
@@ -211,28 +224,36 @@ async function start(v: Values): Promise<number> {
   return 0;
 }
 
-async function api<T>(v: Values, method: string, path: string, body?: unknown, as: 'json' | 'text' = 'json'): Promise<T> {
+/** The coordinator's address, the token and a fetch that trusts --ca, from the command line. */
+function connection(v: Values): { base: string; token: string; fetch: typeof fetch } {
   const token = str(v, 'token') ?? process.env.MESHTRAIN_TOKEN;
   if (!token) throw new UsageError('missing --token (or MESHTRAIN_TOKEN)');
   const base = httpUrl(str(v, 'url') ?? `http://127.0.0.1:${DEFAULT_CONFIG.port}`);
-  let trust: string[] | undefined;
   try {
-    trust = str(v, 'ca') === undefined ? undefined : loadTrust(str(v, 'ca')!);
+    return { base, token, fetch: fetchTrusting(str(v, 'ca') === undefined ? undefined : loadTrust(str(v, 'ca')!)) };
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  let res: Response;
+}
+
+/** fetch, with an unreachable coordinator said as such (and what to check). */
+async function send(c: ReturnType<typeof connection>, path: string, init: RequestInit): Promise<Response> {
   try {
-    res = await fetchTrusting(trust)(`${base}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
+    return await c.fetch(`${c.base}${path}`, init);
   } catch (err) {
     const code = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
     const hint = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO/.test(code) ? 'pass --ca with the CA that signed its certificate, or set NODE_EXTRA_CA_CERTS' : "is 'coordinator start' running?";
-    throw new Error(`cannot reach the coordinator at ${base} (${code}); ${hint}`);
+    throw new Error(`cannot reach the coordinator at ${c.base} (${code}); ${hint}`);
   }
+}
+
+async function api<T>(v: Values, method: string, path: string, body?: unknown, as: 'json' | 'text' = 'json'): Promise<T> {
+  const c = connection(v);
+  const res = await send(c, path, {
+    method,
+    headers: { authorization: `Bearer ${c.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
   const text = await res.text().catch(() => '');
   let json: { error?: { code: string; message: string; details?: string[] } } = {};
   try {
@@ -407,6 +428,49 @@ async function quantizeModel(v: Values, name: string, version: string): Promise<
     const q = created.lineage.quantization!;
     const ratio = `${(q.sizeRatio * 100).toFixed(1)} %, ${(1 / q.sizeRatio).toFixed(2)}× smaller`;
     process.stdout.write(`registered ${created.name} v${created.version}: ${q.scheme} variant of v${version.replace(/^v/, '')}; weights ${q.int8Bytes} bytes vs ${q.f32Bytes} in float32 (${ratio})\n`);
+  }
+  return 0;
+}
+
+/**
+ * `models import DIR --name NAME`: uploads each importable file of DIR to the artifact store (streamed, skipped
+ * when the coordinator already has those bytes), then asks the coordinator to check and register them.
+ */
+async function importModel(v: Values, dir: string): Promise<number> {
+  const name = str(v, 'name');
+  if (!name) throw new UsageError('models import needs --name NAME: the model the folder becomes a version of');
+  const present = IMPORT_FILE_NAMES.filter((f) => existsSync(join(dir, f)));
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`${dir} is not a folder`);
+  const missing = ['config.json', 'model.safetensors', 'tokenizer.json'].filter((f) => !present.includes(f));
+  if (missing.length) throw new UsageError(`${dir} lacks ${missing.join(', ')}: a GPT-2 folder needs config.json, model.safetensors and tokenizer.json`);
+  const c = connection(v);
+  const files: Record<string, string> = {};
+  for (const file of present) {
+    const path = join(dir, file);
+    const hash = createHash('sha256');
+    for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+    const digest = hash.digest('hex');
+    const bytes = statSync(path).size;
+    const auth = { authorization: `Bearer ${c.token}` };
+    const head = await send(c, `/api/artifacts/${digest}`, { method: 'HEAD', headers: auth });
+    if (head.status === 404) {
+      process.stderr.write(`uploading ${file} (${(bytes / 1e6).toFixed(1)} MB)\n`);
+      const put = await send(c, `/api/artifacts/${digest}`, {
+        method: 'PUT',
+        headers: { ...auth, 'content-type': 'application/octet-stream', 'content-length': String(bytes) },
+        body: Readable.toWeb(createReadStream(path)) as ReadableStream,
+        duplex: 'half',
+      } as RequestInit);
+      if (!put.ok) throw new Error(`uploading ${file} failed: ${put.status} ${await put.text().catch(() => '')}`);
+    } else if (!head.ok) throw new Error(`checking ${file} on the coordinator failed: ${head.status}`);
+    files[file] = digest;
+  }
+  type Created = { name: string; version: number; files: Record<string, { bytes: number }>; lineage: { metrics?: { params?: number }; imported?: { weightDtypes?: string[] } } };
+  const created = await api<Created>(v, 'POST', `/api/models/${encodeURIComponent(name)}/import`, { files, source: resolve(dir) });
+  if (v.json) process.stdout.write(JSON.stringify(created, null, 2) + '\n');
+  else {
+    const params = created.lineage.metrics?.params;
+    process.stdout.write(`registered ${created.name} v${created.version}: imported from ${resolve(dir)} (${params === undefined ? '?' : (params / 1e6).toFixed(2)} M parameters, weights ${created.lineage.imported?.weightDtypes?.join('/') ?? '?'} stored as F32)\n`);
   }
   return 0;
 }

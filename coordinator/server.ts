@@ -36,6 +36,7 @@
  *   GET    /api/models/:name/versions/:v/files/:file   a file of a version, checked against its sha256
  *   POST   /api/models/:name/versions/:v/quantize      {scheme?: "int8"}: register its INT8 variant as a new version (201)
  *   POST   /api/models/:name/versions/:v/merge         fold a LoRA adapter version into its base: a new full version (201)
+ *   POST   /api/models/:name/import      {files: {name: sha256}, source?}: register uploaded HF GPT-2 files as a new version (201)
  *   POST   /api/gateways                 a gateway announces itself {name, url, adminKey} (gateways.ts)
  *   GET    /api/gateways                 the gateways that announced themselves
  *   GET    /api/gateways/:gw/deployments[/:name[/comparison]]       relayed to the gateway's /admin API
@@ -69,6 +70,7 @@ import { clearedSessionCookie, sessionCookie, sessionIdOf, SessionStore } from '
 import { planReport } from './plan-report.ts';
 import { ModelRegistry } from './registry.ts';
 import { parseQuantizeBody, quantizeVersion } from './model-quantize.ts';
+import { importVersion, parseImportBody } from './model-import.ts';
 import { mergeAdapter } from './adapters.ts';
 import { runSelfcheck } from './selfcheck.ts';
 import { SqliteStateStore, type StateStore } from './state-store.ts';
@@ -414,6 +416,13 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     const { scheme } = parseQuantizeBody(req.body);
     const created = await quantizeVersion(registry, req.params.name, versionOf(req.params.name, req.params.v), scheme);
     log.info(`model ${created.name} v${created.version}: ${scheme} variant of v${created.lineage.parent?.version}`);
+    return reply.code(201).send(created);
+  });
+  app.post<{ Params: { name: string } }>('/api/models/:name/import', async (req, reply) => {
+    const created = await importVersion(registry, artifacts, req.params.name, parseImportBody(req.body));
+    const imported = created.lineage.imported as { source?: string };
+    log.info(`model ${created.name} v${created.version}: imported${imported.source ? ` from ${imported.source}` : ''}`);
+    bus.emit('model', { name: created.name, version: created.version });
     return reply.code(201).send(created);
   });
   app.post<{ Params: { name: string; v: string } }>('/api/models/:name/versions/:v/merge', async (req, reply) => {

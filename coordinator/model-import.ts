@@ -1,0 +1,109 @@
+/**
+ * Importing a published model (POST /api/models/:name/import, `coordinator models import DIR --name NAME`): a Hugging
+ * Face GPT-2-family folder whose files the client has uploaded to the artifact store (PUT /api/artifacts/:sha256)
+ * becomes a new version of NAME.
+ *
+ * The files are checked as a whole (model/hf-format.ts importHf: config.json against the weights tensor by tensor,
+ * the tokenizer against the vocabulary) and registered in the registry's canonical form, so that every reader of a
+ * version (jobs' init.from, quantize, merge, the gateway) sees what it sees for a trained one: config.json (theirs,
+ * with our architecture fields written over it), model.safetensors as unprefixed float32 (F16/BF16 widened exactly,
+ * mask buffers and the tied head dropped) and tokenizer.json. generation_config.json, tokenizer_config.json (with its
+ * chat_template) and special_tokens_map.json are kept as they are, checked to be JSON objects. lineage.json says where
+ * it came from: `imported: {source, files: {name: {sha256, bytes}}}` — the files as uploaded, before conversion.
+ *
+ * Converting runs on the coordinator's thread (about a second per 100 M parameters), like quantizing.
+ */
+import { ModelError } from '../model/errors.ts';
+import { exportHf, importHf } from '../model/hf-format.ts';
+import { paramLayout } from '../model/gpt.ts';
+import { readSafetensorsHeader } from '../model/safetensors.ts';
+import type { ArtifactStore } from './artifact-store.ts';
+import { CoordinatorError } from './errors.ts';
+import type { ModelRegistry, ModelVersion } from './registry.ts';
+
+/** The files an import takes, and what each is for. Any other name is refused, so nothing arrives unexamined. */
+export const IMPORT_FILES: Readonly<Record<string, string>> = Object.freeze({
+  'config.json': 'GPT2Config (required)',
+  'model.safetensors': 'the weights: F32, F16 or BF16, with or without the transformer. prefix (required)',
+  'tokenizer.json': 'the tokenizer (required)',
+  'generation_config.json': 'generation defaults, kept as given',
+  'tokenizer_config.json': 'tokenizer settings and chat_template, kept as given',
+  'special_tokens_map.json': 'special tokens, kept as given',
+});
+const KEPT = ['generation_config.json', 'tokenizer_config.json', 'special_tokens_map.json'];
+const SHA256 = /^[0-9a-f]{64}$/;
+
+export interface ImportRequest {
+  /** File name → sha256 of the bytes already in the artifact store. */
+  files: Record<string, string>;
+  /** Where the files came from, as the client says (a folder path or a hub id); recorded in lineage. */
+  source?: string;
+}
+
+/** `{"files": {"config.json": "<sha256>", …}, "source"?: "…"}`; anything else is CRD_ERR_BAD_REQUEST naming each problem. */
+export function parseImportBody(raw: unknown): ImportRequest {
+  const problems: string[] = [];
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new CoordinatorError('CRD_ERR_BAD_REQUEST', 'send {"files": {"config.json": "<sha256>", …}, "source"?: "…"}', { details: ['/ must be an object'] });
+  }
+  const body = raw as Record<string, unknown>;
+  for (const k of Object.keys(body)) if (k !== 'files' && k !== 'source') problems.push(`/${k.slice(0, 40)} is not a field of an import`);
+  if (body.source !== undefined && (typeof body.source !== 'string' || body.source.length > 1024)) problems.push('/source must be a string of at most 1024 characters');
+  const files = body.files;
+  if (files === null || typeof files !== 'object' || Array.isArray(files)) problems.push('/files must be an object of file name → sha256');
+  else {
+    for (const [name, digest] of Object.entries(files)) {
+      if (!Object.prototype.hasOwnProperty.call(IMPORT_FILES, name)) problems.push(`/files/${name.slice(0, 60)} is not a file an import takes (${Object.keys(IMPORT_FILES).join(', ')})`);
+      else if (typeof digest !== 'string' || !SHA256.test(digest)) problems.push(`/files/${name} must be a lowercase hex sha256`);
+    }
+    for (const name of ['config.json', 'model.safetensors', 'tokenizer.json']) {
+      if (!Object.prototype.hasOwnProperty.call(files, name)) problems.push(`/files/${name} is required`);
+    }
+  }
+  if (problems.length) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid import: ${problems.join('; ')}`, { details: problems });
+  return { files: files as Record<string, string>, ...(body.source !== undefined ? { source: body.source as string } : {}) };
+}
+
+/** Checks and registers the uploaded files as a new version of `name`. */
+export async function importVersion(registry: ModelRegistry, artifacts: ArtifactStore, name: string, req: ImportRequest): Promise<ModelVersion> {
+  const given: Record<string, Buffer> = {};
+  for (const [file, digest] of Object.entries(req.files)) {
+    if (!artifacts.has(digest)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `${file}: no artifact ${digest}; upload it first (PUT /api/artifacts/${digest})`, { details: [`/files/${file} is not uploaded`] });
+    given[file] = await artifacts.get(digest);
+  }
+  const bad = (err: ModelError) => new CoordinatorError('CRD_ERR_BAD_REQUEST', `cannot import ${name}: ${err.code}: ${err.message}`, { cause: err, details: [`${err.code}: ${err.message}`] });
+  let loaded: ReturnType<typeof importHf>;
+  let dtypes: string[];
+  try {
+    loaded = importHf({ 'config.json': given['config.json'], 'model.safetensors': given['model.safetensors'], 'tokenizer.json': given['tokenizer.json'] });
+    dtypes = [...new Set([...readSafetensorsHeader(given['model.safetensors']!).tensors.values()].map((t) => t.dtype))].sort();
+  } catch (err) {
+    if (err instanceof ModelError) throw bad(err);
+    throw err;
+  }
+  const kept: Record<string, Uint8Array> = {};
+  for (const file of KEPT) {
+    const bytes = given[file];
+    if (!bytes) continue;
+    try {
+      const json = JSON.parse(bytes.toString('utf8')) as unknown;
+      if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new Error('not a JSON object');
+    } catch (err) {
+      throw bad(new ModelError('MDL_ERR_MODEL_FILES', `${file} is not a JSON object: ${(err as Error).message}`));
+    }
+    kept[file] = bytes;
+  }
+  const canonical = exportHf({ config: loaded.config, layout: paramLayout(loaded.config) }, loaded.tokenizer, loaded.params);
+  // Their config.json with our architecture fields written over it: their extra keys (task_specific_params, …) stay.
+  const theirs = JSON.parse(given['config.json']!.toString('utf8')) as Record<string, unknown>;
+  const ours = JSON.parse(Buffer.from(canonical['config.json']).toString('utf8')) as Record<string, unknown>;
+  const files = { ...kept, ...canonical, 'config.json': Buffer.from(JSON.stringify({ ...theirs, ...ours }, null, 2)) };
+  return registry.register(name, files, {
+    imported: {
+      ...(req.source !== undefined ? { source: req.source } : {}),
+      files: Object.fromEntries(Object.entries(req.files).map(([file, sha256]) => [file, { sha256, bytes: given[file]!.byteLength }])),
+      weightDtypes: dtypes,
+    },
+    metrics: { params: loaded.params.length },
+  });
+}

@@ -1,0 +1,145 @@
+/**
+ * `coordinator models import DIR --name NAME` against a real coordinator process: a GPT-2-layout folder written the
+ * way transformers publishes one (F16 weights, `transformer.` prefix, causal-mask buffers, a tied lm_head,
+ * generation_config.json and tokenizer_config.json with a chat_template) is uploaded, checked and registered in the
+ * registry's canonical form; its lineage names the source and every uploaded file's sha256; it quantizes like a
+ * trained version. A folder whose weights disagree with its config is refused naming the tensor, and registers nothing.
+ *
+ * Run: npx tsx --test test/integration/model-import.test.ts
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gptConfig, initParams, paramLayout, stateDict } from '../../model/gpt.ts';
+import { hfConfig, importHf } from '../../model/hf-format.ts';
+import { f16BitsToF32, f32ToF16Bits, readSafetensors, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
+import { trainBpe } from '../../model/tokenizer.ts';
+import { loadDemoCorpus } from '../../model/corpus.ts';
+import { spawnProc, startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
+import type { ModelVersion } from '../../coordinator/registry.ts';
+
+const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
+const tokenizer = await trainBpe([loadDemoCorpus().documents[0]!], { vocabSize: 300 });
+const config = gptConfig({ vocabSize: 300, nCtx: 16, nLayer: 2, nHead: 2, nEmbd: 16 });
+const layout = paramLayout(config);
+const params = initParams(layout, 11);
+const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+
+/** Writes a folder as transformers publishes an fp16 GPT-2; `mutate` may spoil the state dict first. */
+function writeGpt2Folder(dir: string, mutate: (dict: TensorMap) => void = () => {}): void {
+  mkdirSync(dir, { recursive: true });
+  const dict: TensorMap = {};
+  for (const [k, t] of Object.entries(stateDict(params, layout))) {
+    dict[`transformer.${k}`] = { dtype: 'F16', shape: t.shape, data: Uint16Array.from(t.data, f32ToF16Bits) } as Tensor;
+  }
+  for (let l = 0; l < config.nLayer; l++) dict[`transformer.h.${l}.attn.bias`] = { dtype: 'F32', shape: [1, 1, 16, 16], data: new Float32Array(256) };
+  dict['lm_head.weight'] = dict['transformer.wte.weight']!;
+  mutate(dict);
+  writeFileSync(join(dir, 'model.safetensors'), writeSafetensors(dict, { format: 'pt' }));
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...hfConfig(config, tokenizer), torch_dtype: 'float16', task_specific_params: { 'text-generation': { max_length: 50 } } }));
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer.toJSON()));
+  writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: tokenizer.endOfText, eos_token_id: tokenizer.endOfText }));
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ chat_template: '{% for m in messages %}{{ m.content }}{% endfor %}', model_max_length: 16 }));
+  writeFileSync(join(dir, 'README.md'), '# not imported: only the files an import takes are uploaded\n');
+}
+
+describe('importing a published GPT-2 folder into the registry', () => {
+  let cluster: LocalCluster;
+  let dir: string;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'import-'));
+    cluster = await startCluster({ agents: 0 });
+  });
+  after(async () => {
+    await cluster?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const cli = async (args: string[]) => {
+    const p = spawnProc([COORDINATOR, ...args, '--url', cluster.url, '--token', cluster.token], { stderr: 'capture', env: { LOG_LEVEL: 'warn' } });
+    const code = await p.exited;
+    return { code, output: p.output.join('\n') };
+  };
+
+  test('an fp16 folder with the transformer. prefix becomes a canonical float32 version whose lineage names every uploaded file', async () => {
+    const folder = join(dir, 'gpt2-fp16');
+    writeGpt2Folder(folder);
+    const { code, output } = await cli(['models', 'import', folder, '--name', 'tiny-gpt2']);
+    assert.equal(code, 0, output);
+    assert.match(output, /registered tiny-gpt2 v1: imported from .*gpt2-fp16 \(0\.01 M parameters, weights F16\/F32 stored as F32\)/);
+
+    const version = await cluster.api<ModelVersion>('GET', '/api/models/tiny-gpt2/versions/1');
+    assert.deepEqual(Object.keys(version.files).sort(), ['config.json', 'generation_config.json', 'lineage.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
+    const imported = version.lineage.imported as { source: string; files: Record<string, { sha256: string; bytes: number }> };
+    assert.equal(imported.source, folder);
+    for (const file of ['config.json', 'model.safetensors', 'tokenizer.json', 'generation_config.json', 'tokenizer_config.json']) {
+      const bytes = readFileSync(join(folder, file));
+      assert.deepEqual(imported.files[file], { sha256: sha256(bytes), bytes: bytes.byteLength }, file);
+    }
+
+    const get = async (file: string) => Buffer.from(await (await cluster.fetch(`${cluster.url}/api/models/tiny-gpt2/versions/1/files/${file}`, { headers: { authorization: `Bearer ${cluster.token}` } })).arrayBuffer());
+    const weights = await get('model.safetensors');
+    const tensors = readSafetensors(weights).tensors;
+    assert.deepEqual(Object.keys(tensors).sort(), layout.specs.map((s) => s.name).sort(), 'our names only: no prefix, no buffers, no lm_head');
+    assert.ok(Object.values(tensors).every((t) => t.dtype === 'F32'));
+    const loaded = importHf({ 'config.json': await get('config.json'), 'model.safetensors': weights, 'tokenizer.json': await get('tokenizer.json') });
+    assert.deepEqual(loaded.params, Float32Array.from(params, (x) => f16BitsToF32(f32ToF16Bits(x))), 'the fp16 values, widened exactly');
+    const cfg = JSON.parse((await get('config.json')).toString());
+    assert.deepEqual(cfg.task_specific_params, { 'text-generation': { max_length: 50 } }, 'their extra config keys are kept');
+    assert.match(JSON.parse((await get('tokenizer_config.json')).toString()).chat_template, /messages/);
+    assert.deepEqual(loaded.tokenizer.encode('the lazy fox'), tokenizer.encode('the lazy fox'));
+
+    const quantized = await cluster.api<ModelVersion>('POST', '/api/models/tiny-gpt2/versions/1/quantize', {});
+    assert.equal(quantized.version, 2, 'an imported version quantizes like a trained one');
+  });
+
+  test('weights that disagree with config.json are refused naming the tensor, and nothing is registered', async () => {
+    const folder = join(dir, 'gpt2-bad');
+    writeGpt2Folder(folder, (dict) => {
+      const w = dict['transformer.h.1.mlp.c_fc.weight']!;
+      dict['transformer.h.1.mlp.c_fc.weight'] = { ...w, shape: [64, 16] } as Tensor; // nn.Linear's [out, in], not Conv1D
+    });
+    const { code, output } = await cli(['models', 'import', folder, '--name', 'bad-gpt2']);
+    assert.equal(code, 1, output);
+    assert.match(output, /MDL_ERR_MODEL_FILES: model\.safetensors: h\.1\.mlp\.c_fc\.weight has shape \[64, 16\], config\.json implies \[16, 64\]/);
+    const { models } = await cluster.api<{ models: Array<{ name: string }> }>('GET', '/api/models');
+    assert.ok(!models.some((m) => m.name === 'bad-gpt2'));
+  });
+
+  test('a bad import request names each problem: unknown file, malformed digest, missing file, bytes never uploaded', async () => {
+    const res = await cluster.fetch(`${cluster.url}/api/models/x/import`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${cluster.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ files: { 'config.json': 'abc', 'evil.py': 'a'.repeat(64) }, extra: 1 }),
+    });
+    assert.equal(res.status, 400);
+    const { error } = (await res.json()) as { error: { code: string; details: string[] } };
+    assert.equal(error.code, 'CRD_ERR_BAD_REQUEST');
+    for (const re of [/\/extra is not a field/, /\/files\/evil\.py is not a file an import takes/, /\/files\/config\.json must be a lowercase hex sha256/, /\/files\/model\.safetensors is required/]) {
+      assert.ok(error.details.some((d) => re.test(d)), `${re}: ${error.details.join(' | ')}`);
+    }
+    const never = await cluster.fetch(`${cluster.url}/api/models/x/import`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${cluster.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ files: { 'config.json': 'b'.repeat(64), 'model.safetensors': 'c'.repeat(64), 'tokenizer.json': 'd'.repeat(64) } }),
+    });
+    assert.equal(never.status, 400);
+    assert.match(((await never.json()) as { error: { message: string } }).error.message, /config\.json: no artifact b{64}; upload it first/);
+  });
+
+  test('the CLI says what a folder lacks before uploading anything', async () => {
+    const folder = join(dir, 'empty');
+    mkdirSync(folder);
+    writeFileSync(join(folder, 'config.json'), '{}');
+    const { code, output } = await cli(['models', 'import', folder, '--name', 'nothing']);
+    assert.equal(code, 2, output);
+    assert.match(output, /lacks model\.safetensors, tokenizer\.json/);
+    const noName = await cli(['models', 'import', folder]);
+    assert.equal(noName.code, 2);
+    assert.match(noName.output, /models import needs --name NAME/);
+  });
+});
