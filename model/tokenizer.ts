@@ -3,8 +3,13 @@
  * as a `tokenizers` tokenizer.json, the file `transformers`' PreTrainedTokenizerFast(tokenizer_file=...) reads, so
  * a model trained here can be used from Python with the same token ids.
  *
- * Ids: 0–255 are the bytes, then the learned tokens in the order they were learned, then the special tokens
- * (`<|endoftext|>` last, as in GPT-2). Any text round-trips: decode(encode(s)) === s for every well-formed string.
+ * It also loads GPT-2's own published files, vocab.json and merges.txt (`fromGpt2Files`), and encodes exactly as
+ * GPT-2's encoder.py does (test/model/gpt2-tokenizer.test.ts checks it against the `gpt-3-encoder` port).
+ *
+ * Ids: a tokenizer trained here has 0–255 as the bytes, then the learned tokens in the order they were learned, then
+ * the special tokens (`<|endoftext|>` last, as in GPT-2). A loaded one may place the 256 byte tokens at any ids, as
+ * GPT-2's vocabulary does ("!" is 0); only the special tokens must come last. Any text round-trips:
+ * decode(encode(s)) === s for every well-formed string.
  */
 import { BYTE_TO_CHAR, fromByteLevel, preTokenize } from './byte-level.ts';
 import { escapeRegExp, trainBpeModel, type TrainBpeOptions } from './bpe-trainer.ts';
@@ -65,6 +70,7 @@ const UTF8_ENCODER = new TextEncoder();
 export class Tokenizer {
   #tokens: string[]; // id → byte-level string; special ids → their content
   #bytes: Uint8Array[]; // id → the bytes it decodes to
+  #byteIds = new Int32Array(256); // byte → id of its one-byte token, where BPE starts
   #merges: Array<[string, string]>;
   #ranks = new Map<number, { rank: number; id: number }>(); // pair of ids → merge rank and result
   #specials = new Map<string, number>();
@@ -72,15 +78,12 @@ export class Tokenizer {
   #cache = new Map<string, number[]>();
 
   /**
-   * @param tokens id → byte-level token string for every non-special id (0–255 must be the 256 bytes)
+   * @param tokens id → byte-level token string for every non-special id; the 256 one-byte tokens may be at any ids
    * @param merges rank order; both halves and their concatenation must be tokens
    * @param specialTokens contents of the special tokens, given ids tokens.length onwards
    */
   constructor(tokens: readonly string[], merges: ReadonlyArray<readonly [string, string]>, specialTokens: readonly string[]) {
     const fail = (msg: string) => new ModelError('MDL_ERR_TOKENIZER_FILE', `invalid tokenizer: ${msg}`);
-    for (let b = 0; b < 256; b++) {
-      if (tokens[b] !== BYTE_TO_CHAR[b]) throw fail(`token ${b} must be the byte-level character for byte ${b}`);
-    }
     const ids = new Map<string, number>();
     this.#bytes = tokens.map((t, id) => {
       const bytes = fromByteLevel(t);
@@ -91,6 +94,11 @@ export class Tokenizer {
       ids.set(t, id);
       return bytes;
     });
+    for (let b = 0; b < 256; b++) {
+      const id = ids.get(BYTE_TO_CHAR[b]!);
+      if (id === undefined) throw fail(`model.vocab: byte ${b} has no token (${JSON.stringify(BYTE_TO_CHAR[b])})`);
+      this.#byteIds[b] = id;
+    }
     this.#merges = merges.map(([a, b], rank) => {
       const ia = ids.get(a);
       const ib = ids.get(b);
@@ -190,7 +198,7 @@ export class Tokenizer {
 
   /** GPT-2's word encoding: start from the bytes and apply the lowest-ranked merge present until none is. */
   #bpe(word: string): number[] {
-    let ids = Array.from(UTF8_ENCODER.encode(word));
+    let ids = Array.from(UTF8_ENCODER.encode(word), (b) => this.#byteIds[b]!);
     while (ids.length > 1) {
       let best: { rank: number; id: number } | undefined;
       let bestA = 0;
@@ -260,10 +268,129 @@ export class Tokenizer {
     const { tokens, merges, specials } = parseTokenizerJson(json);
     return new Tokenizer(tokens, merges, specials);
   }
+
+  /**
+   * Loads GPT-2's published vocab.json (token → id) and merges.txt (an optional "#version" line, then one "left right"
+   * merge per line in rank order), as text or bytes. `<|endoftext|>`, if in the vocabulary, is the special token and
+   * must have the last id (50256 in GPT-2). Malformed files fail with MDL_ERR_TOKENIZER_FILE naming the file and line.
+   */
+  static fromGpt2Files(vocabJson: string | Uint8Array, mergesTxt: string | Uint8Array): Tokenizer {
+    const { tokens, merges, specials } = parseGpt2Files(vocabJson, mergesTxt);
+    return new Tokenizer(tokens, merges, specials);
+  }
+}
+
+type Fail = (msg: string) => never;
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** id → token of a vocabulary object, checking that every id is a distinct non-negative integer. */
+function vocabById(vocab: Record<string, unknown>, where: string, fail: Fail): Map<number, string> {
+  const byId = new Map<number, string>();
+  for (const [token, id] of Object.entries(vocab)) {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
+      return fail(`${where}[${JSON.stringify(token)}] must be a non-negative integer id, got ${JSON.stringify(id)}`);
+    }
+    if (byId.has(id)) return fail(`${where}: id ${id} is given to both ${JSON.stringify(byId.get(id))} and ${JSON.stringify(token)}`);
+    byId.set(id, token);
+  }
+  return byId;
+}
+
+/**
+ * The ordinary tokens in id order: ids must run from 0 without gaps, the special tokens (`specialIds`, id → content)
+ * taking the last ones, every token must be byte-level and every byte must have a token.
+ */
+function ordinaryTokens(byId: Map<number, string>, specialIds: Map<number, string>, where: string, fail: Fail): string[] {
+  const size = new Set([...byId.keys(), ...specialIds.keys()]).size;
+  for (let id = 0; id < size; id++) {
+    if (!byId.has(id) && !specialIds.has(id)) return fail(`ids must run from 0 to ${size - 1} without gaps; id ${id} is missing`);
+  }
+  // Non-special ids come first; the special tokens take the last ids (the order this module writes, and GPT-2's).
+  const firstSpecial = size - specialIds.size;
+  for (const [id, content] of specialIds) {
+    if (id < firstSpecial) {
+      return fail(`special token ${JSON.stringify(content)} has id ${id}; special tokens must come after every ordinary token (ids ${firstSpecial}–${size - 1})`);
+    }
+  }
+  const tokens: string[] = [];
+  for (let id = 0; id < firstSpecial; id++) {
+    const t = byId.get(id)!;
+    if (fromByteLevel(t) === undefined) {
+      return fail(`${where}: token ${JSON.stringify(t)} (id ${id}) has characters outside the byte-level alphabet`);
+    }
+    tokens.push(t);
+  }
+  const present = new Set(tokens);
+  for (let b = 0; b < 256; b++) {
+    if (present.has(BYTE_TO_CHAR[b]!)) continue;
+    // A vocabulary in byte order (every one trained here) has byte b at id b, so name that slot.
+    const inByteOrder = BYTE_TO_CHAR.every((c, i) => i === b || tokens[i] === c);
+    return fail(
+      inByteOrder
+        ? `${where}: id ${b} must be the byte token ${JSON.stringify(BYTE_TO_CHAR[b])}, got ${JSON.stringify(tokens[b])}`
+        : `${where}: byte ${b} has no token; ${JSON.stringify(BYTE_TO_CHAR[b])} is missing`,
+    );
+  }
+  return tokens;
+}
+
+/** Text from a file's contents; bytes must be UTF-8. */
+function fileText(contents: string | Uint8Array, fail: Fail): string {
+  if (typeof contents === 'string') return contents;
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(contents);
+  } catch (err) {
+    return fail(`not UTF-8 (${(err as Error).message})`);
+  }
+}
+
+function parseGpt2Files(
+  vocabJson: string | Uint8Array,
+  mergesTxt: string | Uint8Array,
+): { tokens: string[]; merges: Array<[string, string]>; specials: string[] } {
+  const failVocab: Fail = (msg) => {
+    throw new ModelError('MDL_ERR_TOKENIZER_FILE', `invalid GPT-2 ${msg.startsWith('vocab.json') ? msg : `vocab.json: ${msg}`}`);
+  };
+  const failMerges: Fail = (msg) => {
+    throw new ModelError('MDL_ERR_TOKENIZER_FILE', `invalid GPT-2 merges.txt: ${msg}`);
+  };
+  let vocab: unknown;
+  try {
+    vocab = JSON.parse(fileText(vocabJson, failVocab));
+  } catch (err) {
+    if (err instanceof ModelError) throw err;
+    throw new ModelError('MDL_ERR_TOKENIZER_FILE', `invalid GPT-2 vocab.json: not JSON (${(err as Error).message})`, { cause: err });
+  }
+  if (!isObject(vocab)) return failVocab('the top level must be an object of token → id');
+  const byId = vocabById(vocab, 'vocab.json', failVocab);
+  const eot = vocab[END_OF_TEXT];
+  const specialIds = new Map<number, string>(typeof eot === 'number' ? [[eot, END_OF_TEXT]] : []);
+  const tokens = ordinaryTokens(byId, specialIds, 'vocab.json', failVocab);
+
+  // GPT-2's encoder.py drops the first line unread; `tokenizers` skips it only when it starts with "#version",
+  // as here. A final newline ends the last line rather than adding an empty one.
+  const known = new Set(tokens);
+  const lines = fileText(mergesTxt, failMerges).split('\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  const merges: Array<[string, string]> = [];
+  lines.forEach((raw, i) => {
+    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    if (i === 0 && line.startsWith('#version')) return;
+    // Byte-level tokens never contain a space (it is 'Ġ'), so one space is the only separator.
+    const pair = line.split(' ');
+    if (pair.length !== 2 || pair[0] === '' || pair[1] === '') {
+      return failMerges(`line ${i + 1} must be "left right", got ${JSON.stringify(line.slice(0, 80))}`);
+    }
+    if (!known.has(pair[0]!) || !known.has(pair[1]!)) return failMerges(`line ${i + 1}: "${line}" uses a token that is not in vocab.json`);
+    if (!known.has(line.replace(' ', ''))) return failMerges(`line ${i + 1}: "${line}" makes ${JSON.stringify(line.replace(' ', ''))}, which is not in vocab.json`);
+    merges.push([pair[0]!, pair[1]!]);
+  });
+  return { tokens, merges, specials: [...specialIds.values()] };
 }
 
 function parseTokenizerJson(json: unknown): { tokens: string[]; merges: Array<[string, string]>; specials: string[] } {
-  const fail = (msg: string): never => {
+  const fail: Fail = (msg) => {
     throw new ModelError('MDL_ERR_TOKENIZER_FILE', `invalid tokenizer.json: ${msg}`);
   };
   let root = json;
@@ -274,7 +401,6 @@ function parseTokenizerJson(json: unknown): { tokens: string[]; merges: Array<[s
       throw new ModelError('MDL_ERR_TOKENIZER_FILE', `invalid tokenizer.json: not JSON (${(err as Error).message})`, { cause: err });
     }
   }
-  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
   if (!isObject(root)) return fail('the top level must be an object');
   const model = root.model;
   if (!isObject(model)) return fail('model is missing or not an object');
@@ -306,14 +432,7 @@ function parseTokenizerJson(json: unknown): { tokens: string[]; merges: Array<[s
 
   const vocab = model.vocab;
   if (!isObject(vocab)) return fail('model.vocab is missing or not an object');
-  const byId = new Map<number, string>();
-  for (const [token, id] of Object.entries(vocab)) {
-    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
-      return fail(`model.vocab[${JSON.stringify(token)}] must be a non-negative integer id, got ${JSON.stringify(id)}`);
-    }
-    if (byId.has(id)) return fail(`model.vocab: id ${id} is given to both ${JSON.stringify(byId.get(id))} and ${JSON.stringify(token)}`);
-    byId.set(id, token);
-  }
+  const byId = vocabById(vocab, 'model.vocab', fail);
   const added = root.added_tokens ?? [];
   if (!Array.isArray(added)) return fail('added_tokens must be an array');
   const specialIds = new Map<number, string>();
@@ -329,30 +448,7 @@ function parseTokenizerJson(json: unknown): { tokens: string[]; merges: Array<[s
     }
     specialIds.set(id, t.content);
   });
-  const size = new Set([...byId.keys(), ...specialIds.keys()]).size;
-  for (let id = 0; id < size; id++) {
-    if (!byId.has(id) && !specialIds.has(id)) return fail(`ids must run from 0 to ${size - 1} without gaps; id ${id} is missing`);
-  }
-  // Non-special ids come first; the special tokens take the last ids (the order this module writes).
-  const firstSpecial = size - specialIds.size;
-  for (const id of specialIds.keys()) {
-    if (id < firstSpecial) {
-      return fail(`added_tokens: special token id ${id} must come after every ordinary token (ids ${firstSpecial}–${size - 1})`);
-    }
-  }
-  const tokens: string[] = [];
-  for (let id = 0; id < firstSpecial; id++) {
-    const t = byId.get(id)!;
-    if (fromByteLevel(t) === undefined) {
-      return fail(`model.vocab: token ${JSON.stringify(t)} (id ${id}) has characters outside the byte-level alphabet`);
-    }
-    tokens.push(t);
-  }
-  for (let b = 0; b < 256; b++) {
-    if (tokens[b] !== BYTE_TO_CHAR[b]) {
-      return fail(`model.vocab: id ${b} must be the byte token ${JSON.stringify(BYTE_TO_CHAR[b])}, got ${JSON.stringify(tokens[b])}`);
-    }
-  }
+  const tokens = ordinaryTokens(byId, specialIds, 'model.vocab', fail);
 
   if (!Array.isArray(model.merges)) return fail('model.merges is missing or not an array');
   const merges = model.merges.map((m: unknown, i): [string, string] => {
