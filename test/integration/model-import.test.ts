@@ -13,38 +13,14 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gptConfig, initParams, paramLayout, stateDict } from '../../model/gpt.ts';
-import { hfConfig, importHf } from '../../model/hf-format.ts';
-import { f16BitsToF32, f32ToF16Bits, readSafetensors, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
-import { trainBpe } from '../../model/tokenizer.ts';
-import { loadDemoCorpus } from '../../model/corpus.ts';
+import { importHf } from '../../model/hf-format.ts';
+import { f16BitsToF32, f32ToF16Bits, readSafetensors, type Tensor } from '../../model/safetensors.ts';
+import { layout, params, tokenizer, writeGpt2Folder } from '../support/gpt2-folder.ts';
 import { spawnProc, startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
 import type { ModelVersion } from '../../coordinator/registry.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
-const tokenizer = await trainBpe([loadDemoCorpus().documents[0]!], { vocabSize: 300 });
-const config = gptConfig({ vocabSize: 300, nCtx: 16, nLayer: 2, nHead: 2, nEmbd: 16 });
-const layout = paramLayout(config);
-const params = initParams(layout, 11);
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
-
-/** Writes a folder as transformers publishes an fp16 GPT-2; `mutate` may spoil the state dict first. */
-function writeGpt2Folder(dir: string, mutate: (dict: TensorMap) => void = () => {}): void {
-  mkdirSync(dir, { recursive: true });
-  const dict: TensorMap = {};
-  for (const [k, t] of Object.entries(stateDict(params, layout))) {
-    dict[`transformer.${k}`] = { dtype: 'F16', shape: t.shape, data: Uint16Array.from(t.data, f32ToF16Bits) } as Tensor;
-  }
-  for (let l = 0; l < config.nLayer; l++) dict[`transformer.h.${l}.attn.bias`] = { dtype: 'F32', shape: [1, 1, 16, 16], data: new Float32Array(256) };
-  dict['lm_head.weight'] = dict['transformer.wte.weight']!;
-  mutate(dict);
-  writeFileSync(join(dir, 'model.safetensors'), writeSafetensors(dict, { format: 'pt' }));
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...hfConfig(config, tokenizer), torch_dtype: 'float16', task_specific_params: { 'text-generation': { max_length: 50 } } }));
-  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer.toJSON()));
-  writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: tokenizer.endOfText, eos_token_id: tokenizer.endOfText }));
-  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ chat_template: '{% for m in messages %}{{ m.content }}{% endfor %}', model_max_length: 16 }));
-  writeFileSync(join(dir, 'README.md'), '# not imported: only the files an import takes are uploaded\n');
-}
 
 describe('importing a published GPT-2 folder into the registry', () => {
   let cluster: LocalCluster;
