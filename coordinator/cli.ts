@@ -60,7 +60,7 @@ Commands:
                as a new full version of NAME
   models import DIR --name NAME
                upload a Hugging Face GPT-2-family folder (config.json, model.safetensors in F32/F16/BF16,
-               tokenizer.json; generation_config.json, tokenizer_config.json, special_tokens_map.json kept) and
+               tokenizer.json or vocab.json + merges.txt; generation_config.json, tokenizer_config.json, special_tokens_map.json kept) and
                register it as a new version of NAME; every tensor is checked against config.json
   replan ID LAYOUT
                change a job's layout: 'auto' or data×pipeline×tensor such as 2x2x1; a running job resumes from
@@ -441,8 +441,9 @@ async function importModel(v: Values, dir: string): Promise<number> {
   if (!name) throw new UsageError('models import needs --name NAME: the model the folder becomes a version of');
   const present = IMPORT_FILE_NAMES.filter((f) => existsSync(join(dir, f)));
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`${dir} is not a folder`);
-  const missing = ['config.json', 'model.safetensors', 'tokenizer.json'].filter((f) => !present.includes(f));
-  if (missing.length) throw new UsageError(`${dir} lacks ${missing.join(', ')}: a GPT-2 folder needs config.json, model.safetensors and tokenizer.json`);
+  const gpt2Tokenizer = present.includes('vocab.json') && present.includes('merges.txt');
+  const missing = ['config.json', 'model.safetensors', ...(gpt2Tokenizer ? [] : ['tokenizer.json'])].filter((f) => !present.includes(f));
+  if (missing.length) throw new UsageError(`${dir} lacks ${missing.join(', ')}: a GPT-2 folder needs config.json, model.safetensors and tokenizer.json (or vocab.json + merges.txt)`);
   const c = connection(v);
   const files: Record<string, string> = {};
   for (const file of present) {

@@ -7,7 +7,8 @@
  * the tokenizer against the vocabulary) and registered in the registry's canonical form, so that every reader of a
  * version (jobs' init.from, quantize, merge, the gateway) sees what it sees for a trained one: config.json (theirs,
  * with our architecture fields written over it), model.safetensors as unprefixed float32 (F16/BF16 widened exactly,
- * mask buffers and the tied head dropped) and tokenizer.json. generation_config.json, tokenizer_config.json (with its
+ * mask buffers and the tied head dropped) and tokenizer.json (GPT-2's vocab.json + merges.txt converted when there is
+ * no tokenizer.json; the originals are kept beside it). generation_config.json, tokenizer_config.json (with its
  * chat_template) and special_tokens_map.json are kept as they are, checked to be JSON objects. lineage.json says where
  * it came from: `imported: {source, files: {name: {sha256, bytes}}}` — the files as uploaded, before conversion.
  *
@@ -17,6 +18,7 @@ import { ModelError } from '../model/errors.ts';
 import { exportHf, importHf } from '../model/hf-format.ts';
 import { paramLayout } from '../model/gpt.ts';
 import { readSafetensorsHeader } from '../model/safetensors.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 import { CoordinatorError } from './errors.ts';
 import type { ModelRegistry, ModelVersion } from './registry.ts';
@@ -25,12 +27,15 @@ import type { ModelRegistry, ModelVersion } from './registry.ts';
 export const IMPORT_FILES: Readonly<Record<string, string>> = Object.freeze({
   'config.json': 'GPT2Config (required)',
   'model.safetensors': 'the weights: F32, F16 or BF16, with or without the transformer. prefix (required)',
-  'tokenizer.json': 'the tokenizer (required)',
+  'tokenizer.json': 'the tokenizer (required, unless vocab.json and merges.txt are there)',
+  'vocab.json': "GPT-2's own tokenizer files: the vocabulary (with merges.txt, when there is no tokenizer.json)",
+  'merges.txt': "GPT-2's own tokenizer files: the merges, in rank order (with vocab.json)",
   'generation_config.json': 'generation defaults, kept as given',
   'tokenizer_config.json': 'tokenizer settings and chat_template, kept as given',
   'special_tokens_map.json': 'special tokens, kept as given',
 });
 const KEPT = ['generation_config.json', 'tokenizer_config.json', 'special_tokens_map.json'];
+const KEPT_TEXT = ['vocab.json', 'merges.txt']; // GPT-2 tooling loads these; already validated by the tokenizer
 const SHA256 = /^[0-9a-f]{64}$/;
 
 export interface ImportRequest {
@@ -56,9 +61,9 @@ export function parseImportBody(raw: unknown): ImportRequest {
       if (!Object.prototype.hasOwnProperty.call(IMPORT_FILES, name)) problems.push(`/files/${name.slice(0, 60)} is not a file an import takes (${Object.keys(IMPORT_FILES).join(', ')})`);
       else if (typeof digest !== 'string' || !SHA256.test(digest)) problems.push(`/files/${name} must be a lowercase hex sha256`);
     }
-    for (const name of ['config.json', 'model.safetensors', 'tokenizer.json']) {
-      if (!Object.prototype.hasOwnProperty.call(files, name)) problems.push(`/files/${name} is required`);
-    }
+    const has = (name: string) => Object.prototype.hasOwnProperty.call(files, name);
+    for (const name of ['config.json', 'model.safetensors']) if (!has(name)) problems.push(`/files/${name} is required`);
+    if (!has('tokenizer.json') && !(has('vocab.json') && has('merges.txt'))) problems.push('/files/tokenizer.json is required (or GPT-2\'s vocab.json and merges.txt)');
   }
   if (problems.length) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `invalid import: ${problems.join('; ')}`, { details: problems });
   return { files: files as Record<string, string>, ...(body.source !== undefined ? { source: body.source as string } : {}) };
@@ -75,7 +80,9 @@ export async function importVersion(registry: ModelRegistry, artifacts: Artifact
   let loaded: ReturnType<typeof importHf>;
   let dtypes: string[];
   try {
-    loaded = importHf({ 'config.json': given['config.json'], 'model.safetensors': given['model.safetensors'], 'tokenizer.json': given['tokenizer.json'] });
+    // GPT-2's vocab.json + merges.txt become the tokenizer.json every reader of a version takes; tokenizer.json wins.
+    const tokenizerJson = given['tokenizer.json'] ?? Buffer.from(JSON.stringify(Tokenizer.fromGpt2Files(given['vocab.json']!, given['merges.txt']!).toJSON()));
+    loaded = importHf({ 'config.json': given['config.json'], 'model.safetensors': given['model.safetensors'], 'tokenizer.json': tokenizerJson });
     dtypes = [...new Set([...readSafetensorsHeader(given['model.safetensors']!).tensors.values()].map((t) => t.dtype))].sort();
   } catch (err) {
     if (err instanceof ModelError) throw bad(err);
@@ -93,6 +100,7 @@ export async function importVersion(registry: ModelRegistry, artifacts: Artifact
     }
     kept[file] = bytes;
   }
+  for (const file of KEPT_TEXT) if (given[file]) kept[file] = given[file];
   const canonical = exportHf({ config: loaded.config, layout: paramLayout(loaded.config) }, loaded.tokenizer, loaded.params);
   // Their config.json with our architecture fields written over it: their extra keys (task_specific_params, …) stay.
   const theirs = JSON.parse(given['config.json']!.toString('utf8')) as Record<string, unknown>;

@@ -5,7 +5,7 @@ import { ApiError, get, post } from './api.js';
 import { bytes, card, empty, fill, h, num, table, time } from './dom.js';
 
 /** The files an import takes (coordinator/model-import.ts IMPORT_FILES); others in the chosen folder are left. */
-const IMPORT_FILES = ['config.json', 'model.safetensors', 'tokenizer.json', 'generation_config.json', 'tokenizer_config.json', 'special_tokens_map.json'];
+const IMPORT_FILES = ['config.json', 'model.safetensors', 'tokenizer.json', 'vocab.json', 'merges.txt', 'generation_config.json', 'tokenizer_config.json', 'special_tokens_map.json'];
 
 export function mountModels(root) {
   const body = h('div');
@@ -94,7 +94,7 @@ function importForm() {
   },
   h('div.field', h('label', { for: 'import-name' }, 'Model name'), name),
   h('div.field', h('label', { for: 'import-files' }, 'Hugging Face GPT-2 folder'), files,
-    h('div.hint', 'config.json, model.safetensors (F32, F16 or BF16) and tokenizer.json; generation_config.json, tokenizer_config.json and special_tokens_map.json are kept')),
+    h('div.hint', 'config.json, model.safetensors (F32, F16 or BF16) and tokenizer.json (or vocab.json + merges.txt); generation_config.json, tokenizer_config.json and special_tokens_map.json are kept')),
   error, button, status);
   return card('Import a published model', form);
 }

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { importHf } from '../../model/hf-format.ts';
 import { f16BitsToF32, f32ToF16Bits, readSafetensors, type Tensor } from '../../model/safetensors.ts';
-import { layout, params, tokenizer, writeGpt2Folder } from '../support/gpt2-folder.ts';
+import { layout, params, tokenizer, writeGpt2Folder, writeGpt2VocabFolder } from '../support/gpt2-folder.ts';
 import { spawnProc, startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
 import type { ModelVersion } from '../../coordinator/registry.ts';
 
@@ -71,6 +71,20 @@ describe('importing a published GPT-2 folder into the registry', () => {
 
     const quantized = await cluster.api<ModelVersion>('POST', '/api/models/tiny-gpt2/versions/1/quantize', {});
     assert.equal(quantized.version, 2, 'an imported version quantizes like a trained one');
+  });
+
+  test("a folder with GPT-2's own vocab.json and merges.txt (no tokenizer.json) imports with GPT-2's ids", async () => {
+    const folder = join(dir, 'gpt2-vocab');
+    writeGpt2VocabFolder(folder);
+    const { code, output } = await cli(['models', 'import', folder, '--name', 'gpt2-vocab']);
+    assert.equal(code, 0, output);
+    const version = await cluster.api<ModelVersion>('GET', '/api/models/gpt2-vocab/versions/1');
+    assert.ok(version.files['vocab.json'] && version.files['merges.txt'] && version.files['tokenizer.json'], 'converted to tokenizer.json, originals kept');
+    const get = async (file: string) => Buffer.from(await (await cluster.fetch(`${cluster.url}/api/models/gpt2-vocab/versions/1/files/${file}`, { headers: { authorization: `Bearer ${cluster.token}` } })).arrayBuffer());
+    const loaded = importHf({ 'config.json': await get('config.json'), 'model.safetensors': await get('model.safetensors'), 'tokenizer.json': await get('tokenizer.json') });
+    assert.equal(loaded.tokenizer.vocabSize, 50257);
+    assert.deepEqual(loaded.tokenizer.encode('Hello world'), [15496, 995]);
+    assert.equal(loaded.tokenizer.endOfText, 50256);
   });
 
   test('weights that disagree with config.json are refused naming the tensor, and nothing is registered', async () => {

