@@ -16,6 +16,7 @@ import { flatFromStateDict, initParams, paramLayout, stateDict, unflatten, type 
 import { configFromHf, importHf } from '../model/hf-format.ts';
 import { loraLayout, loraLayouts, loraSpec, mergeLora } from '../model/lora.ts';
 import type { F32Tensor } from '../model/optim.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
 import type { TensorMap } from '../model/safetensors.ts';
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
@@ -56,6 +57,14 @@ export function pinVersionRefs(spec: ResolvedJobSpec, registry: ModelRegistry): 
     return { ref: { name, version: v }, config: configFromHf(JSON.parse(registry.readFile(name, v, 'config.json').toString('utf8'))) };
   };
   const out: ResolvedJobSpec = structuredClone(spec);
+  if (spec.data.tokenizer !== undefined) {
+    if (spec.init || spec.distill) {
+      errors.push(`/data/tokenizer: a job that starts from a version (init.from) or distils from a teacher uses that version's tokenizer; leave data.tokenizer out`);
+    } else {
+      const ref = pinTokenizer(registry, spec.data.tokenizer, spec.model.vocabSize, errors);
+      if (ref) out.data = { ...spec.data, tokenizer: formatRef(ref) };
+    }
+  }
   if (spec.init) {
     const init = pin('/init/from', spec.init.from);
     if (init) {
@@ -83,6 +92,29 @@ export function pinVersionRefs(spec: ResolvedJobSpec, registry: ModelRegistry): 
   return out;
 }
 
+/** `data.tokenizer`'s version, pinned, when it has a tokenizer.json whose ids fit `vocabSize`; else an error is pushed. */
+function pinTokenizer(registry: ModelRegistry, ref: string, vocabSize: number, errors: string[]): VersionRef | null {
+  const { name, version } = parseVersionRef(ref);
+  const latest = registry.models().find((m) => m.name === name)?.latest;
+  if (latest === undefined) return errors.push(`/data/tokenizer names model ${name}, which has no registered version`), null;
+  const v = version ?? latest;
+  let files: string[];
+  try {
+    files = Object.keys(registry.get(name, v).files);
+  } catch {
+    return errors.push(`/data/tokenizer: model ${name} has no version ${v} (newest: ${latest})`), null;
+  }
+  if (!files.includes('tokenizer.json')) return errors.push(`/data/tokenizer: ${name}@${v} has no tokenizer.json (an adapter? name its base)`), null;
+  let ids: number;
+  try {
+    ids = Tokenizer.fromJSON(JSON.parse(registry.readFile(name, v, 'tokenizer.json').toString('utf8'))).vocabSize;
+  } catch (err) {
+    return errors.push(`/data/tokenizer: ${name}@${v}'s tokenizer.json does not load: ${(err as Error).message}`), null;
+  }
+  if (ids > vocabSize) return errors.push(`/model/vocabSize ${vocabSize} is smaller than ${name}@${v}'s tokenizer (${ids} ids): use at least ${ids}`), null;
+  return { name, version: v };
+}
+
 /** A pinned reference's version; a reference to a version that has since vanished fails clearly. */
 export function refOf(ref: string): VersionRef {
   const { name, version } = parseVersionRef(ref);
@@ -90,8 +122,9 @@ export function refOf(ref: string): VersionRef {
   return { name, version };
 }
 
-/** The version whose tokenizer the job's data must use (the one it starts from, else its teacher), if any. */
+/** The version whose tokenizer the job's data must use (data.tokenizer, else the one it starts from, else its teacher), if any. */
 export function tokenizerSource(spec: ResolvedJobSpec): VersionRef | null {
+  if (spec.data.tokenizer !== undefined) return refOf(spec.data.tokenizer);
   if (spec.init) return refOf(spec.init.from);
   if (spec.distill) return refOf(spec.distill.teacher);
   return null;

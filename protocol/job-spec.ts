@@ -22,10 +22,14 @@ export const ModelSpec = Type.Object(
   { additionalProperties: false },
 );
 
+/** A registry version: "name@3", or "name" for its newest version (resolved once, when the job is accepted). */
+const VersionRef = (description: string) => Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?$', description });
+
 export const DataSpec = Type.Object(
   {
     corpus: Type.String({ minLength: 1, maxLength: 4096, description: "'demo' (the bundled English corpus) or a path to .txt/.jsonl on the coordinator" }),
     heldOutFraction: Type.Optional(Type.Number({ minimum: 0.001, maximum: 0.5, description: 'share of documents kept for held-out loss' })),
+    tokenizer: Type.Optional(VersionRef("take this registered version's tokenizer instead of training one (e.g. an imported GPT-2's); its vocabulary must fit model.vocabSize; not with init.from or distill, which bring their own")),
   },
   { additionalProperties: false },
 );
@@ -70,8 +74,6 @@ export const ParallelSpec = Type.Union([
 export const JOB_KINDS = ['pretrain', 'sft', 'dpo', 'distill'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
 
-/** A registry version: "name@3", or "name" for its newest version (resolved once, when the job is accepted). */
-const VersionRef = (description: string) => Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?$', description });
 
 export const InitSpec = Type.Object(
   { from: VersionRef('start from this model version\'s weights (its config must equal model, its tokenizer is reused)') },
@@ -159,7 +161,7 @@ export type JobSpec = Static<typeof JobSpec>;
 /** A spec with every default filled in: what is stored with the job and saved in each checkpoint. */
 export interface ResolvedJobSpec extends JobSpec {
   kind: JobKind;
-  data: Required<Static<typeof DataSpec>>;
+  data: Required<Omit<Static<typeof DataSpec>, 'tokenizer'>> & Pick<Static<typeof DataSpec>, 'tokenizer'>; // tokenizer stays optional: absent = train one
   training: Required<Static<typeof TrainingSpec>>;
   parallel: ResolvedParallel | 'auto';
   dpo?: Required<Static<typeof DpoSpec>>;

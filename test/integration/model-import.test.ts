@@ -18,6 +18,8 @@ import { f16BitsToF32, f32ToF16Bits, readSafetensors, type Tensor } from '../../
 import { layout, params, tokenizer, writeGpt2Folder, writeGpt2VocabFolder } from '../support/gpt2-folder.ts';
 import { spawnProc, startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
 import type { ModelVersion } from '../../coordinator/registry.ts';
+import type { JobRecord } from '../../coordinator/job-store.ts';
+import { untilJob, writeCorpus } from '../support/jobs.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
@@ -85,6 +87,38 @@ describe('importing a published GPT-2 folder into the registry', () => {
     assert.equal(loaded.tokenizer.vocabSize, 50257);
     assert.deepEqual(loaded.tokenizer.encode('Hello world'), [15496, 995]);
     assert.equal(loaded.tokenizer.endOfText, 50256);
+  });
+
+  test("a pretrain job takes the imported GPT-2 tokenizer with data.tokenizer, pinned at submit, and trains with it", async () => {
+    const spec = (over: Record<string, unknown> = {}) => ({
+      name: 'gpt2-vocab-pretrain',
+      model: { vocabSize: 50257, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 8 },
+      data: { corpus: writeCorpus(dir, 0, 6), heldOutFraction: 0.2, tokenizer: 'gpt2-vocab' },
+      training: { steps: 3, batchSize: 2, seqLen: 16, lr: 1e-3, evalEvery: 3, evalBatches: 1, checkpointEvery: 3 },
+      ...over,
+    });
+    const refused = async (body: object, re: RegExp) => {
+      const res = await cluster.fetch(`${cluster.url}/api/jobs`, { method: 'POST', headers: { authorization: `Bearer ${cluster.token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      assert.equal(res.status, 400);
+      assert.match(JSON.stringify(await res.json()), re);
+    };
+    await refused(spec({ model: { vocabSize: 1000, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 8 } }), /model\/vocabSize 1000 is smaller than gpt2-vocab@1's tokenizer \(50257 ids\)/);
+    await refused(spec({ init: { from: 'gpt2-vocab' } }), /\/data\/tokenizer: a job that starts from a version/);
+    await refused(spec({ data: { corpus: 'demo', tokenizer: 'no-such-model' } }), /\/data\/tokenizer names model no-such-model, which has no registered version/);
+
+    const job = await cluster.api<JobRecord>('POST', '/api/jobs', spec());
+    assert.equal(job.spec.data.tokenizer, 'gpt2-vocab@1', 'pinned when accepted');
+    const agent = cluster.startAgent('import-agent');
+    try {
+      const done = await untilJob(cluster, job.id, (v) => v.job.state === 'succeeded', 180_000);
+      assert.equal(done.job.state, 'succeeded');
+      const trained = (await cluster.api<{ versions: ModelVersion[] }>('GET', '/api/models/gpt2-vocab-pretrain/versions')).versions[0]!;
+      const source = await cluster.api<ModelVersion>('GET', '/api/models/gpt2-vocab/versions/1');
+      assert.equal(trained.files['tokenizer.json']!.sha256, source.files['tokenizer.json']!.sha256, "the trained model carries GPT-2's tokenizer");
+    } finally {
+      agent.child.kill('SIGTERM');
+      await agent.exited;
+    }
   });
 
   test('weights that disagree with config.json are refused naming the tensor, and nothing is registered', async () => {
