@@ -16,12 +16,13 @@ import { join } from 'node:path';
 import { importHf } from '../../model/hf-format.ts';
 import { f16BitsToF32, f32ToF16Bits, readSafetensors, type Tensor } from '../../model/safetensors.ts';
 import { layout, params, tokenizer, writeGpt2Folder, writeGpt2VocabFolder } from '../support/gpt2-folder.ts';
-import { spawnProc, startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
+import { spawnProc, startCluster, waitForLine, type LocalCluster } from '../../scripts/local-cluster.ts';
 import type { ModelVersion } from '../../coordinator/registry.ts';
 import type { JobRecord } from '../../coordinator/job-store.ts';
 import { untilJob, writeCorpus } from '../support/jobs.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
+const GATEWAY = new URL('../../bin/gateway.js', import.meta.url).pathname;
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 
 describe('importing a published GPT-2 folder into the registry', () => {
@@ -87,6 +88,37 @@ describe('importing a published GPT-2 folder into the registry', () => {
     assert.equal(loaded.tokenizer.vocabSize, 50257);
     assert.deepEqual(loaded.tokenizer.encode('Hello world'), [15496, 995]);
     assert.equal(loaded.tokenizer.endOfText, 50256);
+  });
+
+  test('an imported version serves through the gateway and is an init.from like a trained one', async () => {
+    const gateway = spawnProc([GATEWAY, 'serve', '--registry', cluster.url, '--token', cluster.token, '--model', 'tiny-gpt2@1', '--port', '0', '--host', '127.0.0.1'], { stderr: 'capture', env: { LOG_LEVEL: 'warn' } });
+    try {
+      const port = Number((await waitForLine(gateway, /gateway listening on http:\/\/127\.0\.0\.1:(\d+)/, 60_000))[1]);
+      const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny-gpt2', prompt: 'the lazy', max_tokens: 4, temperature: 0 }) });
+      assert.equal(res.status, 200, await res.clone().text());
+      const body = (await res.json()) as { choices: Array<{ text: string }>; usage: { completion_tokens: number } };
+      assert.equal(body.usage.completion_tokens, 4);
+      assert.equal(typeof body.choices[0]!.text, 'string');
+    } finally {
+      gateway.child.kill('SIGTERM');
+      await gateway.exited;
+    }
+    const job = await cluster.api<JobRecord>('POST', '/api/jobs', {
+      name: 'from-imported',
+      model: { vocabSize: 300, nCtx: 16, nLayer: 2, nHead: 2, nEmbd: 16 },
+      data: { corpus: writeCorpus(dir, 0, 6), heldOutFraction: 0.2 },
+      training: { steps: 2, batchSize: 2, seqLen: 16, lr: 1e-3, evalEvery: 2, evalBatches: 1, checkpointEvery: 2 },
+      init: { from: 'tiny-gpt2@1' },
+    });
+    const agent = cluster.startAgent('init-agent');
+    try {
+      await untilJob(cluster, job.id, (v) => v.job.state === 'succeeded', 180_000);
+      const trained = (await cluster.api<{ versions: ModelVersion[] }>('GET', '/api/models/from-imported/versions')).versions[0]!;
+      assert.deepEqual(trained.lineage.parent, { name: 'tiny-gpt2', version: 1 });
+    } finally {
+      agent.child.kill('SIGTERM');
+      await agent.exited;
+    }
   });
 
   test("a pretrain job takes the imported GPT-2 tokenizer with data.tokenizer, pinned at submit, and trains with it", async () => {
