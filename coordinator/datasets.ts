@@ -54,7 +54,10 @@ export async function prepareDataset(
   tokenizer?: ReusedTokenizer,
 ): Promise<Record<string, string>> {
   const prepared = preparedFolder(spec);
-  if (prepared) return storePrepared(prepared, spec, artifacts, log);
+  if (prepared) {
+    checkTrainSplit(prepared, spec);
+    return storePrepared(prepared, spec, artifacts, log);
+  }
   const key = datasetKey(spec, tokenizer);
   const id = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 16);
   const dir = join(dataDir, 'datasets', id);
@@ -85,12 +88,29 @@ export async function prepareDataset(
         `${heldOut.tokens} held-out tokens (${heldOut.documents} ${unit})`,
     );
   }
+  if (!key.format) checkTrainSplit(dir, spec);
   const files: Record<string, string> = {};
   for (const name of readdirSync(dir).sort()) {
     const { digest } = await artifacts.putStream(createReadStream(join(dir, name)));
     files[name] = digest;
   }
   return files;
+}
+
+/**
+ * Refuses, once and for good, a token dataset whose train split cannot serve one global batch: every agent would fail
+ * the same way at every restart. (A sequence needs batchSize × seqLen + 1 consecutive tokens of one shard, as
+ * model/token-shard-reader.ts reads them.) MDL_ERR_DATASET_MISMATCH makes the job fail at once, not retry.
+ */
+function checkTrainSplit(dir: string, spec: ResolvedJobSpec): void {
+  const { train } = readShardIndex(dir).splits;
+  const { batchSize, seqLen } = spec.training;
+  const span = batchSize * seqLen + 1;
+  if (train.shards.some((s) => s.tokens >= span)) return;
+  throw new ModelError(
+    'MDL_ERR_DATASET_MISMATCH',
+    `the train split has ${train.tokens} tokens in ${train.documents} documents, and one global batch of ${batchSize} × ${seqLen} needs ${span} in one shard: use a larger corpus, a smaller training.batchSize or seqLen, or a smaller data.heldOutFraction (${spec.data.heldOutFraction} of the documents are held out)`,
+  );
 }
 
 /** The corpus folder when it is already a prepared dataset (`coordinator data prepare` or model/prepare-data.ts output), else null. */

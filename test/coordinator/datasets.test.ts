@@ -69,3 +69,16 @@ test('a corpus folder that is already a prepared dataset is used as it is, and r
   small.model.vocabSize = 280;
   await assert.rejects(prepareDataset(small, dir, artifacts, silentLogger), { code: 'MDL_ERR_DATASET_MISMATCH', message: /vocabulary of 290.*model\.vocabSize 280/ });
 });
+
+test('a corpus whose train split cannot serve one global batch is refused once with MDL_ERR_DATASET_MISMATCH, saying what to change', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'datasets-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const corpus = join(dir, 'corpus.txt');
+  writeFileSync(corpus, loadDemoCorpus().documents.slice(0, 6).join('\n\n'));
+  const artifacts = new ArtifactStore(join(dir, 'artifacts'));
+  const spec = specFor(corpus);
+  spec.training.batchSize = 100_000; // far more tokens than six addresses hold
+  await assert.rejects(prepareDataset(spec, dir, artifacts, silentLogger), (err: Error & { code?: string }) =>
+    err.code === 'MDL_ERR_DATASET_MISMATCH' && /the train split has \d+ tokens in \d+ documents, and one global batch of 100000 × 16 needs 1600001 in one shard: use a larger corpus/.test(err.message));
+  assert.ok((await prepareDataset(specFor(corpus), dir, artifacts, silentLogger))['index.json'], 'the same corpus serves a batch that fits');
+});
