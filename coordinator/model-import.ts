@@ -12,9 +12,12 @@
  * chat_template) and special_tokens_map.json are kept as they are, checked to be JSON objects. lineage.json says where
  * it came from: `imported: {source, files: {name: {sha256, bytes}}}` — the files as uploaded, before conversion.
  *
- * Converting runs on the coordinator's thread (about a second per 100 M parameters), like quantizing.
+ * Checking and converting run in a worker thread (convertImport), so the coordinator keeps answering heartbeats
+ * while a GPT-2-small file is widened and hashed; the registry trusts the worker's sha256 of each file it writes.
  */
-import { ModelError } from '../model/errors.ts';
+import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+import { ModelError, type ModelErrorCode } from '../model/errors.ts';
 import { exportHf, importHf } from '../model/hf-format.ts';
 import { paramLayout } from '../model/gpt.ts';
 import { readSafetensorsHeader } from '../model/safetensors.ts';
@@ -69,49 +72,84 @@ export function parseImportBody(raw: unknown): ImportRequest {
   return { files: files as Record<string, string>, ...(body.source !== undefined ? { source: body.source as string } : {}) };
 }
 
-/** Checks and registers the uploaded files as a new version of `name`. */
-export async function importVersion(registry: ModelRegistry, artifacts: ArtifactStore, name: string, req: ImportRequest): Promise<ModelVersion> {
-  const given: Record<string, Buffer> = {};
-  for (const [file, digest] of Object.entries(req.files)) {
-    if (!artifacts.has(digest)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `${file}: no artifact ${digest}; upload it first (PUT /api/artifacts/${digest})`, { details: [`/files/${file} is not uploaded`] });
-    given[file] = await artifacts.get(digest);
-  }
-  const bad = (err: ModelError) => new CoordinatorError('CRD_ERR_BAD_REQUEST', `cannot import ${name}: ${err.code}: ${err.message}`, { cause: err, details: [`${err.code}: ${err.message}`] });
-  let loaded: ReturnType<typeof importHf>;
-  let dtypes: string[];
-  try {
-    // GPT-2's vocab.json + merges.txt become the tokenizer.json every reader of a version takes; tokenizer.json wins.
-    const tokenizerJson = given['tokenizer.json'] ?? Buffer.from(JSON.stringify(Tokenizer.fromGpt2Files(given['vocab.json']!, given['merges.txt']!).toJSON()));
-    loaded = importHf({ 'config.json': given['config.json'], 'model.safetensors': given['model.safetensors'], 'tokenizer.json': tokenizerJson });
-    dtypes = [...new Set([...readSafetensorsHeader(given['model.safetensors']!).tensors.values()].map((t) => t.dtype))].sort();
-  } catch (err) {
-    if (err instanceof ModelError) throw bad(err);
-    throw err;
-  }
+/** What a conversion gives: the version's files, each file's sha256, and facts for the lineage. */
+export interface ConvertedImport {
+  files: Record<string, Uint8Array>;
+  sha256: Record<string, string>;
+  params: number;
+  weightDtypes: string[];
+}
+
+/**
+ * The checks and the conversion, pure: uploaded files (name → bytes) → the version's canonical files. Throws a
+ * ModelError naming what is wrong. Runs in a worker thread (import-worker.ts): for a GPT-2-small file it parses,
+ * widens, re-encodes and hashes about a gigabyte, seconds the coordinator's event loop must not wait for.
+ */
+export function convertImport(given: Readonly<Record<string, Uint8Array>>): ConvertedImport {
+  const text = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('utf8');
+  // GPT-2's vocab.json + merges.txt become the tokenizer.json every reader of a version takes; tokenizer.json wins.
+  const tokenizerJson = given['tokenizer.json'] ?? Buffer.from(JSON.stringify(Tokenizer.fromGpt2Files(given['vocab.json']!, given['merges.txt']!).toJSON()));
+  const loaded = importHf({ 'config.json': given['config.json'], 'model.safetensors': given['model.safetensors'], 'tokenizer.json': tokenizerJson });
+  const weightDtypes = [...new Set([...readSafetensorsHeader(given['model.safetensors']!).tensors.values()].map((t) => t.dtype))].sort();
   const kept: Record<string, Uint8Array> = {};
   for (const file of KEPT) {
     const bytes = given[file];
     if (!bytes) continue;
     try {
-      const json = JSON.parse(bytes.toString('utf8')) as unknown;
+      const json = JSON.parse(text(bytes)) as unknown;
       if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new Error('not a JSON object');
     } catch (err) {
-      throw bad(new ModelError('MDL_ERR_MODEL_FILES', `${file} is not a JSON object: ${(err as Error).message}`));
+      throw new ModelError('MDL_ERR_MODEL_FILES', `${file} is not a JSON object: ${(err as Error).message}`);
     }
     kept[file] = bytes;
   }
   for (const file of KEPT_TEXT) if (given[file]) kept[file] = given[file];
   const canonical = exportHf({ config: loaded.config, layout: paramLayout(loaded.config) }, loaded.tokenizer, loaded.params);
   // Their config.json with our architecture fields written over it: their extra keys (task_specific_params, …) stay.
-  const theirs = JSON.parse(given['config.json']!.toString('utf8')) as Record<string, unknown>;
-  const ours = JSON.parse(Buffer.from(canonical['config.json']).toString('utf8')) as Record<string, unknown>;
-  const files = { ...kept, ...canonical, 'config.json': Buffer.from(JSON.stringify({ ...theirs, ...ours }, null, 2)) };
-  return registry.register(name, files, {
+  const theirs = JSON.parse(text(given['config.json']!)) as Record<string, unknown>;
+  const ours = JSON.parse(text(canonical['config.json'])) as Record<string, unknown>;
+  const files: Record<string, Uint8Array> = { ...kept, ...canonical, 'config.json': Buffer.from(JSON.stringify({ ...theirs, ...ours }, null, 2)) };
+  const sha256 = Object.fromEntries(Object.entries(files).map(([f, b]) => [f, createHash('sha256').update(b).digest('hex')]));
+  return { files, sha256, params: loaded.params.length, weightDtypes };
+}
+
+/** convertImport in a worker thread, reading the uploaded files from the artifact store itself. */
+function convertInWorker(paths: Record<string, string>): Promise<ConvertedImport> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL('../node-agent/compute/worker-boot.mjs', import.meta.url), {
+      workerData: { entry: new URL('./import-worker.ts', import.meta.url).href, paths },
+    });
+    let settled = false;
+    worker.on('message', (m: { type: 'done'; result: ConvertedImport } | { type: 'error'; message: string; code?: string }) => {
+      settled = true;
+      if (m.type === 'done') resolve({ ...m.result, files: Object.fromEntries(Object.entries(m.result.files).map(([f, b]) => [f, Buffer.from(b.buffer, b.byteOffset, b.byteLength)])) });
+      else reject(m.code?.startsWith('MDL_ERR') ? new ModelError(m.code as ModelErrorCode, m.message) : new Error(m.message));
+    });
+    worker.once('error', (err) => !settled && reject(err));
+    worker.once('exit', (code) => !settled && reject(new Error(`the import worker exited with ${code} before answering`)));
+  });
+}
+
+/** Checks and registers the uploaded files as a new version of `name`; the heavy part runs off the event loop. */
+export async function importVersion(registry: ModelRegistry, artifacts: ArtifactStore, name: string, req: ImportRequest): Promise<ModelVersion> {
+  const paths: Record<string, string> = {};
+  for (const [file, digest] of Object.entries(req.files)) {
+    if (!artifacts.has(digest)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `${file}: no artifact ${digest}; upload it first (PUT /api/artifacts/${digest})`, { details: [`/files/${file} is not uploaded`] });
+    paths[file] = artifacts.pathOf(digest);
+  }
+  let converted: ConvertedImport;
+  try {
+    converted = await convertInWorker(paths);
+  } catch (err) {
+    if (!(err instanceof ModelError)) throw err;
+    throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `cannot import ${name}: ${err.code}: ${err.message}`, { cause: err, details: [`${err.code}: ${err.message}`] });
+  }
+  return registry.register(name, converted.files, {
     imported: {
       ...(req.source !== undefined ? { source: req.source } : {}),
-      files: Object.fromEntries(Object.entries(req.files).map(([file, sha256]) => [file, { sha256, bytes: given[file]!.byteLength }])),
-      weightDtypes: dtypes,
+      files: Object.fromEntries(Object.entries(req.files).map(([file, sha256]) => [file, { sha256, bytes: artifacts.sizeOf(sha256)! }])),
+      weightDtypes: converted.weightDtypes,
     },
-    metrics: { params: loaded.params.length },
-  });
+    metrics: { params: converted.params },
+  }, Date.now(), converted.sha256);
 }

@@ -79,15 +79,16 @@ export class ModelRegistry {
 
   /**
    * Writes a new version of `name` and returns it. Must include config.json and model.safetensors or
-   * model.int8.safetensors, or be a LoRA adapter: adapter_model.safetensors and adapter_config.json.
+   * model.int8.safetensors, or be a LoRA adapter: adapter_model.safetensors and adapter_config.json. `sha256` gives
+   * files' digests already computed off the event loop (a worker's), so large files are not hashed here again.
    */
-  register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs = Date.now()): Promise<ModelVersion> {
-    const run = this.#queue.then(() => this.#register(name, files, lineage, nowMs));
+  register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs = Date.now(), sha256?: Readonly<Record<string, string>>): Promise<ModelVersion> {
+    const run = this.#queue.then(() => this.#register(name, files, lineage, nowMs, sha256));
     this.#queue = run.catch(() => {});
     return run;
   }
 
-  async #register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs: number): Promise<ModelVersion> {
+  async #register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs: number, known: Readonly<Record<string, string>> = {}): Promise<ModelVersion> {
     if (!MODEL_NAME.test(name)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `model name '${name.slice(0, 80)}' must match ${MODEL_NAME}`);
     // A LoRA adapter version (coordinator/adapters.ts) holds PEFT files and names its base in lineage; a model
     // version holds config.json and float32 weights, or INT8 ones (model/quantize.ts, coordinator/model-quantize.ts).
@@ -109,7 +110,7 @@ export class ModelRegistry {
     const version = (this.#stmts.next.get(name)?.v ?? 0) + 1;
     const manifest: ModelVersion['files'] = {};
     for (const [file, bytes] of Object.entries(all)) {
-      manifest[file] = { bytes: bytes.byteLength, sha256: createHash('sha256').update(bytes).digest('hex') };
+      manifest[file] = { bytes: bytes.byteLength, sha256: known[file] ?? createHash('sha256').update(bytes).digest('hex') };
     }
     all['manifest.json'] = Buffer.from(JSON.stringify({ format: 'meshtrain-model-version/1', name, version, createdMs: nowMs, files: manifest }, null, 2));
 
