@@ -439,8 +439,8 @@ async function quantizeModel(v: Values, name: string, version: string): Promise<
 async function importModel(v: Values, dir: string): Promise<number> {
   const name = str(v, 'name');
   if (!name) throw new UsageError('models import needs --name NAME: the model the folder becomes a version of');
-  const present = IMPORT_FILE_NAMES.filter((f) => existsSync(join(dir, f)));
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`${dir} is not a folder`);
+  const present = IMPORT_FILE_NAMES.filter((f) => existsSync(join(dir, f)));
   const gpt2Tokenizer = present.includes('vocab.json') && present.includes('merges.txt');
   const missing = ['config.json', 'model.safetensors', ...(gpt2Tokenizer ? [] : ['tokenizer.json'])].filter((f) => !present.includes(f));
   if (missing.length) throw new UsageError(`${dir} lacks ${missing.join(', ')}: a GPT-2 folder needs config.json, model.safetensors and tokenizer.json (or vocab.json + merges.txt)`);

@@ -12,6 +12,7 @@ import { Worker } from 'node:worker_threads';
 import type { DataProgress } from '../model/data.ts';
 import { readShardIndex, type SplitInfo, type SplitName } from '../model/shard-index.ts';
 import { ModelError } from '../model/errors.ts';
+import { globalBatchSpan, splitServes } from '../model/token-shard-reader.ts';
 import { dataFormatOf, type ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 import type { DatasetWorkerOptions } from './dataset-worker.ts';
@@ -54,10 +55,7 @@ export async function prepareDataset(
   tokenizer?: ReusedTokenizer,
 ): Promise<Record<string, string>> {
   const prepared = preparedFolder(spec);
-  if (prepared) {
-    checkTrainSplit(prepared, spec);
-    return storePrepared(prepared, spec, artifacts, log);
-  }
+  if (prepared) return storePrepared(prepared, spec, artifacts, log);
   const key = datasetKey(spec, tokenizer);
   const id = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 16);
   const dir = join(dataDir, 'datasets', id);
@@ -88,7 +86,7 @@ export async function prepareDataset(
         `${heldOut.tokens} held-out tokens (${heldOut.documents} ${unit})`,
     );
   }
-  if (!key.format) checkTrainSplit(dir, spec);
+  if (!key.format) checkTrainSplit(readShardIndex(dir).splits.train, spec);
   const files: Record<string, string> = {};
   for (const name of readdirSync(dir).sort()) {
     const { digest } = await artifacts.putStream(createReadStream(join(dir, name)));
@@ -99,14 +97,13 @@ export async function prepareDataset(
 
 /**
  * Refuses, once and for good, a token dataset whose train split cannot serve one global batch: every agent would fail
- * the same way at every restart. (A sequence needs batchSize × seqLen + 1 consecutive tokens of one shard, as
- * model/token-shard-reader.ts reads them.) MDL_ERR_DATASET_MISMATCH makes the job fail at once, not retry.
+ * the same way at every restart (model/token-shard-reader.ts reads batches by the same rule).
+ * MDL_ERR_DATASET_MISMATCH makes the job fail at once, not retry.
  */
-function checkTrainSplit(dir: string, spec: ResolvedJobSpec): void {
-  const { train } = readShardIndex(dir).splits;
+function checkTrainSplit(train: SplitInfo, spec: ResolvedJobSpec): void {
   const { batchSize, seqLen } = spec.training;
-  const span = batchSize * seqLen + 1;
-  if (train.shards.some((s) => s.tokens >= span)) return;
+  const span = globalBatchSpan(batchSize, seqLen);
+  if (splitServes(train, span)) return;
   throw new ModelError(
     'MDL_ERR_DATASET_MISMATCH',
     `the train split has ${train.tokens} tokens in ${train.documents} documents, and one global batch of ${batchSize} × ${seqLen} needs ${span} in one shard: use a larger corpus, a smaller training.batchSize or seqLen, or a smaller data.heldOutFraction (${spec.data.heldOutFraction} of the documents are held out)`,
@@ -137,6 +134,7 @@ async function storePrepared(dir: string, spec: ResolvedJobSpec, artifacts: Arti
       `${dir} was tokenized with a vocabulary of ${index.vocabSize}, larger than model.vocabSize ${spec.model.vocabSize}; set model.vocabSize ≥ ${index.vocabSize} or prepare it with --vocab ${spec.model.vocabSize}`,
     );
   }
+  checkTrainSplit(index.splits.train, spec);
   const names = ['index.json', index.tokenizer, ...index.splits.train.shards.map((s) => s.file), ...index.splits.heldOut.shards.map((s) => s.file)];
   const files: Record<string, string> = {};
   for (const name of names.sort()) files[name] = (await artifacts.putStream(createReadStream(join(dir, name)))).digest;

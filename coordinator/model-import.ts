@@ -18,13 +18,13 @@
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { ModelError, type ModelErrorCode } from '../model/errors.ts';
-import { exportHf, importHf } from '../model/hf-format.ts';
+import { exportHf, hfConfig, importHf } from '../model/hf-format.ts';
 import { paramLayout } from '../model/gpt.ts';
 import { readSafetensorsHeader } from '../model/safetensors.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import type { ArtifactStore } from './artifact-store.ts';
 import { CoordinatorError } from './errors.ts';
-import type { ModelRegistry, ModelVersion } from './registry.ts';
+import { MODEL_NAME, type ModelRegistry, type ModelVersion } from './registry.ts';
 
 /** The files an import takes, and what each is for. Any other name is refused, so nothing arrives unexamined. */
 export const IMPORT_FILES: Readonly<Record<string, string>> = Object.freeze({
@@ -107,8 +107,8 @@ export function convertImport(given: Readonly<Record<string, Uint8Array>>): Conv
   const canonical = exportHf({ config: loaded.config, layout: paramLayout(loaded.config) }, loaded.tokenizer, loaded.params);
   // Their config.json with our architecture fields written over it: their extra keys (task_specific_params, …) stay.
   const theirs = JSON.parse(text(given['config.json']!)) as Record<string, unknown>;
-  const ours = JSON.parse(text(canonical['config.json'])) as Record<string, unknown>;
-  const files: Record<string, Uint8Array> = { ...kept, ...canonical, 'config.json': Buffer.from(JSON.stringify({ ...theirs, ...ours }, null, 2)) };
+  const config = { ...theirs, ...hfConfig(loaded.config, loaded.tokenizer) };
+  const files: Record<string, Uint8Array> = { ...kept, ...canonical, 'config.json': Buffer.from(JSON.stringify(config, null, 2)) };
   const sha256 = Object.fromEntries(Object.entries(files).map(([f, b]) => [f, createHash('sha256').update(b).digest('hex')]));
   return { files, sha256, params: loaded.params.length, weightDtypes };
 }
@@ -132,6 +132,8 @@ function convertInWorker(paths: Record<string, string>): Promise<ConvertedImport
 
 /** Checks and registers the uploaded files as a new version of `name`; the heavy part runs off the event loop. */
 export async function importVersion(registry: ModelRegistry, artifacts: ArtifactStore, name: string, req: ImportRequest): Promise<ModelVersion> {
+  // Refused before the worker spends seconds converting, rather than by register() afterwards.
+  if (!MODEL_NAME.test(name)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `model name '${name.slice(0, 80)}' must match ${MODEL_NAME}`);
   const paths: Record<string, string> = {};
   for (const [file, digest] of Object.entries(req.files)) {
     if (!artifacts.has(digest)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `${file}: no artifact ${digest}; upload it first (PUT /api/artifacts/${digest})`, { details: [`/files/${file} is not uploaded`] });

@@ -16,7 +16,7 @@ import { flatFromStateDict, initParams, paramLayout, stateDict, unflatten, type 
 import { configFromHf, importHf } from '../model/hf-format.ts';
 import { loraLayout, loraLayouts, loraSpec, mergeLora } from '../model/lora.ts';
 import type { F32Tensor } from '../model/optim.ts';
-import { Tokenizer } from '../model/tokenizer.ts';
+import { tokenizerJsonIdCount } from '../model/tokenizer-files.ts';
 import type { TensorMap } from '../model/safetensors.ts';
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
@@ -43,18 +43,11 @@ export const formatRef = (r: VersionRef) => `${r.name}@${r.version}`;
 export function pinVersionRefs(spec: ResolvedJobSpec, registry: ModelRegistry): ResolvedJobSpec {
   const errors: string[] = [];
   const pin = (field: string, ref: string): { ref: VersionRef; config: GPTConfig } | null => {
-    const { name, version } = parseVersionRef(ref);
-    const latest = registry.models().find((m) => m.name === name)?.latest;
-    if (latest === undefined) return errors.push(`${field} names model ${name}, which has no registered version`), null;
-    const v = version ?? latest;
-    let files: string[];
-    try {
-      files = Object.keys(registry.get(name, v).files);
-    } catch {
-      return errors.push(`${field}: model ${name} has no version ${v} (newest: ${latest})`), null;
-    }
-    if (!WEIGHT_FILES.some((f) => files.includes(f))) return errors.push(`${field}: ${name}@${v} holds no full model weights (an adapter? merge it first)`), null;
-    return { ref: { name, version: v }, config: configFromHf(JSON.parse(registry.readFile(name, v, 'config.json').toString('utf8'))) };
+    const found = resolveRef(registry, field, ref, errors);
+    if (!found) return null;
+    const { name, version: v } = found.ref;
+    if (!WEIGHT_FILES.some((f) => found.files.includes(f))) return errors.push(`${field}: ${name}@${v} holds no full model weights (an adapter? merge it first)`), null;
+    return { ref: found.ref, config: configFromHf(JSON.parse(registry.readFile(name, v, 'config.json').toString('utf8'))) };
   };
   const out: ResolvedJobSpec = structuredClone(spec);
   if (spec.data.tokenizer !== undefined) {
@@ -92,27 +85,36 @@ export function pinVersionRefs(spec: ResolvedJobSpec, registry: ModelRegistry): 
   return out;
 }
 
-/** `data.tokenizer`'s version, pinned, when it has a tokenizer.json whose ids fit `vocabSize`; else an error is pushed. */
-function pinTokenizer(registry: ModelRegistry, ref: string, vocabSize: number, errors: string[]): VersionRef | null {
+/** `ref` resolved to a registered version ("name" → its newest) and that version's files; else an error is pushed. */
+function resolveRef(registry: ModelRegistry, field: string, ref: string, errors: string[]): { ref: VersionRef; files: string[] } | null {
   const { name, version } = parseVersionRef(ref);
   const latest = registry.models().find((m) => m.name === name)?.latest;
-  if (latest === undefined) return errors.push(`/data/tokenizer names model ${name}, which has no registered version`), null;
+  if (latest === undefined) return errors.push(`${field} names model ${name}, which has no registered version`), null;
   const v = version ?? latest;
-  let files: string[];
   try {
-    files = Object.keys(registry.get(name, v).files);
+    return { ref: { name, version: v }, files: Object.keys(registry.get(name, v).files) };
   } catch {
-    return errors.push(`/data/tokenizer: model ${name} has no version ${v} (newest: ${latest})`), null;
+    return errors.push(`${field}: model ${name} has no version ${v} (newest: ${latest})`), null;
   }
-  if (!files.includes('tokenizer.json')) return errors.push(`/data/tokenizer: ${name}@${v} has no tokenizer.json (an adapter? name its base)`), null;
+}
+
+/**
+ * `data.tokenizer`'s version, pinned, when it has a tokenizer.json whose ids fit `vocabSize`; else an error is pushed.
+ * The ids are counted, not loaded into a Tokenizer: this runs on the request thread (tokenizer-files.ts).
+ */
+function pinTokenizer(registry: ModelRegistry, ref: string, vocabSize: number, errors: string[]): VersionRef | null {
+  const found = resolveRef(registry, '/data/tokenizer', ref, errors);
+  if (!found) return null;
+  const { name, version: v } = found.ref;
+  if (!found.files.includes('tokenizer.json')) return errors.push(`/data/tokenizer: ${name}@${v} has no tokenizer.json (an adapter? name its base)`), null;
   let ids: number;
   try {
-    ids = Tokenizer.fromJSON(JSON.parse(registry.readFile(name, v, 'tokenizer.json').toString('utf8'))).vocabSize;
+    ids = tokenizerJsonIdCount(JSON.parse(registry.readFile(name, v, 'tokenizer.json').toString('utf8')));
   } catch (err) {
     return errors.push(`/data/tokenizer: ${name}@${v}'s tokenizer.json does not load: ${(err as Error).message}`), null;
   }
   if (ids > vocabSize) return errors.push(`/model/vocabSize ${vocabSize} is smaller than ${name}@${v}'s tokenizer (${ids} ids): use at least ${ids}`), null;
-  return { name, version: v };
+  return found.ref;
 }
 
 /** A pinned reference's version; a reference to a version that has since vanished fails clearly. */

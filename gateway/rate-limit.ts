@@ -29,7 +29,7 @@ export interface RateLimiterStats {
 
 /**
  * Far more clients than a deployment has keys or busy IPs, so only a flood of distinct clients reaches it, while the
- * buckets stay small: about 175 bytes a client (key string, entry, bucket) measured on Node 20, so ~17 MB at the cap.
+ * buckets stay small: 100,000 IP-address keys took 19.6 MB of heap on Node 20 (key string, entry, bucket: ~200 bytes each).
  */
 export const DEFAULT_MAX_CLIENTS = 100_000;
 

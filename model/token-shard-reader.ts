@@ -50,6 +50,12 @@ export interface Batch {
   next: ShardCursor;
 }
 
+/** Tokens one global batch of `globalBatch` sequences of `seqLen` takes from one shard: the inputs and the last target. */
+export const globalBatchSpan = (globalBatch: number, seqLen: number): number => globalBatch * seqLen + 1;
+
+/** Whether some shard of `split` holds `span` tokens, i.e. can serve a global batch. */
+export const splitServes = (split: SplitInfo, span: number): boolean => split.shards.some((s) => s.tokens >= span);
+
 export class TokenShardReader {
   #dir: string;
   #index: ShardIndex;
@@ -78,7 +84,7 @@ export class TokenShardReader {
     this.#rank = rank;
     this.#world = worldSize;
     const span = this.#globalSpan();
-    if (!this.#split.shards.some((s) => s.tokens >= span)) {
+    if (!splitServes(this.#split, span)) {
       const largest = Math.max(0, ...this.#split.shards.map((s) => s.tokens));
       throw fail(`the ${split} split cannot serve a global batch of ${batchSize * worldSize} × ${seqLen} (${span} tokens): its largest shard has ${largest} tokens`);
     }
@@ -123,7 +129,7 @@ export class TokenShardReader {
 
   /** Tokens one global batch needs from one shard. */
   #globalSpan(): number {
-    return this.#world * this.#batch * this.#seq + 1;
+    return globalBatchSpan(this.#world * this.#batch, this.#seq);
   }
 
   /** `cursor` moved to the first place at or after it where a whole global batch fits in one shard. */

@@ -12,11 +12,15 @@ import type { Registry } from 'prom-client';
 
 const TEXT = 'text/plain; charset=utf-8';
 
+/** The peer port's paths, matched exactly (no decoding, so no other spelling reaches them); each answers GET and HEAD. */
+const PATHS = { '/metrics': 'metrics', '/healthz': 'healthz' } as const;
+const METHODS = ['GET', 'HEAD'];
+
 /**
- * Every HTTP route of the peer port, as "METHOD path", all public (matched on the exact path: no decoding, so no
- * other spelling reaches them). WebSocket upgrades are the peer links, authenticated by the group token.
+ * Every HTTP route of the peer port, as "METHOD path", all public: the table the handler below routes by.
+ * WebSocket upgrades are the peer links, authenticated by the group token.
  */
-export const AGENT_HTTP_ROUTES: readonly string[] = Object.freeze(['GET /metrics', 'HEAD /metrics', 'GET /healthz', 'HEAD /healthz']);
+export const AGENT_HTTP_ROUTES: readonly string[] = Object.freeze(Object.keys(PATHS).flatMap((p) => METHODS.map((m) => `${m} ${p}`)));
 
 export interface HttpEndpointsOptions {
   /** Served at GET /metrics; without it /metrics is 404. */
@@ -29,11 +33,12 @@ export interface HttpEndpointsOptions {
 export function httpEndpoints(opts: HttpEndpointsOptions): RequestListener {
   return (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
-    const route = path === '/metrics' && opts.registry ? 'metrics' : path === '/healthz' ? 'healthz' : null;
+    const found = Object.prototype.hasOwnProperty.call(PATHS, path!) ? PATHS[path as keyof typeof PATHS] : null;
+    const route = found === 'metrics' && !opts.registry ? null : found;
     // Plain-text refusals: these are for people poking at the port, and no script has a reason to match on them.
     if (!route) return send(res, 404, TEXT, `no route ${req.method} ${path}: this is a meshtrain agent's peer port (WebSocket links, GET /metrics, GET /healthz)\n`);
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.setHeader('allow', 'GET, HEAD');
+    if (!METHODS.includes(req.method ?? '')) {
+      res.setHeader('allow', METHODS.join(', '));
       return send(res, 405, TEXT, `${path} answers GET only\n`);
     }
     if (route === 'healthz') return send(res, 200, 'application/json', JSON.stringify({ status: 'ok', ...opts.health() }), req.method === 'HEAD');

@@ -241,3 +241,11 @@ describe('agreement with Hugging Face tokenizers', () => {
     }
   });
 });
+
+test('tokenizerJsonIdCount counts the ids of a tokenizer.json without building the tokenizer, and refuses one with none', async () => {
+  const { tokenizerJsonIdCount } = await import('../../model/tokenizer-files.ts');
+  const tok = await trainBpe([loadDemoCorpus().documents[0]!], { vocabSize: 300 });
+  assert.equal(tokenizerJsonIdCount(tok.toJSON()), tok.vocabSize);
+  assert.throws(() => tokenizerJsonIdCount({ model: { vocab: {} } }), /MDL_ERR_TOKENIZER_FILE|holds no ids/);
+  assert.throws(() => tokenizerJsonIdCount([]), /not a JSON object/);
+});
