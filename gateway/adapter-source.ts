@@ -41,6 +41,7 @@ export function adapterBaseRef(v: LoadedVersion): { name: string; version: numbe
 export function withAdapterBases(source: RegistrySource): RegistrySource {
   return {
     models: () => source.models(),
+    lineage: (name, version) => source.lineage(name, version),
     async load(name, version) {
       const v = await source.load(name, version);
       if (!v.files.has(ADAPTER_CONFIG_FILE)) return v;

@@ -370,12 +370,12 @@ export class BatchScheduler<Prompt> {
     if (s.sampled === req.maxTokens) return this.#finish(s); // max_tokens 0 (echo only): nothing to sample
     const id = sampleToken(s.logits, req.temperature, req.topP, s.random);
     s.sampled++;
-    if (id === this.#text.endOfText) {
+    if (id === this.#text.endOfText || req.stopTokenIds?.includes(id)) { // a chat template's end of turn too
       s.endOfText = true;
       return this.#finish(s);
     }
     const token: GeneratedToken = { id, text: s.utf8.decode(this.#text.tokenBytes(id), { stream: true }) };
-    if (req.logprobs !== undefined) token.logprob = tokenLogprob(logSoftmax(s.logits), id, req.logprobs, (t) => this.#text.tokenString(t));
+    if (req.logprobs !== undefined) token.logprob = tokenLogprob(logSoftmax(s.logits), id, req.logprobs, (t) => this.#text.tokenString(t), (t) => this.#text.tokenBytes(t));
     this.#release(s, s.cutter.push(token).released);
     if (s.job.settled) return; // aborted from its own onToken
     if (s.cutter.stopped || s.sampled === req.maxTokens) return this.#finish(s);
@@ -412,7 +412,7 @@ export class BatchScheduler<Prompt> {
     const width = this.#engine.logitsWidth;
     const logits = job.prompt!.logits;
     job.promptLogprobs = promptIds.map((id, i) =>
-      i === 0 ? null : tokenLogprob(logSoftmax(logits.subarray((i - 1) * width, (i - 1) * width + this.#text.vocabSize)), id, logprobs!, (t) => this.#text.tokenString(t)),
+      i === 0 ? null : tokenLogprob(logSoftmax(logits.subarray((i - 1) * width, (i - 1) * width + this.#text.vocabSize)), id, logprobs!, (t) => this.#text.tokenString(t), (t) => this.#text.tokenBytes(t)),
     );
     this.#callback(job, () => job.opts.onPromptLogprobs?.(job.promptLogprobs!));
   }

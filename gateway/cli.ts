@@ -26,6 +26,7 @@ import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './bat
 import type { RateLimit } from './rate-limit.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
 import { withAdapterBases } from './adapter-source.ts';
+import { withTrainingLineage } from './training-lineage.ts';
 import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
 import { apiKeyList, createGateway, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
 import { initTracing } from '../common/tracing.ts';
@@ -44,7 +45,8 @@ const HELP = `Usage: gateway serve [options]
        gateway comparison --url URL --admin-key K NAME
 
 The meshtrain inference gateway: serves trained model versions from the coordinator's registry over an
-OpenAI-compatible HTTP API (POST /v1/completions with SSE streaming, GET /v1/models, /healthz, /metrics).
+OpenAI-compatible HTTP API (POST /v1/completions and /v1/chat/completions with SSE streaming, GET /v1/models,
+/healthz, /metrics).
 
 Options:
   --registry DIR|URL    where model versions come from: the coordinator's registry folder (<data>/registry)
@@ -241,7 +243,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     log.warn(`serving FakeBackend (${[...backends.keys()].join(', ')}): a deterministic test toy, not a trained model`);
   } else {
     // Adapter versions (LoRA) come with their base's files: the factory serves the base with the adapter attached.
-    const registry = withAdapterBases(openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN, fetch: trustingFetch }));
+    // A quantized or merged version is served with the chat template its ancestor was trained with.
+    const registry = withTrainingLineage(withAdapterBases(openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN, fetch: trustingFetch })));
     const available = await registry.models();
     const chosen = wanted.length ? wanted : available.map((name) => ({ name, version: undefined }));
     if (chosen.length === 0) throw new GatewayError('GW_ERR_REGISTRY', `no models registered in ${v.registry}`);

@@ -19,6 +19,11 @@ export const GatewayErrorCodes = {
   GW_ERR_FORBIDDEN: { status: 403, type: 'invalid_request_error', openaiCode: 'insufficient_permissions' },
   /** An admin route was called but no admin key is configured: admin routes are closed, never open. */
   GW_ERR_ADMIN_DISABLED: { status: 403, type: 'invalid_request_error', openaiCode: 'admin_disabled' },
+  /**
+   * A chat request for a model with no chat template: not trained here with SFT or DPO, and no chat_template in its
+   * tokenizer_config.json. The message says what to do instead (as OpenAI's "not a chat model" error: code null).
+   */
+  GW_ERR_NO_CHAT_TEMPLATE: { status: 400, type: 'invalid_request_error', openaiCode: null },
   /** The requested model is not served by this gateway. */
   GW_ERR_MODEL_NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'model_not_found' },
   /** No such route. */

@@ -5,15 +5,23 @@
  * distribution, stop sequences cut, logprobs are true log-softmax values of those logits, echo scores the prompt.
  *
  * Vocabulary: '\n' (id 0) and the printable ASCII characters ' '…'~' (ids 1…95); other characters tokenize as '?'.
+ * Its chat template (FAKE_CHAT_TEMPLATE, Jinja) writes "role: content" lines and ends a reply at a newline.
  * Counters (`generateCalls`, `tokensSampled`, `aborted`) let tests see what work was done.
  */
-import type { GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, GeneratedToken, InferenceBackend, ModelInfo, TokenLogprob } from './inference-backend.ts';
+import { jinjaChatTemplate } from './chat-templates.ts';
+import type { ChatTemplate, GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, GeneratedToken, InferenceBackend, ModelInfo, TokenLogprob } from './inference-backend.ts';
 import { logSoftmax, mix32, sampleToken, seededRandom, tokenLogprob } from './sampling.ts';
 import { StopSequenceCutter } from './stop-sequences.ts';
 
 const VOCAB: readonly string[] = ['\n', ...Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i))];
 const ID_OF = new Map(VOCAB.map((c, i) => [c, i]));
 const UNKNOWN = ID_OF.get('?')!;
+
+/**
+ * The toy's chat template (Jinja, rendered as an imported model's would be): "role: content" lines, then
+ * "assistant:"; a newline ends the assistant's turn.
+ */
+export const FAKE_CHAT_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
 
 export interface FakeBackendOptions {
   id?: string; // model name (default 'fake-char')
@@ -22,10 +30,12 @@ export interface FakeBackendOptions {
   failWith?: Error; // generate() rejects with this (tests of the 500 path)
   createdS?: number; // default 0 (a fixed time keeps /v1/models deterministic)
   variant?: number; // another "version" of the toy: different logits, so different answers (default 0)
+  chat?: ChatTemplate | null; // its chat template (default FAKE_CHAT_TEMPLATE; null: none)
 }
 
 export class FakeBackend implements InferenceBackend {
   readonly info: ModelInfo;
+  readonly chat?: ChatTemplate;
   generateCalls = 0;
   tokensSampled = 0;
   aborted = 0;
@@ -38,6 +48,8 @@ export class FakeBackend implements InferenceBackend {
     this.#delayMs = opts.delayMsPerToken ?? 0;
     this.#failWith = opts.failWith;
     this.#variant = opts.variant ?? 0;
+    const chat = opts.chat === undefined ? jinjaChatTemplate(FAKE_CHAT_TEMPLATE, (text) => this.tokenize(text), { specials: {}, endOfTurn: [ID_OF.get('\n')!], source: 'fake' }) : opts.chat;
+    if (chat) this.chat = chat;
   }
 
   tokenize(text: string): number[] {
@@ -64,7 +76,8 @@ export class FakeBackend implements InferenceBackend {
     this.generateCalls++;
     if (this.#failWith) throw this.#failWith;
     const tokenString = (id: number) => VOCAB[id] ?? '';
-    const logprobOf = (context: readonly number[], id: number): TokenLogprob => tokenLogprob(logSoftmax(this.logits(context)), id, req.logprobs ?? 0, tokenString);
+    const tokenBytes = (id: number) => new TextEncoder().encode(tokenString(id));
+    const logprobOf = (context: readonly number[], id: number): TokenLogprob => tokenLogprob(logSoftmax(this.logits(context)), id, req.logprobs ?? 0, tokenString, tokenBytes);
 
     const promptLogprobs = req.echo && req.logprobs !== undefined
       ? req.promptIds.map((id, i) => (i === 0 ? null : logprobOf(req.promptIds.slice(0, i), id)))
@@ -83,7 +96,8 @@ export class FakeBackend implements InferenceBackend {
         opts.onToken?.({ choice: index, tokens: released });
       };
       let sampled = 0;
-      while (sampled < req.maxTokens && !cutter.stopped) {
+      let endOfTurn = false;
+      while (sampled < req.maxTokens && !cutter.stopped && !endOfTurn) {
         // A real backend yields here too: between steps is where an abort is noticed and other requests run.
         await (this.#delayMs > 0 ? sleep(this.#delayMs) : new Promise((r) => setImmediate(r)));
         if (opts.signal?.aborted) {
@@ -94,13 +108,17 @@ export class FakeBackend implements InferenceBackend {
         const id = sampleToken(logits, req.temperature, req.topP, random);
         sampled++;
         this.tokensSampled++;
+        if (req.stopTokenIds?.includes(id)) {
+          endOfTurn = true; // like a model's end-of-text: ends the choice, adds no text
+          break;
+        }
         context.push(id);
         const token: GeneratedToken = { id, text: tokenString(id) };
-        if (req.logprobs !== undefined) token.logprob = tokenLogprob(logSoftmax(logits), id, req.logprobs, tokenString);
+        if (req.logprobs !== undefined) token.logprob = tokenLogprob(logSoftmax(logits), id, req.logprobs, tokenString, tokenBytes);
         release(cutter.push(token).released);
       }
       if (!cutter.stopped) release(cutter.flush());
-      choices.push({ index, tokens, text: tokens.map((t) => t.text).join(''), finishReason: cutter.stopped ? 'stop' : 'length', sampledTokens: sampled });
+      choices.push({ index, tokens, text: tokens.map((t) => t.text).join(''), finishReason: cutter.stopped || endOfTurn ? 'stop' : 'length', sampledTokens: sampled });
     }
     return { choices, promptLogprobs };
   }

@@ -5,7 +5,7 @@
  * cache (batched-gpt.ts) per token, so a token costs one pass over its new position, not the whole context, and
  * sixteen sequences cost little more than one. Text is released byte-exactly: a token ending inside a multi-byte
  * character adds '' and the next one the whole character; stop sequences are cut by the shared
- * StopSequenceCutter; `<|endoftext|>` ends a choice.
+ * StopSequenceCutter; `<|endoftext|>` ends a choice, and so do a chat template's end-of-turn tokens.
  *
  * Compute runs on the calling thread (wasm or whatever backend `loadBackend` picks), yielding between iterations so
  * new requests join the batch and aborts are noticed.
@@ -19,16 +19,20 @@ import type { Tokenizer } from '../model/tokenizer.ts';
 import { BatchScheduler, batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GptBatchEngine, type PromptKV } from './batched-gpt.ts';
 import { GatewayError } from './errors.ts';
-import type { BatchingConfig, GenerateOptions, GenerateRequest, GenerateResult, InferenceBackend, ModelInfo } from './inference-backend.ts';
+import { chatTemplateFor } from './chat-templates.ts';
+import type { BatchingConfig, ChatTemplate, GenerateOptions, GenerateRequest, GenerateResult, InferenceBackend, ModelInfo } from './inference-backend.ts';
 import type { BackendFactory } from './registry-source.ts';
 
 export interface GptBackendOptions extends Partial<BatchSettings> {
   /** Called with the sequences in each decode forward (metrics). */
   onBatch?: (size: number) => void;
+  /** The version's chat template (chat-templates.ts chatTemplateFor); without one chat requests get 400. */
+  chat?: ChatTemplate;
 }
 
 export class GptBackend implements InferenceBackend {
   readonly info: ModelInfo;
+  readonly chat?: ChatTemplate;
   readonly #model: GPT;
   readonly #tokenizer: Tokenizer;
   readonly #scheduler: BatchScheduler<PromptKV>;
@@ -37,7 +41,8 @@ export class GptBackend implements InferenceBackend {
     this.#model = model;
     this.#tokenizer = tokenizer;
     this.info = { ...info, contextLength: model.config.nCtx, vocabSize: tokenizer.vocabSize };
-    const { onBatch, ...settings } = options;
+    const { onBatch, chat, ...settings } = options;
+    if (chat) this.chat = chat;
     const text = {
       vocabSize: tokenizer.vocabSize, // the model may have spare rows beyond the tokenizer's ids: never sample them
       endOfText: tokenizer.endOfText,
@@ -105,5 +110,9 @@ export const gptBackendFactory: BackendFactory = async (files, meta) => {
     version: meta.version,
     ...(loaded.quantization ? { quantization: loaded.quantization } : {}), // dequantized by importHf: served in float32
     ...(adapter ? { adapter } : {}),
+  }, {
+    // The template it was trained with (an SFT/DPO version, or one a quantized/merged version inherits), else its
+    // tokenizer_config.json's (an imported model); else one that answers chat requests with a 400 saying why.
+    chat: chatTemplateFor({ files, training: meta.training ?? meta.lineage, label: `${meta.name} v${meta.version}` }, loaded.tokenizer),
   });
 };

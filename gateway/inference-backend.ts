@@ -9,6 +9,7 @@
  * `stop-sequences.ts` hold the pieces every backend needs so they all behave the same: seeded sampling with
  * temperature and top-p, log-probabilities with top-k alternatives, and stop-sequence cutting that is safe to stream.
  */
+import type { ChatMessage } from '../model/chat-template.ts';
 import type { PriorityGate } from './priority-gate.ts';
 
 /** What the gateway needs to know about a served model. */
@@ -58,12 +59,19 @@ export interface GenerateRequest {
   logprobs: number | undefined;
   /** Return the prompt's log-probabilities too (only used with logprobs; the gateway prepends the prompt text itself). */
   echo: boolean;
+  /**
+   * Token ids that end a choice as the model's `<|endoftext|>` does (finish_reason 'stop', never part of the text,
+   * counted in sampledTokens): a chat template's end-of-turn tokens. Absent = none beyond end-of-text.
+   */
+  stopTokenIds?: readonly number[];
 }
 
 /** An alternative token and its log-probability. */
 export interface TopLogprob {
   token: string;
   logprob: number;
+  /** The token's raw bytes, when the backend knows them (a byte-level token may be part of a UTF-8 character). */
+  bytes?: number[];
 }
 
 /** A token's log-probability and the top alternatives at its position, most likely first. */
@@ -71,6 +79,8 @@ export interface TokenLogprob {
   /** The token as a string (its own text; a byte-level backend may show partial UTF-8 however it likes). */
   token: string;
   logprob: number;
+  /** The token's raw bytes, when the backend knows them. */
+  bytes?: number[];
   /** The `logprobs` most likely tokens, most likely first, plus the chosen token when it is not among them. */
   top: TopLogprob[];
 }
@@ -153,8 +163,26 @@ export interface BatchingConfig {
   onQueue?: (waiting: number) => void;
 }
 
+/**
+ * How a model turns a conversation into a prompt (chat-templates.ts builds them): the chat template it was trained
+ * with, or one its files declare. `POST /v1/chat/completions` renders the messages with it and stops at `endOfTurn`.
+ */
+export interface ChatTemplate {
+  /** Where the template comes from, for messages and /v1/models: 'meshtrain' (SFT/DPO here) or 'tokenizer_config.json'. */
+  readonly source: string;
+  /** Token ids that end the assistant's turn: generation stops there (GenerateRequest.stopTokenIds). */
+  readonly endOfTurn: readonly number[];
+  /**
+   * The prompt ids for `messages`, ending where the assistant's reply begins. Throws a GatewayError (400) for a
+   * conversation the template refuses, or when the model has no template at all (GW_ERR_NO_CHAT_TEMPLATE).
+   */
+  render(messages: readonly ChatMessage[]): number[];
+}
+
 export interface InferenceBackend {
   readonly info: ModelInfo;
+  /** The model's chat template; absent when the backend has none (chat requests then get 400). */
+  readonly chat?: ChatTemplate;
   tokenize(text: string): number[];
   detokenize(ids: readonly number[]): string;
   /**

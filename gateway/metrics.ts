@@ -1,13 +1,14 @@
 /**
  * Prometheus metrics of the gateway (GET /metrics). One registry per gateway, so tests can run several in one
  * process. `model` is a served model's name or "unknown" (never the client's raw string: that would let clients
- * create unbounded label values); `status` is the HTTP status, 499 when the client went away first.
+ * create unbounded label values); `status` is the HTTP status, 499 when the client went away first; `route` is the
+ * generation route (/v1/completions or /v1/chat/completions): both are measured alike.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export interface GatewayMetrics {
   registry: Registry;
-  requestSeconds: Histogram<'model' | 'status'>;
+  requestSeconds: Histogram<'model' | 'status' | 'route'>;
   inFlight: Gauge<'model'>;
   promptTokens: Counter<'model'>;
   generatedTokens: Counter<'model'>;
@@ -15,7 +16,7 @@ export interface GatewayMetrics {
   batchSize: Histogram<'model'>;
   rateLimited: Counter;
   deploymentExposures: Counter<'deployment' | 'version'>;
-  deploymentSeconds: Histogram<'deployment' | 'version' | 'status'>;
+  deploymentSeconds: Histogram<'deployment' | 'version' | 'status' | 'route'>;
   queueDepth: Gauge<'model'>;
   shadowQueueDepth: Gauge<'deployment' | 'version'>;
   shadowComparisons: Counter<'deployment' | 'version' | 'outcome'>;
@@ -38,12 +39,12 @@ export function createGatewayMetrics(): GatewayMetrics {
     registry,
     requestSeconds: new Histogram({
       name: 'meshtrain_gateway_request_duration_seconds',
-      help: 'Wall time of a /v1/completions request from arrival to the last byte (streams: until [DONE]), by model and HTTP status.',
-      labelNames: ['model', 'status'],
+      help: 'Wall time of a generation request from arrival to the last byte (streams: until [DONE]), by model, HTTP status and route (/v1/completions or /v1/chat/completions).',
+      labelNames: ['model', 'status', 'route'],
       buckets: LATENCY_BUCKETS,
       registers: [registry],
     }),
-    inFlight: new Gauge({ name: 'meshtrain_gateway_requests_in_flight', help: 'Completion requests being generated now, by model.', labelNames: ['model'], registers: [registry] }),
+    inFlight: new Gauge({ name: 'meshtrain_gateway_requests_in_flight', help: 'Generation requests (completions and chat) being generated now, by model.', labelNames: ['model'], registers: [registry] }),
     promptTokens: new Counter({ name: 'meshtrain_gateway_prompt_tokens_total', help: 'Prompt tokens of completed requests, by model.', labelNames: ['model'], registers: [registry] }),
     generatedTokens: new Counter({
       name: 'meshtrain_gateway_generated_tokens_total',
@@ -73,8 +74,8 @@ export function createGatewayMetrics(): GatewayMetrics {
     }),
     deploymentSeconds: new Histogram({
       name: 'meshtrain_gateway_deployment_request_duration_seconds',
-      help: 'Wall time of a /v1/completions request to a deployment, by deployment, the version (model@vN) that served it, and HTTP status.',
-      labelNames: ['deployment', 'version', 'status'],
+      help: 'Wall time of a generation request to a deployment, by deployment, the version (model@vN) that served it, HTTP status and route.',
+      labelNames: ['deployment', 'version', 'status', 'route'],
       buckets: LATENCY_BUCKETS,
       registers: [registry],
     }),

@@ -6,10 +6,10 @@
  * error has OpenAI's body `{"error": {"message", "type", "param", "code"}}` (errors.ts).
  */
 import { randomInt } from 'node:crypto';
-import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Type, type Static, type TObject, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { GatewayError } from './errors.ts';
-import type { GenerateRequest, GenerateResult, GeneratedToken, InferenceBackend, TokenLogprob } from './inference-backend.ts';
+import type { GenerateRequest, GenerateResult, GeneratedToken, InferenceBackend, TokenEvent, TokenLogprob } from './inference-backend.ts';
 
 /** Most choices one request may ask for (each costs a full generation). */
 export const MAX_N = 16;
@@ -87,31 +87,8 @@ const fmt = (v: unknown) => {
  * GatewayError naming the parameter at fault. Order as OpenAI: shape first, then the model, then what depends on it.
  */
 export function parseCompletionRequest(body: unknown, backendFor: (model: string) => InferenceBackend | undefined): { parsed: ParsedCompletion; backend: InferenceBackend } {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-    throw new GatewayError('GW_ERR_BAD_REQUEST', 'The request body must be a JSON object.');
-  }
-  const raw = body as Record<string, unknown>;
-  for (const key of Object.keys(raw)) {
-    if (!(key in CompletionRequest.properties)) throw new GatewayError('GW_ERR_BAD_REQUEST', `Unrecognized request argument supplied: ${key}`, { param: key });
-  }
-  for (const key of CompletionRequest.required ?? []) {
-    if (raw[key] === undefined) throw new GatewayError('GW_ERR_BAD_REQUEST', `Missing required parameter: '${key}'.`, { param: key });
-  }
-  for (const [key, schema] of Object.entries(CompletionRequest.properties) as Array<[string, TSchema]>) {
-    if (raw[key] !== undefined && !Value.Check(schema, raw[key])) {
-      throw new GatewayError('GW_ERR_BAD_REQUEST', `Invalid value for '${key}': expected ${describe(schema)}, got ${fmt(raw[key])}.`, { param: key });
-    }
-  }
-  const req = raw as CompletionRequest;
-  for (const [key, isDefault] of Object.entries(UNSUPPORTED)) {
-    const v = (req as Record<string, unknown>)[key];
-    if (v !== undefined && v !== null && !isDefault(v, req)) {
-      throw new GatewayError('GW_ERR_UNSUPPORTED', `'${key}' is not supported by this server; leave it out or at its default (got ${fmt(v)}).`, { param: key });
-    }
-  }
-
-  const backend = backendFor(req.model);
-  if (!backend) throw new GatewayError('GW_ERR_MODEL_NOT_FOUND', `The model '${req.model}' does not exist; GET /v1/models lists the models served here.`, { param: 'model' });
+  const req = checkFields(body, CompletionRequest, UNSUPPORTED);
+  const backend = backendOf(req.model, backendFor);
   const { contextLength, vocabSize } = backend.info;
 
   const promptIds = promptToIds(req.prompt, backend);
@@ -125,13 +102,7 @@ export function parseCompletionRequest(body: unknown, backendFor: (model: string
   const echo = req.echo ?? false;
   const maxTokens = req.max_tokens ?? DEFAULT_MAX_TOKENS;
   if (maxTokens === 0 && !echo) throw new GatewayError('GW_ERR_BAD_REQUEST', "Invalid value for 'max_tokens': expected an integer ≥ 1 (0 only with echo), got 0.", { param: 'max_tokens' });
-  if (promptIds.length + maxTokens > contextLength) {
-    throw new GatewayError(
-      'GW_ERR_CONTEXT_LENGTH',
-      `This model's maximum context length is ${contextLength} tokens, however you requested ${promptIds.length + maxTokens} tokens (${promptIds.length} in your prompt; ${maxTokens} for the completion). Please reduce your prompt or completion length.`,
-      { param: 'max_tokens' },
-    );
-  }
+  completionBudget(promptIds.length, maxTokens, contextLength, 'max_tokens');
   const stop = req.stop == null ? [] : typeof req.stop === 'string' ? [req.stop] : req.stop;
   return {
     backend,
@@ -153,6 +124,63 @@ export function parseCompletionRequest(body: unknown, backendFor: (model: string
       },
     },
   };
+}
+
+/**
+ * The checks every OpenAI request gets, in OpenAI's order: a JSON object, no unknown field ("Unrecognized request
+ * argument supplied"), the required ones present, each field valid for its schema (the message built from its
+ * `description`), and the unimplemented ones at their defaults. Returns the body, typed.
+ */
+export function checkFields<S extends TObject>(body: unknown, schema: S, unsupported: Record<string, (value: unknown, body: Static<S>) => boolean>): Static<S> {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new GatewayError('GW_ERR_BAD_REQUEST', 'The request body must be a JSON object.');
+  }
+  const raw = body as Record<string, unknown>;
+  for (const key of Object.keys(raw)) {
+    if (!(key in schema.properties)) throw new GatewayError('GW_ERR_BAD_REQUEST', `Unrecognized request argument supplied: ${key}`, { param: key });
+  }
+  for (const key of schema.required ?? []) {
+    if (raw[key] === undefined) throw new GatewayError('GW_ERR_BAD_REQUEST', `Missing required parameter: '${key}'.`, { param: key });
+  }
+  for (const [key, field] of Object.entries(schema.properties) as Array<[string, TSchema]>) {
+    if (raw[key] !== undefined && !Value.Check(field, raw[key])) {
+      throw new GatewayError('GW_ERR_BAD_REQUEST', `Invalid value for '${key}': expected ${describe(field)}, got ${fmt(raw[key])}.`, { param: key });
+    }
+  }
+  const req = raw as Static<S>;
+  for (const [key, isDefault] of Object.entries(unsupported)) {
+    const v = raw[key];
+    if (v !== undefined && v !== null && !isDefault(v, req)) {
+      throw new GatewayError('GW_ERR_UNSUPPORTED', `'${key}' is not supported by this server; leave it out or at its default (got ${fmt(v)}).`, { param: key });
+    }
+  }
+  return req;
+}
+
+/** The backend serving `model`, or 404 model_not_found. */
+export function backendOf(model: string, backendFor: (model: string) => InferenceBackend | undefined): InferenceBackend {
+  const backend = backendFor(model);
+  if (!backend) throw new GatewayError('GW_ERR_MODEL_NOT_FOUND', `The model '${model}' does not exist; GET /v1/models lists the models served here.`, { param: 'model' });
+  return backend;
+}
+
+/**
+ * The largest completion the context leaves room for, checked: `maxTokens` undefined means all of it (the chat
+ * default); a prompt that fills the context, or a maxTokens beyond what is left, is a 400 with the numbers.
+ */
+export function completionBudget(promptTokens: number, maxTokens: number | undefined, contextLength: number, param: string): number {
+  if (promptTokens >= contextLength && maxTokens === undefined) {
+    throw new GatewayError('GW_ERR_CONTEXT_LENGTH', `The prompt is ${promptTokens} tokens, which leaves no room for a completion in the model's context of ${contextLength} tokens.`, { param: 'messages' });
+  }
+  const budget = maxTokens ?? contextLength - promptTokens;
+  if (promptTokens + budget > contextLength) {
+    throw new GatewayError(
+      'GW_ERR_CONTEXT_LENGTH',
+      `This model's maximum context length is ${contextLength} tokens, however you requested ${promptTokens + budget} tokens (${promptTokens} in your prompt; ${budget} for the completion). Please reduce your prompt or completion length.`,
+      { param },
+    );
+  }
+  return budget;
 }
 
 function describe(schema: TSchema): string {
@@ -298,4 +326,55 @@ export function completionResponse(head: { id: string; created: number }, parsed
     return { text: (echo ? parsed.promptText : '') + c.text, index: c.index, logprobs: lp, finish_reason: c.finishReason };
   });
   return { id: head.id, object: 'text_completion', created: head.created, model: parsed.model, choices, usage: usageOf(parsed, result) };
+}
+
+// ---- streams ------------------------------------------------------------------------------------------------
+
+/**
+ * The SSE chunks of one streamed response, by the moment they are due; the server writes each as `data: {chunk}`
+ * and adds `data: [DONE]`. One per route (completions here, chat in openai-chat.ts).
+ */
+export interface StreamEncoder {
+  /** Before generation starts. */
+  begin(): unknown[];
+  /** Present when the route wants the prompt scored first (GenerateOptions.onPromptLogprobs): its chunks. */
+  promptLogprobs?: (promptLogprobs: Array<TokenLogprob | null>) => unknown[];
+  /** Tokens of one choice as they are released. */
+  token(event: TokenEvent): unknown[];
+  /** After the last token: each choice's finish, and the usage when asked for. */
+  end(result: GenerateResult, usage: Usage): unknown[];
+}
+
+/**
+ * Completions as server-sent events: a chunk per released batch of tokens (OpenAI's object with `finish_reason:
+ * null`), a last chunk per choice with its finish_reason, optionally a usage chunk with no choices. With echo the
+ * prompt comes first: once the backend has scored it when logprobs are asked for, else at once.
+ */
+export function completionStream(head: { id: string; created: number }, parsed: ParsedCompletion, backend: InferenceBackend): StreamEncoder {
+  const chunk = (choices: CompletionChoice[]): CompletionResponse => ({ id: head.id, object: 'text_completion', created: head.created, model: parsed.model, choices });
+  const { echo, logprobs, n, promptIds } = parsed.generate;
+  const builders = Array.from({ length: n }, () => new LogprobsBuilder());
+  let echoed = !echo;
+  const echoChunks = (promptLogprobs: Array<TokenLogprob | null> | null): unknown[] => {
+    if (echoed) return [];
+    echoed = true;
+    return Array.from({ length: n }, (_, i) => {
+      const lp = logprobs === undefined ? null : promptLogprobs ? builders[i]!.prompt(backend, promptIds, promptLogprobs) : (builders[i]!.skip(parsed.promptText), null);
+      return chunk([{ text: parsed.promptText, index: i, logprobs: lp, finish_reason: null }]);
+    });
+  };
+  const promptScored = echo && logprobs !== undefined;
+  return {
+    begin: () => (echo && !promptScored ? echoChunks(null) : []),
+    ...(promptScored ? { promptLogprobs: (p: Array<TokenLogprob | null>) => echoChunks(p) } : {}),
+    token: (e) => [
+      ...echoChunks(null), // a backend that did not call onPromptLogprobs: the prompt still comes first, unscored
+      chunk([{ text: e.tokens.map((t) => t.text).join(''), index: e.choice, logprobs: logprobs === undefined ? null : builders[e.choice]!.tokens(e.tokens), finish_reason: null }]),
+    ],
+    end: (result, usage) => [
+      ...echoChunks(result.promptLogprobs), // max_tokens 0 with a backend that did not call onPromptLogprobs
+      ...result.choices.map((c) => chunk([{ text: '', index: c.index, logprobs: null, finish_reason: c.finishReason }])),
+      ...(parsed.includeUsage ? [{ ...chunk([]), usage }] : []),
+    ],
+  };
 }

@@ -39,6 +39,11 @@ export interface ModelVersionMeta {
   lineage: Record<string, unknown>;
   /** For a LoRA adapter version loaded with its base (adapter-source.ts): the base version the files also hold. */
   base?: ModelVersionMeta;
+  /**
+   * For a version no job trained (quantized, or an adapter merged into its base): the lineage of the nearest
+   * ancestor a job did train, which says how the weights were trained (training-lineage.ts). Absent otherwise.
+   */
+  training?: Record<string, unknown>;
 }
 
 /** A version's files by name (config.json, model.safetensors, tokenizer.json, lineage.json, …), verified. */
@@ -57,6 +62,8 @@ export interface RegistrySource {
   models(): Promise<string[]>;
   /** A version of `name` (default: the latest), its files checked against the manifest. */
   load(name: string, version?: number): Promise<LoadedVersion>;
+  /** Only the lineage.json of a version (checked against the manifest where there is one); {} when it has none. */
+  lineage(name: string, version: number): Promise<Record<string, unknown>>;
 }
 
 /** `--registry DIR|URL`: an http(s) URL means the coordinator API, anything else a folder. */
@@ -116,6 +123,18 @@ export class DirRegistrySource implements RegistrySource {
       verifyFiles(files, found.files, `model ${name} v${v} (${path})`);
     }
     return { files, meta: { name, version: v, createdMs: found?.createdMs ?? 0, source: path, manifest: found?.files ?? {}, verified: !!found, lineage: parseLineage(files) } };
+  }
+
+  async lineage(name: string, version: number): Promise<Record<string, unknown>> {
+    checkName(name);
+    const path = join(this.dir, name, `v${version}`);
+    if (!existsSync(path)) throw new GatewayError('GW_ERR_REGISTRY', `no version ${version} of model ${name} in ${this.dir}`);
+    const file = join(path, 'lineage.json');
+    if (!existsSync(file)) return {};
+    const files = new Map([['lineage.json', new Uint8Array(readFileSync(file))]]);
+    const listed = this.#manifest(name, version, path)?.files['lineage.json'];
+    if (listed) verifyFiles(files, { 'lineage.json': listed }, `model ${name} v${version} (${path})`);
+    return parseLineage(files);
   }
 
   #latest(name: string): number {
@@ -198,6 +217,12 @@ export class HttpRegistrySource implements RegistrySource {
       files,
       meta: { name, version: doc.version, createdMs: doc.createdMs ?? 0, source: `${this.base}/api/models/${name}/versions/${doc.version}`, manifest: doc.files, verified: true, lineage: doc.lineage ?? parseLineage(files) },
     };
+  }
+
+  async lineage(name: string, version: number): Promise<Record<string, unknown>> {
+    checkName(name);
+    const doc = (await (await this.#get(`/api/models/${name}/versions/${version}`)).json()) as { lineage?: Record<string, unknown> };
+    return doc.lineage ?? {};
   }
 
   async #get(path: string): Promise<Response> {

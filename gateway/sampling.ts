@@ -78,9 +78,10 @@ export function sampleToken(logits: ArrayLike<number>, temperature: number, topP
 
 /**
  * The chosen token's log-probability and the `k` most likely tokens at this step (most likely first), plus the
- * chosen one when it is not among them, so a client can always find the chosen token in `top`.
+ * chosen one when it is not among them, so a client can always find the chosen token in `top`. With `tokenBytes`
+ * each entry carries its token's raw bytes too (chat logprobs' `bytes`: a byte-level token may be part of a character).
  */
-export function tokenLogprob(logprobs: Float64Array, chosen: number, k: number, tokenString: (id: number) => string): TokenLogprob {
+export function tokenLogprob(logprobs: Float64Array, chosen: number, k: number, tokenString: (id: number) => string, tokenBytes?: (id: number) => Uint8Array): TokenLogprob {
   const top: number[] = [];
   if (k > 0) {
     // Partial selection: k is ≤ 20, vocabularies are ~50k; keep a small sorted list instead of sorting everything.
@@ -98,9 +99,11 @@ export function tokenLogprob(logprobs: Float64Array, chosen: number, k: number, 
     while (at > 0 && logprobs[top[at - 1]!]! < logprobs[chosen]!) at--;
     top.splice(at, 0, chosen);
   }
+  const bytes = (id: number) => (tokenBytes ? { bytes: Array.from(tokenBytes(id)) } : {});
   return {
     token: tokenString(chosen),
     logprob: logprobs[chosen]!,
-    top: top.map((id) => ({ token: tokenString(id), logprob: logprobs[id]! })),
+    ...bytes(chosen),
+    top: top.map((id) => ({ token: tokenString(id), logprob: logprobs[id]!, ...bytes(id) })),
   };
 }

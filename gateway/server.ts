@@ -3,6 +3,8 @@
  * its own fastify instance. OpenAI-compatible, so the official clients work against it unchanged.
  *
  *   POST /v1/completions     OpenAI legacy completions (openai.ts); `stream: true` answers with server-sent events
+ *   POST /v1/chat/completions  OpenAI chat completions (openai-chat.ts): the messages rendered with the version's chat
+ *                            template (chat-templates.ts), otherwise as completions (routing, batching, limits, streams)
  *   GET  /v1/models          the served models, OpenAI's list shape
  *   GET  /v1/models/:model   one of them
  *   GET  /healthz            liveness and the served models (no key)
@@ -28,13 +30,14 @@ import { adminPlugin } from './admin.ts';
 import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
 import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GatewayError, type OpenAIErrorBody } from './errors.ts';
-import type { InferenceBackend } from './inference-backend.ts';
 import { DeploymentManager, versionLabel, type DeploymentHooks, type VersionResolver } from './deployments.ts';
 import { PriorityGate } from './priority-gate.ts';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
 import { RateLimiter, type RateLimit } from './rate-limit.ts';
 import { annotateRequest, inRequestContext, traceRequests } from './tracing.ts';
-import { completionResponse, encodeJson, LogprobsBuilder, parseCompletionRequest, usageOf, type CompletionChoice, type CompletionResponse, type ParsedCompletion } from './openai.ts';
+import type { GenerateResult, InferenceBackend } from './inference-backend.ts';
+import { completionResponse, completionStream, encodeJson, parseCompletionRequest, usageOf, type ParsedCompletion, type StreamEncoder, type Usage } from './openai.ts';
+import { chatResponse, chatStream, parseChatRequest, type ParsedChat } from './openai-chat.ts';
 
 /** Response header carrying the sampling seed used, so any completion can be reproduced (pass it as `seed`). */
 export const SEED_HEADER = 'x-meshtrain-seed';
@@ -156,7 +159,11 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
   }));
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
-  app.post('/v1/completions', inRequestContext(async (req, reply) => {
+  /**
+   * One handler for both generation routes: a deployment is routed, the request parsed (for chat: rendered with the
+   * version's chat template), the prompt limit checked, then generated, answered whole or streamed, and measured.
+   */
+  const serve = (route: GenerationRoute) => inRequestContext(async (req, reply) => {
     const started = performance.now();
     const { model: named, user } = (req.body ?? {}) as { model?: unknown; user?: unknown };
     // A deployment is routed here, once: the request stays on this version whatever switches happen meanwhile.
@@ -170,14 +177,14 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     let model = typeof named === 'string' && (backends.has(named) || routed) ? named : 'unknown';
     let status = 200;
     try {
-      const { parsed, backend } = parseCompletionRequest(req.body, (name) => (routed ? routed.backend : backends.get(name)));
+      const { parsed, backend } = route.parse(req.body, (name) => (routed ? routed.backend : backends.get(name)));
       if (routed) {
         metrics.deploymentExposures.inc({ deployment: model, version: routed.version });
         reply.header(VERSION_HEADER, routed.version);
       } else model = backend.info.id;
       const promptTokens = parsed.generate.promptIds.length;
       if (maxPromptTokens !== undefined && promptTokens > maxPromptTokens) {
-        throw new GatewayError('GW_ERR_PROMPT_TOO_LONG', `The prompt is ${promptTokens} tokens; this server accepts at most ${maxPromptTokens} prompt tokens (--max-prompt-tokens).`, { param: 'prompt' });
+        throw new GatewayError('GW_ERR_PROMPT_TOO_LONG', `The prompt is ${promptTokens} tokens; this server accepts at most ${maxPromptTokens} prompt tokens (--max-prompt-tokens).`, { param: route.promptParam });
       }
       metrics.inFlight.inc({ model });
       try {
@@ -188,16 +195,16 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
         };
         reply.raw.on('close', onClose);
         try {
-          const head = { id: `cmpl-${randomBytes(12).toString('hex')}`, created: Math.floor(Date.now() / 1000) };
+          const head = { id: `${route.idPrefix}-${randomBytes(12).toString('hex')}`, created: Math.floor(Date.now() / 1000) };
           // The seed actually used (chosen here when the request had none): with it the same request replays exactly.
           reply.header(SEED_HEADER, String(parsed.generate.seed));
           log.debug(`${head.id} ${model}: ${parsed.generate.promptIds.length} prompt tokens, max_tokens ${parsed.generate.maxTokens}, n ${parsed.generate.n}, seed ${parsed.generate.seed}${parsed.stream ? ', stream' : ''}`);
           if (parsed.stream) {
-            status = await stream(reply, head, parsed, backend, abort.signal, log, metrics, model, routed ? { [VERSION_HEADER]: routed.version } : {});
+            status = await stream(reply, route.stream(head, parsed, backend), parsed, backend, abort.signal, log, metrics, model, { route: route.path, headers: routed ? { [VERSION_HEADER]: routed.version } : {} });
             return;
           }
           const result = await backend.generate(parsed.generate, { signal: abort.signal });
-          const body = completionResponse(head, parsed, backend, result);
+          const body = route.respond(head, parsed, backend, result);
           countTokens(metrics, model, body);
           return reply.type('application/json; charset=utf-8').send(encodeJson(body));
         } finally {
@@ -210,7 +217,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
       if (err instanceof ClientGone) {
         status = 499;
         metrics.clientAborts.inc({ model });
-        log.debug(`POST /v1/completions (${model}): client went away; generation stopped`);
+        log.debug(`POST ${route.path} (${model}): client went away; generation stopped`);
         if (!reply.sent) reply.hijack(); // nothing to send to
         return reply;
       }
@@ -218,11 +225,48 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
       throw err;
     } finally {
       const seconds = (performance.now() - started) / 1000;
-      metrics.requestSeconds.observe({ model, status: String(status) }, seconds);
-      if (routed) metrics.deploymentSeconds.observe({ deployment: model, version: routed.version, status: String(status) }, seconds);
-      annotateRequest({ 'gen_ai.operation.name': 'text_completion', 'gen_ai.request.model': model, ...(routed ? { 'meshtrain.deployment': model, 'meshtrain.version': routed.version } : {}) });
+      metrics.requestSeconds.observe({ model, status: String(status), route: route.path }, seconds);
+      if (routed) metrics.deploymentSeconds.observe({ deployment: model, version: routed.version, status: String(status), route: route.path }, seconds);
+      annotateRequest({ 'gen_ai.operation.name': route.operation, 'gen_ai.request.model': model, ...(routed ? { 'meshtrain.deployment': model, 'meshtrain.version': routed.version } : {}) });
     }
-  }));
+  });
+  app.post('/v1/completions', serve(COMPLETIONS));
+  app.post('/v1/chat/completions', serve(CHAT_COMPLETIONS));
+};
+
+/** What differs between the generation routes: parsing, the whole response, and the stream's chunks. */
+interface GenerationRoute {
+  path: string;
+  /** OpenTelemetry's gen_ai.operation.name. */
+  operation: 'text_completion' | 'chat';
+  /** Response ids are `<idPrefix>-<hex>`, as OpenAI's. */
+  idPrefix: string;
+  /** The request parameter a too-long prompt is blamed on. */
+  promptParam: string;
+  parse(body: unknown, backendFor: (model: string) => InferenceBackend | undefined): { parsed: ParsedCompletion; backend: InferenceBackend };
+  respond(head: { id: string; created: number }, parsed: ParsedCompletion, backend: InferenceBackend, result: GenerateResult): { usage?: Usage | null };
+  stream(head: { id: string; created: number }, parsed: ParsedCompletion, backend: InferenceBackend): StreamEncoder;
+}
+
+const COMPLETIONS: GenerationRoute = {
+  path: '/v1/completions',
+  operation: 'text_completion',
+  idPrefix: 'cmpl',
+  promptParam: 'prompt',
+  parse: parseCompletionRequest,
+  respond: completionResponse,
+  stream: completionStream,
+};
+
+// The parsed request of a chat route is always a ParsedChat: parse made it.
+const CHAT_COMPLETIONS: GenerationRoute = {
+  path: '/v1/chat/completions',
+  operation: 'chat',
+  idPrefix: 'chatcmpl',
+  promptParam: 'messages',
+  parse: parseChatRequest,
+  respond: (head, parsed, backend, result) => chatResponse(head, parsed as ParsedChat, backend, result),
+  stream: (head, parsed) => chatStream(head, parsed as ParsedChat),
 };
 
 /** The reason an aborted generation rejects with when its client disconnected. */
@@ -232,70 +276,51 @@ class ClientGone extends Error {
   }
 }
 
-function countTokens(metrics: GatewayMetrics, model: string, body: Pick<CompletionResponse, 'usage'>): void {
+function countTokens(metrics: GatewayMetrics, model: string, body: { usage?: Usage | null }): void {
   metrics.promptTokens.inc({ model }, body.usage?.prompt_tokens ?? 0);
   metrics.generatedTokens.inc({ model }, body.usage?.completion_tokens ?? 0);
   annotateRequest({ 'gen_ai.usage.input_tokens': body.usage?.prompt_tokens ?? 0, 'gen_ai.usage.output_tokens': body.usage?.completion_tokens ?? 0 });
 }
 
 /**
- * Streams a completion as server-sent events: one `data: {chunk}` per released batch of tokens (OpenAI's object
- * with `finish_reason: null`), a last chunk per choice with its finish_reason, optionally a usage chunk, then
+ * Streams a response as server-sent events: the encoder's chunks as `data: {chunk}` when they are due, then
  * `data: [DONE]`. Returns the status to record. Errors after the headers went out become an error event.
  */
 async function stream(
   reply: FastifyReply,
-  head: { id: string; created: number },
+  encoder: StreamEncoder,
   parsed: ParsedCompletion,
   backend: InferenceBackend,
   signal: AbortSignal,
   log: Logger,
   metrics: GatewayMetrics,
   model: string,
-  headers: Record<string, string>,
+  opts: { route: string; headers: Record<string, string> },
 ): Promise<number> {
   reply.hijack();
   const res: ServerResponse = reply.raw;
-  res.writeHead(200, { ...headers, [SEED_HEADER]: String(parsed.generate.seed), 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res.writeHead(200, { ...opts.headers, [SEED_HEADER]: String(parsed.generate.seed), 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
   const send = (data: unknown) => {
     if (!res.destroyed) res.write(`data: ${typeof data === 'string' ? data : encodeJson(data)}\n\n`);
   };
-  const chunk = (choices: CompletionChoice[]): CompletionResponse => ({ id: head.id, object: 'text_completion', created: head.created, model: parsed.model, choices });
-  const { echo, logprobs, n, promptIds } = parsed.generate;
-  const builders = Array.from({ length: n }, () => new LogprobsBuilder());
-  let echoed = !echo;
-  const echoChunks = (promptLogprobs: Parameters<LogprobsBuilder['prompt']>[2] | null) => {
-    if (echoed) return;
-    echoed = true;
-    for (let i = 0; i < n; i++) {
-      const lp = logprobs === undefined ? null : promptLogprobs ? builders[i]!.prompt(backend, promptIds, promptLogprobs) : (builders[i]!.skip(parsed.promptText), null);
-      send(chunk([{ text: parsed.promptText, index: i, logprobs: lp, finish_reason: null }]));
-    }
-  };
+  const sendAll = (chunks: unknown[]) => chunks.forEach(send);
   try {
-    // Echo goes first: with logprobs once the backend has scored the prompt (before its first token), else at once.
-    const promptScored = echo && logprobs !== undefined;
-    if (echo && !promptScored) echoChunks(null);
+    sendAll(encoder.begin());
+    const { promptLogprobs } = encoder;
     const result = await backend.generate(parsed.generate, {
       signal,
-      onPromptLogprobs: promptScored ? (p) => echoChunks(p) : undefined,
-      onToken: (e) => {
-        echoChunks(null); // a backend that did not call onPromptLogprobs: the prompt still comes first, unscored
-        const text = e.tokens.map((t) => t.text).join('');
-        send(chunk([{ text, index: e.choice, logprobs: logprobs === undefined ? null : builders[e.choice]!.tokens(e.tokens), finish_reason: null }]));
-      },
+      onPromptLogprobs: promptLogprobs ? (p) => sendAll(promptLogprobs(p)) : undefined,
+      onToken: (e) => sendAll(encoder.token(e)),
     });
-    echoChunks(result.promptLogprobs); // max_tokens 0 with a backend that did not call onPromptLogprobs
-    for (const c of result.choices) send(chunk([{ text: '', index: c.index, logprobs: null, finish_reason: c.finishReason }]));
     const usage = usageOf(parsed, result);
-    if (parsed.includeUsage) send({ ...chunk([]), usage });
+    sendAll(encoder.end(result, usage));
     countTokens(metrics, model, { usage });
     send('[DONE]');
     return 200;
   } catch (err) {
     if (err instanceof ClientGone) throw err;
     const { status, body } = errorReply(err as Error);
-    if (status >= 500) log.error(`POST /v1/completions (stream, ${parsed.model}): ${(err as Error).stack ?? String(err)}`);
+    if (status >= 500) log.error(`POST ${opts.route} (stream, ${parsed.model}): ${(err as Error).stack ?? String(err)}`);
     send(body);
     send('[DONE]');
     return status;

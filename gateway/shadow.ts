@@ -276,6 +276,10 @@ export class MirroringBackend implements InferenceBackend {
     return this.#inner.info;
   }
 
+  get chat() {
+    return this.#inner.chat;
+  }
+
   tokenize(text: string): number[] {
     return this.#inner.tokenize(text);
   }

@@ -26,9 +26,9 @@ test('GET /v1/models lists the served models in OpenAI\'s list shape, and /v1/mo
 
 test('an unknown route is a 404 in OpenAI\'s error shape', async (t) => {
   const h = harness(t);
-  const res = await h.gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', payload: {} });
+  const res = await h.gateway.app.inject({ method: 'POST', url: '/v1/embeddings', payload: {} });
   assert.equal(res.statusCode, 404);
-  assert.deepEqual(res.json(), { error: { message: 'Unknown request URL: POST /v1/chat/completions.', type: 'invalid_request_error', param: null, code: 'not_found' } });
+  assert.deepEqual(res.json(), { error: { message: 'Unknown request URL: POST /v1/embeddings.', type: 'invalid_request_error', param: null, code: 'not_found' } });
 });
 
 test('with an API key, /v1 routes need it as a Bearer token; /healthz and /metrics do not', async (t) => {
@@ -77,9 +77,9 @@ test('/metrics is valid Prometheus exposition with latency by model and status, 
   assert.equal(typed.get('meshtrain_gateway_request_duration_seconds'), 'histogram');
   assert.equal(typed.get('meshtrain_gateway_generated_tokens_total'), 'counter');
   assert.equal(typed.get('meshtrain_gateway_requests_in_flight'), 'gauge');
-  assert.match(text, /^meshtrain_gateway_request_duration_seconds_count\{model="fake-char",status="200"\} 1$/m);
-  assert.match(text, /^meshtrain_gateway_request_duration_seconds_count\{model="fake-char",status="400"\} 1$/m);
-  assert.match(text, /^meshtrain_gateway_request_duration_seconds_count\{model="unknown",status="404"\} 1$/m, 'unknown model names do not become label values');
+  assert.match(text, /^meshtrain_gateway_request_duration_seconds_count\{model="fake-char",status="200",route="\/v1\/completions"\} 1$/m);
+  assert.match(text, /^meshtrain_gateway_request_duration_seconds_count\{model="fake-char",status="400",route="\/v1\/completions"\} 1$/m);
+  assert.match(text, /^meshtrain_gateway_request_duration_seconds_count\{model="unknown",status="404",route="\/v1\/completions"\} 1$/m, 'unknown model names do not become label values');
   assert.match(text, /^meshtrain_gateway_generated_tokens_total\{model="fake-char"\} 10$/m);
   assert.match(text, /^meshtrain_gateway_prompt_tokens_total\{model="fake-char"\} 3$/m);
   assert.match(text, /^meshtrain_gateway_process_cpu_seconds_total /m);

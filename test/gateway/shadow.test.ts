@@ -328,7 +328,7 @@ test('latency is recorded per deployment and serving version', async (t) => {
   await put({ primary: v(1), arms: [{ ...v(2), weight: 0.5 }] });
   for (let i = 0; i < 20; i++) await complete({ user: `u${i}`, max_tokens: 1 });
   const text = await metrics();
-  const count = (version: string) => Number(new RegExp(`meshtrain_gateway_deployment_request_duration_seconds_count\\{deployment="chat",version="${version}",status="200"\\} (\\d+)`).exec(text)?.[1] ?? 0);
+  const count = (version: string) => Number(new RegExp(`meshtrain_gateway_deployment_request_duration_seconds_count\\{deployment="chat",version="${version}",status="200",route="\\/v1\\/completions"\\} (\\d+)`).exec(text)?.[1] ?? 0);
   assert.equal(count('tiny@v1') + count('tiny@v2'), 20);
   assert.ok(count('tiny@v1') > 0 && count('tiny@v2') > 0);
 });

@@ -117,7 +117,7 @@ test('over a real socket, chunks arrive as they are generated, and closing the c
   const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   assert.match(metrics, /meshtrain_gateway_client_aborts_total\{model="fake-char"\} 1/);
   assert.match(metrics, /meshtrain_gateway_requests_in_flight\{model="fake-char"\} 0/);
-  assert.match(metrics, /meshtrain_gateway_request_duration_seconds_count\{model="fake-char",status="499"\} 1/);
+  assert.match(metrics, /meshtrain_gateway_request_duration_seconds_count\{model="fake-char",status="499",route="\/v1\/completions"\} 1/);
 });
 
 test('a client that gives up on a non-streamed completion also stops its generation', async (t) => {
