@@ -19,9 +19,9 @@
  * Pipeline parallelism: `forward` runs the stage without a tape and returns its output activations (sent to the
  * next stage); `backward` runs it again under the tape and back-propagates the gradient that came back from the
  * next stage (or, on the last stage, the loss). tfjs cannot keep a tape across calls, so the forward is recomputed
- * (Megatron's full activation recomputation): the stage keeps only its input per micro-batch in flight, and pays
- * one extra forward per micro-batch. The last stage never needs a separate forward (nothing goes downstream), so
- * an unsplit model (one stage) pays nothing extra.
+ * (Megatron's full activation recomputation): the stage keeps only its input per micro-batch in flight. Within
+ * `backward` the recomputation is block by block (activation checkpointing, see there), so memory holds one
+ * block's tape at a time whatever the depth.
  */
 import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
@@ -124,52 +124,166 @@ export class StageModel {
    */
   forward(input: StageInput, B: number, T: number, dropoutSeed?: number): Float32Array {
     if (this.hasHead) throw new RangeError('the last stage has no activations to send; call backward (or loss)');
-    return this.#training(dropoutSeed, () => tf.tidy(() => Float32Array.from(this.#body(this.#input(input, B, T), B, T).dataSync() as Float32Array)));
+    return this.#training(dropoutSeed, () => this.#withMask(T, (mask) => {
+      const out = this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
+      try {
+        return Float32Array.from(out.dataSync() as Float32Array);
+      } finally {
+        out.dispose();
+      }
+    }));
   }
 
   /** The micro-batch's loss (last stage only, no gradients): held-out evaluation. */
   loss(input: StageInput, B: number, T: number, targets: Int32Array, objective?: Objective): number {
     if (!this.hasHead) throw new RangeError('only the last stage computes the loss');
-    return tf.tidy(() => this.#loss(this.#body(this.#input(input, B, T), B, T), targets, B, T, objective).dataSync()[0]!);
+    return this.#withMask(T, (mask) => {
+      const x = this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
+      try {
+        return tf.tidy(() => this.#loss(layerNorm(x, this.#param, 'ln_f'), targets, B, T, objective).dataSync()[0]!);
+      } finally {
+        x.dispose();
+      }
+    });
   }
 
   /**
-   * Recomputes the stage under the tape and back-propagates: adds ∂/∂params into `grads` (the shard's flat buffer,
-   * layout order) and returns ∂L/∂input (not on the first stage) and, on the last stage, the micro-batch's loss
-   * (before `scale`, which multiplies only its gradient: 1/m for a mean over m micro-batches).
+   * Back-propagates one micro-batch: adds ∂/∂params into `grads` (the shard's flat buffer, layout order) and
+   * returns ∂L/∂input (not on the first stage) and, on the last stage, the micro-batch's loss (before `scale`, which
+   * multiplies only its gradient: 1/m for a mean over m micro-batches).
+   *
+   * Activation checkpointing, block by block (Chen et al. 2016; Megatron's full recomputation per layer): a forward
+   * pass without a tape keeps only each block's input; then, from the last segment back to the first, each segment
+   * (the head with the loss, every block, the embeddings) is recomputed under its own tape and back-propagated on its
+   * own. A tfjs tape keeps every intermediate tensor and every intermediate gradient until it ends, so one tape over
+   * the whole stage held ~16 GB for GPT-2-small at 2 × 256 tokens, past wasm32's 4 GB; per segment it holds one
+   * block's. The price is one more forward of each block (the stage's forward pass is run twice).
    */
   backward(input: StageInput, B: number, T: number, upstream: StageUpstream, grads: Float32Array, dropoutSeed?: number): { gradIn?: Float32Array; loss?: number } {
     if (grads.length !== this.trainable.totalSize) throw new RangeError(`gradient buffer has ${grads.length} elements, the shard trains ${this.trainable.totalSize}`);
+    if ('targets' in upstream && !this.hasHead) throw new RangeError('targets go to the last stage; other stages get gradOut');
+    if (!('targets' in upstream)) {
+      if (this.hasHead) throw new RangeError('the last stage back-propagates its loss: pass targets');
+      if (upstream.gradOut.length !== B * T * this.config.nEmbd) throw new RangeError(`gradOut has ${upstream.gradOut.length} elements, expected ${B * T * this.config.nEmbd}`);
+    }
     const trained = this.#adapter ? this.#adapterVars : this.#vars;
-    const names = [...trained.keys()];
-    const vars = [...trained.values()];
-    return this.#training(dropoutSeed, () => tf.tidy(() => {
-      // The first stage's embedding must run under the tape (wte and wpe train); other stages' input is a leaf.
-      const wantInput = !this.hasEmbed;
-      const leaf = wantInput ? this.#input(input, B, T) : null;
-      const stageInput = () => leaf ?? this.#input(input, B, T);
-      const xs: tf.Tensor[] = leaf ? [leaf, ...vars] : vars;
-      let result: { value: tf.Tensor; grads: tf.Tensor[] };
-      if ('targets' in upstream) {
-        if (!this.hasHead) throw new RangeError('targets go to the last stage; other stages get gradOut');
-        const { targets, objective } = upstream;
-        result = tf.engine().gradients(() => this.#loss(this.#body(stageInput(), B, T), targets, B, T, objective), xs, tf.scalar(upstream.scale));
-      } else {
-        if (this.hasHead) throw new RangeError('the last stage back-propagates its loss: pass targets');
-        if (upstream.gradOut.length !== B * T * this.config.nEmbd) throw new RangeError(`gradOut has ${upstream.gradOut.length} elements, expected ${B * T * this.config.nEmbd}`);
-        result = tf.engine().gradients(() => this.#body(stageInput(), B, T), xs, tf.tensor2d(upstream.gradOut, [B * T, this.config.nEmbd]));
+    const { firstLayer, endLayer } = this.layout.shard;
+    return this.#training(dropoutSeed, () => this.#withMask(T, (mask) => {
+      const kept: tf.Tensor[] = [];
+      try {
+        // 1. the stage's input (the embeddings' output on the first stage) and each block's input, without a tape
+        const x0 = tf.tidy(() => this.#input(input, B, T));
+        kept.push(x0);
+        const inputs: tf.Tensor2D[] = [x0];
+        let x = x0;
+        for (let l = firstLayer; l < endLayer; l++) {
+          x = tf.tidy(() => this.#block(x, l, B, T, mask));
+          kept.push(x);
+          inputs.push(x);
+        }
+        // 2. the head and the loss (last stage), or the gradient the next stage sent
+        let loss: number | undefined;
+        let dy: tf.Tensor2D;
+        if ('targets' in upstream) {
+          const { targets, objective } = upstream;
+          const r = this.#segment(trained, (name) => name === 'wte.weight' || name.startsWith('ln_f.'), x, grads, tf.scalar(upstream.scale),
+            (leaf) => this.#loss(layerNorm(leaf, this.#param, 'ln_f'), targets, B, T, objective));
+          loss = r.value;
+          dy = r.dx!;
+        } else {
+          dy = tf.tensor2d(upstream.gradOut, [B * T, this.config.nEmbd]);
+        }
+        kept.push(dy);
+        // 3. the blocks, last to first
+        for (let l = endLayer - 1; l >= firstLayer; l--) {
+          const prefix = `h.${l}.`;
+          const r = this.#segment(trained, (name) => name.startsWith(prefix), inputs[l - firstLayer]!, grads, dy, (leaf) => this.#block(leaf, l, B, T, mask));
+          dy = r.dx!;
+          kept.push(dy);
+        }
+        // 4. the embeddings (first stage), or ∂L/∂input for the previous stage
+        if (this.hasEmbed) {
+          this.#embeddingGrads((input as { ids: Int32Array }).ids, B, T, dy.dataSync() as Float32Array, grads);
+          return loss !== undefined ? { loss } : {};
+        }
+        return { gradIn: Float32Array.from(dy.dataSync() as Float32Array), ...(loss !== undefined ? { loss } : {}) };
+      } finally {
+        for (const t of kept) t.dispose();
       }
-      const paramGrads = wantInput ? result.grads.slice(1) : result.grads;
-      for (let i = 0; i < names.length; i++) {
-        const spec = this.trainable.byName.get(names[i]!)!;
-        const g = paramGrads[i]!.dataSync() as Float32Array;
-        for (let j = 0, o = spec.offset; j < g.length; j++) grads[o + j] = grads[o + j]! + g[j]!;
-      }
-      return {
-        ...(wantInput ? { gradIn: Float32Array.from(result.grads[0]!.dataSync() as Float32Array) } : {}),
-        ...(this.hasHead ? { loss: result.value.dataSync()[0]! } : {}),
-      };
     }));
+  }
+
+  /**
+   * One segment's backward under its own tape: ∂/∂(the trained variables `owns` picks) are added into `grads`, and
+   * ∂/∂leaf is returned (kept: the caller disposes it). `dy` is the upstream gradient (a scalar scale for a loss).
+   */
+  #segment(
+    trained: Map<string, tf.Variable>, owns: (name: string) => boolean, leaf: tf.Tensor2D | null, grads: Float32Array, dy: tf.Tensor,
+    f: (leaf: tf.Tensor2D) => tf.Tensor,
+  ): { dx: tf.Tensor2D | null; value: number | undefined } {
+    const names = [...trained.keys()].filter(owns);
+    const vars = names.map((n) => trained.get(n)!);
+    if (!leaf && vars.length === 0) return { dx: null, value: undefined }; // nothing trains here (a LoRA stage's embeddings)
+    let value: number | undefined;
+    const dx = tf.tidy(() => {
+      const xs: tf.Tensor[] = leaf ? [leaf, ...vars] : vars;
+      const r = tf.engine().gradients(() => f(leaf as tf.Tensor2D), xs, dy, true);
+      const paramGrads = leaf ? r.grads.slice(1) : r.grads;
+      for (let i = 0; i < names.length; i++) {
+        const g = paramGrads[i];
+        if (!g) continue; // not on this segment's path (cannot happen for the segments above; harmless if it does)
+        const spec = this.trainable.byName.get(names[i]!)!;
+        const v = g.dataSync() as Float32Array;
+        for (let j = 0, o = spec.offset; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
+      }
+      if (r.value.rank === 0) value = r.value.dataSync()[0]!;
+      return leaf ? (r.grads[0] as tf.Tensor2D) : tf.scalar(0); // what tidy returns survives it
+    });
+    if (leaf) return { dx: dx as tf.Tensor2D, value };
+    dx.dispose();
+    return { dx: null, value };
+  }
+
+  /**
+   * The embeddings' backward, by hand: the gradient of a row lookup is a scatter-add of the output's gradient into
+   * the rows looked up (what wasm lacks as a kernel, UnsortedSegmentSum), and wpe's is the sum over the batch.
+   * O(B·T·d), where a one-hot matmul costs O(B·T·V·d) each way (≈40 GFLOP for GPT-2 at 512 tokens).
+   */
+  #embeddingGrads(ids: Int32Array, B: number, T: number, dy: Float32Array, grads: Float32Array): void {
+    const d = this.config.nEmbd;
+    const wte = this.trainable.byName.get('wte.weight'), wpe = this.trainable.byName.get('wpe.weight');
+    if (!wte && !wpe) return; // frozen (LoRA)
+    for (let i = 0; i < B * T; i++) {
+      const src = i * d;
+      if (wte) {
+        const o = wte.offset + ids[i]! * d;
+        for (let j = 0; j < d; j++) grads[o + j] = grads[o + j]! + dy[src + j]!;
+      }
+      if (wpe) {
+        const o = wpe.offset + (i % T) * d;
+        for (let j = 0; j < d; j++) grads[o + j] = grads[o + j]! + dy[src + j]!;
+      }
+    }
+  }
+
+  #withMask<T>(T: number, run: (mask: tf.Tensor2D) => T): T {
+    const mask = tf.tensor2d(causalMask(T, this.#masks), [T, T]);
+    try {
+      return run(mask);
+    } finally {
+      mask.dispose();
+    }
+  }
+
+  /** Blocks [firstLayer, endLayer) and, on the last stage, nothing more; each block in its own tidy (no tape). */
+  #blocks(x: tf.Tensor2D, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
+    const { firstLayer, endLayer } = this.layout.shard;
+    for (let l = firstLayer; l < endLayer; l++) {
+      const prev = x;
+      x = tf.tidy(() => this.#block(prev, l, B, T, mask));
+      prev.dispose();
+    }
+    return x;
   }
 
   /** Uploads the trained values (the shard's flat buffer, or the adapter's, in `trainable` order) into the variables. */
@@ -216,9 +330,9 @@ export class StageModel {
     if (this.hasEmbed) {
       if (!('ids' in input) || input.ids.length !== B * T) throw new RangeError(`the first stage takes ${B}×${T} token ids`);
       const p = this.#param;
-      // One-hot matmul rather than gather: wasm lacks gather's gradient kernel (as gpt.ts).
-      const oneHot = tf.oneHot(tf.tensor1d(input.ids, 'int32'), c.vocabSize).cast('float32') as tf.Tensor2D; // [B*T, V]
-      const tok = tf.matMul(oneHot, p('wte.weight') as tf.Tensor2D); // [B*T, d]
+      // A gather: never under a tape here (backward differentiates the embeddings by hand, #embeddingGrads).
+      for (let i = 0; i < input.ids.length; i++) if (!(input.ids[i]! >= 0 && input.ids[i]! < c.vocabSize)) throw new RangeError(`token ${input.ids[i]} is outside the vocabulary [0, ${c.vocabSize})`);
+      const tok = tf.gather(p('wte.weight'), tf.tensor1d(input.ids, 'int32')) as tf.Tensor2D; // [B*T, d]
       const pos = p('wpe.weight').slice([0, 0], [T, c.nEmbd]); // [T, d]
       return tok.reshape([B, T, c.nEmbd]).add(pos).reshape([B * T, c.nEmbd]) as tf.Tensor2D;
     }
@@ -226,15 +340,10 @@ export class StageModel {
     return tf.tensor2d(input.acts, [B * T, c.nEmbd]);
   }
 
-  /** The stage's blocks, and on the last stage the final LayerNorm. */
-  #body(x: tf.Tensor2D, B: number, T: number): tf.Tensor2D {
-    const { firstLayer, endLayer } = this.layout.shard;
-    const mask = tf.tensor2d(causalMask(T, this.#masks), [T, T]);
-    for (let l = firstLayer; l < endLayer; l++) {
-      x = x.add(this.#attention(layerNorm(x, this.#param, `h.${l}.ln_1`), `h.${l}.attn`, B, T, mask));
-      x = x.add(this.#mlp(layerNorm(x, this.#param, `h.${l}.ln_2`), `h.${l}.mlp`));
-    }
-    return this.hasHead ? layerNorm(x, this.#param, 'ln_f') : x;
+  /** Block `l`: x + attn(ln_1(x)), then + mlp(ln_2(·)). */
+  #block(x: tf.Tensor2D, l: number, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
+    x = x.add(this.#attention(layerNorm(x, this.#param, `h.${l}.ln_1`), `h.${l}.attn`, B, T, mask));
+    return x.add(this.#mlp(layerNorm(x, this.#param, `h.${l}.ln_2`), `h.${l}.mlp`));
   }
 
   /** The objective (default: mean cross-entropy) through the head tied to wte. */

@@ -9,17 +9,19 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { fastBatchMatMul, fastFusedMatMul, setStockKernels, type StockKernels } from './wasm-batch-matmul.ts';
+import { zeroCopyIdentity, zeroCopyIdentityConfig } from './wasm-identity.ts';
 
 export { broadcastBatchIndex, fastMatMulStats } from './wasm-batch-matmul.ts';
 
 let stock: StockKernels | undefined;
+let stockIdentity: tf.KernelConfig | undefined;
 
 /** True when the wasm backend's BatchMatMul is the fast one. */
 export function fastWasmKernelsRegistered(): boolean {
   return tf.getKernel('BatchMatMul', 'wasm')?.kernelFunc === fastBatchMatMul;
 }
 
-/** Replaces wasm `BatchMatMul` and `_FusedMatMul` with the fast kernels. Idempotent. */
+/** Replaces wasm `BatchMatMul` and `_FusedMatMul` with the fast kernels and `Identity` with a zero-copy one (wasm-identity.ts). Idempotent. */
 export function registerFastWasmKernels(): void {
   if (fastWasmKernelsRegistered()) return;
   const batchMatMul = tf.getKernel('BatchMatMul', 'wasm');
@@ -41,6 +43,12 @@ export function registerFastWasmKernels(): void {
       kernelName: '_FusedMatMul', backendName: 'wasm', kernelFunc: fastFusedMatMul, setupFunc: fusedMatMul.setupFunc,
     });
   }
+  const identity = tf.getKernel('Identity', 'wasm');
+  if (identity && identity.kernelFunc !== zeroCopyIdentity) {
+    stockIdentity = identity;
+    tf.unregisterKernel('Identity', 'wasm');
+    tf.registerKernel(zeroCopyIdentityConfig(identity));
+  }
 }
 
 /** Puts the stock wasm kernels back. Idempotent; a no-op if the fast ones were never registered. */
@@ -51,5 +59,9 @@ export function unregisterFastWasmKernels(): void {
   if (stock.fusedMatMul) {
     tf.unregisterKernel('_FusedMatMul', 'wasm');
     tf.registerKernel(stock.fusedMatMul);
+  }
+  if (stockIdentity) {
+    tf.unregisterKernel('Identity', 'wasm');
+    tf.registerKernel(stockIdentity);
   }
 }
