@@ -5,7 +5,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, mkdirSync, rmSync, statSync } from 'node:fs';
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -111,14 +111,60 @@ export class ArtifactStore {
     return bytes;
   }
 
-  /** A read stream of a stored artifact (not verified; use get() where integrity matters more than memory). */
+  /**
+   * Re-hashes a stored artifact as a stream (4 MiB reads, no whole-file buffer, the event loop free between reads)
+   * and returns its size; refused like get(): CRD_ERR_NOT_FOUND when absent, CRD_ERR_STORAGE when corrupt.
+   */
+  async verify(digest: string): Promise<number> {
+    const path = this.pathOf(digest);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    try {
+      for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) {
+        hash.update(chunk as Buffer);
+        bytes += (chunk as Buffer).length;
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new CoordinatorError('CRD_ERR_NOT_FOUND', `artifact ${digest} is not in ${this.dir}`, { cause: err });
+      throw new CoordinatorError('CRD_ERR_STORAGE', `artifact ${path} cannot be read: ${(err as Error).message}`, { cause: err });
+    }
+    const actual = hash.digest('hex');
+    if (actual !== digest) throw new CoordinatorError('CRD_ERR_STORAGE', `artifact ${path} is corrupt: its sha256 is ${actual}; delete it and re-upload`);
+    return bytes;
+  }
+
   /** Removes an artifact (pruned checkpoints); a missing one is not an error. */
   async delete(digest: string): Promise<void> {
     await rm(this.pathOf(digest), { force: true });
   }
 
+  /** A read stream of a stored artifact (not verified; use get() or verify() where integrity matters). */
   createReadStream(digest: string): Readable {
     return createReadStream(this.pathOf(digest));
+  }
+
+  /**
+   * A new empty folder inside the store's tmp folder, on the store's file system: files written there (by a worker
+   * thread streaming a merge) enter the store with `commitFile`, a rename, without being copied or read again.
+   * What a crash leaves there is deleted at the next start.
+   */
+  scratchDir(): Promise<string> {
+    return mkdtemp(join(this.dir, 'tmp', `${process.pid}-`));
+  }
+
+  /**
+   * Moves a file into the store under `sha256` after an fsync. The caller vouches for the digest because it hashed
+   * the bytes as it wrote them (reads still re-hash). A file already stored under it makes this one redundant.
+   */
+  async commitFile(path: string, sha256: string): Promise<void> {
+    if (this.has(sha256)) return void (await rm(path, { force: true }));
+    const fh = await open(path, 'r+');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await this.#commit(path, sha256);
   }
 
   #tmpPath(): string {

@@ -26,7 +26,7 @@ import { allShards } from '../model/shard-layout.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import type { AgentHub } from './agent-hub.ts';
 import type { ArtifactStore } from './artifact-store.ts';
-import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
+import { CheckpointSharder, checkpointKind, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
 import { checkpointLayouts, initCheckpoint, refOf, startsFromVersion, tokenizerSource, trainedWeights, versionFiles, versionTokenizer } from './stage-inputs.ts';
 import { registerAdapter } from './adapters.ts';
@@ -416,10 +416,9 @@ export class JobRunner {
   async #resumeFiles(job: JobRecord, step: number, files: FileSet, layout: ParallelLayout, stages: Array<[number, number]>): Promise<Map<string, FileSet>> {
     if (layout.pipeline === 1 && layout.tensor === 1) return new Map([['0.0', files]]);
     const t0 = this.#now();
-    const canonical = await this.#sharder.load(files);
-    const out = new Map<string, FileSet>();
-    const layouts = checkpointLayouts(job.spec);
-    for (const shard of allShards(stages, layout.tensor)) out.set(`${shard.stage}.${shard.tpRank}`, await this.#sharder.reshard(job.spec.model, canonical, shard, layouts));
+    const shards = allShards(stages, layout.tensor);
+    const cut = await this.#sharder.reshard(checkpointKind(job.spec), files, shards);
+    const out = new Map(shards.map((shard, i) => [`${shard.stage}.${shard.tpRank}`, cut[i]!]));
     this.#o.log.info(`job ${job.id}: checkpoint of step ${step} resharded for ${layoutName(layout)} (${out.size} shards, ${this.#now() - t0} ms)`);
     return out;
   }
@@ -431,7 +430,7 @@ export class JobRunner {
   async #lastGoodCheckpoint(jobId: string): Promise<CheckpointRecord | undefined> {
     for (const cp of this.#o.jobs.checkpoints(jobId)) {
       try {
-        for (const digest of Object.values(cp.files)) await this.#o.artifacts.get(digest);
+        for (const digest of Object.values(cp.files)) await this.#o.artifacts.verify(digest); // streamed: no whole-file buffer
         return cp;
       } catch (err) {
         this.#o.log.warn(`job ${jobId}: checkpoint of step ${cp.step} is unusable (${(err as Error).message}); trying the one before`);
@@ -507,7 +506,7 @@ export class JobRunner {
     const previous = [...attempt.merged.values()].at(-1) ?? Promise.resolve({});
     const merged = previous.catch(() => ({})).then(async () => {
       const t0 = this.#now();
-      const files = needed === 1 ? msg.files : await this.#sharder.mergeShards(job.spec.model, [...got.values()], { layout: { ...layout } }, checkpointLayouts(job.spec));
+      const files = needed === 1 ? msg.files : await this.#sharder.mergeShards(checkpointKind(job.spec), [...got.values()], { layout: { ...layout } });
       const checkpoint = { step: msg.step, attempt: msg.attempt, files, createdMs: this.#now() };
       this.#o.jobs.putCheckpoint(msg.jobId, checkpoint);
       const bytes = Object.values(files).reduce((sum, digest) => sum + (this.#o.artifacts.sizeOf(digest) ?? 0), 0);

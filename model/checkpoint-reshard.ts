@@ -40,12 +40,12 @@ export interface TensorLike {
 const reshardError = (message: string) => new ModelError('MDL_ERR_RESHARD', message);
 
 /** `stage 1 tp 0`: how messages name a shard. */
-function shardName(s: ShardSpec): string {
+export function shardName(s: ShardSpec): string {
   return `stage ${s.stage} tp ${s.tpRank}`;
 }
 
 /** The data of `tensors[name]`, which must be F32 with `shape`. */
-function f32Data(tensors: Readonly<Record<string, TensorLike>>, name: string, shape: readonly number[], where: string): Float32Array {
+export function f32Data(tensors: Readonly<Record<string, TensorLike>>, name: string, shape: readonly number[], where: string): Float32Array {
   const t = Object.hasOwn(tensors, name) ? tensors[name] : undefined;
   if (t === undefined) throw reshardError(`${where} lacks ${name}`);
   if (t.dtype !== 'F32' || !(t.data instanceof Float32Array)) throw reshardError(`${where}: ${name} is ${t.dtype}, expected F32`);
@@ -66,15 +66,6 @@ export function shardTensors(full: Readonly<Record<string, TensorLike>>, layout:
   return out;
 }
 
-/** One full parameter being merged: its bits, which elements some shard has written, and which parts wrote it. */
-interface Merging {
-  readonly shape: readonly number[]; // in the full model
-  readonly data: Float32Array;
-  readonly bits: Uint32Array; // the same memory: copies and comparisons are bit-exact, NaN payloads included
-  readonly covered: Uint8Array;
-  readonly writers: Array<{ readonly shard: ShardSpec; readonly spec: ShardParamSpec }>;
-}
-
 /** Whether a slice holds element `at` (row-major index into the full tensor). */
 function holds(spec: ShardParamSpec, at: number): boolean {
   const C = spec.fullShape[spec.fullShape.length - 1] ?? 1;
@@ -82,69 +73,98 @@ function holds(spec: ShardParamSpec, at: number): boolean {
   return row >= spec.rows[0] && row < spec.rows[1] && spec.cols.some(([a, b]) => col >= a && col < b);
 }
 
-/** Copies one shard's slice into `m`, comparing bit for bit wherever an earlier shard already wrote. */
-function mergeSlice(m: Merging, spec: ShardParamSpec, shard: ShardSpec, local: Float32Array): void {
-  const src = new Uint32Array(local.buffer, local.byteOffset, local.length);
-  forEachRun(spec, (f, l, n) => {
-    for (let i = 0; i < n; i++) {
-      const at = f + i;
-      if (!m.covered[at]) {
-        m.bits[at] = src[l + i]!;
-        m.covered[at] = 1;
-      } else if (m.bits[at] !== src[l + i]) {
-        const earlier = m.writers.find((w) => holds(w.spec, at))!;
-        throw reshardError(
-          `${spec.name} differs between ${shardName(earlier.shard)} and ${shardName(shard)} at element ${at} ` +
-            `(${m.data[at]} vs ${local[l + i]}): replicated copies must be bit-identical`,
-        );
-      }
-    }
-  });
-  m.writers.push({ shard, spec });
-}
+/**
+ * One full parameter merged from the shards' slices of it, one slice at a time (so a streamed merge holds the full
+ * tensor and one slice, never every shard at once): `add` each slice, then `finish`. Copies are compared bit for
+ * bit (NaN payloads included) wherever an earlier slice already wrote.
+ */
+export class ParamMerger {
+  readonly name: string;
+  readonly shape: readonly number[]; // in the full model
+  readonly data: Float32Array;
+  readonly #bits: Uint32Array; // the same memory as data
+  readonly #covered: Uint8Array;
+  readonly #writers: Array<{ readonly shard: ShardSpec; readonly spec: ShardParamSpec }> = [];
 
-/** Throws unless every element of the parameter was written by some shard. */
-function checkCovered(name: string, m: Merging): void {
-  if (m.writers.length === 0) throw reshardError(`no shard holds ${name}`);
-  const missing = m.covered.indexOf(0);
-  if (missing < 0) return;
-  const C = m.shape[m.shape.length - 1] ?? 1;
-  const count = m.covered.reduce((n, c) => n + (c ? 0 : 1), 0);
-  throw reshardError(
-    `${name}: ${count} of ${m.covered.length} elements are held by no shard (first at row ${Math.floor(missing / C)}, ` +
-      `col ${missing % C}; held by ${m.writers.map((w) => shardName(w.shard)).join(', ')})`,
-  );
+  constructor(name: string, shape: readonly number[]) {
+    this.name = name;
+    this.shape = shape;
+    const size = shape.reduce((a, b) => a * b, 1);
+    this.data = new Float32Array(size);
+    this.#bits = new Uint32Array(this.data.buffer);
+    this.#covered = new Uint8Array(size);
+  }
+
+  /** Checks that `spec` is a slice of this parameter (before its data is read). */
+  accepts(spec: ShardParamSpec, shard: ShardSpec): void {
+    if (spec.fullShape.join() !== this.shape.join()) {
+      throw reshardError(`${shardName(shard)}: ${spec.name} is a slice of [${spec.fullShape}], but the model's is [${this.shape}]`);
+    }
+  }
+
+  /** Copies one shard's slice in, comparing bit for bit wherever an earlier shard already wrote. */
+  add(spec: ShardParamSpec, shard: ShardSpec, local: Float32Array): void {
+    this.accepts(spec, shard);
+    const src = new Uint32Array(local.buffer, local.byteOffset, local.length);
+    const bits = this.#bits, covered = this.#covered;
+    forEachRun(spec, (f, l, n) => {
+      if (covered.subarray(f, f + n).indexOf(1) < 0) { // the usual case: nobody wrote here yet
+        bits.set(src.subarray(l, l + n), f);
+        covered.fill(1, f, f + n);
+        return;
+      }
+      for (let i = 0; i < n; i++) {
+        const at = f + i;
+        if (!covered[at]) {
+          bits[at] = src[l + i]!;
+          covered[at] = 1;
+        } else if (bits[at] !== src[l + i]) {
+          const earlier = this.#writers.find((w) => holds(w.spec, at))!;
+          throw reshardError(
+            `${spec.name} differs between ${shardName(earlier.shard)} and ${shardName(shard)} at element ${at} ` +
+              `(${this.data[at]} vs ${local[l + i]}): replicated copies must be bit-identical`,
+          );
+        }
+      }
+    });
+    this.#writers.push({ shard, spec });
+  }
+
+  /** The merged parameter; throws unless every element was written by some shard. */
+  finish(): Float32Array {
+    const name = this.name, covered = this.#covered;
+    if (this.#writers.length === 0) throw reshardError(`no shard holds ${name}`);
+    const missing = covered.indexOf(0);
+    if (missing < 0) return this.data;
+    const C = this.shape[this.shape.length - 1] ?? 1;
+    const count = covered.reduce((n, c) => n + (c ? 0 : 1), 0);
+    throw reshardError(
+      `${name}: ${count} of ${covered.length} elements are held by no shard (first at row ${Math.floor(missing / C)}, ` +
+        `col ${missing % C}; held by ${this.#writers.map((w) => shardName(w.shard)).join(', ')})`,
+    );
+  }
 }
 
 /**
  * Full tensors from every shard's local tensors, in paramLayout order (or `full`'s, e.g. an adapter's). Every
  * parameter must be covered exactly; replicated copies must be bit-identical, else a ModelError (MDL_ERR_RESHARD)
- * names the parameter and the shards.
+ * names the parameter and the shards. (model/checkpoint-merge.ts does the same tensor by tensor from files.)
  */
 export function mergeShardTensors(
   config: GPTConfig,
   parts: ReadonlyArray<{ readonly layout: ShardLayout; readonly tensors: Readonly<Record<string, TensorLike>> }>,
   full: ParamLayout = paramLayout(gptConfig(config)),
 ): Record<string, F32Tensor> {
-  const merging = new Map<string, Merging>(full.specs.map((s) => {
-    const data = new Float32Array(s.size);
-    return [s.name, { shape: s.shape, data, bits: new Uint32Array(data.buffer), covered: new Uint8Array(s.size), writers: [] }];
-  }));
+  const merging = new Map(full.specs.map((s) => [s.name, new ParamMerger(s.name, s.shape)]));
   for (const { layout, tensors } of parts) {
     for (const spec of layout.specs) {
       const m = merging.get(spec.name);
       if (m === undefined) throw reshardError(`${shardName(layout.shard)} holds ${spec.name}, which is no parameter of this model`);
-      if (spec.fullShape.join() !== m.shape.join()) {
-        throw reshardError(`${shardName(layout.shard)}: ${spec.name} is a slice of [${spec.fullShape}], but the model's is [${m.shape}]`);
-      }
-      mergeSlice(m, spec, layout.shard, f32Data(tensors, spec.name, spec.shape, shardName(layout.shard)));
+      m.accepts(spec, layout.shard);
+      m.add(spec, layout.shard, f32Data(tensors, spec.name, spec.shape, shardName(layout.shard)));
     }
   }
   const out: Record<string, F32Tensor> = {};
-  for (const s of full.specs) {
-    const m = merging.get(s.name)!;
-    checkCovered(s.name, m);
-    out[s.name] = { dtype: 'F32', shape: s.shape, data: m.data };
-  }
+  for (const s of full.specs) out[s.name] = { dtype: 'F32', shape: s.shape, data: merging.get(s.name)!.finish() };
   return out;
 }

@@ -157,7 +157,7 @@ export async function saveCheckpoint(rootDir: string, step: number, contents: Ch
     files[OPTIMIZER_FILE] = await writeDurably(join(tmp, OPTIMIZER_FILE), safetensorsChunks(optimizer));
     files[STATE_FILE] = await writeDurably(join(tmp, STATE_FILE), [state]);
     const manifest: CheckpointManifest = { format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, step, createdMs: Date.now(), files };
-    await writeDurably(join(tmp, MANIFEST_FILE), [Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`)]);
+    await writeDurably(join(tmp, MANIFEST_FILE), [manifestBytes(manifest)]);
     await syncDir(tmp);
     let old: string | undefined;
     try {
@@ -183,27 +183,43 @@ export async function saveCheckpoint(rootDir: string, step: number, contents: Ch
 /** Temporary folders of this process's saves still under way, which clean-up must not touch. */
 const inFlight = new Set<string>();
 
-/** Copies of `tensors` (same dtypes and shapes), so that a background save can go on while training changes the originals. */
 /**
  * A checkpoint's files in memory, the manifest among them, each with its size and sha256: what an agent uploads
  * to the coordinator's content-addressed store without touching its own disk (the store writes durably, and the
- * coordinator records the checkpoint only once every file is in). The tensors are copied once, into the files.
+ * coordinator records the checkpoint only once every file is in). The tensors are copied once, into the files;
+ * for large checkpoints use `encodeCheckpointChunks`, which copies nothing.
  */
 export function encodeCheckpoint(step: number, contents: CheckpointContents): { files: Record<string, Uint8Array>; manifest: CheckpointManifest } {
+  const { files, manifest } = encodeCheckpointChunks(step, contents);
+  return { files: Object.fromEntries(Object.entries(files).map(([name, chunks]) => [name, Buffer.concat(chunks)])), manifest };
+}
+
+/**
+ * The same files as `encodeCheckpoint`, each as the list of its byte chunks in order (a header, then views of the
+ * tensors' own memory: nothing is copied), hashed chunk by chunk. The tensors must not change while the chunks
+ * are in use (an upload streams them). Hashing is ~1–2 GB/s of CPU: an agent runs this in a worker thread.
+ */
+export function encodeCheckpointChunks(step: number, contents: CheckpointContents): { files: Record<string, Uint8Array[]>; manifest: CheckpointManifest } {
   const { model, optimizer, state } = prepareCheckpoint(step, contents);
-  const files: Record<string, Uint8Array> = {};
+  const files: Record<string, Uint8Array[]> = { [MODEL_FILE]: safetensorsChunks(model), [OPTIMIZER_FILE]: safetensorsChunks(optimizer), [STATE_FILE]: [state] };
   const entries: Record<string, ManifestEntry> = {};
-  const add = (name: string, chunks: Uint8Array[]) => {
-    const bytes = Buffer.concat(chunks);
-    files[name] = bytes;
-    entries[name] = { bytes: bytes.byteLength, sha256: createHash('sha256').update(bytes).digest('hex') };
-  };
-  add(MODEL_FILE, safetensorsChunks(model));
-  add(OPTIMIZER_FILE, safetensorsChunks(optimizer));
-  add(STATE_FILE, [state]);
+  for (const [name, chunks] of Object.entries(files)) {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    for (const c of chunks) {
+      hash.update(c);
+      bytes += c.byteLength;
+    }
+    entries[name] = { bytes, sha256: hash.digest('hex') };
+  }
   const manifest: CheckpointManifest = { format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, step, createdMs: Date.now(), files: entries };
-  files[MANIFEST_FILE] = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+  files[MANIFEST_FILE] = [manifestBytes(manifest)];
   return { files, manifest };
+}
+
+/** manifest.json's bytes. */
+export function manifestBytes(manifest: CheckpointManifest): Buffer {
+  return Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
 }
 
 const checkpointWriteError = (step: number) => (message: string, cause?: unknown) =>
@@ -232,6 +248,7 @@ function prepareCheckpoint(step: number, contents: CheckpointContents): { model:
   }
 }
 
+/** Copies of `tensors` (same dtypes and shapes), so that a background save can go on while training changes the originals. */
 export function snapshotTensors(tensors: TensorMap): TensorMap {
   const out: TensorMap = {};
   for (const [name, t] of Object.entries(tensors)) out[name] = { dtype: t.dtype, shape: [...t.shape], data: t.data.slice() } as Tensor;
@@ -371,33 +388,58 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const model = parse(MODEL_FILE, readSafetensors);
   const opt = parse(OPTIMIZER_FILE, readSafetensors);
   const state = parse(STATE_FILE, (b) => JSON.parse(b.toString('utf8')) as unknown);
-
-  if (typeof state !== 'object' || state === null || Array.isArray(state)) throw corrupt(`${STATE_FILE}: not a JSON object`);
-  const stateStep = (state as Record<string, unknown>).step;
-  if (stateStep !== manifest.step) throw corrupt(`${STATE_FILE}: step is ${JSON.stringify(stateStep)} but manifest.json says ${manifest.step}`);
-  if (opt.metadata.format !== OPTIMIZER_FORMAT) throw corrupt(`${OPTIMIZER_FILE}: __metadata__.format is ${JSON.stringify(opt.metadata.format)}, not "${OPTIMIZER_FORMAT}"`);
-  const optStep = Number(opt.metadata.step);
-  if (!/^\d+$/.test(opt.metadata.step ?? '') || !Number.isSafeInteger(optStep)) {
-    throw corrupt(`${OPTIMIZER_FILE}: __metadata__.step is ${JSON.stringify(opt.metadata.step)}, not a step count`);
-  }
-  const expAvg: TensorMap = {};
-  const expAvgSq: TensorMap = {};
-  for (const [name, t] of Object.entries(opt.tensors)) {
-    if (name.startsWith(EXP_AVG)) expAvg[name.slice(EXP_AVG.length)] = t;
-    else if (name.startsWith(EXP_AVG_SQ)) expAvgSq[name.slice(EXP_AVG_SQ.length)] = t;
-    else throw corrupt(`${OPTIMIZER_FILE}: tensor "${name}" is neither ${EXP_AVG}<name> nor ${EXP_AVG_SQ}<name>`);
-  }
-  checkMoments(model.tensors, expAvg, expAvgSq, (m) => corrupt(`${OPTIMIZER_FILE}: ${m}`));
+  const checked = checkCheckpointContents(manifest.step, state, model.tensors, opt, corrupt);
   return {
     step: manifest.step,
     dir,
     model: model.tensors,
     modelMetadata: model.metadata,
-    optimizer: { step: optStep, expAvg, expAvgSq },
-    state: state as CheckpointState,
+    optimizer: { step: checked.optimizerStep, expAvg: checked.expAvg, expAvgSq: checked.expAvgSq },
+    state: checked.state,
     manifest,
   };
 }
+
+/** What `checkMoments` and `checkCheckpointContents` look at: a tensor's kind, with or without its data. */
+type TensorKindLike = { readonly dtype: string; readonly shape: readonly number[] };
+
+/**
+ * The checks that tie a checkpoint's verified files together, on their parsed contents (tensors or just their
+ * header entries): state.json is an object with the manifest's step, optimizer.safetensors is AdamW's with a step
+ * count, its tensors are `exp_avg.<name>` / `exp_avg_sq.<name>` pairs matching the weights. Returns the state, the
+ * moments by weight name and AdamW's step; throws `corrupt(…)` naming the file and the problem.
+ */
+export function checkCheckpointContents<T extends TensorKindLike>(
+  manifestStep: number,
+  state: unknown,
+  model: Readonly<Record<string, T>>,
+  opt: { tensors: Readonly<Record<string, T>>; metadata: Record<string, string> },
+  corrupt: (message: string) => ModelError,
+): { state: CheckpointState; optimizerStep: number; expAvg: Record<string, T>; expAvgSq: Record<string, T> } {
+  if (typeof state !== 'object' || state === null || Array.isArray(state)) throw corrupt(`${STATE_FILE}: not a JSON object`);
+  const stateStep = (state as Record<string, unknown>).step;
+  if (stateStep !== manifestStep) throw corrupt(`${STATE_FILE}: step is ${JSON.stringify(stateStep)} but manifest.json says ${manifestStep}`);
+  if (opt.metadata.format !== OPTIMIZER_FORMAT) throw corrupt(`${OPTIMIZER_FILE}: __metadata__.format is ${JSON.stringify(opt.metadata.format)}, not "${OPTIMIZER_FORMAT}"`);
+  const optStep = Number(opt.metadata.step);
+  if (!/^\d+$/.test(opt.metadata.step ?? '') || !Number.isSafeInteger(optStep)) {
+    throw corrupt(`${OPTIMIZER_FILE}: __metadata__.step is ${JSON.stringify(opt.metadata.step)}, not a step count`);
+  }
+  const expAvg: Record<string, T> = {};
+  const expAvgSq: Record<string, T> = {};
+  for (const [name, t] of Object.entries(opt.tensors)) {
+    if (name.startsWith(EXP_AVG)) expAvg[name.slice(EXP_AVG.length)] = t;
+    else if (name.startsWith(EXP_AVG_SQ)) expAvgSq[name.slice(EXP_AVG_SQ.length)] = t;
+    else throw corrupt(`${OPTIMIZER_FILE}: tensor "${name}" is neither ${EXP_AVG}<name> nor ${EXP_AVG_SQ}<name>`);
+  }
+  checkMoments(model, expAvg, expAvgSq, (m) => corrupt(`${OPTIMIZER_FILE}: ${m}`));
+  return { state: state as CheckpointState, optimizerStep: optStep, expAvg, expAvgSq };
+}
+
+/** The names optimizer.safetensors gives a weight's moments. */
+export const momentNames = (name: string): { expAvg: string; expAvgSq: string } => ({ expAvg: EXP_AVG + name, expAvgSq: EXP_AVG_SQ + name });
+
+/** optimizer.safetensors's `__metadata__` for AdamW's step count. */
+export const optimizerMetadata = (step: number): Record<string, string> => ({ format: OPTIMIZER_FORMAT, step: String(step) });
 
 /**
  * The newest checkpoint under `rootDir` that verifies, trying older ones in turn; each one refused is reported to
@@ -424,12 +466,23 @@ export async function loadLatestGoodCheckpoint(
 }
 
 async function readManifest(dir: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<CheckpointManifest> {
-  let text: string;
+  const m = parseManifest(await readManifestText(join(dir, MANIFEST_FILE), corrupt), corrupt);
+  const dirStep = STEP_DIR.exec(dir.split(/[\\/]/).filter(Boolean).pop() ?? '');
+  if (dirStep && Number(dirStep[1]) !== m.step) throw corrupt(`${MANIFEST_FILE}: step is ${m.step} but the folder is named for step ${Number(dirStep[1])}`);
+  return m;
+}
+
+/** manifest.json's text, or an error saying the checkpoint is incomplete. */
+export async function readManifestText(path: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<string> {
   try {
-    text = await readFile(join(dir, MANIFEST_FILE), 'utf8');
+    return await readFile(path, 'utf8');
   } catch (err) {
     throw corrupt(`${MANIFEST_FILE} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): the checkpoint is incomplete`, err);
   }
+}
+
+/** Parses and checks manifest.json: format, version, step, each file's entry, the required files listed. */
+export function parseManifest(text: string, corrupt: (m: string, cause?: unknown) => ModelError): CheckpointManifest {
   let m: Partial<CheckpointManifest>;
   try {
     m = JSON.parse(text) as Partial<CheckpointManifest>;
@@ -448,8 +501,6 @@ async function readManifest(dir: string, corrupt: (m: string, cause?: unknown) =
     }
   }
   for (const file of REQUIRED_FILES) if (!Object.hasOwn(files, file)) throw corrupt(`${MANIFEST_FILE} does not list ${file}`);
-  const dirStep = STEP_DIR.exec(dir.split(/[\\/]/).filter(Boolean).pop() ?? '');
-  if (dirStep && Number(dirStep[1]) !== m.step) throw corrupt(`${MANIFEST_FILE}: step is ${m.step} but the folder is named for step ${Number(dirStep[1])}`);
   return m as CheckpointManifest;
 }
 
@@ -480,8 +531,13 @@ async function readHashed(path: string, expectedBytes: number, file: string, cor
 }
 
 /** Each weight with moments has both, and both have its dtype and shape; every moment belongs to a weight. */
-function checkMoments(model: TensorMap, expAvg: TensorMap, expAvgSq: TensorMap, error: (message: string) => ModelError): void {
-  const sameKind = (a: Tensor, b: Tensor) => a.dtype === b.dtype && a.shape.length === b.shape.length && a.shape.every((d, i) => d === b.shape[i]);
+function checkMoments(
+  model: Readonly<Record<string, TensorKindLike>>,
+  expAvg: Readonly<Record<string, TensorKindLike>>,
+  expAvgSq: Readonly<Record<string, TensorKindLike>>,
+  error: (message: string) => ModelError,
+): void {
+  const sameKind = (a: TensorKindLike, b: TensorKindLike) => a.dtype === b.dtype && a.shape.length === b.shape.length && a.shape.every((d, i) => d === b.shape[i]);
   for (const [label, moments, other] of [['exp_avg', expAvg, expAvgSq], ['exp_avg_sq', expAvgSq, expAvg]] as const) {
     for (const [name, t] of Object.entries(moments)) {
       const weight = Object.hasOwn(model, name) ? model[name] : undefined;

@@ -137,7 +137,7 @@ export interface PreparedSafetensors {
 
 /** Validates `tensors` and lays them out as the reference does; the data itself is not copied. */
 export function prepareSafetensors(tensors: TensorMap, metadata?: Record<string, string>): PreparedSafetensors {
-  const order: Array<[string, Tensor]> = [];
+  const byName = new Map<string, Tensor>();
   for (const name of Object.keys(tensors)) {
     const t = tensors[name]!;
     const where = `tensor "${name}"`;
@@ -153,7 +153,39 @@ export function prepareSafetensors(tensors: TensorMap, metadata?: Record<string,
     }
     const n = elementCount(t.shape);
     if (t.data.length !== n) fail(`${where}: shape ${showShape(t.shape)} has ${n} elements but data has ${t.data.length}`);
-    order.push([name, t]);
+    byName.set(name, t);
+  }
+  const { header, order, totalBytes } = safetensorsLayout([...byName].map(([name, t]) => [name, { dtype: t.dtype, shape: t.shape }]), metadata);
+  return { header, order: order.map(({ name }) => [name, byName.get(name)!]), totalBytes };
+}
+
+/** A tensor's dtype and shape: what a header says about it. */
+export interface TensorKind {
+  dtype: Dtype;
+  shape: readonly number[];
+}
+
+/** Where each tensor's bytes go in a file laid out by `safetensorsLayout`. */
+export interface SafetensorsLayout {
+  header: Buffer;
+  /** The tensors in data order, each with its [begin, end) in the data buffer (which starts at header.length). */
+  order: Array<{ name: string; dtype: Dtype; shape: readonly number[]; dataOffsets: [number, number] }>;
+  totalBytes: number;
+}
+
+/**
+ * The header (length prefix, JSON, padding) and data order of a file holding tensors of these kinds, without
+ * their data: a writer that produces the tensors one at a time (a merge, a reshard) writes this header first and
+ * then each tensor's bytes in `order`. `prepareSafetensors` lays out in-memory tensors the same way.
+ */
+export function safetensorsLayout(tensors: ReadonlyArray<readonly [string, TensorKind]>, metadata?: Record<string, string>): SafetensorsLayout {
+  const order = [...tensors];
+  for (const [name, t] of order) {
+    if (name === '__metadata__') fail(`tensor "__metadata__": the name __metadata__ is reserved for the metadata map`);
+    if (!isDtype(t.dtype)) fail(`tensor "${name}": unknown dtype ${JSON.stringify(t.dtype)} (supported: ${SUPPORTED_DTYPES.join(', ')})`);
+    if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      fail(`tensor "${name}": shape must be an array of non-negative integers, got ${JSON.stringify(t.shape)}`);
+    }
   }
   const rank = (d: Dtype) => REFERENCE_DTYPE_ORDER.indexOf(d);
   order.sort(([an, a], [bn, b]) => rank(b.dtype) - rank(a.dtype) || byteOrder(an, bn));
@@ -167,10 +199,12 @@ export function prepareSafetensors(tensors: TensorMap, metadata?: Record<string,
     entries.push(`"__metadata__":{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`).join(',')}}`);
   }
   let offset = 0;
+  const placed: SafetensorsLayout['order'] = [];
   for (const [name, t] of order) {
-    const end = offset + t.data.byteLength;
+    const end = offset + elementCount(t.shape) * DTYPES[t.dtype].bytes;
     // Built by hand rather than with JSON.stringify(object): JS objects put integer-like keys ("0", "12") first.
     entries.push(`${JSON.stringify(name)}:{"dtype":"${t.dtype}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`);
+    placed.push({ name, dtype: t.dtype, shape: t.shape, dataOffsets: [offset, end] });
     offset = end;
   }
   const json = Buffer.from(`{${entries.join(',')}}`, 'utf8');
@@ -179,7 +213,19 @@ export function prepareSafetensors(tensors: TensorMap, metadata?: Record<string,
   const header = Buffer.alloc(8 + n, 0x20);
   header.writeBigUInt64LE(BigInt(n), 0);
   json.copy(header, 8);
-  return { header, order, totalBytes: header.length + offset };
+  return { header, order: placed, totalBytes: header.length + offset };
+}
+
+/** Bytes per element of a dtype. */
+export function dtypeBytes(dtype: Dtype): number {
+  return DTYPES[dtype].bytes;
+}
+
+/** A zero-filled tensor of this kind in its own (aligned) memory, for a reader to fill with a tensor's bytes. */
+export function emptyTensor(dtype: Dtype, shape: readonly number[]): Tensor {
+  const { bytes, ctor } = DTYPES[dtype];
+  const n = elementCount(shape);
+  return { dtype, shape, data: new ctor(new ArrayBuffer(n * bytes), 0, n) } as Tensor;
 }
 
 /** The byte chunks of a file, in order: the header, then each tensor's data as a view (no copy). */
@@ -235,18 +281,35 @@ const TENSOR_FIELDS = new Set(['dtype', 'shape', 'data_offsets']);
  * exactly covered by the tensors (`buf` must be the whole file).
  */
 export function readSafetensorsHeader(buf: Uint8Array): SafetensorsHeader {
-  if (buf.byteLength < 8) fail(`file is ${buf.byteLength} bytes, too short for the 8-byte header length`);
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const n64 = view.getBigUint64(0, true);
+  return parseSafetensorsHeader(buf, buf.byteLength);
+}
+
+/**
+ * The header length N a file's first 8 bytes announce, checked against the format's limit and the file's size;
+ * a reader of a file on disk reads these 8 bytes, then N more, and hands both to `parseSafetensorsHeader`.
+ */
+export function safetensorsHeaderLength(first8: Uint8Array, fileBytes: number): number {
+  if (fileBytes < 8 || first8.byteLength < 8) fail(`file is ${fileBytes} bytes, too short for the 8-byte header length`);
+  const n64 = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
   if (n64 > BigInt(MAX_HEADER_BYTES)) fail(`header length ${n64} is above the format's ${MAX_HEADER_BYTES}-byte limit`);
   const n = Number(n64);
-  if (8 + n > buf.byteLength) fail(`header length ${n} runs past the end of the file (${buf.byteLength} bytes)`);
+  if (8 + n > fileBytes) fail(`header length ${n} runs past the end of the file (${fileBytes} bytes)`);
+  return n;
+}
+
+/**
+ * `readSafetensorsHeader` for a file that is not in memory: `head` holds at least its first 8 + N bytes (the length
+ * and the header) and `fileBytes` is its size, against which the tensors' offsets are checked.
+ */
+export function parseSafetensorsHeader(head: Uint8Array, fileBytes: number): SafetensorsHeader {
+  const n = safetensorsHeaderLength(head, fileBytes);
+  if (head.byteLength < 8 + n) throw new RangeError(`parseSafetensorsHeader needs the first ${8 + n} bytes, got ${head.byteLength}`);
   const dataStart = 8 + n;
-  const dataLen = buf.byteLength - dataStart;
+  const dataLen = fileBytes - dataStart;
 
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(buf.subarray(8, dataStart));
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(head.subarray(8, dataStart));
   } catch {
     fail('header is not valid UTF-8');
   }

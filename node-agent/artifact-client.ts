@@ -3,11 +3,19 @@
  * sha256, upload checkpoints and model files. Every download is hashed and refused when it does not match its
  * address, so a truncated or corrupted transfer is retried rather than trained on. Downloads are cached on disk
  * by address (content-addressed files never change), so a resumed job does not fetch its shards again.
+ *
+ * Large files never sit in one buffer here: a download streams to a temporary file beside the cache entry, hashed
+ * chunk by chunk as it arrives, and is renamed into the cache once it verifies; a job's copy is a hard link to
+ * that entry (a copy where links fail). An upload streams the caller's chunks (a checkpoint's header and tensor
+ * views) in 4 MiB pieces without joining them. The event loop only ever hashes or writes one chunk at a time.
  */
-import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, existsSync } from 'node:fs';
-import { rename, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { copyFile, link, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { AgentError } from './errors.ts';
 
 export interface ArtifactClientOptions {
@@ -21,6 +29,9 @@ export interface ArtifactClientOptions {
 
 export const sha256Hex = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 
+/** Bytes per piece of an upload body, and per read when re-hashing the cache: one piece per turn of the event loop. */
+const PIECE_BYTES = 4 << 20;
+
 export class ArtifactClient {
   readonly #opts: Required<ArtifactClientOptions>;
 
@@ -29,46 +40,73 @@ export class ArtifactClient {
     mkdirSync(opts.cacheDir, { recursive: true });
   }
 
-  /** The bytes stored under `digest`, from the local cache or the coordinator. */
+  /** The bytes stored under `digest`, from the local cache or the coordinator (for small artifacts: it is one buffer). */
   async get(digest: string): Promise<Buffer> {
-    const cached = join(this.#opts.cacheDir, digest);
-    if (existsSync(cached)) {
-      const bytes = readFileSync(cached);
-      if (sha256Hex(bytes) === digest) return bytes;
-    }
-    const bytes = await this.#retry(`download ${digest.slice(0, 12)}`, async () => {
-      const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${digest}`, { headers: this.#auth(), signal: AbortSignal.timeout(this.#opts.timeoutMs) });
-      if (!res.ok) throw await httpError(res, `download of ${digest}`);
-      const body = Buffer.from(await res.arrayBuffer());
-      const actual = sha256Hex(body);
-      if (actual !== digest) throw new Error(`download of ${digest} hashed to ${actual} (${body.length} bytes): corrupted or cut short`);
-      return body;
-    });
-    const tmp = `${cached}.${process.pid}.tmp`;
-    await writeFile(tmp, bytes);
-    await rename(tmp, cached);
-    return bytes;
+    return readFile(await this.#cached(digest));
+  }
+
+  /**
+   * Puts the artifact `digest` at `path` (a new file: a hard link to the verified cache entry, or a copy) and
+   * resolves with the sha256 of its bytes, which is `digest`: anything else was refused and retried.
+   */
+  async download(digest: string, path: string): Promise<string> {
+    const cached = await this.#cached(digest);
+    await rm(path, { force: true });
+    await link(cached, path).catch(() => copyFile(cached, path));
+    return digest;
   }
 
   /** Uploads bytes and returns their sha256 (the coordinator checks it too); `digest` when the caller hashed them already. */
   async put(bytes: Uint8Array, digest = sha256Hex(bytes)): Promise<string> {
-    await this.#retry(`upload ${digest.slice(0, 12)}`, async () => {
-      const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${digest}`, {
-        method: 'PUT',
-        headers: { ...this.#auth(), 'content-type': 'application/octet-stream' },
-        body: bytes,
-        signal: AbortSignal.timeout(this.#opts.timeoutMs),
-      });
-      if (!res.ok) throw await httpError(res, `upload of ${digest}`);
-    });
+    await this.upload([bytes], digest);
     return digest;
   }
 
-  /** Uploads every file at once (the store's fsyncs overlap) and returns name → sha256. */
-  async putAll(files: Record<string, Uint8Array>, digests: Record<string, string> = {}): Promise<Record<string, string>> {
-    const names = Object.keys(files);
-    const done = await Promise.all(names.map((name) => this.put(files[name]!, digests[name])));
-    return Object.fromEntries(names.map((name, i) => [name, done[i]!]));
+  /**
+   * Uploads one file given as its chunks in order, whose sha256 the caller computed (the coordinator refuses the
+   * upload if the bytes do not hash to it). The chunks are streamed, never joined; they must not change meanwhile.
+   */
+  async upload(chunks: readonly Uint8Array[], sha256: string): Promise<void> {
+    const bytes = chunks.reduce((n, c) => n + c.byteLength, 0);
+    await this.#retry(`upload ${sha256.slice(0, 12)}`, async () => {
+      const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${sha256}`, {
+        method: 'PUT',
+        headers: { ...this.#auth(), 'content-type': 'application/octet-stream', 'content-length': String(bytes) },
+        body: piecesOf(chunks),
+        duplex: 'half', // a stream body (Node's fetch requires saying so)
+        signal: AbortSignal.timeout(this.#opts.timeoutMs),
+      } as RequestInit);
+      if (!res.ok) throw await httpError(res, `upload of ${sha256}`);
+      await res.body?.cancel();
+    });
+  }
+
+  /** The path of the verified cache entry of `digest`, downloading it first when it is missing or damaged. */
+  async #cached(digest: string): Promise<string> {
+    const cached = join(this.#opts.cacheDir, digest);
+    if (existsSync(cached) && (await hashFile(cached).catch(() => '')) === digest) return cached;
+    await this.#retry(`download ${digest.slice(0, 12)}`, async () => {
+      const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${digest}`, { headers: this.#auth(), signal: AbortSignal.timeout(this.#opts.timeoutMs) });
+      if (!res.ok) throw await httpError(res, `download of ${digest}`);
+      const tmp = `${cached}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+      try {
+        const hash = createHash('sha256');
+        let bytes = 0;
+        const body = res.body ? Readable.fromWeb(res.body as WebReadableStream<Uint8Array>) : Readable.from([]);
+        body.on('data', (chunk: Buffer) => {
+          hash.update(chunk);
+          bytes += chunk.length;
+        });
+        await pipeline(body, createWriteStream(tmp));
+        const actual = hash.digest('hex');
+        if (actual !== digest) throw new Error(`download of ${digest} hashed to ${actual} (${bytes} bytes): corrupted or cut short`);
+        await rename(tmp, cached);
+      } catch (err) {
+        await rm(tmp, { force: true });
+        throw err;
+      }
+    });
+    return cached;
   }
 
   #auth(): Record<string, string> {
@@ -88,6 +126,31 @@ export class ArtifactClient {
     }
     throw new AgentError('AGT_ERR_ARTIFACT', `${what} failed: ${last?.message}`, { cause: last });
   }
+}
+
+/** A request body of the chunks' bytes in order, as views of at most PIECE_BYTES (nothing is copied). */
+function piecesOf(chunks: readonly Uint8Array[]): ReadableStream<Uint8Array> {
+  let i = 0, at = 0;
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      while (i < chunks.length && at >= chunks[i]!.byteLength) {
+        i++;
+        at = 0;
+      }
+      if (i >= chunks.length) return controller.close();
+      const c = chunks[i]!;
+      const end = Math.min(c.byteLength, at + PIECE_BYTES);
+      controller.enqueue(c.subarray(at, end));
+      at = end;
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** The sha256 of a file, read in PIECE_BYTES reads. */
+async function hashFile(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: PIECE_BYTES })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
 }
 
 async function httpError(res: Response, what: string): Promise<Error> {

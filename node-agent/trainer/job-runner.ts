@@ -25,32 +25,33 @@
  * connection, released group) terminates the worker at once and aborts the rings. An aborted ring stays broken; a
  * new attempt needs a new group. `runJob` itself never throws: it resolves with the job.finished message it sent.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../../common/log.ts';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, layoutName, rankOf, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
-import { checkpointDirName, encodeCheckpoint, loadCheckpoint, MANIFEST_FILE } from '../../model/checkpoint.ts';
-import { shardLayout, shardOfCheckpoint, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
+import { checkpointDirName, MANIFEST_FILE } from '../../model/checkpoint.ts';
+import { shardLayout, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
 import { loraShardLayout, loraSpec } from '../../model/lora.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
-import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { Ring } from '../collectives/ring.ts';
 import type { Mailbox } from '../collectives/mailbox.ts';
 import type { BackendChoice } from '../compute/backend.ts';
-import type { FromWorker, Placement, Ready, ResumeState, ToWorker } from './messages.ts';
+import type { FromWorker, Placement, Ready, ResumeFiles, ToWorker } from './messages.ts';
+import { encodeInWorker, uploadCheckpoint } from './checkpoint-upload.ts';
 import { bubbleTheory, oneFOneB } from './schedule.ts';
 import { parseTraceparent } from '../../common/tracing.ts';
 import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type StepObserver, type StepReport, type TraceParent } from './step-report.ts';
 
-/** The part of ArtifactClient a job uses (tests pass an in-memory one). */
+/** The part of ArtifactClient a job uses (tests pass one over a folder). Files stream: none is held in one buffer. */
 export interface ArtifactStore {
-  get(digest: string): Promise<Uint8Array>;
-  put(bytes: Uint8Array): Promise<string>;
-  putAll(files: Record<string, Uint8Array>, digests?: Record<string, string>): Promise<Record<string, string>>;
+  /** Writes the artifact `digest` to the new file `path`; resolves with the sha256 of what it wrote (compared here too). */
+  download(digest: string, path: string): Promise<string>;
+  /** Uploads one file given as its chunks in order (never joined), whose sha256 the caller computed. */
+  upload(chunks: readonly Uint8Array[], sha256: string): Promise<void>;
 }
 
 /** This rank's rings and pipeline links (protocol/layout.ts names them). */
@@ -116,7 +117,6 @@ const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$/;
 
 /** A failure of the job itself (an invalid spec or plan, a diverged loss): job.finished says `fatal`, no retry. */
 class JobFault extends Error {}
-const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).slice(0, 2048);
 
 export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinished> {
@@ -172,8 +172,8 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
     // 1. data and checkpoint
     const dataDir = join(jobDir, 'data');
     await race(download(ctx.artifacts, start.data, dataDir, 'data file'));
-    let resume: ResumeState | undefined;
-    if (start.resume) resume = await race(fetchResume(ctx.artifacts, start.resume, join(jobDir, 'resume'), spec, shard));
+    let resume: ResumeFiles | undefined;
+    if (start.resume) resume = await race(fetchResume(ctx.artifacts, start.resume, join(jobDir, 'resume')));
     // dpo's reference / distill's teacher runs on the last stage only: only it fetches the version's files.
     const frozenDir = start.frozen && shard.stage === shard.stages - 1 ? join(jobDir, 'frozen') : undefined;
     if (frozenDir) await race(download(ctx.artifacts, start.frozen!.files, frozenDir, `${start.frozen!.role} model file`));
@@ -418,48 +418,31 @@ function reasonOf(reason: unknown): string {
   return typeof reason === 'string' ? reason : 'aborted';
 }
 
-/** Fetches each file by sha256 into `dir` under its name, checking the bytes against the name's address. */
+/** Fetches each file by sha256 into `dir` under its name (streamed to disk), checking the bytes against the name's address. */
 async function download(store: ArtifactStore, files: Record<string, string>, dir: string, what: string): Promise<void> {
   await mkdir(dir, { recursive: true });
   for (const [name, digest] of Object.entries(files)) {
     if (!SAFE_NAME.test(name)) throw new Error(`${what} name ${JSON.stringify(name)} is not a plain file name`);
-    let bytes: Uint8Array;
+    let actual: string;
     try {
-      bytes = await store.get(digest);
+      actual = await store.download(digest, join(dir, name));
     } catch (err) {
       throw new Error(`${what} ${name}: ${errorText(err)}`, { cause: err });
     }
-    const actual = sha256(bytes);
     if (actual !== digest) throw new Error(`${what} ${name}: its bytes hash to ${actual}, not ${digest} (corrupted in the store or in transit)`);
-    await writeFile(join(dir, name), bytes);
   }
 }
 
-const sameShard = (a: ShardSpec, b: ShardSpec) =>
-  a.stage === b.stage && a.stages === b.stages && a.firstLayer === b.firstLayer && a.endLayer === b.endLayer && a.tpRank === b.tpRank && a.tpSize === b.tpSize;
-
 /**
- * Downloads a checkpoint's files into `<root>/step-NNNNNN`, verifies it (loadCheckpoint) and checks that it fits
- * the job and holds exactly our shard (the coordinator reshards the layout-free checkpoint for each shard).
+ * Downloads a checkpoint's files into `<root>/step-NNNNNN`. The trainer worker reads and verifies them at init
+ * (resume-checkpoint.ts: sha256 against the manifest, the step, the model, our shard), off the main thread.
  */
-async function fetchResume(store: ArtifactStore, resume: NonNullable<JobStart['resume']>, root: string, spec: ResolvedJobSpec, shard: ShardSpec): Promise<ResumeState> {
+async function fetchResume(store: ArtifactStore, resume: NonNullable<JobStart['resume']>, root: string): Promise<ResumeFiles> {
   const dir = join(root, checkpointDirName(resume.step));
   await rm(dir, { recursive: true, force: true });
   if (!Object.hasOwn(resume.files, MANIFEST_FILE)) throw new Error(`resume checkpoint of step ${resume.step}: its files lack ${MANIFEST_FILE}`);
   await download(store, resume.files, dir, `resume checkpoint file`);
-  const ckpt = await loadCheckpoint(dir); // sizes, sha256 against the manifest, consistency
-  const bad = (why: string) => new Error(`resume checkpoint of step ${resume.step}: ${why}`);
-  if (ckpt.step !== resume.step) throw bad(`${MANIFEST_FILE} says step ${ckpt.step}`);
-  const saved = ckpt.state.spec as unknown as ResolvedJobSpec | undefined;
-  if (!saved || typeof saved !== 'object' || JSON.stringify(saved.model) !== JSON.stringify(spec.model)) {
-    throw bad(`state.json's model ${JSON.stringify(saved?.model)} is not this job's ${JSON.stringify(spec.model)}`);
-  }
-  const held = shardOfCheckpoint(ckpt.state, spec.model.nLayer);
-  if (!sameShard(held, shard)) throw bad(`it holds shard ${JSON.stringify(held)}, this rank needs ${JSON.stringify(shard)}`);
-  const cursor = ckpt.state.cursor as unknown as ShardCursor | undefined;
-  if (!cursor || !Number.isInteger(cursor.shard) || !Number.isInteger(cursor.offset)) throw bad(`state.json has no data cursor`);
-  if (ckpt.optimizer.step !== resume.step) throw bad(`optimizer.safetensors has ${ckpt.optimizer.step} updates, not ${resume.step}`);
-  return { model: ckpt.model, optimizer: ckpt.optimizer, step: resume.step, cursor: { shard: cursor.shard, offset: cursor.offset } };
+  return { dir, step: resume.step };
 }
 
 /** Named tensors (local shapes) of a flat shard buffer. */
@@ -468,9 +451,10 @@ function tensorsOf(flat: Float32Array, layout: ShardLayout): TensorMap {
 }
 
 /**
- * Data-parallel rank 0 of a stage shard: encodes the snapshot as a shard checkpoint in memory (files, manifest,
- * sha256 each), uploads it straight to the coordinator's store and tells the coordinator. Nothing is written to
- * the agent's disk: the store writes durably, and a checkpoint counts only once the coordinator has recorded it.
+ * Data-parallel rank 0 of a stage shard: encodes the snapshot as a shard checkpoint (files, manifest, sha256 each)
+ * in a worker thread, streams it straight to the coordinator's store and tells the coordinator (checkpoint-upload.ts).
+ * Nothing is written to the agent's disk: the store writes durably, and a checkpoint counts only once the coordinator
+ * has recorded it. `snap`'s arrays are handed over (detached here).
  */
 async function saveAndUpload(
   ctx: JobContext,
@@ -483,19 +467,19 @@ async function saveAndUpload(
   const t0 = performance.now();
   const startMs = epochMs();
   const { shard, layout, placement } = where;
-  const encoded = encodeCheckpoint(snap.step, {
+  const buffers = [snap.params.buffer, snap.expAvg.buffer, snap.expAvgSq.buffer] as ArrayBuffer[];
+  const encoded = await encodeInWorker(snap.step, {
     model: tensorsOf(snap.params, layout),
     optimizer: { step: snap.optimizerStep, expAvg: tensorsOf(snap.expAvg, layout), expAvgSq: tensorsOf(snap.expAvgSq, layout) },
     state: {
       step: snap.step, cursor: { shard: snap.cursor.shard, offset: snap.cursor.offset }, spec: spec as never, shard: { ...shard },
       layout: { ...placement.layout }, world: start.world, jobId: start.jobId, attempt: start.attempt,
     },
-  });
-  const bytes = encoded.files;
-  const digests = Object.fromEntries(Object.entries(encoded.manifest.files).map(([name, e]) => [name, e.sha256]));
-  const files = await ctx.artifacts.putAll(bytes, digests);
+  }, buffers);
   if (ctx.signal.aborted) return;
-  const size = Object.values(bytes).reduce((a, b) => a + b.byteLength, 0);
+  const files = await uploadCheckpoint(ctx.artifacts, encoded);
+  if (ctx.signal.aborted) return;
+  const size = encoded.bytes;
   for (const o of ctx.observers ?? []) {
     try {
       o.onCheckpoint?.({ jobId: start.jobId, attempt: start.attempt, rank: start.rank, step: snap.step, startMs, endMs: epochMs(), bytes: size, ...(trace ? { trace } : {}) });

@@ -10,7 +10,8 @@
  * One request at a time, each answered once (or with `failed`):
  *
  *   main → worker            worker → main
- *   init                     ready {params, grads, tpData, tpFlag, …}
+ *   init {resume?}           ready {params, grads, tpData, tpFlag, …}   resume: a checkpoint folder, read and
+ *                                                       verified here, not on main
  *   begin {step}             begun {lr}                 reads this step's batch, zeroes the gradient
  *   fwd {mb, acts?}          fwdDone {out?, busyMs}     not on the last stage (which has nothing to send)
  *   bwd {mb, gradOut?}       bwdDone {gradIn?, loss?, busyMs}
@@ -20,7 +21,9 @@
  *   upload                   uploaded                   all-gathers the parameters first and asks for `upload`)
  *   evalBegin                evalBegun {microBatches}
  *   evalFwd {mb, acts?}      evalDone {out?, loss?}
- *   export                   exported {…}               parameters and full-length moments (own range filled)
+ *   export                   exported {…}               copies of the parameters and full-length moments (own
+ *                                                       range filled), transferred: main hands them to the
+ *                                                       checkpoint encoder and uploads views of them
  *
  * And one request from the worker in the middle of fwd/bwd: `tp {elems}` asks main to all-reduce the first
  * `elems` floats of tpData over the tensor-parallel ring. The worker then blocks in Atomics.wait on tpFlag[0]
@@ -47,6 +50,15 @@ export interface Placement {
   rank: number;
 }
 
+/** The checkpoint to resume from, as main downloaded it: the worker reads and verifies it (resume-checkpoint.ts). */
+export interface ResumeFiles {
+  /** The folder of the shard checkpoint's files (`…/step-NNNNNN`). */
+  dir: string;
+  /** Optimizer steps it holds: the next step run is step + 1. */
+  step: number;
+}
+
+/** A resume checkpoint as the worker loaded it. */
 export interface ResumeState {
   /** This shard's weights by GPT-2 name, local shapes (a shard checkpoint's model.safetensors). */
   model: TensorMap;
@@ -59,7 +71,7 @@ export interface ResumeState {
 }
 
 export type ToWorker =
-  | { type: 'init'; spec: ResolvedJobSpec; placement: Placement; dataDir: string; resume?: ResumeState; frozenDir?: string; baseDir?: string }
+  | { type: 'init'; spec: ResolvedJobSpec; placement: Placement; dataDir: string; resume?: ResumeFiles; frozenDir?: string; baseDir?: string }
   | { type: 'begin'; step: number }
   | { type: 'fwd'; mb: number; acts?: Float32Array }
   | { type: 'bwd'; mb: number; gradOut?: Float32Array }

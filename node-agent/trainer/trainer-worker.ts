@@ -19,6 +19,7 @@ import { loadBackend, type BackendChoice } from '../compute/backend.ts';
 import { dataFormatOf, rowsPerExample, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, type Coords } from '../../protocol/layout.ts';
 import type { FromWorker, Placement, ResumeState, ToWorker } from './messages.ts';
+import { loadResume, shardOf } from './resume-checkpoint.ts';
 
 const port = parentPort!;
 const { backend } = workerData as { backend: BackendChoice };
@@ -76,6 +77,14 @@ let job: Job | null = null;
 const post = (msg: FromWorker, transfer: TransferListItem[] = []) => port.postMessage(msg, transfer);
 
 port.on('message', (msg: ToWorker) => {
+  // Resuming reads and hashes the checkpoint's files (asynchronously) before init proper; main sends nothing else meanwhile.
+  if (msg.type === 'init' && msg.resume) {
+    const { spec, placement, dataDir, resume, frozenDir, baseDir } = msg;
+    loadResume(resume.dir, resume.step, spec, shardOf(spec, placement))
+      .then((state) => post(init(spec, placement, dataDir, state, frozenDir, baseDir)))
+      .catch((err: unknown) => post({ type: 'failed', error: err instanceof Error ? err.message : String(err) }));
+    return;
+  }
   try {
     const [reply, transfer] = handle(msg);
     post(reply, transfer);
@@ -87,7 +96,7 @@ port.on('message', (msg: ToWorker) => {
 function handle(msg: ToWorker): [FromWorker, TransferListItem[]] {
   switch (msg.type) {
     case 'init':
-      return [init(msg.spec, msg.placement, msg.dataDir, msg.resume, msg.frozenDir, msg.baseDir), []];
+      return [init(msg.spec, msg.placement, msg.dataDir, undefined, msg.frozenDir, msg.baseDir), []];
     case 'begin':
       return [begin(need(), msg.step), []];
     case 'fwd':

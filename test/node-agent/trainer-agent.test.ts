@@ -1,6 +1,6 @@
 /**
  * The agent's job.start / job.stop handling against a minimal fake coordinator: one HTTP server that serves
- * /api/artifacts/<sha> from memory and speaks the control protocol on /ws/agent (welcome, group.assign of a
+ * /api/artifacts/<sha> from a folder and speaks the control protocol on /ws/agent (welcome, group.assign of a
  * one-rank group, job.start, job.stop), so the agent's real ArtifactClient, Group and worker are used.
  */
 import { after, before, test } from 'node:test';
@@ -56,12 +56,11 @@ before(async () => {
       for await (const c of req) chunks.push(c as Buffer);
       const body = Buffer.concat(chunks);
       if (sha256(body) !== m[1]) return void res.writeHead(400).end('{}');
-      ds.store.blobs.set(m[1]!, body);
+      await ds.store.put(body);
       return void res.writeHead(201).end('{}');
     }
-    const blob = ds.store.blobs.get(m[1]!);
-    if (!blob) return void res.writeHead(404).end('{}');
-    res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(blob);
+    if (!ds.store.has(m[1]!)) return void res.writeHead(404).end('{}');
+    res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(await ds.store.get(m[1]!));
   });
   const wss = new WebSocketServer({ ...serverOptions(MAX_CONTROL_FRAME), server, path: '/ws/agent' });
   wss.on('connection', (ws) => {
@@ -129,7 +128,7 @@ test('job.start on a linked group trains, reports progress and finishes with its
   const ckpt = await next('job.checkpoint', (m) => m.jobId === 'j1');
   assert.equal(ckpt.step, 3, 'checkpointEvery 0: a checkpoint at the end only');
   assert.deepEqual(Object.keys(ckpt.files).sort(), ['manifest.json', 'model.safetensors', 'optimizer.safetensors', 'state.json']);
-  for (const digest of Object.values(ckpt.files)) assert.ok(ds.store.blobs.has(digest), 'uploaded over HTTP');
+  for (const digest of Object.values(ckpt.files)) assert.ok(ds.store.has(digest), 'uploaded over HTTP');
 });
 
 test('job.start for a group the agent is not in is refused with job.finished ok:false', async () => {

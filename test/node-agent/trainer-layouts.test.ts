@@ -75,13 +75,15 @@ test('a checkpoint saved at 2×2×1 resumes at 1×2×2, 1×1×1 and 4×1×1 and 
   const shards = finalCheckpoints(saved, 3);
   assert.equal(shards.length, 2, 'one shard checkpoint per stage, from data-parallel rank 0');
   const sharder = new CheckpointSharder(ds.store, join(ds.root, 'scratch'));
-  const canonical = await sharder.load(await sharder.mergeShards(long.model, shards.map((s) => s.files)));
+  const canonicalFiles = await sharder.mergeShards({ config: long.model }, shards.map((s) => s.files));
+  const canonical = await sharder.load(canonicalFiles);
   assert.equal(canonical.step, 3);
 
   const resumeAt = async (layout: ParallelLayout, microBatches: number) => {
     const stages = splitLayers(long.model.nLayer, Array(layout.pipeline).fill(1));
-    const files = new Map<string, Record<string, string>>();
-    for (const shard of allShards(stages, layout.tensor)) files.set(`${shard.stage}.${shard.tpRank}`, await sharder.reshard(long.model, canonical, shard));
+    const shards = allShards(stages, layout.tensor);
+    const cut = await sharder.reshard({ config: long.model }, canonicalFiles, shards);
+    const files = new Map(shards.map((shard, i) => [`${shard.stage}.${shard.tpRank}`, cut[i]!]));
     const world = layout.data * layout.pipeline * layout.tensor;
     const runs = await runRanks({
       world, layout, stages, microBatches, spec: long, ds, jobId: `resumed${layout.data}${layout.pipeline}${layout.tensor}`,

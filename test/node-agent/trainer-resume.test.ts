@@ -1,6 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rm } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { checkpointsOf, maxRel, progressOf, relDiff, runRanks, sha256, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';
 
 let ds: Dataset;
@@ -66,10 +66,10 @@ test('a checkpoint made by two ranks resumes on one rank (the data cursor is glo
 test('a resume file whose stored bytes no longer match its sha256 fails on every rank, naming the file', async () => {
   const files = step3Files();
   const digest = files['model.safetensors']!;
-  const good = ds.store.blobs.get(digest)!;
+  const good = await readFile(ds.store.pathOf(digest));
   const bad = Buffer.from(good);
   bad[bad.length - 1] = bad[bad.length - 1]! ^ 0xff;
-  ds.store.blobs.set(digest, bad);
+  await writeFile(ds.store.pathOf(digest), bad);
   try {
     const t0 = performance.now();
     const runs = await runRanks({ world: 2, spec, ds, jobId: 'corrupt', resume: { step: 3, files } });
@@ -82,7 +82,7 @@ test('a resume file whose stored bytes no longer match its sha256 fails on every
       assert.equal(r.messages.length, 1, 'job.finished only');
     }
   } finally {
-    ds.store.blobs.set(digest, good);
+    await writeFile(ds.store.pathOf(digest), good);
   }
 });
 

@@ -1,9 +1,12 @@
 /**
- * Shared pieces of the trainer tests: a tiny prepared dataset, an in-memory artifact store, a recording
+ * Shared pieces of the trainer tests: a tiny prepared dataset, an artifact store over a folder, a recording
  * coordinator `send`, and a helper that runs one job on every rank of a fake in-memory ring.
  */
 import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
@@ -14,22 +17,28 @@ import type { ParallelLayout } from '../../protocol/layout.ts';
 import { splitLayers } from '../../model/shard-layout.ts';
 import { flatFromStateDict, paramLayout } from '../../model/gpt.ts';
 import { CheckpointSharder } from '../../coordinator/checkpoint-shards.ts';
+import { ArtifactStore as CoordinatorArtifactStore } from '../../coordinator/artifact-store.ts';
 import type { Logger } from '../../common/log.ts';
 import { fakeTopology } from '../support/fake-topology.ts';
 
 export const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
-export class MemoryStore implements ArtifactStore {
-  readonly blobs = new Map<string, Buffer>();
-  async get(digest: string): Promise<Uint8Array> {
-    const b = this.blobs.get(digest);
-    if (!b) throw new Error(`no artifact ${digest}`);
-    return Buffer.from(b);
+/**
+ * The coordinator's artifact store over a temporary folder, with the agent's side of it (what ArtifactClient does
+ * over HTTP): downloads stream from the stored file and report the sha256 of what they copied; uploads stream the
+ * chunks in. A test damages a stored artifact by writing to `pathOf(digest)`.
+ */
+export class DiskStore extends CoordinatorArtifactStore implements ArtifactStore {
+  async download(digest: string, path: string): Promise<string> {
+    if (!this.has(digest)) throw new Error(`no artifact ${digest}`);
+    const hash = createHash('sha256');
+    const src = createReadStream(this.pathOf(digest));
+    src.on('data', (chunk) => hash.update(chunk as Buffer));
+    await pipeline(src, createWriteStream(path));
+    return hash.digest('hex');
   }
-  async put(bytes: Uint8Array): Promise<string> {
-    const d = sha256(bytes);
-    this.blobs.set(d, Buffer.from(bytes));
-    return d;
+  async upload(chunks: readonly Uint8Array[], sha256: string): Promise<void> {
+    await this.putStream(Readable.from(chunks.map((c) => Buffer.from(c.buffer, c.byteOffset, c.byteLength))), sha256);
   }
   async putAll(files: Record<string, Uint8Array>): Promise<Record<string, string>> {
     const out: Record<string, string> = {};
@@ -56,19 +65,19 @@ function corpusText(docs = 60, wordsPerDoc = 40): string {
 
 export interface Dataset {
   root: string;
-  store: MemoryStore;
+  store: DiskStore;
   data: Record<string, string>; // file name → sha256, as job.start carries it
   vocabSize: number;
 }
 
-/** Prepares the corpus (vocab 300) and uploads the folder's files into a fresh MemoryStore. */
+/** Prepares the corpus (vocab 300) and uploads the folder's files into a fresh DiskStore under the dataset's root. */
 export async function tinyDataset(): Promise<Dataset> {
   const root = await mkdtemp(join(tmpdir(), 'trainer-test-'));
   const corpus = join(root, 'corpus.txt');
   await writeFile(corpus, corpusText());
   const outDir = join(root, 'prepared');
   const { index } = await prepareTokenData({ corpus, outDir, vocabSize: 300, heldOutFraction: 0.2, seed: 7 });
-  const store = new MemoryStore();
+  const store = new DiskStore(join(root, 'store'));
   const files: Record<string, Uint8Array> = {};
   for (const name of await readdir(outDir)) files[name] = await readFile(join(outDir, name));
   const data = await store.putAll(files);
@@ -193,7 +202,7 @@ export async function trainedParams(runs: RankRun[], ds: Dataset, spec: JobSpec)
   const parts = finalCheckpoints(runs, step);
   if (parts.length === 0) throw new Error(`no checkpoint of step ${step}`);
   const sharder = new CheckpointSharder(ds.store, join(ds.root, 'scratch'));
-  const files = parts.length === 1 ? parts[0]!.files : await sharder.mergeShards(spec.model, parts.map((p) => p.files));
+  const files = parts.length === 1 ? parts[0]!.files : await sharder.mergeShards({ config: spec.model }, parts.map((p) => p.files));
   const canonical = await sharder.load(files);
   return flatFromStateDict(canonical.model, paramLayout(spec.model));
 }
