@@ -163,7 +163,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
    * One handler for both generation routes: a deployment is routed, the request parsed (for chat: rendered with the
    * version's chat template), the prompt limit checked, then generated, answered whole or streamed, and measured.
    */
-  const serve = (route: GenerationRoute) => inRequestContext(async (req, reply) => {
+  const serve = <P extends ParsedCompletion>(route: GenerationRoute<P>) => inRequestContext(async (req, reply) => {
     const started = performance.now();
     const { model: named, user } = (req.body ?? {}) as { model?: unknown; user?: unknown };
     // A deployment is routed here, once: the request stays on this version whatever switches happen meanwhile.
@@ -235,7 +235,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
 };
 
 /** What differs between the generation routes: parsing, the whole response, and the stream's chunks. */
-interface GenerationRoute {
+interface GenerationRoute<P extends ParsedCompletion> {
   path: string;
   /** OpenTelemetry's gen_ai.operation.name. */
   operation: 'text_completion' | 'chat';
@@ -243,12 +243,12 @@ interface GenerationRoute {
   idPrefix: string;
   /** The request parameter a too-long prompt is blamed on. */
   promptParam: string;
-  parse(body: unknown, backendFor: (model: string) => InferenceBackend | undefined): { parsed: ParsedCompletion; backend: InferenceBackend };
-  respond(head: { id: string; created: number }, parsed: ParsedCompletion, backend: InferenceBackend, result: GenerateResult): { usage?: Usage | null };
-  stream(head: { id: string; created: number }, parsed: ParsedCompletion, backend: InferenceBackend): StreamEncoder;
+  parse(body: unknown, backendFor: (model: string) => InferenceBackend | undefined): { parsed: P; backend: InferenceBackend };
+  respond(head: { id: string; created: number }, parsed: P, backend: InferenceBackend, result: GenerateResult): { usage?: Usage | null };
+  stream(head: { id: string; created: number }, parsed: P, backend: InferenceBackend): StreamEncoder;
 }
 
-const COMPLETIONS: GenerationRoute = {
+const COMPLETIONS: GenerationRoute<ParsedCompletion> = {
   path: '/v1/completions',
   operation: 'text_completion',
   idPrefix: 'cmpl',
@@ -258,15 +258,14 @@ const COMPLETIONS: GenerationRoute = {
   stream: completionStream,
 };
 
-// The parsed request of a chat route is always a ParsedChat: parse made it.
-const CHAT_COMPLETIONS: GenerationRoute = {
+const CHAT_COMPLETIONS: GenerationRoute<ParsedChat> = {
   path: '/v1/chat/completions',
   operation: 'chat',
   idPrefix: 'chatcmpl',
   promptParam: 'messages',
   parse: parseChatRequest,
-  respond: (head, parsed, backend, result) => chatResponse(head, parsed as ParsedChat, backend, result),
-  stream: (head, parsed) => chatStream(head, parsed as ParsedChat),
+  respond: chatResponse,
+  stream: chatStream,
 };
 
 /** The reason an aborted generation rejects with when its client disconnected. */
