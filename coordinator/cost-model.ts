@@ -91,20 +91,22 @@ export interface StageWork {
 /** Matmul FLOPs one rank of a stage spends on one micro-batch: forward, recomputed forward and backward. */
 export function flopsPerMicroBatch(model: Model, rows: number, seqLen: number, stage: StageWork): { forward: number; recompute: number; backward: number; total: number } {
   const blocks = stage.blocks * blockForwardFlops(model, rows, seqLen, stage.tensor);
-  const embedding = stage.first ? embeddingForwardFlops(model, rows, seqLen) : 0;
   const head = stage.last ? headForwardFlops(model, rows, seqLen) : 0;
-  const forward = embedding + blocks + head;
-  const recompute = stage.recompute ? embedding + blocks : 0;
-  const backward = embedding + 2 * blocks + 2 * head; // the one-hot input needs no gradient: wte's only
+  // The embedding is a row lookup and its gradient a scatter-add (model/stage-model.ts): no matmul.
+  const forward = blocks + head;
+  // backward recomputes every block once under its own tape (activation checkpointing), and a pipeline stage
+  // other than the last has run the forward once more already, to send its activations
+  const recompute = blocks + (stage.recompute ? blocks : 0);
+  const backward = 2 * blocks + 2 * head;
   return { forward, recompute, backward, total: forward + recompute + backward };
 }
 
 /**
  * Milliseconds one rank of a stage computes per micro-batch with a core to itself, at `flopsPerS` for matmuls (see
  * the cost model at the top): matmul FLOPs, the non-matmul work per activation element of the forward's working
- * set over 3 passes (forward, backward at twice it) or 4 (with the recomputed forward), the gradient read-back per
- * local parameter, and a fixed cost per micro-batch. Split as the trainer runs it: a recomputing stage's forward
- * call runs one pass; the last stage's forward call does nothing (its backward runs the forward under the tape).
+ * set over 4 passes (forward, the recomputed forward, backward at twice it) or 5 (a pipeline stage that also ran the
+ * forward to send it), the gradient read-back per local parameter, and a fixed cost per micro-batch. Split as the
+ * trainer runs it: a recomputing stage's forward call runs one pass; the last stage's forward call does nothing.
  */
 export function stageComputeMs(
   model: Model, rows: number, seqLen: number, stage: StageWork, flopsPerS: number, cal: PlannerCalibration,
@@ -113,7 +115,7 @@ export function stageComputeMs(
   // one pass over the blocks: its non-matmul work per element, and dispatching its operations (not split by t)
   const passMs = (cal.elementNs * stageActivationBytes(model, rows, seqLen, stage, 0)) / BYTES / 1e6 + cal.blockPassMs * stage.blocks;
   const forwardMs = stage.recompute ? (flops.forward / flopsPerS) * 1e3 + passMs + cal.microBatchMs / 2 : 0;
-  const backwardMs = ((flops.total - (stage.recompute ? flops.forward : 0)) / flopsPerS) * 1e3 + 3 * passMs +
+  const backwardMs = ((flops.total - (stage.recompute ? flops.forward : 0)) / flopsPerS) * 1e3 + 4 * passMs +
     (cal.paramNsPerMicroBatch * stageParams(model, stage)) / 1e6 + (stage.recompute ? cal.microBatchMs / 2 : cal.microBatchMs);
   return { forwardMs, backwardMs, totalMs: forwardMs + backwardMs };
 }
@@ -254,18 +256,46 @@ export function stageParams(model: Model, stage: Pick<StageWork, 'blocks' | 'fir
  * micro-batch's working set, the tensors tfjs's tape keeps for backward in gpt.ts's forward, per block:
  * replicated 16·N·d (two LayerNorms at 5, two projections with bias at 2, two residuals), split 55·N·d/t (qkv 6,
  * head transposes 3, attention output 2, c_fc 8, GELU's nine ops on [N, 4d] 36) and 4 score tensors [b·nh, s, s]/t;
- * embedding 2·N·V + 2·N·d (one-hot int32 and float32); head 7·N·V + 5·N·d (ln_f, logits, log-softmax, target one-hot).
+ * embedding N·d (a row lookup); head 7·N·V + 5·N·d (ln_f, logits, log-softmax, target one-hot). What sets the step's
+ * non-matmul work; the memory a backend holds is backendPeakBytes.
  */
 export function stageActivationBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number): number {
   const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;
   const block = 16 * n * d + (55 * n * d) / t + (4 * rows * model.nHead * seqLen * seqLen) / t;
-  const working = stage.blocks * block + (stage.first ? 2 * n * v + 2 * n * d : 0) + (stage.last ? 7 * n * v + 5 * n * d : 0);
+  const working = stage.blocks * block + (stage.first ? n * d : 0) + (stage.last ? 7 * n * v + 5 * n * d : 0);
   const stored = inFlight * (stage.first ? n : n * d);
   return BYTES * (working + stored);
 }
 
-/** params + grads + two AdamW moments (sharded over d with ZeRO-1), float32, plus activations. */
-export function memoryBytes(params: number, activationBytes: number, data: number, zero: 0 | 1): number {
-  return BYTES * (2 * params + (2 * params) / (zero ? data : 1)) + activationBytes;
+/** params + grads + two AdamW moments (sharded over d with ZeRO-1), float32, in the trainer's own buffers, plus what the backend holds. */
+export function memoryBytes(params: number, backendBytes: number, data: number, zero: 0 | 1): number {
+  return BYTES * (2 * params + (2 * params) / (zero ? data : 1)) + backendBytes;
 }
 
+/**
+ * The most a wasm agent's backend can address: wasm32's 4 GB, as Emscripten caps the heap (tfjs-backend-wasm's
+ * getHeapMax). Tensors, XNNPACK's packed weights and every working buffer share it; past it a job aborts mid-step.
+ */
+export const WASM_HEAP_BYTES = 4_294_901_760;
+/** The share of the wasm heap the planner plans for: the heap grows in steps (up to 20% at once) and fragments. */
+export const WASM_HEAP_PLANNED = 0.85;
+
+/**
+ * Bytes one rank of a stage holds in its compute backend at its peak (model/stage-model.ts): the stage's
+ * parameters as tensors, XNNPACK's packed copy of each matmul weight (the blocks' projections, and wte for the
+ * head), each block's input kept for recomputation (activation checkpoints), the stored inputs of micro-batches in
+ * flight, and the larger of what one segment's tape holds while it is back-propagated: one block (its forward
+ * tensors and their gradients, 2 × (16·N·d + 55·N·d/t + 4 score tensors)) or the head (≈ 12·N·V + 5·N·d: logits,
+ * log-softmax, the targets' one-hot and their gradients; fitted to a GPT-2-small probe, whose wasm heap measured
+ * 1.63, 1.87 and 2.57 GB at N = 128, 256 and 512 tokens against 1.42, 1.67 and 2.25 GB predicted before the heap's
+ * growth slack).
+ */
+export function backendPeakBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number): number {
+  const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;
+  const packed = (stage.blocks * 12 * d * d) / t + (stage.last ? v * d : 0);
+  const block = 2 * (16 * n * d + (55 * n * d) / t + (4 * rows * model.nHead * seqLen * seqLen) / t);
+  const head = stage.last ? 12 * n * v + 5 * n * d : 0;
+  const checkpoints = (stage.blocks + 1) * n * d;
+  const stored = inFlight * (stage.first ? n : n * d);
+  return BYTES * (stageParams(model, stage) + packed + Math.max(block, head) + checkpoints + stored);
+}

@@ -258,6 +258,7 @@ export class JobRunner {
       cores: n.capabilities.cores,
       memoryBytes: n.capabilities.memoryBytes,
       matmulGflops: n.capabilities.matmulGflops,
+      backend: n.capabilities.backend,
       firstSeenMs: n.firstSeenMs,
       ...(fresh ? { slowdown: seen.factor } : {}),
     };

@@ -26,9 +26,12 @@
  *   ZeRO-1 moves the same bytes.
  * - Per step: stepOverheadMs (the worker's begin, norm and update round trips) and the world all-reduce of a few
  *   scalars (2(n − 1) hops) in overheadMs; then the optimizer, optimizerNsPerParam per local parameter.
- * - Memory: float32 params + grads + two AdamW moments (÷ d with ZeRO-1) + activations: the inputs of the
- *   micro-batches in flight (≤ p − stage, recomputing stages only) plus one micro-batch's working set, i.e. the
- *   tensors tfjs's tape keeps for backward, counted from gpt.ts's forward (stageActivationBytes).
+ * - Memory: float32 params + grads + two AdamW moments (÷ d with ZeRO-1) in the trainer's buffers, plus what the
+ *   backend holds (backendPeakBytes): the weights again, XNNPACK's packed weights, the block inputs kept for
+ *   recomputation, the inputs of micro-batches in flight (≤ p − stage, recomputing stages only) and one segment's
+ *   tape. A wasm agent's backend must also fit wasm32's 4 GB heap (planned to 85% of it): GPT-2-small (124 M
+ *   parameters) fits one wasm agent whole up to ~1,000 tokens per micro-batch (the head's logits over 50,257 ids
+ *   dominate: ≈ 2.4 MB a token), and a layout or micro-batch that does not fit is refused or avoided.
  *
  * Agents measure matmulGflops on join, and agents started together measure together: sharing a host's cores, they
  * report less than the host gives one of them (four agents joining a 2-core host at once reported 10–23 GFLOP/s;
@@ -37,7 +40,7 @@
  */
 import { layoutName, rankOf } from '../protocol/layout.ts';
 import {
-  bubbleFraction, DEFAULT_CALIBRATION, memoryBytes, ringAllreduceMs, simulatePipeline, slowdown, stageActivationBytes, stageComputeMs,
+  backendPeakBytes, bubbleFraction, DEFAULT_CALIBRATION, memoryBytes, WASM_HEAP_BYTES, WASM_HEAP_PLANNED, ringAllreduceMs, simulatePipeline, slowdown, stageActivationBytes, stageComputeMs,
   stageParams, type Model, type PipelineLane, type PlannerCalibration, type StageWork,
 } from './cost-model.ts';
 
@@ -49,6 +52,8 @@ export interface PlannerAgent {
   cores: number;
   memoryBytes: number;
   matmulGflops: number; // measured on join: best of five 512³ float32 matmuls (node-agent/compute/backend.ts)
+  /** Its compute backend (wasm, cpu, tensorflow, …); a wasm agent's stage must fit wasm32's 4 GB heap. */
+  backend?: string;
   /**
    * How many times slower than its peers this agent was seen computing the same work in a running job (a
    * straggler: job-telemetry.ts); its speed is divided by it. Absent or 1: as fast as its host's best.
@@ -81,6 +86,7 @@ export interface PredictedCost {
   overheadMs: number; // fixed per step: worker round trips, the world all-reduce of the loss and norm scalars
   optimizerMs: number;
   memoryBytesPerAgent: number; // the largest of any agent
+  wasmHeapBytesPerAgent: number; // the largest backend peak of any wasm agent (0: none is wasm)
 }
 
 export interface Candidate {
@@ -357,12 +363,14 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
 
   let dataAllreduceMs = 0, optimizerMs = 0, memoryPeak = 0;
   let worstFit: { ratio: number; need: number; slot: Slot; stage: number } | undefined;
+  let worstHeap: { ratio: number; need: number; slot: Slot; stage: number } | undefined;
+  let wasmPeak = 0;
   for (let i = 0; i < p; i++) {
     const [a, b] = stages[i]!;
     const work = stageWork(l, i, b - a);
     const params = stageParams(model, work);
-    const activations = stageActivationBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, p - i) : 0);
-    const need = memoryBytes(params, activations, d, training.zero);
+    const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, p - i) : 0);
+    const need = memoryBytes(params, backendBytes, d, training.zero);
     for (let tp = 0; tp < t; tp++) {
       const ring = grid.map((replica) => replica[i]![tp]!);
       let ms = ringAllreduceMs(d, params * BYTES, ringBw(ring), alpha(ring));
@@ -379,6 +387,9 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
         memoryPeak = Math.max(memoryPeak, need);
         const ratio = need / (slot.agent.memoryBytes * cal.memoryFraction);
         if (ratio > 1 && (!worstFit || ratio > worstFit.ratio)) worstFit = { ratio, need, slot, stage: i };
+        wasmPeak = Math.max(wasmPeak, slot.agent.backend === 'wasm' ? backendBytes : 0);
+        const heapRatio = slot.agent.backend === 'wasm' ? backendBytes / (WASM_HEAP_BYTES * WASM_HEAP_PLANNED) : 0;
+        if (heapRatio > 1 && (!worstHeap || heapRatio > worstHeap.ratio)) worstHeap = { ratio: heapRatio, need: backendBytes, slot, stage: i };
       }
     }
   }
@@ -403,12 +414,17 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     overheadMs,
     optimizerMs,
     memoryBytesPerAgent: memoryPeak,
+    wasmHeapBytesPerAgent: wasmPeak,
   };
-  const candidate: Candidate = { layout: { ...l }, microBatches: m, stages, placement, predicted, feasible: !worstFit };
+  const candidate: Candidate = { layout: { ...l }, microBatches: m, stages, placement, predicted, feasible: !worstFit && !worstHeap };
   if (worstFit) {
     const { need, slot, stage } = worstFit;
     candidate.reason = `needs ${fmtBytes(need)} per agent${p > 1 ? ` (stage ${stage})` : ''}, agent ${slot.agent.id} allows ` +
       `${fmtBytes(slot.agent.memoryBytes * cal.memoryFraction)} (memoryFraction ${cal.memoryFraction} of ${fmtBytes(slot.agent.memoryBytes)})`;
+  } else if (worstHeap) {
+    const { need, slot, stage } = worstHeap;
+    candidate.reason = `needs ${fmtBytes(need)} of wasm heap${p > 1 ? ` (stage ${stage})` : ''} on agent ${slot.agent.id}, and a wasm agent ` +
+      `plans for ${fmtBytes(WASM_HEAP_BYTES * WASM_HEAP_PLANNED)} of wasm32's ${fmtBytes(WASM_HEAP_BYTES)} (weights, packed weights and one micro-batch's working set)`;
   }
   return candidate;
 }
@@ -446,17 +462,20 @@ function structuralProblem(ctx: Ctx, l: Layout, m: number): Problem | undefined 
   return undefined;
 }
 
-/** Micro-batch counts to try: the spec's, and for p > 1 larger divisors of batchSize/d up to 4p (same model: the
- * global batch and its mean-loss gradient do not change, only how it is cut into micro-batches). */
+/** Micro-batch counts to try: the spec's, and larger divisors of batchSize/d, up to 4p for p > 1 (same model: the
+ * global batch and its mean-loss gradient do not change, only how it is cut into micro-batches). With one stage
+ * more micro-batches only cost time, so they win only where the spec's count does not fit in memory. */
 function microBatchOptions(training: Training, l: Layout, pinned: boolean): number[] {
   const m = training.microBatches;
-  if (pinned || l.pipeline === 1) return [m];
-  return divisors(training.batchSize / l.data).filter((x) => x >= m && x <= Math.max(m, M_PER_STAGE * l.pipeline));
+  if (pinned) return [m];
+  const cap = l.pipeline === 1 ? Infinity : Math.max(m, M_PER_STAGE * l.pipeline);
+  return divisors(training.batchSize / l.data).filter((x) => x >= m && x <= cap);
 }
 
 const unpredicted = (): PredictedCost => ({
   stepMs: NaN, computeMs: NaN, bubbleMs: NaN, sharingMs: NaN, tensorCommMs: NaN, pipelineCommMs: NaN, dataAllreduceMs: NaN, overheadMs: NaN, optimizerMs: NaN,
   memoryBytesPerAgent: NaN,
+  wasmHeapBytesPerAgent: NaN,
 });
 
 /** The best (feasible first, then fastest; else leanest) of a layout's micro-batch counts and placements. */
@@ -509,7 +528,7 @@ export function planJob(req: PlanRequest): Plan {
   } else if (pinned) {
     const w = weighed[0]!;
     refused = `layout ${layoutName(req.parallel as Layout)} is infeasible: ${w.candidate.reason}; ` +
-      (w.problem ? w.problem.advice : memoryAdvice(ctx));
+      (w.problem ? w.problem.advice : heapBound(w.candidate) ? WASM_HEAP_ADVICE : memoryAdvice(ctx));
   } else if (weighed.every((w) => w.problem)) {
     const w = weighed[0]!; // 1×1×1 fails only on the spec itself
     refused = `no layout is possible: ${w.candidate.reason}; ${w.problem!.advice}`;
@@ -517,7 +536,7 @@ export function planJob(req: PlanRequest): Plan {
     const leanest = infeasible.filter((c) => !Number.isNaN(c.predicted.memoryBytesPerAgent))
       .reduce((a, b) => (b.predicted.memoryBytesPerAgent < a.predicted.memoryBytesPerAgent ? b : a));
     refused = `no layout fits in memory on ${usable.length} agent(s): the leanest, ${layoutName(leanest.layout)} with m = ${leanest.microBatches}, ` +
-      `${leanest.reason}; ${memoryAdvice(ctx)}`;
+      `${leanest.reason}; ${heapBound(leanest) ? WASM_HEAP_ADVICE : memoryAdvice(ctx)}`;
   }
   return { chosen: null, candidates, refused, explanation: `Refused: ${refused}.` };
 }
@@ -526,6 +545,11 @@ export function planJob(req: PlanRequest): Plan {
  * What would make the job fit: the fewest agents like the roomiest one that some layout fits on (an estimate, with
  * blocks split evenly rather than by speed), or else a smaller batch or model.
  */
+/** True when a candidate fails on the wasm heap only (its agents have the memory). */
+const heapBound = (c: Candidate) => /of wasm heap/.test(c.reason ?? '');
+const WASM_HEAP_ADVICE = 'split the model over more pipeline stages or tensor shards (start more agents), put fewer tokens in a ' +
+  'micro-batch (raise microBatches, lower seqLen), or run agents on a backend without that limit (--backend tensorflow, a GPU)';
+
 function memoryAdvice(ctx: Ctx): string {
   const { model, training, cal } = ctx;
   const roomiest = ctx.agents.reduce((a, b) => (b.memoryBytes > a.memoryBytes || (b.memoryBytes === a.memoryBytes && b.id < a.id) ? b : a));
@@ -560,8 +584,8 @@ function evenSplitMemory(ctx: Ctx, l: Layout, m: number): number {
   for (let i = 0; i < l.pipeline; i++) {
     const blocks = Math.floor(model.nLayer / l.pipeline) + (i >= l.pipeline - (model.nLayer % l.pipeline) ? 1 : 0);
     const work = stageWork(l, i, blocks);
-    const act = stageActivationBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, l.pipeline - i) : 0);
-    peak = Math.max(peak, memoryBytes(stageParams(model, work), act, l.data, training.zero));
+    const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, l.pipeline - i) : 0);
+    peak = Math.max(peak, memoryBytes(stageParams(model, work), backendBytes, l.data, training.zero));
   }
   return peak;
 }
@@ -574,7 +598,7 @@ function explain(ctx: Ctx, c: Candidate, runnerUp: Candidate | undefined, pinned
       `predicted ${fmtMs(p.stepMs)} per step (compute ${fmtMs(p.computeMs)} + bubble ${fmtMs(p.bubbleMs)}, of which tensor all-reduce ` +
       `${fmtMs(p.tensorCommMs)} and p2p ${fmtMs(p.pipelineCommMs)}; ${p.sharingMs > 0 ? `waiting for shared cores ${fmtMs(p.sharingMs)}; ` : ''}` +
       `data all-reduce ${fmtMs(p.dataAllreduceMs)}; per-step overhead ${fmtMs(p.overheadMs)}; optimizer ${fmtMs(p.optimizerMs)}), ` +
-      `${fmtBytes(p.memoryBytesPerAgent)} per agent at most.`,
+      `${fmtBytes(p.memoryBytesPerAgent)} per agent at most${p.wasmHeapBytesPerAgent > 0 ? ` (of it ${fmtBytes(p.wasmHeapBytesPerAgent)} on the wasm heap, which holds ${fmtBytes(WASM_HEAP_BYTES)} at most)` : ''}.`,
   ];
   if (c.layout.pipeline > 1) parts.push(`Stages hold blocks ${c.stages.map(([a, b]) => `[${a}, ${b})`).join(' ')}, sized to the agents' speeds.`);
   if (c.microBatches > ctx.training.microBatches) {
