@@ -14,6 +14,9 @@
  *   recovery    an agent killed mid-job: detection and resume time, steps lost, checkpointing's cost per step
  *   stages      the model's life on a real cluster: data prep recalls, pretrain → SFT (exact-match) and LoRA (gain
  *               ratio, parameter share) → DPO (win-rate, perplexity change) and distillation (score ratio), INT8
+ *   scale       a published-size model's life on 2 agents: import, data-parallel fine-tune, kill -9 and resume,
+ *               register, INT8, serve, 2 pipeline stages; step time, peak RSS, checkpoint/resume/serve timings
+ *               (--preset tiny | gpt2-small)
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   codec: () => import('./codec.ts'),
@@ -26,6 +29,7 @@ const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promi
   gateway: () => import('./gateway.ts'),
   recovery: () => import('./recovery.ts'),
   stages: () => import('./stages.ts'),
+  scale: () => import('./scale.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);
