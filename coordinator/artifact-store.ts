@@ -5,7 +5,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, mkdirSync, rmSync, statSync } from 'node:fs';
-import { mkdtemp, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -157,7 +157,9 @@ export class ArtifactStore {
    * the bytes as it wrote them (reads still re-hash). A file already stored under it makes this one redundant.
    */
   async commitFile(path: string, sha256: string): Promise<void> {
-    if (this.has(sha256)) return void (await rm(path, { force: true }));
+    // Asynchronous file-system calls only: under a merge's heavy writes a synchronous stat can block for long.
+    const stored = await stat(this.pathOf(sha256)).then((st) => st.isFile(), () => false);
+    if (stored) return void (await rm(path, { force: true }));
     const fh = await open(path, 'r+');
     try {
       await fh.sync();
@@ -173,7 +175,7 @@ export class ArtifactStore {
 
   async #commit(tmp: string, digest: string): Promise<void> {
     const final = this.pathOf(digest);
-    mkdirSync(join(this.dir, 'sha256', digest.slice(0, 2)), { recursive: true });
+    await mkdir(join(this.dir, 'sha256', digest.slice(0, 2)), { recursive: true });
     await rename(tmp, final);
   }
 }

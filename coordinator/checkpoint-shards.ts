@@ -10,20 +10,26 @@
  * Both run in a worker thread (checkpoint-worker.ts) and stream tensor by tensor from the store's files into a
  * scratch folder of the store (model/checkpoint-merge.ts), each output file hashed as it is written and then
  * renamed into the store: the coordinator's event loop does no hashing or copying, and memory holds one tensor
- * (for GPT-2-small at most wte, 154 MB), never a checkpoint. `load` reads a whole checkpoint into memory, for
- * small ones and tests.
+ * (for GPT-2-small at most wte, 154 MB), never a checkpoint. Checkpoints under INLINE_BYTES run the same code on
+ * the calling thread: milliseconds of work, less than starting a worker. `load` reads a whole checkpoint into
+ * memory, for small ones and tests; `hfModelFile` hands the registry a merged model.safetensors as a file.
  */
-import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { loadCheckpoint, MANIFEST_FILE, type JsonValue, type LoadedCheckpoint } from '../model/checkpoint.ts';
+import { loadCheckpoint, MANIFEST_FILE, MODEL_FILE, type JsonValue, type LoadedCheckpoint } from '../model/checkpoint.ts';
 import type { WrittenFile } from '../model/checkpoint-files.ts';
+import { mergeCheckpointFiles, reshardCheckpointFiles } from '../model/checkpoint-merge.ts';
 import { modelLayouts, type CheckpointLayouts } from '../model/checkpoint-reshard.ts';
 import { ModelError, type ModelErrorCode } from '../model/errors.ts';
-import type { GPTConfig } from '../model/gpt.ts';
+import { paramLayout, type GPTConfig } from '../model/gpt.ts';
+import { hfConfig } from '../model/hf-format.ts';
+import { safetensorsLayout } from '../model/safetensors.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
 import { loraLayouts, loraSpec, type LoraSpec } from '../model/lora.ts';
 import type { ShardSpec } from '../model/shard-layout.ts';
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
+import type { VersionFile } from './registry.ts';
 
 /** What the sharder needs of an artifact store (coordinator/artifact-store.ts). */
 export interface CheckpointStore {
@@ -31,7 +37,16 @@ export interface CheckpointStore {
   has(digest: string): boolean;
   scratchDir(): Promise<string>;
   commitFile(path: string, sha256: string): Promise<void>;
+  /** Re-hashes a stored file, streamed; throws when it is corrupt. */
+  verify(digest: string): Promise<number>;
+  sizeOf(digest: string): number | undefined;
 }
+
+/**
+ * Checkpoints up to this many bytes in all are merged or cut on the event loop itself (the same streamed code, a few
+ * milliseconds of work): starting a worker thread costs more than the work, and a small job would run ahead of it.
+ */
+export const INLINE_BYTES = 16 << 20;
 
 export type FileSet = Record<string, string>; // file name → sha256 in the artifact store
 
@@ -85,22 +100,49 @@ export class CheckpointSharder {
 
   /** Merges every shard checkpoint of one step into the canonical one; returns its files. */
   async mergeShards(kind: CheckpointKind, parts: FileSet[], extraState: Record<string, JsonValue> = {}): Promise<FileSet> {
-    const [merged] = await this.#run(1, (outDirs) => ({ type: 'merge', kind, parts: parts.map((p) => this.#pathsOf(p)), extraState, outDirs: outDirs as [string] }));
+    const [merged] = await this.#run(parts, 1, (outDirs) => ({ type: 'merge', kind, parts: parts.map((p) => this.#pathsOf(p)), extraState, outDirs: outDirs as [string] }));
     return merged!;
   }
 
   /** The shard checkpoint each of `shards` needs, cut from a canonical checkpoint; returns their files in order. */
   async reshard(kind: CheckpointKind, canonical: FileSet, shards: ShardSpec[]): Promise<FileSet[]> {
-    return this.#run(shards.length, (outDirs) => ({ type: 'reshard', kind, canonical: this.#pathsOf(canonical), shards, outDirs }));
+    return this.#run([canonical], shards.length, (outDirs) => ({ type: 'reshard', kind, canonical: this.#pathsOf(canonical), shards, outDirs }));
   }
 
-  /** Runs a task in checkpoint-worker.ts and moves what it wrote into the store. */
-  async #run(outputs: number, task: (outDirs: string[]) => CheckpointTask): Promise<FileSet[]> {
+  /**
+   * The canonical checkpoint's model.safetensors as a stored file (verified, streamed) when it is byte for byte the
+   * file model/hf-format.ts exportHf writes for `config` — GPT-2 names and shapes in F32, {"format": "pt"} and
+   * nothing else, which every whole-model checkpoint merged here is — else undefined. Registering a trained model
+   * then copies that file rather than loading the checkpoint and encoding the weights again.
+   */
+  async hfModelFile(config: GPTConfig, files: FileSet): Promise<{ path: string; sha256: string } | undefined> {
+    const digest = files[MODEL_FILE];
+    if (!digest || !this.#artifacts.has(digest)) return undefined;
+    const path = this.#artifacts.pathOf(digest);
+    const expected = safetensorsLayout(paramLayout(config).specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape }] as const), { format: 'pt' });
+    const fh = await open(path, 'r');
+    try {
+      const { size } = await fh.stat();
+      if (size !== expected.totalBytes) return undefined;
+      const head = Buffer.alloc(expected.header.length);
+      const { bytesRead } = await fh.read(head, 0, head.length, 0);
+      if (bytesRead !== head.length || !head.equals(expected.header)) return undefined;
+    } finally {
+      await fh.close();
+    }
+    await this.#artifacts.verify(digest);
+    return { path, sha256: digest };
+  }
+
+  /** Runs a task reading `inputs` (in checkpoint-worker.ts unless they are small) and moves what it wrote into the store. */
+  async #run(inputs: FileSet[], outputs: number, task: (outDirs: string[]) => CheckpointTask): Promise<FileSet[]> {
+    const inputBytes = inputs.flatMap((set) => Object.values(set)).reduce((n, digest) => n + (this.#artifacts.sizeOf(digest) ?? Infinity), 0);
     const scratch = await this.#artifacts.scratchDir();
     try {
       const outDirs = Array.from({ length: outputs }, (_, i) => join(scratch, String(i)));
       for (const d of outDirs) await mkdir(d);
-      const written = await inWorker(task(outDirs));
+      const t = task(outDirs);
+      const written = inputBytes <= INLINE_BYTES ? await runCheckpointTask(t) : await inWorker(t);
       const out: FileSet[] = [];
       for (const files of written) {
         const set: FileSet = {};
@@ -127,6 +169,21 @@ export class CheckpointSharder {
     }
     return paths;
   }
+}
+
+/** What checkpoint-worker.ts does with a task; small tasks run it on the calling thread. */
+export async function runCheckpointTask(task: CheckpointTask): Promise<Array<Record<string, WrittenFile>>> {
+  const layouts = layoutsOf(task.kind);
+  return task.type === 'merge'
+    ? [await mergeCheckpointFiles(task.kind.config.nLayer, layouts, task.parts, task.extraState, task.outDirs[0])]
+    : reshardCheckpointFiles(layouts, task.canonical, task.shards, task.outDirs);
+}
+
+/** config.json and tokenizer.json as exportHf writes them, beside a model.safetensors that is a file on disk. */
+export function hfFilesAround(config: GPTConfig, tokenizer: Tokenizer, model: { path: string; sha256: string }): Record<string, VersionFile> {
+  if (tokenizer.vocabSize > config.vocabSize) throw new ModelError('MDL_ERR_MODEL_FILES', `tokenizer has ${tokenizer.vocabSize} ids, the model only ${config.vocabSize}`);
+  const json = (v: unknown) => Buffer.from(JSON.stringify(v, null, 2));
+  return { 'config.json': json(hfConfig(config, tokenizer)), 'model.safetensors': model, 'tokenizer.json': json(tokenizer.toJSON()) };
 }
 
 function inWorker(task: CheckpointTask): Promise<Array<Record<string, WrittenFile>>> {

@@ -7,16 +7,10 @@
  * or {type: 'error', message, code}.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { mergeCheckpointFiles, reshardCheckpointFiles } from '../model/checkpoint-merge.ts';
-import { layoutsOf, type CheckpointTask } from './checkpoint-shards.ts';
+import { runCheckpointTask, type CheckpointTask } from './checkpoint-shards.ts';
 
 try {
-  const task = workerData as CheckpointTask;
-  const layouts = layoutsOf(task.kind);
-  const files = task.type === 'merge'
-    ? [await mergeCheckpointFiles(task.kind.config.nLayer, layouts, task.parts, task.extraState, task.outDirs[0]!)]
-    : await reshardCheckpointFiles(layouts, task.canonical, task.shards, task.outDirs);
-  parentPort!.postMessage({ type: 'done', files });
+  parentPort!.postMessage({ type: 'done', files: await runCheckpointTask(workerData as CheckpointTask) });
 } catch (err) {
   parentPort!.postMessage({ type: 'error', message: (err as Error).message, code: (err as { code?: string }).code });
 }

@@ -12,6 +12,7 @@
  * may grow the job onto free agents or move work off a straggler; old checkpoints are pruned to
  * `training.keepCheckpoints`.
  */
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
 import { startAttemptSpan, type AttemptSpan } from '../common/tracing.ts';
@@ -26,7 +27,7 @@ import { allShards } from '../model/shard-layout.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import type { AgentHub } from './agent-hub.ts';
 import type { ArtifactStore } from './artifact-store.ts';
-import { CheckpointSharder, checkpointKind, type FileSet } from './checkpoint-shards.ts';
+import { CheckpointSharder, checkpointKind, hfFilesAround, type FileSet } from './checkpoint-shards.ts';
 import { prepareDataset } from './datasets.ts';
 import { checkpointLayouts, initCheckpoint, refOf, startsFromVersion, tokenizerSource, trainedWeights, versionFiles, versionTokenizer } from './stage-inputs.ts';
 import { registerAdapter } from './adapters.ts';
@@ -40,7 +41,7 @@ import type { StoredPlan } from './plan-report.ts';
 import type { Candidate, PlannerCalibration } from './planner.ts';
 import type { SelfcheckReport } from './selfcheck.ts';
 import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobState, type JobStore } from './job-store.ts';
-import type { ModelRegistry } from './registry.ts';
+import type { ModelRegistry, VersionFile } from './registry.ts';
 import { jobLineage, parentOf } from './lineage.ts';
 import { evaluateStage, hasSuite } from './evaluator.ts';
 import { decideEarlyStop, passCheck } from './eval-criteria.ts';
@@ -583,19 +584,24 @@ export class JobRunner {
    * adapter's own values (what is registered).
    */
   async #modelFiles(attempt: Attempt, job: JobRecord, step = job.spec.training.steps): Promise<Record<string, Uint8Array>> {
-    return (await this.#trained(attempt, job, step)).files;
+    return inMemory((await this.#trained(attempt, job, step)).files);
   }
 
-  async #trained(attempt: Attempt, job: JobRecord, step: number): Promise<{ files: Record<string, Uint8Array>; adapter: Float32Array | null }> {
+  async #trained(attempt: Attempt, job: JobRecord, step: number): Promise<{ files: Record<string, VersionFile>; adapter: Float32Array | null }> {
     const final = attempt.merged.get(step);
     if (!final) throw new Error(`no checkpoint of step ${step} arrived`);
-    const canonical = await this.#sharder.load(await final);
-    const layout = paramLayout(job.spec.model);
-    const flat = trainedWeights(this.#o.registry, job.spec, canonical.model);
-    const adapter = job.spec.lora ? checkpointLayouts(job.spec).full : null;
+    const checkpoint = await final;
     const tokenizerDigest = attempt.data?.['tokenizer.json'];
     if (!tokenizerDigest) throw new Error('the dataset has no tokenizer.json');
     const tokenizer = Tokenizer.fromJSON(JSON.parse(Buffer.from(await this.#o.artifacts.get(tokenizerDigest)).toString('utf8')));
+    // A whole-model checkpoint's model.safetensors is already the HF file exportHf would write: it is copied into
+    // the version as it is, never loaded (for GPT-2-small, 500 MB the event loop would otherwise hash and copy).
+    const asIs = job.spec.lora ? undefined : await this.#sharder.hfModelFile(job.spec.model, checkpoint);
+    if (asIs) return { files: hfFilesAround(job.spec.model, tokenizer, asIs), adapter: null };
+    const canonical = await this.#sharder.load(checkpoint);
+    const layout = paramLayout(job.spec.model);
+    const flat = trainedWeights(this.#o.registry, job.spec, canonical.model);
+    const adapter = job.spec.lora ? checkpointLayouts(job.spec).full : null;
     const files = { ...exportHf({ config: job.spec.model, layout }, tokenizer, flat) };
     return { files, adapter: adapter ? flatFromStateDict(canonical.model, adapter) : null };
   }
@@ -623,7 +629,7 @@ export class JobRunner {
         const trained = jobs.metrics(job.id, step - 1).find((r) => r.step === step && r.kind === 'train')?.values.loss;
         if (trained !== undefined) metrics.loss = trained; // training went on a little past the step the model is from
       }
-      const suite = attempt.data ? await evaluateStage({ spec: job.spec, data: attempt.data, model: bytes, artifacts: this.#o.artifacts, registry }) : null;
+      const suite = attempt.data && hasSuite(job.spec) ? await evaluateStage({ spec: job.spec, data: attempt.data, model: await inMemory(bytes), artifacts: this.#o.artifacts, registry }) : null;
       if (suite) {
         this.#recordSuite(job.id, step, suite.values);
         Object.assign(metrics, suite.values);
@@ -778,4 +784,11 @@ function hostOf(peerAddress: string): string {
   } catch {
     return peerAddress;
   }
+}
+
+/** A version's files as bytes, for the evaluation suite's worker (which takes bytes): files on disk are read in. */
+async function inMemory(files: Record<string, VersionFile>): Promise<Record<string, Uint8Array>> {
+  const out: Record<string, Uint8Array> = {};
+  for (const [name, f] of Object.entries(files)) out[name] = f instanceof Uint8Array ? f : await readFile(f.path);
+  return out;
 }

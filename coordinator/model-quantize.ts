@@ -5,12 +5,16 @@
  * a NEW version of the same model, so the gateway, deployments and A/B compare it with its parent like any other
  * version. lineage.json says where it came from: `parent: {name, version}` and `quantization: {scheme, …, sizes}`.
  *
- * Quantizing runs on the coordinator's thread: about a second per 100 M parameters, once per request.
+ * Quantizing runs in a worker thread (quantize-worker.ts), which reads the parent's files from the registry's folder
+ * and checks them, and writes model.int8.safetensors into the registry's scratch folder: the event loop only copies
+ * files in (registry.ts). For GPT-2-small that is seconds of CPU and ~1 GB of buffers off the main thread.
  */
-import { ModelError } from '../model/errors.ts';
-import { quantizeHf } from '../model/hf-format.ts';
+import { rm } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import { ModelError, type ModelErrorCode } from '../model/errors.ts';
 import { INT8_METHOD, INT8_WEIGHTS_FILE } from '../model/quantize.ts';
 import { CoordinatorError } from './errors.ts';
+import type { QuantizeReply, QuantizeTask } from './quantize-worker.ts';
 import type { ModelRegistry, ModelVersion } from './registry.ts';
 
 /** The schemes a version can be quantized with. */
@@ -37,20 +41,33 @@ export async function quantizeVersion(registry: ModelRegistry, name: string, ver
     const already = parent.files[INT8_WEIGHTS_FILE] ? ' (it is already quantized)' : '';
     throw new CoordinatorError('CRD_ERR_CONFLICT', `model ${name} v${version} has no float32 model.safetensors to quantize${already}`);
   }
-  const files: Record<string, Uint8Array> = {};
+  const inputs: QuantizeTask['inputs'] = {};
   for (const file of ['config.json', 'model.safetensors', 'tokenizer.json']) {
     if (!parent.files[file]) throw new CoordinatorError('CRD_ERR_CONFLICT', `model ${name} v${version} has no ${file}`);
-    files[file] = registry.readFile(name, version, file);
+    inputs[file] = registry.fileOf(name, version, file);
   }
-  let quantized: ReturnType<typeof quantizeHf>;
+  const outDir = await registry.scratchDir();
   try {
-    quantized = quantizeHf(files);
-  } catch (err) {
-    if (!(err instanceof ModelError)) throw err;
-    throw new CoordinatorError('CRD_ERR_CONFLICT', `model ${name} v${version} cannot be quantized: ${err.code}: ${err.message}`, { cause: err });
+    let quantized: Extract<QuantizeReply, { type: 'done' }>;
+    try {
+      quantized = await quantizeInWorker({ inputs, outDir });
+    } catch (err) {
+      if (!(err instanceof ModelError)) throw err;
+      throw new CoordinatorError('CRD_ERR_CONFLICT', `model ${name} v${version} cannot be quantized: ${err.code}: ${err.message}`, { cause: err });
+    }
+    return await registerQuantized(registry, name, version, scheme, parent, quantized, inputs['tokenizer.json']!);
+  } finally {
+    await rm(outDir, { recursive: true, force: true });
   }
+}
+
+function registerQuantized(
+  registry: ModelRegistry, name: string, version: number, scheme: QuantScheme, parent: ModelVersion,
+  quantized: Extract<QuantizeReply, { type: 'done' }>, tokenizer: { path: string; sha256: string },
+): Promise<ModelVersion> {
   const { f32Bytes, int8Bytes } = quantized.sizes;
-  return registry.register(name, quantized.files, {
+  const files = { 'config.json': quantized.config, [INT8_WEIGHTS_FILE]: quantized.weights, 'tokenizer.json': tokenizer };
+  return registry.register(name, files, {
     parent: { name, version },
     quantization: {
       scheme,
@@ -61,7 +78,24 @@ export async function quantizeVersion(registry: ModelRegistry, name: string, ver
       f32Bytes,
       int8Bytes,
       sizeRatio: int8Bytes / f32Bytes,
-      fileBytes: { parent: parent.files['model.safetensors'].bytes, quantized: quantized.files[INT8_WEIGHTS_FILE]!.byteLength },
+      fileBytes: { parent: parent.files['model.safetensors']!.bytes, quantized: quantized.weights.bytes },
     },
+  });
+}
+
+function quantizeInWorker(task: QuantizeTask): Promise<Extract<QuantizeReply, { type: 'done' }>> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL('../node-agent/compute/worker-boot.mjs', import.meta.url), {
+      workerData: { entry: new URL('./quantize-worker.ts', import.meta.url).href, ...task },
+    });
+    let settled = false;
+    worker.on('message', (m: QuantizeReply) => {
+      settled = true;
+      if (m.type === 'done') return resolve(m);
+      if (m.code?.startsWith('MDL_ERR')) return reject(new ModelError(m.code as ModelErrorCode, m.message));
+      reject(m.code === 'CRD_ERR_STORAGE' ? new CoordinatorError('CRD_ERR_STORAGE', m.message) : new Error(m.message));
+    });
+    worker.once('error', (err) => !settled && ((settled = true), reject(err)));
+    worker.once('exit', (code) => !settled && reject(new Error(`the quantize worker exited with ${code} before answering`)));
   });
 }

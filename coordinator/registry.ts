@@ -6,11 +6,17 @@
  * written into a temporary folder, fsynced and renamed into place, and only then recorded in SQLite: a crash
  * before the record leaves an orphan folder, which the next start removes, never a listed version that is
  * incomplete.
+ *
+ * Large files need not be in memory: a file can be given as a path (the merged checkpoint's model.safetensors in the
+ * artifact store, a quantize worker's output), which is copied in on libuv's thread pool; bytes given in memory are
+ * hashed in 4 MiB pieces with the event loop free between them. Nothing about a 500 MB model file keeps the
+ * coordinator's event loop busy for more than a piece.
  */
 import type Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { open, mkdir, rename, writeFile } from 'node:fs/promises';
+import { constants as fsConstants, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { join } from 'node:path';
 import { CoordinatorError } from './errors.ts';
 
@@ -33,6 +39,14 @@ export interface ModelVersion {
   lineage: Lineage;
   path: string; // the HF-style folder on the coordinator's disk
 }
+
+/**
+ * A file of a new version: its bytes, or a file on disk that is copied in (`sha256`: its digest when the caller
+ * already knows it, e.g. an artifact's address or a worker's hash; otherwise it is hashed, streamed).
+ */
+export type VersionFile = Uint8Array | { readonly path: string; readonly sha256?: string };
+
+const HASH_PIECE_BYTES = 4 << 20;
 
 interface Row {
   name: string;
@@ -82,13 +96,13 @@ export class ModelRegistry {
    * model.int8.safetensors, or be a LoRA adapter: adapter_model.safetensors and adapter_config.json. `sha256` gives
    * files' digests already computed off the event loop (a worker's), so large files are not hashed here again.
    */
-  register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs = Date.now(), sha256?: Readonly<Record<string, string>>): Promise<ModelVersion> {
+  register(name: string, files: Record<string, VersionFile>, lineage: Lineage, nowMs = Date.now(), sha256?: Readonly<Record<string, string>>): Promise<ModelVersion> {
     const run = this.#queue.then(() => this.#register(name, files, lineage, nowMs, sha256));
     this.#queue = run.catch(() => {});
     return run;
   }
 
-  async #register(name: string, files: Record<string, Uint8Array>, lineage: Lineage, nowMs: number, known: Readonly<Record<string, string>> = {}): Promise<ModelVersion> {
+  async #register(name: string, files: Record<string, VersionFile>, lineage: Lineage, nowMs: number, known: Readonly<Record<string, string>> = {}): Promise<ModelVersion> {
     if (!MODEL_NAME.test(name)) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `model name '${name.slice(0, 80)}' must match ${MODEL_NAME}`);
     // A LoRA adapter version (coordinator/adapters.ts) holds PEFT files and names its base in lineage; a model
     // version holds config.json and float32 weights, or INT8 ones (model/quantize.ts, coordinator/model-quantize.ts).
@@ -103,35 +117,34 @@ export class ModelRegistry {
         throw new CoordinatorError('CRD_ERR_BAD_REQUEST', 'a model version needs model.safetensors or model.int8.safetensors (or is an adapter: adapter_model.safetensors + adapter_config.json)');
       }
     }
-    const all: Record<string, Uint8Array> = { ...files, 'lineage.json': Buffer.from(JSON.stringify(lineage, null, 2)) };
+    const all: Record<string, VersionFile> = { ...files, 'lineage.json': Buffer.from(JSON.stringify(lineage, null, 2)) };
     for (const file of Object.keys(all)) {
       if (!FILE_NAME.test(file) || file === 'manifest.json') throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `file name '${file.slice(0, 80)}' is not allowed`);
     }
     const version = (this.#stmts.next.get(name)?.v ?? 0) + 1;
-    const manifest: ModelVersion['files'] = {};
-    for (const [file, bytes] of Object.entries(all)) {
-      manifest[file] = { bytes: bytes.byteLength, sha256: known[file] ?? createHash('sha256').update(bytes).digest('hex') };
-    }
-    all['manifest.json'] = Buffer.from(JSON.stringify({ format: 'meshtrain-model-version/1', name, version, createdMs: nowMs, files: manifest }, null, 2));
-
     const tmp = join(this.dir, '.tmp', randomBytes(8).toString('hex'));
     await mkdir(tmp, { recursive: true });
+    const manifest: ModelVersion['files'] = {};
     try {
-      for (const [file, bytes] of Object.entries(all)) {
-        const fh = await open(join(tmp, file), 'w');
-        try {
-          await fh.writeFile(bytes);
-          await fh.sync();
-        } finally {
-          await fh.close();
+      // A file on disk is copied and, unless its digest is known, hashed from the copy: the manifest describes the folder's bytes.
+      for (const [file, source] of Object.entries(all)) {
+        const path = join(tmp, file);
+        if (source instanceof Uint8Array) {
+          await writeSynced(path, source);
+          manifest[file] = { bytes: source.byteLength, sha256: known[file] ?? (await hashPieces(source)) };
+        } else {
+          await copyFile(source.path, path, fsConstants.COPYFILE_FICLONE); // a reflink where the file system can
+          await syncFile(path);
+          manifest[file] = { bytes: (await stat(path)).size, sha256: known[file] ?? source.sha256 ?? (await hashStreamed(path)) };
         }
       }
+      await writeSynced(join(tmp, 'manifest.json'), Buffer.from(JSON.stringify({ format: 'meshtrain-model-version/1', name, version, createdMs: nowMs, files: manifest }, null, 2)));
       await mkdir(join(this.dir, name), { recursive: true });
       const final = this.#pathOf(name, version);
-      if (existsSync(final)) rmSync(final, { recursive: true, force: true }); // an orphan of a crash
+      if (existsSync(final)) await rm(final, { recursive: true, force: true }); // an orphan of a crash
       await rename(tmp, final);
     } catch (err) {
-      rmSync(tmp, { recursive: true, force: true });
+      await rm(tmp, { recursive: true, force: true });
       throw new CoordinatorError('CRD_ERR_STORAGE', `could not write ${name} v${version}: ${(err as Error).message}`, { cause: err });
     }
     this.#stmts.insert.run(name, version, nowMs, JSON.stringify(manifest), JSON.stringify(lineage));
@@ -166,6 +179,22 @@ export class ModelRegistry {
     return bytes;
   }
 
+  /**
+   * A new empty folder inside the registry's tmp folder (cleared at start): where a worker writes a version's large
+   * files before `register` copies them in.
+   */
+  scratchDir(): Promise<string> {
+    return mkdtemp(join(this.dir, '.tmp', 'scratch-'));
+  }
+
+  /** Where a version's file is on disk, with its recorded size and sha256 (for a reader that verifies as it streams). */
+  fileOf(name: string, version: number, file: string): { path: string; bytes: number; sha256: string } {
+    const v = this.get(name, version);
+    const entry = v.files[file];
+    if (!entry) throw new CoordinatorError('CRD_ERR_NOT_FOUND', `model ${name} v${version} has no file ${file}`);
+    return { path: join(v.path, file), ...entry };
+  }
+
   #pathOf(name: string, version: number): string {
     return join(this.dir, name, `v${version}`);
   }
@@ -180,4 +209,40 @@ export class ModelRegistry {
     }
     return { name: r.name, version: r.version, createdMs: r.created_ms, files: JSON.parse(r.files), lineage: JSON.parse(r.lineage), path };
   }
+}
+
+async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.writeFile(bytes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** sha256 of bytes in memory, 4 MiB per turn of the event loop. */
+async function hashPieces(bytes: Uint8Array): Promise<string> {
+  const hash = createHash('sha256');
+  for (let at = 0; at < bytes.byteLength; at += HASH_PIECE_BYTES) {
+    hash.update(bytes.subarray(at, at + HASH_PIECE_BYTES));
+    if (at + HASH_PIECE_BYTES < bytes.byteLength) await nextTurn();
+  }
+  return hash.digest('hex');
+}
+
+/** sha256 of a file, streamed in 4 MiB reads. */
+async function hashStreamed(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: HASH_PIECE_BYTES })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
 }

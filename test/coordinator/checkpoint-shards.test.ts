@@ -12,18 +12,22 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ArtifactStore } from '../../coordinator/artifact-store.ts';
 import { CheckpointSharder, type FileSet } from '../../coordinator/checkpoint-shards.ts';
 import { writeCheckpointFiles } from '../../model/checkpoint-files.ts';
 import { MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE } from '../../model/checkpoint.ts';
 import { paramLayout, type GPTConfig } from '../../model/gpt.ts';
 import { allShards } from '../../model/shard-layout.ts';
+import { watchEventLoop } from '../support/loop-watch.ts';
 
 // GPT-2-small's vocabulary and width, two blocks: 52.8 M parameters, a 634 MB checkpoint with the moments.
 const CONFIG: GPTConfig = { vocabSize: 50257, nCtx: 64, nLayer: 2, nHead: 12, nEmbd: 768 };
 const STAGES: Array<[number, number]> = [[0, 1], [1, 2]];
-const STALL_BOUND_MS = 500;
+// The old merge on the main thread was busy ~3 s at a stretch. Ours does a few milliseconds of work per turn (a CPU
+// profile of the main thread shows it idle but for GC), yet on a 2-core machine shared with other test runs
+// (load average ~10) a thread waits for a core for a few hundred: the bounds leave room for that.
+const BUSY_BOUND_MS = 500; // the longest stretch the event loop was busy
+const STALL_BOUND_MS = 1500; // the longest a 10 ms timer was late
 
 let dir: string;
 let store: ArtifactStore;
@@ -67,30 +71,28 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 test('cutting a 634 MB checkpoint into two stages and merging them back keeps the event loop free and memory under 2 shards', async () => {
   const sharder = new CheckpointSharder(store, join(dir, 'scratch'));
-  const h = monitorEventLoopDelay({ resolution: 10 });
   const rssBefore = process.memoryUsage.rss();
   let rssPeak = rssBefore;
   const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage.rss())), 20);
-  h.enable();
-  const elu0 = performance.eventLoopUtilization();
+  const watch = watchEventLoop();
   const t0 = performance.now();
   const parts = await sharder.reshard({ config: CONFIG }, canonical, allShards(STAGES, 1));
   const t1 = performance.now();
   const merged = await sharder.mergeShards({ config: CONFIG }, parts, { layout: { data: 1, pipeline: 2, tensor: 1 } });
   const t2 = performance.now();
-  h.disable();
+  const loop = watch.stop();
   clearInterval(sampler);
-  const elu = performance.eventLoopUtilization(elu0);
 
   // The weights and moments survive the round trip bit for bit: the files are the same bytes.
   assert.equal(merged[MODEL_FILE], canonical[MODEL_FILE]);
   assert.equal(merged[OPTIMIZER_FILE], canonical[OPTIMIZER_FILE]);
   const largest = Math.max(sizeOf(canonical), ...parts.map(sizeOf));
-  const stallMs = h.max / 1e6;
   console.log(`# reshard ${(t1 - t0).toFixed(0)} ms (shards of ${parts.map((p) => (sizeOf(p) / 1e6).toFixed(0)).join(' + ')} MB), ` +
-    `merge ${(t2 - t1).toFixed(0)} ms, main thread busy ${elu.active.toFixed(0)} ms in all, longest stall ${stallMs.toFixed(0)} ms, rss ${(rssBefore / 1e6).toFixed(0)} → peak ${(rssPeak / 1e6).toFixed(0)} MB ` +
+    `merge ${(t2 - t1).toFixed(0)} ms; event loop busy ${loop.busyMs.toFixed(0)} ms in all, at most ${loop.maxBusyMs.toFixed(0)} ms at a time, ` +
+    `longest timer delay ${loop.maxDelayMs.toFixed(0)} ms; rss ${(rssBefore / 1e6).toFixed(0)} → peak ${(rssPeak / 1e6).toFixed(0)} MB ` +
     `(largest checkpoint ${(largest / 1e6).toFixed(0)} MB)`);
-  assert.ok(stallMs < STALL_BOUND_MS, `the event loop stalled for ${stallMs.toFixed(0)} ms`);
+  assert.ok(loop.maxBusyMs < BUSY_BOUND_MS, `the event loop ran ${loop.maxBusyMs.toFixed(0)} ms without a break`);
+  assert.ok(loop.maxDelayMs < STALL_BOUND_MS, `a 10 ms timer was late by ${loop.maxDelayMs.toFixed(0)} ms`);
   assert.ok(rssPeak < 2 * largest, `peak RSS ${(rssPeak / 1e6).toFixed(0)} MB is not under 2 × ${(largest / 1e6).toFixed(0)} MB`);
 });
 

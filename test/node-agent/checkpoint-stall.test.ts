@@ -1,18 +1,19 @@
 /**
  * A large checkpoint must not stall the agent's main thread: heartbeats and peer keepalives run there. One rank
  * trains a model whose checkpoint (weights + AdamW moments) is ~550 MB, checkpointing at every step, with the
- * real ArtifactClient uploading to a real coordinator on loopback, while monitorEventLoopDelay records the main
- * thread's longest stall. Run: npx tsx --test test/node-agent/checkpoint-stall.test.ts
+ * real ArtifactClient uploading to a real coordinator on loopback, while test/support/loop-watch.ts records the
+ * main thread's longest busy stretch and timer delay. Run: npx tsx --test test/node-agent/checkpoint-stall.test.ts
  *
- * Measured on a 2-core machine (2 checkpoints of 549 MB): the encode-and-hash-on-main code stalled the loop for
- * ~1.9 s per checkpoint; streaming and hashing off the thread, ~20–60 ms. The bound (500 ms) leaves room for a busy
- * machine and still fails the old code by a wide margin.
+ * Measured on the 2-core machine (two 548 MB checkpoints; the coordinator runs in this process too): the code that
+ * encoded and hashed on the main thread kept its event loop busy 3.3–7.2 s at a stretch (5.5 s in the run with this
+ * watch); streamed and hashed in a worker, 220–300 ms at most with other test runs loading the machine (a CPU
+ * profile shows a few milliseconds of our work per turn: socket writes of 4 MiB pieces and the in-process
+ * coordinator's hashing). Job 42–54 s → 21–42 s, peak RSS 5.3–5.7 GB → 3.3–3.4 GB.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createCoordinator } from '../../coordinator/server.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
 import { silentLogger } from '../../common/log.ts';
@@ -20,9 +21,13 @@ import { ArtifactClient } from '../../node-agent/artifact-client.ts';
 import { jobLinks, runJob } from '../../node-agent/trainer/job-runner.ts';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import { fakeTopology } from '../support/fake-topology.ts';
+import { watchEventLoop } from '../support/loop-watch.ts';
 import { checkpointsOf, recordingLogger, tinyDataset, tinySpec, type Dataset } from './trainer-support.ts';
 
-const STALL_BOUND_MS = 500;
+// The old code was busy for seconds at a stretch. Ours does a few milliseconds per turn, but on a 2-core machine
+// shared with other test runs a thread can wait a few hundred for a core: the bounds leave room for that.
+const BUSY_BOUND_MS = 500; // the longest stretch the main thread's event loop was busy
+const STALL_BOUND_MS = 1500; // the longest a 10 ms timer was late
 
 let ds: Dataset;
 let coordinator: ReturnType<typeof createCoordinator>;
@@ -53,12 +58,10 @@ test('saving and uploading a 550 MB checkpoint keeps the agent main thread\'s lo
   const messages: AgentMessage[] = [];
   const log = recordingLogger();
 
-  const h = monitorEventLoopDelay({ resolution: 10 });
   let rssPeak = 0;
   const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage.rss())), 50);
   const rssBefore = process.memoryUsage.rss();
-  h.enable();
-  const elu0 = performance.eventLoopUtilization();
+  const watch = watchEventLoop();
   const t0 = performance.now();
   const finished = await runJob(start, {
     links: (placement) => jobLinks(topology.sourceOf(0), placement),
@@ -70,15 +73,15 @@ test('saving and uploading a 550 MB checkpoint keeps the agent main thread\'s lo
     workDir: await mkdtemp(join(ds.root, 'work-')),
   });
   const ms = performance.now() - t0;
-  const elu = performance.eventLoopUtilization(elu0);
-  h.disable();
+  const loop = watch.stop();
   clearInterval(sampler);
   assert.ok(finished.ok, `${finished.error}\n${log.lines.join('\n')}`);
   const ckpts = checkpointsOf(messages);
   assert.deepEqual(ckpts.map((c) => c.step), [1, 2]);
   const bytes = Object.values(ckpts[1]!.files).reduce((n, d) => n + (coordinator.artifacts.sizeOf(d) ?? 0), 0);
-  const stallMs = h.max / 1e6;
-  console.log(`# job ${ms.toFixed(0)} ms, checkpoint ${(bytes / 1e6).toFixed(0)} MB, main thread busy ${elu.active.toFixed(0)} ms in all, longest stall ${stallMs.toFixed(0)} ms, ` +
+  console.log(`# job ${ms.toFixed(0)} ms, checkpoint ${(bytes / 1e6).toFixed(0)} MB; main thread busy ${loop.busyMs.toFixed(0)} ms in all, ` +
+    `at most ${loop.maxBusyMs.toFixed(0)} ms at a time, longest timer delay ${loop.maxDelayMs.toFixed(0)} ms; ` +
     `rss ${(rssBefore / 1e6).toFixed(0)} → peak ${(rssPeak / 1e6).toFixed(0)} MB`);
-  assert.ok(stallMs < STALL_BOUND_MS, `the main thread stalled for ${stallMs.toFixed(0)} ms`);
+  assert.ok(loop.maxBusyMs < BUSY_BOUND_MS, `the main thread's event loop was busy ${loop.maxBusyMs.toFixed(0)} ms at a stretch`);
+  assert.ok(loop.maxDelayMs < STALL_BOUND_MS, `a 10 ms timer was late by ${loop.maxDelayMs.toFixed(0)} ms`);
 });
