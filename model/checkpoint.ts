@@ -28,7 +28,9 @@
  * that wants to go on stepping meanwhile passes `snapshotTensors(…)` copies (one memcpy of the model and moments).
  *
  * Everything here is plain typed arrays and shapes (model/safetensors.ts), independent of TensorFlow.js, so agents
- * and the coordinator can both use it.
+ * and the coordinator can both use it. Checkpoints too large for memory are read and written tensor by tensor in
+ * the same format by model/checkpoint-files.ts; `encodeCheckpointChunks` gives an agent the files as chunks to
+ * stream, without joining them.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as bufferConstants } from 'node:buffer';
