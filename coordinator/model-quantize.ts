@@ -34,6 +34,9 @@ export function parseQuantizeBody(raw: unknown): { scheme: QuantScheme } {
   return { scheme: scheme as QuantScheme };
 }
 
+/** Files of the parent a quantized version carries over unchanged, where the parent has them. */
+const KEPT_FILES = ['tokenizer_config.json', 'generation_config.json'] as const;
+
 /** Registers the quantized variant of `name` v`version`; CRD_ERR_CONFLICT when that version cannot be quantized. */
 export async function quantizeVersion(registry: ModelRegistry, name: string, version: number, scheme: QuantScheme): Promise<ModelVersion> {
   const parent = registry.get(name, version);
@@ -55,7 +58,9 @@ export async function quantizeVersion(registry: ModelRegistry, name: string, ver
       if (!(err instanceof ModelError)) throw err;
       throw new CoordinatorError('CRD_ERR_CONFLICT', `model ${name} v${version} cannot be quantized: ${err.code}: ${err.message}`, { cause: err });
     }
-    return await registerQuantized(registry, name, version, scheme, parent, quantized, inputs['tokenizer.json']!);
+    // Kept as they are: an imported model's chat template and generation defaults travel with its INT8 variant.
+    const kept = Object.fromEntries(KEPT_FILES.filter((f) => parent.files[f]).map((f) => [f, registry.fileOf(name, version, f)]));
+    return await registerQuantized(registry, name, version, scheme, parent, quantized, { 'tokenizer.json': inputs['tokenizer.json']!, ...kept });
   } finally {
     await rm(outDir, { recursive: true, force: true });
   }
@@ -63,10 +68,10 @@ export async function quantizeVersion(registry: ModelRegistry, name: string, ver
 
 function registerQuantized(
   registry: ModelRegistry, name: string, version: number, scheme: QuantScheme, parent: ModelVersion,
-  quantized: Extract<QuantizeReply, { type: 'done' }>, tokenizer: { path: string; sha256: string },
+  quantized: Extract<QuantizeReply, { type: 'done' }>, copied: Record<string, { path: string; sha256: string }>,
 ): Promise<ModelVersion> {
   const { f32Bytes, int8Bytes } = quantized.sizes;
-  const files = { 'config.json': quantized.config, [INT8_WEIGHTS_FILE]: quantized.weights, 'tokenizer.json': tokenizer };
+  const files = { ...copied, 'config.json': quantized.config, [INT8_WEIGHTS_FILE]: quantized.weights };
   return registry.register(name, files, {
     parent: { name, version },
     quantization: {

@@ -74,6 +74,9 @@ describe('importing a published GPT-2 folder into the registry', () => {
 
     const quantized = await cluster.api<ModelVersion>('POST', '/api/models/tiny-gpt2/versions/1/quantize', {});
     assert.equal(quantized.version, 2, 'an imported version quantizes like a trained one');
+    for (const file of ['tokenizer_config.json', 'generation_config.json']) {
+      assert.equal(quantized.files[file]?.sha256, version.files[file]?.sha256, `its INT8 variant keeps ${file} (the chat template, generation defaults)`);
+    }
   });
 
   test("a folder with GPT-2's own vocab.json and merges.txt (no tokenizer.json) imports with GPT-2's ids", async () => {
