@@ -4,8 +4,8 @@
  * place, so a crash never leaves a partial file under a valid name; a read re-hashes and refuses a mismatch.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, mkdirSync, rmSync, statSync } from 'node:fs';
-import { mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { constants as fsConstants, createReadStream, createWriteStream, mkdirSync, rmSync, statSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -141,6 +141,30 @@ export class ArtifactStore {
   /** A read stream of a stored artifact (not verified; use get() or verify() where integrity matters). */
   createReadStream(digest: string): Readable {
     return createReadStream(this.pathOf(digest));
+  }
+
+  /**
+   * Copies a file into the store (on libuv's thread pool) and hashes the copy as a stream; returns its sha256.
+   * With `expected`, a file already stored under it is not copied at all, and a copy that hashes otherwise is
+   * refused with CRD_ERR_STORAGE (the source changed since its digest was recorded).
+   */
+  async putFile(path: string, expected?: string): Promise<string> {
+    if (expected !== undefined && this.has(expected)) return expected;
+    const tmp = this.#tmpPath();
+    try {
+      await copyFile(path, tmp, fsConstants.COPYFILE_FICLONE);
+      const hash = createHash('sha256');
+      for await (const chunk of createReadStream(tmp, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer);
+      const digest = hash.digest('hex');
+      if (expected !== undefined && digest !== expected) {
+        throw new CoordinatorError('CRD_ERR_STORAGE', `${path} changed since its sha256 was recorded (it is ${digest}, expected ${expected})`);
+      }
+      await this.commitFile(tmp, digest);
+      return digest;
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
   }
 
   /**

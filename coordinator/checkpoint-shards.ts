@@ -14,21 +14,23 @@
  * the calling thread: milliseconds of work, less than starting a worker. `load` reads a whole checkpoint into
  * memory, for small ones and tests; `hfModelFile` hands the registry a merged model.safetensors as a file.
  */
-import { mkdir, mkdtemp, open, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { loadCheckpoint, MANIFEST_FILE, MODEL_FILE, type JsonValue, type LoadedCheckpoint } from '../model/checkpoint.ts';
-import type { WrittenFile } from '../model/checkpoint-files.ts';
+import { createHash } from 'node:crypto';
+import { writeCheckpointFiles, type WrittenFile } from '../model/checkpoint-files.ts';
 import { mergeCheckpointFiles, reshardCheckpointFiles } from '../model/checkpoint-merge.ts';
 import { modelLayouts, type CheckpointLayouts } from '../model/checkpoint-reshard.ts';
 import { ModelError, type ModelErrorCode } from '../model/errors.ts';
 import { paramLayout, type GPTConfig } from '../model/gpt.ts';
-import { hfConfig } from '../model/hf-format.ts';
+import { hfConfig, importHf } from '../model/hf-format.ts';
 import { safetensorsLayout } from '../model/safetensors.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { loraLayouts, loraSpec, type LoraSpec } from '../model/lora.ts';
 import type { ShardSpec } from '../model/shard-layout.ts';
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
+import { CoordinatorError } from './errors.ts';
 import type { VersionFile } from './registry.ts';
 
 /** What the sharder needs of an artifact store (coordinator/artifact-store.ts). */
@@ -66,19 +68,27 @@ export function layoutsOf(kind: CheckpointKind): CheckpointLayouts {
   return kind.lora ? loraLayouts(kind.config, kind.lora) : modelLayouts(kind.config);
 }
 
+/** A registered version's file: where it is and the sha256 the registry recorded. */
+export interface RecordedFile {
+  path: string;
+  sha256: string;
+  bytes: number;
+}
+
 /** What checkpoint-worker.ts is asked to do, with every input as a file path. */
 export type CheckpointTask =
   | { type: 'merge'; kind: CheckpointKind; parts: Array<Record<string, string>>; extraState: Record<string, JsonValue>; outDirs: [string] }
-  | { type: 'reshard'; kind: CheckpointKind; canonical: Record<string, string>; shards: ShardSpec[]; outDirs: string[] };
+  | { type: 'reshard'; kind: CheckpointKind; canonical: Record<string, string>; shards: ShardSpec[]; outDirs: string[] }
+  | { type: 'init'; version: Record<string, RecordedFile>; student?: GPTConfig; state: Record<string, JsonValue>; outDirs: [string] };
 
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$/;
 
 export class CheckpointSharder {
   readonly #artifacts: CheckpointStore;
-  readonly #scratch: string;
+  readonly #scratch: string | undefined;
 
-  /** `scratchDir`: where `load` lays out a checkpoint's folder (links to the store's files). */
-  constructor(artifacts: CheckpointStore, scratchDir: string) {
+  /** `scratchDir`: where `load` lays out a checkpoint's folder (links to the store's files); default: the store's. */
+  constructor(artifacts: CheckpointStore, scratchDir?: string) {
     this.#artifacts = artifacts;
     this.#scratch = scratchDir;
   }
@@ -86,8 +96,8 @@ export class CheckpointSharder {
   /** Verifies a checkpoint in the artifact store and reads it whole into memory (for small checkpoints and tests). */
   async load(files: FileSet): Promise<LoadedCheckpoint> {
     const paths = this.#pathsOf(files);
-    await mkdir(this.#scratch, { recursive: true });
-    const dir = await mkdtemp(join(this.#scratch, 'ckpt-'));
+    if (this.#scratch) await mkdir(this.#scratch, { recursive: true });
+    const dir = this.#scratch ? await mkdtemp(join(this.#scratch, 'ckpt-')) : await this.#artifacts.scratchDir();
     try {
       const folder = join(dir, 'in');
       await mkdir(folder);
@@ -100,13 +110,13 @@ export class CheckpointSharder {
 
   /** Merges every shard checkpoint of one step into the canonical one; returns its files. */
   async mergeShards(kind: CheckpointKind, parts: FileSet[], extraState: Record<string, JsonValue> = {}): Promise<FileSet> {
-    const [merged] = await this.#run(parts, 1, (outDirs) => ({ type: 'merge', kind, parts: parts.map((p) => this.#pathsOf(p)), extraState, outDirs: outDirs as [string] }));
+    const [merged] = await this.#run(this.#bytesOf(parts), 1, (outDirs) => ({ type: 'merge', kind, parts: parts.map((p) => this.#pathsOf(p)), extraState, outDirs: outDirs as [string] }));
     return merged!;
   }
 
   /** The shard checkpoint each of `shards` needs, cut from a canonical checkpoint; returns their files in order. */
   async reshard(kind: CheckpointKind, canonical: FileSet, shards: ShardSpec[]): Promise<FileSet[]> {
-    return this.#run([canonical], shards.length, (outDirs) => ({ type: 'reshard', kind, canonical: this.#pathsOf(canonical), shards, outDirs }));
+    return this.#run(this.#bytesOf([canonical]), shards.length, (outDirs) => ({ type: 'reshard', kind, canonical: this.#pathsOf(canonical), shards, outDirs }));
   }
 
   /**
@@ -134,9 +144,24 @@ export class CheckpointSharder {
     return { path, sha256: digest };
   }
 
-  /** Runs a task reading `inputs` (in checkpoint-worker.ts unless they are small) and moves what it wrote into the store. */
-  async #run(inputs: FileSet[], outputs: number, task: (outDirs: string[]) => CheckpointTask): Promise<FileSet[]> {
-    const inputBytes = inputs.flatMap((set) => Object.values(set)).reduce((n, digest) => n + (this.#artifacts.sizeOf(digest) ?? Infinity), 0);
+  /**
+   * The step-0 canonical checkpoint of a job that starts from a registered version: its weights (checked against
+   * the registry's sha256), or with `student` the layers distillation takes from that teacher (studentFromTeacher),
+   * and zero AdamW moments.
+   */
+  async initFromVersion(version: Record<string, RecordedFile>, student: GPTConfig | undefined, state: Record<string, JsonValue>): Promise<FileSet> {
+    const bytes = Object.values(version).reduce((n, f) => n + f.bytes, 0);
+    const [out] = await this.#run(bytes, 1, (outDirs) => ({ type: 'init', version, ...(student ? { student } : {}), state, outDirs: outDirs as [string] }));
+    return out!;
+  }
+
+  /** The bytes of the stored files of `sets`. */
+  #bytesOf(sets: FileSet[]): number {
+    return sets.flatMap((set) => Object.values(set)).reduce((n, digest) => n + (this.#artifacts.sizeOf(digest) ?? Infinity), 0);
+  }
+
+  /** Runs a task reading `inputBytes` (in checkpoint-worker.ts unless that is small) and moves what it wrote into the store. */
+  async #run(inputBytes: number, outputs: number, task: (outDirs: string[]) => CheckpointTask): Promise<FileSet[]> {
     const scratch = await this.#artifacts.scratchDir();
     try {
       const outDirs = Array.from({ length: outputs }, (_, i) => join(scratch, String(i)));
@@ -173,10 +198,40 @@ export class CheckpointSharder {
 
 /** What checkpoint-worker.ts does with a task; small tasks run it on the calling thread. */
 export async function runCheckpointTask(task: CheckpointTask): Promise<Array<Record<string, WrittenFile>>> {
+  if (task.type === 'init') return [await writeInitCheckpoint(task)];
   const layouts = layoutsOf(task.kind);
   return task.type === 'merge'
     ? [await mergeCheckpointFiles(task.kind.config.nLayer, layouts, task.parts, task.extraState, task.outDirs[0])]
     : reshardCheckpointFiles(layouts, task.canonical, task.shards, task.outDirs);
+}
+
+/** The 'init' task: a version's files, checked and parsed, written as a step-0 checkpoint tensor by tensor. */
+async function writeInitCheckpoint(task: Extract<CheckpointTask, { type: 'init' }>): Promise<Record<string, WrittenFile>> {
+  const files: Record<string, Uint8Array | undefined> = {};
+  for (const [file, { path, sha256 }] of Object.entries(task.version)) {
+    const bytes = await readFile(path);
+    const actual = createHash('sha256').update(bytes).digest('hex');
+    if (actual !== sha256) throw new CoordinatorError('CRD_ERR_STORAGE', `${path} changed since it was registered (sha256 ${actual}, expected ${sha256})`);
+    files[file] = bytes;
+  }
+  const loaded = importHf(files);
+  for (const file of Object.keys(files)) files[file] = undefined; // the weights live on in loaded.params
+  const config = task.student ?? loaded.config;
+  const layout = paramLayout(config);
+  const { studentFromTeacher } = await import('./stage-inputs.ts'); // (stage-inputs.ts imports this module)
+  const flat = task.student ? studentFromTeacher(loaded.config, loaded.params, task.student) : loaded.params;
+  const bySpec = new Map(layout.specs.map((s) => [s.name, s]));
+  return writeCheckpointFiles(task.outDirs[0], {
+    step: 0,
+    weights: layout.specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape }] as const),
+    moments: layout.specs.map((s) => s.name),
+    optimizerStep: 0,
+    state: task.state,
+    async tensor(group, name) {
+      const s = bySpec.get(name)!;
+      return group === 'model' ? flat.subarray(s.offset, s.offset + s.size) : new Float32Array(s.size);
+    },
+  });
 }
 
 /** config.json and tokenizer.json as exportHf writes them, beside a model.safetensors that is a file on disk. */

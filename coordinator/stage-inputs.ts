@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { encodeCheckpoint } from '../model/checkpoint.ts';
 import { modelLayouts, type CheckpointLayouts } from '../model/checkpoint-reshard.ts';
-import { flatFromStateDict, initParams, paramLayout, stateDict, unflatten, type GPTConfig, type ParamLayout } from '../model/gpt.ts';
+import { flatFromStateDict, initParams, paramLayout, stateDict, unflatten, type GPTConfig } from '../model/gpt.ts';
 import { configFromHf, importHf } from '../model/hf-format.ts';
 import { loraLayout, loraLayouts, loraSpec, mergeLora } from '../model/lora.ts';
 import type { F32Tensor } from '../model/optim.ts';
@@ -20,7 +20,7 @@ import { tokenizerJsonIdCount } from '../model/tokenizer-files.ts';
 import type { TensorMap } from '../model/safetensors.ts';
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
 import type { ArtifactStore } from './artifact-store.ts';
-import type { FileSet } from './checkpoint-shards.ts';
+import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import type { ReusedTokenizer } from './datasets.ts';
 import { CoordinatorError } from './errors.ts';
 import type { ModelRegistry } from './registry.ts';
@@ -137,18 +137,27 @@ export function versionTokenizer(registry: ModelRegistry, ref: VersionRef): Reus
   return { json: bytes.toString('utf8'), sha256: createHash('sha256').update(bytes).digest('hex') };
 }
 
-/** The files a model is loaded from (config.json, tokenizer.json, its weights), each verified against the manifest. */
-export function versionBytes(registry: ModelRegistry, ref: VersionRef): Record<string, Uint8Array> {
+/** The names of the files a model is loaded from (config.json, tokenizer.json, its weights) that the version has. */
+function modelFileNames(registry: ModelRegistry, ref: VersionRef): string[] {
   const present = Object.keys(registry.get(ref.name, ref.version).files);
-  const out: Record<string, Uint8Array> = {};
-  for (const file of ['config.json', 'tokenizer.json', ...WEIGHT_FILES]) if (present.includes(file)) out[file] = registry.readFile(ref.name, ref.version, file);
-  return out;
+  return ['config.json', 'tokenizer.json', ...WEIGHT_FILES].filter((file) => present.includes(file));
 }
 
-/** A version's files in the artifact store: what agents fetch to load it. */
+/** The files a model is loaded from, each read whole and verified against the manifest (small models, the suites). */
+export function versionBytes(registry: ModelRegistry, ref: VersionRef): Record<string, Uint8Array> {
+  return Object.fromEntries(modelFileNames(registry, ref).map((file) => [file, registry.readFile(ref.name, ref.version, file)]));
+}
+
+/**
+ * A version's files in the artifact store: what agents fetch to load it. Each is copied in on the thread pool and
+ * hashed as a stream (or found there already by its recorded sha256): no model file passes through one buffer.
+ */
 export async function versionFiles(registry: ModelRegistry, artifacts: ArtifactStore, ref: VersionRef): Promise<FileSet> {
   const out: FileSet = {};
-  for (const [file, bytes] of Object.entries(versionBytes(registry, ref))) out[file] = await artifacts.put(bytes);
+  for (const file of modelFileNames(registry, ref)) {
+    const { path, sha256 } = registry.fileOf(ref.name, ref.version, file);
+    out[file] = await artifacts.putFile(path, sha256);
+  }
   return out;
 }
 
@@ -162,26 +171,18 @@ export const startsFromVersion = (spec: ResolvedJobSpec): boolean => Boolean(spe
  */
 export async function initCheckpoint(registry: ModelRegistry, artifacts: ArtifactStore, spec: ResolvedJobSpec, jobId: string): Promise<FileSet> {
   const ref = refOf(spec.init?.from ?? spec.distill!.teacher);
-  let layout: ParamLayout, flat: Float32Array;
-  if (!spec.init) {
-    const teacher = importHf(versionBytes(registry, ref));
-    layout = paramLayout(spec.model);
-    flat = studentFromTeacher(teacher.config, teacher.params, spec.model);
-  } else if (spec.lora) {
-    layout = loraLayout(spec.model, loraSpec(spec.lora, spec.model));
-    flat = initParams(layout, spec.training.seed);
-  } else {
-    const loaded = importHf(versionBytes(registry, ref));
-    layout = paramLayout(loaded.config);
-    flat = loaded.params;
+  const state = { step: 0, cursor: { shard: 0, offset: 0 }, spec: spec as never, layout: { data: 1, pipeline: 1, tensor: 1 }, world: 1, jobId, attempt: 0, init: formatRef(ref) };
+  if (!spec.lora) {
+    // A whole model (GPT-2-small: a 500 MB file, a 1.5 GB checkpoint) is read, checked and written tensor by tensor
+    // in the checkpoint worker, never on the event loop.
+    const version = Object.fromEntries(modelFileNames(registry, ref).map((file) => [file, registry.fileOf(ref.name, ref.version, file)]));
+    return new CheckpointSharder(artifacts).initFromVersion(version, spec.init ? undefined : spec.model, state);
   }
-  const model = stateDict(flat, layout) as TensorMap;
+  // A fresh adapter: a few percent of the model, made here.
+  const layout = loraLayout(spec.model, loraSpec(spec.lora, spec.model));
+  const model = stateDict(initParams(layout, spec.training.seed), layout) as TensorMap;
   const zeros = stateDict(new Float32Array(layout.totalSize), layout) as TensorMap;
-  const encoded = encodeCheckpoint(0, {
-    model,
-    optimizer: { step: 0, expAvg: zeros, expAvgSq: structuredClone(zeros) },
-    state: { step: 0, cursor: { shard: 0, offset: 0 }, spec: spec as never, layout: { data: 1, pipeline: 1, tensor: 1 }, world: 1, jobId, attempt: 0, init: formatRef(ref) },
-  });
+  const encoded = encodeCheckpoint(0, { model, optimizer: { step: 0, expAvg: zeros, expAvgSq: structuredClone(zeros) }, state });
   const out: FileSet = {};
   for (const [name, bytes] of Object.entries(encoded.files)) out[name] = await artifacts.put(bytes);
   return out;

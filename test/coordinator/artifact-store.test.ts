@@ -160,4 +160,39 @@ describe('ArtifactStore', () => {
     for await (const chunk of store.createReadStream(digest)) parts.push(chunk as Buffer);
     assert.equal(Buffer.concat(parts).equals(bytes), true);
   });
+
+  test('verify re-hashes a stored file as a stream: its size when intact, CRD_ERR_STORAGE when damaged, CRD_ERR_NOT_FOUND when absent', async () => {
+    const store = freshStore();
+    const bytes = randomBytes(9 << 20); // more than two 4 MiB reads
+    const digest = await store.put(bytes);
+    assert.equal(await store.verify(digest), bytes.length);
+    writeFileSync(store.pathOf(digest), bytes.subarray(0, 1000));
+    await assert.rejects(store.verify(digest), isCoordinatorError('CRD_ERR_STORAGE', digest));
+    await assert.rejects(store.verify('0'.repeat(64)), isCoordinatorError('CRD_ERR_NOT_FOUND'));
+  });
+
+  test('putFile copies a file in under its sha256, skips one already stored, and refuses one that changed', async () => {
+    const store = freshStore();
+    const src = join(root, `src-${++n}`);
+    const bytes = randomBytes(5 << 20);
+    writeFileSync(src, bytes);
+    assert.equal(await store.putFile(src), sha256(bytes));
+    assert.ok((await store.get(sha256(bytes))).equals(bytes));
+    assert.equal(await store.putFile(join(root, 'nowhere'), sha256(bytes)), sha256(bytes), 'already stored: the source is not even read');
+    writeFileSync(src, Buffer.from('changed'));
+    await assert.rejects(store.putFile(src, 'a'.repeat(64)), isCoordinatorError('CRD_ERR_STORAGE', src));
+    assert.deepEqual(readdirSync(join(store.dir, 'tmp')), [], 'nothing left behind');
+  });
+
+  test('commitFile moves a file hashed elsewhere into the store, and drops it when the digest is stored already', async () => {
+    const store = freshStore();
+    const scratch = await store.scratchDir();
+    const bytes = randomBytes(1000);
+    writeFileSync(join(scratch, 'a'), bytes);
+    await store.commitFile(join(scratch, 'a'), sha256(bytes));
+    assert.ok((await store.get(sha256(bytes))).equals(bytes));
+    writeFileSync(join(scratch, 'b'), bytes);
+    await store.commitFile(join(scratch, 'b'), sha256(bytes));
+    assert.deepEqual(readdirSync(scratch), []);
+  });
 });
