@@ -41,8 +41,8 @@ export interface ModelVersion {
 }
 
 /**
- * A file of a new version: its bytes, or a file on disk that is copied in (`sha256`: its digest when the caller
- * already knows it, e.g. an artifact's address or a worker's hash; otherwise it is hashed, streamed).
+ * A file of a new version: its bytes, or a file on disk that is copied in and hashed from the copy, streamed
+ * (`sha256`: what the caller recorded for it, e.g. an artifact's address; a copy that hashes otherwise is refused).
  */
 export type VersionFile = Uint8Array | { readonly path: string; readonly sha256?: string };
 
@@ -126,7 +126,7 @@ export class ModelRegistry {
     await mkdir(tmp, { recursive: true });
     const manifest: ModelVersion['files'] = {};
     try {
-      // A file on disk is copied and, unless its digest is known, hashed from the copy: the manifest describes the folder's bytes.
+      // A file on disk is copied and hashed from the copy: the manifest describes the folder's bytes.
       for (const [file, source] of Object.entries(all)) {
         const path = join(tmp, file);
         if (source instanceof Uint8Array) {
@@ -135,7 +135,9 @@ export class ModelRegistry {
         } else {
           await copyFile(source.path, path, fsConstants.COPYFILE_FICLONE); // a reflink where the file system can
           await syncFile(path);
-          manifest[file] = { bytes: (await stat(path)).size, sha256: known[file] ?? source.sha256 ?? (await hashStreamed(path)) };
+          const sha256 = known[file] ?? (await hashStreamed(path));
+          if (source.sha256 !== undefined && source.sha256 !== sha256) throw new Error(`${source.path} changed since its sha256 was recorded (it is ${sha256}, expected ${source.sha256})`);
+          manifest[file] = { bytes: (await stat(path)).size, sha256 };
         }
       }
       await writeSynced(join(tmp, 'manifest.json'), Buffer.from(JSON.stringify({ format: 'meshtrain-model-version/1', name, version, createdMs: nowMs, files: manifest }, null, 2)));

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -110,7 +110,7 @@ test('a version folder with no record (a crash between rename and record) is rem
   assert.equal(v.version, 1);
 });
 
-test('a file given by path is copied into the version and hashed from the copy, or takes the digest its caller knows', async (t) => {
+test('a file given by path is copied into the version and hashed from the copy, which must match the digest its caller recorded', async (t) => {
   const { dir, registry } = fresh(t);
   const weights = join(dir, 'big.safetensors');
   writeFileSync(weights, Buffer.alloc(9 << 20, 7)); // more than one 4 MiB hashing piece
@@ -119,8 +119,11 @@ test('a file given by path is copied into the version and hashed from the copy, 
   assert.equal(v.files['model.safetensors']!.sha256, createHash('sha256').update(readFileSync(weights)).digest('hex'));
   assert.equal(v.files['model.safetensors']!.bytes, 9 << 20);
   assert.ok(registry.readFile('tiny', 1, 'model.safetensors').equals(readFileSync(weights)), 'a copy, checked against the recorded sha256');
-  const known = await registry.register('tiny', { ...rest, 'model.safetensors': { path: weights, sha256: 'a'.repeat(64) } }, {});
-  assert.equal(known.files['model.safetensors']!.sha256, 'a'.repeat(64), 'a digest the caller vouches for is recorded as given');
+  const again = await registry.register('tiny', { ...rest, 'model.safetensors': { path: weights, sha256: v.files['model.safetensors']!.sha256 } }, {});
+  assert.equal(again.version, 2);
+  await assert.rejects(registry.register('tiny', { ...rest, 'model.safetensors': { path: weights, sha256: 'a'.repeat(64) } }, {}), (err: Error & { code?: string }) =>
+    err.code === 'CRD_ERR_STORAGE' && /changed since its sha256 was recorded/.test(err.message));
   await assert.rejects(registry.register('tiny', { ...rest, 'model.safetensors': { path: join(dir, 'missing') } }, {}), { code: 'CRD_ERR_STORAGE' });
   assert.deepEqual(registry.versions('tiny').map((x) => x.version), [1, 2], 'a failed copy registers nothing');
+  assert.deepEqual(readdirSync(join(dir, 'registry', '.tmp')), [], 'and leaves nothing behind');
 });
