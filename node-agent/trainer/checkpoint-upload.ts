@@ -2,7 +2,7 @@
  * Data-parallel rank 0 of a stage shard saves the shard's checkpoint: the trainer worker's `export` snapshot (one
  * copy of the parameters and full-length moments) is encoded and hashed in a short-lived worker thread
  * (checkpoint-encoder.ts) and then uploaded file by file as streams of views of that snapshot, while training goes
- * on. Nothing is joined into one buffer or written to the agent's disk, and the main thread only moves 4 MiB
+ * on. Nothing is joined into one buffer or written to the agent's disk, and the main thread only moves 1 MiB
  * pieces to sockets: the snapshot is the only copy the checkpoint adds to what training holds.
  */
 import { Worker } from 'node:worker_threads';

@@ -3,9 +3,9 @@
  * stages and merging them back runs in a worker, tensor by tensor, so the coordinator's event loop (heartbeats) stays
  * free and its memory holds a tensor, not a checkpoint. Run: npx tsx --test test/coordinator/checkpoint-shards.test.ts
  *
- * Measured on a 2-core machine, merging the two 549 MB shards of this test's checkpoint: the old load-everything
- * merge on the main thread stalled the event loop 2.8–3.3 s and peaked at 1.93–1.97 GB RSS; the worker's streamed
- * merge stalls it 44–52 ms and peaks at ~875 MB (a process that started at 186 MB), and is faster (6–7 s vs 10–12 s).
+ * Measured on the 2-core machine, merging the two 549 MB shards of this test's checkpoint: the old load-everything
+ * merge on the main thread computed 2,442 ms in one turn (timer 2.8–3.3 s late) and peaked at 1.93–1.97 GB RSS;
+ * this test's reshard + merge in a worker, 35 ms in one turn and ~815 MB peak (from 310 MB), at load average ~13.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,16 +18,15 @@ import { writeCheckpointFiles } from '../../model/checkpoint-files.ts';
 import { MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE } from '../../model/checkpoint.ts';
 import { paramLayout, type GPTConfig } from '../../model/gpt.ts';
 import { allShards } from '../../model/shard-layout.ts';
-import { watchEventLoop } from '../support/loop-watch.ts';
+import { peakRss, watchEventLoop } from '../support/loop-watch.ts';
 
 // GPT-2-small's vocabulary and width, two blocks: 52.8 M parameters, a 634 MB checkpoint with the moments.
 const CONFIG: GPTConfig = { vocabSize: 50257, nCtx: 64, nLayer: 2, nHead: 12, nEmbd: 768 };
 const STAGES: Array<[number, number]> = [[0, 1], [1, 2]];
-// The old merge on the main thread was busy ~3 s at a stretch. Ours does a few milliseconds of work per turn (a CPU
-// profile of the main thread shows it idle but for GC), yet on a 2-core machine shared with other test runs
-// (load average ~10) a thread waits for a core for a few hundred: the bounds leave room for that.
-const BUSY_BOUND_MS = 500; // the longest stretch the event loop was busy
-const STALL_BOUND_MS = 1500; // the longest a 10 ms timer was late
+// The longest one turn of the event loop may compute (CPU time, which other processes' load does not inflate; the
+// loop's busy wall time and timer delay are reported, as test/support/loop-watch.ts explains). The old code computed
+// for seconds in one turn.
+const CPU_BOUND_MS = 250;
 
 let dir: string;
 let store: ArtifactStore;
@@ -72,8 +71,6 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 test('cutting a 634 MB checkpoint into two stages and merging them back keeps the event loop free and memory under 2 shards', async () => {
   const sharder = new CheckpointSharder(store, join(dir, 'scratch'));
   const rssBefore = process.memoryUsage.rss();
-  let rssPeak = rssBefore;
-  const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage.rss())), 20);
   const watch = watchEventLoop();
   const t0 = performance.now();
   const parts = await sharder.reshard({ config: CONFIG }, canonical, allShards(STAGES, 1));
@@ -81,18 +78,18 @@ test('cutting a 634 MB checkpoint into two stages and merging them back keeps th
   const merged = await sharder.mergeShards({ config: CONFIG }, parts, { layout: { data: 1, pipeline: 2, tensor: 1 } });
   const t2 = performance.now();
   const loop = watch.stop();
-  clearInterval(sampler);
+  const rssPeak = peakRss(); // since the process started: the test's set-up holds one tensor at a time too
 
   // The weights and moments survive the round trip bit for bit: the files are the same bytes.
   assert.equal(merged[MODEL_FILE], canonical[MODEL_FILE]);
   assert.equal(merged[OPTIMIZER_FILE], canonical[OPTIMIZER_FILE]);
   const largest = Math.max(sizeOf(canonical), ...parts.map(sizeOf));
   console.log(`# reshard ${(t1 - t0).toFixed(0)} ms (shards of ${parts.map((p) => (sizeOf(p) / 1e6).toFixed(0)).join(' + ')} MB), ` +
-    `merge ${(t2 - t1).toFixed(0)} ms; event loop busy ${loop.busyMs.toFixed(0)} ms in all, at most ${loop.maxBusyMs.toFixed(0)} ms at a time, ` +
+    `merge ${(t2 - t1).toFixed(0)} ms; event loop busy ${loop.busyMs.toFixed(0)} ms in all, at most ${loop.maxBusyMs.toFixed(0)} ms at a time (${loop.maxCpuMs.toFixed(0)} ms of CPU in one turn), ` +
     `longest timer delay ${loop.maxDelayMs.toFixed(0)} ms; rss ${(rssBefore / 1e6).toFixed(0)} → peak ${(rssPeak / 1e6).toFixed(0)} MB ` +
     `(largest checkpoint ${(largest / 1e6).toFixed(0)} MB)`);
-  assert.ok(loop.maxBusyMs < BUSY_BOUND_MS, `the event loop ran ${loop.maxBusyMs.toFixed(0)} ms without a break`);
-  assert.ok(loop.maxDelayMs < STALL_BOUND_MS, `a 10 ms timer was late by ${loop.maxDelayMs.toFixed(0)} ms`);
+  const turnMs = Number.isNaN(loop.maxCpuMs) ? loop.maxBusyMs : loop.maxCpuMs; // no schedstat (not Linux): wall time
+  assert.ok(turnMs < CPU_BOUND_MS, `one turn of the event loop computed for ${turnMs.toFixed(0)} ms`);
   assert.ok(rssPeak < 2 * largest, `peak RSS ${(rssPeak / 1e6).toFixed(0)} MB is not under 2 × ${(largest / 1e6).toFixed(0)} MB`);
 });
 
