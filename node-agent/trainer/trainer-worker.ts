@@ -80,7 +80,8 @@ port.on('message', (msg: ToWorker) => {
   // Resuming reads and hashes the checkpoint's files (asynchronously) before init proper; main sends nothing else meanwhile.
   if (msg.type === 'init' && msg.resume) {
     const { spec, placement, dataDir, resume, frozenDir, baseDir } = msg;
-    loadResume(resume.dir, resume.step, spec, shardOf(spec, placement))
+    Promise.resolve()
+      .then(() => loadResume(resume.dir, resume.step, spec, shardOf(spec, placement)))
       .then((state) => post(init(spec, placement, dataDir, state, frozenDir, baseDir)))
       .catch((err: unknown) => post({ type: 'failed', error: err instanceof Error ? err.message : String(err) }));
     return;
