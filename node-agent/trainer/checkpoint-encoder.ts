@@ -6,8 +6,8 @@
  * through compute/worker-boot.mjs; answers one message, then main terminates it.
  */
 import { parentPort } from 'node:worker_threads';
-import { createHash } from 'node:crypto';
-import { encodeCheckpointChunks, type CheckpointContents } from '../../model/checkpoint.ts';
+import type { CheckpointContents } from '../../model/checkpoint.ts';
+import { encodeSnapshot } from './checkpoint-upload.ts';
 
 export interface EncodeRequest {
   step: number;
@@ -23,14 +23,7 @@ export type EncodeReply =
 const port = parentPort!;
 port.once('message', ({ step, contents, buffers }: EncodeRequest) => {
   try {
-    const { files, manifest } = encodeCheckpointChunks(step, contents);
-    const sha256: Record<string, string> = {};
-    let bytes = 0;
-    for (const [name, chunks] of Object.entries(files)) {
-      const listed = manifest.files[name];
-      sha256[name] = listed ? listed.sha256 : createHash('sha256').update(Buffer.concat(chunks)).digest('hex'); // the manifest: a few hundred bytes
-      bytes += chunks.reduce((n, c) => n + c.byteLength, 0);
-    }
+    const { files, sha256, bytes } = encodeSnapshot(step, contents);
     port.postMessage({ type: 'encoded', files, sha256, bytes } satisfies EncodeReply, buffers);
   } catch (err) {
     port.postMessage({ type: 'failed', error: (err as Error).message, code: (err as { code?: string }).code } satisfies EncodeReply, buffers);

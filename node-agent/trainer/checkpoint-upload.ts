@@ -5,9 +5,16 @@
  * on. Nothing is joined into one buffer or written to the agent's disk, and the main thread only moves 1 MiB
  * pieces to sockets: the snapshot is the only copy the checkpoint adds to what training holds.
  */
+import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import type { CheckpointContents } from '../../model/checkpoint.ts';
+import { encodeCheckpointChunks, type CheckpointContents } from '../../model/checkpoint.ts';
 import type { EncodeReply, EncodeRequest } from './checkpoint-encoder.ts';
+
+/**
+ * Snapshots up to this size are encoded on the calling thread: hashing 16 MB takes ~10–20 ms, where starting a
+ * worker thread (a tsx-loaded module graph) takes ~0.3–0.5 s, which for a small model is several steps' time.
+ */
+export const INLINE_ENCODE_MAX_BYTES = 16 << 20;
 
 /** What uploading needs of the artifact store (node-agent/artifact-client.ts). */
 export interface Uploader {
@@ -19,6 +26,32 @@ export interface EncodedCheckpoint {
   files: Record<string, Uint8Array[]>;
   sha256: Record<string, string>;
   bytes: number;
+}
+
+/** Lays out and hashes a checkpoint's files as chunks viewing the tensors (what the encoder worker runs). */
+export function encodeSnapshot(step: number, contents: CheckpointContents): EncodedCheckpoint {
+  const { files, manifest } = encodeCheckpointChunks(step, contents);
+  const sha256: Record<string, string> = {};
+  let bytes = 0;
+  for (const [name, chunks] of Object.entries(files)) {
+    const listed = manifest.files[name];
+    sha256[name] = listed ? listed.sha256 : createHash('sha256').update(Buffer.concat(chunks)).digest('hex'); // the manifest: a few hundred bytes
+    bytes += chunks.reduce((n, c) => n + c.byteLength, 0);
+  }
+  return { files, sha256, bytes };
+}
+
+/** Encodes a snapshot: on this thread when it is small (INLINE_ENCODE_MAX_BYTES), else in a worker (encodeInWorker). */
+export function encodeCheckpointFiles(step: number, contents: CheckpointContents, buffers: ArrayBuffer[]): Promise<EncodedCheckpoint> {
+  const total = buffers.reduce((n, b) => n + b.byteLength, 0);
+  if (total <= INLINE_ENCODE_MAX_BYTES) {
+    try {
+      return Promise.resolve(encodeSnapshot(step, contents));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+  return encodeInWorker(step, contents, buffers);
 }
 
 /**

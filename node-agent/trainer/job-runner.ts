@@ -41,7 +41,7 @@ import type { Ring } from '../collectives/ring.ts';
 import type { Mailbox } from '../collectives/mailbox.ts';
 import type { BackendChoice } from '../compute/backend.ts';
 import type { FromWorker, Placement, Ready, ResumeFiles, ToWorker } from './messages.ts';
-import { encodeInWorker, uploadCheckpoint } from './checkpoint-upload.ts';
+import { encodeCheckpointFiles, uploadCheckpoint } from './checkpoint-upload.ts';
 import { bubbleTheory, oneFOneB } from './schedule.ts';
 import { parseTraceparent } from '../../common/tracing.ts';
 import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type StepObserver, type StepReport, type TraceParent } from './step-report.ts';
@@ -468,7 +468,7 @@ async function saveAndUpload(
   const startMs = epochMs();
   const { shard, layout, placement } = where;
   const buffers = [snap.params.buffer, snap.expAvg.buffer, snap.expAvgSq.buffer] as ArrayBuffer[];
-  const encoded = await encodeInWorker(snap.step, {
+  const encoded = await encodeCheckpointFiles(snap.step, {
     model: tensorsOf(snap.params, layout),
     optimizer: { step: snap.optimizerStep, expAvg: tensorsOf(snap.expAvg, layout), expAvgSq: tensorsOf(snap.expAvgSq, layout) },
     state: {
