@@ -4,6 +4,7 @@
  * host's cores, the 1F1B pipeline section simulated stage by stage, and memory per agent. Pure functions of the
  * model, the work and the calibration, measured on this machine (DEFAULT_CALIBRATION says how).
  */
+import { PACK_CACHE_MAX_ELEMENTS } from '../model/kernels/pack-cache.ts';
 
 /** The model's shape, as the planner sees it. */
 export interface Model {
@@ -282,17 +283,19 @@ export const WASM_HEAP_PLANNED = 0.85;
 
 /**
  * Bytes one rank of a stage holds in its compute backend at its peak (model/stage-model.ts): the stage's
- * parameters as tensors, XNNPACK's packed copy of each matmul weight (the blocks' projections, and wte for the
+ * parameters as tensors, XNNPACK's packed copy of the matmul weights it keeps (small ones only; and wte's for the
  * head), each block's input kept for recomputation (activation checkpoints), the stored inputs of micro-batches in
  * flight, and the larger of what one segment's tape holds while it is back-propagated: one block (its forward
  * tensors and their gradients, 2 × (16·N·d + 55·N·d/t + 4 score tensors)) or the head (≈ 12·N·V + 5·N·d: logits,
  * log-softmax, the targets' one-hot and their gradients; fitted to a GPT-2-small probe, whose wasm heap measured
- * 1.63, 1.87 and 2.57 GB at N = 128, 256 and 512 tokens against 1.42, 1.67 and 2.25 GB predicted before the heap's
- * growth slack).
+ * 1.29 and 2.27 GB at N = 128 and 512 tokens against 0.97 and 1.91 GB predicted: the rest is the heap's growth
+ * slack and the runtime, which WASM_HEAP_PLANNED leaves room for).
  */
 export function backendPeakBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number): number {
   const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;
-  const packed = (stage.blocks * 12 * d * d) / t + (stage.last ? v * d : 0);
+  // Packings kept cached (small weights only, pack-cache.ts); the head's wte is packed once either way at its peak.
+  const cached = (elements: number) => (elements <= PACK_CACHE_MAX_ELEMENTS ? elements : 0);
+  const packed = stage.blocks * (cached((3 * d * d) / t) + cached((d * d) / t) + 2 * cached((4 * d * d) / t)) + (stage.last ? v * d : 0);
   const block = 2 * (16 * n * d + (55 * n * d) / t + (4 * rows * model.nHead * seqLen * seqLen) / t);
   const head = stage.last ? 12 * n * v + 5 * n * d : 0;
   const checkpoints = (stage.blocks + 1) * n * d;

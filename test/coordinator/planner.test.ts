@@ -358,7 +358,7 @@ describe('planJob with parallel: auto', () => {
     });
 
     test('GPT-2 medium does not fit one wasm agent: refused with what to do; another backend, or two stages, take it', () => {
-      const training = { batchSize: 1, microBatches: 1, seqLen: 512, zero: 0 as const };
+      const training = { batchSize: 1, microBatches: 1, seqLen: 1024, zero: 0 as const };
       const alone = planJob({ model: LARGE, training, parallel: 'auto', agents: [wasmAgent('a', 'h1')] });
       assert.equal(alone.chosen, null);
       assert.match(alone.refused ?? '', /GB of wasm heap on agent a/);
