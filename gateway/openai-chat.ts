@@ -13,37 +13,19 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { CHAT_ROLES, type ChatMessage, type ChatRole } from '../model/chat-template.ts';
 import { GatewayError } from './errors.ts';
 import type { GenerateResult, GeneratedToken, InferenceBackend, TokenLogprob } from './inference-backend.ts';
-import { backendOf, checkFields, completionBudget, MAX_LOGPROBS, MAX_N, MAX_STOP, usageOf, type ParsedCompletion, type StreamEncoder, type Usage } from './openai.ts';
+import { backendOf, checkFields, completionBudget, MAX_LOGPROBS, SHARED_FIELDS, usageOf, type ParsedCompletion, type StreamEncoder, type Usage } from './openai.ts';
 
 const nullable = <T extends TSchema>(schema: T, description: string) => Type.Union([schema, Type.Null()], { description });
 
 export const ChatCompletionRequest = Type.Object(
   {
-    model: Type.String({ minLength: 1, maxLength: 256, description: 'a model name from GET /v1/models' }),
+    ...SHARED_FIELDS,
     // Checked message by message in parseMessages, for messages that name the message and field at fault.
     messages: Type.Array(Type.Unknown(), { minItems: 1, description: 'a non-empty array of messages {role, content}' }),
     max_tokens: Type.Optional(nullable(Type.Integer({ minimum: 1 }), 'an integer ≥ 1')),
     max_completion_tokens: Type.Optional(nullable(Type.Integer({ minimum: 1 }), 'an integer ≥ 1')),
-    temperature: Type.Optional(nullable(Type.Number({ minimum: 0, maximum: 2 }), 'a number between 0 and 2')),
-    top_p: Type.Optional(nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }), 'a number greater than 0 and at most 1')),
-    n: Type.Optional(nullable(Type.Integer({ minimum: 1, maximum: MAX_N }), `an integer between 1 and ${MAX_N}`)),
-    stop: Type.Optional(
-      Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP }), Type.Null()], {
-        description: `a non-empty string or an array of at most ${MAX_STOP} non-empty strings`,
-      }),
-    ),
-    seed: Type.Optional(nullable(Type.Integer({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }), 'a safe integer')),
     logprobs: Type.Optional(nullable(Type.Boolean(), 'a boolean')),
     top_logprobs: Type.Optional(nullable(Type.Integer({ minimum: 0, maximum: MAX_LOGPROBS }), `an integer between 0 and ${MAX_LOGPROBS}`)),
-    stream: Type.Optional(nullable(Type.Boolean(), 'a boolean')),
-    stream_options: Type.Optional(
-      nullable(Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), 'an object {"include_usage": boolean}'),
-    ),
-    user: Type.Optional(Type.String({ maxLength: 256, description: 'a string of at most 256 characters' })),
-    // Accepted at their defaults only (see UNSUPPORTED below).
-    presence_penalty: Type.Optional(nullable(Type.Number({ minimum: -2, maximum: 2 }), 'a number between -2 and 2')),
-    frequency_penalty: Type.Optional(nullable(Type.Number({ minimum: -2, maximum: 2 }), 'a number between -2 and 2')),
-    logit_bias: Type.Optional(nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 })), 'an object of token id → bias')),
     response_format: Type.Optional(nullable(Type.Object({ type: Type.String() }, { additionalProperties: true }), 'an object {"type": "text"}')),
   },
   { additionalProperties: false },

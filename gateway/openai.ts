@@ -24,34 +24,40 @@ export const DEFAULT_MAX_TOKENS = 16;
 const nullable = <T extends TSchema>(schema: T, description: string) => Type.Union([schema, Type.Null()], { description });
 const TokenIds = Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 });
 
+/** The fields /v1/completions and /v1/chat/completions share, with the same meaning and limits. */
+export const SHARED_FIELDS = {
+  model: Type.String({ minLength: 1, maxLength: 256, description: 'a model name from GET /v1/models' }),
+  temperature: Type.Optional(nullable(Type.Number({ minimum: 0, maximum: 2 }), 'a number between 0 and 2')),
+  top_p: Type.Optional(nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }), 'a number greater than 0 and at most 1')),
+  stop: Type.Optional(
+    Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP }), Type.Null()], {
+      description: `a non-empty string or an array of at most ${MAX_STOP} non-empty strings`,
+    }),
+  ),
+  seed: Type.Optional(nullable(Type.Integer({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }), 'a safe integer')),
+  n: Type.Optional(nullable(Type.Integer({ minimum: 1, maximum: MAX_N }), `an integer between 1 and ${MAX_N}`)),
+  stream: Type.Optional(nullable(Type.Boolean(), 'a boolean')),
+  stream_options: Type.Optional(
+    nullable(Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), 'an object {"include_usage": boolean}'),
+  ),
+  user: Type.Optional(Type.String({ maxLength: 256, description: 'a string of at most 256 characters' })),
+  // Accepted at their defaults only (each API's UNSUPPORTED).
+  presence_penalty: Type.Optional(nullable(Type.Number({ minimum: -2, maximum: 2 }), 'a number between -2 and 2')),
+  frequency_penalty: Type.Optional(nullable(Type.Number({ minimum: -2, maximum: 2 }), 'a number between -2 and 2')),
+  logit_bias: Type.Optional(nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 })), 'an object of token id → bias')),
+};
+
 export const CompletionRequest = Type.Object(
   {
-    model: Type.String({ minLength: 1, maxLength: 256, description: 'a model name from GET /v1/models' }),
+    ...SHARED_FIELDS,
     prompt: Type.Union([Type.String(), TokenIds, Type.Array(Type.String()), Type.Array(TokenIds)], {
       description: 'a string, an array of token ids, or an array holding one of those',
     }),
     max_tokens: Type.Optional(nullable(Type.Integer({ minimum: 0 }), 'an integer ≥ 1 (0 only with echo)')),
-    temperature: Type.Optional(nullable(Type.Number({ minimum: 0, maximum: 2 }), 'a number between 0 and 2')),
-    top_p: Type.Optional(nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }), 'a number greater than 0 and at most 1')),
-    stop: Type.Optional(
-      Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP }), Type.Null()], {
-        description: `a non-empty string or an array of at most ${MAX_STOP} non-empty strings`,
-      }),
-    ),
-    seed: Type.Optional(nullable(Type.Integer({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }), 'a safe integer')),
-    n: Type.Optional(nullable(Type.Integer({ minimum: 1, maximum: MAX_N }), `an integer between 1 and ${MAX_N}`)),
     logprobs: Type.Optional(nullable(Type.Integer({ minimum: 0, maximum: MAX_LOGPROBS }), `an integer between 0 and ${MAX_LOGPROBS}`)),
     echo: Type.Optional(nullable(Type.Boolean(), 'a boolean')),
-    stream: Type.Optional(nullable(Type.Boolean(), 'a boolean')),
-    stream_options: Type.Optional(
-      nullable(Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), 'an object {"include_usage": boolean}'),
-    ),
-    user: Type.Optional(Type.String({ maxLength: 256, description: 'a string of at most 256 characters' })),
     // Accepted at their defaults only (see UNSUPPORTED below).
-    presence_penalty: Type.Optional(nullable(Type.Number({ minimum: -2, maximum: 2 }), 'a number between -2 and 2')),
-    frequency_penalty: Type.Optional(nullable(Type.Number({ minimum: -2, maximum: 2 }), 'a number between -2 and 2')),
     best_of: Type.Optional(nullable(Type.Integer({ minimum: 1, maximum: MAX_N }), `an integer between 1 and ${MAX_N}`)),
-    logit_bias: Type.Optional(nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 })), 'an object of token id → bias')),
     suffix: Type.Optional(nullable(Type.String(), 'a string')),
   },
   { additionalProperties: false },

@@ -19,7 +19,7 @@ import { open, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelError } from './errors.ts';
 import {
-  checkCheckpointContents, manifestBytes, momentNames, optimizerMetadata, parseManifest, readManifestText,
+  checkCheckpointContents, manifestBytes, momentNames, openListed, optimizerMetadata, parseManifest, readManifestText,
   CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
   type CheckpointManifest, type CheckpointState, type JsonValue, type ManifestEntry,
 } from './checkpoint.ts';
@@ -128,15 +128,8 @@ async function readFully(fh: FileHandle, into: Uint8Array, position: number, end
 
 /** The sha256 of a file read in IO_CHUNK_BYTES pieces, refusing one whose size is not `expectedBytes`. */
 export async function hashFile(path: string, expectedBytes: number, file: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<string> {
-  let fh;
+  const { fh, size } = await openListed(path, expectedBytes, file, corrupt);
   try {
-    fh = await open(path, 'r');
-  } catch (err) {
-    throw corrupt(`${file} is listed in manifest.json but cannot be opened (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, err);
-  }
-  try {
-    const { size } = await fh.stat();
-    if (size !== expectedBytes) throw corrupt(`${file} is ${size} bytes but manifest.json says ${expectedBytes}${size < expectedBytes ? ' (truncated)' : ''}`);
     const hash = createHash('sha256');
     const buf = Buffer.allocUnsafe(Math.min(IO_CHUNK_BYTES, Math.max(1, size)));
     for (let at = 0; at < size; ) {

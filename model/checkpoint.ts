@@ -34,7 +34,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as bufferConstants } from 'node:buffer';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelError } from './errors.ts';
 import { prepareSafetensors, readSafetensors, safetensorsChunks, type PreparedSafetensors, type Tensor, type TensorMap } from './safetensors.ts';
@@ -506,9 +506,12 @@ export function parseManifest(text: string, corrupt: (m: string, cause?: unknown
   return m as CheckpointManifest;
 }
 
-/** Reads a whole file, refusing one whose size is not `expectedBytes`, and hashes it as it reads. */
-async function readHashed(path: string, expectedBytes: number, file: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<{ data: Buffer; sha256: string }> {
-  let fh;
+/**
+ * Opens a file a manifest lists and checks its size against the manifest's: a file that cannot be opened, or is
+ * truncated or longer, is `corrupt`. The caller reads and closes it.
+ */
+export async function openListed(path: string, expectedBytes: number, file: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<{ fh: FileHandle; size: number }> {
+  let fh: FileHandle;
   try {
     fh = await open(path, 'r');
   } catch (err) {
@@ -517,6 +520,17 @@ async function readHashed(path: string, expectedBytes: number, file: string, cor
   try {
     const { size } = await fh.stat();
     if (size !== expectedBytes) throw corrupt(`${file} is ${size} bytes but manifest.json says ${expectedBytes}${size < expectedBytes ? ' (truncated)' : ''}`);
+    return { fh, size };
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+}
+
+/** Reads a whole file, refusing one whose size is not `expectedBytes`, and hashes it as it reads. */
+async function readHashed(path: string, expectedBytes: number, file: string, corrupt: (m: string, cause?: unknown) => ModelError): Promise<{ data: Buffer; sha256: string }> {
+  const { fh, size } = await openListed(path, expectedBytes, file, corrupt);
+  try {
     if (size > bufferConstants.MAX_LENGTH) throw corrupt(`${file} is ${size} bytes, more than one Buffer can hold here (${bufferConstants.MAX_LENGTH})`);
     const data = Buffer.allocUnsafeSlow(size); // its own ArrayBuffer, so tensor views are aligned
     const hash = createHash('sha256');

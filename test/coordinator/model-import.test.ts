@@ -21,7 +21,13 @@ import { tokenizer } from '../support/gpt2-folder.ts';
 
 const config = gptConfig({ vocabSize: 50257, nCtx: 64, nLayer: 2, nHead: 6, nEmbd: 384 });
 
+let published: Record<string, Uint8Array> | undefined;
+/** Built once: 23 M parameters in F16 take seconds to lay out. Callers spread it; nobody mutates it. */
 function publishedFiles(): Record<string, Uint8Array> {
+  return (published ??= buildPublishedFiles());
+}
+
+function buildPublishedFiles(): Record<string, Uint8Array> {
   const layout = paramLayout(config);
   const dict: TensorMap = {};
   for (const [k, t] of Object.entries(stateDict(initParams(layout, 1), layout))) {
