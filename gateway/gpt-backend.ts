@@ -36,6 +36,7 @@ export class GptBackend implements InferenceBackend {
   readonly #model: GPT;
   readonly #tokenizer: Tokenizer;
   readonly #scheduler: BatchScheduler<PromptKV>;
+  readonly #engine: GptBatchEngine;
 
   constructor(model: GPT, tokenizer: Tokenizer, info: Omit<ModelInfo, 'contextLength' | 'vocabSize'>, options: GptBackendOptions = {}) {
     this.#model = model;
@@ -49,7 +50,8 @@ export class GptBackend implements InferenceBackend {
       tokenBytes: (id: number) => tokenizer.tokenBytes(id),
       tokenString: (id: number) => tokenizer.decode([id]),
     };
-    this.#scheduler = new BatchScheduler(new GptBatchEngine(model), text, batchSettings(settings), onBatch);
+    this.#engine = new GptBatchEngine(model);
+    this.#scheduler = new BatchScheduler(this.#engine, text, batchSettings(settings), onBatch);
   }
 
   /** The batch settings in force. */
@@ -81,6 +83,7 @@ export class GptBackend implements InferenceBackend {
 
   async close(): Promise<void> {
     await this.#scheduler.close();
+    this.#engine.dispose();
     this.#model.dispose();
   }
 }

@@ -7,3 +7,10 @@
  * it without loading TensorFlow.js.
  */
 export const PACK_CACHE_MAX_ELEMENTS = 1 << 18;
+
+/**
+ * Products of at most this many rows keep any weight's packing: there the packing costs as much as the product or
+ * more (decoding: 1 row × GPT-2's [768, 50257] head took 441 ms packing per call, ~4 ms with the packing kept).
+ * Training's products have a micro-batch of tokens as rows, far more than this.
+ */
+export const PACK_CACHE_ANY_SIZE_ROWS = 32;

@@ -20,7 +20,8 @@
  * Packed weights: the wasm backend caches the XNNPACK operator (the right operand, packed) by the right operand's
  * tensor id and deletes it when that tensor is disposed. When a whole tensor is the right operand (linear layers'
  * weights) its own id is passed, so the packing (~0.6 ms for 128×384) is paid once per weight tensor, not per call
- * (up to PACK_CACHE_MAX_ELEMENTS; larger weights are packed per call rather than held twice).
+ * (up to PACK_CACHE_MAX_ELEMENTS; larger weights are packed per call rather than held twice, except in products of
+ * a few rows — decoding — where packing would cost more than the product: PACK_CACHE_ANY_SIZE_ROWS).
  * A reshape shares the id but not the shape, and the cache ignores shapes, so each buffer is remembered with the
  * [k, n] it was packed as; used with another shape (or batch slices of it) it goes in as a fresh view id, whose
  * packed operator is deleted when the view is unregistered. (Two inherited limits: a buffer the *stock* kernel
@@ -33,7 +34,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { DataType, KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs';
-import { PACK_CACHE_MAX_ELEMENTS } from './pack-cache.ts';
+import { PACK_CACHE_ANY_SIZE_ROWS, PACK_CACHE_MAX_ELEMENTS } from './pack-cache.ts';
 
 /** The parts of the Emscripten module and of `BackendWasm` this kernel uses (not all public in their typings). */
 interface WasmModule {
@@ -186,7 +187,7 @@ function runProducts(backend: WasmBackendInternals, L: Operand, R: Operand, outD
   // The right operand's own id when it is one whole tensor always packed as [k, n] (its packing stays cached).
   const rData = backend.dataIdMap.get(R.dataId)!;
   let rOwnId = 0;
-  if (rShared && sizeOf(rData.shape) === k * n && k * n <= PACK_CACHE_MAX_ELEMENTS) {
+  if (rShared && sizeOf(rData.shape) === k * n && (k * n <= PACK_CACHE_MAX_ELEMENTS || rowsPerCall <= PACK_CACHE_ANY_SIZE_ROWS)) {
     const key = `${k}x${n}`;
     if (!packedAs.has(R.dataId)) packedAs.set(R.dataId, key);
     if (packedAs.get(R.dataId) === key) rOwnId = rData.id;
