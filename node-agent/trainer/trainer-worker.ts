@@ -189,7 +189,8 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
         into.set(tensor.data, s.offset);
       }
     }
-    optimizer.importFlat({ step: resume.optimizer.step, expAvg: m.slice(range[0], range[1]), expAvgSq: v.slice(range[0], range[1]) });
+    // Views, not copies: importFlat copies its range once (GPT-2-small's moments are 1 GB; a slice here was another GB at resume).
+    optimizer.importFlat({ step: resume.optimizer.step, expAvg: m.subarray(range[0], range[1]), expAvgSq: v.subarray(range[0], range[1]) });
   }
 
   // Tensor-parallel scratch: one micro-batch of activations, [rows·seqLen, d].
