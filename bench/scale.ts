@@ -86,6 +86,8 @@ function watchPeaks(cluster: LocalCluster) {
     sample,
     stop: () => clearInterval(timer),
     agents: () => Math.max(0, ...cluster.agents.map((p) => peaks.get(p) ?? 0)),
+    /** Each agent's peak, in start order: agent-0 and agent-1 start the job, agent-2 replaces the one killed. */
+    each: () => cluster.agents.map((p) => peaks.get(p) ?? 0),
     coordinator: () => peaks.get(cluster.coordinator) ?? 0,
   };
 }
@@ -198,7 +200,9 @@ export default async function scale(argv: string[]): Promise<object> {
       await gateway.exited;
     }
 
-    // 3. two pipeline stages
+    // 3. two pipeline stages (each agent's peak so far is the data-parallel phase's)
+    peaks.sample();
+    const dataParallelPeaks = peaks.each();
     const pipe = await cluster.api<JobRecord>('POST', '/api/jobs', spec('scale-pp', 2, { data: 1, pipeline: 2, tensor: 1 }));
     log(`job ${pipe.id}: 2 pipeline stages, 2 steps`);
     const piped = await untilJob(cluster, pipe.id, (v) => ['succeeded', 'failed', 'cancelled'].includes(v.job.state), 3_600_000);
@@ -209,7 +213,8 @@ export default async function scale(argv: string[]): Promise<object> {
     return {
       bench: 'scale', preset: presetName, params, seq_len: seqLen, batch_size: batchSize, steps,
       step_s: r3(stepMs / 1000), tokens_per_s: r3((batchSize * seqLen) / (stepMs / 1000)), pipeline_step_s: r3(pipelineStepMs / 1000),
-      agent_peak_rss_gb: r3(peaks.agents() / 1e9), coordinator_peak_rss_gb: r3(peaks.coordinator() / 1e9),
+      agent_peak_rss_gb: r3(peaks.agents() / 1e9), agent_peaks_gb: peaks.each().map((b) => r3(b / 1e9)), agent_peaks_after_data_parallel_gb: dataParallelPeaks.map((b) => r3(b / 1e9)), killed_agent: victim.nodeName,
+      coordinator_peak_rss_gb: r3(peaks.coordinator() / 1e9),
       checkpoint_s: r3(checkpointS), checkpoint_gb: r3(checkpointBytes / 1e9), resume_s: r3(resumeS), register_s: r3(registerS),
       import_s: r3(importS), quantize_s: r3(quantizeS), serve_first_token_ms: r3(firstTokenMs), serve_tokens_per_s: r3(tokensPerS),
     };
