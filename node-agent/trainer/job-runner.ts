@@ -345,7 +345,9 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
       });
 
       const checkpointNow = s === t.steps || (t.checkpointEvery > 0 && s % t.checkpointEvery === 0);
-      if (checkpointNow) {
+      // Only data-parallel rank 0 saves; the other replicas take a snapshot (params + both moments: 1.5 GB for
+      // GPT-2-small) only when ZeRO-1 needs their ranges of the moments gathered.
+      if (checkpointNow && (coords.dp === 0 || (zero && layout.data > 1))) {
         const c0 = epochMs();
         const snap = await race(w.request({ type: 'export' }, 'exported'));
         if (zero && layout.data > 1) {
