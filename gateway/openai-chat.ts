@@ -8,12 +8,11 @@
  * stops at the template's end-of-turn tokens (never part of the reply), a stop sequence or max_tokens. Without
  * max_tokens a reply may use the rest of the context, as OpenAI's chat models may.
  */
-import { randomInt } from 'node:crypto';
 import { Type, type TSchema } from '@sinclair/typebox';
 import { CHAT_ROLES, type ChatMessage, type ChatRole } from '../model/chat-template.ts';
 import { GatewayError } from './errors.ts';
 import type { GenerateResult, GeneratedToken, InferenceBackend, TokenLogprob } from './inference-backend.ts';
-import { backendOf, checkFields, completionBudget, MAX_LOGPROBS, SHARED_FIELDS, usageOf, type ParsedCompletion, type StreamEncoder, type Usage } from './openai.ts';
+import { backendOf, checkFields, completionBudget, MAX_LOGPROBS, samplingOf, SHARED_FIELDS, usageOf, type ParsedCompletion, type StreamEncoder, type Usage } from './openai.ts';
 
 const nullable = <T extends TSchema>(schema: T, description: string) => Type.Union([schema, Type.Null()], { description });
 
@@ -84,11 +83,8 @@ export function parseChatRequest(body: unknown, backendFor: (model: string) => I
       generate: {
         promptIds,
         maxTokens,
-        temperature: req.temperature ?? 1,
-        topP: req.top_p ?? 1,
+        ...samplingOf(req),
         stop,
-        seed: req.seed ?? randomInt(2 ** 31), // always seeded: a logged request can be replayed exactly
-        n: req.n ?? 1,
         logprobs: logprobs ? (req.top_logprobs ?? 0) : undefined,
         echo: false,
         stopTokenIds: template.endOfTurn,

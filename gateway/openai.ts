@@ -47,6 +47,16 @@ export const SHARED_FIELDS = {
   logit_bias: Type.Optional(nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 })), 'an object of token id → bias')),
 };
 
+/** The sampling settings both APIs take alike, with OpenAI's defaults. */
+export function samplingOf(req: { temperature?: number | null; top_p?: number | null; seed?: number | null; n?: number | null }) {
+  return {
+    temperature: req.temperature ?? 1,
+    topP: req.top_p ?? 1,
+    seed: req.seed ?? randomInt(2 ** 31), // always seeded: a logged request can be replayed exactly
+    n: req.n ?? 1,
+  };
+}
+
 export const CompletionRequest = Type.Object(
   {
     ...SHARED_FIELDS,
@@ -120,11 +130,8 @@ export function parseCompletionRequest(body: unknown, backendFor: (model: string
       generate: {
         promptIds,
         maxTokens,
-        temperature: req.temperature ?? 1,
-        topP: req.top_p ?? 1,
+        ...samplingOf(req),
         stop,
-        seed: req.seed ?? randomInt(2 ** 31), // always seeded: a logged request can be replayed exactly
-        n: req.n ?? 1,
         logprobs: req.logprobs ?? undefined,
         echo,
       },
