@@ -25,6 +25,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
+import { lmCoefficients, lmHead } from './lm-head.ts';
 import { loraDropout } from './lora.ts';
 import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
@@ -140,6 +141,14 @@ export class StageModel {
     return this.#withMask(T, (mask) => {
       const x = this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
       try {
+        if ((objective?.kind ?? 'lm') === 'lm') {
+          const h = tf.tidy(() => layerNorm(x, this.#param, 'ln_f'));
+          try {
+            return lmHead(h, this.#param('wte.weight') as tf.Tensor2D, targets, lmCoefficients(B, T, objective?.weights)).loss;
+          } finally {
+            h.dispose();
+          }
+        }
         return tf.tidy(() => this.#loss(layerNorm(x, this.#param, 'ln_f'), targets, B, T, objective).dataSync()[0]!);
       } finally {
         x.dispose();
@@ -184,7 +193,11 @@ export class StageModel {
         // 2. the head and the loss (last stage), or the gradient the next stage sent
         let loss: number | undefined;
         let dy: tf.Tensor2D;
-        if ('targets' in upstream) {
+        if ('targets' in upstream && (upstream.objective?.kind ?? 'lm') === 'lm') {
+          const r = this.#lmHeadBackward(trained, x, grads, upstream.targets, upstream.scale, B, T, upstream.objective?.weights);
+          loss = r.loss;
+          dy = r.dx;
+        } else if ('targets' in upstream) {
           const { targets, objective } = upstream;
           const r = this.#segment(trained, (name) => name === 'wte.weight' || name.startsWith('ln_f.'), x, grads, tf.scalar(upstream.scale),
             (leaf) => this.#loss(layerNorm(leaf, this.#param, 'ln_f'), targets, B, T, objective));
@@ -242,6 +255,38 @@ export class StageModel {
     if (leaf) return { dx: dx as tf.Tensor2D, value };
     dx.dispose();
     return { dx: null, value };
+  }
+
+  /**
+   * The last stage's head for the causal-LM objective (model/lm-head.ts: a vocabulary chunk at a time, never the
+   * whole logits): the final LayerNorm without a tape, the tied head by hand (its weight's gradient straight into
+   * `grads` when wte trains here), then the LayerNorm's own segment with the head's ∂L/∂h as upstream.
+   */
+  #lmHeadBackward(
+    trained: Map<string, tf.Variable>, x: tf.Tensor2D, grads: Float32Array, targets: Int32Array, scale: number, B: number, T: number,
+    weights?: Float32Array,
+  ): { loss: number; dx: tf.Tensor2D } {
+    const d = this.config.nEmbd;
+    const wte = trained.has('wte.weight') ? this.trainable.byName.get('wte.weight')! : undefined;
+    const h = tf.tidy(() => layerNorm(x, this.#param, 'ln_f'));
+    let r: ReturnType<typeof lmHead>;
+    try {
+      r = lmHead(h, this.#param('wte.weight') as tf.Tensor2D, targets, lmCoefficients(B, T, weights), {
+        upstream: scale,
+        ...(wte ? { addWeightGrad: (row0: number, v: Float32Array) => {
+          for (let j = 0, o = wte.offset + row0 * d; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
+        } } : {}),
+      });
+    } finally {
+      h.dispose();
+    }
+    const dh = tf.tensor2d(r.dh!, [B * T, d]);
+    try {
+      const s = this.#segment(trained, (name) => name.startsWith('ln_f.'), x, grads, dh, (leaf) => layerNorm(leaf, this.#param, 'ln_f'));
+      return { loss: r.loss, dx: s.dx! };
+    } finally {
+      dh.dispose();
+    }
   }
 
   /**

@@ -10,18 +10,23 @@
 import * as tf from '@tensorflow/tfjs';
 import { fastBatchMatMul, fastFusedMatMul, setStockKernels, type StockKernels } from './wasm-batch-matmul.ts';
 import { zeroCopyIdentity, zeroCopyIdentityConfig } from './wasm-identity.ts';
+import { heapSlice, heapSliceConfig } from './wasm-slice.ts';
 
 export { broadcastBatchIndex, fastMatMulStats } from './wasm-batch-matmul.ts';
 
 let stock: StockKernels | undefined;
 let stockIdentity: tf.KernelConfig | undefined;
+let stockSlice: tf.KernelConfig | undefined;
 
 /** True when the wasm backend's BatchMatMul is the fast one. */
 export function fastWasmKernelsRegistered(): boolean {
   return tf.getKernel('BatchMatMul', 'wasm')?.kernelFunc === fastBatchMatMul;
 }
 
-/** Replaces wasm `BatchMatMul` and `_FusedMatMul` with the fast kernels and `Identity` with a zero-copy one (wasm-identity.ts). Idempotent. */
+/**
+ * Replaces wasm `BatchMatMul` and `_FusedMatMul` with the fast kernels, `Identity` with a zero-copy one
+ * (wasm-identity.ts) and `Slice` with one that does not copy its whole input first (wasm-slice.ts). Idempotent.
+ */
 export function registerFastWasmKernels(): void {
   if (fastWasmKernelsRegistered()) return;
   const batchMatMul = tf.getKernel('BatchMatMul', 'wasm');
@@ -49,6 +54,12 @@ export function registerFastWasmKernels(): void {
     tf.unregisterKernel('Identity', 'wasm');
     tf.registerKernel(zeroCopyIdentityConfig(identity));
   }
+  const slice = tf.getKernel('Slice', 'wasm');
+  if (slice && slice.kernelFunc !== heapSlice) {
+    stockSlice = slice;
+    tf.unregisterKernel('Slice', 'wasm');
+    tf.registerKernel(heapSliceConfig(slice));
+  }
 }
 
 /** Puts the stock wasm kernels back. Idempotent; a no-op if the fast ones were never registered. */
@@ -63,5 +74,9 @@ export function unregisterFastWasmKernels(): void {
   if (stockIdentity) {
     tf.unregisterKernel('Identity', 'wasm');
     tf.registerKernel(stockIdentity);
+  }
+  if (stockSlice) {
+    tf.unregisterKernel('Slice', 'wasm');
+    tf.registerKernel(stockSlice);
   }
 }

@@ -1,0 +1,162 @@
+/**
+ * The causal-LM loss through the tied head, a vocabulary chunk at a time (as Liger-Kernel's fused linear
+ * cross-entropy and Apple's "Cut Your Losses" do): the [tokens, vocabulary] logits, their log-softmax, the one-hot
+ * targets and their gradients never exist whole.
+ *
+ * Why: through tfjs ops, GPT-2-small's head at one micro-batch of 256 tokens held ~1 GB of wasm heap (the logits
+ * and four tensors like them, the transposed and the packed [50,257 × 768] weight, its [50,257 × 768] gradient)
+ * and took 6–7 s, most of it in matmuls whose transposed operand is the whole weight. wasm32's heap never shrinks,
+ * so that high-water mark stayed in the agent's resident memory for the rest of the job.
+ *
+ * How, for hidden states h [N, d], the head's weight W [V, d] (wte) and per-token coefficients c (the loss is
+ * Σᵢ cᵢ·(lseᵢ − zᵢ,tᵢ), z = h·Wᵀ):
+ *  1. For each chunk W_c of rows: z_cᵀ = W_c·hᵀ [v_c, N] (only h, small, is transposed), and per token a running
+ *     max and Σ exp (the online log-sum-exp), and the target's logit when it falls in the chunk.
+ *  2. With a gradient: ∂L/∂z = gᵢ·(softmax(z)ᵢ − onehot(tᵢ)), gᵢ = cᵢ·upstream, again a chunk at a time: the
+ *     chunk's ∂L/∂W_c = (∂L/∂z_c)ᵀ·h goes to `addWeightGrad`, and ∂L/∂h += ∂L/∂z_c·W_c.
+ * Pass 2 reuses pass 1's logits when all of them fit LOGITS_KEPT_BYTES, and recomputes each chunk's otherwise.
+ * The per-token arithmetic (max, exp, log) is float64 in JS; the products are the backend's float32 matmuls.
+ */
+import * as tf from '@tensorflow/tfjs';
+
+/** Elements of the weight per chunk: 4 Mi (16 MB in float32): ~5,461 rows of GPT-2's 768. */
+export const HEAD_CHUNK_ELEMENTS = 1 << 22;
+
+/** Pass 1's logits are kept for pass 2 up to this many bytes (GPT-2 at 256 tokens: 51 MB); past it, recomputed. */
+export const LOGITS_KEPT_BYTES = 64 * 2 ** 20;
+
+export interface LmHeadResult {
+  /** Σᵢ cᵢ·(−log p(tᵢ)): the objective's value before any upstream scale. */
+  loss: number;
+  /** ∂L/∂h [N, d] when a gradient was asked for (upstream · the loss). */
+  dh?: Float32Array;
+}
+
+/**
+ * Per-token coefficients of the causal-LM loss (model/objectives.ts 'lm'): the mean over all B·T tokens, or with
+ * `weights` each row's weighted mean (0 for a row with no weight), then the mean over rows.
+ */
+export function lmCoefficients(B: number, T: number, weights?: Float32Array): Float64Array {
+  const c = new Float64Array(B * T);
+  if (weights === undefined) return c.fill(1 / (B * T));
+  if (weights.length !== B * T) throw new RangeError(`weights has ${weights.length} values, expected ${B * T}`);
+  for (let b = 0; b < B; b++) {
+    let sum = 0;
+    for (let t = 0; t < T; t++) sum += weights[b * T + t]!;
+    const denom = Math.max(sum, 1e-9) * B;
+    for (let t = 0; t < T; t++) c[b * T + t] = weights[b * T + t]! / denom;
+  }
+  return c;
+}
+
+export interface LmHeadOptions {
+  /** With a gradient: the upstream gradient of the loss (the micro-batch's scale, 1/m over m micro-batches). */
+  upstream?: number;
+  /** Receives ∂L/∂W's rows [row0, row0 + values.length / d), in order; omit it when W is frozen. */
+  addWeightGrad?: (row0: number, values: Float32Array) => void;
+  /** Elements of W per chunk (default HEAD_CHUNK_ELEMENTS). */
+  chunkElements?: number;
+  /** Pass 1's logits are kept for pass 2 up to this many bytes (default LOGITS_KEPT_BYTES). */
+  keptBytes?: number;
+}
+
+/**
+ * The loss (and with `upstream`, ∂/∂h and ∂/∂W) of the tied head over h [N, d] and W [V, d]. Tensors it makes are
+ * disposed before it returns; h and W are the caller's.
+ */
+export function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coeff: Float64Array, options: LmHeadOptions = {}): LmHeadResult {
+  const { upstream, addWeightGrad, chunkElements = HEAD_CHUNK_ELEMENTS, keptBytes = LOGITS_KEPT_BYTES } = options;
+  const [N, d] = h.shape;
+  const [V, dw] = W.shape;
+  if (dw !== d) throw new RangeError(`the head's weight is ${V}×${dw}, the hidden states ${N}×${d}`);
+  if (targets.length !== N || coeff.length !== N) throw new RangeError(`${N} hidden states need ${N} targets and coefficients, got ${targets.length} and ${coeff.length}`);
+  for (let i = 0; i < N; i++) if (!(targets[i]! >= 0 && targets[i]! < V)) throw new RangeError(`target ${targets[i]} is outside the vocabulary [0, ${V})`);
+  const rows = Math.max(1, Math.min(V, Math.floor(chunkElements / d)));
+  const chunks: Array<[number, number]> = [];
+  for (let r0 = 0; r0 < V; r0 += rows) chunks.push([r0, Math.min(V, r0 + rows)]);
+  const keep = upstream !== undefined && N * V * 4 <= keptBytes;
+  const kept: Float32Array[] = [];
+
+  // zᵀ of W_c's rows: [rows, N] (only h, small, goes in transposed).
+  const logitsT = (Wc: tf.Tensor2D): Float32Array => {
+    const zT = tf.matMul(Wc, h, false, true);
+    try {
+      return zT.dataSync() as Float32Array;
+    } finally {
+      zT.dispose();
+    }
+  };
+  const rowsOf = (r0: number, r1: number) => W.slice([r0, 0], [r1 - r0, d]);
+
+  // 1. log-sum-exp per token, and the target's logit
+  const max = new Float64Array(N).fill(-Infinity), sum = new Float64Array(N), picked = new Float64Array(N);
+  const chunkMax = new Float64Array(N);
+  for (const [r0, r1] of chunks) {
+    const Wc = rowsOf(r0, r1);
+    let z: Float32Array;
+    try {
+      z = logitsT(Wc);
+    } finally {
+      Wc.dispose();
+    }
+    if (keep) kept.push(z);
+    chunkMax.fill(-Infinity);
+    for (let j = 0; j < r1 - r0; j++) {
+      const row = j * N;
+      for (let i = 0; i < N; i++) if (z[row + i]! > chunkMax[i]!) chunkMax[i] = z[row + i]!;
+    }
+    for (let i = 0; i < N; i++) {
+      if (chunkMax[i]! > max[i]!) {
+        sum[i] = sum[i]! * Math.exp(max[i]! - chunkMax[i]!);
+        max[i] = chunkMax[i]!;
+      }
+      const t = targets[i]!;
+      if (t >= r0 && t < r1) picked[i] = z[(t - r0) * N + i]!;
+    }
+    for (let j = 0; j < r1 - r0; j++) {
+      const row = j * N;
+      for (let i = 0; i < N; i++) sum[i] = sum[i]! + Math.exp(z[row + i]! - max[i]!);
+    }
+  }
+  const lse = new Float64Array(N);
+  let loss = 0;
+  for (let i = 0; i < N; i++) {
+    lse[i] = max[i]! + Math.log(sum[i]!);
+    loss += coeff[i]! * (lse[i]! - picked[i]!);
+  }
+  if (upstream === undefined) return { loss };
+
+  // 2. ∂L/∂z a chunk at a time → ∂L/∂W_c and ∂L/∂h
+  const g = coeff.map((c) => c * upstream);
+  const dh = new Float32Array(N * d);
+  chunks.forEach(([r0, r1], k) => {
+    const Wc = rowsOf(r0, r1);
+    const z = keep ? kept[k]! : logitsT(Wc);
+    const vc = r1 - r0;
+    const dz = new Float32Array(vc * N);
+    for (let j = 0; j < vc; j++) {
+      const row = j * N;
+      for (let i = 0; i < N; i++) dz[row + i] = g[i]! * Math.exp(z[row + i]! - lse[i]!);
+    }
+    for (let i = 0; i < N; i++) {
+      const t = targets[i]!;
+      if (t >= r0 && t < r1) dz[(t - r0) * N + i] = dz[(t - r0) * N + i]! - g[i]!;
+    }
+    try {
+      tf.tidy(() => {
+        const dzT = tf.tensor2d(dz, [vc, N]);
+        if (addWeightGrad) addWeightGrad(r0, tf.matMul(dzT, h).dataSync() as Float32Array); // [vc, d]
+        // (∂L/∂h)ᵀ = W_cᵀ·∂L/∂z_cᵀ [d, N]: the packed right operand is the chunk's gradient (N columns), not
+        // W_c (d columns), 1.5× faster here than ∂L/∂z_c·W_c.
+        const partT = tf.matMul(Wc, dzT, true, false).dataSync() as Float32Array;
+        for (let k = 0; k < d; k++) {
+          const row = k * N;
+          for (let i = 0; i < N; i++) dh[i * d + k] = dh[i * d + k]! + partT[row + i]!;
+        }
+      });
+    } finally {
+      Wc.dispose();
+    }
+  });
+  return { loss, dh };
+}
