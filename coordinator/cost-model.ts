@@ -5,6 +5,7 @@
  * model, the work and the calibration, measured on this machine (DEFAULT_CALIBRATION says how).
  */
 import { PACK_CACHE_MAX_ELEMENTS } from '../model/kernels/pack-cache.ts';
+import { headChunkRows } from '../model/lm-head-chunks.ts';
 
 /** The model's shape, as the planner sees it. */
 export interface Model {
@@ -283,21 +284,25 @@ export const WASM_HEAP_PLANNED = 0.85;
 
 /**
  * Bytes one rank of a stage holds in its compute backend at its peak (model/stage-model.ts): the stage's
- * parameters as tensors, XNNPACK's packed copy of the matmul weights it keeps (small ones only; and wte's for the
- * head), each block's input kept for recomputation (activation checkpoints), the stored inputs of micro-batches in
- * flight, and the larger of what one segment's tape holds while it is back-propagated: one block (its forward
- * tensors and their gradients, 2 × (16·N·d + 55·N·d/t + 4 score tensors)) or the head (≈ 12·N·V + 5·N·d: logits,
- * log-softmax, the targets' one-hot and their gradients; fitted to a GPT-2-small probe, whose wasm heap measured
- * 1.29 and 2.27 GB at N = 128 and 512 tokens against 0.97 and 1.91 GB predicted: the rest is the heap's growth
- * slack and the runtime, which WASM_HEAP_PLANNED leaves room for).
+ * parameters as tensors, XNNPACK's packed copy of the matmul weights it keeps (small ones only), each block's input
+ * kept for recomputation (activation checkpoints), the stored inputs of micro-batches in flight, and the larger of
+ * what one segment's tape holds while it is back-propagated: one block (its forward tensors and their gradients,
+ * 2 × (16·N·d + 55·N·d/t + 4 score tensors)) or the head. The causal-LM head goes a vocabulary chunk of v_c rows at
+ * a time (model/lm-head.ts): the chunk's weight, its transposed copy and its gradient (3·v_c·d), its logits, their
+ * gradient and its packing (3·v_c·N), and the hidden states with their transposes and gradient (~9·N·d). dpo and
+ * distill (`wholeLogits`) take the whole logits through tfjs ops: ≈ 12·N·V + 5·N·d (logits, log-softmax, the
+ * targets' one-hot and their gradients) plus wte's packing, V·d. Measured on a GPT-2-small probe (one stage, wasm):
+ * the heap's high-water mark was 0.85 GB at N = 256 tokens and 1.8 GB at 1,024, against 0.66 and 1.4 GB here;
+ * the rest is the heap's growth slack and fragmentation, which WASM_HEAP_PLANNED leaves room for.
  */
-export function backendPeakBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number): number {
+export function backendPeakBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number, wholeLogits = false): number {
   const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;
-  // Packings kept cached (small weights only, pack-cache.ts); the head's wte is packed once either way at its peak.
+  // Packings kept cached (small weights only, pack-cache.ts).
   const cached = (elements: number) => (elements <= PACK_CACHE_MAX_ELEMENTS ? elements : 0);
-  const packed = stage.blocks * (cached((3 * d * d) / t) + cached((d * d) / t) + 2 * cached((4 * d * d) / t)) + (stage.last ? v * d : 0);
+  const packed = stage.blocks * (cached((3 * d * d) / t) + cached((d * d) / t) + 2 * cached((4 * d * d) / t));
   const block = 2 * (16 * n * d + (55 * n * d) / t + (4 * rows * model.nHead * seqLen * seqLen) / t);
-  const head = stage.last ? 12 * n * v + 5 * n * d : 0;
+  const vc = headChunkRows(v, d);
+  const head = !stage.last ? 0 : wholeLogits ? 12 * n * v + 5 * n * d + v * d : 3 * vc * d + 3 * vc * n + 9 * n * d;
   const checkpoints = (stage.blocks + 1) * n * d;
   const stored = inFlight * (stage.first ? n : n * d);
   return BYTES * (stageParams(model, stage) + packed + Math.max(block, head) + checkpoints + stored);

@@ -27,7 +27,7 @@ export function planRequest(spec: ResolvedJobSpec, agents: PlannerAgent[], calib
   const p = layout ?? spec.parallel;
   return {
     model: spec.model,
-    training: { batchSize: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen, zero: t.zero },
+    training: { batchSize: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen, zero: t.zero, wholeLogits: spec.kind === 'dpo' || spec.kind === 'distill' },
     parallel: p === 'auto' ? ('auto' as const) : { data: p.data, pipeline: p.pipeline, tensor: p.tensor },
     agents,
     ...(calibration ? { calibration } : {}),

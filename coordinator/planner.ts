@@ -63,7 +63,8 @@ export interface PlannerAgent {
 
 export interface PlanRequest {
   model: { vocabSize: number; nCtx: number; nLayer: number; nHead: number; nEmbd: number };
-  training: { batchSize: number; microBatches: number; seqLen: number; zero: 0 | 1 };
+  /** wholeLogits: the objective needs the whole logits (dpo, distill), not the causal-LM head's chunks. */
+  training: { batchSize: number; microBatches: number; seqLen: number; zero: 0 | 1; wholeLogits?: boolean };
   parallel: 'auto' | { data: number; pipeline: number; tensor: number };
   agents: PlannerAgent[];
   calibration?: Partial<PlannerCalibration>;
@@ -369,7 +370,7 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     const [a, b] = stages[i]!;
     const work = stageWork(l, i, b - a);
     const params = stageParams(model, work);
-    const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, p - i) : 0);
+    const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, p - i) : 0, training.wholeLogits);
     const need = memoryBytes(params, backendBytes, d, training.zero);
     for (let tp = 0; tp < t; tp++) {
       const ring = grid.map((replica) => replica[i]![tp]!);
@@ -584,7 +585,7 @@ function evenSplitMemory(ctx: Ctx, l: Layout, m: number): number {
   for (let i = 0; i < l.pipeline; i++) {
     const blocks = Math.floor(model.nLayer / l.pipeline) + (i >= l.pipeline - (model.nLayer % l.pipeline) ? 1 : 0);
     const work = stageWork(l, i, blocks);
-    const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, l.pipeline - i) : 0);
+    const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, l.pipeline - i) : 0, training.wholeLogits);
     peak = Math.max(peak, memoryBytes(stageParams(model, work), backendBytes, l.data, training.zero));
   }
   return peak;

@@ -18,12 +18,9 @@
  * The per-token arithmetic (max, exp, log) is float64 in JS; the products are the backend's float32 matmuls.
  */
 import * as tf from '@tensorflow/tfjs';
+import { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES, headChunkRows } from './lm-head-chunks.ts';
 
-/** Elements of the weight per chunk: 4 Mi (16 MB in float32): ~5,461 rows of GPT-2's 768. */
-export const HEAD_CHUNK_ELEMENTS = 1 << 22;
-
-/** Pass 1's logits are kept for pass 2 up to this many bytes (GPT-2 at 256 tokens: 51 MB); past it, recomputed. */
-export const LOGITS_KEPT_BYTES = 64 * 2 ** 20;
+export { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES } from './lm-head-chunks.ts';
 
 export interface LmHeadResult {
   /** Σᵢ cᵢ·(−log p(tᵢ)): the objective's value before any upstream scale. */
@@ -71,7 +68,7 @@ export function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coef
   if (dw !== d) throw new RangeError(`the head's weight is ${V}×${dw}, the hidden states ${N}×${d}`);
   if (targets.length !== N || coeff.length !== N) throw new RangeError(`${N} hidden states need ${N} targets and coefficients, got ${targets.length} and ${coeff.length}`);
   for (let i = 0; i < N; i++) if (!(targets[i]! >= 0 && targets[i]! < V)) throw new RangeError(`target ${targets[i]} is outside the vocabulary [0, ${V})`);
-  const rows = Math.max(1, Math.min(V, Math.floor(chunkElements / d)));
+  const rows = headChunkRows(V, d, chunkElements);
   const chunks: Array<[number, number]> = [];
   for (let r0 = 0; r0 < V; r0 += rows) chunks.push([r0, Math.min(V, r0 + rows)]);
   const keep = upstream !== undefined && N * V * 4 <= keptBytes;

@@ -172,16 +172,27 @@ export class AdamW {
     return { step: this.#step, expAvg: this.#expAvg.slice(), expAvgSq: this.#expAvgSq.slice() };
   }
 
-  /** Replaces the state from exportFlat's form; the moments must be float32 of exactly the range's length. */
-  importFlat(state: FlatOptimizerState): void {
+  /**
+   * The range's moments themselves (not copies) and the step: for writing them out between updates without a
+   * second copy of optimizer state (GPT-2-small's is 1 GB). They change with the next update; do not write to them.
+   */
+  viewFlat(): FlatOptimizerState {
+    return { step: this.#step, expAvg: this.#expAvg, expAvgSq: this.#expAvgSq };
+  }
+
+  /**
+   * Replaces the state from exportFlat's form; the moments must be float32 of exactly the range's length. They are
+   * copied, unless `adopt`: then these arrays become the optimizer's own (the caller must not use them again).
+   */
+  importFlat(state: FlatOptimizerState, options: { adopt?: boolean } = {}): void {
     checkStep(state.step);
     const n = this.range.end - this.range.start;
     for (const [label, a] of [['expAvg', state.expAvg], ['expAvgSq', state.expAvgSq]] as const) {
       if (!(a instanceof Float32Array)) throw new RangeError(`AdamW.importFlat: ${label} must be a Float32Array`);
       if (a.length !== n) throw new RangeError(`AdamW.importFlat: ${label} has ${a.length} elements, the range [${this.range.start}, ${this.range.end}) has ${n}`);
     }
-    this.#expAvg = state.expAvg.slice();
-    this.#expAvgSq = state.expAvgSq.slice();
+    this.#expAvg = options.adopt ? state.expAvg : state.expAvg.slice();
+    this.#expAvgSq = options.adopt ? state.expAvgSq : state.expAvgSq.slice();
     this.#step = state.step;
   }
 

@@ -7,11 +7,12 @@
  * Large files never sit in one buffer here: a download streams to a temporary file beside the cache entry, hashed
  * chunk by chunk as it arrives, and is renamed into the cache once it verifies; a job's copy is a hard link to
  * that entry (a copy where links fail). An upload streams the caller's chunks (a checkpoint's header and tensor
- * views) in 1 MiB pieces without joining them. The event loop only ever hashes or writes one chunk at a time.
+ * views) in 1 MiB pieces without joining them, or a file (a checkpoint the trainer wrote) read in 1 MiB pieces.
+ * The event loop only ever hashes or writes one chunk at a time.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, mkdirSync } from 'node:fs';
-import { copyFile, link, readFile, rename, rm } from 'node:fs/promises';
+import { copyFile, link, open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -73,16 +74,38 @@ export class ArtifactClient {
    */
   async upload(chunks: readonly Uint8Array[], sha256: string): Promise<void> {
     const bytes = chunks.reduce((n, c) => n + c.byteLength, 0);
+    await this.#put(sha256, bytes, async () => ({ body: piecesOf(chunks), done: async () => {} }));
+  }
+
+  /**
+   * Uploads the file at `path`, whose sha256 the caller computed, read in 1 MiB pieces (each attempt reads it
+   * again). The file must not change meanwhile; the coordinator refuses bytes that do not hash to `sha256`.
+   */
+  async uploadFile(path: string, sha256: string): Promise<void> {
+    await this.#put(sha256, undefined, async () => {
+      const fh = await open(path, 'r');
+      const { size } = await fh.stat();
+      return { body: filePieces(fh, size), bytes: size, done: () => fh.close() };
+    });
+  }
+
+  /** One PUT per attempt of a body `open` makes afresh; `bytes` is the length when known before opening. */
+  async #put(sha256: string, bytes: number | undefined, openBody: () => Promise<{ body: ReadableStream<Uint8Array>; bytes?: number; done(): Promise<void> }>): Promise<void> {
     await this.#retry(`upload ${sha256.slice(0, 12)}`, async () => {
-      const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${sha256}`, {
-        method: 'PUT',
-        headers: { ...this.#auth(), 'content-type': 'application/octet-stream', 'content-length': String(bytes) },
-        body: piecesOf(chunks),
-        duplex: 'half', // a stream body (Node's fetch requires saying so)
-        signal: AbortSignal.timeout(this.#opts.timeoutMs),
-      } as RequestInit);
-      if (!res.ok) throw await httpError(res, `upload of ${sha256}`);
-      await res.body?.cancel();
+      const { body, bytes: opened, done } = await openBody();
+      try {
+        const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${sha256}`, {
+          method: 'PUT',
+          headers: { ...this.#auth(), 'content-type': 'application/octet-stream', 'content-length': String(bytes ?? opened) },
+          body,
+          duplex: 'half', // a stream body (Node's fetch requires saying so)
+          signal: AbortSignal.timeout(this.#opts.timeoutMs),
+        } as RequestInit);
+        if (!res.ok) throw await httpError(res, `upload of ${sha256}`);
+        await res.body?.cancel();
+      } finally {
+        await done().catch(() => {});
+      }
     });
   }
 
@@ -147,6 +170,21 @@ function piecesOf(chunks: readonly Uint8Array[]): ReadableStream<Uint8Array> {
       const end = Math.min(c.byteLength, at + PIECE_BYTES);
       controller.enqueue(c.subarray(at, end));
       at = end;
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** The first `size` bytes of an open file as a stream of PIECE_BYTES reads (a file cut short fails the stream). */
+function filePieces(fh: FileHandle, size: number): ReadableStream<Uint8Array> {
+  let at = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (at >= size) return controller.close();
+      const piece = new Uint8Array(Math.min(PIECE_BYTES, size - at));
+      const { bytesRead } = await fh.read(piece, 0, piece.byteLength, at);
+      if (bytesRead === 0) return controller.error(new Error(`the file ended at byte ${at} of ${size}`));
+      at += bytesRead;
+      controller.enqueue(piece.subarray(0, bytesRead));
     },
   }, { highWaterMark: 0 });
 }

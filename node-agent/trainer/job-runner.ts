@@ -33,7 +33,7 @@ import type { Logger } from '../../common/log.ts';
 import type { AgentMessage, JobStart } from '../../protocol/control.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, layoutName, rankOf, ringIds, worldSize, type Coords } from '../../protocol/layout.ts';
-import { checkpointDirName, MANIFEST_FILE } from '../../model/checkpoint.ts';
+import { checkpointDirName, MANIFEST_FILE, type JsonValue } from '../../model/checkpoint.ts';
 import { shardLayout, type ShardLayout, type ShardSpec } from '../../model/shard-layout.ts';
 import { loraShardLayout, loraSpec } from '../../model/lora.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
@@ -52,6 +52,8 @@ export interface ArtifactStore {
   download(digest: string, path: string): Promise<string>;
   /** Uploads one file given as its chunks in order (never joined), whose sha256 the caller computed. */
   upload(chunks: readonly Uint8Array[], sha256: string): Promise<void>;
+  /** Uploads the file at `path`, streamed from disk, whose sha256 the caller computed (it must not change meanwhile). */
+  uploadFile(path: string, sha256: string): Promise<void>;
 }
 
 /** This rank's rings and pipeline links (protocol/layout.ts names them). */
@@ -345,20 +347,31 @@ export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinis
       });
 
       const checkpointNow = s === t.steps || (t.checkpointEvery > 0 && s % t.checkpointEvery === 0);
-      // Only data-parallel rank 0 saves; the other replicas take a snapshot (params + both moments: 1.5 GB for
-      // GPT-2-small) only when ZeRO-1 needs their ranges of the moments gathered.
-      if (checkpointNow && (coords.dp === 0 || (zero && layout.data > 1))) {
+      const where = { shard, layout: layoutOfShard, coords, placement };
+      if (checkpointNow && zero && layout.data > 1) {
+        // ZeRO-1: each replica holds a range of the moments. Every replica exports a snapshot (params + whole-length
+        // moments), the ranges are gathered, and rank 0 encodes and uploads its snapshot from memory.
         const c0 = epochMs();
         const snap = await race(w.request({ type: 'export' }, 'exported'));
-        if (zero && layout.data > 1) {
-          await race(data.allGather(snap.expAvg)); // each rank's range → the whole shard's moments
-          await race(data.allGather(snap.expAvgSq));
-        }
+        await race(data.allGather(snap.expAvg)); // each rank's range → the whole shard's moments
+        await race(data.allGather(snap.expAvgSq));
         if (coords.dp === 0) {
           await race(checkpointing); // one upload at a time; its failure fails the job here
-          checkpointing = saveAndUpload(ctx, start, spec, { shard, layout: layoutOfShard, coords, placement }, snap, stepTrace?.step);
+          checkpointing = saveAndUpload(ctx, start, spec, where, snap, stepTrace?.step);
           checkpointing.catch(() => {}); // awaited (and its error raised) before the next one and at the end
         }
+        phases.push({ name: 'checkpoint', startMs: c0, endMs: epochMs(), attrs: { step: s } });
+      } else if (checkpointNow && coords.dp === 0) {
+        // Only data-parallel rank 0 saves. The worker writes the checkpoint to this job's folder straight from the
+        // live buffers (no snapshot in memory: GPT-2-small's is 1.5 GB), then it uploads while training goes on.
+        const c0 = epochMs();
+        const dir = join(jobDir, 'checkpoints', checkpointDirName(s));
+        await rm(dir, { recursive: true, force: true });
+        await mkdir(dir, { recursive: true });
+        const spilled = await race(w.request({ type: 'spill', dir, state: checkpointState(start, spec, where) }, 'spilled'));
+        await race(checkpointing); // one upload at a time; its failure fails the job here
+        checkpointing = uploadSpilled(ctx, start, where, spilled, dir, stepTrace?.step);
+        checkpointing.catch(() => {});
         phases.push({ name: 'checkpoint', startMs: c0, endMs: epochMs(), attrs: { step: s } });
       }
 
@@ -473,24 +486,54 @@ async function saveAndUpload(
   const encoded = await encodeCheckpointFiles(snap.step, {
     model: tensorsOf(snap.params, layout),
     optimizer: { step: snap.optimizerStep, expAvg: tensorsOf(snap.expAvg, layout), expAvgSq: tensorsOf(snap.expAvgSq, layout) },
-    state: {
-      step: snap.step, cursor: { shard: snap.cursor.shard, offset: snap.cursor.offset }, spec: spec as never, shard: { ...shard },
-      layout: { ...placement.layout }, world: start.world, jobId: start.jobId, attempt: start.attempt,
-    },
+    state: { step: snap.step, cursor: { shard: snap.cursor.shard, offset: snap.cursor.offset }, ...checkpointState(start, spec, where) },
   }, buffers);
   if (ctx.signal.aborted) return;
   const files = await uploadCheckpoint(ctx.artifacts, encoded);
   if (ctx.signal.aborted) return;
-  const size = encoded.bytes;
+  checkpointUploaded(ctx, start, shard, snap.step, files, { startMs, ms: performance.now() - t0, bytes: encoded.bytes, trace });
+}
+
+/** state.json of a shard checkpoint, less the step and the data cursor (the trainer worker's). */
+function checkpointState(start: JobStart, spec: ResolvedJobSpec, where: { shard: ShardSpec; placement: Placement }): Record<string, JsonValue> {
+  return { spec: spec as never, shard: { ...where.shard }, layout: { ...where.placement.layout }, world: start.world, jobId: start.jobId, attempt: start.attempt };
+}
+
+/**
+ * Uploads a checkpoint the trainer worker wrote to `dir` (a `spill`), streaming each file from disk, tells the
+ * coordinator, and removes the folder whatever happens.
+ */
+async function uploadSpilled(
+  ctx: JobContext, start: JobStart, where: { shard: ShardSpec }, spilled: Extract<FromWorker, { type: 'spilled' }>, dir: string, trace: TraceParent | undefined,
+): Promise<void> {
+  const t0 = performance.now();
+  const startMs = epochMs();
+  try {
+    const entries = Object.entries(spilled.files);
+    await Promise.all(entries.map(([, f]) => ctx.artifacts.uploadFile(f.path, f.sha256)));
+    if (ctx.signal.aborted) return;
+    const files = Object.fromEntries(entries.map(([name, f]) => [name, f.sha256]));
+    const bytes = entries.reduce((n, [, f]) => n + f.bytes, 0);
+    checkpointUploaded(ctx, start, where.shard, spilled.step, files, { startMs, ms: performance.now() - t0, bytes, trace });
+  } finally {
+    await rm(dir, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+/** Observers, the coordinator (job.checkpoint) and the log hear of an uploaded checkpoint. */
+function checkpointUploaded(
+  ctx: JobContext, start: JobStart, shard: ShardSpec, step: number, files: Record<string, string>,
+  how: { startMs: number; ms: number; bytes: number; trace: TraceParent | undefined },
+): void {
   for (const o of ctx.observers ?? []) {
     try {
-      o.onCheckpoint?.({ jobId: start.jobId, attempt: start.attempt, rank: start.rank, step: snap.step, startMs, endMs: epochMs(), bytes: size, ...(trace ? { trace } : {}) });
+      o.onCheckpoint?.({ jobId: start.jobId, attempt: start.attempt, rank: start.rank, step, startMs: how.startMs, endMs: epochMs(), bytes: how.bytes, ...(how.trace ? { trace: how.trace } : {}) });
     } catch (err) {
       ctx.log.warn(`job ${start.jobId}: a checkpoint observer failed: ${errorText(err)}`);
     }
   }
-  ctx.send({ type: 'job.checkpoint', jobId: start.jobId, attempt: start.attempt, step: snap.step, files, shard: { stage: shard.stage, tp: shard.tpRank } });
-  ctx.log.info(`job ${start.jobId}: checkpoint of step ${snap.step} (stage ${shard.stage}, shard ${shard.tpRank}) uploaded (${(performance.now() - t0).toFixed(0)} ms)`);
+  ctx.send({ type: 'job.checkpoint', jobId: start.jobId, attempt: start.attempt, step, files, shard: { stage: shard.stage, tp: shard.tpRank } });
+  ctx.log.info(`job ${start.jobId}: checkpoint of step ${step} (stage ${shard.stage}, shard ${shard.tpRank}) uploaded (${how.ms.toFixed(0)} ms, ${(how.bytes / 1e6).toFixed(1)} MB)`);
 }
 
 type Reply<K extends FromWorker['type']> = Extract<FromWorker, { type: K }>;

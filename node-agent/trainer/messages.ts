@@ -35,8 +35,9 @@
  */
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import type { ParallelLayout } from '../../protocol/layout.ts';
-import type { TensorMap } from '../../model/safetensors.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
+import type { CheckpointFiles, WrittenFile } from '../../model/checkpoint-files.ts';
+import type { JsonValue } from '../../model/checkpoint.ts';
 
 /** Where this agent sits in the job: what job.start's plan and rank say. */
 export interface Placement {
@@ -58,12 +59,10 @@ export interface ResumeFiles {
   step: number;
 }
 
-/** A resume checkpoint as the worker loaded it. */
+/** A resume checkpoint as the worker opened it: verified, its tensors still on disk. */
 export interface ResumeState {
-  /** This shard's weights by GPT-2 name, local shapes (a shard checkpoint's model.safetensors). */
-  model: TensorMap;
-  /** The shard's AdamW moments by parameter name (whole shard, even with ZeRO-1), and AdamW's step. */
-  optimizer: { step: number; expAvg: TensorMap; expAvgSq: TensorMap };
+  /** A shard checkpoint's files: this shard's weights and its AdamW moments (whole shard, even with ZeRO-1). */
+  files: CheckpointFiles;
   /** Optimizer steps done: the next step run is step + 1. */
   step: number;
   /** Where the next global training batch starts. */
@@ -80,7 +79,10 @@ export type ToWorker =
   | { type: 'upload' }
   | { type: 'evalBegin' }
   | { type: 'evalFwd'; mb: number; acts?: Float32Array }
-  | { type: 'export' };
+  | { type: 'export' }
+  // Write the shard's checkpoint (weights + AdamW moments) into the empty folder `dir`, tensor by tensor; `state`
+  // is state.json less the step and data cursor, which the worker adds. Not with ZeRO-1 over replicas (export).
+  | { type: 'spill'; dir: string; state: Record<string, JsonValue> };
 
 export interface Ready {
   type: 'ready';
@@ -107,5 +109,6 @@ export type FromWorker =
   | { type: 'evalBegun'; microBatches: number; skipped?: string } // skipped: why there is no held-out evaluation
   | { type: 'evalDone'; out?: Float32Array; loss?: number }
   | { type: 'exported'; step: number; cursor: ShardCursor; params: Float32Array; expAvg: Float32Array; expAvgSq: Float32Array; optimizerStep: number }
+  | { type: 'spilled'; step: number; files: Record<string, WrittenFile> }
   | { type: 'tp'; elems: number }
   | { type: 'failed'; error: string };

@@ -3,9 +3,13 @@
  * (model/checkpoint.ts loadCheckpoint: sizes, sha256 against the manifest, consistency), then checked against the
  * job: its step, its model, the shard this rank needs (the coordinator reshards the layout-free checkpoint for each
  * shard), a data cursor and AdamW's step. Reading ~1.5 GB and hashing it takes seconds: on main it would stall
- * heartbeats, and a copy posted to the worker would double the memory.
+ * heartbeats, and a copy posted to the worker would double the memory. The files are verified by streaming them
+ * through sha256 (model/checkpoint-files.ts) and their tensors read one at a time into the trainer's own buffers
+ * (fillFromResume): the checkpoint is never held whole in memory.
  */
-import { loadCheckpoint, MANIFEST_FILE } from '../../model/checkpoint.ts';
+import { MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE } from '../../model/checkpoint.ts';
+import { openCheckpointFiles, type TensorGroup } from '../../model/checkpoint-files.ts';
+import { join } from 'node:path';
 import { shardOfCheckpoint, type ShardSpec } from '../../model/shard-layout.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
@@ -23,19 +27,64 @@ export function shardOf(spec: ResolvedJobSpec, placement: Placement): ShardSpec 
 const sameShard = (a: ShardSpec, b: ShardSpec) =>
   a.stage === b.stage && a.stages === b.stages && a.firstLayer === b.firstLayer && a.endLayer === b.endLayer && a.tpRank === b.tpRank && a.tpSize === b.tpSize;
 
-/** Loads the checkpoint of `step` from `dir` and checks that it fits the job and holds exactly `shard`. */
+/** Opens and verifies the checkpoint of `step` in `dir` and checks that it fits the job and holds exactly `shard`. */
 export async function loadResume(dir: string, step: number, spec: ResolvedJobSpec, shard: ShardSpec): Promise<ResumeState> {
-  const ckpt = await loadCheckpoint(dir);
-  const bad = (why: string) => new Error(`resume checkpoint of step ${step}: ${why}`);
-  if (ckpt.step !== step) throw bad(`${MANIFEST_FILE} says step ${ckpt.step}`);
-  const saved = ckpt.state.spec as unknown as ResolvedJobSpec | undefined;
-  if (!saved || typeof saved !== 'object' || JSON.stringify(saved.model) !== JSON.stringify(spec.model)) {
-    throw bad(`state.json's model ${JSON.stringify(saved?.model)} is not this job's ${JSON.stringify(spec.model)}`);
+  const paths = Object.fromEntries([MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].map((f) => [f, join(dir, f)]));
+  const files = await openCheckpointFiles(paths, `of step ${step}`);
+  try {
+    const bad = (why: string) => new Error(`resume checkpoint of step ${step}: ${why}`);
+    if (files.step !== step) throw bad(`${MANIFEST_FILE} says step ${files.step}`);
+    const saved = files.state.spec as unknown as ResolvedJobSpec | undefined;
+    if (!saved || typeof saved !== 'object' || JSON.stringify(saved.model) !== JSON.stringify(spec.model)) {
+      throw bad(`state.json's model ${JSON.stringify(saved?.model)} is not this job's ${JSON.stringify(spec.model)}`);
+    }
+    const held = shardOfCheckpoint(files.state, spec.model.nLayer);
+    if (!sameShard(held, shard)) throw bad(`it holds shard ${JSON.stringify(held)}, this rank needs ${JSON.stringify(shard)}`);
+    const cursor = files.state.cursor as unknown as ShardCursor | undefined;
+    if (!cursor || !Number.isInteger(cursor.shard) || !Number.isInteger(cursor.offset)) throw bad(`state.json has no data cursor`);
+    if (files.optimizerStep !== step) throw bad(`optimizer.safetensors has ${files.optimizerStep} updates, not ${step}`);
+    return { files, step, cursor: { shard: cursor.shard, offset: cursor.offset } };
+  } catch (err) {
+    await files.close();
+    throw err;
   }
-  const held = shardOfCheckpoint(ckpt.state, spec.model.nLayer);
-  if (!sameShard(held, shard)) throw bad(`it holds shard ${JSON.stringify(held)}, this rank needs ${JSON.stringify(shard)}`);
-  const cursor = ckpt.state.cursor as unknown as ShardCursor | undefined;
-  if (!cursor || !Number.isInteger(cursor.shard) || !Number.isInteger(cursor.offset)) throw bad(`state.json has no data cursor`);
-  if (ckpt.optimizer.step !== step) throw bad(`optimizer.safetensors has ${ckpt.optimizer.step} updates, not ${step}`);
-  return { model: ckpt.model, optimizer: ckpt.optimizer, step, cursor: { shard: cursor.shard, offset: cursor.offset } };
+}
+
+/** Where one trained tensor goes: its offset and size in the shard's flat layout. */
+interface Slot {
+  readonly name: string;
+  readonly offset: number;
+  readonly size: number;
+  readonly shape: readonly number[];
+}
+
+/**
+ * Reads the checkpoint's tensors one at a time into the trainer's buffers: every weight into `params` (flat,
+ * layout order), and of each moment the part inside the optimizer's `range` into `expAvg`/`expAvgSq` (range
+ * length). Each tensor must be float32 of its slot's size. Closes the files.
+ */
+export async function fillFromResume(
+  resume: ResumeState, slots: readonly Slot[], params: Float32Array, range: readonly [number, number], expAvg: Float32Array, expAvgSq: Float32Array,
+): Promise<void> {
+  const [lo, hi] = range;
+  try {
+    for (const s of slots) {
+      for (const [group, label] of [['model', ''], ['expAvg', 'exp_avg.'], ['expAvgSq', 'exp_avg_sq.']] as Array<[TensorGroup, string]>) {
+        const from = s.offset, to = s.offset + s.size;
+        if (group !== 'model' && (to <= lo || from >= hi)) continue; // outside this rank's ZeRO-1 range
+        const info = resume.files.tensors[group].get(s.name);
+        if (!info || info.dtype !== 'F32' || info.shape.reduce((a, b) => a * b, 1) !== s.size) {
+          throw new Error(`the resume checkpoint's ${label}${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
+        }
+        const data = (await resume.files.read(group, s.name)).data as Float32Array;
+        if (group === 'model') params.set(data, s.offset);
+        else {
+          const a = Math.max(lo, from), b = Math.min(hi, to);
+          (group === 'expAvg' ? expAvg : expAvgSq).set(data.subarray(a - from, b - from), a - lo);
+        }
+      }
+    }
+  } finally {
+    await resume.files.close();
+  }
 }

@@ -19,7 +19,8 @@ import { loadBackend, type BackendChoice } from '../compute/backend.ts';
 import { dataFormatOf, rowsPerExample, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, type Coords } from '../../protocol/layout.ts';
 import type { FromWorker, Placement, ResumeState, ToWorker } from './messages.ts';
-import { loadResume, shardOf } from './resume-checkpoint.ts';
+import type { JsonValue } from '../../model/checkpoint.ts';
+import { fillFromResume, loadResume, shardOf } from './resume-checkpoint.ts';
 
 const port = parentPort!;
 const { backend } = workerData as { backend: BackendChoice };
@@ -36,6 +37,7 @@ const { ExampleReader } = await import('../../model/examples.ts');
 const { GPT, initParams, paramLayout, unflatten } = await import('../../model/gpt.ts');
 const { loraLayout, loraScale, loraShardLayout, loraSpec, partialSumGrads } = await import('../../model/lora.ts');
 const { importHf } = await import('../../model/hf-format.ts');
+const { writeCheckpointFiles } = await import('../../model/checkpoint-files.ts');
 const { rowLogprobs } = await import('../../model/objectives.ts');
 const { chunkRange } = await import('../collectives/partition.ts');
 
@@ -77,13 +79,23 @@ let job: Job | null = null;
 const post = (msg: FromWorker, transfer: TransferListItem[] = []) => port.postMessage(msg, transfer);
 
 port.on('message', (msg: ToWorker) => {
-  // Resuming reads and hashes the checkpoint's files (asynchronously) before init proper; main sends nothing else meanwhile.
+  // Resuming reads and hashes the checkpoint's files, and a spill writes one, asynchronously; main sends nothing
+  // else meanwhile.
+  const fail = (err: unknown) => post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });
   if (msg.type === 'init' && msg.resume) {
     const { spec, placement, dataDir, resume, frozenDir, baseDir } = msg;
     Promise.resolve()
       .then(() => loadResume(resume.dir, resume.step, spec, shardOf(spec, placement)))
-      .then((state) => post(init(spec, placement, dataDir, state, frozenDir, baseDir)))
-      .catch((err: unknown) => post({ type: 'failed', error: err instanceof Error ? err.message : String(err) }));
+      .then((state) => init(spec, placement, dataDir, state, frozenDir, baseDir))
+      .then((reply) => post(reply), fail);
+    return;
+  }
+  if (msg.type === 'spill') {
+    Promise.resolve().then(() => spill(need(), msg.dir, msg.state)).then((reply) => post(reply), fail);
+    return;
+  }
+  if (msg.type === 'init') {
+    init(msg.spec, msg.placement, msg.dataDir, undefined, msg.frozenDir, msg.baseDir).then((reply) => post(reply), fail);
     return;
   }
   try {
@@ -97,7 +109,8 @@ port.on('message', (msg: ToWorker) => {
 function handle(msg: ToWorker): [FromWorker, TransferListItem[]] {
   switch (msg.type) {
     case 'init':
-      return [init(msg.spec, msg.placement, msg.dataDir, undefined, msg.frozenDir, msg.baseDir), []];
+    case 'spill':
+      throw new Error(`${msg.type} is handled asynchronously`);
     case 'begin':
       return [begin(need(), msg.step), []];
     case 'fwd':
@@ -130,12 +143,36 @@ function handle(msg: ToWorker): [FromWorker, TransferListItem[]] {
   }
 }
 
+/**
+ * Writes the shard's checkpoint into `dir` straight from the live parameters and AdamW moments, tensor by tensor
+ * (model/checkpoint-files.ts), hashing as it goes: no snapshot copy. Main waits for the answer before the next
+ * step (nothing changes meanwhile) and then uploads the files while training goes on.
+ */
+async function spill(j: Job, dir: string, state: Record<string, JsonValue>): Promise<FromWorker> {
+  if (j.placement.zero && j.placement.layout.data > 1) throw new Error('a ZeRO-1 rank holds part of the moments: its checkpoint goes through export');
+  const layout = j.model.trainable;
+  const { step: optimizerStep, expAvg, expAvgSq } = j.optimizer.viewFlat();
+  const files = await writeCheckpointFiles(dir, {
+    step: j.step,
+    weights: layout.specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape }] as const),
+    moments: layout.specs.map((s) => s.name),
+    optimizerStep,
+    state: { ...state, cursor: { shard: j.train.cursor.shard, offset: j.train.cursor.offset } },
+    tensor: (group, name) => {
+      const s = layout.byName.get(name)!;
+      const from = group === 'model' ? j.params : group === 'expAvg' ? expAvg : expAvgSq;
+      return Promise.resolve(from.subarray(s.offset, s.offset + s.size));
+    },
+  });
+  return { type: 'spilled', step: j.step, files };
+}
+
 function need(): Job {
   if (!job) throw new Error('the trainer worker has not been initialised');
   return job;
 }
 
-function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resume?: ResumeState, frozenDir?: string, baseDir?: string): FromWorker {
+async function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resume?: ResumeState, frozenDir?: string, baseDir?: string): Promise<FromWorker> {
   if (job) throw new Error('the trainer worker is already initialised');
   const t = spec.training;
   const { layout, stages, microBatches, zero, rank } = placement;
@@ -161,37 +198,19 @@ function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string, resu
   }
 
   const params = new Float32Array(new SharedArrayBuffer(trainable.totalSize * 4));
+  const range: [number, number] = zero ? (({ start, end }) => [start, end] as [number, number])(chunkRange(trainable.totalSize, layout.data, coords.dp)) : [0, trainable.totalSize];
+  // AdamW's moments exist for what trains only: with LoRA, the adapter's factors.
+  const optimizer = new AdamW(trainable.specs, { beta1: t.beta1, beta2: t.beta2, weightDecay: t.weightDecay }, { range: { start: range[0], end: range[1] } });
   if (resume) {
-    for (const s of trainable.specs) {
-      const tensor = resume.model[s.name];
-      if (!tensor || tensor.dtype !== 'F32' || !(tensor.data instanceof Float32Array) || tensor.data.length !== s.size) {
-        throw new Error(`the resume checkpoint's ${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
-      }
-      params.set(tensor.data, s.offset);
-    }
+    // Tensor by tensor into our own buffers; the moments' arrays become the optimizer's (GPT-2-small's are 1 GB).
+    const m = new Float32Array(range[1] - range[0]), v = new Float32Array(range[1] - range[0]);
+    await fillFromResume(resume, trainable.specs, params, range, m, v);
+    optimizer.importFlat({ step: resume.files.optimizerStep, expAvg: m, expAvgSq: v }, { adopt: true });
   } else if (lora) {
     const views = unflatten(initParams(loraLayout(spec.model, lora), t.seed), loraLayout(spec.model, lora));
     params.set(extractShard((name) => views.get(name)!, trainable));
   } else params.set(initShardParams(spec.model, shard, t.seed));
   const grads = new Float32Array(new SharedArrayBuffer(trainable.totalSize * 4));
-
-  const range: [number, number] = zero ? (({ start, end }) => [start, end] as [number, number])(chunkRange(trainable.totalSize, layout.data, coords.dp)) : [0, trainable.totalSize];
-  // AdamW's moments exist for what trains only: with LoRA, the adapter's factors.
-  const optimizer = new AdamW(trainable.specs, { beta1: t.beta1, beta2: t.beta2, weightDecay: t.weightDecay }, { range: { start: range[0], end: range[1] } });
-  if (resume) {
-    const m = new Float32Array(trainable.totalSize), v = new Float32Array(trainable.totalSize);
-    for (const [label, from, into] of [['exp_avg', resume.optimizer.expAvg, m], ['exp_avg_sq', resume.optimizer.expAvgSq, v]] as const) {
-      for (const s of trainable.specs) {
-        const tensor = from[s.name];
-        if (!tensor || tensor.dtype !== 'F32' || !(tensor.data instanceof Float32Array) || tensor.data.length !== s.size) {
-          throw new Error(`the resume checkpoint's ${label}.${s.name} does not fit this shard`);
-        }
-        into.set(tensor.data, s.offset);
-      }
-    }
-    // Views, not copies: importFlat copies its range once (GPT-2-small's moments are 1 GB; a slice here was another GB at resume).
-    optimizer.importFlat({ step: resume.optimizer.step, expAvg: m.subarray(range[0], range[1]), expAvgSq: v.subarray(range[0], range[1]) });
-  }
 
   // Tensor-parallel scratch: one micro-batch of activations, [rows·seqLen, d].
   const rows = (perReplica / microBatches) * rowsPerExample(spec);

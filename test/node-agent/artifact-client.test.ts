@@ -54,3 +54,33 @@ test('a wrong token is refused without retrying forever', async (t) => {
   await assert.rejects(client.put(Buffer.from('x')), /HTTP 401/);
   assert.equal(requests, 1, 'a 401 is not retried');
 });
+
+test('uploadFile streams a file of several pieces; each attempt reads the file again, and the wrong digest is refused', async (t) => {
+  const { client, dir, port } = await setup(t);
+  const bytes = randomBytes(3 * (1 << 20) + 12_345); // 4 pieces of at most 1 MiB
+  const path = join(dir, 'model.safetensors');
+  writeFileSync(path, bytes);
+  await client.uploadFile(path, sha256Hex(bytes));
+  assert.ok((await client.get(sha256Hex(bytes))).equals(bytes));
+
+  // The first attempt's connection fails mid-way: the retry must send the whole file from its first byte.
+  let attempts = 0;
+  const flaky: typeof fetch = async (input, init) => {
+    attempts++;
+    if (attempts === 1) {
+      const reader = (init!.body as ReadableStream<Uint8Array>).getReader();
+      await reader.read(); // one piece consumed, then the "network" drops
+      throw new TypeError('fetch failed');
+    }
+    return fetch(input, init);
+  };
+  const other = randomBytes((1 << 20) + 7);
+  writeFileSync(path, other);
+  const retrying = new ArtifactClient({ baseUrl: `http://127.0.0.1:${port}`, token: 'artifact-token', cacheDir: join(dir, 'c3'), retries: 2, fetch: flaky });
+  await retrying.uploadFile(path, sha256Hex(other));
+  assert.equal(attempts, 2);
+  assert.ok((await client.get(sha256Hex(other))).equals(other));
+
+  await assert.rejects(client.uploadFile(path, 'b'.repeat(64)), /HTTP 4\d\d/);
+  await assert.rejects(client.uploadFile(join(dir, 'missing'), 'c'.repeat(64)), /ENOENT/);
+});

@@ -40,6 +40,9 @@ export class DiskStore extends CoordinatorArtifactStore implements ArtifactStore
   async upload(chunks: readonly Uint8Array[], sha256: string): Promise<void> {
     await this.putStream(Readable.from(chunks.map((c) => Buffer.from(c.buffer, c.byteOffset, c.byteLength))), sha256);
   }
+  async uploadFile(path: string, sha256: string): Promise<void> {
+    await this.putStream(createReadStream(path), sha256);
+  }
   async putAll(files: Record<string, Uint8Array>): Promise<Record<string, string>> {
     const out: Record<string, string> = {};
     for (const [name, bytes] of Object.entries(files)) out[name] = await this.put(bytes);

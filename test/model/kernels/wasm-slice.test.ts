@@ -44,7 +44,7 @@ for (const dtype of ['float32', 'int32', 'bool'] as const) {
   test(`Slice on wasm equals the cpu backend's (${dtype})`, () => {
     for (const { shape, begin, size } of cases) {
       const n = shape.reduce((a, b) => a * b, 1);
-      const values = Array.from({ length: n }, (_, i) => (dtype === 'bool' ? i % 3 === 0 : dtype === 'int32' ? i * 7 - 20 : i * 0.5 - 3.25));
+      const values: number[] | boolean[] = dtype === 'bool' ? Array.from({ length: n }, (_, i) => i % 3 === 0) : Array.from({ length: n }, (_, i) => (dtype === 'int32' ? i * 7 - 20 : i * 0.5 - 3.25));
       const expected = onCpu(() => tf.tidy(() => tf.tensor(values, shape, dtype).slice(begin, size).arraySync()));
       const before = tf.memory().numTensors;
       const got = tf.tidy(() => tf.tensor(values, shape, dtype).slice(begin, size).arraySync());
