@@ -291,9 +291,9 @@ export const WASM_HEAP_PLANNED = 0.85;
  * a time (model/lm-head.ts): the chunk's weight, its transposed copy and its gradient (3·v_c·d), its logits, their
  * gradient and its packing (3·v_c·N), and the hidden states with their transposes and gradient (~9·N·d). dpo and
  * distill (`wholeLogits`) take the whole logits through tfjs ops: ≈ 12·N·V + 5·N·d (logits, log-softmax, the
- * targets' one-hot and their gradients) plus wte's packing, V·d. Measured on a GPT-2-small probe (one stage, wasm):
- * the heap's high-water mark was 0.85 GB at N = 256 tokens and 1.8 GB at 1,024, against 0.66 and 1.4 GB here;
- * the rest is the heap's growth slack and fragmentation, which WASM_HEAP_PLANNED leaves room for.
+ * targets' one-hot and their gradients) plus wte's packing, V·d. Measured on a GPT-2-small probe (one stage, wasm,
+ * two steps): the heap's high-water mark was 0.91 GB at N = 256 tokens and 1.62 GB at 1,024, against 0.64 and
+ * 1.39 GB here; the rest is the heap's growth slack and fragmentation, which WASM_HEAP_PLANNED leaves room for.
  */
 export function backendPeakBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number, wholeLogits = false): number {
   const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;

@@ -19,6 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES, headChunkRows } from './lm-head-chunks.ts';
+import { withValues } from './tensor-values.ts';
 
 export { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES } from './lm-head-chunks.ts';
 
@@ -49,7 +50,10 @@ export function lmCoefficients(B: number, T: number, weights?: Float32Array): Fl
 export interface LmHeadOptions {
   /** With a gradient: the upstream gradient of the loss (the micro-batch's scale, 1/m over m micro-batches). */
   upstream?: number;
-  /** Receives ∂L/∂W's rows [row0, row0 + values.length / d), in order; omit it when W is frozen. */
+  /**
+   * Receives ∂L/∂W's rows [row0, row0 + values.length / d), in order; omit it when W is frozen. `values` may view
+   * backend memory (model/tensor-values.ts): read it before returning, and make no tensor meanwhile.
+   */
   addWeightGrad?: (row0: number, values: Float32Array) => void;
   /** Elements of W per chunk (default HEAD_CHUNK_ELEMENTS). */
   chunkElements?: number;
@@ -142,14 +146,15 @@ export function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coef
     try {
       tf.tidy(() => {
         const dzT = tf.tensor2d(dz, [vc, N]);
-        if (addWeightGrad) addWeightGrad(r0, tf.matMul(dzT, h).dataSync() as Float32Array); // [vc, d]
+        if (addWeightGrad) withValues(tf.matMul(dzT, h), (dWc) => addWeightGrad(r0, dWc)); // [vc, d]
         // (∂L/∂h)ᵀ = W_cᵀ·∂L/∂z_cᵀ [d, N]: the packed right operand is the chunk's gradient (N columns), not
         // W_c (d columns), 1.5× faster here than ∂L/∂z_c·W_c.
-        const partT = tf.matMul(Wc, dzT, true, false).dataSync() as Float32Array;
-        for (let k = 0; k < d; k++) {
-          const row = k * N;
-          for (let i = 0; i < N; i++) dh[i * d + k] = dh[i * d + k]! + partT[row + i]!;
-        }
+        withValues(tf.matMul(Wc, dzT, true, false), (partT) => {
+          for (let k = 0; k < d; k++) {
+            const row = k * N;
+            for (let i = 0; i < N; i++) dh[i * d + k] = dh[i * d + k]! + partT[row + i]!;
+          }
+        });
       });
     } finally {
       Wc.dispose();

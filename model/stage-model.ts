@@ -27,6 +27,7 @@ import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
 import { lmCoefficients, lmHead } from './lm-head.ts';
 import { loraDropout } from './lora.ts';
+import { withValues } from './tensor-values.ts';
 import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
@@ -246,8 +247,9 @@ export class StageModel {
         const g = paramGrads[i];
         if (!g) continue; // not on this segment's path (cannot happen for the segments above; harmless if it does)
         const spec = this.trainable.byName.get(names[i]!)!;
-        const v = g.dataSync() as Float32Array;
-        for (let j = 0, o = spec.offset; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
+        withValues(g, (v) => {
+          for (let j = 0, o = spec.offset; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
+        });
       }
       if (r.value.rank === 0) value = r.value.dataSync()[0]!;
       return leaf ? (r.grads[0] as tf.Tensor2D) : tf.scalar(0); // what tidy returns survives it
@@ -331,9 +333,25 @@ export class StageModel {
     return x;
   }
 
-  /** Uploads the trained values (the shard's flat buffer, or the adapter's, in `trainable` order) into the variables. */
+  /**
+   * Uploads the trained values (the shard's flat buffer, or the adapter's, in `trainable` order) into the variables.
+   * The shard's own variables are replaced, each freed before its new value is made: `assign` would hold the old
+   * and the new value at once, and on wasm the heap (which never shrinks) grew by the largest weight for it
+   * (GPT-2-small's wte: 154 MB).
+   */
   writeParams(flat: Float32Array): void {
-    const vars = this.#adapter ? this.#adapterVars : this.#vars;
+    if (!this.#adapter) {
+      for (const s of this.trainable.specs) {
+        const old = this.#vars.get(s.name)!;
+        const { trainable, name } = old;
+        old.dispose();
+        const t = tf.tensor(flat.subarray(s.offset, s.offset + s.size), s.shape as number[], 'float32');
+        this.#vars.set(s.name, tf.variable(t, trainable, name));
+        t.dispose();
+      }
+      return;
+    }
+    const vars = this.#adapterVars;
     for (const s of this.trainable.specs) {
       const t = tf.tensor(flat.subarray(s.offset, s.offset + s.size), s.shape as number[], 'float32');
       vars.get(s.name)!.assign(t);
