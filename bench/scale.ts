@@ -13,6 +13,11 @@
  *   step_s, tokens_per_s   data-parallel steps after the first (the coordinator's stepMs; tokens of the global batch)
  *   pipeline_step_s        the 2-stage job's steps after the first
  *   agent_peak_rss_gb      the largest VmHWM (peak resident set) of any agent process, the killed one included
+ *   agent_rss_bound_gb     what issue 18 allows a data-parallel replica: its weights + gradients + AdamW moments
+ *                          (16 bytes a parameter) + activations + 1 GB, the activations being what the planner's cost
+ *                          model says the backend holds beyond the weights (one segment's tape, block checkpoints)
+ *                          plus the head's logits kept between its two passes (model/lm-head.ts)
+ *   coordinator_rss_bound_gb  2 × the largest shard checkpoint it handles (the data-parallel job's: the whole model)
  *   coordinator_peak_rss_gb  the coordinator's VmHWM over the whole run
  *   checkpoint_s           a checkpointed step's end → the coordinator has recorded its merged checkpoint
  *   checkpoint_gb          the merged checkpoint's files (weights + AdamW moments + state)
@@ -35,6 +40,8 @@ import type { ModelVersion } from '../coordinator/registry.ts';
 import type { JobLive } from '../coordinator/job-runner.ts';
 import { gptConfig, initParams, paramLayout, stateDict, type GPTConfig } from '../model/gpt.ts';
 import { writeSafetensors } from '../model/safetensors.ts';
+import { LOGITS_KEPT_BYTES } from '../model/lm-head-chunks.ts';
+import { backendPeakBytes } from '../coordinator/cost-model.ts';
 import { spawnProc, startCluster, waitForLine, type LocalCluster, type Proc } from '../scripts/local-cluster.ts';
 import { untilJob, writeCorpus, type JobView } from '../test/support/jobs.ts';
 
@@ -210,11 +217,17 @@ export default async function scale(argv: string[]): Promise<object> {
     const pipelineStepMs = trainRows(piped).at(-1)!.values.stepMs!;
     peaks.sample();
 
+    // The data-parallel replica holds the whole model: one micro-batch of batchSize / 2 rows.
+    const rows = batchSize / 2, n = rows * seqLen;
+    const whole = { blocks: cfg.nLayer, first: true, last: true, tensor: 1, recompute: false };
+    const activations = backendPeakBytes(cfg, rows, seqLen, whole, 0) - 4 * params + Math.min(n * cfg.vocabSize * 4, LOGITS_KEPT_BYTES);
+    const agentBound = 16 * params + activations + 1e9;
     return {
       bench: 'scale', preset: presetName, params, seq_len: seqLen, batch_size: batchSize, steps,
       step_s: r3(stepMs / 1000), tokens_per_s: r3((batchSize * seqLen) / (stepMs / 1000)), pipeline_step_s: r3(pipelineStepMs / 1000),
       agent_peak_rss_gb: r3(peaks.agents() / 1e9), agent_peaks_gb: peaks.each().map((b) => r3(b / 1e9)), agent_peaks_after_data_parallel_gb: dataParallelPeaks.map((b) => r3(b / 1e9)), killed_agent: victim.nodeName,
-      coordinator_peak_rss_gb: r3(peaks.coordinator() / 1e9),
+      agent_rss_bound_gb: r3(agentBound / 1e9), agent_within_bound: peaks.agents() <= agentBound,
+      coordinator_peak_rss_gb: r3(peaks.coordinator() / 1e9), coordinator_rss_bound_gb: r3((2 * checkpointBytes) / 1e9),
       checkpoint_s: r3(checkpointS), checkpoint_gb: r3(checkpointBytes / 1e9), resume_s: r3(resumeS), register_s: r3(registerS),
       import_s: r3(importS), quantize_s: r3(quantizeS), serve_first_token_ms: r3(firstTokenMs), serve_tokens_per_s: r3(tokensPerS),
     };

@@ -3,6 +3,7 @@
  * node-agent/compute/worker-boot.mjs by evaluator.ts): greedy generation over hundreds of prompts is seconds of
  * CPU, and on the coordinator's main thread it would hold up heartbeats long enough for agents to be declared dead.
  */
+import { readFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import { exactMatch, preferenceEval, scoreRatio, type ChatRecord, type PreferenceRecord } from '../model/eval-suites.ts';
@@ -13,10 +14,14 @@ import { importHf } from '../model/hf-format.ts';
 /** What a suite run needs, all as bytes and plain data (it crosses into the worker by structured clone). */
 export interface EvalWorkerInput {
   kind: 'sft' | 'dpo' | 'distill';
-  /** The model under evaluation as HF files (config.json, model.safetensors, tokenizer.json). */
-  model: Record<string, Uint8Array>;
-  /** DPO's reference or distillation's teacher, as a registered version's files. */
-  frozen?: Record<string, Uint8Array>;
+  /**
+   * The model under evaluation as HF files (config.json, model.safetensors, tokenizer.json): each its bytes, or
+   * the path the worker reads it from (a model file: GPT-2-small's is 500 MB, which the coordinator's main thread
+   * should neither read nor copy into the worker).
+   */
+  model: Record<string, Uint8Array | string>;
+  /** DPO's reference or distillation's teacher, as a registered version's files (bytes or paths). */
+  frozen?: Record<string, Uint8Array | string>;
   /** Held-out chat or preference records; absent for a distillation on text, which uses `windows`. */
   records?: HeldOutRecord[];
   /** Held-out token windows (seqLen + 1 ids each) of a text dataset. */
@@ -33,15 +38,19 @@ export interface SuiteResults {
   samples: Array<{ prompt: string; expected: string; got: string }>;
 }
 
-function load(files: Record<string, Uint8Array>): GPT {
+/** A version's files as bytes, reading those given as paths. */
+function bytesOf(files: Record<string, Uint8Array | string>): Record<string, Uint8Array> {
+  return Object.fromEntries(Object.entries(files).map(([name, f]) => [name, typeof f === 'string' ? readFileSync(f) : f]));
+}
+
+function load(files: Record<string, Uint8Array>): { model: GPT; tokenizer: ReturnType<typeof importHf>['tokenizer'] } {
   const loaded = importHf(files);
-  return new GPT(loaded.config, { flat: loaded.params });
+  return { model: new GPT(loaded.config, { flat: loaded.params }), tokenizer: loaded.tokenizer };
 }
 
 export function runSuite(input: EvalWorkerInput): SuiteResults {
-  const model = load(input.model);
-  const frozen = input.frozen ? load(input.frozen) : null;
-  const tokenizer = importHf(input.model).tokenizer;
+  const { model, tokenizer } = load(bytesOf(input.model));
+  const frozen = input.frozen ? load(bytesOf(input.frozen)).model : null;
   const chats = (input.records ?? []).filter((r): r is ChatRecord => r.kind === 'chat');
   const o = { maxNewTokens: input.maxNewTokens, maxExamples: input.maxExamples };
   try {

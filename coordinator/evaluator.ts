@@ -13,7 +13,7 @@ import type { ArtifactStore } from './artifact-store.ts';
 import type { FileSet } from './checkpoint-shards.ts';
 import type { EvalWorkerInput, SuiteResults } from './eval-worker.ts';
 import type { ModelRegistry } from './registry.ts';
-import { refOf, versionBytes } from './stage-inputs.ts';
+import { refOf, versionPaths } from './stage-inputs.ts';
 
 export type { SuiteResults } from './eval-worker.ts';
 
@@ -26,8 +26,8 @@ export interface EvaluateOptions {
   spec: ResolvedJobSpec;
   /** The prepared dataset's files (name → digest), as the attempt sent them to its agents. */
   data: FileSet;
-  /** The model under evaluation, as exportHf wrote it. */
-  model: Record<string, Uint8Array>;
+  /** The model under evaluation, as exportHf wrote it: each file's bytes or its path (read in the worker). */
+  model: Record<string, Uint8Array | string>;
   artifacts: ArtifactStore;
   registry: ModelRegistry;
 }
@@ -51,7 +51,7 @@ export async function suiteInput(o: EvaluateOptions): Promise<EvalWorkerInput | 
     kind: spec.kind, model: o.model, beta: spec.dpo?.beta ?? 0.1, maxExamples, maxNewTokens: spec.eval?.maxNewTokens ?? EVAL_DEFAULTS.maxNewTokens,
   };
   const frozenRef = spec.kind === 'dpo' ? refOf(spec.init!.from) : spec.kind === 'distill' ? refOf(spec.distill!.teacher) : null;
-  if (frozenRef) input.frozen = versionBytes(o.registry, frozenRef);
+  if (frozenRef) input.frozen = versionPaths(o.registry, frozenRef);
   const format = dataFormatOf(spec);
   if (spec.eval?.tasks && format === 'chat') input.records = await readTasks(spec.eval.tasks);
   else if (format !== 'text') input.records = await heldOutRecords(o.data, o.artifacts);

@@ -12,7 +12,6 @@
  * may grow the job onto free agents or move work off a straggler; old checkpoints are pruned to
  * `training.keepCheckpoints`.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
 import { startAttemptSpan, type AttemptSpan } from '../common/tracing.ts';
@@ -564,7 +563,7 @@ export class JobRunner {
     const { log } = this.#o;
     void attempt.merged.get(step)!
       .then(async () => {
-        const suite = await evaluateStage({ spec: job.spec, data: attempt.data!, model: await this.#modelFiles(attempt, job, step), artifacts: this.#o.artifacts, registry: this.#o.registry });
+        const suite = await evaluateStage({ spec: job.spec, data: attempt.data!, model: filesForWorker((await this.#trained(attempt, job, step)).files), artifacts: this.#o.artifacts, registry: this.#o.registry });
         if (suite) this.#recordSuite(job.id, step, suite.values);
       })
       .catch((err: Error) => log.warn(`job ${job.id}: evaluation at step ${step} failed: ${err.message}`))
@@ -583,10 +582,6 @@ export class JobRunner {
    * (default: the final one); with LoRA the base with the adapter merged in (what the suites judge), and the
    * adapter's own values (what is registered).
    */
-  async #modelFiles(attempt: Attempt, job: JobRecord, step = job.spec.training.steps): Promise<Record<string, Uint8Array>> {
-    return inMemory((await this.#trained(attempt, job, step)).files);
-  }
-
   async #trained(attempt: Attempt, job: JobRecord, step: number): Promise<{ files: Record<string, VersionFile>; adapter: Float32Array | null }> {
     const final = attempt.merged.get(step);
     if (!final) throw new Error(`no checkpoint of step ${step} arrived`);
@@ -629,7 +624,7 @@ export class JobRunner {
         const trained = jobs.metrics(job.id, step - 1).find((r) => r.step === step && r.kind === 'train')?.values.loss;
         if (trained !== undefined) metrics.loss = trained; // training went on a little past the step the model is from
       }
-      const suite = attempt.data && hasSuite(job.spec) ? await evaluateStage({ spec: job.spec, data: attempt.data, model: await inMemory(bytes), artifacts: this.#o.artifacts, registry }) : null;
+      const suite = attempt.data && hasSuite(job.spec) ? await evaluateStage({ spec: job.spec, data: attempt.data, model: filesForWorker(bytes), artifacts: this.#o.artifacts, registry }) : null;
       if (suite) {
         this.#recordSuite(job.id, step, suite.values);
         Object.assign(metrics, suite.values);
@@ -787,8 +782,7 @@ function hostOf(peerAddress: string): string {
 }
 
 /** A version's files as bytes, for the evaluation suite's worker (which takes bytes): files on disk are read in. */
-async function inMemory(files: Record<string, VersionFile>): Promise<Record<string, Uint8Array>> {
-  const out: Record<string, Uint8Array> = {};
-  for (const [name, f] of Object.entries(files)) out[name] = f instanceof Uint8Array ? f : await readFile(f.path);
-  return out;
+/** A version's files as a worker thread takes them: small ones as bytes, stored ones by path (the worker reads them). */
+function filesForWorker(files: Record<string, VersionFile>): Record<string, Uint8Array | string> {
+  return Object.fromEntries(Object.entries(files).map(([name, f]) => [name, f instanceof Uint8Array ? f : f.path]));
 }

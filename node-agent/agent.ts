@@ -37,6 +37,7 @@ import { httpEndpoints } from './http-endpoints.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { PeerServer } from './peer-server.ts';
 import { jobLinks, runJob } from './trainer/job-runner.ts';
+import { collectGarbage } from './collect-garbage.ts';
 import type { StepObserver } from './trainer/step-report.ts';
 
 export const AGENT_VERSION = '0.1.0';
@@ -321,6 +322,7 @@ export class Agent {
       ...(this.#cfg.observers ? { observers: this.#cfg.observers } : {}),
     }).finally(() => {
       if (this.#job?.stop === stop) this.#job = null;
+      collectGarbage(); // the attempt's shared buffers, before another attempt allocates its own (collect-garbage.ts)
     });
     this.#job = { jobId: start.jobId, groupId: start.groupId, stop, done };
   }

@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -66,8 +66,13 @@ describe('evaluator', () => {
       ['d-shard', new Uint8Array(ids.buffer)],
     ]);
     const artifacts = { get: async (d: string) => blobs.get(d)! } as never;
-    const registry = { get: () => ({ files: files }), readFile: (_n: string, _v: number, f: string) => Buffer.from(files[f]!) } as never;
+    // The teacher's files as the registry stores them: the worker reads them by path, the coordinator never does.
+    const stored = join(dir, 'teacher-v1');
+    mkdirSync(stored, { recursive: true });
+    for (const [f, bytes] of Object.entries(files)) writeFileSync(join(stored, f), bytes);
+    const registry = { get: () => ({ files: files }), fileOf: (_n: string, _v: number, f: string) => ({ path: join(stored, f) }) } as never;
     const input = await suiteInput({ spec: res.spec, data: { 'index.json': 'd-index', 'heldout-0.bin': 'd-shard' }, model: files, artifacts, registry });
+    assert.deepEqual(input?.frozen, Object.fromEntries(Object.keys(files).map((f) => [f, join(stored, f)])), 'the teacher goes to the worker as paths');
     assert.deepEqual(input?.windows?.map((w) => [...w]), [0, 8, 16].map((at) => [...ids.subarray(at, at + 9)]), 'seqLen + 1 ids, stride seqLen, at most maxExamples');
     const results = await runInWorker(input!);
     assert.equal(results.values.scoreRatio, 1, 'a student identical to its teacher');
