@@ -57,7 +57,7 @@ const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.l
 const log = (msg: string) => console.error(`scale: ${msg}`);
 
 /** A GPT-2 folder as transformers writes one: config.json, F32 model.safetensors (Conv1D layout), GPT-2's vocab and merges. */
-function writeFolder(dir: string, cfg: GPTConfig): void {
+export function writeFolder(dir: string, cfg: GPTConfig): void {
   mkdirSync(dir, { recursive: true });
   const layout = paramLayout(cfg);
   writeFileSync(join(dir, 'model.safetensors'), writeSafetensors(stateDict(initParams(layout, 7), layout), { format: 'pt' }));

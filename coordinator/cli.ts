@@ -461,6 +461,7 @@ async function importModel(v: Values, dir: string): Promise<number> {
         headers: { ...auth, 'content-type': 'application/octet-stream', 'content-length': String(bytes) },
         body: Readable.toWeb(createReadStream(path)) as ReadableStream,
         duplex: 'half',
+        redirect: 'error', // following redirects makes fetch tee the body and keep all of it (a whole model file)
       } as RequestInit);
       if (!put.ok) throw new Error(`uploading ${file} failed: ${put.status} ${await put.text().catch(() => '')}`);
     } else if (!head.ok) throw new Error(`checking ${file} on the coordinator failed: ${head.status}`);

@@ -99,6 +99,9 @@ export class ArtifactClient {
           headers: { ...this.#auth(), 'content-type': 'application/octet-stream', 'content-length': String(bytes ?? opened) },
           body,
           duplex: 'half', // a stream body (Node's fetch requires saying so)
+          // Following redirects makes fetch clone the request, which tees the body stream: the unread branch then
+          // kept every piece sent (1.5 GB resident for a GPT-2-small checkpoint). An upload is never redirected.
+          redirect: 'error',
           signal: AbortSignal.timeout(this.#opts.timeoutMs),
         } as RequestInit);
         if (!res.ok) throw await httpError(res, `upload of ${sha256}`);

@@ -5,8 +5,8 @@
  * its trainer worker share (1 GB for GPT-2-small). When an attempt ends (a peer died, the job was re-planned) the
  * worker's isolate goes, but the main thread's references are garbage that V8 collects only when the main
  * isolate's own allocations call for it, and the next attempt's buffers are allocated by the new worker's isolate,
- * which does not. Measured (npm run bench -- scale --preset gpt2-small): the agent that restarted in-process peaked
- * 1 GB above the one that started fresh.
+ * which does not: without a collection the old buffers can stay resident beside the new ones
+ * (test/node-agent/collect-garbage.test.ts shows a dropped 400 MB buffer staying until one).
  *
  * How: `--expose-gc` set at run time makes `gc` a global of contexts created afterwards (node:vm); a full GC of
  * the agent's small main heap takes milliseconds. Where V8 refuses, this does nothing.

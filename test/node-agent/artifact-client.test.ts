@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createCoordinator } from '../../coordinator/server.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
 import { silentLogger } from '../../common/log.ts';
@@ -83,4 +83,29 @@ test('uploadFile streams a file of several pieces; each attempt reads the file a
 
   await assert.rejects(client.uploadFile(path, 'b'.repeat(64)), /HTTP 4\d\d/);
   await assert.rejects(client.uploadFile(join(dir, 'missing'), 'c'.repeat(64)), /ENOENT/);
+});
+
+test('uploadFile does not keep what it sent: a 256 MB upload holds a few pieces at a time, not the file', async (t) => {
+  const { client, dir } = await setup(t);
+  const path = join(dir, 'big.bin');
+  const piece = randomBytes(1 << 20);
+  const hash = createHash('sha256');
+  const fd = openSync(path, 'w');
+  for (let i = 0; i < 256; i++) {
+    writeSync(fd, piece);
+    hash.update(piece);
+  }
+  closeSync(fd);
+  let peak = 0;
+  const sample = () => (peak = Math.max(peak, process.memoryUsage().arrayBuffers));
+  const timer = setInterval(sample, 20);
+  const base = process.memoryUsage().arrayBuffers;
+  try {
+    await client.uploadFile(path, hash.digest('hex'));
+  } finally {
+    clearInterval(timer);
+  }
+  sample();
+  // fetch following redirects tees the body, and the unread branch kept every piece: the whole 256 MB.
+  assert.ok(peak - base < 128e6, `array buffers peaked ${((peak - base) / 1e6).toFixed(0)} MB above where they started`);
 });
