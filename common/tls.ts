@@ -82,7 +82,8 @@ const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
 
 /**
  * `fetch` trusting `ca` for https URLs; plain `fetch` when `ca` is undefined. Supports what our clients send:
- * a method, headers, and a string or byte body; the response body is buffered. Fails like fetch does: a
+ * a method, headers, and a string, byte or ReadableStream body (an upload, written with backpressure; the caller
+ * sets content-length); the response body is buffered. It never follows redirects. Fails like fetch does: a
  * TypeError('fetch failed') whose `cause` carries the socket or TLS error code.
  */
 export function fetchTrusting(ca: readonly string[] | undefined): typeof fetch {
@@ -93,8 +94,9 @@ export function fetchTrusting(ca: readonly string[] | undefined): typeof fetch {
       const url = new URL(input instanceof Request ? input.url : input);
       if (url.protocol !== 'https:' && url.protocol !== 'http:') return reject(new TypeError(`fetch: unsupported scheme ${url.protocol}`));
       const body = init.body;
-      if (body != null && typeof body !== 'string' && !(body instanceof Uint8Array)) return reject(new TypeError('fetch: only string and byte bodies are supported'));
-      const payload = body == null ? undefined : typeof body === 'string' ? Buffer.from(body) : body;
+      const stream = body instanceof ReadableStream ? (body as ReadableStream<Uint8Array>) : null;
+      if (body != null && !stream && typeof body !== 'string' && !(body instanceof Uint8Array)) return reject(new TypeError('fetch: only string, byte and stream bodies are supported'));
+      const payload = body == null || stream ? undefined : typeof body === 'string' ? Buffer.from(body) : (body as Uint8Array);
       const headers: Record<string, string> = {};
       new Headers(init.headers).forEach((value, name) => (headers[name] = value));
       if (payload) headers['content-length'] = String(payload.byteLength);
@@ -113,7 +115,27 @@ export function fetchTrusting(ca: readonly string[] | undefined): typeof fetch {
         });
       });
       req.on('error', (err) => reject(new TypeError('fetch failed', { cause: err })));
-      req.end(payload);
+      if (!stream) return void req.end(payload);
+      // A stream body (an upload): piece by piece, each after the socket took the previous one.
+      void (async () => {
+        const reader = stream.getReader();
+        try {
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            if (req.destroyed) throw new Error('the request ended before its body was sent');
+            if (!req.write(value)) await new Promise<void>((ok, fail) => {
+              const onError = (err: Error) => fail(err);
+              req.once('drain', () => (req.off('error', onError), ok()));
+              req.once('error', onError);
+            });
+          }
+          req.end();
+        } catch (err) {
+          req.destroy(err as Error);
+          void reader.cancel(err).catch(() => {});
+        }
+      })();
     });
   return trustingFetch as typeof fetch;
 }
