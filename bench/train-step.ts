@@ -17,13 +17,14 @@ import { intOption, parseCli } from '../common/cli.ts';
 import { AdamW, clipGradNorm } from '../model/optim.ts';
 import { initShardParams, shardLayout } from '../model/shard-layout.ts';
 import { StageModel } from '../model/stage-model.ts';
-import { BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { AGENT_BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../node-agent/compute/backend.ts';
 
 export default async function main(argv: string[]): Promise<object> {
   const { values } = parseCli(argv, { steps: { type: 'string' }, backend: { type: 'string' } });
   const steps = intOption(values.steps, 'steps', 12, 3, 1000);
   const choice = (values.backend ?? 'wasm') as BackendChoice;
-  if (!BACKENDS.includes(choice)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
+  // The trainer's backends: WebGPU cannot run it yet (it reads tensors with dataSync; node-agent/compute/backend.ts).
+  if (!(AGENT_BACKENDS as readonly string[]).includes(choice)) throw new Error(`--backend must be one of ${AGENT_BACKENDS.join(', ')}`);
   const loaded = await loadBackend(choice);
 
   const config = { vocabSize: 256, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 128 };

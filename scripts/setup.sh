@@ -2,6 +2,8 @@
 # npm run setup — the system packages meshtrain needs, before `npm ci` (the README's commands and .ci/run both run it).
 #   python3, make, g++   better-sqlite3 compiles from source when its prebuilt binary cannot be downloaded
 #   libnss3, libexpat1   the headless Chromium the dashboard tests drive (npm package @sparticuz/chromium) links them
+#   libegl1, libegl-mesa0, libgles2, libgl1-mesa-dri   Mesa's software GPU (llvmpipe) under Dawn's OpenGL ES backend:
+#                        the WebGPU backend's tests run on it where there is no GPU (node-agent/compute/webgpu.ts)
 # As root on Debian or Ubuntu it installs what is missing with apt-get; otherwise it stops with one line naming
 # exactly what to install. It changes nothing when everything is there.
 set -eu
@@ -23,6 +25,16 @@ has_lib() {
 missing_libs=""
 has_lib 'libnss3\.so' || missing_libs="$missing_libs libnss3"
 has_lib 'libexpat\.so\.1' || missing_libs="$missing_libs libexpat1"
+has_lib 'libEGL\.so\.1' || missing_libs="$missing_libs libegl1"
+has_lib 'libEGL_mesa\.so\.0' || missing_libs="$missing_libs libegl-mesa0"
+has_lib 'libGLESv2\.so\.2' || missing_libs="$missing_libs libgles2"
+has_swrast() {
+  for f in /usr/lib/*/dri/swrast_dri.so /usr/lib/dri/swrast_dri.so; do
+    [ -e "$f" ] && return 0
+  done
+  return 1
+}
+has_swrast || missing_libs="$missing_libs libgl1-mesa-dri"
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 if [ "$node_major" -lt 20 ]; then
@@ -32,7 +44,7 @@ fi
 
 pkgs="$missing_cmds$missing_libs"
 if [ -z "$pkgs" ]; then
-  echo "setup: system packages present (python3, make, g++, libnss3, libexpat1); next: npm ci"
+  echo "setup: system packages present (python3, make, g++, libnss3, libexpat1, Mesa EGL/GLES/llvmpipe); next: npm ci"
   exit 0
 fi
 # Debian's package for the g++ command is g++; python3, make, libnss3 and libexpat1 are named as the commands/libraries.
@@ -46,6 +58,6 @@ fi
 if command -v apt-get >/dev/null 2>&1; then
   echo "setup: missing${pkgs}: run  sudo apt-get install -y${pkgs}  then npm run setup again" >&2
 else
-  echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium): install them with your package manager, then npm run setup again" >&2
+  echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium, the Mesa EGL/GLES libraries for the WebGPU tests' software GPU): install them with your package manager, then npm run setup again" >&2
 fi
 exit 1

@@ -1,36 +1,69 @@
 /**
  * Picks and initialises the TensorFlow.js backend. `auto` prefers @tensorflow/tfjs-node-gpu, then
- * @tensorflow/tfjs-node (optional: they cannot be installed where their libtensorflow download is blocked),
- * then wasm (SIMD), which always works. `cpu` is the plain-JS reference backend.
+ * @tensorflow/tfjs-node (optional: they cannot be installed where their libtensorflow download is blocked), then
+ * wasm (SIMD), which always works; what it passed over, and why, is in `passedOver`. `cpu` is the plain-JS
+ * reference backend.
+ *
+ * WebGPU (Dawn: Vulkan, Metal or D3D12; compute/webgpu.ts) is here for what reads tensors asynchronously: `webgpu`
+ * asks for a GPU adapter and fails saying why there is none, `webgpu-software` runs it on Mesa's llvmpipe (no GPU
+ * needed: how the suite checks the GPU path). The trainer and the gateway still read tensors with dataSync(), which
+ * tfjs' WebGPU backend cannot do in Node (it needs OffscreenCanvas), so agents and `auto` do not offer it yet
+ * (AGENT_BACKENDS; issue 19).
  */
-export const BACKENDS = ['auto', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
+import type { GpuInfo } from './webgpu.ts';
+
+export const BACKENDS = ['auto', 'webgpu', 'webgpu-software', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
 export type BackendChoice = (typeof BACKENDS)[number];
+/** What an agent's --backend takes: not WebGPU until the trainer reads its tensors asynchronously. */
+export const AGENT_BACKENDS = ['auto', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const satisfies readonly BackendChoice[];
 
 export type Tf = typeof import('@tensorflow/tfjs');
 
 export interface LoadedBackend {
   tf: Tf;
-  name: string; // what the agent reports: wasm, cpu, tensorflow, tensorflow-gpu
+  name: string; // what the agent reports: webgpu, wasm, cpu, tensorflow, tensorflow-gpu
+  /** The GPU, on webgpu. */
+  gpu?: GpuInfo;
+  /** What `auto` tried before this one and why it was not taken (empty otherwise). */
+  passedOver: string[];
+  /** Releases what the backend holds outside the JS heap (the WebGPU device), so the process can exit. */
+  release(): void;
 }
 
-async function tryImport(specifier: string): Promise<Tf | null> {
+async function tryImport(specifier: string): Promise<{ tf: Tf } | { error: string }> {
   try {
-    return (await import(specifier)) as Tf;
-  } catch {
-    return null;
+    return { tf: (await import(specifier)) as Tf };
+  } catch (err) {
+    return { error: (err as Error).message.split('\n')[0]! };
   }
 }
 
 export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend> {
+  const passedOver: string[] = [];
+  const none = () => {};
+  if (choice === 'webgpu' || choice === 'webgpu-software') {
+    const tf = await import('@tensorflow/tfjs');
+    const { loadWebGpu, WebGpuUnavailable } = await import('./webgpu.ts');
+    try {
+      const gpu = await loadWebGpu(tf, { software: choice === 'webgpu-software' });
+      await tf.ready();
+      return { tf, name: 'webgpu', gpu: gpu.info, passedOver, release: gpu.release };
+    } catch (err) {
+      if (err instanceof WebGpuUnavailable) throw new Error(`--backend ${choice}: ${err.message}`);
+      throw err;
+    }
+  }
   if (choice === 'auto' || choice === 'tensorflow-gpu') {
-    const tf = await tryImport('@tensorflow/tfjs-node-gpu');
-    if (tf) return { tf, name: 'tensorflow-gpu' };
+    const r = await tryImport('@tensorflow/tfjs-node-gpu');
+    if ('tf' in r) return { tf: r.tf, name: 'tensorflow-gpu', passedOver, release: none };
     if (choice === 'tensorflow-gpu') throw new Error('@tensorflow/tfjs-node-gpu is not installed; install it or use --backend wasm');
+    passedOver.push(`tensorflow-gpu: ${r.error}`);
   }
   if (choice === 'auto' || choice === 'tensorflow') {
-    const tf = await tryImport('@tensorflow/tfjs-node');
-    if (tf) return { tf, name: 'tensorflow' };
+    const r = await tryImport('@tensorflow/tfjs-node');
+    if ('tf' in r) return { tf: r.tf, name: 'tensorflow', passedOver, release: none };
     if (choice === 'tensorflow') throw new Error('@tensorflow/tfjs-node is not installed; install it or use --backend wasm');
+    passedOver.push(`tensorflow: ${r.error}`);
   }
   const tf = await import('@tensorflow/tfjs');
   if (choice === 'cpu') {
@@ -43,7 +76,7 @@ export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend>
     if (!(await tf.setBackend('wasm'))) throw new Error('the wasm backend failed to initialise');
   }
   await tf.ready();
-  return { tf, name: tf.getBackend() };
+  return { tf, name: tf.getBackend(), passedOver, release: none };
 }
 
 /** Best-of-N float32 matmul throughput, in GFLOP/s (2·n³ FLOPs per n×n·n×n product). */

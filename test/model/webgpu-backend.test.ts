@@ -1,0 +1,88 @@
+/**
+ * The WebGPU backend (node-agent/compute/webgpu.ts: Dawn + @tensorflow/tfjs-backend-webgpu) against the cpu
+ * backend, on Mesa's llvmpipe through Dawn's OpenGL ES backend (`webgpu-software`), so every machine checks the GPU
+ * path: npm run setup installs the Mesa packages. A whole GPT training step's loss and gradients (batched and
+ * transposed matmuls, softmax, LayerNorm, GELU, embeddings, cross-entropy) must agree with the cpu backend in
+ * float32. Tensors are read with data(): tfjs' WebGPU backend cannot dataSync() in Node (it needs OffscreenCanvas),
+ * which is why the trainer does not run on it yet (node-agent/compute/backend.ts).
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs';
+import { loadBackend, type LoadedBackend } from '../../node-agent/compute/backend.ts';
+import { GPT, gptConfig } from '../../model/gpt.ts';
+
+let gpu: LoadedBackend;
+before(async () => {
+  gpu = await loadBackend('webgpu-software'); // fails (it does not skip) where the Mesa packages are missing
+});
+after(() => gpu?.release());
+
+const config = gptConfig({ vocabSize: 97, nCtx: 16, nLayer: 2, nHead: 2, nEmbd: 16 });
+const B = 2, T = 8;
+const ids = Int32Array.from({ length: B * T }, (_, i) => (i * 31 + 5) % 97);
+const targets = Int32Array.from({ length: B * T }, (_, i) => (i * 13 + 2) % 97);
+
+function maxRel(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let worst = 0, scale = 1e-12;
+  for (let i = 0; i < b.length; i++) scale = Math.max(scale, Math.abs(b[i]!));
+  for (let i = 0; i < b.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+  return worst / scale;
+}
+
+test('the backend is WebGPU on a software adapter, and says so', () => {
+  assert.equal(gpu.name, 'webgpu');
+  assert.equal(tf.getBackend(), 'webgpu');
+  assert.equal(gpu.gpu?.software, true);
+  assert.equal(gpu.gpu?.dawnBackend, 'opengl');
+  assert.ok(gpu.gpu!.maxStorageBufferBindingSize >= 1 << 27, JSON.stringify(gpu.gpu));
+});
+
+test('a GPT training step\'s loss and gradients on WebGPU equal the cpu backend\'s (float32)', async () => {
+  const step = async (backend: string) => {
+    tf.setBackend(backend);
+    const gpt = new GPT(config, { seed: 11 });
+    try {
+      const { loss, grads } = gpt.lossAndGrads(tf.tensor2d(ids, [B, T], 'int32'), tf.tensor2d(targets, [B, T], 'int32'));
+      const flat = new Float32Array(gpt.layout.totalSize);
+      for (const s of gpt.layout.specs) flat.set((await grads.get(s.name)!.data()) as Float32Array, s.offset);
+      const value = (await loss.data())[0]!;
+      for (const g of grads.values()) g.dispose();
+      loss.dispose();
+      return { loss: value, grads: flat };
+    } finally {
+      gpt.dispose();
+      tf.setBackend('webgpu');
+    }
+  };
+  const cpu = await step('cpu'), web = await step('webgpu');
+  assert.ok(Math.abs(web.loss - cpu.loss) <= 1e-5 * cpu.loss, `loss ${web.loss} vs ${cpu.loss}`);
+  assert.ok(maxRel(web.grads, cpu.grads) <= 1e-4, `gradients differ by ${maxRel(web.grads, cpu.grads)} of their largest`);
+  assert.ok(cpu.grads.some((g) => g !== 0));
+});
+
+test('batched and transposed products and a softmax gradient on WebGPU equal the cpu backend\'s', async () => {
+  const make = () => ({ a: tf.randomNormal([3, 17, 33], 0, 1, 'float32', 5), b: tf.randomNormal([3, 29, 33], 0, 1, 'float32', 6) });
+  const run = async (backend: string) => {
+    tf.setBackend(backend);
+    try {
+      const { a, b } = make();
+      const y = tf.matMul(a, b, false, true); // [3, 17, 29]
+      const g = tf.grad((x: tf.Tensor) => tf.softmax(x).mul(tf.range(0, 29).reshape([1, 1, 29])).sum())(y);
+      const out = { y: (await y.data()) as Float32Array, g: (await g.data()) as Float32Array };
+      tf.dispose([a, b, y, g]);
+      return out;
+    } finally {
+      tf.setBackend('webgpu');
+    }
+  };
+  const cpu = await run('cpu'), web = await run('webgpu');
+  assert.ok(maxRel(web.y, cpu.y) <= 1e-5, `products differ by ${maxRel(web.y, cpu.y)}`);
+  assert.ok(maxRel(web.g, cpu.g) <= 1e-4, `softmax gradients differ by ${maxRel(web.g, cpu.g)}`);
+});
+
+test('asking for a GPU where there is none fails saying so', async () => {
+  const hardware = await loadBackend('webgpu').then((b) => (b.release(), null), (err: Error) => err);
+  tf.setBackend('webgpu');
+  if (hardware) assert.match(hardware.message, /--backend webgpu: (Dawn found no \w+ adapter|the only adapter is a software one)/);
+});
