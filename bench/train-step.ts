@@ -58,7 +58,7 @@ export default async function main(argv: string[]): Promise<object> {
     console.error(`step ${i + 1}/${steps}: ${ms.toFixed(1)} ms, loss ${loss!.toFixed(3)}${i < 2 ? ' (warm-up)' : ''}`);
   }
   const stepMs = [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
-  const peak = measureMatmulGflops(loaded.tf, 1024, 5);
+  const peak = await measureMatmulGflops(loaded.tf, 1024, 5);
   const tokensPerS = (B * T) / (stepMs / 1000);
   const flopsPerToken = 6 * params + 12 * config.nLayer * T * config.nEmbd;
   const modelFlopsPerS = flopsPerToken * tokensPerS;

@@ -292,7 +292,8 @@ export const WASM_HEAP_PLANNED = 0.85;
  * gradient and its packing (3·v_c·N), and the hidden states with their transposes and gradient (~9·N·d). dpo and
  * distill (`wholeLogits`) take the whole logits through tfjs ops: ≈ 12·N·V + 5·N·d (logits, log-softmax, the
  * targets' one-hot and their gradients) plus wte's packing, V·d. Measured on a GPT-2-small probe (one stage, wasm,
- * two steps): the heap's high-water mark was 0.91 GB at N = 256 tokens and 1.62 GB at 1,024, against 0.64 and
+ * two steps): the heap's high-water mark was 0.76 GB at N = 256 tokens and 1.62 GB at 1,024 (the latter before
+ * writeParams stopped holding old and new weights at once, which took 0.15 GB off at 256), against 0.64 and
  * 1.39 GB here; the rest is the heap's growth slack and fragmentation, which WASM_HEAP_PLANNED leaves room for.
  */
 export function backendPeakBytes(model: Model, rows: number, seqLen: number, stage: StageWork, inFlight: number, wholeLogits = false): number {

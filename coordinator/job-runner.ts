@@ -578,8 +578,8 @@ export class JobRunner {
   }
 
   /**
-   * The model's files (config.json, model.safetensors, tokenizer.json) from the canonical checkpoint of `step`
-   * (default: the final one); with LoRA the base with the adapter merged in (what the suites judge), and the
+   * The model's files (config.json, model.safetensors, tokenizer.json) from the canonical checkpoint of `step`;
+   * with LoRA the base with the adapter merged in (what the suites judge), and the
    * adapter's own values (what is registered).
    */
   async #trained(attempt: Attempt, job: JobRecord, step: number): Promise<{ files: Record<string, VersionFile>; adapter: Float32Array | null }> {
@@ -781,7 +781,6 @@ function hostOf(peerAddress: string): string {
   }
 }
 
-/** A version's files as bytes, for the evaluation suite's worker (which takes bytes): files on disk are read in. */
 /** A version's files as a worker thread takes them: small ones as bytes, stored ones by path (the worker reads them). */
 function filesForWorker(files: Record<string, VersionFile>): Record<string, Uint8Array | string> {
   return Object.fromEntries(Object.entries(files).map(([name, f]) => [name, f instanceof Uint8Array ? f : f.path]));

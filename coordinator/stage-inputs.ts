@@ -143,12 +143,12 @@ function modelFileNames(registry: ModelRegistry, ref: VersionRef): string[] {
   return ['config.json', 'tokenizer.json', ...WEIGHT_FILES].filter((file) => present.includes(file));
 }
 
-/** The files a model is loaded from, each read whole and verified against the manifest (small models, the suites). */
 /** A version's files by the paths they are stored at (for a worker thread to read). */
 export function versionPaths(registry: ModelRegistry, ref: VersionRef): Record<string, string> {
   return Object.fromEntries(modelFileNames(registry, ref).map((file) => [file, registry.fileOf(ref.name, ref.version, file).path]));
 }
 
+/** The files a model is loaded from, each read whole and verified against the manifest (small models). */
 export function versionBytes(registry: ModelRegistry, ref: VersionRef): Record<string, Uint8Array> {
   return Object.fromEntries(modelFileNames(registry, ref).map((file) => [file, registry.readFile(ref.name, ref.version, file)]));
 }

@@ -45,6 +45,8 @@ export interface CheckpointFiles {
   readonly tensors: Readonly<Record<TensorGroup, ReadonlyMap<string, TensorInfo>>>;
   /** One tensor, read into memory of its own. */
   read(group: TensorGroup, name: string): Promise<Tensor>;
+  /** Bytes [fromByte, fromByte + into.byteLength) of one tensor's data, read straight into `into`. */
+  readInto(group: TensorGroup, name: string, into: Uint8Array, fromByte?: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -75,6 +77,17 @@ export async function openCheckpointFiles(paths: CheckpointPaths, label: string)
     const checked = checkCheckpointContents(manifest.step, state, infos(model), { tensors: infos(opt), metadata: opt.header.metadata }, corrupt);
     const tensors = { model: model.header.tensors, expAvg: new Map(Object.entries(checked.expAvg)), expAvgSq: new Map(Object.entries(checked.expAvgSq)) };
     const where = { model, expAvg: opt, expAvgSq: opt };
+    const infoOf = (group: TensorGroup, name: string): TensorInfo => {
+      const info = tensors[group].get(name);
+      if (!info) throw new ModelError('MDL_ERR_CHECKPOINT_CORRUPT', `checkpoint ${label}: it has no ${group === 'model' ? '' : `${group} of `}${name}`);
+      return info;
+    };
+    const readInto = async (group: TensorGroup, name: string, into: Uint8Array, fromByte = 0): Promise<void> => {
+      const [begin, end] = infoOf(group, name).dataOffsets;
+      if (fromByte < 0 || begin + fromByte + into.byteLength > end) throw new RangeError(`bytes [${fromByte}, ${fromByte + into.byteLength}) are outside ${name} (${end - begin} bytes)`);
+      const { fh, header } = where[group];
+      await readFully(fh, into, header.dataStart + begin + fromByte, () => corrupt(`${group === 'model' ? MODEL_FILE : OPTIMIZER_FILE} ended while ${name} was read`));
+    };
     return {
       step: manifest.step,
       manifest,
@@ -83,14 +96,12 @@ export async function openCheckpointFiles(paths: CheckpointPaths, label: string)
       optimizerStep: checked.optimizerStep,
       tensors,
       async read(group, name) {
-        const info = tensors[group].get(name);
-        if (!info) throw new ModelError('MDL_ERR_CHECKPOINT_CORRUPT', `checkpoint ${label}: it has no ${group === 'model' ? '' : `${group} of `}${name}`);
-        const { fh, header } = where[group];
+        const info = infoOf(group, name);
         const t = emptyTensor(info.dtype, info.shape);
-        const into = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-        await readFully(fh, into, header.dataStart + info.dataOffsets[0], () => corrupt(`${group === 'model' ? MODEL_FILE : OPTIMIZER_FILE} ended while ${name} was read`));
+        await readInto(group, name, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
         return t;
       },
+      readInto,
       async close() {
         await Promise.all(handles.map((h) => h.close().catch(() => {})));
       },

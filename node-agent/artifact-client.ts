@@ -74,7 +74,7 @@ export class ArtifactClient {
    */
   async upload(chunks: readonly Uint8Array[], sha256: string): Promise<void> {
     const bytes = chunks.reduce((n, c) => n + c.byteLength, 0);
-    await this.#put(sha256, bytes, async () => ({ body: piecesOf(chunks), done: async () => {} }));
+    await this.#put(sha256, async () => ({ body: piecesOf(chunks), bytes, done: async () => {} }));
   }
 
   /**
@@ -82,21 +82,21 @@ export class ArtifactClient {
    * again). The file must not change meanwhile; the coordinator refuses bytes that do not hash to `sha256`.
    */
   async uploadFile(path: string, sha256: string): Promise<void> {
-    await this.#put(sha256, undefined, async () => {
+    await this.#put(sha256, async () => {
       const fh = await open(path, 'r');
       const { size } = await fh.stat();
       return { body: filePieces(fh, size), bytes: size, done: () => fh.close() };
     });
   }
 
-  /** One PUT per attempt of a body `open` makes afresh; `bytes` is the length when known before opening. */
-  async #put(sha256: string, bytes: number | undefined, openBody: () => Promise<{ body: ReadableStream<Uint8Array>; bytes?: number; done(): Promise<void> }>): Promise<void> {
+  /** One PUT per attempt, of a body (and its length) `openBody` makes afresh; `done` releases what it opened. */
+  async #put(sha256: string, openBody: () => Promise<{ body: ReadableStream<Uint8Array>; bytes: number; done(): Promise<void> }>): Promise<void> {
     await this.#retry(`upload ${sha256.slice(0, 12)}`, async () => {
-      const { body, bytes: opened, done } = await openBody();
+      const { body, bytes, done } = await openBody();
       try {
         const res = await this.#opts.fetch(`${this.#opts.baseUrl}/api/artifacts/${sha256}`, {
           method: 'PUT',
-          headers: { ...this.#auth(), 'content-type': 'application/octet-stream', 'content-length': String(bytes ?? opened) },
+          headers: { ...this.#auth(), 'content-type': 'application/octet-stream', 'content-length': String(bytes) },
           body,
           duplex: 'half', // a stream body (Node's fetch requires saying so)
           // Following redirects makes fetch clone the request, which tees the body stream: the unread branch then

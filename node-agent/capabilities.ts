@@ -8,18 +8,20 @@ import type { CapabilitiesInfo } from '../protocol/control.ts';
 import { AgentError } from './errors.ts';
 import type { BackendChoice } from './compute/backend.ts';
 
-export async function measureCapabilities(backend: BackendChoice): Promise<CapabilitiesInfo> {
-  const measured = await new Promise<{ backend: string; matmulGflops: number }>((resolve, reject) => {
+/** `note` hears what the backend choice passed over and why (`auto`: a load error is shown, never swallowed). */
+export async function measureCapabilities(backend: BackendChoice, note: (line: string) => void = () => {}): Promise<CapabilitiesInfo> {
+  const measured = await new Promise<{ backend: string; matmulGflops: number; passedOver: string[] }>((resolve, reject) => {
     const worker = new Worker(new URL('./compute/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./compute/worker.ts', import.meta.url).href, backend },
     });
-    worker.once('message', (m: { ok: boolean; backend: string; matmulGflops: number; error?: string }) => {
+    worker.once('message', (m: { ok: boolean; backend: string; matmulGflops: number; passedOver: string[]; error?: string }) => {
       void worker.terminate();
       if (m.ok) resolve(m);
       else reject(new AgentError('AGT_ERR_BACKEND', `backend '${backend}' failed: ${m.error}`));
     });
     worker.once('error', (err) => reject(new AgentError('AGT_ERR_BACKEND', `compute worker failed: ${err.message}`, { cause: err })));
   });
+  for (const why of measured.passedOver) note(`backend ${backend} chose ${measured.backend}, passing over ${why}`);
   return {
     backend: measured.backend,
     cores: availableParallelism(),

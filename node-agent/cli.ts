@@ -105,7 +105,7 @@ async function main(argv: string[]): Promise<number> {
     url: wsUrl(url, '/ws/agent'),
     token,
     name,
-    capabilities: () => measureCapabilities(backend),
+    capabilities: () => measureCapabilities(backend, (line) => log.info(line)),
     peerHost: values['peer-host'],
     ...(values['peer-advertise'] !== undefined ? { peerAdvertise: peerAdvertise(values['peer-advertise']) } : {}),
     peerListenHost: values['peer-listen'] ?? '0.0.0.0',

@@ -3,7 +3,7 @@
  * best float32 matmul there. `--software` uses Mesa's llvmpipe (a check of the path, not of a GPU).
  * Prints one JSON object as its last line; exits 1 when there is no usable GPU, saying why.
  */
-import { loadBackend, type LoadedBackend } from '../node-agent/compute/backend.ts';
+import { loadBackend, measureMatmulGflops, type LoadedBackend } from '../node-agent/compute/backend.ts';
 
 const software = process.argv.includes('--software');
 let loaded: LoadedBackend;
@@ -18,26 +18,10 @@ const { tf, gpu } = loaded;
 console.log(`gpu-check: adapter ${gpu!.description || gpu!.vendor} (${gpu!.vendor} ${gpu!.architecture}), Dawn backend ${gpu!.dawnBackend}${gpu!.software ? ', SOFTWARE (not a GPU)' : ''}`);
 console.log(`gpu-check: maxBufferSize ${gpu!.maxBufferSize}, maxStorageBufferBindingSize ${gpu!.maxStorageBufferBindingSize}`);
 
-/** Best of `reps` n×n·n×n products after a warm-up, timed to the data's arrival on the CPU (GFLOP/s). */
-async function matmulGflops(n: number, reps: number): Promise<number> {
-  const a = tf.randomNormal([n, n]), b = tf.randomNormal([n, n]);
-  let best = Infinity;
-  for (let i = 0; i <= reps; i++) {
-    const t0 = performance.now();
-    const c = tf.matMul(a, b);
-    await c.data();
-    const ms = performance.now() - t0;
-    c.dispose();
-    if (i > 0) best = Math.min(best, ms);
-  }
-  tf.dispose([a, b]);
-  return (2 * n ** 3) / (best / 1000) / 1e9;
-}
-
 const sizes = software ? [256, 512] : [1024, 2048, 4096];
 const peaks: Record<string, number> = {};
 for (const n of sizes) {
-  peaks[n] = Math.round((await matmulGflops(n, 3)) * 100) / 100;
+  peaks[n] = Math.round((await measureMatmulGflops(tf, n, 3)) * 100) / 100;
   console.log(`gpu-check: matmul ${n}³ ${peaks[n]} GFLOP/s`);
 }
 console.log('gpu-check: GPT-2-small training step: not on WebGPU yet (the trainer reads tensors synchronously; issue 19)');

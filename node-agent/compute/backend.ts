@@ -79,15 +79,18 @@ export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend>
   return { tf, name: tf.getBackend(), passedOver, release: none };
 }
 
-/** Best-of-N float32 matmul throughput, in GFLOP/s (2·n³ FLOPs per n×n·n×n product). */
-export function measureMatmulGflops(tf: Tf, n = 512, reps = 5): number {
+/**
+ * Best-of-N float32 matmul throughput, in GFLOP/s (2·n³ FLOPs per n×n·n×n product), timed until the product's
+ * data reaches the CPU (data(), which every backend has; WebGPU's cannot dataSync in Node).
+ */
+export async function measureMatmulGflops(tf: Tf, n = 512, reps = 5): Promise<number> {
   const a = tf.randomNormal([n, n]);
   const b = tf.randomNormal([n, n]);
   let best = Infinity;
   for (let i = 0; i <= reps; i++) {
     const start = performance.now();
     const c = tf.matMul(a, b);
-    c.dataSync(); // forces the work (and a device sync on GPU backends)
+    await c.data(); // forces the work (and a device sync on GPU backends)
     const ms = performance.now() - start;
     c.dispose();
     if (i > 0) best = Math.min(best, ms); // the first run pays for compilation/warm-up

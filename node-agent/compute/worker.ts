@@ -8,8 +8,8 @@ import { loadBackend, measureMatmulGflops, type BackendChoice } from './backend.
 const { backend } = workerData as { backend: BackendChoice };
 try {
   const loaded = await loadBackend(backend);
-  const matmulGflops = measureMatmulGflops(loaded.tf);
-  parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops });
+  const matmulGflops = await measureMatmulGflops(loaded.tf);
+  parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops, passedOver: loaded.passedOver });
 } catch (err) {
   parentPort!.postMessage({ ok: false, error: (err as Error).message });
 }

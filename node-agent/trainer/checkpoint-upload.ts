@@ -1,9 +1,10 @@
 /**
- * Data-parallel rank 0 of a stage shard saves the shard's checkpoint: the trainer worker's `export` snapshot (one
- * copy of the parameters and full-length moments) is encoded and hashed in a short-lived worker thread
- * (checkpoint-encoder.ts) and then uploaded file by file as streams of views of that snapshot, while training goes
- * on. Nothing is joined into one buffer or written to the agent's disk, and the main thread only moves 1 MiB
- * pieces to sockets: the snapshot is the only copy the checkpoint adds to what training holds.
+ * A checkpoint from an in-memory snapshot: what a ZeRO-1 job over several replicas saves, whose moments are
+ * gathered from every replica into the trainer worker's `export` snapshot (one copy of the parameters and
+ * full-length moments). Every other job's checkpoint is written by the trainer worker straight from its buffers and
+ * uploaded from disk (job-runner.ts, `spill`). The snapshot is encoded and hashed in a short-lived worker thread
+ * (checkpoint-encoder.ts), or inline when small, and uploaded file by file as streams of views of it, while training
+ * goes on; nothing is joined into one buffer, and the main thread only moves 1 MiB pieces to sockets.
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';

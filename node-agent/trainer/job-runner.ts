@@ -466,10 +466,10 @@ function tensorsOf(flat: Float32Array, layout: ShardLayout): TensorMap {
 }
 
 /**
- * Data-parallel rank 0 of a stage shard: encodes the snapshot as a shard checkpoint (files, manifest, sha256 each)
- * in a worker thread, streams it straight to the coordinator's store and tells the coordinator (checkpoint-upload.ts).
- * Nothing is written to the agent's disk: the store writes durably, and a checkpoint counts only once the coordinator
- * has recorded it. `snap`'s arrays are handed over (detached here).
+ * Data-parallel rank 0 of a ZeRO-1 stage shard: encodes the gathered snapshot as a shard checkpoint (files, manifest,
+ * sha256 each) off the main thread, streams it straight to the coordinator's store and tells the coordinator
+ * (checkpoint-upload.ts); a checkpoint counts only once the coordinator has recorded it. `snap`'s arrays are handed
+ * over (detached here).
  */
 async function saveAndUpload(
   ctx: JobContext,

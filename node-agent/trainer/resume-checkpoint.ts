@@ -59,7 +59,7 @@ interface Slot {
 }
 
 /**
- * Reads the checkpoint's tensors one at a time into the trainer's buffers: every weight into `params` (flat,
+ * Reads the checkpoint's tensors one at a time straight into the trainer's buffers: every weight into `params` (flat,
  * layout order), and of each moment the part inside the optimizer's `range` into `expAvg`/`expAvgSq` (range
  * length). Each tensor must be float32 of its slot's size. Closes the files.
  */
@@ -76,12 +76,10 @@ export async function fillFromResume(
         if (!info || info.dtype !== 'F32' || info.shape.reduce((a, b) => a * b, 1) !== s.size) {
           throw new Error(`the resume checkpoint's ${label}${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
         }
-        const data = (await resume.files.read(group, s.name)).data as Float32Array;
-        if (group === 'model') params.set(data, s.offset);
-        else {
-          const a = Math.max(lo, from), b = Math.min(hi, to);
-          (group === 'expAvg' ? expAvg : expAvgSq).set(data.subarray(a - from, b - from), a - lo);
-        }
+        // Straight into place: all of a weight; of a moment, the part inside the range.
+        const a = group === 'model' ? from : Math.max(lo, from), b = group === 'model' ? to : Math.min(hi, to);
+        const into = group === 'model' ? params.subarray(a, b) : (group === 'expAvg' ? expAvg : expAvgSq).subarray(a - lo, b - lo);
+        await resume.files.readInto(group, s.name, new Uint8Array(into.buffer, into.byteOffset, into.byteLength), (a - from) * 4);
       }
     }
   } finally {

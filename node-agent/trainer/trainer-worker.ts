@@ -86,7 +86,11 @@ port.on('message', (msg: ToWorker) => {
     const { spec, placement, dataDir, resume, frozenDir, baseDir } = msg;
     Promise.resolve()
       .then(() => loadResume(resume.dir, resume.step, spec, shardOf(spec, placement)))
-      .then((state) => init(spec, placement, dataDir, state, frozenDir, baseDir))
+      // init closes the files once it has read them; if it fails first, they are closed here.
+      .then((state) => init(spec, placement, dataDir, state, frozenDir, baseDir).catch(async (err: unknown) => {
+        await state.files.close();
+        throw err;
+      }))
       .then((reply) => post(reply), fail);
     return;
   }

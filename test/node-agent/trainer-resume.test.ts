@@ -63,6 +63,16 @@ test('a checkpoint made by two ranks resumes on one rank (the data cursor is glo
   for (let i = 0; i < 3; i++) assert.ok(relDiff(b[i]!.loss, a[i]!.loss) < 1e-4, `step ${i + 4}: ${b[i]!.loss} vs ${a[i]!.loss}`);
 });
 
+test('ZeRO-1 ranks resume from the same checkpoint, each reading only its range of the moments, with the uninterrupted losses', async () => {
+  const resumed = await runRanks({ world: 2, spec, ds, jobId: 'resumed-zero', zero: 1, resume: { step: 3, files: step3Files() } });
+  for (const r of resumed) assert.ok(r.finished.ok, r.finished.error);
+  const a = progressOf(full[0]!.messages).slice(3), b = progressOf(resumed[0]!.messages);
+  assert.deepEqual(b.map((p) => p.step), [4, 5, 6]);
+  for (let i = 0; i < 3; i++) assert.ok(relDiff(b[i]!.loss, a[i]!.loss) < 1e-4, `step ${i + 4}: ${b[i]!.loss} vs ${a[i]!.loss}`);
+  const rel = maxRel(await weightsOf(resumed), await weightsOf(full));
+  assert.ok(rel < 1e-5, `weights differ by ${rel}`);
+});
+
 test('a resume file whose stored bytes no longer match its sha256 fails on every rank, naming the file', async () => {
   const files = step3Files();
   const digest = files['model.safetensors']!;
