@@ -49,7 +49,7 @@ export default async function main(argv: string[]): Promise<object> {
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
     grads.fill(0);
-    const { loss } = model.backward({ ids }, B, T, { targets, scale: 1 }, grads);
+    const { loss } = await model.backward({ ids }, B, T, { targets, scale: 1 }, grads);
     clipGradNorm(grads, 1);
     optimizer.update(flat, grads, 6e-4);
     model.writeParams(flat);

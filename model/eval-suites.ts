@@ -99,8 +99,9 @@ export function replyLogprobs(model: GPT, seqs: readonly RenderedSequence[]): { 
     });
     const ids = tf.tensor2d(inputs, [B, T], 'int32');
     const logits = tf.tidy(() => model.forward(ids).reshape([B * T, model.config.vocabSize]) as tf.Tensor2D);
-    logp.push(...rowLogprobs(logits, targets, weights, B, T));
-    tf.dispose([ids, logits]);
+    const rows = rowLogprobs(logits, targets, weights, B, T);
+    logp.push(...rows.dataSync());
+    tf.dispose([ids, logits, rows]);
   }
   return { logp, tokens };
 }

@@ -19,7 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES, headChunkRows } from './lm-head-chunks.ts';
-import { withValues } from './tensor-values.ts';
+import { copyOf, valuesOf } from './tensor-values.ts';
 
 export { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES } from './lm-head-chunks.ts';
 
@@ -65,7 +65,7 @@ export interface LmHeadOptions {
  * The loss (and with `upstream`, ∂/∂h and ∂/∂W) of the tied head over h [N, d] and W [V, d]. Tensors it makes are
  * disposed before it returns; h and W are the caller's.
  */
-export function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coeff: Float64Array, options: LmHeadOptions = {}): LmHeadResult {
+export async function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coeff: Float64Array, options: LmHeadOptions = {}): Promise<LmHeadResult> {
   const { upstream, addWeightGrad, chunkElements = HEAD_CHUNK_ELEMENTS, keptBytes = LOGITS_KEPT_BYTES } = options;
   const [N, d] = h.shape;
   const [V, dw] = W.shape;
@@ -79,10 +79,10 @@ export function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coef
   const kept: Float32Array[] = [];
 
   // zᵀ of W_c's rows: [rows, N] (only h, small, goes in transposed).
-  const logitsT = (Wc: tf.Tensor2D): Float32Array => {
+  const logitsT = async (Wc: tf.Tensor2D): Promise<Float32Array> => {
     const zT = tf.matMul(Wc, h, false, true);
     try {
-      return zT.dataSync() as Float32Array;
+      return await copyOf(zT);
     } finally {
       zT.dispose();
     }
@@ -96,7 +96,7 @@ export function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coef
     const Wc = rowsOf(r0, r1);
     let z: Float32Array;
     try {
-      z = logitsT(Wc);
+      z = await logitsT(Wc);
     } finally {
       Wc.dispose();
     }
@@ -130,35 +130,41 @@ export function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coef
   // 2. ∂L/∂z a chunk at a time → ∂L/∂W_c and ∂L/∂h
   const g = coeff.map((c) => c * upstream);
   const dh = new Float32Array(N * d);
-  chunks.forEach(([r0, r1], k) => {
+  for (const [k, [r0, r1]] of chunks.entries()) {
     const Wc = rowsOf(r0, r1);
-    const z = keep ? kept[k]! : logitsT(Wc);
-    const vc = r1 - r0;
-    const dz = new Float32Array(vc * N);
-    for (let j = 0; j < vc; j++) {
-      const row = j * N;
-      for (let i = 0; i < N; i++) dz[row + i] = g[i]! * Math.exp(z[row + i]! - lse[i]!);
-    }
-    for (let i = 0; i < N; i++) {
-      const t = targets[i]!;
-      if (t >= r0 && t < r1) dz[(t - r0) * N + i] = dz[(t - r0) * N + i]! - g[i]!;
-    }
     try {
-      tf.tidy(() => {
+      const z = keep ? kept[k]! : await logitsT(Wc);
+      const vc = r1 - r0;
+      const dz = new Float32Array(vc * N);
+      for (let j = 0; j < vc; j++) {
+        const row = j * N;
+        for (let i = 0; i < N; i++) dz[row + i] = g[i]! * Math.exp(z[row + i]! - lse[i]!);
+      }
+      for (let i = 0; i < N; i++) {
+        const t = targets[i]!;
+        if (t >= r0 && t < r1) dz[(t - r0) * N + i] = dz[(t - r0) * N + i]! - g[i]!;
+      }
+      const [dWc, partT] = tf.tidy(() => {
         const dzT = tf.tensor2d(dz, [vc, N]);
-        if (addWeightGrad) withValues(tf.matMul(dzT, h), (dWc) => addWeightGrad(r0, dWc)); // [vc, d]
         // (∂L/∂h)ᵀ = W_cᵀ·∂L/∂z_cᵀ [d, N]: the packed right operand is the chunk's gradient (N columns), not
         // W_c (d columns), 1.5× faster here than ∂L/∂z_c·W_c.
-        withValues(tf.matMul(Wc, dzT, true, false), (partT) => {
+        return [addWeightGrad ? tf.matMul(dzT, h) : null, tf.matMul(Wc, dzT, true, false)] as const; // [vc, d], [d, N]
+      });
+      try {
+        if (dWc) await valuesOf(dWc, (v) => addWeightGrad!(r0, v));
+        await valuesOf(partT, (v) => {
           for (let k = 0; k < d; k++) {
             const row = k * N;
-            for (let i = 0; i < N; i++) dh[i * d + k] = dh[i * d + k]! + partT[row + i]!;
+            for (let i = 0; i < N; i++) dh[i * d + k] = dh[i * d + k]! + v[row + i]!;
           }
         });
-      });
+      } finally {
+        dWc?.dispose();
+        partT.dispose();
+      }
     } finally {
       Wc.dispose();
     }
-  });
+  }
   return { loss, dh };
 }

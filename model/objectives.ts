@@ -85,11 +85,11 @@ export function sequenceLogp(logp: tf.Tensor2D, picked: tf.Tensor, weights: Floa
   return tok.reshape([B, T]).sum(1) as tf.Tensor1D;
 }
 
-/** Summed log-probabilities of each row's weighted targets from logits [B·T, V] (no tape needed): [B]. */
-export function rowLogprobs(logits: tf.Tensor2D, targets: Int32Array, weights: Float32Array | undefined, B: number, T: number): Float32Array {
+/** Summed log-probabilities of each row's weighted targets from logits [B·T, V] (no tape needed): [B], a new tensor. */
+export function rowLogprobs(logits: tf.Tensor2D, targets: Int32Array, weights: Float32Array | undefined, B: number, T: number): tf.Tensor1D {
   return tf.tidy(() => {
     const picked = tf.oneHot(tf.tensor1d(targets, 'int32'), logits.shape[1]).cast('float32');
-    return Float32Array.from(sequenceLogp(tf.logSoftmax(logits), picked, weights, B, T).dataSync() as Float32Array);
+    return sequenceLogp(tf.logSoftmax(logits), picked, weights, B, T);
   });
 }
 

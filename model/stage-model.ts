@@ -5,16 +5,23 @@
  *
  * Tensor parallelism (Shoeybi et al., "Megatron-LM", §3): with W_qkv split by columns (heads) and W_proj by rows,
  *   y = Σ_r  attn_r(x) · W_proj[r]  + b_proj
- * so each rank computes its heads and a partial product, and one all-reduce (`reduceFromTp`, Megatron's g) sums
- * the partials; its backward is the identity. The input side (`copyToTp`, Megatron's f) is the identity forward
- * and an all-reduce backward, because every rank's heads contribute to ∂L/∂x. The MLP is the same with c_fc by
- * columns and c_proj by rows: two all-reduces forward and two backward per block. Row-parallel biases are added
- * once, after the all-reduce; LayerNorms and embeddings are replicated, so their gradients come out identical on
- * every rank (their inputs and output gradients are the all-reduced, identical values).
+ * so each rank computes its heads and a partial product, and one all-reduce (Megatron's g) sums the partials; its
+ * backward is the identity. The input side (Megatron's f) is the identity forward and an all-reduce backward,
+ * because every rank's heads contribute to ∂L/∂x. The MLP is the same with c_fc by columns and c_proj by rows: two
+ * all-reduces forward and two backward per block. Row-parallel biases are added once, after the all-reduce;
+ * LayerNorms and embeddings are replicated, so their gradients come out identical on every rank (their inputs and
+ * output gradients are the all-reduced, identical values).
  *
- * The all-reduce is synchronous (`TensorParallel.allReduce` blocks until the group's sum is in the buffer): the
- * compute worker waits on a SharedArrayBuffer while its main thread runs the ring (node-agent/trainer/). tfjs runs
- * gradient functions synchronously, so this is how a collective fits inside its backward pass.
+ * The all-reduces run between tapes, never inside one: a tensor-parallel block is cut at them into segments (the
+ * LayerNorm, the rank's partial product, the bias and residual), each back-propagated under its own tape, and the
+ * sums are taken in between (#tpBlockBackward). A collective needs the values on the CPU, and tfjs runs gradient
+ * functions synchronously, which a GPU backend cannot read in (WebGPU in Node has no dataSync at all). The forward
+ * pass keeps each block's midpoint (after attention's sum) as well as its input, so the backward pass runs no
+ * forward all-reduce again.
+ *
+ * Reading: every method that reads tensors is async (model/tensor-values.ts): on wasm it reads the heap in place,
+ * synchronously; on WebGPU it awaits the device. Gradients, the activations sent between stages and the sums of
+ * tensor parallelism are all that come back to the CPU.
  *
  * Pipeline parallelism: `forward` runs the stage without a tape and returns its output activations (sent to the
  * next stage); `backward` runs it again under the tape and back-propagates the gradient that came back from the
@@ -27,15 +34,15 @@ import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
 import { lmCoefficients, lmHead } from './lm-head.ts';
 import { loraDropout } from './lora.ts';
-import { withValues } from './tensor-values.ts';
+import { copyOf, valuesOf } from './tensor-values.ts';
 import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
 /** The tensor-parallel group, as the model sees it. */
 export interface TensorParallel {
   readonly size: number;
-  /** In place and synchronous: `x` becomes the element-wise sum over the group (bit-identical on every rank). */
-  allReduce(x: Float32Array): void;
+  /** In place: `x` becomes the element-wise sum over the group (bit-identical on every rank). */
+  allReduce(x: Float32Array): void | Promise<void>;
 }
 
 /** A stage's input: token ids [B, T] on the first stage, the previous stage's activations [B·T, d] on others. */
@@ -70,8 +77,6 @@ export class StageModel {
   readonly #adapter: { scale: number; dropout: number; byPrefix: Map<string, { A: tf.Variable; B: tf.Variable; seed: number }> } | null;
   #dropoutSeed: number | undefined; // set while a training pass runs: adapter dropout is on
   readonly #tp: TensorParallel | null;
-  readonly #copyToTp: (x: tf.Tensor) => tf.Tensor;
-  readonly #reduceFromTp: (x: tf.Tensor) => tf.Tensor;
   #masks = new Map<number, Float32Array>();
 
   /**
@@ -110,26 +115,30 @@ export class StageModel {
       this.#adapter = { scale: adapter.scale, dropout: adapter.dropout, byPrefix };
       this.#param = Object.assign((name: string) => this.#lookup(name), { lora: (prefix: string) => this.#lora(prefix) });
     }
-    const sum = (x: tf.Tensor): tf.Tensor => {
-      const data = Float32Array.from(x.dataSync() as Float32Array);
-      this.#tp!.allReduce(data);
-      return tf.tensor(data, x.shape, 'float32');
-    };
-    // Megatron's f and g (see the top of this file); the identity when there is no tensor parallelism.
-    this.#copyToTp = this.#tp ? tf.customGrad((x) => ({ value: (x as tf.Tensor).clone(), gradFunc: (dy) => sum(dy) })) as (x: tf.Tensor) => tf.Tensor : (x) => x;
-    this.#reduceFromTp = this.#tp ? tf.customGrad((x) => ({ value: sum(x as tf.Tensor), gradFunc: (dy) => dy.clone() })) as (x: tf.Tensor) => tf.Tensor : (x) => x;
+  }
+
+  /** The sum of `x` over the tensor-parallel group, as a new tensor; `x` is disposed. */
+  async #allReduce(x: tf.Tensor): Promise<tf.Tensor2D> {
+    let data: Float32Array;
+    try {
+      data = await copyOf(x);
+    } finally {
+      x.dispose();
+    }
+    await this.#tp!.allReduce(data);
+    return tf.tensor2d(data, x.shape as [number, number], 'float32');
   }
 
   /**
    * Runs the stage without gradients; returns its output activations [B·T, d] (not on the last stage). A training
    * pass gives `dropoutSeed` (adapter dropout on), and its backward the same seed, so the recomputation matches.
    */
-  forward(input: StageInput, B: number, T: number, dropoutSeed?: number): Float32Array {
+  async forward(input: StageInput, B: number, T: number, dropoutSeed?: number): Promise<Float32Array> {
     if (this.hasHead) throw new RangeError('the last stage has no activations to send; call backward (or loss)');
-    return this.#training(dropoutSeed, () => this.#withMask(T, (mask) => {
-      const out = this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
+    return this.#training(dropoutSeed, () => this.#withMask(T, async (mask) => {
+      const out = await this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
       try {
-        return Float32Array.from(out.dataSync() as Float32Array);
+        return await copyOf(out);
       } finally {
         out.dispose();
       }
@@ -137,20 +146,25 @@ export class StageModel {
   }
 
   /** The micro-batch's loss (last stage only, no gradients): held-out evaluation. */
-  loss(input: StageInput, B: number, T: number, targets: Int32Array, objective?: Objective): number {
+  async loss(input: StageInput, B: number, T: number, targets: Int32Array, objective?: Objective): Promise<number> {
     if (!this.hasHead) throw new RangeError('only the last stage computes the loss');
-    return this.#withMask(T, (mask) => {
-      const x = this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
+    return this.#withMask(T, async (mask) => {
+      const x = await this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
       try {
         if ((objective?.kind ?? 'lm') === 'lm') {
           const h = tf.tidy(() => layerNorm(x, this.#param, 'ln_f'));
           try {
-            return lmHead(h, this.#param('wte.weight') as tf.Tensor2D, targets, lmCoefficients(B, T, objective?.weights)).loss;
+            return (await lmHead(h, this.#param('wte.weight') as tf.Tensor2D, targets, lmCoefficients(B, T, objective?.weights))).loss;
           } finally {
             h.dispose();
           }
         }
-        return tf.tidy(() => this.#loss(layerNorm(x, this.#param, 'ln_f'), targets, B, T, objective).dataSync()[0]!);
+        const value = tf.tidy(() => this.#loss(layerNorm(x, this.#param, 'ln_f'), targets, B, T, objective));
+        try {
+          return (await value.data())[0]!;
+        } finally {
+          value.dispose();
+        }
       } finally {
         x.dispose();
       }
@@ -169,7 +183,9 @@ export class StageModel {
    * the whole stage held ~16 GB for GPT-2-small at 2 × 256 tokens, past wasm32's 4 GB; per segment it holds one
    * block's. The price is one more forward of each block (the stage's forward pass is run twice).
    */
-  backward(input: StageInput, B: number, T: number, upstream: StageUpstream, grads: Float32Array, dropoutSeed?: number): { gradIn?: Float32Array; loss?: number } {
+  async backward(
+    input: StageInput, B: number, T: number, upstream: StageUpstream, grads: Float32Array, dropoutSeed?: number,
+  ): Promise<{ gradIn?: Float32Array; loss?: number }> {
     if (grads.length !== this.trainable.totalSize) throw new RangeError(`gradient buffer has ${grads.length} elements, the shard trains ${this.trainable.totalSize}`);
     if ('targets' in upstream && !this.hasHead) throw new RangeError('targets go to the last stage; other stages get gradOut');
     if (!('targets' in upstream)) {
@@ -178,16 +194,22 @@ export class StageModel {
     }
     const trained = this.#adapter ? this.#adapterVars : this.#vars;
     const { firstLayer, endLayer } = this.layout.shard;
-    return this.#training(dropoutSeed, () => this.#withMask(T, (mask) => {
+    return this.#training(dropoutSeed, () => this.#withMask(T, async (mask) => {
       const kept: tf.Tensor[] = [];
       try {
-        // 1. the stage's input (the embeddings' output on the first stage) and each block's input, without a tape
+        // 1. the stage's input (the embeddings' output on the first stage) and each block's input (and, with
+        //    tensor parallelism, its midpoint), without a tape
         const x0 = tf.tidy(() => this.#input(input, B, T));
         kept.push(x0);
-        const inputs: tf.Tensor2D[] = [x0];
+        const inputs: tf.Tensor2D[] = [x0], mids: tf.Tensor2D[] = [];
         let x = x0;
         for (let l = firstLayer; l < endLayer; l++) {
-          x = tf.tidy(() => this.#block(x, l, B, T, mask));
+          const r = await this.#blockForward(x, l, B, T, mask);
+          if (r.mid) {
+            kept.push(r.mid);
+            mids.push(r.mid);
+          }
+          x = r.out;
           kept.push(x);
           inputs.push(x);
         }
@@ -195,12 +217,14 @@ export class StageModel {
         let loss: number | undefined;
         let dy: tf.Tensor2D;
         if ('targets' in upstream && (upstream.objective?.kind ?? 'lm') === 'lm') {
-          const r = this.#lmHeadBackward(trained, x, grads, upstream.targets, upstream.scale, B, T, upstream.objective?.weights);
+          const r = await this.#lmHeadBackward(trained, x, grads, upstream.targets, upstream.scale, B, T, upstream.objective?.weights);
           loss = r.loss;
           dy = r.dx;
         } else if ('targets' in upstream) {
           const { targets, objective } = upstream;
-          const r = this.#segment(trained, (name) => name === 'wte.weight' || name.startsWith('ln_f.'), x, grads, tf.scalar(upstream.scale),
+          const scale = tf.scalar(upstream.scale);
+          kept.push(scale);
+          const r = await this.#segment(trained, (name) => name === 'wte.weight' || name.startsWith('ln_f.'), x, grads, scale,
             (leaf) => this.#loss(layerNorm(leaf, this.#param, 'ln_f'), targets, B, T, objective));
           loss = r.value;
           dy = r.dx!;
@@ -210,17 +234,22 @@ export class StageModel {
         kept.push(dy);
         // 3. the blocks, last to first
         for (let l = endLayer - 1; l >= firstLayer; l--) {
-          const prefix = `h.${l}.`;
-          const r = this.#segment(trained, (name) => name.startsWith(prefix), inputs[l - firstLayer]!, grads, dy, (leaf) => this.#block(leaf, l, B, T, mask));
-          dy = r.dx!;
+          const leaf = inputs[l - firstLayer]!;
+          if (this.#tp) {
+            dy = await this.#tpBlockBackward(trained, l, leaf, mids[l - firstLayer]!, dy, grads, B, T, mask);
+          } else {
+            const prefix = `h.${l}.`;
+            dy = (await this.#segment(trained, (name) => name.startsWith(prefix), leaf, grads, dy, (z) => this.#block(z, l, B, T, mask))).dx!;
+          }
           kept.push(dy);
         }
         // 4. the embeddings (first stage), or ∂L/∂input for the previous stage
         if (this.hasEmbed) {
-          this.#embeddingGrads((input as { ids: Int32Array }).ids, B, T, dy.dataSync() as Float32Array, grads);
+          const ids = (input as { ids: Int32Array }).ids;
+          await valuesOf(dy, (v) => this.#embeddingGrads(ids, B, T, v, grads));
           return loss !== undefined ? { loss } : {};
         }
-        return { gradIn: Float32Array.from(dy.dataSync() as Float32Array), ...(loss !== undefined ? { loss } : {}) };
+        return { gradIn: await copyOf(dy), ...(loss !== undefined ? { loss } : {}) };
       } finally {
         for (const t of kept) t.dispose();
       }
@@ -231,32 +260,97 @@ export class StageModel {
    * One segment's backward under its own tape: ∂/∂(the trained variables `owns` picks) are added into `grads`, and
    * ∂/∂leaf is returned (kept: the caller disposes it). `dy` is the upstream gradient (a scalar scale for a loss).
    */
-  #segment(
+  async #segment(
     trained: Map<string, tf.Variable>, owns: (name: string) => boolean, leaf: tf.Tensor2D | null, grads: Float32Array, dy: tf.Tensor,
     f: (leaf: tf.Tensor2D) => tf.Tensor,
-  ): { dx: tf.Tensor2D | null; value: number | undefined } {
+  ): Promise<{ dx: tf.Tensor2D | null; value: number | undefined }> {
     const names = [...trained.keys()].filter(owns);
     const vars = names.map((n) => trained.get(n)!);
     if (!leaf && vars.length === 0) return { dx: null, value: undefined }; // nothing trains here (a LoRA stage's embeddings)
-    let value: number | undefined;
-    const dx = tf.tidy(() => {
+    // The tape ends inside the tidy; what it returns (the value, ∂/∂leaf, each parameter's gradient) outlives it
+    // to be read, which a GPU backend does asynchronously.
+    let value: tf.Tensor | null = null, dx: tf.Tensor2D | null = null, paramGrads: Array<tf.Tensor | undefined> = [];
+    tf.tidy(() => {
       const xs: tf.Tensor[] = leaf ? [leaf, ...vars] : vars;
       const r = tf.engine().gradients(() => f(leaf as tf.Tensor2D), xs, dy, true);
-      const paramGrads = leaf ? r.grads.slice(1) : r.grads;
+      if (r.value.rank === 0) value = tf.keep(r.value);
+      if (leaf) dx = tf.keep(r.grads[0] as tf.Tensor2D);
+      paramGrads = (leaf ? r.grads.slice(1) : r.grads).map((g) => (g ? tf.keep(g) : undefined));
+    });
+    try {
       for (let i = 0; i < names.length; i++) {
         const g = paramGrads[i];
         if (!g) continue; // not on this segment's path (cannot happen for the segments above; harmless if it does)
-        const spec = this.trainable.byName.get(names[i]!)!;
-        withValues(g, (v) => {
-          for (let j = 0, o = spec.offset; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
-        });
+        await this.#addGrad(names[i]!, g, grads);
       }
-      if (r.value.rank === 0) value = r.value.dataSync()[0]!;
-      return leaf ? (r.grads[0] as tf.Tensor2D) : tf.scalar(0); // what tidy returns survives it
+      return { dx, value: value ? (await (value as tf.Tensor).data())[0]! : undefined };
+    } catch (err) {
+      (dx as tf.Tensor2D | null)?.dispose();
+      throw err;
+    } finally {
+      (value as tf.Tensor | null)?.dispose();
+      for (const g of paramGrads) g?.dispose();
+    }
+  }
+
+  /** Adds the gradient `g` of trained tensor `name` into its place in `grads`. */
+  #addGrad(name: string, g: tf.Tensor, grads: Float32Array): Promise<void> {
+    const spec = this.trainable.byName.get(name)!;
+    return valuesOf(g, (v) => {
+      for (let j = 0, o = spec.offset; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
     });
-    if (leaf) return { dx: dx as tf.Tensor2D, value };
-    dx.dispose();
-    return { dx: null, value };
+  }
+
+  /**
+   * A tensor-parallel block's backward, cut at its all-reduces (see the top of the file). With x its input, x₁ its
+   * midpoint and dy = ∂L/∂(its output):
+   *   MLP:       ∂m_r = back(partial_mlp_r at m = ln_2(x₁), dy);  ∂m = Σ_r ∂m_r;  ∂x₁ = dy + back(ln_2 at x₁, ∂m)
+   *   attention: ∂a_r = back(partial_attn_r at a = ln_1(x), ∂x₁); ∂a = Σ_r ∂a_r;  ∂x = ∂x₁ + back(ln_1 at x, ∂a)
+   * and each row-parallel bias gets the column sums of the gradient at its output (dy, then ∂x₁).
+   */
+  async #tpBlockBackward(
+    trained: Map<string, tf.Variable>, l: number, x: tf.Tensor2D, x1: tf.Tensor2D, dy: tf.Tensor2D, grads: Float32Array,
+    B: number, T: number, mask: tf.Tensor2D,
+  ): Promise<tf.Tensor2D> {
+    const p = `h.${l}.`;
+    const half = async (
+      input: tf.Tensor2D, upstream: tf.Tensor2D, ln: string, branch: string, partial: (z: tf.Tensor2D) => tf.Tensor2D,
+    ): Promise<tf.Tensor2D> => {
+      const bias = `${p}${branch}.c_proj.bias`;
+      if (trained.has(bias)) {
+        const g = tf.tidy(() => upstream.sum(0));
+        try {
+          await this.#addGrad(bias, g, grads);
+        } finally {
+          g.dispose();
+        }
+      }
+      const normed = tf.tidy(() => layerNorm(input, this.#param, `${p}${ln}`));
+      let dNormed: tf.Tensor2D;
+      try {
+        const owns = (name: string) => name.startsWith(`${p}${branch}.`) && name !== bias;
+        const r = await this.#segment(trained, owns, normed, grads, upstream, partial);
+        dNormed = await this.#allReduce(r.dx!);
+      } finally {
+        normed.dispose();
+      }
+      try {
+        const r = await this.#segment(trained, (name) => name.startsWith(`${p}${ln}.`), input, grads, dNormed, (z) => layerNorm(z, this.#param, `${p}${ln}`));
+        try {
+          return tf.tidy(() => upstream.add(r.dx!) as tf.Tensor2D);
+        } finally {
+          r.dx!.dispose();
+        }
+      } finally {
+        dNormed.dispose();
+      }
+    };
+    const dx1 = await half(x1, dy, 'ln_2', 'mlp', (m) => this.#mlpPartial(m, `${p}mlp`));
+    try {
+      return await half(x, dx1, 'ln_1', 'attn', (a) => this.#attentionPartial(a, `${p}attn`, B, T, mask));
+    } finally {
+      dx1.dispose();
+    }
   }
 
   /**
@@ -264,16 +358,16 @@ export class StageModel {
    * whole logits): the final LayerNorm without a tape, the tied head by hand (its weight's gradient straight into
    * `grads` when wte trains here), then the LayerNorm's own segment with the head's ∂L/∂h as upstream.
    */
-  #lmHeadBackward(
+  async #lmHeadBackward(
     trained: Map<string, tf.Variable>, x: tf.Tensor2D, grads: Float32Array, targets: Int32Array, scale: number, B: number, T: number,
     weights?: Float32Array,
-  ): { loss: number; dx: tf.Tensor2D } {
+  ): Promise<{ loss: number; dx: tf.Tensor2D }> {
     const d = this.config.nEmbd;
     const wte = trained.has('wte.weight') ? this.trainable.byName.get('wte.weight')! : undefined;
     const h = tf.tidy(() => layerNorm(x, this.#param, 'ln_f'));
-    let r: ReturnType<typeof lmHead>;
+    let r: Awaited<ReturnType<typeof lmHead>>;
     try {
-      r = lmHead(h, this.#param('wte.weight') as tf.Tensor2D, targets, lmCoefficients(B, T, weights), {
+      r = await lmHead(h, this.#param('wte.weight') as tf.Tensor2D, targets, lmCoefficients(B, T, weights), {
         upstream: scale,
         ...(wte ? { addWeightGrad: (row0: number, v: Float32Array) => {
           for (let j = 0, o = wte.offset + row0 * d; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
@@ -284,7 +378,7 @@ export class StageModel {
     }
     const dh = tf.tensor2d(r.dh!, [B * T, d]);
     try {
-      const s = this.#segment(trained, (name) => name.startsWith('ln_f.'), x, grads, dh, (leaf) => layerNorm(leaf, this.#param, 'ln_f'));
+      const s = await this.#segment(trained, (name) => name.startsWith('ln_f.'), x, grads, dh, (leaf) => layerNorm(leaf, this.#param, 'ln_f'));
       return { loss: r.loss, dx: s.dx! };
     } finally {
       dh.dispose();
@@ -313,24 +407,50 @@ export class StageModel {
     }
   }
 
-  #withMask<T>(T: number, run: (mask: tf.Tensor2D) => T): T {
+  async #withMask<R>(T: number, run: (mask: tf.Tensor2D) => Promise<R>): Promise<R> {
     const mask = tf.tensor2d(causalMask(T, this.#masks), [T, T]);
     try {
-      return run(mask);
+      return await run(mask);
     } finally {
       mask.dispose();
     }
   }
 
   /** Blocks [firstLayer, endLayer) and, on the last stage, nothing more; each block in its own tidy (no tape). */
-  #blocks(x: tf.Tensor2D, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
+  async #blocks(x: tf.Tensor2D, B: number, T: number, mask: tf.Tensor2D): Promise<tf.Tensor2D> {
     const { firstLayer, endLayer } = this.layout.shard;
     for (let l = firstLayer; l < endLayer; l++) {
       const prev = x;
-      x = tf.tidy(() => this.#block(prev, l, B, T, mask));
-      prev.dispose();
+      try {
+        const r = await this.#blockForward(prev, l, B, T, mask);
+        r.mid?.dispose();
+        x = r.out;
+      } finally {
+        prev.dispose();
+      }
     }
     return x;
+  }
+
+  /**
+   * Block `l` without a tape: its output, and with tensor parallelism its midpoint x₁ = x + attn(ln_1(x)) too,
+   * summed over the group between the two halves (both are new tensors; `x` stays the caller's).
+   */
+  async #blockForward(x: tf.Tensor2D, l: number, B: number, T: number, mask: tf.Tensor2D): Promise<{ out: tf.Tensor2D; mid?: tf.Tensor2D }> {
+    if (!this.#tp) return { out: tf.tidy(() => this.#block(x, l, B, T, mask)) };
+    const p = `h.${l}.`;
+    const s = await this.#allReduce(tf.tidy(() => this.#attentionPartial(layerNorm(x, this.#param, `${p}ln_1`), `${p}attn`, B, T, mask)));
+    const mid = tf.tidy(() => x.add(s.add(this.#param(`${p}attn.c_proj.bias`))) as tf.Tensor2D);
+    s.dispose();
+    try {
+      const r = await this.#allReduce(tf.tidy(() => this.#mlpPartial(layerNorm(mid, this.#param, `${p}ln_2`), `${p}mlp`)));
+      const out = tf.tidy(() => mid.add(r.add(this.#param(`${p}mlp.c_proj.bias`))) as tf.Tensor2D);
+      r.dispose();
+      return { out, mid };
+    } catch (err) {
+      mid.dispose();
+      throw err;
+    }
   }
 
   /**
@@ -363,10 +483,10 @@ export class StageModel {
     for (const v of [...this.#vars.values(), ...this.#adapterVars.values()]) v.dispose();
   }
 
-  #training<T>(dropoutSeed: number | undefined, run: () => T): T {
+  async #training<R>(dropoutSeed: number | undefined, run: () => Promise<R>): Promise<R> {
     this.#dropoutSeed = dropoutSeed;
     try {
-      return run();
+      return await run();
     } finally {
       this.#dropoutSeed = undefined;
     }
@@ -403,10 +523,11 @@ export class StageModel {
     return tf.tensor2d(input.acts, [B * T, c.nEmbd]);
   }
 
-  /** Block `l`: x + attn(ln_1(x)), then + mlp(ln_2(·)). */
+  /** Block `l` without tensor parallelism: x + attn(ln_1(x)), then + mlp(ln_2(·)). */
   #block(x: tf.Tensor2D, l: number, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
-    x = x.add(this.#attention(layerNorm(x, this.#param, `h.${l}.ln_1`), `h.${l}.attn`, B, T, mask));
-    return x.add(this.#mlp(layerNorm(x, this.#param, `h.${l}.ln_2`), `h.${l}.mlp`));
+    const p = `h.${l}.`;
+    x = x.add(this.#attentionPartial(layerNorm(x, this.#param, `${p}ln_1`), `${p}attn`, B, T, mask).add(this.#param(`${p}attn.c_proj.bias`)));
+    return x.add(this.#mlpPartial(layerNorm(x, this.#param, `${p}ln_2`), `${p}mlp`).add(this.#param(`${p}mlp.c_proj.bias`)));
   }
 
   /** The objective (default: mean cross-entropy) through the head tied to wte. */
@@ -415,33 +536,38 @@ export class StageModel {
     return objectiveLoss(logits, targets, B, T, objective);
   }
 
-  /** Causal self-attention over this rank's heads; c_attn by columns, c_proj by rows (see the top of the file). */
-  #attention(x: tf.Tensor2D, prefix: string, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
+  /**
+   * Causal self-attention over this rank's heads, c_attn by columns and c_proj by rows (see the top of the file):
+   * this rank's partial product, before the sum over the group and c_proj's bias.
+   */
+  #attentionPartial(x: tf.Tensor2D, prefix: string, B: number, T: number, mask: tf.Tensor2D): tf.Tensor2D {
     const c = this.config, t = this.layout.shard.tpSize;
     const nh = c.nHead / t, hs = c.nEmbd / c.nHead, width = c.nEmbd / t; // local heads, head size, local width
-    const qkv = linear(this.#copyToTp(x) as tf.Tensor2D, this.#param, `${prefix}.c_attn`); // [B*T, 3·width]
+    const qkv = linear(x, this.#param, `${prefix}.c_attn`); // [B*T, 3·width]
     const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
     const heads = (z: tf.Tensor2D) => z.reshape([B, T, nh, hs]).transpose([0, 2, 1, 3]).reshape([B * nh, T, hs]) as tf.Tensor3D;
     const att = tf.matMul(heads(q), heads(k), false, true).mul(1 / Math.sqrt(hs)).add(mask); // [B*nh, T, T]
     const y = tf.matMul(tf.softmax(att), heads(v)); // [B*nh, T, hs]
     const merged = y.reshape([B, nh, T, hs]).transpose([0, 2, 1, 3]).reshape([B * T, width]) as tf.Tensor2D;
-    return this.#rowParallel(merged, `${prefix}.c_proj`);
+    return this.#rowPartial(merged, `${prefix}.c_proj`);
   }
 
-  #mlp(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
-    const h = gelu(linear(this.#copyToTp(x) as tf.Tensor2D, this.#param, `${prefix}.c_fc`)); // [B*T, 4d/t]
-    return this.#rowParallel(h, `${prefix}.c_proj`);
+  /** The MLP's partial product on this rank (c_fc by columns, c_proj by rows), before the sum and the bias. */
+  #mlpPartial(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
+    const h = gelu(linear(x, this.#param, `${prefix}.c_fc`)); // [B*T, 4d/t]
+    return this.#rowPartial(h, `${prefix}.c_proj`);
   }
 
   /**
-   * x·W_rows summed over the group, then the (replicated) bias once. An adapter's rows-cut A_k adds
-   * scale·(x_k·A_k)·B to this rank's partial before the same sum (model/lora.ts LORA_TP_RULES).
+   * x·W_rows: this rank's term of the sum over the group (the replicated bias is added once, after it). An
+   * adapter's rows-cut A_k adds scale·(x_k·A_k)·B to this rank's partial before the same sum (model/lora.ts
+   * LORA_TP_RULES).
    */
-  #rowParallel(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
-    let partial = tf.matMul(x, this.#param(`${prefix}.weight`) as tf.Tensor2D);
+  #rowPartial(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
+    let partial = tf.matMul(x, this.#param(`${prefix}.weight`) as tf.Tensor2D) as tf.Tensor2D;
     const lora = this.#param.lora?.(prefix);
     if (lora) partial = partial.add(tf.matMul(tf.matMul(lora.input ? lora.input(x) : x, lora.A), lora.B).mul(lora.scale));
-    return (this.#reduceFromTp(partial) as tf.Tensor2D).add(this.#param(`${prefix}.bias`));
+    return partial;
   }
 
   #lookup(name: string): tf.Tensor {

@@ -21,3 +21,33 @@ export function withValues<T>(t: tf.Tensor, use: (values: Float32Array) => T): T
   }
   return use(t.dataSync() as Float32Array);
 }
+
+/**
+ * Whether the backend can read a tensor synchronously. tfjs' WebGPU backend cannot in Node (its dataSync needs
+ * OffscreenCanvas), nor should a GPU backend be made to: what reads tensors goes through valuesOf/copyOf below,
+ * which take the zero-copy synchronous path where there is one and await data() where there is not.
+ */
+export function readsSync(): boolean {
+  const name = tf.getBackend();
+  return name !== 'webgpu' && name !== 'webgl';
+}
+
+/**
+ * `use` gets the tensor's values: a view of the wasm heap as withValues gives it on wasm (read only, and no tensor
+ * allocated meanwhile), the array data() resolves to on GPU backends (a fresh copy from the device).
+ */
+export async function valuesOf<T>(t: tf.Tensor, use: (values: Float32Array) => T): Promise<T> {
+  if (readsSync()) return withValues(t, use);
+  if (t.dtype !== 'float32') throw new TypeError(`valuesOf reads float32 tensors, got ${t.dtype}`);
+  return use((await t.data()) as Float32Array);
+}
+
+/** A float32 tensor's values in an array of the caller's own (free to change or transfer). */
+export async function copyOf(t: tf.Tensor): Promise<Float32Array> {
+  if (t.dtype !== 'float32') throw new TypeError(`copyOf reads float32 tensors, got ${t.dtype}`);
+  const name = tf.getBackend();
+  const values = (await t.data()) as Float32Array;
+  // wasm's data() is a fresh copy of the heap; cpu's is the tensor's own array, and WebGPU's is kept as the
+  // tensor's CPU copy (convertAndCacheOnCPU): changing it would change the tensor.
+  return name === 'wasm' ? values : Float32Array.from(values);
+}

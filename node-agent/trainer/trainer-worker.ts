@@ -40,6 +40,7 @@ const { importHf } = await import('../../model/hf-format.ts');
 const { writeCheckpointFiles } = await import('../../model/checkpoint-files.ts');
 const { rowLogprobs } = await import('../../model/objectives.ts');
 const { chunkRange } = await import('../collectives/partition.ts');
+const { copyOf } = await import('../../model/tensor-values.ts');
 
 type Reader = InstanceType<typeof TokenShardReader> | InstanceType<typeof ExampleReader>;
 /** One micro-batch: ids and targets [rows, seq]; with examples, which targets are learned ([rows, seq]). */
@@ -78,43 +79,35 @@ let job: Job | null = null;
 
 const post = (msg: FromWorker, transfer: TransferListItem[] = []) => port.postMessage(msg, transfer);
 
+// Messages are handled one at a time, in order: a handler may await (reading a checkpoint, a GPU backend's
+// tensors), and the next message waits for it.
+let queue: Promise<void> = Promise.resolve();
 port.on('message', (msg: ToWorker) => {
-  // Resuming reads and hashes the checkpoint's files, and a spill writes one, asynchronously; main sends nothing
-  // else meanwhile.
-  const fail = (err: unknown) => post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });
-  if (msg.type === 'init' && msg.resume) {
-    const { spec, placement, dataDir, resume, frozenDir, baseDir } = msg;
-    Promise.resolve()
-      .then(() => loadResume(resume.dir, resume.step, spec, shardOf(spec, placement)))
-      // init closes the files once it has read them; if it fails first, they are closed here.
-      .then((state) => init(spec, placement, dataDir, state, frozenDir, baseDir).catch(async (err: unknown) => {
-        await state.files.close();
-        throw err;
-      }))
-      .then((reply) => post(reply), fail);
-    return;
-  }
-  if (msg.type === 'spill') {
-    Promise.resolve().then(() => spill(need(), msg.dir, msg.state)).then((reply) => post(reply), fail);
-    return;
-  }
-  if (msg.type === 'init') {
-    init(msg.spec, msg.placement, msg.dataDir, undefined, msg.frozenDir, msg.baseDir).then((reply) => post(reply), fail);
-    return;
-  }
-  try {
-    const [reply, transfer] = handle(msg);
-    post(reply, transfer);
-  } catch (err) {
-    post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });
-  }
+  queue = queue.then(async () => {
+    try {
+      const [reply, transfer] = await handle(msg);
+      post(reply, transfer);
+    } catch (err) {
+      post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });
+    }
+  });
 });
 
-function handle(msg: ToWorker): [FromWorker, TransferListItem[]] {
+async function handle(msg: ToWorker): Promise<[FromWorker, TransferListItem[]]> {
   switch (msg.type) {
-    case 'init':
+    case 'init': {
+      const { spec, placement, dataDir, resume, frozenDir, baseDir } = msg;
+      if (!resume) return [await init(spec, placement, dataDir, undefined, frozenDir, baseDir), []];
+      const state = await loadResume(resume.dir, resume.step, spec, shardOf(spec, placement));
+      try {
+        return [await init(spec, placement, dataDir, state, frozenDir, baseDir), []];
+      } catch (err) {
+        await state.files.close(); // init closes the files once it has read them; if it fails first, here
+        throw err;
+      }
+    }
     case 'spill':
-      throw new Error(`${msg.type} is handled asynchronously`);
+      return [await spill(need(), msg.dir, msg.state), []];
     case 'begin':
       return [begin(need(), msg.step), []];
     case 'fwd':
@@ -307,7 +300,7 @@ function microBatchesOf(tokens: Int32Array, count: number, rows: number, seqLen:
  * What the last stage optimises for micro-batch `mb` (model/objectives.ts). The frozen model's forward runs here,
  * without a tape: dpo needs the reference's log-probability of each row, distill the teacher's logits.
  */
-function objectiveFor(j: Job, mb: TokenBatch): Objective {
+async function objectiveFor(j: Job, mb: TokenBatch): Promise<Objective> {
   const weights = mb.weights;
   const { kind } = j.spec;
   if (kind !== 'dpo' && kind !== 'distill') return { kind: 'lm', ...(weights ? { weights } : {}) };
@@ -317,12 +310,21 @@ function objectiveFor(j: Job, mb: TokenBatch): Objective {
   try {
     if (kind === 'dpo') {
       if (!weights) throw new Error('dpo needs example data (chosen/rejected pairs)');
-      return { kind: 'dpo', weights, refLogp: rowLogprobs(logits, mb.targets, weights, B, T), beta: j.spec.dpo!.beta, rpoAlpha: j.spec.dpo!.rpoAlpha ?? 0 };
+      return { kind: 'dpo', weights, refLogp: await readRows(rowLogprobs(logits, mb.targets, weights, B, T)), beta: j.spec.dpo!.beta, rpoAlpha: j.spec.dpo!.rpoAlpha ?? 0 };
     }
     const { temperature, alpha } = j.spec.distill!;
-    return { kind: 'distill', teacherLogits: Float32Array.from(logits.dataSync() as Float32Array), temperature, alpha, ...(weights ? { weights } : {}) };
+    return { kind: 'distill', teacherLogits: await copyOf(logits), temperature, alpha, ...(weights ? { weights } : {}) };
   } finally {
     logits.dispose();
+  }
+}
+
+/** A tensor's values, and the tensor disposed. */
+async function readRows(t: import('@tensorflow/tfjs').Tensor): Promise<Float32Array> {
+  try {
+    return await copyOf(t);
+  } finally {
+    t.dispose();
   }
 }
 
@@ -350,26 +352,26 @@ function stageInput(j: Job, mb: TokenBatch, acts: Float32Array | undefined) {
   return { acts };
 }
 
-function forward(j: Job, i: number, acts?: Float32Array): [FromWorker, TransferListItem[]] {
+async function forward(j: Job, i: number, acts?: Float32Array): Promise<[FromWorker, TransferListItem[]]> {
   const mb = j.micro[i];
   if (!mb) throw new Error(`no micro-batch ${i} in this step`);
   const t0 = performance.now();
   const input = stageInput(j, mb, acts);
   if (acts) j.inputs.set(i, acts);
   if (j.model.hasHead) return [{ type: 'fwdDone', busyMs: performance.now() - t0 }, []]; // the backward does it all
-  const out = j.model.forward(input, mb.batch, mb.seq, dropoutSeed(j, i));
+  const out = await j.model.forward(input, mb.batch, mb.seq, dropoutSeed(j, i));
   return [{ type: 'fwdDone', out, busyMs: performance.now() - t0 }, [out.buffer as ArrayBuffer]];
 }
 
-function backward(j: Job, i: number, gradOut?: Float32Array): [FromWorker, TransferListItem[]] {
+async function backward(j: Job, i: number, gradOut?: Float32Array): Promise<[FromWorker, TransferListItem[]]> {
   const mb = j.micro[i];
   if (!mb) throw new Error(`no micro-batch ${i} in this step`);
   const t0 = performance.now();
   const input = stageInput(j, mb, j.inputs.get(i));
   j.inputs.delete(i);
   if (!j.model.hasHead && !gradOut) throw new Error(`stage ${j.coords.pp} needs the next stage's gradient`);
-  const upstream = j.model.hasHead ? { targets: mb.targets, scale: 1 / j.placement.microBatches, objective: objectiveFor(j, mb) } : { gradOut: gradOut! };
-  const r = j.model.backward(input, mb.batch, mb.seq, upstream, j.grads, dropoutSeed(j, i));
+  const upstream = j.model.hasHead ? { targets: mb.targets, scale: 1 / j.placement.microBatches, objective: await objectiveFor(j, mb) } : { gradOut: gradOut! };
+  const r = await j.model.backward(input, mb.batch, mb.seq, upstream, j.grads, dropoutSeed(j, i));
   const reply: FromWorker = { type: 'bwdDone', tokens: mb.batch * mb.seq, busyMs: performance.now() - t0, ...r };
   return [reply, r.gradIn ? [r.gradIn.buffer as ArrayBuffer] : []];
 }
@@ -448,11 +450,11 @@ function evalBegin(j: Job): FromWorker {
   return { type: 'evalBegun', microBatches: j.evalMicro.length };
 }
 
-function evalForward(j: Job, i: number, acts?: Float32Array): [FromWorker, TransferListItem[]] {
+async function evalForward(j: Job, i: number, acts?: Float32Array): Promise<[FromWorker, TransferListItem[]]> {
   const mb = j.evalMicro[i];
   if (!mb) throw new Error(`no held-out micro-batch ${i}`);
   const input = stageInput(j, mb, acts);
-  if (j.model.hasHead) return [{ type: 'evalDone', loss: j.model.loss(input, mb.batch, mb.seq, mb.targets, objectiveFor(j, mb)) }, []];
-  const out = j.model.forward(input, mb.batch, mb.seq);
+  if (j.model.hasHead) return [{ type: 'evalDone', loss: await j.model.loss(input, mb.batch, mb.seq, mb.targets, await objectiveFor(j, mb)) }, []];
+  const out = await j.model.forward(input, mb.batch, mb.seq);
   return [{ type: 'evalDone', out }, [out.buffer as ArrayBuffer]];
 }

@@ -11,11 +11,11 @@ import { GPT, flattenGrads, gptConfig } from '../../model/gpt.ts';
 import { StageModel } from '../../model/stage-model.ts';
 import { shardLayout } from '../../model/shard-layout.ts';
 
-/** Runs `f` and disposes the tensors it made (tf.tidy, for a result that is not a tensor container). */
-function tfScope<T>(f: () => T): T {
+/** Runs `f` and disposes the tensors it made (tf.tidy, for an async result that is not a tensor container). */
+async function tfScope<T>(f: () => Promise<T>): Promise<T> {
   tf.engine().startScope();
   try {
-    return f();
+    return await f();
   } finally {
     tf.engine().endScope();
   }
@@ -50,7 +50,7 @@ function reference(h: Float32Array, W: Float32Array, N: number, V: number, d: nu
 
 for (const [label, chunkElements, keptBytes] of [['one chunk', 1 << 22, 1 << 26], ['7-row chunks, logits kept', 7 * 12, 1 << 26], ['7-row chunks, logits recomputed', 7 * 12, 0]] as const) {
   for (const weighted of [false, true]) {
-    test(`lmHead (${label}${weighted ? ', weighted rows' : ''}) gives the loss and gradients of the whole-logits formulation`, () => {
+    test(`lmHead (${label}${weighted ? ', weighted rows' : ''}) gives the loss and gradients of the whole-logits formulation`, async () => {
       const B = 2, T = 5, N = B * T, V = 53, d = 12;
       const h = random(N * d, 4, 7), W = random(V * d, 1, 11);
       const targets = Int32Array.from({ length: N }, (_, i) => (i * 17 + 3) % V);
@@ -60,7 +60,7 @@ for (const [label, chunkElements, keptBytes] of [['one chunk', 1 << 22, 1 << 26]
       const ref = reference(h, W, N, V, d, targets, B, T, weights, upstream);
       const dW = new Float32Array(V * d).fill(NaN);
       const seen: number[] = [];
-      const got = tfScope(() => lmHead(tf.tensor2d(h, [N, d]), tf.tensor2d(W, [V, d]), targets, lmCoefficients(B, T, weights), {
+      const got = await tfScope(() => lmHead(tf.tensor2d(h, [N, d]), tf.tensor2d(W, [V, d]), targets, lmCoefficients(B, T, weights), {
         upstream, chunkElements, keptBytes,
         addWeightGrad: (row0, v) => {
           seen.push(row0);
@@ -71,25 +71,25 @@ for (const [label, chunkElements, keptBytes] of [['one chunk', 1 << 22, 1 << 26]
       assertClose(got.dh!, ref.dh, 'dL/dh');
       assertClose(dW, ref.dW, 'dL/dW');
       assert.deepEqual(seen, chunkElements >= V * d ? [0] : Array.from({ length: Math.ceil(V / 7) }, (_, k) => k * 7), 'every row once, in order');
-      const evalOnly = tfScope(() => lmHead(tf.tensor2d(h, [N, d]), tf.tensor2d(W, [V, d]), targets, lmCoefficients(B, T, weights), { chunkElements }));
+      const evalOnly = await tfScope(() => lmHead(tf.tensor2d(h, [N, d]), tf.tensor2d(W, [V, d]), targets, lmCoefficients(B, T, weights), { chunkElements }));
       assert.equal(evalOnly.loss, got.loss, 'the loss alone is the same number');
       assert.equal(evalOnly.dh, undefined);
     });
   }
 }
 
-test('lmHead leaves no tensor behind and refuses targets outside the vocabulary', () => {
+test('lmHead leaves no tensor behind and refuses targets outside the vocabulary', async () => {
   const h = tf.tensor2d(random(4 * 8, 1, 3), [4, 8]), W = tf.tensor2d(random(10 * 8, 1, 5), [10, 8]);
   const before = tf.memory().numTensors;
-  lmHead(h, W, Int32Array.of(1, 2, 3, 9), lmCoefficients(1, 4), { upstream: 1, chunkElements: 24, keptBytes: 0, addWeightGrad: () => {} });
+  await lmHead(h, W, Int32Array.of(1, 2, 3, 9), lmCoefficients(1, 4), { upstream: 1, chunkElements: 24, keptBytes: 0, addWeightGrad: () => {} });
   assert.equal(tf.memory().numTensors, before);
-  assert.throws(() => lmHead(h, W, Int32Array.of(1, 2, 3, 10), lmCoefficients(1, 4)), /target 10 is outside the vocabulary \[0, 10\)/);
-  assert.throws(() => lmHead(h, W, Int32Array.of(1, 2, 3), lmCoefficients(1, 4)), /4 hidden states need 4 targets/);
+  await assert.rejects(lmHead(h, W, Int32Array.of(1, 2, 3, 10), lmCoefficients(1, 4)), /target 10 is outside the vocabulary \[0, 10\)/);
+  await assert.rejects(lmHead(h, W, Int32Array.of(1, 2, 3), lmCoefficients(1, 4)), /4 hidden states need 4 targets/);
   h.dispose();
   W.dispose();
 });
 
-test('a one-stage StageModel back-propagates the loss and gradients of GPT\'s whole-model tape', () => {
+test('a one-stage StageModel back-propagates the loss and gradients of GPT\'s whole-model tape', async () => {
   const config = gptConfig({ vocabSize: 97, nCtx: 16, nLayer: 2, nHead: 2, nEmbd: 16 });
   const gpt = new GPT(config, { seed: 5 });
   const flat = gpt.readParams();
@@ -100,14 +100,14 @@ test('a one-stage StageModel back-propagates the loss and gradients of GPT\'s wh
   const ids = Int32Array.from({ length: B * T }, (_, i) => (i * 31 + 5) % 97);
   const targets = Int32Array.from({ length: B * T }, (_, i) => (i * 13 + 2) % 97);
   const grads = new Float32Array(layout.totalSize);
-  const r = stage.backward({ ids }, B, T, { targets, scale: 1 }, grads);
+  const r = await stage.backward({ ids }, B, T, { targets, scale: 1 }, grads);
   const ref = tf.tidy(() => {
     const { loss, grads: g } = gpt.lossAndGrads(tf.tensor2d(ids, [B, T], 'int32'), tf.tensor2d(targets, [B, T], 'int32'));
     return { loss: loss.dataSync()[0]!, grads: flattenGrads(g, gpt.layout) };
   });
   assert.ok(Math.abs(r.loss! - ref.loss) <= 1e-5 * ref.loss, `loss ${r.loss} vs ${ref.loss}`);
   assertClose(grads, ref.grads, 'the flat gradient', 1e-4);
-  assert.ok(Math.abs(stage.loss({ ids }, B, T, targets) - ref.loss) <= 1e-5 * ref.loss, 'the evaluation loss');
+  assert.ok(Math.abs((await stage.loss({ ids }, B, T, targets)) - ref.loss) <= 1e-5 * ref.loss, 'the evaluation loss');
   stage.dispose();
   gpt.dispose();
 });

@@ -43,7 +43,7 @@ test('every objective is a mean over examples: the loss of a batch is the mean o
 test('DPO loss is ln 2 when the policy is the reference, and falls when the chosen reply gains probability', () => {
   const logits = randomLogits(3);
   const weights = new Float32Array(B * T).fill(1);
-  const ref = tf.tidy(() => rowLogprobs(tf.tensor2d(logits, [B * T, V]), targets, weights, B, T));
+  const ref = tf.tidy(() => rowLogprobs(tf.tensor2d(logits, [B * T, V]), targets, weights, B, T).dataSync() as Float32Array);
   const dpo = (l: Float32Array) => loss(l, { kind: 'dpo', weights, refLogp: ref, beta: 0.5 });
   assert.ok(Math.abs(dpo(logits) - Math.LN2) < 1e-6);
   const better = logits.slice(); // raise the logit of every chosen row's (rows 0 and 2) targets
