@@ -6,16 +6,17 @@ import { Worker } from 'node:worker_threads';
 import { availableParallelism, freemem, platform, arch, totalmem } from 'node:os';
 import type { CapabilitiesInfo } from '../protocol/control.ts';
 import { AgentError } from './errors.ts';
-import type { BackendChoice } from './compute/backend.ts';
+import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from './compute/backend.ts';
 
 /** `note` hears what the backend choice passed over and why (`auto`: a load error is shown, never swallowed). */
 export async function measureCapabilities(backend: BackendChoice, note: (line: string) => void = () => {}): Promise<CapabilitiesInfo> {
+  prepareBackendEnv(backend);
   const measured = await new Promise<{ backend: string; matmulGflops: number; passedOver: string[] }>((resolve, reject) => {
     const worker = new Worker(new URL('./compute/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./compute/worker.ts', import.meta.url).href, backend },
     });
     worker.once('message', (m: { ok: boolean; backend: string; matmulGflops: number; passedOver: string[]; error?: string }) => {
-      void worker.terminate();
+      void terminateComputeWorker(worker, backend);
       if (m.ok) resolve(m);
       else reject(new AgentError('AGT_ERR_BACKEND', `backend '${backend}' failed: ${m.error}`));
     });

@@ -10,7 +10,8 @@
  * tfjs' WebGPU backend cannot do in Node (it needs OffscreenCanvas), so agents and `auto` do not offer it yet
  * (AGENT_BACKENDS; issue 19).
  */
-import type { GpuInfo } from './webgpu.ts';
+import type { Worker } from 'node:worker_threads';
+import { prepareSoftwareGpuEnv, type GpuInfo } from './webgpu.ts';
 
 export const BACKENDS = ['auto', 'webgpu', 'webgpu-software', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
 export type BackendChoice = (typeof BACKENDS)[number];
@@ -18,6 +19,25 @@ export type BackendChoice = (typeof BACKENDS)[number];
 export const AGENT_BACKENDS = ['auto', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const satisfies readonly BackendChoice[];
 
 export type Tf = typeof import('@tensorflow/tfjs');
+
+let gpuTeardown: Promise<unknown> = Promise.resolve();
+
+/**
+ * Stops a worker thread that computes on `choice`. Dawn crashes the process (SIGSEGV) when two threads holding
+ * its instances are torn down at the same moment, as ranks finishing together do, so WebGPU workers are stopped one
+ * at a time (a thread that releases its device and returns does not exit at all: Dawn keeps its loop alive).
+ */
+export function terminateComputeWorker(worker: Worker, choice: BackendChoice): Promise<unknown> {
+  if (choice !== 'webgpu' && choice !== 'webgpu-software' && choice !== 'auto') return worker.terminate();
+  const done = gpuTeardown.then(() => worker.terminate());
+  gpuTeardown = done.catch(() => {});
+  return done;
+}
+
+/** Sets what a backend needs in the process's environment; call it on the main thread before starting a worker that loads `choice`. */
+export function prepareBackendEnv(choice: BackendChoice): void {
+  if (choice === 'webgpu-software') prepareSoftwareGpuEnv();
+}
 
 export interface LoadedBackend {
   tf: Tf;

@@ -8,7 +8,16 @@
  * display, `EGL_PLATFORM=surfaceless` (Debian packages libegl1, libegl-mesa0, libgles2, libgl1-mesa-dri). That is how
  * the suite checks the GPU path on machines with no GPU; `auto` never picks it.
  */
+import { isMainThread } from 'node:worker_threads';
 import type { Tf } from './backend.ts';
+
+/**
+ * Mesa reads EGL_PLATFORM from the process's environment, which only the main thread can set (a worker's
+ * process.env is its own copy): whoever starts a worker that will use the software adapter calls this first.
+ */
+export function prepareSoftwareGpuEnv(): void {
+  if (isMainThread) process.env.EGL_PLATFORM ??= 'surfaceless'; // no display: Mesa's EGL without a window system
+}
 
 /** What an agent reports about the GPU it computes on. */
 export interface GpuInfo {
@@ -61,7 +70,7 @@ export async function loadWebGpu(tf: Tf, options: { software?: boolean } = {}): 
   for (const [k, v] of Object.entries(dawn.globals)) if (!(k in globalThis)) Object.assign(globalThis, { [k]: v });
   let gpu: GPU, dawnBackend: string, adapter: GPUAdapter | null;
   if (options.software) {
-    process.env.EGL_PLATFORM ??= 'surfaceless'; // no display: Mesa's EGL without a window system
+    prepareSoftwareGpuEnv();
     dawnBackend = 'opengl';
     gpu = dawn.create(['backend=opengl']);
     adapter = await gpu.requestAdapter({ featureLevel: 'compatibility' } as GPURequestAdapterOptions);
@@ -70,7 +79,12 @@ export async function loadWebGpu(tf: Tf, options: { software?: boolean } = {}): 
     gpu = dawn.create([]);
     adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   }
-  if (!adapter) throw new WebGpuUnavailable(`Dawn found no ${options.software ? 'software (OpenGL ES, llvmpipe)' : dawnBackend} adapter`);
+  if (!adapter) {
+    const hint = options.software
+      ? `${isMainThread || process.env.EGL_PLATFORM ? '' : ' (in a worker thread: the main thread must set EGL_PLATFORM=surfaceless before starting it, prepareSoftwareGpuEnv)'}; npm run setup installs Mesa's packages`
+      : '';
+    throw new WebGpuUnavailable(`Dawn found no ${options.software ? 'software (OpenGL ES, llvmpipe)' : dawnBackend} adapter${hint}`);
+  }
   const a = adapter.info;
   const software = (a as GPUAdapterInfo & { isFallbackAdapter?: boolean }).isFallbackAdapter === true || SOFTWARE.test(`${a.vendor} ${a.architecture} ${a.description} ${a.device}`);
   if (software && !options.software) throw new WebGpuUnavailable(`the only adapter is a software one (${a.description || a.vendor}), no GPU`);

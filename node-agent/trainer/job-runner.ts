@@ -39,7 +39,7 @@ import { loraShardLayout, loraSpec } from '../../model/lora.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
 import type { Ring } from '../collectives/ring.ts';
 import type { Mailbox } from '../collectives/mailbox.ts';
-import type { BackendChoice } from '../compute/backend.ts';
+import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from '../compute/backend.ts';
 import type { FromWorker, Placement, Ready, ResumeFiles, ToWorker } from './messages.ts';
 import { encodeCheckpointFiles, uploadCheckpoint } from './checkpoint-upload.ts';
 import { bubbleTheory, oneFOneB } from './schedule.ts';
@@ -547,7 +547,11 @@ class TrainerWorker {
   #tp: { data: Float32Array; flag: Int32Array; ring: Ring } | null = null;
   #tpError: Error | null = null;
 
+  readonly #backend: BackendChoice;
+
   constructor(backend: BackendChoice) {
+    this.#backend = backend;
+    prepareBackendEnv(backend);
     this.#worker = new Worker(new URL('../compute/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./trainer-worker.ts', import.meta.url).href, backend },
     });
@@ -573,7 +577,7 @@ class TrainerWorker {
 
   terminate(): Promise<void> {
     this.#fail(new Error('trainer worker stopped'));
-    void this.#worker.terminate();
+    void terminateComputeWorker(this.#worker, this.#backend);
     return this.#exited;
   }
 

@@ -14,6 +14,7 @@ import type { JobSpec } from '../../protocol/job-spec.ts';
 import { prepareTokenData } from '../../model/prepare-data.ts';
 import { jobLinks, runJob, type ArtifactStore, type JobFinished } from '../../node-agent/trainer/job-runner.ts';
 import type { ParallelLayout } from '../../protocol/layout.ts';
+import type { BackendChoice } from '../../node-agent/compute/backend.ts';
 import { splitLayers } from '../../model/shard-layout.ts';
 import { flatFromStateDict, paramLayout } from '../../model/gpt.ts';
 import { CheckpointSharder } from '../../coordinator/checkpoint-shards.ts';
@@ -131,6 +132,8 @@ export interface RunOptions {
   idleTimeoutMs?: number;
   /** Called with each rank's messages as they are sent. */
   onSend?: (rank: number, msg: AgentMessage) => void;
+  /** Each rank's compute backend: one for all, or per rank (default wasm). */
+  backend?: BackendChoice | BackendChoice[];
 }
 
 /** Runs the job on every rank of an in-memory ring at once (each rank its own worker and work dir). */
@@ -161,7 +164,7 @@ export async function runRanks(o: RunOptions): Promise<RankRun[]> {
           artifacts: o.ds.store,
           send: (m) => (messages.push(m), o.onSend?.(rank, m)),
           log,
-          backend: 'wasm',
+          backend: (Array.isArray(o.backend) ? o.backend[rank] : o.backend) ?? 'wasm',
           signal: o.signals?.[rank] ?? o.signal ?? new AbortController().signal,
           workDir: join(work, `rank${rank}`),
         });
