@@ -3,6 +3,7 @@
  * handshake (version, join token, identity), keeps each node's record and liveness in the state store, sweeps
  * for agents whose heartbeats stopped, and routes group/collective messages to whoever asked for them.
  */
+import { describeGpu } from '../protocol/gpu.ts';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -256,7 +257,8 @@ export class AgentHub {
     });
     this.#log.info(
       `${decision.action === 'reclaim' ? 'node reconnected' : 'node joined'}: ${id} (${hello.name}) from ${remote}, ` +
-        `${hello.capabilities.backend} ${hello.capabilities.matmulGflops} GFLOP/s, peers at ${hello.peerAddress}`,
+        `${hello.capabilities.backend} ${hello.capabilities.matmulGflops} GFLOP/s${hello.capabilities.gpu ? ` on ${describeGpu(hello.capabilities.gpu)}` : ''}, ` +
+        `peers at ${hello.peerAddress}`,
     );
     return id;
   }

@@ -11,6 +11,7 @@
  *
  * Entry point of bin/coordinator.js. Exit codes: 0 ok, 1 error or failed self-check, 2 bad arguments.
  */
+import { describeGpu } from '../protocol/gpu.ts';
 import { createLogger } from '../common/log.ts';
 import { httpUrl, intOption, parseCli, UsageError } from '../common/cli.ts';
 import { resolveConfig, DEFAULT_CONFIG } from './config.ts';
@@ -279,7 +280,7 @@ async function nodes(v: Values): Promise<number> {
     n.id,
     n.name,
     n.status + (n.status === 'alive' && !n.connected ? ' (reconnecting)' : ''),
-    n.capabilities.backend,
+    n.capabilities.backend + (n.capabilities.gpu ? ` on ${describeGpu(n.capabilities.gpu)}` : ''),
     String(n.capabilities.cores),
     `${(n.capabilities.memoryBytes / 2 ** 30).toFixed(1)} GiB`,
     n.capabilities.matmulGflops.toFixed(1),

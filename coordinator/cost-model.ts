@@ -308,3 +308,21 @@ export function backendPeakBytes(model: Model, rows: number, seqLen: number, sta
   const stored = inFlight * (stage.first ? n : n * d);
   return BYTES * (stageParams(model, stage) + packed + Math.max(block, head) + checkpoints + stored);
 }
+
+/**
+ * The largest single tensor a rank of this stage holds, in bytes: what one GPU kernel must bind at once, which
+ * WebGPU caps per adapter (maxStorageBufferBindingSize: 128 MiB on many adapters, GPT-2's wte alone is 147 MiB).
+ * Weights (the embeddings on the first and last stage; a block's c_attn, c_fc and c_proj cut by the tensor-parallel
+ * split) and one micro-batch's activations (attention scores, the MLP's hidden, the head's logits chunk or whole).
+ */
+export function largestTensorBytes(model: Model, rows: number, seqLen: number, stage: Pick<StageWork, 'blocks' | 'first' | 'last' | 'tensor'>, wholeLogits = false): number {
+  const n = rows * seqLen, d = model.nEmbd, v = model.vocabSize, t = stage.tensor;
+  const sizes = [
+    stage.first || stage.last ? v * d : 0,
+    stage.first ? model.nCtx * d : 0,
+    stage.blocks > 0 ? Math.max((3 * d * d) / t, (4 * d * d) / t, (rows * model.nHead * seqLen * seqLen) / t, (4 * n * d) / t) : 0,
+    stage.last ? (wholeLogits ? n * v : headChunkRows(v, d) * Math.max(n, d)) : 0,
+    n * d,
+  ];
+  return BYTES * Math.max(...sizes);
+}

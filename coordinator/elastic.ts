@@ -15,7 +15,7 @@
 import type { ResolvedJobSpec } from '../protocol/job-spec.ts';
 import { layoutName } from '../protocol/layout.ts';
 import { planRequest, planFor } from './job-scheduler.ts';
-import { planJob, type Layout, type PlannerAgent, type PlannerCalibration } from './planner.ts';
+import { planJob, speedKey, type Layout, type PlannerAgent, type PlannerCalibration } from './planner.ts';
 
 /** Fraction by which a new shape's predicted step time must beat the current one's to be worth a restart. */
 export const RESHAPE_MARGIN = 0.15;
@@ -54,8 +54,8 @@ export function decideReshape(i: ReshapeInput): ReshapeDecision {
   // what their hosts measured across every agent seen here, as the candidate was: else a free agent's better
   // benchmark on the same host makes the very same shape look faster than itself.
   const hostBest = new Map<string, number>();
-  for (const a of [...i.members, ...i.free]) hostBest.set(a.host, Math.max(hostBest.get(a.host) ?? 0, a.matmulGflops));
-  const members = i.members.map((m) => ({ ...m, matmulGflops: hostBest.get(m.host)! }));
+  for (const a of [...i.members, ...i.free]) hostBest.set(speedKey(a), Math.max(hostBest.get(speedKey(a)) ?? 0, a.matmulGflops));
+  const members = i.members.map((m) => ({ ...m, matmulGflops: hostBest.get(speedKey(m))! }));
   const current = planJob(planRequest(i.spec, members, i.calibration, i.layout)).chosen;
   const currentMs = current?.predicted.stepMs ?? Infinity;
   const bestMs = best.predicted.stepMs;

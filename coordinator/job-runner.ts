@@ -259,6 +259,7 @@ export class JobRunner {
       memoryBytes: n.capabilities.memoryBytes,
       matmulGflops: n.capabilities.matmulGflops,
       backend: n.capabilities.backend,
+      ...(n.capabilities.gpu ? { maxBindingBytes: n.capabilities.gpu.maxStorageBufferBindingSize } : {}),
       firstSeenMs: n.firstSeenMs,
       ...(fresh ? { slowdown: seen.factor } : {}),
     };

@@ -40,7 +40,7 @@
  */
 import { layoutName, rankOf } from '../protocol/layout.ts';
 import {
-  backendPeakBytes, bubbleFraction, DEFAULT_CALIBRATION, memoryBytes, WASM_HEAP_BYTES, WASM_HEAP_PLANNED, ringAllreduceMs, simulatePipeline, slowdown, stageActivationBytes, stageComputeMs,
+  backendPeakBytes, bubbleFraction, DEFAULT_CALIBRATION, largestTensorBytes, memoryBytes, WASM_HEAP_BYTES, WASM_HEAP_PLANNED, ringAllreduceMs, simulatePipeline, slowdown, stageActivationBytes, stageComputeMs,
   stageParams, type Model, type PipelineLane, type PlannerCalibration, type StageWork,
 } from './cost-model.ts';
 
@@ -52,8 +52,10 @@ export interface PlannerAgent {
   cores: number;
   memoryBytes: number;
   matmulGflops: number; // measured on join: best of five 512³ float32 matmuls (node-agent/compute/backend.ts)
-  /** Its compute backend (wasm, cpu, tensorflow, …); a wasm agent's stage must fit wasm32's 4 GB heap. */
+  /** Its compute backend (wasm, webgpu, cpu, tensorflow, …); a wasm agent's stage must fit wasm32's 4 GB heap. */
   backend?: string;
+  /** On webgpu: the largest buffer one kernel may bind (maxStorageBufferBindingSize); no tensor of its shard may be larger. */
+  maxBindingBytes?: number;
   /**
    * How many times slower than its peers this agent was seen computing the same work in a running job (a
    * straggler: job-telemetry.ts); its speed is divided by it. Absent or 1: as fast as its host's best.
@@ -164,10 +166,18 @@ interface Slot {
 }
 type Grid = Slot[][][]; // [dp][pp][tp]
 
-/** Each host's best matmulGflops: what any of its agents gets with a core to itself (see the top of the file). */
+/**
+ * Whose measurements rate an agent: agents computing on a host's cores with one backend share them, so the best
+ * any of them measured (see the top of the file); a GPU agent computes on its own device: its own figure.
+ */
+export function speedKey(a: Pick<PlannerAgent, 'id' | 'host' | 'backend'>): string {
+  return a.backend === 'webgpu' ? `gpu:${a.id}` : `${a.host}|${a.backend ?? ''}`;
+}
+
+/** Each speedKey's best matmulGflops: what any of its agents gets with a core to itself (see the top of the file). */
 function hostGflops(agents: readonly PlannerAgent[]): Map<string, number> {
   const best = new Map<string, number>();
-  for (const a of agents) best.set(a.host, Math.max(best.get(a.host) ?? 0, a.matmulGflops));
+  for (const a of agents) best.set(speedKey(a), Math.max(best.get(speedKey(a)) ?? 0, a.matmulGflops));
   return best;
 }
 
@@ -176,7 +186,7 @@ function slotsFor(chosen: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostG
   for (const a of chosen) perHost.set(a.host, (perHost.get(a.host) ?? 0) + 1);
   return new Map(chosen.map((a) => {
     const share = 1 / slowdown(perHost.get(a.host)!, a.cores, ctx.cal);
-    const flopsPerS = ((ctx.hostGflops.get(a.host) ?? a.matmulGflops) * 1e9 * ctx.cal.efficiency) / Math.max(1, a.slowdown ?? 1);
+    const flopsPerS = ((ctx.hostGflops.get(speedKey(a)) ?? a.matmulGflops) * 1e9 * ctx.cal.efficiency) / Math.max(1, a.slowdown ?? 1);
     return [a.id, { agent: a, flopsPerS, share, pace: flopsPerS * share }];
   }));
 }
@@ -366,12 +376,21 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
   let worstFit: { ratio: number; need: number; slot: Slot; stage: number } | undefined;
   let worstHeap: { ratio: number; need: number; slot: Slot; stage: number } | undefined;
   let wasmPeak = 0;
+  let worstBinding: { need: number; slot: Slot; stage: number } | undefined;
+  let mixedGroup: { stage: number; backends: string[] } | undefined;
   for (let i = 0; i < p; i++) {
     const [a, b] = stages[i]!;
     const work = stageWork(l, i, b - a);
     const params = stageParams(model, work);
     const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, p - i) : 0, training.wholeLogits);
     const need = memoryBytes(params, backendBytes, d, training.zero);
+    const largest = largestTensorBytes(model, rows, training.seqLen, work, training.wholeLogits);
+    // A tensor-parallel group's replicated tensors (LayerNorms, biases, embeddings) stay bit-identical only when
+    // its ranks run the same kernels: one backend per group.
+    for (const replica of grid) {
+      const backends = [...new Set(replica[i]!.map((s) => s.agent.backend ?? 'unknown'))];
+      if (backends.length > 1 && !mixedGroup) mixedGroup = { stage: i, backends };
+    }
     for (let tp = 0; tp < t; tp++) {
       const ring = grid.map((replica) => replica[i]![tp]!);
       let ms = ringAllreduceMs(d, params * BYTES, ringBw(ring), alpha(ring));
@@ -388,6 +407,7 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
         memoryPeak = Math.max(memoryPeak, need);
         const ratio = need / (slot.agent.memoryBytes * cal.memoryFraction);
         if (ratio > 1 && (!worstFit || ratio > worstFit.ratio)) worstFit = { ratio, need, slot, stage: i };
+        if (slot.agent.maxBindingBytes !== undefined && largest > slot.agent.maxBindingBytes && !worstBinding) worstBinding = { need: largest, slot, stage: i };
         wasmPeak = Math.max(wasmPeak, slot.agent.backend === 'wasm' ? backendBytes : 0);
         const heapRatio = slot.agent.backend === 'wasm' ? backendBytes / (WASM_HEAP_BYTES * WASM_HEAP_PLANNED) : 0;
         if (heapRatio > 1 && (!worstHeap || heapRatio > worstHeap.ratio)) worstHeap = { ratio: heapRatio, need: backendBytes, slot, stage: i };
@@ -417,7 +437,7 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     memoryBytesPerAgent: memoryPeak,
     wasmHeapBytesPerAgent: wasmPeak,
   };
-  const candidate: Candidate = { layout: { ...l }, microBatches: m, stages, placement, predicted, feasible: !worstFit && !worstHeap };
+  const candidate: Candidate = { layout: { ...l }, microBatches: m, stages, placement, predicted, feasible: !worstFit && !worstHeap && !worstBinding && !mixedGroup };
   if (worstFit) {
     const { need, slot, stage } = worstFit;
     candidate.reason = `needs ${fmtBytes(need)} per agent${p > 1 ? ` (stage ${stage})` : ''}, agent ${slot.agent.id} allows ` +
@@ -426,6 +446,13 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     const { need, slot, stage } = worstHeap;
     candidate.reason = `needs ${fmtBytes(need)} of wasm heap${p > 1 ? ` (stage ${stage})` : ''} on agent ${slot.agent.id}, and a wasm agent ` +
       `plans for ${fmtBytes(WASM_HEAP_BYTES * WASM_HEAP_PLANNED)} of wasm32's ${fmtBytes(WASM_HEAP_BYTES)} (weights, packed weights and one micro-batch's working set)`;
+  } else if (worstBinding) {
+    const { need, slot, stage } = worstBinding;
+    candidate.reason = `its largest tensor${p > 1 ? ` on stage ${stage}` : ''} is ${fmtBytes(need)}, over agent ${slot.agent.id}'s WebGPU binding limit ` +
+      `of ${fmtBytes(slot.agent.maxBindingBytes!)} (maxStorageBufferBindingSize): more tensor-parallel shards or smaller micro-batches cut it`;
+  } else if (mixedGroup) {
+    candidate.reason = `a tensor-parallel group of stage ${mixedGroup.stage} would mix backends (${mixedGroup.backends.join(', ')}): ` +
+      'its replicated tensors stay identical only when every rank runs the same kernels';
   }
   return candidate;
 }

@@ -31,6 +31,7 @@ import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.
 import { runCollective } from './collective-runner.ts';
 import { ArtifactClient } from './artifact-client.ts';
 import type { BackendChoice } from './compute/backend.ts';
+import { describeGpu } from '../protocol/gpu.ts';
 import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
 import { httpEndpoints } from './http-endpoints.ts';
@@ -136,7 +137,7 @@ export class Agent {
     this.#caps = await this.#cfg.capabilities();
     this.#log.info(
       `capabilities: backend ${this.#caps.backend}, ${this.#caps.cores} cores, ${(this.#caps.memoryBytes / 2 ** 30).toFixed(1)} GiB, ` +
-        `matmul ${this.#caps.matmulGflops} GFLOP/s`,
+        `matmul ${this.#caps.matmulGflops} GFLOP/s${this.#caps.gpu ? ` on ${describeGpu(this.#caps.gpu)}` : ''}`,
     );
     let failures = 0;
     while (!this.#stopping) {

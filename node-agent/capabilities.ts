@@ -7,15 +7,17 @@ import { availableParallelism, freemem, platform, arch, totalmem } from 'node:os
 import type { CapabilitiesInfo } from '../protocol/control.ts';
 import { AgentError } from './errors.ts';
 import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from './compute/backend.ts';
+import type { GpuInfo } from './compute/webgpu.ts';
 
 /** `note` hears what the backend choice passed over and why (`auto`: a load error is shown, never swallowed). */
 export async function measureCapabilities(backend: BackendChoice, note: (line: string) => void = () => {}): Promise<CapabilitiesInfo> {
   prepareBackendEnv(backend);
-  const measured = await new Promise<{ backend: string; matmulGflops: number; passedOver: string[] }>((resolve, reject) => {
+  type Measured = { backend: string; matmulGflops: number; passedOver: string[]; gpu?: GpuInfo };
+  const measured = await new Promise<Measured>((resolve, reject) => {
     const worker = new Worker(new URL('./compute/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./compute/worker.ts', import.meta.url).href, backend },
     });
-    worker.once('message', (m: { ok: boolean; backend: string; matmulGflops: number; passedOver: string[]; error?: string }) => {
+    worker.once('message', (m: Measured & { ok: boolean; error?: string }) => {
       void terminateComputeWorker(worker, backend);
       if (m.ok) resolve(m);
       else reject(new AgentError('AGT_ERR_BACKEND', `backend '${backend}' failed: ${m.error}`));
@@ -31,5 +33,6 @@ export async function measureCapabilities(backend: BackendChoice, note: (line: s
     matmulGflops: Math.round(measured.matmulGflops * 100) / 100,
     platform: `${platform()}-${arch()}`,
     nodeVersion: process.version,
+    ...(measured.gpu ? { gpu: measured.gpu } : {}),
   };
 }

@@ -32,6 +32,19 @@ export const Capabilities = Type.Object(
     matmulGflops: Type.Number({ minimum: 0, maximum: 1e7 }), // measured on join, float32
     platform: Text(64),
     nodeVersion: Text(32),
+    /** On webgpu: the adapter the agent computes on (node-agent/compute/webgpu.ts GpuInfo). */
+    gpu: Type.Optional(Type.Object(
+      {
+        vendor: Text(128),
+        architecture: Text(128),
+        description: Text(256),
+        dawnBackend: Text(32), // vulkan, metal, d3d12, opengl
+        software: Type.Boolean(), // llvmpipe, SwiftShader: a CPU pretending
+        maxBufferSize: Type.Number({ minimum: 0 }),
+        maxStorageBufferBindingSize: Type.Number({ minimum: 0 }), // the largest tensor one kernel can bind
+      },
+      { additionalProperties: false },
+    )),
   },
   { additionalProperties: false },
 );

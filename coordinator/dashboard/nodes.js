@@ -46,13 +46,20 @@ function nodeRow(n, heartbeatAgeMs, fastestGflops) {
     h('td', badge(n.status), n.straggler ? badge('straggler') : null, slow ? badge('slow') : null,
       n.statusReason ? h('div.muted.small', n.statusReason) : null),
     h('td', n.connected ? 'yes' : h('span.warn', 'no')),
-    h('td', caps.backend ?? '–'),
+    h('td', caps.backend ?? '–', caps.gpu ? gpuCell(caps.gpu) : null),
     h('td.num', num(caps.cores, 0)),
     h('td.num', bytes(caps.memoryBytes), h('div.muted.small', `${bytes(caps.freeMemoryBytes)} free`)),
     h('td.num', `${num(caps.matmulGflops, 1)} GFLOP/s`),
     h('td.num', { class: late ? 'warn' : undefined }, age(heartbeatAgeMs)),
     h('td', roleCell(n.role)),
   );
+}
+
+/** The adapter a webgpu agent computes on: name, Dawn's backend, whether it is software, its binding limit. */
+function gpuCell(g) {
+  const name = [g.vendor, g.description || g.architecture].filter(Boolean).join(' ') || 'unknown adapter';
+  return h('div.muted.small', { title: `maxBufferSize ${bytes(g.maxBufferSize)}, maxStorageBufferBindingSize ${bytes(g.maxStorageBufferBindingSize)}` },
+    `${name} · ${g.dawnBackend}${g.software ? ' · software' : ''} · binds ${bytes(g.maxStorageBufferBindingSize)}`);
 }
 
 function roleCell(role) {

@@ -4,19 +4,18 @@
  * wasm (SIMD), which always works; what it passed over, and why, is in `passedOver`. `cpu` is the plain-JS
  * reference backend.
  *
- * WebGPU (Dawn: Vulkan, Metal or D3D12; compute/webgpu.ts) is here for what reads tensors asynchronously: `webgpu`
- * asks for a GPU adapter and fails saying why there is none, `webgpu-software` runs it on Mesa's llvmpipe (no GPU
- * needed: how the suite checks the GPU path). The trainer and the gateway still read tensors with dataSync(), which
- * tfjs' WebGPU backend cannot do in Node (it needs OffscreenCanvas), so agents and `auto` do not offer it yet
- * (AGENT_BACKENDS; issue 19).
+ * WebGPU (Dawn: Vulkan, Metal or D3D12; compute/webgpu.ts): `webgpu` asks for a GPU adapter and fails saying why
+ * there is none; `auto` tries it first and takes it only for a hardware adapter; `webgpu-software` runs it on Mesa's
+ * llvmpipe (no GPU needed: how the suite checks the GPU path). What computes on it reads tensors asynchronously
+ * (model/tensor-values.ts): tfjs' WebGPU backend cannot dataSync() in Node (it needs OffscreenCanvas).
  */
 import type { Worker } from 'node:worker_threads';
 import { prepareSoftwareGpuEnv, type GpuInfo } from './webgpu.ts';
 
 export const BACKENDS = ['auto', 'webgpu', 'webgpu-software', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
 export type BackendChoice = (typeof BACKENDS)[number];
-/** What an agent's --backend takes: not WebGPU until the trainer reads its tensors asynchronously. */
-export const AGENT_BACKENDS = ['auto', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const satisfies readonly BackendChoice[];
+/** What an agent's --backend takes (`webgpu-software` is Mesa's llvmpipe: for tests, never faster than wasm). */
+export const AGENT_BACKENDS = BACKENDS;
 
 export type Tf = typeof import('@tensorflow/tfjs');
 
@@ -71,6 +70,17 @@ export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend>
     } catch (err) {
       if (err instanceof WebGpuUnavailable) throw new Error(`--backend ${choice}: ${err.message}`);
       throw err;
+    }
+  }
+  if (choice === 'auto') {
+    const tf = await import('@tensorflow/tfjs');
+    const { loadWebGpu } = await import('./webgpu.ts');
+    try {
+      const gpu = await loadWebGpu(tf);
+      await tf.ready();
+      return { tf, name: 'webgpu', gpu: gpu.info, passedOver, release: gpu.release };
+    } catch (err) {
+      passedOver.push(`webgpu: ${(err as Error).message.split('\n')[0]}`);
     }
   }
   if (choice === 'auto' || choice === 'tensorflow-gpu') {

@@ -9,7 +9,8 @@ const { backend } = workerData as { backend: BackendChoice };
 try {
   const loaded = await loadBackend(backend);
   const matmulGflops = await measureMatmulGflops(loaded.tf);
-  parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops, passedOver: loaded.passedOver });
+  parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops, passedOver: loaded.passedOver, ...(loaded.gpu ? { gpu: loaded.gpu } : {}) });
+  loaded.release();
 } catch (err) {
   parentPort!.postMessage({ ok: false, error: (err as Error).message });
 }

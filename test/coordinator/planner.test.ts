@@ -474,3 +474,29 @@ describe('determinism', () => {
     assert.deepEqual(planJob(req([agents[2]!, agents[4]!, agents[0]!, agents[3]!, agents[1]!])), first);
   });
 });
+
+describe('GPU agents', () => {
+  const GPT2 = { vocabSize: 50257, nCtx: 1024, nLayer: 12, nHead: 12, nEmbd: 768 };
+  const gpu = (id: string, host: string, gflops: number, maxBindingBytes: number): PlannerAgent => ({ ...agent(id, host, gflops, 64e9, 16), backend: 'webgpu', maxBindingBytes });
+  const train = { batchSize: 8, microBatches: 4, seqLen: 256, zero: 0 as const };
+
+  test('no tensor of a shard may exceed its agent\'s WebGPU binding limit: GPT-2\'s 147 MiB wte does not bind in 128 MiB', () => {
+    const small = planJob(request({ model: GPT2, training: train, agents: [gpu('g1', 'h1', 5000, 128 * 2 ** 20)] }));
+    assert.equal(small.chosen, null, 'the only layouts put wte (154 MB) on one agent');
+    assert.match(small.candidates[0]!.reason ?? '', /largest tensor is 154\.\d+ MB, over agent g1's WebGPU binding limit of 134\.\d+ MB/);
+    const big = planJob(request({ model: GPT2, training: train, agents: [gpu('g1', 'h1', 5000, 2 ** 31)] }));
+    assert.ok(big.chosen?.feasible, big.refused);
+  });
+
+  test('a GPU agent is rated at its own speed, not at its host\'s best, and a tensor-parallel group keeps to one backend', () => {
+    const agents = [gpu('g1', 'h1', 5000, 2 ** 31), { ...agent('w1', 'h1', 25, 64e9, 16), backend: 'wasm' }];
+    const mixed = planJob(request({ model: MID, agents, parallel: { data: 1, pipeline: 1, tensor: 2 } }));
+    assert.equal(mixed.chosen, null);
+    assert.match(mixed.refused ?? '', /would mix backends \((webgpu, wasm|wasm, webgpu)\)/);
+    // Two stages on the two: the wasm agent, costed at its own 25 GFLOP/s (not at the GPU's 5,000 on the same
+    // host), gets the smaller share of the blocks.
+    const both = planJob(request({ model: MID, agents, parallel: { data: 1, pipeline: 2, tensor: 1 } })).chosen!;
+    const blocksOn = (id: string) => { const [a, b] = both.stages[both.placement.indexOf(id)]!; return b - a; };
+    assert.ok(blocksOn('w1') < blocksOn('g1'), `stages ${JSON.stringify(both.stages)} on ${both.placement.join(', ')}`);
+  });
+});
