@@ -96,12 +96,12 @@ export interface PrefillOutput<Prompt> {
 export interface BatchEngine<Prompt> {
   /** Width of a logits row (the model's vocabulary, which may have spare ids beyond the tokenizer's). */
   readonly logitsWidth: number;
-  /** Runs the prompts through the model in one forward. */
-  prefill(prompts: readonly PrefillInput[]): Array<PrefillOutput<Prompt>>;
+  /** Runs the prompts through the model in one forward (a GPU backend's logits come back asynchronously). */
+  prefill(prompts: readonly PrefillInput[]): Array<PrefillOutput<Prompt>> | Promise<Array<PrefillOutput<Prompt>>>;
   /** The batch becomes: current rows `keep` (indices, in that order), then one new row per entry of `add`. */
   arrange(keep: readonly number[], add: readonly Prompt[]): void;
   /** Feeds tokens[b] to row b, all rows in one forward; returns the next logits of every row, [rows, logitsWidth]. */
-  decode(tokens: readonly number[]): Float32Array;
+  decode(tokens: readonly number[]): Float32Array | Promise<Float32Array>;
   /** Frees a prompt's cache (rows started from it hold their own copy). */
   release(prompt: Prompt): void;
   /** Drops every row. */
@@ -281,7 +281,7 @@ export class BatchScheduler<Prompt> {
       }
       const admitted = this.#waiting.splice(0, decision.count);
       try {
-        this.#iterate(admitted);
+        await this.#iterate(admitted);
       } catch (err) {
         // The engine failed (out of memory, say): the sequences of this iteration fail; waiting ones go on.
         for (const s of [...this.#running, ...admitted]) this.#fail(s.job, err);
@@ -320,13 +320,13 @@ export class BatchScheduler<Prompt> {
     for (const job of new Set(this.#running.map((s) => s.job))) job.parkedMs += parked;
   }
 
-  #iterate(admitted: ReadonlyArray<Sequence<Prompt>>): void {
+  async #iterate(admitted: ReadonlyArray<Sequence<Prompt>>): Promise<void> {
     // 1. Prefill the prompts of requests admitted for the first time (grouped by length: usually one forward).
     const fresh = [...new Set(admitted.map((s) => s.job))].filter((job) => job.prompt === undefined);
     if (fresh.length > 0) {
       let outputs: Array<PrefillOutput<Prompt>>;
       try {
-        outputs = this.#engine.prefill(fresh.map((job) => ({ ids: job.req.promptIds, allPositions: job.wantsPromptLogprobs })));
+        outputs = await this.#engine.prefill(fresh.map((job) => ({ ids: job.req.promptIds, allPositions: job.wantsPromptLogprobs })));
       } catch (err) {
         for (const job of fresh) this.#fail(job, err); // the batch itself is untouched: running sequences go on
         outputs = [];
@@ -360,7 +360,7 @@ export class BatchScheduler<Prompt> {
     // 4. One decode forward for the whole batch.
     if (this.#running.length === 0) return;
     this.#onBatch?.(this.#running.length);
-    const logits = this.#engine.decode(this.#running.map((s) => s.next));
+    const logits = await this.#engine.decode(this.#running.map((s) => s.next));
     this.#running.forEach((s, b) => (s.logits = logits.subarray(b * width, b * width + this.#text.vocabSize)));
   }
 

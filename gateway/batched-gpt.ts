@@ -18,6 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPT, type Param } from '../model/gpt.ts';
 import type { BatchEngine, PrefillInput, PrefillOutput } from './batch-scheduler.ts';
+import { copyOf } from '../model/tensor-values.ts';
 
 const MASKED = -1e9; // added to hidden scores, as gpt.ts does: exp underflows to exactly 0
 const WIDTH_CHUNK = 16; // cache columns added at a time: masked columns cost a little attention, reallocations more
@@ -60,6 +61,15 @@ export function prefillGroups(lengths: readonly number[]): number[][] {
   return groups;
 }
 
+/** A logits tensor's values (the caller's own array), and the tensor disposed. */
+async function readLogits(logits: tf.Tensor): Promise<Float32Array> {
+  try {
+    return await copyOf(logits);
+  } finally {
+    logits.dispose();
+  }
+}
+
 export class GptBatchEngine implements BatchEngine<PromptKV> {
   readonly logitsWidth: number;
   readonly #model: GPT;
@@ -82,16 +92,16 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
   }
 
   /** Runs the prompts, grouped by length (prefillGroups): one forward per group, usually one in all. */
-  prefill(prompts: readonly PrefillInput[]): Array<PrefillOutput<PromptKV>> {
+  async prefill(prompts: readonly PrefillInput[]): Promise<Array<PrefillOutput<PromptKV>>> {
     const out = new Array<PrefillOutput<PromptKV>>(prompts.length);
     for (const group of prefillGroups(prompts.map((p) => p.ids.length))) {
-      this.#prefillGroup(group.map((i) => prompts[i]!)).forEach((o, j) => (out[group[j]!] = o));
+      (await this.#prefillGroup(group.map((i) => prompts[i]!))).forEach((o, j) => (out[group[j]!] = o));
     }
     return out;
   }
 
   /** One forward over prompts right-padded to the longest: causality keeps the padding out of real positions. */
-  #prefillGroup(prompts: readonly PrefillInput[]): Array<PrefillOutput<PromptKV>> {
+  async #prefillGroup(prompts: readonly PrefillInput[]): Promise<Array<PrefillOutput<PromptKV>>> {
     const { nHead: nh, nEmbd: d } = this.#model.config;
     const hs = d / nh;
     const R = prompts.length;
@@ -120,8 +130,7 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
       }
       return this.#head(x, wanted);
     });
-    const values = logits.dataSync() as Float32Array; // [wanted, V]; a sync point on GPU backends
-    logits.dispose();
+    const values = await readLogits(logits); // [wanted, V]; a sync point on GPU backends
     const V = this.logitsWidth;
     let row = 0;
     return prompts.map((p, r) => {
@@ -158,7 +167,7 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
   }
 
   /** Feeds tokens[b] to row b at its next position, every row in one forward; returns logits [rows, V]. */
-  decode(tokens: readonly number[]): Float32Array {
+  async decode(tokens: readonly number[]): Promise<Float32Array> {
     const B = this.rows;
     if (tokens.length !== B) throw new RangeError(`decode: ${tokens.length} tokens for ${B} rows`);
     const { nHead: nh, nEmbd: d, nLayer } = this.#model.config;
@@ -191,12 +200,10 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
       }
       return this.#head(x);
     });
-    const values = logits.dataSync() as Float32Array; // [B, V]: the step's one sync point
-    logits.dispose();
     this.#disposeLayers();
-    this.#layers = next;
+    this.#layers = next; // before the wait: the engine's state is whole whatever happens during it
     this.#lengths = this.#lengths.map((n) => n + 1);
-    return values;
+    return readLogits(logits); // [B, V]: the step's one sync point
   }
 
   release(prompt: PromptKV): void {

@@ -25,6 +25,7 @@ import type { InferenceBackend } from './inference-backend.ts';
 import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './batch-scheduler.ts';
 import type { RateLimit } from './rate-limit.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
+import { BACKENDS, isBackendChoice } from '../protocol/backends.ts';
 import { withAdapterBases } from './adapter-source.ts';
 import { withTrainingLineage } from './training-lineage.ts';
 import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
@@ -79,6 +80,8 @@ Options:
                         answer 408 and cut a client that has not sent its request head by then (slow-loris guard;
                         default: ${DEFAULT_CONNECTION_LIMITS.headersTimeoutMs})
   --max-connections N   open sockets beyond which new ones are dropped at once (default: ${DEFAULT_CONNECTION_LIMITS.maxConnections})
+  --backend B           compute backend for registry models: auto (a hardware GPU through WebGPU, then
+                        tfjs-node(-gpu), then wasm), webgpu, wasm, cpu, … (default: MESHTRAIN_BACKEND or auto)
   --max-batch-size N    dynamic batching: at most N sequences (request choices) share a forward pass per
                         generation step (default: ${DEFAULT_BATCH_SETTINGS.maxBatchSize}; 1 = no batching)
   --max-batch-wait-ms MS
@@ -171,6 +174,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     'headers-timeout-ms': { type: 'string' },
     'max-connections': { type: 'string' },
     'max-batch-size': { type: 'string' },
+    backend: { type: 'string' },
     'max-batch-wait-ms': { type: 'string' },
     fake: { type: 'boolean' },
     deployments: { type: 'string' },
@@ -252,10 +256,13 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
       if (!available.includes(name)) throw new GatewayError('GW_ERR_REGISTRY', `no model '${name}' in ${v.registry}; registered: ${available.join(', ') || 'none'}`);
     }
     const factory = deps.backendFactory;
+    const computeBackend = v.backend ?? process.env.MESHTRAIN_BACKEND ?? 'auto';
+    if (!isBackendChoice(computeBackend)) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got '${computeBackend}'`);
+    const backend = computeBackend;
     resolve = async (model, version) => {
       if (!factory) throw new GatewayError('GW_ERR_NO_BACKEND', 'this gateway has no model backend to run registry models');
       const { files, meta } = await registry.load(model, version);
-      return factory(files, meta);
+      return factory(files, meta, { backend });
     };
     if (!factory) {
       throw new GatewayError(
@@ -267,7 +274,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     for (const { name, version } of chosen) {
       const { files, meta } = await registry.load(name, version);
       if (!meta.verified) log.warn(`model ${name} v${meta.version}: ${meta.source} has no manifest (manifest.json or the coordinator's state.db); its files are NOT checksum-verified`);
-      const backend = await factory(files, meta);
+      const backend = await factory(files, meta, { backend: computeBackend });
       backends.set(name, backend);
       log.info(`model ${name} v${meta.version} loaded from ${meta.source} (context ${backend.info.contextLength}, vocabulary ${backend.info.vocabSize})`);
     }

@@ -11,6 +11,7 @@
  * (`{"files": {...}}`, the API's shape), else the coordinator's state.db beside DIR (DIR = <data>/registry), read
  * only. A folder version with neither is loaded unverified, and says so (`verified: false`).
  */
+import type { BackendChoice } from '../protocol/backends.ts';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -50,7 +51,8 @@ export interface ModelVersionMeta {
 export type ModelFiles = ReadonlyMap<string, Uint8Array>;
 
 /** Builds a backend from a verified version. The model package provides the real one; tests and --fake bring their own. */
-export type BackendFactory = (files: ModelFiles, meta: ModelVersionMeta) => Promise<InferenceBackend>;
+/** `options.backend`: the compute backend the gateway was asked for (`--backend`; protocol/backends.ts). */
+export type BackendFactory = (files: ModelFiles, meta: ModelVersionMeta, options?: { backend?: BackendChoice }) => Promise<InferenceBackend>;
 
 export interface LoadedVersion {
   files: ModelFiles;

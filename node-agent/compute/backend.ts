@@ -10,10 +10,11 @@
  * (model/tensor-values.ts): tfjs' WebGPU backend cannot dataSync() in Node (it needs OffscreenCanvas).
  */
 import type { Worker } from 'node:worker_threads';
-import { prepareSoftwareGpuEnv, type GpuInfo } from './webgpu.ts';
+import { prepareSoftwareGpuEnv, vulkanLoader, type GpuInfo } from './webgpu.ts';
 
-export const BACKENDS = ['auto', 'webgpu', 'webgpu-software', 'wasm', 'cpu', 'tensorflow', 'tensorflow-gpu'] as const;
-export type BackendChoice = (typeof BACKENDS)[number];
+import { BACKENDS, type BackendChoice } from '../../protocol/backends.ts';
+
+export { BACKENDS, type BackendChoice };
 /** What an agent's --backend takes (`webgpu-software` is Mesa's llvmpipe: for tests, never faster than wasm). */
 export const AGENT_BACKENDS = BACKENDS;
 
@@ -72,7 +73,9 @@ export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend>
       throw err;
     }
   }
-  if (choice === 'auto') {
+  if (choice === 'auto' && vulkanLoader() === null) {
+    passedOver.push('webgpu: no Vulkan loader (libvulkan.so.1) on this machine: install the GPU driver\'s Vulkan ICD and libvulkan1');
+  } else if (choice === 'auto') {
     const tf = await import('@tensorflow/tfjs');
     const { loadWebGpu } = await import('./webgpu.ts');
     try {

@@ -8,6 +8,8 @@
  * display, `EGL_PLATFORM=surfaceless` (Debian packages libegl1, libegl-mesa0, libgles2, libgl1-mesa-dri). That is how
  * the suite checks the GPU path on machines with no GPU; `auto` never picks it.
  */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import type { Tf } from './backend.ts';
 
@@ -45,6 +47,26 @@ interface DawnModule {
 
 const SOFTWARE = /llvmpipe|lavapipe|swiftshader|software/i;
 const platformBackend = (): string => (process.platform === 'darwin' ? 'metal' : process.platform === 'win32' ? 'd3d12' : 'vulkan');
+
+/**
+ * Where the Vulkan loader is, on Linux: the dynamic linker's cache or LD_LIBRARY_PATH. `auto` asks Dawn for a GPU
+ * only where there is one (Dawn prints a warning of its own when it cannot load Vulkan); null elsewhere than Linux.
+ */
+export function vulkanLoader(): string | null | undefined {
+  if (process.platform !== 'linux') return undefined;
+  for (const dir of (process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean)) {
+    if (existsSync(join(dir, 'libvulkan.so.1'))) return join(dir, 'libvulkan.so.1');
+  }
+  try {
+    if (readFileSync('/etc/ld.so.cache').includes('libvulkan.so.1')) return 'libvulkan.so.1 (ld.so.cache)';
+  } catch {
+    // no cache: look in the usual places
+  }
+  for (const dir of ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/lib/x86_64-linux-gnu', '/usr/local/lib']) {
+    if (existsSync(join(dir, 'libvulkan.so.1'))) return join(dir, 'libvulkan.so.1');
+  }
+  return null;
+}
 
 /** Why WebGPU cannot run here, as a user should read it. */
 export class WebGpuUnavailable extends Error {}

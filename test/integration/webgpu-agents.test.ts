@@ -4,11 +4,14 @@
  * Real agent processes computing on WebGPU (Dawn on Mesa's llvmpipe: `--backend webgpu-software`, which every
  * machine with npm run setup's Mesa packages has, CI included) train what wasm agents train: a data-parallel job
  * and a two-stage pipeline job give the wasm agents' losses within 1e-3 relative, and a job over one WebGPU and one
- * wasm agent trains too. The coordinator shows each agent's adapter (API and `coordinator nodes`).
+ * wasm agent trains too. The coordinator shows each agent's adapter (API and `coordinator nodes`). A gateway on
+ * WebGPU serves the trained model with the greedy completions and top-5 log-probabilities of one on wasm.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, spawnProc, type LocalCluster, type Proc } from '../../scripts/local-cluster.ts';
@@ -16,6 +19,7 @@ import type { CapabilitiesInfo } from '../../protocol/control.ts';
 import { assertSameCurve, runToEnd, writeCorpus, type JobView } from '../support/jobs.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
+const GATEWAY = new URL('../../bin/gateway.js', import.meta.url).pathname;
 const MODEL = { vocabSize: 300, nCtx: 32, nLayer: 2, nHead: 2, nEmbd: 32 };
 const STEPS = 6;
 const TOL = 1e-3;
@@ -103,5 +107,58 @@ describe('agents computing on WebGPU (llvmpipe)', () => {
     await untilAlive(2);
     const mixed = await runToEnd(cluster, spec('mixed-dp', { data: 2 }), 300_000);
     assertSameCurve(mixed, onGpu.get('dp')!, STEPS, TOL);
+  });
+
+  /** A gateway process serving `model` on `backend`; its base URL and a way to stop it. */
+  async function gateway(model: string, backend: string): Promise<{ url: string; stderr: string[]; stop(): void }> {
+    const gw = spawn(process.execPath, [GATEWAY, 'serve', '--registry', join(cluster.dataDir, 'registry'), '--model', model, '--port', '0', '--host', '127.0.0.1', '--backend', backend], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, LOG_LEVEL: 'info' },
+    });
+    const stderr: string[] = [];
+    createInterface({ input: gw.stderr }).on('line', (l) => stderr.push(l));
+    const url = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: gw.stdout }).on('line', (l) => {
+        const m = /gateway listening on (\S+)/.exec(l);
+        if (m) resolve(m[1]!);
+      });
+      gw.on('exit', (code) => reject(new Error(`gateway exited ${code}:\n${stderr.join('\n')}`)));
+    });
+    return { url, stderr, stop: () => gw.kill('SIGKILL') };
+  }
+
+  test('a gateway on WebGPU gives the greedy completions and top-5 logprobs of a gateway on wasm', async () => {
+    const model = 'gpu-dp';
+    assert.ok(onGpu.has('dp'), 'the model was trained');
+    type Completion = { choices: Array<{ text: string; logprobs: { tokens: string[]; token_logprobs: number[]; top_logprobs: Array<Record<string, number>> } }> };
+    const ask = async (url: string, prompt: string): Promise<Completion> => {
+      const res = await fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model, prompt, max_tokens: 12, temperature: 0, logprobs: 5 }),
+      });
+      assert.equal(res.status, 200, await res.clone().text());
+      return (await res.json()) as Completion;
+    };
+    const [gpu, wasm] = [await gateway(model, 'webgpu-software'), await gateway(model, 'wasm')];
+    try {
+      assert.ok(gpu.stderr.some((l) => /compute backend: webgpu on .*opengl, software/.test(l)), gpu.stderr.join('\n'));
+      assert.ok(wasm.stderr.some((l) => /compute backend: wasm/.test(l)), wasm.stderr.join('\n'));
+      for (const prompt of ['The Congress', 'Section 2. The', 'shall be']) {
+        const [a, b] = [(await ask(gpu.url, prompt)).choices[0]!, (await ask(wasm.url, prompt)).choices[0]!];
+        assert.equal(a.text, b.text, `greedy completion of ${JSON.stringify(prompt)}`);
+        assert.deepEqual(a.logprobs.tokens, b.logprobs.tokens);
+        assert.ok(a.logprobs.tokens.length > 0, 'tokens were generated');
+        a.logprobs.token_logprobs.forEach((lp, i) => assert.ok(Math.abs(lp - b.logprobs.token_logprobs[i]!) <= 1e-3, `token ${i}: ${lp} vs ${b.logprobs.token_logprobs[i]}`));
+        a.logprobs.top_logprobs.forEach((top, i) => {
+          const other = b.logprobs.top_logprobs[i]!;
+          assert.deepEqual(Object.keys(top).sort(), Object.keys(other).sort(), `the same top 5 at token ${i}`);
+          for (const [tok, lp] of Object.entries(top)) assert.ok(Math.abs(lp - other[tok]!) <= 1e-3, `top logprob of ${JSON.stringify(tok)} at token ${i}: ${lp} vs ${other[tok]}`);
+        });
+      }
+    } finally {
+      gpu.stop();
+      wasm.stop();
+    }
   });
 });

@@ -4,12 +4,14 @@
  * path: npm run setup installs the Mesa packages. A whole GPT training step's loss and gradients (batched and
  * transposed matmuls, softmax, LayerNorm, GELU, embeddings, cross-entropy) must agree with the cpu backend in
  * float32. Tensors are read with data(): tfjs' WebGPU backend cannot dataSync() in Node (it needs OffscreenCanvas),
- * which is why the trainer does not run on it yet (node-agent/compute/backend.ts).
+ * so everything that computes on it reads asynchronously (model/tensor-values.ts). The trainer on it is tested in
+ * test/node-agent/trainer-webgpu.test.ts, agents and the gateway in test/integration/webgpu-agents.test.ts.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { loadBackend, type LoadedBackend } from '../../node-agent/compute/backend.ts';
+import { vulkanLoader } from '../../node-agent/compute/webgpu.ts';
 import { GPT, gptConfig } from '../../model/gpt.ts';
 
 let gpu: LoadedBackend;
@@ -86,4 +88,20 @@ test('asking for a GPU gets a hardware adapter, or fails saying why there is non
   tf.setBackend('webgpu');
   if (got instanceof Error) assert.match(got.message, /--backend webgpu: (Dawn found no \w+ adapter|the only adapter is a software one)/);
   else assert.equal(got.software, false, JSON.stringify(got));
+});
+
+test('auto takes WebGPU only on a hardware adapter, and says why it passed over it', async () => {
+  // Run in a child: auto must not replace this file's WebGPU backend.
+  const { execFileSync } = await import('node:child_process');
+  const script = "import { loadBackend } from './node-agent/compute/backend.ts'; const b = await loadBackend('auto'); console.log(JSON.stringify({ name: b.name, passedOver: b.passedOver, software: b.gpu?.software })); b.release(); process.exit(0);";
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: new URL('../..', import.meta.url).pathname, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  const got = JSON.parse(out.trim().split('\n').at(-1)!) as { name: string; passedOver: string[]; software?: boolean };
+  if (vulkanLoader() === null) {
+    assert.notEqual(got.name, 'webgpu');
+    assert.match(got.passedOver[0] ?? '', /^webgpu: no Vulkan loader \(libvulkan\.so\.1\)/);
+  } else if (got.name === 'webgpu') {
+    assert.equal(got.software, false, 'auto never settles for a software adapter');
+  } else {
+    assert.match(got.passedOver[0] ?? '', /^webgpu: /, 'the reason WebGPU was not taken comes first');
+  }
 });
