@@ -286,12 +286,12 @@ async function loadVersion(cluster: LocalCluster, name: string) {
 }
 
 /** `f` on a version's weights as a GPT on the wasm backend, disposed after. */
-async function withVersion<T>(cluster: LocalCluster, name: string, f: (model: GPT, tokenizer: Tokenizer) => T): Promise<T> {
+async function withVersion<T>(cluster: LocalCluster, name: string, f: (model: GPT, tokenizer: Tokenizer) => T | Promise<T>): Promise<T> {
   await loadBackend('wasm');
   const { config, flat, tokenizer } = await loadVersion(cluster, name);
   const model = new GPT(config, { flat });
   try {
-    return f(model, tokenizer);
+    return await f(model, tokenizer);
   } finally {
     model.dispose();
   }
@@ -305,14 +305,14 @@ async function readTasks(tasksFile: string): Promise<ChatRecord[]> {
 
 /** A version's exact-match on the held-out tasks, computed as the SFT suite computes it (model/eval-suites.ts). */
 function versionExactMatch(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
-  return withVersion(cluster, name, (model, tokenizer) => exactMatch(model, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch);
+  return withVersion(cluster, name, async (model, tokenizer) => (await exactMatch(model, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples })).exactMatch);
 }
 
 /** Perplexity of the reply tokens of `records` (the tokens SFT trains on) under a version. */
 function replyPerplexity(cluster: LocalCluster, name: string, records: readonly ChatRecord[]): Promise<number> {
-  return withVersion(cluster, name, (model, tokenizer) => {
+  return withVersion(cluster, name, async (model, tokenizer) => {
     const seqs = records.map((r) => renderChat([...r.prompt, { role: 'assistant', content: r.response }], tokenizer));
-    const { logp, tokens } = replyLogprobs(model, seqs);
+    const { logp, tokens } = await replyLogprobs(model, seqs);
     return Math.exp(-logp.reduce((a, b) => a + b, 0) / tokens.reduce((a, b) => a + b, 0));
   });
 }
@@ -332,7 +332,7 @@ async function int8Of(cluster: LocalCluster, name: string, texts: string[], reco
   if (!records) return { ...m, exactMatch: NaN };
   const int8 = new GPT(config, { flat: m.dequantized });
   try {
-    return { ...m, exactMatch: exactMatch(int8, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples }).exactMatch };
+    return { ...m, exactMatch: (await exactMatch(int8, tokenizer, records, { maxNewTokens: 12, maxExamples: R.evalExamples })).exactMatch };
   } finally {
     int8.dispose();
   }

@@ -14,7 +14,7 @@
 import { describeGpu } from '../protocol/gpu.ts';
 import { createLogger } from '../common/log.ts';
 import { httpUrl, intOption, parseCli, UsageError } from '../common/cli.ts';
-import { resolveConfig, DEFAULT_CONFIG } from './config.ts';
+import { resolveConfig, DEFAULT_CONFIG, type CoordinatorConfig } from './config.ts';
 import type { PlanReport } from './plan-report.ts';
 import { CoordinatorError } from './errors.ts';
 import { createCoordinator } from './server.ts';
@@ -88,6 +88,8 @@ Options for start:
   --max-pending-hellos N      agent connections still owing their hello beyond which new ones get 1013 (default: ${DEFAULT_CONFIG.maxPendingHellos})
   --tls-cert PATH             serve HTTPS and WSS with this PEM certificate (chain); needs --tls-key
   --tls-key PATH              the PEM private key of --tls-cert
+  --backend B                 what the evaluation suites (SFT exact match, DPO, distillation) compute on:
+                              cpu, wasm, webgpu, auto, … (default: ${DEFAULT_CONFIG.backend})
 
 Options for nodes, selfcheck, submit, jobs, job, plan, replan, models, runs and sweep:
   --url URL                   coordinator address (default: http://127.0.0.1:${DEFAULT_CONFIG.port}; https://… for TLS)
@@ -119,6 +121,7 @@ async function main(argv: string[]): Promise<number> {
     data: { type: 'string' },
     token: { type: 'string' },
     'heartbeat-ms': { type: 'string' },
+    backend: { type: 'string' },
     'heartbeat-timeout': { type: 'string' },
     'step-timeout': { type: 'string' },
     'headers-timeout': { type: 'string' },
@@ -198,6 +201,7 @@ async function start(v: Values): Promise<number> {
     maxPendingHellos: intOption(str(v, 'max-pending-hellos'), 'max-pending-hellos', DEFAULT_CONFIG.maxPendingHellos, 1),
     tlsCert: str(v, 'tls-cert'),
     tlsKey: str(v, 'tls-key'),
+    backend: (str(v, 'backend') ?? DEFAULT_CONFIG.backend) as CoordinatorConfig['backend'],
   });
   const log = createLogger('coordinator');
   const tracing = await initTracing('coordinator'); // off unless OTEL_* asks for traces (common/tracing.ts)

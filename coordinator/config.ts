@@ -2,6 +2,7 @@
  * The coordinator's configuration: defaults below (one comment each), overridden by CLI flags, validated once,
  * frozen. Unknown keys are rejected so a typo cannot silently fall back to a default.
  */
+import { BACKENDS, isBackendChoice, type BackendChoice } from '../protocol/backends.ts';
 import { tlsPairProblems } from '../common/tls.ts';
 import { CoordinatorError } from './errors.ts';
 
@@ -21,6 +22,7 @@ export interface CoordinatorConfig {
   maxPendingHellos: number; // agent WebSockets still owing their hello beyond which new ones are closed with 1013
   tlsCert: string | undefined; // PEM certificate chain: serve HTTPS and WSS instead of HTTP and WS (with tlsKey)
   tlsKey: string | undefined; // PEM private key of tlsCert
+  backend: BackendChoice; // what the evaluation suites compute on (protocol/backends.ts), in their worker thread
 }
 
 export const DEFAULT_CONFIG: Readonly<CoordinatorConfig> = Object.freeze({
@@ -36,6 +38,7 @@ export const DEFAULT_CONFIG: Readonly<CoordinatorConfig> = Object.freeze({
   stepTimeoutMs: 300_000,
   headersTimeoutMs: 10_000,
   maxConnections: 1024,
+  backend: 'cpu',
   maxPendingHellos: 64,
   tlsCert: undefined,
   tlsKey: undefined,
@@ -58,6 +61,7 @@ export function resolveConfig(overrides: Partial<Record<string, unknown>>): Read
   (['heartbeatMs', 'heartbeatTimeoutMs', 'helloTimeoutMs', 'groupFormTimeoutMs', 'collectiveTimeoutMs', 'stepTimeoutMs', 'headersTimeoutMs', 'maxConnections', 'maxPendingHellos'] as const).forEach(positive);
   if (cfg.heartbeatTimeoutMs <= cfg.heartbeatMs) bad.push(`heartbeatTimeoutMs (${cfg.heartbeatTimeoutMs}) must exceed heartbeatMs (${cfg.heartbeatMs})`);
   bad.push(...tlsPairProblems(cfg.tlsCert, cfg.tlsKey));
+  if (!isBackendChoice(cfg.backend)) bad.push(`backend must be one of ${BACKENDS.join(', ')}, got ${String(cfg.backend)}`);
   if (bad.length) throw new CoordinatorError('CRD_ERR_BAD_ARGS', `invalid coordinator configuration: ${bad.join('; ')}`, { details: bad });
   return Object.freeze(cfg);
 }

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import * as tf from '@tensorflow/tfjs';
+import { loadBackend, type BackendChoice } from '../node-agent/compute/backend.ts';
 import { exactMatch, preferenceEval, scoreRatio, type ChatRecord, type PreferenceRecord } from '../model/eval-suites.ts';
 import type { HeldOutRecord } from '../model/examples.ts';
 import { GPT } from '../model/gpt.ts';
@@ -48,7 +48,7 @@ function load(files: Record<string, Uint8Array>): { model: GPT; tokenizer: Retur
   return { model: new GPT(loaded.config, { flat: loaded.params }), tokenizer: loaded.tokenizer };
 }
 
-export function runSuite(input: EvalWorkerInput): SuiteResults {
+export async function runSuite(input: EvalWorkerInput): Promise<SuiteResults> {
   const { model, tokenizer } = load(bytesOf(input.model));
   const frozen = input.frozen ? load(bytesOf(input.frozen)).model : null;
   const chats = (input.records ?? []).filter((r): r is ChatRecord => r.kind === 'chat');
@@ -56,17 +56,17 @@ export function runSuite(input: EvalWorkerInput): SuiteResults {
   try {
     switch (input.kind) {
       case 'sft': {
-        const r = exactMatch(model, tokenizer, chats, o);
+        const r = await exactMatch(model, tokenizer, chats, o);
         return { values: r.examples ? { exactMatch: r.exactMatch, examples: r.examples } : { examples: 0 }, samples: r.samples };
       }
       case 'dpo': {
         const pairs = (input.records ?? []).filter((r): r is PreferenceRecord => r.kind === 'preference');
-        const { examples, ...r } = preferenceEval(model, frozen!, tokenizer, pairs, input.beta, input.maxExamples);
+        const { examples, ...r } = await preferenceEval(model, frozen!, tokenizer, pairs, input.beta, input.maxExamples);
         return { values: examples ? { ...r, examples } : { examples: 0 }, samples: [] };
       }
       default: { // distill
         const data = input.windows ? { windows: input.windows } : { records: chats };
-        const { examples, ...r } = scoreRatio(model, frozen!, tokenizer, data, o);
+        const { examples, ...r } = await scoreRatio(model, frozen!, tokenizer, data, o);
         return { values: examples ? { ...r, examples } : { examples: 0 }, samples: [] };
       }
     }
@@ -78,8 +78,8 @@ export function runSuite(input: EvalWorkerInput): SuiteResults {
 
 if (parentPort && workerData?.input) {
   try {
-    await tf.setBackend('cpu');
-    parentPort.postMessage({ type: 'done', results: runSuite(workerData.input as EvalWorkerInput) });
+    await loadBackend((workerData.backend as BackendChoice | undefined) ?? 'cpu');
+    parentPort.postMessage({ type: 'done', results: await runSuite(workerData.input as EvalWorkerInput) });
   } catch (err) {
     parentPort.postMessage({ type: 'error', message: (err as Error).message, code: (err as { code?: string }).code });
   }

@@ -5,6 +5,8 @@
  * else the prepared dataset's held-out split (heldout.jsonl for examples, the held-out token shards for text).
  * Pre-training has no suite beyond the held-out loss every job reports.
  */
+import type { BackendChoice } from '../protocol/backends.ts';
+import { prepareBackendEnv, terminateComputeWorker } from '../node-agent/compute/backend.ts';
 import { Worker } from 'node:worker_threads';
 import { parseHeldOutRecords, readExampleFile, type HeldOutRecord } from '../model/examples.ts';
 import { bytesPerToken, type ShardIndex } from '../model/shard-index.ts';
@@ -30,6 +32,8 @@ export interface EvaluateOptions {
   model: Record<string, Uint8Array | string>;
   artifacts: ArtifactStore;
   registry: ModelRegistry;
+  /** What the suite computes on, in its worker (default cpu). */
+  backend?: BackendChoice;
 }
 
 /** Whether a job of this kind has a suite to run (pre-training: none). */
@@ -39,7 +43,7 @@ export const hasSuite = (spec: Pick<ResolvedJobSpec, 'kind'>): spec is ResolvedJ
 /** Runs the job's suite off the main thread; null for a kind that has none. */
 export async function evaluateStage(o: EvaluateOptions): Promise<SuiteResults | null> {
   const input = await suiteInput(o);
-  return input ? runInWorker(input) : null;
+  return input ? runInWorker(input, o.backend) : null;
 }
 
 /** Everything the worker needs, read on the main thread (file and artifact I/O only, no compute). */
@@ -90,15 +94,16 @@ async function heldOutWindows(data: FileSet, artifacts: ArtifactStore, seqLen: n
 }
 
 /** The suite in a worker thread, so the coordinator keeps answering heartbeats. */
-export function runInWorker(input: EvalWorkerInput): Promise<SuiteResults> {
+export function runInWorker(input: EvalWorkerInput, backend: BackendChoice = 'cpu'): Promise<SuiteResults> {
+  prepareBackendEnv(backend);
   return new Promise((resolve, reject) => {
     const worker = new Worker(new URL('../node-agent/compute/worker-boot.mjs', import.meta.url), {
-      workerData: { entry: new URL('./eval-worker.ts', import.meta.url).href, input },
+      workerData: { entry: new URL('./eval-worker.ts', import.meta.url).href, input, backend },
     });
     worker.on('message', (m: { type: string; results?: SuiteResults; message?: string; code?: string }) => {
       if (m.type === 'done') resolve(m.results!);
       else if (m.type === 'error') reject(Object.assign(new Error(`evaluation failed: ${m.message}`), { code: m.code }));
-      void worker.terminate();
+      void terminateComputeWorker(worker, backend);
     });
     worker.once('error', reject);
     worker.once('exit', (code) => code !== 0 && reject(new Error(`evaluation worker exited with ${code}`)));

@@ -12,6 +12,7 @@
  * may grow the job onto free agents or move work off a straggler; old checkpoints are pruned to
  * `training.keepCheckpoints`.
  */
+import type { BackendChoice } from '../protocol/backends.ts';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
 import { startAttemptSpan, type AttemptSpan } from '../common/tracing.ts';
@@ -122,6 +123,8 @@ export interface JobRunnerOptions {
   tickMs?: number;
   /** A running attempt that reports no step (nor anything else) for this long is stopped and resumed (default 5 min). */
   stepTimeoutMs?: number;
+  /** What the evaluation suites compute on (default cpu). */
+  backend?: BackendChoice;
 }
 
 /**
@@ -564,7 +567,7 @@ export class JobRunner {
     const { log } = this.#o;
     void attempt.merged.get(step)!
       .then(async () => {
-        const suite = await evaluateStage({ spec: job.spec, data: attempt.data!, model: filesForWorker((await this.#trained(attempt, job, step)).files), artifacts: this.#o.artifacts, registry: this.#o.registry });
+        const suite = await evaluateStage({ spec: job.spec, data: attempt.data!, model: filesForWorker((await this.#trained(attempt, job, step)).files), artifacts: this.#o.artifacts, registry: this.#o.registry, backend: this.#o.backend ?? 'cpu' });
         if (suite) this.#recordSuite(job.id, step, suite.values);
       })
       .catch((err: Error) => log.warn(`job ${job.id}: evaluation at step ${step} failed: ${err.message}`))
@@ -625,7 +628,7 @@ export class JobRunner {
         const trained = jobs.metrics(job.id, step - 1).find((r) => r.step === step && r.kind === 'train')?.values.loss;
         if (trained !== undefined) metrics.loss = trained; // training went on a little past the step the model is from
       }
-      const suite = attempt.data && hasSuite(job.spec) ? await evaluateStage({ spec: job.spec, data: attempt.data, model: filesForWorker(bytes), artifacts: this.#o.artifacts, registry }) : null;
+      const suite = attempt.data && hasSuite(job.spec) ? await evaluateStage({ spec: job.spec, data: attempt.data, model: filesForWorker(bytes), artifacts: this.#o.artifacts, registry, backend: this.#o.backend ?? 'cpu' }) : null;
       if (suite) {
         this.#recordSuite(job.id, step, suite.values);
         Object.assign(metrics, suite.values);

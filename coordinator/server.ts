@@ -149,6 +149,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     log: log.child('jobs'),
     bus,
     stepTimeoutMs: cfg.stepTimeoutMs,
+    backend: cfg.backend,
   });
   const gateways = new GatewayDirectory();
   const sessions = new SessionStore();

@@ -39,12 +39,12 @@ const SCORE_ROWS = 16;
  * answer ends at <|endoftext|>, after maxNewTokens tokens, or when the context is full; a prompt that leaves no
  * room for an answer counts as a miss.
  */
-export function exactMatch(model: GPT, tokenizer: Tokenizer, records: readonly ChatRecord[], o: ExactMatchOptions): ExactMatchResult {
+export async function exactMatch(model: GPT, tokenizer: Tokenizer, records: readonly ChatRecord[], o: ExactMatchOptions): Promise<ExactMatchResult> {
   const used = records.slice(0, o.maxExamples);
   const out: ExactMatchResult = { exactMatch: 0, examples: used.length, samples: [] };
   let hits = 0;
   for (const r of used) {
-    const got = tokenizer.decode(greedy(model, renderPrompt(r.prompt, tokenizer), endOfText(tokenizer), o.maxNewTokens)).trim();
+    const got = tokenizer.decode(await greedy(model, renderPrompt(r.prompt, tokenizer), endOfText(tokenizer), o.maxNewTokens)).trim();
     const expected = r.response.trim();
     if (got === expected) hits++;
     if (out.samples.length < (o.samples ?? 3)) out.samples.push({ prompt: r.prompt.at(-1)?.content ?? '', expected, got });
@@ -54,7 +54,7 @@ export function exactMatch(model: GPT, tokenizer: Tokenizer, records: readonly C
 }
 
 /** The ids greedily generated after `prompt` (without the closing <|endoftext|>). */
-export function greedy(model: GPT, prompt: readonly number[], eot: number, maxNewTokens: number): number[] {
+export async function greedy(model: GPT, prompt: readonly number[], eot: number, maxNewTokens: number): Promise<number[]> {
   const nCtx = model.config.nCtx;
   if (prompt.length === 0 || prompt.length >= nCtx) return [];
   const generated: number[] = [];
@@ -63,8 +63,10 @@ export function greedy(model: GPT, prompt: readonly number[], eot: number, maxNe
   first.dispose();
   try {
     for (;;) {
-      const next = tf.tidy(() => logits.slice([0, logits.shape[1] - 1, 0], [1, 1, logits.shape[2]]).argMax(-1).dataSync()[0]!);
+      const best = tf.tidy(() => logits.slice([0, logits.shape[1] - 1, 0], [1, 1, logits.shape[2]]).argMax(-1));
       logits.dispose();
+      const next = (await best.data())[0]!; // read asynchronously: a GPU backend has no synchronous read
+      best.dispose();
       if (next === eot) break;
       generated.push(next);
       if (generated.length >= maxNewTokens || cache.length >= nCtx) break;
@@ -82,7 +84,7 @@ export function greedy(model: GPT, prompt: readonly number[], eot: number, maxNe
 }
 
 /** Per sequence: the summed log-probability of its trained tokens (the reply and its <|endoftext|>) and how many there are. */
-export function replyLogprobs(model: GPT, seqs: readonly RenderedSequence[]): { logp: number[]; tokens: number[] } {
+export async function replyLogprobs(model: GPT, seqs: readonly RenderedSequence[]): Promise<{ logp: number[]; tokens: number[] }> {
   const logp: number[] = [], tokens: number[] = [];
   const limit = model.config.nCtx + 1; // ids beyond the context are cut (their tokens are not scored)
   for (let i = 0; i < seqs.length; i += SCORE_ROWS) {
@@ -100,8 +102,9 @@ export function replyLogprobs(model: GPT, seqs: readonly RenderedSequence[]): { 
     const ids = tf.tensor2d(inputs, [B, T], 'int32');
     const logits = tf.tidy(() => model.forward(ids).reshape([B * T, model.config.vocabSize]) as tf.Tensor2D);
     const rows = rowLogprobs(logits, targets, weights, B, T);
-    logp.push(...rows.dataSync());
-    tf.dispose([ids, logits, rows]);
+    tf.dispose([ids, logits]);
+    logp.push(...(await rows.data()));
+    rows.dispose();
   }
   return { logp, tokens };
 }
@@ -117,10 +120,10 @@ export interface PreferenceResult {
 }
 
 /** DPO's suite on held-out pairs (log-probabilities summed over each reply's tokens). */
-export function preferenceEval(policy: GPT, reference: GPT, tokenizer: Tokenizer, records: readonly PreferenceRecord[], beta: number, maxExamples = Infinity): PreferenceResult {
+export async function preferenceEval(policy: GPT, reference: GPT, tokenizer: Tokenizer, records: readonly PreferenceRecord[], beta: number, maxExamples = Infinity): Promise<PreferenceResult> {
   const used = records.slice(0, maxExamples);
   const seqs = used.flatMap((r) => renderPair(r.prompt, r.chosen, r.rejected, tokenizer)); // chosen, rejected, chosen, …
-  const pi = replyLogprobs(policy, seqs), rho = replyLogprobs(reference, seqs);
+  const pi = await replyLogprobs(policy, seqs), rho = await replyLogprobs(reference, seqs);
   let wins = 0, accurate = 0, margin = 0, piChosen = 0, rhoChosen = 0, chosenTokens = 0;
   for (let p = 0; p < used.length; p++) {
     const c = 2 * p, r = c + 1;
@@ -142,9 +145,9 @@ export function preferenceEval(policy: GPT, reference: GPT, tokenizer: Tokenizer
 }
 
 /** Perplexity of token windows (each `seqLen + 1` ids: every next token scored). */
-export function windowPerplexity(model: GPT, windows: readonly Int32Array[]): number {
+export async function windowPerplexity(model: GPT, windows: readonly Int32Array[]): Promise<number> {
   const seqs = windows.map((w) => ({ ids: [...w], trained: Array.from(w, () => 1) }));
-  const { logp, tokens } = replyLogprobs(model, seqs);
+  const { logp, tokens } = await replyLogprobs(model, seqs);
   return Math.exp(-logp.reduce((a, b) => a + b, 0) / Math.max(1, tokens.reduce((a, b) => a + b, 0)));
 }
 
@@ -161,18 +164,18 @@ export interface ScoreRatioResult {
  *     accuracies; a teacher that scores 0 gives a ratio of 1: the student cannot do worse than nothing);
  *   - text windows: teacher held-out perplexity / student held-out perplexity (the scores are the perplexities).
  */
-export function scoreRatio(
+export async function scoreRatio(
   student: GPT,
   teacher: GPT,
   tokenizer: Tokenizer,
   data: { records: readonly ChatRecord[] } | { windows: readonly Int32Array[] },
   o: ExactMatchOptions,
-): ScoreRatioResult {
+): Promise<ScoreRatioResult> {
   if ('windows' in data) {
     const windows = data.windows.slice(0, o.maxExamples);
-    const studentScore = windowPerplexity(student, windows), teacherScore = windowPerplexity(teacher, windows);
+    const studentScore = await windowPerplexity(student, windows), teacherScore = await windowPerplexity(teacher, windows);
     return { scoreRatio: teacherScore / studentScore, studentScore, teacherScore, examples: windows.length };
   }
-  const s = exactMatch(student, tokenizer, data.records, o), t = exactMatch(teacher, tokenizer, data.records, o);
+  const s = await exactMatch(student, tokenizer, data.records, o), t = await exactMatch(teacher, tokenizer, data.records, o);
   return { scoreRatio: t.exactMatch === 0 ? 1 : s.exactMatch / t.exactMatch, studentScore: s.exactMatch, teacherScore: t.exactMatch, examples: s.examples };
 }

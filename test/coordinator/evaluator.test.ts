@@ -22,7 +22,7 @@ describe('evaluator', () => {
     tokenizer = Tokenizer.fromJSON(JSON.parse(readFileSync(new URL('../model/fixtures/tokenizer-512.json', import.meta.url), 'utf8')));
     const model = new GPT(CONFIG, { seed: 3 });
     files = { ...exportHf(model, tokenizer) };
-    answer = tokenizer.decode(greedy(model, renderPrompt([{ role: 'user', content: 'Say hi' }], tokenizer), tokenizer.endOfText!, 4));
+    answer = tokenizer.decode(await greedy(model, renderPrompt([{ role: 'user', content: 'Say hi' }], tokenizer), tokenizer.endOfText!, 4));
     model.dispose();
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
@@ -46,6 +46,9 @@ describe('evaluator', () => {
     const results = await runInWorker(input!);
     assert.deepEqual(results.values, { exactMatch: 0.5, examples: 2 });
     assert.equal(results.samples[0]!.got, answer.trim());
+    // The same suite on WebGPU (llvmpipe: coordinator start --backend webgpu-software) gives the same answers.
+    const onGpu = await runInWorker(input!, 'webgpu-software');
+    assert.deepEqual(onGpu, results);
   });
 
   test('a task file with a bad line is refused, naming the line', async () => {
@@ -77,6 +80,8 @@ describe('evaluator', () => {
     const results = await runInWorker(input!);
     assert.equal(results.values.scoreRatio, 1, 'a student identical to its teacher');
     assert.ok(results.values.studentScore! > 1 && results.values.examples === 3);
+    const onGpu = await runInWorker(input!, 'webgpu-software');
+    assert.ok(Math.abs(onGpu.values.studentScore! - results.values.studentScore!) <= 1e-4 * results.values.studentScore!, `perplexity on WebGPU ${onGpu.values.studentScore} vs cpu ${results.values.studentScore}`);
   });
 
   test('pre-training has no suite', async () => {

@@ -79,7 +79,7 @@ describe('chat completions of an SFT version trained in the test, through the op
     const loaded = importHf(files);
     const model = new GPT(loaded.config, { flat: loaded.params });
     const records = heldOut.map((t) => ({ kind: 'chat' as const, prompt: [{ role: 'user' as const, content: t.prompt }], response: t.answer }));
-    const evaluation = exactMatch(model, loaded.tokenizer, records, { maxNewTokens: MAX_NEW_TOKENS, maxExamples: records.length, samples: records.length });
+    const evaluation = await exactMatch(model, loaded.tokenizer, records, { maxNewTokens: MAX_NEW_TOKENS, maxExamples: records.length, samples: records.length });
     model.dispose();
     assert.equal(evaluation.exactMatch, version.lineage.metrics?.exactMatch, 'the same score the job recorded');
 
