@@ -1,9 +1,12 @@
 /**
- * npm run bench -- matmul [--layers 2] [--vocab 512] [--rounds 3] [--min-ms 300] [--no-gpt]
+ * npm run bench -- matmul [--layers 2] [--vocab 512] [--rounds 3] [--min-ms 300] [--no-gpt] [--backend wasm|webgpu|…]
  *
  * The wasm backend's stock BatchMatMul kernel vs the fast one from model/kernels, side by side in one process (the
  * kernel is swapped with registerFastWasmKernels / unregisterFastWasmKernels between measurements, interleaved
  * over --rounds so that load changing on the machine hits both alike; each figure is the best time seen).
+ * On another backend (--backend webgpu: Dawn, a hardware GPU; webgpu-software: llvmpipe) the same shapes run on
+ * that backend's own kernels: `stock` and `fast` are then the same kernel measured alike (fast_kernels false:
+ * model/kernels/ replaces none there yet), and every time includes reading the product back (a GPU sync).
  *
  * Shapes are every matmul of one GPT training step for the reference config (d_model 128, 4 heads, ctx 64,
  * batch 16 → 1024 rows, 64 attention batches of 64×32): forward and the two gradient products of each (tfjs'
@@ -15,13 +18,14 @@
  * speedup}; step {stock_ms, fast_ms, stock_gflops, fast_gflops, speedup} (matmuls only, not the whole step);
  * peak_gflops (fast) and peak_stock_gflops; fast_over_peak (step fast_gflops / peak_gflops); gpt_step {stock_ms,
  * fast_ms, speedup, stock_tokens_per_s, fast_tokens_per_s}: one whole forward+backward (model/gpt.ts lossAndGrads,
- * no optimizer) of the reference config, best of --rounds (skip with --no-gpt); backend; seconds.
+ * no optimizer) of the reference config, best of --rounds (skip with --no-gpt); backend and adapter (what actually
+ * ran: the GPU's vendor and description on WebGPU, else "cpu"); fast_kernels; seconds.
  */
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
-import '@tensorflow/tfjs-backend-wasm';
 import { GPT } from '../model/gpt.ts';
 import { registerFastWasmKernels, unregisterFastWasmKernels } from '../model/kernels/index.ts';
+import { BACKENDS, loadBackend, type BackendChoice } from '../node-agent/compute/backend.ts';
 
 interface Shape {
   name: string;
@@ -83,16 +87,16 @@ function stepShapes(layers: number, vocab: number): Shape[] {
 }
 
 /** Best wall time (ms) of `reps` runs, at least one, until `minMs` has been spent; the first run only warms up. */
-function bestMs(run: () => tf.Tensor, minMs: number): number {
-  const warm = run(); // warm-up: packing, allocation
-  warm.dataSync();
+async function bestMs(run: () => tf.Tensor, minMs: number): Promise<number> {
+  const warm = run(); // warm-up: packing, allocation, shader compilation
+  await warm.data();
   warm.dispose();
   let best = Infinity;
   const start = performance.now();
   do {
     const t0 = performance.now();
     const y = run();
-    y.dataSync();
+    await y.data(); // the product on the CPU: on a GPU, the work done
     best = Math.min(best, performance.now() - t0);
     y.dispose();
   } while (performance.now() - start < minMs);
@@ -110,28 +114,34 @@ export default async function main(argv: string[]): Promise<object> {
       rounds: { type: 'string', default: '3' },
       'min-ms': { type: 'string', default: '300' },
       'no-gpt': { type: 'boolean', default: false },
+      backend: { type: 'string', default: 'wasm' },
     },
   });
+  const choice = values.backend as BackendChoice;
+  if (!(BACKENDS as readonly string[]).includes(choice)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
   const layers = Number(values.layers);
   const vocab = Number(values.vocab);
   const rounds = Number(values.rounds);
   const minMs = Number(values['min-ms']);
   const began = performance.now();
 
-  if (!(await tf.setBackend('wasm'))) throw new Error('the wasm backend failed to initialise');
-  await tf.ready();
+  const loaded = await loadBackend(choice);
+  const swaps = loaded.name === 'wasm'; // the stock and the fast kernel exist side by side only on wasm
+  const stock = () => swaps && unregisterFastWasmKernels();
+  const fast = () => swaps && registerFastWasmKernels();
+  const adapter = loaded.gpu ? `${loaded.gpu.vendor} ${loaded.gpu.description}`.trim() + ` (${loaded.gpu.dawnBackend}${loaded.gpu.software ? ', software' : ''})` : 'cpu';
 
-  const measure = (s: Shape) => {
+  const measure = async (s: Shape) => {
     const a = tf.randomNormal(s.a);
     const b = tf.randomNormal(s.b);
     let stockMs = Infinity;
     let fastMs = Infinity;
     try {
       for (let r = 0; r < rounds; r++) {
-        unregisterFastWasmKernels();
-        stockMs = Math.min(stockMs, bestMs(() => tf.matMul(a, b, s.transposeA, s.transposeB), minMs));
-        registerFastWasmKernels();
-        fastMs = Math.min(fastMs, bestMs(() => tf.matMul(a, b, s.transposeA, s.transposeB), minMs));
+        stock();
+        stockMs = Math.min(stockMs, await bestMs(() => tf.matMul(a, b, s.transposeA, s.transposeB), minMs));
+        fast();
+        fastMs = Math.min(fastMs, await bestMs(() => tf.matMul(a, b, s.transposeA, s.transposeB), minMs));
       }
     } finally {
       tf.dispose([a, b]);
@@ -143,7 +153,7 @@ export default async function main(argv: string[]): Promise<object> {
   let stepStock = 0, stepFast = 0, stepFlops = 0;
   for (const s of stepShapes(layers, vocab)) {
     const f = flops(s);
-    const { stockMs, fastMs } = measure(s);
+    const { stockMs, fastMs } = await measure(s);
     const row = {
       name: s.name,
       a: s.a,
@@ -165,7 +175,7 @@ export default async function main(argv: string[]): Promise<object> {
   }
 
   const peakShape: Shape = { name: 'peak 1024³', a: [1024, 1024], b: [1024, 1024], transposeA: false, transposeB: false, count: 0 };
-  const peak = measure(peakShape);
+  const peak = await measure(peakShape);
   const peakFlops = flops(peakShape);
   const peakGflops = peakFlops / peak.fastMs / 1e6;
   console.error(`peak 1024³: stock ${round2(peakFlops / peak.stockMs / 1e6)} GFLOP/s, fast ${round2(peakGflops)} GFLOP/s`);
@@ -176,13 +186,13 @@ export default async function main(argv: string[]): Promise<object> {
     const model = new GPT({ vocabSize: vocab, nCtx: ctx, nLayer: layers, nHead: 4, nEmbd: 128 }, { seed: 1 });
     const ids = tf.randomUniform([batch, ctx], 0, vocab, 'int32') as tf.Tensor2D;
     const targets = tf.randomUniform([batch, ctx], 0, vocab, 'int32') as tf.Tensor2D;
-    const stepMs = () => {
+    const stepMs = async () => {
       let best = Infinity;
       for (let i = 0; i < 3; i++) { // the first run warms up
         const t0 = performance.now();
         const { loss, grads } = model.lossAndGrads(ids, targets);
-        loss.dataSync();
-        for (const g of grads.values()) g.dataSync();
+        await loss.data();
+        for (const g of grads.values()) await g.data();
         const ms = performance.now() - t0;
         tf.dispose([loss, ...grads.values()]);
         if (i > 0) best = Math.min(best, ms);
@@ -191,10 +201,10 @@ export default async function main(argv: string[]): Promise<object> {
     };
     let stockMs = Infinity, fastMs = Infinity;
     for (let r = 0; r < rounds; r++) {
-      unregisterFastWasmKernels();
-      stockMs = Math.min(stockMs, stepMs());
-      registerFastWasmKernels();
-      fastMs = Math.min(fastMs, stepMs());
+      stock();
+      stockMs = Math.min(stockMs, await stepMs());
+      fast();
+      fastMs = Math.min(fastMs, await stepMs());
     }
     tf.dispose([ids, targets]);
     model.dispose();
@@ -208,11 +218,14 @@ export default async function main(argv: string[]): Promise<object> {
     };
     console.error(`gpt step: stock ${round2(stockMs)} ms, fast ${round2(fastMs)} ms (×${round2(stockMs / fastMs)})`);
   }
-  registerFastWasmKernels(); // leave the process on the fast kernel
+  fast(); // leave the process on the fast kernel
+  loaded.release();
 
   const stepFastGflops = stepFlops / stepFast / 1e6;
   return {
-    backend: tf.getBackend(),
+    backend: loaded.name,
+    adapter,
+    fast_kernels: swaps,
     config: { d_model: 128, heads: 4, ctx: 64, batch: 16, layers, vocab },
     shapes: results,
     step: {
