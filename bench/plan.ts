@@ -1,5 +1,5 @@
 /**
- * npm run bench -- plan [--steps 8] [--layouts 1x1x1,4x1x1,2x2x1,1x2x2,2x1x2,1x4x1] [--embd 128]
+ * npm run bench -- plan [--steps 8] [--layouts 1x1x1,4x1x1,2x2x1,1x2x2,2x1x2,1x4x1] [--embd 128] [--backend wasm]
  *
  * The planner's predicted step time against the step time measured on real agent processes: a coordinator and 4
  * agents on loopback, one short job per pinned data × pipeline × tensor layout, all on the same model and global
@@ -13,13 +13,19 @@
  * The planner is given what the coordinator gives it in every job (coordinator/job-runner.ts tick()): the free
  * agents' host, cores, memory and matmul GFLOP/s; nothing here is tuned to these layouts. The model is the
  * reference width (d 128, 4 heads, context 64) with 4 blocks so that 4 pipeline stages fit; --embd 64 runs the
- * same at half the width, where per-operation costs dominate.
+ * same at half the width, where per-operation costs dominate. --backend runs the agents on another backend
+ * (webgpu-software: llvmpipe, whose error is a figure to report, not a target).
+ *   backend          what the agents computed on
+ * The planner knows each agent by what it measured at join on its own backend (matmul rate and the compute probe,
+ * protocol/probe.ts) and by the step times of the jobs before (the coordinator's refit, job-runner.ts), as in
+ * every cluster: the first layout is predicted from the probes alone.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { intOption, parseCli, UsageError } from '../common/cli.ts';
 import { startCluster, type LocalCluster } from '../scripts/local-cluster.ts';
+import { BACKENDS, isBackendChoice } from '../protocol/backends.ts';
 import type { PlanReport } from '../coordinator/plan-report.ts';
 import { runToEnd, writeCorpus } from '../test/support/jobs.ts';
 
@@ -68,7 +74,9 @@ function parseLayouts(text: string): Array<{ data: number; pipeline: number; ten
 }
 
 export default async function main(argv: string[]): Promise<object> {
-  const { values } = parseCli(argv, { steps: { type: 'string' }, layouts: { type: 'string' }, embd: { type: 'string' } });
+  const { values } = parseCli(argv, { steps: { type: 'string' }, layouts: { type: 'string' }, embd: { type: 'string' }, backend: { type: 'string' } });
+  const backend = values.backend ?? 'wasm';
+  if (!isBackendChoice(backend)) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}`);
   const steps = intOption(values.steps, 'steps', 8, 3, 1000);
   const model = { ...MODEL, nEmbd: intOption(values.embd, 'embd', MODEL.nEmbd, MODEL.nHead, 1024) };
   if (model.nEmbd % model.nHead !== 0) throw new UsageError(`--embd must be a multiple of ${model.nHead}`);
@@ -76,7 +84,7 @@ export default async function main(argv: string[]): Promise<object> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-plan-'));
   const corpus = writeCorpus(dir, 0, 30);
   console.error(`starting a coordinator and ${AGENTS} agents…`);
-  const cluster = await startCluster({ agents: AGENTS, stderr: 'ignore' });
+  const cluster = await startCluster({ agents: AGENTS, stderr: 'ignore', agentArgs: ['--backend', backend] });
   try {
     const { nodes } = await cluster.api<{ nodes: Array<{ id: string; peerAddress: string; capabilities: { cores: number; matmulGflops: number } }> }>('GET', '/api/nodes');
     const rows: Array<{ layout: string; predicted_ms: number; measured_ms: number; rel_error: number; steps: number; foreign_cores: number | null }> = [];
@@ -90,7 +98,7 @@ export default async function main(argv: string[]): Promise<object> {
         data: { corpus },
         training: { steps, batchSize: BATCH, microBatches: MICRO_BATCHES, seqLen: MODEL.nCtx, checkpointEvery: 0, evalEvery: 0 },
         parallel,
-      }, 300_000);
+      }, 1_800_000);
       const report = await cluster.api<PlanReport>('GET', `/api/jobs/${view.job.id}/plan`);
       const predicted = report.predictedStepMs!, measured = report.measuredStepMs!;
       const relError = Math.abs(predicted - measured) / measured;
@@ -103,6 +111,7 @@ export default async function main(argv: string[]): Promise<object> {
     const maxRelError = Math.max(...rows.map((r) => r.rel_error));
     return {
       bench: 'plan',
+      backend,
       agents: nodes.map((n) => ({ id: n.id, host: new URL(n.peerAddress).hostname, cores: n.capabilities.cores, matmul_gflops: n.capabilities.matmulGflops })),
       model,
       batch_size: BATCH,

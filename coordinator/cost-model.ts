@@ -6,6 +6,7 @@
  */
 import { PACK_CACHE_MAX_ELEMENTS } from '../model/kernels/pack-cache.ts';
 import { headChunkRows } from '../model/lm-head-chunks.ts';
+import { PROBE_SHAPES } from '../protocol/probe.ts';
 
 /** The model's shape, as the planner sees it. */
 export interface Model {
@@ -325,4 +326,72 @@ export function largestTensorBytes(model: Model, rows: number, seqLen: number, s
     n * d,
   ];
   return BYTES * Math.max(...sizes);
+}
+
+// ---------------------------------------------------------------------------------------------------- per-agent probe
+
+/** The compute figures an agent measured on its own backend at join (node-agent/compute/probe.ts). */
+export interface ComputeProbe {
+  elementNs: number;
+  paramNsPerMicroBatch: number;
+  blockPassMs: number;
+  microBatchMs: number;
+}
+
+/** One probe measurement: a whole-model StageModel forward and backward of one micro-batch, in ms. */
+export interface ProbeShape {
+  model: Model;
+  rows: number;
+  seqLen: number;
+  measuredMs: number;
+}
+
+/** What a worker's round trips add to a micro-batch in an agent, beyond what one thread measures (DEFAULT_CALIBRATION). */
+export const WORKER_ROUND_TRIP_MS = 0.7;
+
+/**
+ * Fits an agent's non-matmul costs from probe measurements beside its matmul rate. The cost model is linear in its
+ * constants: a shape's time is its matmuls (at `matmulGflops` × efficiency) + a·(what DEFAULT_CALIBRATION's
+ * element and parameter costs give) + b·(what its per-block and per-micro-batch costs give, one thread's part), so
+ * a and b are fitted by least squares over the shapes (a small, dispatch-bound shape and a larger, element-bound
+ * one suffice) and scale those constants. Returns null when the measurements cannot be fitted (fewer than two
+ * shapes, or no positive solution: the matmuls alone take longer than measured).
+ */
+export function fitProbe(shapes: readonly ProbeShape[], matmulGflops: number, efficiency = DEFAULT_CALIBRATION.efficiency): ComputeProbe | null {
+  if (shapes.length < 2 || !(matmulGflops > 0)) return null;
+  const d = DEFAULT_CALIBRATION;
+  const threadMicroBatchMs = d.microBatchMs - WORKER_ROUND_TRIP_MS;
+  const zero = { ...d, elementNs: 0, paramNsPerMicroBatch: 0, blockPassMs: 0, microBatchMs: 0 };
+  const rows = shapes.map((s) => {
+    const work: StageWork = { blocks: s.model.nLayer, first: true, last: true, tensor: 1, recompute: false };
+    const ms = (cal: PlannerCalibration, flopsPerS: number) => stageComputeMs(s.model, s.rows, s.seqLen, work, flopsPerS, cal).totalMs;
+    const matmul = ms(zero, matmulGflops * 1e9 * efficiency);
+    const element = ms({ ...zero, elementNs: d.elementNs, paramNsPerMicroBatch: d.paramNsPerMicroBatch }, Infinity);
+    const fixed = ms({ ...zero, blockPassMs: d.blockPassMs, microBatchMs: threadMicroBatchMs }, Infinity);
+    return { y: s.measuredMs - matmul, element, fixed };
+  });
+  // normal equations of y ≈ a·element + b·fixed, relative errors (each row divided by its measurement)
+  let see = 0, sef = 0, sff = 0, sey = 0, sfy = 0;
+  shapes.forEach((s, i) => {
+    const w = 1 / (s.measuredMs * s.measuredMs);
+    const { y, element: e, fixed: f } = rows[i]!;
+    see += w * e * e; sef += w * e * f; sff += w * f * f; sey += w * e * y; sfy += w * f * y;
+  });
+  const det = see * sff - sef * sef;
+  if (!(Math.abs(det) > 0)) return null;
+  const a = (sey * sff - sfy * sef) / det, b = (sfy * see - sey * sef) / det;
+  if (!(a > 0) || !(b > 0)) return null;
+  const round = (x: number) => Math.round(x * 1e4) / 1e4;
+  return {
+    elementNs: round(d.elementNs * a),
+    paramNsPerMicroBatch: round(d.paramNsPerMicroBatch * a),
+    blockPassMs: round(d.blockPassMs * b),
+    microBatchMs: round(threadMicroBatchMs * b + WORKER_ROUND_TRIP_MS),
+  };
+}
+
+/** An agent's figures from the probe times it reported at join (protocol/probe.ts), or null when they do not fit. */
+export function agentProbe(probeMs: readonly number[] | undefined, matmulGflops: number): ComputeProbe | null {
+  if (!probeMs || probeMs.length !== PROBE_SHAPES.length) return null;
+  return fitProbe(PROBE_SHAPES.map((s, i) => ({ ...s, measuredMs: probeMs[i]! })), matmulGflops);
 }

@@ -12,6 +12,8 @@
  * may grow the job onto free agents or move work off a straggler; old checkpoints are pruned to
  * `training.keepCheckpoints`.
  */
+import { agentProbe } from './cost-model.ts';
+import { median } from './plan-report.ts';
 import type { BackendChoice } from '../protocol/backends.ts';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
@@ -38,7 +40,7 @@ import type { NodeRecord } from './state-store.ts';
 import { AttemptTelemetry, type Breakdown, type LinkLive, type PlacementCell, type RankLive, type Straggler } from './job-telemetry.ts';
 import { EventBus } from './events.ts';
 import type { StoredPlan } from './plan-report.ts';
-import type { Candidate, PlannerCalibration } from './planner.ts';
+import { speedKey, type Candidate, type PlannerCalibration } from './planner.ts';
 import type { SelfcheckReport } from './selfcheck.ts';
 import { FINAL_STATES, type CheckpointRecord, type JobRecord, type JobState, type JobStore } from './job-store.ts';
 import type { ModelRegistry, VersionFile } from './registry.ts';
@@ -52,6 +54,11 @@ interface Attempt {
   attempt: number;
   groupId: string | null;
   nodeIds: string[];
+  /** The planner's step time for this attempt, its agents' speedKeys and the refits it was predicted with. */
+  predictedStepMs: number;
+  refitBase: Map<string, number>;
+  /** Step times reported so far (the first pays for warm-up: the refit leaves it out). */
+  stepTimes: number[];
   layout: ParallelLayout;
   stages: Array<[number, number]>;
   microBatches: number;
@@ -136,6 +143,8 @@ const RESTART_SETTLE_MS = 1000;
 
 /** How long a straggler's measured slowdown is believed when it is not measured again. */
 const SLOWDOWN_TTL_MS = 10 * 60_000;
+/** How long a step-time refit of the cost model is believed (a machine's load changes; the probe stays). */
+const REFIT_TTL_MS = 60 * 60_000;
 
 export class JobRunner {
   readonly #o: JobRunnerOptions;
@@ -154,6 +163,8 @@ export class JobRunner {
   readonly #settling = new Map<string, number>();
   /** Nodes seen straggling: how many times slower than their peers, and when that was measured. */
   readonly #slowdowns = new Map<string, { factor: number; atMs: number }>();
+  /** By speedKey (planner.ts): measured step time ÷ predicted, from the last attempt its agents ran (see #refit). */
+  readonly #refits = new Map<string, { factor: number; atMs: number }>();
 
   constructor(o: JobRunnerOptions) {
     this.#o = o;
@@ -252,7 +263,32 @@ export class JobRunner {
     return this.#o.hub.availableNodes().filter((n) => !busy.has(n.id)).map((n) => this.#plannerAgent(n));
   }
 
+  /**
+   * The planner's costs refitted from what it measures: once an attempt has run three steps past its first, the
+   * median of them over the prediction becomes the refit of its agents' speedKeys (on top of the refit it was
+   * predicted with, each update at most ×2 or ÷2, the whole within ×4 or ÷4), and later plans scale those agents'
+   * compute by it. Agents of one host and backend are alike, so what one job measured rates them all.
+   */
+  #refit(a: Attempt, stepMs: number): void {
+    a.stepTimes.push(stepMs);
+    const steady = a.stepTimes.slice(1);
+    if (steady.length < 3 || !(a.predictedStepMs > 0)) return;
+    const ratio = Math.min(2, Math.max(0.5, median(steady)! / a.predictedStepMs));
+    for (const [key, base] of a.refitBase) this.#refits.set(key, { factor: Math.min(4, Math.max(0.25, base * ratio)), atMs: this.#now() });
+  }
+
+  #refitOf(key: string): number | undefined {
+    const r = this.#refits.get(key);
+    return r && this.#now() - r.atMs < REFIT_TTL_MS ? r.factor : undefined;
+  }
+
+  #hubNode(id: string): NodeRecord | undefined {
+    return this.#o.hub.availableNodes().find((n) => n.id === id);
+  }
+
   #plannerAgent(n: NodeRecord): FreeAgent {
+    const probe = agentProbe(n.capabilities.probeMs, n.capabilities.matmulGflops);
+    const refit = this.#refitOf(speedKey({ id: n.id, host: hostOf(n.peerAddress), backend: n.capabilities.backend }));
     const seen = this.#slowdowns.get(n.id);
     const fresh = seen && this.#now() - seen.atMs < SLOWDOWN_TTL_MS;
     return {
@@ -263,6 +299,8 @@ export class JobRunner {
       matmulGflops: n.capabilities.matmulGflops,
       backend: n.capabilities.backend,
       ...(n.capabilities.gpu ? { maxBindingBytes: n.capabilities.gpu.maxStorageBufferBindingSize } : {}),
+      ...(probe ? { probe } : {}),
+      ...(refit !== undefined ? { refit } : {}),
       firstSeenMs: n.firstSeenMs,
       ...(fresh ? { slowdown: seen.factor } : {}),
     };
@@ -342,6 +380,11 @@ export class JobRunner {
     const attemptNo = jobs.nextAttempt(job.id, this.#now());
     const attempt: Attempt = {
       jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, layout, stages: chosen.stages, microBatches: chosen.microBatches, lastActivityMs: this.#now(),
+      predictedStepMs: chosen.predicted.stepMs, stepTimes: [],
+      refitBase: new Map(nodeIds.map((id) => this.#hubNode(id)).filter((n) => n !== undefined).map((n) => {
+        const key = speedKey(this.#plannerAgent(n));
+        return [key, this.#refitOf(key) ?? 1];
+      })),
       data: null, finished: new Map(), lastProgress: null, lastEvalLoss: null,
       stopping: false, shards: new Map(), merged: new Map(), telemetry: null,
       span: startAttemptSpan(job.id, attemptNo, { 'meshtrain.job.name': job.name, 'meshtrain.layout': layoutName(layout) }),
@@ -471,6 +514,7 @@ export class JobRunner {
           rows.push({ kind: 'eval', atMs: now, values: { loss: msg.evalLoss, perplexity: Math.exp(msg.evalLoss) } });
         }
         jobs.recordStep(msg.jobId, msg.step, rows, now);
+        if (Number.isFinite(msg.stepMs)) this.#refit(attempt, msg.stepMs);
         this.#bus.emit('progress', { jobId: msg.jobId, attempt: msg.attempt, progress: msg, rows: rows.map((r) => ({ ...r, step: msg.step })) });
         if (msg.evalLoss !== undefined) this.#considerEarlyStop(attempt, msg.step);
         return;

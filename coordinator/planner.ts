@@ -40,7 +40,7 @@
  */
 import { layoutName, rankOf } from '../protocol/layout.ts';
 import {
-  backendPeakBytes, bubbleFraction, DEFAULT_CALIBRATION, largestTensorBytes, memoryBytes, WASM_HEAP_BYTES, WASM_HEAP_PLANNED, ringAllreduceMs, simulatePipeline, slowdown, stageActivationBytes, stageComputeMs,
+  backendPeakBytes, bubbleFraction, DEFAULT_CALIBRATION, largestTensorBytes, memoryBytes, type ComputeProbe, WASM_HEAP_BYTES, WASM_HEAP_PLANNED, ringAllreduceMs, simulatePipeline, slowdown, stageActivationBytes, stageComputeMs,
   stageParams, type Model, type PipelineLane, type PlannerCalibration, type StageWork,
 } from './cost-model.ts';
 
@@ -56,6 +56,16 @@ export interface PlannerAgent {
   backend?: string;
   /** On webgpu: the largest buffer one kernel may bind (maxStorageBufferBindingSize); no tensor of its shard may be larger. */
   maxBindingBytes?: number;
+  /**
+   * Its non-matmul costs, fitted from the probe it ran at join on its own backend (cost-model.ts agentProbe); the
+   * calibration's constants where absent. Agents sharing a speedKey are rated at the lowest of each figure.
+   */
+  probe?: ComputeProbe;
+  /**
+   * Measured step time ÷ predicted, refitted by the coordinator from the jobs its speedKey's agents ran
+   * (job-runner.ts): every compute figure of the agent is scaled by it. Absent: 1.
+   */
+  refit?: number;
   /**
    * How many times slower than its peers this agent was seen computing the same work in a running job (a
    * straggler: job-telemetry.ts); its speed is divided by it. Absent or 1: as fast as its host's best.
@@ -161,6 +171,7 @@ export function stageBoundaries(stages: number, layers: number, cost: (stage: nu
 interface Slot {
   agent: PlannerAgent;
   flopsPerS: number; // a training step's matmuls with a core to itself: its host's best matmulGflops × efficiency
+  cal: PlannerCalibration; // the calibration with its speedKey's probe figures (the lowest of each) in place
   share: number; // 1 / slowdown with all of this job's agents on its host computing at once
   pace: number; // flopsPerS × share: its speed while all of the job's agents on its host compute
 }
@@ -181,13 +192,35 @@ function hostGflops(agents: readonly PlannerAgent[]): Map<string, number> {
   return best;
 }
 
-function slotsFor(chosen: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostGflops'>): Map<string, Slot> {
+/** Each speedKey's probe: the lowest of each figure its agents measured (agents that probed together slowed each other). */
+function hostProbes(agents: readonly PlannerAgent[]): Map<string, ComputeProbe> {
+  const best = new Map<string, ComputeProbe>();
+  for (const a of agents) {
+    if (!a.probe) continue;
+    const k = speedKey(a), b = best.get(k);
+    best.set(k, b ? {
+      elementNs: Math.min(b.elementNs, a.probe.elementNs),
+      paramNsPerMicroBatch: Math.min(b.paramNsPerMicroBatch, a.probe.paramNsPerMicroBatch),
+      blockPassMs: Math.min(b.blockPassMs, a.probe.blockPassMs),
+      microBatchMs: Math.min(b.microBatchMs, a.probe.microBatchMs),
+    } : { ...a.probe });
+  }
+  return best;
+}
+
+function slotsFor(chosen: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostGflops' | 'hostProbes'>): Map<string, Slot> {
   const perHost = new Map<string, number>();
   for (const a of chosen) perHost.set(a.host, (perHost.get(a.host) ?? 0) + 1);
   return new Map(chosen.map((a) => {
     const share = 1 / slowdown(perHost.get(a.host)!, a.cores, ctx.cal);
     const flopsPerS = ((ctx.hostGflops.get(speedKey(a)) ?? a.matmulGflops) * 1e9 * ctx.cal.efficiency) / Math.max(1, a.slowdown ?? 1);
-    return [a.id, { agent: a, flopsPerS, share, pace: flopsPerS * share }];
+    const probe = ctx.hostProbes.get(speedKey(a));
+    const r = a.refit ?? 1;
+    const base = probe ? { ...ctx.cal, ...probe } : ctx.cal;
+    const cal = r === 1 ? base : {
+      ...base, elementNs: base.elementNs * r, paramNsPerMicroBatch: base.paramNsPerMicroBatch * r, blockPassMs: base.blockPassMs * r, microBatchMs: base.microBatchMs * r,
+    };
+    return [a.id, { agent: a, flopsPerS: flopsPerS / r, cal, share, pace: (flopsPerS / r) * share }];
   }));
 }
 
@@ -196,7 +229,7 @@ function slotsFor(chosen: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostG
  * agent fastest (a crowded host slows all its agents), then the largest total speed, then a host already in use
  * (tensor groups stay local), then the id. Greedy, so the order for k is a prefix of the order for k + 1.
  */
-function agentOrder(agents: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostGflops'>): PlannerAgent[] {
+function agentOrder(agents: readonly PlannerAgent[], ctx: Pick<Ctx, 'cal' | 'hostGflops' | 'hostProbes'>): PlannerAgent[] {
   const chosen: PlannerAgent[] = [];
   const rest = [...agents];
   while (rest.length > 0) {
@@ -288,6 +321,7 @@ interface Ctx {
   cal: PlannerCalibration;
   agents: PlannerAgent[]; // usable, in agentOrder
   hostGflops: Map<string, number>; // best matmulGflops of each host's usable agents
+  hostProbes: Map<string, ComputeProbe>; // lowest probe figures of each speedKey's usable agents
 }
 
 const stageWork = (l: Layout, i: number, blocks: number): StageWork => ({
@@ -315,11 +349,15 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     const group = replica[i]!;
     const next = replica[i + 1], prev = replica[i - 1];
     return {
-      flopsPerS: Math.min(...group.map((s) => s.flopsPerS)), // a TP group runs at its slowest member's pace
+      slots: group, // a TP group runs at its slowest member's pace
       allreduceMs: ringAllreduceMs(t, message, ringBw(group), alpha(group)),
       p2pMs: (next ? sendMs(group, next) : 0) + (prev ? sendMs(group, prev) : 0), // activation forward, gradient back
     };
   }));
+  // A tensor-parallel group's compute per micro-batch: its slowest member's, each on its own figures.
+  const laneCompute = (slots: Slot[], work: StageWork) => slots
+    .map((s) => stageComputeMs(model, rows, training.seqLen, work, s.flopsPerS, s.cal))
+    .reduce((a, b) => (b.totalMs > a.totalMs ? b : a));
   const allreduces = (work: StageWork) => ({ forward: work.recompute ? 2 * work.blocks : 0, backward: 4 * work.blocks }); // 2 per block per pass
   // Per micro-batch with a core each: what the stage boundaries balance.
   const stageTime = (i: number, blocks: number) => {
@@ -328,7 +366,7 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     let worst = { totalMs: -1, tensorMs: 0, p2pMs: 0 };
     for (const lane of lanes[i]!) {
       const tensorMs = (n.forward + n.backward) * lane.allreduceMs;
-      const totalMs = stageComputeMs(model, rows, training.seqLen, work, lane.flopsPerS, cal).totalMs + tensorMs + lane.p2pMs;
+      const totalMs = laneCompute(lane.slots, work).totalMs + tensorMs + lane.p2pMs;
       if (totalMs > worst.totalMs) worst = { totalMs, tensorMs, p2pMs: lane.p2pMs };
     }
     return worst;
@@ -344,7 +382,7 @@ function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
     const [a, b] = stages[i]!;
     const work = stageWork(l, i, b - a);
     const lane = lanes[i]![dp]!;
-    const compute = stageComputeMs(model, rows, training.seqLen, work, lane.flopsPerS, cal);
+    const compute = laneCompute(lane.slots, work);
     const n = allreduces(work);
     const neighbour = replica[i + 1] ?? replica[i - 1];
     return {
@@ -538,8 +576,8 @@ export function planJob(req: PlanRequest): Plan {
   const cal = calibration(req.calibration);
   validate(req);
   const usable = req.agents.filter((a) => a.matmulGflops > 0 && a.cores >= 1 && a.memoryBytes > 0).sort((a, b) => compareIds(a.id, b.id));
-  const best = hostGflops(usable);
-  const ctx: Ctx = { model: req.model, training: req.training, cal, agents: agentOrder(usable, { cal, hostGflops: best }), hostGflops: best };
+  const best = hostGflops(usable), probes = hostProbes(usable);
+  const ctx: Ctx = { model: req.model, training: req.training, cal, agents: agentOrder(usable, { cal, hostGflops: best, hostProbes: probes }), hostGflops: best, hostProbes: probes };
   const pinned = req.parallel !== 'auto';
   const layouts: Layout[] = req.parallel === 'auto' ? enumerate(usable.length) : [req.parallel];
   const weighed = layouts.map((l) => weigh(ctx, l, pinned));
@@ -628,6 +666,7 @@ function explain(ctx: Ctx, c: Candidate, runnerUp: Candidate | undefined, pinned
       `data all-reduce ${fmtMs(p.dataAllreduceMs)}; per-step overhead ${fmtMs(p.overheadMs)}; optimizer ${fmtMs(p.optimizerMs)}), ` +
       `${fmtBytes(p.memoryBytesPerAgent)} per agent at most${p.wasmHeapBytesPerAgent > 0 ? ` (of it ${fmtBytes(p.wasmHeapBytesPerAgent)} on the wasm heap, which holds ${fmtBytes(WASM_HEAP_BYTES)} at most)` : ''}.`,
   ];
+  parts.push(`Agents' figures: ${agentFigures(ctx, c.placement)}.`);
   if (c.layout.pipeline > 1) parts.push(`Stages hold blocks ${c.stages.map(([a, b]) => `[${a}, ${b})`).join(' ')}, sized to the agents' speeds.`);
   if (c.microBatches > ctx.training.microBatches) {
     parts.push(`m was raised from ${ctx.training.microBatches} to ${c.microBatches} to shrink the bubble to ${Math.round(100 * bubbleFraction(c.layout.pipeline, c.microBatches))}%; ` +
@@ -647,6 +686,20 @@ function explain(ctx: Ctx, c: Candidate, runnerUp: Candidate | undefined, pinned
   }
   return parts.join(' ');
 }
+
+/** What the cost model used for each agent of a placement: its speed, its non-matmul costs and where they came from. */
+function agentFigures(ctx: Ctx, placement: readonly string[]): string {
+  const ids = [...new Set(placement)];
+  const slots = slotsFor(ctx.agents.filter((a) => ids.includes(a.id)), ctx);
+  return ids.map((id) => {
+    const s = slots.get(id)!, a = s.agent;
+    const from = ctx.hostProbes.has(speedKey(a)) ? 'probed at join' : 'calibration defaults';
+    return `${id} ${a.backend ?? '?'} ${fmtNum(s.flopsPerS / 1e9 / s.cal.efficiency)} GFLOP/s, ${fmtNum(s.cal.elementNs)} ns/element, ` +
+      `${fmtNum(s.cal.blockPassMs)} ms/block pass, ${fmtNum(s.cal.microBatchMs)} ms/micro-batch (${from}${a.refit !== undefined ? `, step-time refit ×${fmtNum(a.refit)}` : ''})`;
+  }).join('; ');
+}
+
+const fmtNum = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
 
 // ---------------------------------------------------------------------------------------------------- helpers
 

@@ -12,7 +12,7 @@ import type { GpuInfo } from './compute/webgpu.ts';
 /** `note` hears what the backend choice passed over and why (`auto`: a load error is shown, never swallowed). */
 export async function measureCapabilities(backend: BackendChoice, note: (line: string) => void = () => {}): Promise<CapabilitiesInfo> {
   prepareBackendEnv(backend);
-  type Measured = { backend: string; matmulGflops: number; passedOver: string[]; gpu?: GpuInfo };
+  type Measured = { backend: string; matmulGflops: number; probeMs: number[]; passedOver: string[]; gpu?: GpuInfo };
   const measured = await new Promise<Measured>((resolve, reject) => {
     const worker = new Worker(new URL('./compute/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./compute/worker.ts', import.meta.url).href, backend },
@@ -33,6 +33,7 @@ export async function measureCapabilities(backend: BackendChoice, note: (line: s
     matmulGflops: Math.round(measured.matmulGflops * 100) / 100,
     platform: `${platform()}-${arch()}`,
     nodeVersion: process.version,
+    probeMs: measured.probeMs,
     ...(measured.gpu ? { gpu: measured.gpu } : {}),
   };
 }

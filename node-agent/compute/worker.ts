@@ -1,15 +1,25 @@
 /**
- * The compute worker: runs TensorFlow.js off the agent's main thread, so heartbeats and peer traffic keep
- * flowing while a step computes (wasm compute blocks its thread). Started through worker-boot.mjs.
+ * The join-time measurement, in a worker thread (compute blocks its thread, and the agent's main thread must keep
+ * its connections): loads the backend, then, holding the machine's measuring lock (host-lock.ts), the best float32
+ * matmul rate and the compute probe (probe.ts). Started through worker-boot.mjs by capabilities.ts.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadBackend, measureMatmulGflops, type BackendChoice } from './backend.ts';
+import { hostLock } from './host-lock.ts';
 
 const { backend } = workerData as { backend: BackendChoice };
 try {
   const loaded = await loadBackend(backend);
-  const matmulGflops = await measureMatmulGflops(loaded.tf);
-  parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops, passedOver: loaded.passedOver, ...(loaded.gpu ? { gpu: loaded.gpu } : {}) });
+  const { runProbe } = await import('./probe.ts'); // after the backend: its modules see the same tf
+  const release = await hostLock(); // one agent of this machine measures at a time (host-lock.ts)
+  let matmulGflops: number, probeMs: number[];
+  try {
+    matmulGflops = await measureMatmulGflops(loaded.tf);
+    probeMs = await runProbe();
+  } finally {
+    await release();
+  }
+  parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops, probeMs, passedOver: loaded.passedOver, ...(loaded.gpu ? { gpu: loaded.gpu } : {}) });
   loaded.release();
 } catch (err) {
   parentPort!.postMessage({ ok: false, error: (err as Error).message });

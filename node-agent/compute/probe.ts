@@ -1,0 +1,35 @@
+/**
+ * The compute probe (protocol/probe.ts): each shape's whole-model StageModel forward and backward of one
+ * micro-batch, the way the trainer runs an unsplit model, on whatever backend is set. One warm-up run, then the
+ * median of `reps`. Runs in the capabilities worker at join; the coordinator fits the agent's costs from it.
+ */
+import { PROBE_SHAPES } from '../../protocol/probe.ts';
+import { initShardParams, shardLayout } from '../../model/shard-layout.ts';
+import { StageModel } from '../../model/stage-model.ts';
+import { gptConfig } from '../../model/gpt.ts';
+
+export async function runProbe(reps = 3): Promise<number[]> {
+  const out: number[] = [];
+  for (const { model, rows, seqLen } of PROBE_SHAPES) {
+    const config = gptConfig(model);
+    const layout = shardLayout(config, { stage: 0, stages: 1, firstLayer: 0, endLayer: config.nLayer, tpRank: 0, tpSize: 1 });
+    const stage = new StageModel(config, layout, initShardParams(config, layout, 1));
+    const grads = new Float32Array(layout.totalSize);
+    const ids = Int32Array.from({ length: rows * seqLen }, (_, i) => (i * 31 + 7) % config.vocabSize);
+    const targets = Int32Array.from({ length: rows * seqLen }, (_, i) => (i * 17 + 3) % config.vocabSize);
+    const times: number[] = [];
+    try {
+      for (let r = 0; r <= reps; r++) {
+        grads.fill(0);
+        const t0 = performance.now();
+        await stage.backward({ ids }, rows, seqLen, { targets, scale: 1 }, grads);
+        if (r > 0) times.push(performance.now() - t0); // the first run compiles kernels and packs weights
+      }
+    } finally {
+      stage.dispose();
+    }
+    times.sort((a, b) => a - b);
+    out.push(Math.round(times[Math.floor(times.length / 2)]! * 1000) / 1000);
+  }
+  return out;
+}
