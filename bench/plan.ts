@@ -84,8 +84,10 @@ export default async function main(argv: string[]): Promise<object> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-plan-'));
   const corpus = writeCorpus(dir, 0, 30);
   console.error(`starting a coordinator and ${AGENTS} agents…`);
-  const cluster = await startCluster({ agents: AGENTS, stderr: 'ignore', agentArgs: ['--backend', backend] });
+  const cluster = await startCluster({ agents: 0, stderr: 'ignore', agentArgs: ['--backend', backend] });
   try {
+    for (let i = 0; i < AGENTS; i++) cluster.startAgent(`agent-${i}`);
+    await cluster.waitForNodes(AGENTS, 600_000); // agents of one machine measure themselves one at a time: slow on llvmpipe
     const { nodes } = await cluster.api<{ nodes: Array<{ id: string; peerAddress: string; capabilities: { cores: number; matmulGflops: number } }> }>('GET', '/api/nodes');
     const rows: Array<{ layout: string; predicted_ms: number; measured_ms: number; rel_error: number; steps: number; foreign_cores: number | null }> = [];
     for (const parallel of layouts) {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 
 export const MEASURE_LOCK = join(tmpdir(), 'meshtrain-measure.lock');
 
-export async function hostLock(path = MEASURE_LOCK, waitMs = 30_000, staleMs = 20_000): Promise<() => Promise<void>> {
+export async function hostLock(path = MEASURE_LOCK, waitMs = 180_000, staleMs = 120_000): Promise<() => Promise<void>> {
   const deadline = Date.now() + waitMs;
   for (;;) {
     try {

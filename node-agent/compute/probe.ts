@@ -1,14 +1,18 @@
 /**
  * The compute probe (protocol/probe.ts): each shape's whole-model StageModel forward and backward of one
  * micro-batch, the way the trainer runs an unsplit model, on whatever backend is set. One warm-up run, then the
- * median of `reps`. Runs in the capabilities worker at join; the coordinator fits the agent's costs from it.
+ * median of `reps` (one where the warm-up took over SLOW_MS: a software GPU takes seconds a run, and agents of a
+ * machine measure one at a time). Runs in the capabilities worker at join; the coordinator fits the agent's costs
+ * from it.
  */
 import { PROBE_SHAPES } from '../../protocol/probe.ts';
 import { initShardParams, shardLayout } from '../../model/shard-layout.ts';
 import { StageModel } from '../../model/stage-model.ts';
 import { gptConfig } from '../../model/gpt.ts';
 
-export async function runProbe(reps = 3): Promise<number[]> {
+const SLOW_MS = 500;
+
+export async function runProbe(repsWanted = 3): Promise<number[]> {
   const out: number[] = [];
   for (const { model, rows, seqLen } of PROBE_SHAPES) {
     const config = gptConfig(model);
@@ -18,12 +22,15 @@ export async function runProbe(reps = 3): Promise<number[]> {
     const ids = Int32Array.from({ length: rows * seqLen }, (_, i) => (i * 31 + 7) % config.vocabSize);
     const targets = Int32Array.from({ length: rows * seqLen }, (_, i) => (i * 17 + 3) % config.vocabSize);
     const times: number[] = [];
+    let reps = repsWanted;
     try {
       for (let r = 0; r <= reps; r++) {
         grads.fill(0);
         const t0 = performance.now();
         await stage.backward({ ids }, rows, seqLen, { targets, scale: 1 }, grads);
-        if (r > 0) times.push(performance.now() - t0); // the first run compiles kernels and packs weights
+        const ms = performance.now() - t0;
+        if (r > 0) times.push(ms); // the first run compiles kernels and packs weights
+        else if (ms > SLOW_MS) reps = 1;
       }
     } finally {
       stage.dispose();

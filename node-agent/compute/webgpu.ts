@@ -151,6 +151,11 @@ export async function loadWebGpu(tf: Tf, options: { software?: boolean } = {}): 
   }
   return {
     info,
-    release: () => device.destroy(),
+    // tfjs' backend first (it destroys every buffer it made, mapped staging buffers included), then the device:
+    // destroying the device with tfjs' buffers still mapped killed the process with a fatal N-API error now and then.
+    release: () => {
+      if (tf.findBackend('webgpu')) tf.removeBackend('webgpu');
+      device.destroy();
+    },
   };
 }

@@ -20,7 +20,8 @@ try {
     await release();
   }
   parentPort!.postMessage({ ok: true, backend: loaded.name, matmulGflops, probeMs, passedOver: loaded.passedOver, ...(loaded.gpu ? { gpu: loaded.gpu } : {}) });
-  loaded.release();
+  // No loaded.release(): main terminates this worker (one WebGPU worker at a time, backend.ts); destroying the
+  // device here raced Dawn's buffer unmapping into a fatal native error now and then.
 } catch (err) {
   parentPort!.postMessage({ ok: false, error: (err as Error).message });
 }
