@@ -19,7 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES, headChunkRows } from './lm-head-chunks.ts';
-import { copyOf, valuesOf } from './tensor-values.ts';
+import { copyOf, readsSync, valuesOf } from './tensor-values.ts';
 
 export { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES } from './lm-head-chunks.ts';
 
@@ -75,6 +75,7 @@ export async function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array
   const rows = headChunkRows(V, d, chunkElements);
   const chunks: Array<[number, number]> = [];
   for (let r0 = 0; r0 < V; r0 += rows) chunks.push([r0, Math.min(V, r0 + rows)]);
+  if (!readsSync()) return lmHeadOnDevice(h, W, targets, coeff, chunks, upstream, addWeightGrad);
   const keep = upstream !== undefined && N * V * 4 <= keptBytes;
   const kept: Float32Array[] = [];
 
@@ -167,4 +168,85 @@ export async function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array
     }
   }
   return { loss, dh };
+}
+
+/**
+ * The same head on a GPU backend, where reading every chunk's logits back (2 × N × V floats a micro-batch: 823 MB
+ * for GPT-2 at 2,048 tokens) would cost more than computing them: the online log-sum-exp, the target's logit and
+ * ∂L/∂z stay on the device in float32, and only the loss, ∂L/∂h [N, d] and each chunk's ∂L/∂W_c (which the
+ * gradient buffer needs anyway) come back. Pass 2 recomputes each chunk's logits (a matmul: cheap there).
+ */
+async function lmHeadOnDevice(
+  h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coeff: Float64Array, chunks: Array<[number, number]>,
+  upstream: number | undefined, addWeightGrad: LmHeadOptions['addWeightGrad'],
+): Promise<LmHeadResult> {
+  const [N, d] = h.shape;
+  const t = tf.tensor1d(targets, 'int32');
+  const columns = tf.range(0, N, 1, 'int32');
+  const c = tf.tensor1d(Float32Array.from(coeff));
+  // Per chunk: its rows of W, zᵀ [vc, N], which tokens' targets fall in it and at which row.
+  const chunk = (r0: number, r1: number) => {
+    const Wc = W.slice([r0, 0], [r1 - r0, d]) as tf.Tensor2D;
+    const zT = tf.matMul(Wc, h, false, true) as tf.Tensor2D;
+    const inChunk = t.greaterEqual(r0).logicalAnd(t.less(r1));
+    const row = t.sub(tf.scalar(r0, 'int32')).clipByValue(0, r1 - r0 - 1) as tf.Tensor1D;
+    return { Wc, zT, inChunk, row };
+  };
+  let lse: tf.Tensor1D | null = null;
+  let dhT: tf.Tensor2D | null = null;
+  try {
+    // 1. log-sum-exp per token and the target's logit, a chunk at a time
+    let max = tf.fill([N], -Infinity) as tf.Tensor1D, sum = tf.zeros([N]) as tf.Tensor1D, picked = tf.zeros([N]) as tf.Tensor1D;
+    for (const [r0, r1] of chunks) {
+      const next = tf.tidy(() => {
+        const { zT, inChunk, row } = chunk(r0, r1);
+        const m = tf.maximum(max, zT.max(0));
+        const s = sum.mul(tf.exp(max.sub(m))).add(tf.exp(zT.sub(m)).sum(0));
+        const p = picked.add(tf.where(inChunk, tf.gatherND(zT, tf.stack([row, columns], 1)), tf.zerosLike(picked)));
+        return [m, s, p] as tf.Tensor1D[];
+      });
+      tf.dispose([max, sum, picked]);
+      [max, sum, picked] = next as [tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
+    }
+    lse = tf.tidy(() => max.add(sum.log())) as tf.Tensor1D;
+    const lossT = tf.tidy(() => c.mul(lse!.sub(picked)).sum());
+    tf.dispose([max, sum, picked]);
+    const loss = (await lossT.data())[0]!;
+    lossT.dispose();
+    if (upstream === undefined) return { loss };
+
+    // 2. ∂L/∂z = g·(softmax(z) − onehot(t)) a chunk at a time → ∂L/∂W_c (read back) and ∂L/∂h (kept on the device)
+    const g = c.mul(upstream) as tf.Tensor1D;
+    try {
+      for (const [r0, r1] of chunks) {
+        const [dWc, partT] = tf.tidy(() => {
+          const { Wc, zT, inChunk, row } = chunk(r0, r1);
+          const hit = tf.oneHot(row, r1 - r0).transpose().mul(inChunk.cast('float32')); // [vc, N]
+          const dzT = tf.exp(zT.sub(lse!)).sub(hit).mul(g); // [vc, N]
+          return [addWeightGrad ? tf.matMul(dzT, h) : null, tf.matMul(Wc, dzT, true, false)] as const; // [vc, d], [d, N]
+        });
+        try {
+          if (dWc) await valuesOf(dWc, (v) => addWeightGrad!(r0, v));
+          const sumT: tf.Tensor2D = dhT ? tf.add(dhT, partT) : tf.clone(partT);
+          dhT?.dispose();
+          dhT = sumT;
+        } finally {
+          dWc?.dispose();
+          partT.dispose();
+        }
+      }
+    } finally {
+      g.dispose();
+    }
+    const dh = tf.tidy(() => dhT!.transpose()) as tf.Tensor2D;
+    try {
+      return { loss, dh: await copyOf(dh) };
+    } finally {
+      dh.dispose();
+    }
+  } finally {
+    tf.dispose([t, columns, c]);
+    lse?.dispose();
+    (dhT as tf.Tensor2D | null)?.dispose();
+  }
 }

@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { loadBackend, type LoadedBackend } from '../../node-agent/compute/backend.ts';
 import { gelu, layerNorm } from '../../model/gpt.ts';
 import { objectiveLoss } from '../../model/objectives.ts';
+import { lmHead } from '../../model/lm-head.ts';
 
 const TOL = 2e-5;
 let gpu: LoadedBackend;
@@ -95,3 +96,26 @@ for (const op of OPS) {
     });
   });
 }
+
+test('the chunked LM head on WebGPU (on the device: online log-sum-exp, ∂L/∂z there) gives wasm\'s loss, ∂L/∂h and ∂L/∂W', async () => {
+  const N = 24, d = 16, V = 301;
+  const coeff = Float64Array.from({ length: N }, (_, i) => (i % 3 === 0 ? 0 : (1 + (i % 5)) / (3 * N))); // weighted rows, some unweighted
+  const tgt = Int32Array.from({ length: N }, (_, i) => (i * 53 + 11) % V);
+  const run = async (backend: string) => {
+    tf.setBackend(backend);
+    const h = tf.tensor2d(random([N, d], 3, 2), [N, d]), W = tf.tensor2d(random([V, d], 4), [V, d]);
+    const dW = new Float32Array(V * d);
+    try {
+      // 7 chunks of 48 rows (the last shorter): the online log-sum-exp must carry across chunks
+      const r = await lmHead(h, W, tgt, coeff, { upstream: 0.5, chunkElements: 48 * d, addWeightGrad: (row0, v) => dW.set(v, row0 * d) });
+      return { loss: r.loss, dh: r.dh!, dW };
+    } finally {
+      tf.dispose([h, W]);
+    }
+  };
+  const wasm = await run('wasm'), web = await run('webgpu');
+  assert.ok(Math.abs(web.loss - wasm.loss) <= 1e-5 * Math.abs(wasm.loss), `loss ${web.loss} vs ${wasm.loss}`);
+  assert.ok(maxRel(web.dh, wasm.dh) <= TOL, `∂L/∂h ${maxRel(web.dh, wasm.dh)} apart`);
+  assert.ok(maxRel(web.dW, wasm.dW) <= TOL, `∂L/∂W ${maxRel(web.dW, wasm.dW)} apart`);
+  assert.ok(wasm.dW.some((v) => v !== 0) && wasm.dh.some((v) => v !== 0));
+});
