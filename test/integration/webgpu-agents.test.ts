@@ -21,7 +21,7 @@ import { assertSameCurve, runToEnd, writeCorpus, type JobView } from '../support
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
 const GATEWAY = new URL('../../bin/gateway.js', import.meta.url).pathname;
 const MODEL = { vocabSize: 300, nCtx: 32, nLayer: 2, nHead: 2, nEmbd: 32 };
-const STEPS = 6;
+const STEPS = 4;
 const TOL = 1e-3;
 
 type NodeView = { id: string; name: string; status: string; connected: boolean; capabilities: CapabilitiesInfo };
@@ -47,7 +47,7 @@ describe('agents computing on WebGPU (llvmpipe)', () => {
     name,
     model: MODEL,
     data: { corpus, heldOutFraction: 0.2 },
-    training: { steps: STEPS, batchSize: 4, microBatches: 2, seqLen: 32, lr: 3e-3, warmupSteps: 2, evalEvery: 3, evalBatches: 1, checkpointEvery: 3 },
+    training: { steps: STEPS, batchSize: 4, microBatches: 2, seqLen: 32, lr: 3e-3, warmupSteps: 2, evalEvery: 2, evalBatches: 1, checkpointEvery: 2 },
     parallel,
   });
   const alive = async () => (await cluster.api<{ nodes: NodeView[] }>('GET', '/api/nodes')).nodes.filter((n) => n.status === 'alive' && n.connected);
