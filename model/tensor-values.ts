@@ -39,7 +39,20 @@ export function readsSync(): boolean {
 export async function valuesOf<T>(t: tf.Tensor, use: (values: Float32Array) => T): Promise<T> {
   if (readsSync()) return withValues(t, use);
   if (t.dtype !== 'float32') throw new TypeError(`valuesOf reads float32 tensors, got ${t.dtype}`);
-  return use((await t.data()) as Float32Array);
+  const values = (await t.data()) as Float32Array;
+  deviceCheck?.();
+  return use(values);
+}
+
+let deviceCheck: (() => void) | undefined;
+
+/**
+ * Set by the WebGPU backend (node-agent/compute/webgpu.ts): throws when the device reported an error (a kernel
+ * that failed validation, a lost device). Every asynchronous read runs it after the values arrive, so a kernel
+ * that did not run surfaces as an error at the next read instead of as numbers computed from garbage.
+ */
+export function setDeviceCheck(check: (() => void) | undefined): void {
+  deviceCheck = check;
 }
 
 /** A float32 tensor's values in an array of the caller's own (free to change or transfer). */
@@ -47,6 +60,7 @@ export async function copyOf(t: tf.Tensor): Promise<Float32Array> {
   if (t.dtype !== 'float32') throw new TypeError(`copyOf reads float32 tensors, got ${t.dtype}`);
   const name = tf.getBackend();
   const values = (await t.data()) as Float32Array;
+  deviceCheck?.();
   // wasm's data() is a fresh copy of the heap; cpu's is the tensor's own array, and WebGPU's is kept as the
   // tensor's CPU copy (convertAndCacheOnCPU): changing it would change the tensor.
   return name === 'wasm' ? values : Float32Array.from(values);

@@ -129,6 +129,8 @@ export async function loadWebGpu(tf: Tf, options: { software?: boolean } = {}): 
   // A validation error means a kernel did not run: its output would be garbage, never an answer to use.
   const errors: string[] = [];
   device.addEventListener('uncapturederror', (e) => errors.push((e as GPUUncapturedErrorEvent).error.message.split('\n')[0]!));
+  let lost: string | null = null;
+  void device.lost.then((l) => { lost = l.reason === 'destroyed' ? null : `the GPU device was lost (${l.reason}): ${l.message}`; });
   const info: GpuInfo = {
     vendor: a.vendor, architecture: a.architecture, description: a.description || a.device, dawnBackend, software,
     maxBufferSize: limits.maxBufferSize, maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
@@ -149,11 +151,23 @@ export async function loadWebGpu(tf: Tf, options: { software?: boolean } = {}): 
     device.destroy();
     throw new WebGpuUnavailable(`WebGPU on ${info.description || info.vendor} (${dawnBackend}) computed a wrong product${errors.length ? `: ${errors[0]}` : ''}`);
   }
+  // From now on every read checks the device (model/tensor-values.ts): a kernel that failed validation (a tensor
+  // over the binding limit, say) or a lost device is an error there, never numbers read from a buffer nothing wrote.
+  const { setDeviceCheck } = await import('../../model/tensor-values.ts');
+  setDeviceCheck(() => {
+    if (lost) throw new Error(`WebGPU on ${info.description || info.vendor}: ${lost}; restart the process`);
+    if (errors.length) {
+      const first = errors[0]!, more = errors.length - 1;
+      errors.length = 0;
+      throw new Error(`WebGPU on ${info.description || info.vendor} refused a kernel, so its output is garbage: ${first}${more ? ` (and ${more} more)` : ''}`);
+    }
+  });
   return {
     info,
     // tfjs' backend first (it destroys every buffer it made, mapped staging buffers included), then the device:
     // destroying the device with tfjs' buffers still mapped killed the process with a fatal N-API error now and then.
     release: () => {
+      setDeviceCheck(undefined);
       if (tf.findBackend('webgpu')) tf.removeBackend('webgpu');
       device.destroy();
     },

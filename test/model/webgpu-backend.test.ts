@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { loadBackend, type LoadedBackend } from '../../node-agent/compute/backend.ts';
 import { vulkanLoader } from '../../node-agent/compute/webgpu.ts';
+import { copyOf } from '../../model/tensor-values.ts';
 import { GPT, gptConfig } from '../../model/gpt.ts';
 
 let gpu: LoadedBackend;
@@ -104,4 +105,19 @@ test('auto takes WebGPU only on a hardware adapter, and says why it passed over 
   } else {
     assert.match(got.passedOver[0] ?? '', /^webgpu: /, 'the reason WebGPU was not taken comes first');
   }
+});
+
+test('a kernel the device refuses (a tensor over the binding limit) is an error at the next read, not garbage', async () => {
+  const n = gpu.gpu!.maxStorageBufferBindingSize / 4 + 1024; // just over what one kernel may bind
+  const big = tf.zeros([n]);
+  const y = big.add(1);
+  try {
+    await assert.rejects(copyOf(y), /WebGPU on .* refused a kernel, so its output is garbage: /);
+  } finally {
+    tf.dispose([big, y]);
+  }
+  // the device goes on: the next kernel within the limit computes
+  const ok = tf.tidy(() => tf.ones([4]).mul(3));
+  assert.deepEqual([...(await copyOf(ok))], [3, 3, 3, 3]);
+  ok.dispose();
 });
