@@ -13,6 +13,7 @@ import { endOfText, renderPair, renderPrompt, type RenderedSequence } from './ch
 import type { HeldOutRecord } from './examples.ts';
 import { disposeCache, type GPT } from './gpt.ts';
 import { rowLogprobs } from './objectives.ts';
+import { readChecked } from './tensor-values.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
 export type ChatRecord = Extract<HeldOutRecord, { kind: 'chat' }>;
@@ -65,7 +66,7 @@ export async function greedy(model: GPT, prompt: readonly number[], eot: number,
     for (;;) {
       const best = tf.tidy(() => logits.slice([0, logits.shape[1] - 1, 0], [1, 1, logits.shape[2]]).argMax(-1));
       logits.dispose();
-      const next = (await best.data())[0]!; // read asynchronously: a GPU backend has no synchronous read
+      const next = (await readChecked(best))[0]!; // read asynchronously: a GPU backend has no synchronous read
       best.dispose();
       if (next === eot) break;
       generated.push(next);
@@ -103,7 +104,7 @@ export async function replyLogprobs(model: GPT, seqs: readonly RenderedSequence[
     const logits = tf.tidy(() => model.forward(ids).reshape([B * T, model.config.vocabSize]) as tf.Tensor2D);
     const rows = rowLogprobs(logits, targets, weights, B, T);
     tf.dispose([ids, logits]);
-    logp.push(...(await rows.data()));
+    logp.push(...Array.from(await readChecked(rows)));
     rows.dispose();
   }
   return { logp, tokens };

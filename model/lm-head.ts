@@ -19,7 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES, headChunkRows } from './lm-head-chunks.ts';
-import { copyOf, readsSync, valuesOf } from './tensor-values.ts';
+import { copyOf, readChecked, readsSync, valuesOf } from './tensor-values.ts';
 
 export { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES } from './lm-head-chunks.ts';
 
@@ -211,7 +211,7 @@ async function lmHeadOnDevice(
     lse = tf.tidy(() => max.add(sum.log())) as tf.Tensor1D;
     const lossT = tf.tidy(() => c.mul(lse!.sub(picked)).sum());
     tf.dispose([max, sum, picked]);
-    const loss = (await lossT.data())[0]!;
+    const loss = (await readChecked(lossT))[0]!;
     lossT.dispose();
     if (upstream === undefined) return { loss };
 

@@ -34,7 +34,7 @@ import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
 import { lmCoefficients, lmHead } from './lm-head.ts';
 import { loraDropout } from './lora.ts';
-import { copyOf, valuesOf } from './tensor-values.ts';
+import { copyOf, readChecked, valuesOf } from './tensor-values.ts';
 import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
@@ -161,7 +161,7 @@ export class StageModel {
         }
         const value = tf.tidy(() => this.#loss(layerNorm(x, this.#param, 'ln_f'), targets, B, T, objective));
         try {
-          return (await value.data())[0]!;
+          return (await readChecked(value))[0]!;
         } finally {
           value.dispose();
         }
@@ -283,7 +283,7 @@ export class StageModel {
         if (!g) continue; // not on this segment's path (cannot happen for the segments above; harmless if it does)
         await this.#addGrad(names[i]!, g, grads);
       }
-      return { dx, value: value ? (await (value as tf.Tensor).data())[0]! : undefined };
+      return { dx, value: value ? (await readChecked(value as tf.Tensor))[0]! : undefined };
     } catch (err) {
       (dx as tf.Tensor2D | null)?.dispose();
       throw err;

@@ -55,6 +55,13 @@ export function setDeviceCheck(check: (() => void) | undefined): void {
   deviceCheck = check;
 }
 
+/** Any tensor's values (int32 and bool too), read asynchronously and checked like valuesOf's. */
+export async function readChecked(t: tf.Tensor): Promise<ArrayLike<number>> {
+  const values = (await t.data()) as ArrayLike<number>;
+  deviceCheck?.();
+  return values;
+}
+
 /** A float32 tensor's values in an array of the caller's own (free to change or transfer). */
 export async function copyOf(t: tf.Tensor): Promise<Float32Array> {
   if (t.dtype !== 'float32') throw new TypeError(`copyOf reads float32 tensors, got ${t.dtype}`);
