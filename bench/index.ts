@@ -10,6 +10,7 @@
  *   train-step  one agent's training step on the reference config: tokens/s, model FLOP/s vs the matmul peak
  *   pipeline    a pure-pipeline job on real agents: the measured bubble vs (p − 1)/(m + p − 1), per-stage busy time
  *   plan        the planner's predicted step time vs the measured one, for several pinned layouts on 4 agents
+ *   share       how n processes training at once on this machine slow each other (the planner's agentCores)
  *   gateway     real gateway processes: overhead vs direct calls, throughput, batching, shadow cost, failures on switch
  *   recovery    an agent killed mid-job: detection and resume time, steps lost, checkpointing's cost per step
  *   stages      the model's life on a real cluster: data prep recalls, pretrain → SFT (exact-match) and LoRA (gain
@@ -26,6 +27,7 @@ const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promi
   'train-step': () => import('./train-step.ts'),
   pipeline: () => import('./pipeline.ts'),
   plan: () => import('./plan.ts'),
+  share: () => import('./share.ts'),
   gateway: () => import('./gateway.ts'),
   recovery: () => import('./recovery.ts'),
   stages: () => import('./stages.ts'),

@@ -49,12 +49,11 @@ export const DEFAULT_CALIBRATION: PlannerCalibration = Object.freeze({
   microBatchMs: 2.9, // fit: 2.1–2.2 ms in one thread; + ~0.7 ms of worker round trips (fwd and bwd) in an agent
   blockPassMs: 0.2, // fit: 0.18 and 0.29 ms per block per pass (shows in tensor-parallel shards, whose work shrinks)
   stepOverheadMs: 5, // 1×1×1 jobs on one agent: step time less the worker's busy time and the optimizer, 4–6 ms
-  // A lone training agent keeps 1.17–1.27 cores busy (/proc: its compute thread plus V8's garbage-collector and
-  // compiler threads and its main thread), and agents computing at once also slow each other through the caches:
-  // two data-parallel agents on the 2 cores computed 1.33× slower than one alone. 1.5 (with hopLatencyMs 0.5) best
-  // fits the step times of 27 jobs: three runs of 7–10 layouts on 4 agents (1×1×1 to 1×1×4; d 128, 4 blocks), RMS
-  // error 18%. The same layout varied by up to ±25% from run to run.
-  agentCores: 1.5,
+  // A lone training agent keeps 1.2–1.5 cores busy (its compute thread plus V8's garbage-collector and compiler
+  // threads and its main thread), but agents computing at once slow each other less than that adds up to:
+  // `npm run bench -- share` (2026-12-07, this code) measured 2, 3 and 4 processes training at once on the 2 cores
+  // at 1.13×, 1.86× and 2.50× one alone, which max(1, n·c / 2) fits at c = 1.25. (1.5 fitted the code of 2026-12-06.)
+  agentCores: 1.25,
   linkBytesPerS: 100e6, // ~1 Gbit/s between hosts
   // busbw of a ws ring of 4 agents on one 2-core host, 64 MB (bench allreduce); a job's few MB of gradients went at
   // 120–165 MB/s. A self-check replaces it with what it measures (coordinator/job-runner.ts).
