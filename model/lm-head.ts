@@ -55,6 +55,11 @@ export interface LmHeadOptions {
    * backend memory (model/tensor-values.ts): read it before returning, and make no tensor meanwhile.
    */
   addWeightGrad?: (row0: number, values: Float32Array) => void;
+  /**
+   * On a GPU backend, instead of addWeightGrad: receives each chunk's ∂L/∂W rows as a tensor the callee owns
+   * (disposes), so the gradient can stay on the device (StageModel accumulates it there over a step).
+   */
+  addWeightGradTensor?: (row0: number, grad: tf.Tensor2D) => void;
   /** Elements of W per chunk (default HEAD_CHUNK_ELEMENTS). */
   chunkElements?: number;
   /** Pass 1's logits are kept for pass 2 up to this many bytes (default LOGITS_KEPT_BYTES). */
@@ -75,7 +80,7 @@ export async function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array
   const rows = headChunkRows(V, d, chunkElements);
   const chunks: Array<[number, number]> = [];
   for (let r0 = 0; r0 < V; r0 += rows) chunks.push([r0, Math.min(V, r0 + rows)]);
-  if (!readsSync()) return lmHeadOnDevice(h, W, targets, coeff, chunks, upstream, addWeightGrad);
+  if (!readsSync()) return lmHeadOnDevice(h, W, targets, coeff, chunks, upstream, addWeightGrad, options.addWeightGradTensor);
   const keep = upstream !== undefined && N * V * 4 <= keptBytes;
   const kept: Float32Array[] = [];
 
@@ -178,7 +183,7 @@ export async function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array
  */
 async function lmHeadOnDevice(
   h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array, coeff: Float64Array, chunks: Array<[number, number]>,
-  upstream: number | undefined, addWeightGrad: LmHeadOptions['addWeightGrad'],
+  upstream: number | undefined, addWeightGrad: LmHeadOptions['addWeightGrad'], addWeightGradTensor: LmHeadOptions['addWeightGradTensor'],
 ): Promise<LmHeadResult> {
   const [N, d] = h.shape;
   const t = tf.tensor1d(targets, 'int32');
@@ -223,15 +228,19 @@ async function lmHeadOnDevice(
           const { Wc, zT, inChunk, row } = chunk(r0, r1);
           const hit = tf.oneHot(row, r1 - r0).transpose().mul(inChunk.cast('float32')); // [vc, N]
           const dzT = tf.exp(zT.sub(lse!)).sub(hit).mul(g); // [vc, N]
-          return [addWeightGrad ? tf.matMul(dzT, h) : null, tf.matMul(Wc, dzT, true, false)] as const; // [vc, d], [d, N]
+          return [addWeightGrad || addWeightGradTensor ? tf.matMul(dzT, h) as tf.Tensor2D : null, tf.matMul(Wc, dzT, true, false)] as const; // [vc, d], [d, N]
         });
+        let handedOver = false;
         try {
-          if (dWc) await valuesOf(dWc, (v) => addWeightGrad!(r0, v));
+          if (dWc && addWeightGradTensor) {
+            addWeightGradTensor(r0, dWc);
+            handedOver = true;
+          } else if (dWc) await valuesOf(dWc, (v) => addWeightGrad!(r0, v));
           const sumT: tf.Tensor2D = dhT ? tf.add(dhT, partT) : tf.clone(partT);
           dhT?.dispose();
           dhT = sumT;
         } finally {
-          dWc?.dispose();
+          if (!handedOver) dWc?.dispose();
           partT.dispose();
         }
       }

@@ -34,7 +34,7 @@ import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
 import { lmCoefficients, lmHead } from './lm-head.ts';
 import { loraDropout } from './lora.ts';
-import { copyOf, readChecked, valuesOf } from './tensor-values.ts';
+import { copyOf, readChecked, readsSync, valuesOf } from './tensor-values.ts';
 import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
@@ -78,6 +78,13 @@ export class StageModel {
   #dropoutSeed: number | undefined; // set while a training pass runs: adapter dropout is on
   readonly #tp: TensorParallel | null;
   #masks = new Map<number, Float32Array>();
+  /**
+   * On a GPU backend the parameters' gradients are summed on the device (by trained tensor; the tied head's in
+   * vocabulary chunks, by first row) and read into the flat buffer once, by flushGrads: one read a step instead of
+   * one per tensor per segment per micro-batch, each of which drained the device's queue. Null on wasm, where a
+   * gradient is read in place from the heap as soon as it exists.
+   */
+  readonly #deviceGrads: Map<string, { t: tf.Tensor; offset: number }> | null = readsSync() ? null : new Map();
 
   /**
    * `flat` is the shard's parameters in `layout` order. With `adapter`, they are the frozen base and only the
@@ -184,6 +191,50 @@ export class StageModel {
    * block's. The price is one more forward of each block (the stage's forward pass is run twice).
    */
   async backward(
+    input: StageInput, B: number, T: number, upstream: StageUpstream, grads: Float32Array, dropoutSeed?: number, options: { flush?: boolean } = {},
+  ): Promise<{ gradIn?: Float32Array; loss?: number }> {
+    const r = await this.#backward(input, B, T, upstream, grads, dropoutSeed);
+    if (options.flush ?? true) await this.flushGrads(grads);
+    return r;
+  }
+
+  /**
+   * Adds the gradients summed on the device since the last flush into `grads` (a no-op on wasm, where backward
+   * adds them as it goes). backward flushes unless told not to: the trainer flushes once, after a step's last
+   * micro-batch, before the gradients are all-reduced.
+   */
+  async flushGrads(grads: Float32Array): Promise<void> {
+    const acc = this.#deviceGrads;
+    if (!acc || acc.size === 0) return;
+    const entries = [...acc.values()];
+    acc.clear();
+    try {
+      // every read at once: one wait on the device, not one per tensor
+      const values = await Promise.all(entries.map(({ t }) => readChecked(t)));
+      entries.forEach(({ offset }, i) => {
+        const v = values[i]!;
+        for (let j = 0; j < v.length; j++) grads[offset + j] = grads[offset + j]! + v[j]!;
+      });
+    } finally {
+      for (const { t } of entries) t.dispose();
+    }
+  }
+
+  /** Drops gradients summed on the device and not flushed (a step that failed half-way must not leak into the next). */
+  discardGrads(): void {
+    for (const { t } of this.#deviceGrads?.values() ?? []) t.dispose();
+    this.#deviceGrads?.clear();
+  }
+
+  /** Adds `g` (the caller's) into the device-side sum at `key`, which lands at `offset` of the flat buffer. */
+  #accumulate(key: string, offset: number, g: tf.Tensor): void {
+    const acc = this.#deviceGrads!;
+    const old = acc.get(key);
+    acc.set(key, { t: tf.keep(old ? tf.add(old.t, g) : tf.clone(g)), offset });
+    old?.t.dispose();
+  }
+
+  async #backward(
     input: StageInput, B: number, T: number, upstream: StageUpstream, grads: Float32Array, dropoutSeed?: number,
   ): Promise<{ gradIn?: Float32Array; loss?: number }> {
     if (grads.length !== this.trainable.totalSize) throw new RangeError(`gradient buffer has ${grads.length} elements, the shard trains ${this.trainable.totalSize}`);
@@ -296,6 +347,10 @@ export class StageModel {
   /** Adds the gradient `g` of trained tensor `name` into its place in `grads`. */
   #addGrad(name: string, g: tf.Tensor, grads: Float32Array): Promise<void> {
     const spec = this.trainable.byName.get(name)!;
+    if (this.#deviceGrads) {
+      this.#accumulate(name, spec.offset, g);
+      return Promise.resolve();
+    }
     return valuesOf(g, (v) => {
       for (let j = 0, o = spec.offset; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
     });
@@ -371,6 +426,13 @@ export class StageModel {
         upstream: scale,
         ...(wte ? { addWeightGrad: (row0: number, v: Float32Array) => {
           for (let j = 0, o = wte.offset + row0 * d; j < v.length; j++) grads[o + j] = grads[o + j]! + v[j]!;
+        } } : {}),
+        ...(wte && this.#deviceGrads ? { addWeightGradTensor: (row0: number, g: tf.Tensor2D) => {
+          try {
+            this.#accumulate(`wte.weight#${row0}`, wte.offset + row0 * d, g);
+          } finally {
+            g.dispose();
+          }
         } } : {}),
       });
     } finally {
@@ -481,6 +543,7 @@ export class StageModel {
 
   dispose(): void {
     for (const v of [...this.#vars.values(), ...this.#adapterVars.values()]) v.dispose();
+    this.discardGrads();
   }
 
   async #training<R>(dropoutSeed: number | undefined, run: () => Promise<R>): Promise<R> {

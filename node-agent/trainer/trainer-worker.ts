@@ -70,6 +70,7 @@ interface Job {
   train: Reader;
   heldOut: Reader | null;
   micro: TokenBatch[]; // this step's micro-batches
+  backwards: number; // of them back-propagated so far (a GPU backend's gradients are read once, after the last)
   inputs: Map<number, Float32Array>; // activations received for micro-batches whose backward is still to come
   evalMicro: TokenBatch[];
   step: number;
@@ -242,7 +243,7 @@ async function init(spec: ResolvedJobSpec, placement: Placement, dataDir: string
   job = {
     spec, placement, coords, dataDir, tokenizerSha256, model, optimizer, range, params, grads, rows, examples, frozen, train,
     tp: { allReduce: (x) => tp.allReduce(x), chunk: tpView.length }, partialSums,
-    heldOut: null, micro: [], inputs: new Map(), evalMicro: [], step: resume?.step ?? 0,
+    heldOut: null, micro: [], backwards: 0, inputs: new Map(), evalMicro: [], step: resume?.step ?? 0,
   };
   return {
     type: 'ready', params: params.buffer as SharedArrayBuffer, grads: grads.buffer as SharedArrayBuffer, tpData, tpFlag,
@@ -335,6 +336,8 @@ function begin(j: Job, n: number): FromWorker {
   j.micro = microBatchesOf(batch.tokens, j.placement.microBatches, j.rows, t.seqLen, 'weights' in batch ? batch.weights : undefined);
   for (const mb of j.micro) checkIds(mb, j.spec.model.vocabSize);
   j.inputs.clear();
+  j.backwards = 0;
+  j.model.discardGrads();
   j.grads.fill(0); // j.step becomes n when the update is applied
   return { type: 'begun', lr: lrAt(n - 1, { maxLr: t.lr, minLr: t.minLr, warmupSteps: t.warmupSteps, decaySteps: t.steps }) };
 }
@@ -371,7 +374,9 @@ async function backward(j: Job, i: number, gradOut?: Float32Array): Promise<[Fro
   j.inputs.delete(i);
   if (!j.model.hasHead && !gradOut) throw new Error(`stage ${j.coords.pp} needs the next stage's gradient`);
   const upstream = j.model.hasHead ? { targets: mb.targets, scale: 1 / j.placement.microBatches, objective: await objectiveFor(j, mb) } : { gradOut: gradOut! };
-  const r = await j.model.backward(input, mb.batch, mb.seq, upstream, j.grads, dropoutSeed(j, i));
+  // The gradients go into j.grads by the end of the step's last micro-batch: main all-reduces them next.
+  const last = ++j.backwards === j.micro.length;
+  const r = await j.model.backward(input, mb.batch, mb.seq, upstream, j.grads, dropoutSeed(j, i), { flush: last });
   const reply: FromWorker = { type: 'bwdDone', tokens: mb.batch * mb.seq, busyMs: performance.now() - t0, ...r };
   return [reply, r.gradIn ? [r.gradIn.buffer as ArrayBuffer] : []];
 }

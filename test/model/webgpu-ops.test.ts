@@ -119,3 +119,29 @@ test('the chunked LM head on WebGPU (on the device: online log-sum-exp, ∂L/∂
   assert.ok(maxRel(web.dW, wasm.dW) <= TOL, `∂L/∂W ${maxRel(web.dW, wasm.dW)} apart`);
   assert.ok(wasm.dW.some((v) => v !== 0) && wasm.dh.some((v) => v !== 0));
 });
+
+test('a StageModel on WebGPU sums its gradients on the device and writes them once, at the flush', async () => {
+  tf.setBackend('webgpu');
+  const { StageModel } = await import('../../model/stage-model.ts');
+  const { initShardParams, shardLayout } = await import('../../model/shard-layout.ts');
+  const { gptConfig } = await import('../../model/gpt.ts');
+  const config = gptConfig({ vocabSize: 61, nCtx: 8, nLayer: 1, nHead: 2, nEmbd: 16 });
+  const layout = shardLayout(config, { stage: 0, stages: 1, firstLayer: 0, endLayer: 1, tpRank: 0, tpSize: 1 });
+  const stage = new StageModel(config, layout, initShardParams(config, layout, 3));
+  const ids = Int32Array.from({ length: 8 }, (_, i) => (i * 7 + 1) % 61), targets = Int32Array.from({ length: 8 }, (_, i) => (i * 5 + 2) % 61);
+  try {
+    const once = new Float32Array(layout.totalSize);
+    await stage.backward({ ids }, 1, 8, { targets, scale: 1 }, once); // flushed at once (the default)
+    const twice = new Float32Array(layout.totalSize);
+    await stage.backward({ ids }, 1, 8, { targets, scale: 1 }, twice, undefined, { flush: false });
+    await stage.backward({ ids }, 1, 8, { targets, scale: 1 }, twice, undefined, { flush: false });
+    const fc = layout.byName.get('h.0.mlp.c_fc.weight')!;
+    assert.ok(twice.subarray(fc.offset, fc.offset + fc.size).every((v) => v === 0), 'nothing of a block\'s gradient before the flush');
+    await stage.flushGrads(twice);
+    const doubled = once.map((v) => 2 * v);
+    assert.ok(maxRel(twice, doubled) <= 1e-6, `two micro-batches summed on the device: ${maxRel(twice, doubled)} from twice one`);
+    stage.discardGrads();
+  } finally {
+    stage.dispose();
+  }
+});
