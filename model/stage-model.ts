@@ -297,7 +297,8 @@ export class StageModel {
         // 4. the embeddings (first stage), or ∂L/∂input for the previous stage
         if (this.hasEmbed) {
           const ids = (input as { ids: Int32Array }).ids;
-          await valuesOf(dy, (v) => this.#embeddingGrads(ids, B, T, v, grads));
+          if (this.#deviceGrads) this.#embeddingGradsOnDevice(ids, B, T, dy);
+          else await valuesOf(dy, (v) => this.#embeddingGrads(ids, B, T, v, grads));
           return loss !== undefined ? { loss } : {};
         }
         return { gradIn: await copyOf(dy), ...(loss !== undefined ? { loss } : {}) };
@@ -465,6 +466,32 @@ export class StageModel {
       if (wpe) {
         const o = wpe.offset + (i % T) * d;
         for (let j = 0; j < d; j++) grads[o + j] = grads[o + j]! + dy[src + j]!;
+      }
+    }
+  }
+
+  /**
+   * The embeddings' backward on a GPU backend, summed on the device with the other gradients (#deviceGrads): the
+   * scatter-add is UnsortedSegmentSum there (WebGPU has the kernel; wasm has not, hence #embeddingGrads), and ∂L/∂x
+   * never comes back to the CPU.
+   */
+  #embeddingGradsOnDevice(ids: Int32Array, B: number, T: number, dy: tf.Tensor2D): void {
+    const d = this.config.nEmbd;
+    const wte = this.trainable.byName.get('wte.weight'), wpe = this.trainable.byName.get('wpe.weight');
+    if (wte) {
+      const g = tf.tidy(() => tf.unsortedSegmentSum(dy, tf.tensor1d(ids, 'int32'), this.config.vocabSize));
+      try {
+        this.#accumulate('wte.weight', wte.offset, g);
+      } finally {
+        g.dispose();
+      }
+    }
+    if (wpe) {
+      const g = tf.tidy(() => dy.reshape([B, T, d]).sum(0)); // positions 0…T−1: wpe's first T rows
+      try {
+        this.#accumulate(`wpe.weight#${T}`, wpe.offset, g);
+      } finally {
+        g.dispose();
       }
     }
   }
