@@ -104,7 +104,9 @@ export async function loadWebGpu(tf: Tf, options: { software?: boolean } = {}): 
   if (!adapter) {
     const hint = options.software
       ? `${isMainThread || process.env.EGL_PLATFORM ? '' : ' (in a worker thread: the main thread must set EGL_PLATFORM=surfaceless before starting it, prepareSoftwareGpuEnv)'}; npm run setup installs Mesa's packages`
-      : '';
+      : vulkanLoader() === null
+        ? ': this machine has no Vulkan loader (libvulkan.so.1); install the GPU driver with its Vulkan ICD and libvulkan1 (scripts/gpu-check.sh says what is missing)'
+        : '; scripts/gpu-check.sh lists the Vulkan drivers it finds';
     throw new WebGpuUnavailable(`Dawn found no ${options.software ? 'software (OpenGL ES, llvmpipe)' : dawnBackend} adapter${hint}`);
   }
   const a = adapter.info;
