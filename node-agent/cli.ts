@@ -29,7 +29,7 @@ Arguments:
 Options:
   --token TOKEN            the cluster's join token (printed by 'coordinator start'; or set MESHTRAIN_TOKEN)
   --name NAME              how this agent appears in the cluster (default: the host name and process id)
-  --backend B              compute backend: ${AGENT_BACKENDS.join('|')} (default: auto = tfjs-node-gpu, tfjs-node, then wasm)
+  --backend B              compute backend: ${AGENT_BACKENDS.join('|')} (default: auto = a GPU through WebGPU, tfjs-node-gpu, tfjs-node, then wasm)
   --peer-port PORT         port for links from other agents, and for GET /metrics and /healthz (default: 0 = any free port)
   --peer-listen HOST       interface the peer listener binds (default: 0.0.0.0)
   --peer-host HOST         address other agents should dial (default: this machine's address toward the coordinator)
