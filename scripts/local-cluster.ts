@@ -101,7 +101,8 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
   const ownDir = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'meshtrain-'));
   const token = opts.token ?? randomBytes(16).toString('hex');
-  const env = { ...opts.env, LOG_LEVEL: opts.logLevel ?? 'warn' };
+  // The cluster's agents take turns measuring themselves (node-agent/compute/host-lock.ts), among themselves only.
+  const env = { MESHTRAIN_MEASURE_LOCK: join(dataDir, 'measure.lock'), ...opts.env, LOG_LEVEL: opts.logLevel ?? 'warn' };
   const stderr = opts.stderr ?? 'capture';
   let port = 0;
   const tlsArgs = opts.tls ? ['--tls-cert', opts.tls.cert, '--tls-key', opts.tls.key] : [];

@@ -11,7 +11,9 @@ import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export const MEASURE_LOCK = join(tmpdir(), 'meshtrain-measure.lock');
+/** MESHTRAIN_MEASURE_LOCK names another: scripts/local-cluster.ts gives each cluster its own, so test files running
+ * side by side do not queue behind each other's agents. */
+export const MEASURE_LOCK = process.env.MESHTRAIN_MEASURE_LOCK ?? join(tmpdir(), 'meshtrain-measure.lock');
 
 function alive(pid: number): boolean {
   try {
