@@ -19,9 +19,11 @@ import {
   slowdown,
   stageComputeMs,
   stageParams,
+  agentProbe,
   type PlannerAgent,
   type PlanRequest,
 } from '../../coordinator/planner.ts';
+import { PROBE_SHAPES } from '../../protocol/probe.ts';
 
 const agent = (id: string, host: string, matmulGflops = 20, memoryBytes = 8e9, cores = 2): PlannerAgent => ({ id, host, cores, memoryBytes, matmulGflops });
 
@@ -498,5 +500,33 @@ describe('GPU agents', () => {
     const both = planJob(request({ model: MID, agents, parallel: { data: 1, pipeline: 2, tensor: 1 } })).chosen!;
     const blocksOn = (id: string) => { const [a, b] = both.stages[both.placement.indexOf(id)]!; return b - a; };
     assert.ok(blocksOn('w1') < blocksOn('g1'), `stages ${JSON.stringify(both.stages)} on ${both.placement.join(', ')}`);
+  });
+});
+
+describe('per-agent probes', () => {
+  test('fitProbe recovers the costs that made the probe times, and refuses what it cannot fit', () => {
+    // The fit scales the calibration's element and parameter costs by one factor and its per-block and
+    // per-micro-batch costs by another: an agent 0.52× and 3.5× the development machine.
+    const a = 0.52, b = 3.5;
+    const truth = { elementNs: 2.5 * a, paramNsPerMicroBatch: 17 * a, blockPassMs: 0.2 * b, microBatchMs: 0.7 + 2.2 * b };
+    // what an agent with those costs and 20 GFLOP/s would measure on each probe shape (one thread: no round trips)
+    const times = PROBE_SHAPES.map(({ model, rows, seqLen }) => {
+      const work = { blocks: model.nLayer, first: true, last: true, tensor: 1, recompute: false };
+      return stageComputeMs(model, rows, seqLen, work, 20e9 * DEFAULT_CALIBRATION.efficiency, { ...DEFAULT_CALIBRATION, ...truth, microBatchMs: truth.microBatchMs - 0.7 }).totalMs;
+    });
+    const fit = agentProbe(times, 20)!;
+    for (const k of Object.keys(truth) as Array<keyof typeof truth>) assert.ok(Math.abs(fit[k] - truth[k]) <= 1e-3 * truth[k], `${k}: ${fit[k]} vs ${truth[k]}`);
+    assert.equal(agentProbe(times.slice(0, 1), 20), null, 'one shape: two unknowns cannot be fitted');
+    assert.equal(agentProbe(undefined, 20), null, 'an agent that sent no probe');
+    assert.equal(agentProbe(times.map((t) => t / 100), 20), null, 'faster than its own matmuls: no positive fit');
+  });
+
+  test('an agent\'s probe and its refit change what its compute is predicted to cost', () => {
+    const base = agent('a', 'h1');
+    const predict = (a: PlannerAgent) => planJob(request({ agents: [a], parallel: { data: 1, pipeline: 1, tensor: 1 } })).chosen!.predicted.computeMs;
+    const slow = { elementNs: 5, paramNsPerMicroBatch: 34, blockPassMs: 0.4, microBatchMs: 5.8 }; // twice the defaults
+    assert.ok(predict({ ...base, probe: slow }) > 1.2 * predict(base), 'a slower probe, a slower prediction');
+    const r = predict({ ...base, refit: 1.5 }) / predict(base);
+    assert.ok(Math.abs(r - 1.5) < 0.01, `a refit of 1.5 scales compute by ${r}`);
   });
 });
