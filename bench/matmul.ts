@@ -21,11 +21,13 @@
  * no optimizer) of the reference config, best of --rounds (skip with --no-gpt); backend and adapter (what actually
  * ran: the GPU's vendor and description on WebGPU, else "cpu"); fast_kernels; seconds.
  */
+import { adapterName } from '../protocol/gpu.ts';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import { GPT } from '../model/gpt.ts';
 import { registerFastWasmKernels, unregisterFastWasmKernels } from '../model/kernels/index.ts';
 import { BACKENDS, loadBackend, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { isBackendChoice } from '../protocol/backends.ts';
 
 interface Shape {
   name: string;
@@ -118,7 +120,7 @@ export default async function main(argv: string[]): Promise<object> {
     },
   });
   const choice = values.backend as BackendChoice;
-  if (!(BACKENDS as readonly string[]).includes(choice)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
+  if (!isBackendChoice(choice)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
   const layers = Number(values.layers);
   const vocab = Number(values.vocab);
   const rounds = Number(values.rounds);
@@ -129,7 +131,7 @@ export default async function main(argv: string[]): Promise<object> {
   const swaps = loaded.name === 'wasm'; // the stock and the fast kernel exist side by side only on wasm
   const stock = () => swaps && unregisterFastWasmKernels();
   const fast = () => swaps && registerFastWasmKernels();
-  const adapter = loaded.gpu ? `${loaded.gpu.vendor} ${loaded.gpu.description}`.trim() + ` (${loaded.gpu.dawnBackend}${loaded.gpu.software ? ', software' : ''})` : 'cpu';
+  const adapter = loaded.gpu ? adapterName(loaded.gpu) : 'cpu';
 
   const measure = async (s: Shape) => {
     const a = tf.randomNormal(s.a);

@@ -15,13 +15,15 @@
  *   matmul_peak_gflops   best 1024³ float32 matmul on the same backend (the practical ceiling)
  *   ratio                model FLOP/s ÷ matmul peak (target ≥ 0.7 on wasm; ≥ 0.5 on a GPU)
  */
+import { adapterName } from '../protocol/gpu.ts';
 import * as tf from '@tensorflow/tfjs';
 import { intOption, parseCli } from '../common/cli.ts';
 import { largestTensorBytes } from '../coordinator/cost-model.ts';
 import { AdamW, clipGradNorm } from '../model/optim.ts';
 import { initShardParams, shardLayout } from '../model/shard-layout.ts';
 import { StageModel } from '../model/stage-model.ts';
-import { AGENT_BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { isBackendChoice } from '../protocol/backends.ts';
 
 const MODELS = {
   reference: { config: { vocabSize: 256, nCtx: 64, nLayer: 2, nHead: 4, nEmbd: 128 }, batch: 16, seq: 64 },
@@ -39,9 +41,9 @@ export default async function main(argv: string[]): Promise<object> {
   const B = intOption(values.batch, 'batch', MODELS[name].batch, 1, 1024);
   const T = intOption(values.seq, 'seq', MODELS[name].seq, 1, config.nCtx);
   const choice = (values.backend ?? 'wasm') as BackendChoice;
-  if (!(AGENT_BACKENDS as readonly string[]).includes(choice)) throw new Error(`--backend must be one of ${AGENT_BACKENDS.join(', ')}`);
+  if (!isBackendChoice(choice)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
   const loaded = await loadBackend(choice);
-  const adapter = loaded.gpu ? `${loaded.gpu.vendor} ${loaded.gpu.description}`.trim() + ` (${loaded.gpu.dawnBackend}${loaded.gpu.software ? ', software' : ''})` : 'cpu';
+  const adapter = loaded.gpu ? adapterName(loaded.gpu) : 'cpu';
   const largest = largestTensorBytes(config, B, T, { blocks: config.nLayer, first: true, last: true, tensor: 1 });
   if (loaded.gpu && largest > loaded.gpu.maxStorageBufferBindingSize) {
     loaded.release();

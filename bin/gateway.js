@@ -10,12 +10,13 @@ const { runCli } = await import('../gateway/cli.ts');
 const { gptBackendFactory } = await import('../gateway/gpt-backend.ts');
 const { loadBackend } = await import('../node-agent/compute/backend.ts');
 const { createLogger } = await import('../common/log.ts');
+const { adapterName } = await import('../protocol/gpu.ts');
 const argv = process.argv.slice(2);
 const wantsModels = argv[0] === 'serve' && !argv.includes('--fake') && !argv.includes('--help') && !argv.includes('-h');
 let loaded;
 const backendFactory = async (files, meta, options = {}) => {
   loaded ??= loadBackend(options.backend ?? 'auto').then((b) => {
-    const gpu = b.gpu ? ` on ${b.gpu.vendor} ${b.gpu.description} (${b.gpu.dawnBackend}${b.gpu.software ? ', software' : ''})` : '';
+    const gpu = b.gpu ? ` on ${adapterName(b.gpu)}` : '';
     createLogger('gateway').info(`compute backend: ${b.name}${gpu}${b.passedOver.length ? `; passed over ${b.passedOver.join('; ')}` : ''}`);
     return b;
   });

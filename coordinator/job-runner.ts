@@ -57,8 +57,9 @@ interface Attempt {
   /** The planner's step time for this attempt, its agents' speedKeys and the refits it was predicted with. */
   predictedStepMs: number;
   refitBase: Map<string, number>;
-  /** Step times reported so far (the first pays for warm-up: the refit leaves it out). */
+  /** The last REFIT_WINDOW step times after the first (which pays for warm-up), and whether the first came. */
   stepTimes: number[];
+  warmedUp: boolean;
   layout: ParallelLayout;
   stages: Array<[number, number]>;
   microBatches: number;
@@ -145,6 +146,8 @@ const RESTART_SETTLE_MS = 1000;
 const SLOWDOWN_TTL_MS = 10 * 60_000;
 /** How long a step-time refit of the cost model is believed (a machine's load changes; the probe stays). */
 const REFIT_TTL_MS = 60 * 60_000;
+/** Steps whose median refits the cost model: the most recent ones (a long job's history is not re-sorted each step). */
+const REFIT_WINDOW = 16;
 
 export class JobRunner {
   readonly #o: JobRunnerOptions;
@@ -270,10 +273,14 @@ export class JobRunner {
    * compute by it. Agents of one host and backend are alike, so what one job measured rates them all.
    */
   #refit(a: Attempt, stepMs: number): void {
+    if (!a.warmedUp) {
+      a.warmedUp = true;
+      return;
+    }
     a.stepTimes.push(stepMs);
-    const steady = a.stepTimes.slice(1);
-    if (steady.length < 3 || !(a.predictedStepMs > 0)) return;
-    const ratio = Math.min(2, Math.max(0.5, median(steady)! / a.predictedStepMs));
+    if (a.stepTimes.length > REFIT_WINDOW) a.stepTimes.shift();
+    if (a.stepTimes.length < 3 || !(a.predictedStepMs > 0)) return;
+    const ratio = Math.min(2, Math.max(0.5, median(a.stepTimes)! / a.predictedStepMs));
     for (const [key, base] of a.refitBase) this.#refits.set(key, { factor: Math.min(4, Math.max(0.25, base * ratio)), atMs: this.#now() });
   }
 
@@ -282,13 +289,9 @@ export class JobRunner {
     return r && this.#now() - r.atMs < REFIT_TTL_MS ? r.factor : undefined;
   }
 
-  #hubNode(id: string): NodeRecord | undefined {
-    return this.#o.hub.availableNodes().find((n) => n.id === id);
-  }
-
   #plannerAgent(n: NodeRecord): FreeAgent {
     const probe = agentProbe(n.capabilities.probeMs, n.capabilities.matmulGflops);
-    const refit = this.#refitOf(speedKey({ id: n.id, host: hostOf(n.peerAddress), backend: n.capabilities.backend }));
+    const refit = this.#refitOf(speedKeyOf(n));
     const seen = this.#slowdowns.get(n.id);
     const fresh = seen && this.#now() - seen.atMs < SLOWDOWN_TTL_MS;
     return {
@@ -380,11 +383,8 @@ export class JobRunner {
     const attemptNo = jobs.nextAttempt(job.id, this.#now());
     const attempt: Attempt = {
       jobId: job.id, attempt: attemptNo, groupId: null, nodeIds, layout, stages: chosen.stages, microBatches: chosen.microBatches, lastActivityMs: this.#now(),
-      predictedStepMs: chosen.predicted.stepMs, stepTimes: [],
-      refitBase: new Map(nodeIds.map((id) => this.#hubNode(id)).filter((n) => n !== undefined).map((n) => {
-        const key = speedKey(this.#plannerAgent(n));
-        return [key, this.#refitOf(key) ?? 1];
-      })),
+      predictedStepMs: chosen.predicted.stepMs, stepTimes: [], warmedUp: false,
+      refitBase: new Map(this.#o.hub.availableNodes().filter((n) => nodeIds.includes(n.id)).map((n) => [speedKeyOf(n), this.#refitOf(speedKeyOf(n)) ?? 1])),
       data: null, finished: new Map(), lastProgress: null, lastEvalLoss: null,
       stopping: false, shards: new Map(), merged: new Map(), telemetry: null,
       span: startAttemptSpan(job.id, attemptNo, { 'meshtrain.job.name': job.name, 'meshtrain.layout': layoutName(layout) }),
@@ -827,6 +827,11 @@ function hostOf(peerAddress: string): string {
   } catch {
     return peerAddress;
   }
+}
+
+/** The planner's speedKey of a node, from its record. */
+function speedKeyOf(n: NodeRecord): string {
+  return speedKey({ id: n.id, host: hostOf(n.peerAddress), backend: n.capabilities.backend });
 }
 
 /** A version's files as a worker thread takes them: small ones as bytes, stored ones by path (the worker reads them). */

@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPT, type Param } from '../model/gpt.ts';
 import type { BatchEngine, PrefillInput, PrefillOutput } from './batch-scheduler.ts';
-import { copyOf } from '../model/tensor-values.ts';
+import { takeValues } from '../model/tensor-values.ts';
 
 const MASKED = -1e9; // added to hidden scores, as gpt.ts does: exp underflows to exactly 0
 const WIDTH_CHUNK = 16; // cache columns added at a time: masked columns cost a little attention, reallocations more
@@ -59,15 +59,6 @@ export function prefillGroups(lengths: readonly number[]): number[][] {
   }
   if (group.length > 0) groups.push(group);
   return groups;
-}
-
-/** A logits tensor's values (the caller's own array), and the tensor disposed. */
-async function readLogits(logits: tf.Tensor): Promise<Float32Array> {
-  try {
-    return await copyOf(logits);
-  } finally {
-    logits.dispose();
-  }
 }
 
 export class GptBatchEngine implements BatchEngine<PromptKV> {
@@ -130,7 +121,7 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
       }
       return this.#head(x, wanted);
     });
-    const values = await readLogits(logits); // [wanted, V]; a sync point on GPU backends
+    const values = await takeValues(logits); // [wanted, V]; a sync point on GPU backends
     const V = this.logitsWidth;
     let row = 0;
     return prompts.map((p, r) => {
@@ -203,7 +194,7 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
     this.#disposeLayers();
     this.#layers = next; // before the wait: the engine's state is whole whatever happens during it
     this.#lengths = this.#lengths.map((n) => n + 1);
-    return readLogits(logits); // [B, V]: the step's one sync point
+    return takeValues(logits); // [B, V]: the step's one sync point
   }
 
   release(prompt: PromptKV): void {

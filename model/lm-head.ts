@@ -19,7 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES, headChunkRows } from './lm-head-chunks.ts';
-import { copyOf, readChecked, readsSync, valuesOf } from './tensor-values.ts';
+import { readChecked, readsSync, takeValues, valuesOf } from './tensor-values.ts';
 
 export { HEAD_CHUNK_ELEMENTS, LOGITS_KEPT_BYTES } from './lm-head-chunks.ts';
 
@@ -85,14 +85,7 @@ export async function lmHead(h: tf.Tensor2D, W: tf.Tensor2D, targets: Int32Array
   const kept: Float32Array[] = [];
 
   // zᵀ of W_c's rows: [rows, N] (only h, small, goes in transposed).
-  const logitsT = async (Wc: tf.Tensor2D): Promise<Float32Array> => {
-    const zT = tf.matMul(Wc, h, false, true);
-    try {
-      return await copyOf(zT);
-    } finally {
-      zT.dispose();
-    }
-  };
+  const logitsT = (Wc: tf.Tensor2D): Promise<Float32Array> => takeValues(tf.matMul(Wc, h, false, true));
   const rowsOf = (r0: number, r1: number) => W.slice([r0, 0], [r1 - r0, d]);
 
   // 1. log-sum-exp per token, and the target's logit
@@ -236,23 +229,23 @@ async function lmHeadOnDevice(
             addWeightGradTensor(r0, dWc);
             handedOver = true;
           } else if (dWc) await valuesOf(dWc, (v) => addWeightGrad!(r0, v));
-          const sumT: tf.Tensor2D = dhT ? tf.add(dhT, partT) : tf.clone(partT);
-          dhT?.dispose();
-          dhT = sumT;
+          if (dhT) {
+            const sumT: tf.Tensor2D = tf.add(dhT, partT);
+            dhT.dispose();
+            partT.dispose();
+            dhT = sumT;
+          } else dhT = partT; // the first chunk's part is the sum so far
+        } catch (err) {
+          if (partT !== dhT) partT.dispose();
+          throw err;
         } finally {
           if (!handedOver) dWc?.dispose();
-          partT.dispose();
         }
       }
     } finally {
       g.dispose();
     }
-    const dh = tf.tidy(() => dhT!.transpose()) as tf.Tensor2D;
-    try {
-      return { loss, dh: await copyOf(dh) };
-    } finally {
-      dh.dispose();
-    }
+    return { loss, dh: await takeValues(tf.tidy(() => dhT!.transpose())) };
   } finally {
     tf.dispose([t, columns, c]);
     lse?.dispose();

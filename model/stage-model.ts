@@ -33,8 +33,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
 import { lmCoefficients, lmHead } from './lm-head.ts';
+import { headChunkRows } from './lm-head-chunks.ts';
 import { loraDropout } from './lora.ts';
-import { copyOf, readChecked, readsSync, valuesOf } from './tensor-values.ts';
+import { copyOf, readChecked, readsSync, takeValues, valuesOf } from './tensor-values.ts';
 import { objectiveLoss, type Objective } from './objectives.ts';
 import type { ShardLayout } from './shard-layout.ts';
 
@@ -126,12 +127,7 @@ export class StageModel {
 
   /** The sum of `x` over the tensor-parallel group, as a new tensor; `x` is disposed. */
   async #allReduce(x: tf.Tensor): Promise<tf.Tensor2D> {
-    let data: Float32Array;
-    try {
-      data = await copyOf(x);
-    } finally {
-      x.dispose();
-    }
+    const data = await takeValues(x);
     await this.#tp!.allReduce(data);
     return tf.tensor2d(data, x.shape as [number, number], 'float32');
   }
@@ -143,12 +139,7 @@ export class StageModel {
   async forward(input: StageInput, B: number, T: number, dropoutSeed?: number): Promise<Float32Array> {
     if (this.hasHead) throw new RangeError('the last stage has no activations to send; call backward (or loss)');
     return this.#training(dropoutSeed, () => this.#withMask(T, async (mask) => {
-      const out = await this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask);
-      try {
-        return await copyOf(out);
-      } finally {
-        out.dispose();
-      }
+      return takeValues(await this.#blocks(tf.tidy(() => this.#input(input, B, T)), B, T, mask));
     }));
   }
 
@@ -224,6 +215,26 @@ export class StageModel {
   discardGrads(): void {
     for (const { t } of this.#deviceGrads?.values() ?? []) t.dispose();
     this.#deviceGrads?.clear();
+  }
+
+  /**
+   * Adds rows [row0, row0 + g's rows) of wte's gradient (the caller's tensor) into the device-side sums, which hold
+   * wte in the head's vocabulary chunks (lm-head.ts, default chunking) whoever adds to it: the head a chunk at a
+   * time, the embeddings' scatter-add and a whole-logits objective all at once. One set of sums, so a flush reads
+   * wte's gradient once, not once per contributor.
+   */
+  #accumulateWte(row0: number, g: tf.Tensor2D): void {
+    const { offset } = this.trainable.byName.get('wte.weight')!;
+    const d = this.config.nEmbd, rows = headChunkRows(this.config.vocabSize, d), n = g.shape[0];
+    if (row0 % rows === 0 && n <= rows) return this.#accumulate(`wte.weight#${row0}`, offset + row0 * d, g);
+    for (let r = row0; r < row0 + n; r += rows) {
+      const part = g.slice([r - row0, 0], [Math.min(rows, row0 + n - r), d]);
+      try {
+        this.#accumulate(`wte.weight#${r}`, offset + r * d, part);
+      } finally {
+        part.dispose();
+      }
+    }
   }
 
   /** Adds `g` (the caller's) into the device-side sum at `key`, which lands at `offset` of the flat buffer. */
@@ -349,7 +360,8 @@ export class StageModel {
   #addGrad(name: string, g: tf.Tensor, grads: Float32Array): Promise<void> {
     const spec = this.trainable.byName.get(name)!;
     if (this.#deviceGrads) {
-      this.#accumulate(name, spec.offset, g);
+      if (name === 'wte.weight') this.#accumulateWte(0, g as tf.Tensor2D);
+      else this.#accumulate(name, spec.offset, g);
       return Promise.resolve();
     }
     return valuesOf(g, (v) => {
@@ -430,7 +442,7 @@ export class StageModel {
         } } : {}),
         ...(wte && this.#deviceGrads ? { addWeightGradTensor: (row0: number, g: tf.Tensor2D) => {
           try {
-            this.#accumulate(`wte.weight#${row0}`, wte.offset + row0 * d, g);
+            this.#accumulateWte(row0, g);
           } finally {
             g.dispose();
           }
@@ -481,7 +493,7 @@ export class StageModel {
     if (wte) {
       const g = tf.tidy(() => tf.unsortedSegmentSum(dy, tf.tensor1d(ids, 'int32'), this.config.vocabSize));
       try {
-        this.#accumulate('wte.weight', wte.offset, g);
+        this.#accumulateWte(0, g);
       } finally {
         g.dispose();
       }

@@ -39,9 +39,7 @@ export function readsSync(): boolean {
 export async function valuesOf<T>(t: tf.Tensor, use: (values: Float32Array) => T): Promise<T> {
   if (readsSync()) return withValues(t, use);
   if (t.dtype !== 'float32') throw new TypeError(`valuesOf reads float32 tensors, got ${t.dtype}`);
-  const values = (await t.data()) as Float32Array;
-  deviceCheck?.();
-  return use(values);
+  return use((await readChecked(t)) as Float32Array);
 }
 
 let deviceCheck: (() => void) | undefined;
@@ -66,9 +64,17 @@ export async function readChecked(t: tf.Tensor): Promise<ArrayLike<number>> {
 export async function copyOf(t: tf.Tensor): Promise<Float32Array> {
   if (t.dtype !== 'float32') throw new TypeError(`copyOf reads float32 tensors, got ${t.dtype}`);
   const name = tf.getBackend();
-  const values = (await t.data()) as Float32Array;
-  deviceCheck?.();
+  const values = (await readChecked(t)) as Float32Array;
   // wasm's data() is a fresh copy of the heap; cpu's is the tensor's own array, and WebGPU's is kept as the
   // tensor's CPU copy (convertAndCacheOnCPU): changing it would change the tensor.
   return name === 'wasm' ? values : Float32Array.from(values);
+}
+
+/** copyOf, then the tensor disposed (also when the read fails). */
+export async function takeValues(t: tf.Tensor): Promise<Float32Array> {
+  try {
+    return await copyOf(t);
+  } finally {
+    t.dispose();
+  }
 }

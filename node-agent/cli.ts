@@ -10,7 +10,8 @@ import { createLogger } from '../common/log.ts';
 import { intOption, parseCli, UsageError, wsUrl } from '../common/cli.ts';
 import { Agent, DEFAULT_BACKOFF } from './agent.ts';
 import { measureCapabilities } from './capabilities.ts';
-import { AGENT_BACKENDS, type BackendChoice } from './compute/backend.ts';
+import { BACKENDS, type BackendChoice } from './compute/backend.ts';
+import { isBackendChoice } from '../protocol/backends.ts';
 import { AgentError } from './errors.ts';
 import { loadServerTls, loadTrust, tlsPairProblems, type ServerTls } from '../common/tls.ts';
 import { createStepTracer, initTracing } from '../common/tracing.ts';
@@ -29,7 +30,7 @@ Arguments:
 Options:
   --token TOKEN            the cluster's join token (printed by 'coordinator start'; or set MESHTRAIN_TOKEN)
   --name NAME              how this agent appears in the cluster (default: the host name and process id)
-  --backend B              compute backend: ${AGENT_BACKENDS.join('|')} (default: auto = a GPU through WebGPU, tfjs-node-gpu, tfjs-node, then wasm)
+  --backend B              compute backend: ${BACKENDS.join('|')} (default: auto = a GPU through WebGPU, tfjs-node-gpu, tfjs-node, then wasm)
   --peer-port PORT         port for links from other agents, and for GET /metrics and /healthz (default: 0 = any free port)
   --peer-listen HOST       interface the peer listener binds (default: 0.0.0.0)
   --peer-host HOST         address other agents should dial (default: this machine's address toward the coordinator)
@@ -89,7 +90,7 @@ async function main(argv: string[]): Promise<number> {
   const token = values.token ?? process.env.MESHTRAIN_TOKEN;
   if (!token) throw new UsageError('missing --token (or MESHTRAIN_TOKEN); `coordinator start` prints the join token');
   const backend = (values.backend ?? 'auto') as BackendChoice;
-  if (!(AGENT_BACKENDS as readonly string[]).includes(backend)) throw new UsageError(`--backend must be one of ${AGENT_BACKENDS.join(', ')}, got '${backend}'`);
+  if (!isBackendChoice(backend)) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got '${backend}'`);
   const name = values.name ?? `${hostname()}-${process.pid}`;
   if (!/^.{1,64}$/u.test(name)) throw new UsageError('--name must be 1 to 64 characters');
 

@@ -10,13 +10,11 @@
  * (model/tensor-values.ts): tfjs' WebGPU backend cannot dataSync() in Node (it needs OffscreenCanvas).
  */
 import type { Worker } from 'node:worker_threads';
-import { prepareSoftwareGpuEnv, vulkanLoader, type GpuInfo } from './webgpu.ts';
+import { loadWebGpu, prepareSoftwareGpuEnv, vulkanLoader, WebGpuUnavailable, type GpuInfo } from './webgpu.ts';
 
 import { BACKENDS, type BackendChoice } from '../../protocol/backends.ts';
 
 export { BACKENDS, type BackendChoice };
-/** What an agent's --backend takes (`webgpu-software` is Mesa's llvmpipe: for tests, never faster than wasm). */
-export const AGENT_BACKENDS = BACKENDS;
 
 export type Tf = typeof import('@tensorflow/tfjs');
 
@@ -61,13 +59,15 @@ async function tryImport(specifier: string): Promise<{ tf: Tf } | { error: strin
 export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend> {
   const passedOver: string[] = [];
   const none = () => {};
-  if (choice === 'webgpu' || choice === 'webgpu-software') {
+  const webgpu = async (software: boolean): Promise<LoadedBackend> => {
     const tf = await import('@tensorflow/tfjs');
-    const { loadWebGpu, WebGpuUnavailable } = await import('./webgpu.ts');
+    const gpu = await loadWebGpu(tf, { software });
+    await tf.ready();
+    return { tf, name: 'webgpu', gpu: gpu.info, passedOver, release: gpu.release };
+  };
+  if (choice === 'webgpu' || choice === 'webgpu-software') {
     try {
-      const gpu = await loadWebGpu(tf, { software: choice === 'webgpu-software' });
-      await tf.ready();
-      return { tf, name: 'webgpu', gpu: gpu.info, passedOver, release: gpu.release };
+      return await webgpu(choice === 'webgpu-software');
     } catch (err) {
       if (err instanceof WebGpuUnavailable) throw new Error(`--backend ${choice}: ${err.message}`);
       throw err;
@@ -76,12 +76,8 @@ export async function loadBackend(choice: BackendChoice): Promise<LoadedBackend>
   if (choice === 'auto' && vulkanLoader() === null) {
     passedOver.push('webgpu: no Vulkan loader (libvulkan.so.1) on this machine: install the GPU driver\'s Vulkan ICD and libvulkan1');
   } else if (choice === 'auto') {
-    const tf = await import('@tensorflow/tfjs');
-    const { loadWebGpu } = await import('./webgpu.ts');
     try {
-      const gpu = await loadWebGpu(tf);
-      await tf.ready();
-      return { tf, name: 'webgpu', gpu: gpu.info, passedOver, release: gpu.release };
+      return await webgpu(false);
     } catch (err) {
       passedOver.push(`webgpu: ${(err as Error).message.split('\n')[0]}`);
     }

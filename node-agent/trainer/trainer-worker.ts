@@ -40,7 +40,7 @@ const { importHf } = await import('../../model/hf-format.ts');
 const { writeCheckpointFiles } = await import('../../model/checkpoint-files.ts');
 const { rowLogprobs } = await import('../../model/objectives.ts');
 const { chunkRange } = await import('../collectives/partition.ts');
-const { copyOf } = await import('../../model/tensor-values.ts');
+const { copyOf, takeValues } = await import('../../model/tensor-values.ts');
 
 type Reader = InstanceType<typeof TokenShardReader> | InstanceType<typeof ExampleReader>;
 /** One micro-batch: ids and targets [rows, seq]; with examples, which targets are learned ([rows, seq]). */
@@ -311,21 +311,12 @@ async function objectiveFor(j: Job, mb: TokenBatch): Promise<Objective> {
   try {
     if (kind === 'dpo') {
       if (!weights) throw new Error('dpo needs example data (chosen/rejected pairs)');
-      return { kind: 'dpo', weights, refLogp: await readRows(rowLogprobs(logits, mb.targets, weights, B, T)), beta: j.spec.dpo!.beta, rpoAlpha: j.spec.dpo!.rpoAlpha ?? 0 };
+      return { kind: 'dpo', weights, refLogp: await takeValues(rowLogprobs(logits, mb.targets, weights, B, T)), beta: j.spec.dpo!.beta, rpoAlpha: j.spec.dpo!.rpoAlpha ?? 0 };
     }
     const { temperature, alpha } = j.spec.distill!;
     return { kind: 'distill', teacherLogits: await copyOf(logits), temperature, alpha, ...(weights ? { weights } : {}) };
   } finally {
     logits.dispose();
-  }
-}
-
-/** A tensor's values, and the tensor disposed. */
-async function readRows(t: import('@tensorflow/tfjs').Tensor): Promise<Float32Array> {
-  try {
-    return await copyOf(t);
-  } finally {
-    t.dispose();
   }
 }
 
