@@ -12,7 +12,7 @@
  */
 import { parseCli, intOption } from '../common/cli.ts';
 import { startCluster } from '../scripts/local-cluster.ts';
-import type { RunReport } from '../coordinator/groups.ts';
+import type { RunReport } from '../coordinator/cluster/groups.ts';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const round3 = (x: number) => Math.round(x * 1000) / 1000;

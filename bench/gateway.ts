@@ -40,7 +40,7 @@ import type { GenerateRequest, InferenceBackend } from '../gateway/inference-bac
 import { DirRegistrySource } from '../gateway/registry-source.ts';
 import { loadDemoCorpus } from '../model/corpus.ts';
 import { trainBpe } from '../model/tokenizer.ts';
-import { loadBackend, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { loadBackend, type BackendChoice } from '../model/compute/backend.ts';
 import { makeRegistry, startGateway, type GatewayProcess } from './support/gateway-fixture.ts';
 import { closedLoop, openLoop, quantile, sendRequest, type LoadRequest, type LoadResult } from './support/load-generator.ts';
 

@@ -26,7 +26,7 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import { GPT } from '../model/gpt.ts';
 import { registerFastWasmKernels, unregisterFastWasmKernels } from '../model/kernels/index.ts';
-import { BACKENDS, loadBackend, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { BACKENDS, loadBackend, type BackendChoice } from '../model/compute/backend.ts';
 import { isBackendChoice } from '../protocol/backends.ts';
 
 interface Shape {

@@ -10,14 +10,14 @@
  *   agents           what the planner was told about each agent (host, cores, matmulGflops measured on join)
  *   foreign_cores    per layout: cores other processes kept busy meanwhile (/proc; on a shared machine other work
  *                    slows the agents, and the planner cannot know of it)
- * The planner is given what the coordinator gives it in every job (coordinator/job-runner.ts tick()): the free
+ * The planner is given what the coordinator gives it in every job (coordinator/jobs/runner.ts tick()): the free
  * agents' host, cores, memory and matmul GFLOP/s; nothing here is tuned to these layouts. The model is the
  * reference width (d 128, 4 heads, context 64) with 4 blocks so that 4 pipeline stages fit; --embd 64 runs the
  * same at half the width, where per-operation costs dominate. --backend runs the agents on another backend
  * (webgpu-software: llvmpipe, whose error is a figure to report, not a target).
  *   backend          what the agents computed on
  * The planner knows each agent by what it measured at join on its own backend (matmul rate and the compute probe,
- * protocol/probe.ts) and by the step times of the jobs before (the coordinator's refit, job-runner.ts), as in
+ * protocol/probe.ts) and by the step times of the jobs before (the coordinator's refit, coordinator/jobs/runner.ts), as in
  * every cluster: the first layout is predicted from the probes alone.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { intOption, parseCli, UsageError } from '../common/cli.ts';
 import { startCluster, type LocalCluster } from '../scripts/local-cluster.ts';
 import { BACKENDS, isBackendChoice } from '../protocol/backends.ts';
-import type { PlanReport } from '../coordinator/plan-report.ts';
+import type { PlanReport } from '../coordinator/jobs/plan-report.ts';
 import { runToEnd, writeCorpus } from '../test/support/jobs.ts';
 
 const AGENTS = 4;

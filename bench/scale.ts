@@ -35,13 +35,13 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { intOption, parseCli } from '../common/cli.ts';
-import type { JobRecord } from '../coordinator/job-store.ts';
-import type { ModelVersion } from '../coordinator/registry.ts';
-import type { JobLive } from '../coordinator/job-runner.ts';
+import type { JobRecord } from '../coordinator/store/job-store.ts';
+import type { ModelVersion } from '../coordinator/registry/registry.ts';
+import type { JobLive } from '../coordinator/jobs/runner.ts';
 import { gptConfig, initParams, paramLayout, stateDict, type GPTConfig } from '../model/gpt.ts';
 import { writeSafetensors } from '../model/safetensors.ts';
 import { LOGITS_KEPT_BYTES } from '../model/lm-head-chunks.ts';
-import { backendPeakBytes } from '../coordinator/cost-model.ts';
+import { backendPeakBytes } from '../coordinator/jobs/cost-model.ts';
 import { spawnProc, startCluster, waitForLine, type LocalCluster, type Proc } from '../scripts/local-cluster.ts';
 import { untilJob, writeCorpus, type JobView } from '../test/support/jobs.ts';
 

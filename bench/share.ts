@@ -6,7 +6,7 @@
  * as a trainer worker does) back to back for --seconds, all at once; the median time per micro-batch of each.
  *   runs             [{n, ms: [median per process], slowdown: mean ms ÷ the n = 1 run's}]
  *   agent_cores      the least-squares agentCores of the planner's sharing model, slowdown = max(1, n·c / cores),
- *                    over the runs with n > cores / c (cost-model.ts slowdown; DEFAULT_CALIBRATION.agentCores)
+ *                    over the runs with n > cores / c (coordinator/jobs/cost-model.ts slowdown; DEFAULT_CALIBRATION.agentCores)
  *   cores            this machine's
  */
 import { spawn } from 'node:child_process';
@@ -16,7 +16,7 @@ import { intOption, parseCli } from '../common/cli.ts';
 const CHILD = process.env.MESHTRAIN_SHARE_CHILD;
 
 async function child(rows: number, seconds: number): Promise<void> {
-  const { loadBackend } = await import('../node-agent/compute/backend.ts');
+  const { loadBackend } = await import('../model/compute/backend.ts');
   await loadBackend('wasm');
   const { initShardParams, shardLayout } = await import('../model/shard-layout.ts');
   const { StageModel } = await import('../model/stage-model.ts');

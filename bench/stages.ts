@@ -46,7 +46,7 @@ import { importHf } from '../model/hf-format.ts';
 import { loraSpec, trainableFraction } from '../model/lora.ts';
 import { tokenBatch, type TokenBatch } from '../model/train-step.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
-import { loadBackend } from '../node-agent/compute/backend.ts';
+import { loadBackend } from '../model/compute/backend.ts';
 import { startCluster, type LocalCluster } from '../scripts/local-cluster.ts';
 import { type JobView } from '../test/support/jobs.ts';
 import { GREET_NAMES, greetRecords, reversalRecords, reversalTasks, TASK_WORDS, writeJsonl } from '../test/support/synthetic-tasks.ts';

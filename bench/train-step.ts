@@ -18,11 +18,11 @@
 import { adapterName } from '../protocol/gpu.ts';
 import * as tf from '@tensorflow/tfjs';
 import { intOption, parseCli } from '../common/cli.ts';
-import { largestTensorBytes } from '../coordinator/cost-model.ts';
+import { largestTensorBytes } from '../coordinator/jobs/cost-model.ts';
 import { AdamW, clipGradNorm } from '../model/optim.ts';
 import { initShardParams, shardLayout } from '../model/shard-layout.ts';
 import { StageModel } from '../model/stage-model.ts';
-import { BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../node-agent/compute/backend.ts';
+import { BACKENDS, loadBackend, measureMatmulGflops, type BackendChoice } from '../model/compute/backend.ts';
 import { isBackendChoice } from '../protocol/backends.ts';
 
 const MODELS = {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// coordinator start|nodes|selfcheck … — see coordinator/cli.ts (run through tsx; no build step).
+// coordinator start|nodes|selfcheck … — see coordinator/cli/index.ts (run through tsx; no build step).
 import { register } from 'tsx/esm/api';
 
 register();
-await import('../coordinator/cli.ts');
+await import('../coordinator/cli/index.ts');

@@ -8,7 +8,7 @@ import { register } from 'tsx/esm/api';
 register();
 const { runCli } = await import('../gateway/cli.ts');
 const { gptBackendFactory } = await import('../gateway/gpt-backend.ts');
-const { loadBackend } = await import('../node-agent/compute/backend.ts');
+const { loadBackend } = await import('../model/compute/backend.ts');
 const { createLogger } = await import('../common/log.ts');
 const { adapterName } = await import('../protocol/gpu.ts');
 const argv = process.argv.slice(2);

@@ -14,7 +14,7 @@
 import { context, diag, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Span, type SpanContext, type Tracer } from '@opentelemetry/api';
 import { millisToHrTime } from '@opentelemetry/core';
 import type { IdGenerator, SpanProcessor } from '@opentelemetry/sdk-trace-base';
-import type { CheckpointReport, Phase, PhaseName, StepObserver, StepReport, TraceParent } from '../node-agent/trainer/step-report.ts';
+import type { CheckpointReport, Phase, PhaseName, StepObserver, StepReport, TraceParent } from './step-report.ts';
 
 /** The instrumentation scope of every span meshtrain makes. */
 export const TRACER_NAME = 'meshtrain';

@@ -1,5 +1,5 @@
 /**
- * The coordinator's code version, recorded with every job it accepts (run-store.ts) and every model version it
+ * The coordinator's code version, recorded with every job it accepts (coordinator/store/run-store.ts) and every model version it
  * registers: `<package.json version>+<git commit>` with `-dirty` when the work tree has uncommitted changes, or
  * `<version>+unknown` when the coordinator does not run from a git checkout (an npm install, a container without
  * .git, no git binary). Read once at startup: git is not asked again for every job, and a tree edited while the

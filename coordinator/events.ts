@@ -5,7 +5,7 @@
  * watcher never breaks training.
  */
 import type { JobRankReport, JobProgress } from '../protocol/control.ts';
-import type { CheckpointRecord, JobState, MetricRow } from './job-store.ts';
+import type { CheckpointRecord, JobState, MetricRow } from './store/job-store.ts';
 
 export interface CoordinatorEvents {
   /** A job's record changed (state, step, plan, version). */

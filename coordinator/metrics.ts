@@ -3,7 +3,7 @@
  * several in one process. Names follow Prometheus conventions: `_total` for counters, units in the name,
  * histograms for durations.
  *
- * The cluster's own figures are set where things happen (agent-hub.ts, groups.ts); the training figures are
+ * The cluster's own figures are set where things happen (coordinator/cluster/agent-hub.ts, coordinator/cluster/groups.ts); the training figures are
  * derived from the event bus (bindJobMetrics), from what rank 0 and every rank report each step.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';

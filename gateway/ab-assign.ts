@@ -23,7 +23,7 @@
  * and gateways. A request without a key (undefined, null or '') gets a random arm by weight from `random`: an empty
  * key must not send every anonymous request to one arm.
  */
-import { mix32 } from './sampling.ts';
+import { mix32 } from '../common/random.ts';
 
 export interface AbArm {
   /** The model version this arm serves; unique among the arms (1 and '1' count as the same). */

@@ -1,5 +1,5 @@
 /**
- * Serving LoRA adapter versions (coordinator/adapters.ts): an adapter version holds only PEFT files
+ * Serving LoRA adapter versions (coordinator/registry/adapters.ts): an adapter version holds only PEFT files
  * (adapter_model.safetensors, adapter_config.json), tokenizer.json and lineage naming its base. `withAdapterBases`
  * wraps a RegistrySource so that loading an adapter also loads its base version through the same source — the same
  * manifest and sha256 checks — and hands back one file set: the base's config.json, weights and tokenizer.json
@@ -18,7 +18,7 @@ export const ADAPTER_MODEL_FILE = 'adapter_model.safetensors';
 /** Files of the adapter version that are the adapter's own; everything else comes from the base. */
 const ADAPTER_OWN = [ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, 'lineage.json'];
 
-/** `name@vN` (adapter_config.json's base_model_name_or_path as coordinator/adapters.ts writes it). */
+/** `name@vN` (adapter_config.json's base_model_name_or_path as coordinator/registry/adapters.ts writes it). */
 const BASE_REF = /^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})@v([1-9][0-9]*)$/;
 
 /** The base an adapter version names: lineage.base, else adapter_config.json's base_model_name_or_path. */

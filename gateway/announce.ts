@@ -1,6 +1,6 @@
 /**
  * A gateway that reads its models from a coordinator's API tells that coordinator where it is, so the dashboard
- * can show its deployments and promote or roll back through it (coordinator/gateways.ts relays those calls with
+ * can show its deployments and promote or roll back through it (coordinator/cluster/gateways.ts relays those calls with
  * the admin key sent here, over the cluster-token-authenticated API). Re-announced every GATEWAY_ANNOUNCE_MS: a
  * restarted coordinator learns about the gateway again within one period, and one that stops hearing from it
  * shows it as not alive. Failures are logged once per outage and retried; serving never depends on them.

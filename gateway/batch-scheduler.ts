@@ -26,7 +26,8 @@
 import { GatewayError } from './errors.ts';
 import type { PriorityGate } from './priority-gate.ts';
 import type { GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, GeneratedToken, TokenLogprob } from './inference-backend.ts';
-import { logSoftmax, sampleToken, seededRandom, tokenLogprob } from './sampling.ts';
+import { logSoftmax, sampleToken, tokenLogprob } from './sampling.ts';
+import { seededRandom } from '../common/random.ts';
 import { StopSequenceCutter } from './stop-sequences.ts';
 
 // ---------------------------------------------------------------------------------------------------- settings

@@ -19,7 +19,7 @@
  * a user would see change.
  */
 import type { GeneratedChoice } from './inference-backend.ts';
-import { seededRandom } from './sampling.ts';
+import { seededRandom } from '../common/random.ts';
 
 /** The primary's answer to one request. */
 export interface PrimaryOutput {

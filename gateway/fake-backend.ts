@@ -10,7 +10,8 @@
  */
 import { jinjaChatTemplate } from './chat-templates.ts';
 import type { ChatTemplate, GenerateOptions, GenerateRequest, GenerateResult, GeneratedChoice, GeneratedToken, InferenceBackend, ModelInfo, TokenLogprob } from './inference-backend.ts';
-import { logSoftmax, mix32, sampleToken, seededRandom, tokenLogprob } from './sampling.ts';
+import { logSoftmax, sampleToken, tokenLogprob } from './sampling.ts';
+import { mix32, seededRandom } from '../common/random.ts';
 import { StopSequenceCutter } from './stop-sequences.ts';
 
 const VOCAB: readonly string[] = ['\n', ...Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i))];

@@ -19,7 +19,7 @@ import Database from 'better-sqlite3';
 import { GatewayError } from './errors.ts';
 import type { InferenceBackend } from './inference-backend.ts';
 
-/** Model names as the coordinator's registry allows them (coordinator/registry.ts). */
+/** Model names as the coordinator's registry allows them (coordinator/registry/registry.ts). */
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 

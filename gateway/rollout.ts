@@ -16,7 +16,7 @@
 import { Reservoir } from './comparison.ts';
 import type { ComparisonResult, ComparisonSnapshot } from './comparison.ts';
 import { GatewayError } from './errors.ts';
-import { seededRandom } from './sampling.ts';
+import { seededRandom } from '../common/random.ts';
 import { sprtConfig, type SprtConfig } from './sprt.ts';
 
 /**

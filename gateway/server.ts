@@ -402,7 +402,7 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   if (opts.adminKey !== undefined && apiKeyList(opts.apiKey).includes(opts.adminKey)) throw new GatewayError('GW_ERR_BAD_ARGS', 'the admin key must differ from every API key');
   if (opts.rateLimit) new RateLimiter(opts.rateLimit); // refuse a bad limit before anything starts
   // return503OnClosing off: fastify's own 503 body is not OpenAI's; the plugin's hook answers during the drain.
-  // The https option only changes the server class; the instance keeps the plain type (as in coordinator/server.ts).
+  // The https option only changes the server class; the instance keeps the plain type (as in coordinator/api/server.ts).
   const app = Fastify({ logger: false, https: opts.https ?? null, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false }) as unknown as FastifyInstance;
   const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log } = opts;
   limitServer(app.server as import('node:http').Server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits });

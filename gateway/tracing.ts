@@ -12,8 +12,14 @@ import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ComparisonResult } from './comparison.ts';
-import type { MirrorJob } from './shadow.ts';
 import { TRACER_NAME } from '../common/tracing.ts';
+
+/** What inMirrorSpan reads of shadow.ts's MirrorJob (a structural type, so this module imports nothing of shadow.ts). */
+interface MirroredRequest {
+  requestSpan?: SpanContext | undefined;
+  offeredMs: number;
+  primary: { choices: readonly unknown[] };
+}
 
 const tracer = (): Tracer => trace.getTracer(TRACER_NAME);
 
@@ -68,7 +74,7 @@ export function activeSpanContext(): SpanContext | undefined {
  * Runs one mirror of `version` in a `shadow.mirror` span: a new trace (a root, whatever context the queue happened
  * to run it in), linked to the request span it mirrors; `run` executes inside it.
  */
-export function inMirrorSpan<T>(version: string, job: MirrorJob, run: () => Promise<T>): Promise<T> {
+export function inMirrorSpan<T>(version: string, job: MirroredRequest, run: () => Promise<T>): Promise<T> {
   const span = tracer().startSpan('shadow.mirror', {
     root: true,
     kind: SpanKind.INTERNAL,

@@ -12,6 +12,7 @@ import { closeSync, createReadStream, mkdirSync, openSync, readdirSync, renameSy
 import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { mix32 } from '../common/random.ts';
 import { ModelError } from './errors.ts';
 import { bytesPerToken, dtypeFor, SHARD_FORMAT, type ShardIndex, type SplitInfo, type SplitName, type TokenDtype } from './shard-index.ts';
 import type { Tokenizer } from './tokenizer.ts';
@@ -118,12 +119,6 @@ export function isHeldOut(seed: number, i: number, fraction: number): boolean {
   return mix32(mix32(seed ^ 0x9e3779b9) ^ i) / 2 ** 32 < fraction;
 }
 
-/** A 32-bit integer hash (the murmur3 finalizer): every input bit affects every output bit. */
-function mix32(x: number): number {
-  x = Math.imul(x ^ (x >>> 16), 0x85ebca6b);
-  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
-  return (x ^ (x >>> 16)) >>> 0;
-}
 
 /** Documents of `input`, one at a time; `progress.bytesDone`/`bytesTotal` follow the reading. Empty documents are skipped. */
 export async function* readDocuments(input: CorpusInput, progress: Omit<DataProgress, 'tokens'> = { bytesDone: 0, bytesTotal: null }): AsyncGenerator<string> {

@@ -6,7 +6,7 @@
  *     against the frozen reference, and how much the chosen replies' perplexity grew (the "did DPO break the
  *     model" check);
  *   - distillation: the student's score as a share of the teacher's (`scoreRatio`).
- * Pure model code on whichever tf backend is set: the coordinator runs it in a worker thread (coordinator/eval-worker.ts).
+ * Pure model code on whichever tf backend is set: the coordinator runs it in a worker thread (coordinator/jobs/eval-worker.ts).
  */
 import * as tf from '@tensorflow/tfjs';
 import { endOfText, renderPair, renderPrompt, type RenderedSequence } from './chat-template.ts';

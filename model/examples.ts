@@ -127,7 +127,7 @@ export async function prepareExamples(o: PrepareExamplesOptions): Promise<Exampl
   let index = 0, lastReport = 0;
   for await (const { example, bytesDone } of readExampleFile(o.corpus, o.format)) {
     // Numbered before the length check, so the split of an example never depends on which others were dropped
-    // (and the tokenizer trained on the training split, dataset-worker.ts, sees the same split).
+    // (and the tokenizer trained on the training split, coordinator/jobs/dataset-worker.ts, sees the same split).
     const split: SplitName = isHeldOut(o.seed, index++, o.heldOutFraction) ? 'heldOut' : 'train';
     const sequences = renderExample(example, o.tokenizer);
     if (sequences.some((s) => s.ids.length > o.maxTokens)) {

@@ -1,6 +1,6 @@
 /**
  * How model/lm-head.ts cuts the causal-LM head, here without TensorFlow.js so that the coordinator's planner
- * (coordinator/cost-model.ts) can count the head's working set.
+ * (coordinator/jobs/cost-model.ts) can count the head's working set.
  */
 
 /** Elements of the head's weight per chunk: 4 Mi (16 MB in float32): 5,461 rows of GPT-2's 768. */

@@ -165,7 +165,7 @@ export function partialSumGrads(layout: ShardLayout): string[] {
   }).map((s) => s.name);
 }
 
-/** What an adapter checkpoint holds and how it is cut, for coordinator/checkpoint-shards.ts. */
+/** What an adapter checkpoint holds and how it is cut, for coordinator/jobs/checkpoint-shards.ts. */
 export function loraLayouts(config: GPTConfig, spec: LoraSpec): CheckpointLayouts {
   return { full: loraLayout(config, spec), shard: (s) => loraShardLayout(config, spec, s) };
 }

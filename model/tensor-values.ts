@@ -45,7 +45,7 @@ export async function valuesOf<T>(t: tf.Tensor, use: (values: Float32Array) => T
 let deviceCheck: (() => void) | undefined;
 
 /**
- * Set by the WebGPU backend (node-agent/compute/webgpu.ts): throws when the device reported an error (a kernel
+ * Set by the WebGPU backend (model/compute/webgpu.ts): throws when the device reported an error (a kernel
  * that failed validation, a lost device). Every asynchronous read runs it after the values arrive, so a kernel
  * that did not run surfaces as an error at the next read instead of as numbers computed from garbage.
  */

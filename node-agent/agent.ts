@@ -30,7 +30,7 @@ import { fetchTrusting, type ServerTls } from '../common/tls.ts';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.ts';
 import { runCollective } from './collective-runner.ts';
 import { ArtifactClient } from './artifact-client.ts';
-import type { BackendChoice } from './compute/backend.ts';
+import type { BackendChoice } from '../model/compute/backend.ts';
 import { describeGpu } from '../protocol/gpu.ts';
 import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
@@ -39,7 +39,7 @@ import type { AgentMetrics } from './metrics.ts';
 import { PeerServer } from './peer-server.ts';
 import { jobLinks, runJob } from './trainer/job-runner.ts';
 import { collectGarbage } from './collect-garbage.ts';
-import type { StepObserver } from './trainer/step-report.ts';
+import type { StepObserver } from '../common/step-report.ts';
 
 export const AGENT_VERSION = '0.1.0';
 

@@ -6,15 +6,15 @@ import { Worker } from 'node:worker_threads';
 import { availableParallelism, freemem, platform, arch, totalmem } from 'node:os';
 import type { CapabilitiesInfo } from '../protocol/control.ts';
 import { AgentError } from './errors.ts';
-import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from './compute/backend.ts';
-import type { GpuInfo } from './compute/webgpu.ts';
+import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from '../model/compute/backend.ts';
+import type { GpuInfo } from '../model/compute/webgpu.ts';
 
 /** `note` hears what the backend choice passed over and why (`auto`: a load error is shown, never swallowed). */
 export async function measureCapabilities(backend: BackendChoice, note: (line: string) => void = () => {}): Promise<CapabilitiesInfo> {
   prepareBackendEnv(backend);
   type Measured = { backend: string; matmulGflops: number; probeMs: number[]; passedOver: string[]; gpu?: GpuInfo };
   const measured = await new Promise<Measured>((resolve, reject) => {
-    const worker = new Worker(new URL('./compute/worker-boot.mjs', import.meta.url), {
+    const worker = new Worker(new URL('../common/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./compute/worker.ts', import.meta.url).href, backend },
     });
     worker.once('message', (m: Measured & { ok: boolean; error?: string }) => {

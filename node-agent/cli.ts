@@ -10,14 +10,14 @@ import { createLogger } from '../common/log.ts';
 import { intOption, parseCli, UsageError, wsUrl } from '../common/cli.ts';
 import { Agent, DEFAULT_BACKOFF } from './agent.ts';
 import { measureCapabilities } from './capabilities.ts';
-import { BACKENDS, type BackendChoice } from './compute/backend.ts';
+import { BACKENDS, type BackendChoice } from '../model/compute/backend.ts';
 import { isBackendChoice } from '../protocol/backends.ts';
 import { AgentError } from './errors.ts';
 import { loadServerTls, loadTrust, tlsPairProblems, type ServerTls } from '../common/tls.ts';
 import { createStepTracer, initTracing } from '../common/tracing.ts';
 import { AgentMetrics } from './metrics.ts';
 import { DEFAULT_CONNECTION_LIMITS } from '../common/conn-limits.ts';
-import type { StepObserver } from './trainer/step-report.ts';
+import type { StepObserver } from '../common/step-report.ts';
 
 const HELP = `Usage: node-agent join <coordinator-url> --token TOKEN [options]
 

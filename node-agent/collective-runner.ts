@@ -6,9 +6,9 @@
 import { createHash } from 'node:crypto';
 import type { CollectiveResult, CollectiveRun } from '../protocol/control.ts';
 import { MAX_CONTROL_ATTACHMENT } from '../protocol/control.ts';
-import type { Range } from './collectives/partition.ts';
+import type { Range } from '../protocol/partition.ts';
 import { bytesOf } from './collectives/reduce.ts';
-import { collectiveInput, expectedResult } from './collectives/test-data.ts';
+import { collectiveInput, expectedResult } from '../common/collective-test-data.ts';
 import type { Group } from './group.ts';
 
 export interface RunOutcome {

@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics of one node agent, served at GET /metrics on its peer port (peer-server.ts). Training figures
- * come from the step timelines job-runner.ts hands its observers after each step (step-report.ts), so recording
+ * come from the step timelines node-agent/trainer/job-runner.ts hands its observers after each step (common/step-report.ts), so recording
  * them adds nothing to the step itself; the control connection's figures come from hooks in agent.ts.
  *
  * Names follow Prometheus conventions: units in the name, `_total` for counters, histograms for durations. Labels
@@ -9,7 +9,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CHECKPOINT_BUCKETS, JobSeries, PHASE_BUCKETS, STEP_BUCKETS } from '../common/job-series.ts';
-import { ringAllReduceSentBytes, type CheckpointReport, type StepObserver, type StepReport } from './trainer/step-report.ts';
+import { ringAllReduceSentBytes, type CheckpointReport, type StepObserver, type StepReport } from '../common/step-report.ts';
 
 /** Jobs whose series are kept (an agent runs one job at a time; a few finished ones stay visible to a scraper). */
 const KEEP_JOBS = 8;

@@ -12,7 +12,13 @@ import type WebSocket from 'ws';
 import { CloseCode, closeReason } from './codes.ts';
 import { decodeFrame, encodeMessage, type Envelope } from './codec.ts';
 import { ProtocolError } from './errors.ts';
-import type { Logger } from '../common/log.ts';
+
+/** Where a connection reports what it dropped and why (common/log.ts's Logger is one; protocol imports nothing above it). */
+export interface ConnectionLog {
+  debug(msg: string): void;
+  warn(msg: string): void;
+  error(msg: string): void;
+}
 
 export interface ConnectionOptions<In> {
   /** Validates a decoded envelope into a typed message; throws ProtocolError. */
@@ -23,7 +29,7 @@ export interface ConnectionOptions<In> {
   /** Called once per rejected frame, before the close (metrics). */
   onReject?(err: ProtocolError): void;
   label: string;
-  log: Logger;
+  log: ConnectionLog;
   maxAttachmentBytes: number;
   /** Bytes handed to ws but not yet written to the socket above which `writable` turns false. */
   highWaterBytes?: number;

@@ -34,7 +34,7 @@ export const Capabilities = Type.Object(
     nodeVersion: Text(32),
     /** Median ms of each protocol/probe.ts shape's forward and backward on this agent's backend, measured at join. */
     probeMs: Type.Optional(Type.Array(Type.Number({ minimum: 0, maximum: 1e7 }), { maxItems: 8 })),
-    /** On webgpu: the adapter the agent computes on (node-agent/compute/webgpu.ts GpuInfo). */
+    /** On webgpu: the adapter the agent computes on (model/compute/webgpu.ts GpuInfo). */
     gpu: Type.Optional(Type.Object(
       {
         vendor: Text(128),

@@ -2,7 +2,7 @@
  * The compute probe every agent runs at join, beside its matmul measurement (node-agent/compute/probe.ts): a
  * whole-model forward and backward of one micro-batch on each of these shapes, as its trainer runs them. It reports
  * the median milliseconds of each (Capabilities.probeMs, in this order) and the coordinator fits the agent's
- * non-matmul costs from them (coordinator/cost-model.ts fitProbe): its own backend's, not the development machine's.
+ * non-matmul costs from them (coordinator/jobs/cost-model.ts fitProbe): its own backend's, not the development machine's.
  */
 export interface ProbeModel {
   vocabSize: number;

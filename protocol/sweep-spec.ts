@@ -3,7 +3,7 @@
  * job spec, the parameters to vary (each a key path into the job spec, with a list of values or a range), the
  * strategy, and a budget of trials. `validateSweepSpec` checks the shape and the rules a schema cannot say (each
  * path names a field of the job spec, ranges are ordered, a log range is positive, a grid lists its values) and
- * returns every problem at once; coordinator/sweep-plan.ts then validates each trial's job spec.
+ * returns every problem at once; coordinator/tracking/sweep-plan.ts then validates each trial's job spec.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';

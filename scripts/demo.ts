@@ -15,10 +15,10 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { intOption, parseCli, UsageError } from '../common/cli.ts';
-import type { NodeView } from '../coordinator/agent-hub.ts';
-import type { JobRecord, MetricRow } from '../coordinator/job-store.ts';
-import type { ModelVersion } from '../coordinator/registry.ts';
-import { printSelfcheck, type SelfcheckReport } from '../coordinator/selfcheck.ts';
+import type { NodeView } from '../coordinator/cluster/agent-hub.ts';
+import type { JobRecord, MetricRow } from '../coordinator/store/job-store.ts';
+import type { ModelVersion } from '../coordinator/registry/registry.ts';
+import { printSelfcheck, type SelfcheckReport } from '../coordinator/cluster/selfcheck.ts';
 import { SYSTEM, writeChatExamples } from './demo-chat.ts';
 import { startCluster } from './local-cluster.ts';
 

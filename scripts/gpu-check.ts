@@ -1,11 +1,11 @@
 /**
- * The Node half of scripts/gpu-check.sh: brings tfjs up on WebGPU (node-agent/compute/webgpu.ts), measures the
+ * The Node half of scripts/gpu-check.sh: brings tfjs up on WebGPU (model/compute/webgpu.ts), measures the
  * best float32 matmul there, then GPT-2-small's training step as an agent runs it (bench/train-step.ts --model
  * gpt2-small: model FLOP/s and its ratio to the backend's matmul peak). `--software` uses Mesa's llvmpipe (a check
  * of the path, not of a GPU: its 128 MiB binding limit cannot hold GPT-2's wte, and the step says so).
  * Prints one JSON object as its last line; exits 1 when there is no usable GPU, saying why.
  */
-import { loadBackend, measureMatmulGflops, type LoadedBackend } from '../node-agent/compute/backend.ts';
+import { loadBackend, measureMatmulGflops, type LoadedBackend } from '../model/compute/backend.ts';
 
 const software = process.argv.includes('--software');
 let loaded: LoadedBackend;

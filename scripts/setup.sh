@@ -3,7 +3,7 @@
 #   python3, make, g++   better-sqlite3 compiles from source when its prebuilt binary cannot be downloaded
 #   libnss3, libexpat1   the headless Chromium the dashboard tests drive (npm package @sparticuz/chromium) links them
 #   libegl1, libegl-mesa0, libgles2, libgl1-mesa-dri   Mesa's software GPU (llvmpipe) under Dawn's OpenGL ES backend:
-#                        the WebGPU backend's tests run on it where there is no GPU (node-agent/compute/webgpu.ts)
+#                        the WebGPU backend's tests run on it where there is no GPU (model/compute/webgpu.ts)
 # As root on Debian or Ubuntu it installs what is missing with apt-get; otherwise it stops with one line naming
 # exactly what to install. It changes nothing when everything is there.
 set -eu

@@ -6,8 +6,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { ModelRegistry } from '../../coordinator/registry.ts';
-import { SqliteStateStore } from '../../coordinator/state-store.ts';
+import { ModelRegistry } from '../../coordinator/registry/registry.ts';
+import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
 import { GPT, type GPTConfig } from '../../model/gpt.ts';
 import { exportHf } from '../../model/hf-format.ts';
 import type { Tokenizer } from '../../model/tokenizer.ts';

@@ -8,6 +8,7 @@
  * over-counts, so a rare line may be taken for boilerplate only when it collides with frequent ones in all three
  * rows, which at these sizes is negligible for corpora of up to millions of distinct lines.
  */
+import { mix32 } from '../../common/random.ts';
 
 const ROWS = 3;
 const WIDTH_BITS = 18;
@@ -101,13 +102,8 @@ function lineKey(line: string): string | null {
 export function hashLine(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
-  return fmix32(h);
+  return mix32(h);
 }
 
-const slot = (h: number, row: number) => fmix32(h + Math.imul(row + 1, 0x9e3779b9)) & (WIDTH - 1);
+const slot = (h: number, row: number) => mix32(h + Math.imul(row + 1, 0x9e3779b9)) & (WIDTH - 1);
 
-export function fmix32(x: number): number {
-  x = Math.imul(x ^ (x >>> 16), 0x85ebca6b);
-  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
-  return (x ^ (x >>> 16)) >>> 0;
-}

@@ -17,7 +17,7 @@
  * — ~300 bytes at the defaults (128 permutations, 14 bands), so ~300 MB per million kept documents.
  */
 import { createHash } from 'node:crypto';
-import { fmix32 } from './boilerplate.ts';
+import { mix32 } from '../../common/random.ts';
 
 /** A set of 64-bit keys (as two uint32 halves) in typed arrays; grows by doubling. */
 export class HashSet64 {
@@ -119,9 +119,9 @@ export class NearDeduper {
     this.#b = new Int32Array(n);
     let s = options.seed >>> 0;
     for (let i = 0; i < n; i++) {
-      s = fmix32(s + 0x9e3779b9);
+      s = mix32(s + 0x9e3779b9);
       this.#a[i] = s | 1;
-      s = fmix32(s + 0x9e3779b9);
+      s = mix32(s + 0x9e3779b9);
       this.#b[i] = s;
     }
     this.#sig = new Int32Array(n);
@@ -143,8 +143,8 @@ export class NearDeduper {
     if (!this.#signature(text)) return false;
     const sig = this.#sig;
     for (let band = 0; band < this.bands; band++) {
-      let h = fmix32(band + 1);
-      for (let r = band * this.rows; r < (band + 1) * this.rows; r++) h = fmix32(Math.imul(h, 0x01000193) ^ sig[r]!);
+      let h = mix32(band + 1);
+      for (let r = band * this.rows; r < (band + 1) * this.rows; r++) h = mix32(Math.imul(h, 0x01000193) ^ sig[r]!);
       this.#bandKeys[band] = h;
     }
     // Candidates: documents sharing at least one bucket; each verified once by its stored 8-bit signature.
@@ -183,7 +183,7 @@ export class NearDeduper {
     for (let i = 0; i + k <= words.length; i++) {
       let x = 0x9e3779b9;
       for (let j = i; j < i + k; j++) x = Math.imul(x ^ wordHashes[j]!, 0x01000193);
-      x = fmix32(x) | 0;
+      x = mix32(x) | 0;
       for (let p = 0; p < n; p++) {
         const v = (Math.imul(a[p]!, x) + b[p]!) | 0;
         if (v < sig[p]!) sig[p] = v;
@@ -194,7 +194,7 @@ export class NearDeduper {
 
   #slot(key: number): number {
     const mask = this.#tableKeys.length - 1;
-    let i = fmix32(key) & mask;
+    let i = mix32(key) & mask;
     while (this.#tableHeads[i] !== -1 && this.#tableKeys[i] !== key) i = (i + 1) & mask;
     return i;
   }

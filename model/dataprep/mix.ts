@@ -7,7 +7,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { fmix32 } from './boilerplate.ts';
+import { mix32 } from '../../common/random.ts';
 
 export interface MixSource {
   name: string;
@@ -57,7 +57,7 @@ export interface MixedDocument {
 /** Whether document `i` of source `source` is kept at probability `p`; depends only on (seed, source, i). */
 export function keepDocument(seed: number, source: number, i: number, p: number): boolean {
   if (p >= 1) return true;
-  return fmix32(fmix32(fmix32(seed ^ 0x5bd1e995) ^ source) ^ i) / 2 ** 32 < p;
+  return mix32(mix32(mix32(seed ^ 0x5bd1e995) ^ source) ^ i) / 2 ** 32 < p;
 }
 
 /**

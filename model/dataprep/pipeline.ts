@@ -1,5 +1,5 @@
 /**
- * The data-preparation pipeline behind `coordinator data prepare` (coordinator/data-prepare-cli.ts):
+ * The data-preparation pipeline behind `coordinator data prepare` (coordinator/cli/data-prepare.ts):
  *
  *   per source: extract → boilerplate → normalize → PII mask → quality filters → exact dedup → near dedup → spill
  *   then:       mix the spills by ratio → cleaned.jsonl → BPE tokenizer (trained on the train split, or reused)

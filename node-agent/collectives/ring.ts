@@ -2,7 +2,7 @@
  * Ring collectives over direct peer links: rank r sends only to r+1 and receives only from r−1.
  *
  * All-reduce is reduce-scatter then all-gather, run as one pipelined stream (as in NCCL and Horovod): the buffer
- * is cut into n chunks (partition.ts), each chunk into segments. Rank r starts by sending every segment of chunk
+ * is cut into n chunks (protocol/partition.ts), each chunk into segments. Rank r starts by sending every segment of chunk
  * r−1; a segment that arrives is added into the local buffer and sent on, so after n−1 hops it has collected all
  * n contributions and is final on its owner (chunk c on rank c); from there it travels n−1 more hops as a copy.
  * Each segment moves as soon as it arrives, so every link stays busy while chunks are still being reduced.
@@ -16,7 +16,7 @@
 import { ProtocolError } from '../../protocol/errors.ts';
 import type { RingData } from '../../protocol/peer.ts';
 import { AgentError } from '../errors.ts';
-import { chunkRange, mod, segments, type Range } from './partition.ts';
+import { chunkRange, mod, segments, type Range } from '../../protocol/partition.ts';
 import { addInto, bytesOf, float32View } from './reduce.ts';
 
 /** The link to our successor. MessageConnection implements it; tests may use fakes. */

@@ -6,19 +6,7 @@
  * through compute/worker-boot.mjs; answers one message, then main terminates it.
  */
 import { parentPort } from 'node:worker_threads';
-import type { CheckpointContents } from '../../model/checkpoint.ts';
-import { encodeSnapshot } from './checkpoint-upload.ts';
-
-export interface EncodeRequest {
-  step: number;
-  contents: CheckpointContents;
-  /** The buffers the tensors view, to be transferred back with the answer. */
-  buffers: ArrayBuffer[];
-}
-
-export type EncodeReply =
-  | { type: 'encoded'; files: Record<string, Uint8Array[]>; sha256: Record<string, string>; bytes: number }
-  | { type: 'failed'; error: string; code?: string };
+import { encodeSnapshot, type EncodeReply, type EncodeRequest } from './checkpoint-upload.ts';
 
 const port = parentPort!;
 port.once('message', ({ step, contents, buffers }: EncodeRequest) => {

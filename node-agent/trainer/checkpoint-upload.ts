@@ -9,12 +9,23 @@
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { encodeCheckpointChunks, type CheckpointContents } from '../../model/checkpoint.ts';
-import type { EncodeReply, EncodeRequest } from './checkpoint-encoder.ts';
 
 /**
  * Snapshots up to this size are encoded on the calling thread: hashing 16 MB takes ~10–20 ms, where starting a
  * worker thread (a tsx-loaded module graph) takes ~0.3–0.5 s, which for a small model is several steps' time.
  */
+/** What checkpoint-encoder.ts (the worker) is sent and answers. */
+export interface EncodeRequest {
+  step: number;
+  contents: CheckpointContents;
+  /** The buffers the tensors view, to be transferred back with the answer. */
+  buffers: ArrayBuffer[];
+}
+
+export type EncodeReply =
+  | { type: 'encoded'; files: Record<string, Uint8Array[]>; sha256: Record<string, string>; bytes: number }
+  | { type: 'failed'; error: string; code?: string };
+
 export const INLINE_ENCODE_MAX_BYTES = 16 << 20;
 
 /** What uploading needs of the artifact store (node-agent/artifact-client.ts). */
@@ -62,7 +73,7 @@ export function encodeCheckpointFiles(step: number, contents: CheckpointContents
  */
 export function encodeInWorker(step: number, contents: CheckpointContents, buffers: ArrayBuffer[]): Promise<EncodedCheckpoint> {
   return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL('../compute/worker-boot.mjs', import.meta.url), {
+    const worker = new Worker(new URL('../../common/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./checkpoint-encoder.ts', import.meta.url).href },
     });
     let settled = false;

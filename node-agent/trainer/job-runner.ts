@@ -39,12 +39,12 @@ import { loraShardLayout, loraSpec } from '../../model/lora.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
 import type { Ring } from '../collectives/ring.ts';
 import type { Mailbox } from '../collectives/mailbox.ts';
-import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from '../compute/backend.ts';
+import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from '../../model/compute/backend.ts';
 import type { FromWorker, Placement, Ready, ResumeFiles, ToWorker } from './messages.ts';
 import { encodeCheckpointFiles, uploadCheckpoint } from './checkpoint-upload.ts';
 import { bubbleTheory, oneFOneB } from './schedule.ts';
 import { parseTraceparent } from '../../common/tracing.ts';
-import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type StepObserver, type StepReport, type TraceParent } from './step-report.ts';
+import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type StepObserver, type StepReport, type TraceParent } from '../../common/step-report.ts';
 
 /** The part of ArtifactClient a job uses (tests pass one over a folder). Files stream: none is held in one buffer. */
 export interface ArtifactStore {
@@ -552,7 +552,7 @@ class TrainerWorker {
   constructor(backend: BackendChoice) {
     this.#backend = backend;
     prepareBackendEnv(backend);
-    this.#worker = new Worker(new URL('../compute/worker-boot.mjs', import.meta.url), {
+    this.#worker = new Worker(new URL('../../common/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./trainer-worker.ts', import.meta.url).href, backend },
     });
     this.#exited = new Promise((resolve) => this.#worker.once('exit', () => resolve()));

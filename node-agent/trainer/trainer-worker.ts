@@ -15,7 +15,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { parentPort, workerData, type TransferListItem } from 'node:worker_threads';
-import { loadBackend, type BackendChoice } from '../compute/backend.ts';
+import { loadBackend, type BackendChoice } from '../../model/compute/backend.ts';
 import { dataFormatOf, rowsPerExample, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf, type Coords } from '../../protocol/layout.ts';
 import type { FromWorker, Placement, ResumeState, ToWorker } from './messages.ts';
@@ -39,7 +39,7 @@ const { loraLayout, loraScale, loraShardLayout, loraSpec, partialSumGrads } = aw
 const { importHf } = await import('../../model/hf-format.ts');
 const { writeCheckpointFiles } = await import('../../model/checkpoint-files.ts');
 const { rowLogprobs } = await import('../../model/objectives.ts');
-const { chunkRange } = await import('../collectives/partition.ts');
+const { chunkRange } = await import('../../protocol/partition.ts');
 const { copyOf, takeValues } = await import('../../model/tensor-values.ts');
 
 type Reader = InstanceType<typeof TokenShardReader> | InstanceType<typeof ExampleReader>;

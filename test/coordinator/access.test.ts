@@ -1,10 +1,10 @@
 /**
- * The coordinator's access decision (coordinator/access.ts) as a table: public routes, the cluster token, a
+ * The coordinator's access decision (coordinator/api/access.ts) as a table: public routes, the cluster token, a
  * dashboard session and its CSRF header, and requests that matched no route.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideAccess, isPublicRoute, stalePublicRoutes, PUBLIC_ROUTES, type AccessFacts } from '../../coordinator/access.ts';
+import { decideAccess, isPublicRoute, stalePublicRoutes, PUBLIC_ROUTES, type AccessFacts } from '../../coordinator/api/access.ts';
 
 const facts = (over: Partial<AccessFacts>): AccessFacts => ({
   method: 'GET', routeUrl: '/api/nodes', hasAuthorization: false, clusterToken: false, session: false, requestedWith: undefined, ...over,

@@ -1,5 +1,5 @@
 /**
- * coordinator/artifact-store.ts: the content-addressed store under a temp folder. Writes are atomic (temp file,
+ * coordinator/store/artifact-store.ts: the content-addressed store under a temp folder. Writes are atomic (temp file,
  * fsync, rename), reads are verified, digests are the only way to name a file (no path traversal).
  */
 import { after, describe, test } from 'node:test';
@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { ArtifactStore } from '../../coordinator/artifact-store.ts';
+import { ArtifactStore } from '../../coordinator/store/artifact-store.ts';
 import { CoordinatorError, type CoordinatorErrorCode } from '../../coordinator/errors.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'meshtrain-artifacts-test-'));

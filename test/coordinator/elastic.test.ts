@@ -1,8 +1,8 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideReshape, decideRestart, RESHAPE_MARGIN, type ReshapeInput } from '../../coordinator/elastic.ts';
-import { planFor } from '../../coordinator/job-scheduler.ts';
-import type { PlannerAgent } from '../../coordinator/planner.ts';
+import { decideReshape, decideRestart, RESHAPE_MARGIN, type ReshapeInput } from '../../coordinator/jobs/elastic.ts';
+import { planFor } from '../../coordinator/jobs/scheduler.ts';
+import type { PlannerAgent } from '../../coordinator/jobs/planner.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
 function spec(parallel: object | 'auto', nLayer = 4): ResolvedJobSpec {

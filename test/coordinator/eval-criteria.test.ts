@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideEarlyStop, passCheck, type MeasuredResults, type PassCriteria } from '../../coordinator/eval-criteria.ts';
+import { decideEarlyStop, passCheck, type MeasuredResults, type PassCriteria } from '../../coordinator/jobs/eval-criteria.ts';
 
 describe('passCheck', () => {
   const cases: Array<[string, PassCriteria | undefined, MeasuredResults, string[]]> = [

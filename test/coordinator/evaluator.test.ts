@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { runInWorker, suiteInput } from '../../coordinator/evaluator.ts';
+import { runInWorker, suiteInput } from '../../coordinator/jobs/evaluator.ts';
 import { renderPrompt } from '../../model/chat-template.ts';
 import { greedy } from '../../model/eval-suites.ts';
 import { GPT } from '../../model/gpt.ts';

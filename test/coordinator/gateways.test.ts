@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { announcementProblems, GATEWAY_SILENT_MS, GatewayDirectory, MAX_GATEWAYS } from '../../coordinator/gateways.ts';
+import { announcementProblems, GATEWAY_SILENT_MS, GatewayDirectory, MAX_GATEWAYS } from '../../coordinator/cluster/gateways.ts';
 import { CoordinatorError } from '../../coordinator/errors.ts';
 
 const good = { name: 'gw-1', url: 'http://10.0.0.7:8080', adminKey: 'k' };

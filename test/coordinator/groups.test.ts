@@ -6,10 +6,10 @@ import assert from 'node:assert/strict';
 import { silentLogger } from '../../common/log.ts';
 import type { AgentMessage, CoordinatorMessage, GroupAssign } from '../../protocol/control.ts';
 import { parseCoordinatorMessage } from '../../protocol/control.ts';
-import type { AgentHub } from '../../coordinator/agent-hub.ts';
+import type { AgentHub } from '../../coordinator/cluster/agent-hub.ts';
 import type { CoordinatorConfig } from '../../coordinator/config.ts';
 import { CoordinatorError } from '../../coordinator/errors.ts';
-import { GroupManager } from '../../coordinator/groups.ts';
+import { GroupManager } from '../../coordinator/cluster/groups.ts';
 import type { CoordinatorMetrics } from '../../coordinator/metrics.ts';
 
 /** Four connected agents; each answers a group.assign with group.ready on the next tick. */

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { dataDegrees, decideJobs, type FreeAgent, type QueuedJob } from '../../coordinator/job-scheduler.ts';
+import { dataDegrees, decideJobs, type FreeAgent, type QueuedJob } from '../../coordinator/jobs/scheduler.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
 function spec(parallel: { data: number; pipeline?: number; tensor?: number; minData?: number } | 'auto', batchSize = 12, microBatches = 1): ResolvedJobSpec {

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SqliteStateStore } from '../../coordinator/state-store.ts';
-import { JobStore } from '../../coordinator/job-store.ts';
+import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
+import { JobStore } from '../../coordinator/store/job-store.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
 function spec(): ResolvedJobSpec {

@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AttemptTelemetry, findStraggler, meanBreakdown, STRAGGLER_MIN_STEPS, type StragglerInput } from '../../coordinator/job-telemetry.ts';
+import { AttemptTelemetry, findStraggler, meanBreakdown, STRAGGLER_MIN_STEPS, type StragglerInput } from '../../coordinator/jobs/telemetry.ts';
 import type { JobRankReport } from '../../protocol/control.ts';
 
 const rank = (r: number, stage: number, layers: number, computeMs: number[]): StragglerInput => ({ rank: r, nodeId: `n${r}`, nodeName: `agent-${r}`, stage, layers, computeMs });

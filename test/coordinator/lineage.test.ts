@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatCodeVersion, readCodeVersion } from '../../coordinator/code-version.ts';
 import { CoordinatorError } from '../../coordinator/errors.ts';
-import { lineageChain, parentOf } from '../../coordinator/lineage.ts';
-import type { ModelVersion } from '../../coordinator/registry.ts';
+import { lineageChain, parentOf } from '../../coordinator/tracking/lineage.ts';
+import type { ModelVersion } from '../../coordinator/registry/registry.ts';
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
 const registry = { models: () => [{ name: 'base', versions: 4, latest: 4, updatedMs: 0 }] };

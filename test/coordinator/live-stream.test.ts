@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { EventBus } from '../../coordinator/events.ts';
-import { FLUSH_MS, LiveStreams, MAX_BUFFERED_BYTES } from '../../coordinator/live-stream.ts';
+import { FLUSH_MS, LiveStreams, MAX_BUFFERED_BYTES } from '../../coordinator/api/live-stream.ts';
 
 /** Enough of a ServerResponse for the stream: records what is written, and how far behind the reader is. */
 class FakeResponse extends EventEmitter {

@@ -1,11 +1,11 @@
 /**
- * The coordinator's membership decisions (coordinator/membership.ts) are pure functions of (state, now), so they
+ * The coordinator's membership decisions (coordinator/cluster/membership.ts) are pure functions of (state, now), so they
  * are tested here as tables with an injected clock value: no hub, no sockets, no timers.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideAdmission, findDead, type AdmitDecision, type SweepNode } from '../../coordinator/membership.ts';
-import type { NodeStatus } from '../../coordinator/state-store.ts';
+import { decideAdmission, findDead, type AdmitDecision, type SweepNode } from '../../coordinator/cluster/membership.ts';
+import type { NodeStatus } from '../../coordinator/store/state-store.ts';
 
 const HASH = 'a'.repeat(64);
 const OTHER_HASH = 'b'.repeat(64);

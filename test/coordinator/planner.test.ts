@@ -1,5 +1,5 @@
 /**
- * The planner (coordinator/planner.ts) is a pure function of its request, so it is tested with tables of requests:
+ * The planner (coordinator/jobs/planner.ts) is a pure function of its request, so it is tested with tables of requests:
  * cost-model pieces against hand computation, then whole plans for small clusters. Run: node scripts/run-tests.mjs planner
  */
 import { describe, test } from 'node:test';
@@ -22,7 +22,7 @@ import {
   agentProbe,
   type PlannerAgent,
   type PlanRequest,
-} from '../../coordinator/planner.ts';
+} from '../../coordinator/jobs/planner.ts';
 import { PROBE_SHAPES } from '../../protocol/probe.ts';
 
 const agent = (id: string, host: string, matmulGflops = 20, memoryBytes = 8e9, cores = 2): PlannerAgent => ({ id, host, cores, memoryBytes, matmulGflops });

@@ -4,9 +4,9 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SqliteStateStore } from '../../coordinator/state-store.ts';
-import { ModelRegistry } from '../../coordinator/registry.ts';
-import { createCoordinator } from '../../coordinator/server.ts';
+import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
+import { ModelRegistry } from '../../coordinator/registry/registry.ts';
+import { createCoordinator } from '../../coordinator/api/server.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
 import { silentLogger } from '../../common/log.ts';
 

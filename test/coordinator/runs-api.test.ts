@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../common/log.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
-import type { JobRecord } from '../../coordinator/job-store.ts';
-import type { RunComparison, RunExport, RunSummary } from '../../coordinator/runs.ts';
-import { createCoordinator, type Coordinator } from '../../coordinator/server.ts';
-import type { SweepView } from '../../coordinator/sweeps.ts';
-import type { LineageLink } from '../../coordinator/lineage.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
+import type { RunComparison, RunExport, RunSummary } from '../../coordinator/tracking/runs.ts';
+import { createCoordinator, type Coordinator } from '../../coordinator/api/server.ts';
+import type { SweepView } from '../../coordinator/tracking/sweeps.ts';
+import type { LineageLink } from '../../coordinator/tracking/lineage.ts';
 
 const TOKEN = 'runs-api-token';
 const spec = (name: string, lr: number) => ({

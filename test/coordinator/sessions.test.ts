@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAX_SESSIONS, SESSION_COOKIE, SESSION_IDLE_MS, SessionStore, sessionCookie, sessionIdOf } from '../../coordinator/sessions.ts';
+import { MAX_SESSIONS, SESSION_COOKIE, SESSION_IDLE_MS, SessionStore, sessionCookie, sessionIdOf } from '../../coordinator/api/sessions.ts';
 
 describe('SessionStore', () => {
   test('accepts a session it created and refuses one it did not', () => {

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { initParams, paramLayout, unflatten } from '../../model/gpt.ts';
-import { studentFromTeacher } from '../../coordinator/stage-inputs.ts';
+import { studentFromTeacher } from '../../model/student-init.ts';
 
 test('a student initialised from its teacher takes every other block, the embeddings and ln_f, and the first nCtx positions', () => {
   const teacherConfig = { vocabSize: 260, nCtx: 16, nLayer: 4, nHead: 2, nEmbd: 8 };

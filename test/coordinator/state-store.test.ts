@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { CoordinatorError } from '../../coordinator/errors.ts';
-import { MemoryStateStore, SqliteStateStore, type NodeRecord, type StateStore } from '../../coordinator/state-store.ts';
+import { MemoryStateStore, SqliteStateStore, type NodeRecord, type StateStore } from '../../coordinator/store/state-store.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'meshtrain-state-test-'));
 after(() => rmSync(root, { recursive: true, force: true }));

@@ -2,7 +2,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { validateSweepSpec, type ResolvedSweepSpec } from '../../protocol/sweep-spec.ts';
-import { bestTrial, decideSweep, draw, planTrials, trialSpecs, type TrialState } from '../../coordinator/sweep-plan.ts';
+import { bestTrial, decideSweep, draw, planTrials, trialSpecs, type TrialState } from '../../coordinator/tracking/sweep-plan.ts';
 
 const base = {
   name: 'ignored',

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, statSync } from 'node:fs';
 import type { Browser, Page } from 'playwright-core';
-import type { JobRecord } from '../../coordinator/job-store.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
 import { launchChromium, pageErrors } from '../support/browser.ts';
 import { until } from '../support/until.ts';
 import { clusterFixture, type JobView } from '../support/jobs.ts';

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { silentLogger } from '../../common/log.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
-import { createCoordinator, type Coordinator } from '../../coordinator/server.ts';
+import { createCoordinator, type Coordinator } from '../../coordinator/api/server.ts';
 import type { Tensor } from '../../model/safetensors.ts';
 import { launchChromium, pageErrors } from '../support/browser.ts';
 import { writeGpt2Folder } from '../support/gpt2-folder.ts';

@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { silentLogger } from '../../common/log.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
-import type { JobRecord } from '../../coordinator/job-store.ts';
-import { createCoordinator, type Coordinator } from '../../coordinator/server.ts';
-import type { SweepView } from '../../coordinator/sweeps.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
+import { createCoordinator, type Coordinator } from '../../coordinator/api/server.ts';
+import type { SweepView } from '../../coordinator/tracking/sweeps.ts';
 import { launchChromium, pageErrors } from '../support/browser.ts';
 import { until } from '../support/until.ts';
 

@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../common/log.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
-import { CONTENT_SECURITY_POLICY, DASHBOARD_DIR } from '../../coordinator/dashboard.ts';
-import { createCoordinator, type Coordinator } from '../../coordinator/server.ts';
+import { CONTENT_SECURITY_POLICY, DASHBOARD_DIR } from '../../coordinator/dashboard/routes.ts';
+import { createCoordinator, type Coordinator } from '../../coordinator/api/server.ts';
 
 describe('the dashboard static routes', () => {
   let dir: string;

@@ -2,7 +2,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { assignArm, createAbSplit, type AbArm } from '../../gateway/ab-assign.ts';
-import { seededRandom } from '../../gateway/sampling.ts';
+import { seededRandom } from '../../common/random.ts';
 
 const KEYS = 100_000;
 const keys = Array.from({ length: KEYS }, (_, i) => `user-${i.toString(36)}-${Math.floor(seededRandom(9)() * 1e9)}`);

@@ -2,7 +2,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ComparisonStats, MIN_LOGPROB, Reservoir, Welford, compareOutputs, outputFromChoice, type ComparisonResult, type PrimaryOutput, type ShadowOutput } from '../../gateway/comparison.ts';
-import { seededRandom } from '../../gateway/sampling.ts';
+import { seededRandom } from '../../common/random.ts';
 
 const primary = (tokens: number[], over: Partial<PrimaryOutput> = {}): PrimaryOutput => ({ text: tokens.join(','), tokens, latencyMs: 100, ...over });
 const shadow = (tokens: number[], over: Partial<ShadowOutput> = {}): ShadowOutput => ({ text: tokens.join(','), tokens, latencyMs: 100, ...over });

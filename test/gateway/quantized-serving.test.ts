@@ -12,7 +12,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { silentLogger } from '../../common/log.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
-import { createCoordinator } from '../../coordinator/server.ts';
+import { createCoordinator } from '../../coordinator/api/server.ts';
 import { paramLayout } from '../../model/gpt.ts';
 import { exportHf } from '../../model/hf-format.ts';
 import { gptBackendFactory } from '../../gateway/gpt-backend.ts';

@@ -8,9 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../common/log.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
-import { ModelRegistry } from '../../coordinator/registry.ts';
-import { createCoordinator } from '../../coordinator/server.ts';
-import { SqliteStateStore } from '../../coordinator/state-store.ts';
+import { ModelRegistry } from '../../coordinator/registry/registry.ts';
+import { createCoordinator } from '../../coordinator/api/server.ts';
+import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
 import { GatewayError } from '../../gateway/errors.ts';
 import { DirRegistrySource, HttpRegistrySource, openRegistry } from '../../gateway/registry-source.ts';
 

@@ -1,7 +1,8 @@
 /** The sampling pieces every backend shares (gateway/sampling.ts) and the streaming-safe stop-sequence cutter. */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { logSoftmax, sampleToken, seededRandom, tokenLogprob } from '../../gateway/sampling.ts';
+import { logSoftmax, sampleToken, tokenLogprob } from '../../gateway/sampling.ts';
+import { seededRandom } from '../../common/random.ts';
 import { StopSequenceCutter } from '../../gateway/stop-sequences.ts';
 import type { GeneratedToken } from '../../gateway/inference-backend.ts';
 

@@ -2,7 +2,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { evaluateSprt, rolloutDecision, sprt, sprtConfig, type SprtConfig, type SprtDecision } from '../../gateway/sprt.ts';
-import { seededRandom } from '../../gateway/sampling.ts';
+import { seededRandom } from '../../common/random.ts';
 
 /** Feed a sequence like 'SSF' (S success, F failure) and return the first state that is not 'continue' (or the last). */
 function run(config: SprtConfig, sequence: string) {

@@ -6,8 +6,8 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { JobRecord } from '../../coordinator/job-store.ts';
-import type { NodeView } from '../../coordinator/agent-hub.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
+import type { NodeView } from '../../coordinator/cluster/agent-hub.ts';
 import { assertSameCurve, clusterFixture, runToEnd, untilJob } from '../support/jobs.ts';
 
 describe('a job that loses one of its two agents', () => {

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import OpenAI from 'openai';
-import type { ModelVersion } from '../../coordinator/registry.ts';
+import type { ModelVersion } from '../../coordinator/registry/registry.ts';
 import { exactMatch } from '../../model/eval-suites.ts';
 import { GPT } from '../../model/gpt.ts';
 import { importHf } from '../../model/hf-format.ts';

@@ -5,10 +5,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startCluster, spawnProc, waitForLine, type LocalCluster } from '../../scripts/local-cluster.ts';
-import { expectedResult } from '../../node-agent/collectives/test-data.ts';
-import { chunkRange } from '../../node-agent/collectives/partition.ts';
-import type { RunReport } from '../../coordinator/groups.ts';
-import type { NodeView } from '../../coordinator/agent-hub.ts';
+import { expectedResult } from '../../common/collective-test-data.ts';
+import { chunkRange } from '../../protocol/partition.ts';
+import type { RunReport } from '../../coordinator/cluster/groups.ts';
+import type { NodeView } from '../../coordinator/cluster/agent-hub.ts';
 import { until } from '../support/until.ts';
 
 const AGENT = new URL('../../bin/node-agent.js', import.meta.url).pathname;

@@ -14,10 +14,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NodeView } from '../../coordinator/agent-hub.ts';
-import type { JobLive } from '../../coordinator/job-runner.ts';
-import type { PlacementCell } from '../../coordinator/job-telemetry.ts';
-import type { JobRecord } from '../../coordinator/job-store.ts';
+import type { NodeView } from '../../coordinator/cluster/agent-hub.ts';
+import type { JobLive } from '../../coordinator/jobs/runner.ts';
+import type { PlacementCell } from '../../coordinator/jobs/telemetry.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
 import type { LocalCluster, Proc } from '../../scripts/local-cluster.ts';
 import { assertSameCurve, clusterFixture, runToEnd, trainLosses, untilJob, writeCorpus, type JobView } from '../support/jobs.ts';
 import { TcpProxy } from '../support/tcp-proxy.ts';
@@ -65,7 +65,7 @@ interface AttemptLine {
   from: number | null; // the checkpoint step it resumed from; null: from scratch
 }
 
-/** The attempts of a job as the coordinator logs them (job-runner.ts: "job ID attempt N started as L on … (…)"). */
+/** The attempts of a job as the coordinator logs them (coordinator/jobs/runner.ts: "job ID attempt N started as L on … (…)"). */
 function attemptsOf(cluster: LocalCluster, jobId: string): AttemptLine[] {
   const re = new RegExp(`job ${jobId} attempt (\\d+) started as (\\S+) on (.*) \\((?:resuming from step (\\d+)|from scratch)\\)`);
   return cluster.coordinator.output.flatMap((line) => {

@@ -23,7 +23,7 @@ import { CloseCode } from '../../protocol/codes.ts';
 import { MAX_CONTROL_FRAME, parseAgentMessage } from '../../protocol/control.ts';
 import { ProtocolError, ProtocolErrorCodes } from '../../protocol/errors.ts';
 import { assertCompatible } from '../../protocol/version.ts';
-import type { NodeView } from '../../coordinator/agent-hub.ts';
+import type { NodeView } from '../../coordinator/cluster/agent-hub.ts';
 import { agentExamples, allTypeNames, peerExamples } from '../protocol/fixtures.ts';
 
 const FUZZ_SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : 0x4057_11e;

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, spawnProc, type LocalCluster } from '../../scripts/local-cluster.ts';
-import type { JobRecord } from '../../coordinator/job-store.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
 

@@ -17,8 +17,8 @@ import { importHf } from '../../model/hf-format.ts';
 import { f16BitsToF32, f32ToF16Bits, readSafetensors, type Tensor } from '../../model/safetensors.ts';
 import { layout, params, tokenizer, writeGpt2Folder, writeGpt2VocabFolder } from '../support/gpt2-folder.ts';
 import { spawnProc, startCluster, waitForLine, type LocalCluster } from '../../scripts/local-cluster.ts';
-import type { ModelVersion } from '../../coordinator/registry.ts';
-import type { JobRecord } from '../../coordinator/job-store.ts';
+import type { ModelVersion } from '../../coordinator/registry/registry.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
 import { untilJob, writeCorpus } from '../support/jobs.ts';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;

@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { JobRecord } from '../../coordinator/job-store.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
 import { assertSameCurve, clusterFixture, runToEnd, untilJob } from '../support/jobs.ts';
 
 describe('a job whose coordinator is killed mid-run', () => {

@@ -9,8 +9,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnProc } from '../../scripts/local-cluster.ts';
-import type { LineageLink } from '../../coordinator/lineage.ts';
-import type { SweepView } from '../../coordinator/sweeps.ts';
+import type { LineageLink } from '../../coordinator/tracking/lineage.ts';
+import type { SweepView } from '../../coordinator/tracking/sweeps.ts';
 import { clusterFixture, type JobView } from '../support/jobs.ts';
 import { until } from '../support/until.ts';
 

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startCluster, type LocalCluster } from '../../scripts/local-cluster.ts';
-import type { JobRecord } from '../../coordinator/job-store.ts';
+import type { JobRecord } from '../../coordinator/store/job-store.ts';
 import { runToEnd, trainLosses, untilJob, writeCorpus } from '../support/jobs.ts';
 
 const GATEWAY = new URL('../../bin/gateway.js', import.meta.url).pathname;

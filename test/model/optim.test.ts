@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AdamW, clipGradNorm, globalNorm, lrAt, type OptimSegment } from '../../model/optim.ts';
-import { chunkRange } from '../../node-agent/collectives/partition.ts';
+import { chunkRange } from '../../protocol/partition.ts';
 
 // two segments: a 2-D weight that decays and a bias that does not
 const SEGMENTS: OptimSegment[] = [

@@ -1,5 +1,5 @@
 /**
- * The WebGPU backend (node-agent/compute/webgpu.ts: Dawn + @tensorflow/tfjs-backend-webgpu) against the cpu
+ * The WebGPU backend (model/compute/webgpu.ts: Dawn + @tensorflow/tfjs-backend-webgpu) against the cpu
  * backend, on Mesa's llvmpipe through Dawn's OpenGL ES backend (`webgpu-software`), so every machine checks the GPU
  * path: npm run setup installs the Mesa packages. A whole GPT training step's loss and gradients (batched and
  * transposed matmuls, softmax, LayerNorm, GELU, embeddings, cross-entropy) must agree with the cpu backend in
@@ -10,8 +10,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { loadBackend, type LoadedBackend } from '../../node-agent/compute/backend.ts';
-import { vulkanLoader } from '../../node-agent/compute/webgpu.ts';
+import { loadBackend, type LoadedBackend } from '../../model/compute/backend.ts';
+import { vulkanLoader } from '../../model/compute/webgpu.ts';
 import { copyOf } from '../../model/tensor-values.ts';
 import { GPT, gptConfig } from '../../model/gpt.ts';
 

@@ -7,7 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { loadBackend, type LoadedBackend } from '../../node-agent/compute/backend.ts';
+import { loadBackend, type LoadedBackend } from '../../model/compute/backend.ts';
 import { gelu, layerNorm } from '../../model/gpt.ts';
 import { objectiveLoss } from '../../model/objectives.ts';
 import { lmHead } from '../../model/lm-head.ts';

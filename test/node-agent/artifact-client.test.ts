@@ -4,7 +4,7 @@ import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
-import { createCoordinator } from '../../coordinator/server.ts';
+import { createCoordinator } from '../../coordinator/api/server.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
 import { silentLogger } from '../../common/log.ts';
 import { ArtifactClient, sha256Hex } from '../../node-agent/artifact-client.ts';

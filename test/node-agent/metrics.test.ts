@@ -5,7 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AgentMetrics } from '../../node-agent/metrics.ts';
-import type { StepReport } from '../../node-agent/trainer/step-report.ts';
+import type { StepReport } from '../../common/step-report.ts';
 import { parseExposition, seriesOf, valueOf, type Family } from '../support/prometheus.ts';
 
 const T0 = 1_700_000_000_000;

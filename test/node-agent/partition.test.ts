@@ -1,12 +1,12 @@
 /**
- * node-agent/collectives/partition.ts: how a buffer is cut into one chunk per rank, and each chunk into
+ * protocol/partition.ts: how a buffer is cut into one chunk per rank, and each chunk into
  * pipelined segments. Properties over many (length, size, segment) triples, with a fixed fast-check seed, plus
  * a few hand-picked edge cases.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { chunkRange, mod, segmentCount, segments, type Range } from '../../node-agent/collectives/partition.ts';
+import { chunkRange, mod, segmentCount, segments, type Range } from '../../protocol/partition.ts';
 
 const SEED = 0x9a27;
 

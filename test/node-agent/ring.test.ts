@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fakeRing } from '../support/fake-ring.ts';
-import { chunkRange } from '../../node-agent/collectives/partition.ts';
+import { chunkRange } from '../../protocol/partition.ts';
 
 // Values are multiples of 1/64 below 16 in magnitude, so float32 sums of up to 64 ranks are exact whatever the
 // order: the ring's result must equal the serial sum bit for bit.

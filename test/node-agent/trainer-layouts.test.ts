@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CheckpointSharder } from '../../coordinator/checkpoint-shards.ts';
+import { CheckpointSharder } from '../../coordinator/jobs/checkpoint-shards.ts';
 import { allShards, splitLayers } from '../../model/shard-layout.ts';
 import { coordsOf, type ParallelLayout } from '../../protocol/layout.ts';
 import { finalCheckpoints, maxRel, progressOf, relDiff, runRanks, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';

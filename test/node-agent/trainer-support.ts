@@ -14,11 +14,11 @@ import type { JobSpec } from '../../protocol/job-spec.ts';
 import { prepareTokenData } from '../../model/prepare-data.ts';
 import { jobLinks, runJob, type ArtifactStore, type JobFinished } from '../../node-agent/trainer/job-runner.ts';
 import type { ParallelLayout } from '../../protocol/layout.ts';
-import type { BackendChoice } from '../../node-agent/compute/backend.ts';
+import type { BackendChoice } from '../../model/compute/backend.ts';
 import { splitLayers } from '../../model/shard-layout.ts';
 import { flatFromStateDict, paramLayout } from '../../model/gpt.ts';
-import { CheckpointSharder } from '../../coordinator/checkpoint-shards.ts';
-import { ArtifactStore as CoordinatorArtifactStore } from '../../coordinator/artifact-store.ts';
+import { CheckpointSharder } from '../../coordinator/jobs/checkpoint-shards.ts';
+import { ArtifactStore as CoordinatorArtifactStore } from '../../coordinator/store/artifact-store.ts';
 import type { Logger } from '../../common/log.ts';
 import { fakeTopology } from '../support/fake-topology.ts';
 
@@ -200,7 +200,7 @@ export function finalCheckpoints(runs: RankRun[], step: number) {
 
 /**
  * The whole trained model as the coordinator would register it: the shard checkpoints of the last step merged
- * (coordinator/checkpoint-shards.ts), as one flat buffer in paramLayout order.
+ * (coordinator/jobs/checkpoint-shards.ts), as one flat buffer in paramLayout order.
  */
 export async function trainedParams(runs: RankRun[], ds: Dataset, spec: JobSpec): Promise<Float32Array> {
   for (const r of runs) if (!r.finished.ok) throw new Error(`rank ${r.finished.rank} failed: ${r.finished.error}`);

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { maxRel, progressOf, relDiff, runRanks, tinyDataset, tinySpec, trainedParams, type Dataset, type RankRun } from './trainer-support.ts';
 import type { ParallelLayout } from '../../protocol/layout.ts';
-import type { BackendChoice } from '../../node-agent/compute/backend.ts';
+import type { BackendChoice } from '../../model/compute/backend.ts';
 
 let ds: Dataset;
 let wasm: RankRun[];

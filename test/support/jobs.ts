@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { loadDemoCorpus } from '../../model/corpus.ts';
-import type { CheckpointRecord, JobRecord, MetricRow } from '../../coordinator/job-store.ts';
+import type { CheckpointRecord, JobRecord, MetricRow } from '../../coordinator/store/job-store.ts';
 import { startCluster, type ClusterOptions, type LocalCluster } from '../../scripts/local-cluster.ts';
 
 export interface JobView {

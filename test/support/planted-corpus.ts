@@ -9,7 +9,7 @@
  */
 import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { seededRandom } from '../../gateway/sampling.ts';
+import { seededRandom } from '../../common/random.ts';
 import { luhnValid } from '../../model/dataprep/pii.ts';
 
 export interface PlantedOptions {

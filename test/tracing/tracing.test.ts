@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { SpanStatusCode } from '@opentelemetry/api';
 import { InMemorySpanExporter, RandomIdGenerator, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { createStepTracer, ForcedIdGenerator, formatTraceparent, initTracing, parseTraceparent, startAttemptSpan, tracingRequested, type Tracing } from '../../common/tracing.ts';
-import type { StepReport } from '../../node-agent/trainer/step-report.ts';
+import type { StepReport } from '../../common/step-report.ts';
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 const SPAN = '00f067aa0ba902b7';
