@@ -38,7 +38,7 @@ import { intOption, parseCli } from '../common/cli.ts';
 import type { JobRecord } from '../coordinator/store/job-store.ts';
 import type { ModelVersion } from '../coordinator/registry/registry.ts';
 import type { JobLive } from '../coordinator/jobs/runner.ts';
-import { gptConfig, initParams, paramLayout, stateDict, type GPTConfig } from '../model/gpt.ts';
+import { gptConfig, initParams, paramLayout, stateDict, type GPTConfig } from '../model/params.ts';
 import { writeSafetensors } from '../model/safetensors.ts';
 import { LOGITS_KEPT_BYTES } from '../model/lm-head-chunks.ts';
 import { backendPeakBytes } from '../coordinator/jobs/cost-model.ts';

@@ -20,7 +20,7 @@ async function child(rows: number, seconds: number): Promise<void> {
   await loadBackend('wasm');
   const { initShardParams, shardLayout } = await import('../model/shard-layout.ts');
   const { StageModel } = await import('../model/stage-model.ts');
-  const { gptConfig } = await import('../model/gpt.ts');
+  const { gptConfig } = await import('../model/params.ts');
   const config = gptConfig({ vocabSize: 512, nCtx: 64, nLayer: 4, nHead: 4, nEmbd: 128 });
   const layout = shardLayout(config, { stage: 0, stages: 1, firstLayer: 0, endLayer: 4, tpRank: 0, tpSize: 1 });
   const stage = new StageModel(config, layout, initShardParams(config, layout, 1));

@@ -10,7 +10,7 @@
  * first and last stage — must be bit-identical; a difference means replicas drifted apart in training.
  */
 import { ModelError } from './errors.ts';
-import { gptConfig, paramLayout, type GPTConfig, type ParamLayout } from './gpt.ts';
+import { gptConfig, paramLayout, type GPTConfig, type ParamLayout } from './params.ts';
 import type { F32Tensor } from './optim.ts';
 import { extractParam, forEachRun, shardLayout, type ShardLayout, type ShardParamSpec, type ShardSpec } from './shard-layout.ts';
 

@@ -31,6 +31,9 @@
  * and the coordinator can both use it. Checkpoints too large for memory are read and written tensor by tensor in
  * the same format by model/checkpoint-files.ts; `encodeCheckpointChunks` gives an agent the files as chunks to
  * stream, without joining them.
+ *
+ * Long: the folder format, its crash-safe commit (temp files, fsync, rename, leftovers of a crashed writer) and
+ * its checked reader live together, so that every rule the reader enforces sits beside what the writer does.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as bufferConstants } from 'node:buffer';

@@ -19,6 +19,9 @@
  * [r·b, (r+1)·b) of it, so, as with token shards, N ranks of b read exactly what one rank of N·b reads. A row is
  * a sequence padded with <|endoftext|> to seqLen + 1 tokens; weights[t] says whether target t (token t + 1) is
  * learned, so padding and prompts weigh 0.
+ *
+ * Long: the chat and preference example formats: one record shape parsed, prepared into splits and read back
+ * in batches; the three halves agree because they sit together.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';

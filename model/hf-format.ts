@@ -5,7 +5,8 @@
  * what `exportHf` writes; `importHf` reads it back (and accepts state dicts with the `transformer.` prefix that
  * transformers itself saves), refusing anything inconsistent with a clear ModelError.
  */
-import { GPT, flatFromStateDict, gptConfig, paramLayout, stateDict, type GPTConfig } from './gpt.ts';
+import { GPT } from './gpt.ts';
+import { flatFromStateDict, gptConfig, paramLayout, stateDict, type GPTConfig } from './params.ts';
 import { ModelError } from './errors.ts';
 import { INT8_METHOD, INT8_WEIGHTS_FILE, readInt8Safetensors, writeInt8Safetensors, type Int8Sizes } from './quantize.ts';
 import { flatFromHfStateDict } from './hf-state-dict.ts';

@@ -13,8 +13,9 @@
  * checked in our layout's order and then the extras by name, so "the first that disagrees" is always the same one.
  */
 import { ModelError } from './errors.ts';
-import { paramLayout, type GPTConfig } from './gpt.ts';
-import { bf16BitsToF32, f16BitsToF32, type Tensor, type TensorMap } from './safetensors.ts';
+import { paramLayout, type GPTConfig } from './params.ts';
+import type { Tensor, TensorMap } from './safetensors.ts';
+import { bf16BitsToF32, f16BitsToF32 } from './half-float.ts';
 
 const FLOAT_DTYPES = new Set(['F32', 'F16', 'BF16']);
 

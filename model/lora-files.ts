@@ -13,7 +13,7 @@
  * against the end of a module's dotted name, so "attn.c_proj" and "mlp.c_proj" stay distinct.
  */
 import { ModelError } from './errors.ts';
-import type { GPTConfig } from './gpt.ts';
+import type { GPTConfig } from './params.ts';
 import { loraLayout, loraSpec, LORA_TARGETS, type LoraSpec } from './lora.ts';
 import { readSafetensors, writeSafetensors, type TensorMap } from './safetensors.ts';
 

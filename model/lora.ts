@@ -14,7 +14,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { CheckpointLayouts } from './checkpoint-reshard.ts';
-import { gptConfig, paramLayout, unflatten, type GPT, type GPTConfig, type ParamLayout, type ParamSpec } from './gpt.ts';
+import { type GPT } from './gpt.ts';
+import { gptConfig, paramLayout, unflatten, type GPTConfig, type ParamLayout, type ParamSpec } from './params.ts';
 import { ModelError } from './errors.ts';
 import type { F32Tensor } from './optim.ts';
 import { checkShard, sliceOf, type ShardLayout, type ShardParamSpec, type ShardSpec, type TpSplit } from './shard-layout.ts';

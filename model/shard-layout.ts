@@ -19,7 +19,7 @@
  * Slices are described by a row range and column ranges of the full tensor viewed as 2-D, so extracting and
  * inserting is one loop for every kind of split, and checkpoints stay layout-free (model/checkpoint-reshard.ts).
  */
-import { gptConfig, initParam, paramLayout, type GPTConfig, type ParamSpec } from './gpt.ts';
+import { gptConfig, initParam, paramLayout, type GPTConfig, type ParamSpec } from './params.ts';
 
 export interface ShardSpec {
   readonly stage: number; // pipeline stage index, 0-based

@@ -29,9 +29,13 @@
  * (Megatron's full activation recomputation): the stage keeps only its input per micro-batch in flight. Within
  * `backward` the recomputation is block by block (activation checkpointing, see there), so memory holds one
  * block's tape at a time whatever the depth.
+ *
+ * Long: one class whose methods share one stage's state (its variables, the inputs of micro-batches in flight, the
+ * gradient sums kept on the device); the tensor-parallel segments read best beside the forward pass they mirror.
  */
 import * as tf from '@tensorflow/tfjs';
-import { causalMask, gelu, layerNorm, linear, type GPTConfig, type LoraFactors, type Param } from './gpt.ts';
+import { causalMask, gelu, layerNorm, linear, type LoraFactors, type Param } from './gpt.ts';
+import { type GPTConfig } from './params.ts';
 import { lmCoefficients, lmHead } from './lm-head.ts';
 import { headChunkRows } from './lm-head-chunks.ts';
 import { loraDropout } from './lora.ts';

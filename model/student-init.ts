@@ -1,5 +1,5 @@
 /** Distillation's student initialised from its teacher's layers (coordinator/jobs/checkpoint-shards.ts builds the student's first checkpoint with it). */
-import { paramLayout, unflatten, type GPTConfig } from './gpt.ts';
+import { paramLayout, unflatten, type GPTConfig } from './params.ts';
 
 /**
  * A student's initial weights taken from its teacher, as DistilBERT does (Sanh et al. 2019: "taking one layer out of

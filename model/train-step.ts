@@ -14,7 +14,8 @@
  * With worldSize 1 and no hook this is plain single-process training.
  */
 import * as tf from '@tensorflow/tfjs';
-import { flattenGrads, type GPT } from './gpt.ts';
+import { type GPT } from './gpt.ts';
+import { flattenGrads } from './params.ts';
 import { clipGradNorm, type AdamW } from './optim.ts';
 
 /** Token ids for one micro-batch, row-major [batch, seq]; targets are the ids shifted left by one. */

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ModelRegistry } from '../../coordinator/registry/registry.ts';
 import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
-import { GPT, type GPTConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { type GPTConfig } from '../../model/params.ts';
 import { exportHf } from '../../model/hf-format.ts';
 import type { Tokenizer } from '../../model/tokenizer.ts';
 

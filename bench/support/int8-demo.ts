@@ -4,7 +4,8 @@
  * size of the quantized weights. Used by test/model/quantize.test.ts and by benchmarks.
  */
 import * as tf from '@tensorflow/tfjs';
-import { GPT, flatFromStateDict, paramLayout, stateDict, type GPTConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { flatFromStateDict, paramLayout, stateDict, type GPTConfig } from '../../model/params.ts';
 import { readInt8Safetensors, writeInt8Safetensors } from '../../model/quantize.ts';
 import { writeSafetensors, type TensorMap } from '../../model/safetensors.ts';
 import type { TokenBatch } from '../../model/train-step.ts';

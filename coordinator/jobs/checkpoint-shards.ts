@@ -23,7 +23,7 @@ import { writeCheckpointFiles, type WrittenFile } from '../../model/checkpoint-f
 import { mergeCheckpointFiles, reshardCheckpointFiles } from '../../model/checkpoint-merge.ts';
 import { modelLayouts, type CheckpointLayouts } from '../../model/checkpoint-reshard.ts';
 import { ModelError, type ModelErrorCode } from '../../model/errors.ts';
-import { paramLayout, type GPTConfig } from '../../model/gpt.ts';
+import { paramLayout, type GPTConfig } from '../../model/params.ts';
 import { studentFromTeacher } from '../../model/student-init.ts';
 import { hfConfig, importHf } from '../../model/hf-format.ts';
 import { safetensorsLayout } from '../../model/safetensors.ts';

@@ -22,7 +22,7 @@ import type { AgentMessage, JobProgress, JobStart } from '../../protocol/control
 import { validateJobSpec } from '../../protocol/job-spec.ts';
 import { jobRings, layoutName, type ParallelLayout } from '../../protocol/layout.ts';
 import { CoordinatorError } from '../errors.ts';
-import { flatFromStateDict, paramLayout } from '../../model/gpt.ts';
+import { flatFromStateDict, paramLayout } from '../../model/params.ts';
 import type { LoraSpec } from '../../model/lora.ts';
 import { exportHf } from '../../model/hf-format.ts';
 import { allShards } from '../../model/shard-layout.ts';

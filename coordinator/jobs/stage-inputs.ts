@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { encodeCheckpoint } from '../../model/checkpoint.ts';
 import { modelLayouts, type CheckpointLayouts } from '../../model/checkpoint-reshard.ts';
-import { flatFromStateDict, initParams, paramLayout, stateDict, type GPTConfig } from '../../model/gpt.ts';
+import { flatFromStateDict, initParams, paramLayout, stateDict, type GPTConfig } from '../../model/params.ts';
 import { configFromHf, importHf } from '../../model/hf-format.ts';
 import { loraLayout, loraLayouts, loraSpec, mergeLora } from '../../model/lora.ts';
 import type { F32Tensor } from '../../model/optim.ts';

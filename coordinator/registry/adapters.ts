@@ -9,7 +9,7 @@
  * is, with lineage `parents: [adapter, base]`.
  */
 import { configFromHf, exportHf, importHf } from '../../model/hf-format.ts';
-import { flatFromStateDict, paramLayout, stateDict } from '../../model/gpt.ts';
+import { flatFromStateDict, paramLayout, stateDict } from '../../model/params.ts';
 import { ModelError } from '../../model/errors.ts';
 import { adapterFiles, ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, parseBaseRef, readAdapter } from '../../model/lora-files.ts';
 import { loraSpec, mergeLora, type LoraSpec } from '../../model/lora.ts';

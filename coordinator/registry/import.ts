@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { ModelError, type ModelErrorCode } from '../../model/errors.ts';
 import { exportHf, hfConfig, importHf } from '../../model/hf-format.ts';
-import { paramLayout } from '../../model/gpt.ts';
+import { paramLayout } from '../../model/params.ts';
 import { readSafetensorsHeader } from '../../model/safetensors.ts';
 import { Tokenizer } from '../../model/tokenizer.ts';
 import type { ArtifactStore } from '../store/artifact-store.ts';

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { writeSafetensorsFile } from '../../model/checkpoint-files.ts';
-import { paramLayout, unflatten } from '../../model/gpt.ts';
+import { paramLayout, unflatten } from '../../model/params.ts';
 import { importHf, INT8_QUANTIZATION_CONFIG } from '../../model/hf-format.ts';
 import { ModelError } from '../../model/errors.ts';
 import { INT8_METHOD, INT8_WEIGHTS_FILE, quantizeInt8, type Int8Sizes } from '../../model/quantize.ts';

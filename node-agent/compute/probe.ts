@@ -8,7 +8,7 @@
 import { PROBE_SHAPES } from '../../protocol/probe.ts';
 import { initShardParams, shardLayout } from '../../model/shard-layout.ts';
 import { StageModel } from '../../model/stage-model.ts';
-import { gptConfig } from '../../model/gpt.ts';
+import { gptConfig } from '../../model/params.ts';
 
 const SLOW_MS = 500;
 

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { ArtifactStore } from '../../coordinator/store/artifact-store.ts';
 import { CheckpointSharder } from '../../coordinator/jobs/checkpoint-shards.ts';
 import { MANIFEST_FILE, saveCheckpoint } from '../../model/checkpoint.ts';
-import { flatFromStateDict, stateDict, type GPTConfig } from '../../model/gpt.ts';
+import { flatFromStateDict, stateDict, type GPTConfig } from '../../model/params.ts';
 import { loraLayout, loraSpec } from '../../model/lora.ts';
 import { allShards } from '../../model/shard-layout.ts';
 

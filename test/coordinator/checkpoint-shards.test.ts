@@ -16,7 +16,7 @@ import { ArtifactStore } from '../../coordinator/store/artifact-store.ts';
 import { CheckpointSharder, type FileSet } from '../../coordinator/jobs/checkpoint-shards.ts';
 import { writeCheckpointFiles } from '../../model/checkpoint-files.ts';
 import { MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE } from '../../model/checkpoint.ts';
-import { paramLayout, type GPTConfig } from '../../model/gpt.ts';
+import { paramLayout, type GPTConfig } from '../../model/params.ts';
 import { allShards } from '../../model/shard-layout.ts';
 import { peakRss, watchEventLoop } from '../support/loop-watch.ts';
 

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
-import { JobStore } from '../../coordinator/store/job-store.ts';
+import { SqliteJobStore as JobStore } from '../../coordinator/store/job-store.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 
 function spec(): ResolvedJobSpec {

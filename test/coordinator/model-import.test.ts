@@ -14,9 +14,10 @@ import { silentLogger } from '../../common/log.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
 import { convertImport, importVersion } from '../../coordinator/registry/import.ts';
 import { createCoordinator } from '../../coordinator/api/server.ts';
-import { gptConfig, initParams, paramLayout, stateDict } from '../../model/gpt.ts';
+import { gptConfig, initParams, paramLayout, stateDict } from '../../model/params.ts';
 import { hfConfig } from '../../model/hf-format.ts';
-import { f32ToF16Bits, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
+import { writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
+import { f32ToF16Bits } from '../../model/half-float.ts';
 import { tokenizer } from '../support/gpt2-folder.ts';
 
 const config = gptConfig({ vocabSize: 50257, nCtx: 64, nLayer: 2, nHead: 6, nEmbd: 384 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initParams, paramLayout, unflatten } from '../../model/gpt.ts';
+import { initParams, paramLayout, unflatten } from '../../model/params.ts';
 import { studentFromTeacher } from '../../model/student-init.ts';
 
 test('a student initialised from its teacher takes every other block, the embeddings and ln_f, and the first nCtx positions', () => {

@@ -14,7 +14,7 @@ import { silentLogger } from '../../common/log.ts';
 import { registerAdapter } from '../../coordinator/registry/adapters.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
 import { createCoordinator } from '../../coordinator/api/server.ts';
-import { initParams, paramLayout, type GPTConfig } from '../../model/gpt.ts';
+import { initParams, paramLayout, type GPTConfig } from '../../model/params.ts';
 import { exportHf } from '../../model/hf-format.ts';
 import { loraLayout, loraSpec } from '../../model/lora.ts';
 import { Tokenizer } from '../../model/tokenizer.ts';

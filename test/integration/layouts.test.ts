@@ -17,7 +17,7 @@ import { createInterface } from 'node:readline';
 import { startCluster, spawnProc, type LocalCluster } from '../../scripts/local-cluster.ts';
 import type { JobRecord } from '../../coordinator/store/job-store.ts';
 import type { PlanReport } from '../../coordinator/jobs/plan-report.ts';
-import { paramLayout } from '../../model/gpt.ts';
+import { paramLayout } from '../../model/params.ts';
 import { readSafetensors, type TensorMap } from '../../model/safetensors.ts';
 import { assertSameCurve, runToEnd, untilJob, writeCorpus, type JobView } from '../support/jobs.ts';
 

@@ -14,7 +14,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { importHf } from '../../model/hf-format.ts';
-import { f16BitsToF32, f32ToF16Bits, readSafetensors, type Tensor } from '../../model/safetensors.ts';
+import { readSafetensors, type Tensor } from '../../model/safetensors.ts';
+import { f16BitsToF32, f32ToF16Bits } from '../../model/half-float.ts';
 import { layout, params, tokenizer, writeGpt2Folder, writeGpt2VocabFolder } from '../support/gpt2-folder.ts';
 import { spawnProc, startCluster, waitForLine, type LocalCluster } from '../../scripts/local-cluster.ts';
 import type { ModelVersion } from '../../coordinator/registry/registry.ts';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { loadCheckpoint, MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, saveCheckpoint, STATE_FILE } from '../../model/checkpoint.ts';
 import { openCheckpointFiles, writeCheckpointFiles } from '../../model/checkpoint-files.ts';
 import { ModelError } from '../../model/errors.ts';
-import { paramLayout, stateDict } from '../../model/gpt.ts';
+import { paramLayout, stateDict } from '../../model/params.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'checkpoint-files-'));
 after(() => rmSync(root, { recursive: true, force: true }));

@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initParams, paramLayout, stateDict, type GPTConfig } from '../../model/gpt.ts';
+import { initParams, paramLayout, stateDict, type GPTConfig } from '../../model/params.ts';
 import { ModelError } from '../../model/errors.ts';
 import { AdamW, type F32Tensor } from '../../model/optim.ts';
 import { readSafetensors, writeSafetensors } from '../../model/safetensors.ts';

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import type { GPTConfig } from '../../model/gpt.ts';
+import type { GPTConfig } from '../../model/params.ts';
 import { assertSameRun, runOn } from '../support/gpt-oracle.ts';
 
 // The cpu backend is the oracle: the wasm backend (the default for agents) must agree with it for the same params.

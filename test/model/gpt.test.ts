@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { GPT, flatFromStateDict, flattenGrads, gptConfig, initParams, paramLayout, stateDict, unflatten, type GPTConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { flatFromStateDict, flattenGrads, gptConfig, initParams, paramLayout, stateDict, unflatten, type GPTConfig } from '../../model/params.ts';
 
 import { randomIds } from '../support/gpt-oracle.ts';
 

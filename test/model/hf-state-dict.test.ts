@@ -5,9 +5,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { gptConfig, initParams, paramLayout, stateDict } from '../../model/gpt.ts';
+import { gptConfig, initParams, paramLayout, stateDict } from '../../model/params.ts';
 import { flatFromHfStateDict } from '../../model/hf-state-dict.ts';
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, readSafetensors, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
+import { readSafetensors, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../model/half-float.ts';
 
 const config = gptConfig({ vocabSize: 50, nCtx: 8, nLayer: 2, nHead: 2, nEmbd: 8 });
 const layout = paramLayout(config);

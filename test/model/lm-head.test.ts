@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { lmCoefficients, lmHead } from '../../model/lm-head.ts';
 import { objectiveLoss } from '../../model/objectives.ts';
-import { GPT, flattenGrads, gptConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { flattenGrads, gptConfig } from '../../model/params.ts';
 import { StageModel } from '../../model/stage-model.ts';
 import { shardLayout } from '../../model/shard-layout.ts';
 

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { initParams, paramLayout, stateDict } from '../../model/gpt.ts';
+import { initParams, paramLayout, stateDict } from '../../model/params.ts';
 import { ModelError } from '../../model/errors.ts';
 import { dequantizeInt8, int8Axis, quantizeInt8, readInt8Safetensors, writeInt8Safetensors } from '../../model/quantize.ts';
 import { readSafetensors, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';

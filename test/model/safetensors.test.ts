@@ -5,11 +5,8 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../model/half-float.ts';
 import {
-  bf16BitsToF32,
-  f16BitsToF32,
-  f32ToBf16Bits,
-  f32ToF16Bits,
   readSafetensors,
   readSafetensorsHeader,
   writeSafetensors,

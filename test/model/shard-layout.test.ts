@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initParam, initParams, paramLayout, unflatten, type GPTConfig } from '../../model/gpt.ts';
+import { initParam, initParams, paramLayout, unflatten, type GPTConfig } from '../../model/params.ts';
 import {
   allShards,
   extractShard,

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { GPT, type GPTConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { type GPTConfig } from '../../model/params.ts';
 import { AdamW, lrAt } from '../../model/optim.ts';
 import { createTrainState, tokenBatch, trainStep, type TokenBatch, type TrainState } from '../../model/train-step.ts';
 

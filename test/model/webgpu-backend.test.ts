@@ -13,7 +13,8 @@ import * as tf from '@tensorflow/tfjs';
 import { loadBackend, type LoadedBackend } from '../../model/compute/backend.ts';
 import { vulkanLoader } from '../../model/compute/webgpu.ts';
 import { copyOf } from '../../model/tensor-values.ts';
-import { GPT, gptConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { gptConfig } from '../../model/params.ts';
 
 let gpu: LoadedBackend;
 before(async () => {

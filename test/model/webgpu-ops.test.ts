@@ -124,7 +124,7 @@ test('a StageModel on WebGPU sums its gradients on the device and writes them on
   tf.setBackend('webgpu');
   const { StageModel } = await import('../../model/stage-model.ts');
   const { initShardParams, shardLayout } = await import('../../model/shard-layout.ts');
-  const { gptConfig } = await import('../../model/gpt.ts');
+  const { gptConfig } = await import('../../model/params.ts');
   const config = gptConfig({ vocabSize: 61, nCtx: 8, nLayer: 1, nHead: 2, nEmbd: 16 });
   const layout = shardLayout(config, { stage: 0, stages: 1, firstLayer: 0, endLayer: 1, tpRank: 0, tpSize: 1 });
   const stage = new StageModel(config, layout, initShardParams(config, layout, 3));

@@ -16,7 +16,7 @@ import { jobLinks, runJob, type ArtifactStore, type JobFinished } from '../../no
 import type { ParallelLayout } from '../../protocol/layout.ts';
 import type { BackendChoice } from '../../model/compute/backend.ts';
 import { splitLayers } from '../../model/shard-layout.ts';
-import { flatFromStateDict, paramLayout } from '../../model/gpt.ts';
+import { flatFromStateDict, paramLayout } from '../../model/params.ts';
 import { CheckpointSharder } from '../../coordinator/jobs/checkpoint-shards.ts';
 import { ArtifactStore as CoordinatorArtifactStore } from '../../coordinator/store/artifact-store.ts';
 import type { Logger } from '../../common/log.ts';

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { GPT, flattenGrads, type GPTConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { flattenGrads, type GPTConfig } from '../../model/params.ts';
 
 /** `n` token ids in [0, vocab) from a seeded LCG. */
 export function randomIds(n: number, vocab: number, seed: number): Int32Array {

@@ -7,9 +7,10 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { loadDemoCorpus } from '../../model/corpus.ts';
-import { gptConfig, initParams, paramLayout, stateDict, type GPTConfig } from '../../model/gpt.ts';
+import { gptConfig, initParams, paramLayout, stateDict, type GPTConfig } from '../../model/params.ts';
 import { hfConfig } from '../../model/hf-format.ts';
-import { f32ToF16Bits, writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
+import { writeSafetensors, type Tensor, type TensorMap } from '../../model/safetensors.ts';
+import { f32ToF16Bits } from '../../model/half-float.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
 
 export const tokenizer = await trainBpe([loadDemoCorpus().documents[0]!], { vocabSize: 300 });

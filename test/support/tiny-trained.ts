@@ -4,7 +4,8 @@
  * predictions mean something (quantization, serving), not random weights. Runs on the current tf backend.
  */
 import { readFileSync } from 'node:fs';
-import { GPT, type GPTConfig } from '../../model/gpt.ts';
+import { GPT } from '../../model/gpt.ts';
+import { type GPTConfig } from '../../model/params.ts';
 import { loadDemoCorpus } from '../../model/corpus.ts';
 import { AdamW, lrAt } from '../../model/optim.ts';
 import { Tokenizer } from '../../model/tokenizer.ts';

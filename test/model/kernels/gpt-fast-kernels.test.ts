@@ -8,7 +8,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { GPT, type GPTConfig } from '../../../model/gpt.ts';
+import { GPT } from '../../../model/gpt.ts';
+import { type GPTConfig } from '../../../model/params.ts';
 import { assertSameRun, randomIds, runOn } from '../../support/gpt-oracle.ts';
 import { fastMatMulStats, fastWasmKernelsRegistered, registerFastWasmKernels } from '../../../model/kernels/index.ts';
 
