@@ -25,6 +25,7 @@ import type { ServerResponse } from 'node:http';
 import { DEFAULT_CONNECTION_LIMITS, limitServer, type ConnectionLimits } from '../common/conn-limits.ts';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply } from 'fastify';
 import type { Logger } from '../common/log.ts';
+import { logRequest, requestLogging } from '../common/request-log.ts';
 import type { ServerTls } from '../common/tls.ts';
 import { adminPlugin } from './admin.ts';
 import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
@@ -403,7 +404,8 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   if (opts.rateLimit) new RateLimiter(opts.rateLimit); // refuse a bad limit before anything starts
   // return503OnClosing off: fastify's own 503 body is not OpenAI's; the plugin's hook answers during the drain.
   // The https option only changes the server class; the instance keeps the plain type (as in coordinator/api/server.ts).
-  const app = Fastify({ logger: false, https: opts.https ?? null, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false }) as unknown as FastifyInstance;
+  const app = Fastify({ ...requestLogging(opts.log), https: opts.https ?? null, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false }) as unknown as FastifyInstance;
+  app.addHook('onResponse', logRequest); // one line per request: method, matched route, status, ms
   const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log } = opts;
   limitServer(app.server as import('node:http').Server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits });
   const deployments = opts.deployments ?? new DeploymentManager({ resolve: noVersions, reserved: (name) => backends.has(name) });

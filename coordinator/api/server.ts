@@ -48,6 +48,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyError } from 'fastify';
 import type { Logger } from '../../common/log.ts';
+import { logRequest, requestLogging } from '../../common/request-log.ts';
 import { loadServerTls, type ServerTls } from '../../common/tls.ts';
 import { decideAccess, stalePublicRoutes } from './access.ts';
 import { AgentHub, sha256Hex } from '../cluster/agent-hub.ts';
@@ -178,11 +179,12 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   // The https option only changes the server class; routes, hooks and upgrades are the same, so the instance keeps
   // the plain type.
   const app = Fastify({
-    logger: false,
+    ...requestLogging(log), // one line per request: method, matched route, status, ms (common/request-log.ts)
     https,
     bodyLimit: 1024 * 1024, // JSON bodies; artifact uploads are streams and not buffered
     ajv: { customOptions: { allErrors: true, removeAdditional: false, coerceTypes: false } },
   }) as unknown as FastifyInstance;
+  app.addHook('onResponse', logRequest);
 
   app.setErrorHandler((err: FastifyError | CoordinatorError, req, reply) => {
     if (err instanceof CoordinatorError) {
