@@ -1,5 +1,6 @@
 /**
- * The messages between a job's main-thread runner (job-runner.ts) and its compute worker (trainer-worker.ts).
+ * The messages between a job's main-thread runner (job-runner.ts, through worker-client.ts) and its compute worker
+ * (trainer-worker.ts), and how an error crosses between the two threads with its code (failureOf, errorOf).
  *
  * The worker owns TensorFlow.js, this agent's StageModel (its pipeline stage and tensor-parallel shard), AdamW
  * (over the whole shard, or with ZeRO-1 over this data-parallel rank's range of it) and the data readers; the main
@@ -38,6 +39,8 @@ import type { ParallelLayout } from '../../protocol/layout.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { CheckpointFiles, WrittenFile } from '../../model/checkpoint-files.ts';
 import type { JsonValue } from '../../model/checkpoint.ts';
+import { AgentError, AgentErrorCodes, type AgentErrorCode } from '../errors.ts';
+import { ModelError, ModelErrorCodes, type ModelErrorCode } from '../../model/errors.ts';
 
 /** Where this agent sits in the job: what job.start's plan and rank say. */
 export interface Placement {
@@ -111,4 +114,28 @@ export type FromWorker =
   | { type: 'exported'; step: number; cursor: ShardCursor; params: Float32Array; expAvg: Float32Array; expAvgSq: Float32Array; optimizerStep: number }
   | { type: 'spilled'; step: number; files: Record<string, WrittenFile> }
   | { type: 'tp'; elems: number }
-  | { type: 'failed'; error: string };
+  | ({ type: 'failed' } & ThreadFailure);
+
+/** An error as it crosses between threads (the trainer worker, the checkpoint encoder): its message and its code. */
+export interface ThreadFailure {
+  error: string;
+  /** The thrown error's stable code, when it had one (AGT_ERR_…, MDL_ERR_…, or a Node code such as ENOENT). */
+  code?: string;
+}
+
+/** What a thread posts about `err` when it fails a request. */
+export function failureOf(err: unknown): ThreadFailure {
+  const code = (err as { code?: unknown } | null | undefined)?.code;
+  return { error: err instanceof Error ? err.message : String(err), ...(typeof code === 'string' ? { code } : {}) };
+}
+
+/**
+ * The error a failure re-creates on the receiving thread: an agent or model error keeps its class and code; any
+ * other becomes AGT_ERR_TRAINER with the original code (if any) kept on its cause.
+ */
+export function errorOf(failure: ThreadFailure): AgentError | ModelError {
+  const { error, code } = failure;
+  if (code !== undefined && Object.hasOwn(AgentErrorCodes, code)) return new AgentError(code as AgentErrorCode, error);
+  if (code !== undefined && Object.hasOwn(ModelErrorCodes, code)) return new ModelError(code as ModelErrorCode, error);
+  return new AgentError('AGT_ERR_TRAINER', error, code !== undefined ? { cause: { code } } : undefined);
+}
