@@ -4,7 +4,9 @@
  * `{"error": {"message", "type", "param", "code"}}`. OpenAI clients branch on `type` and `code`, so those follow
  * OpenAI's own values where one exists.
  */
-export const GatewayErrorCodes = {
+import { defineErrors } from '../protocol/define-errors.ts';
+
+export class GatewayError extends defineErrors('GW_ERR_', {
   /** The request body or a parameter is invalid (missing prompt, value out of range, unknown field); `param` names it. */
   GW_ERR_BAD_REQUEST: { status: 400, type: 'invalid_request_error', openaiCode: null },
   /** The prompt, or the prompt plus max_tokens, does not fit in the model's context; the message gives the numbers. */
@@ -52,9 +54,27 @@ export const GatewayErrorCodes = {
   GW_ERR_ADMIN_CALL: { status: 502, type: 'server_error', openaiCode: null },
   /** A command-line option is missing or invalid. */
   GW_ERR_BAD_ARGS: { status: 400, type: 'invalid_request_error', openaiCode: null },
-} as const;
+}) {
+  declare readonly statusCode: number;
+  /** The request parameter at fault (OpenAI's `param`), when there is one. */
+  readonly param: string | null;
 
-export type GatewayErrorCode = keyof typeof GatewayErrorCodes;
+  constructor(code: GatewayErrorCode, message: string, options?: { cause?: unknown; param?: string }) {
+    super(code, message, options);
+    this.param = options?.param ?? null;
+  }
+
+  /** The OpenAI-shaped body for this error. Server-side errors never leak their message (but PUBLIC_MESSAGES). */
+  toBody(): OpenAIErrorBody {
+    const def = GatewayError.codes[this.code];
+    const message = this.statusCode >= 500 && !PUBLIC_MESSAGES.has(this.code) ? 'The server had an error while processing your request. Retry, or contact the operator if it persists.' : this.message;
+    return { error: { message, type: def.type, param: this.param, code: def.openaiCode } };
+  }
+}
+
+export type GatewayErrorCode = GatewayError['code'];
+/** The table above (GatewayError.codes). */
+export const GatewayErrorCodes = GatewayError.codes;
 
 /** Server-side codes whose message is safe and useful to show clients (others may hold paths or internals). */
 const PUBLIC_MESSAGES: ReadonlySet<GatewayErrorCode> = new Set(['GW_ERR_SHUTTING_DOWN']);
@@ -62,26 +82,4 @@ const PUBLIC_MESSAGES: ReadonlySet<GatewayErrorCode> = new Set(['GW_ERR_SHUTTING
 /** The body of every error response, exactly OpenAI's shape. */
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
-}
-
-export class GatewayError extends Error {
-  readonly code: GatewayErrorCode;
-  readonly statusCode: number;
-  /** The request parameter at fault (OpenAI's `param`), when there is one. */
-  readonly param: string | null;
-
-  constructor(code: GatewayErrorCode, message: string, options?: { cause?: unknown; param?: string }) {
-    super(message, options);
-    this.name = 'GatewayError';
-    this.code = code;
-    this.statusCode = GatewayErrorCodes[code].status;
-    this.param = options?.param ?? null;
-  }
-
-  /** The OpenAI-shaped body for this error. Server-side errors never leak their message (but PUBLIC_MESSAGES). */
-  toBody(): OpenAIErrorBody {
-    const def = GatewayErrorCodes[this.code];
-    const message = this.statusCode >= 500 && !PUBLIC_MESSAGES.has(this.code) ? 'The server had an error while processing your request. Retry, or contact the operator if it persists.' : this.message;
-    return { error: { message, type: def.type, param: this.param, code: def.openaiCode } };
-  }
 }

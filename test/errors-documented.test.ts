@@ -6,22 +6,18 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { ProtocolErrorCodes } from '../protocol/errors.ts';
-import { CoordinatorErrorCodes } from '../coordinator/errors.ts';
-import { AgentErrorCodes } from '../node-agent/errors.ts';
-import { ModelErrorCodes } from '../model/errors.ts';
-import { GatewayErrorCodes } from '../gateway/errors.ts';
+import { errorSpec, errorTables } from '../protocol/define-errors.ts';
+// Each package's errors.ts declares its table in errorTables when imported.
+import { ProtocolError } from '../protocol/errors.ts';
+import { CoordinatorError } from '../coordinator/errors.ts';
+import { AgentError } from '../node-agent/errors.ts';
+import { ModelError } from '../model/errors.ts';
+import { GatewayError } from '../gateway/errors.ts';
 import { CloseCode } from '../protocol/codes.ts';
 
 const README = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
 
-const ERROR_CODES: readonly string[] = [
-  ...Object.keys(ProtocolErrorCodes),
-  ...Object.keys(CoordinatorErrorCodes),
-  ...Object.keys(AgentErrorCodes),
-  ...Object.keys(ModelErrorCodes),
-  ...Object.keys(GatewayErrorCodes),
-];
+const ERROR_CODES: readonly string[] = [...errorTables.values()].flatMap((table) => Object.keys(table));
 const CLOSE_CODES: ReadonlyArray<[name: string, value: number]> = Object.entries(CloseCode);
 
 /** Table rows of a markdown text, as arrays of trimmed cells. */
@@ -47,12 +43,32 @@ function undocumented(readme: string): string[] {
   return missing;
 }
 
+/**
+ * Rows of README's code table whose meaning names a status (an HTTP status, or a 40xx close code) other than the
+ * one the code's table declares: one line each. Empty when every status the README gives is the declared one.
+ */
+function misstatedStatuses(readme: string): string[] {
+  const wrong: string[] = [];
+  for (const [code, meaning] of tableRows(readme)) {
+    const bare = code?.replace(/`/g, '');
+    const spec = bare === undefined ? undefined : errorSpec(bare);
+    if (!spec || meaning === undefined) continue;
+    const declared = spec.status ?? spec.closeCode;
+    for (const [, n] of meaning.matchAll(/\b([1-5]\d\d|4\d\d\d)\b/g)) {
+      if (Number(n) !== declared) wrong.push(`${bare}: README.md says ${n}, its table declares ${declared ?? 'no status'}`);
+    }
+  }
+  return wrong;
+}
+
 describe('documentation of error codes', () => {
   test('there are codes to check in every package', () => {
-    assert.ok(Object.keys(ProtocolErrorCodes).length >= 8);
-    assert.ok(Object.keys(CoordinatorErrorCodes).length >= 8);
-    assert.ok(Object.keys(AgentErrorCodes).length >= 9);
-    assert.ok(Object.keys(ModelErrorCodes).length >= 10);
+    assert.deepEqual([...errorTables.keys()].sort(), ['AGT_ERR_', 'CRD_ERR_', 'GW_ERR_', 'MDL_ERR_', 'PRT_ERR_']);
+    assert.ok(Object.keys(ProtocolError.codes).length >= 8);
+    assert.ok(Object.keys(CoordinatorError.codes).length >= 8);
+    assert.ok(Object.keys(AgentError.codes).length >= 9);
+    assert.ok(Object.keys(ModelError.codes).length >= 10);
+    assert.ok(Object.keys(GatewayError.codes).length >= 10);
     assert.ok(CLOSE_CODES.length >= 14);
   });
 
@@ -89,5 +105,15 @@ describe('documentation of error codes', () => {
     const prose = 'The coordinator closes with 4009 REPLACED when a newer connection takes over.\n';
     const missing = undocumented(prose);
     assert.ok(missing.some((m) => m.startsWith('close code 4009 REPLACED')));
+  });
+
+  test("every status README.md gives for a code is the one the code's table declares", () => {
+    assert.deepEqual(misstatedStatuses(README), []);
+  });
+
+  test('the status check notices a status in README.md that differs from the table', () => {
+    const changed = README.replace(/^(\|\s*`CRD_ERR_CONFLICT`.*)\(409\)/m, '$1(410)');
+    assert.notEqual(changed, README);
+    assert.deepEqual(misstatedStatuses(changed), ['CRD_ERR_CONFLICT: README.md says 410, its table declares 409']);
   });
 });

@@ -22,7 +22,7 @@ import { createHash } from 'node:crypto';
 import { writeCheckpointFiles, type WrittenFile } from '../../model/checkpoint-files.ts';
 import { mergeCheckpointFiles, reshardCheckpointFiles } from '../../model/checkpoint-merge.ts';
 import { modelLayouts, type CheckpointLayouts } from '../../model/checkpoint-reshard.ts';
-import { ModelError, type ModelErrorCode } from '../../model/errors.ts';
+import { ModelError } from '../../model/errors.ts';
 import { paramLayout, type GPTConfig } from '../../model/params.ts';
 import { studentFromTeacher } from '../../model/student-init.ts';
 import { hfConfig, importHf } from '../../model/hf-format.ts';
@@ -250,7 +250,7 @@ function inWorker(task: CheckpointTask): Promise<Array<Record<string, WrittenFil
     worker.on('message', (m: { type: 'done'; files: Array<Record<string, WrittenFile>> } | { type: 'error'; message: string; code?: string }) => {
       settled = true;
       if (m.type === 'done') resolve(m.files);
-      else reject(m.code?.startsWith('MDL_ERR') ? new ModelError(m.code as ModelErrorCode, m.message) : new Error(m.message));
+      else reject(ModelError.isCode(m.code) ? new ModelError(m.code, m.message) : new Error(m.message));
     });
     worker.once('error', (err) => !settled && ((settled = true), reject(err)));
     worker.once('exit', (code) => !settled && reject(new Error(`the checkpoint worker exited with ${code} before answering`)));

@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { ModelError, type ModelErrorCode } from '../../model/errors.ts';
+import { ModelError } from '../../model/errors.ts';
 import { exportHf, hfConfig, importHf } from '../../model/hf-format.ts';
 import { paramLayout } from '../../model/params.ts';
 import { readSafetensorsHeader } from '../../model/safetensors.ts';
@@ -123,7 +123,7 @@ function convertInWorker(paths: Record<string, string>): Promise<ConvertedImport
     worker.on('message', (m: { type: 'done'; result: ConvertedImport } | { type: 'error'; message: string; code?: string }) => {
       settled = true;
       if (m.type === 'done') resolve({ ...m.result, files: Object.fromEntries(Object.entries(m.result.files).map(([f, b]) => [f, Buffer.from(b.buffer, b.byteOffset, b.byteLength)])) });
-      else reject(m.code?.startsWith('MDL_ERR') ? new ModelError(m.code as ModelErrorCode, m.message) : new Error(m.message));
+      else reject(ModelError.isCode(m.code) ? new ModelError(m.code, m.message) : new Error(m.message));
     });
     worker.once('error', (err) => !settled && reject(err));
     worker.once('exit', (code) => !settled && reject(new Error(`the import worker exited with ${code} before answering`)));

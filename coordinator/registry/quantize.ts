@@ -11,7 +11,7 @@
  */
 import { rm } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
-import { ModelError, type ModelErrorCode } from '../../model/errors.ts';
+import { ModelError } from '../../model/errors.ts';
 import { INT8_METHOD, INT8_WEIGHTS_FILE } from '../../model/quantize.ts';
 import { CoordinatorError } from '../errors.ts';
 import type { QuantizeReply, QuantizeTask } from './quantize-worker.ts';
@@ -97,7 +97,7 @@ function quantizeInWorker(task: QuantizeTask): Promise<Extract<QuantizeReply, { 
     worker.on('message', (m: QuantizeReply) => {
       settled = true;
       if (m.type === 'done') return resolve(m);
-      if (m.code?.startsWith('MDL_ERR')) return reject(new ModelError(m.code as ModelErrorCode, m.message));
+      if (ModelError.isCode(m.code)) return reject(new ModelError(m.code, m.message));
       reject(m.code === 'CRD_ERR_STORAGE' ? new CoordinatorError('CRD_ERR_STORAGE', m.message) : new Error(m.message));
     });
     worker.once('error', (err) => !settled && ((settled = true), reject(err)));
