@@ -60,7 +60,7 @@ import { CoordinatorError } from '../errors.ts';
 import { GroupManager } from '../cluster/groups.ts';
 import { validateJobSpec } from '../../protocol/job-spec.ts';
 import { pinVersionRefs } from '../jobs/stage-inputs.ts';
-import { FINAL_STATES, JobStore } from '../store/job-store.ts';
+import { FINAL_STATES, SqliteJobStore, type JobStore } from '../store/job-store.ts';
 import { JobRunner } from '../jobs/runner.ts';
 import { bindJobMetrics, createMetrics } from '../metrics.ts';
 import { dashboardRoutes } from '../dashboard/routes.ts';
@@ -77,9 +77,9 @@ import { runSelfcheck } from '../cluster/selfcheck.ts';
 import { SqliteStateStore, type StateStore } from '../store/state-store.ts';
 import { formatCodeVersion, readCodeVersion } from '../code-version.ts';
 import { lineageChain } from '../tracking/lineage.ts';
-import { RunStore } from '../store/run-store.ts';
+import { SqliteRunStore, type RunStore } from '../store/run-store.ts';
 import { runsApi } from './runs.ts';
-import { SweepStore } from '../store/sweep-store.ts';
+import { SqliteSweepStore } from '../store/sweep-store.ts';
 import { SweepRunner } from '../tracking/sweeps.ts';
 
 /**
@@ -115,9 +115,9 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   }
   const store = new SqliteStateStore(join(cfg.dataDir, 'state.db'));
   const artifacts = new ArtifactStore(join(cfg.dataDir, 'artifacts'));
-  const jobs = new JobStore(store.database);
+  const jobs = new SqliteJobStore(store.database);
   const registry = new ModelRegistry(join(cfg.dataDir, 'registry'), store.database);
-  const runs = new RunStore(store.database);
+  const runs = new SqliteRunStore(store.database);
   const codeVersion = formatCodeVersion(readCodeVersion()); // once: what this process runs, recorded with every job
 
   let clusterId = store.getMeta('cluster_id');
@@ -322,7 +322,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
     return job;
   };
   const sweeps = new SweepRunner({
-    sweeps: new SweepStore(store.database),
+    sweeps: new SqliteSweepStore(store.database),
     jobs,
     submitJob,
     cancelJob: (id, reason) => runner.cancel(id, reason),

@@ -1,8 +1,10 @@
 /**
- * Durable training jobs and their metrics history, in the coordinator's SQLite database (tables created by
- * state-store.ts's migrations). A job moves queued → running → succeeded | failed | cancelled; every change is one
- * transaction, and a metrics row is keyed by (job, kind, step) so a step replayed after a resume overwrites its
- * own row instead of counting twice.
+ * Durable training jobs and their metrics history: the `JobStore` interface the runner, scheduler and API use,
+ * `SqliteJobStore` keeping it in the coordinator's SQLite database (tables created by state-store.ts's
+ * migrations), and `MemoryJobStore`, the same contract in memory for unit tests (test/coordinator/job-store-contract.test.ts
+ * runs one table of operations against both). A job moves queued → running → succeeded | failed | cancelled; every
+ * change is one transaction, and a metrics row is keyed by (job, kind, step) so a step replayed after a resume
+ * overwrites its own row instead of counting twice.
  */
 import type Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
@@ -42,6 +44,51 @@ export interface MetricRow {
   values: Record<string, number>; // e.g. loss, tokensPerS, stepMs, computeMs, allreduceMs
 }
 
+/** A metric row as recorded for a step (the step is the call's). */
+export type StepMetric = Omit<MetricRow, 'step'>;
+
+/**
+ * What the coordinator keeps about jobs. Updates of an unknown job change nothing, except that metrics or a
+ * checkpoint for one are refused (they reference the job); records come back as copies, JSON values as stored.
+ */
+export interface JobStore {
+  create(spec: ResolvedJobSpec, nowMs: number): JobRecord;
+  get(id: string): JobRecord | undefined;
+  /** Newest first (then by id). */
+  list(): JobRecord[];
+  setState(id: string, state: JobState, reason: string, nowMs: number): void;
+  /** Records a completed step and its metrics together, so the step count and the history never disagree. */
+  recordStep(id: string, step: number, metrics: StepMetric[], nowMs: number): void;
+  /** Adds metric rows to a step already recorded (an evaluation that finished later), leaving the job's step as it is. */
+  putMetrics(id: string, step: number, metrics: StepMetric[]): void;
+  /** Starts a new attempt and returns its number (1 for the first start). */
+  nextAttempt(id: string, nowMs: number): number;
+  setModelVersion(id: string, version: number, nowMs: number): void;
+  /** Replaces the spec (a re-plan changes its `parallel`); the caller validated it. */
+  setSpec(id: string, spec: ResolvedJobSpec, nowMs: number): void;
+  setPlan(id: string, plan: unknown, nowMs: number): void;
+  /** Records the checkpoint of a step (replacing one of the same step). */
+  putCheckpoint(id: string, cp: CheckpointRecord): void;
+  deleteCheckpoint(id: string, step: number): void;
+  /** Every artifact digest any job's recorded checkpoint uses. */
+  checkpointDigests(): Set<string>;
+  /**
+   * An attempt resumes from the checkpoint of `step`: what earlier attempts recorded after it is about to be
+   * recomputed, so it goes (together with setting the job's step), and each step stays counted once.
+   */
+  rewindTo(id: string, step: number, nowMs: number): void;
+  /** Newest first. */
+  checkpoints(id: string): CheckpointRecord[];
+  /** The rows after `afterStep`, by step then kind. */
+  metrics(id: string, afterStep?: number): MetricRow[];
+}
+
+/** A new job's id. */
+const newJobId = (): string => `job-${randomBytes(5).toString('hex')}`;
+
+/** Values go through JSON on the way in and out, in memory as in SQLite: what a caller gets back is its own copy. */
+const viaJson = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T;
+
 interface JobRow {
   id: string;
   name: string;
@@ -56,10 +103,11 @@ interface JobRow {
   updated_ms: number;
 }
 
-export class JobStore {
+export class SqliteJobStore implements JobStore {
   readonly #stmts;
   readonly #db: Database.Database;
 
+  /** `db`: the state database (SqliteStateStore.database), whose migrations created the tables. */
   constructor(db: Database.Database) {
     this.#db = db;
     this.#stmts = {
@@ -95,7 +143,7 @@ export class JobStore {
   }
 
   create(spec: ResolvedJobSpec, nowMs: number): JobRecord {
-    const id = `job-${randomBytes(5).toString('hex')}`;
+    const id = newJobId();
     this.#stmts.insert.run(id, spec.name, JSON.stringify(spec), 'queued', 'submitted', nowMs, nowMs);
     return this.get(id)!;
   }
@@ -113,22 +161,19 @@ export class JobStore {
     this.#stmts.setState.run(state, reason, nowMs, id);
   }
 
-  /** Records a completed step and its metrics together, so the step count and the history never disagree. */
-  recordStep(id: string, step: number, metrics: Array<Omit<MetricRow, 'step'>>, nowMs: number): void {
+  recordStep(id: string, step: number, metrics: StepMetric[], nowMs: number): void {
     this.#db.transaction(() => {
       for (const m of metrics) this.#stmts.putMetric.run(id, step, m.kind, m.atMs, JSON.stringify(m.values));
       this.#stmts.setStep.run(step, nowMs, id);
     })();
   }
 
-  /** Adds metric rows to a step already recorded (an evaluation that finished later), leaving the job's step as it is. */
-  putMetrics(id: string, step: number, metrics: Array<Omit<MetricRow, 'step'>>): void {
+  putMetrics(id: string, step: number, metrics: StepMetric[]): void {
     this.#db.transaction(() => {
       for (const m of metrics) this.#stmts.putMetric.run(id, step, m.kind, m.atMs, JSON.stringify(m.values));
     })();
   }
 
-  /** Starts a new attempt and returns its number (1 for the first start). */
   nextAttempt(id: string, nowMs: number): number {
     this.#stmts.nextAttempt.run(nowMs, id);
     return this.get(id)!.attempt;
@@ -138,7 +183,6 @@ export class JobStore {
     this.#stmts.setModel.run(version, nowMs, id);
   }
 
-  /** Replaces the spec (a re-plan changes its `parallel`); the caller validated it. */
   setSpec(id: string, spec: ResolvedJobSpec, nowMs: number): void {
     this.#stmts.setSpec.run(JSON.stringify(spec), nowMs, id);
   }
@@ -155,15 +199,10 @@ export class JobStore {
     this.#stmts.deleteCheckpoint.run(id, step);
   }
 
-  /** Every artifact digest any job's recorded checkpoint uses. */
   checkpointDigests(): Set<string> {
     return new Set(this.#stmts.allCheckpointFiles.all().flatMap((r) => Object.values(JSON.parse(r.files) as Record<string, string>)));
   }
 
-  /**
-   * An attempt resumes from the checkpoint of `step`: what earlier attempts recorded after it is about to be
-   * recomputed, so it goes (in one transaction with the job's step), and each step stays counted once.
-   */
   rewindTo(id: string, step: number, nowMs: number): void {
     this.#db.transaction(() => {
       this.#stmts.truncateMetrics.run(id, step);
@@ -171,7 +210,6 @@ export class JobStore {
     })();
   }
 
-  /** Newest first. */
   checkpoints(id: string): CheckpointRecord[] {
     return this.#stmts.checkpoints.all(id).map((r) => ({ step: r.step, attempt: r.attempt, files: JSON.parse(r.files), createdMs: r.created_ms }));
   }
@@ -196,3 +234,116 @@ function fromRow(row: JobRow): JobRecord {
     updatedMs: row.updated_ms,
   };
 }
+
+/** The same contract in memory, for unit tests (no database: nothing to open or close). */
+export class MemoryJobStore implements JobStore {
+  readonly #jobs = new Map<string, JobRecord>();
+  /** By job, then `${kind} ${step}`: the (job, kind, step) key of SQLite's job_metrics. */
+  readonly #metrics = new Map<string, Map<string, MetricRow>>();
+  /** By job, then step. */
+  readonly #checkpoints = new Map<string, Map<number, CheckpointRecord>>();
+
+  create(spec: ResolvedJobSpec, nowMs: number): JobRecord {
+    const id = newJobId();
+    const job: JobRecord = {
+      id, name: spec.name, spec: viaJson(spec), state: 'queued', stateReason: 'submitted', step: 0, attempt: 0,
+      modelVersion: null, plan: null, createdMs: nowMs, updatedMs: nowMs,
+    };
+    this.#jobs.set(id, job);
+    this.#metrics.set(id, new Map());
+    this.#checkpoints.set(id, new Map());
+    return viaJson(job);
+  }
+
+  get(id: string): JobRecord | undefined {
+    const job = this.#jobs.get(id);
+    return job && viaJson(job);
+  }
+
+  list(): JobRecord[] {
+    return [...this.#jobs.values()].sort((a, b) => b.createdMs - a.createdMs || byText(a.id, b.id)).map(viaJson);
+  }
+
+  setState(id: string, state: JobState, reason: string, nowMs: number): void {
+    this.#update(id, nowMs, { state, stateReason: reason });
+  }
+
+  recordStep(id: string, step: number, metrics: StepMetric[], nowMs: number): void {
+    this.#putRows(id, step, metrics);
+    this.#update(id, nowMs, { step });
+  }
+
+  putMetrics(id: string, step: number, metrics: StepMetric[]): void {
+    this.#putRows(id, step, metrics);
+  }
+
+  nextAttempt(id: string, nowMs: number): number {
+    const job = this.#known(id);
+    this.#update(id, nowMs, { attempt: job.attempt + 1 });
+    return job.attempt;
+  }
+
+  setModelVersion(id: string, version: number, nowMs: number): void {
+    this.#update(id, nowMs, { modelVersion: version });
+  }
+
+  setSpec(id: string, spec: ResolvedJobSpec, nowMs: number): void {
+    this.#update(id, nowMs, { spec: viaJson(spec) });
+  }
+
+  setPlan(id: string, plan: unknown, nowMs: number): void {
+    this.#update(id, nowMs, { plan: viaJson(plan) });
+  }
+
+  putCheckpoint(id: string, cp: CheckpointRecord): void {
+    this.#known(id);
+    this.#checkpoints.get(id)!.set(cp.step, viaJson(cp));
+  }
+
+  deleteCheckpoint(id: string, step: number): void {
+    this.#checkpoints.get(id)?.delete(step);
+  }
+
+  checkpointDigests(): Set<string> {
+    return new Set([...this.#checkpoints.values()].flatMap((byStep) => [...byStep.values()].flatMap((cp) => Object.values(cp.files))));
+  }
+
+  rewindTo(id: string, step: number, nowMs: number): void {
+    const rows = this.#metrics.get(id);
+    for (const [key, row] of rows ?? []) if (row.step > step) rows!.delete(key);
+    this.#update(id, nowMs, { step });
+  }
+
+  checkpoints(id: string): CheckpointRecord[] {
+    return [...(this.#checkpoints.get(id)?.values() ?? [])].sort((a, b) => b.step - a.step).map(viaJson);
+  }
+
+  metrics(id: string, afterStep = -1): MetricRow[] {
+    return [...(this.#metrics.get(id)?.values() ?? [])]
+      .filter((r) => r.step > afterStep)
+      .sort((a, b) => a.step - b.step || byText(a.kind, b.kind))
+      .map(viaJson);
+  }
+
+  /** The job, or the error SQLite's foreign key would raise for rows that reference a job that is not there. */
+  #known(id: string): JobRecord {
+    const job = this.#jobs.get(id);
+    if (!job) throw new Error(`no job ${id} (FOREIGN KEY constraint failed)`);
+    return job;
+  }
+
+  #putRows(id: string, step: number, metrics: StepMetric[]): void {
+    if (metrics.length === 0) return;
+    this.#known(id);
+    const rows = this.#metrics.get(id)!;
+    for (const m of metrics) rows.set(`${m.kind} ${step}`, viaJson({ step, kind: m.kind, atMs: m.atMs, values: m.values }));
+  }
+
+  #update(id: string, nowMs: number, change: Partial<JobRecord>): void {
+    const job = this.#jobs.get(id);
+    if (job) Object.assign(job, change, { updatedMs: nowMs });
+  }
+}
+
+/** SQLite's default (BINARY) order of text. */
+const byText = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
