@@ -11,30 +11,25 @@
  */
 import { GatewayError } from './errors.ts';
 import type { LoadedVersion, RegistrySource } from './registry-source.ts';
-
-export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
-export const ADAPTER_MODEL_FILE = 'adapter_model.safetensors';
+import { ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, isVersionRef, parseAdapterBaseName, type VersionRef } from '../protocol/model-version.ts';
 
 /** Files of the adapter version that are the adapter's own; everything else comes from the base. */
 const ADAPTER_OWN = [ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, 'lineage.json'];
 
-/** `name@vN` (adapter_config.json's base_model_name_or_path as coordinator/registry/adapters.ts writes it). */
-const BASE_REF = /^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})@v([1-9][0-9]*)$/;
-
 /** The base an adapter version names: lineage.base, else adapter_config.json's base_model_name_or_path. */
-export function adapterBaseRef(v: LoadedVersion): { name: string; version: number } {
+export function adapterBaseRef(v: LoadedVersion): VersionRef {
   const where = `adapter ${v.meta.name} v${v.meta.version}`;
-  const base = v.meta.lineage.base as { name?: unknown; version?: unknown } | undefined;
-  if (base && typeof base.name === 'string' && Number.isInteger(base.version)) return { name: base.name, version: base.version as number };
+  const base = v.meta.lineage.base;
+  if (isVersionRef(base)) return { name: base.name, version: base.version };
   let cfg: { base_model_name_or_path?: unknown };
   try {
     cfg = JSON.parse(Buffer.from(v.files.get(ADAPTER_CONFIG_FILE)!).toString('utf8')) as typeof cfg;
   } catch (err) {
     throw new GatewayError('GW_ERR_REGISTRY', `${where}: ${ADAPTER_CONFIG_FILE} is not valid JSON`, { cause: err });
   }
-  const m = typeof cfg.base_model_name_or_path === 'string' ? BASE_REF.exec(cfg.base_model_name_or_path) : null;
-  if (!m) throw new GatewayError('GW_ERR_REGISTRY', `${where} names no registered base (lineage.base, or base_model_name_or_path "name@vN")`);
-  return { name: m[1]!, version: Number(m[2]) };
+  const ref = parseAdapterBaseName(cfg.base_model_name_or_path);
+  if (!ref) throw new GatewayError('GW_ERR_REGISTRY', `${where} names no registered base (lineage.base, or base_model_name_or_path "name@vN")`);
+  return ref;
 }
 
 /** `source`, with adapter versions loaded together with their bases. */

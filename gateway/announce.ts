@@ -7,8 +7,7 @@
  */
 import { connect } from 'node:net';
 import type { Logger } from '../common/log.ts';
-
-export const GATEWAY_ANNOUNCE_MS = 10_000;
+import { GATEWAY_ANNOUNCE_MS, type GatewayAnnouncement } from '../protocol/gateway-announce.ts';
 
 export interface AnnounceOptions {
   coordinatorUrl: string; // http(s)://host:port
@@ -29,7 +28,7 @@ export function startAnnouncing(o: AnnounceOptions): () => void {
       const res = await (o.fetch ?? fetch)(`${o.coordinatorUrl.replace(/\/$/, '')}/api/gateways`, {
         method: 'POST',
         headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ name: o.name, url: o.url, adminKey: o.adminKey }),
+        body: JSON.stringify({ name: o.name, url: o.url, adminKey: o.adminKey } satisfies GatewayAnnouncement),
         signal: AbortSignal.timeout(5000),
       });
       if (!res.ok) throw new Error(`${res.status} ${((await res.json().catch(() => ({}))) as { error?: { message?: string } }).error?.message ?? ''}`);

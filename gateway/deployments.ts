@@ -38,24 +38,28 @@ export const DEFAULT_STICKY_HEADER = 'x-meshtrain-key';
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const HEADER = /^[a-z0-9][a-z0-9-]{0,63}$/;
 
-export interface VersionRef {
+/**
+ * A version a deployment routes to, as the admin API's bodies name it: `{model, version}`, `model` as in OpenAI's
+ * requests. Not protocol/model-version.ts's VersionRef (`{name, version}`), which is the registry's.
+ */
+export interface DeployedVersion {
   readonly model: string;
   readonly version: number;
 }
 
-export interface ArmRef extends VersionRef {
+export interface ArmRef extends DeployedVersion {
   /** Share of the deployment's traffic in [0, 1]; the primary gets 1 − Σ arm weights. */
   readonly weight: number;
 }
 
-export interface ShadowRef extends VersionRef {
+export interface ShadowRef extends DeployedVersion {
   /** Percentage (0–100) of the primary's requests mirrored to this version. */
   readonly percent: number;
 }
 
 export interface Deployment {
   readonly name: string;
-  readonly primary: VersionRef;
+  readonly primary: DeployedVersion;
   readonly arms: readonly ArmRef[];
   /** Versions that get copies of the primary's requests; their answers are compared, never returned. */
   readonly shadows: readonly ShadowRef[];
@@ -87,11 +91,11 @@ export interface AuditEntry {
 }
 
 /** `model@vN`: how a version is named in headers, metrics and the CLI. */
-export const versionLabel = (v: VersionRef): string => `${v.model}@v${v.version}`;
+export const versionLabel = (v: DeployedVersion): string => `${v.model}@v${v.version}`;
 
 const bad = (message: string) => new GatewayError('GW_ERR_BAD_DEPLOYMENT', message);
 
-function parseVersionRef(raw: unknown, where: string): VersionRef {
+function parseVersionRef(raw: unknown, where: string): DeployedVersion {
   if (typeof raw !== 'object' || raw === null) throw bad(`${where} must be an object {model, version}`);
   const { model, version } = raw as Record<string, unknown>;
   if (typeof model !== 'string' || !NAME.test(model)) throw bad(`${where}.model must be a model name (${NAME}), got ${JSON.stringify(model)}`);
@@ -155,7 +159,7 @@ export interface RouteArm {
 /** A new primary under watch: since when, what it has done, and the previous primary mirrored as a shadow. */
 interface Watch {
   readonly window: GuardWindow;
-  readonly previous: VersionRef;
+  readonly previous: DeployedVersion;
   readonly mirror: ShadowMirror | undefined;
 }
 
@@ -163,7 +167,7 @@ interface Routed {
   readonly deployment: Deployment;
   readonly split: AbSplit<RouteArm>;
   /** Previous primaries, most recent last: what rollback goes back to. */
-  readonly history: readonly VersionRef[];
+  readonly history: readonly DeployedVersion[];
   /** One per shadow, in the deployment's order. */
   readonly mirrors: readonly ShadowMirror[];
   readonly watch: Watch | undefined;
@@ -234,7 +238,7 @@ export class DeploymentManager {
     return [...this.#table.values()].map((r) => r.deployment).sort((a, b) => a.name.localeCompare(b.name));
   }
 
-  get(name: string): { deployment: Deployment; rollbackTo: VersionRef | null } | undefined {
+  get(name: string): { deployment: Deployment; rollbackTo: DeployedVersion | null } | undefined {
     const r = this.#table.get(name);
     return r && { deployment: r.deployment, rollbackTo: r.history.at(-1) ?? null };
   }
@@ -383,7 +387,7 @@ export class DeploymentManager {
    * given when the primary changes other than by rollback: with a guard configured, a watch starts and mirrors it.
    * A change that keeps the primary keeps its watch, unless `endWatch`.
    */
-  async #install(d: Deployment, history: readonly VersionRef[], change: { startWatch?: VersionRef; endWatch?: boolean }): Promise<void> {
+  async #install(d: Deployment, history: readonly DeployedVersion[], change: { startWatch?: DeployedVersion; endWatch?: boolean }): Promise<void> {
     const guard = d.rollout.guard;
     const previous = change.startWatch;
     const watchPrevious = previous !== undefined && guard !== null;
@@ -450,7 +454,7 @@ export class DeploymentManager {
     });
   }
 
-  #load(ref: VersionRef): Promise<InferenceBackend> {
+  #load(ref: DeployedVersion): Promise<InferenceBackend> {
     const label = versionLabel(ref);
     let p = this.#backends.get(label);
     if (!p) {

@@ -14,7 +14,7 @@ import { GPT } from '../model/gpt.ts';
 import { importHf } from '../model/hf-format.ts';
 import { readAdapter } from '../model/lora-files.ts';
 import { attachLora } from '../model/lora.ts';
-import { ADAPTER_CONFIG_FILE } from './adapter-source.ts';
+import { ADAPTER_CONFIG_FILE } from '../protocol/model-version.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { BatchScheduler, batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GptBatchEngine, type PromptKV } from './batched-gpt.ts';

@@ -16,9 +16,7 @@ import { ModelError } from './errors.ts';
 import type { GPTConfig } from './params.ts';
 import { loraLayout, loraSpec, LORA_TARGETS, type LoraSpec } from './lora.ts';
 import { readSafetensors, writeSafetensors, type TensorMap } from './safetensors.ts';
-
-export const ADAPTER_MODEL_FILE = 'adapter_model.safetensors';
-export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
+import { ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, adapterBaseName, parseAdapterBaseName, type VersionRef } from '../protocol/model-version.ts';
 
 const PEFT_PREFIX = 'base_model.model.transformer.';
 
@@ -34,7 +32,7 @@ function transpose(data: Float32Array, rows: number, cols: number): Float32Array
 }
 
 /** The PEFT files of an adapter (flat in loraLayout order) trained on `base`. */
-export function adapterFiles(config: GPTConfig, spec: LoraSpec, flat: Float32Array, base: { name: string; version: number }): AdapterFiles {
+export function adapterFiles(config: GPTConfig, spec: LoraSpec, flat: Float32Array, base: VersionRef): AdapterFiles {
   const layout = loraLayout(config, spec);
   if (flat.length !== layout.totalSize) throw bad(`the adapter has ${flat.length} values, its layout needs ${layout.totalSize}`);
   const tensors: TensorMap = {};
@@ -51,7 +49,7 @@ export function adapterFiles(config: GPTConfig, spec: LoraSpec, flat: Float32Arr
     target_modules: [...spec.targets],
     fan_in_fan_out: true,
     bias: 'none',
-    base_model_name_or_path: `${base.name}@v${base.version}`,
+    base_model_name_or_path: adapterBaseName(base),
   };
   return {
     [ADAPTER_MODEL_FILE]: writeSafetensors(tensors, { format: 'pt' }),
@@ -62,13 +60,7 @@ export function adapterFiles(config: GPTConfig, spec: LoraSpec, flat: Float32Arr
 export interface LoadedAdapter {
   spec: LoraSpec;
   flat: Float32Array; // loraLayout order, Conv1D orientation
-  base: { name: string; version: number } | undefined; // from base_model_name_or_path when it reads `name@vN`
-}
-
-/** `name@vN` → {name, version}; anything else (e.g. a Hub id) → undefined. */
-export function parseBaseRef(text: unknown): { name: string; version: number } | undefined {
-  const m = typeof text === 'string' ? /^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})@v([1-9][0-9]*)$/.exec(text) : null;
-  return m ? { name: m[1]!, version: Number(m[2]) } : undefined;
+  base: VersionRef | undefined; // from base_model_name_or_path when it reads `name@vN`
 }
 
 /** The adapter's spec, read from adapter_config.json alone (no base config needed). */
@@ -94,7 +86,7 @@ export function readAdapterConfig(bytes: Uint8Array | undefined): { spec: LoraSp
   } catch (err) {
     throw bad(`${ADAPTER_CONFIG_FILE}: ${(err as Error).message} (r, lora_alpha, lora_dropout, target_modules ⊆ ${LORA_TARGETS.join(', ')})`);
   }
-  return { spec, base: parseBaseRef(raw.base_model_name_or_path) };
+  return { spec, base: parseAdapterBaseName(raw.base_model_name_or_path) };
 }
 
 /**

@@ -6,20 +6,14 @@
  * one silent for GATEWAY_FORGET_MS is forgotten.
  */
 import { CoordinatorError } from '../errors.ts';
+import { GATEWAY_ANNOUNCE_MS, type GatewayAnnouncement } from '../../protocol/gateway-announce.ts';
 
-export const GATEWAY_ANNOUNCE_MS = 10_000;
 export const GATEWAY_SILENT_MS = 3 * GATEWAY_ANNOUNCE_MS;
 export const GATEWAY_FORGET_MS = 24 * 60 * 60 * 1000;
 /** Most gateways remembered (a cluster has a handful; the bound keeps a token holder from filling memory). */
 export const MAX_GATEWAYS = 64;
 /** How long a relayed call may take before the dashboard is told the gateway did not answer. */
 export const RELAY_TIMEOUT_MS = 10_000;
-
-export interface GatewayAnnouncement {
-  name: string;
-  url: string; // http(s)://host:port the coordinator can reach
-  adminKey: string;
-}
 
 export interface GatewayView {
   name: string;

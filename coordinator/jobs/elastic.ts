@@ -13,9 +13,9 @@
  * prediction must beat the current one by RESHAPE_MARGIN.
  */
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
-import { layoutName } from '../../protocol/layout.ts';
+import { layoutName, type ParallelLayout } from '../../protocol/layout.ts';
 import { planRequest, planFor } from './scheduler.ts';
-import { planJob, speedKey, type Layout, type PlannerAgent, type PlannerCalibration } from './planner.ts';
+import { planJob, speedKey, type PlannerAgent, type PlannerCalibration } from './planner.ts';
 
 /** Fraction by which a new shape's predicted step time must beat the current one's to be worth a restart. */
 export const RESHAPE_MARGIN = 0.15;
@@ -23,7 +23,7 @@ export const RESHAPE_MARGIN = 0.15;
 export interface ReshapeInput {
   spec: ResolvedJobSpec;
   /** The running attempt's layout and stage bounds. */
-  layout: Layout;
+  layout: ParallelLayout;
   stages: ReadonlyArray<readonly [number, number]>;
   /** Its agents in rank order, with the slowdowns observed so far. */
   members: PlannerAgent[];
@@ -39,7 +39,7 @@ export interface ReshapeInput {
 
 export type ReshapeDecision =
   | { action: 'keep'; reason: string }
-  | { action: 'reshape'; reason: string; layout: Layout };
+  | { action: 'reshape'; reason: string; layout: ParallelLayout };
 
 export function decideReshape(i: ReshapeInput): ReshapeDecision {
   if (i.step >= i.steps) return { action: 'keep', reason: 'the job is at its last step' };

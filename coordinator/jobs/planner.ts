@@ -38,7 +38,7 @@
  * one alone 23–25). The planner therefore rates every agent of a host at the best any of them measured: they run
  * on the same cores (assumed: the same backend too), and sharing is what the cost model adds itself.
  */
-import { layoutName, rankOf } from '../../protocol/layout.ts';
+import { layoutName, rankOf, type ParallelLayout } from '../../protocol/layout.ts';
 import {
   backendPeakBytes, bubbleFraction, DEFAULT_CALIBRATION, largestTensorBytes, memoryBytes, type ComputeProbe, WASM_HEAP_BYTES, WASM_HEAP_PLANNED, ringAllreduceMs, simulatePipeline, slowdown, stageActivationBytes, stageComputeMs,
   stageParams, type Model, type PipelineLane, type PlannerCalibration, type StageWork,
@@ -77,15 +77,9 @@ export interface PlanRequest {
   model: { vocabSize: number; nCtx: number; nLayer: number; nHead: number; nEmbd: number };
   /** wholeLogits: the objective needs the whole logits (dpo, distill), not the causal-LM head's chunks. */
   training: { batchSize: number; microBatches: number; seqLen: number; zero: 0 | 1; wholeLogits?: boolean };
-  parallel: 'auto' | { data: number; pipeline: number; tensor: number };
+  parallel: 'auto' | ParallelLayout;
   agents: PlannerAgent[];
   calibration?: Partial<PlannerCalibration>;
-}
-
-export interface Layout {
-  data: number;
-  pipeline: number;
-  tensor: number;
 }
 
 export interface PredictedCost {
@@ -103,7 +97,7 @@ export interface PredictedCost {
 }
 
 export interface Candidate {
-  layout: Layout;
+  layout: ParallelLayout;
   microBatches: number; // m used
   stages: Array<[number, number]>; // [firstLayer, endLayer) per stage
   placement: string[]; // agent id per world rank
@@ -278,7 +272,7 @@ function tensorGroups(slots: Slot[], t: number): Slot[][] {
  * that takes whole tensor groups from single hosts first (ranked by their slowest member's place in agentOrder) and
  * fills up in agentOrder. Both are costed: a local group can beat a faster agent across a slow link, or not.
  */
-function agentSets(order: readonly PlannerAgent[], l: Layout): PlannerAgent[][] {
+function agentSets(order: readonly PlannerAgent[], l: ParallelLayout): PlannerAgent[][] {
   const n = l.data * l.pipeline * l.tensor, t = l.tensor;
   const first = order.slice(0, n);
   if (t === 1 || n === order.length) return [first];
@@ -299,7 +293,7 @@ function agentSets(order: readonly PlannerAgent[], l: Layout): PlannerAgent[][] 
  * Two ways to lay the groups (fastest first) onto (dp, pp): stage-major puts a stage's d replicas side by side (its
  * data ring stays local), replica-major a replica's p stages (its p2p links stay local). Both are costed.
  */
-function grids(groups: Slot[][], l: Layout): Grid[] {
+function grids(groups: Slot[][], l: ParallelLayout): Grid[] {
   const make = (at: (j: number) => { dp: number; pp: number }): Grid => {
     const grid: Grid = Array.from({ length: l.data }, () => Array.from({ length: l.pipeline }, () => []));
     groups.forEach((g, j) => {
@@ -324,7 +318,7 @@ interface Ctx {
   hostProbes: Map<string, ComputeProbe>; // lowest probe figures of each speedKey's usable agents
 }
 
-const stageWork = (l: Layout, i: number, blocks: number): StageWork => ({
+const stageWork = (l: ParallelLayout, i: number, blocks: number): StageWork => ({
   blocks,
   first: i === 0,
   last: i === l.pipeline - 1,
@@ -333,7 +327,7 @@ const stageWork = (l: Layout, i: number, blocks: number): StageWork => ({
 });
 
 /** Predicted cost, stages and placement of one layout with m micro-batches on one grid of agents. */
-function evaluate(ctx: Ctx, l: Layout, m: number, grid: Grid): Candidate {
+function evaluate(ctx: Ctx, l: ParallelLayout, m: number, grid: Grid): Candidate {
   const { model, training, cal } = ctx;
   const { data: d, pipeline: p, tensor: t } = l;
   const rows = training.batchSize / (d * m);
@@ -501,7 +495,7 @@ interface Problem {
 }
 
 /** Why a layout cannot be laid out at all, before any costing. */
-function structuralProblem(ctx: Ctx, l: Layout, m: number): Problem | undefined {
+function structuralProblem(ctx: Ctx, l: ParallelLayout, m: number): Problem | undefined {
   const { model, training } = ctx;
   const n = l.data * l.pipeline * l.tensor;
   if (![l.data, l.pipeline, l.tensor].every((x) => Number.isSafeInteger(x) && x >= 1)) {
@@ -531,7 +525,7 @@ function structuralProblem(ctx: Ctx, l: Layout, m: number): Problem | undefined 
 /** Micro-batch counts to try: the spec's, and larger divisors of batchSize/d, up to 4p for p > 1 (same model: the
  * global batch and its mean-loss gradient do not change, only how it is cut into micro-batches). With one stage
  * more micro-batches only cost time, so they win only where the spec's count does not fit in memory. */
-function microBatchOptions(training: Training, l: Layout, pinned: boolean): number[] {
+function microBatchOptions(training: Training, l: ParallelLayout, pinned: boolean): number[] {
   const m = training.microBatches;
   if (pinned) return [m];
   const cap = l.pipeline === 1 ? Infinity : Math.max(m, M_PER_STAGE * l.pipeline);
@@ -545,7 +539,7 @@ const unpredicted = (): PredictedCost => ({
 });
 
 /** The best (feasible first, then fastest; else leanest) of a layout's micro-batch counts and placements. */
-function weigh(ctx: Ctx, l: Layout, pinned: boolean): { candidate: Candidate; problem?: Problem } {
+function weigh(ctx: Ctx, l: ParallelLayout, pinned: boolean): { candidate: Candidate; problem?: Problem } {
   const problem = structuralProblem(ctx, l, ctx.training.microBatches);
   if (problem) return { candidate: { layout: { ...l }, microBatches: ctx.training.microBatches, stages: [], placement: [], predicted: unpredicted(), feasible: false, reason: problem.reason }, problem };
   const layoutGrids = agentSets(ctx.agents, l).flatMap((set) => grids(tensorGroups([...slotsFor(set, ctx).values()], l.tensor), l));
@@ -579,7 +573,7 @@ export function planJob(req: PlanRequest): Plan {
   const best = hostGflops(usable), probes = hostProbes(usable);
   const ctx: Ctx = { model: req.model, training: req.training, cal, agents: agentOrder(usable, { cal, hostGflops: best, hostProbes: probes }), hostGflops: best, hostProbes: probes };
   const pinned = req.parallel !== 'auto';
-  const layouts: Layout[] = req.parallel === 'auto' ? enumerate(usable.length) : [req.parallel];
+  const layouts: ParallelLayout[] = req.parallel === 'auto' ? enumerate(usable.length) : [req.parallel];
   const weighed = layouts.map((l) => weigh(ctx, l, pinned));
   const feasible = weighed.map((w) => w.candidate).filter((c) => c.feasible).sort(compareFeasible);
   const infeasible = weighed.map((w) => w.candidate).filter((c) => !c.feasible);
@@ -593,7 +587,7 @@ export function planJob(req: PlanRequest): Plan {
       : `none of the ${req.agents.length} agents can compute (0 GFLOP/s, cores or memory): start a working node-agent`;
   } else if (pinned) {
     const w = weighed[0]!;
-    refused = `layout ${layoutName(req.parallel as Layout)} is infeasible: ${w.candidate.reason}; ` +
+    refused = `layout ${layoutName(req.parallel as ParallelLayout)} is infeasible: ${w.candidate.reason}; ` +
       (w.problem ? w.problem.advice : heapBound(w.candidate) ? WASM_HEAP_ADVICE : memoryAdvice(ctx));
   } else if (weighed.every((w) => w.problem)) {
     const w = weighed[0]!; // 1×1×1 fails only on the spec itself
@@ -620,11 +614,11 @@ function memoryAdvice(ctx: Ctx): string {
   const { model, training, cal } = ctx;
   const roomiest = ctx.agents.reduce((a, b) => (b.memoryBytes > a.memoryBytes || (b.memoryBytes === a.memoryBytes && b.id < a.id) ? b : a));
   const allow = roomiest.memoryBytes * cal.memoryFraction;
-  const size = (l: Layout) => l.data * l.pipeline * l.tensor;
+  const size = (l: ParallelLayout) => l.data * l.pipeline * l.tensor;
   const layouts = enumerate(MAX_HYPOTHETICAL_AGENTS)
     .filter((l) => model.nHead % l.tensor === 0 && l.pipeline <= model.nLayer && training.batchSize % l.data === 0 && (training.batchSize / l.data) % training.microBatches === 0)
     .sort((a, b) => size(a) - size(b));
-  let fit: { agents: number; need: number; l: Layout; m: number } | undefined;
+  let fit: { agents: number; need: number; l: ParallelLayout; m: number } | undefined;
   for (const l of layouts) {
     const n = size(l);
     if (fit && n > fit.agents) break;
@@ -643,7 +637,7 @@ function memoryAdvice(ctx: Ctx): string {
 }
 
 /** Peak memory per agent of a layout with blocks split evenly (later stages take the remainder). */
-function evenSplitMemory(ctx: Ctx, l: Layout, m: number): number {
+function evenSplitMemory(ctx: Ctx, l: ParallelLayout, m: number): number {
   const { model, training } = ctx;
   const rows = training.batchSize / (l.data * m);
   let peak = 0;
@@ -704,8 +698,8 @@ const fmtNum = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) 
 // ---------------------------------------------------------------------------------------------------- helpers
 
 /** Every (d, p, t) with d·p·t ≤ n, in order of d, then p, then t. */
-function enumerate(n: number): Layout[] {
-  const out: Layout[] = [];
+function enumerate(n: number): ParallelLayout[] {
+  const out: ParallelLayout[] = [];
   for (let data = 1; data <= n; data++) {
     for (let pipeline = 1; data * pipeline <= n; pipeline++) {
       for (let tensor = 1; data * pipeline * tensor <= n; tensor++) out.push({ data, pipeline, tensor });

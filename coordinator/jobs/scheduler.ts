@@ -5,7 +5,8 @@
  * that does not fit yet holds the ones behind it, so a large job is never starved by a stream of small ones.
  */
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
-import { planJob, type Candidate, type Layout, type Plan, type PlannerAgent, type PlannerCalibration } from './planner.ts';
+import type { ParallelLayout } from '../../protocol/layout.ts';
+import { planJob, type Candidate, type Plan, type PlannerAgent, type PlannerCalibration } from './planner.ts';
 
 export interface QueuedJob {
   id: string;
@@ -22,7 +23,7 @@ export type SchedulerDecision =
   | { action: 'wait'; jobId: string; reason: string; plan?: Plan };
 
 /** The planner's request for a job on `agents`, pinned to `layout` when given (an elastic job's current degree). */
-export function planRequest(spec: ResolvedJobSpec, agents: PlannerAgent[], calibration?: Partial<PlannerCalibration>, layout?: Layout) {
+export function planRequest(spec: ResolvedJobSpec, agents: PlannerAgent[], calibration?: Partial<PlannerCalibration>, layout?: ParallelLayout) {
   const t = spec.training;
   const p = layout ?? spec.parallel;
   return {

@@ -19,16 +19,12 @@ import type { F32Tensor } from '../../model/optim.ts';
 import { tokenizerJsonIdCount } from '../../model/tokenizer-files.ts';
 import type { TensorMap } from '../../model/safetensors.ts';
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
+import type { VersionRef } from '../../protocol/model-version.ts';
 import type { ArtifactStore } from '../store/artifact-store.ts';
 import { CheckpointSharder, type FileSet } from './checkpoint-shards.ts';
 import type { ReusedTokenizer } from './datasets.ts';
 import { CoordinatorError } from '../errors.ts';
 import type { ModelRegistry } from '../registry/registry.ts';
-
-export interface VersionRef {
-  name: string;
-  version: number;
-}
 
 const WEIGHT_FILES = ['model.safetensors', 'model.int8.safetensors'] as const;
 

@@ -11,15 +11,11 @@
 import { configFromHf, exportHf, importHf } from '../../model/hf-format.ts';
 import { flatFromStateDict, paramLayout, stateDict } from '../../model/params.ts';
 import { ModelError } from '../../model/errors.ts';
-import { adapterFiles, ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, parseBaseRef, readAdapter } from '../../model/lora-files.ts';
+import { adapterFiles, readAdapter } from '../../model/lora-files.ts';
+import { ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, isVersionRef, parseAdapterBaseName, type VersionRef } from '../../protocol/model-version.ts';
 import { loraSpec, mergeLora, type LoraSpec } from '../../model/lora.ts';
 import { CoordinatorError } from '../errors.ts';
 import type { Lineage, ModelRegistry, ModelVersion } from './registry.ts';
-
-export interface VersionRef {
-  readonly name: string;
-  readonly version: number;
-}
 
 /** What the job runner hands over when a LoRA job ends. */
 export interface AdapterRegistration {
@@ -60,10 +56,10 @@ export function isAdapter(v: ModelVersion): boolean {
 
 /** The base an adapter version was trained on: lineage.base, else adapter_config.json's `name@vN`. */
 export function adapterBase(registry: ModelRegistry, v: ModelVersion): VersionRef {
-  const fromLineage = v.lineage.base as VersionRef | undefined;
-  if (fromLineage && typeof fromLineage.name === 'string' && Number.isInteger(fromLineage.version)) return { name: fromLineage.name, version: fromLineage.version };
+  const fromLineage = v.lineage.base;
+  if (isVersionRef(fromLineage)) return { name: fromLineage.name, version: fromLineage.version };
   const raw = json(registry.readFile(v.name, v.version, ADAPTER_CONFIG_FILE)) as { base_model_name_or_path?: unknown };
-  const ref = parseBaseRef(raw.base_model_name_or_path);
+  const ref = parseAdapterBaseName(raw.base_model_name_or_path);
   if (!ref) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `${v.name} v${v.version} names no registered base (lineage.base or base_model_name_or_path "name@vN")`);
   return ref;
 }

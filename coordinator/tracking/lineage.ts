@@ -4,6 +4,7 @@
  * the parent version it started from); `GET /api/models/:name/versions/:v/lineage` walks it back through parents.
  */
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
+import { isVersionRef } from '../../protocol/model-version.ts';
 import { CoordinatorError } from '../errors.ts';
 import type { Lineage, ModelRegistry } from '../registry/registry.ts';
 import type { RunRecord } from '../store/run-store.ts';
@@ -102,8 +103,4 @@ export function lineageChain(registry: Pick<ModelRegistry, 'get'>, name: string,
     at = parent;
   }
   return { chain, truncated: at !== null && chain.length >= MAX_CHAIN };
-}
-
-function isVersionRef(x: unknown): x is { name: string; version: number } {
-  return !!x && typeof x === 'object' && typeof (x as { name?: unknown }).name === 'string' && Number.isInteger((x as { version?: unknown }).version);
 }
