@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../common/log.ts';
-import type { AgentMessage, CoordinatorMessage, JobStart } from '../../protocol/control.ts';
+import type { AgentMessage, CoordinatorMessage, JobProgress, JobStart } from '../../protocol/control.ts';
 import { validateJobSpec, type ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { loadDemoCorpus } from '../../model/corpus.ts';
 import { writeCheckpointFiles } from '../../model/checkpoint-files.ts';
@@ -147,7 +147,7 @@ async function started(f: Fixture, s = spec()): Promise<{ jobId: string; rank: (
   return { jobId: job.id, rank: (r) => starts.find((x) => x.msg.rank === r)!.nodeId };
 }
 
-const progress = (jobId: string, attempt: number, step: number): AgentMessage => ({
+const progress = (jobId: string, attempt: number, step: number): JobProgress => ({
   type: 'job.progress', jobId, attempt, rank: 0, step, loss: 5 - step / 10, lr: 1e-3, tokensPerS: 100, stepMs: 50, computeMs: 40, allreduceMs: 5,
 });
 
