@@ -5,9 +5,10 @@
  * Connection life: connect → hello → welcome → (heartbeats, assignments)… → lost → reconnect with capped
  * exponential backoff, reclaiming the same node id with the secret the coordinator gave us. A refused token or
  * protocol version is final: retrying cannot fix it, so the agent says what to do and exits non-zero.
+ *
+ * The agent keeps the control connection, its groups (group.ts) and the collectives it is asked to run; the one
+ * training job it runs at a time lives in job-slot.ts.
  */
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import WebSocket from 'ws';
 import { CloseCode } from '../protocol/codes.ts';
 import type { ConnectionLimits } from '../common/conn-limits.ts';
@@ -21,15 +22,13 @@ import {
   type CollectiveRun,
   type CoordinatorMessage,
   type GroupAssign,
-  type JobStart,
 } from '../protocol/control.ts';
 import { PROTOCOL_VERSION } from '../protocol/version.ts';
 import { clientOptions } from '../protocol/ws-options.ts';
 import type { Logger } from '../common/log.ts';
-import { fetchTrusting, type ServerTls } from '../common/tls.ts';
+import type { ServerTls } from '../common/tls.ts';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.ts';
 import { runCollective } from './collective-runner.ts';
-import { ArtifactClient } from './artifact-client.ts';
 import type { BackendChoice } from '../model/compute/backend.ts';
 import { describeGpu } from '../protocol/gpu.ts';
 import { AgentError } from './errors.ts';
@@ -37,8 +36,7 @@ import { Group } from './group.ts';
 import { httpEndpoints } from './http-endpoints.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { PeerServer } from './peer-server.ts';
-import { jobLinks, runJob } from './trainer/job-runner.ts';
-import { collectGarbage } from './collect-garbage.ts';
+import { httpBaseUrl, JobSlot } from './job-slot.ts';
 import type { StepObserver } from '../common/step-report.ts';
 
 export const AGENT_VERSION = '0.1.0';
@@ -99,13 +97,16 @@ export class Agent {
   #wake: (() => void) | null = null;
   readonly #groups = new Map<string, Group>();
   readonly #groupWaiters = new Map<string, Array<(g: Group) => void>>();
-  /** The one training job this agent runs at a time. */
-  #job: { jobId: string; groupId: string; stop: AbortController; done: Promise<unknown> } | null = null;
-  #artifacts: ArtifactClient | null = null;
+  /** The one training job this agent runs at a time (job-slot.ts). */
+  readonly #job: JobSlot;
 
   constructor(cfg: AgentConfig) {
     this.#cfg = cfg;
     this.#log = cfg.log;
+    this.#job = new JobSlot(cfg, (m) => {
+      const c = this.#conn;
+      if (c?.isOpen) c.send(m);
+    });
   }
 
   get nodeId(): string | undefined {
@@ -125,7 +126,7 @@ export class Agent {
       findGroup: (id, ms) => this.#findGroup(id, ms),
       onRequest: httpEndpoints({
         registry: this.#cfg.metrics?.registry,
-        health: () => ({ name: this.#cfg.name, nodeId: this.#nodeId ?? null, connected: this.#conn?.isOpen ?? false, job: this.#job?.jobId ?? null }),
+        health: () => ({ name: this.#cfg.name, nodeId: this.#nodeId ?? null, connected: this.#conn?.isOpen ?? false, job: this.#job.jobId }),
         onError: (err) => this.#log.warn(`GET /metrics: ${(err as Error).message}`),
       }),
     });
@@ -167,10 +168,10 @@ export class Agent {
     if (this.#stopping) return;
     this.#stopping = true;
     this.#wake?.();
-    const job = this.#job;
-    if (job) {
-      this.#stopJob(`the agent is leaving (${reason})`);
-      await Promise.race([job.done, new Promise((r) => setTimeout(r, 5000))]); // so its job.finished goes out first
+    const done = this.#job.done;
+    if (done) {
+      this.#job.stop(`the agent is leaving (${reason})`);
+      await Promise.race([done, new Promise((r) => setTimeout(r, 5000))]); // so its job.finished goes out first
     }
     const conn = this.#conn;
     if (conn?.isOpen) {
@@ -229,7 +230,7 @@ export class Agent {
           if (this.#conn === conn) this.#conn = null;
           this.#cfg.metrics?.disconnected();
           // Our groups' peers are told to re-form by the coordinator; links without a coordinator are useless.
-          this.#stopJob('lost the control connection to the coordinator');
+          this.#job.stop('lost the control connection to the coordinator');
           for (const g of this.#groups.values()) g.release();
           this.#groups.clear();
           if (!joined && code === CloseCode.UNAUTHORIZED) {
@@ -273,66 +274,20 @@ export class Agent {
       case 'group.assign':
         return this.#joinGroup(conn, msg);
       case 'group.release':
-        if (this.#job?.groupId === msg.groupId) this.#stopJob(`group ${msg.groupId} was released`);
+        if (this.#job.groupId === msg.groupId) this.#job.stop(`group ${msg.groupId} was released`);
         this.#groups.get(msg.groupId)?.release();
         this.#groups.delete(msg.groupId);
         return;
       case 'collective.run':
         return this.#runCollective(conn, msg);
       case 'job.start':
-        return this.#startJob(conn, msg);
+        return this.#job.start(msg, (id) => this.#groups.get(id), (m) => {
+          if (conn.isOpen) conn.send(m);
+        });
       case 'job.stop':
-        if (this.#job?.jobId === msg.jobId) this.#stopJob(msg.reason);
+        if (this.#job.jobId === msg.jobId) this.#job.stop(msg.reason);
         else this.#log.info(`job.stop for ${msg.jobId}, which this agent is not running; ignored`);
         return;
-    }
-  }
-
-  /** Runs a training job (node-agent/trainer/job-runner.ts) on its group's rings; one job at a time. */
-  async #startJob(conn: Control, start: JobStart): Promise<void> {
-    const refuse = (error: string) => {
-      this.#log.warn(`job ${start.jobId}: ${error}`);
-      if (conn.isOpen) conn.send({ type: 'job.finished', jobId: start.jobId, attempt: start.attempt, rank: start.rank, ok: false, step: start.resume?.step ?? 0, error });
-    };
-    // A job being stopped (its attempt ended: a peer died, a re-plan) is on its way out; the coordinator may
-    // already be starting the next attempt here. Let the old one finish stopping first (it takes milliseconds).
-    const stopping = this.#job;
-    if (stopping?.stop.signal.aborted) await Promise.race([stopping.done, new Promise((r) => setTimeout(r, 10_000))]);
-    if (this.#job) return refuse(`this agent is already running job ${this.#job.jobId}`);
-    const group = this.#groups.get(start.groupId);
-    if (!group) return refuse(`this agent is not a member of group ${start.groupId}: send group.assign before job.start`);
-    try {
-      group.ringOf(); // every job has a linked world ring; its other rings are looked up by name (jobLinks)
-    } catch (err) {
-      return refuse(`${(err as Error).message}: a job starts once every rank of its group has sent group.ready`);
-    }
-    const workDir = this.#cfg.workDir ?? join(tmpdir(), `meshtrain-agent-${this.#cfg.name.replace(/[^A-Za-z0-9_.-]/g, '_')}`);
-    this.#artifacts ??= new ArtifactClient({ baseUrl: httpBaseUrl(this.#cfg.url), token: this.#cfg.token, cacheDir: join(workDir, 'artifacts'), fetch: fetchTrusting(this.#cfg.ca) });
-    const stop = new AbortController();
-    const done = runJob(start, {
-      links: (placement) => jobLinks(group, placement),
-      artifacts: this.#artifacts,
-      send: (m) => {
-        const c = this.#conn;
-        if (c?.isOpen) c.send(m);
-      },
-      log: this.#log.child(`job ${start.jobId}`),
-      backend: this.#cfg.backend ?? 'auto',
-      signal: stop.signal,
-      workDir: join(workDir, 'jobs'),
-      ...(this.#cfg.observers ? { observers: this.#cfg.observers } : {}),
-    }).finally(() => {
-      if (this.#job?.stop === stop) this.#job = null;
-      collectGarbage(); // the attempt's shared buffers, before another attempt allocates its own (collect-garbage.ts)
-    });
-    this.#job = { jobId: start.jobId, groupId: start.groupId, stop, done };
-  }
-
-  #stopJob(reason: string): void {
-    const job = this.#job;
-    if (job && !job.stop.signal.aborted) {
-      this.#log.info(`stopping job ${job.jobId}: ${reason}`);
-      job.stop.abort(reason);
     }
   }
 
@@ -413,16 +368,9 @@ export class Agent {
   }
 }
 
-/** http(s)://host:port of the coordinator whose agent endpoint is the ws(s):// `url`. */
-export function httpBaseUrl(url: string): string {
-  const u = new URL(url);
-  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-  return u.origin;
-}
-
 function formatHost(host: string): string {
   const bare = host.replace(/^::ffff:/, '');
   return bare.includes(':') ? `[${bare}]` : bare;
 }
 
-export { DEFAULT_BACKOFF };
+export { DEFAULT_BACKOFF, httpBaseUrl };

@@ -130,7 +130,7 @@ export class ArtifactClient {
         });
         await pipeline(body, createWriteStream(tmp));
         const actual = hash.digest('hex');
-        if (actual !== digest) throw new Error(`download of ${digest} hashed to ${actual} (${bytes} bytes): corrupted or cut short`);
+        if (actual !== digest) throw new AgentError('AGT_ERR_ARTIFACT', `download of ${digest} hashed to ${actual} (${bytes} bytes): corrupted or cut short`);
         await rename(tmp, cached);
       } catch (err) {
         await rm(tmp, { force: true });
@@ -185,7 +185,7 @@ function filePieces(fh: FileHandle, size: number): ReadableStream<Uint8Array> {
       if (at >= size) return controller.close();
       const piece = new Uint8Array(Math.min(PIECE_BYTES, size - at));
       const { bytesRead } = await fh.read(piece, 0, piece.byteLength, at);
-      if (bytesRead === 0) return controller.error(new Error(`the file ended at byte ${at} of ${size}`));
+      if (bytesRead === 0) return controller.error(new AgentError('AGT_ERR_ARTIFACT', `the file ended at byte ${at} of ${size}`));
       at += bytesRead;
       controller.enqueue(piece.subarray(0, bytesRead));
     },
@@ -199,9 +199,9 @@ async function hashFile(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
-async function httpError(res: Response, what: string): Promise<Error> {
+async function httpError(res: Response, what: string): Promise<AgentError> {
   const body = (await res.json().catch(() => ({}))) as { error?: { message?: string } };
-  const err = new Error(`${what}: HTTP ${res.status} ${body.error?.message ?? res.statusText}`);
+  const err = new AgentError('AGT_ERR_ARTIFACT', `${what}: HTTP ${res.status} ${body.error?.message ?? res.statusText}`);
   // 4xx other than 408/429 will not get better by retrying.
   (err as { permanent?: boolean }).permanent = res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429;
   return err;

@@ -247,7 +247,7 @@ export class Group {
       const ws = new WebSocket(address, { ...clientOptions(MAX_PEER_FRAME), ...(this.#opts.ca ? { ca: [...this.#opts.ca] } : {}) });
       const timer = setTimeout(() => {
         ws.terminate();
-        reject(new Error('handshake timed out'));
+        reject(new AgentError('AGT_ERR_PEER_UNREACHABLE', 'handshake timed out'));
       }, Math.max(1, deadline - Date.now()));
       let welcomed = false;
       const conn: PeerConnection = new MessageConnection(ws, {
@@ -266,7 +266,7 @@ export class Group {
           clearTimeout(timer);
           if (!welcomed) {
             const refused = code === CloseCode.UNAUTHORIZED || code === CloseCode.VERSION_MISMATCH;
-            reject(refused ? new AgentError('AGT_ERR_PEER_REFUSED', `${address} refused the link: ${reason}`) : new Error(`closed (${code}) ${reason}`));
+            reject(refused ? new AgentError('AGT_ERR_PEER_REFUSED', `${address} refused the link: ${reason}`) : new AgentError('AGT_ERR_PEER_UNREACHABLE', `closed (${code}) ${reason}`));
           } else this.linkLost(slot.id, 'outbound', code, reason);
         },
       });

@@ -7,6 +7,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { encodeSnapshot, type EncodeReply, type EncodeRequest } from './checkpoint-upload.ts';
+import { failureOf } from './messages.ts';
 
 const port = parentPort!;
 port.once('message', ({ step, contents, buffers }: EncodeRequest) => {
@@ -14,6 +15,6 @@ port.once('message', ({ step, contents, buffers }: EncodeRequest) => {
     const { files, sha256, bytes } = encodeSnapshot(step, contents);
     port.postMessage({ type: 'encoded', files, sha256, bytes } satisfies EncodeReply, buffers);
   } catch (err) {
-    port.postMessage({ type: 'failed', error: (err as Error).message, code: (err as { code?: string }).code } satisfies EncodeReply, buffers);
+    port.postMessage({ type: 'failed', ...failureOf(err) } satisfies EncodeReply, buffers);
   }
 });

@@ -9,6 +9,8 @@
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { encodeCheckpointChunks, type CheckpointContents } from '../../model/checkpoint.ts';
+import { AgentError } from '../errors.ts';
+import { errorOf, type ThreadFailure } from './messages.ts';
 
 /**
  * Snapshots up to this size are encoded on the calling thread: hashing 16 MB takes ~10–20 ms, where starting a
@@ -24,7 +26,7 @@ export interface EncodeRequest {
 
 export type EncodeReply =
   | { type: 'encoded'; files: Record<string, Uint8Array[]>; sha256: Record<string, string>; bytes: number }
-  | { type: 'failed'; error: string; code?: string };
+  | ({ type: 'failed' } & ThreadFailure);
 
 export const INLINE_ENCODE_MAX_BYTES = 16 << 20;
 
@@ -84,10 +86,10 @@ export function encodeInWorker(step: number, contents: CheckpointContents, buffe
       void worker.terminate();
     };
     worker.once('message', (m: EncodeReply) =>
-      settle(() => (m.type === 'encoded' ? resolve(m) : reject(Object.assign(new Error(m.error), m.code ? { code: m.code } : {})))),
+      settle(() => (m.type === 'encoded' ? resolve(m) : reject(errorOf(m)))), // the encoder's error keeps its code
     );
-    worker.once('error', (err) => settle(() => reject(new Error(`checkpoint encoder crashed: ${err.message}`))));
-    worker.once('exit', (code) => settle(() => reject(new Error(`checkpoint encoder exited (code ${code}) before answering`))));
+    worker.once('error', (err) => settle(() => reject(new AgentError('AGT_ERR_TRAINER', `checkpoint encoder crashed: ${err.message}`))));
+    worker.once('exit', (code) => settle(() => reject(new AgentError('AGT_ERR_TRAINER', `checkpoint encoder exited (code ${code}) before answering`))));
     worker.postMessage({ step, contents, buffers } satisfies EncodeRequest, buffers);
   });
 }

@@ -14,6 +14,7 @@ import { shardOfCheckpoint, type ShardSpec } from '../../model/shard-layout.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { ResolvedJobSpec } from '../../protocol/job-spec.ts';
 import { coordsOf } from '../../protocol/layout.ts';
+import { AgentError } from '../errors.ts';
 import type { Placement, ResumeState } from './messages.ts';
 
 /** The shard a rank of `placement` holds. */
@@ -32,7 +33,7 @@ export async function loadResume(dir: string, step: number, spec: ResolvedJobSpe
   const paths = Object.fromEntries([MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].map((f) => [f, join(dir, f)]));
   const files = await openCheckpointFiles(paths, `of step ${step}`);
   try {
-    const bad = (why: string) => new Error(`resume checkpoint of step ${step}: ${why}`);
+    const bad = (why: string) => new AgentError('AGT_ERR_RESUME', `resume checkpoint of step ${step}: ${why}`);
     if (files.step !== step) throw bad(`${MANIFEST_FILE} says step ${files.step}`);
     const saved = files.state.spec as unknown as ResolvedJobSpec | undefined;
     if (!saved || typeof saved !== 'object' || JSON.stringify(saved.model) !== JSON.stringify(spec.model)) {
@@ -74,7 +75,7 @@ export async function fillFromResume(
         if (group !== 'model' && (to <= lo || from >= hi)) continue; // outside this rank's ZeRO-1 range
         const info = resume.files.tensors[group].get(s.name);
         if (!info || info.dtype !== 'F32' || info.shape.reduce((a, b) => a * b, 1) !== s.size) {
-          throw new Error(`the resume checkpoint's ${label}${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
+          throw new AgentError('AGT_ERR_RESUME', `the resume checkpoint's ${label}${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
         }
         // Straight into place: all of a weight; of a moment, the part inside the range.
         const a = group === 'model' ? from : Math.max(lo, from), b = group === 'model' ? to : Math.min(hi, to);
