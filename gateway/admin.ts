@@ -13,7 +13,8 @@
  *   GET  /admin/deployments/:name/audit       every change: who, when, old → new, why
  */
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
-import { parseDeployment, type DeploymentManager } from './deployments.ts';
+import { parseDeployment } from './deployment-spec.ts';
+import type { DeploymentManager } from './deployments.ts';
 import { GatewayError } from './errors.ts';
 import type { InferenceBackend } from './inference-backend.ts';
 import type { RateLimit } from './rate-limit.ts';
