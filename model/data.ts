@@ -1,5 +1,6 @@
 /**
- * Corpus → token shards: reads documents from a .txt or .jsonl file (or any stream of strings), holds out a share of
+ * Corpus → token shards: reads documents from a .txt or .jsonl file (corpus-reader.ts, whose header gives the rules:
+ * the same as `coordinator data prepare` reads by) or any stream of strings, holds out a share of
  * them for evaluation, tokenizes the rest, and writes both as flat little-endian token files plus an index.json
  * (shard-index.ts). Training then reads batches straight from the files (token-shard-reader.ts), so no process ever
  * holds a corpus's tokens in memory: the writer keeps one buffer of tokens per split.
@@ -8,11 +9,11 @@
  * always give the same split. `<|endoftext|>` follows every document, as in GPT-2's training data.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, mkdirSync, openSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { mix32 } from '../common/random.ts';
+import { corpusFormat, isBlankDocument, newCorpusReadStats, readCorpusFile, type CorpusReadStats } from './corpus-reader.ts';
 import { ModelError } from './errors.ts';
 import { bytesPerToken, dtypeFor, SHARD_FORMAT, type ShardIndex, type SplitInfo, type SplitName, type TokenDtype } from './shard-index.ts';
 import type { Tokenizer } from './tokenizer.ts';
@@ -29,7 +30,7 @@ export interface DataProgress {
   tokens: number;
 }
 
-/** Where documents come from: a file path (.txt: documents separated by blank lines; .jsonl: {"text": ...} per line), or the documents. */
+/** Where documents come from: a file path (.txt: documents separated by blank lines; .jsonl: {"text": ...} per line; corpus-reader.ts), or the documents. */
 export type CorpusInput = string | Iterable<string> | AsyncIterable<string>;
 
 export interface WriteShardsOptions {
@@ -43,6 +44,8 @@ export interface WriteShardsOptions {
   /** Tokens per shard file before a new one is started. Default 2^24 (32 MiB of uint16). */
   tokensPerShard?: number;
   onProgress?: (progress: DataProgress) => void;
+  /** Added to while a corpus file is read: bytes, and the malformed JSONL lines skipped (corpus-reader.ts). */
+  readStats?: CorpusReadStats;
 }
 
 const SHARD_FILE = /^(train|heldout)-\d{5}\.bin(\.tmp)?$/;
@@ -52,7 +55,7 @@ const FLUSH_TOKENS = 1 << 20;
 
 /** Tokenizes `input` into `outDir`: train-NNNNN.bin, heldout-NNNNN.bin, tokenizer.json and, last, index.json. */
 export async function writeTokenShards(input: CorpusInput, options: WriteShardsOptions): Promise<ShardIndex> {
-  const { tokenizer, outDir, heldOutFraction = 0.05, seed = 1337, tokensPerShard = 1 << 24, onProgress } = options;
+  const { tokenizer, outDir, heldOutFraction = 0.05, seed = 1337, tokensPerShard = 1 << 24, onProgress, readStats } = options;
   const bad = (msg: string) => new ModelError('MDL_ERR_DATA_INPUT', msg);
   if (!(heldOutFraction >= 0 && heldOutFraction < 1)) throw bad(`heldOutFraction must be in [0, 1), got ${heldOutFraction}`);
   if (!Number.isInteger(seed)) throw bad(`seed must be an integer, got ${seed}`);
@@ -80,7 +83,7 @@ export async function writeTokenShards(input: CorpusInput, options: WriteShardsO
   };
   try {
     let docIndex = 0;
-    for await (const doc of readDocuments(input, progress)) {
+    for await (const doc of readDocuments(input, progress, readStats)) {
       const split: SplitName = isHeldOut(seed, docIndex++, heldOutFraction) ? 'heldOut' : 'train';
       const ids = tokenizer.encodeOrdinary(doc);
       ids.push(eot);
@@ -120,48 +123,33 @@ export function isHeldOut(seed: number, i: number, fraction: number): boolean {
 }
 
 
-/** Documents of `input`, one at a time; `progress.bytesDone`/`bytesTotal` follow the reading. Empty documents are skipped. */
-export async function* readDocuments(input: CorpusInput, progress: Omit<DataProgress, 'tokens'> = { bytesDone: 0, bytesTotal: null }): AsyncGenerator<string> {
+/**
+ * Documents of `input`, one at a time; `progress.bytesDone`/`bytesTotal` follow the reading. A file is read by
+ * corpus-reader.ts's rules (`stats` counts the malformed JSONL lines it skips); a document that is empty or only
+ * whitespace is skipped, from a file or from the documents themselves.
+ */
+export async function* readDocuments(input: CorpusInput, progress: Omit<DataProgress, 'tokens'> = { bytesDone: 0, bytesTotal: null }, stats: CorpusReadStats = newCorpusReadStats()): AsyncGenerator<string> {
   if (typeof input !== 'string') {
     if (Array.isArray(input)) progress.bytesTotal = input.reduce((n: number, d: string) => n + Buffer.byteLength(d), 0);
     for await (const doc of input) {
       progress.bytesDone += Buffer.byteLength(doc);
-      if (doc.length > 0) yield doc;
+      if (!isBlankDocument(doc)) yield doc;
     }
     return;
   }
-  const jsonl = /\.jsonl$/i.test(input);
-  if (!jsonl && !/\.txt$/i.test(input)) throw new ModelError('MDL_ERR_DATA_INPUT', `${input}: the corpus must be a .txt or .jsonl file`);
+  const format = corpusFormat(input);
+  if (!format) throw new ModelError('MDL_ERR_DATA_INPUT', `${input}: the corpus must be a .txt or .jsonl file`);
   try {
     progress.bytesTotal = statSync(input).size;
   } catch (err) {
     throw new ModelError('MDL_ERR_DATA_INPUT', `${input}: cannot read the corpus file (${(err as Error).message})`, { cause: err });
   }
-  const lines = createInterface({ input: createReadStream(input, { encoding: 'utf8' }), crlfDelay: Infinity });
-  let paragraph: string[] = [];
-  let lineNo = 0;
-  for await (let line of lines) {
-    if (lineNo++ === 0 && line.startsWith('\uFEFF')) line = line.slice(1); // a byte-order mark is not text
-    progress.bytesDone += Buffer.byteLength(line) + 1; // +1: the newline readline removed (≈ for CRLF files)
-    if (jsonl) {
-      if (line.trim() === '') continue;
-      let text: unknown;
-      try {
-        text = (JSON.parse(line) as { text?: unknown })?.text;
-      } catch (err) {
-        throw new ModelError('MDL_ERR_DATA_INPUT', `${input}:${lineNo}: not JSON (${(err as Error).message})`, { cause: err });
-      }
-      if (typeof text !== 'string') throw new ModelError('MDL_ERR_DATA_INPUT', `${input}:${lineNo}: each line must be an object with a string "text"`);
-      if (text.length > 0) yield text;
-    } else if (line.trim() === '') {
-      if (paragraph.length > 0) yield paragraph.join('\n');
-      paragraph = [];
-    } else {
-      paragraph.push(line);
-    }
+  const start = stats.bytes;
+  for await (const doc of readCorpusFile(input, format, stats)) {
+    progress.bytesDone = stats.bytes - start; // ≈: a CRLF line has one byte more than counted
+    yield doc;
   }
-  if (paragraph.length > 0) yield paragraph.join('\n');
-  progress.bytesDone = progress.bytesTotal; // the whole file was read (the per-line count misses CRs and a BOM)
+  progress.bytesDone = progress.bytesTotal; // the whole file was read
 }
 
 /** Appends one split's tokens to numbered shard files; files are written under a .tmp name and renamed when full. */

@@ -8,6 +8,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { loadDemoCorpus } from './corpus.ts';
+import { newCorpusReadStats, type CorpusReadStats } from './corpus-reader.ts';
 import { isHeldOut, readDocuments, writeTokenShards, type CorpusInput, type DataProgress } from './data.ts';
 import type { ShardIndex } from './shard-index.ts';
 import { trainBpe, type Tokenizer, type TrainProgress } from './tokenizer.ts';
@@ -24,6 +25,8 @@ export interface PrepareOptions {
   tokensPerShard?: number;
   onTokenizerProgress?: (p: TrainProgress) => void;
   onShardProgress?: (p: DataProgress) => void;
+  /** Added to while the shards are written: the malformed JSONL lines skipped (corpus-reader.ts). */
+  readStats?: CorpusReadStats;
 }
 
 export interface Prepared {
@@ -40,7 +43,7 @@ export async function prepareTokenData(options: PrepareOptions): Promise<Prepare
   const t0 = performance.now();
   const tokenizer = await trainBpe(trainingDocuments(input, seed, heldOutFraction), { vocabSize, onProgress: options.onTokenizerProgress });
   const t1 = performance.now();
-  const index = await writeTokenShards(input, { tokenizer, outDir, heldOutFraction, seed, tokensPerShard, onProgress: options.onShardProgress });
+  const index = await writeTokenShards(input, { tokenizer, outDir, heldOutFraction, seed, tokensPerShard, onProgress: options.onShardProgress, readStats: options.readStats });
   return { tokenizer, index, trainMs: t1 - t0, shardMs: performance.now() - t1 };
 }
 
@@ -61,7 +64,9 @@ async function main(argv: string[]): Promise<void> {
   });
   if (!values.out) throw new Error('--out DIR is required');
   const line = (s: string) => process.stderr.isTTY ? process.stderr.write(`\r\x1b[2K${s}`) : undefined;
+  const readStats = newCorpusReadStats();
   const result = await prepareTokenData({
+    readStats,
     corpus: values.corpus!,
     outDir: values.out,
     vocabSize: intOption(values.vocab, 'vocab', 4096, 258, 1 << 20),
@@ -71,6 +76,7 @@ async function main(argv: string[]): Promise<void> {
     onShardProgress: (p) => line(`shards: ${(p.bytesDone / 1e6).toFixed(1)}/${((p.bytesTotal ?? 0) / 1e6).toFixed(1)} MB, ${p.tokens} tokens`),
   });
   line('');
+  if (readStats.malformedLines > 0) process.stderr.write(`skipped ${readStats.malformedLines} malformed JSONL line(s); the first: ${readStats.firstMalformed}\n`);
   const { index } = result;
   process.stdout.write(JSON.stringify({
     vocabSize: index.vocabSize,

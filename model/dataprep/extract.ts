@@ -1,24 +1,21 @@
 /**
- * Documents out of source files, by extension: .txt (documents separated by blank lines, as model/data.ts reads
- * them), .jsonl (one object per line, the text in a configurable field; a malformed line is counted and skipped),
- * .md/.markdown and .html/.htm (one document per file, markup stripped). A folder is read recursively, files in
- * sorted order, so a run is reproducible.
+ * Documents out of source files, by extension: .txt and .jsonl by model/corpus-reader.ts, the reader a job's
+ * corpus goes through too (documents separated by blank lines; one object per line with the text in a configurable
+ * field, a malformed line counted and skipped; a byte-order mark dropped; blank documents skipped), and
+ * .md/.markdown and .html/.htm (one document per file, markup stripped, a byte-order mark dropped). A folder is read
+ * recursively, files in sorted order, so a run is reproducible.
  *
  * .txt and .jsonl are streamed line by line; a Markdown or HTML file is read whole (one document), so a single
  * such file must fit in memory — the corpus as a whole need not.
  */
-import { createReadStream, readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { isBlankDocument, readCorpusFile, stripBom, type CorpusReadStats } from '../corpus-reader.ts';
 import { ModelError } from '../errors.ts';
 
 export const SOURCE_EXTENSIONS = ['.txt', '.jsonl', '.md', '.markdown', '.html', '.htm'] as const;
 
-export interface ExtractCounters {
-  /** Raw input consumed, UTF-8 bytes. */
-  bytes: number;
-  /** JSONL lines that are not JSON or lack a string text field: skipped. */
-  malformedLines: number;
+export interface ExtractCounters extends CorpusReadStats {
   /** Navigation lines (only links and separators) dropped from HTML. */
   linkLines: number;
   files: number;
@@ -58,39 +55,15 @@ export async function* extractDocuments(files: readonly string[], textField: str
     counters.files++;
     const ext = extname(file).toLowerCase();
     if (ext === '.txt' || ext === '.jsonl') {
-      yield* streamLines(file, ext === '.jsonl', textField, counters);
+      yield* readCorpusFile(file, ext === '.jsonl' ? 'jsonl' : 'txt', counters, textField);
       continue;
     }
     const raw = readFileSync(file, 'utf8');
     counters.bytes += Buffer.byteLength(raw);
-    const text = ext === '.html' || ext === '.htm' ? htmlToText(raw, counters) : markdownToText(raw);
-    if (text.trim() !== '') yield text;
+    const body = stripBom(raw);
+    const text = ext === '.html' || ext === '.htm' ? htmlToText(body, counters) : markdownToText(body);
+    if (!isBlankDocument(text)) yield text;
   }
-}
-
-async function* streamLines(file: string, jsonl: boolean, textField: string, counters: ExtractCounters): AsyncGenerator<string> {
-  const lines = createInterface({ input: createReadStream(file, { encoding: 'utf8', highWaterMark: 1 << 16 }), crlfDelay: Infinity });
-  let paragraph: string[] = [];
-  for await (const line of lines) {
-    counters.bytes += Buffer.byteLength(line) + 1;
-    if (jsonl) {
-      if (line.trim() === '') continue;
-      let text: unknown;
-      try {
-        text = (JSON.parse(line) as Record<string, unknown>)?.[textField];
-      } catch {
-        text = undefined;
-      }
-      if (typeof text !== 'string') counters.malformedLines++;
-      else if (text.trim() !== '') yield text;
-    } else if (line.trim() === '') {
-      if (paragraph.length > 0) yield paragraph.join('\n');
-      paragraph = [];
-    } else {
-      paragraph.push(line);
-    }
-  }
-  if (paragraph.length > 0) yield paragraph.join('\n');
 }
 
 /** Elements whose whole content is chrome or code, not text. */
