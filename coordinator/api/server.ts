@@ -242,15 +242,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
 
   let closed = false;
   return {
-    app,
-    hub,
-    groups,
-    store,
-    jobs,
-    registry,
-    artifacts,
-    runs,
-    generatedToken,
+    app, hub, groups, store, jobs, registry, artifacts, runs, generatedToken,
     routes: () => [...routeTable].sort(),
     async listen() {
       await app.listen({ host: cfg.host, port: cfg.port });
