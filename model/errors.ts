@@ -12,7 +12,7 @@ export class ModelError extends defineErrors('MDL_ERR_', {
   MDL_ERR_TOKENIZER_FILE: { summary: 'invalid tokenizer file', fatal: true },
   /** BPE training was given impossible settings, or the corpus has too few distinct pairs to reach the vocabulary size. */
   MDL_ERR_TOKENIZER_TRAINING: { summary: 'tokenizer training failed', fatal: true },
-  /** A corpus input (text or JSONL) could not be read or a JSONL line has no string `text`. */
+  /** A corpus input (text or JSONL) could not be read, or is not a .txt/.jsonl file (a bad JSONL line is skipped and counted: corpus-reader.ts). */
   MDL_ERR_DATA_INPUT: { summary: 'invalid corpus input', fatal: true },
   /** A shard index or shard file is missing, malformed, or disagrees with its index (size, dtype, tokenizer). */
   MDL_ERR_SHARD: { summary: 'invalid token shard', fatal: true },
