@@ -1,4 +1,8 @@
-/** Small helpers shared by the command-line entry points. */
+/**
+ * Small helpers shared by the command-line entry points. The services (coordinator start, node-agent join,
+ * gateway serve) declare their options with common/options.ts instead; parseCli and intOption serve the scripts,
+ * benchmarks and one-off commands.
+ */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 export class UsageError extends Error {}

@@ -1,67 +1,58 @@
 /**
- * The coordinator's configuration: defaults below (one comment each), overridden by CLI flags, validated once,
- * frozen. Unknown keys are rejected so a typo cannot silently fall back to a default.
+ * The coordinator's configuration, declared once (common/options.ts): each setting's default, doc, flag of
+ * `coordinator start` and check live in COORDINATOR_OPTIONS below, from which `coordinator start --help`, the CLI
+ * parser and resolveConfig come. Overridden by CLI flags, validated once, frozen. Unknown keys are rejected so a
+ * typo cannot silently fall back to a default.
  */
-import { BACKENDS, isBackendChoice, type BackendChoice } from '../protocol/backends.ts';
+import { BACKENDS, type BackendChoice } from '../protocol/backends.ts';
 import { tlsPairProblems } from '../common/tls.ts';
+import { defineOptions, opt, type ValuesOf } from '../common/options.ts';
 import { CoordinatorError } from './errors.ts';
 
-export interface CoordinatorConfig {
-  host: string; // interface the HTTP/WebSocket server binds
-  port: number; // 0 picks a free port (tests)
-  dataDir: string; // SQLite state (state.db) and the content-addressed artifact store (artifacts/)
-  token: string | undefined; // cluster join token; undefined: reuse the stored one, or generate and print one
-  heartbeatMs: number; // how often agents heartbeat
-  heartbeatTimeoutMs: number; // an agent silent this long is marked dead
-  helloTimeoutMs: number; // a connection that has not said hello by then is closed
-  groupFormTimeoutMs: number; // agents must link their ring within this
-  collectiveTimeoutMs: number; // a collective run must finish within this
-  stepTimeoutMs: number; // a running job attempt that reports nothing for this long is stopped and resumed
-  headersTimeoutMs: number; // an HTTP client must send its whole request head within this, or get 408 (slow-loris guard)
-  maxConnections: number; // open sockets on the port (API, dashboard, agents) beyond which new ones are dropped at once
-  maxPendingHellos: number; // agent WebSockets still owing their hello beyond which new ones are closed with 1013
-  tlsCert: string | undefined; // PEM certificate chain: serve HTTPS and WSS instead of HTTP and WS (with tlsKey)
-  tlsKey: string | undefined; // PEM private key of tlsCert
-  backend: BackendChoice; // what the evaluation suites compute on (protocol/backends.ts), in their worker thread
-}
+const nonEmpty = (what: string) => (v: unknown, key: string) => (typeof v === 'string' && v !== '' ? undefined : `${key} must be a non-empty ${what}`);
 
-export const DEFAULT_CONFIG: Readonly<CoordinatorConfig> = Object.freeze({
-  host: '0.0.0.0',
-  port: 7070,
-  dataDir: '.data/coordinator',
-  token: undefined,
-  heartbeatMs: 1000,
-  heartbeatTimeoutMs: 5000,
-  helloTimeoutMs: 5000,
-  groupFormTimeoutMs: 30_000,
-  collectiveTimeoutMs: 300_000,
-  stepTimeoutMs: 300_000,
-  headersTimeoutMs: 10_000,
-  maxConnections: 1024,
-  backend: 'cpu',
-  maxPendingHellos: 64,
-  tlsCert: undefined,
-  tlsKey: undefined,
+export const COORDINATOR_OPTIONS = defineOptions({
+  port: opt.int({ default: 7070, min: 0, max: 65535, arg: 'PORT', doc: 'HTTP and WebSocket port (0 = any free port)' }),
+  host: opt.string({ default: '0.0.0.0', arg: 'HOST', doc: 'interface the HTTP/WebSocket server binds', check: nonEmpty('string') }),
+  dataDir: opt.string({
+    default: '.data/coordinator', flag: 'data', arg: 'DIR', check: nonEmpty('path'),
+    doc: 'SQLite state (state.db, WAL mode) and the content-addressed artifact store (artifacts/)',
+  }),
+  token: opt.string({
+    arg: 'TOKEN', env: 'MESHTRAIN_TOKEN', defaultText: 'the one stored in DIR, or a new one, printed once',
+    doc: 'cluster join token',
+    check: (v) => (typeof v === 'string' && v.length >= 8 && v.length <= 256 ? undefined : 'token must be 8 to 256 characters'),
+  }),
+  heartbeatMs: opt.int({ default: 1000, min: 1, arg: 'MS', doc: 'how often agents heartbeat' }),
+  heartbeatTimeoutMs: opt.int({ default: 5000, min: 1, arg: 'MS', aliases: ['heartbeat-timeout'], doc: 'an agent silent this long is marked dead' }),
+  helloTimeoutMs: opt.int({ default: 5000, min: 1, flag: false, doc: 'a connection that has not said hello by then is closed' }),
+  groupFormTimeoutMs: opt.int({ default: 30_000, min: 1, flag: false, doc: 'agents must link their ring within this' }),
+  collectiveTimeoutMs: opt.int({ default: 300_000, min: 1, flag: false, doc: 'a collective run must finish within this' }),
+  stepTimeoutMs: opt.int({
+    default: 300_000, min: 1, arg: 'MS', aliases: ['step-timeout'],
+    doc: 'a running job attempt that reports no step for this long is stopped and resumed',
+  }),
+  headersTimeoutMs: opt.int({
+    default: 10_000, min: 1, arg: 'MS', aliases: ['headers-timeout'],
+    doc: 'an HTTP client must send its whole request head within this, or get 408 (slow-loris guard)',
+  }),
+  maxConnections: opt.int({ default: 1024, min: 1, arg: 'N', doc: 'open sockets on the port (API, dashboard, agents) beyond which new ones are dropped at once' }),
+  maxPendingHellos: opt.int({ default: 64, min: 1, arg: 'N', doc: 'agent WebSockets still owing their hello beyond which new ones are closed with 1013' }),
+  tlsCert: opt.string({ arg: 'PATH', doc: 'serve HTTPS and WSS with this PEM certificate (chain); needs --tls-key' }),
+  tlsKey: opt.string({ arg: 'PATH', doc: 'the PEM private key of --tls-cert' }),
+  backend: opt.choice<BackendChoice>(BACKENDS, {
+    default: 'cpu', arg: 'B', doc: 'what the evaluation suites (SFT exact match, DPO, distillation) compute on, in their worker thread',
+  }),
 });
 
+export type CoordinatorConfig = ValuesOf<typeof COORDINATOR_OPTIONS.specs>;
+
+export const DEFAULT_CONFIG: Readonly<CoordinatorConfig> = COORDINATOR_OPTIONS.defaults;
+
 export function resolveConfig(overrides: Partial<Record<string, unknown>>): Readonly<CoordinatorConfig> {
-  const bad: string[] = [];
-  for (const key of Object.keys(overrides)) if (!(key in DEFAULT_CONFIG)) bad.push(`unknown setting '${key}'`);
-  const cfg = { ...DEFAULT_CONFIG, ...(Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) as Partial<CoordinatorConfig>) };
-  const positive = (key: keyof CoordinatorConfig) => {
-    const v = cfg[key];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) bad.push(`${key} must be a positive integer${key.endsWith('Ms') ? ' (ms)' : ''}, got ${String(v)}`);
-  };
-  if (typeof cfg.port !== 'number' || !Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) bad.push(`port must be 0–65535, got ${cfg.port}`);
-  if (typeof cfg.host !== 'string' || cfg.host === '') bad.push('host must be a non-empty string');
-  if (typeof cfg.dataDir !== 'string' || cfg.dataDir === '') bad.push('dataDir must be a non-empty path');
-  if (cfg.token !== undefined && (typeof cfg.token !== 'string' || cfg.token.length < 8 || cfg.token.length > 256)) {
-    bad.push('token must be 8 to 256 characters');
-  }
-  (['heartbeatMs', 'heartbeatTimeoutMs', 'helloTimeoutMs', 'groupFormTimeoutMs', 'collectiveTimeoutMs', 'stepTimeoutMs', 'headersTimeoutMs', 'maxConnections', 'maxPendingHellos'] as const).forEach(positive);
+  const { value: cfg, problems: bad } = COORDINATOR_OPTIONS.resolve(overrides);
   if (cfg.heartbeatTimeoutMs <= cfg.heartbeatMs) bad.push(`heartbeatTimeoutMs (${cfg.heartbeatTimeoutMs}) must exceed heartbeatMs (${cfg.heartbeatMs})`);
   bad.push(...tlsPairProblems(cfg.tlsCert, cfg.tlsKey));
-  if (!isBackendChoice(cfg.backend)) bad.push(`backend must be one of ${BACKENDS.join(', ')}, got ${String(cfg.backend)}`);
   if (bad.length) throw new CoordinatorError('CRD_ERR_BAD_ARGS', `invalid coordinator configuration: ${bad.join('; ')}`, { details: bad });
   return Object.freeze(cfg);
 }

@@ -15,28 +15,25 @@
  * the gateway itself knows nothing about how a model runs. Exit codes: 0 ok, 1 error, 2 bad arguments.
  */
 import { createLogger, type Logger } from '../common/log.ts';
-import { intOption, parseCli, UsageError } from '../common/cli.ts';
-import { DEFAULT_CONNECTION_LIMITS } from '../common/conn-limits.ts';
+import { UsageError } from '../common/cli.ts';
+import { parseCommandLine, type RawValues } from '../common/options.ts';
 import { readFileSync } from 'node:fs';
 import { DeploymentManager, loadDeploymentsFile, type VersionResolver } from './deployments.ts';
 import { GatewayError } from './errors.ts';
 import { FakeBackend } from './fake-backend.ts';
 import type { InferenceBackend } from './inference-backend.ts';
-import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './batch-scheduler.ts';
 import type { RateLimit } from './rate-limit.ts';
 import { openRegistry, type BackendFactory } from './registry-source.ts';
-import { BACKENDS, isBackendChoice } from '../protocol/backends.ts';
 import { withAdapterBases } from './adapter-source.ts';
 import { withTrainingLineage } from './training-lineage.ts';
-import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
-import { apiKeyList, createGateway, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
+import { apiKeyList, createGateway } from './server.ts';
+import { ADMIN_OPTIONS, SERVE_OPTIONS } from './options.ts';
 import { initTracing } from '../common/tracing.ts';
 import { hostname } from 'node:os';
 import { localAddressToward, startAnnouncing } from './announce.ts';
 import { fetchTrusting, loadServerTls, loadTrust, tlsPairProblems, type ServerTls } from '../common/tls.ts';
 
-export const DEFAULT_PORT = 8080;
-export const DEFAULT_HOST = '0.0.0.0';
+export { DEFAULT_HOST, DEFAULT_PORT } from './options.ts';
 
 const HELP = `Usage: gateway serve [options]
        gateway deploy --url URL --admin-key K NAME --primary MODEL@vN [--arm MODEL@vN:WEIGHT]...
@@ -49,72 +46,11 @@ The meshtrain inference gateway: serves trained model versions from the coordina
 OpenAI-compatible HTTP API (POST /v1/completions and /v1/chat/completions with SSE streaming, GET /v1/models,
 /healthz, /metrics).
 
-Options:
-  --registry DIR|URL    where model versions come from: the coordinator's registry folder (<data>/registry)
-                        or its API (http://HOST:7070); every file is checked against its sha256
-  --model NAME[@vN]     serve this model (repeatable; default: every model in the registry), at its latest
-                        version or the one given
-  --port PORT           HTTP port (default: ${DEFAULT_PORT}; 0 = any free port)
-  --host HOST           interface to bind (default: ${DEFAULT_HOST})
-  --token TOKEN         cluster token for --registry URL (or MESHTRAIN_TOKEN). With an --admin-key too, the
-                        gateway announces itself to that coordinator every 10 s so its dashboard shows the
-                        deployments and can promote or roll back (the admin key goes to the coordinator only)
-  --name NAME           how the gateway appears on the coordinator's dashboard (default: HOSTNAME-PORT)
-  --advertise URL       where the coordinator reaches this gateway (default: http://<our address toward the
-                        coordinator>:PORT; https:// with --tls-cert)
-  --ca PATH             trust this PEM CA for an https:// --registry coordinator (or set NODE_EXTRA_CA_CERTS)
-  --tls-cert PATH       serve HTTPS with this PEM certificate (chain); needs --tls-key
-  --tls-key PATH        the PEM private key of --tls-cert
-  --api-key KEY         require 'Authorization: Bearer KEY' on /v1 routes; repeatable or comma-separated for
-                        several keys, each with its own rate limit (or MESHTRAIN_GATEWAY_API_KEY, comma-separated)
-  --admin-key KEY       the key for /admin routes such as GET /admin/status (or MESHTRAIN_GATEWAY_ADMIN_KEY);
-                        without one admin routes answer 403; API keys never open them
-  --max-body-bytes N    larger request bodies get 413 (default: ${DEFAULT_BODY_LIMIT}, 1 MiB)
-  --max-prompt-tokens N longer prompts get 400 (default: each model's context length)
-  --rate-limit RPS      per client (API key, or IP when no keys are set): at most RPS requests a second on /v1
-                        routes, token bucket; over it, 429 with Retry-After (default: no limit)
-  --rate-burst N        requests a client may send at once after being idle (default: RPS rounded up)
-  --drain-timeout-ms MS on SIGTERM/SIGINT stop taking requests (503) and let running ones finish for up to MS,
-                        then cut them and exit (default: ${DEFAULT_DRAIN_TIMEOUT_MS})
-  --headers-timeout-ms MS
-                        answer 408 and cut a client that has not sent its request head by then (slow-loris guard;
-                        default: ${DEFAULT_CONNECTION_LIMITS.headersTimeoutMs})
-  --max-connections N   open sockets beyond which new ones are dropped at once (default: ${DEFAULT_CONNECTION_LIMITS.maxConnections})
-  --backend B           compute backend for registry models: auto (a hardware GPU through WebGPU, then
-                        tfjs-node(-gpu), then wasm), webgpu, wasm, cpu, … (default: MESHTRAIN_BACKEND or auto)
-  --max-batch-size N    dynamic batching: at most N sequences (request choices) share a forward pass per
-                        generation step (default: ${DEFAULT_BATCH_SETTINGS.maxBatchSize}; 1 = no batching)
-  --max-batch-wait-ms MS
-                        an idle model waits up to MS for more requests before starting a batch that is not
-                        full (default: ${DEFAULT_BATCH_SETTINGS.maxWaitMs}); running sequences never wait for company
-  --fake                TEST/DEVELOPMENT ONLY: serve FakeBackend, a deterministic character-level toy that
-                        outputs gibberish, instead of trained models (no --registry; names from --model,
-                        default 'fake-char'); for trying the API, clients and dashboards end to end
-  --deployments FILE    named deployments to install at start: a JSON array of {name, primary: {model, version},
-                        arms?: [{model, version, weight}], shadows?: [{model, version, percent}], stickyHeader?,
-                        rollout?} (README: Deployments)
-  --audit-log FILE      append every deployment change (who, when, old → new, why) to FILE as JSON lines
-  --shadow-queue N      mirrored requests waiting per shadow version; beyond it mirrors are dropped and counted
-                        (default: ${DEFAULT_SHADOW_SETTINGS.queueCapacity})
-  --shadow-concurrency N
-                        mirrors of one shadow version generating at once (default: ${DEFAULT_SHADOW_SETTINGS.concurrency}); they
-                        run only while no client request waits or runs
-  --shadow-max-age-ms MS
-                        a mirror that waited longer is dropped as stale (default: ${DEFAULT_SHADOW_SETTINGS.maxAgeMs})
-  -h, --help            show this help
+Options (gateway/options.ts):
+${SERVE_OPTIONS.help()}  -h, --help                show this help
 
 Deployments (deploy, promote, rollback, comparison: the admin API of a running gateway):
-  --url URL             the gateway (http://HOST:PORT)
-  --primary MODEL@vN    the version serving the traffic the arms leave (1 − Σ arm weights)
-  --arm MODEL@vN:W      an A/B arm with weight W in [0, 1] (repeatable; weights sum to ≤ 1)
-  --shadow MODEL@vN[:PCT]
-                        a shadow version getting copies of PCT% (default 100) of the primary's requests,
-                        compared and never returned (repeatable)
-  --rollout JSON        the rollout policy: {success?, sprt?, autoPromote?, guard?} (README: Rollouts)
-  --version MODEL@vN    promote: the shadow or arm that becomes the primary
-  --sticky-header H     header holding the sticky key (default x-meshtrain-key; else the request's user field)
-  --reason TEXT         why: recorded in the audit log (required for deploy, promote, rollback)
-
+${ADMIN_OPTIONS.help()}
 Examples:
   gateway serve --registry ./cluster/registry --api-key secret
   gateway serve --registry ./cluster/registry --api-key team-a,team-b --admin-key ops --rate-limit 5 --rate-burst 20
@@ -158,45 +94,7 @@ export async function runCli(argv: string[], deps: CliDeps = {}): Promise<number
 }
 
 async function main(argv: string[], deps: CliDeps, out: (line: string) => void): Promise<number> {
-  const { values: v, positionals } = parseCli(argv, {
-    registry: { type: 'string' },
-    model: { type: 'string', multiple: true },
-    port: { type: 'string' },
-    host: { type: 'string' },
-    token: { type: 'string' },
-    'api-key': { type: 'string', multiple: true },
-    'admin-key': { type: 'string' },
-    'max-body-bytes': { type: 'string' },
-    'max-prompt-tokens': { type: 'string' },
-    'rate-limit': { type: 'string' },
-    'rate-burst': { type: 'string' },
-    'drain-timeout-ms': { type: 'string' },
-    'headers-timeout-ms': { type: 'string' },
-    'max-connections': { type: 'string' },
-    'max-batch-size': { type: 'string' },
-    backend: { type: 'string' },
-    'max-batch-wait-ms': { type: 'string' },
-    fake: { type: 'boolean' },
-    deployments: { type: 'string' },
-    'audit-log': { type: 'string' },
-    name: { type: 'string' },
-    advertise: { type: 'string' },
-    ca: { type: 'string' },
-    'tls-cert': { type: 'string' },
-    'tls-key': { type: 'string' },
-    url: { type: 'string' },
-    primary: { type: 'string' },
-    arm: { type: 'string', multiple: true },
-    shadow: { type: 'string', multiple: true },
-    rollout: { type: 'string' },
-    version: { type: 'string' },
-    'shadow-queue': { type: 'string' },
-    'shadow-concurrency': { type: 'string' },
-    'shadow-max-age-ms': { type: 'string' },
-    'sticky-header': { type: 'string' },
-    reason: { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
-  });
+  const { values: v, positionals } = parseCommandLine('gateway', argv, [SERVE_OPTIONS, ADMIN_OPTIONS]);
   const [command, ...rest] = positionals;
   if (v.help || !command) {
     process.stdout.write(HELP);
@@ -207,34 +105,28 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
   if (v.fake && v.registry) throw new UsageError('--fake serves the test backend and reads no registry: give --fake or --registry, not both');
   if (!v.fake && !v.registry) throw new UsageError('missing --registry DIR|URL (or --fake for the test backend)');
-  const port = intOption(v.port, 'port', DEFAULT_PORT, 0, 65535);
-  const host = v.host ?? DEFAULT_HOST;
+  const o = { ...SERVE_OPTIONS.defaults, ...SERVE_OPTIONS.fromArgs(v) }; // flags and their env vars, checked
+  const { port, host } = o;
   let https: ServerTls | undefined, trustingFetch: typeof fetch;
   try {
-    const problems = tlsPairProblems(v['tls-cert'], v['tls-key']);
+    const problems = tlsPairProblems(o.tlsCert, o.tlsKey);
     if (problems.length) throw new Error(problems.join('; '));
-    if (v['tls-cert'] !== undefined && v['tls-key'] !== undefined) https = loadServerTls(v['tls-cert'], v['tls-key']);
-    trustingFetch = fetchTrusting(v.ca === undefined ? undefined : loadTrust(v.ca));
+    if (o.tlsCert !== undefined && o.tlsKey !== undefined) https = loadServerTls(o.tlsCert, o.tlsKey);
+    trustingFetch = fetchTrusting(o.ca === undefined ? undefined : loadTrust(o.ca));
   } catch (err) {
     throw new GatewayError('GW_ERR_BAD_ARGS', (err as Error).message, { cause: err });
   }
-  const apiKeys = apiKeyList(v['api-key'] ?? process.env.MESHTRAIN_GATEWAY_API_KEY);
-  const adminKey = (v['admin-key'] ?? process.env.MESHTRAIN_GATEWAY_ADMIN_KEY) || undefined;
+  const apiKeys = apiKeyList(o.apiKey);
+  const adminKey = o.adminKey || undefined;
   if (adminKey !== undefined && apiKeys.includes(adminKey)) throw new UsageError('--admin-key must differ from every --api-key');
-  const bodyLimit = intOption(v['max-body-bytes'], 'max-body-bytes', DEFAULT_BODY_LIMIT, 1);
-  const maxPromptTokens = v['max-prompt-tokens'] === undefined ? undefined : intOption(v['max-prompt-tokens'], 'max-prompt-tokens', 0, 1);
-  const drainTimeoutMs = intOption(v['drain-timeout-ms'], 'drain-timeout-ms', DEFAULT_DRAIN_TIMEOUT_MS, 0);
-  const limits = {
-    headersTimeoutMs: intOption(v['headers-timeout-ms'], 'headers-timeout-ms', DEFAULT_CONNECTION_LIMITS.headersTimeoutMs, 1),
-    maxConnections: intOption(v['max-connections'], 'max-connections', DEFAULT_CONNECTION_LIMITS.maxConnections, 1),
-  };
-  const rateLimit = rateLimitOptions(v['rate-limit'], v['rate-burst']);
+  const bodyLimit = o.maxBodyBytes;
+  const maxPromptTokens = o.maxPromptTokens;
+  const drainTimeoutMs = o.drainTimeoutMs;
+  const limits = { headersTimeoutMs: o.headersTimeoutMs, maxConnections: o.maxConnections };
+  const rateLimit = rateLimitOptions(o.rateLimit, o.rateBurst);
   const log = deps.log ?? createLogger('gateway');
-  const wanted = (v.model ?? []).map(parseModelArg);
-  const batching = {
-    maxBatchSize: intOption(v['max-batch-size'], 'max-batch-size', DEFAULT_BATCH_SETTINGS.maxBatchSize, 1, MAX_BATCH_SIZE),
-    maxWaitMs: intOption(v['max-batch-wait-ms'], 'max-batch-wait-ms', DEFAULT_BATCH_SETTINGS.maxWaitMs, 0, MAX_BATCH_WAIT_MS),
-  };
+  const wanted = (o.model ?? []).map(parseModelArg);
+  const batching = { maxBatchSize: o.maxBatchSize, maxWaitMs: o.maxBatchWaitMs };
 
   const backends = new Map<string, InferenceBackend>();
   let resolve: VersionResolver;
@@ -248,16 +140,15 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   } else {
     // Adapter versions (LoRA) come with their base's files: the factory serves the base with the adapter attached.
     // A quantized or merged version is served with the chat template its ancestor was trained with.
-    const registry = withTrainingLineage(withAdapterBases(openRegistry(v.registry!, { token: v.token ?? process.env.MESHTRAIN_TOKEN, fetch: trustingFetch })));
+    const registry = withTrainingLineage(withAdapterBases(openRegistry(o.registry!, { token: o.token, fetch: trustingFetch })));
     const available = await registry.models();
     const chosen = wanted.length ? wanted : available.map((name) => ({ name, version: undefined }));
-    if (chosen.length === 0) throw new GatewayError('GW_ERR_REGISTRY', `no models registered in ${v.registry}`);
+    if (chosen.length === 0) throw new GatewayError('GW_ERR_REGISTRY', `no models registered in ${o.registry}`);
     for (const { name } of chosen) {
-      if (!available.includes(name)) throw new GatewayError('GW_ERR_REGISTRY', `no model '${name}' in ${v.registry}; registered: ${available.join(', ') || 'none'}`);
+      if (!available.includes(name)) throw new GatewayError('GW_ERR_REGISTRY', `no model '${name}' in ${o.registry}; registered: ${available.join(', ') || 'none'}`);
     }
     const factory = deps.backendFactory;
-    const computeBackend = v.backend ?? process.env.MESHTRAIN_BACKEND ?? 'auto';
-    if (!isBackendChoice(computeBackend)) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got '${computeBackend}'`);
+    const computeBackend = o.backend; // --backend, else MESHTRAIN_BACKEND, else auto
     const backend = computeBackend;
     resolve = async (model, version) => {
       if (!factory) throw new GatewayError('GW_ERR_NO_BACKEND', 'this gateway has no model backend to run registry models');
@@ -280,21 +171,17 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     }
   }
 
-  const shadow = {
-    queueCapacity: intOption(v['shadow-queue'], 'shadow-queue', DEFAULT_SHADOW_SETTINGS.queueCapacity, 0, 1_000_000),
-    concurrency: intOption(v['shadow-concurrency'], 'shadow-concurrency', DEFAULT_SHADOW_SETTINGS.concurrency, 1, 1024),
-    maxAgeMs: intOption(v['shadow-max-age-ms'], 'shadow-max-age-ms', DEFAULT_SHADOW_SETTINGS.maxAgeMs, 1),
-  };
-  const deployments = new DeploymentManager({ resolve, shadow, reserved: (name) => backends.has(name), ...(v['audit-log'] ? { auditLogPath: v['audit-log'] } : {}) });
-  if (v.deployments) {
+  const shadow = { queueCapacity: o.shadowQueue, concurrency: o.shadowConcurrency, maxAgeMs: o.shadowMaxAgeMs };
+  const deployments = new DeploymentManager({ resolve, shadow, reserved: (name) => backends.has(name), ...(o.auditLog ? { auditLogPath: o.auditLog } : {}) });
+  if (o.deployments) {
     let text: string;
     try {
-      text = readFileSync(v.deployments, 'utf8');
+      text = readFileSync(o.deployments, 'utf8');
     } catch (err) {
-      throw new GatewayError('GW_ERR_BAD_ARGS', `cannot read --deployments ${v.deployments}: ${(err as Error).message}`, { cause: err });
+      throw new GatewayError('GW_ERR_BAD_ARGS', `cannot read --deployments ${o.deployments}: ${(err as Error).message}`, { cause: err });
     }
-    await loadDeploymentsFile(deployments, text, v.deployments);
-    log.info(`deployments from ${v.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
+    await loadDeploymentsFile(deployments, text, o.deployments);
+    log.info(`deployments from ${o.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
   }
   const tracing = await initTracing('gateway'); // off unless OTEL_* asks for traces (common/tracing.ts)
   const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, limits, log, batching, deployments, ...(https ? { https } : {}) });
@@ -303,13 +190,13 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   out(`gateway listening on ${https ? 'https' : 'http'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
   // Reading models from a coordinator's API: tell it where we are, so its dashboard can manage our deployments.
   let stopAnnouncing = () => {};
-  if (v.registry && /^https?:\/\//.test(v.registry)) {
-    const token = v.token ?? process.env.MESHTRAIN_TOKEN;
+  if (o.registry && /^https?:\/\//.test(o.registry)) {
+    const token = o.token;
     if (!adminKey) log.info('no --admin-key: not announcing this gateway to the coordinator (its dashboard could not manage deployments without one)');
     else if (token) {
-      const shownHost = host === '0.0.0.0' || host === '::' ? ((await localAddressToward(v.registry)) ?? '127.0.0.1') : host;
-      const url = v.advertise ?? `${https ? 'https' : 'http'}://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${bound}`;
-      stopAnnouncing = startAnnouncing({ fetch: trustingFetch, coordinatorUrl: v.registry, token, name: v.name ?? `${hostname()}-${bound}`, url, adminKey, log });
+      const shownHost = host === '0.0.0.0' || host === '::' ? ((await localAddressToward(o.registry)) ?? '127.0.0.1') : host;
+      const url = o.advertise ?? `${https ? 'https' : 'http'}://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${bound}`;
+      stopAnnouncing = startAnnouncing({ fetch: trustingFetch, coordinatorUrl: o.registry, token, name: o.name ?? `${hostname()}-${bound}`, url, adminKey, log });
     }
   }
   // Keys are never logged, not even in part: only how many there are.
@@ -328,14 +215,13 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   return 0;
 }
 
-function rateLimitOptions(rps: string | undefined, burst: string | undefined): RateLimit | undefined {
+/** --rate-limit RPS (checked by its declaration) and --rate-burst N, which defaults to RPS rounded up. */
+function rateLimitOptions(rps: number | undefined, burst: number | undefined): RateLimit | undefined {
   if (rps === undefined) {
     if (burst !== undefined) throw new UsageError('--rate-burst needs --rate-limit RPS');
     return undefined;
   }
-  const perSecond = Number(rps);
-  if (!Number.isFinite(perSecond) || perSecond <= 0) throw new UsageError(`--rate-limit must be a positive number of requests per second, got '${rps}'`);
-  return { rps: perSecond, burst: intOption(burst, 'rate-burst', Math.ceil(perSecond), 1) };
+  return { rps, burst: burst ?? Math.ceil(rps) };
 }
 
 function parseModelArg(arg: string): { name: string; version: number | undefined } {
@@ -345,13 +231,12 @@ function parseModelArg(arg: string): { name: string; version: number | undefined
 }
 
 /** `gateway deploy|promote|rollback|comparison`: one admin API call; prints what the gateway answers with. */
-async function deployCommand(command: 'deploy' | 'promote' | 'rollback' | 'comparison', rest: string[], v: Record<string, unknown>, out: (line: string) => void): Promise<number> {
+async function deployCommand(command: 'deploy' | 'promote' | 'rollback' | 'comparison', rest: string[], raw: RawValues, out: (line: string) => void): Promise<number> {
   const [name, ...extra] = rest;
   if (!name) throw new UsageError(`gateway ${command} needs a deployment NAME`);
   if (extra.length) throw new UsageError(`unexpected argument '${extra[0]}'`);
-  const url = v.url as string | undefined;
-  const adminKey = (v['admin-key'] as string | undefined) ?? process.env.MESHTRAIN_GATEWAY_ADMIN_KEY;
-  const reason = v.reason as string | undefined;
+  const v = ADMIN_OPTIONS.fromArgs(raw); // --admin-key falls back to MESHTRAIN_GATEWAY_ADMIN_KEY
+  const { url, adminKey, reason } = v;
   if (!url) throw new UsageError('missing --url http://HOST:PORT of the gateway');
   if (!adminKey) throw new UsageError('missing --admin-key (or MESHTRAIN_GATEWAY_ADMIN_KEY)');
   if (!reason && command !== 'comparison') throw new UsageError('missing --reason TEXT: every change is audited with why');
@@ -361,19 +246,19 @@ async function deployCommand(command: 'deploy' | 'promote' | 'rollback' | 'compa
   let request: { method: string; path: string; body?: Record<string, unknown> };
   if (command === 'deploy') {
     if (!v.primary) throw new UsageError('missing --primary MODEL@vN');
-    const arms = ((v.arm as string[] | undefined) ?? []).map((a) => {
+    const arms = (v.arm ?? []).map((a) => {
       const m = /^(.+):([0-9.]+)$/.exec(a);
       if (!m) throw new UsageError(`--arm '${a}' should be MODEL@vN:WEIGHT`);
       return { ...parseVersionArg(m[1]!, '--arm'), weight: Number(m[2]) };
     });
-    const shadows = ((v.shadow as string[] | undefined) ?? []).map((a) => {
+    const shadows = (v.shadow ?? []).map((a) => {
       const m = /^(.+?)(?::([0-9.]+))?$/.exec(a)!;
       return { ...parseVersionArg(m[1]!, '--shadow'), percent: m[2] === undefined ? 100 : Number(m[2]) };
     });
     let rollout: unknown;
     if (v.rollout !== undefined) {
       try {
-        rollout = JSON.parse(v.rollout as string);
+        rollout = JSON.parse(v.rollout);
       } catch (err) {
         throw new UsageError(`--rollout must be JSON such as '{"autoPromote": true}': ${(err as Error).message}`);
       }
@@ -381,11 +266,11 @@ async function deployCommand(command: 'deploy' | 'promote' | 'rollback' | 'compa
     request = {
       method: 'PUT',
       path: base,
-      body: { primary: parseVersionArg(v.primary as string, '--primary'), arms, shadows, reason, ...(rollout === undefined ? {} : { rollout }), ...(v['sticky-header'] ? { stickyHeader: v['sticky-header'] } : {}) },
+      body: { primary: parseVersionArg(v.primary, '--primary'), arms, shadows, reason, ...(rollout === undefined ? {} : { rollout }), ...(v.stickyHeader ? { stickyHeader: v.stickyHeader } : {}) },
     };
   } else if (command === 'promote') {
     if (!v.version) throw new UsageError('missing --version MODEL@vN: the shadow or arm to promote');
-    parseVersionArg(v.version as string, '--version');
+    parseVersionArg(v.version, '--version');
     request = { method: 'POST', path: `${base}/promote`, body: { version: v.version, reason } };
   } else if (command === 'rollback') request = { method: 'POST', path: `${base}/rollback`, body: { reason } };
   else request = { method: 'GET', path: `${base}/comparison` };

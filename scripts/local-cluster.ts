@@ -145,7 +145,7 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
     async startCoordinator(): Promise<void> {
       const args = [COORDINATOR, 'start', '--host', '127.0.0.1', '--port', String(port), '--data', dataDir, '--token', token];
       if (opts.heartbeatMs) args.push('--heartbeat-ms', String(opts.heartbeatMs));
-      if (opts.heartbeatTimeoutMs) args.push('--heartbeat-timeout', String(opts.heartbeatTimeoutMs));
+      if (opts.heartbeatTimeoutMs) args.push('--heartbeat-timeout-ms', String(opts.heartbeatTimeoutMs));
       args.push(...tlsArgs, ...(opts.coordinatorArgs ?? []));
       cluster.coordinator = spawnProc(args, { env, stderr });
       const m = await waitForLine(cluster.coordinator, /coordinator listening on https?:\/\/127\.0\.0\.1:(\d+)/, 30_000);

@@ -9,15 +9,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { UsageError } from '../../common/cli.ts';
 import type { RunComparison, RunSummary } from '../tracking/runs.ts';
 import type { SweepView } from '../tracking/sweeps.ts';
+import type { CliIo, Values } from './client.ts';
 
-type Values = Record<string, string | boolean | undefined>;
-export interface CliIo {
-  /** GET/POST JSON from the coordinator with the CLI's token and TLS options; `raw` returns the body as text. */
-  api<T>(method: string, path: string, body?: unknown): Promise<T>;
-  text(path: string): Promise<string>;
-  print(s: string): void;
-  table(header: string[], rows: string[][]): void;
-}
 
 const n4 = (x: number | null | undefined) => (x === null || x === undefined || !Number.isFinite(x) ? '—' : String(Number(x.toPrecision(4))));
 const q = (v: Values, k: string) => (typeof v[k] === 'string' ? `${k}=${encodeURIComponent(v[k] as string)}` : '');
