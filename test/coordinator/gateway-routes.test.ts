@@ -17,7 +17,7 @@ import { gatewayRoutes } from '../../coordinator/api/routes/gateways.ts';
 test('the gateway routes run alone with a fake fetch: announcements are kept and only well-formed deployment calls are relayed', async (t) => {
   const calls: Array<{ url: string; auth: string; body: unknown }> = [];
   const fake: typeof fetch = async (url, init) => {
-    calls.push({ url: String(url), auth: (init?.headers as Record<string, string>).authorization, body: init?.body === undefined ? undefined : JSON.parse(String(init.body)) });
+    calls.push({ url: String(url), auth: (init?.headers as Record<string, string>).authorization ?? '', body: init?.body === undefined ? undefined : JSON.parse(String(init.body)) });
     return new Response(JSON.stringify({ deployment: { name: 'chat' } }), { status: 200 });
   };
   const gateways = new GatewayDirectory({ fetch: fake });
