@@ -29,16 +29,6 @@ export const DEFAULT_CONNECTION_LIMITS: Readonly<ConnectionLimits> = Object.free
   maxPendingHellos: 64,
 });
 
-/** What is wrong with `limits`, one line per bad key; empty when they are fine. */
-export function connectionLimitProblems(limits: Partial<Record<keyof ConnectionLimits, unknown>>): string[] {
-  const problems: string[] = [];
-  for (const key of Object.keys(DEFAULT_CONNECTION_LIMITS) as Array<keyof ConnectionLimits>) {
-    const v = limits[key];
-    if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < 1)) problems.push(`${key} must be a positive integer, got ${String(v)}`);
-  }
-  return problems;
-}
-
 /**
  * Applies the headers timeout and the socket cap to `server` (http or https). Call it before listen: Node starts
  * checking deadlines when the server starts listening, every `connectionsCheckingInterval`.

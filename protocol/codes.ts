@@ -40,15 +40,6 @@ export const CloseCode = {
 export type CloseCodeName = keyof typeof CloseCode;
 export type CloseCodeValue = (typeof CloseCode)[CloseCodeName];
 
-const byValue = new Map<number, CloseCodeName>(
-  Object.entries(CloseCode).map(([name, value]) => [value, name as CloseCodeName]),
-);
-
-/** The name of a close code, or `CODE_<n>` for one we do not define. */
-export function closeCodeName(code: number): string {
-  return byValue.get(code) ?? `CODE_${code}`;
-}
-
 /** WebSocket close reasons are limited to 123 bytes of UTF-8. */
 export function closeReason(text: string): string {
   const buf = Buffer.from(text, 'utf8');

@@ -157,7 +157,10 @@ export const agentMessages = {
     files: FileSet,
     shard: Type.Optional(Type.Object({ stage: Count(65535), tp: Count(65535) }, { additionalProperties: false })),
   }),
-  /** "This rank is finished with the attempt": ok with the final model files (rank 0), or failed with why. */
+  /**
+   * "This rank is finished with the attempt": ok, or failed with why. The trained model is the last checkpoint's
+   * (job.checkpoint), so no files come with it.
+   */
   'job.finished': message('job.finished', {
     jobId: Id,
     attempt: Count(1_000_000),
@@ -167,7 +170,6 @@ export const agentMessages = {
     error: Type.Optional(Text(2048)),
     /** "The job itself is at fault (an invalid spec or plan, a diverged loss): running it again would fail the same way." */
     fatal: Type.Optional(Type.Boolean()),
-    files: Type.Optional(FileSet), // config.json, model.safetensors, tokenizer.json: the trained model
   }),
 };
 
@@ -268,7 +270,6 @@ export type AgentMessage = MessageOf<typeof agentMessages>;
 export type CoordinatorMessage = MessageOf<typeof coordinatorMessages>;
 export type Hello = MessageOf<{ hello: (typeof agentMessages)['hello'] }>;
 export type CapabilitiesInfo = import('@sinclair/typebox').Static<typeof Capabilities>;
-export type PeerInfoT = import('@sinclair/typebox').Static<typeof PeerInfo>;
 export type GroupAssign = MessageOf<{ a: (typeof coordinatorMessages)['group.assign'] }>;
 export type RingSpecT = import('@sinclair/typebox').Static<typeof RingSpec>;
 export type CollectiveRun = MessageOf<{ a: (typeof coordinatorMessages)['collective.run'] }>;

@@ -91,7 +91,6 @@ export const agentExamples: Examples<typeof agentMessages> = {
     rank: 0,
     ok: true,
     step: 200,
-    files: { 'config.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'model.safetensors': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'tokenizer.json': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' },
   },
 };
 
