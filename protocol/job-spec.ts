@@ -22,14 +22,17 @@ export const ModelSpec = Type.Object(
   { additionalProperties: false },
 );
 
-/** A registry version: "name@3", or "name" for its newest version (resolved once, when the job is accepted). */
-const VersionRef = (description: string) => Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?$', description });
+/**
+ * A registry version as a job spec names it: "name@3", or "name" for its newest version (resolved once, when the job is
+ * accepted, into a protocol/model-version.ts VersionRef).
+ */
+const VersionName = (description: string) => Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?$', description });
 
 export const DataSpec = Type.Object(
   {
     corpus: Type.String({ minLength: 1, maxLength: 4096, description: "'demo' (the bundled English corpus) or a path to .txt/.jsonl on the coordinator" }),
     heldOutFraction: Type.Optional(Type.Number({ minimum: 0.001, maximum: 0.5, description: 'share of documents kept for held-out loss' })),
-    tokenizer: Type.Optional(VersionRef("take this registered version's tokenizer instead of training one (e.g. an imported GPT-2's); its vocabulary must fit model.vocabSize; not with init.from or distill, which bring their own")),
+    tokenizer: Type.Optional(VersionName("take this registered version's tokenizer instead of training one (e.g. an imported GPT-2's); its vocabulary must fit model.vocabSize; not with init.from or distill, which bring their own")),
   },
   { additionalProperties: false },
 );
@@ -76,7 +79,7 @@ export type JobKind = (typeof JOB_KINDS)[number];
 
 
 export const InitSpec = Type.Object(
-  { from: VersionRef('start from this model version\'s weights (its config must equal model, its tokenizer is reused)') },
+  { from: VersionName('start from this model version\'s weights (its config must equal model, its tokenizer is reused)') },
   { additionalProperties: false },
 );
 
@@ -90,7 +93,7 @@ export const DpoSpec = Type.Object(
 
 export const DistillSpec = Type.Object(
   {
-    teacher: VersionRef('the teacher version (same tokenizer; any size)'),
+    teacher: VersionName('the teacher version (same tokenizer; any size)'),
     temperature: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100, description: 'softens both distributions before the KL; default 2' })),
     alpha: Type.Optional(Fraction('weight of the KL term; 1 − alpha weighs the hard-label loss; default 0.5')),
     initFromTeacher: Type.Optional(Type.Boolean({ description: "start the student from the teacher's weights: embeddings, final LayerNorm and every (L_t/L_s)-th block (DistilBERT); needs the teacher's width and heads; default false" })),
