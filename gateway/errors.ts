@@ -5,6 +5,7 @@
  * OpenAI's own values where one exists.
  */
 import { defineErrors } from '../protocol/define-errors.ts';
+import type { FastifyError } from 'fastify';
 
 export class GatewayError extends defineErrors('GW_ERR_', {
   /** The request body or a parameter is invalid (missing prompt, value out of range, unknown field); `param` names it. */
@@ -82,4 +83,18 @@ const PUBLIC_MESSAGES: ReadonlySet<GatewayErrorCode> = new Set(['GW_ERR_SHUTTING
 /** The body of every error response, exactly OpenAI's shape. */
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+/** Any error → OpenAI's body and a status. Fastify's own 4xx (bad JSON, body too large) keep their status. */
+export function errorReply(err: Error, bodyLimit?: number): { status: number; body: OpenAIErrorBody } {
+  if (err instanceof GatewayError) return { status: err.statusCode, body: err.toBody() };
+  const fe = err as FastifyError;
+  if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    const gw = new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is too large${bodyLimit ? `: the limit is ${bodyLimit} bytes` : ''}.`);
+    return { status: gw.statusCode, body: gw.toBody() };
+  }
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
+    return { status: fe.statusCode, body: { error: { message: fe.message, type: 'invalid_request_error', param: null, code: null } } };
+  }
+  return { status: 500, body: new GatewayError('GW_ERR_INTERNAL', 'internal error').toBody() };
 }

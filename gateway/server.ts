@@ -2,7 +2,7 @@
  * The inference gateway's HTTP server: a fastify plugin (`gatewayPlugin`) and `createGateway`, which wraps it in
  * its own fastify instance. OpenAI-compatible, so the official clients work against it unchanged.
  *
- *   POST /v1/completions     OpenAI legacy completions (openai.ts); `stream: true` answers with server-sent events
+ *   POST /v1/completions     OpenAI legacy completions (openai.ts; the handler is generation.ts); `stream: true` answers with SSE
  *   POST /v1/chat/completions  OpenAI chat completions (openai-chat.ts): the messages rendered with the version's chat
  *                            template (chat-templates.ts), otherwise as completions (routing, batching, limits, streams)
  *   GET  /v1/models          the served models, OpenAI's list shape
@@ -20,32 +20,24 @@
  * limit per client (rate-limit.ts) on /v1 → 429 with Retry-After. A client that disconnects stops its generation
  * (the backend's AbortSignal fires). Errors have OpenAI's body (errors.ts).
  */
-import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { DEFAULT_CONNECTION_LIMITS, limitServer, type ConnectionLimits } from '../common/conn-limits.ts';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync } from 'fastify';
 import type { Logger } from '../common/log.ts';
 import { logRequest, requestLogging } from '../common/request-log.ts';
 import type { ServerTls } from '../common/tls.ts';
 import { adminPlugin } from './admin.ts';
 import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
 import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
-import { GatewayError, type OpenAIErrorBody } from './errors.ts';
+import { errorReply, GatewayError } from './errors.ts';
+import { generationRoutes } from './generation.ts';
 import { versionLabel } from './deployment-spec.ts';
 import { DeploymentManager, type DeploymentHooks, type VersionResolver } from './deployments.ts';
 import { PriorityGate } from './priority-gate.ts';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts';
 import { RateLimiter, type RateLimit } from './rate-limit.ts';
-import { annotateRequest, inRequestContext, traceRequests } from './tracing.ts';
-import type { GenerateResult, InferenceBackend } from './inference-backend.ts';
-import { completionResponse, completionStream, encodeJson, parseCompletionRequest, usageOf, type ParsedCompletion, type StreamEncoder, type Usage } from './openai.ts';
-import { chatResponse, chatStream, parseChatRequest, type ParsedChat } from './openai-chat.ts';
-
-/** Response header carrying the sampling seed used, so any completion can be reproduced (pass it as `seed`). */
-export const SEED_HEADER = 'x-meshtrain-seed';
-
-/** Response header naming the deployment version (`model@vN`) that served a request to a deployment. */
-export const VERSION_HEADER = 'x-meshtrain-version';
+import { traceRequests } from './tracing.ts';
+import type { InferenceBackend } from './inference-backend.ts';
 
 /** JSON request bodies: a prompt as token ids is ~10 bytes a token, so 1 MiB leaves room for ~100k tokens. */
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -161,188 +153,8 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
   }));
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
-  /**
-   * One handler for both generation routes: a deployment is routed, the request parsed (for chat: rendered with the
-   * version's chat template), the prompt limit checked, then generated, answered whole or streamed, and measured.
-   */
-  const serve = <P extends ParsedCompletion>(route: GenerationRoute<P>) => inRequestContext(async (req, reply) => {
-    const started = performance.now();
-    const { model: named, user } = (req.body ?? {}) as { model?: unknown; user?: unknown };
-    // A deployment is routed here, once: the request stays on this version whatever switches happen meanwhile.
-    const routed = typeof named === 'string' && !backends.has(named)
-      ? deployments.route(named, (header) => {
-        const value = req.headers[header];
-        const key = Array.isArray(value) ? value[0] : value;
-        return key || (typeof user === 'string' ? user : undefined);
-      })
-      : undefined;
-    let model = typeof named === 'string' && (backends.has(named) || routed) ? named : 'unknown';
-    let status = 200;
-    try {
-      const { parsed, backend } = route.parse(req.body, (name) => (routed ? routed.backend : backends.get(name)));
-      if (routed) {
-        metrics.deploymentExposures.inc({ deployment: model, version: routed.version });
-        reply.header(VERSION_HEADER, routed.version);
-      } else model = backend.info.id;
-      const promptTokens = parsed.generate.promptIds.length;
-      if (maxPromptTokens !== undefined && promptTokens > maxPromptTokens) {
-        throw new GatewayError('GW_ERR_PROMPT_TOO_LONG', `The prompt is ${promptTokens} tokens; this server accepts at most ${maxPromptTokens} prompt tokens (--max-prompt-tokens).`, { param: route.promptParam });
-      }
-      metrics.inFlight.inc({ model });
-      try {
-        // The client going away (socket closed before the answer ended) stops generation.
-        const abort = new AbortController();
-        const onClose = () => {
-          if (!reply.raw.writableFinished) abort.abort(new ClientGone());
-        };
-        reply.raw.on('close', onClose);
-        try {
-          const head = { id: `${route.idPrefix}-${randomBytes(12).toString('hex')}`, created: Math.floor(Date.now() / 1000) };
-          // The seed actually used (chosen here when the request had none): with it the same request replays exactly.
-          reply.header(SEED_HEADER, String(parsed.generate.seed));
-          log.debug(`${head.id} ${model}: ${parsed.generate.promptIds.length} prompt tokens, max_tokens ${parsed.generate.maxTokens}, n ${parsed.generate.n}, seed ${parsed.generate.seed}${parsed.stream ? ', stream' : ''}`);
-          if (parsed.stream) {
-            status = await stream(reply, route.stream(head, parsed, backend), parsed, backend, abort.signal, log, metrics, model, { route: route.path, headers: routed ? { [VERSION_HEADER]: routed.version } : {} });
-            return;
-          }
-          const result = await backend.generate(parsed.generate, { signal: abort.signal });
-          const body = route.respond(head, parsed, backend, result);
-          countTokens(metrics, model, body);
-          return reply.type('application/json; charset=utf-8').send(encodeJson(body));
-        } finally {
-          reply.raw.off('close', onClose);
-        }
-      } finally {
-        metrics.inFlight.dec({ model });
-      }
-    } catch (err) {
-      if (err instanceof ClientGone) {
-        status = 499;
-        metrics.clientAborts.inc({ model });
-        log.debug(`POST ${route.path} (${model}): client went away; generation stopped`);
-        if (!reply.sent) reply.hijack(); // nothing to send to
-        return reply;
-      }
-      status = errorReply(err as Error).status;
-      throw err;
-    } finally {
-      const seconds = (performance.now() - started) / 1000;
-      metrics.requestSeconds.observe({ model, status: String(status), route: route.path }, seconds);
-      if (routed) metrics.deploymentSeconds.observe({ deployment: model, version: routed.version, status: String(status), route: route.path }, seconds);
-      annotateRequest({ 'gen_ai.operation.name': route.operation, 'gen_ai.request.model': model, ...(routed ? { 'meshtrain.deployment': model, 'meshtrain.version': routed.version } : {}) });
-    }
-  });
-  app.post('/v1/completions', serve(COMPLETIONS));
-  app.post('/v1/chat/completions', serve(CHAT_COMPLETIONS));
+  generationRoutes(app, { backends, deployments, metrics, log, maxPromptTokens });
 };
-
-/** What differs between the generation routes: parsing, the whole response, and the stream's chunks. */
-interface GenerationRoute<P extends ParsedCompletion> {
-  path: string;
-  /** OpenTelemetry's gen_ai.operation.name. */
-  operation: 'text_completion' | 'chat';
-  /** Response ids are `<idPrefix>-<hex>`, as OpenAI's. */
-  idPrefix: string;
-  /** The request parameter a too-long prompt is blamed on. */
-  promptParam: string;
-  parse(body: unknown, backendFor: (model: string) => InferenceBackend | undefined): { parsed: P; backend: InferenceBackend };
-  respond(head: { id: string; created: number }, parsed: P, backend: InferenceBackend, result: GenerateResult): { usage?: Usage | null };
-  stream(head: { id: string; created: number }, parsed: P, backend: InferenceBackend): StreamEncoder;
-}
-
-const COMPLETIONS: GenerationRoute<ParsedCompletion> = {
-  path: '/v1/completions',
-  operation: 'text_completion',
-  idPrefix: 'cmpl',
-  promptParam: 'prompt',
-  parse: parseCompletionRequest,
-  respond: completionResponse,
-  stream: completionStream,
-};
-
-const CHAT_COMPLETIONS: GenerationRoute<ParsedChat> = {
-  path: '/v1/chat/completions',
-  operation: 'chat',
-  idPrefix: 'chatcmpl',
-  promptParam: 'messages',
-  parse: parseChatRequest,
-  respond: chatResponse,
-  stream: chatStream,
-};
-
-/** The reason an aborted generation rejects with when its client disconnected. */
-class ClientGone extends Error {
-  constructor() {
-    super('the client closed the connection');
-  }
-}
-
-function countTokens(metrics: GatewayMetrics, model: string, body: { usage?: Usage | null }): void {
-  metrics.promptTokens.inc({ model }, body.usage?.prompt_tokens ?? 0);
-  metrics.generatedTokens.inc({ model }, body.usage?.completion_tokens ?? 0);
-  annotateRequest({ 'gen_ai.usage.input_tokens': body.usage?.prompt_tokens ?? 0, 'gen_ai.usage.output_tokens': body.usage?.completion_tokens ?? 0 });
-}
-
-/**
- * Streams a response as server-sent events: the encoder's chunks as `data: {chunk}` when they are due, then
- * `data: [DONE]`. Returns the status to record. Errors after the headers went out become an error event.
- */
-async function stream(
-  reply: FastifyReply,
-  encoder: StreamEncoder,
-  parsed: ParsedCompletion,
-  backend: InferenceBackend,
-  signal: AbortSignal,
-  log: Logger,
-  metrics: GatewayMetrics,
-  model: string,
-  opts: { route: string; headers: Record<string, string> },
-): Promise<number> {
-  reply.hijack();
-  const res: ServerResponse = reply.raw;
-  res.writeHead(200, { ...opts.headers, [SEED_HEADER]: String(parsed.generate.seed), 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-  const send = (data: unknown) => {
-    if (!res.destroyed) res.write(`data: ${typeof data === 'string' ? data : encodeJson(data)}\n\n`);
-  };
-  const sendAll = (chunks: unknown[]) => chunks.forEach(send);
-  try {
-    sendAll(encoder.begin());
-    const { promptLogprobs } = encoder;
-    const result = await backend.generate(parsed.generate, {
-      signal,
-      onPromptLogprobs: promptLogprobs ? (p) => sendAll(promptLogprobs(p)) : undefined,
-      onToken: (e) => sendAll(encoder.token(e)),
-    });
-    const usage = usageOf(parsed, result);
-    sendAll(encoder.end(result, usage));
-    countTokens(metrics, model, { usage });
-    send('[DONE]');
-    return 200;
-  } catch (err) {
-    if (err instanceof ClientGone) throw err;
-    const { status, body } = errorReply(err as Error);
-    if (status >= 500) log.error(`POST ${opts.route} (stream, ${parsed.model}): ${(err as Error).stack ?? String(err)}`);
-    send(body);
-    send('[DONE]');
-    return status;
-  } finally {
-    res.end();
-  }
-}
-
-/** Any error → OpenAI's body and a status. Fastify's own 4xx (bad JSON, body too large) keep their status. */
-export function errorReply(err: Error, bodyLimit?: number): { status: number; body: OpenAIErrorBody } {
-  if (err instanceof GatewayError) return { status: err.statusCode, body: err.toBody() };
-  const fe = err as FastifyError;
-  if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-    const gw = new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is too large${bodyLimit ? `: the limit is ${bodyLimit} bytes` : ''}.`);
-    return { status: gw.statusCode, body: gw.toBody() };
-  }
-  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
-    return { status: fe.statusCode, body: { error: { message: fe.message, type: 'invalid_request_error', param: null, code: null } } };
-  }
-  return { status: 500, body: new GatewayError('GW_ERR_INTERNAL', 'internal error').toBody() };
-}
 
 /** API keys from one key, a list, or comma-separated lists of them; empty entries dropped. */
 export function apiKeyList(keys: string | readonly string[] | undefined): string[] {
