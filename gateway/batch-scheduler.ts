@@ -22,6 +22,9 @@
  * on the same backend ride along in its forwards until they finish (a few extra rows cost little in one forward).
  *
  * The model side is a `BatchEngine` (batched-gpt.ts for the GPT): rows of a batched KV cache, advanced together.
+ *
+ * Long: one loop whose four steps (admit, sample, retire, decode) share the running batch's rows and their order;
+ * the pure pieces (settings, the admission decision) sit at the top, the loop below them.
  */
 import { GatewayError } from './errors.ts';
 import type { PriorityGate } from './priority-gate.ts';
