@@ -2,7 +2,7 @@
  * A checkpoint from an in-memory snapshot: what a ZeRO-1 job over several replicas saves, whose moments are
  * gathered from every replica into the trainer worker's `export` snapshot (one copy of the parameters and
  * full-length moments). Every other job's checkpoint is written by the trainer worker straight from its buffers and
- * uploaded from disk (job-runner.ts, `spill`). The snapshot is encoded and hashed in a short-lived worker thread
+ * uploaded from disk (artifacts.ts, `spill`). The snapshot is encoded and hashed in a short-lived worker thread
  * (checkpoint-encoder.ts), or inline when small, and uploaded file by file as streams of views of it, while training
  * goes on; nothing is joined into one buffer, and the main thread only moves 1 MiB pieces to sockets.
  */

@@ -39,8 +39,8 @@ import type { ParallelLayout } from '../../protocol/layout.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { CheckpointFiles, WrittenFile } from '../../model/checkpoint-files.ts';
 import type { JsonValue } from '../../model/checkpoint.ts';
-import { AgentError, AgentErrorCodes, type AgentErrorCode } from '../errors.ts';
-import { ModelError, ModelErrorCodes, type ModelErrorCode } from '../../model/errors.ts';
+import { AgentError } from '../errors.ts';
+import { ModelError } from '../../model/errors.ts';
 
 /** Where this agent sits in the job: what job.start's plan and rank say. */
 export interface Placement {
@@ -135,7 +135,7 @@ export function failureOf(err: unknown): ThreadFailure {
  */
 export function errorOf(failure: ThreadFailure): AgentError | ModelError {
   const { error, code } = failure;
-  if (code !== undefined && Object.hasOwn(AgentErrorCodes, code)) return new AgentError(code as AgentErrorCode, error);
-  if (code !== undefined && Object.hasOwn(ModelErrorCodes, code)) return new ModelError(code as ModelErrorCode, error);
+  if (AgentError.isCode(code)) return new AgentError(code, error);
+  if (ModelError.isCode(code)) return new ModelError(code, error);
   return new AgentError('AGT_ERR_TRAINER', error, code !== undefined ? { cause: { code } } : undefined);
 }
