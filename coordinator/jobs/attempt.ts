@@ -73,19 +73,24 @@ export type RunnerHub = Pick<AgentHub, 'onAgentMessage' | 'onNodeDown' | 'availa
 /** The group manager as the runner uses it (GroupManager in the coordinator). */
 export type RunnerGroups = Pick<GroupManager, 'form' | 'release'>;
 
-/** What the modules beside the runner work with; the functions at the end are the runner's own transitions. */
-export interface RunnerContext {
+/** The stores and services a runner is built on (JobRunnerOptions adds its timing; RunnerContext its clock and transitions). */
+export interface RunnerServices {
   jobs: JobStore;
   hub: RunnerHub;
   groups: RunnerGroups;
   artifacts: ArtifactStore;
   registry: ModelRegistry;
+  /** Where each run's dataset is recorded for experiment tracking (and read back into the model's lineage). */
   runs?: RunStore;
   dataDir: string;
   segmentBytes: number;
   log: Logger;
   /** What the evaluation suites compute on (default cpu). */
   backend?: BackendChoice;
+}
+
+/** What the modules beside the runner work with; the functions at the end are the runner's own transitions. */
+export interface RunnerContext extends RunnerServices {
   bus: EventBus;
   now: () => number;
   sharder: CheckpointSharder;
@@ -97,7 +102,7 @@ export interface RunnerContext {
   running(): Iterable<Attempt>;
   /** Ends the attempt with its job in `state` (succeeded: its group is released; otherwise its agents are stopped). */
   endAttempt(attempt: Attempt, state: 'queued' | 'failed' | 'succeeded', reason: string): void;
-  /** Ends it through no fault of the job's own: queued to resume, unless it keeps failing (elastic.ts decideRestart). */
+  /** Ends it through no fault of the job's own: queued to resume, unless it keeps failing (restarts.ts). */
   attemptFailed(attempt: Attempt, why: string): void;
   /** Stops it and queues its job to resume from its newest checkpoint at once (a reshape). */
   requeue(attempt: Attempt, reason: string): void;

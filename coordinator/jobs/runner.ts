@@ -13,20 +13,15 @@
  * checkpoint (restarts.ts bounds the retries). A rank failing through the job's own fault fails the job.
  */
 import { join } from 'node:path';
-import type { Logger } from '../../common/log.ts';
 import { startAttemptSpan } from '../../common/tracing.ts';
-import type { BackendChoice } from '../../protocol/backends.ts';
 import type { AgentMessage } from '../../protocol/control.ts';
 import { validateJobSpec } from '../../protocol/job-spec.ts';
 import { layoutName } from '../../protocol/layout.ts';
 import type { SelfcheckReport } from '../cluster/selfcheck.ts';
 import { CoordinatorError } from '../errors.ts';
 import { EventBus } from '../events.ts';
-import type { ModelRegistry } from '../registry/registry.ts';
-import type { ArtifactStore } from '../store/artifact-store.ts';
-import { FINAL_STATES, type JobRecord, type JobState, type JobStore } from '../store/job-store.ts';
-import type { RunStore } from '../store/run-store.ts';
-import { newAttempt, type Attempt, type RunnerContext, type RunnerGroups, type RunnerHub } from './attempt.ts';
+import { FINAL_STATES, type JobRecord, type JobState } from '../store/job-store.ts';
+import { newAttempt, type Attempt, type RunnerContext, type RunnerServices } from './attempt.ts';
 import { takeShardCheckpoint } from './checkpoint-intake.ts';
 import { CheckpointSharder } from './checkpoint-shards.ts';
 import { complete, considerEarlyStop, periodicEval, stopEarly } from './completion.ts';
@@ -40,25 +35,13 @@ import { decideJobs } from './scheduler.ts';
 
 export type { JobLive, NodeRole } from './live.ts';
 
-export interface JobRunnerOptions {
-  jobs: JobStore;
-  hub: RunnerHub;
-  groups: RunnerGroups;
-  artifacts: ArtifactStore;
-  registry: ModelRegistry;
-  /** Where each run's dataset is recorded for experiment tracking (and read back into the model's lineage). */
-  runs?: RunStore;
-  dataDir: string;
-  segmentBytes: number;
-  log: Logger;
+export interface JobRunnerOptions extends RunnerServices {
   /** Where changes are announced (the live stream, metrics); default: a bus nobody listens to. */
   bus?: EventBus;
   now?: () => number;
   tickMs?: number;
   /** A running attempt that reports no step (nor anything else) for this long is stopped and resumed (default 5 min). */
   stepTimeoutMs?: number;
-  /** What the evaluation suites compute on (default cpu). */
-  backend?: BackendChoice;
 }
 
 /** Finished attempts kept for their job pages: the last one of this many jobs. */
