@@ -17,7 +17,7 @@
  * (webgpu-software: llvmpipe, whose error is a figure to report, not a target).
  *   backend          what the agents computed on
  * The planner knows each agent by what it measured at join on its own backend (matmul rate and the compute probe,
- * protocol/probe.ts) and by the step times of the jobs before (the coordinator's refit, coordinator/jobs/runner.ts), as in
+ * protocol/probe.ts) and by the step times of the jobs before (the coordinator's refit, coordinator/jobs/planner-feedback.ts), as in
  * every cluster: the first layout is predicted from the probes alone.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';

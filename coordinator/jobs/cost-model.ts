@@ -56,7 +56,7 @@ export const DEFAULT_CALIBRATION: PlannerCalibration = Object.freeze({
   agentCores: 1.25,
   linkBytesPerS: 100e6, // ~1 Gbit/s between hosts
   // busbw of a ws ring of 4 agents on one 2-core host, 64 MB (bench allreduce); a job's few MB of gradients went at
-  // 120–165 MB/s. A self-check replaces it with what it measures (coordinator/jobs/runner.ts).
+  // 120–165 MB/s. A self-check replaces it with what it measures (coordinator/jobs/planner-feedback.ts).
   loopbackBytesPerS: 300e6,
   // An all-reduce of 8 floats between 2 idle agents takes 0.5 ms for its 2 hops (0.25 each; 0.7 each in a ring of
   // 4 agents on 2 cores). 0.5 fits the tensor-parallel jobs above, whose partner is often still computing.

@@ -1,5 +1,5 @@
 /**
- * The decisions the evaluation feeds, as pure functions (coordinator/jobs/runner.ts does the I/O): whether a job's held-out
+ * The decisions the evaluation feeds, as pure functions (coordinator/jobs/completion.ts does the I/O): whether a job's held-out
  * loss has stopped improving (early stopping), and which of the spec's pass criteria a finished stage misses.
  */
 import type { JobSpec } from '../../protocol/job-spec.ts';

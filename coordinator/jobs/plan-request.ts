@@ -24,7 +24,7 @@ export interface PlannerAgent {
   probe?: ComputeProbe;
   /**
    * Measured step time ÷ predicted, refitted by the coordinator from the jobs its speedKey's agents ran
-   * (coordinator/jobs/runner.ts): every compute figure of the agent is scaled by it. Absent: 1.
+   * (coordinator/jobs/planner-feedback.ts): every compute figure of the agent is scaled by it. Absent: 1.
    */
   refit?: number;
   /**

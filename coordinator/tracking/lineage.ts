@@ -1,5 +1,5 @@
 /**
- * Model-version lineage: what a registered version was made from. coordinator/jobs/runner.ts writes it into lineage.json when a
+ * Model-version lineage: what a registered version was made from. coordinator/jobs/completion.ts writes it into lineage.json when a
  * job succeeds (the job, its spec and final metrics, the coordinator's code version, the dataset by digest, and
  * the parent version it started from); `GET /api/models/:name/versions/:v/lineage` walks it back through parents.
  */
