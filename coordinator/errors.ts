@@ -34,5 +34,3 @@ export class CoordinatorError extends defineErrors('CRD_ERR_', {
 }
 
 export type CoordinatorErrorCode = CoordinatorError['code'];
-/** The table above (CoordinatorError.codes). */
-export const CoordinatorErrorCodes = CoordinatorError.codes;

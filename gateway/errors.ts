@@ -74,8 +74,6 @@ export class GatewayError extends defineErrors('GW_ERR_', {
 }
 
 export type GatewayErrorCode = GatewayError['code'];
-/** The table above (GatewayError.codes). */
-export const GatewayErrorCodes = GatewayError.codes;
 
 /** Server-side codes whose message is safe and useful to show clients (others may hold paths or internals). */
 const PUBLIC_MESSAGES: ReadonlySet<GatewayErrorCode> = new Set(['GW_ERR_SHUTTING_DOWN']);

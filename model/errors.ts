@@ -45,5 +45,3 @@ export class ModelError extends defineErrors('MDL_ERR_', {
 }) {}
 
 export type ModelErrorCode = ModelError['code'];
-/** The table above (ModelError.codes). */
-export const ModelErrorCodes = ModelError.codes;

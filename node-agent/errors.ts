@@ -44,5 +44,3 @@ export class AgentError extends defineErrors('AGT_ERR_', {
 }) {}
 
 export type AgentErrorCode = AgentError['code'];
-/** The table above (AgentError.codes). */
-export const AgentErrorCodes = AgentError.codes;
