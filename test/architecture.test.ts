@@ -113,3 +113,13 @@ test('dependencies point one way: protocol ← common ← model ← {node-agent,
 test('no import cycles among the source files', () => {
   assert.deepEqual(importCycles(moduleGraph), []);
 });
+
+test(`no source file over ${MAX_LINES} lines without a reason in its header`, () => {
+  const long = files.filter((f) => {
+    const text = sources.get(f)!;
+    if (text.split('\n').length <= MAX_LINES) return false;
+    const header = /^(?:#![^\n]*\n)?\s*\/\*\*([\s\S]*?)\*\//.exec(text)?.[1] ?? '';
+    return !/^\s*\*\s*Long:/m.test(header);
+  });
+  assert.deepEqual(long, []);
+});
