@@ -7,7 +7,7 @@
  * micro-batch: tens of ms per micro-batch and stage), M micro-batches per step. The first 2 steps are warm-up; the
  * rest are averaged.
  *   bubble_measured   idle share of the pipeline section as the agents report it: 1 − Σ stage busy / (stages × the
- *                     slowest stage's pipeline section) (node-agent/trainer/job-runner.ts)
+ *                     slowest stage's pipeline section) (node-agent/trainer/step.ts)
  *   bubble_theory     (p − 1)/(m + p − 1), for stages of equal speed
  *   ratio             measured / theory; target: bubble_measured ≤ bubble_theory + 0.05
  *   bubble_from_stage_times  what 1F1B gives with the stage times measured: 1 − m·Σ T_i / (p · (Σ T_i + (m − 1)·max T_i))

@@ -1,3 +1,7 @@
+/**
+ * The self-check's data, shared by the side that runs a collective (node-agent/collective-runner.ts) and the side that
+ * checks it (coordinator/cluster/selfcheck.ts): each rank's deterministic input and the serial result to compare with.
+ */
 import { chunkRange } from '../protocol/partition.ts';
 
 /**

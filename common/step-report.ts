@@ -1,5 +1,5 @@
 /**
- * What one rank did in one training step, as a timeline: node-agent/trainer/job-runner.ts records it while the step runs and hands
+ * What one rank did in one training step, as a timeline: node-agent/trainer/step.ts records it while the step runs and hands
  * it to the job's observers when the step is over. Metrics (node-agent/metrics.ts) and traces (common/tracing.ts)
  * are both built from it after the fact, so neither adds work, or a line of code, to the step itself; a span's
  * start and end are the times recorded here.

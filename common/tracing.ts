@@ -8,7 +8,7 @@
  * resource attributes, batch processor settings. While it is off the API's no-op tracer answers every call.
  *
  * One training step is one trace across every agent: rank 0 draws the step's {traceId, spanId} and the world ring
- * carries it to every rank (node-agent/trainer/job-runner.ts), so rank 0's `train.step` span must get exactly
+ * carries it to every rank (node-agent/trainer/step.ts agreeStepTrace), so rank 0's `train.step` span must get exactly
  * those ids — the SDK draws its own, hence `ForcedIdGenerator` — and the other ranks' step spans are its children.
  */
 import { context, diag, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Span, type SpanContext, type Tracer } from '@opentelemetry/api';

@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics of one node agent, served at GET /metrics on its peer port (peer-server.ts). Training figures
- * come from the step timelines node-agent/trainer/job-runner.ts hands its observers after each step (common/step-report.ts), so recording
+ * come from the step timelines node-agent/trainer/step.ts records and job-runner.ts hands its observers after each step (common/step-report.ts), so recording
  * them adds nothing to the step itself; the control connection's figures come from hooks in agent.ts.
  *
  * Names follow Prometheus conventions: units in the name, `_total` for counters, histograms for durations. Labels
