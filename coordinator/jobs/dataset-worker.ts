@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { isHeldOut, writeTokenShards, type DataProgress } from '../../model/data.ts';
 import { prepareExamples, readExampleFile, tokenizerDigest, type ExampleFormat } from '../../model/examples.ts';
+import { newCorpusReadStats, type CorpusReadStats } from '../../model/corpus-reader.ts';
 import { prepareTokenData } from '../../model/prepare-data.ts';
 import type { SplitInfo, SplitName } from '../../model/shard-index.ts';
 import { Tokenizer, trainBpe } from '../../model/tokenizer.ts';
@@ -29,15 +30,18 @@ export interface DatasetWorkerOptions {
 
 const post = (m: unknown) => parentPort!.postMessage(m);
 
+/** What the corpus reader skipped (malformed JSONL lines), reported with the splits so the coordinator can say so. */
+const readStats: CorpusReadStats = newCorpusReadStats();
+
 async function prepare(o: DatasetWorkerOptions): Promise<Record<SplitName, SplitInfo>> {
   const onProgress = (progress: DataProgress) => post({ type: 'progress', progress });
   if (!o.format && !o.tokenizerJson) {
-    return (await prepareTokenData({ ...o, onShardProgress: onProgress })).index.splits;
+    return (await prepareTokenData({ ...o, onShardProgress: onProgress, readStats })).index.splits;
   }
   mkdirSync(o.outDir, { recursive: true });
   const tokenizer = o.tokenizerJson ? Tokenizer.fromJSON(JSON.parse(o.tokenizerJson)) : await trainBpe(exampleTexts(o), { vocabSize: o.vocabSize });
   const json = o.tokenizerJson ?? JSON.stringify(tokenizer.toJSON());
-  if (!o.format) return (await writeTokenShards(o.corpus, { tokenizer, outDir: o.outDir, heldOutFraction: o.heldOutFraction, seed: o.seed, onProgress })).splits;
+  if (!o.format) return (await writeTokenShards(o.corpus, { tokenizer, outDir: o.outDir, heldOutFraction: o.heldOutFraction, seed: o.seed, onProgress, readStats })).splits;
   writeFileSync(join(o.outDir, 'tokenizer.json'), json);
   const index = await prepareExamples({
     corpus: o.corpus, outDir: o.outDir, format: o.format, tokenizer, tokenizerSha256: tokenizerDigest(json), maxTokens: o.maxTokens!,
@@ -59,7 +63,7 @@ async function* exampleTexts(o: DatasetWorkerOptions): AsyncGenerator<string> {
 
 try {
   const splits = await prepare(workerData.options as DatasetWorkerOptions);
-  post({ type: 'done', splits });
+  post({ type: 'done', splits, skipped: { lines: readStats.malformedLines, first: readStats.firstMalformed } });
 } catch (err) {
   post({ type: 'error', message: (err as Error).message, code: (err as { code?: string }).code });
 }

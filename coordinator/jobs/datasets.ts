@@ -67,7 +67,7 @@ export async function prepareDataset(
     let lastLog = 0;
     const started = performance.now();
     log.info(`preparing dataset ${id}: corpus ${key.corpus}, ${key.format ?? 'text'}, vocabulary ${key.vocabSize}${tokenizer ? ' (reused)' : ''}, held out ${key.heldOutFraction}`);
-    const splits = await prepareInWorker(
+    const { splits, skipped } = await prepareInWorker(
       {
         corpus: key.corpus, outDir: tmp, vocabSize: key.vocabSize, heldOutFraction: key.heldOutFraction, seed: key.seed,
         ...(key.format ? { format: key.format, maxTokens: key.maxTokens! } : {}), ...(tokenizer ? { tokenizerJson: tokenizer.json } : {}),
@@ -85,6 +85,9 @@ export async function prepareDataset(
       `dataset ${id} ready in ${((performance.now() - started) / 1000).toFixed(1)} s: ${train.tokens} train tokens (${train.documents} ${unit}), ` +
         `${heldOut.tokens} held-out tokens (${heldOut.documents} ${unit})`,
     );
+    if (skipped.lines > 0) {
+      log.warn(`dataset ${id}: skipped ${skipped.lines} malformed JSONL line(s) of ${key.corpus}, which are not trained on; the first: ${skipped.first}. Fix or remove them and submit again to train on every line.`);
+    }
   }
   if (!key.format) checkTrainSplit(readShardIndex(dir).splits.train, spec);
   const files: Record<string, string> = {};
@@ -146,14 +149,14 @@ async function storePrepared(dir: string, spec: ResolvedJobSpec, artifacts: Arti
 function prepareInWorker(
   options: DatasetWorkerOptions,
   onProgress: (p: DataProgress) => void,
-): Promise<Record<SplitName, SplitInfo>> {
+): Promise<{ splits: Record<SplitName, SplitInfo>; skipped: { lines: number; first?: string | undefined } }> {
   return new Promise((resolve, reject) => {
     const worker = new Worker(new URL('../../common/worker-boot.mjs', import.meta.url), {
       workerData: { entry: new URL('./dataset-worker.ts', import.meta.url).href, options },
     });
-    worker.on('message', (m: { type: string; progress?: DataProgress; splits?: Record<SplitName, SplitInfo>; message?: string; code?: string }) => {
+    worker.on('message', (m: { type: string; progress?: DataProgress; splits?: Record<SplitName, SplitInfo>; skipped?: { lines: number; first?: string }; message?: string; code?: string }) => {
       if (m.type === 'progress') onProgress(m.progress!);
-      else if (m.type === 'done') resolve(m.splits!);
+      else if (m.type === 'done') resolve({ splits: m.splits!, skipped: m.skipped ?? { lines: 0 } });
       else if (m.type === 'error') reject(Object.assign(new Error(m.message), { code: m.code }));
     });
     worker.once('error', reject);

@@ -82,3 +82,18 @@ test('a corpus whose train split cannot serve one global batch is refused once w
     err.code === 'MDL_ERR_DATASET_MISMATCH' && /the train split has \d+ tokens in \d+ documents, and one global batch of 100000 × 16 needs 1600001 in one shard: use a larger corpus/.test(err.message));
   assert.ok((await prepareDataset(specFor(corpus), dir, artifacts, silentLogger))['index.json'], 'the same corpus serves a batch that fits');
 });
+
+test('malformed JSONL lines in a job\'s corpus are skipped and the coordinator says how many and where the first is', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'datasets-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const corpus = join(dir, 'corpus.jsonl');
+  const docs = loadDemoCorpus().documents.slice(0, 6).map((text) => JSON.stringify({ text }));
+  writeFileSync(corpus, [docs[0], '{"text": broken', ...docs.slice(1, 4), '{"title": "no text field"}', ...docs.slice(4)].join('\n'));
+  const warnings: string[] = [];
+  const log = { ...silentLogger, warn: (m: string) => warnings.push(m), child: () => log };
+  const files = await prepareDataset(specFor(corpus), dir, new ArtifactStore(join(dir, 'artifacts')), log);
+  assert.ok(files['index.json'], 'the well-formed documents still make a dataset');
+  assert.equal(warnings.length, 1, warnings.join('\n'));
+  assert.match(warnings[0]!, /skipped 2 malformed JSONL line\(s\)/);
+  assert.match(warnings[0]!, /corpus\.jsonl:2/, 'the first bad line is named by file and line');
+});
