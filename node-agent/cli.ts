@@ -103,7 +103,7 @@ async function main(argv: string[]): Promise<number> {
 function tlsOptions(ca: string | undefined, cert: string | undefined, key: string | undefined): { ca?: string[]; tls?: ServerTls } {
   try {
     const problems = tlsPairProblems(cert, key);
-    if (problems.length) throw new Error(problems.join('; '));
+    if (problems.length) throw new UsageError(problems.join('; '));
     return { ...(ca !== undefined ? { ca: loadTrust(ca) } : {}), ...(cert !== undefined && key !== undefined ? { tls: loadServerTls(cert, key) } : {}) };
   } catch (err) {
     throw new UsageError((err as Error).message);

@@ -41,6 +41,13 @@ export class AgentError extends defineErrors('AGT_ERR_', {
   AGT_ERR_TRAINER: { summary: 'trainer thread failed' },
   /** The job was stopped: job.stop, a lost control connection, or its group released. Nothing to fix: the coordinator decides what runs next. */
   AGT_ERR_STOPPED: { summary: 'job stopped' },
+  /** An argument of a collective, a mailbox or the pipeline schedule is out of its range (a ring size, a rank, a tag, a tensor over the frame limit): a bug in the caller, thrown as a RangeError carrying this code, as Node's own ERR_OUT_OF_RANGE is. */
+  AGT_ERR_OUT_OF_RANGE: { summary: 'argument out of range' },
 }) {}
 
 export type AgentErrorCode = AgentError['code'];
+
+/** A RangeError with AGT_ERR_OUT_OF_RANGE as its code: what the data plane and the schedule throw on a bad argument. */
+export function outOfRange(message: string): RangeError & { code: 'AGT_ERR_OUT_OF_RANGE' } {
+  return Object.assign(new RangeError(message), { code: 'AGT_ERR_OUT_OF_RANGE' as const });
+}

@@ -12,7 +12,7 @@
  */
 import { ProtocolError } from '../../protocol/errors.ts';
 import { MAX_PEER_ATTACHMENT, PipeTag, type PipeData } from '../../protocol/peer.ts';
-import { AgentError } from '../errors.ts';
+import { AgentError, outOfRange } from '../errors.ts';
 import type { RingInLink } from './ring.ts';
 
 export interface Mailbox {
@@ -80,8 +80,8 @@ export class LinkMailbox implements Mailbox {
   /** `out` and `inbound` are null in a ring of one, which has nobody to talk to. */
   constructor(out: MailboxOutLink | null, inbound: RingInLink | null, opts: MailboxOptions = {}) {
     const limit = opts.limitBytes ?? DEFAULT_MAILBOX_LIMIT_BYTES;
-    if (!(limit >= 0)) throw new RangeError(`mailbox limitBytes must be ≥ 0, got ${limit}`);
-    if (!out !== !inbound) throw new RangeError('a mailbox needs both links or neither');
+    if (!(limit >= 0)) throw outOfRange(`mailbox limitBytes must be ≥ 0, got ${limit}`);
+    if (!out !== !inbound) throw outOfRange('a mailbox needs both links or neither');
     this.#out = out;
     this.#in = inbound;
     this.#limit = limit;
@@ -98,7 +98,7 @@ export class LinkMailbox implements Mailbox {
   async send(tag: string, data: Float32Array): Promise<void> {
     checkTag(tag);
     if (data.byteLength > MAX_PEER_ATTACHMENT) {
-      throw new RangeError(`a pipe.data tensor is at most ${MAX_PEER_ATTACHMENT} bytes; '${tag}' has ${data.byteLength}: split it`);
+      throw outOfRange(`a pipe.data tensor is at most ${MAX_PEER_ATTACHMENT} bytes; '${tag}' has ${data.byteLength}: split it`);
     }
     if (this.#broken) throw this.#broken;
     const out = this.#out;
@@ -116,7 +116,7 @@ export class LinkMailbox implements Mailbox {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (!(timeoutMs > 0)) return Promise.reject(new RangeError(`recv timeoutMs must be positive, got ${timeoutMs}`));
+    if (!(timeoutMs > 0)) return Promise.reject(outOfRange(`recv timeoutMs must be positive, got ${timeoutMs}`));
     if (this.#broken) return Promise.reject(this.#broken);
     if (!this.#in) return Promise.reject(new AgentError('AGT_ERR_GROUP', `${this.#label} has one member: nobody will send '${tag}'`));
     const held = this.#held.get(tag);
@@ -190,6 +190,6 @@ export class LinkMailbox implements Mailbox {
 
 function checkTag(tag: string): void {
   if (typeof tag !== 'string' || !TAG.test(tag)) {
-    throw new RangeError(`pipe tag '${String(tag).slice(0, 70)}' must be 1–64 characters of A–Z a–z 0–9 . _ : -`);
+    throw outOfRange(`pipe tag '${String(tag).slice(0, 70)}' must be 1–64 characters of A–Z a–z 0–9 . _ : -`);
   }
 }

@@ -2,6 +2,7 @@
  * The element-wise work of a collective: `dst += src` and aligned views over received bytes. These loops run
  * once per received byte, so they must not allocate per element; V8 compiles the typed-array loop to tight code.
  */
+import { outOfRange } from '../errors.ts';
 
 /** dst[i] += src[i] for i < src.length. */
 export function addInto(dst: Float32Array, src: Float32Array): void {
@@ -23,7 +24,7 @@ export function addInto(dst: Float32Array, src: Float32Array): void {
  * is every platform Node supports for this.
  */
 export function float32View(bytes: Uint8Array): Float32Array {
-  if (bytes.byteLength % 4 !== 0) throw new RangeError(`payload of ${bytes.byteLength} bytes is not whole float32s`);
+  if (bytes.byteLength % 4 !== 0) throw outOfRange(`payload of ${bytes.byteLength} bytes is not whole float32s`);
   if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
   const copy = new Float32Array(bytes.byteLength / 4);
   new Uint8Array(copy.buffer).set(bytes);

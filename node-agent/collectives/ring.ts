@@ -15,7 +15,7 @@
  */
 import { ProtocolError } from '../../protocol/errors.ts';
 import type { RingData } from '../../protocol/peer.ts';
-import { AgentError } from '../errors.ts';
+import { AgentError, outOfRange } from '../errors.ts';
 import { chunkRange, mod, segments, type Range } from '../../protocol/partition.ts';
 import { addInto, bytesOf, float32View } from './reduce.ts';
 
@@ -92,11 +92,11 @@ export class Ring {
   #broken: Error | null = null;
 
   constructor(rank: number, size: number, out: RingOutLink | null, inbound: RingInLink | null, opts: RingOptions) {
-    if (!Number.isInteger(size) || size < 1) throw new RangeError(`ring size must be a positive integer, got ${size}`);
-    if (!Number.isInteger(rank) || rank < 0 || rank >= size) throw new RangeError(`rank ${rank} is outside ring of ${size}`);
-    if (size > 1 && (!out || !inbound)) throw new RangeError('a ring of more than one rank needs both links');
-    if (opts.segmentBytes < 4) throw new RangeError(`segmentBytes must be at least 4, got ${opts.segmentBytes}`);
-    if (opts.idleTimeoutMs <= 0) throw new RangeError(`idleTimeoutMs must be positive, got ${opts.idleTimeoutMs}`);
+    if (!Number.isInteger(size) || size < 1) throw outOfRange(`ring size must be a positive integer, got ${size}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= size) throw outOfRange(`rank ${rank} is outside ring of ${size}`);
+    if (size > 1 && (!out || !inbound)) throw outOfRange('a ring of more than one rank needs both links');
+    if (opts.segmentBytes < 4) throw outOfRange(`segmentBytes must be at least 4, got ${opts.segmentBytes}`);
+    if (opts.idleTimeoutMs <= 0) throw outOfRange(`idleTimeoutMs must be positive, got ${opts.idleTimeoutMs}`);
     this.rank = rank;
     this.size = size;
     this.#out = out;
@@ -149,7 +149,7 @@ export class Ring {
   /** In place: every rank ends with `root`'s buffer, pipelined segment by segment along the ring. */
   broadcast(buf: Float32Array, root: number): Promise<void> {
     if (!Number.isInteger(root) || root < 0 || root >= this.size) {
-      return Promise.reject(new RangeError(`broadcast root ${root} is outside ring of ${this.size}`));
+      return Promise.reject(outOfRange(`broadcast root ${root} is outside ring of ${this.size}`));
     }
     return this.#run('broadcast', buf, () => {
       const whole = { start: 0, end: buf.length };
@@ -170,7 +170,7 @@ export class Ring {
    */
   stream(sendBytes: number, recvBytes: number): Promise<void> {
     if (this.size === 1 && (sendBytes > 0 || recvBytes > 0)) {
-      return Promise.reject(new RangeError('a ring of one rank has no links to stream over'));
+      return Promise.reject(outOfRange('a ring of one rank has no links to stream over'));
     }
     const payload = new Uint8Array(Math.min(this.#segmentElems * 4, Math.max(sendBytes, 0)));
     return this.#start('stream', new Float32Array(0), new Map(), recvBytes, async (a) => {

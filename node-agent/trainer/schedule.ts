@@ -8,13 +8,14 @@
  * Deadlock-freedom: sends never block the schedule (they are queued on the link), and every stage consumes its
  * receives in the order its neighbour produces them (forwards in micro-batch order, backwards in micro-batch order).
  */
+import { outOfRange } from '../errors.ts';
 
 export type PipeAction = { readonly op: 'F' | 'B'; readonly mb: number };
 
 export function oneFOneB(stage: number, stages: number, microBatches: number): PipeAction[] {
-  if (!Number.isInteger(stages) || stages < 1) throw new RangeError(`stages must be a positive integer, got ${stages}`);
-  if (!Number.isInteger(stage) || stage < 0 || stage >= stages) throw new RangeError(`stage ${stage} is outside 0..${stages - 1}`);
-  if (!Number.isInteger(microBatches) || microBatches < 1) throw new RangeError(`microBatches must be a positive integer, got ${microBatches}`);
+  if (!Number.isInteger(stages) || stages < 1) throw outOfRange(`stages must be a positive integer, got ${stages}`);
+  if (!Number.isInteger(stage) || stage < 0 || stage >= stages) throw outOfRange(`stage ${stage} is outside 0..${stages - 1}`);
+  if (!Number.isInteger(microBatches) || microBatches < 1) throw outOfRange(`microBatches must be a positive integer, got ${microBatches}`);
   const warmup = Math.min(stages - stage - 1, microBatches);
   const actions: PipeAction[] = [];
   let f = 0, b = 0;
