@@ -95,7 +95,7 @@ test('asking for a GPU gets a hardware adapter, or fails saying why there is non
 test('auto takes WebGPU only on a hardware adapter, and says why it passed over it', async () => {
   // Run in a child: auto must not replace this file's WebGPU backend.
   const { execFileSync } = await import('node:child_process');
-  const script = "import { loadBackend } from './node-agent/compute/backend.ts'; const b = await loadBackend('auto'); console.log(JSON.stringify({ name: b.name, passedOver: b.passedOver, software: b.gpu?.software })); b.release(); process.exit(0);";
+  const script = "import { loadBackend } from './model/compute/backend.ts'; const b = await loadBackend('auto'); console.log(JSON.stringify({ name: b.name, passedOver: b.passedOver, software: b.gpu?.software })); b.release(); process.exit(0);";
   const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: new URL('../..', import.meta.url).pathname, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
   const got = JSON.parse(out.trim().split('\n').at(-1)!) as { name: string; passedOver: string[]; software?: boolean };
   if (vulkanLoader() === null) {
