@@ -40,29 +40,40 @@ export interface BatchSettings {
   readonly maxBatchSize: number;
   /** How long an idle backend waits for more requests before starting a batch that is not full, in ms. */
   readonly maxWaitMs: number;
+  /**
+   * Sequences (choices) that may wait for a row at most. A request that would wait beyond it is refused at once
+   * (GW_ERR_OVERLOADED, 503 with Retry-After) instead of waiting past any deadline its client has.
+   */
+  readonly maxQueue: number;
 }
 
 export const DEFAULT_BATCH_SETTINGS: BatchSettings = Object.freeze({
   maxBatchSize: 16, // the API's largest n: one request's choices always fit in one batch
   maxWaitMs: 2, // a few ms of latency for a chance to share the first forwards
+  maxQueue: 256, // 16 full batches waiting: past that a client is better told to come back than kept waiting
 });
 
 export const MAX_BATCH_SIZE = 1024;
 export const MAX_BATCH_WAIT_MS = 10_000;
+export const MAX_QUEUE = 1_000_000;
+const RETRY_AFTER_MAX_S = 60;
 
 /** Validates settings (unknown keys refused, absent ones from `base`) and freezes a copy. */
 export function batchSettings(raw: Partial<BatchSettings> = {}, base: BatchSettings = DEFAULT_BATCH_SETTINGS): BatchSettings {
   for (const key of Object.keys(raw)) {
-    if (key !== 'maxBatchSize' && key !== 'maxWaitMs') throw new GatewayError('GW_ERR_BAD_ARGS', `batch settings: unknown key '${key}'`);
+    if (key !== 'maxBatchSize' && key !== 'maxWaitMs' && key !== 'maxQueue') throw new GatewayError('GW_ERR_BAD_ARGS', `batch settings: unknown key '${key}'`);
   }
-  const { maxBatchSize = base.maxBatchSize, maxWaitMs = base.maxWaitMs } = raw;
+  const { maxBatchSize = base.maxBatchSize, maxWaitMs = base.maxWaitMs, maxQueue = base.maxQueue } = raw;
   if (!Number.isInteger(maxBatchSize) || maxBatchSize < 1 || maxBatchSize > MAX_BATCH_SIZE) {
     throw new GatewayError('GW_ERR_BAD_ARGS', `maxBatchSize must be an integer in [1, ${MAX_BATCH_SIZE}], got ${String(maxBatchSize)}`);
   }
   if (!Number.isFinite(maxWaitMs) || maxWaitMs < 0 || maxWaitMs > MAX_BATCH_WAIT_MS) {
     throw new GatewayError('GW_ERR_BAD_ARGS', `maxWaitMs must be a number of ms in [0, ${MAX_BATCH_WAIT_MS}], got ${String(maxWaitMs)}`);
   }
-  return Object.freeze({ maxBatchSize, maxWaitMs });
+  if (!Number.isInteger(maxQueue) || maxQueue < 1 || maxQueue > MAX_QUEUE) {
+    throw new GatewayError('GW_ERR_BAD_ARGS', `maxQueue must be an integer in [1, ${MAX_QUEUE}], got ${String(maxQueue)}`);
+  }
+  return Object.freeze({ maxBatchSize, maxWaitMs, maxQueue });
 }
 
 // ---------------------------------------------------------------------------------------------------- the decision
@@ -73,7 +84,7 @@ export type Admission = { readonly kind: 'admit'; readonly count: number } | { r
  * How many waiting sequences to admit now, or how long to wait for more: pure, so it is tested with a table.
  * `oldestWaitMs` is how long the first waiting sequence has waited.
  */
-export function admission(state: { running: number; waiting: number; oldestWaitMs: number }, settings: BatchSettings): Admission {
+export function admission(state: { running: number; waiting: number; oldestWaitMs: number }, settings: Pick<BatchSettings, 'maxBatchSize' | 'maxWaitMs'>): Admission {
   const free = settings.maxBatchSize - state.running;
   if (state.waiting === 0 || free <= 0) return { kind: 'admit', count: 0 };
   const count = Math.min(free, state.waiting);
@@ -122,6 +133,8 @@ export interface TokenText {
 }
 
 // ---------------------------------------------------------------------------------------------------- the scheduler
+
+const FINISH_WINDOW = 64; // finished sequences the drain rate (Retry-After) is measured over
 
 /** A request in flight. */
 class Job<Prompt> {
@@ -174,7 +187,9 @@ export class BatchScheduler<Prompt> {
   #settings: BatchSettings;
   #onBatch: ((size: number) => void) | undefined;
   #onQueue: ((waiting: number) => void) | undefined;
+  #onAdmit: ((waitMs: number) => void) | undefined;
   #gate: PriorityGate | undefined;
+  readonly #finishedMs: number[] = []; // when the last sequences finished (a ring of FINISH_WINDOW): the drain rate
   #waiting: Array<Sequence<Prompt>> = []; // foreground first, each class in arrival order
   #running: Array<Sequence<Prompt>> = []; // row b of the engine is #running[b]
   readonly #prompted = new Set<Job<Prompt>>(); // jobs holding a prompt cache
@@ -203,17 +218,32 @@ export class BatchScheduler<Prompt> {
    * New settings apply from the next iteration; `onBatch` is called with the rows of every decode forward, `onQueue`
    * with the waiting sequences after each admission; `gate` is shared with the gateway's other backends.
    */
-  configure(settings: BatchSettings, hooks: { onBatch?: (size: number) => void; onQueue?: (waiting: number) => void; gate?: PriorityGate } = {}): void {
+  configure(settings: BatchSettings, hooks: { onBatch?: (size: number) => void; onQueue?: (waiting: number) => void; onAdmit?: (waitMs: number) => void; gate?: PriorityGate } = {}): void {
     this.#settings = settings;
     if (hooks.onBatch) this.#onBatch = hooks.onBatch;
     if (hooks.onQueue) this.#onQueue = hooks.onQueue;
+    if (hooks.onAdmit) this.#onAdmit = hooks.onAdmit;
     if (hooks.gate) this.#gate = hooks.gate;
+  }
+
+  /**
+   * Whether a request of `n` choices would be queued now: undefined, or the GW_ERR_OVERLOADED error it gets (with
+   * `retryAfterS` from how fast this backend has been finishing sequences). Foreground requests count the foreground
+   * sequences ahead of them, background ones every waiting sequence. Checked again by submit.
+   */
+  refusal(n: number, priority: GenerateOptions['priority'] = 'foreground'): GatewayError | undefined {
+    const ahead = priority === 'background' ? this.#waiting.length : this.#foregroundWaiting();
+    if (ahead + n <= this.#settings.maxQueue) return undefined;
+    const retryAfterS = this.#retryAfterS(ahead + n - this.#settings.maxQueue);
+    return new GatewayError('GW_ERR_OVERLOADED', `The model is overloaded: ${ahead} sequences are waiting (the queue holds ${this.#settings.maxQueue}). Retry after ${retryAfterS} s.`, { retryAfterS });
   }
 
   submit(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerateResult> {
     if (this.#closed) return Promise.reject(new Error('the backend is closed'));
     const { signal } = opts;
     if (signal?.aborted) return Promise.reject(signal.reason ?? new Error('aborted'));
+    const refused = this.refusal(req.n, opts.priority);
+    if (refused) return Promise.reject(refused);
     return new Promise<GenerateResult>((resolve, reject) => {
       const onAbort = () => this.#fail(job, signal!.reason ?? new Error('aborted'));
       const job: Job<Prompt> = new Job(
@@ -345,7 +375,10 @@ export class BatchScheduler<Prompt> {
     const width = this.#engine.logitsWidth;
     for (const s of admitted) {
       const { prompt } = s.job;
-      if (s.job.admitted++ === 0) s.job.startedMs = performance.now();
+      if (s.job.admitted++ === 0) {
+        s.job.startedMs = performance.now();
+        this.#onAdmit?.(s.job.startedMs - s.enqueuedMs);
+      }
       if (!prompt) continue; // its job failed in prefill
       const last = prompt.logits.length / width - 1;
       s.logits = prompt.logits.subarray(last * width, last * width + this.#text.vocabSize);
@@ -394,6 +427,8 @@ export class BatchScheduler<Prompt> {
 
   #finish(s: Sequence<Prompt>): void {
     s.done = true;
+    this.#finishedMs.push(performance.now());
+    if (this.#finishedMs.length > FINISH_WINDOW) this.#finishedMs.shift();
     if (!s.cutter.stopped) this.#release(s, s.cutter.flush());
     const { job } = s;
     if (job.settled) return;
@@ -428,6 +463,17 @@ export class BatchScheduler<Prompt> {
     } catch (err) {
       this.#fail(job, err);
     }
+  }
+
+  /**
+   * Seconds until `excess` more sequences are likely to have left the queue, at the rate the last FINISH_WINDOW
+   * finished (1 s when too few have finished to tell), at most RETRY_AFTER_MAX_S.
+   */
+  #retryAfterS(excess: number): number {
+    const times = this.#finishedMs;
+    if (times.length < 2) return 1;
+    const perSecond = ((times.length - 1) * 1000) / Math.max(1, times[times.length - 1]! - times[0]!);
+    return Math.min(RETRY_AFTER_MAX_S, Math.max(1, Math.ceil(excess / perSecond)));
   }
 
   /** Rejects a request; its running rows are retired at the next arrange, its waiting sequences dropped now. */

@@ -126,7 +126,8 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   const rateLimit = rateLimitOptions(o.rateLimit, o.rateBurst);
   const log = deps.log ?? createLogger('gateway');
   const wanted = (o.model ?? []).map(parseModelArg);
-  const batching = { maxBatchSize: o.maxBatchSize, maxWaitMs: o.maxBatchWaitMs };
+  const batching = { maxBatchSize: o.maxBatchSize, maxWaitMs: o.maxBatchWaitMs, maxQueue: o.maxQueue };
+  const requestTimeoutMs = o.requestTimeoutMs;
 
   const backends = new Map<string, InferenceBackend>();
   let resolve: VersionResolver;
@@ -184,7 +185,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     log.info(`deployments from ${o.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
   }
   const tracing = await initTracing('gateway'); // off unless OTEL_* asks for traces (common/tracing.ts)
-  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, bodyLimit, drainTimeoutMs, limits, log, batching, deployments, ...(https ? { https } : {}) });
+  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}), bodyLimit, drainTimeoutMs, limits, log, batching, deployments, ...(https ? { https } : {}) });
   const { port: bound } = await gateway.listen({ port, host });
   // Machine-readable first line: tests and scripts wait for it.
   out(`gateway listening on ${https ? 'https' : 'http'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);

@@ -37,6 +37,10 @@ export class GatewayError extends defineErrors('GW_ERR_', {
   GW_ERR_RATE_LIMITED: { status: 429, type: 'requests', openaiCode: 'rate_limit_exceeded' },
   /** Something failed inside the gateway or the model backend; the client sees a generic message, the log the detail. */
   GW_ERR_INTERNAL: { status: 500, type: 'server_error', openaiCode: null },
+  /** The model's queue is full (--max-queue sequences waiting): refused at once instead of waiting; `Retry-After` says when the queue should have room. */
+  GW_ERR_OVERLOADED: { status: 503, type: 'server_error', openaiCode: 'overloaded' },
+  /** The request's timeout (the x-meshtrain-timeout-ms header, or --request-timeout-ms) passed before it finished; its generation was stopped. */
+  GW_ERR_TIMEOUT: { status: 504, type: 'server_error', openaiCode: 'timeout' },
   /** The gateway is draining for shutdown: it finishes running requests and takes no new ones (retry elsewhere). */
   GW_ERR_SHUTTING_DOWN: { status: 503, type: 'server_error', openaiCode: 'server_shutting_down' },
   /** The model registry (folder or coordinator API) is unreachable, malformed, or lacks the model or version asked for. */
@@ -59,10 +63,13 @@ export class GatewayError extends defineErrors('GW_ERR_', {
   declare readonly statusCode: number;
   /** The request parameter at fault (OpenAI's `param`), when there is one. */
   readonly param: string | null;
+  /** Seconds the client should wait before retrying (the Retry-After header), for refusals that pass. */
+  readonly retryAfterS: number | undefined;
 
-  constructor(code: GatewayErrorCode, message: string, options?: { cause?: unknown; param?: string }) {
+  constructor(code: GatewayErrorCode, message: string, options?: { cause?: unknown; param?: string; retryAfterS?: number }) {
     super(code, message, options);
     this.param = options?.param ?? null;
+    this.retryAfterS = options?.retryAfterS;
   }
 
   /** The OpenAI-shaped body for this error. Server-side errors never leak their message (but PUBLIC_MESSAGES). */
@@ -76,7 +83,7 @@ export class GatewayError extends defineErrors('GW_ERR_', {
 export type GatewayErrorCode = GatewayError['code'];
 
 /** Server-side codes whose message is safe and useful to show clients (others may hold paths or internals). */
-const PUBLIC_MESSAGES: ReadonlySet<GatewayErrorCode> = new Set(['GW_ERR_SHUTTING_DOWN']);
+const PUBLIC_MESSAGES: ReadonlySet<GatewayErrorCode> = new Set(['GW_ERR_SHUTTING_DOWN', 'GW_ERR_OVERLOADED', 'GW_ERR_TIMEOUT']);
 
 /** The body of every error response, exactly OpenAI's shape. */
 export interface OpenAIErrorBody {

@@ -29,9 +29,26 @@ export interface GenerationContext {
   metrics: GatewayMetrics;
   log: Logger;
   maxPromptTokens: number | undefined;
+  /** The gateway's limit on a request's time (--request-timeout-ms); undefined for none. */
+  requestTimeoutMs?: number | undefined;
 }
 
-export function generationRoutes(app: FastifyInstance, { backends, deployments, metrics, log, maxPromptTokens }: GenerationContext): void {
+/** Request header asking for a shorter timeout than the gateway's, in ms (an integer ≥ 1). */
+export const TIMEOUT_HEADER = 'x-meshtrain-timeout-ms';
+const MAX_TIMEOUT_MS = 24 * 3600 * 1000;
+
+/** The timeout a request runs under: the shorter of its header's and the gateway's, or undefined for none. */
+export function requestTimeout(header: string | string[] | undefined, gatewayMs: number | undefined): number | undefined {
+  if (header === undefined) return gatewayMs;
+  const raw = Array.isArray(header) ? header[0]! : header;
+  const ms = /^\d{1,9}$/.test(raw.trim()) ? Number(raw.trim()) : NaN;
+  if (!(ms >= 1 && ms <= MAX_TIMEOUT_MS)) {
+    throw new GatewayError('GW_ERR_BAD_REQUEST', `The ${TIMEOUT_HEADER} header must be a whole number of milliseconds from 1 to ${MAX_TIMEOUT_MS}, got ${JSON.stringify(raw.slice(0, 40))}.`);
+  }
+  return gatewayMs === undefined ? ms : Math.min(ms, gatewayMs);
+}
+
+export function generationRoutes(app: FastifyInstance, { backends, deployments, metrics, log, maxPromptTokens, requestTimeoutMs }: GenerationContext): void {
   /**
    * One handler for both generation routes: a deployment is routed, the request parsed (for chat: rendered with the
    * version's chat template), the prompt limit checked, then generated, answered whole or streamed, and measured.
@@ -59,14 +76,21 @@ export function generationRoutes(app: FastifyInstance, { backends, deployments, 
       if (maxPromptTokens !== undefined && promptTokens > maxPromptTokens) {
         throw new GatewayError('GW_ERR_PROMPT_TOO_LONG', `The prompt is ${promptTokens} tokens; this server accepts at most ${maxPromptTokens} prompt tokens (--max-prompt-tokens).`, { param: route.promptParam });
       }
+      const timeoutMs = requestTimeout(req.headers[TIMEOUT_HEADER], requestTimeoutMs);
+      // A full queue refuses now (503 and Retry-After), before a stream's headers go out.
+      const refused = backend.refusal?.(parsed.generate);
+      if (refused) throw refused;
       metrics.inFlight.inc({ model });
       try {
-        // The client going away (socket closed before the answer ended) stops generation.
+        // The client going away (socket closed before the answer ended) stops generation, as does the timeout.
         const abort = new AbortController();
         const onClose = () => {
           if (!reply.raw.writableFinished) abort.abort(new ClientGone());
         };
         reply.raw.on('close', onClose);
+        const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+          abort.abort(new GatewayError('GW_ERR_TIMEOUT', `The request did not finish within its timeout of ${timeoutMs} ms; its generation was stopped.`));
+        }, Math.max(0, timeoutMs - (performance.now() - started)));
         try {
           const head = { id: `${route.idPrefix}-${randomBytes(12).toString('hex')}`, created: Math.floor(Date.now() / 1000) };
           // The seed actually used (chosen here when the request had none): with it the same request replays exactly.
@@ -81,6 +105,7 @@ export function generationRoutes(app: FastifyInstance, { backends, deployments, 
           countTokens(metrics, model, body);
           return reply.type('application/json; charset=utf-8').send(encodeJson(body));
         } finally {
+          clearTimeout(timer);
           reply.raw.off('close', onClose);
         }
       } finally {

@@ -77,8 +77,12 @@ export class GptBackend implements InferenceBackend {
   }
 
   configureBatching(config: BatchingConfig): void {
-    const { onBatch, onQueue, gate, ...settings } = config;
-    this.#scheduler.configure(batchSettings(settings, this.#scheduler.settings), { onBatch, onQueue, gate });
+    const { onBatch, onQueue, onAdmit, gate, ...settings } = config;
+    this.#scheduler.configure(batchSettings(settings, this.#scheduler.settings), { onBatch, onQueue, onAdmit, gate });
+  }
+
+  refusal(req: GenerateRequest, opts: GenerateOptions = {}): Error | undefined {
+    return this.#scheduler.refusal(req.n, opts.priority);
   }
 
   async close(): Promise<void> {

@@ -161,6 +161,10 @@ export interface BatchingConfig {
   gate?: PriorityGate;
   /** Called with the sequences waiting for a row after each admission (the gateway's queue-depth gauge). */
   onQueue?: (waiting: number) => void;
+  /** Called with how long each request waited for its first row, in ms (the gateway's queue-wait histogram). */
+  onAdmit?: (waitMs: number) => void;
+  /** Sequences that may wait for a row at most; a request beyond it is refused at once (GW_ERR_OVERLOADED). */
+  maxQueue?: number;
 }
 
 /**
@@ -191,6 +195,11 @@ export interface InferenceBackend {
   generate(request: GenerateRequest, options?: GenerateOptions): Promise<GenerateResult>;
   /** Backends that batch take the gateway's settings here (createGateway calls it once, at start). */
   configureBatching?(config: BatchingConfig): void;
+  /**
+   * Whether `generate` would refuse this request now for a full queue (GW_ERR_OVERLOADED with retryAfterS), checked
+   * before a streamed answer's headers go out, so that a refusal is a 503 and not an error event in a 200 stream.
+   */
+  refusal?(request: GenerateRequest, options?: GenerateOptions): Error | undefined;
   /** Frees weights and workers; the gateway calls it on close. */
   close?(): Promise<void>;
 }

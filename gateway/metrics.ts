@@ -18,6 +18,7 @@ export interface GatewayMetrics {
   deploymentExposures: Counter<'deployment' | 'version'>;
   deploymentSeconds: Histogram<'deployment' | 'version' | 'status' | 'route'>;
   queueDepth: Gauge<'model'>;
+  queueWait: Histogram<'model'>;
   shadowQueueDepth: Gauge<'deployment' | 'version'>;
   shadowComparisons: Counter<'deployment' | 'version' | 'outcome'>;
   shadowDropped: Counter<'deployment' | 'version' | 'reason'>;
@@ -83,6 +84,13 @@ export function createGatewayMetrics(): GatewayMetrics {
       name: 'meshtrain_gateway_queue_depth',
       help: 'Sequences (request choices) waiting for a row in a batching backend, after the latest admission, by model (a served name or model@vN).',
       labelNames: ['model'],
+      registers: [registry],
+    }),
+    queueWait: new Histogram({
+      name: 'meshtrain_gateway_queue_wait_seconds',
+      help: 'Time a generation request waited for its first row in a batching backend (from submit to admission), by model.',
+      labelNames: ['model'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [registry],
     }),
     shadowQueueDepth: new Gauge({

@@ -7,7 +7,7 @@ import { UsageError } from '../common/cli.ts';
 import { DEFAULT_CONNECTION_LIMITS } from '../common/conn-limits.ts';
 import { defineOptions, opt } from '../common/options.ts';
 import { BACKENDS, type BackendChoice } from '../protocol/backends.ts';
-import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS } from './batch-scheduler.ts';
+import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS, MAX_QUEUE } from './batch-scheduler.ts';
 import { DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
 import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
 
@@ -73,6 +73,14 @@ export const SERVE_OPTIONS = defineOptions({
   maxBatchWaitMs: opt.int({
     default: DEFAULT_BATCH_SETTINGS.maxWaitMs, min: 0, max: MAX_BATCH_WAIT_MS, arg: 'MS',
     doc: 'an idle model waits up to MS for more requests before starting a batch that is not full; running sequences never wait for company',
+  }),
+  maxQueue: opt.int({
+    default: DEFAULT_BATCH_SETTINGS.maxQueue, min: 1, max: MAX_QUEUE, arg: 'N',
+    doc: 'at most N sequences wait for a row per model; a request beyond that gets 503 with Retry-After at once instead of waiting',
+  }),
+  requestTimeoutMs: opt.int({
+    min: 1, arg: 'MS', defaultText: 'none',
+    doc: 'stop a generation request that has not finished MS after it arrived and answer 504; a request may ask for less with the x-meshtrain-timeout-ms header',
   }),
   fake: opt.boolean({
     doc: "TEST/DEVELOPMENT ONLY: serve FakeBackend, a deterministic character-level toy that outputs gibberish, instead of trained models (no --registry; names from --model, default 'fake-char')",

@@ -56,6 +56,8 @@ export interface GatewayOptions {
   rateLimit?: RateLimit;
   /** Prompts longer than this are refused (400) even where the model's context would take them. */
   maxPromptTokens?: number;
+  /** A generation request that has not finished this many ms after it arrived is stopped (504); absent = none. A request's x-meshtrain-timeout-ms header may ask for less. */
+  requestTimeoutMs?: number;
   /**
    * True once shutdown has begun: new requests get 503. createGateway passes its own, true from the moment close()
    * is called; without it, from fastify's preClose hook (a few ticks after app.close()).
@@ -90,7 +92,10 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
 
   app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {
     const { status, body } = errorReply(err, req.routeOptions.bodyLimit);
-    if (status >= 500) log.error(`${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
+    if (err instanceof GatewayError && err.retryAfterS !== undefined) reply.header('retry-after', String(err.retryAfterS));
+    if (status >= 500 && !(err instanceof GatewayError && (err.code === 'GW_ERR_OVERLOADED' || err.code === 'GW_ERR_TIMEOUT'))) {
+      log.error(`${req.method} ${req.url}: ${(err as Error).stack ?? String(err)}`);
+    }
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {
@@ -153,7 +158,7 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
   }));
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
-  generationRoutes(app, { backends, deployments, metrics, log, maxPromptTokens });
+  generationRoutes(app, { backends, deployments, metrics, log, maxPromptTokens, requestTimeoutMs: opts.requestTimeoutMs });
 };
 
 /** API keys from one key, a list, or comma-separated lists of them; empty entries dropped. */
@@ -179,6 +184,7 @@ export interface CreateGatewayOptions {
   adminKey?: string;
   rateLimit?: RateLimit;
   maxPromptTokens?: number;
+  requestTimeoutMs?: number;
   log: Logger;
   bodyLimit?: number; // bytes; larger bodies get 413 (default DEFAULT_BODY_LIMIT)
   drainTimeoutMs?: number; // close() lets running requests finish this long, then cuts them (default DEFAULT_DRAIN_TIMEOUT_MS)
@@ -208,6 +214,7 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
     gate,
     onBatch: (size) => metrics.batchSize.observe({ model: name }, size),
     onQueue: (waiting) => metrics.queueDepth.set({ model: name }, waiting),
+    onAdmit: (waitMs) => metrics.queueWait.observe({ model: name }, waitMs / 1000),
   });
   for (const [name, backend] of opts.backends) prepare(backend, name);
   if (opts.maxPromptTokens !== undefined && !(Number.isInteger(opts.maxPromptTokens) && opts.maxPromptTokens >= 1)) {
@@ -219,7 +226,10 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   // The https option only changes the server class; the instance keeps the plain type (as in coordinator/api/server.ts).
   const app = Fastify({ ...requestLogging(opts.log), https: opts.https ?? null, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false }) as unknown as FastifyInstance;
   app.addHook('onResponse', logRequest); // one line per request: method, matched route, status, ms
-  const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log } = opts;
+  const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, requestTimeoutMs, log } = opts;
+  if (requestTimeoutMs !== undefined && !(Number.isInteger(requestTimeoutMs) && requestTimeoutMs >= 1)) {
+    throw new GatewayError('GW_ERR_BAD_ARGS', `requestTimeoutMs must be an integer ≥ 1, got ${requestTimeoutMs}`);
+  }
   limitServer(app.server as import('node:http').Server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits });
   const deployments = opts.deployments ?? new DeploymentManager({ resolve: noVersions, reserved: (name) => backends.has(name) });
   deployments.setHooks(deploymentHooks(metrics, prepare, log));
@@ -227,7 +237,7 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
     if (backends.has(d.name)) throw new GatewayError('GW_ERR_BAD_ARGS', `deployment '${d.name}' has the name of a served model; give it a name of its own`);
   }
   let closed = false;
-  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, log, metrics, draining: () => closed, deployments });
+  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, requestTimeoutMs, log, metrics, draining: () => closed, deployments });
   // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections
   // that carry no request would otherwise hold server.close() until the client drops them.
   let running = 0;

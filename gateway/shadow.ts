@@ -288,6 +288,10 @@ export class MirroringBackend implements InferenceBackend {
     return this.#inner.detokenize(ids);
   }
 
+  refusal(request: GenerateRequest, options?: GenerateOptions): Error | undefined {
+    return this.#inner.refusal?.(request, options);
+  }
+
   async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerateResult> {
     const random = this.#opts.random ?? Math.random;
     const targets = request.maxTokens === 0 ? [] : this.#opts.shadows.filter((s) => s.percent > 0 && random() * 100 < s.percent);

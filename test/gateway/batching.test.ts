@@ -191,7 +191,7 @@ test('streaming works while batched: each choice\'s events add up to its text, p
 });
 
 test('admission starts a full batch at once, waits up to maxWaitMs for company when idle, and never stalls running sequences', () => {
-  const s: BatchSettings = { maxBatchSize: 4, maxWaitMs: 2 };
+  const s: BatchSettings = { maxBatchSize: 4, maxWaitMs: 2, maxQueue: 256 };
   const cases: Array<[{ running: number; waiting: number; oldestWaitMs: number }, ReturnType<typeof admission>]> = [
     [{ running: 0, waiting: 0, oldestWaitMs: 0 }, { kind: 'admit', count: 0 }],
     [{ running: 0, waiting: 1, oldestWaitMs: 0.5 }, { kind: 'wait', ms: 1.5 }],
