@@ -156,7 +156,7 @@ test('with maxBatchSize 1 every forward carries one sequence and requests still 
   const reference = await alone(backend(t), MIXED);
   const sizes: number[] = [];
   const b = backend(t, { maxBatchSize: 1, onBatch: (size) => sizes.push(size) });
-  assert.deepEqual(b.batching, { maxBatchSize: 1, maxWaitMs: 2 });
+  assert.deepEqual(b.batching, { maxBatchSize: 1, maxWaitMs: 2, maxQueue: 256 });
   const results = await Promise.all(MIXED.map((r) => b.generate(r)));
   results.forEach((r, i) => assertSameOutput(r, reference[i]!, `request ${i}`));
   assert.ok(sizes.length > 0 && sizes.every((s) => s === 1), `sizes ${sizes}`);
@@ -214,8 +214,9 @@ test('prompts of similar lengths are prefilled in one forward, very different on
   assert.deepEqual(prefillGroups([1024, 1024, 1024, 1024, 1024, 1024]), [[0, 1, 2, 3], [4, 5]], 'rows × T² ≤ 2²² attention scores per head');
 });
 
-test('batch settings default to 16 sequences and 2 ms, and out-of-range values are refused with precise messages', async () => {
-  assert.deepEqual(batchSettings(), { maxBatchSize: 16, maxWaitMs: 2 });
+test('batch settings default to 16 sequences, 2 ms and a queue of 256, and out-of-range values are refused with precise messages', async () => {
+  assert.deepEqual(batchSettings(), { maxBatchSize: 16, maxWaitMs: 2, maxQueue: 256 });
+  assert.throws(() => batchSettings({ maxQueue: 0 }), /maxQueue must be an integer in \[1, 1000000\], got 0/);
   assert.ok(Object.isFrozen(batchSettings({ maxBatchSize: 3 })));
   assert.throws(() => batchSettings({ maxBatchSize: 0 }), /maxBatchSize must be an integer in \[1, 1024\], got 0/);
   assert.throws(() => batchSettings({ maxBatchSize: 2.5 }), /got 2.5/);
@@ -234,7 +235,7 @@ test('the gateway hands its batch settings to the backend and exposes batch size
   const b = new GptBackend(new GPT(config, { seed: 11 }), tokenizer, { id: 'tiny', createdS: 0, ownedBy: 'test' });
   const gateway = createGateway({ backends: new Map([['tiny', b]]), log: silentLogger, batching: { maxBatchSize: 4 } });
   t.after(() => gateway.close());
-  assert.deepEqual(b.batching, { maxBatchSize: 4, maxWaitMs: 2 }, 'the wait not given keeps the backend\'s own');
+  assert.deepEqual(b.batching, { maxBatchSize: 4, maxWaitMs: 2, maxQueue: 256 }, 'the wait not given keeps the backend\'s own');
   const answers = await Promise.all(
     Array.from({ length: 6 }, (_, i) =>
       gateway.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'tiny', prompt: 'We the people', max_tokens: 6, seed: i } }),
