@@ -21,6 +21,10 @@
  *   shadow_p99_increase  open loop at 0.25 × max_throughput_rps, A shadowed vs A plain: p99(shadowed)/p99(plain) − 1
  *                     (latency from the scheduled send time); shadow_compared / shadow_dropped from the comparison
  *   shadow_saturated_throughput  closed loop (16 clients) throughput on A shadowed / on A plain
+ *   decode_step_ms_by_batch  in this process, the GPT batch engine the gateway serves with (same version, same compute
+ *                     backend): median ms of one decode forward with 1, 2, 4, 8 and 16 rows, every row holding the
+ *                     same positions (DECODE_CONTEXT prompt tokens and up, see decodeStepCost)
+ *   decode_batch16_cost_ratio  the 16-row step ÷ the 1-row step (1: rows cost nothing; 16: no sharing at all)
  *   failed_requests   open loop at 0.5 × max_throughput_rps on A `switch` while the bench switches it every ~400 ms
  *                     (PUT primary bench@v2, then POST rollback, alternately): non-200 responses + network errors;
  *                     switches (admin calls that succeeded), switch_ms_max (slowest admin call)
@@ -35,7 +39,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { intOption, parseCli } from '../common/cli.ts';
+import { GptBatchEngine } from '../gateway/batched-gpt.ts';
 import { gptBackendFactory } from '../gateway/gpt-backend.ts';
+import { GPT } from '../model/gpt.ts';
+import { importHf } from '../model/hf-format.ts';
 import type { GenerateRequest, InferenceBackend } from '../gateway/inference-backend.ts';
 import { DirRegistrySource } from '../gateway/registry-source.ts';
 import { loadDemoCorpus } from '../model/corpus.ts';
@@ -54,6 +61,7 @@ const OVERHEAD_ROUNDS = 20, OVERHEAD_BLOCK = 10;
 const SWITCH_EVERY_MS = 400;
 
 const TARGETS = {
+  decode_batch16_cost_ratio: 2,
   overhead_p50_ms: 0.5,
   overhead_p99_ms: 2,
   shadow_p99_increase: 0.05,
@@ -61,7 +69,11 @@ const TARGETS = {
   batching_speedup: 3,
   failed_requests: 0,
 } as const;
-const AT_MOST = new Set(['overhead_p50_ms', 'overhead_p99_ms', 'shadow_p99_increase', 'failed_requests']);
+const AT_MOST = new Set(['decode_batch16_cost_ratio', 'overhead_p50_ms', 'overhead_p99_ms', 'shadow_p99_increase', 'failed_requests']);
+
+const DECODE_BATCHES = [1, 2, 4, 8, 16];
+const DECODE_CONTEXT = 64; // prompt positions every row holds before its timed steps (half the bench model's context)
+const DECODE_WARMUP = 3, DECODE_STEPS = 15;
 
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 const r2 = (x: number) => Math.round(x * 100) / 100;
@@ -152,6 +164,38 @@ async function batchMetric(agent: http.Agent, base: string, model?: string): Pro
 }
 
 /** closedLoop's shape on a backend in this process: `clients` loops calling generate; a LoadResult with status 200 for a result, an error otherwise. */
+/**
+ * Median ms of one decode forward of the batch engine at each batch size. Each size gets its own engine: B prompts of
+ * DECODE_CONTEXT tokens prefilled and started as rows, DECODE_WARMUP untimed steps, then timed steps taken in turn
+ * across the sizes (so machine noise hits every size alike, and every size is timed at the same positions: a row's
+ * context grows by one per step).
+ */
+async function decodeStepCost(model: GPT, promptIds: number[], rounds: number): Promise<Record<number, number>> {
+  const engines: Array<{ B: number; engine: GptBatchEngine; ms: number[] }> = [];
+  try {
+    for (const B of DECODE_BATCHES) {
+      const engine = new GptBatchEngine(model);
+      engines.push({ B, engine, ms: [] });
+      const prompts = await engine.prefill(Array.from({ length: B }, () => ({ ids: promptIds.slice(0, DECODE_CONTEXT), allPositions: false })));
+      engine.arrange([], prompts.map((p) => p.prompt));
+      for (const p of prompts) engine.release(p.prompt);
+      for (let i = 0; i < DECODE_WARMUP; i++) await engine.decode(new Array<number>(B).fill(promptIds[i]!));
+    }
+    // every row stays inside the context
+    const steps = Math.min(DECODE_STEPS * rounds, model.config.nCtx - DECODE_CONTEXT - DECODE_WARMUP);
+    for (let s = 0; s < steps; s++) {
+      for (const e of engines) {
+        const t0 = performance.now();
+        await e.engine.decode(new Array<number>(e.B).fill(promptIds[s % promptIds.length]!));
+        e.ms.push(performance.now() - t0);
+      }
+    }
+    return Object.fromEntries(engines.map((e) => [e.B, r3(quantile(e.ms, 0.5))]));
+  } finally {
+    for (const e of engines) e.engine.dispose();
+  }
+}
+
 async function directClosedLoop(backend: InferenceBackend, clients: number, durationMs: number, request: (i: number) => GenerateRequest): Promise<LoadResult> {
   const latenciesMs: number[] = [], messages = new Set<string>();
   let sent = 0, ok = 0, errors = 0, next = 0;
@@ -223,6 +267,19 @@ export default async function main(argv: string[]): Promise<object> {
     const v1 = await new DirRegistrySource(registry).load(MODEL, 1);
     direct = await gptBackendFactory(v1.files, v1.meta);
     log(`A ${A}, B ${B}; set-up ${((performance.now() - started) / 1000).toFixed(1)} s`);
+
+    // ---- 0. decode step cost by batch size, in process (the engine the gateway serves with) --------------------
+    const loaded = importHf(Object.fromEntries(v1.files));
+    const decodeModel = new GPT(loaded.config, { flat: loaded.params });
+    const decodeIds = direct.tokenize(corpus.documents[5]!).slice(0, DECODE_CONTEXT);
+    if (decodeIds.length < DECODE_CONTEXT) throw new Error(`the decode prompt has ${decodeIds.length} tokens, fewer than ${DECODE_CONTEXT}`);
+    let decodeMs: Record<number, number>;
+    try {
+      decodeMs = await decodeStepCost(decodeModel, decodeIds, rounds);
+    } finally {
+      decodeModel.dispose();
+    }
+    log(`decode step ms by batch size: ${DECODE_BATCHES.map((b) => `${b}: ${decodeMs[b]}`).join(', ')}`);
 
     // ---- requests ---------------------------------------------------------------------------------------------
     const text = corpus.documents[5]!;
@@ -443,6 +500,8 @@ export default async function main(argv: string[]): Promise<object> {
     // ---- results ----------------------------------------------------------------------------------------------
     const droppedSum = (d: Record<string, number>) => Object.values(d).reduce((x, y) => x + y, 0);
     const results = {
+      decode_step_ms_by_batch: decodeMs,
+      decode_batch16_cost_ratio: r2(decodeMs[16]! / decodeMs[1]!),
       overhead_p50_ms: r3(overhead.gateway_p50_ms - overhead.direct_p50_ms),
       overhead_p99_ms: r3(overhead.gateway_p99_ms - overhead.direct_p99_ms),
       max_throughput_rps: r2(maxRps),
@@ -452,7 +511,7 @@ export default async function main(argv: string[]): Promise<object> {
       failed_requests: switchPool.failed,
     };
     const met = Object.fromEntries(Object.entries(TARGETS).map(([key, target]) => {
-      const value = results[key as keyof typeof results];
+      const value = results[key as keyof typeof results] as number;
       return [key, Number.isFinite(value) && (AT_MOST.has(key) ? value <= target : value >= target)];
     }));
     const elapsedS = r2((performance.now() - started) / 1000);
