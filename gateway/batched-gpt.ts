@@ -144,8 +144,14 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
       const w = t.shape[1];
       return (w === width ? t : w > width ? t.slice([0, 0, 0], [-1, width, -1]) : t.pad([[0, 0], [0, width - w], [0, 0]])) as tf.Tensor3D; // padding: zeros
     };
+    // The batch's cache must own its buffers: decode writes new keys and values into them in place. concat of one
+    // tensor is a clone (the same buffer), so a lone prompt's keys, kept as they are, are copied.
     const build = (old: tf.Tensor3D | undefined, fresh: tf.Tensor3D[]) =>
-      tf.tidy(() => tf.concat([...(keep.length ? [fit(tf.gather(old!, kept))] : []), ...fresh.map(fit)], 0) as tf.Tensor3D); // concat copies, even of one
+      tf.tidy(() => {
+        const parts = [...(keep.length ? [fit(tf.gather(old!, kept))] : []), ...fresh.map(fit)];
+        const out = tf.concat(parts, 0) as tf.Tensor3D;
+        return fresh.some((f) => f.dataId === out.dataId) ? (out.add(0) as tf.Tensor3D) : out;
+      });
     const layers = Array.from({ length: this.#model.config.nLayer }, (_, l) => ({
       k: build(this.#layers[l]?.k, add.map((p) => p.layers[l]!.k)),
       v: build(this.#layers[l]?.v, add.map((p) => p.layers[l]!.v)),
@@ -173,26 +179,35 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
       mask.fill(0, b * W, b * W + positions[b]! + 1);
     }
     const next: LayerKV[] = [];
+    const inPlace = writableBuffer(this.#layers[0]!.k) !== undefined;
     const logits = tf.tidy(() => {
-      const atT = tf.tensor2d(at, [B * nh, 2], 'int32');
+      const atT = inPlace ? undefined : tf.tensor2d(at, [B * nh, 2], 'int32');
       const maskT = tf.tensor3d(mask, [B, 1, W]);
       let x = this.#embed(Int32Array.from(tokens), positions); // [B, d]
       for (let l = 0; l < nLayer; l++) {
         const { q, k: kNew, v: vNew } = this.#qkv(x, l, B, 1); // each [B·nh, 1, hs]
         const old = this.#layers[l]!;
-        const k = tf.tensorScatterUpdate(old.k, atT, kNew.reshape([B * nh, hs])); // [B·nh, W, hs]; a copy
-        const v = tf.tensorScatterUpdate(old.v, atT, vNew.reshape([B * nh, hs]));
+        let k = old.k, v = old.v;
+        if (inPlace) { // each row's and head's new key and value into its column of the cache: no copy of the cache
+          writeColumns(old.k, kNew, positions, nh, W, hs);
+          writeColumns(old.v, vNew, positions, nh, W, hs);
+        } else { // backends whose tensors cannot be written (WebGPU): a copy of the cache per layer
+          k = tf.tensorScatterUpdate(old.k, atT!, kNew.reshape([B * nh, hs])); // [B·nh, W, hs]
+          v = tf.tensorScatterUpdate(old.v, atT!, vNew.reshape([B * nh, hs]));
+        }
         // One query per row: products and sums instead of B·nh matrix-vector matmuls (slow batched on wasm).
         const scores = q.mul(k).sum(2).mul(1 / Math.sqrt(hs)); // [B·nh, W]
         const att = tf.softmax(scores.reshape([B, nh, W]).add(maskT)).reshape([B * nh, W, 1]);
         const y = att.mul(v).sum(1).reshape([B * nh, 1, hs]) as tf.Tensor3D; // [B·nh, 1, hs]
         x = this.#finishBlock(x, l, y, B, 1);
-        next.push({ k: tf.keep(k), v: tf.keep(v) });
+        if (!inPlace) next.push({ k: tf.keep(k), v: tf.keep(v) });
       }
       return this.#head(x);
     });
-    this.#disposeLayers();
-    this.#layers = next; // before the wait: the engine's state is whole whatever happens during it
+    if (!inPlace) {
+      this.#disposeLayers();
+      this.#layers = next; // before the wait: the engine's state is whole whatever happens during it
+    }
     this.#lengths = this.#lengths.map((n) => n + 1);
     return takeValues(logits); // [B, V]: the step's one sync point
   }
@@ -282,4 +297,29 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
   #disposeLayers(): void {
     for (const { k, v } of this.#layers) tf.dispose([k, v]);
   }
+}
+
+/**
+ * The buffer of a tensor this process may write into, on the backends that keep tensors in CPU memory: the wasm
+ * heap (typedArrayFromHeap, a view, no copy) and the cpu backend's typed array. Undefined elsewhere (WebGPU).
+ */
+function writableBuffer(t: tf.Tensor): Float32Array | undefined {
+  const backend = tf.backend() as unknown as { typedArrayFromHeap?(t: tf.TensorInfo): Float32Array; data?: { get(id: object): { values?: unknown } } };
+  const name = tf.getBackend();
+  if (name === 'wasm' && backend.typedArrayFromHeap) return backend.typedArrayFromHeap(t);
+  if (name === 'cpu') {
+    const values = backend.data?.get(t.dataId)?.values;
+    return values instanceof Float32Array ? values : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * Writes `fresh` [B·nh, 1, hs] into `cache` [B·nh, W, hs] at column positions[b] of row b's heads. The cache's
+ * buffer is the engine's own (arrange builds it, nothing else holds it), so writing into it changes no other tensor.
+ */
+function writeColumns(cache: tf.Tensor3D, fresh: tf.Tensor3D, positions: Int32Array, nh: number, W: number, hs: number): void {
+  const src = writableBuffer(fresh)!;
+  const dst = writableBuffer(cache)!; // after src: reading src allocates nothing, so this view stays valid
+  for (let r = 0; r < positions.length * nh; r++) dst.set(src.subarray(r * hs, (r + 1) * hs), (r * W + positions[Math.floor(r / nh)]!) * hs);
 }
