@@ -5,15 +5,16 @@
  * pieces (`linear`, `layerNorm`, `gelu`, `causalMask`) and the model's parameters: a row computes what
  * GPT.forwardCached computes (to float rounding: decode attention uses products and sums, not matmuls).
  *
- * The batch's KV cache is one tensor pair per layer, [rows·nh, width, hs], right-padded: row b's positions
+ * The batch's KV cache is one tensor pair per layer, keys [rows·nh, width, hs] and values transposed [rows·nh, hs,
+ * width] (see LayerKV), right-padded: row b's positions
  * 0…length_b−1 sit in columns 0…length_b−1 (column = position) and later columns are padding the attention mask
  * hides. Keeping every row's real columns at the start is what makes a row's numbers independent of its
  * neighbours: padding only appends exact zeros to the row's sums (masked scores exp to exactly 0), and matmuls
  * and reductions compute rows separately, so a sequence gets the same logits alone or batched (bit for bit on the
  * cpu and wasm backends, as measured; a backend that reorders sums by shape may differ in the last bits).
- * A decode step writes each row's new key and value into its own column (tensorScatterUpdate: one copy of the
- * cache, as concat would be), and the width grows WIDTH_CHUNK columns at a time, so most steps do not also
- * reallocate. Padding columns hold finite values (zeros, or keys of a padded prompt position): masked, they weigh 0.
+ * A decode step writes each row's new key and value into its own column, in place where tensors live in CPU memory
+ * (the wasm heap, the cpu backend; arrange makes sure the cache owns its buffers) and by tensorScatterUpdate, a copy
+ * of the cache, elsewhere (WebGPU); the width grows WIDTH_CHUNK columns at a time, so most steps do not reallocate. Padding columns hold finite values (zeros, or keys of a padded prompt position): masked, they weigh 0.
  */
 import * as tf from '@tensorflow/tfjs';
 import { causalMask, gelu, layerNorm, linear, type GPT, type Param } from '../model/gpt.ts';
