@@ -1,7 +1,7 @@
 /**
  * Durable training jobs and their metrics history: the `JobStore` interface the runner, scheduler and API use,
  * `SqliteJobStore` keeping it in the coordinator's SQLite database (tables created by state-store.ts's
- * migrations), and `MemoryJobStore`, the same contract in memory for unit tests (test/coordinator/job-store-contract.test.ts
+ * migrations), and `MemoryJobStore`, the same contract in memory for unit tests (test/coordinator/store-contracts.test.ts
  * runs one table of operations against both). A job moves queued → running → succeeded | failed | cancelled; every
  * change is one transaction, and a metrics row is keyed by (job, kind, step) so a step replayed after a resume
  * overwrites its own row instead of counting twice.
@@ -86,8 +86,11 @@ export interface JobStore {
 /** A new job's id. */
 const newJobId = (): string => `job-${randomBytes(5).toString('hex')}`;
 
-/** Values go through JSON on the way in and out, in memory as in SQLite: what a caller gets back is its own copy. */
-const viaJson = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T;
+/**
+ * For the in-memory stores: values go through JSON on the way in and out, as SQLite's JSON columns do, so what a
+ * caller gets back is its own copy in the shape SQLite would give it.
+ */
+export const viaJson = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T;
 
 interface JobRow {
   id: string;
@@ -345,5 +348,5 @@ export class MemoryJobStore implements JobStore {
   }
 }
 
-/** SQLite's default (BINARY) order of text. */
-const byText = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+/** SQLite's default (BINARY) order of text, for the in-memory stores' ORDER BY. */
+export const byText = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);

@@ -7,6 +7,7 @@
  * (test/coordinator/run-store.test.ts runs the same operations against both).
  */
 import type Database from 'better-sqlite3';
+import { viaJson } from './job-store.ts';
 
 /** The dataset a run trained on: the corpus it was prepared from and each prepared file's sha256. */
 export interface RunData {
@@ -72,15 +73,15 @@ export class MemoryRunStore implements RunStore {
 
   setData(jobId: string, data: RunData): void {
     const run = this.#runs.get(jobId);
-    if (run) run.data = JSON.parse(JSON.stringify(data)) as RunData;
+    if (run) run.data = viaJson(data);
   }
 
   get(jobId: string): RunRecord | undefined {
     const run = this.#runs.get(jobId);
-    return run && structuredClone(run);
+    return run && viaJson(run);
   }
 
   all(): Map<string, RunRecord> {
-    return new Map([...this.#runs].map(([id, run]) => [id, structuredClone(run)]));
+    return new Map([...this.#runs].map(([id, run]) => [id, viaJson(run)]));
   }
 }

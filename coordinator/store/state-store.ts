@@ -6,6 +6,7 @@
 import Database from 'better-sqlite3';
 import type { CapabilitiesInfo } from '../../protocol/control.ts';
 import { CoordinatorError } from '../errors.ts';
+import { byText } from './job-store.ts';
 
 /** 'revoked': an operator revoked the node's credential (`coordinator nodes revoke`); final, its id is never reused. */
 export type NodeStatus = 'alive' | 'dead' | 'left' | 'revoked';
@@ -252,7 +253,7 @@ export class MemoryStateStore implements StateStore {
   }
   listNodes() {
     return [...this.#nodes.values()]
-      .sort((a, b) => a.firstSeenMs - b.firstSeenMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+      .sort((a, b) => a.firstSeenMs - b.firstSeenMs || byText(a.id, b.id))
       .map((n) => structuredClone(n));
   }
   setNodeStatus(id: string, status: NodeStatus, reason: string, atMs: number) {

@@ -8,6 +8,7 @@
 import type Database from 'better-sqlite3';
 import type { ResolvedSweepSpec } from '../../protocol/sweep-spec.ts';
 import type { TrialParams } from '../tracking/sweep-plan.ts';
+import { byText, viaJson } from './job-store.ts';
 
 export const SWEEP_STATES = ['running', 'succeeded', 'failed', 'cancelled'] as const;
 export type SweepState = (typeof SWEEP_STATES)[number];
@@ -138,7 +139,7 @@ export class MemorySweepStore implements SweepStore {
   }
 
   list(): SweepRecord[] {
-    return [...this.#sweeps.values()].sort((a, b) => b.createdMs - a.createdMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)).map(viaJson);
+    return [...this.#sweeps.values()].sort((a, b) => b.createdMs - a.createdMs || byText(a.id, b.id)).map(viaJson);
   }
 
   setState(id: string, state: SweepState, reason: string, nowMs: number): void {
@@ -165,5 +166,3 @@ export class MemorySweepStore implements SweepStore {
     return undefined;
   }
 }
-
-const viaJson = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T;
