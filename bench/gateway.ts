@@ -163,7 +163,6 @@ async function batchMetric(agent: http.Agent, base: string, model?: string): Pro
   return { sum, count };
 }
 
-/** closedLoop's shape on a backend in this process: `clients` loops calling generate; a LoadResult with status 200 for a result, an error otherwise. */
 /**
  * Median ms of one decode forward of the batch engine at each batch size. Each size gets its own engine: B prompts of
  * DECODE_CONTEXT tokens prefilled and started as rows, DECODE_WARMUP untimed steps, then timed steps taken in turn
@@ -177,8 +176,11 @@ async function decodeStepCost(model: GPT, promptIds: number[], rounds: number): 
       const engine = new GptBatchEngine(model);
       engines.push({ B, engine, ms: [] });
       const prompts = await engine.prefill(Array.from({ length: B }, () => ({ ids: promptIds.slice(0, DECODE_CONTEXT), allPositions: false })));
-      engine.arrange([], prompts.map((p) => p.prompt));
-      for (const p of prompts) engine.release(p.prompt);
+      try {
+        engine.arrange([], prompts.map((p) => p.prompt));
+      } finally {
+        for (const p of prompts) engine.release(p.prompt);
+      }
       for (let i = 0; i < DECODE_WARMUP; i++) await engine.decode(new Array<number>(B).fill(promptIds[i]!));
     }
     // every row stays inside the context
@@ -196,6 +198,7 @@ async function decodeStepCost(model: GPT, promptIds: number[], rounds: number): 
   }
 }
 
+/** closedLoop's shape on a backend in this process: `clients` loops calling generate; a LoadResult with status 200 for a result, an error otherwise. */
 async function directClosedLoop(backend: InferenceBackend, clients: number, durationMs: number, request: (i: number) => GenerateRequest): Promise<LoadResult> {
   const latenciesMs: number[] = [], messages = new Set<string>();
   let sent = 0, ok = 0, errors = 0, next = 0;

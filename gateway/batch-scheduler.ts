@@ -227,14 +227,16 @@ export class BatchScheduler<Prompt> {
   }
 
   /**
-   * Whether a request of `n` choices would be queued now: undefined, or the GW_ERR_OVERLOADED error it gets (with
-   * `retryAfterS` from how fast this backend has been finishing sequences). Foreground requests count the foreground
+   * Whether a request of `n` choices can be taken now (what free rows do not hold waits, up to maxQueue): undefined,
+   * or the GW_ERR_OVERLOADED error it gets (with `retryAfterS` from how fast this backend has been finishing sequences). Foreground requests count the foreground
    * sequences ahead of them, background ones every waiting sequence. Checked again by submit.
    */
   refusal(n: number, priority: GenerateOptions['priority'] = 'foreground'): GatewayError | undefined {
     const ahead = priority === 'background' ? this.#waiting.length : this.#foregroundWaiting();
-    if (ahead + n <= this.#settings.maxQueue) return undefined;
-    const retryAfterS = this.#retryAfterS(ahead + n - this.#settings.maxQueue);
+    const freeRows = Math.max(0, this.#settings.maxBatchSize - this.#running.length);
+    const excess = ahead + n - freeRows - this.#settings.maxQueue; // sequences that would wait beyond the bound
+    if (excess <= 0) return undefined;
+    const retryAfterS = this.#retryAfterS(excess);
     return new GatewayError('GW_ERR_OVERLOADED', `The model is overloaded: ${ahead} sequences are waiting (the queue holds ${this.#settings.maxQueue}). Retry after ${retryAfterS} s.`, { retryAfterS });
   }
 
@@ -467,12 +469,12 @@ export class BatchScheduler<Prompt> {
 
   /**
    * Seconds until `excess` more sequences are likely to have left the queue, at the rate the last FINISH_WINDOW
-   * finished (1 s when too few have finished to tell), at most RETRY_AFTER_MAX_S.
+   * finished up to now (a stall since lowers it), 1 s when too few have finished to tell, at most RETRY_AFTER_MAX_S.
    */
   #retryAfterS(excess: number): number {
     const times = this.#finishedMs;
     if (times.length < 2) return 1;
-    const perSecond = ((times.length - 1) * 1000) / Math.max(1, times[times.length - 1]! - times[0]!);
+    const perSecond = ((times.length - 1) * 1000) / Math.max(1, performance.now() - times[0]!);
     return Math.min(RETRY_AFTER_MAX_S, Math.max(1, Math.ceil(excess / perSecond)));
   }
 

@@ -153,13 +153,14 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
       pad[axis] = [0, width - w];
       return (w > width ? t.slice([0, 0, 0], size) : t.pad(pad)) as tf.Tensor3D; // padding: zeros
     };
-    // The batch's cache must own its buffers: decode writes new keys and values into them in place. concat of one
-    // tensor is a clone (the same buffer), so a lone prompt's keys, kept as they are, are copied.
+    // The batch's cache must own its buffers: decode writes new keys and values into them in place. concat of two
+    // or more parts, and gather, write fresh buffers; concat of one prompt's part alone is a clone of it (or of a
+    // slice that may view the prompt's buffer), so that one is copied.
     const build = (old: tf.Tensor3D | undefined, fresh: tf.Tensor3D[], axis: 1 | 2) =>
       tf.tidy(() => {
         const parts = [...(keep.length ? [fit(tf.gather(old!, kept), axis)] : []), ...fresh.map((t) => fit(t, axis))];
         const out = tf.concat(parts, 0) as tf.Tensor3D;
-        return fresh.some((f) => f.dataId === out.dataId) ? (out.add(0) as tf.Tensor3D) : out;
+        return keep.length === 0 && fresh.length === 1 ? (out.add(0) as tf.Tensor3D) : out;
       });
     const layers = Array.from({ length: this.#model.config.nLayer }, (_, l) => ({
       k: build(this.#layers[l]?.k, add.map((p) => p.layers[l]!.k), 1),
@@ -181,16 +182,12 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
     const positions = Int32Array.from(this.#lengths); // each token goes in the column after its row's last
     this.#ensureWidth(Math.max(...positions) + 1);
     const W = this.#width;
-    const at = new Int32Array(B * nh * 2); // (cache row, column) of each row's and head's new key and value
     const mask = new Float32Array(B * W).fill(MASKED); // row b sees columns 0…positions[b]
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < nh; h++) at.set([b * nh + h, positions[b]!], (b * nh + h) * 2);
-      mask.fill(0, b * W, b * W + positions[b]! + 1);
-    }
+    for (let b = 0; b < B; b++) mask.fill(0, b * W, b * W + positions[b]! + 1);
     const next: LayerKV[] = [];
     const inPlace = writableBuffer(this.#layers[0]!.k) !== undefined;
     const logits = tf.tidy(() => {
-      const atT = inPlace ? undefined : tf.tensor2d(at, [B * nh, 2], 'int32');
+      const atK = inPlace ? undefined : keyIndices(positions, nh); // (cache row, column) of each new key
       const atV = inPlace ? undefined : valueIndices(positions, nh, hs); // (cache row, i, column) of each new value
       const maskT = tf.tensor3d(mask, [B, 1, W]);
       let x = this.#embed(Int32Array.from(tokens), positions); // [B, d]
@@ -202,7 +199,7 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
           writeColumns(old.k, kNew, positions, nh, W, hs);
           writeValueColumns(old.v, vNew, positions, nh, W, hs);
         } else { // backends whose tensors cannot be written (WebGPU): a copy of the cache per layer
-          k = tf.tensorScatterUpdate(old.k, atT!, kNew.reshape([B * nh, hs])); // [B·nh, W, hs]
+          k = tf.tensorScatterUpdate(old.k, atK!, kNew.reshape([B * nh, hs])); // [B·nh, W, hs]
           v = tf.tensorScatterUpdate(old.v, atV!, vNew.reshape([B * nh * hs])); // [B·nh, hs, W]
         }
         // One query per row: products and sums instead of B·nh matrix-vector matmuls (slow batched on wasm).
@@ -344,13 +341,28 @@ function writeValueColumns(cache: tf.Tensor3D, fresh: tf.Tensor3D, positions: In
   }
 }
 
+/** Indices [B·nh, 2] of each row's and head's new key in the keys' cache, for tensorScatterUpdate. */
+function keyIndices(positions: Int32Array, nh: number): tf.Tensor2D {
+  const R = positions.length * nh;
+  const at = new Int32Array(R * 2);
+  for (let r = 0; r < R; r++) {
+    at[2 * r] = r;
+    at[2 * r + 1] = positions[Math.floor(r / nh)]!;
+  }
+  return tf.tensor2d(at, [R, 2], 'int32');
+}
+
 /** Indices [B·nh·hs, 3] of each new value element in the transposed values' cache, for tensorScatterUpdate. */
 function valueIndices(positions: Int32Array, nh: number, hs: number): tf.Tensor2D {
   const R = positions.length * nh;
   const at = new Int32Array(R * hs * 3);
   for (let r = 0; r < R; r++) {
     const col = positions[Math.floor(r / nh)]!;
-    for (let i = 0; i < hs; i++) at.set([r, i, col], (r * hs + i) * 3);
+    for (let i = 0, j = r * hs * 3; i < hs; i++, j += 3) {
+      at[j] = r;
+      at[j + 1] = i;
+      at[j + 2] = col;
+    }
   }
   return tf.tensor2d(at, [R * hs, 3], 'int32');
 }

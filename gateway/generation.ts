@@ -17,10 +17,10 @@ import { chatResponse, chatStream, parseChatRequest, type ParsedChat } from './o
 import { annotateRequest, inRequestContext } from './tracing.ts';
 
 /** Response header carrying the sampling seed used, so any completion can be reproduced (pass it as `seed`). */
-export const SEED_HEADER = 'x-meshtrain-seed';
+const SEED_HEADER = 'x-meshtrain-seed';
 
 /** Response header naming the deployment version (`model@vN`) that served a request to a deployment. */
-export const VERSION_HEADER = 'x-meshtrain-version';
+const VERSION_HEADER = 'x-meshtrain-version';
 
 /** What the generation routes need from the gateway. */
 export interface GenerationContext {
@@ -35,7 +35,8 @@ export interface GenerationContext {
 
 /** Request header asking for a shorter timeout than the gateway's, in ms (an integer ≥ 1). */
 export const TIMEOUT_HEADER = 'x-meshtrain-timeout-ms';
-const MAX_TIMEOUT_MS = 24 * 3600 * 1000;
+/** The longest timeout a request or the gateway may set: a day (and below setTimeout's 2³¹ − 1 ms limit). */
+export const MAX_TIMEOUT_MS = 24 * 3600 * 1000;
 
 /** The timeout a request runs under: the shorter of its header's and the gateway's, or undefined for none. */
 export function requestTimeout(header: string | string[] | undefined, gatewayMs: number | undefined): number | undefined {

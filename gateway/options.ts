@@ -8,6 +8,7 @@ import { DEFAULT_CONNECTION_LIMITS } from '../common/conn-limits.ts';
 import { defineOptions, opt } from '../common/options.ts';
 import { BACKENDS, type BackendChoice } from '../protocol/backends.ts';
 import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS, MAX_QUEUE } from './batch-scheduler.ts';
+import { MAX_TIMEOUT_MS } from './generation.ts';
 import { DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
 import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
 
@@ -79,7 +80,7 @@ export const SERVE_OPTIONS = defineOptions({
     doc: 'at most N sequences wait for a row per model; a request beyond that gets 503 with Retry-After at once instead of waiting',
   }),
   requestTimeoutMs: opt.int({
-    min: 1, arg: 'MS', defaultText: 'none',
+    min: 1, max: MAX_TIMEOUT_MS, arg: 'MS', defaultText: 'none',
     doc: 'stop a generation request that has not finished MS after it arrived and answer 504; a request may ask for less with the x-meshtrain-timeout-ms header',
   }),
   fake: opt.boolean({

@@ -30,7 +30,7 @@ import { adminPlugin } from './admin.ts';
 import { bearerToken, decideAccess, KeyRing, routeClassOf } from './auth.ts';
 import { batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { errorReply, GatewayError } from './errors.ts';
-import { generationRoutes } from './generation.ts';
+import { generationRoutes, MAX_TIMEOUT_MS } from './generation.ts';
 import { versionLabel } from './deployment-spec.ts';
 import { DeploymentManager, type DeploymentHooks, type VersionResolver } from './deployments.ts';
 import { PriorityGate } from './priority-gate.ts';
@@ -117,8 +117,8 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
       const waitMs = limiter.take(clientId ?? `ip:${req.ip}`);
       if (waitMs > 0) {
         metrics.rateLimited.inc();
-        const err = new GatewayError('GW_ERR_RATE_LIMITED', `Rate limit reached: ${limiter.limit.rps} requests per second (burst ${limiter.limit.burst}) per client. Retry after ${Math.ceil(waitMs / 1000)} s.`);
-        return reply.code(err.statusCode).header('retry-after', String(Math.ceil(waitMs / 1000))).send(err.toBody());
+        const retryAfterS = Math.ceil(waitMs / 1000);
+        throw new GatewayError('GW_ERR_RATE_LIMITED', `Rate limit reached: ${limiter.limit.rps} requests per second (burst ${limiter.limit.burst}) per client. Retry after ${retryAfterS} s.`, { retryAfterS });
       }
     }
   });
@@ -227,8 +227,8 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   const app = Fastify({ ...requestLogging(opts.log), https: opts.https ?? null, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false }) as unknown as FastifyInstance;
   app.addHook('onResponse', logRequest); // one line per request: method, matched route, status, ms
   const { backends, apiKey, adminKey, rateLimit, maxPromptTokens, requestTimeoutMs, log } = opts;
-  if (requestTimeoutMs !== undefined && !(Number.isInteger(requestTimeoutMs) && requestTimeoutMs >= 1)) {
-    throw new GatewayError('GW_ERR_BAD_ARGS', `requestTimeoutMs must be an integer ≥ 1, got ${requestTimeoutMs}`);
+  if (requestTimeoutMs !== undefined && !(Number.isInteger(requestTimeoutMs) && requestTimeoutMs >= 1 && requestTimeoutMs <= MAX_TIMEOUT_MS)) {
+    throw new GatewayError('GW_ERR_BAD_ARGS', `requestTimeoutMs must be an integer in [1, ${MAX_TIMEOUT_MS}], got ${requestTimeoutMs}`);
   }
   limitServer(app.server as import('node:http').Server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits });
   const deployments = opts.deployments ?? new DeploymentManager({ resolve: noVersions, reserved: (name) => backends.has(name) });

@@ -28,7 +28,16 @@ function backend(t: TestContext, rows: number[] = []): GptBackend {
   return b;
 }
 
-/** Greedy and never stopping early: end of text and stop sequences cannot end it before max_tokens. */
+/** Waits for `ready`, polling between event-loop turns; fails the test (instead of hanging) after 10 s. */
+async function until(ready: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  const deadline = performance.now() + 10_000;
+  while (!(await ready())) {
+    if (performance.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+/** Sampled at temperature 1 from an untrained model (these tests expect it to run to max_tokens). */
 const request = (maxTokens: number, over: Partial<GenerateRequest> = {}) =>
   generateRequest(tokenizer.encode('We the people'), { maxTokens, temperature: 1, ...over });
 
@@ -48,6 +57,14 @@ test('a request beyond the queue bound is refused at once with GW_ERR_OVERLOADED
   assert.equal(b.refusal(request(4)), undefined, 'room again once the queue drained');
 });
 
+test('free rows take a request whatever the queue bound: only what would wait counts against it', async (t) => {
+  const b = backend(t);
+  b.configureBatching({ maxBatchSize: 4, maxQueue: 1 });
+  assert.equal(b.refusal(request(4, { n: 3 })), undefined, 'three choices, four free rows: none would wait');
+  const result = await b.generate(request(4, { n: 3 }));
+  assert.equal(result.choices.length, 3);
+});
+
 test('over HTTP a full queue is a 503 with Retry-After, streamed or not, and the queue wait is a histogram', async (t) => {
   const b = backend(t);
   const gateway = createGateway({ backends: new Map([['tiny', b]]), log: silentLogger, batching: { maxBatchSize: 1, maxQueue: 1 } });
@@ -55,9 +72,9 @@ test('over HTTP a full queue is a 503 with Retry-After, streamed or not, and the
   const post = (body: Record<string, unknown>) => gateway.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'tiny', prompt: 'We the people', temperature: 1, ...body } });
   const admitted = async () => Number(/meshtrain_gateway_queue_wait_seconds_count\{model="tiny"\} (\d+)/.exec((await gateway.app.inject({ method: 'GET', url: '/metrics' })).body)?.[1] ?? 0);
   const first = post({ max_tokens: 110 });
-  while ((await admitted()) < 1) await new Promise((r) => setImmediate(r)); // the first has the only row
+  await until(async () => (await admitted()) >= 1, 'the first request to take the only row');
   const second = post({ max_tokens: 2 }); // waits: the queue is full
-  while (!b.refusal(request(1))) await new Promise((r) => setImmediate(r));
+  await until(() => b.refusal(request(1)) !== undefined, 'the second request to wait');
   for (const stream of [false, true]) {
     const refused = await post({ max_tokens: 2, stream });
     assert.equal(refused.statusCode, 503, refused.body);
