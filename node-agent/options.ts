@@ -9,13 +9,8 @@ import { BACKENDS, type BackendChoice } from '../protocol/backends.ts';
 
 export const AGENT_OPTIONS = defineOptions({
   token: opt.string({ arg: 'TOKEN', env: 'MESHTRAIN_TOKEN', doc: "the cluster's join token (printed by 'coordinator start')" }),
-  name: opt.string({
-    arg: 'NAME', defaultText: 'HOSTNAME-PID', doc: 'how this agent appears in the cluster',
-    parse: (raw) => {
-      if (!/^.{1,64}$/u.test(raw)) throw new UsageError('--name must be 1 to 64 characters');
-      return raw;
-    },
-  }),
+  // 1 to 64 characters: node-agent/cli.ts checks the name with its default (HOSTNAME-PID) in one place.
+  name: opt.string({ arg: 'NAME', defaultText: 'HOSTNAME-PID', doc: 'how this agent appears in the cluster' }),
   backend: opt.choice<BackendChoice>(BACKENDS, {
     default: 'auto', arg: 'B', doc: 'compute backend; auto = a GPU through WebGPU, tfjs-node-gpu, tfjs-node, then wasm',
   }),

@@ -20,6 +20,7 @@ import type { Ring } from '../collectives/ring.ts';
 import { epochMs, type Phase, type StepObserver, type TraceParent } from '../../common/step-report.ts';
 import { AgentError } from '../errors.ts';
 import type { Placement, ResumeFiles } from './messages.ts';
+import type { Race } from './step.ts';
 import type { Reply, TrainerWorker } from './worker-client.ts';
 import { encodeCheckpointFiles, uploadCheckpoint } from './checkpoint-upload.ts';
 
@@ -45,11 +46,10 @@ export interface ArtifactContext {
   observers?: readonly StepObserver[];
 }
 
-/** Waits for `p` unless the job is stopped first (job-runner.ts's Stopper). */
-type Race = <T>(p: Promise<T>) => Promise<T>;
-
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$/;
-const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).slice(0, 2048);
+
+/** An error's message for a log line or a job.finished, at most 2 KiB. */
+export const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).slice(0, 2048);
 
 /** The folders of what a rank fetched before training, under `<workDir>/<jobId>`. */
 export interface JobInputs {

@@ -3,7 +3,7 @@
  * lays out the safetensors headers and hashes every file, ~1–2 GB/s of CPU that must not run on the agent's main
  * thread (heartbeats, peer keepalives, the rings). The snapshot's buffers come in transferred and go back
  * transferred, with the files as lists of chunks viewing them: nothing is copied. Started by checkpoint-upload.ts
- * through compute/worker-boot.mjs; answers one message, then main terminates it.
+ * through common/worker-boot.mjs; answers one message, then main terminates it.
  */
 import { parentPort } from 'node:worker_threads';
 import { encodeSnapshot, type EncodeReply, type EncodeRequest } from './checkpoint-upload.ts';

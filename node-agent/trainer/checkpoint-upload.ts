@@ -12,10 +12,6 @@ import { encodeCheckpointChunks, type CheckpointContents } from '../../model/che
 import { AgentError } from '../errors.ts';
 import { errorOf, type ThreadFailure } from './messages.ts';
 
-/**
- * Snapshots up to this size are encoded on the calling thread: hashing 16 MB takes ~10–20 ms, where starting a
- * worker thread (a tsx-loaded module graph) takes ~0.3–0.5 s, which for a small model is several steps' time.
- */
 /** What checkpoint-encoder.ts (the worker) is sent and answers. */
 export interface EncodeRequest {
   step: number;
@@ -28,6 +24,10 @@ export type EncodeReply =
   | { type: 'encoded'; files: Record<string, Uint8Array[]>; sha256: Record<string, string>; bytes: number }
   | ({ type: 'failed' } & ThreadFailure);
 
+/**
+ * Snapshots up to this size are encoded on the calling thread: hashing 16 MB takes ~10–20 ms, where starting a
+ * worker thread (a tsx-loaded module graph) takes ~0.3–0.5 s, which for a small model is several steps' time.
+ */
 export const INLINE_ENCODE_MAX_BYTES = 16 << 20;
 
 /** What uploading needs of the artifact store (node-agent/artifact-client.ts). */

@@ -33,7 +33,7 @@ import { parseTraceparent } from '../../common/tracing.ts';
 import type { StepReport } from '../../common/step-report.ts';
 import { AgentError } from '../errors.ts';
 import type { Placement } from './messages.ts';
-import { CheckpointSaver, fetchJobInputs, type ArtifactContext } from './artifacts.ts';
+import { CheckpointSaver, errorText, fetchJobInputs, type ArtifactContext } from './artifacts.ts';
 import { evaluate, runStep, type JobLinks, type RankStep, type StepFigures } from './step.ts';
 import { bubbleTheory, oneFOneB } from './schedule.ts';
 import { TrainerWorker } from './worker-client.ts';
@@ -90,7 +90,6 @@ class JobFault extends AgentError {
   }
 }
 
-const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).slice(0, 2048);
 
 export async function runJob(start: JobStart, ctx: JobContext): Promise<JobFinished> {
   const { jobId, attempt, rank } = start;
@@ -236,6 +235,10 @@ function checkPlan(start: JobStart): { spec: ResolvedJobSpec; placement: Placeme
   const [firstLayer, endLayer] = placement.stages[coords.pp] ?? [];
   if (firstLayer === undefined || endLayer === undefined || placement.stages.length !== layout.pipeline) {
     throw new JobFault('AGT_ERR_JOB_SPEC', `the plan gives ${placement.stages.length} stage bounds for ${layout.pipeline} stages`);
+  }
+  const perReplica = spec.training.batchSize / layout.data;
+  if (!Number.isInteger(perReplica) || !Number.isInteger(perReplica / placement.microBatches)) {
+    throw new JobFault('AGT_ERR_JOB_SPEC', `batchSize ${spec.training.batchSize} does not split into ${layout.data} replicas × ${placement.microBatches} micro-batches`);
   }
   const shard: ShardSpec = { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor };
   return { spec, placement, coords, shard };

@@ -192,7 +192,7 @@ async function runPipeline(r: RankStep, s: number, timeline: Timeline): Promise<
  */
 async function sumOverWorld(r: RankStep, timeline: Timeline, mine: PipelineSums & { sumsq: number; pipelineMs: number }): Promise<Float32Array> {
   const stageCount = r.layout.pipeline;
-  const countsLoss = !r.links.next && r.coords.tp === 0; // the last stage's first shard, in every replica
+  const countsLoss = countsLossOf(r);
   const reportsStage = r.coords.dp === 0 && r.coords.tp === 0; // one voice per stage in the world sums
   const sums = new Float64Array(3 + 2 * stageCount);
   sums[0] = mine.sumsq;
@@ -209,10 +209,13 @@ async function sumOverWorld(r: RankStep, timeline: Timeline, mine: PipelineSums 
   return reduced;
 }
 
+/** Whether this rank's loss goes into the world sums: the last stage's first shard, in every replica. */
+const countsLossOf = (r: RankStep): boolean => !r.links.next && r.coords.tp === 0;
+
 /** The held-out loss after step `s` (a forward-only pipeline; the same on every rank), and the phase it took. */
 export async function evaluate(r: RankStep, s: number): Promise<{ evalLoss: number | undefined; phase: Phase }> {
   const { worker: w, links: { prev, next, world }, race } = r;
-  const countsLoss = !next && r.coords.tp === 0;
+  const countsLoss = countsLossOf(r);
   const e0 = epochMs();
   const begun = await race(w.request({ type: 'evalBegin' }, 'evalBegun'));
   if (begun.skipped) r.log.warn(`job ${r.jobId}: no held-out evaluation: ${begun.skipped}`);

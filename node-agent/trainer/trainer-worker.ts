@@ -1,6 +1,6 @@
 /**
  * The compute side of one rank of a training job, in a worker thread (wasm compute blocks its thread, and the main
- * thread must keep heartbeats and peer traffic flowing). Started through compute/worker-boot.mjs with workerData
+ * thread must keep heartbeats and peer traffic flowing). Started through common/worker-boot.mjs with workerData
  * `{ entry, backend }` by worker-client.ts; the message protocol and the shared-memory hand-offs are in messages.ts.
  *
  * It holds this rank's StageModel (model/stage-model.ts: its pipeline stage's blocks, cut to its tensor-parallel

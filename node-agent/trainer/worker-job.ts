@@ -82,10 +82,7 @@ export async function initJob(spec: ResolvedJobSpec, placement: Placement, files
   const t = spec.training;
   const { layout, stages, microBatches, zero, rank } = placement;
   const coords = coordsOf(rank, layout);
-  const perReplica = t.batchSize / layout.data;
-  if (!Number.isInteger(perReplica) || !Number.isInteger(perReplica / microBatches)) {
-    throw new AgentError('AGT_ERR_JOB_SPEC', `batchSize ${t.batchSize} does not split into ${layout.data} replicas × ${microBatches} micro-batches`);
-  }
+  const perReplica = t.batchSize / layout.data; // whole, in whole micro-batches: job-runner.ts checkPlan checked
   const [firstLayer, endLayer] = stages[coords.pp]!;
   const shard = shardLayout(spec.model, { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor });
   // With LoRA the base is frozen and read from the init version; what trains (and is checkpointed) is the adapter.
