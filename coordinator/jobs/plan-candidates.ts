@@ -11,7 +11,7 @@ import { agentSets, grids, slotsFor, tensorGroups } from './placement.ts';
 const M_PER_STAGE = 4; // auto raises m to at most 4p: the bubble is then < 20%, and smaller micro-batches lose matmul
 // efficiency that this model does not see
 
-export interface Problem {
+interface Problem {
   reason: string;
   advice: string;
 }

@@ -52,7 +52,7 @@ function agentFigures(ctx: PlanContext, placement: readonly string[]): string {
   }).join('; ');
 }
 
-export const fmtNum = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+const fmtNum = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
 
 export function fmtBytes(b: number): string {
   if (b >= 1e9) return `${(b / 1e9).toFixed(2)} GB`;
@@ -60,4 +60,4 @@ export function fmtBytes(b: number): string {
   return `${(b / 1e3).toFixed(1)} kB`;
 }
 
-export const fmtMs = (ms: number): string => (ms >= 10 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);
+const fmtMs = (ms: number): string => (ms >= 10 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);

@@ -32,6 +32,7 @@ export class RestartPolicy {
     const max = job.spec.training.maxRestarts;
     const { action, run } = decideRestart(this.#failures.get(job.id), newestCheckpoint, max);
     this.#failures.set(job.id, run);
+    for (const [id, until] of this.#settling) if (until <= nowMs) this.#settling.delete(id); // ended jobs' too
     this.#settling.set(job.id, nowMs + RESTART_SETTLE_MS);
     if (action === 'fail') {
       return { state: 'failed', reason: `${why}; ${run.failures} attempts in a row ended without a new checkpoint (training.maxRestarts ${max})` };

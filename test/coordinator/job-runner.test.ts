@@ -28,6 +28,7 @@ import { SqliteStateStore, type NodeRecord } from '../../coordinator/store/state
 import type { RunnerGroups, RunnerHub } from '../../coordinator/jobs/attempt.ts';
 import type { StoredPlan } from '../../coordinator/jobs/plan-report.ts';
 import { JobRunner } from '../../coordinator/jobs/runner.ts';
+import { RESTART_SETTLE_MS } from '../../coordinator/jobs/restarts.ts';
 import { until } from '../support/until.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'job-runner-test-'));
@@ -229,7 +230,7 @@ test('a job whose agent goes down is queued and resumes from its last checkpoint
   f.hub.join('c');
   await f.runner.tick();
   assert.equal(f.hub.starts(jobId).length, 2, 'no new attempt while the failure settles');
-  f.clock.ms += 1001;
+  f.clock.ms += RESTART_SETTLE_MS + 1;
   await f.runner.tick();
   const second = f.hub.starts(jobId).filter((s) => s.msg.attempt === 2);
   assert.deepEqual(new Set(second.map((s) => s.nodeId)), new Set(['a', 'c']));
