@@ -33,7 +33,7 @@ export interface LoggerSettings {
  * fields of a query or body, at the top or one level down. Request lines carry none of these to begin with
  * (common/request-log.ts logs the matched route, never the URL or headers); this is the second lock.
  */
-export const REDACTED_PATHS = [
+const REDACTED_PATHS = [
   'authorization', 'cookie', 'token', 'key', 'apiKey', 'adminKey', 'secret', 'password',
   'headers.authorization', 'headers.cookie', 'headers["set-cookie"]',
   'req.headers.authorization', 'req.headers.cookie', 'req.query.token', 'req.query.key', 'req.body.token', 'req.body.key',

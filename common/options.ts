@@ -16,8 +16,7 @@
  * `flag: false` makes a setting config-only. Durations carry their unit in the flag (`-ms`); an old spelling stays
  * accepted through `aliases` and prints a one-line deprecation warning on stderr.
  */
-import { parseArgs } from 'node:util';
-import { UsageError } from './cli.ts';
+import { intOption, parseCli, UsageError } from './cli.ts';
 
 export { UsageError };
 
@@ -151,12 +150,8 @@ function parseValue(spec: OptionSpec<unknown>, flag: string, given: string | str
   const text = String(given);
   if (spec.parse) return spec.parse(text, flag);
   switch (spec.type) {
-    case 'int': {
-      const [min, max] = [spec.min ?? 0, spec.max ?? Number.MAX_SAFE_INTEGER];
-      const n = Number(text);
-      if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${flag} must be an integer in [${min}, ${max}], got '${text}'`);
-      return n;
-    }
+    case 'int':
+      return intOption(text, flag, 0, spec.min, spec.max);
     case 'number': {
       const n = Number(text);
       if (text.trim() === '' || !Number.isFinite(n) || (spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) {
@@ -199,7 +194,7 @@ const HELP_COLUMN = 28; // where the docs start
 const HELP_WIDTH = 118;
 
 /** One option's --help entry: the flag and its placeholder, then the doc wrapped to the width. */
-export function helpEntry({ flag, spec }: DeclaredOption): string {
+function helpEntry({ flag, spec }: DeclaredOption): string {
   const head = `  --${flag}${spec.arg ? ` ${spec.arg}` : ''}${spec.short ? `, -${spec.short}` : ''}`;
   const shownDefault = spec.defaultText ?? (spec.default === undefined || spec.type === 'boolean' ? undefined : [spec.default].flat().join(','));
   const notes = [shownDefault !== undefined ? `default: ${shownDefault}` : '', spec.env ? `or ${spec.env}` : ''].filter(Boolean);
@@ -249,12 +244,7 @@ export function parseCommandLine(
       }
     }
   }
-  let parsed: ReturnType<typeof parseArgs>;
-  try {
-    parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
+  const parsed = parseCli(args, options);
   const values = { ...(parsed.values as RawValues) };
   for (const [alias, flag] of aliasOf) {
     const v = values[alias];

@@ -25,7 +25,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import Fastify, { type FastifyInstance, type FastifyError, type FastifyPluginAsync } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyError, type FastifyPluginAsync, type FastifyReply } from 'fastify';
 import type { Logger } from '../../common/log.ts';
 import { logRequest, requestLogging } from '../../common/request-log.ts';
 import { loadServerTls, type ServerTls } from '../../common/tls.ts';
@@ -173,21 +173,20 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   }) as unknown as FastifyInstance;
   app.addHook('onResponse', logRequest);
 
+  // Every error body has one shape: {error: {code, message, details?}}.
+  const sendError = (reply: FastifyReply, status: number, code: CoordinatorError['code'], message: string, details?: string[]) =>
+    reply.code(status).send({ error: { code, message, ...(details ? { details } : {}) } });
   app.setErrorHandler((err: FastifyError | CoordinatorError, req, reply) => {
-    if (err instanceof CoordinatorError) {
-      return reply.code(err.statusCode).send({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } });
-    }
+    if (err instanceof CoordinatorError) return sendError(reply, err.statusCode, err.code, err.message, err.details);
     if ((err as FastifyError).validation) {
       const details = (err as FastifyError).validation!.map((v) => `${v.instancePath || '/'} ${v.message ?? 'is invalid'}${v.params && 'additionalProperty' in v.params ? ` '${String(v.params.additionalProperty)}'` : ''}${v.params && Array.isArray(v.params.allowedValues) ? ` (${v.params.allowedValues.join(', ')})` : ''}`);
-      return reply.code(400).send({ error: { code: 'CRD_ERR_BAD_REQUEST', message: `invalid request: ${details.join('; ')}`, details } });
+      return sendError(reply, 400, 'CRD_ERR_BAD_REQUEST', `invalid request: ${details.join('; ')}`, details);
     }
     const status = (err as FastifyError).statusCode ?? 500;
     if (status >= 500) log.error(`${req.method} ${req.url}: ${(err as Error).stack}`);
-    return reply.code(status).send({ error: { code: status >= 500 ? 'CRD_ERR_INTERNAL' : 'CRD_ERR_BAD_REQUEST', message: (err as Error).message } });
+    return sendError(reply, status, status >= 500 ? 'CRD_ERR_INTERNAL' : 'CRD_ERR_BAD_REQUEST', (err as Error).message);
   });
-  app.setNotFoundHandler((req, reply) =>
-    reply.code(404).send({ error: { code: 'CRD_ERR_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }),
-  );
+  app.setNotFoundHandler((req, reply) => sendError(reply, 404, 'CRD_ERR_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`));
 
   const tokenBytes = Buffer.from(tokenHash, 'hex');
   const isClusterToken = (presented: unknown) =>

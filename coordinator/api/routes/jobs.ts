@@ -75,9 +75,9 @@ export const jobRoutes: FastifyPluginAsync<Pick<ApiContext, 'jobs' | 'runner' | 
   });
   app.get<Id & { Querystring: JobQuery }>('/api/jobs/:id', { schema: { querystring: JobQuery } }, async (req) => {
     const job = jobOf(req.params.id);
-    const after = Number(req.query.after ?? -1);
     const { plan: _plan, ...rest } = job; // the plan has its own endpoint (it lists every candidate)
-    return { job: rest, metrics: jobs.metrics(job.id, Number.isFinite(after) ? after : -1), checkpoints: jobs.checkpoints(job.id) };
+    // the schema lets only an integer of up to 15 digits through
+    return { job: rest, metrics: jobs.metrics(job.id, Number(req.query.after ?? -1)), checkpoints: jobs.checkpoints(job.id) };
   });
   app.post<Id & { Body: ReplanBody }>('/api/jobs/:id/replan', { schema: { body: ReplanBody } }, async (req) => {
     const { plan: _plan, ...job } = runner.replan(req.params.id, req.body.parallel); // checks the layout against the job's model
