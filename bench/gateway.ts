@@ -39,11 +39,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { intOption, parseCli } from '../common/cli.ts';
-import { GptBatchEngine } from '../gateway/batched-gpt.ts';
-import { gptBackendFactory } from '../gateway/gpt-backend.ts';
+import { gptBackendFactory, servingEngine, type GptBackend } from '../gateway/gpt-backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { importHf } from '../model/hf-format.ts';
 import type { GenerateRequest, InferenceBackend } from '../gateway/inference-backend.ts';
+import type { BatchEngine } from '../gateway/batch-scheduler.ts';
 import { DirRegistrySource } from '../gateway/registry-source.ts';
 import { loadDemoCorpus } from '../model/corpus.ts';
 import { trainBpe } from '../model/tokenizer.ts';
@@ -170,18 +170,22 @@ async function batchMetric(agent: http.Agent, base: string, model?: string): Pro
  * context grows by one per step).
  */
 async function decodeStepCost(model: GPT, promptIds: number[], rounds: number): Promise<Record<number, number>> {
-  const engines: Array<{ B: number; engine: GptBatchEngine; ms: number[] }> = [];
+  const engines: Array<{ B: number; engine: BatchEngine<unknown> & { dispose(): void }; ms: number[] }> = [];
+  /** B rows of the prompt, started and warmed up. */
+  const startRows = async <P>(engine: BatchEngine<P>, B: number): Promise<void> => {
+    const prompts = await engine.prefill(Array.from({ length: B }, () => ({ ids: promptIds.slice(0, DECODE_CONTEXT), allPositions: false })));
+    try {
+      engine.arrange([], prompts.map((p) => p.prompt));
+    } finally {
+      for (const p of prompts) engine.release(p.prompt);
+    }
+    for (let i = 0; i < DECODE_WARMUP; i++) await engine.decode(new Array<number>(B).fill(promptIds[i]!));
+  };
   try {
     for (const B of DECODE_BATCHES) {
-      const engine = new GptBatchEngine(model);
+      const engine = servingEngine(model) as BatchEngine<unknown> & { dispose(): void };
       engines.push({ B, engine, ms: [] });
-      const prompts = await engine.prefill(Array.from({ length: B }, () => ({ ids: promptIds.slice(0, DECODE_CONTEXT), allPositions: false })));
-      try {
-        engine.arrange([], prompts.map((p) => p.prompt));
-      } finally {
-        for (const p of prompts) engine.release(p.prompt);
-      }
-      for (let i = 0; i < DECODE_WARMUP; i++) await engine.decode(new Array<number>(B).fill(promptIds[i]!));
+      await startRows(engine, B);
     }
     // every row stays inside the context
     const steps = Math.min(DECODE_STEPS * rounds, model.config.nCtx - DECODE_CONTEXT - DECODE_WARMUP);
@@ -533,6 +537,7 @@ export default async function main(argv: string[]): Promise<object> {
       met,
       details: {
         compute_backend: compute.name,
+        kv_cache: (direct as GptBackend).kvCache.engine, // paged (paged-gpt.ts) or tensor (batched-gpt.ts): what A, B and the direct calls serve with
         model: { ...config, versions },
         small_prompt_tokens: smallIds.length,
         load_prompt_tokens: promptLens,

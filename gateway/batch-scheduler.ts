@@ -45,25 +45,33 @@ export interface BatchSettings {
    * (GW_ERR_OVERLOADED, 503 with Retry-After) instead of waiting past any deadline its client has.
    */
   readonly maxQueue: number;
+  /**
+   * Prompt tokens run per iteration at most (chunked prefill, as vLLM and Sarathi-Serve do it): a longer prompt is
+   * run in chunks of this many tokens, one chunk per iteration, between the running batch's decode steps, so a
+   * long prompt delays the others' next tokens by one chunk's forward, not by its whole prefill.
+   */
+  readonly prefillChunk: number;
 }
 
 export const DEFAULT_BATCH_SETTINGS: BatchSettings = Object.freeze({
   maxBatchSize: 16, // the API's largest n: one request's choices always fit in one batch
   maxWaitMs: 2, // a few ms of latency for a chance to share the first forwards
   maxQueue: 256, // 16 full batches waiting: past that a client is better told to come back than kept waiting
+  prefillChunk: 512, // vLLM's smallest max_num_batched_tokens; on GPT-2-small and wasm, a chunk's forward ~ 1–2 s
 });
 
 export const MAX_BATCH_SIZE = 1024;
 export const MAX_BATCH_WAIT_MS = 10_000;
 export const MAX_QUEUE = 1_000_000;
+export const MAX_PREFILL_CHUNK = 1 << 20;
 const RETRY_AFTER_MAX_S = 60;
 
 /** Validates settings (unknown keys refused, absent ones from `base`) and freezes a copy. */
 export function batchSettings(raw: Partial<BatchSettings> = {}, base: BatchSettings = DEFAULT_BATCH_SETTINGS): BatchSettings {
   for (const key of Object.keys(raw)) {
-    if (key !== 'maxBatchSize' && key !== 'maxWaitMs' && key !== 'maxQueue') throw new GatewayError('GW_ERR_BAD_ARGS', `batch settings: unknown key '${key}'`);
+    if (key !== 'maxBatchSize' && key !== 'maxWaitMs' && key !== 'maxQueue' && key !== 'prefillChunk') throw new GatewayError('GW_ERR_BAD_ARGS', `batch settings: unknown key '${key}'`);
   }
-  const { maxBatchSize = base.maxBatchSize, maxWaitMs = base.maxWaitMs, maxQueue = base.maxQueue } = raw;
+  const { maxBatchSize = base.maxBatchSize, maxWaitMs = base.maxWaitMs, maxQueue = base.maxQueue, prefillChunk = base.prefillChunk } = raw;
   if (!Number.isInteger(maxBatchSize) || maxBatchSize < 1 || maxBatchSize > MAX_BATCH_SIZE) {
     throw new GatewayError('GW_ERR_BAD_ARGS', `maxBatchSize must be an integer in [1, ${MAX_BATCH_SIZE}], got ${String(maxBatchSize)}`);
   }
@@ -73,7 +81,10 @@ export function batchSettings(raw: Partial<BatchSettings> = {}, base: BatchSetti
   if (!Number.isInteger(maxQueue) || maxQueue < 1 || maxQueue > MAX_QUEUE) {
     throw new GatewayError('GW_ERR_BAD_ARGS', `maxQueue must be an integer in [1, ${MAX_QUEUE}], got ${String(maxQueue)}`);
   }
-  return Object.freeze({ maxBatchSize, maxWaitMs, maxQueue });
+  if (!Number.isInteger(prefillChunk) || prefillChunk < 1 || prefillChunk > MAX_PREFILL_CHUNK) {
+    throw new GatewayError('GW_ERR_BAD_ARGS', `prefillChunk must be an integer in [1, ${MAX_PREFILL_CHUNK}], got ${String(prefillChunk)}`);
+  }
+  return Object.freeze({ maxBatchSize, maxWaitMs, maxQueue, prefillChunk });
 }
 
 // ---------------------------------------------------------------------------------------------------- the decision
@@ -94,10 +105,16 @@ export function admission(state: { running: number; waiting: number; oldestWaitM
 
 // ---------------------------------------------------------------------------------------------------- the engine
 
-export interface PrefillInput {
+export interface PrefillInput<Prompt> {
+  /** The chunk's token ids: the whole prompt, or its next part when `from` is given. */
   ids: readonly number[];
-  /** Logits of every position are wanted (echo with logprobs), not only of the last. */
+  /** Logits of every position of the chunk are wanted (echo with logprobs), not only of the last. */
   allPositions: boolean;
+  /**
+   * The prompt cached so far, which this chunk continues (chunked prefill). The engine takes it over: on success
+   * the output's prompt replaces it (it may be the same object, extended); on failure it is still the caller's.
+   */
+  from?: Prompt;
 }
 
 export interface PrefillOutput<Prompt> {
@@ -111,8 +128,8 @@ export interface PrefillOutput<Prompt> {
 export interface BatchEngine<Prompt> {
   /** Width of a logits row (the model's vocabulary, which may have spare ids beyond the tokenizer's). */
   readonly logitsWidth: number;
-  /** Runs the prompts through the model in one forward (a GPU backend's logits come back asynchronously). */
-  prefill(prompts: readonly PrefillInput[]): Array<PrefillOutput<Prompt>> | Promise<Array<PrefillOutput<Prompt>>>;
+  /** Runs prompt chunks through the model, fresh ones together (a GPU backend's logits come back asynchronously). */
+  prefill(prompts: ReadonlyArray<PrefillInput<Prompt>>): Array<PrefillOutput<Prompt>> | Promise<Array<PrefillOutput<Prompt>>>;
   /** The batch becomes: current rows `keep` (indices, in that order), then one new row per entry of `add`. */
   arrange(keep: readonly number[], add: readonly Prompt[]): void;
   /** Feeds tokens[b] to row b, all rows in one forward; returns the next logits of every row, [rows, logitsWidth]. */
@@ -141,7 +158,10 @@ class Job<Prompt> {
   readonly choices: GeneratedChoice[] = [];
   unfinished: number;
   admitted = 0; // choices given a row (or finished at admission)
-  prompt: PrefillOutput<Prompt> | undefined; // held until every choice is admitted
+  prefilled = 0; // prompt tokens cached so far
+  cached: Prompt | undefined; // the engine's cache of the prompt (whole or in part) until released
+  promptRows: Float32Array[] = []; // every position's logits, chunk by chunk (echo with logprobs)
+  prompt: PrefillOutput<Prompt> | undefined; // the whole prompt's: held until every choice is admitted
   promptLogprobs: Array<TokenLogprob | null> | null = null;
   settled = false;
   startedMs = -1; // first admission
@@ -192,6 +212,7 @@ export class BatchScheduler<Prompt> {
   readonly #finishedMs: number[] = []; // when the last sequences finished (a ring of FINISH_WINDOW): the drain rate
   #waiting: Array<Sequence<Prompt>> = []; // foreground first, each class in arrival order
   #running: Array<Sequence<Prompt>> = []; // row b of the engine is #running[b]
+  #prefilling: Array<Sequence<Prompt>> = []; // admitted, holding a place in the batch, their prompt not yet all run
   readonly #prompted = new Set<Job<Prompt>>(); // jobs holding a prompt cache
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
@@ -233,7 +254,7 @@ export class BatchScheduler<Prompt> {
    */
   refusal(n: number, priority: GenerateOptions['priority'] = 'foreground'): GatewayError | undefined {
     const ahead = priority === 'background' ? this.#waiting.length : this.#foregroundWaiting();
-    const freeRows = Math.max(0, this.#settings.maxBatchSize - this.#running.length);
+    const freeRows = Math.max(0, this.#settings.maxBatchSize - this.#admittedCount());
     const excess = ahead + n - freeRows - this.#settings.maxQueue; // sequences that would wait beyond the bound
     if (excess <= 0) return undefined;
     const retryAfterS = this.#retryAfterS(excess);
@@ -277,8 +298,9 @@ export class BatchScheduler<Prompt> {
   async close(): Promise<void> {
     this.#closed = true;
     const error = new Error('the backend is closed');
-    for (const s of [...this.#running, ...this.#waiting]) this.#fail(s.job, error);
+    for (const s of [...this.#running, ...this.#prefilling, ...this.#waiting]) this.#fail(s.job, error);
     this.#running = [];
+    this.#prefilling = [];
     this.#waiting = [];
     this.#engine.clear();
     this.#releasePrompts();
@@ -291,7 +313,7 @@ export class BatchScheduler<Prompt> {
     for (;;) {
       await new Promise((r) => setImmediate(r)); // new requests and aborts come in between iterations
       if (this.#closed) break;
-      if (this.#running.length === 0 && this.#waiting.length === 0) break;
+      if (this.#admittedCount() === 0 && this.#waiting.length === 0) break;
       const foreground = this.#holdGate();
       if (!foreground && this.#gate?.busy) {
         await this.#park(this.#gate);
@@ -301,7 +323,7 @@ export class BatchScheduler<Prompt> {
       const admissible = foreground ? this.#foregroundWaiting() : this.#waiting.length;
       const oldest = this.#waiting[0];
       const decision = admission(
-        { running: this.#running.length, waiting: admissible, oldestWaitMs: oldest ? performance.now() - oldest.enqueuedMs : 0 },
+        { running: this.#admittedCount(), waiting: admissible, oldestWaitMs: oldest ? performance.now() - oldest.enqueuedMs : 0 },
         this.#settings,
       );
       if (decision.kind === 'wait') {
@@ -331,6 +353,11 @@ export class BatchScheduler<Prompt> {
     this.#loop = undefined; // synchronously after the emptiness check: a submit from now on starts a new loop
   }
 
+  /** Sequences holding a place in the batch: running, or admitted while their prompt runs. */
+  #admittedCount(): number {
+    return this.#running.length + this.#prefilling.length;
+  }
+
   /** Waiting foreground sequences: they come first in #waiting. */
   #foregroundWaiting(): number {
     const i = this.#waiting.findIndex((s) => !s.foreground);
@@ -339,7 +366,8 @@ export class BatchScheduler<Prompt> {
 
   /** Holds the gate while foreground work is waiting or running here, lets go otherwise; true when there is some. */
   #holdGate(): boolean {
-    const foreground = this.#waiting[0]?.foreground === true || this.#running.some((s) => s.foreground && !s.done && !s.job.settled);
+    const busy = (s: Sequence<Prompt>) => s.foreground && !s.done && !s.job.settled;
+    const foreground = this.#waiting[0]?.foreground === true || this.#running.some(busy) || this.#prefilling.some(busy);
     if (foreground) this.#gate?.enter(this);
     else this.#gate?.leave(this);
     return foreground;
@@ -353,46 +381,36 @@ export class BatchScheduler<Prompt> {
     this.#parked = false;
     this.#wake = undefined;
     const parked = performance.now() - since;
-    for (const job of new Set(this.#running.map((s) => s.job))) job.parkedMs += parked;
+    for (const job of new Set([...this.#running, ...this.#prefilling].map((s) => s.job))) job.parkedMs += parked;
   }
 
   async #iterate(admitted: ReadonlyArray<Sequence<Prompt>>): Promise<void> {
-    // 1. Prefill the prompts of requests admitted for the first time (grouped by length: usually one forward).
-    const fresh = [...new Set(admitted.map((s) => s.job))].filter((job) => job.prompt === undefined);
-    if (fresh.length > 0) {
-      let outputs: Array<PrefillOutput<Prompt>>;
-      try {
-        outputs = await this.#engine.prefill(fresh.map((job) => ({ ids: job.req.promptIds, allPositions: job.wantsPromptLogprobs })));
-      } catch (err) {
-        for (const job of fresh) this.#fail(job, err); // the batch itself is untouched: running sequences go on
-        outputs = [];
-      }
-      outputs.forEach((out, i) => {
-        const job = fresh[i]!;
-        job.prompt = out;
-        this.#prompted.add(job);
-        if (job.wantsPromptLogprobs) this.#scorePrompt(job);
-      });
-    }
-    const width = this.#engine.logitsWidth;
     for (const s of admitted) {
-      const { prompt } = s.job;
       if (s.job.admitted++ === 0) {
         s.job.startedMs = performance.now();
         this.#onAdmit?.(s.job.startedMs - s.enqueuedMs);
       }
-      if (!prompt) continue; // its job failed in prefill
-      const last = prompt.logits.length / width - 1;
-      s.logits = prompt.logits.subarray(last * width, last * width + this.#text.vocabSize);
+    }
+    this.#prefilling.push(...admitted);
+    // 1. Run up to prefillChunk prompt tokens, oldest request first: fresh prompts together (grouped by length,
+    //    usually one forward), a prompt too long for what is left of the budget in chunks, one per iteration.
+    await this.#prefill();
+    const ready = this.#prefilling.filter((s) => s.job.prompt !== undefined && !s.job.settled);
+    this.#prefilling = this.#prefilling.filter((s) => s.job.prompt === undefined && !s.job.settled);
+    const width = this.#engine.logitsWidth;
+    for (const s of ready) {
+      const { logits } = s.job.prompt!;
+      const last = logits.length / width - 1;
+      s.logits = logits.subarray(last * width, last * width + this.#text.vocabSize);
     }
 
     // 2. One token for every sequence, each with its own settings and random stream.
-    for (const s of [...this.#running, ...admitted]) if (!s.job.settled && !s.done) this.#sample(s);
+    for (const s of [...this.#running, ...ready]) if (!s.job.settled && !s.done) this.#sample(s);
 
     // 3. Retire finished and aborted sequences; start rows for the new ones from their prompt's cache.
     const alive = (s: Sequence<Prompt>) => !s.done && !s.job.settled;
     const keep = this.#running.flatMap((s, b) => (alive(s) ? [b] : []));
-    const added = admitted.filter(alive);
+    const added = ready.filter(alive);
     this.#engine.arrange(keep, added.map((s) => s.job.prompt!.prompt));
     this.#running = [...keep.map((b) => this.#running[b]!), ...added];
 
@@ -401,6 +419,42 @@ export class BatchScheduler<Prompt> {
     this.#onBatch?.(this.#running.length);
     const logits = await this.#engine.decode(this.#running.map((s) => s.next));
     this.#running.forEach((s, b) => (s.logits = logits.subarray(b * width, b * width + this.#text.vocabSize)));
+  }
+
+  /** Runs the next prompt chunks (step 1 of an iteration); a request whose prompt is all run gets job.prompt. */
+  async #prefill(): Promise<void> {
+    let budget = this.#settings.prefillChunk;
+    const chunks: Array<{ job: Job<Prompt>; take: number }> = [];
+    for (const job of new Set(this.#prefilling.map((s) => s.job))) {
+      if (budget === 0) break;
+      if (job.settled || job.prompt !== undefined) continue;
+      const take = Math.min(job.req.promptIds.length - job.prefilled, budget);
+      chunks.push({ job, take });
+      budget -= take;
+    }
+    if (chunks.length === 0) return;
+    let outputs: Array<PrefillOutput<Prompt>>;
+    try {
+      outputs = await this.#engine.prefill(chunks.map(({ job, take }) => ({
+        ids: job.req.promptIds.slice(job.prefilled, job.prefilled + take),
+        allPositions: job.wantsPromptLogprobs,
+        ...(job.cached === undefined ? {} : { from: job.cached }),
+      })));
+    } catch (err) {
+      for (const { job } of chunks) this.#fail(job, err); // the batch itself is untouched: running sequences go on
+      return;
+    }
+    outputs.forEach((out, i) => {
+      const { job, take } = chunks[i]!;
+      job.cached = out.prompt;
+      this.#prompted.add(job);
+      job.prefilled += take;
+      if (job.wantsPromptLogprobs) job.promptRows.push(out.logits);
+      if (job.prefilled < job.req.promptIds.length) return;
+      job.prompt = { logits: job.wantsPromptLogprobs ? joinRows(job.promptRows) : out.logits, prompt: out.prompt };
+      job.promptRows = [];
+      if (job.wantsPromptLogprobs) this.#scorePrompt(job);
+    });
   }
 
   /** Samples, releases text, and finishes the sequence at end-of-text, a stop sequence or max_tokens. */
@@ -486,12 +540,25 @@ export class BatchScheduler<Prompt> {
     job.reject(error);
   }
 
-  /** Frees the prompt caches no sequence will start from any more. */
+  /** Frees the prompt caches no sequence will start from any more (a prompt half run included, once its request ended). */
   #releasePrompts(): void {
     for (const job of this.#prompted) {
-      if (!job.settled && job.admitted < job.req.n && !this.#closed) continue;
-      this.#engine.release(job.prompt!.prompt);
+      if (!job.settled && !this.#closed && (job.prompt === undefined || job.admitted < job.req.n)) continue;
+      this.#engine.release(job.cached!);
+      job.cached = undefined;
       this.#prompted.delete(job);
     }
   }
+}
+
+/** Chunks' logits rows, one after another. */
+function joinRows(parts: readonly Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0]!;
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }

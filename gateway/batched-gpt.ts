@@ -1,8 +1,8 @@
 /**
- * The GPT's forward pass over a batch of sequences of different lengths, for the batch scheduler
- * (batch-scheduler.ts): prefill forwards for the prompts admitted in an iteration (grouped by length), then one
- * decode forward per generation step for every running sequence together. Built from model/gpt.ts's exported
- * pieces (`linear`, `layerNorm`, `gelu`, `causalMask`) and the model's parameters: a row computes what
+ * The GPT's serving engine with its KV cache in tfjs tensors, for the backends whose tensors cannot be written in
+ * place from this process (WebGPU; paged-gpt.ts serves wasm and cpu): prefill forwards for the prompts admitted in
+ * an iteration (grouped by length; a chunk that continues a prompt alone), then one decode forward per generation
+ * step for every running sequence together. The forward's pieces are gpt-forward.ts's: a row computes what
  * GPT.forwardCached computes (to float rounding: decode attention uses products and sums, not matmuls).
  *
  * The batch's KV cache is one tensor pair per layer, keys [rows·nh, width, hs] and values transposed [rows·nh, hs,
@@ -15,13 +15,14 @@
  * A decode step writes each row's new key and value into its own column, in place where tensors live in CPU memory
  * (the wasm heap, the cpu backend; arrange makes sure the cache owns its buffers) and by tensorScatterUpdate, a copy
  * of the cache, elsewhere (WebGPU); the width grows WIDTH_CHUNK columns at a time, so most steps do not reallocate. Padding columns hold finite values (zeros, or keys of a padded prompt position): masked, they weigh 0.
+ * Rows joining or leaving rebuild the cache (arrange: a gather and a concat per layer), which the paged cache avoids.
  */
 import * as tf from '@tensorflow/tfjs';
-import { causalMask, gelu, layerNorm, linear, type GPT, type Param } from '../model/gpt.ts';
+import type { GPT } from '../model/gpt.ts';
+import { GptForward, MASKED } from './gpt-forward.ts';
 import type { BatchEngine, PrefillInput, PrefillOutput } from './batch-scheduler.ts';
 import { takeValues } from '../model/tensor-values.ts';
 
-const MASKED = -1e9; // added to hidden scores, as gpt.ts does: exp underflows to exactly 0
 const WIDTH_CHUNK = 16; // cache columns added at a time: masked columns cost a little attention, reallocations more
 
 interface LayerKV {
@@ -67,17 +68,14 @@ export function prefillGroups(lengths: readonly number[]): number[][] {
 export class GptBatchEngine implements BatchEngine<PromptKV> {
   readonly logitsWidth: number;
   readonly #model: GPT;
-  readonly #p: Param;
+  readonly #fwd: GptForward;
   #layers: LayerKV[] = [];
   #width = 0; // columns of every cache tensor
   #lengths: number[] = []; // positions cached per row
-  readonly #masks = new Map<number, Float32Array>();
-  /** wte transposed once, [d, V]: the head's right operand as XNNPACK wants it, packed once (see #head). */
-  #headT: { source: tf.Tensor; t: tf.Tensor2D } | null = null;
 
   constructor(model: GPT) {
     this.#model = model;
-    this.#p = model.param; // carries an attached adapter (LoRA, unmerged)
+    this.#fwd = new GptForward(model);
     this.logitsWidth = model.config.vocabSize;
   }
 
@@ -85,52 +83,56 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
     return this.#lengths.length;
   }
 
-  /** Runs the prompts, grouped by length (prefillGroups): one forward per group, usually one in all. */
-  async prefill(prompts: readonly PrefillInput[]): Promise<Array<PrefillOutput<PromptKV>>> {
+  /**
+   * Runs prompt chunks: fresh prompts grouped by length (prefillGroups: one forward per group, usually one in all),
+   * a continuation (`from`, a prompt cached so far) alone, attending to its cached prefix. A continued prompt is
+   * consumed: the result's prompt replaces it.
+   */
+  async prefill(prompts: ReadonlyArray<PrefillInput<PromptKV>>): Promise<Array<PrefillOutput<PromptKV>>> {
     const out = new Array<PrefillOutput<PromptKV>>(prompts.length);
-    for (const group of prefillGroups(prompts.map((p) => p.ids.length))) {
-      (await this.#prefillGroup(group.map((i) => prompts[i]!))).forEach((o, j) => (out[group[j]!] = o));
+    const fresh = prompts.flatMap((p, i) => (p.from ? [] : [i]));
+    for (const group of prefillGroups(fresh.map((i) => prompts[i]!.ids.length))) {
+      const members = group.map((j) => fresh[j]!);
+      (await this.#prefillGroup(members.map((i) => prompts[i]!))).forEach((o, j) => (out[members[j]!] = o));
     }
+    for (const [i, p] of prompts.entries()) if (p.from) out[i] = (await this.#prefillGroup([p]))[0]!;
     return out;
   }
 
-  /** One forward over prompts right-padded to the longest: causality keeps the padding out of real positions. */
-  async #prefillGroup(prompts: readonly PrefillInput[]): Promise<Array<PrefillOutput<PromptKV>>> {
-    const { nHead: nh, nEmbd: d } = this.#model.config;
+  /** One forward over chunks right-padded to the longest (one chunk when it continues a prompt). */
+  async #prefillGroup(prompts: ReadonlyArray<PrefillInput<PromptKV>>): Promise<Array<PrefillOutput<PromptKV>>> {
+    const { nHead: nh, nEmbd: d, nLayer } = this.#model.config;
     const hs = d / nh;
-    const R = prompts.length;
-    const T = Math.max(...prompts.map((p) => p.ids.length));
-    const ids = new Int32Array(R * T); // padding is token 0: computed, never attended to, never read
-    const positions = new Int32Array(R * T);
-    const wanted: number[] = []; // rows of [R·T] whose logits come back
-    for (const [r, p] of prompts.entries()) {
-      ids.set(p.ids, r * T);
-      for (let i = 0; i < T; i++) positions[r * T + i] = i;
-      if (p.allPositions) for (let i = 0; i < p.ids.length; i++) wanted.push(r * T + i);
-      else wanted.push(r * T + p.ids.length - 1);
-    }
-    const kv: LayerKV[][] = Array.from({ length: R }, () => []); // per prompt, per layer: [nh, T, hs]
-    const logits = tf.tidy(() => {
-      const mask = tf.tensor2d(causalMask(T, this.#masks), [T, T]);
-      let x = this.#embed(ids, positions); // [R·T, d]
-      for (let l = 0; l < this.#model.config.nLayer; l++) {
-        const { q, k, v } = this.#qkv(x, l, R, T); // each [R·nh, T, hs]
-        const att = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(hs)).add(mask); // [R·nh, T, T]
-        x = this.#finishBlock(x, l, tf.matMul(tf.softmax(att), v), R, T);
-        // Each prompt's rows, padded columns included: arrange() cuts or pads them to the batch's width.
-        const ks = (R === 1 ? [k] : tf.split(k, R, 0)) as tf.Tensor3D[];
-        const vT = tf.transpose(v, [0, 2, 1]); // [R·nh, hs, T]
-        const vs = (R === 1 ? [vT] : tf.split(vT, R, 0)) as tf.Tensor3D[];
-        for (let r = 0; r < R; r++) kv[r]!.push({ k: tf.keep(ks[r]!), v: tf.keep(vs[r]!) });
-      }
-      return this.#head(x, wanted);
+    const from = prompts[0]!.from;
+    const p = from?.length ?? 0;
+    const run = this.#fwd.chunks(prompts, from && {
+      length: p,
+      layer: (l) => ({ k: from.layers[l]!.k.slice([0, 0, 0], [nh, p, hs]), v: from.layers[l]!.v.slice([0, 0, 0], [nh, hs, p]).transpose([0, 2, 1]) }),
     });
-    const values = await takeValues(logits); // [wanted, V]; a sync point on GPU backends
+    const { T } = run;
+    // Per prompt and layer: keys [nh, ≥ length, hs], values [nh, hs, ≥ length] (padded columns included: arrange()
+    // cuts or pads them to the batch's width), after the continued prompt's own.
+    const kv = prompts.map((c, r) => run.kv.map(({ k, v }, l) => tf.tidy(() => {
+      const rows = (z: tf.Tensor2D) => z.slice([r * T, 0], [T, d]).reshape([T, nh, hs]).transpose([1, 0, 2]) as tf.Tensor3D; // [nh, T, hs]
+      const kNew = rows(k), vNew = rows(v).transpose([0, 2, 1]) as tf.Tensor3D; // [nh, hs, T]
+      if (!from) return { k: kNew, v: vNew };
+      const old = from.layers[l]!;
+      return { k: tf.concat([old.k.slice([0, 0, 0], [nh, p, hs]), kNew], 1), v: tf.concat([old.v.slice([0, 0, 0], [nh, hs, p]), vNew], 2) };
+    })));
+    for (const { k, v } of run.kv) tf.dispose([k, v]);
+    let values: Float32Array;
+    try {
+      values = await takeValues(run.logits); // [wanted, V]; a sync point on GPU backends
+    } catch (err) {
+      for (const layers of kv) for (const { k, v } of layers) tf.dispose([k, v]);
+      throw err;
+    }
+    if (from) this.release(from);
     const V = this.logitsWidth;
     let row = 0;
-    return prompts.map((p, r) => {
-      const rows = p.allPositions ? p.ids.length : 1;
-      const result = { logits: values.subarray(row * V, (row + rows) * V), prompt: { length: p.ids.length, layers: kv[r]! } };
+    return prompts.map((c, r) => {
+      const rows = c.allPositions ? c.ids.length : 1;
+      const result = { logits: values.subarray(row * V, (row + rows) * V), prompt: { length: p + c.ids.length, layers: kv[r]! } };
       row += rows;
       return result;
     });
@@ -190,9 +192,10 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
       const atK = inPlace ? undefined : keyIndices(positions, nh); // (cache row, column) of each new key
       const atV = inPlace ? undefined : valueIndices(positions, nh, hs); // (cache row, i, column) of each new value
       const maskT = tf.tensor3d(mask, [B, 1, W]);
-      let x = this.#embed(Int32Array.from(tokens), positions); // [B, d]
+      let x = this.#fwd.embed(Int32Array.from(tokens), positions); // [B, d]
       for (let l = 0; l < nLayer; l++) {
-        const { q, k: kNew, v: vNew } = this.#qkv(x, l, B, 1); // each [B·nh, 1, hs]
+        const [q2, k2, v2] = tf.split(this.#fwd.qkv(x, l), 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+        const q = this.#fwd.heads(q2, B, 1), kNew = this.#fwd.heads(k2, B, 1), vNew = this.#fwd.heads(v2, B, 1); // each [B·nh, 1, hs]
         const old = this.#layers[l]!;
         let k = old.k, v = old.v;
         if (inPlace) { // each row's and head's new key and value into its column of the cache: no copy of the cache
@@ -206,10 +209,10 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
         const scores = q.mul(k).sum(2).mul(1 / Math.sqrt(hs)); // [B·nh, W]
         const att = tf.softmax(scores.reshape([B, nh, W]).add(maskT)).reshape([B * nh, 1, W]);
         const y = att.mul(v).sum(2).reshape([B * nh, 1, hs]) as tf.Tensor3D; // [B·nh, 1, hs]: v is [B·nh, hs, W]
-        x = this.#finishBlock(x, l, y, B, 1);
+        x = this.#fwd.finishBlock(x, l, y, B, 1);
         if (!inPlace) next.push({ k: tf.keep(k), v: tf.keep(v) });
       }
-      return this.#head(x);
+      return this.#fwd.head(x);
     });
     if (!inPlace) {
       this.#disposeLayers();
@@ -230,57 +233,9 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
     this.#lengths = [];
   }
 
-  /** Token plus position embeddings, gathered (no gradient is needed here, so no one-hot matmul). */
-  #embed(ids: Int32Array, positions: Int32Array): tf.Tensor2D {
-    const tok = tf.gather(this.#p('wte.weight'), tf.tensor1d(ids, 'int32'));
-    return tok.add(tf.gather(this.#p('wpe.weight'), tf.tensor1d(positions, 'int32'))) as tf.Tensor2D; // [N, d]
-  }
-
-  /** Queries, keys and values of block l, split into heads: each [B·nh, t, hs]. */
-  #qkv(x: tf.Tensor2D, l: number, B: number, t: number): { q: tf.Tensor3D; k: tf.Tensor3D; v: tf.Tensor3D } {
-    const { nHead: nh, nEmbd: d } = this.#model.config;
-    const hs = d / nh;
-    const qkv = linear(layerNorm(x, this.#p, `h.${l}.ln_1`), this.#p, `h.${l}.attn.c_attn`); // [B·t, 3d]
-    const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-    const heads = (z: tf.Tensor2D) =>
-      (t === 1 ? z.reshape([B * nh, 1, hs]) : z.reshape([B, t, nh, hs]).transpose([0, 2, 1, 3]).reshape([B * nh, t, hs])) as tf.Tensor3D;
-    return { q: heads(q), k: heads(k), v: heads(v) };
-  }
-
-  /** The rest of block l after attention: output projection, residual, MLP, residual. y: [B·nh, t, hs]. */
-  #finishBlock(x: tf.Tensor2D, l: number, y: tf.Tensor3D, B: number, t: number): tf.Tensor2D {
-    const { nHead: nh, nEmbd: d } = this.#model.config;
-    const merged = (t === 1 ? y.reshape([B, d]) : y.reshape([B, nh, t, d / nh]).transpose([0, 2, 1, 3]).reshape([B * t, d])) as tf.Tensor2D;
-    x = x.add(linear(merged, this.#p, `h.${l}.attn.c_proj`));
-    const h = linear(gelu(linear(layerNorm(x, this.#p, `h.${l}.ln_2`), this.#p, `h.${l}.mlp.c_fc`)), this.#p, `h.${l}.mlp.c_proj`);
-    return x.add(h);
-  }
-
-  /** Final layer norm and the head tied to wte, over all rows of x or only `rows`: [rows, V]. */
-  #head(x: tf.Tensor2D, rows?: number[]): tf.Tensor2D {
-    let h = layerNorm(x, this.#p, 'ln_f');
-    if (rows) h = tf.gather(h, tf.tensor1d(rows, 'int32'));
-    return tf.matMul(h, this.#headWeight());
-  }
-
-  /**
-   * The head's weight, wte transposed, made once per weight tensor. Multiplying by wte with transposeB instead
-   * transposes and packs the whole [V, d] matrix for every token: measured 954 ms a decode step for GPT-2's
-   * 50,257 × 768 on wasm, against 48 ms with this copy (one more [d, V] tensor held while the engine lives).
-   */
-  #headWeight(): tf.Tensor2D {
-    const wte = this.#p('wte.weight');
-    if (this.#headT?.source !== wte) {
-      this.#headT?.t.dispose();
-      this.#headT = { source: wte, t: tf.keep(tf.tidy(() => tf.transpose(wte) as tf.Tensor2D)) };
-    }
-    return this.#headT.t;
-  }
-
   /** Frees what the engine made for itself (the transposed head); the model's own weights are its owner's. */
   dispose(): void {
-    this.#headT?.t.dispose();
-    this.#headT = null;
+    this.#fwd.dispose();
     this.#disposeLayers();
   }
 

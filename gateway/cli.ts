@@ -126,7 +126,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   const rateLimit = rateLimitOptions(o.rateLimit, o.rateBurst);
   const log = deps.log ?? createLogger('gateway');
   const wanted = (o.model ?? []).map(parseModelArg);
-  const batching = { maxBatchSize: o.maxBatchSize, maxWaitMs: o.maxBatchWaitMs, maxQueue: o.maxQueue };
+  const batching = { maxBatchSize: o.maxBatchSize, maxWaitMs: o.maxBatchWaitMs, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk };
   const requestTimeoutMs = o.requestTimeoutMs;
 
   const backends = new Map<string, InferenceBackend>();

@@ -18,6 +18,8 @@ import { ADAPTER_CONFIG_FILE } from '../protocol/model-version.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { BatchScheduler, batchSettings, type BatchSettings } from './batch-scheduler.ts';
 import { GptBatchEngine, type PromptKV } from './batched-gpt.ts';
+import { PagedGptEngine } from './paged-gpt.ts';
+import type { KvSequence } from './paged-kv.ts';
 import { GatewayError } from './errors.ts';
 import { chatTemplateFor } from './chat-templates.ts';
 import type { BatchingConfig, ChatTemplate, GenerateOptions, GenerateRequest, GenerateResult, InferenceBackend, ModelInfo } from './inference-backend.ts';
@@ -28,6 +30,12 @@ export interface GptBackendOptions extends Partial<BatchSettings> {
   onBatch?: (size: number) => void;
   /** The version's chat template (chat-templates.ts chatTemplateFor); without one chat requests get 400. */
   chat?: ChatTemplate;
+  /**
+   * Where the KV cache lives: 'paged' (blocks, SIMD attention: paged-gpt.ts), 'tensor' (tfjs tensors:
+   * batched-gpt.ts). Default: paged where the compute backend keeps tensors in this process (wasm, cpu), tensor
+   * elsewhere (WebGPU).
+   */
+  engine?: 'paged' | 'tensor';
 }
 
 export class GptBackend implements InferenceBackend {
@@ -35,14 +43,14 @@ export class GptBackend implements InferenceBackend {
   readonly chat?: ChatTemplate;
   readonly #model: GPT;
   readonly #tokenizer: Tokenizer;
-  readonly #scheduler: BatchScheduler<PromptKV>;
-  readonly #engine: GptBatchEngine;
+  readonly #scheduler: BatchScheduler<PromptKV> | BatchScheduler<KvSequence>;
+  readonly #engine: GptBatchEngine | PagedGptEngine;
 
   constructor(model: GPT, tokenizer: Tokenizer, info: Omit<ModelInfo, 'contextLength' | 'vocabSize'>, options: GptBackendOptions = {}) {
     this.#model = model;
     this.#tokenizer = tokenizer;
     this.info = { ...info, contextLength: model.config.nCtx, vocabSize: tokenizer.vocabSize };
-    const { onBatch, chat, ...settings } = options;
+    const { onBatch, chat, engine, ...settings } = options;
     if (chat) this.chat = chat;
     const text = {
       vocabSize: tokenizer.vocabSize, // the model may have spare rows beyond the tokenizer's ids: never sample them
@@ -50,8 +58,17 @@ export class GptBackend implements InferenceBackend {
       tokenBytes: (id: number) => tokenizer.tokenBytes(id),
       tokenString: (id: number) => tokenizer.decode([id]),
     };
-    this.#engine = new GptBatchEngine(model);
-    this.#scheduler = new BatchScheduler(this.#engine, text, batchSettings(settings), onBatch);
+    const served = servingEngine(model, engine);
+    this.#engine = served;
+    this.#scheduler = served instanceof PagedGptEngine
+      ? new BatchScheduler(served, text, batchSettings(settings), onBatch)
+      : new BatchScheduler(served, text, batchSettings(settings), onBatch);
+  }
+
+  /** Which KV cache serves this model, and (paged) how much memory its pool holds and how many blocks are in use. */
+  get kvCache(): { engine: 'paged'; bytes: number; blocksInUse: number } | { engine: 'tensor' } {
+    const e = this.#engine;
+    return e instanceof PagedGptEngine ? { engine: 'paged', bytes: e.cacheBytes, blocksInUse: e.blocksInUse } : { engine: 'tensor' };
   }
 
   /** The batch settings in force. */
@@ -90,6 +107,14 @@ export class GptBackend implements InferenceBackend {
     this.#engine.dispose();
     this.#model.dispose();
   }
+}
+
+/**
+ * The engine that serves `model`: the paged cache (paged-gpt.ts) where the compute backend keeps tensors in this
+ * process and the head size suits its kernel, the tensor cache (batched-gpt.ts) elsewhere; or the one asked for.
+ */
+export function servingEngine(model: GPT, engine: 'paged' | 'tensor' = PagedGptEngine.supports(model) ? 'paged' : 'tensor'): PagedGptEngine | GptBatchEngine {
+  return engine === 'paged' ? new PagedGptEngine(model) : new GptBatchEngine(model);
 }
 
 /** Builds a GptBackend from a registry version's files (the gateway CLI's BackendFactory). */

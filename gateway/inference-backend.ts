@@ -165,6 +165,8 @@ export interface BatchingConfig {
   onAdmit?: (waitMs: number) => void;
   /** Sequences that may wait for a row at most; a request beyond it is refused at once (GW_ERR_OVERLOADED). */
   maxQueue?: number;
+  /** Prompt tokens run per iteration at most: longer prompts are run in chunks between decode steps. */
+  prefillChunk?: number;
 }
 
 /**

@@ -7,7 +7,7 @@ import { UsageError } from '../common/cli.ts';
 import { DEFAULT_CONNECTION_LIMITS } from '../common/conn-limits.ts';
 import { defineOptions, opt } from '../common/options.ts';
 import { BACKENDS, type BackendChoice } from '../protocol/backends.ts';
-import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS, MAX_QUEUE } from './batch-scheduler.ts';
+import { DEFAULT_BATCH_SETTINGS, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS, MAX_QUEUE, MAX_PREFILL_CHUNK } from './batch-scheduler.ts';
 import { MAX_TIMEOUT_MS } from './generation.ts';
 import { DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT_MS } from './server.ts';
 import { DEFAULT_SHADOW_SETTINGS } from './shadow.ts';
@@ -78,6 +78,10 @@ export const SERVE_OPTIONS = defineOptions({
   maxQueue: opt.int({
     default: DEFAULT_BATCH_SETTINGS.maxQueue, min: 1, max: MAX_QUEUE, arg: 'N',
     doc: 'at most N sequences wait for a row per model; a request beyond that gets 503 with Retry-After at once instead of waiting',
+  }),
+  prefillChunk: opt.int({
+    default: DEFAULT_BATCH_SETTINGS.prefillChunk, min: 1, max: MAX_PREFILL_CHUNK, arg: 'N',
+    doc: 'run at most N prompt tokens per generation step: a longer prompt is run in chunks between the running batch\'s decode steps, so it delays their tokens by one chunk, not its whole prompt',
   }),
   requestTimeoutMs: opt.int({
     min: 1, max: MAX_TIMEOUT_MS, arg: 'MS', defaultText: 'none',

@@ -10,8 +10,8 @@ import { admission, batchSettings, type BatchSettings } from '../../gateway/batc
 import { prefillGroups } from '../../gateway/batched-gpt.ts';
 import { runCli } from '../../gateway/cli.ts';
 import { GptBackend, type GptBackendOptions } from '../../gateway/gpt-backend.ts';
-import type { GenerateRequest, GenerateResult, TokenEvent, TokenLogprob } from '../../gateway/inference-backend.ts';
-import { generateRequest } from './support.ts';
+import type { GenerateRequest, GenerateResult, TokenEvent } from '../../gateway/inference-backend.ts';
+import { assertSameOutput, generateRequest } from './support.ts';
 import { createGateway } from '../../gateway/server.ts';
 
 await tf.setBackend('cpu');
@@ -46,30 +46,6 @@ const MIXED: GenerateRequest[] = [
   request('the', { temperature: 0.5, seed: 10, n: 2, maxTokens: 16, logprobs: 0 }),
   request('Four score and seven years ago our fathers brought forth on this continent', { temperature: 1, seed: 12, maxTokens: 40 }),
 ];
-
-function assertLogprobClose(actual: TokenLogprob | null | undefined, expected: TokenLogprob | null | undefined, where: string): void {
-  if (!expected || !actual) return assert.equal(actual ?? null, expected ?? null, where);
-  assert.equal(actual.token, expected.token, where);
-  assert.ok(Math.abs(actual.logprob - expected.logprob) <= 1e-5, `${where}: ${actual.logprob} vs ${expected.logprob}`);
-  assert.deepEqual(actual.top.map((a) => a.token), expected.top.map((e) => e.token), where);
-  actual.top.forEach((a, i) => assert.ok(Math.abs(a.logprob - expected.top[i]!.logprob) <= 1e-5, where));
-}
-
-/** Same tokens, text, finish reasons and token counts; log-probabilities equal to 1e-5. */
-function assertSameOutput(actual: GenerateResult, expected: GenerateResult, name: string): void {
-  assert.equal(actual.choices.length, expected.choices.length, name);
-  for (const [i, e] of expected.choices.entries()) {
-    const a = actual.choices[i]!;
-    const where = `${name}, choice ${i}`;
-    assert.deepEqual(a.tokens.map((t) => t.id), e.tokens.map((t) => t.id), where);
-    assert.equal(a.text, e.text, where);
-    assert.equal(a.finishReason, e.finishReason, where);
-    assert.equal(a.sampledTokens, e.sampledTokens, where);
-    a.tokens.forEach((t, j) => assertLogprobClose(t.logprob, e.tokens[j]!.logprob, `${where}, token ${j}`));
-  }
-  assert.equal(actual.promptLogprobs?.length, expected.promptLogprobs?.length, name);
-  actual.promptLogprobs?.forEach((p, j) => assertLogprobClose(p, expected.promptLogprobs![j], `${name}, prompt token ${j}`));
-}
 
 /** Each request run by itself, one after another: the reference. */
 async function alone(b: GptBackend, requests: GenerateRequest[]): Promise<GenerateResult[]> {
@@ -156,7 +132,7 @@ test('with maxBatchSize 1 every forward carries one sequence and requests still 
   const reference = await alone(backend(t), MIXED);
   const sizes: number[] = [];
   const b = backend(t, { maxBatchSize: 1, onBatch: (size) => sizes.push(size) });
-  assert.deepEqual(b.batching, { maxBatchSize: 1, maxWaitMs: 2, maxQueue: 256 });
+  assert.deepEqual(b.batching, { maxBatchSize: 1, maxWaitMs: 2, maxQueue: 256, prefillChunk: 512 });
   const results = await Promise.all(MIXED.map((r) => b.generate(r)));
   results.forEach((r, i) => assertSameOutput(r, reference[i]!, `request ${i}`));
   assert.ok(sizes.length > 0 && sizes.every((s) => s === 1), `sizes ${sizes}`);
@@ -191,7 +167,7 @@ test('streaming works while batched: each choice\'s events add up to its text, p
 });
 
 test('admission starts a full batch at once, waits up to maxWaitMs for company when idle, and never stalls running sequences', () => {
-  const s: BatchSettings = { maxBatchSize: 4, maxWaitMs: 2, maxQueue: 256 };
+  const s: BatchSettings = { maxBatchSize: 4, maxWaitMs: 2, maxQueue: 256, prefillChunk: 512 };
   const cases: Array<[{ running: number; waiting: number; oldestWaitMs: number }, ReturnType<typeof admission>]> = [
     [{ running: 0, waiting: 0, oldestWaitMs: 0 }, { kind: 'admit', count: 0 }],
     [{ running: 0, waiting: 1, oldestWaitMs: 0.5 }, { kind: 'wait', ms: 1.5 }],
@@ -215,7 +191,8 @@ test('prompts of similar lengths are prefilled in one forward, very different on
 });
 
 test('batch settings default to 16 sequences, 2 ms and a queue of 256, and out-of-range values are refused with precise messages', async () => {
-  assert.deepEqual(batchSettings(), { maxBatchSize: 16, maxWaitMs: 2, maxQueue: 256 });
+  assert.deepEqual(batchSettings(), { maxBatchSize: 16, maxWaitMs: 2, maxQueue: 256, prefillChunk: 512 });
+  assert.throws(() => batchSettings({ prefillChunk: 0 }), /prefillChunk must be an integer in \[1, 1048576\], got 0/);
   assert.throws(() => batchSettings({ maxQueue: 0 }), /maxQueue must be an integer in \[1, 1000000\], got 0/);
   assert.ok(Object.isFrozen(batchSettings({ maxBatchSize: 3 })));
   assert.throws(() => batchSettings({ maxBatchSize: 0 }), /maxBatchSize must be an integer in \[1, 1024\], got 0/);
@@ -235,7 +212,7 @@ test('the gateway hands its batch settings to the backend and exposes batch size
   const b = new GptBackend(new GPT(config, { seed: 11 }), tokenizer, { id: 'tiny', createdS: 0, ownedBy: 'test' });
   const gateway = createGateway({ backends: new Map([['tiny', b]]), log: silentLogger, batching: { maxBatchSize: 4 } });
   t.after(() => gateway.close());
-  assert.deepEqual(b.batching, { maxBatchSize: 4, maxWaitMs: 2, maxQueue: 256 }, 'the wait not given keeps the backend\'s own');
+  assert.deepEqual(b.batching, { maxBatchSize: 4, maxWaitMs: 2, maxQueue: 256, prefillChunk: 512 }, 'the wait not given keeps the backend\'s own');
   const answers = await Promise.all(
     Array.from({ length: 6 }, (_, i) =>
       gateway.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'tiny', prompt: 'We the people', max_tokens: 6, seed: i } }),

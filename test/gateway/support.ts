@@ -1,8 +1,9 @@
 /** Shared set-up for the gateway tests: a gateway on FakeBackends, driven with app.inject (no sockets). */
 import type { TestContext } from 'node:test';
+import assert from 'node:assert/strict';
 import { silentLogger } from '../../common/log.ts';
 import { FakeBackend, type FakeBackendOptions } from '../../gateway/fake-backend.ts';
-import type { GenerateRequest, InferenceBackend } from '../../gateway/inference-backend.ts';
+import type { GenerateRequest, GenerateResult, InferenceBackend, TokenLogprob } from '../../gateway/inference-backend.ts';
 import type { CompletionResponse } from '../../gateway/openai.ts';
 import { createGateway, type Gateway } from '../../gateway/server.ts';
 
@@ -62,4 +63,28 @@ export function topLogprobsInOrder(body: string): Array<Array<Array<[string, num
 /** A GenerateRequest for `promptIds` with the gateway's defaults (greedy, 8 tokens, seed 1), overridden by `over`. */
 export function generateRequest(promptIds: number[], over: Partial<GenerateRequest> = {}): GenerateRequest {
   return { promptIds, maxTokens: 8, temperature: 0, topP: 1, stop: [], seed: 1, n: 1, logprobs: undefined, echo: false, ...over };
+}
+
+export function assertLogprobClose(actual: TokenLogprob | null | undefined, expected: TokenLogprob | null | undefined, where: string): void {
+  if (!expected || !actual) return assert.equal(actual ?? null, expected ?? null, where);
+  assert.equal(actual.token, expected.token, where);
+  assert.ok(Math.abs(actual.logprob - expected.logprob) <= 1e-5, `${where}: ${actual.logprob} vs ${expected.logprob}`);
+  assert.deepEqual(actual.top.map((a) => a.token), expected.top.map((e) => e.token), where);
+  actual.top.forEach((a, i) => assert.ok(Math.abs(a.logprob - expected.top[i]!.logprob) <= 1e-5, where));
+}
+
+/** Same tokens, text, finish reasons and token counts; log-probabilities equal to 1e-5. */
+export function assertSameOutput(actual: GenerateResult, expected: GenerateResult, name: string): void {
+  assert.equal(actual.choices.length, expected.choices.length, name);
+  for (const [i, e] of expected.choices.entries()) {
+    const a = actual.choices[i]!;
+    const where = `${name}, choice ${i}`;
+    assert.deepEqual(a.tokens.map((t) => t.id), e.tokens.map((t) => t.id), where);
+    assert.equal(a.text, e.text, where);
+    assert.equal(a.finishReason, e.finishReason, where);
+    assert.equal(a.sampledTokens, e.sampledTokens, where);
+    a.tokens.forEach((t, j) => assertLogprobClose(t.logprob, e.tokens[j]!.logprob, `${where}, token ${j}`));
+  }
+  assert.equal(actual.promptLogprobs?.length, expected.promptLogprobs?.length, name);
+  actual.promptLogprobs?.forEach((p, j) => assertLogprobClose(p, expected.promptLogprobs![j], `${name}, prompt token ${j}`));
 }
