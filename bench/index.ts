@@ -32,6 +32,7 @@ const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promi
   recovery: () => import('./recovery.ts'),
   stages: () => import('./stages.ts'),
   scale: () => import('./scale.ts'),
+  'serve-loop': () => import('./serve-loop.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

@@ -10,16 +10,17 @@
  * Compute runs on the calling thread (wasm or whatever backend `loadBackend` picks), yielding between iterations so
  * new requests join the batch and aborts are noticed.
  */
-import { GPT } from '../model/gpt.ts';
+import type { BackendChoice } from '../model/compute/backend.ts';
+import type { GPT } from '../model/gpt.ts';
 import { importHf } from '../model/hf-format.ts';
 import { readAdapter } from '../model/lora-files.ts';
-import { attachLora } from '../model/lora.ts';
+import type { LoraSpec } from '../model/lora.ts';
 import { ADAPTER_CONFIG_FILE } from '../protocol/model-version.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
-import { BatchScheduler, batchSettings, type BatchSettings } from './batch-scheduler.ts';
-import { GptBatchEngine, type PromptKV } from './batched-gpt.ts';
-import { PagedGptEngine } from './paged-gpt.ts';
-import type { KvSequence } from './paged-kv.ts';
+import { BatchScheduler, batchSettings, type BatchEngine, type BatchSettings } from './batch-scheduler.ts';
+import type { GptBatchEngine } from './batched-gpt.ts';
+import { PagedGptEngine, servingEngine } from './paged-gpt.ts';
+import { WorkerEngine } from './worker-engine.ts';
 import { GatewayError } from './errors.ts';
 import { chatTemplateFor } from './chat-templates.ts';
 import type { BatchingConfig, ChatTemplate, GenerateOptions, GenerateRequest, GenerateResult, InferenceBackend, ModelInfo } from './inference-backend.ts';
@@ -41,13 +42,17 @@ export interface GptBackendOptions extends Partial<BatchSettings> {
 export class GptBackend implements InferenceBackend {
   readonly info: ModelInfo;
   readonly chat?: ChatTemplate;
-  readonly #model: GPT;
+  readonly #model: GPT | undefined; // in this thread; undefined when a worker holds it
   readonly #tokenizer: Tokenizer;
-  readonly #scheduler: BatchScheduler<PromptKV> | BatchScheduler<KvSequence>;
-  readonly #engine: GptBatchEngine | PagedGptEngine;
+  readonly #scheduler: BatchScheduler<unknown>;
+  readonly #engine: GptBatchEngine | PagedGptEngine | WorkerEngine;
 
-  constructor(model: GPT, tokenizer: Tokenizer, info: Omit<ModelInfo, 'contextLength' | 'vocabSize'>, options: GptBackendOptions = {}) {
-    this.#model = model;
+  /**
+   * Serves `model` on this thread (tests, tools), or the model a WorkerEngine runs on its own thread (what
+   * gptBackendFactory builds for the gateway). The backend owns either from now on: close() frees it.
+   */
+  constructor(model: GPT | WorkerEngine, tokenizer: Tokenizer, info: Omit<ModelInfo, 'contextLength' | 'vocabSize'>, options: GptBackendOptions = {}) {
+    this.#model = model instanceof WorkerEngine ? undefined : model;
     this.#tokenizer = tokenizer;
     this.info = { ...info, contextLength: model.config.nCtx, vocabSize: tokenizer.vocabSize };
     const { onBatch, chat, engine, ...settings } = options;
@@ -58,17 +63,22 @@ export class GptBackend implements InferenceBackend {
       tokenBytes: (id: number) => tokenizer.tokenBytes(id),
       tokenString: (id: number) => tokenizer.decode([id]),
     };
-    const served = servingEngine(model, engine);
+    const served = model instanceof WorkerEngine ? model : servingEngine(model, engine);
     this.#engine = served;
-    this.#scheduler = served instanceof PagedGptEngine
-      ? new BatchScheduler(served, text, batchSettings(settings), onBatch)
-      : new BatchScheduler(served, text, batchSettings(settings), onBatch);
+    this.#scheduler = new BatchScheduler(served as BatchEngine<unknown>, text, batchSettings(settings), onBatch);
   }
 
   /** Which KV cache serves this model, and (paged) how much memory its pool holds and how many blocks are in use. */
   get kvCache(): { engine: 'paged'; bytes: number; blocksInUse: number } | { engine: 'tensor' } {
     const e = this.#engine;
-    return e instanceof PagedGptEngine ? { engine: 'paged', bytes: e.cacheBytes, blocksInUse: e.blocksInUse } : { engine: 'tensor' };
+    if (e instanceof PagedGptEngine) return { engine: 'paged', bytes: e.cacheBytes, blocksInUse: e.blocksInUse };
+    if (e instanceof WorkerEngine && e.kind === 'paged') return { engine: 'paged', bytes: e.stats.cacheBytes ?? 0, blocksInUse: e.stats.blocksInUse ?? 0 }; // as of its last step
+    return { engine: 'tensor' };
+  }
+
+  /** The compute backend the model runs on, when it runs in a worker (the worker chose it). */
+  get computeBackend(): string | undefined {
+    return this.#engine instanceof WorkerEngine ? this.#engine.computeBackend : undefined;
   }
 
   /** The batch settings in force. */
@@ -104,37 +114,33 @@ export class GptBackend implements InferenceBackend {
 
   async close(): Promise<void> {
     await this.#scheduler.close();
+    if (this.#engine instanceof WorkerEngine) return this.#engine.close();
     this.#engine.dispose();
-    this.#model.dispose();
+    this.#model!.dispose();
   }
 }
 
 /**
- * The engine that serves `model`: the paged cache (paged-gpt.ts) where the compute backend keeps tensors in this
- * process and the head size suits its kernel, the tensor cache (batched-gpt.ts) elsewhere; or the one asked for.
+ * Builds a GptBackend from a registry version's files (the gateway CLI's BackendFactory): the weights go to a
+ * worker thread (worker-engine.ts) that loads `options.backend` (default: MESHTRAIN_BACKEND, else auto) and runs the
+ * forward passes; tokenizing, scheduling and sampling stay on the calling thread.
  */
-export function servingEngine(model: GPT, engine: 'paged' | 'tensor' = PagedGptEngine.supports(model) ? 'paged' : 'tensor'): PagedGptEngine | GptBatchEngine {
-  return engine === 'paged' ? new PagedGptEngine(model) : new GptBatchEngine(model);
-}
-
-/** Builds a GptBackend from a registry version's files (the gateway CLI's BackendFactory). */
-export const gptBackendFactory: BackendFactory = async (files, meta) => {
+export const gptBackendFactory: BackendFactory = async (files, meta, options = {}) => {
   if (files.has(ADAPTER_CONFIG_FILE) && !meta.base) {
     throw new GatewayError('GW_ERR_REGISTRY', `${meta.name} v${meta.version} is a LoRA adapter: load it through withAdapterBases (adapter-source.ts) so its base comes with it`);
   }
   const loaded = importHf(Object.fromEntries(files));
-  const model = new GPT(loaded.config, { flat: loaded.params });
   let adapter: { base: string; rank: number } | undefined;
+  let lora: { spec: LoraSpec; flat: Float32Array } | undefined;
   if (meta.base) {
-    try {
-      const { spec, flat } = readAdapter(Object.fromEntries(files), loaded.config);
-      attachLora(model, spec, flat); // unmerged: the base's weights stay as loaded
-      adapter = { base: `${meta.base.name}@v${meta.base.version}`, rank: spec.rank };
-    } catch (err) {
-      model.dispose();
-      throw err;
-    }
+    lora = readAdapter(Object.fromEntries(files), loaded.config); // served unmerged: the base's weights stay as loaded
+    adapter = { base: `${meta.base.name}@v${meta.base.version}`, rank: lora.spec.rank };
   }
+  // The template it was trained with (an SFT/DPO version, or one a quantized/merged version inherits), else its
+  // tokenizer_config.json's (an imported model); else one that answers chat requests with a 400 saying why.
+  const chat = chatTemplateFor({ files, training: meta.training ?? meta.lineage, label: `${meta.name} v${meta.version}` }, loaded.tokenizer);
+  const backend = options.backend ?? ((process.env.MESHTRAIN_BACKEND as BackendChoice | undefined) || 'auto');
+  const model = await WorkerEngine.start({ backend, config: loaded.config, params: loaded.params, ...(lora ? { adapter: { spec: lora.spec, flat: lora.flat } } : {}) });
   return new GptBackend(model, loaded.tokenizer, {
     id: meta.name,
     createdS: Math.floor(meta.createdMs / 1000),
@@ -142,9 +148,5 @@ export const gptBackendFactory: BackendFactory = async (files, meta) => {
     version: meta.version,
     ...(loaded.quantization ? { quantization: loaded.quantization } : {}), // dequantized by importHf: served in float32
     ...(adapter ? { adapter } : {}),
-  }, {
-    // The template it was trained with (an SFT/DPO version, or one a quantized/merged version inherits), else its
-    // tokenizer_config.json's (an imported model); else one that answers chat requests with a 400 saying why.
-    chat: chatTemplateFor({ files, training: meta.training ?? meta.lineage, label: `${meta.name} v${meta.version}` }, loaded.tokenizer),
-  });
+  }, { chat });
 };

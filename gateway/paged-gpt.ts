@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { GPT } from '../model/gpt.ts';
 import { takeValues, withValues } from '../model/tensor-values.ts';
 import type { BatchEngine, PrefillInput, PrefillOutput } from './batch-scheduler.ts';
-import { prefillGroups } from './batched-gpt.ts';
+import { GptBatchEngine, prefillGroups } from './batched-gpt.ts';
 import { GptForward } from './gpt-forward.ts';
 import { PagedKv, type KvSequence } from './paged-kv.ts';
 
@@ -160,4 +160,12 @@ export class PagedGptEngine implements BatchEngine<KvSequence> {
     this.clear();
     this.#fwd.dispose();
   }
+}
+
+/**
+ * The engine that serves `model`: the paged cache (PagedGptEngine) where the compute backend keeps tensors in this
+ * process and the head size suits its kernel, the tensor cache (batched-gpt.ts) elsewhere; or the one asked for.
+ */
+export function servingEngine(model: GPT, engine: 'paged' | 'tensor' = PagedGptEngine.supports(model) ? 'paged' : 'tensor'): PagedGptEngine | GptBatchEngine {
+  return engine === 'paged' ? new PagedGptEngine(model) : new GptBatchEngine(model);
 }

@@ -1,0 +1,83 @@
+/**
+ * The GPT backend as the gateway builds it (gptBackendFactory): forward passes in a worker thread (worker-engine.ts,
+ * engine-worker.ts), scheduling and sampling on the calling thread. It must answer exactly what the same model
+ * answers on the calling thread, batched and chunked alike, and carry errors across with their codes.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { GPT } from '../../model/gpt.ts';
+import { trainBpe } from '../../model/tokenizer.ts';
+import { loadDemoCorpus } from '../../model/corpus.ts';
+import { GptBackend, gptBackendFactory } from '../../gateway/gpt-backend.ts';
+import { DirRegistrySource } from '../../gateway/registry-source.ts';
+import { errorOfFailure, threadFailure } from '../../gateway/engine-messages.ts';
+import { WorkerEngine } from '../../gateway/worker-engine.ts';
+import { GatewayError } from '../../gateway/errors.ts';
+import { ModelError } from '../../model/errors.ts';
+import type { GenerateRequest, GenerateResult, TokenEvent } from '../../gateway/inference-backend.ts';
+import { makeRegistry } from '../../bench/support/gateway-fixture.ts';
+import { assertSameOutput, generateRequest } from './support.ts';
+
+await tf.setBackend('cpu');
+const tokenizer = await trainBpe([loadDemoCorpus().documents[5]!], { vocabSize: 300 });
+const config = { vocabSize: tokenizer.vocabSize, nCtx: 96, nLayer: 2, nHead: 2, nEmbd: 16 };
+const request = (prompt: string, over: Partial<GenerateRequest> = {}): GenerateRequest => generateRequest(tokenizer.encode(prompt), over);
+const REQUESTS: GenerateRequest[] = [
+  request('The state of the Union', { maxTokens: 10 }),
+  request('We the people of the United States, in order to form', { temperature: 1, seed: 3, maxTokens: 12, logprobs: 2 }),
+  request('Congress shall make no law respecting an establishment of religion', { temperature: 0.7, topP: 0.9, seed: 4, n: 3, maxTokens: 8, logprobs: 1 }),
+  request('Four score and seven years ago our fathers brought forth on this continent', { temperature: 1, seed: 5, echo: true, logprobs: 1, maxTokens: 6 }),
+];
+
+test('a model in a worker thread answers what the same model answers on this thread: alone, batched, chunked, streamed', async (t) => {
+  const data = mkdtempSync(join(tmpdir(), 'gw-worker-'));
+  t.after(() => rmSync(data, { recursive: true, force: true }));
+  const { registry } = await makeRegistry(data, 'tiny', config, tokenizer, [11]);
+  const v = await new DirRegistrySource(registry).load('tiny', 1);
+  const worker = await gptBackendFactory(v.files, v.meta, { backend: 'cpu' }) as GptBackend;
+  t.after(() => worker.close());
+  assert.equal(worker.computeBackend, 'cpu');
+  assert.equal(worker.kvCache.engine, 'paged');
+  const here = new GptBackend(new GPT(config, { seed: 11 }), tokenizer, { id: 'tiny', createdS: 0, ownedBy: 'test' });
+  t.after(() => here.close());
+
+  const reference: GenerateResult[] = [];
+  for (const r of REQUESTS) reference.push(await here.generate(r));
+  for (const [i, r] of REQUESTS.entries()) assertSameOutput(await worker.generate(r), reference[i]!, `alone, request ${i}`);
+  (await Promise.all(REQUESTS.map((r) => worker.generate(r)))).forEach((r, i) => assertSameOutput(r, reference[i]!, `batched, request ${i}`));
+  worker.configureBatching({ prefillChunk: 4 });
+  const events: TokenEvent[] = [];
+  const streamed = await worker.generate(REQUESTS[2]!, { onToken: (e) => events.push(e) });
+  assertSameOutput(streamed, reference[2]!, 'chunked and streamed');
+  for (const c of streamed.choices) assert.equal(events.filter((e) => e.choice === c.index).flatMap((e) => e.tokens.map((x) => x.text)).join(''), c.text);
+  assert.ok((worker.kvCache as { bytes: number }).bytes > 0, 'the worker reports its cache');
+
+  const aborted = new AbortController();
+  const gone = worker.generate({ ...REQUESTS[0]!, maxTokens: 60 }, { signal: aborted.signal, onToken: () => aborted.abort(new Error('client went away')) });
+  await assert.rejects(gone, /client went away/);
+  assertSameOutput(await worker.generate(REQUESTS[1]!), reference[1]!, 'after an abort');
+});
+
+test('an error crosses from the model thread with its class, code and Retry-After', () => {
+  const overloaded = errorOfFailure(threadFailure(new GatewayError('GW_ERR_OVERLOADED', 'the KV cache is full', { retryAfterS: 3 })));
+  assert.ok(overloaded instanceof GatewayError);
+  assert.equal(overloaded.code, 'GW_ERR_OVERLOADED');
+  assert.equal((overloaded as GatewayError & { retryAfterS?: number }).retryAfterS, 3);
+  const model = errorOfFailure(threadFailure(new ModelError('MDL_ERR_MODEL_FILES', 'config.json is not valid JSON')));
+  assert.ok(model instanceof ModelError);
+  assert.equal(model.code, 'MDL_ERR_MODEL_FILES');
+  assert.match(errorOfFailure(threadFailure(new RangeError('out of bounds'))).message, /the model worker failed: out of bounds/);
+});
+
+test('a model the worker cannot load fails with what went wrong there, and leaves no thread behind', async () => {
+  await assert.rejects(WorkerEngine.start({ backend: 'cpu', config, params: new Float32Array(10) }), (err: Error) => {
+    assert.ok(err instanceof GatewayError, String(err));
+    assert.equal(err.code, 'GW_ERR_INTERNAL');
+    assert.match(err.message, /^the model worker could not load the model: .+/);
+    return true;
+  });
+});
