@@ -134,6 +134,12 @@ export interface BatchEngine<Prompt> {
   arrange(keep: readonly number[], add: readonly Prompt[]): void;
   /** Feeds tokens[b] to row b, all rows in one forward; returns the next logits of every row, [rows, logitsWidth]. */
   decode(tokens: readonly number[]): Float32Array | Promise<Float32Array>;
+  /**
+   * Optional: one forward for a whole iteration, the rows' next tokens and prompt chunks together (vLLM's mixed
+   * batches): decode's logits, and each chunk's output as prefill gives it. An engine with it runs one forward an
+   * iteration instead of two.
+   */
+  step?(tokens: readonly number[], chunks: ReadonlyArray<PrefillInput<Prompt>>): Promise<{ logits: Float32Array; outputs: Array<PrefillOutput<Prompt>> }>;
   /** Frees a prompt's cache (rows started from it hold their own copy). */
   release(prompt: Prompt): void;
   /** Drops every row. */
@@ -393,8 +399,10 @@ export class BatchScheduler<Prompt> {
     }
     this.#prefilling.push(...admitted);
     // 1. Run up to prefillChunk prompt tokens, oldest request first: fresh prompts together (grouped by length,
-    //    usually one forward), a prompt too long for what is left of the budget in chunks, one per iteration.
-    await this.#prefill();
+    //    usually one forward), a prompt too long for what is left of the budget in chunks, one per iteration. An
+    //    engine with `step` runs them in step 4's forward instead, and their requests join at the next iteration.
+    const fused = this.#engine.step !== undefined;
+    if (!fused) await this.#runChunks(this.#nextChunks());
     const ready = this.#prefilling.filter((s) => s.job.prompt !== undefined && !s.job.settled);
     this.#prefilling = this.#prefilling.filter((s) => s.job.prompt === undefined && !s.job.settled);
     const width = this.#engine.logitsWidth;
@@ -414,15 +422,19 @@ export class BatchScheduler<Prompt> {
     this.#engine.arrange(keep, added.map((s) => s.job.prompt!.prompt));
     this.#running = [...keep.map((b) => this.#running[b]!), ...added];
 
-    // 4. One decode forward for the whole batch.
-    if (this.#running.length === 0) return;
-    this.#onBatch?.(this.#running.length);
-    const logits = await this.#engine.decode(this.#running.map((s) => s.next));
+    // 4. One decode forward for the whole batch (with the prompt chunks, on an engine with `step`).
+    const chunks = fused ? this.#nextChunks() : [];
+    if (this.#running.length === 0 && chunks.length === 0) return;
+    if (this.#running.length > 0) this.#onBatch?.(this.#running.length);
+    const tokens = this.#running.map((s) => s.next);
+    let logits: Float32Array;
+    if (fused) logits = (await this.#runChunks(chunks, (inputs) => this.#engine.step!(tokens, inputs)))!; // a failure: to #run, for the rows
+    else logits = await this.#engine.decode(tokens);
     this.#running.forEach((s, b) => (s.logits = logits.subarray(b * width, b * width + this.#text.vocabSize)));
   }
 
-  /** Runs the next prompt chunks (step 1 of an iteration); a request whose prompt is all run gets job.prompt. */
-  async #prefill(): Promise<void> {
+  /** The prompt chunks to run this iteration: up to prefillChunk tokens of the admitted requests', oldest first. */
+  #nextChunks(): Array<{ job: Job<Prompt>; take: number }> {
     let budget = this.#settings.prefillChunk;
     const chunks: Array<{ job: Job<Prompt>; take: number }> = [];
     for (const job of new Set(this.#prefilling.map((s) => s.job))) {
@@ -432,17 +444,30 @@ export class BatchScheduler<Prompt> {
       chunks.push({ job, take });
       budget -= take;
     }
-    if (chunks.length === 0) return;
+    return chunks;
+  }
+
+  /**
+   * Runs prompt chunks, through prefill or, given `forward`, in the iteration's one forward (whose decode logits it
+   * returns); a request whose prompt is all run gets job.prompt. When the forward fails, the chunks' requests fail
+   * (and, with `forward`, the error goes on to the caller, for the rows).
+   */
+  async #runChunks(chunks: Array<{ job: Job<Prompt>; take: number }>, forward?: (inputs: Array<PrefillInput<Prompt>>) => Promise<{ logits: Float32Array; outputs: Array<PrefillOutput<Prompt>> }>): Promise<Float32Array | undefined> {
+    if (chunks.length === 0 && !forward) return undefined;
+    const inputs = chunks.map(({ job, take }) => ({
+      ids: job.req.promptIds.slice(job.prefilled, job.prefilled + take),
+      allPositions: job.wantsPromptLogprobs,
+      ...(job.cached === undefined ? {} : { from: job.cached }),
+    }));
     let outputs: Array<PrefillOutput<Prompt>>;
+    let logits: Float32Array | undefined;
     try {
-      outputs = await this.#engine.prefill(chunks.map(({ job, take }) => ({
-        ids: job.req.promptIds.slice(job.prefilled, job.prefilled + take),
-        allPositions: job.wantsPromptLogprobs,
-        ...(job.cached === undefined ? {} : { from: job.cached }),
-      })));
+      if (forward) ({ logits, outputs } = await forward(inputs));
+      else outputs = await this.#engine.prefill(inputs);
     } catch (err) {
-      for (const { job } of chunks) this.#fail(job, err); // the batch itself is untouched: running sequences go on
-      return;
+      for (const { job } of chunks) this.#fail(job, err); // without `forward` the batch itself is untouched: rows go on
+      if (forward) throw err;
+      return undefined;
     }
     outputs.forEach((out, i) => {
       const { job, take } = chunks[i]!;
@@ -455,6 +480,7 @@ export class BatchScheduler<Prompt> {
       job.promptRows = [];
       if (job.wantsPromptLogprobs) this.#scorePrompt(job);
     });
+    return logits;
   }
 
   /** Samples, releases text, and finishes the sequence at end-of-text, a stop sequence or max_tokens. */
@@ -542,8 +568,9 @@ export class BatchScheduler<Prompt> {
 
   /** Frees the prompt caches no sequence will start from any more (a prompt half run included, once its request ended). */
   #releasePrompts(): void {
+    const joining = new Set(this.#prefilling.map((s) => s.job)); // sequences still to start rows from their prompt
     for (const job of this.#prompted) {
-      if (!job.settled && !this.#closed && (job.prompt === undefined || job.admitted < job.req.n)) continue;
+      if (!job.settled && !this.#closed && (job.prompt === undefined || job.admitted < job.req.n || joining.has(job))) continue;
       this.#engine.release(job.cached!);
       job.cached = undefined;
       this.#prompted.delete(job);

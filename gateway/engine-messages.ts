@@ -28,6 +28,7 @@ export interface ChunkMessage {
 export type ToEngine =
   | { op: 'prefill'; id: number; inputs: ChunkMessage[] }
   | { op: 'decode'; id: number; tokens: number[] }
+  | { op: 'step'; id: number; tokens: number[]; inputs: ChunkMessage[] }
   | { op: 'arrange'; keep: number[]; add: number[] }
   | { op: 'release'; handle: number }
   | { op: 'clear' }
@@ -43,6 +44,7 @@ export type FromEngine =
   | { op: 'ready'; backend: string; engine: 'paged' | 'tensor' }
   | ({ op: 'prefilled'; id: number; outputs: Array<{ logits: Float32Array; prompt: number }> } & CacheStats)
   | ({ op: 'decoded'; id: number; logits: Float32Array } & CacheStats)
+  | ({ op: 'stepped'; id: number; logits: Float32Array; outputs: Array<{ logits: Float32Array; prompt: number }> } & CacheStats)
   | ({ op: 'failed'; id: number } & ThreadFailure)
   | { op: 'closed' };
 

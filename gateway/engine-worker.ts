@@ -13,9 +13,9 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { loadBackend } from '../model/compute/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { attachLora } from '../model/lora.ts';
-import type { BatchEngine } from './batch-scheduler.ts';
+import type { BatchEngine, PrefillOutput } from './batch-scheduler.ts';
 import { PagedGptEngine, servingEngine } from './paged-gpt.ts';
-import { threadFailure, type EngineInit, type FromEngine, type ToEngine } from './engine-messages.ts';
+import { threadFailure, type ChunkMessage, type EngineInit, type FromEngine, type ToEngine } from './engine-messages.ts';
 
 const port = parentPort!;
 const init = workerData as EngineInit;
@@ -66,11 +66,20 @@ async function handle(m: ToEngine): Promise<void> {
       deferred = undefined;
       throw err;
     }
+    const chunksOf = (inputs: ChunkMessage[]) => inputs.map((c) => ({ ids: c.ids, allPositions: c.allPositions, ...(c.from === undefined ? {} : { from: promptOf(c.from) }) }));
+    const outputsOf = (inputs: ChunkMessage[], outputs: Array<PrefillOutput<unknown>>) => {
+      for (const c of inputs) if (c.from !== undefined) prompts.delete(c.from); // taken over by the engine
+      return outputs.map((o) => ({ logits: o.logits.slice(), prompt: handleOf(o.prompt) })); // own buffers, to transfer
+    };
     if (m.op === 'prefill') {
-      const outputs = await engine.prefill(m.inputs.map((c) => ({ ids: c.ids, allPositions: c.allPositions, ...(c.from === undefined ? {} : { from: promptOf(c.from) }) })));
-      for (const c of m.inputs) if (c.from !== undefined) prompts.delete(c.from); // taken over by the engine
-      const logits = outputs.map((o) => o.logits.slice()); // own buffers, to transfer
-      port.postMessage({ op: 'prefilled', id: m.id, outputs: outputs.map((o, i) => ({ logits: logits[i]!, prompt: handleOf(o.prompt) })), ...stats() } satisfies FromEngine, logits.map((l) => l.buffer as ArrayBuffer));
+      const outputs = outputsOf(m.inputs, await engine.prefill(chunksOf(m.inputs)));
+      port.postMessage({ op: 'prefilled', id: m.id, outputs, ...stats() } satisfies FromEngine, outputs.map((o) => o.logits.buffer as ArrayBuffer));
+    } else if (m.op === 'step') {
+      if (!engine.step) throw new RangeError('this engine has no step');
+      const { logits, outputs: raw } = await engine.step(m.tokens, chunksOf(m.inputs));
+      const outputs = outputsOf(m.inputs, raw);
+      const rows = logits.slice();
+      port.postMessage({ op: 'stepped', id: m.id, logits: rows, outputs, ...stats() } satisfies FromEngine, [rows.buffer as ArrayBuffer, ...outputs.map((o) => o.logits.buffer as ArrayBuffer)]);
     } else {
       const logits = await engine.decode(m.tokens);
       const own = logits.byteOffset === 0 && logits.byteLength === logits.buffer.byteLength ? logits : logits.slice();

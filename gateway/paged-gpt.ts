@@ -1,20 +1,19 @@
 /**
  * The GPT's serving engine over a paged KV cache (paged-kv.ts), for the backends whose tensors live in this
  * process's memory (wasm, cpu): every row is a sequence of cache blocks, so rows join and leave the batch without
- * touching anyone else's cache, and decode attention runs in the SIMD kernel over each row's own positions only.
- * The rest of a step (embeddings, projections, MLPs, head) runs in tfjs over all rows at once, as in
- * batched-gpt.ts, whose tensor cache serves the GPU backends (their tensors cannot be read and written in place).
+ * touching anyone else's cache, and attention runs in the SIMD kernel over each query's own sequence only.
+ * The rest of a forward (embeddings, projections, MLPs, head) runs in tfjs over all its tokens at once;
+ * batched-gpt.ts, whose tensor cache serves the GPU backends (their tensors cannot be written in place), is the other engine.
  *
- * A decode step: for each layer, the rows' queries, keys and values come out of one matmul [B, 3d]; each row's
- * new key and value go into its sequence's block, the kernel attends each row's query over its positions, and the
- * outputs [B, d] go back into the block's projection. A row's numbers depend only on its own tokens: the kernel
- * works row by row, and tfjs's matmuls compute rows separately, so a sequence gets the same logits alone or
- * batched, joined mid-batch or not (bit for bit; tested).
- *
- * Prompts: fresh prompts are run together (one forward per group of similar lengths, as batched-gpt.ts groups
- * them) with matmul attention, and their keys and values copied into blocks; a chunk that continues a prompt
- * (chunked prefill) attends to the prompt's cached positions, read back from its blocks. A request's choices fork
- * the prompt's sequence: they share its blocks until each writes its first token (copy on write of one block).
+ * An iteration is ONE forward (`step`, vLLM's mixed batches): the next token of every row and the prompt chunks
+ * the scheduler runs this iteration, as more rows of the same matmuls. For each layer, every token's query, key and
+ * value come out of one matmul [N, 3d]; each new key and value goes into its sequence's block; then each query
+ * attends in the kernel to its sequence's positions up to its own (a chunk's token i sees the cached prefix and
+ * chunk tokens 0 … i), and the outputs [N, d] go on through the block. A token's numbers depend only on its own
+ * sequence: the kernel works query by query and tfjs's matmuls compute rows separately, so a request gets the same
+ * logits alone or batched, its prompt whole or in chunks, joining a running batch or not (bit for bit; tested).
+ * A request's choices fork the prompt's sequence: they share its blocks until each writes its first token (copy on
+ * write of one block). `prefill` (matmul attention, prompts grouped by length) serves callers outside the scheduler.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { GPT } from '../model/gpt.ts';
@@ -121,29 +120,71 @@ export class PagedGptEngine implements BatchEngine<KvSequence> {
 
   /** Feeds tokens[b] to row b at its next position, every row in one forward; returns logits [rows, V]. */
   async decode(tokens: readonly number[]): Promise<Float32Array> {
+    return (await this.step(tokens, [])).logits;
+  }
+
+  /**
+   * One forward for a whole iteration (vLLM's mixed batches): the next token of every row, and the prompt chunks,
+   * their tokens as more rows of the same matmuls. Every new key and value goes into its sequence first; then each
+   * query attends, in the kernel, to its own sequence's positions up to its own (a chunk's token i sees the cached
+   * prefix and chunk tokens 0 … i). Returns the rows' next logits [rows, V] and each chunk's output as prefill's.
+   */
+  async step(tokens: readonly number[], chunks: ReadonlyArray<PrefillInput<KvSequence>>): Promise<{ logits: Float32Array; outputs: Array<PrefillOutput<KvSequence>> }> {
     const B = this.#rows.length;
-    if (tokens.length !== B) throw new RangeError(`decode: ${tokens.length} tokens for ${B} rows`);
+    if (tokens.length !== B) throw new RangeError(`step: ${tokens.length} tokens for ${B} rows`);
     const { nEmbd: d, nLayer } = this.#model.config;
     const rows = this.#rows;
-    for (const seq of rows) this.#kv.reserve(seq, 1);
-    const positions = Int32Array.from(rows, (s) => s.length);
-    const logits = tf.tidy(() => {
-      let x = this.#fwd.embed(Int32Array.from(tokens), positions); // [B, d]
-      for (let l = 0; l < nLayer; l++) {
-        const y = new Float32Array(B * d); // a fresh one per layer: a backend may keep the array a tensor is made from
-        withValues(this.#fwd.qkv(x, l), (qkv) => { // [B, 3d]: row b's query, key, value side by side
-          for (let b = 0; b < B; b++) {
-            const seq = rows[b]!, at = b * 3 * d;
-            this.#kv.write(seq, l, seq.length, 1, qkv, at + d, qkv, at + 2 * d, 3 * d);
-            this.#kv.attend(seq, l, seq.length + 1, qkv, at, y, b * d);
-          }
-        });
-        x = this.#fwd.finishBlock(x, l, tf.tensor2d(y, [B, d]), B, 1);
-      }
-      return this.#fwd.head(x);
+    const sequences = chunks.map((c) => c.from ?? this.#kv.sequence());
+    // Every query of the forward: its sequence, its position, and whether its logits come back.
+    const seqOf: KvSequence[] = [], posOf: number[] = [], ids: number[] = [], wanted: number[] = [];
+    rows.forEach((seq, b) => {
+      seqOf.push(seq);
+      posOf.push(seq.length);
+      ids.push(tokens[b]!);
+      wanted.push(b);
     });
+    chunks.forEach((c, j) => {
+      const seq = sequences[j]!;
+      for (let i = 0; i < c.ids.length; i++) {
+        if (c.allPositions || i === c.ids.length - 1) wanted.push(seqOf.length);
+        seqOf.push(seq);
+        posOf.push(seq.length + i);
+        ids.push(c.ids[i]!);
+      }
+    });
+    const N = ids.length;
+    let logits: tf.Tensor2D;
+    try {
+      for (const seq of rows) this.#kv.reserve(seq, 1);
+      chunks.forEach((c, j) => this.#kv.reserve(sequences[j]!, c.ids.length));
+      logits = tf.tidy(() => {
+        let x = this.#fwd.embed(Int32Array.from(ids), Int32Array.from(posOf)); // [N, d]
+        for (let l = 0; l < nLayer; l++) {
+          const y = new Float32Array(N * d); // a fresh one per layer: a backend may keep the array a tensor is made from
+          withValues(this.#fwd.qkv(x, l), (qkv) => { // [N, 3d]: query, key, value side by side per token
+            for (let n = 0; n < N; n++) this.#kv.write(seqOf[n]!, l, posOf[n]!, 1, qkv, n * 3 * d + d, qkv, n * 3 * d + 2 * d, 3 * d);
+            for (let n = 0; n < N; n++) this.#kv.attend(seqOf[n]!, l, posOf[n]! + 1, qkv, n * 3 * d, y, n * d);
+          });
+          x = this.#fwd.finishBlock(x, l, tf.tensor2d(y, [N, d]), N, 1);
+        }
+        return this.#fwd.head(x, wanted.length === N ? undefined : wanted);
+      });
+    } catch (err) {
+      chunks.forEach((c, j) => c.from ?? this.#kv.release(sequences[j]!));
+      throw err;
+    }
     for (const seq of rows) seq.length++;
-    return takeValues(logits); // [B, V]
+    chunks.forEach((c, j) => (sequences[j]!.length += c.ids.length));
+    const values = await takeValues(logits); // [wanted, V]
+    const V = this.logitsWidth;
+    let at = B;
+    const outputs = chunks.map((c, j) => {
+      const n = c.allPositions ? c.ids.length : 1;
+      const out = { logits: values.subarray(at * V, (at + n) * V), prompt: sequences[j]! };
+      at += n;
+      return out;
+    });
+    return { logits: values.subarray(0, B * V), outputs };
   }
 
   release(prompt: KvSequence): void {

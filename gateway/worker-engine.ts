@@ -13,7 +13,7 @@ import { prepareBackendEnv, terminateComputeWorker, type BackendChoice } from '.
 import type { GPTConfig } from '../model/params.ts';
 import type { LoraSpec } from '../model/lora.ts';
 import type { BatchEngine, PrefillInput, PrefillOutput } from './batch-scheduler.ts';
-import { errorOfFailure, type CacheStats, type EngineInit, type FromEngine, type ToEngine } from './engine-messages.ts';
+import { errorOfFailure, type CacheStats, type ChunkMessage, type EngineInit, type FromEngine, type ToEngine } from './engine-messages.ts';
 import { GatewayError } from './errors.ts';
 
 const CLOSE_WAIT_MS = 5_000;
@@ -71,6 +71,8 @@ export class WorkerEngine implements BatchEngine<number> {
   /** The compute backend the worker runs on (wasm, webgpu, …) and the cache it serves with. */
   readonly computeBackend: string;
   readonly kind: 'paged' | 'tensor';
+  /** One forward per iteration, where the worker's engine has it (the paged one). */
+  readonly step?: BatchEngine<number>['step'];
   readonly #worker: Worker;
   readonly #choice: BackendChoice;
   readonly #pending = new Map<number, Pending>();
@@ -86,6 +88,7 @@ export class WorkerEngine implements BatchEngine<number> {
     this.config = opts.config;
     this.computeBackend = ready.backend;
     this.kind = ready.engine;
+    if (ready.engine === 'paged') this.step = (tokens, chunks) => this.#step(tokens, chunks);
     worker.on('message', (m: FromEngine) => this.#onMessage(m));
     worker.on('error', (err) => this.#die(`the model worker crashed: ${err.message}`));
     worker.on('exit', this.#onExit);
@@ -97,13 +100,19 @@ export class WorkerEngine implements BatchEngine<number> {
   }
 
   async prefill(prompts: ReadonlyArray<PrefillInput<number>>): Promise<Array<PrefillOutput<number>>> {
-    const m = await this.#request({ op: 'prefill', id: 0, inputs: prompts.map((p) => ({ ids: [...p.ids], allPositions: p.allPositions, ...(p.from === undefined ? {} : { from: p.from }) })) });
+    const m = await this.#request({ op: 'prefill', id: 0, inputs: prompts.map(chunkMessage) });
     if (m.op !== 'prefilled') throw new GatewayError('GW_ERR_INTERNAL', `the model worker answered ${m.op} to a prefill`);
     return m.outputs;
   }
 
   arrange(keep: readonly number[], add: readonly number[]): void {
     this.#send({ op: 'arrange', keep: [...keep], add: [...add] });
+  }
+
+  async #step(tokens: readonly number[], chunks: ReadonlyArray<PrefillInput<number>>): Promise<{ logits: Float32Array; outputs: Array<PrefillOutput<number>> }> {
+    const m = await this.#request({ op: 'step', id: 0, tokens: [...tokens], inputs: chunks.map(chunkMessage) });
+    if (m.op !== 'stepped') throw new GatewayError('GW_ERR_INTERNAL', `the model worker answered ${m.op} to a step`);
+    return { logits: m.logits, outputs: m.outputs };
   }
 
   async decode(tokens: readonly number[]): Promise<Float32Array> {
@@ -158,7 +167,7 @@ export class WorkerEngine implements BatchEngine<number> {
   }
 
   #onMessage(m: FromEngine): void {
-    if (m.op !== 'prefilled' && m.op !== 'decoded' && m.op !== 'failed') return;
+    if (m.op !== 'prefilled' && m.op !== 'decoded' && m.op !== 'stepped' && m.op !== 'failed') return;
     const p = this.#pending.get(m.id);
     if (!p) return;
     this.#pending.delete(m.id);
@@ -174,3 +183,5 @@ export class WorkerEngine implements BatchEngine<number> {
     this.#pending.clear();
   }
 }
+
+const chunkMessage = (p: PrefillInput<number>): ChunkMessage => ({ ids: [...p.ids], allPositions: p.allPositions, ...(p.from === undefined ? {} : { from: p.from }) });
