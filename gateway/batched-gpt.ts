@@ -65,6 +65,21 @@ export function prefillGroups(lengths: readonly number[]): number[][] {
   return groups;
 }
 
+/**
+ * Runs prompt chunks through `forward`: fresh prompts grouped by length (prefillGroups), each continuation (`from`)
+ * alone; the outputs in the order of `prompts`.
+ */
+export async function prefillGrouped<P>(prompts: ReadonlyArray<PrefillInput<P>>, forward: (group: ReadonlyArray<PrefillInput<P>>) => Promise<Array<PrefillOutput<P>>>): Promise<Array<PrefillOutput<P>>> {
+  const out = new Array<PrefillOutput<P>>(prompts.length);
+  const fresh = prompts.flatMap((p, i) => (p.from ? [] : [i]));
+  for (const group of prefillGroups(fresh.map((i) => prompts[i]!.ids.length))) {
+    const members = group.map((j) => fresh[j]!);
+    (await forward(members.map((i) => prompts[i]!))).forEach((o, j) => (out[members[j]!] = o));
+  }
+  for (const [i, p] of prompts.entries()) if (p.from) out[i] = (await forward([p]))[0]!;
+  return out;
+}
+
 export class GptBatchEngine implements BatchEngine<PromptKV> {
   readonly logitsWidth: number;
   readonly #model: GPT;
@@ -88,15 +103,8 @@ export class GptBatchEngine implements BatchEngine<PromptKV> {
    * a continuation (`from`, a prompt cached so far) alone, attending to its cached prefix. A continued prompt is
    * consumed: the result's prompt replaces it.
    */
-  async prefill(prompts: ReadonlyArray<PrefillInput<PromptKV>>): Promise<Array<PrefillOutput<PromptKV>>> {
-    const out = new Array<PrefillOutput<PromptKV>>(prompts.length);
-    const fresh = prompts.flatMap((p, i) => (p.from ? [] : [i]));
-    for (const group of prefillGroups(fresh.map((i) => prompts[i]!.ids.length))) {
-      const members = group.map((j) => fresh[j]!);
-      (await this.#prefillGroup(members.map((i) => prompts[i]!))).forEach((o, j) => (out[members[j]!] = o));
-    }
-    for (const [i, p] of prompts.entries()) if (p.from) out[i] = (await this.#prefillGroup([p]))[0]!;
-    return out;
+  prefill(prompts: ReadonlyArray<PrefillInput<PromptKV>>): Promise<Array<PrefillOutput<PromptKV>>> {
+    return prefillGrouped(prompts, (group) => this.#prefillGroup(group));
   }
 
   /** One forward over chunks right-padded to the longest (one chunk when it continues a prompt). */

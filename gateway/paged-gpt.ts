@@ -19,7 +19,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { GPT } from '../model/gpt.ts';
 import { takeValues, withValues } from '../model/tensor-values.ts';
 import type { BatchEngine, PrefillInput, PrefillOutput } from './batch-scheduler.ts';
-import { GptBatchEngine, prefillGroups } from './batched-gpt.ts';
+import { GptBatchEngine, prefillGrouped } from './batched-gpt.ts';
 import { GptForward } from './gpt-forward.ts';
 import { PagedKv, type KvSequence } from './paged-kv.ts';
 
@@ -57,15 +57,9 @@ export class PagedGptEngine implements BatchEngine<KvSequence> {
     return this.#kv.blocksInUse;
   }
 
-  async prefill(prompts: ReadonlyArray<PrefillInput<KvSequence>>): Promise<Array<PrefillOutput<KvSequence>>> {
-    const out = new Array<PrefillOutput<KvSequence>>(prompts.length);
-    const fresh = prompts.flatMap((p, i) => (p.from ? [] : [i]));
-    for (const group of prefillGroups(fresh.map((i) => prompts[i]!.ids.length))) {
-      const members = group.map((j) => fresh[j]!);
-      (await this.#run(members.map((i) => prompts[i]!))).forEach((o, j) => (out[members[j]!] = o));
-    }
-    for (const [i, p] of prompts.entries()) if (p.from) out[i] = (await this.#run([p]))[0]!;
-    return out;
+  /** Prompt chunks on their own (callers outside the scheduler): matmul attention, fresh prompts grouped by length. */
+  prefill(prompts: ReadonlyArray<PrefillInput<KvSequence>>): Promise<Array<PrefillOutput<KvSequence>>> {
+    return prefillGrouped(prompts, (group) => this.#run(group));
   }
 
   /** One forward over chunks (one when it continues a prompt); their keys and values go into their sequences. */

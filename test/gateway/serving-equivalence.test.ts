@@ -16,18 +16,12 @@ import { loadDemoCorpus } from '../../model/corpus.ts';
 import { loadBackend, type LoadedBackend } from '../../model/compute/backend.ts';
 import { GptBackend, type GptBackendOptions } from '../../gateway/gpt-backend.ts';
 import type { GenerateRequest, GenerateResult } from '../../gateway/inference-backend.ts';
-import { assertSameOutput, generateRequest } from './support.ts';
+import { assertSameOutput, equivalenceRequests } from './support.ts';
 
 const tokenizer = await trainBpe([loadDemoCorpus().documents[5]!], { vocabSize: 300 });
 const config = { vocabSize: 304, nCtx: 96, nLayer: 2, nHead: 2, nEmbd: 16 }; // head size 8: the paged kernel's 4 lanes fit
-const request = (prompt: string, over: Partial<GenerateRequest> = {}): GenerateRequest => generateRequest(tokenizer.encode(prompt), over);
 
-const REQUESTS: GenerateRequest[] = [
-  request('The state of the Union', { maxTokens: 10 }),
-  request('We the people of the United States, in order to form', { temperature: 1, seed: 3, maxTokens: 12, logprobs: 2 }),
-  request('Congress shall make no law respecting an establishment of religion', { temperature: 0.7, topP: 0.9, seed: 4, n: 3, maxTokens: 8, logprobs: 1 }),
-  request('Four score and seven years ago our fathers brought forth on this continent', { temperature: 1, seed: 5, echo: true, logprobs: 1, maxTokens: 6 }),
-];
+const REQUESTS = equivalenceRequests((text) => tokenizer.encode(text));
 
 const loaded: LoadedBackend[] = [];
 after(() => {

@@ -88,3 +88,17 @@ export function assertSameOutput(actual: GenerateResult, expected: GenerateResul
   assert.equal(actual.promptLogprobs?.length, expected.promptLogprobs?.length, name);
   actual.promptLogprobs?.forEach((p, j) => assertLogprobClose(p, expected.promptLogprobs![j], `${name}, prompt token ${j}`));
 }
+
+/**
+ * Requests that differ in what serving must keep per request (greedy and sampled, top_p, n > 1, logprobs, echo),
+ * with prompts of 5–15 tokens: the equivalence tests' set (serving-equivalence, worker-engine).
+ */
+export function equivalenceRequests(encode: (text: string) => number[]): GenerateRequest[] {
+  const request = (prompt: string, over: Partial<GenerateRequest>) => generateRequest(encode(prompt), over);
+  return [
+    request('The state of the Union', { maxTokens: 10 }),
+    request('We the people of the United States, in order to form', { temperature: 1, seed: 3, maxTokens: 12, logprobs: 2 }),
+    request('Congress shall make no law respecting an establishment of religion', { temperature: 0.7, topP: 0.9, seed: 4, n: 3, maxTokens: 8, logprobs: 1 }),
+    request('Four score and seven years ago our fathers brought forth on this continent', { temperature: 1, seed: 5, echo: true, logprobs: 1, maxTokens: 6 }),
+  ];
+}

@@ -20,18 +20,12 @@ import { GatewayError } from '../../gateway/errors.ts';
 import { ModelError } from '../../model/errors.ts';
 import type { GenerateRequest, GenerateResult, TokenEvent } from '../../gateway/inference-backend.ts';
 import { makeRegistry } from '../../bench/support/gateway-fixture.ts';
-import { assertSameOutput, generateRequest } from './support.ts';
+import { assertSameOutput, equivalenceRequests } from './support.ts';
 
 await tf.setBackend('cpu');
 const tokenizer = await trainBpe([loadDemoCorpus().documents[5]!], { vocabSize: 300 });
 const config = { vocabSize: tokenizer.vocabSize, nCtx: 96, nLayer: 2, nHead: 2, nEmbd: 16 };
-const request = (prompt: string, over: Partial<GenerateRequest> = {}): GenerateRequest => generateRequest(tokenizer.encode(prompt), over);
-const REQUESTS: GenerateRequest[] = [
-  request('The state of the Union', { maxTokens: 10 }),
-  request('We the people of the United States, in order to form', { temperature: 1, seed: 3, maxTokens: 12, logprobs: 2 }),
-  request('Congress shall make no law respecting an establishment of religion', { temperature: 0.7, topP: 0.9, seed: 4, n: 3, maxTokens: 8, logprobs: 1 }),
-  request('Four score and seven years ago our fathers brought forth on this continent', { temperature: 1, seed: 5, echo: true, logprobs: 1, maxTokens: 6 }),
-];
+const REQUESTS = equivalenceRequests((text) => tokenizer.encode(text));
 
 test('a model in a worker thread answers what the same model answers on this thread: alone, batched, chunked, streamed', async (t) => {
   const data = mkdtempSync(join(tmpdir(), 'gw-worker-'));
