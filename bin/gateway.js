@@ -14,7 +14,7 @@ const argv = process.argv.slice(2);
 const wantsModels = argv[0] === 'serve' && !argv.includes('--fake') && !argv.includes('--help') && !argv.includes('-h');
 const backendFactory = async (files, meta, options = {}) => {
   const backend = await gptBackendFactory(files, meta, options);
-  createLogger('gateway').info(`${meta.name} v${meta.version}: compute backend ${backend.computeBackend ?? 'this thread'}, ${backend.kvCache.engine} KV cache, in a worker thread`);
+  createLogger('gateway').info(`${meta.name} v${meta.version}: compute backend: ${backend.computeBackend}, ${backend.kvCache.engine} KV cache, in a worker thread`);
   return backend;
 };
 process.exitCode = await runCli(argv, wantsModels ? { backendFactory } : {});

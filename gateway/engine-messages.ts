@@ -41,7 +41,7 @@ export interface CacheStats {
 }
 
 export type FromEngine =
-  | { op: 'ready'; backend: string; engine: 'paged' | 'tensor' }
+  | { op: 'ready'; backend: string; engine: 'paged' | 'tensor'; adapter?: string }
   | ({ op: 'prefilled'; id: number; outputs: Array<{ logits: Float32Array; prompt: number }> } & CacheStats)
   | ({ op: 'decoded'; id: number; logits: Float32Array } & CacheStats)
   | ({ op: 'stepped'; id: number; logits: Float32Array; outputs: Array<{ logits: Float32Array; prompt: number }> } & CacheStats)

@@ -11,6 +11,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadBackend } from '../model/compute/backend.ts';
+import { adapterName } from '../protocol/gpu.ts';
 import { GPT } from '../model/gpt.ts';
 import { attachLora } from '../model/lora.ts';
 import type { BatchEngine, PrefillOutput } from './batch-scheduler.ts';
@@ -94,4 +95,4 @@ let queue = Promise.resolve();
 port.on('message', (m: ToEngine) => {
   queue = queue.then(() => handle(m));
 });
-port.postMessage({ op: 'ready', backend: compute.name, engine: served instanceof PagedGptEngine ? 'paged' : 'tensor' } satisfies FromEngine);
+port.postMessage({ op: 'ready', backend: compute.name, engine: served instanceof PagedGptEngine ? 'paged' : 'tensor', ...(compute.gpu ? { adapter: adapterName(compute.gpu) } : {}) } satisfies FromEngine);

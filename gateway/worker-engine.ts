@@ -68,7 +68,7 @@ export class WorkerEngine implements BatchEngine<number> {
 
   readonly logitsWidth: number;
   readonly config: GPTConfig;
-  /** The compute backend the worker runs on (wasm, webgpu, …) and the cache it serves with. */
+  /** The compute backend the worker runs on (wasm, webgpu, …; with its GPU adapter) and the cache it serves with. */
   readonly computeBackend: string;
   readonly kind: 'paged' | 'tensor';
   /** One forward per iteration, where the worker's engine has it (the paged one). */
@@ -86,7 +86,7 @@ export class WorkerEngine implements BatchEngine<number> {
     this.#choice = opts.backend;
     this.logitsWidth = opts.config.vocabSize;
     this.config = opts.config;
-    this.computeBackend = ready.backend;
+    this.computeBackend = ready.adapter ? `${ready.backend} on ${ready.adapter}` : ready.backend;
     this.kind = ready.engine;
     if (ready.engine === 'paged') this.step = (tokens, chunks) => this.#step(tokens, chunks);
     worker.on('message', (m: FromEngine) => this.#onMessage(m));
