@@ -158,6 +158,7 @@ export interface TokenText {
 // ---------------------------------------------------------------------------------------------------- the scheduler
 
 const FINISH_WINDOW = 64; // finished sequences the drain rate (Retry-After) is measured over
+const BACKGROUND_CHUNK = 32; // prompt tokens of a background request per step: a step's cost stays near a decode's
 
 /** A request in flight. */
 class Job<Prompt> {
@@ -433,14 +434,19 @@ export class BatchScheduler<Prompt> {
     this.#running.forEach((s, b) => (s.logits = logits.subarray(b * width, b * width + this.#text.vocabSize)));
   }
 
-  /** The prompt chunks to run this iteration: up to prefillChunk tokens of the admitted requests', oldest first. */
+  /**
+   * The prompt chunks to run this iteration: up to prefillChunk tokens of the admitted requests', oldest first; a
+   * background request's (a shadow's) at most BACKGROUND_CHUNK a step, so that a step with shadow work in it ends
+   * soon and a client request that comes meanwhile waits little (shadow work is preempted between steps: the gate).
+   */
   #nextChunks(): Array<{ job: Job<Prompt>; take: number }> {
     let budget = this.#settings.prefillChunk;
     const chunks: Array<{ job: Job<Prompt>; take: number }> = [];
     for (const job of new Set(this.#prefilling.map((s) => s.job))) {
       if (budget === 0) break;
       if (job.settled || job.prompt !== undefined) continue;
-      const take = Math.min(job.req.promptIds.length - job.prefilled, budget);
+      const cap = job.opts.priority === 'background' ? Math.min(budget, BACKGROUND_CHUNK) : budget;
+      const take = Math.min(job.req.promptIds.length - job.prefilled, cap);
       chunks.push({ job, take });
       budget -= take;
     }
