@@ -1,6 +1,7 @@
 /**
- * What the gateway's main thread (worker-engine.ts) and a model's engine worker (engine-worker.ts) say to each
- * other, and how an error crosses between them with its code.
+ * What the gateway's main thread (worker-engine.ts) and its compute thread (engine-worker.ts) say to each other,
+ * and how an error crosses between them with its code. One compute thread serves every model version of a
+ * gateway that computes on the same backend; each message names the engine (the version) it is for.
  */
 import type { BackendChoice } from '../model/compute/backend.ts';
 import type { GPTConfig } from '../model/params.ts';
@@ -8,14 +9,18 @@ import type { LoraSpec } from '../model/lora.ts';
 import { ModelError } from '../model/errors.ts';
 import { GatewayError } from './errors.ts';
 
-/** The worker's workerData: the weights (their buffer transferred), where to compute, which cache. */
-export interface EngineInit {
+/** The compute thread's workerData. */
+export interface ComputeInit {
   entry: string;
   backend: BackendChoice;
+}
+
+/** A version to load: its weights (their buffer transferred), adapter, and which cache. */
+export interface EngineLoad {
   config: GPTConfig;
   params: Float32Array;
   adapter?: { spec: LoraSpec; flat: Float32Array };
-  engine?: 'paged' | 'tensor';
+  kind?: 'paged' | 'tensor';
 }
 
 export interface ChunkMessage {
@@ -26,12 +31,14 @@ export interface ChunkMessage {
 }
 
 export type ToEngine =
-  | { op: 'prefill'; id: number; inputs: ChunkMessage[] }
-  | { op: 'decode'; id: number; tokens: number[] }
-  | { op: 'step'; id: number; tokens: number[]; inputs: ChunkMessage[] }
-  | { op: 'arrange'; keep: number[]; add: number[] }
-  | { op: 'release'; handle: number }
-  | { op: 'clear' }
+  | ({ op: 'load'; id: number; engine: number } & EngineLoad)
+  | { op: 'unload'; id: number; engine: number }
+  | { op: 'prefill'; id: number; engine: number; inputs: ChunkMessage[] }
+  | { op: 'decode'; id: number; engine: number; tokens: number[] }
+  | { op: 'step'; id: number; engine: number; tokens: number[]; inputs: ChunkMessage[] }
+  | { op: 'arrange'; engine: number; keep: number[]; add: number[] }
+  | { op: 'release'; engine: number; handle: number }
+  | { op: 'clear'; engine: number }
   | { op: 'close' };
 
 /** The paged cache's figures, sent with every answer. */
@@ -41,7 +48,9 @@ export interface CacheStats {
 }
 
 export type FromEngine =
-  | { op: 'ready'; backend: string; engine: 'paged' | 'tensor'; adapter?: string }
+  | { op: 'ready'; backend: string; adapter?: string }
+  | { op: 'loaded'; id: number; kind: 'paged' | 'tensor' }
+  | { op: 'unloaded'; id: number }
   | ({ op: 'prefilled'; id: number; outputs: Array<{ logits: Float32Array; prompt: number }> } & CacheStats)
   | ({ op: 'decoded'; id: number; logits: Float32Array } & CacheStats)
   | ({ op: 'stepped'; id: number; logits: Float32Array; outputs: Array<{ logits: Float32Array; prompt: number }> } & CacheStats)

@@ -1,12 +1,14 @@
 /**
- * The model's thread: a worker that holds a version's weights on its compute backend and runs the serving engine
- * (paged-gpt.ts or batched-gpt.ts) for the batch scheduler on the gateway's main thread (worker-engine.ts). Forward
- * passes run here, so the main thread's event loop (HTTP, streams, metrics, the coordinator announcement) never
- * waits on one: a GPT-2 prefill chunk takes seconds on wasm.
+ * The gateway's compute thread: a worker that loads the compute backend once and holds the model versions the
+ * gateway serves on it, each with its serving engine (paged-gpt.ts or batched-gpt.ts), for the batch schedulers on
+ * the main thread (worker-engine.ts). Forward passes run here, so the main thread's event loop (HTTP, streams,
+ * metrics, the coordinator announcement) never waits on one: a GPT-2 prefill chunk takes seconds on wasm. One
+ * thread for every version means one version's step never competes with another's for the cores: a shadow's step
+ * and the primary's run one after the other, and the priority gate (priority-gate.ts) decides which goes next.
  *
- * Messages are handled one at a time, in order (each handler is synchronous up to its one await, and the next
- * message waits for it): the scheduler's arrange, release and clear need no answer, and a failure of one of them is
- * reported with the next prefill or decode. Prompts cross as handles (numbers) to the engine's prompt caches here.
+ * Messages are handled one at a time, in order (the next waits for the one before, awaits included): the
+ * schedulers' arrange, release and clear need no answer, and a failure of one of them is reported with that
+ * engine's next answer. Prompts cross as handles (numbers) to the engines' prompt caches here.
  * Started through common/worker-boot.mjs.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -16,21 +18,22 @@ import { GPT } from '../model/gpt.ts';
 import { attachLora } from '../model/lora.ts';
 import type { BatchEngine, PrefillOutput } from './batch-scheduler.ts';
 import { PagedGptEngine, servingEngine } from './paged-gpt.ts';
-import { threadFailure, type ChunkMessage, type EngineInit, type FromEngine, type ToEngine } from './engine-messages.ts';
+import { threadFailure, type ChunkMessage, type ComputeInit, type FromEngine, type ToEngine } from './engine-messages.ts';
 
 const port = parentPort!;
-const init = workerData as EngineInit;
-
+const init = workerData as ComputeInit;
 const compute = await loadBackend(init.backend);
-const model = new GPT(init.config, { flat: init.params });
-if (init.adapter) attachLora(model, init.adapter.spec, init.adapter.flat);
-const served = servingEngine(model, init.engine);
-const engine = served as BatchEngine<unknown> & { dispose(): void };
+
+interface Loaded {
+  model: GPT;
+  served: PagedGptEngine | ReturnType<typeof servingEngine>;
+  engine: BatchEngine<unknown> & { dispose(): void };
+  deferred: unknown; // an arrange, release or clear that failed: reported with the next answer
+}
+const engines = new Map<number, Loaded>();
 const prompts = new Map<number, unknown>();
 let nextHandle = 1;
-let deferred: unknown; // an arrange, release or clear that failed: reported with the next answer
 
-const stats = () => (served instanceof PagedGptEngine ? { cacheBytes: served.cacheBytes, blocksInUse: served.blocksInUse } : {});
 const handleOf = (prompt: unknown): number => {
   const h = nextHandle++;
   prompts.set(h, prompt);
@@ -40,51 +43,83 @@ const promptOf = (h: number): unknown => {
   if (!prompts.has(h)) throw new RangeError(`engine worker: no prompt ${h}`);
   return prompts.get(h);
 };
+const engineOf = (id: number): Loaded => {
+  const e = engines.get(id);
+  if (!e) throw new RangeError(`engine worker: no engine ${id}`);
+  return e;
+};
+const stats = (e: Loaded) => (e.served instanceof PagedGptEngine ? { cacheBytes: e.served.cacheBytes, blocksInUse: e.served.blocksInUse } : {});
+const chunksOf = (inputs: ChunkMessage[]) => inputs.map((c) => ({ ids: c.ids, allPositions: c.allPositions, ...(c.from === undefined ? {} : { from: promptOf(c.from) }) }));
+const outputsOf = (inputs: ChunkMessage[], outputs: Array<PrefillOutput<unknown>>) => {
+  for (const c of inputs) if (c.from !== undefined) prompts.delete(c.from); // taken over by the engine
+  return outputs.map((o) => ({ logits: o.logits.slice(), prompt: handleOf(o.prompt) })); // own buffers, to transfer
+};
 
 async function handle(m: ToEngine): Promise<void> {
-  if (m.op === 'arrange' || m.op === 'release' || m.op === 'clear') {
-    try {
-      if (m.op === 'arrange') engine.arrange(m.keep, m.add.map(promptOf));
-      else if (m.op === 'release') {
-        engine.release(promptOf(m.handle));
-        prompts.delete(m.handle);
-      } else engine.clear();
-    } catch (err) {
-      deferred ??= err;
-    }
-    return;
-  }
   if (m.op === 'close') {
-    engine.dispose();
-    model.dispose();
+    for (const e of engines.values()) {
+      e.engine.dispose();
+      e.model.dispose();
+    }
+    engines.clear();
     compute.release();
     port.postMessage({ op: 'closed' } satisfies FromEngine);
     return;
   }
+  if (m.op === 'arrange' || m.op === 'release' || m.op === 'clear') {
+    const e = engines.get(m.engine);
+    if (!e) return;
+    try {
+      if (m.op === 'arrange') e.engine.arrange(m.keep, m.add.map(promptOf));
+      else if (m.op === 'release') {
+        e.engine.release(promptOf(m.handle));
+        prompts.delete(m.handle);
+      } else e.engine.clear();
+    } catch (err) {
+      e.deferred ??= err;
+    }
+    return;
+  }
   try {
-    if (deferred !== undefined) {
-      const err = deferred;
-      deferred = undefined;
+    if (m.op === 'load') {
+      const model = new GPT(m.config, { flat: m.params });
+      try {
+        if (m.adapter) attachLora(model, m.adapter.spec, m.adapter.flat);
+        const served = servingEngine(model, m.kind);
+        engines.set(m.engine, { model, served, engine: served as BatchEngine<unknown> & { dispose(): void }, deferred: undefined });
+        port.postMessage({ op: 'loaded', id: m.id, kind: served instanceof PagedGptEngine ? 'paged' : 'tensor' } satisfies FromEngine);
+      } catch (err) {
+        model.dispose();
+        throw err;
+      }
+      return;
+    }
+    const e = engineOf(m.engine);
+    if (m.op === 'unload') {
+      engines.delete(m.engine);
+      e.engine.dispose();
+      e.model.dispose();
+      port.postMessage({ op: 'unloaded', id: m.id } satisfies FromEngine);
+      return;
+    }
+    if (e.deferred !== undefined) {
+      const err = e.deferred;
+      e.deferred = undefined;
       throw err;
     }
-    const chunksOf = (inputs: ChunkMessage[]) => inputs.map((c) => ({ ids: c.ids, allPositions: c.allPositions, ...(c.from === undefined ? {} : { from: promptOf(c.from) }) }));
-    const outputsOf = (inputs: ChunkMessage[], outputs: Array<PrefillOutput<unknown>>) => {
-      for (const c of inputs) if (c.from !== undefined) prompts.delete(c.from); // taken over by the engine
-      return outputs.map((o) => ({ logits: o.logits.slice(), prompt: handleOf(o.prompt) })); // own buffers, to transfer
-    };
     if (m.op === 'prefill') {
-      const outputs = outputsOf(m.inputs, await engine.prefill(chunksOf(m.inputs)));
-      port.postMessage({ op: 'prefilled', id: m.id, outputs, ...stats() } satisfies FromEngine, outputs.map((o) => o.logits.buffer as ArrayBuffer));
+      const outputs = outputsOf(m.inputs, await e.engine.prefill(chunksOf(m.inputs)));
+      port.postMessage({ op: 'prefilled', id: m.id, outputs, ...stats(e) } satisfies FromEngine, outputs.map((o) => o.logits.buffer as ArrayBuffer));
     } else if (m.op === 'step') {
-      if (!engine.step) throw new RangeError('this engine has no step');
-      const { logits, outputs: raw } = await engine.step(m.tokens, chunksOf(m.inputs));
+      if (!e.engine.step) throw new RangeError('this engine has no step');
+      const { logits, outputs: raw } = await e.engine.step(m.tokens, chunksOf(m.inputs));
       const outputs = outputsOf(m.inputs, raw);
       const rows = logits.slice();
-      port.postMessage({ op: 'stepped', id: m.id, logits: rows, outputs, ...stats() } satisfies FromEngine, [rows.buffer as ArrayBuffer, ...outputs.map((o) => o.logits.buffer as ArrayBuffer)]);
+      port.postMessage({ op: 'stepped', id: m.id, logits: rows, outputs, ...stats(e) } satisfies FromEngine, [rows.buffer as ArrayBuffer, ...outputs.map((o) => o.logits.buffer as ArrayBuffer)]);
     } else {
-      const logits = await engine.decode(m.tokens);
+      const logits = await e.engine.decode(m.tokens);
       const own = logits.byteOffset === 0 && logits.byteLength === logits.buffer.byteLength ? logits : logits.slice();
-      port.postMessage({ op: 'decoded', id: m.id, logits: own, ...stats() } satisfies FromEngine, [own.buffer as ArrayBuffer]);
+      port.postMessage({ op: 'decoded', id: m.id, logits: own, ...stats(e) } satisfies FromEngine, [own.buffer as ArrayBuffer]);
     }
   } catch (err) {
     port.postMessage({ op: 'failed', id: m.id, ...threadFailure(err) } satisfies FromEngine);
@@ -95,4 +130,4 @@ let queue = Promise.resolve();
 port.on('message', (m: ToEngine) => {
   queue = queue.then(() => handle(m));
 });
-port.postMessage({ op: 'ready', backend: compute.name, engine: served instanceof PagedGptEngine ? 'paged' : 'tensor', ...(compute.gpu ? { adapter: adapterName(compute.gpu) } : {}) } satisfies FromEngine);
+port.postMessage({ op: 'ready', backend: compute.name, ...(compute.gpu ? { adapter: adapterName(compute.gpu) } : {}) } satisfies FromEngine);

@@ -56,6 +56,26 @@ test('a model in a worker thread answers what the same model answers on this thr
   assertSameOutput(await worker.generate(REQUESTS[1]!), reference[1]!, 'after an abort');
 });
 
+test('versions share the compute thread: each answers with its own weights, and closing one leaves the other serving', async (t) => {
+  const data = mkdtempSync(join(tmpdir(), 'gw-worker-'));
+  t.after(() => rmSync(data, { recursive: true, force: true }));
+  const { registry } = await makeRegistry(data, 'tiny', config, tokenizer, [11, 12]);
+  const source = new DirRegistrySource(registry);
+  const [v1, v2] = [await source.load('tiny', 1), await source.load('tiny', 2)];
+  const [a, b] = await Promise.all([gptBackendFactory(v1.files, v1.meta, { backend: 'cpu' }), gptBackendFactory(v2.files, v2.meta, { backend: 'cpu' })]) as [GptBackend, GptBackend];
+  t.after(() => b.close());
+  const here = [11, 12].map((seed) => new GptBackend(new GPT(config, { seed }), tokenizer, { id: 'tiny', createdS: 0, ownedBy: 'test' }));
+  t.after(() => Promise.all(here.map((h) => h.close())));
+  const r = REQUESTS[1]!;
+  const [wantA, wantB] = [await here[0]!.generate(r), await here[1]!.generate(r)];
+  assert.notDeepEqual(wantA.choices[0]!.tokens.map((x) => x.id), wantB.choices[0]!.tokens.map((x) => x.id), 'the two versions differ');
+  const [gotA, gotB] = await Promise.all([a.generate(r), b.generate(r)]);
+  assertSameOutput(gotA, wantA, 'v1 beside v2');
+  assertSameOutput(gotB, wantB, 'v2 beside v1');
+  await a.close();
+  assertSameOutput(await b.generate(r), wantB, 'v2 after v1 closed');
+});
+
 test('an error crosses from the model thread with its class, code and Retry-After', () => {
   const overloaded = errorOfFailure(threadFailure(new GatewayError('GW_ERR_OVERLOADED', 'the KV cache is full', { retryAfterS: 3 })));
   assert.ok(overloaded instanceof GatewayError);
