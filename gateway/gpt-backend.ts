@@ -121,9 +121,10 @@ export class GptBackend implements InferenceBackend {
 }
 
 /**
- * Builds a GptBackend from a registry version's files (the gateway CLI's BackendFactory): the weights go to a
- * worker thread (worker-engine.ts) that loads `options.backend` (default: MESHTRAIN_BACKEND, else auto) and runs the
- * forward passes; tokenizing, scheduling and sampling stay on the calling thread.
+ * Builds a GptBackend from a registry version's files (the gateway CLI's BackendFactory): the weights go to the
+ * gateway's compute thread for `options.backend` (default: MESHTRAIN_BACKEND, else auto; worker-engine.ts), which
+ * runs the forward passes of every version on that backend; tokenizing, scheduling and sampling stay on the
+ * calling thread.
  */
 export const gptBackendFactory: BackendFactory = async (files, meta, options = {}) => {
   if (files.has(ADAPTER_CONFIG_FILE) && !meta.base) {
