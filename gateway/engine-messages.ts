@@ -8,6 +8,7 @@ import type { GPTConfig } from '../model/params.ts';
 import type { LoraSpec } from '../model/lora.ts';
 import { ModelError } from '../model/errors.ts';
 import { GatewayError } from './errors.ts';
+import { errorOfThread, type ThreadFailure } from '../protocol/define-errors.ts';
 
 /** The compute thread's workerData. */
 export interface ComputeInit {
@@ -57,25 +58,7 @@ export type FromEngine =
   | ({ op: 'failed'; id: number } & ThreadFailure)
   | { op: 'closed' };
 
-export interface ThreadFailure {
-  error: string;
-  code?: string;
-  retryAfterS?: number;
-}
-
-/** What the worker posts about `err`. */
-export function threadFailure(err: unknown): ThreadFailure {
-  const e = err as { code?: unknown; retryAfterS?: unknown } | null | undefined;
-  return {
-    error: err instanceof Error ? err.message : String(err),
-    ...(typeof e?.code === 'string' ? { code: e.code } : {}),
-    ...(typeof e?.retryAfterS === 'number' ? { retryAfterS: e.retryAfterS } : {}),
-  };
-}
-
-/** The error a failure re-creates on the main thread: a gateway or model error keeps its class and code. */
+/** The error a failure re-creates on the main thread: a gateway or model error keeps its class, code and Retry-After. */
 export function errorOfFailure(f: ThreadFailure): Error {
-  if (GatewayError.isCode(f.code)) return new GatewayError(f.code, f.error, f.retryAfterS === undefined ? undefined : { retryAfterS: f.retryAfterS });
-  if (ModelError.isCode(f.code)) return new ModelError(f.code, f.error);
-  return new Error(`the model worker failed: ${f.error}`);
+  return errorOfThread<Error>(f, [GatewayError, ModelError], ({ error }) => new Error(`the model worker failed: ${error}`));
 }

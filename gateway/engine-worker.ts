@@ -18,7 +18,8 @@ import { GPT } from '../model/gpt.ts';
 import { attachLora } from '../model/lora.ts';
 import type { BatchEngine, PrefillOutput } from './batch-scheduler.ts';
 import { PagedGptEngine, servingEngine } from './paged-gpt.ts';
-import { threadFailure, type ChunkMessage, type ComputeInit, type FromEngine, type ToEngine } from './engine-messages.ts';
+import { threadFailure } from '../protocol/define-errors.ts';
+import type { ChunkMessage, ComputeInit, FromEngine, ToEngine } from './engine-messages.ts';
 
 const port = parentPort!;
 const init = workerData as ComputeInit;

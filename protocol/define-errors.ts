@@ -88,3 +88,39 @@ export function defineErrors<const P extends string, const T extends Record<stri
   }
   return DefinedError;
 }
+
+/**
+ * An error as it crosses between threads (a worker's failed answer): its message, its stable code when it had one
+ * (a declared code, or a Node code such as ENOENT), and the Retry-After it carried (the gateway's overload errors).
+ */
+export interface ThreadFailure {
+  error: string;
+  code?: string;
+  retryAfterS?: number;
+}
+
+/** What a thread posts about `err` when it fails a request. */
+export function threadFailure(err: unknown): ThreadFailure {
+  const e = err as { code?: unknown; retryAfterS?: unknown } | null | undefined;
+  return {
+    error: err instanceof Error ? err.message : String(err),
+    ...(typeof e?.code === 'string' ? { code: e.code } : {}),
+    ...(typeof e?.retryAfterS === 'number' ? { retryAfterS: e.retryAfterS } : {}),
+  };
+}
+
+/** A package's error class as errorOfThread re-creates it: a code guard and the (code, message, options) constructor. */
+export interface CodedErrorClass<E extends Error> {
+  isCode(code: unknown): boolean;
+  new (code: never, message: string, options?: { cause?: unknown; retryAfterS?: number }): E;
+}
+
+/**
+ * The error a failure re-creates on the receiving thread: an instance of the first of `classes` whose table holds
+ * its code (its Retry-After passed on), else `otherwise(failure)`.
+ */
+export function errorOfThread<E extends Error>(failure: ThreadFailure, classes: ReadonlyArray<CodedErrorClass<E>>, otherwise: (failure: ThreadFailure) => E): E {
+  const cls = classes.find((c) => c.isCode(failure.code));
+  if (!cls) return otherwise(failure);
+  return new cls(failure.code as never, failure.error, failure.retryAfterS === undefined ? undefined : { retryAfterS: failure.retryAfterS });
+}

@@ -39,6 +39,7 @@ import type { ParallelLayout } from '../../protocol/layout.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
 import type { CheckpointFiles, WrittenFile } from '../../model/checkpoint-files.ts';
 import type { JsonValue } from '../../model/checkpoint.ts';
+import { errorOfThread, type ThreadFailure } from '../../protocol/define-errors.ts';
 import { AgentError } from '../errors.ts';
 import { ModelError } from '../../model/errors.ts';
 
@@ -116,26 +117,13 @@ export type FromWorker =
   | { type: 'tp'; elems: number }
   | ({ type: 'failed' } & ThreadFailure);
 
-/** An error as it crosses between threads (the trainer worker, the checkpoint encoder): its message and its code. */
-export interface ThreadFailure {
-  error: string;
-  /** The thrown error's stable code, when it had one (AGT_ERR_…, MDL_ERR_…, or a Node code such as ENOENT). */
-  code?: string;
-}
-
-/** What a thread posts about `err` when it fails a request. */
-export function failureOf(err: unknown): ThreadFailure {
-  const code = (err as { code?: unknown } | null | undefined)?.code;
-  return { error: err instanceof Error ? err.message : String(err), ...(typeof code === 'string' ? { code } : {}) };
-}
+export { threadFailure as failureOf, type ThreadFailure } from '../../protocol/define-errors.ts';
 
 /**
- * The error a failure re-creates on the receiving thread: an agent or model error keeps its class and code; any
- * other becomes AGT_ERR_TRAINER with the original code (if any) kept on its cause.
+ * The error a failure (protocol/define-errors.ts threadFailure) re-creates on the receiving thread: an agent or
+ * model error keeps its class and code; any other becomes AGT_ERR_TRAINER with the original code (if any) kept on
+ * its cause.
  */
 export function errorOf(failure: ThreadFailure): AgentError | ModelError {
-  const { error, code } = failure;
-  if (AgentError.isCode(code)) return new AgentError(code, error);
-  if (ModelError.isCode(code)) return new ModelError(code, error);
-  return new AgentError('AGT_ERR_TRAINER', error, code !== undefined ? { cause: { code } } : undefined);
+  return errorOfThread<AgentError | ModelError>(failure, [AgentError, ModelError], ({ error, code }) => new AgentError('AGT_ERR_TRAINER', error, code !== undefined ? { cause: { code } } : undefined));
 }
