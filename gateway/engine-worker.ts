@@ -27,8 +27,8 @@ const compute = await loadBackend(init.backend);
 
 interface Loaded {
   model: GPT;
-  served: PagedGptEngine | ReturnType<typeof servingEngine>;
-  engine: BatchEngine<unknown> & { dispose(): void };
+  served: ReturnType<typeof servingEngine>; // for its cache figures
+  engine: BatchEngine<unknown> & { dispose(): void }; // the same engine, seen through the interface the messages use
   deferred: unknown; // an arrange, release or clear that failed: reported with the next answer
 }
 const engines = new Map<number, Loaded>();

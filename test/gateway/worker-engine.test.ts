@@ -88,7 +88,7 @@ test('an error crosses from the model thread with its class, code and Retry-Afte
   assert.match(errorOfFailure(threadFailure(new RangeError('out of bounds'))).message, /the model worker failed: out of bounds/);
 });
 
-test('a model the worker cannot load fails with what went wrong there, and leaves no thread behind', async () => {
+test('a model the compute thread cannot load fails with what went wrong there', async () => {
   await assert.rejects(WorkerEngine.start({ backend: 'cpu', config, params: new Float32Array(10) }), (err: Error) => {
     assert.ok(err instanceof GatewayError, String(err));
     assert.equal(err.code, 'GW_ERR_INTERNAL');
