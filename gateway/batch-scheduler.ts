@@ -158,7 +158,7 @@ export interface TokenText {
 // ---------------------------------------------------------------------------------------------------- the scheduler
 
 const FINISH_WINDOW = 64; // finished sequences the drain rate (Retry-After) is measured over
-const BACKGROUND_CHUNK = 32; // prompt tokens of a background request per step: a step's cost stays near a decode's
+const BACKGROUND_CHUNK = 32; // background prompt tokens per step, all requests together: a step's cost stays near a decode's
 
 /** A request in flight. */
 class Job<Prompt> {
@@ -435,20 +435,25 @@ export class BatchScheduler<Prompt> {
   }
 
   /**
-   * The prompt chunks to run this iteration: up to prefillChunk tokens of the admitted requests', oldest first; a
-   * background request's (a shadow's) at most BACKGROUND_CHUNK a step, so that a step with shadow work in it ends
-   * soon and a client request that comes meanwhile waits little (shadow work is preempted between steps: the gate).
+   * The prompt chunks to run this iteration: up to prefillChunk tokens of the admitted requests', oldest first; of
+   * background requests' (shadows') at most BACKGROUND_CHUNK a step all together, so that a step with shadow work in
+   * it ends soon and a client request that comes meanwhile waits little (shadow work is preempted between steps: the
+   * gate). With a cap per request instead, shadows' prompt-only steps took 7 ms at the median and up to 18 ms on the
+   * gateway bench's model, where a 1-row decode step takes 1.4 ms.
    */
   #nextChunks(): Array<{ job: Job<Prompt>; take: number }> {
     let budget = this.#settings.prefillChunk;
+    let background = BACKGROUND_CHUNK;
     const chunks: Array<{ job: Job<Prompt>; take: number }> = [];
     for (const job of new Set(this.#prefilling.map((s) => s.job))) {
       if (budget === 0) break;
       if (job.settled || job.prompt !== undefined) continue;
-      const cap = job.opts.priority === 'background' ? Math.min(budget, BACKGROUND_CHUNK) : budget;
-      const take = Math.min(job.req.promptIds.length - job.prefilled, cap);
+      const shadow = job.opts.priority === 'background';
+      if (shadow && background === 0) continue;
+      const take = Math.min(job.req.promptIds.length - job.prefilled, shadow ? Math.min(budget, background) : budget);
       chunks.push({ job, take });
       budget -= take;
+      if (shadow) background -= take;
     }
     return chunks;
   }

@@ -1,6 +1,7 @@
 /**
  * Foreground before background on the real GPT backend: a shadow's forward passes wait while any client request
- * waits or runs on a backend sharing the gate, and background output is unchanged by the waiting.
+ * waits or runs on a backend sharing the gate, background output is unchanged by the waiting, and a step's
+ * background prompt tokens are bounded (a client arriving meanwhile waits one short step).
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +11,8 @@ import { trainBpe } from '../../model/tokenizer.ts';
 import { loadDemoCorpus } from '../../model/corpus.ts';
 import { GptBackend } from '../../gateway/gpt-backend.ts';
 import { PriorityGate } from '../../gateway/priority-gate.ts';
+import { BatchScheduler, batchSettings } from '../../gateway/batch-scheduler.ts';
+import { PagedGptEngine } from '../../gateway/paged-gpt.ts';
 import type { GenerateRequest } from '../../gateway/inference-backend.ts';
 import { generateRequest } from './support.ts';
 
@@ -105,4 +108,38 @@ test('background resumes only after the gate has been free for its grace period,
   assert.ok(wokeAt - left >= 99);
   assert.equal(gate.busy, false);
   assert.throws(() => new PriorityGate(-1), /graceMs must be a finite number ≥ 0/);
+});
+
+test('shadows run at most 32 prompt tokens a step all together, a client prompt all at once, and each gets what it gets alone', async () => {
+  const model = new GPT(config, { seed: 11 });
+  const engine = new PagedGptEngine(model);
+  const chunkTokens: number[] = [];
+  const step = engine.step.bind(engine);
+  engine.step = (tokens, chunks) => {
+    chunkTokens.push(chunks.reduce((n, c) => n + c.ids.length, 0));
+    return step(tokens, chunks);
+  };
+  const text = { vocabSize: tokenizer.vocabSize, endOfText: tokenizer.endOfText, tokenBytes: (id: number) => tokenizer.tokenBytes(id), tokenString: (id: number) => tokenizer.decode([id]) };
+  const scheduler = new BatchScheduler(engine, text, batchSettings({ maxWaitMs: 0 }));
+  try {
+    const ids = tokenizer.encode(loadDemoCorpus().documents[5]!).slice(0, 45);
+    const requests = [0, 1, 2].map((i) => generateRequest(ids.slice(i), { maxTokens: 4, seed: i, temperature: 1 }));
+    const shadows = await Promise.all(requests.map((r) => scheduler.submit(r, { priority: 'background' })));
+    const shadowSteps = [...chunkTokens];
+    assert.ok(shadowSteps.every((n) => n <= 32), `background prompt tokens per step: ${shadowSteps.join(' ')}`);
+    assert.equal(shadowSteps.reduce((a, n) => a + n, 0), 45 + 44 + 43, 'every prompt token ran once');
+    chunkTokens.length = 0;
+    await scheduler.submit(requests[0]!);
+    assert.equal(chunkTokens[0], 45, `a client's prompt is not capped: ${chunkTokens.join(' ')}`);
+    const reference = new GptBackend(new GPT(config, { seed: 11 }), tokenizer, { id: 'ref', createdS: 0, ownedBy: 'test' });
+    try {
+      for (const [i, r] of requests.entries()) assert.deepEqual(shadows[i]!.choices, (await reference.generate(r)).choices, `request ${i}`);
+    } finally {
+      await reference.close();
+    }
+  } finally {
+    await scheduler.close();
+    engine.dispose();
+    model.dispose();
+  }
 });
