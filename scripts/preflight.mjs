@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // npm test runs this first: it checks, before any test, that the machine has what the suite needs, and stops with one
 // line saying what to do when it does not (npm run setup installs the system packages; npm ci the rest).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { findChromium } from './chromium.mjs';
 
@@ -22,6 +24,10 @@ try {
   new (require('better-sqlite3'))(':memory:').close();
 } catch (err) {
   fail(`better-sqlite3 does not load (${err.message.split('\n')[0]}): run npm run setup, then npm ci again`);
+}
+// The Helm chart's test builds its renderer (deploy/helm/render) with Go and Debian's sprig, yaml.v2 and gojsonschema.
+if (spawnSync('go', ['version']).status !== 0 || !existsSync('/usr/share/gocode/src/github.com/Masterminds/sprig')) {
+  fail('Go or its Debian library packages are missing (the Helm chart test builds deploy/helm/render): run npm run setup');
 }
 try {
   const c = await findChromium();

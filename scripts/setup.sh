@@ -4,6 +4,9 @@
 #   libnss3, libexpat1   the headless Chromium the dashboard tests drive (npm package @sparticuz/chromium) links them
 #   libegl1, libegl-mesa0, libgles2, libgl1-mesa-dri   Mesa's software GPU (llvmpipe) under Dawn's OpenGL ES backend:
 #                        the WebGPU backend's tests run on it where there is no GPU (model/compute/webgpu.ts)
+#   golang-go, golang-github-masterminds-sprig-dev, golang-gopkg-yaml.v2-dev, golang-github-xeipuuv-gojsonschema-dev
+#                        the Helm chart's test builds deploy/helm/render (Helm's template engine: Go's text/template,
+#                        sprig, YAML, the values schema check) from these, offline in GOPATH mode: there is no Helm here
 # As root on Debian or Ubuntu it installs what is missing with apt-get; otherwise it stops with one line naming
 # exactly what to install. It changes nothing when everything is there.
 set -eu
@@ -12,6 +15,7 @@ missing_cmds=""
 for c in python3 make g++; do
   command -v "$c" >/dev/null 2>&1 || missing_cmds="$missing_cmds $c"
 done
+command -v go >/dev/null 2>&1 || missing_cmds="$missing_cmds golang-go"
 
 has_lib() {
   for ldconfig in ldconfig /sbin/ldconfig /usr/sbin/ldconfig; do
@@ -35,6 +39,11 @@ has_swrast() {
   return 1
 }
 has_swrast || missing_libs="$missing_libs libgl1-mesa-dri"
+# Debian's Go library packages put their sources under /usr/share/gocode/src (deploy/helm/render imports them).
+gocode=/usr/share/gocode/src
+[ -e "$gocode/github.com/Masterminds/sprig/functions.go" ] || missing_libs="$missing_libs golang-github-masterminds-sprig-dev"
+[ -e "$gocode/gopkg.in/yaml.v2/yaml.go" ] || missing_libs="$missing_libs golang-gopkg-yaml.v2-dev"
+[ -e "$gocode/github.com/xeipuuv/gojsonschema/validation.go" ] || missing_libs="$missing_libs golang-github-xeipuuv-gojsonschema-dev"
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 if [ "$node_major" -lt 20 ]; then
@@ -44,10 +53,11 @@ fi
 
 pkgs="$missing_cmds$missing_libs"
 if [ -z "$pkgs" ]; then
-  echo "setup: system packages present (python3, make, g++, libnss3, libexpat1, Mesa EGL/GLES/llvmpipe); next: npm ci"
+  echo "setup: system packages present (python3, make, g++, libnss3, libexpat1, Mesa EGL/GLES/llvmpipe, Go with sprig, yaml.v2 and gojsonschema); next: npm ci"
   exit 0
 fi
-# Debian's package for the g++ command is g++; python3, make, libnss3 and libexpat1 are named as the commands/libraries.
+# Debian's package for the g++ command is g++, for go golang-go; python3, make, libnss3 and libexpat1 are named as the
+# commands/libraries.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "setup: installing${pkgs} with apt-get"
   apt-get update -qq
@@ -58,6 +68,6 @@ fi
 if command -v apt-get >/dev/null 2>&1; then
   echo "setup: missing${pkgs}: run  sudo apt-get install -y${pkgs}  then npm run setup again" >&2
 else
-  echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium, the Mesa EGL/GLES libraries for the WebGPU tests' software GPU): install them with your package manager, then npm run setup again" >&2
+  echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium, the Mesa EGL/GLES libraries for the WebGPU tests' software GPU, Go 1.19+ with Masterminds/sprig v3, gopkg.in/yaml.v2 and xeipuuv/gojsonschema in a GOPATH at /usr/share/gocode for the Helm chart's test): install them with your package manager, then npm run setup again" >&2
 fi
 exit 1
