@@ -381,3 +381,12 @@ test('Chart.yaml\'s appVersion is package.json\'s version, and the image tag def
   assert.equal(chart.appVersion, pkg.version);
   for (const w of workloads(objectsOf('cpu-values.yaml'))) assert.equal(containersOf(w)[0].image, `meshtrain:${pkg.version}`);
 });
+
+test('NOTES.txt renders with every ci/*.yaml and tells how to read the token and reach the coordinator', () => {
+  for (const file of CI_FILES) {
+    const r = render(['-f', join(CI_DIR, file), '--notes']);
+    assert.equal(r.status, 0, `${file}: ${r.stderr}`);
+    assert.match(r.stderr, /get secret \S+ -o jsonpath='\{\.data\.token\}' \| base64 -d/, file);
+    assert.match(r.stderr, file === 'tls-values.yaml' ? /node-agent\.js join wss:\/\/ADDRESS:7070 --ca ca\.crt/ : /port-forward svc\/meshtrain-coordinator 7070|join ws:\/\/ADDRESS/, file);
+  }
+});
