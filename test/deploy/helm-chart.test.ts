@@ -5,12 +5,12 @@
  * @kubernetes-models/prometheus-operator), every container's command line against the program's own option
  * declarations, and the wiring that a schema cannot see: selectors that meet their pods, the token only ever
  * reaching a container through the Secret, GPU pools, NetworkPolicies, the HPA's metric, TLS, the security context.
+ * The values themselves (schema errors, NOTES.txt) are helm-values.test.ts's.
  *   npx tsx --test test/deploy/helm-chart.test.ts
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { Secret, Service } from 'kubernetes-models/v1';
@@ -24,7 +24,8 @@ import { COORDINATOR_OPTIONS } from '../../coordinator/config.ts';
 import { AGENT_OPTIONS } from '../../node-agent/options.ts';
 import { SERVE_OPTIONS } from '../../gateway/options.ts';
 import { createGatewayMetrics } from '../../gateway/metrics.ts';
-import { CHART, ROOT, render, rendererBinary, type K8sObject } from '../support/helm-render.ts';
+import { CHART, render, rendererBinary, type K8sObject } from '../support/helm-render.ts';
+import { unknownFields } from '../support/k8s-fields.ts';
 
 /** The API schema of each kind the chart may render; a kind not listed here fails the test. */
 const MODELS: Record<string, new (data: any) => { validate(): void }> = {
@@ -94,6 +95,18 @@ test('every rendered object validates against the Kubernetes API schema of its k
   }
 });
 
+test('no rendered object has a field its kind does not define, as kubectl --validate=strict would refuse', () => {
+  for (const [file, { objects }] of rendered) {
+    for (const { source, ...object } of objects) assert.deepEqual(unknownFields(object), [], `${file}: ${source}: ${object.kind} ${object.metadata.name}`);
+  }
+  // The check itself: a toleration indented into the container, and a typo in the pod spec, are both named.
+  const deployment = structuredClone(ofKind(objectsOf('gpu-values.yaml'), 'Deployment')[0]!) as any;
+  delete deployment.source;
+  deployment.spec.template.spec.containers[0].tolerations = [];
+  deployment.spec.template.spec.nodeSelectr = {};
+  assert.deepEqual(unknownFields(deployment), ['Deployment.spec.template.spec.containers[0].tolerations', 'Deployment.spec.template.spec.nodeSelectr']);
+});
+
 test('every container runs one of the three programs with a command line its option declarations accept', () => {
   for (const [file, { objects }] of rendered) {
     for (const w of workloads(objects)) {
@@ -141,13 +154,6 @@ describe('the token and the gateway keys', () => {
     assert.deepEqual(ref('MESHTRAIN_GATEWAY_API_KEY'), { name: 'meshtrain-credentials', key: 'gateway-api-keys' });
     assert.deepEqual(ref('MESHTRAIN_GATEWAY_ADMIN_KEY'), { name: 'meshtrain-credentials', key: 'gateway-admin-key' });
     assert.equal(ofKind(objects, 'Secret').length, 0, 'auth.existingSecret: the chart makes no Secret of its own');
-  });
-
-  test('without auth.token the chart generates one of 48 characters', () => {
-    const r = render([]);
-    assert.equal(r.status, 0, r.stderr);
-    const token = Buffer.from(ofKind(r.objects, 'Secret')[0]!.data!.token!, 'base64').toString();
-    assert.match(token, /^[A-Za-z0-9]{48}$/);
   });
 });
 
@@ -337,56 +343,4 @@ test('ServiceMonitors scrape /metrics of the coordinator, the agents and the gat
   assert.equal(ofKind(objectsOf('cpu-values.yaml'), 'ServiceMonitor').length, 0, 'off by default');
   const coordinatorPod = byComponent(objectsOf('cpu-values.yaml'), 'StatefulSet', 'coordinator').spec.template.metadata.annotations;
   assert.equal(coordinatorPod['prometheus.io/port'], '7070');
-});
-
-describe('values.schema.json', () => {
-  let dir: string;
-  before(() => {
-    dir = mkdtempSync(join(tmpdir(), 'meshtrain-helm-'));
-  });
-  const renderWith = (values: string) => {
-    const file = join(dir, `values-${Math.random().toString(36).slice(2)}.yaml`);
-    writeFileSync(file, values);
-    return render(['-f', file]);
-  };
-
-  test('rejects a misspelt key and a value of the wrong type, naming both', () => {
-    const r = renderWith('agents:\n  pools:\n    - name: gpu\n      replicas: 2\n      gpu: 1\ngateway:\n  replicas: two\n');
-    assert.equal(r.status, 1);
-    assert.match(r.stderr, /values don't meet the specifications of the schema/);
-    assert.match(r.stderr, /agents\.pools\.0: Additional property gpu is not allowed/);
-    assert.match(r.stderr, /gateway\.replicas: Invalid type\. Expected: integer, given: string/);
-    assert.equal(r.stdout, '');
-  });
-
-  test('rejects a pool name that cannot be part of a Deployment name, and an unknown Service type', () => {
-    const r = renderWith('agents:\n  pools:\n    - {name: GPU_pool, replicas: 1}\ncoordinator:\n  service: {type: Ingress, port: 7070}\n');
-    assert.equal(r.status, 1);
-    assert.match(r.stderr, /agents\.pools\.0\.name: Does not match pattern/);
-    assert.match(r.stderr, /coordinator\.service\.type: .*must be one of/);
-    rmSync(dir, { recursive: true, force: true });
-  });
-});
-
-test('tls.enabled without tls.secretName fails with the message of `required`', () => {
-  const r = render(['--set', 'tls.enabled=true']);
-  assert.equal(r.status, 1);
-  assert.match(r.stderr, /tls\.secretName is required when tls\.enabled/);
-});
-
-test('Chart.yaml\'s appVersion is package.json\'s version, and the image tag defaults to it', () => {
-  const chart = parse(readFileSync(join(CHART, 'Chart.yaml'), 'utf8'));
-  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
-  assert.equal(chart.apiVersion, 'v2');
-  assert.equal(chart.appVersion, pkg.version);
-  for (const w of workloads(objectsOf('cpu-values.yaml'))) assert.equal(containersOf(w)[0].image, `meshtrain:${pkg.version}`);
-});
-
-test('NOTES.txt renders with every ci/*.yaml and tells how to read the token and reach the coordinator', () => {
-  for (const file of CI_FILES) {
-    const r = render(['-f', join(CI_DIR, file), '--notes']);
-    assert.equal(r.status, 0, `${file}: ${r.stderr}`);
-    assert.match(r.stderr, /get secret \S+ -o jsonpath='\{\.data\.token\}' \| base64 -d/, file);
-    assert.match(r.stderr, file === 'tls-values.yaml' ? /node-agent\.js join wss:\/\/ADDRESS:7070 --ca ca\.crt/ : /port-forward svc\/meshtrain-coordinator 7070|join ws:\/\/ADDRESS/, file);
-  }
 });
