@@ -225,7 +225,7 @@ test('every workload\'s selector matches its own pod template, and every Service
 });
 
 describe('NetworkPolicies', () => {
-  test('only agents (and the metrics scrapers named in values) reach the agents\' peer port', () => {
+  test('only agents (and the outside agents and metrics scrapers named in values) reach the agents\' peer port', () => {
     for (const file of ['cpu-values.yaml', 'gpu-values.yaml', 'servicemonitor-values.yaml']) {
       const { objects, values } = rendered.get(file)!;
       const policy = byComponent(objects, 'NetworkPolicy', 'agent');
@@ -237,7 +237,7 @@ describe('NetworkPolicies', () => {
       assert.deepEqual(rule.ports, [{ port: 'peer', protocol: 'TCP' }]);
       const [fromAgents, ...others] = rule.from;
       for (const w of workloads(objects)) assert.equal(matches(fromAgents.podSelector.matchLabels, podLabels(w)), component(w) === 'agent', `${file}: ${w.metadata.name}`);
-      assert.deepEqual(others, values.networkPolicy?.metricsFrom ?? []);
+      assert.deepEqual(others, [...(values.networkPolicy?.agentPeersFrom ?? []), ...(values.networkPolicy?.metricsFrom ?? [])]);
     }
   });
 
