@@ -81,6 +81,7 @@ fi
 version=$(node -p 'require("./package.json").version')
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || revision="$revision-dirty"
+source_url=$(git remote get-url origin 2>/dev/null || echo unknown)
 # A TLS-inspecting proxy's CA (as on our CI machine, where NODE_EXTRA_CA_CERTS names it) reaches npm ci as a build
 # secret, never a layer: see the Containerfile's build stage.
 ca_secret=()
@@ -95,6 +96,7 @@ $ENGINE build $ENGINE_NETWORK "${format[@]}" "${ca_secret[@]}" -f deploy/Contain
   --build-arg BASE_IMAGE="$base" \
   --build-arg VERSION="$version" \
   --build-arg REVISION="$revision" \
+  --build-arg SOURCE="$source_url" \
   --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   .
 size=$($ENGINE image inspect "$tag" --format '{{.Size}}')
