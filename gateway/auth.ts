@@ -1,6 +1,6 @@
 /**
  * Who may call what. Routes fall in three classes by the route they matched: inference (`/v1/…`: an API key, when
- * any is configured), open (PUBLIC_ROUTES: `/healthz`, `/metrics`) and admin (everything else: the admin key;
+ * any is configured), open (PUBLIC_ROUTES: `/healthz`, `/readyz`, `/metrics`) and admin (everything else: the admin key;
  * refused outright when none is configured, never open). `decideAccess` is the pure decision; `KeyRing` matches a
  * presented key in constant time; the gateway's onRequest hook (server.ts) applies both to every request, so a
  * route added anywhere is guarded without doing anything.
@@ -44,7 +44,7 @@ const under = (path: string, prefix: string) => path === prefix || path.startsWi
  * route that is neither under /v1 nor on this list is treated as admin, so a route added later is closed until
  * someone decides otherwise.
  */
-export const PUBLIC_ROUTES: readonly string[] = Object.freeze(['GET /healthz', 'HEAD /healthz', 'GET /metrics', 'HEAD /metrics']);
+export const PUBLIC_ROUTES: readonly string[] = Object.freeze(['GET /healthz', 'HEAD /healthz', 'GET /readyz', 'HEAD /readyz', 'GET /metrics', 'HEAD /metrics']);
 const PUBLIC = new Set(PUBLIC_ROUTES);
 
 /**

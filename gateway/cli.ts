@@ -44,7 +44,7 @@ const HELP = `Usage: gateway serve [options]
 
 The meshtrain inference gateway: serves trained model versions from the coordinator's registry over an
 OpenAI-compatible HTTP API (POST /v1/completions and /v1/chat/completions with SSE streaming, GET /v1/models,
-/healthz, /metrics).
+/healthz, /readyz, /metrics).
 
 Options (gateway/options.ts):
 ${SERVE_OPTIONS.help()}  -h, --help                show this help
@@ -55,6 +55,7 @@ Examples:
   gateway serve --registry ./cluster/registry --api-key secret
   gateway serve --registry ./cluster/registry --api-key team-a,team-b --admin-key ops --rate-limit 5 --rate-burst 20
   gateway serve --registry http://127.0.0.1:7070 --token <cluster token> --model tiny@v2
+  gateway serve --registry http://coordinator:7070 --wait-for-models   (in a container: ready once a model exists)
   gateway serve --fake --port 8080
   curl localhost:8080/v1/completions -H 'content-type: application/json' \\
        -d '{"model": "fake-char", "prompt": "Hello", "max_tokens": 16}'
@@ -131,6 +132,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
 
   const backends = new Map<string, InferenceBackend>();
   let resolve: VersionResolver;
+  let models: RegistryModels | undefined; // the registry's side (undefined with --fake)
   if (v.fake) {
     resolve = async (model) => new FakeBackend({ id: model });
     for (const { name, version } of wanted.length ? wanted : [{ name: 'fake-char', version: undefined }]) {
@@ -142,51 +144,81 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     // Adapter versions (LoRA) come with their base's files: the factory serves the base with the adapter attached.
     // A quantized or merged version is served with the chat template its ancestor was trained with.
     const registry = withTrainingLineage(withAdapterBases(openRegistry(o.registry!, { token: o.token, fetch: trustingFetch })));
-    const available = await registry.models();
-    const chosen = wanted.length ? wanted : available.map((name) => ({ name, version: undefined }));
-    if (chosen.length === 0) throw new GatewayError('GW_ERR_REGISTRY', `no models registered in ${o.registry}`);
-    for (const { name } of chosen) {
-      if (!available.includes(name)) throw new GatewayError('GW_ERR_REGISTRY', `no model '${name}' in ${o.registry}; registered: ${available.join(', ') || 'none'}`);
-    }
     const factory = deps.backendFactory;
     const computeBackend = o.backend; // --backend, else MESHTRAIN_BACKEND, else auto
-    const backend = computeBackend;
     resolve = async (model, version) => {
       if (!factory) throw new GatewayError('GW_ERR_NO_BACKEND', 'this gateway has no model backend to run registry models');
       const { files, meta } = await registry.load(model, version);
-      return factory(files, meta, { backend });
+      return factory(files, meta, { backend: computeBackend });
     };
-    if (!factory) {
-      throw new GatewayError(
-        'GW_ERR_NO_BACKEND',
-        `cannot serve ${chosen.map((c) => c.name).join(', ')}: this gateway has no model backend to run registry models (model/ does not provide a BackendFactory yet). ` +
-          'Use --fake to run the gateway with its test backend.',
-      );
-    }
-    for (const { name, version } of chosen) {
-      const { files, meta } = await registry.load(name, version);
-      if (!meta.verified) log.warn(`model ${name} v${meta.version}: ${meta.source} has no manifest (manifest.json or the coordinator's state.db); its files are NOT checksum-verified`);
-      const backend = await factory(files, meta, { backend: computeBackend });
-      backends.set(name, backend);
-      log.info(`model ${name} v${meta.version} loaded from ${meta.source} (context ${backend.info.contextLength}, vocabulary ${backend.info.vocabSize})`);
-    }
+    models = {
+      /** The models to serve, when the registry has every one of them; else why not. */
+      async find() {
+        const available = await registry.models();
+        const chosen = wanted.length ? wanted : available.map((name) => ({ name, version: undefined }));
+        if (chosen.length === 0) return { why: `no models registered in ${o.registry}` };
+        const absent = chosen.find(({ name }) => !available.includes(name));
+        if (absent) return { why: `no model '${absent.name}' in ${o.registry}; registered: ${available.join(', ') || 'none'}` };
+        if (!factory) {
+          throw new GatewayError(
+            'GW_ERR_NO_BACKEND',
+            `cannot serve ${chosen.map((c) => c.name).join(', ')}: this gateway has no model backend to run registry models (model/ does not provide a BackendFactory yet). ` +
+              'Use --fake to run the gateway with its test backend.',
+          );
+        }
+        return { chosen };
+      },
+      async load(chosen, add) {
+        for (const { name, version } of chosen) {
+          if (backends.has(name)) continue; // loaded by an earlier attempt
+          const { files, meta } = await registry.load(name, version);
+          if (!meta.verified) log.warn(`model ${name} v${meta.version}: ${meta.source} has no manifest (manifest.json or the coordinator's state.db); its files are NOT checksum-verified`);
+          const backend = await factory!(files, meta, { backend: computeBackend });
+          add(name, backend);
+          log.info(`model ${name} v${meta.version} loaded from ${meta.source} (context ${backend.info.contextLength}, vocabulary ${backend.info.vocabSize})`);
+        }
+      },
+    };
   }
 
   const shadow = { queueCapacity: o.shadowQueue, concurrency: o.shadowConcurrency, maxAgeMs: o.shadowMaxAgeMs };
   const deployments = new DeploymentManager({ resolve, shadow, reserved: (name) => backends.has(name), ...(o.auditLog ? { auditLogPath: o.auditLog } : {}) });
+  let deploymentsText: string | undefined;
   if (o.deployments) {
-    let text: string;
     try {
-      text = readFileSync(o.deployments, 'utf8');
+      deploymentsText = readFileSync(o.deployments, 'utf8');
+      JSON.parse(deploymentsText); // a malformed file stops the start at once, waiting for models or not
     } catch (err) {
       throw new GatewayError('GW_ERR_BAD_ARGS', `cannot read --deployments ${o.deployments}: ${(err as Error).message}`, { cause: err });
     }
-    await loadDeploymentsFile(deployments, text, o.deployments);
-    log.info(`deployments from ${o.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
   }
+  const installDeployments = async () => {
+    if (deploymentsText === undefined) return;
+    await loadDeploymentsFile(deployments, deploymentsText, o.deployments!);
+    log.info(`deployments from ${o.deployments}: ${deployments.list().map((d) => d.name).join(', ') || 'none'}`);
+  };
+  // Without --wait-for-models the registry must have the models now; with it, the gateway listens first (live, not
+  // ready) and loads them once the registry has them: a coordinator still starting, or no job finished yet.
+  let notReady: string | undefined;
+  if (models && !o.waitForModels) {
+    const found = await models.find();
+    if ('why' in found) throw new GatewayError('GW_ERR_REGISTRY', found.why);
+    await models.load(found.chosen, (name, backend) => backends.set(name, backend));
+  }
+  if (models && o.waitForModels) notReady = `waiting for models from ${o.registry}`;
+  else await installDeployments();
   const tracing = await initTracing('gateway'); // off unless OTEL_* asks for traces (common/tracing.ts)
-  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}), bodyLimit, drainTimeoutMs, limits, log, batching, deployments, ...(https ? { https } : {}) });
+  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}), bodyLimit, drainTimeoutMs, limits, log, batching, deployments, notReady: () => notReady, ...(https ? { https } : {}) });
   const { port: bound } = await gateway.listen({ port, host });
+  let stopWaiting = () => {};
+  if (models && notReady !== undefined) {
+    stopWaiting = waitForModels(models, {
+      add: (name, backend) => gateway.addBackend(name, backend),
+      installDeployments,
+      log,
+      status: (why) => (notReady = why),
+    });
+  }
   // Machine-readable first line: tests and scripts wait for it.
   out(`gateway listening on ${https ? 'https' : 'http'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`);
   // Reading models from a coordinator's API: tell it where we are, so its dashboard can manage our deployments.
@@ -210,10 +242,70 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
       process.once('SIGTERM', () => resolve('SIGTERM'));
     }));
   log.info(`${sig}: draining (running requests get up to ${drainTimeoutMs} ms), then shutting down`);
+  stopWaiting();
   stopAnnouncing();
   await gateway.close();
   await tracing.shutdown(); // flush the last requests' spans
   return 0;
+}
+
+type Wanted = Array<{ name: string; version: number | undefined }>;
+
+/** What `serve` loads from the registry: `find` the models (or why they cannot be served yet), `load` them. */
+interface RegistryModels {
+  find(): Promise<{ chosen: Wanted } | { why: string }>;
+  load(chosen: Wanted, add: (name: string, backend: InferenceBackend) => void): Promise<void>;
+}
+
+/** How often --wait-for-models asks the registry, and at most how often it repeats the same line in the log. */
+export const MODEL_POLL_MS = 5_000;
+const WAIT_LOG_EVERY_MS = 60_000;
+
+/**
+ * --wait-for-models: asks the registry every MODEL_POLL_MS until it has the models (an unreachable registry or a
+ * failed load counts as not yet, and says why in the log and on /readyz), then loads them and the --deployments
+ * file, and reports ready (`status(undefined)`). Returns the function that stops it.
+ */
+function waitForModels(
+  models: RegistryModels,
+  hooks: { add(name: string, backend: InferenceBackend): void; installDeployments(): Promise<void>; log: Logger; status(why: string | undefined): void },
+): () => void {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let said = { why: '', at: -Infinity };
+  const attempt = async (): Promise<void> => {
+    timer = undefined;
+    let why: string;
+    try {
+      const found = await models.find();
+      if ('chosen' in found) {
+        await models.load(found.chosen, (name, backend) => {
+          if (stopped) void backend.close?.();
+          else hooks.add(name, backend);
+        });
+        if (stopped) return;
+        await hooks.installDeployments();
+        hooks.status(undefined);
+        hooks.log.info('models loaded: ready (GET /readyz answers 200)');
+        return;
+      }
+      why = found.why;
+    } catch (err) {
+      why = (err as Error).message;
+    }
+    if (stopped) return;
+    hooks.status(why);
+    if (why !== said.why || performance.now() - said.at >= WAIT_LOG_EVERY_MS) {
+      hooks.log.warn(`waiting for models (--wait-for-models): ${why}; trying again every ${MODEL_POLL_MS / 1000} s; /readyz answers 503 meanwhile`);
+      said = { why, at: performance.now() };
+    }
+    timer = setTimeout(() => void attempt(), MODEL_POLL_MS);
+  };
+  void attempt();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
 }
 
 /** --rate-limit RPS (checked by its declaration) and --rate-burst N, which defaults to RPS rounded up. */

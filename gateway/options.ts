@@ -20,6 +20,9 @@ export const SERVE_OPTIONS = defineOptions({
     arg: 'DIR|URL',
     doc: "where model versions come from: the coordinator's registry folder (its --data DIR/registry) or its API (http://HOST:7070); every file is checked against its sha256",
   }),
+  waitForModels: opt.boolean({
+    doc: 'start even when the registry does not have the models yet (a coordinator still starting, no job finished): listen at once, answer 503 on /readyz, and load them (and --deployments) once the registry has them, trying every 5 s; without it the gateway stops with an error',
+  }),
   model: opt.list({ arg: 'NAME[@vN]', defaultText: 'every registered model', doc: 'serve this model (repeatable), at its latest version or the one given' }),
   port: opt.int({ default: DEFAULT_PORT, min: 0, max: 65535, arg: 'PORT', doc: 'HTTP port (0 = any free port)' }),
   host: opt.string({ default: DEFAULT_HOST, arg: 'HOST', doc: 'interface to bind' }),

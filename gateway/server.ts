@@ -8,6 +8,8 @@
  *   GET  /v1/models          the served models, OpenAI's list shape
  *   GET  /v1/models/:model   one of them
  *   GET  /healthz            liveness and the served models (no key)
+ *   GET  /readyz             readiness (no key): 200 once there is a model to serve, 503 while the gateway still waits
+ *                            for its models (--wait-for-models) or drains
  *   GET  /metrics            Prometheus exposition (no key)
  *   GET  /admin/status       served models and safety settings (admin key; admin.ts)
  *   /admin/deployments/…     named deployments: A/B arms, switches, rollback, audit (admin key; deployments.ts)
@@ -68,6 +70,8 @@ export interface GatewayOptions {
   metrics?: GatewayMetrics;
   /** Named deployments (A/B arms, rollback); default: none, and PUTs fail to resolve any version. */
   deployments?: DeploymentManager;
+  /** Why the gateway is not ready yet (GET /readyz answers 503 with it), or undefined once it is; default: ready. */
+  notReady?: () => string | undefined;
 }
 
 const noVersions: VersionResolver = async (model, version) => {
@@ -156,6 +160,12 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     uptimeSeconds: Math.round(process.uptime()),
     models: [...backends.values()].map((b) => ({ id: b.info.id, version: b.info.version ?? null, contextLength: b.info.contextLength })),
   }));
+  // Readiness, for load balancers and Kubernetes: live (/healthz) is not the same as able to answer (models loaded).
+  app.get('/readyz', async (_req, reply) => {
+    const waiting = opts.notReady?.();
+    if (waiting !== undefined) return reply.code(503).send({ status: 'waiting', reason: waiting });
+    return { status: 'ready', models: [...backends.keys(), ...deployments.list().map((d) => d.name)].sort() };
+  });
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
   generationRoutes(app, { backends, deployments, metrics, log, maxPromptTokens, requestTimeoutMs: opts.requestTimeoutMs });
@@ -171,6 +181,8 @@ export interface Gateway {
   app: FastifyInstance;
   metrics: GatewayMetrics;
   listen(opts: { port: number; host?: string }): Promise<{ port: number; host: string }>;
+  /** Serves one more model, batched and measured as those given at creation (a model that arrived after start). */
+  addBackend(name: string, backend: InferenceBackend): void;
   /**
    * Drains, then closes every backend: no new connections, 503 for new requests on open ones, running requests
    * (streams included) finish for up to `drainTimeoutMs` and are then cut.
@@ -179,7 +191,8 @@ export interface Gateway {
 }
 
 export interface CreateGatewayOptions {
-  backends: ReadonlyMap<string, InferenceBackend>;
+  /** Served models by name; `addBackend` adds to this same map (so a caller's `reserved` check sees them too). */
+  backends: Map<string, InferenceBackend>;
   apiKey?: string | readonly string[];
   adminKey?: string;
   rateLimit?: RateLimit;
@@ -199,6 +212,8 @@ export interface CreateGatewayOptions {
   deployments?: DeploymentManager;
   /** Serve HTTPS with this certificate and key (--tls-cert/--tls-key; common/tls.ts loadServerTls). */
   https?: ServerTls;
+  /** Why the gateway is not ready yet (GET /readyz: 503), undefined once it is; default: ready. */
+  notReady?: () => string | undefined;
 }
 
 export function createGateway(opts: CreateGatewayOptions): Gateway {
@@ -237,7 +252,7 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
     if (backends.has(d.name)) throw new GatewayError('GW_ERR_BAD_ARGS', `deployment '${d.name}' has the name of a served model; give it a name of its own`);
   }
   let closed = false;
-  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, requestTimeoutMs, log, metrics, draining: () => closed, deployments });
+  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, requestTimeoutMs, log, metrics, draining: () => closed, deployments, ...(opts.notReady ? { notReady: opts.notReady } : {}) });
   // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections
   // that carry no request would otherwise hold server.close() until the client drops them.
   let running = 0;
@@ -248,6 +263,13 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
   return {
     app,
     metrics,
+    addBackend(name, backend) {
+      if (closed) throw new GatewayError('GW_ERR_SHUTTING_DOWN', `the gateway is closing: ${name} was not added`);
+      if (name !== backend.info.id) throw new GatewayError('GW_ERR_BAD_ARGS', `backend registered as '${name}' reports model id '${backend.info.id}'`);
+      if (backends.has(name) || deployments.list().some((d) => d.name === name)) throw new GatewayError('GW_ERR_BAD_ARGS', `'${name}' is served already`);
+      prepare(backend, name);
+      backends.set(name, backend);
+    },
     async listen({ port, host = '127.0.0.1' }) {
       await app.listen({ port, host });
       const addr = app.server.address();

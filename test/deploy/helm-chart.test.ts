@@ -270,13 +270,15 @@ test('the HPA scales the gateway Deployment on the queue-depth gauge the gateway
   assert.equal(ofKind(objectsOf('cpu-values.yaml'), 'HorizontalPodAutoscaler').length, 0, 'off by default');
 });
 
-test('the gateway serves models from the coordinator\'s Service, and probes /healthz', () => {
+test('the gateway serves models from the coordinator\'s Service, waits for them, and is ready on /readyz, live on /healthz', () => {
   const objects = objectsOf('gpu-values.yaml');
   const c = containersOf(byComponent(objects, 'Deployment', 'gateway'))[0];
   const coordinator = ofKind(objects, 'Service').find((s) => component(s) === 'coordinator' && s.spec.clusterIP !== 'None')!;
   assert.equal(c.args[c.args.indexOf('--registry') + 1], `http://${coordinator.metadata.name}.ml.svc:${coordinator.spec.ports[0].port}`);
   assert.equal(c.args[c.args.indexOf('--model') + 1], 'chat@v3');
-  for (const probe of ['readinessProbe', 'livenessProbe']) assert.deepEqual(c[probe].httpGet, { path: '/healthz', port: 'http', scheme: 'HTTP' });
+  assert.ok(c.args.includes('--wait-for-models'), 'a gateway started before any model exists waits instead of restarting');
+  assert.deepEqual(c.readinessProbe.httpGet, { path: '/readyz', port: 'http', scheme: 'HTTP' });
+  for (const probe of ['startupProbe', 'livenessProbe']) assert.deepEqual(c[probe].httpGet, { path: '/healthz', port: 'http', scheme: 'HTTP' });
 });
 
 test('the coordinator is one StatefulSet pod with its data on a claim sized and classed from values', () => {

@@ -9,6 +9,8 @@ test('routeClassOf classes a matched request by its route pattern and an unmatch
   const table: Array<[string, string, string | undefined, string]> = [
     ['GET', '/healthz', '/healthz', 'open'],
     ['HEAD', '/metrics', '/metrics', 'open'],
+    ['GET', '/readyz', '/readyz', 'open'],
+    ['POST', '/readyz', '/readyz', 'admin'],
     ['POST', '/healthz', '/healthz', 'admin'], // only the listed method is public
     ['POST', '/v1/completions', '/v1/completions', 'inference'],
     ['POST', '/%761/completions', '/v1/completions', 'inference'],

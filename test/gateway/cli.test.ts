@@ -2,14 +2,14 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { silentLogger } from '../../common/log.ts';
 import { ModelRegistry } from '../../coordinator/registry/registry.ts';
 import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
-import { runCli } from '../../gateway/cli.ts';
+import { MODEL_POLL_MS, runCli } from '../../gateway/cli.ts';
 import { FakeBackend } from '../../gateway/fake-backend.ts';
 import type { BackendFactory } from '../../gateway/registry-source.ts';
 
@@ -130,4 +130,52 @@ test('with a backend factory, serve loads the verified registry version and serv
   assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
   const tooLong = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny', prompt: 'x'.repeat(60), max_tokens: 10 }) });
   assert.equal(tooLong.status, 400, 'the context length comes from the version\'s config.json');
+});
+
+test('--wait-for-models listens at once, answers 503 on /readyz until the registry has the model, then loads it and the deployments', async (t) => {
+  const data = mkdtempSync(join(tmpdir(), 'gw-cli-wait-'));
+  t.after(() => rmSync(data, { recursive: true, force: true }));
+  const state = new SqliteStateStore(join(data, 'state.db'));
+  t.after(() => state.close());
+  const registry = new ModelRegistry(join(data, 'registry'), state.database); // empty: no job has finished yet
+  const deploymentsFile = join(data, 'deployments.json');
+  writeFileSync(deploymentsFile, JSON.stringify([{ name: 'prod', primary: { model: 'tiny', version: 1 } }]));
+  const factory: BackendFactory = async (_files, meta) => new FakeBackend({ id: meta.name, contextLength: 64 });
+  let stop!: (sig: string) => void;
+  const url = await new Promise<string>((resolve) => {
+    const done = runCli(['serve', '--registry', join(data, 'registry'), '--wait-for-models', '--deployments', deploymentsFile, '--port', '0', '--host', '127.0.0.1'], {
+      backendFactory: factory,
+      log: silentLogger,
+      stopSignal: new Promise((r) => (stop = r)),
+      out: (line) => resolve(line.replace('gateway listening on ', '')),
+    });
+    t.after(async () => {
+      stop('test end');
+      assert.equal(await done, 0);
+    });
+  });
+  const ready = async () => ({ status: (await fetch(`${url}/readyz`)).status, body: (await (await fetch(`${url}/readyz`)).json()) as { status: string; reason?: string; models?: string[] } });
+  const waiting = await ready();
+  assert.equal(waiting.status, 503);
+  assert.match(waiting.body.reason!, /no models registered in .*registry/);
+  assert.equal((await fetch(`${url}/healthz`)).status, 200, 'live while it waits');
+  const completion = (model: string) => fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, prompt: 'Hello', max_tokens: 4 }) });
+  assert.equal((await completion('tiny')).status, 404, 'nothing is served before the model exists');
+
+  await registry.register('tiny', {
+    'config.json': Buffer.from(JSON.stringify({ model_type: 'gpt2', n_ctx: 64 })),
+    'model.safetensors': Buffer.from('weights'),
+    'tokenizer.json': Buffer.from('{}'),
+  }, { jobId: 'job-1' });
+  const deadline = performance.now() + 4 * MODEL_POLL_MS;
+  let now = await ready();
+  while (now.status !== 200 && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    now = await ready();
+  }
+  assert.deepEqual(now, { status: 200, body: { status: 'ready', models: ['prod', 'tiny'] } });
+  assert.equal((await completion('tiny')).status, 200);
+  const routed = await completion('prod');
+  assert.equal(routed.status, 200);
+  assert.equal(routed.headers.get('x-meshtrain-version'), 'tiny@v1', 'the deployments file was installed once the model loaded');
 });
