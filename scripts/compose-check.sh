@@ -91,9 +91,9 @@ teardown() {
   rm -rf "$secrets"
   seconds[down]=$(( $(date +%s) - phase_start ))
   local ok=false; [ $rc -eq 0 ] && ok=true
-  printf '{"ok":%s,"engine":"%s","imageBytes":%s,"baseImage":"%s","agents":%s,"steps":%s,"jobState":"%s","jobAttempts":%s,"modelVersion":"%s","completionChars":%s,"prometheusTargetsUp":"%s","seconds":{"build":%s,"up":%s,"train":%s,"serve":%s,"down":%s,"total":%s}}\n' \
+  printf '{"ok":%s,"engine":"%s","imageBytes":%s,"baseImage":"%s","agents":%s,"steps":%s,"jobState":"%s","jobAttempts":%s,"modelVersion":"%s","completionChars":%s,"prometheusTargetsUp":"%s","healthy":"%s","seconds":{"build":%s,"up":%s,"train":%s,"serve":%s,"down":%s,"total":%s}}\n' \
     "$ok" "$ENGINE" "${image_bytes:-0}" "${base_used:-}" "$agents" "$steps" "${job_state:-none}" "${job_attempts:-0}" "${model_version:-}" \
-    "${completion_chars:-0}" "${targets_up:-}" "${seconds[build]:-0}" "${seconds[up]:-0}" "${seconds[train]:-0}" "${seconds[serve]:-0}" \
+    "${completion_chars:-0}" "${targets_up:-}" "${health:-}" "${seconds[build]:-0}" "${seconds[up]:-0}" "${seconds[train]:-0}" "${seconds[serve]:-0}" \
     "${seconds[down]:-0}" "$(( $(date +%s) - t0 ))"
   exit $rc
 }
@@ -202,4 +202,19 @@ targets_ok() {
 }
 wait_for 90 "Prometheus to scrape the coordinator, the gateway and the agents" targets_ok
 say "Prometheus targets up: $targets_up"
+# Every running container's health check (the image's for ours). Podman runs them on systemd timers only, so here
+# they are run by hand; docker runs them itself and reports the status.
+healthy=0 running=0
+for c in $($ENGINE ps --format '{{.Names}}' --filter "label=com.docker.compose.project=$project"); do
+  running=$(( running + 1 ))
+  if [ "$ENGINE" = podman ]; then
+    $ENGINE healthcheck run "$c" >/dev/null 2>&1 && healthy=$(( healthy + 1 )) || say "health check of $c failed"
+  else
+    is_healthy() { [ "$(docker inspect --format '{{.State.Health.Status}}' "$1")" = healthy ]; }
+    wait_for 90 "$c to be healthy" is_healthy "$c" && healthy=$(( healthy + 1 ))
+  fi
+done
+health="$healthy/$running"
+[ "$healthy" -eq "$running" ] || fail "health checks: $health healthy"
+say "health checks: $health containers healthy"
 end_phase serve
