@@ -66,17 +66,18 @@ teardown() {
   local rc=$?
   trap - EXIT INT TERM
   phase_start=$(date +%s)
-  if [ $rc -ne 0 ]; then
+  local names c
+  names=$($ENGINE ps -a --format '{{.Names}}' --filter "label=com.docker.compose.project=$project" 2>/dev/null || true)
+  if [ $rc -ne 0 ] && [ -n "$names" ]; then
     say "logs of the stack before teardown (last 20 lines each):"
-    for c in $($ENGINE ps -a --format '{{.Names}}' --filter "label=com.docker.compose.project=$project" 2>/dev/null); do
-      echo "---- $c" >&2; $ENGINE logs --tail 20 "$c" >&2 2>&1 || true
+    for c in $names; do
+      echo "---- $c" >&2
+      $ENGINE logs --tail 20 "$c" 2>&1 | grep -v 'systemd connection' >&2 || true
     done
   fi
   say "tearing down"
   # Stop (SIGTERM, 10 s grace) and remove every container of the project with its anonymous volumes (the image's
   # /data in agents and the gateway), then let compose remove the named volumes; its network goes last.
-  local names
-  names=$($ENGINE ps -a --format '{{.Names}}' --filter "label=com.docker.compose.project=$project" 2>/dev/null || true)
   if [ -n "$names" ]; then
     # shellcheck disable=SC2086
     $ENGINE stop -t 10 $names >/dev/null 2>&1 || true
@@ -100,10 +101,12 @@ teardown() {
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-# GET/POST on the coordinator's API with the token; prints the body, fails on a non-2xx status.
+# GET/POST on the coordinator's API with the token; prints the body, or fails with it on stderr (non-2xx status).
 api() { # METHOD PATH [JSON]
-  curl -sS --fail-with-body --max-time 30 -H @"$secrets/auth-header" -H 'content-type: application/json' \
-    -X "$1" "$coordinator$2" ${3:+--data "$3"}
+  local body
+  body=$(curl -sS --fail-with-body --max-time 30 -H @"$secrets/auth-header" -H 'content-type: application/json' \
+    -X "$1" "$coordinator$2" ${3:+--data "$3"}) || { echo "$1 $2: ${body:-no answer}" >&2; return 1; }
+  echo "$body"
 }
 json() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const v=JSON.parse(s);console.log(eval(process.argv[1]))})' "$1"; }
 wait_for() { # SECONDS WHAT COMMAND…: retries COMMAND every 2 s
@@ -151,7 +154,7 @@ spec=$(cat <<EOF
  "model": {"vocabSize": 1024, "nCtx": 128, "nLayer": 2, "nHead": 4, "nEmbd": 64},
  "data": {"corpus": "demo"},
  "training": {"steps": $steps, "batchSize": $batch, "seqLen": 128, "seed": 1, "lr": 0.003, "minLr": 0.0003,
-              "warmupSteps": 20, "evalEvery": $(( steps / 2 )), "evalBatches": 2, "checkpointEvery": $(( steps / 6 ))},
+              "warmupSteps": $(( steps < 200 ? steps / 10 : 20 )), "evalEvery": $(( steps / 2 )), "evalBatches": 2, "checkpointEvery": $(( steps / 6 ))},
  "parallel": {"data": $agents, "minData": 1}}
 EOF
 )
