@@ -90,14 +90,21 @@ ca_file=${MESHTRAIN_BUILD_CA:-${NODE_EXTRA_CA_CERTS:-}}
 # podman writes OCI images by default, and the OCI format has no HEALTHCHECK: ask for the docker format.
 format=()
 [ "$ENGINE" = podman ] && format=(--format docker)
+created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# The labels as flags too: buildah (podman 4.3) reuses a cached LABEL step whose build arguments changed, which
+# left an earlier build's revision and date on the image; --label is applied to the final image every time.
+labels=()
+for kv in "version=$version" "revision=$revision" "created=$created" "source=$source_url"; do
+  labels+=(--label "org.opencontainers.image.$kv")
+done
 echo "build-image: building $tag from $base (meshtrain $version, $revision)"
 # shellcheck disable=SC2086 # ENGINE_NETWORK is empty or one flag
-$ENGINE build $ENGINE_NETWORK "${format[@]}" "${ca_secret[@]}" -f deploy/Containerfile -t "$tag" \
+$ENGINE build $ENGINE_NETWORK "${format[@]}" "${ca_secret[@]}" "${labels[@]}" -f deploy/Containerfile -t "$tag" \
   --build-arg BASE_IMAGE="$base" \
   --build-arg VERSION="$version" \
   --build-arg REVISION="$revision" \
   --build-arg SOURCE="$source_url" \
-  --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  --build-arg CREATED="$created" \
   .
 size=$($ENGINE image inspect "$tag" --format '{{.Size}}')
 echo "build-image: $tag is $((size / 1024 / 1024)) MiB ($size bytes)"
