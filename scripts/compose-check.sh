@@ -4,12 +4,13 @@
 # Runs a training job through deploy/compose.yaml end to end and tears it all down again, also on failure:
 #   1. build the image (scripts/build-image.sh; a local base image where no registry answers) and, where
 #      prom/prometheus cannot be pulled, a Prometheus image from Debian's package (deploy/prometheus/Containerfile);
-#   2. up: the coordinator, N agents (3) and Prometheus, the token and the gateway's admin key as compose secrets;
+#   2. up: the coordinator, N agents (3), the gateway (waiting for a model) and Prometheus, the token and the
+#      gateway's admin key as compose secrets;
 #   3. train: a tiny GPT on the demo corpus (the demo's shape, data-parallel on every agent, elastic down to one),
 #      killing one agent container (podman kill) once the job has checkpointed, and waiting for the job to
 #      succeed anyway and register its model;
-#   4. serve: start the gateway, POST /v1/completions to the new model, expect 200 with text; check that Prometheus
-#      scrapes the coordinator, the gateway and the agents;
+#   4. serve: wait for the gateway to load the new model (/readyz), POST /v1/completions to it, expect 200 with
+#      text; check that Prometheus scrapes the coordinator, the gateway and the agents, and every health check;
 #   5. down: containers, volumes, network and secrets removed.
 # Progress lines go to stderr; the last line on stdout is a one-line JSON summary. Exit 0 only if every check held.
 # The host ports are 17070 (coordinator), 18080 (gateway), 19090 (Prometheus): MESHTRAIN_*_PORT to change them.
@@ -137,9 +138,10 @@ end_phase build
 say "image $MESHTRAIN_IMAGE: $(( image_bytes / 1024 / 1024 )) MiB"
 
 # --- 2. up --------------------------------------------------------------------------------------------------------
-say "starting the coordinator, $agents agents and Prometheus"
-"${compose[@]}" up -d coordinator agent prometheus >"$secrets/up.log" 2>&1 || { tail -30 "$secrets/up.log" >&2; fail "compose up"; }
+say "starting the coordinator, $agents agents, the gateway and Prometheus"
+"${compose[@]}" up -d >"$secrets/up.log" 2>&1 || { tail -30 "$secrets/up.log" >&2; fail "compose up"; }
 wait_for 120 "the coordinator's /healthz" curl -sf "$coordinator/healthz"
+wait_for 120 "the gateway's /healthz (live, waiting for a model)" curl -sf "$gateway/healthz"
 alive_agents() { api GET /api/nodes | json 'v.nodes.filter(n => n.status === "alive").length'; }
 enough_agents() { [ "$(alive_agents)" -ge "$agents" ]; }
 wait_for 180 "$agents agents to join" enough_agents
@@ -188,9 +190,8 @@ end_phase train
 say "job $job_id succeeded after the kill (attempts: $job_attempts); registered $model_version"
 
 # --- 4. serve ---------------------------------------------------------------------------------------------------
-say "starting the gateway"
-"${compose[@]}" up -d gateway >>"$secrets/up.log" 2>&1 || { tail -30 "$secrets/up.log" >&2; fail "compose up gateway"; }
-wait_for 120 "the gateway's /healthz" curl -sf "$gateway/healthz"
+wait_for 60 "the gateway to load check-gpt (/readyz)" curl -sf "$gateway/readyz"
+say "gateway ready"
 status=$(curl -sS --max-time 60 -o "$secrets/completion.json" -w '%{http_code}' -H 'content-type: application/json' \
   "$gateway/v1/completions" --data '{"model": "check-gpt", "prompt": "The State of the Union", "max_tokens": 32, "temperature": 0.8, "seed": 7}')
 [ "$status" = 200 ] || { cat "$secrets/completion.json" >&2; fail "POST /v1/completions answered $status"; }
