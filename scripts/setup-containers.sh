@@ -17,13 +17,8 @@ if [ -z "$missing" ]; then
   echo "setup-containers: podman, runc, podman-compose and debootstrap present"
   exit 0
 fi
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "setup-containers: installing${missing} with apt-get"
-  apt-get update -qq
-  # With podman's recommends: buildah, netavark and aardvark-dns (compose's bridge network and its DNS), slirp4netns.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-  echo "setup-containers: installed${missing}"
-  exit 0
-fi
-echo "setup-containers: missing${missing}: run  sudo apt-get install -y${missing}  (or use Docker with compose), then run this again" >&2
+# With podman's recommends: buildah, netavark and aardvark-dns (compose's bridge network and its DNS), slirp4netns.
+. "$(dirname "$0")/apt-install.sh"
+apt_install setup-containers "$missing" 'next: bash scripts/compose-check.sh' 'sh scripts/setup-containers.sh again'
+echo "setup-containers: missing${missing}: install them with your package manager (or use Docker with compose), then run this again" >&2
 exit 1

@@ -58,16 +58,7 @@ if [ -z "$pkgs" ]; then
 fi
 # Debian's package for the g++ command is g++, for go golang-go; python3, make, libnss3 and libexpat1 are named as the
 # commands/libraries.
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "setup: installing${pkgs} with apt-get"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
-  echo "setup: installed${pkgs}; next: npm ci"
-  exit 0
-fi
-if command -v apt-get >/dev/null 2>&1; then
-  echo "setup: missing${pkgs}: run  sudo apt-get install -y${pkgs}  then npm run setup again" >&2
-else
-  echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium, the Mesa EGL/GLES libraries for the WebGPU tests' software GPU, Go 1.19+ with Masterminds/sprig v3, gopkg.in/yaml.v2 and xeipuuv/gojsonschema in a GOPATH at /usr/share/gocode for the Helm chart's test): install them with your package manager, then npm run setup again" >&2
-fi
+. "$(dirname "$0")/apt-install.sh"
+apt_install setup "$pkgs" 'next: npm ci' 'npm run setup again' --no-install-recommends
+echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium, the Mesa EGL/GLES libraries for the WebGPU tests' software GPU, Go 1.19+ with Masterminds/sprig v3, gopkg.in/yaml.v2 and xeipuuv/gojsonschema in a GOPATH at /usr/share/gocode for the Helm chart's test): install them with your package manager, then npm run setup again" >&2
 exit 1
