@@ -261,7 +261,7 @@ describe('every route of the coordinator, the gateway and the agent, asked as a 
       'POST /api/login', 'POST /api/logout',
     ]);
     for (const path of ['/healthz', '/metrics', '/', '/api/session']) assert.equal((await ask(cluster.port, 'GET', path, {})).status, 200, path);
-    assert.deepEqual([...GATEWAY_PUBLIC].sort(), ['GET /healthz', 'GET /metrics', 'HEAD /healthz', 'HEAD /metrics']);
+    assert.deepEqual([...GATEWAY_PUBLIC].sort(), ['GET /healthz', 'GET /metrics', 'GET /readyz', 'HEAD /healthz', 'HEAD /metrics', 'HEAD /readyz']);
     assert.deepEqual([...AGENT_HTTP_ROUTES].sort(), ['GET /healthz', 'GET /metrics', 'HEAD /healthz', 'HEAD /metrics']);
   });
 
