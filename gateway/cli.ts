@@ -199,24 +199,23 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
   };
   // Without --wait-for-models the registry must have the models now; with it, the gateway listens first (live, not
   // ready) and loads them once the registry has them: a coordinator still starting, or no job finished yet.
-  let notReady: string | undefined;
+  let ready = !(models && o.waitForModels);
   if (models && !o.waitForModels) {
     const found = await models.find();
     if ('why' in found) throw new GatewayError('GW_ERR_REGISTRY', found.why);
     await models.load(found.chosen, (name, backend) => backends.set(name, backend));
   }
-  if (models && o.waitForModels) notReady = `waiting for models from ${o.registry}`;
-  else await installDeployments();
+  if (ready) await installDeployments();
   const tracing = await initTracing('gateway'); // off unless OTEL_* asks for traces (common/tracing.ts)
-  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}), bodyLimit, drainTimeoutMs, limits, log, batching, deployments, notReady: () => notReady, ...(https ? { https } : {}) });
+  const gateway = createGateway({ backends, apiKey: apiKeys, adminKey, rateLimit, maxPromptTokens, ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}), bodyLimit, drainTimeoutMs, limits, log, batching, deployments, ready: () => ready, ...(https ? { https } : {}) });
   const { port: bound } = await gateway.listen({ port, host });
   let stopWaiting = () => {};
-  if (models && notReady !== undefined) {
+  if (models && !ready) {
     stopWaiting = waitForModels(models, {
       add: (name, backend) => gateway.addBackend(name, backend),
       installDeployments,
       log,
-      status: (why) => (notReady = why),
+      onReady: () => (ready = true),
     });
   }
   // Machine-readable first line: tests and scripts wait for it.
@@ -263,12 +262,12 @@ const WAIT_LOG_EVERY_MS = 60_000;
 
 /**
  * --wait-for-models: asks the registry every MODEL_POLL_MS until it has the models (an unreachable registry or a
- * failed load counts as not yet, and says why in the log and on /readyz), then loads them and the --deployments
- * file, and reports ready (`status(undefined)`). Returns the function that stops it.
+ * failed load counts as not yet, and says why in the log), then loads them and the --deployments file, and reports
+ * ready (`onReady`: /readyz answers 200 from then on). Returns the function that stops it.
  */
 function waitForModels(
   models: RegistryModels,
-  hooks: { add(name: string, backend: InferenceBackend): void; installDeployments(): Promise<void>; log: Logger; status(why: string | undefined): void },
+  hooks: { add(name: string, backend: InferenceBackend): void; installDeployments(): Promise<void>; log: Logger; onReady(): void },
 ): () => void {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
@@ -285,7 +284,7 @@ function waitForModels(
         });
         if (stopped) return;
         await hooks.installDeployments();
-        hooks.status(undefined);
+        hooks.onReady();
         hooks.log.info('models loaded: ready (GET /readyz answers 200)');
         return;
       }
@@ -294,7 +293,6 @@ function waitForModels(
       why = (err as Error).message;
     }
     if (stopped) return;
-    hooks.status(why);
     if (why !== said.why || performance.now() - said.at >= WAIT_LOG_EVERY_MS) {
       hooks.log.warn(`waiting for models (--wait-for-models): ${why}; trying again every ${MODEL_POLL_MS / 1000} s; /readyz answers 503 meanwhile`);
       said = { why, at: performance.now() };

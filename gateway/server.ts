@@ -8,8 +8,8 @@
  *   GET  /v1/models          the served models, OpenAI's list shape
  *   GET  /v1/models/:model   one of them
  *   GET  /healthz            liveness and the served models (no key)
- *   GET  /readyz             readiness (no key): 200 once there is a model to serve, 503 while the gateway still waits
- *                            for its models (--wait-for-models) or drains
+ *   GET  /readyz             readiness (no key): 200 once the models are loaded, 503 while the gateway still waits for
+ *                            them (--wait-for-models; why goes to the log, not to anonymous callers) or drains
  *   GET  /metrics            Prometheus exposition (no key)
  *   GET  /admin/status       served models and safety settings (admin key; admin.ts)
  *   /admin/deployments/…     named deployments: A/B arms, switches, rollback, audit (admin key; deployments.ts)
@@ -70,8 +70,8 @@ export interface GatewayOptions {
   metrics?: GatewayMetrics;
   /** Named deployments (A/B arms, rollback); default: none, and PUTs fail to resolve any version. */
   deployments?: DeploymentManager;
-  /** Why the gateway is not ready yet (GET /readyz answers 503 with it), or undefined once it is; default: ready. */
-  notReady?: () => string | undefined;
+  /** Whether the gateway can answer yet (GET /readyz: 200, else 503); default: always. */
+  ready?: () => boolean;
 }
 
 const noVersions: VersionResolver = async (model, version) => {
@@ -161,11 +161,8 @@ export const gatewayPlugin: FastifyPluginAsync<GatewayOptions> = async (app, opt
     models: [...backends.values()].map((b) => ({ id: b.info.id, version: b.info.version ?? null, contextLength: b.info.contextLength })),
   }));
   // Readiness, for load balancers and Kubernetes: live (/healthz) is not the same as able to answer (models loaded).
-  app.get('/readyz', async (_req, reply) => {
-    const waiting = opts.notReady?.();
-    if (waiting !== undefined) return reply.code(503).send({ status: 'waiting', reason: waiting });
-    return { status: 'ready', models: [...backends.keys(), ...deployments.list().map((d) => d.name)].sort() };
-  });
+  // It names nothing (models, deployments, registry paths): anyone may ask it.
+  app.get('/readyz', async (_req, reply) => ((opts.ready?.() ?? true) ? { status: 'ready' } : reply.code(503).send({ status: 'waiting' })));
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
   generationRoutes(app, { backends, deployments, metrics, log, maxPromptTokens, requestTimeoutMs: opts.requestTimeoutMs });
@@ -212,8 +209,8 @@ export interface CreateGatewayOptions {
   deployments?: DeploymentManager;
   /** Serve HTTPS with this certificate and key (--tls-cert/--tls-key; common/tls.ts loadServerTls). */
   https?: ServerTls;
-  /** Why the gateway is not ready yet (GET /readyz: 503), undefined once it is; default: ready. */
-  notReady?: () => string | undefined;
+  /** Whether the gateway can answer yet (GET /readyz: 200, else 503); default: always. */
+  ready?: () => boolean;
 }
 
 export function createGateway(opts: CreateGatewayOptions): Gateway {
@@ -252,7 +249,7 @@ export function createGateway(opts: CreateGatewayOptions): Gateway {
     if (backends.has(d.name)) throw new GatewayError('GW_ERR_BAD_ARGS', `deployment '${d.name}' has the name of a served model; give it a name of its own`);
   }
   let closed = false;
-  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, requestTimeoutMs, log, metrics, draining: () => closed, deployments, ...(opts.notReady ? { notReady: opts.notReady } : {}) });
+  void app.register(gatewayPlugin, { backends, apiKey, adminKey, rateLimit, maxPromptTokens, requestTimeoutMs, log, metrics, draining: () => closed, deployments, ...(opts.ready ? { ready: opts.ready } : {}) });
   // Requests whose response has not ended. Shutdown waits for these only: kept-alive or just-opened connections
   // that carry no request would otherwise hold server.close() until the client drops them.
   let running = 0;

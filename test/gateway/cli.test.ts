@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { silentLogger } from '../../common/log.ts';
+import { createLogger, silentLogger } from '../../common/log.ts';
 import { ModelRegistry } from '../../coordinator/registry/registry.ts';
 import { SqliteStateStore } from '../../coordinator/store/state-store.ts';
 import { MODEL_POLL_MS, runCli } from '../../gateway/cli.ts';
@@ -142,10 +142,11 @@ test('--wait-for-models listens at once, answers 503 on /readyz until the regist
   writeFileSync(deploymentsFile, JSON.stringify([{ name: 'prod', primary: { model: 'tiny', version: 1 } }]));
   const factory: BackendFactory = async (_files, meta) => new FakeBackend({ id: meta.name, contextLength: 64 });
   let stop!: (sig: string) => void;
+  const logged: string[] = [];
   const url = await new Promise<string>((resolve) => {
     const done = runCli(['serve', '--registry', join(data, 'registry'), '--wait-for-models', '--deployments', deploymentsFile, '--port', '0', '--host', '127.0.0.1'], {
       backendFactory: factory,
-      log: silentLogger,
+      log: createLogger('gateway', { level: 'warn', write: (line) => logged.push(line) }),
       stopSignal: new Promise((r) => (stop = r)),
       out: (line) => resolve(line.replace('gateway listening on ', '')),
     });
@@ -154,10 +155,12 @@ test('--wait-for-models listens at once, answers 503 on /readyz until the regist
       assert.equal(await done, 0);
     });
   });
-  const ready = async () => ({ status: (await fetch(`${url}/readyz`)).status, body: (await (await fetch(`${url}/readyz`)).json()) as { status: string; reason?: string; models?: string[] } });
-  const waiting = await ready();
-  assert.equal(waiting.status, 503);
-  assert.match(waiting.body.reason!, /no models registered in .*registry/);
+  const ready = async () => {
+    const res = await fetch(`${url}/readyz`);
+    return { status: res.status, body: await res.json() };
+  };
+  assert.deepEqual(await ready(), { status: 503, body: { status: 'waiting' } }, 'an anonymous caller learns nothing about the registry');
+  assert.match(logged.join('\n'), /waiting for models \(--wait-for-models\): no models registered in .*registry/, 'why it waits goes to the log');
   assert.equal((await fetch(`${url}/healthz`)).status, 200, 'live while it waits');
   const completion = (model: string) => fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, prompt: 'Hello', max_tokens: 4 }) });
   assert.equal((await completion('tiny')).status, 404, 'nothing is served before the model exists');
@@ -173,7 +176,9 @@ test('--wait-for-models listens at once, answers 503 on /readyz until the regist
     await new Promise((r) => setTimeout(r, 100));
     now = await ready();
   }
-  assert.deepEqual(now, { status: 200, body: { status: 'ready', models: ['prod', 'tiny'] } });
+  assert.deepEqual(now, { status: 200, body: { status: 'ready' } });
+  const served = (await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string }> };
+  assert.deepEqual(served.data.map((m) => m.id), ['prod', 'tiny']);
   assert.equal((await completion('tiny')).status, 200);
   const routed = await completion('prod');
   assert.equal(routed.status, 200);
