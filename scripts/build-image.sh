@@ -66,11 +66,11 @@ build_local_base() {
 }
 
 if [ -z "$base" ]; then
-  if $ENGINE image exists "$official" 2>/dev/null || $ENGINE pull -q "$official" >/dev/null 2>&1; then
+  if $ENGINE image inspect "$official" >/dev/null 2>&1 || $ENGINE pull -q "$official" >/dev/null 2>&1; then
     base=$official
   else
     base=$local_base
-    if $rebuild_base || ! $ENGINE image exists "$local_base" 2>/dev/null; then
+    if $rebuild_base || ! $ENGINE image inspect "$local_base" >/dev/null 2>&1; then
       build_local_base
     else
       echo "build-image: no registry answers; reusing $local_base"

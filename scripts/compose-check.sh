@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/compose-check.sh [--agents N] [--steps N] [--keep-image]
+# scripts/compose-check.sh [--agents N] [--steps N]
 #
 # Runs a training job through deploy/compose.yaml end to end and tears it all down again, also on failure:
 #   1. build the image (scripts/build-image.sh; a local base image where no registry answers) and, where
@@ -124,9 +124,10 @@ scripts/build-image.sh --tag "$MESHTRAIN_IMAGE" >"$secrets/build.log" 2>&1 || { 
 grep '^build-image:' "$secrets/build.log" | sed 's/^/  /' >&2
 image_bytes=$($ENGINE image inspect "$MESHTRAIN_IMAGE" --format '{{.Size}}')
 base_used=$(sed -n 's/^build-image: building .* from \([^ ]*\) .*/\1/p' "$secrets/build.log")
-if ! $ENGINE image exists docker.io/prom/prometheus:v2.53.2 2>/dev/null && ! $ENGINE pull -q docker.io/prom/prometheus:v2.53.2 >/dev/null 2>&1; then
+official_prometheus=docker.io/prom/prometheus:v2.53.2 # compose.yaml's default image
+if ! $ENGINE image inspect "$official_prometheus" >/dev/null 2>&1 && ! $ENGINE pull -q "$official_prometheus" >/dev/null 2>&1; then
   export PROMETHEUS_IMAGE=localhost/meshtrain-prometheus:debian
-  if ! $ENGINE image exists "$PROMETHEUS_IMAGE" 2>/dev/null; then
+  if ! $ENGINE image inspect "$PROMETHEUS_IMAGE" >/dev/null 2>&1; then
     say "prom/prometheus cannot be pulled: building $PROMETHEUS_IMAGE from Debian's package"
     # shellcheck disable=SC2086
     $ENGINE build $ENGINE_NETWORK -q --build-arg BASE_IMAGE="$base_used" -t "$PROMETHEUS_IMAGE" \
@@ -149,8 +150,7 @@ end_phase up
 say "coordinator up, $(alive_agents) agents alive"
 
 # --- 3. train, killing an agent half-way --------------------------------------------------------------------------
-batch=$(( 4 * agents )) # 4 sequences an agent; divisible by every replica count the job may shrink to
-[ "$agents" -eq 3 ] && batch=12
+batch=$(( 4 * agents )) # 4 sequences an agent (the scheduler skips replica counts that do not divide it)
 spec=$(cat <<EOF
 {"name": "check-gpt",
  "model": {"vocabSize": 1024, "nCtx": 128, "nLayer": 2, "nHead": 4, "nEmbd": 64},
@@ -162,7 +162,9 @@ EOF
 )
 job_id=$(api POST /api/jobs "$spec" | json 'v.id ?? v.job.id') || fail "job submission"
 say "submitted job $job_id: tiny GPT (0.17 M parameters), $steps steps of $batch × 128 tokens on $agents agents"
-victim="${project}_agent_${agents}"
+# The last agent container, by compose's labels (podman-compose and docker compose name containers differently).
+victim=$($ENGINE ps --filter "label=com.docker.compose.project=$project" --filter label=com.docker.compose.service=agent --format '{{.Names}}' | sort | tail -1)
+[ -n "$victim" ] || fail "no agent container found to kill"
 killed=false
 deadline=$(( $(date +%s) + 1200 ))
 last_step=-1

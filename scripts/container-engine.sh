@@ -2,7 +2,8 @@
 # podman's defaults do not work (cgroup v1 or hybrid, low ulimits: our CI machine), points podman at
 # deploy/podman/containers.conf (runc, cgroupfs, ulimits within the host's).
 #   ENGINE          podman or docker ($MESHTRAIN_ENGINE overrides; podman first: it needs no daemon)
-#   ENGINE_NETWORK  --network=host where bridge networking is unusable, else empty (used for builds)
+#   ENGINE_NETWORK  podman builds: --network=host (its build containers reach the registries through the host's
+#                   network; $MESHTRAIN_BUILD_NETWORK overrides); empty for docker
 here_engine=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ -n "${MESHTRAIN_ENGINE:-}" ]; then
   ENGINE=$MESHTRAIN_ENGINE
@@ -16,7 +17,7 @@ else
 fi
 ENGINE_NETWORK=
 if [ "$ENGINE" = podman ]; then
-  if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] || [ "$(ulimit -Hn)" != unlimited -a "$(ulimit -Hn)" -lt 1048576 ]; then
+  if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] || { [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt 1048576 ]; }; then
     export CONTAINERS_CONF="${CONTAINERS_CONF:-$here_engine/deploy/podman/containers.conf}"
   fi
   ENGINE_NETWORK=${MESHTRAIN_BUILD_NETWORK---network=host}

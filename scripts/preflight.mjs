@@ -26,7 +26,8 @@ try {
   fail(`better-sqlite3 does not load (${err.message.split('\n')[0]}): run npm run setup, then npm ci again`);
 }
 // The Helm chart's test builds its renderer (deploy/helm/render) with Go and Debian's sprig, yaml.v2 and gojsonschema.
-if (spawnSync('go', ['version']).status !== 0 || !existsSync('/usr/share/gocode/src/github.com/Masterminds/sprig')) {
+const goLibraries = ['github.com/Masterminds/sprig/functions.go', 'gopkg.in/yaml.v2/yaml.go', 'github.com/xeipuuv/gojsonschema/validation.go']; // as setup.sh checks
+if (spawnSync('go', ['version']).status !== 0 || !goLibraries.every((f) => existsSync(`/usr/share/gocode/src/${f}`))) {
   fail('Go or its Debian library packages are missing (the Helm chart test builds deploy/helm/render): run npm run setup');
 }
 try {
