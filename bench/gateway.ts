@@ -273,7 +273,7 @@ export default async function main(argv: string[]): Promise<object> {
 
     // The direct baseline: the same version, loaded the way the gateway loads it, in this process.
     const v1 = await new DirRegistrySource(registry).load(MODEL, 1);
-    direct = await gptBackendFactory(v1.files, v1.meta);
+    direct = await gptBackendFactory(v1.files, v1.meta, { backend: choice });
     log(`A ${A}, B ${B}; set-up ${((performance.now() - started) / 1000).toFixed(1)} s`);
 
     // ---- 0. decode step cost by batch size, in process (the engine the gateway serves with) --------------------

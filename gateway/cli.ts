@@ -145,6 +145,11 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
     // A quantized or merged version is served with the chat template its ancestor was trained with.
     const registry = withTrainingLineage(withAdapterBases(openRegistry(o.registry!, { token: o.token, fetch: trustingFetch })));
     const factory = deps.backendFactory;
+    const noBackend = (what: string) => new GatewayError(
+      'GW_ERR_NO_BACKEND',
+      `cannot serve ${what}: this gateway has no model backend to run registry models (model/ does not provide a BackendFactory yet). Use --fake to run the gateway with its test backend.`,
+    );
+    if (o.waitForModels && !factory) throw noBackend(`the models of ${o.registry}`); // waiting would never end
     const computeBackend = o.backend; // --backend, else MESHTRAIN_BACKEND, else auto
     resolve = async (model, version) => {
       if (!factory) throw new GatewayError('GW_ERR_NO_BACKEND', 'this gateway has no model backend to run registry models');
@@ -159,13 +164,7 @@ async function main(argv: string[], deps: CliDeps, out: (line: string) => void):
         if (chosen.length === 0) return { why: `no models registered in ${o.registry}` };
         const absent = chosen.find(({ name }) => !available.includes(name));
         if (absent) return { why: `no model '${absent.name}' in ${o.registry}; registered: ${available.join(', ') || 'none'}` };
-        if (!factory) {
-          throw new GatewayError(
-            'GW_ERR_NO_BACKEND',
-            `cannot serve ${chosen.map((c) => c.name).join(', ')}: this gateway has no model backend to run registry models (model/ does not provide a BackendFactory yet). ` +
-              'Use --fake to run the gateway with its test backend.',
-          );
-        }
+        if (!factory) throw noBackend(chosen.map((c) => c.name).join(', '));
         return { chosen };
       },
       async load(chosen, add) {

@@ -21,7 +21,6 @@ export interface EngineLoad {
   config: GPTConfig;
   params: Float32Array;
   adapter?: { spec: LoraSpec; flat: Float32Array };
-  kind?: 'paged' | 'tensor';
 }
 
 export interface ChunkMessage {

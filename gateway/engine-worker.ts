@@ -27,8 +27,7 @@ const compute = await loadBackend(init.backend);
 
 interface Loaded {
   model: GPT;
-  served: ReturnType<typeof servingEngine>; // for its cache figures
-  engine: BatchEngine<unknown> & { dispose(): void }; // the same engine, seen through the interface the messages use
+  engine: BatchEngine<unknown> & { dispose(): void }; // servingEngine's, seen through the interface the messages use
   deferred: unknown; // an arrange, release or clear that failed: reported with the next answer
 }
 const engines = new Map<number, Loaded>();
@@ -49,11 +48,16 @@ const engineOf = (id: number): Loaded => {
   if (!e) throw new RangeError(`engine worker: no engine ${id}`);
   return e;
 };
-const stats = (e: Loaded) => (e.served instanceof PagedGptEngine ? { cacheBytes: e.served.cacheBytes, blocksInUse: e.served.blocksInUse } : {});
+const stats = (e: Loaded) => (e.engine instanceof PagedGptEngine ? { cacheBytes: e.engine.cacheBytes, blocksInUse: e.engine.blocksInUse } : {});
+/**
+ * Each buffer under these arrays once, for the transfer list: the engines' logits come from takeValues (an array of
+ * their own) and the answers are views into it, so nothing is copied to send them.
+ */
+const buffersOf = (arrays: Float32Array[]): ArrayBuffer[] => [...new Set(arrays.map((a) => a.buffer as ArrayBuffer))];
 const chunksOf = (inputs: ChunkMessage[]) => inputs.map((c) => ({ ids: c.ids, allPositions: c.allPositions, ...(c.from === undefined ? {} : { from: promptOf(c.from) }) }));
 const outputsOf = (inputs: ChunkMessage[], outputs: Array<PrefillOutput<unknown>>) => {
   for (const c of inputs) if (c.from !== undefined) prompts.delete(c.from); // taken over by the engine
-  return outputs.map((o) => ({ logits: o.logits.slice(), prompt: handleOf(o.prompt) })); // own buffers, to transfer
+  return outputs.map((o) => ({ logits: o.logits, prompt: handleOf(o.prompt) }));
 };
 
 async function handle(m: ToEngine): Promise<void> {
@@ -86,9 +90,9 @@ async function handle(m: ToEngine): Promise<void> {
       const model = new GPT(m.config, { flat: m.params });
       try {
         if (m.adapter) attachLora(model, m.adapter.spec, m.adapter.flat);
-        const served = servingEngine(model, m.kind);
-        engines.set(m.engine, { model, served, engine: served as BatchEngine<unknown> & { dispose(): void }, deferred: undefined });
-        port.postMessage({ op: 'loaded', id: m.id, kind: served instanceof PagedGptEngine ? 'paged' : 'tensor' } satisfies FromEngine);
+        const engine = servingEngine(model);
+        engines.set(m.engine, { model, engine: engine as BatchEngine<unknown> & { dispose(): void }, deferred: undefined });
+        port.postMessage({ op: 'loaded', id: m.id, kind: engine instanceof PagedGptEngine ? 'paged' : 'tensor' } satisfies FromEngine);
       } catch (err) {
         model.dispose();
         throw err;
@@ -110,17 +114,15 @@ async function handle(m: ToEngine): Promise<void> {
     }
     if (m.op === 'prefill') {
       const outputs = outputsOf(m.inputs, await e.engine.prefill(chunksOf(m.inputs)));
-      port.postMessage({ op: 'prefilled', id: m.id, outputs, ...stats(e) } satisfies FromEngine, outputs.map((o) => o.logits.buffer as ArrayBuffer));
+      port.postMessage({ op: 'prefilled', id: m.id, outputs, ...stats(e) } satisfies FromEngine, buffersOf(outputs.map((o) => o.logits)));
     } else if (m.op === 'step') {
       if (!e.engine.step) throw new RangeError('this engine has no step');
       const { logits, outputs: raw } = await e.engine.step(m.tokens, chunksOf(m.inputs));
       const outputs = outputsOf(m.inputs, raw);
-      const rows = logits.slice();
-      port.postMessage({ op: 'stepped', id: m.id, logits: rows, outputs, ...stats(e) } satisfies FromEngine, [rows.buffer as ArrayBuffer, ...outputs.map((o) => o.logits.buffer as ArrayBuffer)]);
+      port.postMessage({ op: 'stepped', id: m.id, logits, outputs, ...stats(e) } satisfies FromEngine, buffersOf([logits, ...outputs.map((o) => o.logits)]));
     } else {
       const logits = await e.engine.decode(m.tokens);
-      const own = logits.byteOffset === 0 && logits.byteLength === logits.buffer.byteLength ? logits : logits.slice();
-      port.postMessage({ op: 'decoded', id: m.id, logits: own, ...stats(e) } satisfies FromEngine, [own.buffer as ArrayBuffer]);
+      port.postMessage({ op: 'decoded', id: m.id, logits, ...stats(e) } satisfies FromEngine, buffersOf([logits]));
     }
   } catch (err) {
     port.postMessage({ op: 'failed', id: m.id, ...threadFailure(err) } satisfies FromEngine);

@@ -140,7 +140,7 @@ export const gptBackendFactory: BackendFactory = async (files, meta, options = {
   // The template it was trained with (an SFT/DPO version, or one a quantized/merged version inherits), else its
   // tokenizer_config.json's (an imported model); else one that answers chat requests with a 400 saying why.
   const chat = chatTemplateFor({ files, training: meta.training ?? meta.lineage, label: `${meta.name} v${meta.version}` }, loaded.tokenizer);
-  const backend = options.backend ?? ((process.env.MESHTRAIN_BACKEND as BackendChoice | undefined) || 'auto');
+  const backend = options.backend ?? 'auto'; // the CLI resolves --backend / MESHTRAIN_BACKEND (gateway/options.ts)
   const model = await WorkerEngine.start({ backend, config: loaded.config, params: loaded.params, ...(lora ? { adapter: { spec: lora.spec, flat: lora.flat } } : {}) });
   return new GptBackend(model, loaded.tokenizer, {
     id: meta.name,

@@ -141,7 +141,6 @@ export interface WorkerEngineOptions {
   /** The weights, flat; their buffer is transferred to the thread (copied first when it is a view of a larger one). */
   params: Float32Array;
   adapter?: { spec: LoraSpec; flat: Float32Array };
-  engine?: 'paged' | 'tensor';
 }
 
 export class WorkerEngine implements BatchEngine<number> {
@@ -156,7 +155,7 @@ export class WorkerEngine implements BatchEngine<number> {
     let loaded: FromEngine;
     try {
       loaded = await thread.request(
-        { op: 'load', engine, config: opts.config, params, ...(adapter ? { adapter } : {}), ...(opts.engine ? { kind: opts.engine } : {}) },
+        { op: 'load', engine, config: opts.config, params, ...(adapter ? { adapter } : {}) },
         [params.buffer as ArrayBuffer, ...(adapter ? [adapter.flat.buffer as ArrayBuffer] : [])],
       );
       if (loaded.op !== 'loaded') throw new Error(`it answered ${loaded.op}`);

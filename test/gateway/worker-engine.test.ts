@@ -78,14 +78,14 @@ test('versions share the compute thread: each answers with its own weights, and 
 });
 
 test('an error crosses from the model thread with its class, code and Retry-After', () => {
-  const overloaded = errorOfFailure(threadFailure(new GatewayError('GW_ERR_OVERLOADED', 'the KV cache is full', { retryAfterS: 3 })));
+  const overloaded = errorOfFailure(structuredClone(threadFailure(new GatewayError('GW_ERR_OVERLOADED', 'the KV cache is full', { retryAfterS: 3 }))));
   assert.ok(overloaded instanceof GatewayError);
   assert.equal(overloaded.code, 'GW_ERR_OVERLOADED');
   assert.equal((overloaded as GatewayError & { retryAfterS?: number }).retryAfterS, 3);
-  const model = errorOfFailure(threadFailure(new ModelError('MDL_ERR_MODEL_FILES', 'config.json is not valid JSON')));
+  const model = errorOfFailure(structuredClone(threadFailure(new ModelError('MDL_ERR_MODEL_FILES', 'config.json is not valid JSON'))));
   assert.ok(model instanceof ModelError);
   assert.equal(model.code, 'MDL_ERR_MODEL_FILES');
-  assert.match(errorOfFailure(threadFailure(new RangeError('out of bounds'))).message, /the model worker failed: out of bounds/);
+  assert.match(errorOfFailure(structuredClone(threadFailure(new RangeError('out of bounds')))).message, /the model worker failed: out of bounds/);
 });
 
 test('a model the compute thread cannot load fails with what went wrong there', async () => {
