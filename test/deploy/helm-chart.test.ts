@@ -337,7 +337,10 @@ test('ServiceMonitors scrape /metrics of the coordinator, the agents and the gat
   assert.deepEqual(monitors.map(component).sort(), ['agent', 'coordinator', 'gateway']);
   for (const sm of monitors) {
     assert.equal(sm.metadata.labels!.release, 'kube-prometheus-stack');
-    const services = ofKind(objects, 'Service').filter((s) => matches(sm.spec.selector.matchLabels, s.metadata.labels!) && !s.metadata.labels!['meshtrain/governing-service']);
+    // The selector as Kubernetes applies it: its labels, and its expressions (only DoesNotExist is used).
+    const expressions: Array<{ key: string; operator: string }> = sm.spec.selector.matchExpressions ?? [];
+    assert.ok(expressions.every((e) => e.operator === 'DoesNotExist'), 'the test applies DoesNotExist only');
+    const services = ofKind(objects, 'Service').filter((s) => matches(sm.spec.selector.matchLabels, s.metadata.labels!) && expressions.every((e) => !(e.key in s.metadata.labels!)));
     assert.equal(services.length, 1, `${sm.metadata.name} selects one Service`);
     assert.deepEqual(sm.spec.endpoints.map((e: any) => [e.port, e.path, e.interval]), [[services[0]!.spec.ports[0].name, '/metrics', '15s']]);
   }

@@ -4,7 +4,7 @@
  * checked in helm-chart.test.ts.
  *   npx tsx --test test/deploy/helm-values.test.ts
  */
-import { before, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,6 +20,7 @@ describe('values.schema.json', () => {
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'meshtrain-helm-'));
   });
+  after(() => rmSync(dir, { recursive: true, force: true })); // also when a test fails
   const renderWith = (values: string) => {
     const file = join(dir, `values-${Math.random().toString(36).slice(2)}.yaml`);
     writeFileSync(file, values);
@@ -40,7 +41,6 @@ describe('values.schema.json', () => {
     assert.equal(r.status, 1);
     assert.match(r.stderr, /agents\.pools\.0\.name: Does not match pattern/);
     assert.match(r.stderr, /coordinator\.service\.type: .*must be one of/);
-    rmSync(dir, { recursive: true, force: true });
   });
 });
 
@@ -75,5 +75,10 @@ test('NOTES.txt renders with every ci/*.yaml and tells how to read the token and
     assert.equal(r.status, 0, `${file}: ${r.stderr}`);
     assert.match(r.stderr, /get secret \S+ -o jsonpath='\{\.data\.token\}' \| base64 -d/, file);
     assert.match(r.stderr, file === 'tls-values.yaml' ? /node-agent\.js join wss:\/\/ADDRESS:7070 --ca ca\.crt/ : /port-forward svc\/meshtrain-coordinator 7070|join ws:\/\/ADDRESS/, file);
+    // Exposed without TLS, or a gateway without keys: said in so many words.
+    const values = parse(readFileSync(join(CI_DIR, file), 'utf8')) ?? {};
+    const exposedInClear = (values.coordinator?.service?.type ?? 'ClusterIP') !== 'ClusterIP' && !values.tls?.enabled;
+    assert.equal(/WARNING: the coordinator is reachable from outside the cluster .* without TLS/.test(r.stderr), exposedInClear, `${file}: coordinator warning`);
+    assert.equal(/WARNING: gateway\.apiKeys is off/.test(r.stderr), !values.gateway?.apiKeys, `${file}: gateway warning`);
   }
 });

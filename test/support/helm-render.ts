@@ -34,7 +34,15 @@ function goEnv(): NodeJS.ProcessEnv {
 }
 
 /** The renderer's path, building it first when this version of main.go has not been built on this machine. */
+let built: string | undefined; // this process's renderer, once found or built
+
 export function rendererBinary(): string {
+  if (built) return built;
+  built = findOrBuild();
+  return built;
+}
+
+function findOrBuild(): string {
   const version = spawnSync('go', ['version'], { encoding: 'utf8' });
   if (version.error || version.status !== 0) {
     throw new Error(`no Go toolchain to build deploy/helm/render (${version.error?.message ?? version.stderr.trim()}): run npm run setup`);
