@@ -37,6 +37,27 @@ export const DataSpec = Type.Object(
   { additionalProperties: false },
 );
 
+/** Formats data-parallel all-reduce traffic may travel in (node-agent/collectives/wire.ts). */
+export const GRADIENT_WIRES = ['f32', 'bf16', 'f16'] as const;
+export type GradientWire = (typeof GRADIENT_WIRES)[number];
+
+/**
+ * DiLoCo (Douillard et al. 2023; OpenDiLoCo): each data-parallel replica runs `innerSteps` AdamW steps alone, then the
+ * replicas average their pseudo-gradients (outer weights − own weights) and take one outer SGD step with (Nesterov)
+ * momentum. Defaults are the paper's.
+ */
+export const DilocoSpec = Type.Object(
+  {
+    innerSteps: Type.Optional(PositiveInt(1_000_000, 'steps each replica trains alone between synchronisations (H); default 500')),
+    outerLr: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 10, description: 'outer learning rate; default 0.7' })),
+    outerMomentum: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1, description: 'outer momentum; default 0.9' })),
+    nesterov: Type.Optional(Type.Boolean({ description: 'Nesterov momentum for the outer step; default true' })),
+  },
+  { additionalProperties: false },
+);
+export const DILOCO_DEFAULTS = Object.freeze({ innerSteps: 500, outerLr: 0.7, outerMomentum: 0.9, nesterov: true });
+export type ResolvedDiloco = Required<Static<typeof DilocoSpec>>;
+
 export const TrainingSpec = Type.Object(
   {
     steps: PositiveInt(10_000_000, 'optimizer steps'),
@@ -57,6 +78,10 @@ export const TrainingSpec = Type.Object(
     zero: Type.Optional(Type.Union([Type.Literal(0), Type.Literal(1)], { description: 'ZeRO stage: 1 shards the optimizer state over the data-parallel replicas' })),
     keepCheckpoints: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, description: 'newest checkpoints kept; older ones are pruned (0: keep all)' })),
     maxRestarts: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, description: 'attempts that may fail in a row without a new checkpoint before the job fails' })),
+    gradientWire: Type.Optional(Type.Union(GRADIENT_WIRES.map((w) => Type.Literal(w)), {
+      description: "number format of data-parallel all-reduce traffic (gradients, or DiLoCo's pseudo-gradients): f32 (default), or bf16 / f16, which halve the bytes; sums are always accumulated in float32",
+    })),
+    diloco: Type.Optional(DilocoSpec),
   },
   { additionalProperties: false },
 );
@@ -165,7 +190,7 @@ export type JobSpec = Static<typeof JobSpec>;
 export interface ResolvedJobSpec extends JobSpec {
   kind: JobKind;
   data: Required<Omit<Static<typeof DataSpec>, 'tokenizer'>> & Pick<Static<typeof DataSpec>, 'tokenizer'>; // tokenizer stays optional: absent = train one
-  training: Required<Static<typeof TrainingSpec>>;
+  training: Required<Omit<Static<typeof TrainingSpec>, 'diloco'>> & { diloco?: ResolvedDiloco }; // diloco absent: plain data parallelism
   parallel: ResolvedParallel | 'auto';
   dpo?: Required<Static<typeof DpoSpec>>;
   distill?: Required<Static<typeof DistillSpec>>;
@@ -212,6 +237,7 @@ export const TRAINING_DEFAULTS = Object.freeze({
   zero: 0 as 0 | 1,
   keepCheckpoints: 3, // the newest three: a corrupt newest one still leaves two to fall back on
   maxRestarts: 10,
+  gradientWire: 'f32' as GradientWire,
 });
 
 const check = TypeCompiler.Compile(JobSpec);
@@ -224,7 +250,8 @@ export function validateJobSpec(raw: unknown): SpecResult {
     return { ok: false, errors: [...new Set(errors)] };
   }
   const spec = raw as JobSpec;
-  const training = { ...TRAINING_DEFAULTS, ...spec.training };
+  const { diloco: dilocoGiven, ...givenTraining } = spec.training;
+  const training: ResolvedJobSpec['training'] = { ...TRAINING_DEFAULTS, ...givenTraining, ...(dilocoGiven ? { diloco: { ...DILOCO_DEFAULTS, ...dilocoGiven } } : {}) };
   const resolved: ResolvedJobSpec = {
     ...spec,
     kind: spec.kind ?? 'pretrain',
@@ -260,6 +287,21 @@ export function validateJobSpec(raw: unknown): SpecResult {
   if (spec.eval?.earlyStopping && training.checkpointEvery === 0) errors.push('/eval/earlyStopping needs /training/checkpointEvery > 0: the model is taken from the checkpoint of the step it stops at');
   else if (spec.eval?.earlyStopping && training.evalEvery % training.checkpointEvery !== 0) {
     errors.push(`/training/evalEvery ${training.evalEvery} must be a multiple of /training/checkpointEvery ${training.checkpointEvery} with /eval/earlyStopping: the model is taken from the checkpoint of the step it stops at`);
+  }
+  const diloco = training.diloco;
+  if (diloco) {
+    // Replicas hold different weights between synchronisations: sharded optimizer state cannot be shared, and an
+    // evaluation or checkpoint mid-round would see one replica's weights, so both fall on synchronisation steps.
+    if (training.zero) errors.push('/training/zero 1 cannot be used with /training/diloco: each replica keeps its own optimizer state');
+    if (training.checkpointEvery % diloco.innerSteps !== 0) {
+      errors.push(`/training/checkpointEvery ${training.checkpointEvery} must be a multiple of /training/diloco/innerSteps ${diloco.innerSteps}: checkpoints hold the outer weights, which exist only after a synchronisation`);
+    }
+    if (training.evalEvery % diloco.innerSteps !== 0) {
+      errors.push(`/training/evalEvery ${training.evalEvery} must be a multiple of /training/diloco/innerSteps ${diloco.innerSteps}: replicas agree on the weights only after a synchronisation`);
+    }
+    if (resolved.parallel !== 'auto' && (resolved.parallel.pipeline > 1 || resolved.parallel.tensor > 1)) {
+      errors.push('/training/diloco needs /parallel/pipeline and /parallel/tensor of 1: DiLoCo replicates whole models across slow links, and a replica split over several agents would need fast links inside it');
+    }
   }
   const ranks = resolved.parallel === 'auto' ? 1 : resolved.parallel.data;
   const perRank = training.batchSize / ranks;

@@ -7,6 +7,8 @@
 #   golang-go, golang-github-masterminds-sprig-dev, golang-gopkg-yaml.v2-dev, golang-github-xeipuuv-gojsonschema-dev
 #                        the Helm chart's test builds deploy/helm/render (Helm's template engine: Go's text/template,
 #                        sprig, YAML, the values schema check) from these, offline in GOPATH mode: there is no Helm here
+#   iproute2, nftables   the NAT-relay test and `npm run bench -- wan` put agents in network namespaces (ip netns, veth,
+#                        tc for bandwidth) and drop their inbound connections with nft
 # As root on Debian or Ubuntu it installs what is missing with apt-get; otherwise it stops with one line naming
 # exactly what to install. It changes nothing when everything is there.
 set -eu
@@ -16,6 +18,9 @@ for c in python3 make g++; do
   command -v "$c" >/dev/null 2>&1 || missing_cmds="$missing_cmds $c"
 done
 command -v go >/dev/null 2>&1 || missing_cmds="$missing_cmds golang-go"
+command -v ip >/dev/null 2>&1 || missing_cmds="$missing_cmds iproute2"
+command -v tc >/dev/null 2>&1 || missing_cmds="$missing_cmds iproute2"
+command -v nft >/dev/null 2>&1 || missing_cmds="$missing_cmds nftables"
 
 has_lib() {
   for ldconfig in ldconfig /sbin/ldconfig /usr/sbin/ldconfig; do
@@ -51,14 +56,15 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
-pkgs="$missing_cmds$missing_libs"
+pkgs=$(echo "$missing_cmds$missing_libs" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//; s/ *$//; s/^/ /')
+[ "$pkgs" = " " ] && pkgs=""
 if [ -z "$pkgs" ]; then
-  echo "setup: system packages present (python3, make, g++, libnss3, libexpat1, Mesa EGL/GLES/llvmpipe, Go with sprig, yaml.v2 and gojsonschema); next: npm ci"
+  echo "setup: system packages present (python3, make, g++, libnss3, libexpat1, Mesa EGL/GLES/llvmpipe, Go with sprig, yaml.v2 and gojsonschema, ip, tc, nft); next: npm ci"
   exit 0
 fi
 # Debian's package for the g++ command is g++, for go golang-go; python3, make, libnss3 and libexpat1 are named as the
 # commands/libraries.
 . "$(dirname "$0")/apt-install.sh"
 apt_install setup "$pkgs" 'next: npm ci' 'npm run setup again' --no-install-recommends
-echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium, the Mesa EGL/GLES libraries for the WebGPU tests' software GPU, Go 1.19+ with Masterminds/sprig v3, gopkg.in/yaml.v2 and xeipuuv/gojsonschema in a GOPATH at /usr/share/gocode for the Helm chart's test): install them with your package manager, then npm run setup again" >&2
+echo "setup: missing${pkgs} (a C++ compiler and make build better-sqlite3; libnss3/libexpat are for the dashboard tests' Chromium, the Mesa EGL/GLES libraries for the WebGPU tests' software GPU, Go 1.19+ with Masterminds/sprig v3, gopkg.in/yaml.v2 and xeipuuv/gojsonschema in a GOPATH at /usr/share/gocode for the Helm chart's test, iproute2 and nftables for the network-namespace test and bench): install them with your package manager, then npm run setup again" >&2
 exit 1
