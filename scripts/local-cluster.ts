@@ -36,6 +36,16 @@ export interface ClusterOptions {
    * `ca` (agents get --ca). The URLs become https:// and wss://.
    */
   tls?: { cert: string; key: string; ca: string };
+  /** Address the coordinator listens on and agents dial (default 127.0.0.1), e.g. a bridge's for agents in namespaces. */
+  coordinatorHost?: string;
+}
+
+/** Where and how one agent runs (startAgent's third argument). */
+export interface AgentPlacement {
+  /** argv run before node, e.g. ['ip', 'netns', 'exec', 'ns0'] for an agent in a network namespace. */
+  exec?: readonly string[];
+  /** --peer-listen (default 127.0.0.1). */
+  peerListen?: string;
 }
 
 export interface Proc {
@@ -55,7 +65,7 @@ export interface LocalCluster {
   coordinator: Proc;
   agents: Proc[];
   api<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
-  startAgent(name: string, extraArgs?: string[]): Proc;
+  startAgent(name: string, extraArgs?: string[], placement?: AgentPlacement): Proc;
   waitForNodes(alive: number, timeoutMs?: number): Promise<void>;
   startCoordinator(): Promise<void>;
   stop(): Promise<void>;
@@ -66,8 +76,10 @@ process.once('exit', () => {
   for (const c of live) c.kill('SIGKILL');
 });
 
-export function spawnProc(args: string[], opts: { env?: NodeJS.ProcessEnv; stderr: 'inherit' | 'ignore' | 'capture' }): Proc {
-  const child = spawn(process.execPath, args, {
+export function spawnProc(args: string[], opts: { env?: NodeJS.ProcessEnv; stderr: 'inherit' | 'ignore' | 'capture'; exec?: readonly string[] }): Proc {
+  // `ip netns exec` execs its command, so the child's pid (and its signals) are node's own.
+  const [cmd, ...argv] = [...(opts.exec ?? []), process.execPath, ...args];
+  const child = spawn(cmd!, argv, {
     stdio: ['ignore', 'pipe', opts.stderr === 'capture' ? 'pipe' : opts.stderr],
     env: { ...process.env, ...opts.env },
   });
@@ -125,10 +137,10 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
       if (!res.ok) throw Object.assign(new Error(`${method} ${path}: ${res.status} ${json.error?.message}`), { status: res.status, body: json });
       return json;
     },
-    startAgent(name: string, extraArgs: string[] = []): Proc {
+    startAgent(name: string, extraArgs: string[] = [], placement: AgentPlacement = {}): Proc {
       const p = spawnProc(
-        [...(process.env.MESHTRAIN_AGENT_NODE_ARGS?.split(' ').filter(Boolean) ?? []), AGENT, 'join', cluster.wsUrl, '--token', token, '--name', name, '--peer-listen', '127.0.0.1', '--backend', 'wasm', ...(opts.tls ? ['--ca', opts.tls.ca] : []), ...(opts.agentArgs ?? []), ...extraArgs],
-        { env, stderr },
+        [...(process.env.MESHTRAIN_AGENT_NODE_ARGS?.split(' ').filter(Boolean) ?? []), AGENT, 'join', cluster.wsUrl, '--token', token, '--name', name, '--peer-listen', placement.peerListen ?? '127.0.0.1', '--backend', 'wasm', ...(opts.tls ? ['--ca', opts.tls.ca] : []), ...(opts.agentArgs ?? []), ...extraArgs],
+        { env, stderr, ...(placement.exec ? { exec: placement.exec } : {}) },
       );
       cluster.agents.push(p);
       return p;
@@ -143,16 +155,17 @@ export async function startCluster(opts: ClusterOptions): Promise<LocalCluster> 
       }
     },
     async startCoordinator(): Promise<void> {
-      const args = [COORDINATOR, 'start', '--host', '127.0.0.1', '--port', String(port), '--data', dataDir, '--token', token];
+      const host = opts.coordinatorHost ?? '127.0.0.1';
+      const args = [COORDINATOR, 'start', '--host', host, '--port', String(port), '--data', dataDir, '--token', token];
       if (opts.heartbeatMs) args.push('--heartbeat-ms', String(opts.heartbeatMs));
       if (opts.heartbeatTimeoutMs) args.push('--heartbeat-timeout-ms', String(opts.heartbeatTimeoutMs));
       args.push(...tlsArgs, ...(opts.coordinatorArgs ?? []));
       cluster.coordinator = spawnProc(args, { env, stderr });
-      const m = await waitForLine(cluster.coordinator, /coordinator listening on https?:\/\/127\.0\.0\.1:(\d+)/, 30_000);
+      const m = await waitForLine(cluster.coordinator, new RegExp(`coordinator listening on https?://${host.replace(/\./g, '\\.')}:(\\d+)`), 30_000);
       port = Number(m[1]);
       cluster.port = port;
-      cluster.url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
-      cluster.wsUrl = `${opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`;
+      cluster.url = `${opts.tls ? 'https' : 'http'}://${host}:${port}`;
+      cluster.wsUrl = `${opts.tls ? 'wss' : 'ws'}://${host}:${port}`;
     },
     async stop(): Promise<void> {
       const procs = [...cluster.agents, cluster.coordinator].filter(Boolean);
