@@ -46,7 +46,25 @@ const bad: Array<[string, (s: ReturnType<typeof good>) => unknown, RegExp[]]> = 
   ['LoRA without a base, a rank above the width and an unknown target', (s) => ({ ...s, lora: { rank: 256, targets: ['attn.c_attn', 'wte'] } }), [/\/lora\/targets/]],
   ['LoRA without a base to adapt', (s) => ({ ...s, lora: {} }), [/\/init a LoRA job needs init\.from/]],
   ['a LoRA rank above the width', (s) => ({ ...s, init: { from: 'base@1' }, lora: { rank: 256 } }), [/\/lora\/rank 256 exceeds \/model\/nEmbd 128/]],
+  ['an unknown gradient wire format', (s) => ({ ...s, training: { ...s.training, gradientWire: 'int4' } }), [/\/training\/gradientWire/]],
+  ['a DiLoCo block with an unknown field and a momentum of 1', (s) => ({ ...s, training: { ...s.training, diloco: { outerMomentum: 1, H: 5 } } }), [/\/training\/diloco\/outerMomentum/, /\/training\/diloco/]],
+  ['DiLoCo with ZeRO-1, a pipeline and checkpoints and evaluations off its rounds', (s) => ({
+    ...s,
+    training: { ...s.training, zero: 1, checkpointEvery: 15, evalEvery: 7, diloco: { innerSteps: 10 } },
+    parallel: { data: 2, pipeline: 2 },
+  }), [/zero 1 cannot be used with \/training\/diloco/, /checkpointEvery 15 must be a multiple of \/training\/diloco\/innerSteps 10/, /evalEvery 7 must be a multiple of \/training\/diloco\/innerSteps 10/, /diloco needs \/parallel\/pipeline and \/parallel\/tensor of 1/]],
 ];
+
+test('gradientWire defaults to f32 and DiLoCo, when asked for, to the paper\'s settings', () => {
+  const plain = validateJobSpec(good());
+  assert.ok(plain.ok);
+  assert.equal(plain.spec.training.gradientWire, 'f32');
+  assert.ok(!('diloco' in plain.spec.training), 'no diloco key unless asked for: plain data parallelism');
+  const res = validateJobSpec({ ...good(), training: { ...good().training, gradientWire: 'bf16', checkpointEvery: 100, diloco: { innerSteps: 50 } } });
+  assert.ok(res.ok, res.ok ? '' : res.errors.join('; '));
+  assert.equal(res.spec.training.gradientWire, 'bf16');
+  assert.deepEqual(res.spec.training.diloco, { innerSteps: 50, outerLr: 0.7, outerMomentum: 0.9, nesterov: true });
+});
 
 test('a LoRA block gets rank 8, alpha 2 × rank, no dropout and every target, in canonical order', () => {
   const res = validateJobSpec({ ...good(), init: { from: 'base@1' }, lora: {} });
