@@ -18,6 +18,9 @@
  *   scale       a published-size model's life on 2 agents: import, data-parallel fine-tune, kill -9 and resume,
  *               register, INT8, serve, 2 pipeline stages; step time, peak RSS, checkpoint/resume/serve timings
  *               (--preset tiny | gpt2-small)
+ *   wan         training over shaped links (tbf + a delaying proxy, agents in network namespaces): plain f32 data
+ *               parallelism vs bf16 gradients vs DiLoCo; wall time, compute utilisation, bytes/step, held-out loss
+ *               (--mbit 100 --rtt-ms 50; needs root)
  */
 const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promise<object> }>> = {
   codec: () => import('./codec.ts'),
@@ -33,6 +36,7 @@ const benches: Record<string, () => Promise<{ default: (argv: string[]) => Promi
   stages: () => import('./stages.ts'),
   scale: () => import('./scale.ts'),
   'serve-loop': () => import('./serve-loop.ts'),
+  wan: () => import('./wan.ts'),
 };
 
 const [name, ...argv] = process.argv.slice(2);

@@ -51,8 +51,13 @@ export interface StepReport {
   bubbleMs: number;
   /** The rest: receives outside the schedule, evaluation, checkpoint hand-off, messages to the worker. */
   waitMs: number;
-  /** The gradient all-reduce over the data-parallel ring: bytes this rank sent its successor, and how long. */
+  /**
+   * The gradient all-reduce over the data-parallel ring: bytes this rank sent its successor, and how long. With
+   * DiLoCo (training.diloco) only a round's last step has one: the pseudo-gradient's, bufferBytes as on the wire.
+   */
   dataRing: { toRank: number; sentBytes: number; ms: number; bufferBytes: number; size: number } | null;
+  /** DiLoCo, on a round's last step: outer steps taken in the job so far, and the pseudo-gradient all-reduce's ms. */
+  outer?: { steps: number; ms: number };
   /** Global figures, on world rank 0 only (the all-reduced loss and token count). */
   global?: { loss: number; evalLoss?: number; tokensPerS: number; tokens: number; bubble: number; lr: number };
   phases: Phase[];

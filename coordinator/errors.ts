@@ -27,6 +27,8 @@ export class CoordinatorError extends defineErrors('CRD_ERR_', {
   CRD_ERR_FORBIDDEN: { status: 403 },
   /** A command-line option is missing or invalid. */
   CRD_ERR_BAD_ARGS: { status: 400 },
+  /** A relayed peer link cannot be made: its target agent is not attached (not connected) or did not open its side in time. The dialer retries until its ring's deadline. */
+  CRD_ERR_RELAY_UNAVAILABLE: { status: 503 },
   /** A fault of the coordinator itself (a bug, or a start-up check of its own tables); the log has the stack. */
   CRD_ERR_INTERNAL: { status: 500 },
 }) {

@@ -19,6 +19,10 @@ export interface CoordinatorMetrics {
   protocolRejections: Counter<'code'>;
   collectiveRuns: Counter<'op' | 'outcome'>;
   collectiveSeconds: Histogram<'op'>;
+  /** Payload bytes the coordinator's relay passed on, by relayed node and direction (to_node, from_node). */
+  relayBytes: Counter<'node' | 'direction'>;
+  /** Relayed links asked for, by outcome (spliced, unauthorized, unavailable, timeout). */
+  relayLinks: Counter<'outcome'>;
   /** Where the node gauge reads its counts at scrape time. */
   countNodesWith(fn: () => Record<string, number>): void;
 }
@@ -64,6 +68,18 @@ export function createMetrics(): CoordinatorMetrics {
       help: 'Wall time of one collective (slowest rank), by op.',
       labelNames: ['op'],
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60],
+      registers: [registry],
+    }),
+    relayBytes: new Counter({
+      name: 'meshtrain_relay_bytes_total',
+      help: 'Payload bytes the relay passed between agents that cannot be dialled and their peers, by relayed node and direction (to_node: from its dialer; from_node: back).',
+      labelNames: ['node', 'direction'],
+      registers: [registry],
+    }),
+    relayLinks: new Counter({
+      name: 'meshtrain_relay_links_total',
+      help: 'Relayed peer links asked of the relay, by outcome (spliced, unauthorized, unavailable: target not attached or silent).',
+      labelNames: ['outcome'],
       registers: [registry],
     }),
   };

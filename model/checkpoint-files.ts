@@ -13,6 +13,12 @@
  *
  * Writing (`writeCheckpointFiles`): the headers are laid out from the tensors' kinds first (safetensorsLayout), then
  * each tensor is asked for as the writer reaches it, written and hashed on the way; manifest.json comes last.
+ *
+ * A DiLoCo job's checkpoints (training.diloco, model/diloco.ts) hold one more, optional file: outer.safetensors, the
+ * outer optimizer's momentum `outer_momentum.<name>` per trained weight ({"format": "meshtrain-diloco"}). It is a file
+ * of its own rather than more tensors in optimizer.safetensors so that every reader of the three required files —
+ * loadCheckpoint, the registry, a user's PyTorch — reads such a checkpoint unchanged; a checkpoint without it (plain
+ * data parallelism, or older) opens with no outer momentum, which a DiLoCo resume takes as zero.
  */
 import { createHash } from 'node:crypto';
 import { open, readFile, rm, type FileHandle } from 'node:fs/promises';
@@ -33,6 +39,13 @@ export type CheckpointPaths = Readonly<Record<string, string>>;
 
 /** Which tensors of a checkpoint: the weights, or one of AdamW's moments (keyed by the weight's name). */
 export type TensorGroup = 'model' | 'expAvg' | 'expAvgSq';
+/** What can be read: those, and DiLoCo's outer momentum when the checkpoint has it. */
+export type ReadGroup = TensorGroup | 'outerMomentum';
+
+/** DiLoCo's outer momentum: the optional fourth file of a checkpoint (see the file comment). */
+export const OUTER_FILE = 'outer.safetensors';
+const OUTER_PREFIX = 'outer_momentum.';
+const OUTER_FORMAT = 'meshtrain-diloco';
 
 /** A verified checkpoint whose tensors are still on disk. */
 export interface CheckpointFiles {
@@ -41,12 +54,12 @@ export interface CheckpointFiles {
   readonly state: CheckpointState;
   readonly modelMetadata: Record<string, string>;
   readonly optimizerStep: number;
-  /** Each group's tensors by weight name, as the headers describe them. */
-  readonly tensors: Readonly<Record<TensorGroup, ReadonlyMap<string, TensorInfo>>>;
+  /** Each group's tensors by weight name, as the headers describe them (outerMomentum: empty without outer.safetensors). */
+  readonly tensors: Readonly<Record<ReadGroup, ReadonlyMap<string, TensorInfo>>>;
   /** One tensor, read into memory of its own. */
-  read(group: TensorGroup, name: string): Promise<Tensor>;
+  read(group: ReadGroup, name: string): Promise<Tensor>;
   /** Bytes [fromByte, fromByte + into.byteLength) of one tensor's data, read straight into `into`. */
-  readInto(group: TensorGroup, name: string, into: Uint8Array, fromByte?: number): Promise<void>;
+  readInto(group: ReadGroup, name: string, into: Uint8Array, fromByte?: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -75,18 +88,23 @@ export async function openCheckpointFiles(paths: CheckpointPaths, label: string)
     const opt = await openSafetensors(pathOf(OPTIMIZER_FILE)!, OPTIMIZER_FILE, corrupt, handles);
     const infos = (h: { header: { tensors: Map<string, TensorInfo> } }) => Object.fromEntries(h.header.tensors);
     const checked = checkCheckpointContents(manifest.step, state, infos(model), { tensors: infos(opt), metadata: opt.header.metadata }, corrupt);
-    const tensors = { model: model.header.tensors, expAvg: new Map(Object.entries(checked.expAvg)), expAvgSq: new Map(Object.entries(checked.expAvgSq)) };
-    const where = { model, expAvg: opt, expAvgSq: opt };
-    const infoOf = (group: TensorGroup, name: string): TensorInfo => {
+    const outer = pathOf(OUTER_FILE) !== undefined && Object.hasOwn(manifest.files, OUTER_FILE) ? await openSafetensors(pathOf(OUTER_FILE)!, OUTER_FILE, corrupt, handles) : undefined;
+    const tensors = {
+      model: model.header.tensors, expAvg: new Map(Object.entries(checked.expAvg)), expAvgSq: new Map(Object.entries(checked.expAvgSq)),
+      outerMomentum: outer ? outerMomentumOf(outer.header, model.header.tensors, corrupt) : new Map<string, TensorInfo>(),
+    };
+    const where = { model, expAvg: opt, expAvgSq: opt, outerMomentum: outer ?? opt };
+    const fileOf = (group: ReadGroup) => (group === 'model' ? MODEL_FILE : group === 'outerMomentum' ? OUTER_FILE : OPTIMIZER_FILE);
+    const infoOf = (group: ReadGroup, name: string): TensorInfo => {
       const info = tensors[group].get(name);
       if (!info) throw new ModelError('MDL_ERR_CHECKPOINT_CORRUPT', `checkpoint ${label}: it has no ${group === 'model' ? '' : `${group} of `}${name}`);
       return info;
     };
-    const readInto = async (group: TensorGroup, name: string, into: Uint8Array, fromByte = 0): Promise<void> => {
+    const readInto = async (group: ReadGroup, name: string, into: Uint8Array, fromByte = 0): Promise<void> => {
       const [begin, end] = infoOf(group, name).dataOffsets;
       if (fromByte < 0 || begin + fromByte + into.byteLength > end) throw new RangeError(`bytes [${fromByte}, ${fromByte + into.byteLength}) are outside ${name} (${end - begin} bytes)`);
       const { fh, header } = where[group];
-      await readFully(fh, into, header.dataStart + begin + fromByte, () => corrupt(`${group === 'model' ? MODEL_FILE : OPTIMIZER_FILE} ended while ${name} was read`));
+      await readFully(fh, into, header.dataStart + begin + fromByte, () => corrupt(`${fileOf(group)} ended while ${name} was read`));
     };
     return {
       step: manifest.step,
@@ -110,6 +128,22 @@ export async function openCheckpointFiles(paths: CheckpointPaths, label: string)
     await Promise.all(handles.map((h) => h.close().catch(() => {})));
     throw err;
   }
+}
+
+/** outer.safetensors's tensors by weight name: DiLoCo's format, `outer_momentum.<weight>` each of its weight's kind. */
+function outerMomentumOf(
+  header: { tensors: Map<string, TensorInfo>; metadata: Record<string, string> }, weights: ReadonlyMap<string, TensorInfo>, corrupt: (m: string) => ModelError,
+): Map<string, TensorInfo> {
+  if (header.metadata.format !== OUTER_FORMAT) throw corrupt(`${OUTER_FILE}: __metadata__.format is ${JSON.stringify(header.metadata.format)}, not "${OUTER_FORMAT}"`);
+  const out = new Map<string, TensorInfo>();
+  for (const [key, t] of header.tensors) {
+    const name = key.startsWith(OUTER_PREFIX) ? key.slice(OUTER_PREFIX.length) : undefined;
+    const w = name === undefined ? undefined : weights.get(name);
+    if (!w) throw corrupt(`${OUTER_FILE}: tensor "${key}" is not ${OUTER_PREFIX}<a weight of the model>`);
+    if (t.dtype !== w.dtype || t.shape.join() !== w.shape.join()) throw corrupt(`${OUTER_FILE}: ${key} is ${t.dtype} [${t.shape.join(', ')}] but the weight is ${w.dtype} [${w.shape.join(', ')}]`);
+    out.set(name!, t);
+  }
+  return out;
 }
 
 async function openSafetensors(path: string, file: string, corrupt: (m: string, cause?: unknown) => ModelError, handles: FileHandle[]) {
@@ -236,6 +270,8 @@ export interface StreamedCheckpoint {
   state: Record<string, JsonValue>;
   /** Extra `__metadata__` of model.safetensors; {"format": "pt"} is always added. */
   modelMetadata?: Record<string, string>;
+  /** DiLoCo: the weights whose outer momentum goes into outer.safetensors, and each one's bytes; absent: no such file. */
+  outerMomentum?: { names: readonly string[]; tensor(name: string): Promise<ArrayBufferView> };
   /** One tensor's bytes, asked for when the writer reaches it. */
   tensor(group: TensorGroup, name: string): Promise<ArrayBufferView>;
 }
@@ -267,6 +303,15 @@ export async function writeCheckpointFiles(dir: string, c: StreamedCheckpoint): 
     const [group, weight] = momentOf.get(name)!;
     return c.tensor(group, weight);
   }));
+  if (c.outerMomentum) {
+    const outer = c.outerMomentum;
+    const kinds = outer.names.map((name) => {
+      const kind = kindOf.get(name);
+      if (!kind) throw new ModelError('MDL_ERR_CHECKPOINT_WRITE', `checkpoint step ${c.step}: outer momentum of "${name}", which is not a weight`);
+      return [OUTER_PREFIX + name, kind] as const;
+    });
+    put(OUTER_FILE, await writeSafetensorsFile(join(dir, OUTER_FILE), kinds, { format: OUTER_FORMAT }, (key) => outer.tensor(key.slice(OUTER_PREFIX.length))));
+  }
   put(STATE_FILE, await writeBytes(join(dir, STATE_FILE), Buffer.from(`${JSON.stringify({ ...c.state, step: c.step }, null, 2)}\n`)));
   const manifest: CheckpointManifest = {
     format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, step: c.step, createdMs: Date.now(),

@@ -8,6 +8,8 @@
  *   optimizer.safetensors  AdamW's moments `exp_avg.<name>` and `exp_avg_sq.<name>` for each trained weight;
  *                          `__metadata__` {"format": "meshtrain-adamw", "step": "<AdamW's step count>"}
  *   state.json             {"step": 123, …}: data cursor, RNG state, resolved job config, metrics, anything JSON
+ *   outer.safetensors      only a DiLoCo job's: the outer momentum `outer_momentum.<name>` (model/checkpoint-files.ts
+ *                          writes and reads it; every reader here ignores it)
  *   manifest.json          {"format": "meshtrain-checkpoint", "version": 1, "step": 123, "createdMs": …,
  *                           "files": {"model.safetensors": {"bytes": N, "sha256": "…"}, …}}, written last
  *

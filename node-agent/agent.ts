@@ -8,8 +8,12 @@
  *
  * The agent keeps the control connection, its groups (group.ts) and the collectives it is asked to run; the one
  * training job it runs at a time lives in job-slot.ts.
+ *
+ * Behind NAT: the hello's `reachKey` lets the peer port prove to the coordinator's probe that the address is ours;
+ * `reach` says whether peers dial us or go through the relay, `relay.open` asks us to open a relayed link.
  */
 import WebSocket from 'ws';
+import { createHmac, randomBytes } from 'node:crypto';
 import { CloseCode } from '../protocol/codes.ts';
 import type { ConnectionLimits } from '../common/conn-limits.ts';
 import { MessageConnection } from '../protocol/connection.ts';
@@ -34,6 +38,7 @@ import { describeGpu } from '../protocol/gpu.ts';
 import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
 import { httpEndpoints } from './http-endpoints.ts';
+import { openRelayedLink, relayUrl } from './relay-link.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { PeerServer } from './peer-server.ts';
 import { httpBaseUrl, JobSlot } from './job-slot.ts';
@@ -56,6 +61,8 @@ export interface AgentConfig {
   peerAdvertise?: string;
   peerListenHost: string;
   peerPort: number;
+  /** Nobody can dial this agent (--relay-only): tell the coordinator so, and take every link through its relay. */
+  relayOnly?: boolean;
   maxRetries: number; // Infinity: keep trying
   backoff: BackoffOptions;
   collectiveIdleTimeoutMs: number;
@@ -97,6 +104,8 @@ export class Agent {
   #wake: (() => void) | null = null;
   readonly #groups = new Map<string, Group>();
   readonly #groupWaiters = new Map<string, Array<(g: Group) => void>>();
+  /** Proves to the coordinator's reachability probe that our peer port is us (sent in each hello; new per process). */
+  readonly #reachKey = randomBytes(24).toString('base64url');
   /** The one training job this agent runs at a time (job-slot.ts). */
   readonly #job: JobSlot;
 
@@ -124,6 +133,7 @@ export class Agent {
       keepalive: this.#keepalive(),
       ...(this.#cfg.tls ? { tls: this.#cfg.tls } : {}),
       findGroup: (id, ms) => this.#findGroup(id, ms),
+      proveReach: (challenge) => createHmac('sha256', this.#reachKey).update(challenge).digest('hex'),
       onRequest: httpEndpoints({
         registry: this.#cfg.metrics?.registry,
         health: () => ({ name: this.#cfg.name, nodeId: this.#nodeId ?? null, connected: this.#conn?.isOpen ?? false, job: this.#job.jobId }),
@@ -256,6 +266,8 @@ export class Agent {
           capabilities: this.#caps!,
           peerAddress: this.#cfg.peerAdvertise ?? `${this.#cfg.tls ? 'wss' : 'ws'}://${formatHost(this.#cfg.peerHost ?? localAddress)}:${this.#peers!.port}`,
           agentVersion: AGENT_VERSION,
+          reachKey: this.#reachKey,
+          ...(this.#cfg.relayOnly ? { inbound: false } : {}),
         });
       });
     });
@@ -265,6 +277,13 @@ export class Agent {
     switch (msg.type) {
       case 'heartbeat.ack':
         return;
+      case 'reach':
+        this.#cfg.metrics?.relay.setReachable(msg.reachable);
+        if (msg.reachable) this.#log.info(`peers dial us directly: ${msg.reason}`);
+        else this.#log.warn(`peers cannot dial us (${msg.reason}); our links go through the ${msg.relay ?? 'coordinator'}'s relay`);
+        return;
+      case 'relay.open': // a predecessor that cannot dial us waits at the relay (relay-link.ts)
+        return openRelayedLink({ controlUrl: this.#cfg.url, ...msg, peers: this.#peers!, log: this.#log, ca: this.#cfg.ca, onSocket: (s) => this.#cfg.metrics?.relay.track(s, 'relayed') });
       case 'error':
         this.#log.error(`coordinator: ${msg.code}: ${msg.message}`);
         return;
@@ -302,6 +321,8 @@ export class Agent {
         ...(this.#cfg.ca ? { ca: this.#cfg.ca } : {}),
         collectiveIdleTimeoutMs: this.#cfg.collectiveIdleTimeoutMs,
         keepalive: this.#keepalive(),
+        relayUrl: relayUrl(this.#cfg.url),
+        onRelaySocket: (socket) => this.#cfg.metrics?.relay.track(socket, 'dialer'),
       });
     } catch (err) {
       // An assignment whose rings do not add up: refuse it, and keep the control channel.

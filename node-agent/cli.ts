@@ -70,6 +70,7 @@ async function main(argv: string[]): Promise<number> {
     peerHost: o.peerHost,
     ...(o.peerAdvertise !== undefined ? { peerAdvertise: o.peerAdvertise } : {}),
     peerListenHost: o.peerListen,
+    relayOnly: o.relayOnly,
     peerPort: o.peerPort,
     maxRetries: o.maxRetries,
     backoff: DEFAULT_BACKOFF,

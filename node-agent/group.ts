@@ -7,8 +7,13 @@
  * ranks holding the same stage, 'pp.0' of two neighbouring stages); a plain group has one, 'world'. Links are per
  * ring: two rings with the same neighbours still get their own sockets, so traffic on one never waits behind the
  * other's and each link's failure is that ring's alone.
+ *
+ * A successor nobody can dial (its assignment entry carries a relay ticket) is dialled through the coordinator's
+ * relay instead of its address (coordinator/cluster/relay.ts); the link is otherwise the same: our `peer.hello`
+ * with the group token goes through the relay to the successor, which checks it as on a direct link.
  */
 import WebSocket from 'ws';
+import type { Socket } from 'node:net';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { CloseCode } from '../protocol/codes.ts';
 import { MessageConnection } from '../protocol/connection.ts';
@@ -36,6 +41,10 @@ export interface GroupOptions {
   ca?: readonly string[];
   /** Pings on every link of the group; a link silent this long is dropped (see MessageConnection's keepalive). */
   keepalive?: { intervalMs: number; timeoutMs: number };
+  /** The coordinator's relay endpoint (ws(s)://coordinator/ws/relay), for successors that cannot be dialled. */
+  relayUrl?: string;
+  /** Told about the socket of every relayed link we open (byte counters: node-agent/metrics.ts). */
+  onRelaySocket?(socket: Socket): void;
 }
 
 /** Our place in one ring and its links. */
@@ -229,22 +238,55 @@ export class Group {
 
   async #dialSuccessor(slot: RingSlot, deadline: number): Promise<PeerConnection> {
     const next = this.#assign.peers.find((p) => p.rank === slot.successor)!; // checked in the constructor
+    let target: DialTarget = { address: next.address };
+    if (next.relay) {
+      if (!this.#opts.relayUrl) throw new AgentError('AGT_ERR_PEER_UNREACHABLE', `rank ${next.rank} can only be reached through a relay, and this agent knows none`);
+      const url = new URL(this.#opts.relayUrl);
+      url.searchParams.set('to', next.nodeId);
+      target = { address: url.href, relayTicket: next.relay.ticket };
+    }
     let lastError = '';
     for (let attempt = 0; Date.now() < deadline && !this.#released; attempt++) {
       try {
-        return await this.#dialOnce(slot, next.address, deadline);
+        return await this.#dialOnce(slot, target, deadline);
       } catch (err) {
         if (err instanceof AgentError && err.code === 'AGT_ERR_PEER_REFUSED') throw err;
         lastError = (err as Error).message;
         await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
       }
     }
-    throw new AgentError('AGT_ERR_PEER_REFUSED', `could not link to rank ${next.rank} at ${next.address} in ring ${slot.id}: ${lastError || 'timed out'}`);
+    throw new AgentError('AGT_ERR_PEER_REFUSED', `could not link to rank ${next.rank} at ${target.address} in ring ${slot.id}: ${lastError || 'timed out'}`);
   }
 
-  #dialOnce(slot: RingSlot, address: string, deadline: number): Promise<PeerConnection> {
+  #dialOnce(slot: RingSlot, target: DialTarget, deadline: number): Promise<PeerConnection> {
+    const address = target.address;
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(address, { ...clientOptions(MAX_PEER_FRAME), ...(this.#opts.ca ? { ca: [...this.#opts.ca] } : {}) });
+      const ws = new WebSocket(address, {
+        ...clientOptions(MAX_PEER_FRAME),
+        ...(this.#opts.ca ? { ca: [...this.#opts.ca] } : {}),
+        ...(target.relayTicket ? { headers: { authorization: `Bearer ${target.relayTicket}` } } : {}),
+      });
+      if (target.relayTicket) {
+        ws.once('upgrade', (res) => this.#opts.onRelaySocket?.(res.socket));
+        // The relay refuses with an HTTP status and a JSON error before any upgrade: say what it said.
+        ws.once('unexpected-response', (_req, res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.length < 16 && chunks.push(c));
+          res.once('end', () => {
+            clearTimeout(timer);
+            let why = `HTTP ${res.statusCode}`;
+            try {
+              const err = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as { error: { code: string; message: string } }).error;
+              why = `${err.code}: ${err.message}`;
+            } catch {
+              // not our relay's JSON: the status alone
+            }
+            reject(new AgentError(res.statusCode === 401 ? 'AGT_ERR_PEER_REFUSED' : 'AGT_ERR_PEER_UNREACHABLE', `the relay refused the link (${why})`));
+            ws.terminate(); // aborts the request; the connection's close then finds the promise settled
+          });
+          res.once('error', () => {});
+        });
+      }
       const timer = setTimeout(() => {
         ws.terminate();
         reject(new AgentError('AGT_ERR_PEER_UNREACHABLE', 'handshake timed out'));
@@ -283,6 +325,12 @@ export class Group {
       );
     });
   }
+}
+
+/** Where a link is dialled: a peer's own address, or the relay with the group's ticket. */
+interface DialTarget {
+  address: string;
+  relayTicket?: string;
 }
 
 /**

@@ -10,6 +10,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CHECKPOINT_BUCKETS, JobSeries, PHASE_BUCKETS, STEP_BUCKETS } from '../common/job-series.ts';
 import { ringAllReduceSentBytes, type CheckpointReport, type StepObserver, type StepReport } from '../common/step-report.ts';
+import { RelayMetrics } from './relay-metrics.ts';
 
 /** Jobs whose series are kept (an agent runs one job at a time; a few finished ones stay visible to a scraper). */
 const KEEP_JOBS = 8;
@@ -27,6 +28,8 @@ export interface AgentMetricsOptions {
 
 export class AgentMetrics implements StepObserver {
   readonly registry = new Registry();
+  /** Bytes of relayed peer links and whether peers can dial us (relay-metrics.ts). */
+  readonly relay = new RelayMetrics(this.registry);
   readonly #series: JobSeries;
   readonly #stepSeconds: Histogram<'job'>;
   readonly #phaseSeconds: Histogram<'job' | 'phase'>;
@@ -39,6 +42,8 @@ export class AgentMetrics implements StepObserver {
   readonly #pipelineBytes: Counter<'job' | 'direction'>;
   readonly #checkpointSeconds: Histogram<'job'>;
   readonly #checkpointBytes: Gauge<'job'>;
+  readonly #outerSteps: Counter<'job'>;
+  readonly #outerSyncSeconds: Gauge<'job'>;
   readonly #heartbeats: Counter;
   readonly #reconnects: Counter;
   readonly #connected: Gauge;
@@ -111,6 +116,18 @@ export class AgentMetrics implements StepObserver {
       labelNames: ['job'],
       registers,
     });
+    this.#outerSteps = new Counter({
+      name: 'meshtrain_agent_diloco_outer_steps_total',
+      help: 'DiLoCo synchronisations (outer steps) this rank took part in, by job. Between them a replica trains alone and sends nothing; the pseudo-gradient all-reduce is counted in meshtrain_agent_allreduce_bytes_total{ring="data"}.',
+      labelNames: ['job'],
+      registers,
+    });
+    this.#outerSyncSeconds = new Gauge({
+      name: 'meshtrain_agent_diloco_sync_seconds',
+      help: "Time of the last DiLoCo pseudo-gradient all-reduce over the data-parallel ring on this rank, waiting for slower replicas included, by job.",
+      labelNames: ['job'],
+      registers,
+    });
     this.#heartbeats = new Counter({ name: 'meshtrain_agent_heartbeats_sent_total', help: 'Heartbeats sent to the coordinator.', registers });
     this.#reconnects = new Counter({
       name: 'meshtrain_agent_reconnects_total',
@@ -147,6 +164,10 @@ export class AgentMetrics implements StepObserver {
     // The data ring's bytes include ZeRO-1's parameter all-gather, which its `ms` covers too.
     if (r.dataRing && r.dataRing.ms > 0) this.#busbw.set(at.labels(this.#busbw, { job }), r.dataRing.sentBytes / (r.dataRing.ms / 1000));
 
+    if (r.outer) {
+      this.#outerSteps.inc(at.labels(this.#outerSteps, { job }));
+      this.#outerSyncSeconds.set(at.labels(this.#outerSyncSeconds, { job }), r.outer.ms / 1000);
+    }
     const g = r.global;
     if (g) {
       this.#tokensPerSecond.set(at.labels(this.#tokensPerSecond, { job }), g.tokensPerS);

@@ -21,6 +21,9 @@ export const AGENT_OPTIONS = defineOptions({
     arg: 'URL', parse: peerAdvertise,
     doc: 'the exact ws:// or wss:// URL other agents dial for this one, when it is not the peer listener itself (a proxy or port mapping in front of it); overrides --peer-host',
   }),
+  relayOnly: opt.boolean({
+    doc: 'this agent cannot be dialled (behind NAT or a firewall): skip the reachability check, and have peers reach it through the relay',
+  }),
   maxRetries: opt.int({ default: Infinity, min: 0, arg: 'N', defaultText: 'never give up', doc: 'give up after N failed connection attempts in a row' }),
   collectiveTimeoutMs: opt.int({ default: 30_000, min: 1, arg: 'MS', aliases: ['collective-timeout'], doc: 'fail a collective that makes no progress for this long' }),
   peerKeepaliveMs: opt.int({

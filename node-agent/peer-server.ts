@@ -5,6 +5,12 @@
  * else is closed with the code that says why. The link then carries that ring's traffic only. A hello may arrive
  * just before our own assignment does, so an unknown group is waited for briefly.
  *
+ * Two other kinds of link end here. The coordinator's reachability check sends `peer.probe` first instead of a
+ * hello and gets `peer.probed` (HMAC of its challenge under the key our control hello carried), proving that the
+ * address it dialled is this agent. And when nobody can dial us (NAT), a link relayed through the coordinator
+ * arrives from `acceptRelayed` over a connection we opened ourselves: it runs the same accept path, hello and token
+ * checks included, as a direct one.
+ *
  * The port also answers plain HTTP (GET /metrics, GET /healthz: http-endpoints.ts), so the listener is an HTTP
  * server we own with the WebSocket server attached to its upgrades.
  */
@@ -37,6 +43,8 @@ export interface PeerServerOptions {
   onRequest?: RequestListener;
   /** Serve TLS (peers dial wss://, /metrics is https://) with this certificate and key (--tls-cert/--tls-key). */
   tls?: ServerTls;
+  /** Answers a reachability probe's challenge: HMAC-SHA256(reachKey, challenge), hex. Absent: probes are refused. */
+  proveReach?(challenge: string): string;
   /** Headers timeout, socket cap and pending-hello cap of the port (common/conn-limits.ts); defaults for any left out. */
   limits?: Partial<ConnectionLimits>;
 }
@@ -89,6 +97,14 @@ export class PeerServer {
     );
   }
 
+  /**
+   * A link a relay handed us: `ws` is a connection we opened to the relay for one dialer, who is on its other end.
+   * It is checked exactly as a direct link is (peer.hello, group token, ring, rank).
+   */
+  acceptRelayed(ws: import('ws').WebSocket, label: string): void {
+    this.#accept(ws, label);
+  }
+
   #accept(ws: import('ws').WebSocket, remote: string): void {
     const log = this.#opts.log;
     const helloDone = this.#hellos.admit(ws);
@@ -103,7 +119,7 @@ export class PeerServer {
       label: `peer link from ${remote}`,
       log,
       maxAttachmentBytes: MAX_PEER_ATTACHMENT,
-      firstType: 'peer.hello',
+      firstType: ['peer.hello', 'peer.probe'],
       ...(this.#opts.keepalive ? { keepalive: this.#opts.keepalive } : {}),
       onReject: this.#opts.onReject,
       onClose: (code, reason) => {
@@ -113,6 +129,15 @@ export class PeerServer {
       },
       onMessage: async (msg, payload) => {
         if (handler) return handler(msg, payload);
+        if (msg.type === 'peer.probe' && !handshaking) {
+          handshaking = true;
+          clearTimeout(timer);
+          if (!this.#opts.proveReach) throw new ProtocolError('PRT_ERR_UNEXPECTED', 'this agent answers no reachability probes');
+          conn.send({ type: 'peer.probed', proof: this.#opts.proveReach(msg.challenge) });
+          await conn.flushed().catch(() => {});
+          conn.close(CloseCode.NORMAL, 'probe answered');
+          return;
+        }
         if (msg.type !== 'peer.hello' || handshaking) {
           throw new ProtocolError('PRT_ERR_UNEXPECTED', `expected peer.hello first, got ${msg.type}`);
         }

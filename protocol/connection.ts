@@ -34,10 +34,10 @@ export interface ConnectionOptions<In> {
   /** Bytes handed to ws but not yet written to the socket above which `writable` turns false. */
   highWaterBytes?: number;
   /**
-   * The type the first message must have (a hello). Checked as soon as the message is parsed — before waiting
+   * The type (or one of the types) the first message must have (a hello). Checked as soon as the message is parsed — before waiting
    * for any attachment it declares — so an unauthenticated peer cannot make us buffer data.
    */
-  firstType?: string;
+  firstType?: string | readonly string[];
   /**
    * Liveness for links whose peer may vanish without a FIN (a network partition, a frozen host): ping every
    * `intervalMs`; when nothing at all (a frame, a pong) has come back for `timeoutMs`, the socket is dropped and
@@ -208,7 +208,9 @@ export class MessageConnection<In extends { type: string }, Out extends Envelope
       if (!this.#seenFirst) {
         this.#seenFirst = true;
         const first = this.#opts.firstType;
-        if (first && msg.type !== first) throw new ProtocolError('PRT_ERR_UNEXPECTED', `expected ${first} first, got ${msg.type}`);
+        if (first && !(typeof first === 'string' ? msg.type === first : first.includes(msg.type))) {
+          throw new ProtocolError('PRT_ERR_UNEXPECTED', `expected ${[first].flat().join(' or ')} first, got ${msg.type}`);
+        }
       }
       const attach = (msg as { attach?: unknown }).attach;
       if (typeof attach === 'number') {

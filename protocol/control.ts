@@ -52,7 +52,18 @@ export const Capabilities = Type.Object(
 );
 
 export const PeerInfo = Type.Object(
-  { rank: Count(65535), nodeId: Id, address: Text(256) },
+  {
+    rank: Count(65535),
+    nodeId: Id,
+    address: Text(256),
+    /**
+     * Present when nobody can dial this peer (behind NAT, --relay-only): dial the coordinator's relay instead
+     * (`/ws/relay?to=<nodeId>` on the URL the agent joined through) with `Authorization: Bearer <ticket>`. The
+     * ticket is the group's and lets its members through the relay to its relayed members only; the link's own
+     * `peer.hello` (the group token) still goes end to end.
+     */
+    relay: Type.Optional(Type.Object({ ticket: Secret }, { additionalProperties: false })),
+  },
   { additionalProperties: false },
 );
 
@@ -82,6 +93,14 @@ export const agentMessages = {
     capabilities: Capabilities,
     peerAddress: Text(256), // ws://host:port the agent's peer listener accepts links on
     agentVersion: Text(32),
+    /**
+     * A random key of this agent process: its peer port answers a `peer.probe` challenge with
+     * HMAC-SHA256(reachKey, challenge), which proves to the coordinator that `peerAddress` reaches this agent and
+     * not another (a stale or wrong address). Absent: the coordinator cannot check, and assumes it is reachable.
+     */
+    reachKey: Type.Optional(Secret),
+    /** false: "nobody can dial me (--relay-only, behind NAT): do not try; relay my links." Absent: check. */
+    inbound: Type.Optional(Type.Boolean()),
   }),
   /** "I am alive." Sent every heartbeatMs; `seq` increases by one each time. */
   heartbeat: message('heartbeat', { seq: Count(2 ** 52), sentAt: Type.Number() }),
@@ -104,7 +123,11 @@ export const agentMessages = {
     maxAbsErr: Type.Optional(Type.Number()), // against the serial sum, when the run asked to verify
     attach: Type.Optional(Attach(MAX_CONTROL_ATTACHMENT)), // the result vector, when the run asked for it
   }),
-  /** "Step `step` of this job attempt is done": rank 0 reports the global figures (all-reduced loss). */
+  /**
+   * "Step `step` of this job attempt is done": rank 0 reports the global figures (all-reduced loss). With
+   * training.diloco the replicas exchange nothing between synchronisations, so loss and tokensPerS are rank 0's own
+   * replica's (tokens scaled by the replica count), and the outer* fields say what the synchronisations did.
+   */
   'job.progress': message('job.progress', {
     jobId: Id,
     attempt: Count(1_000_000),
@@ -122,6 +145,9 @@ export const agentMessages = {
     bubble: Type.Optional(Type.Number()), // idle share of the pipeline section: 1 − mean busy / pipelineMs
     optimizerBytes: Type.Optional(Type.Number({ minimum: 0 })), // AdamW state on this rank (smaller with ZeRO-1)
     paramCount: Type.Optional(Type.Number({ minimum: 0 })), // parameters this rank holds (its stage shard)
+    outerSteps: Type.Optional(Count(2 ** 40)), // DiLoCo, on a step that ends a round: outer steps (synchronisations) taken so far
+    outerSyncMs: Type.Optional(Type.Number({ minimum: 0 })), // DiLoCo, on a synchronisation step: the pseudo-gradient all-reduce
+    outerSyncBytes: Type.Optional(Count(2 ** 40)), // …and the bytes rank 0 sent its successor in it
   }),
   /**
    * "Here is how step `step` went on my rank": every rank sends one per step, so the coordinator can break the
@@ -145,6 +171,11 @@ export const agentMessages = {
         { additionalProperties: false },
       ),
     ),
+    /**
+     * DiLoCo, on a step that ended a round: outer steps taken so far, and a checksum of the weights every replica
+     * continues from (FNV-1a of their float32 bits, model/diloco.ts): all ranks must report the same one.
+     */
+    outer: Type.Optional(Type.Object({ steps: Count(2 ** 40), checksum: Count(2 ** 32 - 1) }, { additionalProperties: false })),
   }),
   /**
    * "A checkpoint of step `step` is uploaded to the artifact store": the shard checkpoint of stage `shard.stage`,
@@ -183,6 +214,16 @@ export const coordinatorMessages = {
     heartbeatMs: Type.Integer({ minimum: 10, maximum: 600_000 }),
     heartbeatTimeoutMs: Type.Integer({ minimum: 20, maximum: 3_600_000 }),
   }),
+  /**
+   * "I tried your peer address: other agents can dial you (`reachable`), or they cannot and your links go through
+   * `relay` ('coordinator')." `reason` says what the check found. Sent after every welcome, once the check is done.
+   */
+  reach: message('reach', { reachable: Type.Boolean(), reason: Text(512), relay: Type.Optional(Text(64)) }),
+  /**
+   * "A peer of group `groupId` waits for you at the relay: open a WebSocket to /ws/relay?session=`session` with
+   * `Authorization: Bearer <key>` and treat it as an inbound peer link (it starts with that peer's `peer.hello`)."
+   */
+  'relay.open': message('relay.open', { session: Id, key: Secret, groupId: Id }),
   /** "Heard your heartbeat `seq`." Lets the agent notice a coordinator that has gone silent. */
   'heartbeat.ack': message('heartbeat.ack', { seq: Count(2 ** 52) }),
   /**

@@ -36,9 +36,19 @@ export const peerMessages = {
   /** "Token accepted; I am rank `rank`." */
   'peer.welcome': message('peer.welcome', { rank: Count(65535) }),
   /**
+   * "Prove that this port is the agent that said hello to me": the coordinator's reachability check, sent first
+   * on a link of its own instead of a `peer.hello`. Answered by `peer.probed`, then the link is closed.
+   */
+  'peer.probe': message('peer.probe', { challenge: Secret }),
+  /** "HMAC-SHA256(my hello's reachKey, your challenge), hex." */
+  'peer.probed': message('peer.probed', { proof: Type.String({ pattern: '^[0-9a-f]{64}$' }) }),
+  /**
    * One segment of a ring collective. `seq` numbers the collective on this group; `phase` 0 means "add these
    * values into yours" (reduce-scatter), 1 means "these are final values, copy them" (all-gather, broadcast);
-   * `offset` and `count` are in float32 elements of the whole buffer.
+   * `offset` and `count` are in float32 elements of the whole buffer. `wire` says how the `count` values are
+   * encoded in the attachment (training.gradientWire, node-agent/collectives/wire.ts): absent, float32
+   * (`count * 4` bytes, as before the field existed); 'bf16' or 'f16', 16-bit little-endian (`count * 2` bytes),
+   * which the receiver widens to float32 before adding or copying. Every segment of one collective uses the same.
    */
   'ring.data': message('ring.data', {
     seq: Count(2 ** 52),
@@ -46,6 +56,7 @@ export const peerMessages = {
     hop: Count(65535), // how many links this segment has crossed in this phase, 0 on the first send
     offset: Count(2 ** 32),
     count: Count(2 ** 28),
+    wire: Type.Optional(Type.Union([Type.Literal('bf16'), Type.Literal('f16')])),
     attach: Attach(MAX_PEER_ATTACHMENT),
   }),
   /** Raw bytes for link-capacity measurements; the receiver counts and drops them. */

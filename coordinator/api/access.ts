@@ -39,6 +39,25 @@ export const PUBLIC_ROUTES: readonly PublicRoute[] = Object.freeze([
   { method: 'HEAD', url: '/dashboard/vendor/:file', why: 'the same, headers only' },
 ]);
 
+/** A WebSocket endpoint on the coordinator's port (upgrades bypass the route table and its hook: server.ts). */
+export interface UpgradeRoute {
+  /** The exact path; any other spelling gets 404. */
+  path: string;
+  /** What it takes to be let through, and where that is checked. Neither is public. */
+  credential: string;
+}
+
+/** Every path that upgrades to a WebSocket. Both are credentialed; neither is on PUBLIC_ROUTES. */
+export const UPGRADE_ROUTES: readonly UpgradeRoute[] = Object.freeze([
+  { path: '/ws/agent', credential: "the cluster's join token in the agent's first message, `hello` (cluster/agent-hub.ts); wrong: closed 4005" },
+  {
+    path: '/ws/relay',
+    credential:
+      "Authorization: Bearer <a group's relay ticket> with ?to=NODE (a dialer), or <a one-time session key> with ?session=S " +
+      '(the relayed agent calling back), checked before the upgrade (cluster/relay.ts); missing or wrong: 401',
+  },
+]);
+
 const PUBLIC = new Set(PUBLIC_ROUTES.map((r) => `${r.method} ${r.url}`));
 
 /** True when `method` on the matched route pattern `routeUrl` is on the public list; an unmatched request never is. */

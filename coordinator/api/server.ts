@@ -17,6 +17,9 @@
  *   routes/gateways.ts      /api/gateways…: gateway announcements and the deployment calls relayed to them
  *   ../dashboard/routes.ts  GET /, /dashboard/…: the dashboard's static files (no data without a session)
  *
+ * Two WebSocket endpoints ride the same port's upgrades (access.ts UPGRADE_ROUTES): /ws/agent, the agents' control
+ * channel (cluster/agent-hub.ts), and /ws/relay, peer links to agents nobody can dial (cluster/relay.ts).
+ *
  * Every route needs `Authorization: Bearer <cluster token>` or the dashboard's session cookie unless access.ts
  * lists it as public. Plugins are registered without a prefix, so the pattern a request is matched to
  * (`routeOptions.url`, what access.ts decides on) is exactly the URL its plugin wrote. Request bodies and query
@@ -36,6 +39,7 @@ import { ArtifactStore } from '../store/artifact-store.ts';
 import type { CoordinatorConfig } from '../config.ts';
 import { CoordinatorError } from '../errors.ts';
 import { GroupManager } from '../cluster/groups.ts';
+import { CoordinatorRelay, RELAY_PATH } from '../cluster/relay.ts';
 import { SqliteJobStore, type JobStore } from '../store/job-store.ts';
 import { JobRunner } from '../jobs/runner.ts';
 import { bindJobMetrics, createMetrics } from '../metrics.ts';
@@ -119,6 +123,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   bindJobMetrics(metrics, bus); // training figures on /metrics, from the bus
   const hub = new AgentHub({ store, config: cfg, tokenHash, clusterId, log: log.child('agents'), metrics });
   const groups = new GroupManager(hub, cfg, log.child('groups'), metrics);
+  const relay = new CoordinatorRelay({ targets: hub, ticketGroup: (ticket, to) => groups.ticketGroup(ticket, to), log: log.child('relay'), metrics });
   const runner = new JobRunner({
     jobs,
     hub,
@@ -135,7 +140,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   });
   const gateways = new GatewayDirectory();
   const sessions = new SessionStore();
-  const nodes = () => nodeViews(hub, runner);
+  const nodes = () => nodeViews(hub, runner, relay);
   const jobList = () => jobSummaries(jobs);
   const streams = new LiveStreams(bus, {
     nodes,
@@ -234,6 +239,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   app.server.on('upgrade', (req, socket, head) => {
     const path = (req.url ?? '').split('?')[0];
     if (path === '/ws/agent') hub.handleUpgrade(req, socket, head);
+    else if (path === RELAY_PATH) relay.handleUpgrade(req, socket, head);
     else {
       socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
     }
@@ -255,6 +261,7 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
       streams.close();
       sweeps.close();
       runner.close();
+      relay.close();
       hub.close();
       await app.close();
       store.close();

@@ -4,18 +4,23 @@
  * the stream never sees two shapes of one thing.
  */
 import type { AgentHub, NodeView } from '../cluster/agent-hub.ts';
+import type { CoordinatorRelay, RelayStats } from '../cluster/relay.ts';
 import type { JobRunner, NodeRole } from '../jobs/runner.ts';
 import type { JobRecord, JobStore } from '../store/job-store.ts';
 
-/** An agent with what it does now: its part in a running job (null when idle) and whether it holds that job back. */
+/**
+ * An agent with what it does now: its part in a running job (null when idle), whether it holds that job back, and
+ * what relaying its links has cost (null when none ever was: `reach` says whether it is dialled or relayed).
+ */
 export interface NodeWithRole extends NodeView {
   role: NodeRole | null;
   straggler: boolean;
+  relayStats: RelayStats | null;
 }
 
-export function nodeViews(hub: AgentHub, runner: JobRunner): NodeWithRole[] {
+export function nodeViews(hub: AgentHub, runner: JobRunner, relay?: Pick<CoordinatorRelay, 'stats'>): NodeWithRole[] {
   const roles = runner.roles(), slow = runner.stragglers();
-  return hub.views().map((n) => ({ ...n, role: roles.get(n.id) ?? null, straggler: slow.has(n.id) }));
+  return hub.views().map((n) => ({ ...n, role: roles.get(n.id) ?? null, straggler: slow.has(n.id), relayStats: relay?.stats(n.id) ?? null }));
 }
 
 /** A job in a list: without its spec (long) and plan (its own endpoint), with the step count the spec asks for. */

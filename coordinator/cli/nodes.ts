@@ -7,12 +7,13 @@
 import { intOption } from '../../common/cli.ts';
 import { describeGpu } from '../../protocol/gpu.ts';
 import type { NodeView } from '../cluster/agent-hub.ts';
+import type { RelayStats } from '../cluster/relay.ts';
 import { printSelfcheck, type SelfcheckReport } from '../cluster/selfcheck.ts';
 import type { NodeRole } from '../jobs/runner.ts';
 import { str, type CliIo, type Values } from './client.ts';
 
 export async function nodes(io: CliIo, v: Values): Promise<number> {
-  const { nodes } = await io.api<{ nodes: Array<NodeView & { role: NodeRole | null; straggler: boolean }> }>('GET', '/api/nodes');
+  const { nodes } = await io.api<{ nodes: Array<NodeView & { role: NodeRole | null; straggler: boolean; relayStats?: RelayStats | null }> }>('GET', '/api/nodes');
   if (v.json) {
     io.print(JSON.stringify(nodes, null, 2) + '\n');
     return 0;
@@ -28,9 +29,25 @@ export async function nodes(io: CliIo, v: Values): Promise<number> {
     `${(n.heartbeatAgeMs / 1000).toFixed(1)} s`,
     n.role ? `${n.role.jobId} rank ${n.role.rank} (dp ${n.role.dp}, stage ${n.role.pp}, shard ${n.role.tp})${n.straggler ? ' STRAGGLER' : ''}` : '—',
     n.peerAddress,
+    reachCell(n.reach),
+    relayCell(n.relayStats ?? null),
   ]);
-  io.table(['ID', 'NAME', 'STATUS', 'BACKEND', 'CORES', 'MEMORY', 'GFLOP/S', 'HEARTBEAT', 'ROLE', 'PEER ADDRESS'], rows);
+  io.table(['ID', 'NAME', 'STATUS', 'BACKEND', 'CORES', 'MEMORY', 'GFLOP/S', 'HEARTBEAT', 'ROLE', 'PEER ADDRESS', 'LINKS', 'RELAY COST'], rows);
   return 0;
+}
+
+/** How peers link to the node: 'direct', 'relayed via coordinator', 'checking', or '—' before any check. */
+function reachCell(reach: NodeView['reach']): string {
+  if (!reach) return '—';
+  return reach.state === 'relayed' ? `relayed via ${reach.relay ?? 'coordinator'}` : reach.state;
+}
+
+/** Bytes relayed to/from the node and the relayed path's round trip (the relay's two legs: coordinator/cluster/relay.ts). */
+function relayCell(s: RelayStats | null): string {
+  if (!s) return '—';
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const rtt = s.relayedRttMs !== null ? `, rtt ${s.relayedRttMs.toFixed(1)} ms (${s.dialerLegRttMs!.toFixed(1)} + ${s.nodeLegRttMs!.toFixed(1)})` : '';
+  return `${mib(s.bytesToNode)} in / ${mib(s.bytesFromNode)} out, ${s.linksOpen} open${rtt}`;
 }
 
 export async function revoke(io: CliIo, v: Values, id: string): Promise<number> {

@@ -2,6 +2,10 @@
  * The coordinator's side of the control channel. Accepts agent WebSockets on /ws/agent, runs the hello
  * handshake (version, join token, identity), keeps each node's record and liveness in the state store, sweeps
  * for agents whose heartbeats stopped, and routes group/collective messages to whoever asked for them.
+ *
+ * After each welcome (a first join or a reconnect) it checks whether other agents can dial the agent's advertised
+ * peer address (reachability.ts), stores the answer with the node record and tells the agent (`reach`); groups
+ * formed meanwhile wait for the answer (`reachSettled`), since it decides whether links to the agent are relayed.
  */
 import { describeGpu } from '../../protocol/gpu.ts';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -25,8 +29,9 @@ import { serverOptions } from '../../protocol/ws-options.ts';
 import type { Logger } from '../../common/log.ts';
 import type { CoordinatorConfig } from '../config.ts';
 import { decideAdmission, findDead } from './membership.ts';
+import { decideReach, probePeer } from './reachability.ts';
 import type { CoordinatorMetrics } from '../metrics.ts';
-import type { NodeRecord, StateStore } from '../store/state-store.ts';
+import type { NodeReach, NodeRecord, StateStore } from '../store/state-store.ts';
 
 type AgentConnection = MessageConnection<AgentMessage, CoordinatorMessage>;
 
@@ -57,6 +62,9 @@ export class AgentHub {
   #closing = false;
   #downListeners: Array<(nodeId: string, reason: string) => void> = [];
   readonly #now: () => number;
+  /** Reachability checks in flight, by node; `gen` tells a reconnect's check from an older one. */
+  readonly #probes = new Map<string, { gen: number; done: Promise<void> }>();
+  #probeGen = 0;
 
   constructor(opts: {
     store: StateStore;
@@ -107,6 +115,11 @@ export class AgentHub {
     const conn = this.#live.get(nodeId);
     if (!conn?.isOpen) throw new Error(`node ${nodeId} is not connected`);
     conn.send(msg, attachment);
+  }
+
+  /** Resolves once no reachability check of these nodes is running (each takes at most PROBE_TIMEOUT_MS). */
+  async reachSettled(nodeIds: readonly string[]): Promise<void> {
+    await Promise.all(nodeIds.map((id) => this.#probes.get(id)?.done));
   }
 
   /** Alive and connected nodes, oldest first: the ones work can be given to. */
@@ -182,6 +195,7 @@ export class AgentHub {
           clearTimeout(helloTimer);
           helloDone();
           nodeId = this.#admit(conn, msg, remote);
+          this.#checkReach(nodeId, conn, msg);
           return;
         }
         this.#onMessage(nodeId, conn, msg, attachment);
@@ -241,6 +255,7 @@ export class AgentHub {
       firstSeenMs: existing?.firstSeenMs ?? now,
       lastSeenMs: now,
       secretHash: sha256Hex(secret),
+      reach: decideReach(hello, undefined, now),
     });
     const previous = this.#live.get(id);
     this.#live.set(id, conn);
@@ -261,6 +276,31 @@ export class AgentHub {
         `peers at ${hello.peerAddress}`,
     );
     return id;
+  }
+
+  /** Probes the agent's peer address unless its hello already decided (--relay-only, an older agent), then tells it. */
+  #checkReach(id: string, conn: AgentConnection, hello: Hello): void {
+    const tell = (reach: NodeReach) => {
+      // An older agent (no reach key, no inbound flag) would not know the message.
+      if (!conn.isOpen || (hello.reachKey === undefined && hello.inbound === undefined)) return;
+      conn.send({ type: 'reach', reachable: reach.state !== 'relayed', reason: reach.reason.slice(0, 512), ...(reach.relay ? { relay: reach.relay } : {}) });
+    };
+    const first = decideReach(hello, undefined, this.#now());
+    if (first.state !== 'checking') {
+      if (first.state === 'relayed') this.#log.info(`node ${id} (${hello.name}) is relayed: ${first.reason}`);
+      return tell(first);
+    }
+    const gen = ++this.#probeGen;
+    const done = probePeer(hello.peerAddress, hello.reachKey!, { log: this.#log }).then((outcome) => {
+      if (this.#live.get(id) !== conn) return; // it reconnected meanwhile: that hello's own check decides
+      const reach = decideReach(hello, outcome, this.#now());
+      this.#store.setNodeReach(id, reach);
+      if (reach.state === 'relayed') this.#log.info(`node ${id} (${hello.name}) cannot be dialled at ${hello.peerAddress}: ${reach.reason}; its links go through the relay`);
+      else this.#log.debug(`node ${id} (${hello.name}) is reachable at ${hello.peerAddress}: ${reach.reason}`);
+      tell(reach);
+    });
+    const entry = { gen, done: done.finally(() => this.#probes.get(id) === entry && this.#probes.delete(id)) };
+    this.#probes.set(id, entry);
   }
 
   #onMessage(nodeId: string, conn: AgentConnection, msg: AgentMessage, attachment: Buffer | undefined): void {

@@ -4,8 +4,13 @@
  * itself moves agent-to-agent over the links the agents open to each other. A group is one ring ('world') unless
  * `form` is given rings: a job with data × pipeline × tensor parallelism has one per replica set, stage pair and
  * shard set (protocol/layout.ts).
+ *
+ * A member that other agents cannot dial (agent-hub.ts checks at join; NodeReach 'relayed') is given to its
+ * predecessors with a relay ticket instead of a dialable address: they dial the coordinator's relay (relay.ts),
+ * which asks the member to open its side. The ticket is one per group, shared by its members, and lets them through
+ * to the group's relayed members only, until the group is released. Everyone else links directly, as before.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { assignedRings, ringProblems, type AgentMessage, type CollectiveOp, type CollectiveResult, type RingSpecT } from '../../protocol/control.ts';
 import type { Logger } from '../../common/log.ts';
 import type { AgentHub } from './agent-hub.ts';
@@ -18,6 +23,8 @@ export interface GroupMember {
   nodeId: string;
   name: string;
   address: string;
+  /** Nobody can dial it: its predecessors reach it through this relay ('coordinator'). Absent: linked directly. */
+  relay?: string;
 }
 
 export interface GroupInfo {
@@ -92,6 +99,8 @@ export class GroupManager {
   readonly #forming = new Map<string, Forming>();
   readonly #running = new Map<string, Running>(); // by runId
   readonly #busy = new Set<string>(); // groups with a run in flight
+  /** Per group with relayed members: the sha256 of its relay ticket and the members it lets dialers through to. */
+  readonly #relayTickets = new Map<string, { hash: Buffer; targets: ReadonlySet<string> }>();
 
   constructor(hub: AgentHub, cfg: Readonly<CoordinatorConfig>, log: Logger, metrics: CoordinatorMetrics) {
     this.#hub = hub;
@@ -104,6 +113,16 @@ export class GroupManager {
 
   list(): GroupInfo[] {
     return [...this.#groups.values()];
+  }
+
+  /** The group whose relay ticket `ticket` is, when the group is live and `to` is one of its relayed members. */
+  ticketGroup(ticket: string, to: string): string | undefined {
+    const hash = createHash('sha256').update(ticket).digest();
+    for (const [groupId, t] of this.#relayTickets) {
+      const state = this.#groups.get(groupId)?.state;
+      if ((state === 'forming' || state === 'ready') && timingSafeEqual(hash, t.hash) && t.targets.has(to)) return groupId;
+    }
+    return undefined;
   }
 
   get(id: string): GroupInfo {
@@ -141,9 +160,18 @@ export class GroupManager {
       if (problems.length) throw new CoordinatorError('CRD_ERR_BAD_REQUEST', `bad rings for a group of ${chosen.length}: ${problems[0]}`, { details: problems });
     }
 
+    // Whether a member can be dialled is learned just after it joins: wait for that (at most a probe's timeout).
+    await this.#hub.reachSettled(chosen.map((n) => n.id));
+    const reach = new Map(this.#hub.availableNodes().map((n) => [n.id, n.reach]));
     const id = `g-${randomBytes(6).toString('hex')}`;
     const token = randomBytes(24).toString('base64url');
-    const members = chosen.map((n, rank) => ({ rank, nodeId: n.id, name: n.name, address: n.peerAddress }));
+    const members: GroupMember[] = chosen.map((n, rank) => {
+      const r = reach.get(n.id);
+      return { rank, nodeId: n.id, name: n.name, address: n.peerAddress, ...(r?.state === 'relayed' ? { relay: r.relay ?? 'coordinator' } : {}) };
+    });
+    const relayed = members.filter((m) => m.relay !== undefined);
+    const ticket = relayed.length ? randomBytes(24).toString('base64url') : undefined;
+    if (ticket) this.#relayTickets.set(id, { hash: createHash('sha256').update(ticket).digest(), targets: new Set(relayed.map((m) => m.nodeId)) });
     const info: GroupInfo = {
       id,
       size: members.length,
@@ -155,7 +183,7 @@ export class GroupManager {
     };
     this.#groups.set(id, info);
     const ready = new Promise<void>((resolve, reject) => this.#forming.set(id, { pending: new Set(members.map((m) => m.rank)), resolve, reject }));
-    const peers = members.map(({ rank, nodeId, address }) => ({ rank, nodeId, address }));
+    const peers = members.map(({ rank, nodeId, address, relay }) => ({ rank, nodeId, address, ...(relay && ticket ? { relay: { ticket } } : {}) }));
     for (const m of members) {
       this.#hub.send(m.nodeId, {
         type: 'group.assign',
@@ -171,7 +199,7 @@ export class GroupManager {
     try {
       await withTimeout(ready, this.#cfg.groupFormTimeoutMs, () => `group ${id} did not form within ${this.#cfg.groupFormTimeoutMs} ms`);
       info.state = 'ready';
-      this.#log.info(`group ${id} ready: ${members.map((m) => `${m.rank}:${m.nodeId}`).join(' → ')}`);
+      this.#log.info(`group ${id} ready: ${members.map((m) => `${m.rank}:${m.nodeId}${m.relay ? ' (relayed)' : ''}`).join(' → ')}`);
       return info;
     } catch (err) {
       this.release(id); // tells the members to drop whatever links they made
@@ -219,6 +247,7 @@ export class GroupManager {
     const info = this.#groups.get(groupId);
     if (!info || info.state === 'released') return;
     info.state = 'released';
+    this.#relayTickets.delete(groupId);
     for (const m of info.members) {
       if (this.#hub.isConnected(m.nodeId)) this.#hub.send(m.nodeId, { type: 'group.release', groupId });
     }

@@ -22,7 +22,10 @@
  *   hop waits for its receiver to get a core: α × slowdown with all of the job's agents on the host busy.
  * - Data: each stage shard's gradients ring-all-reduced over the d replicas after the pipeline drains (no overlap
  *   with backward is assumed: an upper bound), plus the tied-embedding sum between first and last stage (p > 1).
- *   ZeRO-1 moves the same bytes.
+ *   ZeRO-1 moves the same bytes. training.gradientWire bf16/f16 sends 2 bytes a value (the hops' latency stays).
+ *   DiLoCo (training.diloco) all-reduces the pseudo-gradient once per round of innerSteps steps: that one all-reduce
+ *   ÷ innerSteps per step, no per-step world all-reduce, and two more parameter copies in memory (outer weights and
+ *   momentum) and their elementwise outer step, also ÷ innerSteps.
  * - Per step: stepOverheadMs (the worker's begin, norm and update round trips) and the world all-reduce of a few
  *   scalars (2(n − 1) hops) in overheadMs; then the optimizer, optimizerNsPerParam per local parameter.
  * - Memory: float32 params + grads + two AdamW moments (÷ d with ZeRO-1) in the trainer's buffers, plus what the
@@ -94,6 +97,8 @@ export function evaluate(ctx: PlanContext, l: ParallelLayout, m: number, grid: G
   const { model, training, cal } = ctx;
   const { data: d, pipeline: p, tensor: t } = l;
   const rows = training.batchSize / (d * m);
+  const wireBytes = training.gradientWire === 'bf16' || training.gradientWire === 'f16' ? 2 : BYTES;
+  const rounds = training.diloco?.innerSteps ?? 1; // steps per data-parallel all-reduce
   const message = rows * training.seqLen * model.nEmbd * BYTES; // one micro-batch's [b, s, d] float32
   // A hop waits for its receiver to get a core: α with a core each, longer when the job's agents crowd a host.
   const alpha = (slots: Slot[]) => cal.hopLatencyMs / Math.min(...slots.map((s) => s.share));
@@ -178,7 +183,7 @@ export function evaluate(ctx: PlanContext, l: ParallelLayout, m: number, grid: G
     const work = stageWork(l, i, b - a);
     const params = stageParams(model, work);
     const backendBytes = backendPeakBytes(model, rows, training.seqLen, work, work.recompute ? Math.min(m, p - i) : 0, training.wholeLogits);
-    const need = memoryBytes(params, backendBytes, d, training.zero);
+    const need = memoryBytes(params, backendBytes, d, training.zero) + (training.diloco ? 2 * BYTES * params : 0);
     const largest = largestTensorBytes(model, rows, training.seqLen, work, training.wholeLogits);
     // A tensor-parallel group's replicated tensors (LayerNorms, biases, embeddings) stay bit-identical only when
     // its ranks run the same kernels: one backend per group.
@@ -188,7 +193,7 @@ export function evaluate(ctx: PlanContext, l: ParallelLayout, m: number, grid: G
     }
     for (let tp = 0; tp < t; tp++) {
       const ring = grid.map((replica) => replica[i]![tp]!);
-      let ms = ringAllreduceMs(d, params * BYTES, ringBw(ring), alpha(ring));
+      let ms = ringAllreduceMs(d, params * wireBytes, ringBw(ring), alpha(ring)) / rounds;
       if (p > 1 && (i === 0 || i === p - 1)) {
         const wte = model.vocabSize * model.nEmbd * BYTES; // the tied embedding's two copies sum their gradients
         ms += Math.max(...grid.map((replica) => {
@@ -198,7 +203,8 @@ export function evaluate(ctx: PlanContext, l: ParallelLayout, m: number, grid: G
       }
       dataAllreduceMs = Math.max(dataAllreduceMs, ms);
       for (const slot of ring) {
-        optimizerMs = Math.max(optimizerMs, (cal.optimizerNsPerParam * params) / (training.zero ? d : 1) / slot.share / 1e6); // all at once
+        const outerNs = training.diloco ? (cal.optimizerNsPerParam * params) / rounds : 0; // Δ and the outer step, once a round
+        optimizerMs = Math.max(optimizerMs, ((cal.optimizerNsPerParam * params) / (training.zero ? d : 1) + outerNs) / slot.share / 1e6); // all at once
         memoryPeak = Math.max(memoryPeak, need);
         const ratio = need / (slot.agent.memoryBytes * cal.memoryFraction);
         if (ratio > 1 && (!worstFit || ratio > worstFit.ratio)) worstFit = { ratio, need, slot, stage: i };
@@ -209,9 +215,10 @@ export function evaluate(ctx: PlanContext, l: ParallelLayout, m: number, grid: G
       }
     }
   }
-  // Every step the world all-reduces the loss, the norm's sum of squares and per-stage timings: a few floats.
+  // Every step the world all-reduces the loss, the norm's sum of squares and per-stage timings: a few floats
+  // (not with DiLoCo, whose inner steps send nothing).
   const world = grid.flat(2);
-  const overheadMs = cal.stepOverheadMs + ringAllreduceMs(world.length, (3 + 2 * p) * BYTES, ringBw(world), alpha(world));
+  const overheadMs = cal.stepOverheadMs + (training.diloco ? 0 : ringAllreduceMs(world.length, (3 + 2 * p) * BYTES, ringBw(world), alpha(world)));
 
   const placement: string[] = [];
   grid.forEach((replica, dp) => replica.forEach((group, pp) => group.forEach((s, tp) => (placement[rankOf({ dp, pp, tp }, l)] = s.agent.id))));

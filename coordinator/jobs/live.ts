@@ -49,6 +49,10 @@ export function progressRows(msg: JobProgress, layout: ParallelLayout, nowMs: nu
   if (msg.bubble !== undefined) train.bubble = msg.bubble;
   if (msg.optimizerBytes !== undefined) train.optimizerBytes = msg.optimizerBytes;
   if (msg.paramCount !== undefined) train.paramCount = msg.paramCount;
+  // DiLoCo, on the steps that end a round: outer steps so far, and the pseudo-gradient all-reduce's time and bytes
+  if (msg.outerSteps !== undefined) train.outerSteps = msg.outerSteps;
+  if (msg.outerSyncMs !== undefined) train.outerSyncMs = msg.outerSyncMs;
+  if (msg.outerSyncBytes !== undefined) train.outerSyncBytes = msg.outerSyncBytes;
   msg.stageBusyMs?.forEach((ms, stage) => (train[`stage${stage}BusyMs`] = ms));
   // With one stage the "pipeline section" is only the messages to the worker, which is waiting, not a bubble.
   train.bubbleMs = layout.pipeline > 1 ? (msg.bubble ?? 0) * (msg.pipelineMs ?? 0) : 0;

@@ -16,7 +16,7 @@ export function explain(ctx: PlanContext, c: Candidate, runnerUp: Candidate | un
     `${pinned ? 'Pinned' : 'Chose'} ${layoutName(c.layout)} (data × pipeline × tensor) on ${n} of ${ctx.agents.length} agent(s) with m = ${c.microBatches}: ` +
       `predicted ${fmtMs(p.stepMs)} per step (compute ${fmtMs(p.computeMs)} + bubble ${fmtMs(p.bubbleMs)}, of which tensor all-reduce ` +
       `${fmtMs(p.tensorCommMs)} and p2p ${fmtMs(p.pipelineCommMs)}; ${p.sharingMs > 0 ? `waiting for shared cores ${fmtMs(p.sharingMs)}; ` : ''}` +
-      `data all-reduce ${fmtMs(p.dataAllreduceMs)}; per-step overhead ${fmtMs(p.overheadMs)}; optimizer ${fmtMs(p.optimizerMs)}), ` +
+      `data all-reduce ${fmtMs(p.dataAllreduceMs)}${dilocoNote(ctx)}; per-step overhead ${fmtMs(p.overheadMs)}; optimizer ${fmtMs(p.optimizerMs)}), ` +
       `${fmtBytes(p.memoryBytesPerAgent)} per agent at most${p.wasmHeapBytesPerAgent > 0 ? ` (of it ${fmtBytes(p.wasmHeapBytesPerAgent)} on the wasm heap, which holds ${fmtBytes(WASM_HEAP_BYTES)} at most)` : ''}.`,
   ];
   parts.push(`Agents' figures: ${agentFigures(ctx, c.placement)}.`);
@@ -40,6 +40,13 @@ export function explain(ctx: PlanContext, c: Candidate, runnerUp: Candidate | un
   return parts.join(' ');
 }
 
+/** How a DiLoCo job's data all-reduce is counted, for the explanation's data term. */
+function dilocoNote(ctx: PlanContext): string {
+  const d = ctx.training.diloco;
+  const wire = ctx.training.gradientWire ?? 'f32';
+  return d ? ` (DiLoCo: one ${wire} pseudo-gradient all-reduce per ${d.innerSteps} steps, spread over them)` : wire !== 'f32' ? ` (${wire} on the wire)` : '';
+}
+
 /** What the cost model used for each agent of a placement: its speed, its non-matmul costs and where they came from. */
 function agentFigures(ctx: PlanContext, placement: readonly string[]): string {
   const ids = [...new Set(placement)];
@@ -60,4 +67,4 @@ export function fmtBytes(b: number): string {
   return `${(b / 1e3).toFixed(1)} kB`;
 }
 
-const fmtMs = (ms: number): string => (ms >= 10 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);
+export const fmtMs = (ms: number): string => (ms >= 10 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);

@@ -5,6 +5,7 @@
  * and ranges, positive integer shapes. Plain data, so plans are stored as JSON (plan-report.ts).
  */
 import type { ParallelLayout } from '../../protocol/layout.ts';
+import type { GradientWire } from '../../protocol/job-spec.ts';
 import { DEFAULT_CALIBRATION, type ComputeProbe, type Model, type PlannerCalibration } from './cost-model.ts';
 
 export interface PlannerAgent {
@@ -36,8 +37,12 @@ export interface PlannerAgent {
 
 export interface PlanRequest {
   model: { vocabSize: number; nCtx: number; nLayer: number; nHead: number; nEmbd: number };
-  /** wholeLogits: the objective needs the whole logits (dpo, distill), not the causal-LM head's chunks. */
-  training: { batchSize: number; microBatches: number; seqLen: number; zero: 0 | 1; wholeLogits?: boolean };
+  /**
+   * wholeLogits: the objective needs the whole logits (dpo, distill), not the causal-LM head's chunks. gradientWire:
+   * the data-parallel all-reduce's number format (default f32; bf16 and f16 send 2 bytes a value). diloco: the job
+   * all-reduces a pseudo-gradient once per innerSteps steps instead of the gradient every step (pipeline = tensor = 1).
+   */
+  training: { batchSize: number; microBatches: number; seqLen: number; zero: 0 | 1; wholeLogits?: boolean; gradientWire?: GradientWire; diloco?: { innerSteps: number } };
   parallel: 'auto' | ParallelLayout;
   agents: PlannerAgent[];
   calibration?: Partial<PlannerCalibration>;
@@ -50,7 +55,7 @@ export interface PredictedCost {
   sharingMs: number; // what sharing their hosts' cores adds to the pipeline section (see slowdown)
   tensorCommMs: number; // TP all-reduce share of computeMs + bubbleMs
   pipelineCommMs: number; // p2p activation/gradient share of computeMs + bubbleMs
-  dataAllreduceMs: number; // gradient all-reduce over d (slowest stage shard)
+  dataAllreduceMs: number; // gradient all-reduce over d (slowest stage shard), at the wire's bytes; DiLoCo: one per round, ÷ innerSteps
   overheadMs: number; // fixed per step: worker round trips, the world all-reduce of the loss and norm scalars
   optimizerMs: number;
   memoryBytesPerAgent: number; // the largest of any agent
@@ -72,6 +77,27 @@ export interface Plan {
   candidates: Candidate[]; // feasible first, by predicted step time; then the infeasible in enumeration order
   refused?: string; // when chosen is null: why, and what to do
   explanation: string;
+  /** When plain data parallelism would be communication-bound: what bf16 and DiLoCo would give (plan-offer.ts). Never applied. */
+  offer?: CommunicationOffer;
+}
+
+/** One way of running the data-parallel layout of an offer, as the cost model predicts it. */
+export interface OfferOption {
+  gradientWire: GradientWire;
+  innerSteps: number; // 1: plain data parallelism (an all-reduce every step)
+  allreduceMs: number; // per step: a round's all-reduce ÷ innerSteps
+  stepMs: number;
+}
+
+export interface CommunicationOffer {
+  layout: ParallelLayout; // the fastest data-parallel layout (pipeline = tensor = 1, data > 1) the agents allow
+  computeMs: number; // its compute per step
+  plain: OfferOption; // as the job asks now: the gradient all-reduced every step, in its wire format
+  bf16: OfferOption; // gradientWire bf16
+  diloco: OfferOption; // training.diloco with the paper's innerSteps, f32
+  dilocoBf16: OfferOption; // both
+  /** The fewest inner steps that keep DiLoCo's bf16 all-reduce under a tenth of the compute per step. */
+  innerStepsForTenth: number;
 }
 
 export type Training = PlanRequest['training'];

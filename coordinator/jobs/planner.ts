@@ -5,14 +5,17 @@
  *
  * The planner, by concern: plan-request.ts (what it is asked and answers), placement.ts (which agents, where),
  * candidate-cost.ts (the cost model applied to one candidate; cost-model.ts holds its formulas), plan-candidates.ts
- * (the layouts weighed and the order they win in), plan-explain.ts (the plan in words). This file is planJob and
- * its refusal: when nothing fits, why, and what would make the job fit.
+ * (the layouts weighed and the order they win in), plan-explain.ts (the plan in words), plan-offer.ts (bf16 and DiLoCo
+ * offered, never applied, when data parallelism would be communication-bound). This file is planJob and its refusal:
+ * when nothing fits, why, and what would make the job fit. A DiLoCo job (training.diloco) is planned over layouts of
+ * one stage and one tensor shard only: its replicas are whole models.
  */
 import { layoutName, type ParallelLayout } from '../../protocol/layout.ts';
 import { stageWork } from './candidate-cost.ts';
 import { backendPeakBytes, memoryBytes, stageParams } from './cost-model.ts';
 import { compareFeasible, enumerate, microBatchOptions, weigh } from './plan-candidates.ts';
 import { explain, fmtBytes } from './plan-explain.ts';
+import { communicationOffer, explainOffer } from './plan-offer.ts';
 import { plannerCalibration, validatePlanRequest, type Candidate, type Plan, type PlanContext, type PlanRequest } from './plan-request.ts';
 import { agentOrder, compareIds, hostGflops, hostProbes } from './placement.ts';
 
@@ -30,13 +33,19 @@ export function planJob(req: PlanRequest): Plan {
   const best = hostGflops(usable), probes = hostProbes(usable);
   const ctx: PlanContext = { model: req.model, training: req.training, cal, agents: agentOrder(usable, { cal, hostGflops: best, hostProbes: probes }), hostGflops: best, hostProbes: probes };
   const pinned = req.parallel !== 'auto';
-  const layouts: ParallelLayout[] = req.parallel === 'auto' ? enumerate(usable.length) : [req.parallel];
+  const layouts: ParallelLayout[] = req.parallel === 'auto'
+    ? enumerate(usable.length).filter((l) => !req.training.diloco || (l.pipeline === 1 && l.tensor === 1))
+    : [req.parallel];
   const weighed = layouts.map((l) => weigh(ctx, l, pinned));
   const feasible = weighed.map((w) => w.candidate).filter((c) => c.feasible).sort(compareFeasible);
   const infeasible = weighed.map((w) => w.candidate).filter((c) => !c.feasible);
   const candidates = [...feasible, ...infeasible];
   const chosen = feasible[0] ?? null;
-  if (chosen) return { chosen, candidates, explanation: explain(ctx, chosen, feasible[1], pinned) };
+  const offer = communicationOffer(ctx, feasible);
+  if (chosen) {
+    const explanation = explain(ctx, chosen, feasible[1], pinned) + (offer ? ` ${explainOffer(offer, chosen.layout)}` : '');
+    return { chosen, candidates, explanation, ...(offer ? { offer } : {}) };
+  }
 
   let refused: string;
   if (usable.length === 0) {

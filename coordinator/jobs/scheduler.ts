@@ -28,7 +28,10 @@ export function planRequest(spec: ResolvedJobSpec, agents: PlannerAgent[], calib
   const p = layout ?? spec.parallel;
   return {
     model: spec.model,
-    training: { batchSize: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen, zero: t.zero, wholeLogits: spec.kind === 'dpo' || spec.kind === 'distill' },
+    training: {
+      batchSize: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen, zero: t.zero, wholeLogits: spec.kind === 'dpo' || spec.kind === 'distill',
+      ...(t.gradientWire !== 'f32' ? { gradientWire: t.gradientWire } : {}), ...(t.diloco ? { diloco: { innerSteps: t.diloco.innerSteps } } : {}),
+    },
     parallel: p === 'auto' ? ('auto' as const) : { data: p.data, pipeline: p.pipeline, tensor: p.tensor },
     agents,
     ...(calibration ? { calibration } : {}),

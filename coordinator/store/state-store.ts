@@ -23,6 +23,22 @@ export interface NodeRecord {
   firstSeenMs: number;
   lastSeenMs: number; // last heartbeat (or hello) received, epoch ms
   secretHash: string; // sha256 of the node's reconnect secret; '' once revoked (no secret matches it)
+  /** Whether other agents can dial its peer address, as last checked (coordinator/cluster/reachability.ts). */
+  reach?: NodeReach;
+}
+
+/**
+ * 'direct': its peer address answered the coordinator's probe (or was not checked); 'relayed': it did not, or the
+ * agent said --relay-only, so links to it go through `relay`; 'checking': the probe after its hello is running.
+ */
+export interface NodeReach {
+  state: 'checking' | 'direct' | 'relayed';
+  reason: string;
+  checkedAtMs: number;
+  /** Who relays links to it: 'coordinator' (the only relay today). */
+  relay?: string;
+  /** The probe's round trip (dial, upgrade, proof), ms, when it answered. */
+  probeRttMs?: number;
 }
 
 export interface NodeEvent {
@@ -41,12 +57,14 @@ export interface StateStore {
   /** Records the change and an event in one transaction. */
   setNodeStatus(id: string, status: NodeStatus, reason: string, atMs: number): void;
   touchNode(id: string, atMs: number): void;
+  /** Records the outcome of a reachability check; an unknown id changes nothing. */
+  setNodeReach(id: string, reach: NodeReach): void;
   nodeEvents(id: string, limit: number): NodeEvent[];
   close(): void;
 }
 
 /** Bumped whenever #migrate gains a step; each step upgrades from the version before it. */
-const SCHEMA_VERSION = 6;
+const SCHEMA_VERSION = 7;
 
 export class SqliteStateStore implements StateStore {
   readonly #db: Database.Database;
@@ -67,17 +85,19 @@ export class SqliteStateStore implements StateStore {
       getMeta: db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?'),
       setMeta: db.prepare('INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
       putNode: db.prepare(`INSERT INTO nodes(id, name, status, status_reason, capabilities, peer_address, agent_version,
-          remote_address, first_seen_ms, last_seen_ms, secret_hash)
+          remote_address, first_seen_ms, last_seen_ms, secret_hash, reach)
         VALUES (@id, @name, @status, @statusReason, @capabilities, @peerAddress, @agentVersion, @remoteAddress,
-          @firstSeenMs, @lastSeenMs, @secretHash)
+          @firstSeenMs, @lastSeenMs, @secretHash, @reach)
         ON CONFLICT(id) DO UPDATE SET name = excluded.name, status = excluded.status, status_reason = excluded.status_reason,
           capabilities = excluded.capabilities, peer_address = excluded.peer_address, agent_version = excluded.agent_version,
-          remote_address = excluded.remote_address, last_seen_ms = excluded.last_seen_ms, secret_hash = excluded.secret_hash`),
+          remote_address = excluded.remote_address, last_seen_ms = excluded.last_seen_ms, secret_hash = excluded.secret_hash,
+          reach = excluded.reach`),
       getNode: db.prepare<[string], NodeRow>('SELECT * FROM nodes WHERE id = ?'),
       listNodes: db.prepare<[], NodeRow>('SELECT * FROM nodes ORDER BY first_seen_ms, id'),
       setStatus: db.prepare('UPDATE nodes SET status = ?, status_reason = ? WHERE id = ?'),
       addEvent: db.prepare('INSERT INTO node_events(node_id, at_ms, status, reason) VALUES (?, ?, ?, ?)'),
       touch: db.prepare('UPDATE nodes SET last_seen_ms = ? WHERE id = ?'),
+      setReach: db.prepare('UPDATE nodes SET reach = ? WHERE id = ?'),
       events: db.prepare<[string, number], { node_id: string; at_ms: number; status: NodeStatus; reason: string }>(
         'SELECT * FROM node_events WHERE node_id = ? ORDER BY id DESC LIMIT ?',
       ),
@@ -138,6 +158,7 @@ export class SqliteStateStore implements StateStore {
           sweep_id TEXT NOT NULL REFERENCES sweeps(id), idx INTEGER NOT NULL, params TEXT NOT NULL,
           job_id TEXT REFERENCES jobs(id), PRIMARY KEY (sweep_id, idx));`,
       ],
+      [7, `ALTER TABLE nodes ADD COLUMN reach TEXT;`], // NodeReach as JSON: can peers dial it, or is it relayed
     ];
     for (const [to, sql] of steps) {
       if (version >= to) continue;
@@ -164,7 +185,7 @@ export class SqliteStateStore implements StateStore {
   putNode(node: NodeRecord): void {
     this.#db.transaction(() => {
       const before = this.#stmts.getNode.get(node.id);
-      this.#stmts.putNode.run({ ...node, capabilities: JSON.stringify(node.capabilities) });
+      this.#stmts.putNode.run({ ...node, capabilities: JSON.stringify(node.capabilities), reach: node.reach ? JSON.stringify(node.reach) : null });
       if (!before || before.status !== node.status) this.#stmts.addEvent.run(node.id, node.lastSeenMs, node.status, node.statusReason);
     })();
   }
@@ -190,6 +211,10 @@ export class SqliteStateStore implements StateStore {
     this.#stmts.touch.run(atMs, id);
   }
 
+  setNodeReach(id: string, reach: NodeReach): void {
+    this.#stmts.setReach.run(JSON.stringify(reach), id);
+  }
+
   nodeEvents(id: string, limit: number): NodeEvent[] {
     return this.#stmts.events.all(id, limit).map((e) => ({ nodeId: e.node_id, atMs: e.at_ms, status: e.status, reason: e.reason }));
   }
@@ -211,6 +236,7 @@ interface NodeRow {
   first_seen_ms: number;
   last_seen_ms: number;
   secret_hash: string;
+  reach: string | null;
 }
 
 function fromRow(row: NodeRow): NodeRecord {
@@ -226,6 +252,7 @@ function fromRow(row: NodeRow): NodeRecord {
     firstSeenMs: row.first_seen_ms,
     lastSeenMs: row.last_seen_ms,
     secretHash: row.secret_hash,
+    ...(row.reach ? { reach: JSON.parse(row.reach) as NodeReach } : {}),
   };
 }
 
@@ -266,6 +293,10 @@ export class MemoryStateStore implements StateStore {
   touchNode(id: string, atMs: number) {
     const n = this.#nodes.get(id);
     if (n) n.lastSeenMs = atMs;
+  }
+  setNodeReach(id: string, reach: NodeReach) {
+    const n = this.#nodes.get(id);
+    if (n) n.reach = structuredClone(reach);
   }
   nodeEvents(id: string, limit: number) {
     return this.#events.filter((e) => e.nodeId === id).reverse().slice(0, limit);

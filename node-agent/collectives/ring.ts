@@ -7,8 +7,15 @@
  * n contributions and is final on its owner (chunk c on rank c); from there it travels n−1 more hops as a copy.
  * Each segment moves as soon as it arrives, so every link stays busy while chunks are still being reduced.
  *
- * Every byte sent is a view into the caller's buffer (no copies): a region is only overwritten after the data
- * sent from it has gone all the way around the ring, which implies the socket has taken it.
+ * In float32 (the default), every byte sent is a view into the caller's buffer (no copies): a region is only
+ * overwritten after the data sent from it has gone all the way around the ring, which implies the socket has taken it.
+ *
+ * Compressed wire (`{ wire: 'bf16' | 'f16' }` on all-reduce, reduce-scatter and all-gather; wire.ts): the buffer
+ * stays float32 and every segment crosses each link as 16-bit values in a fresh buffer of its own (the socket may
+ * hold it until flushed, so none is reused). A reduce-scatter segment that arrives is widened and added in float32,
+ * and the sum is encoded again to go on; the owner of a chunk rounds its final sum to the wire format in place
+ * before its all-gather, so every rank ends with bit-identical values; all-gather segments are forwarded as the
+ * bytes that arrived. A segment in another format than the collective's is a protocol error.
  *
  * Backpressure: a rank injects its own segments only while its outgoing link is below the high-water mark;
  * segments in transit are forwarded at once (holding them back could deadlock the ring, see #forward).
@@ -18,6 +25,8 @@ import type { RingData } from '../../protocol/peer.ts';
 import { AgentError, outOfRange } from '../errors.ts';
 import { chunkRange, mod, segments, type Range } from '../../protocol/partition.ts';
 import { addInto, bytesOf, float32View } from './reduce.ts';
+import type { GradientWire } from '../../protocol/job-spec.ts';
+import { addDecoded, bytesPerElement, decode, encode, encodeAndRound, uint16View, type EncodedWire } from './wire.ts';
 
 /** The link to our successor. MessageConnection implements it; tests may use fakes. */
 export interface RingOutLink {
@@ -48,6 +57,17 @@ export interface RingOptions {
   earlyLimitBytes?: number;
 }
 
+/** How a collective's segments travel (wire.ts); absent or 'f32': float32, as views of the caller's buffer. */
+export interface WireOption {
+  wire?: GradientWire;
+}
+
+/** An all-reduce's options: its wire, and how long it may make no progress (default: the ring's idleTimeoutMs). */
+export interface AllReduceOptions extends WireOption {
+  /** Longer than the ring's for a collective that waits for peers still computing (a DiLoCo round's end). */
+  idleTimeoutMs?: number;
+}
+
 type Kind = 'allreduce' | 'reducescatter' | 'allgather' | 'broadcast' | 'stream';
 
 interface Expected {
@@ -59,12 +79,14 @@ interface Active {
   seq: number;
   kind: Kind;
   buf: Float32Array;
+  wire: GradientWire;
   expected: Map<number, Expected>; // key: offset * 2 + phase
   streamBytesLeft: number; // for kind 'stream'
   sendsDone: boolean;
   resolve(): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout | null;
+  idleMs: number; // how long it may go without progress
   settled: boolean;
 }
 
@@ -106,9 +128,13 @@ export class Ring {
     this.#earlyLimit = opts.earlyLimitBytes ?? 64 * 1024 * 1024;
   }
 
-  /** In place: every rank ends with the element-wise float32 sum of all ranks' buffers. */
-  allReduce(buf: Float32Array): Promise<void> {
-    return this.#run('allreduce', buf, () => {
+  /**
+   * In place: every rank ends with the element-wise float32 sum of all ranks' buffers. With `wire` bf16 or f16 the
+   * sum is of the values as they crossed the links, rounded to the wire format at the end, bit-identical on every rank.
+   */
+  allReduce(buf: Float32Array, opts?: AllReduceOptions): Promise<void> {
+    if (opts?.idleTimeoutMs !== undefined && !(opts.idleTimeoutMs > 0)) return Promise.reject(outOfRange(`idleTimeoutMs must be positive, got ${opts.idleTimeoutMs}`));
+    return this.#run('allreduce', buf, opts?.wire, opts?.idleTimeoutMs, () => {
       const n = this.size;
       const r = this.rank;
       const expected = new Map<number, Expected>();
@@ -121,9 +147,12 @@ export class Ring {
     });
   }
 
-  /** In place: afterwards this rank's chunk (returned) holds the sum over all ranks; the rest is scratch. */
-  async reduceScatter(buf: Float32Array): Promise<Range> {
-    await this.#run('reducescatter', buf, () => {
+  /**
+   * In place: afterwards this rank's chunk (returned) holds the sum over all ranks; the rest is scratch. With `wire`,
+   * the chunk is the float32 sum of what arrived in that format (not rounded to it).
+   */
+  async reduceScatter(buf: Float32Array, opts?: WireOption): Promise<Range> {
+    await this.#run('reducescatter', buf, opts?.wire, undefined, () => {
       const n = this.size;
       const r = this.rank;
       const expected = new Map<number, Expected>();
@@ -135,9 +164,12 @@ export class Ring {
     return chunkRange(buf.length, this.size, this.rank);
   }
 
-  /** In place: each rank contributes its own chunk (chunkRange(L, n, rank)); every rank ends with all of them. */
-  allGather(buf: Float32Array): Promise<void> {
-    return this.#run('allgather', buf, () => {
+  /**
+   * In place: each rank contributes its own chunk (chunkRange(L, n, rank)); every rank ends with all of them. With
+   * `wire`, each rank first rounds its own chunk to that format in place, so all ranks end with the same values.
+   */
+  allGather(buf: Float32Array, opts?: WireOption): Promise<void> {
+    return this.#run('allgather', buf, opts?.wire, undefined, () => {
       const n = this.size;
       const r = this.rank;
       const expected = new Map<number, Expected>();
@@ -151,7 +183,7 @@ export class Ring {
     if (!Number.isInteger(root) || root < 0 || root >= this.size) {
       return Promise.reject(outOfRange(`broadcast root ${root} is outside ring of ${this.size}`));
     }
-    return this.#run('broadcast', buf, () => {
+    return this.#run('broadcast', buf, 'f32', undefined, () => {
       const whole = { start: 0, end: buf.length };
       const expected = new Map<number, Expected>();
       if (this.rank !== root) this.#expect(expected, whole, 1, mod(this.rank - root - 1, this.size));
@@ -173,7 +205,7 @@ export class Ring {
       return Promise.reject(outOfRange('a ring of one rank has no links to stream over'));
     }
     const payload = new Uint8Array(Math.min(this.#segmentElems * 4, Math.max(sendBytes, 0)));
-    return this.#start('stream', new Float32Array(0), new Map(), recvBytes, async (a) => {
+    return this.#start('stream', new Float32Array(0), 'f32', new Map(), recvBytes, undefined, async (a) => {
       for (let left = sendBytes; left > 0; ) {
         const n = Math.min(left, payload.byteLength);
         await this.#sendWhenWritable(a, { type: 'stream.data', seq: a.seq, attach: n }, payload.subarray(0, n));
@@ -186,10 +218,10 @@ export class Ring {
   receive(msg: RingData | StreamData, payload: Buffer): void {
     // What can be checked without knowing the collective is checked now, so that a bad segment for a collective
     // we have not started yet is refused at once rather than held until then.
-    if (msg.type === 'ring.data' && (payload.byteLength !== msg.count * 4 || msg.count === 0 || msg.hop > this.size - 2)) {
+    if (msg.type === 'ring.data' && (payload.byteLength !== msg.count * bytesPerElement(msg.wire ?? 'f32') || msg.count === 0 || msg.hop > this.size - 2)) {
       throw new ProtocolError(
         'PRT_ERR_UNEXPECTED',
-        `ring.data (hop ${msg.hop}, count ${msg.count}, ${payload.byteLength} bytes) cannot belong to any collective on a ring of ${this.size}`,
+        `ring.data (hop ${msg.hop}, count ${msg.count}, wire ${msg.wire ?? 'f32'}, ${payload.byteLength} bytes) cannot belong to any collective on a ring of ${this.size}`,
       );
     }
     const a = this.#active;
@@ -217,17 +249,30 @@ export class Ring {
   #run(
     kind: Kind,
     buf: Float32Array,
+    wire: GradientWire | undefined,
+    idleMs: number | undefined,
     plan: () => { expected: Map<number, Expected>; initial: Array<{ range: Range; phase: 0 | 1 }> },
   ): Promise<void> {
+    const w = wire ?? 'f32';
     if (this.size === 1 || buf.length === 0) {
-      // Nothing crosses a link, but the sequence number must advance on every rank alike.
-      return this.#start(kind, buf, new Map(), 0, async () => {});
+      // Nothing crosses a link, but the sequence number must advance on every rank alike. (A ring of one leaves
+      // the buffer as it is whatever the wire: there is nobody to agree with.)
+      return this.#start(kind, buf, w, new Map(), 0, undefined, async () => {});
     }
     const { expected, initial } = plan();
-    return this.#start(kind, buf, expected, 0, async (a) => {
+    return this.#start(kind, buf, w, expected, 0, idleMs, async (a) => {
       for (const { range, phase } of initial) {
         for (const s of segments(range, this.#segmentElems)) {
-          await this.#sendWhenWritable(a, this.#header(a.seq, phase, 0, s), bytesOf(buf, s.start, s.end));
+          if (w === 'f32') {
+            await this.#sendWhenWritable(a, this.#header(a.seq, phase, 0, s, w), bytesOf(buf, s.start, s.end));
+            continue;
+          }
+          const out = this.#out!;
+          if (!out.writable) await out.whenWritable(); // encode only once the window is open: one buffer at a time
+          // Our own chunk in an all-gather is final: round it as the receivers will see it.
+          const values = buf.subarray(s.start, s.end);
+          const encoded = phase === 1 ? encodedRounded(w, values) : encoded16(w, values);
+          await this.#sendWhenWritable(a, this.#header(a.seq, phase, 0, s, w), bytes16(encoded));
         }
       }
     });
@@ -236,8 +281,10 @@ export class Ring {
   #start(
     kind: Kind,
     buf: Float32Array,
+    wire: GradientWire,
     expected: Map<number, Expected>,
     streamBytes: number,
+    idleMs: number | undefined,
     sendInitial: (a: Active) => Promise<void>,
   ): Promise<void> {
     if (this.#broken) return Promise.reject(this.#broken);
@@ -247,12 +294,14 @@ export class Ring {
         seq: ++this.#seq,
         kind,
         buf,
+        wire,
         expected,
         streamBytesLeft: streamBytes,
         sendsDone: false,
         resolve,
         reject,
         timer: null,
+        idleMs: idleMs ?? this.#idleTimeoutMs,
         settled: false,
       };
       this.#active = a;
@@ -290,17 +339,23 @@ export class Ring {
     }
     const k = key(msg.offset, msg.phase);
     const exp = a.expected.get(k);
-    if (!exp || exp.end - msg.offset !== msg.count || exp.hop !== msg.hop || payload.byteLength !== msg.count * 4) {
+    const wire = msg.wire ?? 'f32';
+    if (!exp || exp.end - msg.offset !== msg.count || exp.hop !== msg.hop || wire !== a.wire || payload.byteLength !== msg.count * bytesPerElement(wire)) {
       throw new ProtocolError(
         'PRT_ERR_UNEXPECTED',
-        `ring.data (phase ${msg.phase}, hop ${msg.hop}, offset ${msg.offset}, count ${msg.count}) does not match collective #${a.seq} (${a.kind})`,
+        `ring.data (phase ${msg.phase}, hop ${msg.hop}, offset ${msg.offset}, count ${msg.count}, wire ${wire}) does not match collective #${a.seq} (${a.kind}, wire ${a.wire})`,
       );
     }
     a.expected.delete(k);
     const n = this.size;
     const dst = a.buf.subarray(msg.offset, msg.offset + msg.count);
-    const src = float32View(payload);
     const seg = { start: msg.offset, end: msg.offset + msg.count };
+    if (wire !== 'f32') {
+      this.#handleEncoded(a, msg, wire, payload, dst, seg);
+      this.#maybeDone(a);
+      return;
+    }
+    const src = float32View(payload);
     if (msg.phase === 0) {
       addInto(dst, src);
       if (msg.hop < n - 2) this.#forward(a, this.#header(a.seq, 0, msg.hop + 1, seg), seg);
@@ -312,8 +367,26 @@ export class Ring {
     this.#maybeDone(a);
   }
 
-  #header(seq: number, phase: 0 | 1, hop: number, s: Range): RingData {
-    return { type: 'ring.data', seq, phase, hop, offset: s.start, count: s.end - s.start, attach: (s.end - s.start) * 4 };
+  /** A segment in bf16 / f16: widened and added (or copied), and sent on encoded. */
+  #handleEncoded(a: Active, msg: RingData, wire: EncodedWire, payload: Buffer, dst: Float32Array, seg: Range): void {
+    const n = this.size;
+    const src = uint16View(payload);
+    if (msg.phase === 0) {
+      addDecoded(dst, src, wire);
+      if (msg.hop < n - 2) this.#out!.send(this.#header(a.seq, 0, msg.hop + 1, seg, wire), bytes16(encoded16(wire, dst)));
+      // final on its owner: round it in place to what the others will get, and start its all-gather
+      else if (a.kind === 'allreduce') this.#out!.send(this.#header(a.seq, 1, 0, seg, wire), bytes16(encodedRounded(wire, dst)));
+    } else {
+      decode(wire, src, dst);
+      // Final values: pass on the bytes as they came (ours now; nothing else writes them).
+      if (msg.hop < n - 2) this.#out!.send(this.#header(a.seq, 1, msg.hop + 1, seg, wire), payload);
+    }
+  }
+
+  #header(seq: number, phase: 0 | 1, hop: number, s: Range, wire: GradientWire = 'f32'): RingData {
+    const count = s.end - s.start;
+    if (wire === 'f32') return { type: 'ring.data', seq, phase, hop, offset: s.start, count, attach: count * 4 };
+    return { type: 'ring.data', seq, phase, hop, offset: s.start, count, wire, attach: count * 2 };
   }
 
   #forward(a: Active, header: RingData, s: Range): void {
@@ -360,10 +433,10 @@ export class Ring {
           a,
           new AgentError(
             'AGT_ERR_COLLECTIVE_TIMEOUT',
-            `${a.kind} #${a.seq} on rank ${this.rank}/${this.size} made no progress for ${this.#idleTimeoutMs} ms (waiting for ${a.expected.size} segments)`,
+            `${a.kind} #${a.seq} on rank ${this.rank}/${this.size} made no progress for ${a.idleMs} ms (waiting for ${a.expected.size} segments)`,
           ),
         );
-      }, this.#idleTimeoutMs);
+      }, a.idleMs);
     }
   }
 
@@ -377,3 +450,19 @@ export class Ring {
     if (this.#pausedFor.size === 0) this.#in?.resume();
   }
 }
+
+/** `values` encoded into a fresh buffer (the socket keeps it until flushed, so buffers are never reused). */
+function encoded16(wire: EncodedWire, values: Float32Array): Uint16Array {
+  const out = new Uint16Array(values.length);
+  encode(wire, values, out);
+  return out;
+}
+
+/** encoded16, and `values` rounded in place to what the encoding decodes to. */
+function encodedRounded(wire: EncodedWire, values: Float32Array): Uint16Array {
+  const out = new Uint16Array(values.length);
+  encodeAndRound(wire, values, out);
+  return out;
+}
+
+const bytes16 = (a: Uint16Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);

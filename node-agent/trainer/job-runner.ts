@@ -216,6 +216,10 @@ async function setUp(start: JobStart, ctx: JobContext, jobDir: string, stopper: 
     layout, coords, microBatches, zero, schedule: oneFOneB(coords.pp, layout.pipeline, microBatches),
     recvMs: ctx.recvTimeoutMs ?? 5 * 60_000,
     attemptTrace: (start.trace && parseTraceparent(start.trace)) || null, // all-zero ids: not traced
+    gradientWire: spec.training.gradientWire,
+    diloco: spec.training.diloco
+      ? { innerSteps: spec.training.diloco.innerSteps, lastStep: spec.training.steps, wire: spec.training.gradientWire, roundStartMs: performance.now() }
+      : null,
     log: ctx.log, race,
     start, ctx, spec, step: start.resume?.step ?? 0, optimizerBytes,
     dataSucc: rankOf({ dp: (coords.dp + 1) % layout.data, pp: coords.pp, tp: coords.tp }, layout),
@@ -282,20 +286,26 @@ function reportProgress(run: RankRun, s: number, f: StepFigures, evalLoss: numbe
   const stageCount = run.layout.pipeline;
   run.log.info(`job ${jobId} step ${s}/${run.spec.training.steps} loss ${f.loss.toFixed(4)}${evalLoss !== undefined ? ` eval ${evalLoss.toFixed(4)}` : ''} ` +
     `${Math.round(f.tokensPerS)} tok/s (${f.stepMs.toFixed(0)} ms: pipeline ${f.pipelineMs.toFixed(0)}, busy ${f.busyMs.toFixed(0)}, reduce ${f.allreduceMs.toFixed(0)}` +
-    `${stageCount > 1 ? `, bubble ${(f.bubble * 100).toFixed(1)}% vs ${(bubbleTheory(stageCount, run.microBatches) * 100).toFixed(1)}% in theory` : ''})`);
+    `${stageCount > 1 ? `, bubble ${(f.bubble * 100).toFixed(1)}% vs ${(bubbleTheory(stageCount, run.microBatches) * 100).toFixed(1)}% in theory` : ''}` +
+    `${f.outer ? `; DiLoCo outer step ${f.outer.outerSteps}, Δ all-reduce ${f.outer.ms.toFixed(0)} ms, weights #${f.outer.checksum.toString(16).padStart(8, '0')}` : ''})`);
   if (rank === 0) {
     run.ctx.send({
       type: 'job.progress', jobId, attempt, rank, step: s, loss: f.loss, ...(evalLoss !== undefined ? { evalLoss } : {}), lr: f.lr,
       tokensPerS: f.tokensPerS, stepMs: f.stepMs, computeMs: f.busyMs + f.workerUpdateMs, allreduceMs: f.allreduceMs,
       pipelineMs: f.window, stageBusyMs: f.stageBusyMs, bubble: f.bubble, optimizerBytes: run.optimizerBytes, paramCount: run.ready.paramCount,
+      ...(f.outer ? { outerSteps: f.outer.outerSteps, outerSyncMs: f.outer.ms, outerSyncBytes: f.outer.sentBytes } : {}),
     });
   }
   const r = f.rank;
   run.ctx.send({
     type: 'job.rank', jobId, attempt, rank, step: s, stepMs: f.stepMs, computeMs: r.computeMs, allreduceMs: r.ringMs, bubbleMs: r.bubbleMs, waitMs: r.waitMs,
-    ...(run.layout.data > 1 ? { link: { toRank: run.dataSucc, bytes: r.sentBytes, ms: r.dataRingMs } } : {}),
+    ...(usedDataRing(run, f) ? { link: { toRank: run.dataSucc, bytes: r.sentBytes, ms: r.dataRingMs } } : {}),
+    ...(f.outer ? { outer: { steps: f.outer.outerSteps, checksum: f.outer.checksum } } : {}),
   });
 }
+
+/** Whether the step sent anything over the data ring: every step with replicas, or with DiLoCo only a round's last. */
+const usedDataRing = (run: RankRun, f: StepFigures): boolean => run.layout.data > 1 && (!run.diloco || f.outer !== null);
 
 /** The step's timeline to every observer (metrics, traces); an observer that throws is logged, not fatal. */
 function tellObservers(run: RankRun, s: number, f: StepFigures, evalLoss: number | undefined): void {
@@ -305,7 +315,8 @@ function tellObservers(run: RankRun, s: number, f: StepFigures, evalLoss: number
   const report: StepReport = {
     jobId, attempt, rank, world, coords: { ...run.coords }, step: s, startMs: f.startMs, endMs: f.endMs,
     stepMs: f.stepMs, computeMs: r.computeMs, allreduceMs: r.ringMs, bubbleMs: r.bubbleMs, waitMs: r.waitMs,
-    dataRing: layout.data > 1 ? { toRank: run.dataSucc, sentBytes: r.sentBytes, ms: r.dataRingMs, bufferBytes: run.grads.byteLength, size: layout.data } : null,
+    dataRing: usedDataRing(run, f) ? { toRank: run.dataSucc, sentBytes: r.sentBytes, ms: r.dataRingMs, bufferBytes: f.outer?.bufferBytes ?? run.grads.byteLength, size: layout.data } : null,
+    ...(f.outer ? { outer: { steps: f.outer.outerSteps, ms: f.outer.ms } } : {}),
     ...(rank === 0 ? { global: { loss: f.loss, ...(evalLoss !== undefined ? { evalLoss } : {}), tokensPerS: f.tokensPerS, tokens: f.tokens, bubble: f.bubble, lr: f.lr } } : {}),
     phases: f.phases,
     ...(f.trace ? { trace: f.trace } : {}),

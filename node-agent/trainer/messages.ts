@@ -20,6 +20,10 @@
  *                                                       data-parallel ranks and sums the squares this rank counts
  *   update {gradNorm}        updated {updateMs}         clip + AdamW (+ upload, unless ZeRO-1: then main
  *   upload                   uploaded                   all-gathers the parameters first and asks for `upload`)
+ *   pseudoGrad               pseudoGradDone {ms}        DiLoCo, at the end of a round: Δ = outer weights − own
+ *                                                       weights into the gradient buffer, which main all-reduces
+ *   outerStep {replicas}     outerStepped {ms, outerSteps}  Δ / replicas, the outer momentum step, and the new
+ *                                                       outer weights become this replica's (and are uploaded)
  *   evalBegin                evalBegun {microBatches}
  *   evalFwd {mb, acts?}      evalDone {out?, loss?}
  *   export                   exported {…}               copies of the parameters and full-length moments (own
@@ -81,6 +85,8 @@ export type ToWorker =
   | { type: 'norm' }
   | { type: 'update'; gradNorm: number }
   | { type: 'upload' }
+  | { type: 'pseudoGrad' }
+  | { type: 'outerStep'; replicas: number }
   | { type: 'evalBegin' }
   | { type: 'evalFwd'; mb: number; acts?: Float32Array }
   | { type: 'export' }
@@ -110,6 +116,8 @@ export type FromWorker =
   | { type: 'normed'; sumsq: number }
   | { type: 'updated'; updateMs: number }
   | { type: 'uploaded' }
+  | { type: 'pseudoGradDone'; ms: number }
+  | { type: 'outerStepped'; ms: number; outerSteps: number; checksum: number } // outerSteps: in the whole job so far; checksum: of the new weights (model/diloco.ts)
   | { type: 'evalBegun'; microBatches: number; skipped?: string } // skipped: why there is no held-out evaluation
   | { type: 'evalDone'; out?: Float32Array; loss?: number }
   | { type: 'exported'; step: number; cursor: ShardCursor; params: Float32Array; expAvg: Float32Array; expAvgSq: Float32Array; optimizerStep: number }

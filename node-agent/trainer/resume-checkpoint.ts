@@ -8,7 +8,8 @@
  * (fillFromResume): the checkpoint is never held whole in memory.
  */
 import { MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE } from '../../model/checkpoint.ts';
-import { openCheckpointFiles, type TensorGroup } from '../../model/checkpoint-files.ts';
+import { OUTER_FILE, openCheckpointFiles, type TensorGroup } from '../../model/checkpoint-files.ts';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { shardOfCheckpoint, type ShardSpec } from '../../model/shard-layout.ts';
 import type { ShardCursor } from '../../model/token-shard-reader.ts';
@@ -30,7 +31,9 @@ const sameShard = (a: ShardSpec, b: ShardSpec) =>
 
 /** Opens and verifies the checkpoint of `step` in `dir` and checks that it fits the job and holds exactly `shard`. */
 export async function loadResume(dir: string, step: number, spec: ResolvedJobSpec, shard: ShardSpec): Promise<ResumeState> {
-  const paths = Object.fromEntries([MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].map((f) => [f, join(dir, f)]));
+  // outer.safetensors (DiLoCo's outer momentum) is there only when the checkpoint has one.
+  const names = [MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, ...(existsSync(join(dir, OUTER_FILE)) ? [OUTER_FILE] : [])];
+  const paths = Object.fromEntries(names.map((f) => [f, join(dir, f)]));
   const files = await openCheckpointFiles(paths, `of step ${step}`);
   try {
     const bad = (why: string) => new AgentError('AGT_ERR_RESUME', `resume checkpoint of step ${step}: ${why}`);
@@ -62,10 +65,13 @@ interface Slot {
 /**
  * Reads the checkpoint's tensors one at a time straight into the trainer's buffers: every weight into `params` (flat,
  * layout order), and of each moment the part inside the optimizer's `range` into `expAvg`/`expAvgSq` (range
- * length). Each tensor must be float32 of its slot's size. Closes the files.
+ * length). Each tensor must be float32 of its slot's size. With `outerMomentum` (a DiLoCo job, flat like `params`),
+ * the checkpoint's outer momentum goes there when it has one; a checkpoint without (plain data parallelism, or
+ * older) leaves it as it is: zero. Closes the files.
  */
 export async function fillFromResume(
   resume: ResumeState, slots: readonly Slot[], params: Float32Array, range: readonly [number, number], expAvg: Float32Array, expAvgSq: Float32Array,
+  outerMomentum?: Float32Array,
 ): Promise<void> {
   const [lo, hi] = range;
   try {
@@ -81,6 +87,14 @@ export async function fillFromResume(
         const a = group === 'model' ? from : Math.max(lo, from), b = group === 'model' ? to : Math.min(hi, to);
         const into = group === 'model' ? params.subarray(a, b) : (group === 'expAvg' ? expAvg : expAvgSq).subarray(a - lo, b - lo);
         await resume.files.readInto(group, s.name, new Uint8Array(into.buffer, into.byteOffset, into.byteLength), (a - from) * 4);
+      }
+      if (outerMomentum && resume.files.tensors.outerMomentum.size > 0) {
+        const info = resume.files.tensors.outerMomentum.get(s.name);
+        if (!info || info.dtype !== 'F32' || info.shape.reduce((a, b) => a * b, 1) !== s.size) {
+          throw new AgentError('AGT_ERR_RESUME', `the resume checkpoint's outer_momentum.${s.name} does not fit this shard (expected ${s.shape.join('×')} float32)`);
+        }
+        const into = outerMomentum.subarray(s.offset, s.offset + s.size);
+        await resume.files.readInto('outerMomentum', s.name, new Uint8Array(into.buffer, into.byteOffset, into.byteLength));
       }
     }
   } finally {

@@ -10,6 +10,14 @@
  *   world:    all-reduce [Σ squared gradient, Σ loss, tokens, per-stage busy and pipeline time] → the global norm
  *   update:   clip, AdamW (ZeRO-1: own range, then all-gather the parameters over 'data' and upload)
  *
+ * DiLoCo (training.diloco; pipeline = tensor = 1, so a replica is one rank): an inner step is the same without 'data'
+ * and 'world' — nothing crosses the network, not even the traced step's ids (derived from the attempt's, not
+ * broadcast) — and the norm, clipping, loss and tokens are this replica's own (the loss reported is world rank 0's;
+ * tokens are its own × the replica count). After a round's last step (every innerSteps steps, and the job's last):
+ *
+ *   outer:    Δ = outer weights − own weights (worker), all-reduced over 'data' in training.gradientWire, and the
+ *             outer momentum step on every replica alike (worker; model/diloco.ts): all continue from the same weights
+ *
  * and `evaluate`, the forward-only pipeline over the held-out batches. Every rank runs the same collectives in the
  * same order on each ring (the schedule depends only on the step, the spec and the layout), which the rings
  * require. Each wait races the job's stop (`race`), so a stopped job never waits out a timeout here.
@@ -20,6 +28,9 @@ import type { Coords, ParallelLayout } from '../../protocol/layout.ts';
 import type { Ring } from '../collectives/ring.ts';
 import type { Mailbox } from '../collectives/mailbox.ts';
 import { epochMs, ringAllReduceSentBytes, type Phase, type PhaseName, type TraceParent } from '../../common/step-report.ts';
+import type { GradientWire } from '../../protocol/job-spec.ts';
+import { bytesPerElement } from '../collectives/wire.ts';
+import { createHash } from 'node:crypto';
 import type { Ready } from './messages.ts';
 import type { PipeAction } from './schedule.ts';
 import type { TrainerWorker } from './worker-client.ts';
@@ -52,9 +63,29 @@ export interface RankStep {
   schedule: readonly PipeAction[]; // this stage's 1F1B order
   recvMs: number; // how long a pipeline receive may wait
   attemptTrace: TraceParent | null; // the attempt's span context, when the job is traced
+  gradientWire: GradientWire; // training.gradientWire: how the gradient crosses the data ring (collectives/wire.ts)
+  diloco: DilocoRun | null; // training.diloco; null: plain data parallelism
   log: Logger;
   race: Race;
 }
+
+/** How a DiLoCo job's rounds fall: a synchronisation after every `innerSteps`-th step and after `lastStep`. */
+export interface DilocoRun {
+  innerSteps: number;
+  lastStep: number;
+  wire: GradientWire; // what the pseudo-gradient all-reduce sends
+  roundStartMs: number; // performance.now() when this rank's current round began
+}
+
+/**
+ * The least a synchronisation waits for slower replicas before it fails. Replicas drift apart over a round (a 5%
+ * slower one is 25 s behind after 500 one-second steps) while the ring's idle timeout is sized for a step's spread:
+ * the pseudo-gradient all-reduce waits up to twice the round so far, and at least this.
+ */
+export const SYNC_WAIT_MIN_MS = 60_000;
+
+/** Whether step `s` ends a DiLoCo round. */
+export const endsRound = (d: DilocoRun, s: number): boolean => s % d.innerSteps === 0 || s === d.lastStep;
 
 /** What one step did: the global figures every rank agrees on, and this rank's own breakdown. */
 export interface StepFigures {
@@ -73,6 +104,7 @@ export interface StepFigures {
   window: number; // the slowest stage's pipeline section, ms
   bubble: number; // share of the window the stages were idle
   rank: { computeMs: number; ringMs: number; bubbleMs: number; waitMs: number; dataRingMs: number; sentBytes: number };
+  outer: OuterSync | null; // DiLoCo: the synchronisation this step ended with, if it ended a round
   phases: Phase[];
   trace: { step: TraceParent; attemptParent: TraceParent } | null;
 }
@@ -84,8 +116,10 @@ export async function runStep(r: RankStep, s: number): Promise<StepFigures> {
   const t0 = performance.now();
   const startMs = epochMs();
   const timeline = new Timeline(race);
-  // A traced job: rank 0 picks this step's span context and the world ring carries it to every rank.
-  const trace = r.attemptTrace ? await race(agreeStepTrace(world, r.attemptTrace)) : null;
+  // A traced job: rank 0 picks this step's span context and the world ring carries it to every rank (DiLoCo: each
+  // rank derives the same one from the attempt's, with no message).
+  const alone = r.diloco !== null;
+  const trace = !r.attemptTrace ? null : alone ? derivedStepTrace(r.attemptTrace, s) : await race(agreeStepTrace(world, r.attemptTrace));
 
   const begun = await timeline.timed('begin', undefined, w.request({ type: 'begin', step: s }, 'begun'));
   const pipe = await runPipeline(r, s, timeline);
@@ -98,11 +132,12 @@ export async function runStep(r: RankStep, s: number): Promise<StepFigures> {
     const tiedGrads = r.grads.subarray(r.ready.tiedRange[0], r.ready.tiedRange[1]);
     await timeline.timed('allreduce', { ring: 'tied', op: 'allreduce', bytes: tiedGrads.byteLength }, tied.allReduce(tiedGrads));
   }
-  if (layout.data > 1) {
+  if (layout.data > 1 && !alone) {
     const d0 = performance.now();
     const { data } = r.links;
-    await timeline.timed('allreduce', { ring: 'data', op: r.zero ? 'reducescatter' : 'allreduce', bytes: r.grads.byteLength },
-      r.zero ? data.reduceScatter(r.grads).then(() => {}) : data.allReduce(r.grads));
+    const wire = { wire: r.gradientWire };
+    await timeline.timed('allreduce', { ring: 'data', op: r.zero ? 'reducescatter' : 'allreduce', bytes: r.grads.byteLength, wire: r.gradientWire },
+      r.zero ? data.reduceScatter(r.grads, wire).then(() => {}) : data.allReduce(r.grads, wire));
     dataRingMs = performance.now() - d0;
   }
 
@@ -110,7 +145,8 @@ export async function runStep(r: RankStep, s: number): Promise<StepFigures> {
   const u0 = performance.now();
   const normed = await race(w.request({ type: 'norm' }, 'normed'));
   let updateMs = performance.now() - u0;
-  const reduced = await sumOverWorld(r, timeline, { sumsq: normed.sumsq, ...pipe, pipelineMs });
+  const mine = { sumsq: normed.sumsq, ...pipe, pipelineMs };
+  const reduced = alone ? ownSums(r, mine) : await sumOverWorld(r, timeline, mine);
   const gradNorm = Math.sqrt(reduced[0]!);
 
   // the update
@@ -120,14 +156,23 @@ export async function runStep(r: RankStep, s: number): Promise<StepFigures> {
   updateMs += updated.updateMs;
   if (r.zero && layout.data > 1) {
     const g0 = performance.now();
+    // Always float32, whatever gradientWire: these are the weights every replica trains on. Rounded to 16 bits,
+    // the replicas would hold other weights than the owner's float32 master copy, and an AdamW step (≈ lr, often
+    // under bf16's 0.4% resolution of the weight) would vanish from their copies.
     await timeline.timed('allreduce', { ring: 'data', op: 'allgather', bytes: r.params.byteLength }, r.links.data.allGather(r.params));
     dataRingMs += performance.now() - g0;
     await race(w.request({ type: 'upload' }, 'uploaded'));
   }
+  // DiLoCo: the end of a round
+  const outer = r.diloco && endsRound(r.diloco, s) ? await syncReplicas(r, timeline, r.diloco.wire) : null;
+  if (outer) {
+    dataRingMs += outer.ms;
+    updateMs += outer.workerMs;
+  }
 
   // the figures
   const stepMs = performance.now() - t0;
-  const allreduceMs = performance.now() - r0 - updated.updateMs;
+  const allreduceMs = performance.now() - r0 - updated.updateMs - (outer?.workerMs ?? 0);
   const loss = reduced[1]! / (layout.data * r.microBatches);
   const tokens = reduced[2]!;
   const stageBusyMs = Array.from(reduced.subarray(3, 3 + stageCount));
@@ -137,8 +182,8 @@ export async function runStep(r: RankStep, s: number): Promise<StepFigures> {
   const bubbleMs = stageCount > 1 ? Math.max(0, pipelineMs - pipe.busyMs) : 0;
   const computeMs = pipe.busyMs + updateMs;
   const waitMs = Math.max(0, stepMs - computeMs - ringMs - bubbleMs);
-  // ZeRO-1's reduce-scatter of the gradients plus all-gather of the parameters sends what one all-reduce does.
-  const sentBytes = ringAllReduceSentBytes(r.grads.byteLength, layout.data);
+  // DiLoCo sends only at the end of a round.
+  const sentBytes = alone ? (outer?.sentBytes ?? 0) : dataRingSentBytes(r);
   const endMs = epochMs();
   const window = Math.max(...stagePipelineMs);
   return {
@@ -146,9 +191,20 @@ export async function runStep(r: RankStep, s: number): Promise<StepFigures> {
     busyMs: pipe.busyMs, workerUpdateMs: updated.updateMs, allreduceMs, stageBusyMs, window,
     bubble: window > 0 ? 1 - stageBusyMs.reduce((a, b) => a + b, 0) / (stageCount * window) : 0,
     rank: { computeMs, ringMs, bubbleMs, waitMs, dataRingMs, sentBytes },
+    outer,
     phases: timeline.phases,
     trace,
   };
+}
+
+/**
+ * What this rank sends its successor on the data ring in a step, on the wire: the gradient all-reduce in
+ * gradientWire; with ZeRO-1, half of that (the reduce-scatter) plus a float32 all-gather of the parameters.
+ */
+function dataRingSentBytes(r: RankStep): number {
+  const gradBytes = r.grads.length * bytesPerElement(r.gradientWire);
+  const n = r.layout.data;
+  return r.zero ? (ringAllReduceSentBytes(gradBytes, n) + ringAllReduceSentBytes(r.params.byteLength, n)) / 2 : ringAllReduceSentBytes(gradBytes, n);
 }
 
 /** What this rank's pipeline section did: compute time, and on the loss-counting ranks the loss sum and tokens. */
@@ -209,6 +265,50 @@ async function sumOverWorld(r: RankStep, timeline: Timeline, mine: PipelineSums 
   return reduced;
 }
 
+/**
+ * A DiLoCo inner step's figures in sumOverWorld's layout, from this rank alone: its own Σ g² (the norm of its own
+ * gradient) and stage times, and its loss and tokens counted once per replica, as if every replica had its figures.
+ */
+function ownSums(r: RankStep, mine: PipelineSums & { sumsq: number; pipelineMs: number }): Float32Array {
+  const d = r.layout.data;
+  return Float32Array.of(mine.sumsq, mine.lossSum * d, mine.tokens * d, mine.busyMs, mine.pipelineMs);
+}
+
+/** What a DiLoCo synchronisation did: the outer steps so far, the pseudo-gradient all-reduce's time and bytes sent. */
+export interface OuterSync {
+  outerSteps: number;
+  checksum: number; // of the new outer weights: the same on every replica (model/diloco.ts weightsChecksum)
+  ms: number; // the all-reduce of Δ over the data ring, waiting for slower replicas included
+  sentBytes: number; // what this rank sent its successor in it
+  bufferBytes: number; // Δ's bytes on the wire
+  workerMs: number; // Δ and the outer step, in the worker
+}
+
+/**
+ * DiLoCo's synchronisation (model/diloco.ts): the worker writes Δ = outer weights − own weights into the gradient
+ * buffer, the data ring all-reduces it in `wire` (every rank ends with the same bits), and each worker takes the same
+ * outer step with it and continues from the new outer weights.
+ */
+async function syncReplicas(r: RankStep, timeline: Timeline, wire: GradientWire): Promise<OuterSync> {
+  const { worker: w, layout, race } = r;
+  const u0 = epochMs();
+  const delta = await race(w.request({ type: 'pseudoGrad' }, 'pseudoGradDone'));
+  timeline.phases.push({ name: 'update', startMs: u0, endMs: epochMs(), attrs: { op: 'pseudoGrad' } });
+  const bufferBytes = r.grads.length * bytesPerElement(wire);
+  let ms = 0;
+  if (layout.data > 1) {
+    const d0 = performance.now();
+    const idleTimeoutMs = Math.max(SYNC_WAIT_MIN_MS, 2 * (d0 - r.diloco!.roundStartMs));
+    await timeline.timed('allreduce', { ring: 'data', op: 'outer', bytes: r.grads.byteLength, wire }, r.links.data.allReduce(r.grads, { wire, idleTimeoutMs }));
+    ms = performance.now() - d0;
+  }
+  const u1 = epochMs();
+  const stepped = await race(w.request({ type: 'outerStep', replicas: layout.data }, 'outerStepped'));
+  timeline.phases.push({ name: 'update', startMs: u1, endMs: epochMs(), attrs: { op: 'outer' } });
+  r.diloco!.roundStartMs = performance.now();
+  return { outerSteps: stepped.outerSteps, checksum: stepped.checksum, ms, sentBytes: ringAllReduceSentBytes(bufferBytes, layout.data), bufferBytes, workerMs: delta.ms + stepped.ms };
+}
+
 /** Whether this rank's loss goes into the world sums: the last stage's first shard, in every replica. */
 const countsLossOf = (r: RankStep): boolean => !r.links.next && r.coords.tp === 0;
 
@@ -258,6 +358,15 @@ class Timeline {
     const from = epochMs();
     return p.then(() => void this.phases.push({ name: 'send', startMs: from, endMs: epochMs(), attrs: { key, bytes } }));
   }
+}
+
+/**
+ * This step's span context, the same on every rank with no message: ids hashed from the attempt's trace and the step
+ * (DiLoCo's inner steps send nothing; a step is run once per attempt, so the ids are fresh).
+ */
+function derivedStepTrace(attempt: TraceParent, s: number): { step: TraceParent; attemptParent: TraceParent } {
+  const hex = createHash('sha256').update(`${attempt.traceId}.${attempt.spanId}.step.${s}`).digest('hex');
+  return { step: { traceId: hex.slice(0, 32), spanId: hex.slice(32, 48), sampled: attempt.sampled }, attemptParent: attempt };
 }
 
 /**

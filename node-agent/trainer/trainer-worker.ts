@@ -9,7 +9,9 @@
  * (this data-parallel replica's rows of each global batch, from a resumable cursor) and the held-out split.
  *
  * Every rank of a stage shard builds the same parameters (from the seed through initShardParams, or from the same
- * checkpoint) and applies the same reduced gradient, so the data-parallel replicas stay identical.
+ * checkpoint) and applies the same reduced gradient, so the data-parallel replicas stay identical. With DiLoCo
+ * (training.diloco) each replica applies its own gradient for a round, and all become identical again at its end:
+ * the same outer step from the same averaged pseudo-gradient (worker-compute.ts outerStep, model/diloco.ts).
  *
  * This file is the thread's entry: it loads the backend, answers the requests one at a time, and writes
  * checkpoints (`spill`, `export`). Building the job is worker-job.ts; the step's handlers are worker-compute.ts.
@@ -28,7 +30,7 @@ const { backend } = workerData as { backend: BackendChoice };
 // Imported after the backend is chosen (loadBackend may pick tfjs-node), so every module sees the same tf.
 const loaded = await loadBackend(backend);
 const { initJob } = await import('./worker-job.ts');
-const { begin, forward, backward, norm, update, evalBegin, evalForward } = await import('./worker-compute.ts');
+const { begin, forward, backward, norm, update, pseudoGrad, outerStep, evalBegin, evalForward } = await import('./worker-compute.ts');
 const { writeCheckpointFiles } = await import('../../model/checkpoint-files.ts');
 
 let job: Job | null = null;
@@ -68,6 +70,10 @@ async function handle(msg: ToWorker): Promise<[FromWorker, TransferListItem[]]> 
     case 'upload':
       need().model.writeParams(need().params);
       return [{ type: 'uploaded' }, []];
+    case 'pseudoGrad':
+      return [pseudoGrad(need()), []];
+    case 'outerStep':
+      return [outerStep(need(), msg.replicas), []];
     case 'evalBegin':
       return [evalBegin(need()), []];
     case 'evalFwd':
@@ -102,12 +108,15 @@ async function spill(j: Job, dir: string, state: Record<string, JsonValue>): Pro
   if (j.placement.zero && j.placement.layout.data > 1) throw new AgentError('AGT_ERR_TRAINER', 'a ZeRO-1 rank holds part of the moments: its checkpoint goes through export');
   const layout = j.model.trainable;
   const { step: optimizerStep, expAvg, expAvgSq } = j.optimizer.viewFlat();
+  const outer = j.outer; // DiLoCo: a checkpoint falls on a synchronisation step, so params are the outer weights
+  const slice = (flat: Float32Array, name: string) => ((s) => flat.subarray(s.offset, s.offset + s.size))(layout.byName.get(name)!);
   const files = await writeCheckpointFiles(dir, {
     step: j.step,
     weights: layout.specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape }] as const),
     moments: layout.specs.map((s) => s.name),
     optimizerStep,
-    state: { ...state, cursor: { shard: j.train.cursor.shard, offset: j.train.cursor.offset } },
+    state: { ...state, cursor: { shard: j.train.cursor.shard, offset: j.train.cursor.offset }, ...(outer ? { outerSteps: outer.steps } : {}) },
+    ...(outer ? { outerMomentum: { names: layout.specs.map((s) => s.name), tensor: (name: string) => Promise.resolve(slice(outer.momentum, name)) } } : {}),
     tensor: (group, name) => {
       const s = layout.byName.get(name)!;
       const from = group === 'model' ? j.params : group === 'expAvg' ? expAvg : expAvgSq;

@@ -6,7 +6,10 @@
  *   fwd {mb}       this stage's forward of a micro-batch (the last stage defers it to the backward)
  *   bwd {mb}       its backward: into the shared gradient; the last stage computes the loss (objectives.ts)
  *   norm           average the reduced gradient over the replicas; Σ g² of what this rank counts in the norm
+ *                  (DiLoCo: the replica's own gradient, unreduced; Σ g² of all of it)
  *   update         clip and AdamW over this rank's range, then the model's weights
+ *   pseudoGrad     DiLoCo: Δ = outer weights − own weights, into the gradient buffer for main to all-reduce
+ *   outerStep      DiLoCo: the outer step with the summed Δ; the outer weights become this replica's
  *   evalBegin/Fwd  the held-out batches through the same stages, forward only
  *
  * Handlers throw AgentErrors; trainer-worker.ts answers `failed` with their code, and main re-creates them.
@@ -14,6 +17,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { TransferListItem } from 'node:worker_threads';
 import { lrAt } from '../../model/optim.ts';
+import { outerStep as applyOuterStep, pseudoGradient, weightsChecksum } from '../../model/diloco.ts';
 import { tokenBatch } from '../../model/train-step.ts';
 import { TokenShardReader } from '../../model/token-shard-reader.ts';
 import { ExampleReader } from '../../model/examples.ts';
@@ -119,7 +123,9 @@ function dropoutSeed(j: Job, i: number): number {
  * (countsForNorm), and of the data-parallel replicas only rank 0 counts, or with ZeRO-1 each rank its range.
  */
 export function norm(j: Job): FromWorker {
-  const d = j.placement.layout.data;
+  // A DiLoCo inner step: main reduced nothing, the gradient is this replica's own and all of it counts.
+  const alone = j.outer !== null;
+  const d = alone ? 1 : j.placement.layout.data;
   const [lo, hi] = j.range;
   const g = j.grads;
   if (d > 1) for (let i = lo; i < hi; i++) g[i] = g[i]! / d;
@@ -130,7 +136,7 @@ export function norm(j: Job): FromWorker {
     for (let x = a; x < b; x += j.tp.chunk) j.tp.allReduce(g.subarray(x, Math.min(b, x + j.tp.chunk)));
   }
   let sumsq = 0;
-  if (j.placement.zero || j.coords.dp === 0) {
+  if (j.placement.zero || j.coords.dp === 0 || alone) {
     for (const s of j.model.layout.specs) {
       if (!s.countsForNorm) continue;
       const a = Math.max(lo, s.offset), b = Math.min(hi, s.offset + s.size);
@@ -153,6 +159,33 @@ export function update(j: Job, gradNorm: number): FromWorker {
   j.step++;
   if (!j.placement.zero || j.placement.layout.data === 1) j.model.writeParams(j.params);
   return { type: 'updated', updateMs: performance.now() - t0 };
+}
+
+/** DiLoCo, after a round's last inner update: Δ = θ_outer − θ into the gradient buffer, which main all-reduces next. */
+export function pseudoGrad(j: Job): FromWorker {
+  const t0 = performance.now();
+  const outer = needOuter(j);
+  pseudoGradient(outer.weights, j.params, j.grads);
+  return { type: 'pseudoGradDone', ms: performance.now() - t0 };
+}
+
+/**
+ * DiLoCo, once main summed Δ over the `replicas`: the outer step (model/diloco.ts), and every replica continues from
+ * the new outer weights. Inner AdamW moments stay as they are (per replica, as in the paper).
+ */
+export function outerStep(j: Job, replicas: number): FromWorker {
+  const t0 = performance.now();
+  const outer = needOuter(j);
+  applyOuterStep(outer.weights, outer.momentum, j.grads, replicas, outer.settings);
+  j.params.set(outer.weights);
+  j.model.writeParams(j.params);
+  outer.steps++;
+  return { type: 'outerStepped', ms: performance.now() - t0, outerSteps: outer.steps, checksum: weightsChecksum(outer.weights) };
+}
+
+function needOuter(j: Job): NonNullable<Job['outer']> {
+  if (!j.outer) throw new AgentError('AGT_ERR_TRAINER', 'an outer step was asked of a job without training.diloco');
+  return j.outer;
 }
 
 export function evalBegin(j: Job): FromWorker {

@@ -17,6 +17,7 @@ import { chunkRange } from '../../protocol/partition.ts';
 import { StageModel } from '../../model/stage-model.ts';
 import { extractShard, initShardParams, shardLayout, type ShardLayout } from '../../model/shard-layout.ts';
 import { AdamW } from '../../model/optim.ts';
+import type { OuterSettings } from '../../model/diloco.ts';
 import type { TokenBatch as ModelTokenBatch } from '../../model/train-step.ts';
 import { TokenShardReader } from '../../model/token-shard-reader.ts';
 import { ExampleReader } from '../../model/examples.ts';
@@ -59,6 +60,19 @@ export interface Job {
   inputs: Map<number, Float32Array>; // activations received for micro-batches whose backward is still to come
   evalMicro: TokenBatch[];
   step: number;
+  outer: OuterState | null; // DiLoCo (training.diloco); null: plain data parallelism
+}
+
+/**
+ * DiLoCo's outer optimizer on this replica (model/diloco.ts): the outer weights the round started from and the outer
+ * momentum, both flat like `params` and the same on every replica, since each applies the same averaged
+ * pseudo-gradient. Two more copies of the trainable parameters (GPT-2-small: 2 × 0.5 GB).
+ */
+export interface OuterState {
+  weights: Float32Array;
+  momentum: Float32Array;
+  settings: OuterSettings;
+  steps: number; // outer steps taken in the job so far
 }
 
 /** Where `init`'s files are: the prepared data, the opened resume checkpoint, the frozen and base models' folders. */
@@ -103,10 +117,12 @@ export async function initJob(spec: ResolvedJobSpec, placement: Placement, files
   const range: [number, number] = zero ? (({ start, end }) => [start, end] as [number, number])(chunkRange(trainable.totalSize, layout.data, coords.dp)) : [0, trainable.totalSize];
   // AdamW's moments exist for what trains only: with LoRA, the adapter's factors.
   const optimizer = new AdamW(trainable.specs, { beta1: t.beta1, beta2: t.beta2, weightDecay: t.weightDecay }, { range: { start: range[0], end: range[1] } });
+  // DiLoCo's outer momentum: from the checkpoint when it has one, else zero (model/diloco.ts).
+  const outerMomentum = t.diloco ? new Float32Array(trainable.totalSize) : undefined;
   if (resume) {
     // Tensor by tensor into our own buffers; the moments' arrays become the optimizer's (GPT-2-small's are 1 GB).
     const m = new Float32Array(range[1] - range[0]), v = new Float32Array(range[1] - range[0]);
-    await fillFromResume(resume, trainable.specs, params, range, m, v);
+    await fillFromResume(resume, trainable.specs, params, range, m, v, outerMomentum);
     optimizer.importFlat({ step: resume.files.optimizerStep, expAvg: m, expAvgSq: v }, { adopt: true });
   } else if (lora) {
     const views = unflatten(initParams(loraLayout(spec.model, lora), t.seed), loraLayout(spec.model, lora));
@@ -148,6 +164,12 @@ export async function initJob(spec: ResolvedJobSpec, placement: Placement, files
     spec, placement, coords, dataDir, tokenizerSha256, model, optimizer, range, params, grads, rows, examples, frozen, train,
     tp: { allReduce: (x) => tp.allReduce(x), chunk: tpView.length }, partialSums,
     heldOut: null, micro: [], backwards: 0, inputs: new Map(), evalMicro: [], step: resume?.step ?? 0,
+    // A DiLoCo job resumes only from a synchronisation step (checkpoints fall on them): its weights are the outer ones.
+    outer: t.diloco && outerMomentum ? {
+      weights: params.slice(), momentum: outerMomentum,
+      settings: { lr: t.diloco.outerLr, momentum: t.diloco.outerMomentum, nesterov: t.diloco.nesterov },
+      steps: Math.floor((resume?.step ?? 0) / t.diloco.innerSteps),
+    } : null,
   };
   const ready: Ready = {
     type: 'ready', params: params.buffer as SharedArrayBuffer, grads: grads.buffer as SharedArrayBuffer, tpData, tpFlag,

@@ -13,14 +13,18 @@ import { GroupManager } from '../../coordinator/cluster/groups.ts';
 import type { CoordinatorMetrics } from '../../coordinator/metrics.ts';
 
 /** Four connected agents; each answers a group.assign with group.ready on the next tick. */
-function fakeHub(nodes = 4) {
+function fakeHub(nodes = 4, relayed: ReadonlySet<number> = new Set()) {
   const sent: Array<{ nodeId: string; msg: CoordinatorMessage }> = [];
   let onMessage: (nodeId: string, msg: AgentMessage, attachment: Buffer | undefined) => void = () => {};
   const hub = {
     onAgentMessage: (l: typeof onMessage) => void (onMessage = l),
     onNodeDown: () => {},
     isConnected: () => true,
-    availableNodes: () => Array.from({ length: nodes }, (_, i) => ({ id: `n${i}`, name: `agent-${i}`, peerAddress: `ws://10.0.0.${i}:7070` })),
+    availableNodes: () => Array.from({ length: nodes }, (_, i) => ({
+      id: `n${i}`, name: `agent-${i}`, peerAddress: `ws://10.0.0.${i}:7070`,
+      reach: relayed.has(i) ? { state: 'relayed', reason: 'no answer', checkedAtMs: 0, relay: 'coordinator' } : { state: 'direct', reason: 'answered', checkedAtMs: 0 },
+    })),
+    reachSettled: async () => {},
     send(nodeId: string, msg: CoordinatorMessage) {
       parseCoordinatorMessage(msg as never); // what the agent would check
       sent.push({ nodeId, msg });
@@ -75,4 +79,26 @@ test('form refuses rings that do not fit the group with CRD_ERR_BAD_REQUEST nami
     assert.equal(assigns().length, 0);
     assert.equal(manager.list().length, 0);
   }
+});
+
+test('a member the hub found unreachable is given to every member with the group relay ticket, which reaches only it and only while the group lives', async () => {
+  const { manager, assigns } = fakeHub(3, new Set([1]));
+  const info = await manager.form({ size: 3, segmentBytes: 1024 });
+  assert.deepEqual(info.members.map((m) => m.relay ?? 'direct'), ['direct', 'coordinator', 'direct']);
+  const tickets = new Set(assigns().map((a) => a.peers.find((p) => p.nodeId === 'n1')!.relay?.ticket));
+  assert.equal(tickets.size, 1, 'one ticket per group, the same for every member');
+  const [ticket] = [...tickets];
+  assert.ok(ticket);
+  for (const a of assigns()) assert.ok(a.peers.every((p) => p.nodeId === 'n1' || p.relay === undefined), 'the others are dialled directly');
+  assert.equal(manager.ticketGroup(ticket, 'n1'), info.id);
+  assert.equal(manager.ticketGroup(ticket, 'n0'), undefined, 'not toward a member that is dialled directly');
+  assert.equal(manager.ticketGroup('another-ticket', 'n1'), undefined);
+  manager.release(info.id);
+  assert.equal(manager.ticketGroup(ticket, 'n1'), undefined, 'void once the group is released');
+});
+
+test('a group with no unreachable member issues no relay ticket', async () => {
+  const { manager, assigns } = fakeHub(2);
+  await manager.form({ size: 2, segmentBytes: 1024 });
+  for (const a of assigns()) assert.ok(a.peers.every((p) => p.relay === undefined));
 });

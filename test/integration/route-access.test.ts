@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import Fastify from 'fastify';
 import WebSocket from 'ws';
 import { silentLogger } from '../../common/log.ts';
-import { PUBLIC_ROUTES as COORDINATOR_PUBLIC } from '../../coordinator/api/access.ts';
+import { PUBLIC_ROUTES as COORDINATOR_PUBLIC, UPGRADE_ROUTES } from '../../coordinator/api/access.ts';
 import { resolveConfig } from '../../coordinator/config.ts';
 import { createCoordinator } from '../../coordinator/api/server.ts';
 import { PUBLIC_ROUTES as GATEWAY_PUBLIC } from '../../gateway/auth.ts';
@@ -102,11 +102,11 @@ function ask(port: number, method: string, path: string, headers: Record<string,
 }
 
 /** Sends a raw WebSocket upgrade for `path` (sent as given) and returns the status: 101 when it upgraded. */
-function upgrade(port: number, path: string): Promise<number> {
+function upgrade(port: number, path: string, extra: Record<string, string> = {}): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = request({
       host: '127.0.0.1', port, path,
-      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': randomBytes(16).toString('base64') },
+      headers: { ...extra, connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': randomBytes(16).toString('base64') },
     });
     req.on('upgrade', (res, socket) => {
       socket.destroy();
@@ -274,6 +274,29 @@ describe('every route of the coordinator, the gateway and the agent, asked as a 
     }
     assert.deepEqual(opened, [], 'no other spelling reaches the agent endpoint');
     assert.equal(await upgrade(cluster.port, '/ws/agent'), 101, 'the exact path upgrades (the hello then carries the token)');
+  });
+
+  test('the relay endpoint upgrades no stranger: 401 on its exact path with any query or wrong credential, 404 on other spellings', async () => {
+    assert.deepEqual(UPGRADE_ROUTES.map((r) => r.path), ['/ws/agent', '/ws/relay'], 'the WebSocket endpoints, both credentialed');
+    assert.ok(!COORDINATOR_PUBLIC.some((r) => r.url.startsWith('/ws/')), 'no WebSocket endpoint is on the public list');
+    const wrong: string[] = [];
+    for (const path of spellings('/ws/relay')) {
+      const exact = path.split('?')[0] === '/ws/relay';
+      const outcome = await upgrade(cluster.port, path);
+      if (outcome !== (exact ? 401 : 404)) wrong.push(`${path} → ${outcome}`);
+    }
+    const node = (await cluster.api<{ nodes: Array<{ id: string; name: string }> }>('GET', '/api/nodes')).nodes.find((n) => n.name === 'agent-0')!;
+    for (const [query, headers] of [
+      [`?to=${node.id}`, {}],
+      [`?to=${node.id}`, { authorization: `Bearer ${cluster.token}` }], // the cluster token is not a relay ticket
+      [`?to=${node.id}`, { authorization: `Bearer ${revokedSecret}` }],
+      [`?to=${node.id}`, { authorization: 'Bearer not-a-ticket-0123456789' }],
+      ['?session=rs-0123456789abcdef', { authorization: 'Bearer not-a-session-key' }],
+    ] as const) {
+      const outcome = await upgrade(cluster.port, `/ws/relay${query}`, headers);
+      if (outcome !== 401) wrong.push(`/ws/relay${query} (${JSON.stringify(headers)}) → ${outcome}`);
+    }
+    assert.deepEqual(wrong, []);
   });
 
   test('the gateway refuses every admin and inference route in every spelling: 401 for strangers, 403 for an API key on admin routes', async () => {

@@ -105,6 +105,8 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
     heartbeatTimeoutMs: 3_600_000,
   },
   'heartbeat.ack': { type: 'heartbeat.ack', seq: 0 },
+  reach: { type: 'reach', reachable: false, reason: 'no answer from ws://10.0.0.7:7070 within 3000 ms', relay: 'coordinator' },
+  'relay.open': { type: 'relay.open', session: 'rs-0a1b2c', key: 'relay-session-key_0123', groupId: 'g1' },
   'group.assign': {
     type: 'group.assign',
     groupId: 'g1',
@@ -114,7 +116,7 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
     peers: [
       { rank: 0, nodeId: 'a', address: 'ws://10.0.0.1:7070' },
       { rank: 1, nodeId: 'b', address: 'ws://[::1]:7070' },
-      { rank: 2, nodeId: 'c', address: '' },
+      { rank: 2, nodeId: 'c', address: '', relay: { ticket: 'relay-ticket-0123' } },
     ],
     segmentBytes: 1024 * 1024,
     rings: [
@@ -161,6 +163,8 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
 export const peerExamples: Examples<typeof peerMessages> = {
   'peer.hello': { type: 'peer.hello', protocol: '1.0', groupId: 'g1', token: 'group-token', rank: 2, ring: 'dp.0' },
   'peer.welcome': { type: 'peer.welcome', rank: 0 },
+  'peer.probe': { type: 'peer.probe', challenge: 'challenge-0123456789' },
+  'peer.probed': { type: 'peer.probed', proof: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' },
   'ring.data': { type: 'ring.data', seq: 17, phase: 1, hop: 2, offset: 2 ** 32, count: 2 ** 28, attach: 64 * 1024 * 1024 },
   'stream.data': { type: 'stream.data', seq: 3, attach: 0 },
   'pipe.data': { type: 'pipe.data', tag: 'fwd:7.mb-0_a', attach: 4096 },

@@ -84,10 +84,11 @@ function fromSchema(schema: TSchema): fc.Arbitrary<unknown> {
       const min = schema.minimum as number | undefined;
       const max = schema.maximum as number | undefined;
       const above = schema.exclusiveMinimum as number | undefined;
+      const below = schema.exclusiveMaximum as number | undefined;
       return fc
         .double({ noNaN: true, noDefaultInfinity: true, ...(min !== undefined && { min }), ...(max !== undefined && { max }) })
         .map((x) => (Object.is(x, -0) ? 0 : x)) // msgpack has no -0 integer; the codec sends -0 as 0
-        .filter((x) => above === undefined || x > above);
+        .filter((x) => (above === undefined || x > above) && (below === undefined || x < below));
     }
     case 'Record': {
       const [pattern, value] = Object.entries(schema.patternProperties as Record<string, TSchema>)[0]!;

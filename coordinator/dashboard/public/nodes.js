@@ -1,5 +1,7 @@
 // The nodes view: every agent the coordinator knows, what it is and what it is doing. Dead agents and slow ones
 // (the straggler of a running job, or far below the fastest agent's measured matmul rate) are marked by row class.
+// The Links column says whether peers dial an agent directly or through the coordinator's relay (it could not be
+// dialled: behind NAT, or --relay-only), and what relaying has cost: bytes both ways and the relayed round trip.
 import { age, badge, bytes, card, empty, fill, h, num, table } from './dom.js';
 
 /** An agent measuring below this share of the fastest alive agent's GFLOP/s is marked slow. */
@@ -22,7 +24,7 @@ export function mountNodes(root, { store }) {
       (revoked ? ` · ${revoked} revoked` : ''));
     if (nodes.length === 0) return fill(body, empty('No agents have joined yet: run node-agent join on a machine.'));
     fill(body, table(
-      ['Agent', 'Status', 'Connected', 'Backend', 'Cores', 'Memory', 'Matmul', 'Heartbeat', 'Role'],
+      ['Agent', 'Status', 'Connected', 'Backend', 'Cores', 'Memory', 'Matmul', 'Heartbeat', 'Role', 'Links'],
       nodes.map((n) => nodeRow(n, n.heartbeatAgeMs + elapsed, fastest)),
       { class: 'nodes' },
     ));
@@ -52,7 +54,19 @@ function nodeRow(n, heartbeatAgeMs, fastestGflops) {
     h('td.num', `${num(caps.matmulGflops, 1)} GFLOP/s`),
     h('td.num', { class: late ? 'warn' : undefined }, age(heartbeatAgeMs)),
     h('td', roleCell(n.role)),
+    h('td', linksCell(n.reach, n.relayStats)),
   );
+}
+
+/** Direct or relayed (and why), with the relay's bytes and round trip (coordinator/cluster/relay.ts). */
+function linksCell(reach, stats) {
+  if (!reach) return h('span.muted', '–');
+  const state = reach.state === 'relayed' ? badge(`relayed via ${reach.relay ?? 'coordinator'}`, 'relayed') : badge(reach.state);
+  const cost = stats
+    ? h('div.small', `${bytes(stats.bytesToNode)} in · ${bytes(stats.bytesFromNode)} out · ${stats.linksOpen} open` +
+      (stats.relayedRttMs !== null ? ` · rtt ${num(stats.relayedRttMs, 1)} ms` : ''))
+    : null;
+  return [state, h('div.muted.small', { title: reach.reason }, reach.reason), cost];
 }
 
 /** The adapter a webgpu agent computes on: name, Dawn's backend, whether it is software, its binding limit. */
