@@ -1,5 +1,5 @@
 /**
- * npm run bench -- wan [--mbit 100] [--rtt-ms 50] [--steps 60] [--inner-steps 10] [--ways f32,bf16,diloco] [--quick]
+ * npm run bench -- wan [--mbit 100] [--rtt-ms 50] [--steps 80] [--inner-steps 20] [--ways f32,bf16,diloco] [--seed 1] [--quick]
  *
  * Training over slow, distant links, three ways, on real processes. Two agents run in network namespaces joined by
  * veth pairs to a bridge (test/support/netns.ts); each link is capped at --mbit both ways with tbf. These kernels
@@ -29,10 +29,13 @@
  *                        whose code has not landed runs as plain f32 and is flagged here, not silently counted
  * A way that fails is reported as {ok: false, error} and the others still run.
  * Targets (judged on the ways that ran): f32 communication-bound (allreduce_s_per_step > compute_s_per_step) with
- * compute_utilisation < 0.5, DiLoCo's ≥ 0.9, DiLoCo's heldout_loss within 5 % of f32's.
- * The model (6 × 256, vocabulary 4096: 5.8 M parameters, a 23 MB float32 gradient) and batch (12 × 64 tokens, 6
- * sequences a rank: ~1 s of compute a step on one core) make plain f32 data parallelism at 100 Mbit/s spend
- * longer all-reducing than computing. --quick: 20 steps, H 5. Needs root, iproute2 and nftables (npm run setup).
+ * compute_utilisation < 0.5, DiLoCo's ≥ 0.9, DiLoCo's heldout_loss at most 5 % above f32's; foreign_cores says how
+ * busy other processes kept the machine (a busy machine slows compute, not the shaped links, and moves every ratio).
+ * Sizes: the model (4 × 256, vocabulary 4096: 4.2 M parameters, a 16.8 MB float32 gradient) and batch (8 × 64, 256
+ * tokens a rank: ~0.7 s of compute on an idle core) make f32 data parallelism at 100 Mbit/s all-reduce for longer
+ * (~1.7 s a step) than it computes; H = 20 makes a DiLoCo round's bf16 pseudo-gradient (~1 s) a small share of
+ * its 20 steps, and 80 steps give it 4 rounds. --quick: 20 steps, H 10 (a smoke run: too few rounds to judge).
+ * Needs root, iproute2 (ip, tc) and nftables (nft): `npm run setup` installs them.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -52,7 +52,8 @@ export interface StepReport {
   /** The rest: receives outside the schedule, evaluation, checkpoint hand-off, messages to the worker. */
   waitMs: number;
   /**
-   * The gradient all-reduce over the data-parallel ring: bytes this rank sent its successor, and how long. With
+   * The gradient all-reduce over the data-parallel ring: bytes this rank sent its successor (on the wire, so half of
+   * float32's with training.gradientWire bf16 or f16; ZeRO-1's parameter all-gather stays float32), and how long. With
    * DiLoCo (training.diloco) only a round's last step has one: the pseudo-gradient's, bufferBytes as on the wire.
    */
   dataRing: { toRank: number; sentBytes: number; ms: number; bufferBytes: number; size: number } | null;
@@ -98,6 +99,9 @@ export function busbwGbps(bufferBytes: number, ranks: number, ms: number): numbe
   return ((bufferBytes / (ms / 1000)) * (2 * (ranks - 1)) / ranks) / 1e9;
 }
 
-/** Bytes each rank sends its successor in a ring all-reduce of `bufferBytes` over `ranks` (reduce-scatter + all-gather). */
+/**
+ * Bytes each rank sends its successor in a ring all-reduce of `bufferBytes` over `ranks` (reduce-scatter + all-gather).
+ * Pass the buffer's size on the wire: with a 16-bit gradientWire, 2 bytes per value (node-agent/collectives/wire.ts).
+ */
 export const ringAllReduceSentBytes = (bufferBytes: number, ranks: number): number =>
   ranks <= 1 ? 0 : Math.round((bufferBytes * 2 * (ranks - 1)) / ranks);

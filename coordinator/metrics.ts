@@ -119,7 +119,7 @@ export function bindJobMetrics(metrics: CoordinatorMetrics, bus: EventBus, keepJ
   const tokensPerSecond = new Gauge({ name: 'meshtrain_job_tokens_per_second', help: "Global training throughput of the job's last step, by job.", labelNames: ['job'], registers });
   const loss = new Gauge({
     name: 'meshtrain_job_loss',
-    help: 'Last mean training loss over the global batch (split="train") and last held-out loss (split="eval"), by job.',
+    help: 'Last mean training loss over the global batch (split="train"; with DiLoCo over world rank 0\'s own replica\'s batch) and last held-out loss (split="eval"), by job.',
     labelNames: ['job', 'split'],
     registers,
   });

@@ -69,13 +69,13 @@ export class AgentMetrics implements StepObserver {
     this.#steps = new Counter({ name: 'meshtrain_agent_steps_total', help: 'Training steps this agent finished, by job.', labelNames: ['job'], registers });
     this.#allreduceBytes = new Counter({
       name: 'meshtrain_agent_allreduce_bytes_total',
-      help: 'Bytes this rank sent its ring successor in all-reduces, by job and ring (data: gradients across replicas; tied: the tied embedding between first and last stage; world: the per-step sums).',
+      help: 'Bytes this rank sent its ring successor in all-reduces, as they crossed the link, by job and ring (data: gradients across replicas, in training.gradientWire: bf16/f16 send half of f32; tied: the tied embedding between first and last stage; world: the per-step sums).',
       labelNames: ['job', 'ring'],
       registers,
     });
     this.#busbw = new Gauge({
       name: 'meshtrain_agent_allreduce_busbw_bytes_per_second',
-      help: "Bus bandwidth of the last step's gradient all-reduce on the data-parallel ring (bytes sent to the successor / time; equals NCCL's busbw), by job.",
+      help: "Bus bandwidth of the last step's gradient all-reduce on the data-parallel ring (bytes sent to the successor / time; equals NCCL's busbw), by job. Counts bytes on the wire: with training.gradientWire bf16/f16 the float32 data moved is twice this.",
       labelNames: ['job'],
       registers,
     });
@@ -87,7 +87,7 @@ export class AgentMetrics implements StepObserver {
     });
     this.#loss = new Gauge({
       name: 'meshtrain_agent_loss',
-      help: 'Last mean loss over the global batch (split="train") and last held-out loss (split="eval"), world rank 0 only, by job.',
+      help: 'Last mean loss over the global batch (split="train"; with DiLoCo over world rank 0\'s own replica\'s batch, as replicas exchange nothing between synchronisations) and last held-out loss (split="eval"), world rank 0 only, by job.',
       labelNames: ['job', 'split'],
       registers,
     });

@@ -62,9 +62,8 @@ export class AgentHub {
   #closing = false;
   #downListeners: Array<(nodeId: string, reason: string) => void> = [];
   readonly #now: () => number;
-  /** Reachability checks in flight, by node; `gen` tells a reconnect's check from an older one. */
-  readonly #probes = new Map<string, { gen: number; done: Promise<void> }>();
-  #probeGen = 0;
+  /** Reachability checks in flight, by node (a reconnect's check replaces an older one's entry). */
+  readonly #probes = new Map<string, { done: Promise<void> }>();
 
   constructor(opts: {
     store: StateStore;
@@ -290,7 +289,6 @@ export class AgentHub {
       if (first.state === 'relayed') this.#log.info(`node ${id} (${hello.name}) is relayed: ${first.reason}`);
       return tell(first);
     }
-    const gen = ++this.#probeGen;
     const done = probePeer(hello.peerAddress, hello.reachKey!, { log: this.#log }).then((outcome) => {
       if (this.#live.get(id) !== conn) return; // it reconnected meanwhile: that hello's own check decides
       const reach = decideReach(hello, outcome, this.#now());
@@ -299,7 +297,7 @@ export class AgentHub {
       else this.#log.debug(`node ${id} (${hello.name}) is reachable at ${hello.peerAddress}: ${reach.reason}`);
       tell(reach);
     });
-    const entry = { gen, done: done.finally(() => this.#probes.get(id) === entry && this.#probes.delete(id)) };
+    const entry = { done: done.finally(() => this.#probes.get(id) === entry && this.#probes.delete(id)) };
     this.#probes.set(id, entry);
   }
 

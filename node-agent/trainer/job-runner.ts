@@ -218,7 +218,7 @@ async function setUp(start: JobStart, ctx: JobContext, jobDir: string, stopper: 
     attemptTrace: (start.trace && parseTraceparent(start.trace)) || null, // all-zero ids: not traced
     gradientWire: spec.training.gradientWire,
     diloco: spec.training.diloco
-      ? { innerSteps: spec.training.diloco.innerSteps, lastStep: spec.training.steps, wire: spec.training.gradientWire, roundStartMs: performance.now() }
+      ? { innerSteps: spec.training.diloco.innerSteps, lastStep: spec.training.steps, roundStartMs: performance.now() }
       : null,
     log: ctx.log, race,
     start, ctx, spec, step: start.resume?.step ?? 0, optimizerBytes,

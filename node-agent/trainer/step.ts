@@ -6,7 +6,8 @@
  *             next stage; B(i): gradient from the next stage → worker bwd → input gradient to the previous stage
  *             (inside fwd/bwd the worker asks for tensor-parallel all-reduces: worker-client.ts runs them)
  *   tied:     first and last stage sum their wte gradients (the head is tied to the embedding)
- *   data:     all-reduce the shard's gradient over the replicas (ZeRO-1: reduce-scatter, each rank keeps its range)
+ *   data:     all-reduce the shard's gradient over the replicas (ZeRO-1: reduce-scatter, each rank keeps its range),
+ *             on the wire in training.gradientWire (bf16/f16 halve the bytes; sums stay float32)
  *   world:    all-reduce [Σ squared gradient, Σ loss, tokens, per-stage busy and pipeline time] → the global norm
  *   update:   clip, AdamW (ZeRO-1: own range, then all-gather the parameters over 'data' and upload)
  *
@@ -73,7 +74,6 @@ export interface RankStep {
 export interface DilocoRun {
   innerSteps: number;
   lastStep: number;
-  wire: GradientWire; // what the pseudo-gradient all-reduce sends
   roundStartMs: number; // performance.now() when this rank's current round began
 }
 
@@ -164,7 +164,7 @@ export async function runStep(r: RankStep, s: number): Promise<StepFigures> {
     await race(w.request({ type: 'upload' }, 'uploaded'));
   }
   // DiLoCo: the end of a round
-  const outer = r.diloco && endsRound(r.diloco, s) ? await syncReplicas(r, timeline, r.diloco.wire) : null;
+  const outer = r.diloco && endsRound(r.diloco, s) ? await syncReplicas(r, timeline, r.gradientWire) : null;
   if (outer) {
     dataRingMs += outer.ms;
     updateMs += outer.workerMs;

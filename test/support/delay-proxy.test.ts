@@ -6,8 +6,6 @@ import { once } from 'node:events';
 import { createHash } from 'node:crypto';
 import { DelayProxy } from './delay-proxy.ts';
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
 /** A server on loopback whose every connection is handed to `onSocket`; closed (with its sockets) by `close`. */
 async function server(onSocket: (s: Socket) => void): Promise<{ port: number; close: () => Promise<void> }> {
   const sockets = new Set<Socket>();
@@ -57,12 +55,14 @@ describe('a delaying TCP proxy', () => {
   test('a round trip through it takes the direct round trip plus twice the one-way delay', async () => {
     const echo = await server((s) => s.pipe(s));
     cleanups.push(echo.close);
-    const proxy = await DelayProxy.listen({ targetPort: echo.port, delayMs: 25 });
+    const proxy = await DelayProxy.listen({ targetPort: echo.port, delayMs: 50 });
     cleanups.push(() => proxy.close());
-    const direct = median(await pings(echo.port, 5));
-    const delayed = median(await pings(proxy.port, 9));
-    assert.ok(delayed - direct >= 49, `a round trip gained ${(delayed - direct).toFixed(1)} ms, want ≥ 50 ms (timer granularity aside)`);
-    assert.ok(delayed - direct <= 80, `a round trip gained ${(delayed - direct).toFixed(1)} ms, want ≈ 50 ms`);
+    // The fastest of several: a busy machine only ever adds to a round trip (scheduling), never takes away.
+    const direct = Math.min(...(await pings(echo.port, 5)));
+    const delayed = Math.min(...(await pings(proxy.port, 9)));
+    const gained = delayed - direct;
+    assert.ok(gained >= 99, `a round trip gained ${gained.toFixed(1)} ms, want ≥ 100 ms (timer granularity aside)`);
+    assert.ok(gained <= 150, `a round trip gained ${gained.toFixed(1)} ms, want ≈ 100 ms`);
   });
 
   test('throughput is not capped by the delay: it keeps reading while chunks wait, and delivers every byte in order', async () => {
@@ -102,8 +102,8 @@ describe('a delaying TCP proxy', () => {
     assert.equal(received, total);
     assert.equal(hash.digest('hex'), sent.digest('hex'), 'the bytes arrive intact and in order');
     // A relay that waited out the delay per chunk would need ≥ 48 MB / 64 KB × 50 ms = 37 s; the line needs the
-    // 50 ms once, plus the copying (on a busy 2-core machine, well under 4 s).
-    assert.ok(seconds < 4, `48 MB took ${seconds.toFixed(2)} s through a 50 ms delay line`);
+    // 50 ms once, plus the copying (about a second on a busy 2-core machine; 10 s leaves room for a very busy one).
+    assert.ok(seconds < 10, `48 MB took ${seconds.toFixed(2)} s through a 50 ms delay line`);
   });
 
   test('a receiver that stops reading pushes back on the sender: the proxy holds at most its buffer, then catches up', async () => {
