@@ -89,7 +89,8 @@ function jobSpec(way: Way, s: Setup): object {
     data: { corpus: s.corpus, heldOutFraction: 0.1 },
     training: {
       steps: s.steps, batchSize: BATCH, seqLen: SEQ_LEN, seed: s.seed, lr: 2e-3, warmupSteps: Math.min(5, s.steps),
-      evalEvery: s.steps, evalBatches: 32, // enough held-out tokens that 5 % is more than the noise checkpointEvery: 0,
+      evalEvery: s.steps, checkpointEvery: 0,
+      evalBatches: 32, // enough held-out tokens that a 5 % gap is more than the noise
       gradientWire: way === 'f32' ? 'f32' : 'bf16',
       ...(way === 'diloco' ? { diloco: { innerSteps: s.innerSteps } } : {}),
     },
@@ -171,18 +172,20 @@ async function runWay(way: Way, s: Setup, cluster: LocalCluster, net: Network, p
   };
 }
 
-/** What each way should send per step, relative to f32, and whether its bytes say it did (within a third). */
+/**
+ * What each way should send per step, relative to f32, and whether its bytes say it did (within 20 %: the per-step
+ * world sums and framing are the rest). A way whose code is missing runs as something else and is named here.
+ */
 function wireCheck(way: Way, result: WayResult, f32: WayResult | undefined, innerSteps: number): object | null {
   if (way === 'f32' || !result.ok || !f32?.ok) return null;
   const expected = way === 'bf16' ? 0.5 : 0.5 / innerSteps;
   const ratio = (result.bytes_per_step as number) / (f32.bytes_per_step as number);
-  const behaves = Math.abs(ratio - expected) <= expected / 3 + 0.01; // + the per-step world sums and framing
-  return {
-    ratio_to_f32: round3(ratio),
-    expected_ratio: round3(expected),
-    as_expected: behaves,
-    ...(behaves ? {} : { note: ratio > 0.8 ? `sends as much as plain f32: the ${way} code looks absent (the job ran as f32 data parallelism)` : 'differs from what it should send' }),
-  };
+  const behaves = Math.abs(ratio / expected - 1) <= 0.2;
+  const note = behaves ? null
+    : ratio > 0.8 ? `sends as much as plain f32 data parallelism: the ${way} code looks absent (the job ran as f32 data parallelism)`
+    : Math.abs(ratio / (2 * expected) - 1) <= 0.2 ? `sends twice what it should: its ${way === 'bf16' ? 'gradients' : 'pseudo-gradients'} travel as float32`
+    : 'differs from what it should send';
+  return { ratio_to_f32: round3(ratio), expected_ratio: round3(expected), as_expected: behaves, ...(note ? { note } : {}) };
 }
 
 export default async function main(argv: string[]): Promise<object> {
@@ -213,7 +216,9 @@ export default async function main(argv: string[]): Promise<object> {
     rmSync(dir, { recursive: true, force: true });
   })());
   // Ctrl-C or a kill: the namespaces, bridge and agents would outlive us otherwise.
+  let interrupted = false;
   const onSignal = (signal: NodeJS.Signals) => {
+    interrupted = true; // the ways still to run are not started; the one running fails as its cluster goes
     console.error(`wan: ${signal}, cleaning up…`);
     void cleanup().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   };
@@ -236,17 +241,19 @@ export default async function main(argv: string[]): Promise<object> {
     const setup: Setup = { steps, innerSteps, seed, corpus };
     const results: Partial<Record<Way, WayResult>> = {};
     for (const way of ways as Way[]) {
+      if (interrupted) break;
       console.error(`wan: ${way}: ${steps} steps of ${BATCH} × ${SEQ_LEN} tokens${way === 'diloco' ? `, H = ${innerSteps} (${steps / innerSteps} rounds)` : ''}`);
       try {
         results[way] = await runWay(way, setup, cluster, net, proxies);
       } catch (err) {
+        if (interrupted) break;
         results[way] = { ok: false, error: (err as Error).message };
         console.error(`wan: ${way} failed: ${(err as Error).message}`);
       }
       const r = results[way]!;
       if (r.ok) console.error(`wan: ${way}: wall ${r.wall_s} s, compute utilisation ${r.compute_utilisation}, ${r.bytes_per_step} bytes/step/rank, held-out loss ${r.heldout_loss}`);
     }
-    for (const way of ways as Way[]) {
+    for (const way of Object.keys(results) as Way[]) {
       const check = wireCheck(way, results[way]!, results.f32, innerSteps);
       if (check) results[way] = { ...results[way]!, wire_check: check };
     }

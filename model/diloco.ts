@@ -33,15 +33,12 @@ export function pseudoGradient(outer: Float32Array, params: Float32Array, into: 
 export function outerStep(outer: Float32Array, momentum: Float32Array, deltaSum: Float32Array, replicas: number, s: OuterSettings): void {
   const n = checkLengths(outer, momentum, deltaSum);
   if (!Number.isInteger(replicas) || replicas < 1) throw new RangeError(`replicas must be a positive integer, got ${replicas}`);
-  const { lr, momentum: mu, nesterov } = s;
-  for (let i = 0; i < n; i++) {
-    // Each intermediate is stored, so rounded to float32, before it is used: as a float32 torch step would.
-    if (replicas > 1) deltaSum[i] = deltaSum[i]! / replicas;
-    const d = deltaSum[i]!;
-    momentum[i] = mu * momentum[i]! + d;
-    const m = momentum[i]!;
-    outer[i] = outer[i]! - lr * (nesterov ? d + mu * m : m);
-  }
+  const { lr, momentum: mu } = s;
+  if (replicas > 1) for (let i = 0; i < n; i++) deltaSum[i] = deltaSum[i]! / replicas;
+  // Each intermediate is stored, so rounded to float32, before it is used: as a float32 torch step would.
+  for (let i = 0; i < n; i++) momentum[i] = mu * momentum[i]! + deltaSum[i]!;
+  if (s.nesterov) for (let i = 0; i < n; i++) outer[i] = outer[i]! - lr * (deltaSum[i]! + mu * momentum[i]!);
+  else for (let i = 0; i < n; i++) outer[i] = outer[i]! - lr * momentum[i]!;
 }
 
 function checkLengths(...arrays: Float32Array[]): number {

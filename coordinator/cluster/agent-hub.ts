@@ -290,13 +290,13 @@ export class AgentHub {
       return tell(first);
     }
     const done = probePeer(hello.peerAddress, hello.reachKey!, { log: this.#log }).then((outcome) => {
-      if (this.#live.get(id) !== conn) return; // it reconnected meanwhile: that hello's own check decides
+      if (this.#closing || this.#live.get(id) !== conn) return; // shutting down, or it reconnected: that hello's check decides
       const reach = decideReach(hello, outcome, this.#now());
       this.#store.setNodeReach(id, reach);
       if (reach.state === 'relayed') this.#log.info(`node ${id} (${hello.name}) cannot be dialled at ${hello.peerAddress}: ${reach.reason}; its links go through the relay`);
       else this.#log.debug(`node ${id} (${hello.name}) is reachable at ${hello.peerAddress}: ${reach.reason}`);
       tell(reach);
-    });
+    }).catch((err: unknown) => this.#log.warn(`reachability check of node ${id}: ${(err as Error).message}`));
     const entry = { done: done.finally(() => this.#probes.get(id) === entry && this.#probes.delete(id)) };
     this.#probes.set(id, entry);
   }

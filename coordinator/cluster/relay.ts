@@ -177,9 +177,15 @@ export class CoordinatorRelay {
     clearTimeout(p.timer);
     // The target first: it says nothing until the dialer's hello comes through, so neither side can send before
     // the splice below listens (ws calls both callbacks synchronously; data is read on a later tick).
+    let joined = false;
     this.#wss.handleUpgrade(req, socket, head, (nodeWs) => {
-      this.#wss.handleUpgrade(p.req, p.socket, p.head, (dialerWs) => this.#join(p.to, dialerWs, nodeWs));
+      this.#wss.handleUpgrade(p.req, p.socket, p.head, (dialerWs) => {
+        joined = true;
+        this.#join(p.to, dialerWs, nodeWs);
+      });
+      if (!joined) nodeWs.close(1011, 'the dialer is gone'); // ws refused the dialer's request (it answered it 400)
     });
+    if (!joined && !p.socket.destroyed) this.#refuse(p.socket, 503, 'CRD_ERR_RELAY_UNAVAILABLE', `node ${p.to} opened its side of the relay with a bad request`);
   }
 
   #join(nodeId: string, dialerWs: WebSocket, nodeWs: WebSocket): void {

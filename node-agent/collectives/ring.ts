@@ -19,6 +19,10 @@
  *
  * Backpressure: a rank injects its own segments only while its outgoing link is below the high-water mark;
  * segments in transit are forwarded at once (holding them back could deadlock the ring, see #forward).
+ *
+ * Long: every collective here is one pipelined state machine (#run sends, #handle receives, #maybeDone settles) whose
+ * invariants (sequence numbers, expected segments, buffer ownership) hold across all of them; split over files,
+ * each half would have to trust the other's bookkeeping.
  */
 import { ProtocolError } from '../../protocol/errors.ts';
 import type { RingData } from '../../protocol/peer.ts';
@@ -26,7 +30,7 @@ import { AgentError, outOfRange } from '../errors.ts';
 import { chunkRange, mod, segments, type Range } from '../../protocol/partition.ts';
 import { addInto, bytesOf, float32View } from './reduce.ts';
 import type { GradientWire } from '../../protocol/job-spec.ts';
-import { addDecoded, bytesPerElement, decode, encode, encodeAndRound, uint16View, type EncodedWire } from './wire.ts';
+import { addDecoded, bytesPerElement, decode, encodedBytes, uint16View, type EncodedWire } from './wire.ts';
 
 /** The link to our successor. MessageConnection implements it; tests may use fakes. */
 export interface RingOutLink {
@@ -270,9 +274,8 @@ export class Ring {
           const out = this.#out!;
           if (!out.writable) await out.whenWritable(); // encode only once the window is open: one buffer at a time
           // Our own chunk in an all-gather is final: round it as the receivers will see it.
-          const values = buf.subarray(s.start, s.end);
-          const encoded = phase === 1 ? encodedRounded(w, values) : encoded16(w, values);
-          await this.#sendWhenWritable(a, this.#header(a.seq, phase, 0, s, w), bytes16(encoded));
+          const encoded = encodedBytes(w, buf.subarray(s.start, s.end), phase === 1);
+          await this.#sendWhenWritable(a, this.#header(a.seq, phase, 0, s, w), encoded);
         }
       }
     });
@@ -373,9 +376,9 @@ export class Ring {
     const src = uint16View(payload);
     if (msg.phase === 0) {
       addDecoded(dst, src, wire);
-      if (msg.hop < n - 2) this.#out!.send(this.#header(a.seq, 0, msg.hop + 1, seg, wire), bytes16(encoded16(wire, dst)));
+      if (msg.hop < n - 2) this.#out!.send(this.#header(a.seq, 0, msg.hop + 1, seg, wire), encodedBytes(wire, dst, false));
       // final on its owner: round it in place to what the others will get, and start its all-gather
-      else if (a.kind === 'allreduce') this.#out!.send(this.#header(a.seq, 1, 0, seg, wire), bytes16(encodedRounded(wire, dst)));
+      else if (a.kind === 'allreduce') this.#out!.send(this.#header(a.seq, 1, 0, seg, wire), encodedBytes(wire, dst, true));
     } else {
       decode(wire, src, dst);
       // Final values: pass on the bytes as they came (ours now; nothing else writes them).
@@ -450,19 +453,3 @@ export class Ring {
     if (this.#pausedFor.size === 0) this.#in?.resume();
   }
 }
-
-/** `values` encoded into a fresh buffer (the socket keeps it until flushed, so buffers are never reused). */
-function encoded16(wire: EncodedWire, values: Float32Array): Uint16Array {
-  const out = new Uint16Array(values.length);
-  encode(wire, values, out);
-  return out;
-}
-
-/** encoded16, and `values` rounded in place to what the encoding decodes to. */
-function encodedRounded(wire: EncodedWire, values: Float32Array): Uint16Array {
-  const out = new Uint16Array(values.length);
-  encodeAndRound(wire, values, out);
-  return out;
-}
-
-const bytes16 = (a: Uint16Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);

@@ -69,6 +69,17 @@ export function encodeAndRound(wire: EncodedWire, buf: Float32Array, dst: Uint16
   decode(wire, dst, buf);
 }
 
+/**
+ * `values` encoded into a fresh buffer, as bytes to send (the socket keeps a sent buffer until it is flushed, so
+ * these are never reused); with `round`, `values` is also rounded in place to what the receivers will decode.
+ */
+export function encodedBytes(wire: EncodedWire, values: Float32Array, round: boolean): Uint8Array {
+  const out = new Uint16Array(values.length);
+  if (round) encodeAndRound(wire, values, out);
+  else encode(wire, values, out);
+  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}
+
 /** A Uint16Array over `bytes`, without copying when its offset is 2-byte aligned (the usual case); else a copy. */
 export function uint16View(bytes: Uint8Array): Uint16Array {
   if (bytes.byteLength % 2 !== 0) throw outOfRange(`payload of ${bytes.byteLength} bytes is not whole 16-bit values`);

@@ -74,13 +74,11 @@ describe('splicing two WebSockets', () => {
     const message = (i: number) => Buffer.alloc(1024 * 1024, i);
     const count = 64;
     for (let i = 0; i < count; i++) dialer.send(message(i));
-    // Wait until the dialer's sends stop moving: the relay has stopped reading from it.
-    let last = -1;
-    for (let i = 0; i < 200 && dialer.bufferedAmount !== last; i++) {
-      last = dialer.bufferedAmount;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    // The relay stops reading from the dialer once its buffer toward the stalled target passes the high-water mark.
+    for (let i = 0; i < 500 && !relayA.isPaused; i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(relayA.isPaused, true, "the relay paused the dialer's side");
+    await new Promise((r) => setTimeout(r, 200)); // and stays paused: nothing more is read meanwhile
+    assert.equal(relayA.isPaused, true, 'still paused while the target reads nothing');
     assert.ok(dialer.bufferedAmount > 0, 'backpressure reached the sender: it holds unsent bytes');
     // What the relay holds toward the target stays near its high-water mark (plus one message in flight).
     assert.ok(relayB.bufferedAmount <= high + 1024 * 1024, `relay buffers ${relayB.bufferedAmount} B toward the stalled target`);

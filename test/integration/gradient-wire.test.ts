@@ -15,13 +15,13 @@ const STEPS = 300;
 /** Steps the final loss is averaged over: one step's loss is one batch's, noisy at this batch size. */
 const TAIL = 30;
 /**
- * How far the 16-bit runs' smoothed final loss may be from f32's, relative. Measured on this setup (2 cores,
- * wasm backend): |bf16 − f32| / f32 was 0.02%–0.5% and f16's 0.03%–0.6%, against a loss falling from about 5.7 to 3.1, while
- * f32 runs that differ only in the seed differ by about 2%. 2% separates "trains like f32" from broken compression
- * (a wire that dropped or garbled gradients leaves the loss well above it: the model trained for 30 steps only is
- * about 25% worse).
+ * How far the 16-bit runs' smoothed final loss may be from f32's, relative. Measured on this setup (loss falling
+ * from 5.7 to 3.7): bf16 was 0.016% off f32 with seed 7 (this test) and 0.39% with seed 8; f16 0.003% and 0.007%.
+ * f32 runs that differ only in the seed (7, 8, 9) end 1.0% apart (3.677, 3.714, 3.699), so 1% means "as close to
+ * f32 as another f32 run would be"; a wire that lost gradients would sit far above it (the loss after 30 steps is
+ * 13% higher than after 300).
  */
-const LOSS_TOLERANCE = 0.02;
+const LOSS_TOLERANCE = 0.01;
 
 describe('training.gradientWire on two data-parallel agents', () => {
   const fx = clusterFixture('gradient-wire', [0, 8], { agents: 2 });
@@ -46,7 +46,7 @@ describe('training.gradientWire on two data-parallel agents', () => {
     return { loss, first: losses[0]!, linkBytes: live.links.map((l) => l.bytes), view };
   }
 
-  test('bf16 and f16 gradients learn as well as f32 (smoothed final loss within 2%) and halve the data-ring bytes', async () => {
+  test('bf16 and f16 gradients learn as well as f32 (smoothed final loss within 1%) and halve the data-ring bytes', async () => {
     const f32 = await run('f32');
     assert.ok(f32.loss < f32.first - 1, `the f32 run learns: ${f32.first} → ${f32.loss}`);
     assert.equal(f32.linkBytes.length, 2, 'both ranks reported their data-ring link');
