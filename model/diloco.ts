@@ -34,11 +34,20 @@ export function outerStep(outer: Float32Array, momentum: Float32Array, deltaSum:
   const n = checkLengths(outer, momentum, deltaSum);
   if (!Number.isInteger(replicas) || replicas < 1) throw new RangeError(`replicas must be a positive integer, got ${replicas}`);
   const { lr, momentum: mu } = s;
-  if (replicas > 1) for (let i = 0; i < n; i++) deltaSum[i] = deltaSum[i]! / replicas;
-  // Each intermediate is stored, so rounded to float32, before it is used: as a float32 torch step would.
-  for (let i = 0; i < n; i++) momentum[i] = mu * momentum[i]! + deltaSum[i]!;
-  if (s.nesterov) for (let i = 0; i < n; i++) outer[i] = outer[i]! - lr * (deltaSum[i]! + mu * momentum[i]!);
-  else for (let i = 0; i < n; i++) outer[i] = outer[i]! - lr * momentum[i]!;
+  const f = Math.fround;
+  // One pass; each intermediate is rounded to float32 (as stored) before it is used, as a float32 torch step would.
+  if (s.nesterov) {
+    for (let i = 0; i < n; i++) {
+      const d = (deltaSum[i] = f(deltaSum[i]! / replicas));
+      const m = (momentum[i] = f(mu * momentum[i]! + d));
+      outer[i] = outer[i]! - lr * (d + mu * m);
+    }
+  } else {
+    for (let i = 0; i < n; i++) {
+      const d = (deltaSum[i] = f(deltaSum[i]! / replicas));
+      outer[i] = outer[i]! - lr * (momentum[i] = f(mu * momentum[i]! + d));
+    }
+  }
 }
 
 function checkLengths(...arrays: Float32Array[]): number {

@@ -43,7 +43,7 @@ export class AgentMetrics implements StepObserver {
   readonly #checkpointSeconds: Histogram<'job'>;
   readonly #checkpointBytes: Gauge<'job'>;
   readonly #outerSteps: Counter<'job'>;
-  readonly #outerSyncSeconds: Gauge<'job'>;
+  readonly #outerSyncSeconds: Histogram<'job'>;
   readonly #heartbeats: Counter;
   readonly #reconnects: Counter;
   readonly #connected: Gauge;
@@ -122,10 +122,11 @@ export class AgentMetrics implements StepObserver {
       labelNames: ['job'],
       registers,
     });
-    this.#outerSyncSeconds = new Gauge({
+    this.#outerSyncSeconds = new Histogram({
       name: 'meshtrain_agent_diloco_sync_seconds',
-      help: "Time of the last DiLoCo pseudo-gradient all-reduce over the data-parallel ring on this rank, waiting for slower replicas included, by job.",
+      help: 'Time of each DiLoCo pseudo-gradient all-reduce over the data-parallel ring on this rank, waiting for slower replicas included, by job.',
       labelNames: ['job'],
+      buckets: STEP_BUCKETS,
       registers,
     });
     this.#heartbeats = new Counter({ name: 'meshtrain_agent_heartbeats_sent_total', help: 'Heartbeats sent to the coordinator.', registers });
@@ -166,7 +167,7 @@ export class AgentMetrics implements StepObserver {
 
     if (r.outer) {
       this.#outerSteps.inc(at.labels(this.#outerSteps, { job }));
-      this.#outerSyncSeconds.set(at.labels(this.#outerSyncSeconds, { job }), r.outer.ms / 1000);
+      this.#outerSyncSeconds.observe(at.labels(this.#outerSyncSeconds, { job }), r.outer.ms / 1000);
     }
     const g = r.global;
     if (g) {

@@ -10,10 +10,11 @@
  *         up become ±Inf.
  *
  * Why bf16 is the safer default for gradients: gradient magnitudes of a model's many tensors span decades, and
- * the small ones (1e-6…1e-9 per element is common for embeddings and late in training) lie in f16's subnormal
- * range or flush to zero, while a loss spike can overflow 65504 to Inf; mixed-precision training has to scale
- * the loss to keep f16 gradients in range. bf16 has float32's range, so nothing flushes or overflows that would
- * not in float32; it trades this for 3 fewer mantissa bits, which averaging over steps tolerates.
+ * elements of 1e-6 and below are ordinary (rows of rare tokens' embeddings, late in training, after averaging over
+ * a large batch); in f16 they lose precision as subnormals or flush to zero, while a loss spike can overflow 65504
+ * to Inf (f16 mixed-precision training scales the loss to stay in range; a wire format cannot). bf16 has float32's
+ * range, so nothing flushes or overflows that would not in float32; it pays with 3 fewer mantissa bits, noise that
+ * averages out over steps.
  *
  * Rounding is to nearest, ties to even (as IEEE conversion), NaN stays NaN (quiet, sign and top payload bits kept),
  * ±Inf and −0 are kept. Decoding goes through 64K-entry lookup tables (256 KiB each, built on first use): one load

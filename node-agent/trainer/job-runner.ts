@@ -244,6 +244,10 @@ function checkPlan(start: JobStart): { spec: ResolvedJobSpec; placement: Placeme
   if (!Number.isInteger(perReplica) || !Number.isInteger(perReplica / placement.microBatches)) {
     throw new JobFault('AGT_ERR_JOB_SPEC', `batchSize ${spec.training.batchSize} does not split into ${layout.data} replicas × ${placement.microBatches} micro-batches`);
   }
+  if (spec.training.diloco && (layout.pipeline > 1 || layout.tensor > 1 || placement.zero)) {
+    // A DiLoCo replica is one rank holding the whole model and its own optimizer state (step.ts).
+    throw new JobFault('AGT_ERR_JOB_SPEC', `training.diloco needs whole-model replicas without ZeRO-1; the plan is ${layoutName(layout)}${placement.zero ? ' with zero 1' : ''}`);
+  }
   const shard: ShardSpec = { stage: coords.pp, stages: layout.pipeline, firstLayer, endLayer, tpRank: coords.tp, tpSize: layout.tensor };
   return { spec, placement, coords, shard };
 }

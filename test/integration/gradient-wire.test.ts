@@ -26,23 +26,27 @@ const LOSS_TOLERANCE = 0.01;
 describe('training.gradientWire on two data-parallel agents', () => {
   const fx = clusterFixture('gradient-wire', [0, 8], { agents: 2 });
 
-  const spec = (name: string, gradientWire: string) => ({
+  const spec = (name: string, gradientWire: string, more: object = {}) => ({
     name,
     model: { vocabSize: 300, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 32 },
     data: { corpus: fx.corpus, heldOutFraction: 0.1 },
-    training: { steps: STEPS, batchSize: 8, seqLen: 16, lr: 3e-3, warmupSteps: 10, evalEvery: 0, checkpointEvery: 0, keepCheckpoints: 1, seed: 7, gradientWire },
+    training: { steps: STEPS, batchSize: 8, seqLen: 16, lr: 3e-3, warmupSteps: 10, evalEvery: 0, checkpointEvery: 0, keepCheckpoints: 1, seed: 7, gradientWire, ...more },
     parallel: { data: 2 },
   });
+  /** What each rank of the f32 run sent on the data ring per step (the first test sets it). */
+  let f32LinkBytes: number[] = [];
 
   /** The job's mean loss over its last TAIL steps, and the data-ring bytes each rank reported for its last step. */
-  async function run(wire: string): Promise<{ loss: number; first: number; linkBytes: number[]; view: JobView }> {
+  async function run(wire: string, more: { steps?: number; zero?: number } = {}): Promise<{ loss: number; first: number; linkBytes: number[]; view: JobView }> {
     const t0 = performance.now();
-    const view = await runToEnd(fx.cluster, spec(`wire-${wire}`, wire), 120_000);
+    const steps = more.steps ?? STEPS;
+    const view = await runToEnd(fx.cluster, spec(`wire-${wire}${more.zero ? '-zero' : ''}`, wire, more), 120_000);
     const losses = trainLosses(view).map(([, l]) => l);
-    assert.equal(losses.length, STEPS, 'every step recorded');
+    assert.equal(losses.length, steps, 'every step recorded');
     const live = await fx.cluster.api<JobLive>('GET', `/api/jobs/${view.job.id}/live`);
-    const loss = losses.slice(-TAIL).reduce((a, b) => a + b, 0) / TAIL;
-    console.error(`${wire}: ${STEPS} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s, loss ${losses[0]!.toFixed(4)} → ${loss.toFixed(4)} (mean of last ${TAIL}), data-ring bytes per step ${live.links.map((l) => l.bytes).join(', ')}`);
+    const tail = losses.slice(-TAIL);
+    const loss = tail.reduce((a, b) => a + b, 0) / tail.length;
+    console.error(`${wire}${more.zero ? ' ZeRO-1' : ''}: ${steps} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s, loss ${losses[0]!.toFixed(4)} → ${loss.toFixed(4)} (mean of last ${tail.length}), data-ring bytes per step ${live.links.map((l) => l.bytes).join(', ')}`);
     return { loss, first: losses[0]!, linkBytes: live.links.map((l) => l.bytes), view };
   }
 
@@ -51,6 +55,7 @@ describe('training.gradientWire on two data-parallel agents', () => {
     assert.ok(f32.loss < f32.first - 1, `the f32 run learns: ${f32.first} → ${f32.loss}`);
     assert.equal(f32.linkBytes.length, 2, 'both ranks reported their data-ring link');
     assert.ok(f32.linkBytes.every((b) => b > 0));
+    f32LinkBytes = f32.linkBytes;
     for (const wire of ['bf16', 'f16']) {
       const got = await run(wire);
       const rel = Math.abs(got.loss - f32.loss) / f32.loss;
@@ -59,5 +64,11 @@ describe('training.gradientWire on two data-parallel agents', () => {
       // all-gather: 4 bytes a value in f32, 2 in bf16/f16.
       assert.deepEqual(got.linkBytes, f32.linkBytes.map((b) => b / 2), `${wire} sends half of f32's bytes on the data ring`);
     }
+  });
+
+  test('with ZeRO-1 the gradient reduce-scatter goes in bf16 and the parameter all-gather stays f32: 3/4 of the bytes', async () => {
+    assert.equal(f32LinkBytes.length, 2, 'the f32 run went first');
+    const got = await run('bf16', { steps: 10, zero: 1 });
+    assert.deepEqual(got.linkBytes, f32LinkBytes.map((b) => (b / 4) * 3));
   });
 });

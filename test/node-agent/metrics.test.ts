@@ -76,6 +76,18 @@ describe('the agent metrics observer', () => {
     assert.deepEqual(seriesOf(f, 'meshtrain_agent_allreduce_busbw_bytes_per_second'), []);
   });
 
+  test('DiLoCo: a step that ends a round counts an outer step and its pseudo-gradient all-reduce; an inner step neither', async () => {
+    const m = new AgentMetrics({ processMetrics: false });
+    m.onStep({ ...report('job-d', 1), dataRing: null, phases: [] }); // an inner step sends nothing
+    m.onStep({ ...report('job-d', 2), outer: { steps: 1, ms: 250 } });
+    const f = await read(m);
+    assert.equal(valueOf(f, 'meshtrain_agent_diloco_outer_steps_total', { job: 'job-d' }), 1);
+    const sync = seriesOf(f, 'meshtrain_agent_diloco_sync_seconds', { job: 'job-d' })[0]!;
+    assert.equal(sync.count, 1);
+    assert.equal(sync.sum, 0.25);
+    assert.equal(valueOf(f, 'meshtrain_agent_allreduce_bytes_total', { job: 'job-d', ring: 'data' }), 1000, 'the round\'s one data-ring all-reduce');
+  });
+
   test('a checkpoint records its duration and size', async () => {
     const m = new AgentMetrics({ processMetrics: false });
     m.onCheckpoint({ jobId: 'job-a', attempt: 1, rank: 0, step: 3, startMs: T0, endMs: T0 + 1500, bytes: 123_456 });

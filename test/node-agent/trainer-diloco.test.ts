@@ -118,3 +118,12 @@ test('a DiLoCo job resumes from a plain data-parallel checkpoint, which has no o
   for (const r of resumed) assert.ok(r.finished.ok, r.finished.error);
   assert.deepEqual(ranksOf(resumed[0]!.messages).filter((m) => m.outer).map((m) => m.outer!.steps), [2]);
 });
+
+test('a plan that splits a DiLoCo replica over pipeline stages is refused as a fault of the job', async () => {
+  const runs = await runRanks({ world: 2, layout: { data: 1, pipeline: 2, tensor: 1 }, spec: { ...dilocoSpec(), model: { ...dilocoSpec().model, nLayer: 2 } }, ds, jobId: 'diloco-split' });
+  for (const r of runs) {
+    assert.equal(r.finished.ok, false);
+    assert.equal(r.finished.fatal, true);
+    assert.match(r.finished.error!, /training\.diloco needs whole-model replicas without ZeRO-1; the plan is 1×2×1/);
+  }
+});
