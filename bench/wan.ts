@@ -1,5 +1,6 @@
 /**
- * npm run bench -- wan [--mbit 100] [--rtt-ms 50] [--steps 80] [--inner-steps 20] [--ways f32,bf16,diloco] [--seed 1] [--quick]
+ * npm run bench -- wan [--mbit 100] [--rtt-ms 50] [--steps 80] [--inner-steps 20] [--batch 8] [--ways f32,bf16,diloco]
+ *                      [--seed 1] [--quick]
  *
  * Training over slow, distant links, three ways, on real processes. Two agents run in network namespaces joined by
  * veth pairs to a bridge (test/support/netns.ts); each link is capped at --mbit both ways with tbf. These kernels
@@ -31,10 +32,12 @@
  * Targets (judged on the ways that ran): f32 communication-bound (allreduce_s_per_step > compute_s_per_step) with
  * compute_utilisation < 0.5, DiLoCo's ≥ 0.9, DiLoCo's heldout_loss at most 5 % above f32's; foreign_cores says how
  * busy other processes kept the machine (a busy machine slows compute, not the shaped links, and moves every ratio).
- * Sizes: the model (4 × 256, vocabulary 4096: 4.2 M parameters, a 16.8 MB float32 gradient) and batch (8 × 64, 256
- * tokens a rank: ~0.7 s of compute on an idle core) make f32 data parallelism at 100 Mbit/s all-reduce for longer
- * (~1.7 s a step) than it computes; H = 20 makes a DiLoCo round's bf16 pseudo-gradient (~1 s) a small share of
- * its 20 steps, and 80 steps give it 4 rounds. --quick: 20 steps, H 10 (a smoke run: too few rounds to judge).
+ * Sizes: the model (4 × 256, vocabulary 4096: 4.2 M parameters, a 16.8 MB float32 gradient: ~1.7–2 s to all-reduce
+ * at 100 Mbit/s) and batch (8 × 64: 256 tokens a rank, 6.5 GFLOP a step: ~0.75 s at the 8.8 model GFLOP/s that
+ * `bench train-step` measures on an idle core) make f32 data parallelism all-reduce for longer than it computes; H = 20
+ * makes a DiLoCo round's bf16 pseudo-gradient (~1 s) a small share of its 20 steps, and 80 steps give it 4 rounds.
+ * Other work on the machine slows compute but not the links, so it moves every ratio: --batch (global sequences)
+ * resizes the compute per step. --quick: 20 steps, H 10 (a smoke run: too few rounds to judge).
  * Needs root, iproute2 (ip, tc) and nftables (nft): `npm run setup` installs them.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -52,7 +55,7 @@ import { cpuSeconds, foreignCores } from './plan.ts';
 const AGENTS = 2;
 const PEER_PORT = 7070; // every agent has its own namespace, so they can all listen on the same one
 const MODEL = { vocabSize: 4096, nCtx: 64, nLayer: 4, nHead: 4, nEmbd: 256 }; // 4.2 M parameters: 16.8 MB of float32 gradient
-const BATCH = 8; // global batch, sequences (4 per rank: 256 tokens, ~0.7 s of compute on an idle core)
+const BATCH = 8; // global batch, sequences (4 per rank: 256 tokens)
 const SEQ_LEN = 64;
 const WAYS = ['f32', 'bf16', 'diloco'] as const;
 type Way = (typeof WAYS)[number];
@@ -64,6 +67,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Setup {
   steps: number;
+  batch: number; // global, sequences
   innerSteps: number;
   seed: number;
   corpus: string;
@@ -88,7 +92,7 @@ function jobSpec(way: Way, s: Setup): object {
     model: MODEL,
     data: { corpus: s.corpus, heldOutFraction: 0.1 },
     training: {
-      steps: s.steps, batchSize: BATCH, seqLen: SEQ_LEN, seed: s.seed, lr: 2e-3, warmupSteps: Math.min(5, s.steps),
+      steps: s.steps, batchSize: s.batch, seqLen: SEQ_LEN, seed: s.seed, lr: 2e-3, warmupSteps: Math.min(5, s.steps),
       evalEvery: s.steps, checkpointEvery: 0,
       evalBatches: 32, // enough held-out tokens that a 5 % gap is more than the noise
       gradientWire: way === 'f32' ? 'f32' : 'bf16',
@@ -164,7 +168,7 @@ async function runWay(way: Way, s: Setup, cluster: LocalCluster, net: Network, p
     step_s: round3(perStep('stepS')),
     heldout_loss: heldout === undefined ? null : round3(heldout),
     train_loss: round3(last.values.loss!),
-    tokens_per_s: Math.round((s.steps * BATCH * SEQ_LEN) / wallS),
+    tokens_per_s: Math.round((s.steps * s.batch * SEQ_LEN) / wallS),
     job_s: round3(jobS),
     foreign_cores: foreign,
     agents_steps: agents.map((a) => a.steps),
@@ -191,7 +195,7 @@ function wireCheck(way: Way, result: WayResult, f32: WayResult | undefined, inne
 export default async function main(argv: string[]): Promise<object> {
   const { values } = parseCli(argv, {
     mbit: { type: 'string' }, 'rtt-ms': { type: 'string' }, steps: { type: 'string' }, 'inner-steps': { type: 'string' },
-    ways: { type: 'string' }, seed: { type: 'string' }, quick: { type: 'boolean' },
+    ways: { type: 'string' }, seed: { type: 'string' }, batch: { type: 'string' }, quick: { type: 'boolean' },
   });
   const quick = values.quick ?? false;
   const mbit = intOption(values.mbit, 'mbit', 100, 1, 100_000);
@@ -202,6 +206,8 @@ export default async function main(argv: string[]): Promise<object> {
   const ways = (values.ways ?? WAYS.join(',')).split(',').map((w) => w.trim());
   for (const w of ways) if (!(WAYS as readonly string[]).includes(w)) throw new UsageError(`--ways: '${w}' is not one of ${WAYS.join(', ')}`);
   const seed = intOption(values.seed, 'seed', 1, 0, 2 ** 31 - 1);
+  const batch = intOption(values.batch, 'batch', BATCH, AGENTS, 4096);
+  if (batch % AGENTS !== 0) throw new UsageError(`--batch ${batch} must divide over the ${AGENTS} agents`);
   const problems = netnsProblems();
   if (problems.length) throw new Error(`the wan bench needs network namespaces: ${problems.join('; ')}`);
 
@@ -238,11 +244,11 @@ export default async function main(argv: string[]): Promise<object> {
     }
     console.error('wan: waiting for the agents to join (each measures itself first)…');
     await cluster.waitForNodes(AGENTS, 300_000);
-    const setup: Setup = { steps, innerSteps, seed, corpus };
+    const setup: Setup = { steps, batch, innerSteps, seed, corpus };
     const results: Partial<Record<Way, WayResult>> = {};
     for (const way of ways as Way[]) {
       if (interrupted) break;
-      console.error(`wan: ${way}: ${steps} steps of ${BATCH} × ${SEQ_LEN} tokens${way === 'diloco' ? `, H = ${innerSteps} (${steps / innerSteps} rounds)` : ''}`);
+      console.error(`wan: ${way}: ${steps} steps of ${batch} × ${SEQ_LEN} tokens${way === 'diloco' ? `, H = ${innerSteps} (${steps / innerSteps} rounds)` : ''}`);
       try {
         results[way] = await runWay(way, setup, cluster, net, proxies);
       } catch (err) {
@@ -263,11 +269,11 @@ export default async function main(argv: string[]): Promise<object> {
       rtt_ms: rttMs,
       agents: AGENTS,
       model: MODEL,
-      batch_size: BATCH,
+      batch_size: batch,
       seq_len: SEQ_LEN,
       steps,
       inner_steps: innerSteps,
-      tokens: steps * BATCH * SEQ_LEN,
+      tokens: steps * batch * SEQ_LEN,
       ways: results,
       ...verdict(results),
     };

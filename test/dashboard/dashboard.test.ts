@@ -78,6 +78,9 @@ describe('the dashboard in a real browser', () => {
     await page.waitForSelector('#live[data-state=live]');
     await until('both agents listed alive', async () => (await page.locator('tr.node-alive[data-node-id]').count()) === 2);
     assert.match(await page.locator('table.nodes').innerText(), /agent-0[\s\S]*GFLOP\/s/);
+    // The Links column: loopback agents answer the coordinator's reachability probe, so peers dial them directly.
+    await until('reachability shown', async () => (await page.locator('table.nodes .badge-direct').count()) === 2);
+    assert.match(await page.locator('table.nodes').innerText(), /links[\s\S]*direct[\s\S]*answered the probe/i);
   });
 
   test('a job submitted through the form trains live on its page', async () => {

@@ -49,6 +49,7 @@ describe('the relay, asked by strangers and by a group member with a wrong hello
   let raw: WebSocket;
   let assign: GroupAssign;
   let hidden: NodeWithRole;
+  let rawWelcome: { nodeId: string; nodeSecret: string };
 
   before(async () => {
     cluster = await startCluster({ agents: 0 });
@@ -61,6 +62,7 @@ describe('the relay, asked by strangers and by a group member with a wrong hello
     const assigned = new Promise<GroupAssign>((resolve) =>
       raw.on('message', (data: Buffer) => {
         const msg = decodeFrame(data);
+        if (msg.type === 'welcome') rawWelcome = msg as unknown as typeof rawWelcome;
         if (msg.type === 'group.assign') resolve(msg as unknown as GroupAssign);
       }),
     );
@@ -121,5 +123,35 @@ describe('the relay, asked by strangers and by a group member with a wrong hello
     const ticket = `Bearer ${assign.peers.find((p) => p.nodeId === hidden.id)!.relay!.ticket}`;
     const got = await tryLink(relayUrl('node-not-in-the-group'), ticket, hello());
     assert.ok('status' in got && got.status === 401, JSON.stringify(got));
+  });
+
+  test('reachability is checked again on every reconnect: the same node id is re-decided from its new hello', async () => {
+    const { nodeId: _id, nodeSecret: _s, ...hello } = agentExamples.hello;
+    const reachOf = async () => (await cluster.api<{ nodes: NodeWithRole[] }>('GET', '/api/nodes')).nodes.find((n) => n.id === rawWelcome.nodeId)?.reach;
+    let secret = rawWelcome.nodeSecret;
+    const reconnect = async (extra: Record<string, unknown>) => {
+      const ws = new WebSocket(`${cluster.wsUrl}/ws/agent`, { perMessageDeflate: false });
+      ws.on('error', () => {});
+      const reach = new Promise<Record<string, unknown>>((resolve) =>
+        ws.on('message', (data: Buffer) => {
+          const msg = decodeFrame(data) as unknown as Record<string, unknown>;
+          if (msg.type === 'welcome') secret = msg.nodeSecret as string;
+          if (msg.type === 'reach') resolve(msg);
+        }),
+      );
+      await new Promise((r) => ws.once('open', r));
+      ws.send(encodeMessage({ ...hello, name: 'raw-member', token: cluster.token, nodeId: rawWelcome.nodeId, nodeSecret: secret, ...extra } as Envelope));
+      return { ws, reach: await reach };
+    };
+    // Now it says it can be dialled, at an address where nothing listens: the probe finds it unreachable.
+    const a = await reconnect({ peerAddress: 'ws://127.0.0.1:1', reachKey: 'raw-reach-key-0123456789' });
+    assert.equal(a.reach.reachable, false);
+    assert.match(String(a.reach.reason), /ws:\/\/127\.0\.0\.1:1 closed the probe/);
+    assert.equal((await reachOf())?.state, 'relayed');
+    // And again with --relay-only: decided from the hello, no probe.
+    const b = await reconnect({ inbound: false });
+    assert.deepEqual([b.reach.reachable, b.reach.reason], [false, 'the agent takes no inbound connections (--relay-only)']);
+    a.ws.terminate();
+    b.ws.terminate();
   });
 });
