@@ -40,6 +40,10 @@ export const COORDINATOR_OPTIONS = defineOptions({
   maxPendingHellos: opt.int({ default: 64, min: 1, arg: 'N', doc: 'agent WebSockets still owing their hello beyond which new ones are closed with 1013' }),
   tlsCert: opt.string({ arg: 'PATH', doc: 'serve HTTPS and WSS with this PEM certificate (chain); needs --tls-key' }),
   tlsKey: opt.string({ arg: 'PATH', doc: 'the PEM private key of --tls-cert' }),
+  relay: opt.choice(['agent', 'coordinator'] as const, {
+    default: 'agent', arg: 'WHO',
+    doc: "who relays links to agents nobody can dial: 'agent' (the group's reachable member with the best measured link, else the coordinator) or 'coordinator' (always)",
+  }),
   backend: opt.choice<BackendChoice>(BACKENDS, {
     default: 'cpu', arg: 'B', doc: 'what the evaluation suites (SFT exact match, DPO, distillation) compute on, in their worker thread',
   }),

@@ -60,9 +60,10 @@ export const PeerInfo = Type.Object(
      * Present when nobody can dial this peer (behind NAT, --relay-only): dial the coordinator's relay instead
      * (`/ws/relay?to=<nodeId>` on the URL the agent joined through) with `Authorization: Bearer <ticket>`. The
      * ticket is the group's and lets its members through the relay to its relayed members only; the link's own
-     * `peer.hello` (the group token) still goes end to end.
+     * `peer.hello` (the group token) still goes end to end. With `url`, the relay is an agent of the group that can
+     * be dialled (its peer port's /ws/relay, chosen by the coordinator: groups.ts) rather than the coordinator.
      */
-    relay: Type.Optional(Type.Object({ ticket: Secret }, { additionalProperties: false })),
+    relay: Type.Optional(Type.Object({ ticket: Secret, url: Type.Optional(Text(256)) }, { additionalProperties: false })),
   },
   { additionalProperties: false },
 );
@@ -101,6 +102,30 @@ export const agentMessages = {
     reachKey: Type.Optional(Secret),
     /** false: "nobody can dial me (--relay-only, behind NAT): do not try; relay my links." Absent: check. */
     inbound: Type.Optional(Type.Boolean()),
+  }),
+  /**
+   * "A dialer waits at my relay (I am this group's agent relay) for `to`: send it `relay.open` naming my relay URL,
+   * with this session and key." The coordinator checks that this agent relays for `to` in group `groupId`.
+   */
+  'relay.request': message('relay.request', { groupId: Id, to: Id, session: Id, key: Secret }),
+  /** "What my relay has carried so far, per relayed node" (cumulative), sent with heartbeats while it relays. */
+  'relay.stats': message('relay.stats', {
+    links: Type.Array(
+      Type.Object(
+        {
+          nodeId: Id,
+          bytesToNode: Count(2 ** 52),
+          bytesFromNode: Count(2 ** 52),
+          linksOpen: Count(2 ** 31),
+          linksTotal: Count(2 ** 31),
+          dialerLegRttMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+          nodeLegRttMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+          relayedRttMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+        },
+        { additionalProperties: false },
+      ),
+      { maxItems: 4096 },
+    ),
   }),
   /** "I am alive." Sent every heartbeatMs; `seq` increases by one each time. */
   heartbeat: message('heartbeat', { seq: Count(2 ** 52), sentAt: Type.Number() }),
@@ -222,8 +247,9 @@ export const coordinatorMessages = {
   /**
    * "A peer of group `groupId` waits for you at the relay: open a WebSocket to /ws/relay?session=`session` with
    * `Authorization: Bearer <key>` and treat it as an inbound peer link (it starts with that peer's `peer.hello`)."
+   * The relay is the coordinator (/ws/relay on the URL the agent joined through) unless `url` names an agent relay.
    */
-  'relay.open': message('relay.open', { session: Id, key: Secret, groupId: Id }),
+  'relay.open': message('relay.open', { session: Id, key: Secret, groupId: Id, url: Type.Optional(Text(256)) }),
   /** "Heard your heartbeat `seq`." Lets the agent notice a coordinator that has gone silent. */
   'heartbeat.ack': message('heartbeat.ack', { seq: Count(2 ** 52) }),
   /**
@@ -239,6 +265,11 @@ export const coordinatorMessages = {
     peers: Type.Array(PeerInfo, { maxItems: 65536 }),
     segmentBytes: Type.Integer({ minimum: 4, maximum: 64 * 1024 * 1024 }),
     rings: Type.Optional(Type.Array(RingSpec, { minItems: 1, maxItems: MAX_RINGS })),
+    /**
+     * "You are this group's relay: let holders of `ticket` through your peer port's /ws/relay to `targets`" (the
+     * members nobody can dial). Present on the relay agent's assignment only; ends with the group.
+     */
+    relayFor: Type.Optional(Type.Object({ ticket: Secret, targets: Type.Array(Id, { minItems: 1, maxItems: 65536 }) }, { additionalProperties: false })),
   }),
   /** "This group is over; close its links." */
   'group.release': message('group.release', { groupId: Id }),

@@ -9,6 +9,15 @@
  * predecessors with a relay ticket instead of a dialable address: they dial the coordinator's relay (relay.ts),
  * which asks the member to open its side. The ticket is one per group, shared by its members, and lets them through
  * to the group's relayed members only, until the group is released. Everyone else links directly, as before.
+ *
+ * Who relays (`pickRelayAgent`): with `--relay agent` (the default) the group's reachable member with the best
+ * measured link (the lowest round trip of the coordinator's reachability probe to its peer port; more cores on a
+ * tie) relays, on its peer port's /ws/relay (node-agent/agent-relay.ts); the coordinator only when no member can be
+ * dialled, or with `--relay coordinator`. Why: a coordinator relay carries every relayed byte of every group through
+ * the coordinator's one link, which also serves the API, heartbeats and artifacts, and a round trip to wherever the
+ * coordinator runs; an agent relay keeps training traffic among the training machines and spreads it per group. The
+ * relay agent's assignment carries `relayFor` (the ticket and its targets); it asks us (`relay.request`) to send a
+ * target `relay.open` naming its URL, since only we can reach the target.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { assignedRings, ringProblems, type AgentMessage, type CollectiveOp, type CollectiveResult, type RingSpecT } from '../../protocol/control.ts';
@@ -23,8 +32,32 @@ export interface GroupMember {
   nodeId: string;
   name: string;
   address: string;
-  /** Nobody can dial it: its predecessors reach it through this relay ('coordinator'). Absent: linked directly. */
+  /** Nobody can dial it: its predecessors reach it through this relay ('coordinator' or the relay agent's name). Absent: linked directly. */
   relay?: string;
+}
+
+/** A member as `pickRelayAgent` sees it. */
+export interface RelayCandidate {
+  nodeId: string;
+  reach?: { state: string; probeRttMs?: number } | undefined;
+  cores: number;
+}
+
+/**
+ * The member that should relay for the group's unreachable members: one the coordinator's probe reached (so it can
+ * be dialled, and was measured), with the lowest probe round trip, the most cores on a tie; undefined when none.
+ * Agents report no link bandwidth of their own (the planner's link figure is cluster-wide, planner-feedback.ts), so
+ * the probe's round trip is the per-agent link measurement there is.
+ */
+export function pickRelayAgent<C extends RelayCandidate>(candidates: readonly C[]): C | undefined {
+  const dialable = candidates.filter((c) => c.reach?.state === 'direct' && c.reach.probeRttMs !== undefined);
+  dialable.sort((a, b) => a.reach!.probeRttMs! - b.reach!.probeRttMs! || b.cores - a.cores);
+  return dialable[0];
+}
+
+/** An agent relay's endpoint on its peer port. */
+export function agentRelayUrl(peerAddress: string): string {
+  return new URL('/ws/relay', peerAddress).href;
 }
 
 export interface GroupInfo {
@@ -100,7 +133,7 @@ export class GroupManager {
   readonly #running = new Map<string, Running>(); // by runId
   readonly #busy = new Set<string>(); // groups with a run in flight
   /** Per group with relayed members: the sha256 of its relay ticket and the members it lets dialers through to. */
-  readonly #relayTickets = new Map<string, { hash: Buffer; targets: ReadonlySet<string> }>();
+  readonly #relayTickets = new Map<string, { hash: Buffer; targets: ReadonlySet<string>; agent?: { nodeId: string; url: string } }>();
 
   constructor(hub: AgentHub, cfg: Readonly<CoordinatorConfig>, log: Logger, metrics: CoordinatorMetrics) {
     this.#hub = hub;
@@ -115,10 +148,14 @@ export class GroupManager {
     return [...this.#groups.values()];
   }
 
-  /** The group whose relay ticket `ticket` is, when the group is live and `to` is one of its relayed members. */
+  /**
+   * The group whose relay ticket `ticket` is, when the group is live, relayed by the coordinator, and `to` is one of
+   * its relayed members (a group an agent relays has no business at the coordinator's relay).
+   */
   ticketGroup(ticket: string, to: string): string | undefined {
     const hash = createHash('sha256').update(ticket).digest();
     for (const [groupId, t] of this.#relayTickets) {
+      if (t.agent) continue;
       const state = this.#groups.get(groupId)?.state;
       if ((state === 'forming' || state === 'ready') && timingSafeEqual(hash, t.hash) && t.targets.has(to)) return groupId;
     }
@@ -163,6 +200,7 @@ export class GroupManager {
     // Whether a member can be dialled is learned just after it joins: wait for that (at most a probe's timeout).
     await this.#hub.reachSettled(chosen.map((n) => n.id));
     const reach = new Map(this.#hub.availableNodes().map((n) => [n.id, n.reach]));
+    const cores = new Map(chosen.map((n) => [n.id, n.capabilities.cores]));
     const id = `g-${randomBytes(6).toString('hex')}`;
     const token = randomBytes(24).toString('base64url');
     const members: GroupMember[] = chosen.map((n, rank) => {
@@ -171,7 +209,14 @@ export class GroupManager {
     });
     const relayed = members.filter((m) => m.relay !== undefined);
     const ticket = relayed.length ? randomBytes(24).toString('base64url') : undefined;
-    if (ticket) this.#relayTickets.set(id, { hash: createHash('sha256').update(ticket).digest(), targets: new Set(relayed.map((m) => m.nodeId)) });
+    const relayAgent = relayed.length && this.#cfg.relay === 'agent'
+      ? pickRelayAgent(members.map((m) => ({ ...m, reach: reach.get(m.nodeId), cores: cores.get(m.nodeId) ?? 1 })))
+      : undefined;
+    const agentRelay = relayAgent ? { nodeId: relayAgent.nodeId, url: agentRelayUrl(relayAgent.address) } : undefined;
+    if (relayAgent) for (const m of relayed) m.relay = relayAgent.name;
+    if (ticket) {
+      this.#relayTickets.set(id, { hash: createHash('sha256').update(ticket).digest(), targets: new Set(relayed.map((m) => m.nodeId)), ...(agentRelay ? { agent: agentRelay } : {}) });
+    }
     const info: GroupInfo = {
       id,
       size: members.length,
@@ -183,7 +228,9 @@ export class GroupManager {
     };
     this.#groups.set(id, info);
     const ready = new Promise<void>((resolve, reject) => this.#forming.set(id, { pending: new Set(members.map((m) => m.rank)), resolve, reject }));
-    const peers = members.map(({ rank, nodeId, address, relay }) => ({ rank, nodeId, address, ...(relay && ticket ? { relay: { ticket } } : {}) }));
+    const peers = members.map(({ rank, nodeId, address, relay }) => ({
+      rank, nodeId, address, ...(relay && ticket ? { relay: { ticket, ...(agentRelay ? { url: agentRelay.url } : {}) } } : {}),
+    }));
     for (const m of members) {
       this.#hub.send(m.nodeId, {
         type: 'group.assign',
@@ -194,12 +241,13 @@ export class GroupManager {
         peers,
         segmentBytes: opts.segmentBytes,
         ...(rings ? { rings } : {}),
+        ...(ticket && agentRelay?.nodeId === m.nodeId ? { relayFor: { ticket, targets: relayed.map((r) => r.nodeId) } } : {}),
       });
     }
     try {
       await withTimeout(ready, this.#cfg.groupFormTimeoutMs, () => `group ${id} did not form within ${this.#cfg.groupFormTimeoutMs} ms`);
       info.state = 'ready';
-      this.#log.info(`group ${id} ready: ${members.map((m) => `${m.rank}:${m.nodeId}${m.relay ? ' (relayed)' : ''}`).join(' → ')}`);
+      this.#log.info(`group ${id} ready: ${members.map((m) => `${m.rank}:${m.nodeId}${m.relay ? ` (relayed via ${m.relay})` : ''}`).join(' → ')}`);
       return info;
     } catch (err) {
       this.release(id); // tells the members to drop whatever links they made
@@ -269,6 +317,8 @@ export class GroupManager {
       }
       case 'collective.result':
         return this.#onResult(nodeId, msg, attachment);
+      case 'relay.request':
+        return this.#onRelayRequest(nodeId, msg);
       default:
         return; // job messages are the job runner's
     }
@@ -302,6 +352,21 @@ export class GroupManager {
       report.result = report.results[0];
     }
     run.resolve(report);
+  }
+
+  /**
+   * An agent relay asks us to tell a target to call it back. Only the group's relay agent may ask, only for the
+   * group's relayed members, while the group lives; anything else is ignored (its dialer then gets 503 in time).
+   */
+  #onRelayRequest(nodeId: string, msg: Extract<AgentMessage, { type: 'relay.request' }>): void {
+    const t = this.#relayTickets.get(msg.groupId);
+    const state = this.#groups.get(msg.groupId)?.state;
+    if (!t?.agent || t.agent.nodeId !== nodeId || !t.targets.has(msg.to) || (state !== 'forming' && state !== 'ready')) {
+      this.#log.warn(`node ${nodeId} asked to relay to ${msg.to} in group ${msg.groupId}, which it does not relay for; ignored`);
+      return;
+    }
+    if (!this.#hub.isConnected(msg.to)) return;
+    this.#hub.send(msg.to, { type: 'relay.open', session: msg.session, key: msg.key, groupId: msg.groupId, url: t.agent.url });
   }
 
   #onNodeDown(nodeId: string, reason: string): void {

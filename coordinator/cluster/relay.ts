@@ -1,63 +1,26 @@
 /**
  * The coordinator's relay (/ws/relay): links to agents that nobody can dial (reachability.ts found them so, or they
- * said --relay-only) go through here, as libp2p's circuit relays do.
+ * said --relay-only) go through here when no agent of their group can relay them (groups.ts picks an agent relay
+ * when it can: common/relay-endpoint.ts runs on both). The endpoint itself, its admission (a group's relay ticket
+ * for dialers, a one-time session key for the target's callback; 401 otherwise), pairing and splice, is
+ * common/relay-endpoint.ts; here the coordinator tells the target to call back (`relay.open` on its control
+ * channel) and counts in its Prometheus metrics.
  *
- *   dialer                         coordinator (relay)                      target (behind NAT)
- *   GET /ws/relay?to=NODE  ───────►  ticket covers NODE? attached?
- *     Authorization: Bearer TICKET   (401 / 503 before any upgrade)
- *                                    relay.open {session, key} ──control──►  (its own outbound connection)
- *                                  ◄─────────────────────────────────────── GET /ws/relay?session=S
- *                                                                            Authorization: Bearer KEY
- *                                    both upgraded, spliced (common/relay.ts)
- *   peer.hello {group token} ─────────────── passed on as it is ───────────► peer-server.ts #accept checks it
- *
- * Closed by default: a dialer needs the group's relay ticket (issued in `group.assign` to the members of a group
- * that has a relayed member, valid for its relayed members while the group lives: groups.ts), and the target's
- * callback needs the one-time session key sent on its own control channel. Anything else gets 401 before the
- * upgrade. The relay never learns the group token: the link's `peer.hello` is checked by the target, end to end.
- *
- * The dialer's upgrade is held (not answered) until the target's callback arrives, so nothing it sends can be lost
- * before the splice exists; a target that is not attached is refused at once (503), one that does not call back
- * within `callbackTimeoutMs` is refused then (503), both with CRD_ERR_RELAY_UNAVAILABLE naming the node.
- *
- * What it costs is measured per relayed node: payload bytes both ways (also meshtrain_relay_bytes_total), and the
- * round trip of a WebSocket ping on each leg of a link (dialer ⇄ relay, relay ⇄ node), taken when the link opens
- * and every `rttEveryMs` while it is open. Their sum is the relayed path's round trip less the relay's own
- * forwarding time; a direct link would cost the dialer ⇄ node round trip instead, which cannot be measured (that is
- * why the link is relayed), so the legs are what the relay adds.
+ * It also keeps what agent relays report (`relay.stats`, every heartbeat while they relay), so that the nodes API
+ * shows a relayed node's figures whoever relays it: `stats(nodeId)` is the coordinator's own figures for a node it
+ * relayed last, or the agent relay's when an agent reported later.
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
-import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
-import { pingRttMs, splice } from '../../common/relay.ts';
+import { RelayEndpoint, RELAY_PATH, type RelayStats } from '../../common/relay-endpoint.ts';
 import type { Logger } from '../../common/log.ts';
-import type { CoordinatorMessage } from '../../protocol/control.ts';
-import { MAX_PEER_FRAME } from '../../protocol/peer.ts';
-import { serverOptions } from '../../protocol/ws-options.ts';
+import type { AgentMessage, CoordinatorMessage } from '../../protocol/control.ts';
 import type { CoordinatorMetrics } from '../metrics.ts';
 
-/** The relay's path on the coordinator's port. */
-export const RELAY_PATH = '/ws/relay';
+export { RELAY_PATH, type RelayStats };
 
 /** What the relay needs of the agent hub: is a node attached, and a way to tell it something. */
 export interface RelayTargets {
   isConnected(nodeId: string): boolean;
   send(nodeId: string, msg: CoordinatorMessage): void;
-}
-
-/** Relay figures of one relayed node, as the nodes API shows them. */
-export interface RelayStats {
-  via: 'coordinator';
-  /** Payload bytes passed from its dialers to it, and from it back. */
-  bytesToNode: number;
-  bytesFromNode: number;
-  linksOpen: number;
-  linksTotal: number;
-  /** Last ping round trips of a link's two legs (ms), and their sum: see the header. Null until measured. */
-  dialerLegRttMs: number | null;
-  nodeLegRttMs: number | null;
-  relayedRttMs: number | null;
 }
 
 export interface RelayOptions {
@@ -74,176 +37,60 @@ export interface RelayOptions {
   maxPending?: number;
 }
 
-interface Pending {
-  to: string;
-  keyHash: Buffer;
-  req: IncomingMessage;
-  socket: Duplex;
-  head: Buffer;
-  timer: NodeJS.Timeout;
-}
+type AgentRelayed = Extract<AgentMessage, { type: 'relay.stats' }>['links'][number];
 
 export class CoordinatorRelay {
-  readonly #opts: RelayOptions;
-  readonly #wss = new WebSocketServer({ noServer: true, ...serverOptions(MAX_PEER_FRAME) });
-  readonly #pending = new Map<string, Pending>();
-  readonly #stats = new Map<string, RelayStats>();
-  readonly #open = new Set<{ close(code: number, reason: string): void }>();
-  readonly #timers = new Set<NodeJS.Timeout>();
+  readonly #endpoint: RelayEndpoint;
+  /** Per relayed node: the figures its latest agent relay reported, that relay's name, and when. */
+  readonly #agentStats = new Map<string, { stats: RelayStats; atMs: number }>();
+  /** Per relayed node: when the coordinator last spliced a link to it. */
+  readonly #ownAtMs = new Map<string, number>();
 
   constructor(opts: RelayOptions) {
-    this.#opts = opts;
-    this.#wss.on('error', () => {});
+    const { metrics } = opts;
+    this.#endpoint = new RelayEndpoint({
+      via: 'coordinator',
+      errorPrefix: 'CRD',
+      authorize: opts.ticketGroup,
+      canReach: (to) => opts.targets.isConnected(to),
+      open: (to, s) => opts.targets.send(to, { type: 'relay.open', ...s }),
+      log: opts.log,
+      onLink: (outcome) => metrics?.relayLinks.inc({ outcome }),
+      onBytes: (node, direction, n) => {
+        this.#ownAtMs.set(node, Date.now());
+        metrics?.relayBytes.inc({ node, direction }, n);
+      },
+      ...(opts.callbackTimeoutMs !== undefined ? { callbackTimeoutMs: opts.callbackTimeoutMs } : {}),
+      ...(opts.rttEveryMs !== undefined ? { rttEveryMs: opts.rttEveryMs } : {}),
+      ...(opts.maxPending !== undefined ? { maxPending: opts.maxPending } : {}),
+    });
   }
 
-  /** The relay figures of a node it has relayed for; null for one it never has. */
+  /** A relayed node's figures from whichever relay carried its links last; null for one never relayed. */
   stats(nodeId: string): RelayStats | null {
-    const s = this.#stats.get(nodeId);
-    return s ? { ...s } : null;
+    const own = this.#endpoint.stats(nodeId);
+    const agent = this.#agentStats.get(nodeId);
+    if (agent && (!own || agent.atMs >= (this.#ownAtMs.get(nodeId) ?? 0))) return { ...agent.stats };
+    return own;
+  }
+
+  /** What agent relay `relayName` reported (`relay.stats`): cumulative figures per node it relays. */
+  reportAgentRelay(relayName: string, links: readonly AgentRelayed[]): void {
+    const now = Date.now();
+    for (const { nodeId, ...figures } of links) {
+      const prev = this.#agentStats.get(nodeId);
+      // A report that carried nothing new keeps the older time, so a busier relay elsewhere is not hidden by it.
+      const changed = !prev || prev.stats.via !== relayName || prev.stats.bytesToNode !== figures.bytesToNode || prev.stats.bytesFromNode !== figures.bytesFromNode;
+      this.#agentStats.set(nodeId, { stats: { via: relayName, ...figures }, atMs: changed ? now : prev.atMs });
+    }
   }
 
   /** An upgrade request for RELAY_PATH: a dialer (`?to=NODE`) or a target calling back (`?session=S`). */
-  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on('error', () => {});
-    const query = new URL(req.url ?? '', 'http://relay').searchParams;
-    const header = req.headers.authorization;
-    const bearer = header?.startsWith('Bearer ') ? header.slice(7) : undefined;
-    const to = query.get('to');
-    const session = query.get('session');
-    if (to !== null && session === null) return this.#dial(req, socket, head, to, bearer);
-    if (session !== null && to === null) return this.#callback(req, socket, head, session, bearer);
-    this.#refuse(socket, 401, 'CRD_ERR_UNAUTHORIZED', 'the relay needs ?to=NODE with a relay ticket, or ?session=S with its key');
+  handleUpgrade(...args: Parameters<RelayEndpoint['handleUpgrade']>): void {
+    this.#endpoint.handleUpgrade(...args);
   }
 
   close(): void {
-    for (const p of this.#pending.values()) {
-      clearTimeout(p.timer);
-      p.socket.destroy();
-    }
-    this.#pending.clear();
-    for (const s of this.#open) s.close(1001, 'coordinator shutting down');
-    for (const t of this.#timers) clearInterval(t);
-    this.#wss.close();
+    this.#endpoint.close('coordinator shutting down');
   }
-
-  #dial(req: IncomingMessage, socket: Duplex, head: Buffer, to: string, ticket: string | undefined): void {
-    const groupId = ticket && ticket.length <= 1024 ? this.#opts.ticketGroup(ticket, to) : undefined;
-    if (!groupId) {
-      this.#opts.metrics?.relayLinks.inc({ outcome: 'unauthorized' });
-      return this.#refuse(socket, 401, 'CRD_ERR_UNAUTHORIZED', 'missing or wrong relay ticket: send Authorization: Bearer <the relay ticket of a group that relays to this node>');
-    }
-    if (!this.#opts.targets.isConnected(to)) {
-      this.#opts.metrics?.relayLinks.inc({ outcome: 'unavailable' });
-      return this.#refuse(socket, 503, 'CRD_ERR_RELAY_UNAVAILABLE', `node ${to} is not attached to the relay (its control connection is down)`);
-    }
-    if (this.#pending.size >= (this.#opts.maxPending ?? 256)) {
-      this.#opts.metrics?.relayLinks.inc({ outcome: 'unavailable' });
-      return this.#refuse(socket, 503, 'CRD_ERR_RELAY_UNAVAILABLE', 'too many relayed links are being opened at once; retry');
-    }
-    const id = `rs-${randomBytes(8).toString('hex')}`;
-    const key = randomBytes(24).toString('base64url');
-    const waitMs = this.#opts.callbackTimeoutMs ?? 5000;
-    const timer = setTimeout(() => {
-      if (!this.#pending.delete(id)) return;
-      this.#opts.metrics?.relayLinks.inc({ outcome: 'unavailable' });
-      this.#refuse(socket, 503, 'CRD_ERR_RELAY_UNAVAILABLE', `node ${to} did not open its side of the relay within ${waitMs} ms`);
-    }, waitMs);
-    this.#pending.set(id, { to, keyHash: sha256(key), req, socket, head, timer });
-    socket.once('close', () => {
-      const p = this.#pending.get(id);
-      if (p?.socket === socket) {
-        clearTimeout(p.timer);
-        this.#pending.delete(id);
-      }
-    });
-    try {
-      this.#opts.targets.send(to, { type: 'relay.open', session: id, key, groupId });
-    } catch (err) {
-      clearTimeout(timer);
-      this.#pending.delete(id);
-      this.#opts.metrics?.relayLinks.inc({ outcome: 'unavailable' });
-      this.#refuse(socket, 503, 'CRD_ERR_RELAY_UNAVAILABLE', `node ${to} is not attached to the relay (${(err as Error).message})`);
-    }
-  }
-
-  #callback(req: IncomingMessage, socket: Duplex, head: Buffer, id: string, key: string | undefined): void {
-    const p = this.#pending.get(id);
-    const keyOk = p !== undefined && key !== undefined && key.length <= 1024 && timingSafeEqual(sha256(key), p.keyHash);
-    if (!p || !keyOk) {
-      this.#opts.metrics?.relayLinks.inc({ outcome: 'unauthorized' });
-      return this.#refuse(socket, 401, 'CRD_ERR_UNAUTHORIZED', 'unknown relay session or wrong session key');
-    }
-    this.#pending.delete(id);
-    clearTimeout(p.timer);
-    // The target first: it says nothing until the dialer's hello comes through, so neither side can send before
-    // the splice below listens (ws calls both callbacks synchronously; data is read on a later tick).
-    let joined = false;
-    this.#wss.handleUpgrade(req, socket, head, (nodeWs) => {
-      this.#wss.handleUpgrade(p.req, p.socket, p.head, (dialerWs) => {
-        joined = true;
-        this.#join(p.to, dialerWs, nodeWs);
-      });
-      if (!joined) nodeWs.close(1011, 'the dialer is gone'); // ws refused the dialer's request (it answered it 400)
-    });
-    if (!joined && !p.socket.destroyed) this.#refuse(p.socket, 503, 'CRD_ERR_RELAY_UNAVAILABLE', `node ${p.to} opened its side of the relay with a bad request`);
-  }
-
-  #join(nodeId: string, dialerWs: WebSocket, nodeWs: WebSocket): void {
-    const stats = this.#stats.get(nodeId) ?? {
-      via: 'coordinator' as const, bytesToNode: 0, bytesFromNode: 0, linksOpen: 0, linksTotal: 0, dialerLegRttMs: null, nodeLegRttMs: null, relayedRttMs: null,
-    };
-    this.#stats.set(nodeId, stats);
-    stats.linksOpen++;
-    stats.linksTotal++;
-    this.#opts.metrics?.relayLinks.inc({ outcome: 'spliced' });
-    const bytes = this.#opts.metrics?.relayBytes;
-    const link = splice(dialerWs, nodeWs, {
-      onBytes: (direction, n) => {
-        if (direction === 'ab') stats.bytesToNode += n;
-        else stats.bytesFromNode += n;
-        bytes?.inc({ node: nodeId, direction: direction === 'ab' ? 'to_node' : 'from_node' }, n);
-      },
-    });
-    this.#open.add(link);
-    const measure = () => {
-      Promise.all([pingRttMs(dialerWs), pingRttMs(nodeWs)]).then(
-        ([dialerMs, nodeMs]) => {
-          stats.dialerLegRttMs = round(dialerMs);
-          stats.nodeLegRttMs = round(nodeMs);
-          stats.relayedRttMs = round(dialerMs + nodeMs);
-        },
-        () => {}, // the link closed meanwhile
-      );
-    };
-    measure();
-    const every = setInterval(measure, this.#opts.rttEveryMs ?? 5000);
-    every.unref();
-    this.#timers.add(every);
-    void link.closed.then(({ code, reason, by }) => {
-      clearInterval(every);
-      this.#timers.delete(every);
-      this.#open.delete(link);
-      stats.linksOpen--;
-      this.#opts.log.debug(`relayed link to ${nodeId} closed by the ${by === 'a' ? 'dialer' : 'node'} (${code}${reason ? `: ${reason}` : ''}); ${link.bytes.ab} B to it, ${link.bytes.ba} B back`);
-    });
-  }
-
-  /** Answers an upgrade request with an HTTP error (the error body every API route uses) and hangs up. */
-  #refuse(socket: Duplex, status: 401 | 503, code: string, message: string): void {
-    this.#opts.log.debug(`relay refused a link: ${status} ${code}: ${message}`);
-    if (socket.destroyed) return;
-    const body = JSON.stringify({ error: { code, message } });
-    socket.end(
-      `HTTP/1.1 ${status} ${status === 401 ? 'Unauthorized' : 'Service Unavailable'}\r\n` +
-        `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
-  }
-}
-
-function sha256(text: string): Buffer {
-  return createHash('sha256').update(text).digest();
-}
-
-function round(ms: number): number {
-  return Math.round(ms * 100) / 100;
 }

@@ -33,6 +33,11 @@ export const agentExamples: Examples<typeof agentMessages> = {
     peerAddress: 'ws://10.0.0.7:7070',
     agentVersion: '0.1.0',
   },
+  'relay.request': { type: 'relay.request', groupId: 'g1', to: 'node-3', session: 'rs-0a1b2c', key: 'relay-session-key_0123' },
+  'relay.stats': {
+    type: 'relay.stats',
+    links: [{ nodeId: 'node-3', bytesToNode: 1024, bytesFromNode: 2048, linksOpen: 1, linksTotal: 2, dialerLegRttMs: 0.5, nodeLegRttMs: null, relayedRttMs: null }],
+  },
   heartbeat: { type: 'heartbeat', seq: 2 ** 52, sentAt: 1_726_000_000_123.25 },
   leave: { type: 'leave', reason: 'shutting down (SIGTERM)' },
   'group.ready': { type: 'group.ready', groupId: 'g_1.a-b', rank: 65535 },
@@ -106,7 +111,7 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
   },
   'heartbeat.ack': { type: 'heartbeat.ack', seq: 0 },
   reach: { type: 'reach', reachable: false, reason: 'no answer from ws://10.0.0.7:7070 within 3000 ms', relay: 'coordinator' },
-  'relay.open': { type: 'relay.open', session: 'rs-0a1b2c', key: 'relay-session-key_0123', groupId: 'g1' },
+  'relay.open': { type: 'relay.open', session: 'rs-0a1b2c', key: 'relay-session-key_0123', groupId: 'g1', url: 'ws://10.0.0.9:7071/ws/relay' },
   'group.assign': {
     type: 'group.assign',
     groupId: 'g1',
@@ -116,7 +121,7 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
     peers: [
       { rank: 0, nodeId: 'a', address: 'ws://10.0.0.1:7070' },
       { rank: 1, nodeId: 'b', address: 'ws://[::1]:7070' },
-      { rank: 2, nodeId: 'c', address: '', relay: { ticket: 'relay-ticket-0123' } },
+      { rank: 2, nodeId: 'c', address: '', relay: { ticket: 'relay-ticket-0123', url: 'ws://10.0.0.1:7070/ws/relay' } },
     ],
     segmentBytes: 1024 * 1024,
     rings: [
@@ -124,6 +129,7 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
       { id: 'dp.0', members: [2, 0] },
       { id: 'pp_1-x', members: [1] },
     ],
+    relayFor: { ticket: 'relay-ticket-0123', targets: ['c'] },
   },
   'group.release': { type: 'group.release', groupId: 'g1' },
   'collective.run': {
