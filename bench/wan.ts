@@ -22,7 +22,8 @@
  *                        during the job (both directions, every agent-to-agent connection: gradient or
  *                        pseudo-gradient ring, the per-step world sums, ws framing) ÷ steps ÷ ranks
  *   ring_bytes_per_step  the same as the agents account it (meshtrain_agent_allreduce_bytes_total{ring="data"})
- *   compute_s_per_step, allreduce_s_per_step  the mean rank's phases per step (allreduce: rings, waits included)
+ *   compute_s_per_step, allreduce_s_per_step  the mean rank's phases per step (allreduce: rings, waits included);
+ *                        step_s its whole step; between_steps_s wall_s ÷ steps − step_s: time outside any step
  *   heldout_loss         the job's held-out loss at the last step; train_loss the last step's training loss
  *   tokens_per_s         steps × batch × seqLen ÷ wall_s; job_s submission → succeeded (data prep, start-up,
  *                        the final checkpoint's upload included)
@@ -166,6 +167,7 @@ async function runWay(way: Way, s: Setup, cluster: LocalCluster, net: Network, p
     compute_s_per_step: round3(perStep('computeS')),
     allreduce_s_per_step: round3(perStep('allreduceS')),
     step_s: round3(perStep('stepS')),
+    between_steps_s: round3(wallS / last.step - perStep('stepS')), // per step, outside every rank's step timeline
     heldout_loss: heldout === undefined ? null : round3(heldout),
     train_loss: round3(last.values.loss!),
     tokens_per_s: Math.round((s.steps * s.batch * SEQ_LEN) / wallS),

@@ -18,7 +18,7 @@
  *
  * The dialer's upgrade is held (not answered) until the target's callback arrives, so nothing it sends can be lost
  * before the splice exists; a target that cannot be told is refused at once (503), one that does not call back
- * within `callbackTimeoutMs` is refused then (503), both with ERR_RELAY_UNAVAILABLE naming the node.
+ * within `callbackTimeoutMs` is refused then (503), both with the `unavailable` code naming the node.
  *
  * Per relayed node it counts payload bytes both ways and the round trip of a WebSocket ping on each leg of a link
  * (dialer ⇄ relay, relay ⇄ node), taken when the link opens and every `rttEveryMs` while it is open.
@@ -62,8 +62,8 @@ export interface RelayEndpointOptions {
   /** Tells `to` to call back with `session` and `key` (throws when it cannot: 503). */
   open(to: string, session: { session: string; key: string; groupId: string }): void;
   log: Logger;
-  /** Error code prefix of the JSON refusals ('CRD' on the coordinator, 'AGT' on an agent). */
-  errorPrefix: string;
+  /** Error codes of the JSON refusals: 401 and 503 (the coordinator's, or an agent's own). */
+  codes: { unauthorized: string; unavailable: string };
   onLink?(outcome: RelayLinkOutcome): void;
   onBytes?(nodeId: string, direction: 'to_node' | 'from_node', bytes: number): void;
   /** How long a dialer waits for the target to open its side (default 5 s). */
@@ -117,7 +117,7 @@ export class RelayEndpoint {
     const session = query.get('session');
     if (to !== null && session === null) return this.#dial(req, socket, head, to, bearer);
     if (session !== null && to === null) return this.#callback(req, socket, head, session, bearer);
-    this.#refuse(socket, 401, 'UNAUTHORIZED', 'the relay needs ?to=NODE with a relay ticket, or ?session=S with its key');
+    this.#refuse(socket, 401, 'the relay needs ?to=NODE with a relay ticket, or ?session=S with its key');
   }
 
   close(reason = 'relay shutting down'): void {
@@ -135,15 +135,15 @@ export class RelayEndpoint {
     const groupId = ticket && ticket.length <= 1024 ? this.#opts.authorize(ticket, to) : undefined;
     if (!groupId) {
       this.#opts.onLink?.('unauthorized');
-      return this.#refuse(socket, 401, 'UNAUTHORIZED', 'missing or wrong relay ticket: send Authorization: Bearer <the relay ticket of a group that relays to this node>');
+      return this.#refuse(socket, 401, 'missing or wrong relay ticket: send Authorization: Bearer <the relay ticket of a group that relays to this node>');
     }
     if (!this.#opts.canReach(to)) {
       this.#opts.onLink?.('unavailable');
-      return this.#refuse(socket, 503, 'RELAY_UNAVAILABLE', `node ${to} cannot be told to open its side of the relay (its control connection is down)`);
+      return this.#refuse(socket, 503, `node ${to} is not attached to the relay (its control connection is down)`);
     }
     if (this.#pending.size >= (this.#opts.maxPending ?? 256)) {
       this.#opts.onLink?.('unavailable');
-      return this.#refuse(socket, 503, 'RELAY_UNAVAILABLE', 'too many relayed links are being opened at once; retry');
+      return this.#refuse(socket, 503, 'too many relayed links are being opened at once; retry');
     }
     const id = `rs-${randomBytes(8).toString('hex')}`;
     const key = randomBytes(24).toString('base64url');
@@ -151,7 +151,7 @@ export class RelayEndpoint {
     const timer = setTimeout(() => {
       if (!this.#pending.delete(id)) return;
       this.#opts.onLink?.('unavailable');
-      this.#refuse(socket, 503, 'RELAY_UNAVAILABLE', `node ${to} did not open its side of the relay within ${waitMs} ms`);
+      this.#refuse(socket, 503, `node ${to} did not open its side of the relay within ${waitMs} ms`);
     }, waitMs);
     this.#pending.set(id, { to, keyHash: sha256(key), req, socket, head, timer });
     socket.once('close', () => {
@@ -167,7 +167,7 @@ export class RelayEndpoint {
       clearTimeout(timer);
       this.#pending.delete(id);
       this.#opts.onLink?.('unavailable');
-      this.#refuse(socket, 503, 'RELAY_UNAVAILABLE', `node ${to} cannot be told to open its side of the relay (${(err as Error).message})`);
+      this.#refuse(socket, 503, `node ${to} is not attached to the relay (${(err as Error).message})`);
     }
   }
 
@@ -176,7 +176,7 @@ export class RelayEndpoint {
     const keyOk = p !== undefined && key !== undefined && key.length <= 1024 && timingSafeEqual(sha256(key), p.keyHash);
     if (!p || !keyOk) {
       this.#opts.onLink?.('unauthorized');
-      return this.#refuse(socket, 401, 'UNAUTHORIZED', 'unknown relay session or wrong session key');
+      return this.#refuse(socket, 401, 'unknown relay session or wrong session key');
     }
     this.#pending.delete(id);
     clearTimeout(p.timer);
@@ -190,7 +190,7 @@ export class RelayEndpoint {
       });
       if (!joined) nodeWs.close(1011, 'the dialer is gone'); // ws refused the dialer's request (it answered it 400)
     });
-    if (!joined && !p.socket.destroyed) this.#refuse(p.socket, 503, 'RELAY_UNAVAILABLE', `node ${p.to} opened its side of the relay with a bad request`);
+    if (!joined && !p.socket.destroyed) this.#refuse(p.socket, 503, `node ${p.to} opened its side of the relay with a bad request`);
   }
 
   #join(nodeId: string, dialerWs: WebSocket, nodeWs: WebSocket): void {
@@ -233,11 +233,11 @@ export class RelayEndpoint {
   }
 
   /** Answers an upgrade request with an HTTP error (the error body every API route uses) and hangs up. */
-  #refuse(socket: Duplex, status: 401 | 503, code: string, message: string): void {
-    const fullCode = `${this.#opts.errorPrefix}_ERR_${code}`;
-    this.#opts.log.debug(`relay refused a link: ${status} ${fullCode}: ${message}`);
+  #refuse(socket: Duplex, status: 401 | 503, message: string): void {
+    const code = status === 401 ? this.#opts.codes.unauthorized : this.#opts.codes.unavailable;
+    this.#opts.log.debug(`relay refused a link: ${status} ${code}: ${message}`);
     if (socket.destroyed) return;
-    const body = JSON.stringify({ error: { code: fullCode, message } });
+    const body = JSON.stringify({ error: { code, message } });
     socket.end(
       `HTTP/1.1 ${status} ${status === 401 ? 'Unauthorized' : 'Service Unavailable'}\r\n` +
         `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,

@@ -1,5 +1,5 @@
 /**
- * The splice every relay runs (coordinator/cluster/relay.ts today; an agent relay would run the same): two open
+ * The splice every relay runs (common/relay-endpoint.ts, on the coordinator and on an agent relay): two open
  * WebSockets joined message by message, so that a dialer and an agent nobody can dial (behind NAT, a closed
  * firewall) talk as if linked directly. The relay reads no message: binary frames go on as they are and text
  * frames as text, in order, so the agents' own handshake (`peer.hello` with the group's token) and framing run end

@@ -10,7 +10,11 @@
  * training job it runs at a time lives in job-slot.ts.
  *
  * Behind NAT: the hello's `reachKey` lets the peer port prove to the coordinator's probe that the address is ours;
- * `reach` says whether peers dial us or go through the relay, `relay.open` asks us to open a relayed link.
+ * `reach` says whether peers dial us or go through the relay, `relay.open` asks us to open a relayed link; a group
+ * may pick us as its relay (`relayFor` in the assignment: agent-relay.ts).
+ *
+ * Long: one connection's life (hello, heartbeats, dispatch, reconnect) and the roles it hands out (groups, job,
+ * relay) read best in one place; each role's work lives in its own module.
  */
 import WebSocket from 'ws';
 import { createHmac, randomBytes } from 'node:crypto';
@@ -38,6 +42,7 @@ import { describeGpu } from '../protocol/gpu.ts';
 import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
 import { httpEndpoints } from './http-endpoints.ts';
+import { AgentRelay } from './agent-relay.ts';
 import { openRelayedLink, relayUrl } from './relay-link.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { PeerServer } from './peer-server.ts';
@@ -108,10 +113,12 @@ export class Agent {
   readonly #reachKey = randomBytes(24).toString('base64url');
   /** The one training job this agent runs at a time (job-slot.ts). */
   readonly #job: JobSlot;
+  readonly #relay: AgentRelay; // our peer port's /ws/relay, for the groups we are picked to relay for
 
   constructor(cfg: AgentConfig) {
     this.#cfg = cfg;
     this.#log = cfg.log;
+    this.#relay = new AgentRelay({ log: cfg.log.child('relay'), control: () => this.#conn, metrics: cfg.metrics?.relay });
     this.#job = new JobSlot(cfg, (m) => {
       const c = this.#conn;
       if (c?.isOpen) c.send(m);
@@ -133,6 +140,7 @@ export class Agent {
       keepalive: this.#keepalive(),
       ...(this.#cfg.tls ? { tls: this.#cfg.tls } : {}),
       findGroup: (id, ms) => this.#findGroup(id, ms),
+      relay: this.#relay,
       proveReach: (challenge) => createHmac('sha256', this.#reachKey).update(challenge).digest('hex'),
       onRequest: httpEndpoints({
         registry: this.#cfg.metrics?.registry,
@@ -191,6 +199,7 @@ export class Agent {
     }
     for (const g of this.#groups.values()) g.release();
     this.#groups.clear();
+    this.#relay.close();
     await this.#peers?.close();
   }
 
@@ -223,6 +232,7 @@ export class Agent {
             heartbeat = setInterval(() => {
               if (!conn.isOpen) return;
               conn.send({ type: 'heartbeat', seq: ++seq, sentAt: Date.now() });
+              this.#relay.reportTo(conn); // while we relay for a group: what it carried (agent-relay.ts)
               this.#cfg.metrics?.heartbeatSent();
             }, msg.heartbeatMs);
             // A coordinator that stops answering (half-open TCP, frozen process) is given up on, then redialed.
@@ -243,6 +253,7 @@ export class Agent {
           this.#job.stop('lost the control connection to the coordinator');
           for (const g of this.#groups.values()) g.release();
           this.#groups.clear();
+          this.#relay.releaseAll();
           if (!joined && code === CloseCode.UNAUTHORIZED) {
             reject(new AgentError('AGT_ERR_UNAUTHORIZED', `the coordinator refused our join token (${reason || 'unauthorized'}). Pass the token that \`coordinator start\` printed with --token.`));
           } else if (code === CloseCode.REVOKED) {
@@ -282,8 +293,8 @@ export class Agent {
         if (msg.reachable) this.#log.info(`peers dial us directly: ${msg.reason}`);
         else this.#log.warn(`peers cannot dial us (${msg.reason}); our links go through the ${msg.relay ?? 'coordinator'}'s relay`);
         return;
-      case 'relay.open': // a predecessor that cannot dial us waits at the relay (relay-link.ts)
-        return openRelayedLink({ controlUrl: this.#cfg.url, ...msg, peers: this.#peers!, log: this.#log, ca: this.#cfg.ca, onSocket: (s) => this.#cfg.metrics?.relay.track(s, 'relayed') });
+      case 'relay.open': // a predecessor that cannot dial us waits at the relay, the coordinator's or an agent's (relay-link.ts)
+        return openRelayedLink({ controlUrl: this.#cfg.url, ...msg, relayUrl: msg.url, peers: this.#peers!, log: this.#log, ca: this.#cfg.ca, onSocket: (s) => this.#cfg.metrics?.relay.track(s, 'relayed') });
       case 'error':
         this.#log.error(`coordinator: ${msg.code}: ${msg.message}`);
         return;
@@ -296,6 +307,7 @@ export class Agent {
         if (this.#job.groupId === msg.groupId) this.#job.stop(`group ${msg.groupId} was released`);
         this.#groups.get(msg.groupId)?.release();
         this.#groups.delete(msg.groupId);
+        this.#relay.release(msg.groupId);
         return;
       case 'collective.run':
         return this.#runCollective(conn, msg);
@@ -313,6 +325,7 @@ export class Agent {
   async #joinGroup(conn: Control, assign: GroupAssign): Promise<void> {
     this.#groups.get(assign.groupId)?.release();
     this.#groups.delete(assign.groupId);
+    this.#relay.assign(assign); // before linking: our predecessors may dial our relay as soon as they have theirs
     let group: Group;
     try {
       group = new Group(assign, {

@@ -27,6 +27,10 @@ export class AgentError extends defineErrors('AGT_ERR_', {
   AGT_ERR_ARTIFACT: { summary: 'artifact transfer failed' },
   /** The compute backend could not start. */
   AGT_ERR_BACKEND: { summary: 'compute backend failed' },
+  /** This agent's relay endpoint (it relays for a group: agent-relay.ts) refused a link: no relay ticket, a wrong one, or an unknown session key (HTTP 401). */
+  AGT_ERR_RELAY_REFUSED: { status: 401, summary: 'the agent relay refused a link' },
+  /** This agent's relay endpoint could not make a relayed link (HTTP 503): its control connection is down, or the target did not call back within 5 s; the dialer retries until its ring's deadline. */
+  AGT_ERR_RELAY_UNAVAILABLE: { status: 503, summary: 'the agent relay could not make a link' },
   /** A peer did not finish the link handshake in time, or closed the link during it; retried until the ring's deadline. Check that its peer address is reachable from here. */
   AGT_ERR_PEER_UNREACHABLE: { summary: 'peer link handshake failed' },
   /** The job's spec or plan is invalid or inconsistent (the message says how). Fix the job spec; found at job.start, the job fails at once, without a retry. */

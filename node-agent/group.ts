@@ -8,8 +8,9 @@
  * ring: two rings with the same neighbours still get their own sockets, so traffic on one never waits behind the
  * other's and each link's failure is that ring's alone.
  *
- * A successor nobody can dial (its assignment entry carries a relay ticket) is dialled through the coordinator's
- * relay instead of its address (coordinator/cluster/relay.ts); the link is otherwise the same: our `peer.hello`
+ * A successor nobody can dial (its assignment entry carries a relay ticket) is dialled through a relay instead of
+ * its address: the coordinator's (coordinator/cluster/relay.ts), or the agent relay the entry's `relay.url` names
+ * (agent-relay.ts); the link is otherwise the same: our `peer.hello`
  * with the group token goes through the relay to the successor, which checks it as on a direct link.
  */
 import WebSocket from 'ws';
@@ -240,8 +241,9 @@ export class Group {
     const next = this.#assign.peers.find((p) => p.rank === slot.successor)!; // checked in the constructor
     let target: DialTarget = { address: next.address };
     if (next.relay) {
-      if (!this.#opts.relayUrl) throw new AgentError('AGT_ERR_PEER_UNREACHABLE', `rank ${next.rank} can only be reached through a relay, and this agent knows none`);
-      const url = new URL(this.#opts.relayUrl);
+      const relayUrl = next.relay.url ?? this.#opts.relayUrl;
+      if (!relayUrl) throw new AgentError('AGT_ERR_PEER_UNREACHABLE', `rank ${next.rank} can only be reached through a relay, and this agent knows none`);
+      const url = new URL(relayUrl);
       url.searchParams.set('to', next.nodeId);
       target = { address: url.href, relayTicket: next.relay.ticket };
     }

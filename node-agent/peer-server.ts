@@ -14,11 +14,13 @@
  * The port also answers plain HTTP (GET /metrics, GET /healthz: http-endpoints.ts), so the listener is an HTTP
  * server we own with the WebSocket server attached to its upgrades.
  */
-import { createServer, type RequestListener, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import { CloseCode } from '../protocol/codes.ts';
+import { RELAY_PATH } from '../common/relay-endpoint.ts';
 import { DEFAULT_CONNECTION_LIMITS, HelloGate, limitServer, type ConnectionLimits } from '../common/conn-limits.ts';
 import { MessageConnection } from '../protocol/connection.ts';
 import { ProtocolError } from '../protocol/errors.ts';
@@ -47,6 +49,11 @@ export interface PeerServerOptions {
   proveReach?(challenge: string): string;
   /** Headers timeout, socket cap and pending-hello cap of the port (common/conn-limits.ts); defaults for any left out. */
   limits?: Partial<ConnectionLimits>;
+  /**
+   * Upgrades for /ws/relay go here (this agent relays for a group: agent-relay.ts); every other upgrade is a peer
+   * link. Absent: /ws/relay is a peer link like any path, refused at its hello.
+   */
+  relay?: { handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void };
 }
 
 export class PeerServer {
@@ -69,9 +76,12 @@ export class PeerServer {
       // An https.Server is an http.Server over TLS sockets: the same requests, upgrades and limits.
       const server = (opts.tls ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, onRequest) : createServer(onRequest)) as Server;
       limitServer(server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits });
-      const wss = new WebSocketServer({ server, ...serverOptions(MAX_PEER_FRAME) });
-      // ws re-emits the server's errors on the WebSocketServer; one listener each keeps them from being unhandled.
+      const wss = new WebSocketServer({ noServer: true, ...serverOptions(MAX_PEER_FRAME) });
       wss.on('error', () => {});
+      server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+        if (opts.relay && new URL(req.url ?? '/', 'http://peer').pathname === RELAY_PATH) return opts.relay.handleUpgrade(req, socket, head);
+        wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+      });
       server.once('error', reject);
       server.listen(opts.port, opts.host, () => {
         server.off('error', reject);

@@ -1,5 +1,6 @@
 /**
- * This agent's side of the coordinator's relay (coordinator/cluster/relay.ts) when nobody can dial it: on
+ * This agent's side of a relay (the coordinator's, coordinator/cluster/relay.ts, or an agent relay's,
+ * agent-relay.ts, when `relay.open` names its URL) when nobody can dial it: on
  * `relay.open` it opens the link itself, outbound (so NAT lets it through), and hands the socket to the peer
  * server's accept path, where the dialer's `peer.hello` is checked as on a direct link.
  */
@@ -21,12 +22,14 @@ export function openRelayedLink(opts: {
   session: string;
   key: string;
   groupId: string;
+  /** The relay's URL when it is an agent relay; absent: the coordinator's, on `controlUrl`. */
+  relayUrl?: string | undefined;
   peers: PeerServer;
   log: Logger;
   ca?: readonly string[] | undefined;
   onSocket?(socket: Socket): void;
 }): void {
-  const url = new URL(relayUrl(opts.controlUrl));
+  const url = new URL(opts.relayUrl ?? relayUrl(opts.controlUrl));
   url.searchParams.set('session', opts.session);
   const ws = new WebSocket(url, {
     ...clientOptions(MAX_PEER_FRAME),

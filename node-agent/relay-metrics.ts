@@ -6,6 +6,10 @@
  *                                                        relay) or 'relayed' (a connection we opened back to the
  *                                                        relay for a predecessor that cannot dial us);
  *                                                        direction: sent or received
+ *   meshtrain_agent_relay_served_bytes_total{node, direction}
+ *                                                        payload bytes this agent passed on as a group's relay
+ *                                                        (agent-relay.ts), by relayed node and direction (to_node,
+ *                                                        from_node)
  *   meshtrain_agent_reachable                            1 when the coordinator could dial our peer address, 0 when
  *                                                        our links are relayed, absent until it has checked
  *
@@ -20,6 +24,7 @@ export type RelaySide = 'dialer' | 'relayed';
 export class RelayMetrics {
   readonly #bytes: Counter<'side' | 'direction'>;
   readonly #reachable: Gauge;
+  readonly #served: Counter<'node' | 'direction'>;
   /** Open relayed sockets and the bytes of each already counted. */
   readonly #open = new Map<Socket, { side: RelaySide; sent: number; received: number }>();
 
@@ -34,6 +39,12 @@ export class RelayMetrics {
       collect() {
         for (const socket of open.keys()) take(socket);
       },
+    });
+    this.#served = new Counter({
+      name: 'meshtrain_agent_relay_served_bytes_total',
+      help: 'Payload bytes this agent passed on as the relay of a group (to agents nobody can dial), by relayed node and direction (to_node, from_node).',
+      labelNames: ['node', 'direction'],
+      registers: [registry],
     });
     this.#reachable = new Gauge({
       name: 'meshtrain_agent_reachable',
@@ -50,6 +61,11 @@ export class RelayMetrics {
       this.#take(socket);
       this.#open.delete(socket);
     });
+  }
+
+  /** Payload bytes passed on by this agent's relay endpoint (agent-relay.ts). */
+  served(node: string, direction: 'to_node' | 'from_node', bytes: number): void {
+    this.#served.inc({ node, direction }, bytes);
   }
 
   /** What the coordinator's reachability check found. */

@@ -118,9 +118,10 @@ export const agentMessages = {
           bytesFromNode: Count(2 ** 52),
           linksOpen: Count(2 ** 31),
           linksTotal: Count(2 ** 31),
-          dialerLegRttMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
-          nodeLegRttMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
-          relayedRttMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+          // ping round trips of a link's two legs and their sum (ms); absent until measured
+          dialerLegRttMs: Type.Optional(Type.Number({ minimum: 0 })),
+          nodeLegRttMs: Type.Optional(Type.Number({ minimum: 0 })),
+          relayedRttMs: Type.Optional(Type.Number({ minimum: 0 })),
         },
         { additionalProperties: false },
       ),

@@ -124,6 +124,12 @@ export function createCoordinator(cfg: Readonly<CoordinatorConfig>, log: Logger)
   const hub = new AgentHub({ store, config: cfg, tokenHash, clusterId, log: log.child('agents'), metrics });
   const groups = new GroupManager(hub, cfg, log.child('groups'), metrics);
   const relay = new CoordinatorRelay({ targets: hub, ticketGroup: (ticket, to) => groups.ticketGroup(ticket, to), log: log.child('relay'), metrics });
+  // Agent relays (groups.ts picks them) report what they carried; the nodes API shows it as the coordinator's own.
+  hub.onAgentMessage((nodeId, msg) => {
+    if (msg.type !== 'relay.stats') return;
+    const name = hub.views().find((n) => n.id === nodeId)?.name ?? nodeId;
+    relay.reportAgentRelay(name, msg.links.filter((l) => groups.isAgentRelayOf(nodeId, l.nodeId)));
+  });
   const runner = new JobRunner({
     jobs,
     hub,

@@ -18,9 +18,17 @@ export interface NodeWithRole extends NodeView {
   relayStats: RelayStats | null;
 }
 
+/**
+ * `reach.relay` of a relayed node names who carried its links last (relayStats.via: 'coordinator' or the relay
+ * agent's name, groups.ts picks per group); before any relayed link, the reachability check's 'coordinator'.
+ */
 export function nodeViews(hub: AgentHub, runner: JobRunner, relay?: Pick<CoordinatorRelay, 'stats'>): NodeWithRole[] {
   const roles = runner.roles(), slow = runner.stragglers();
-  return hub.views().map((n) => ({ ...n, role: roles.get(n.id) ?? null, straggler: slow.has(n.id), relayStats: relay?.stats(n.id) ?? null }));
+  return hub.views().map((n) => {
+    const relayStats = relay?.stats(n.id) ?? null;
+    const reach = n.reach?.state === 'relayed' && relayStats ? { ...n.reach, relay: relayStats.via } : n.reach;
+    return { ...n, ...(reach ? { reach } : {}), role: roles.get(n.id) ?? null, straggler: slow.has(n.id), relayStats };
+  });
 }
 
 /** A job in a list: without its spec (long) and plan (its own endpoint), with the step count the spec asks for. */

@@ -36,7 +36,7 @@ export async function nodes(io: CliIo, v: Values): Promise<number> {
   return 0;
 }
 
-/** How peers link to the node: 'direct', 'relayed via coordinator', 'checking', or '—' before any check. */
+/** How peers link to the node: 'direct', 'relayed via coordinator' (or via the relay agent's name), 'checking', or '—' before any check. */
 function reachCell(reach: NodeView['reach']): string {
   if (!reach) return '—';
   return reach.state === 'relayed' ? `relayed via ${reach.relay ?? 'coordinator'}` : reach.state;

@@ -10,14 +10,10 @@
  * which asks the member to open its side. The ticket is one per group, shared by its members, and lets them through
  * to the group's relayed members only, until the group is released. Everyone else links directly, as before.
  *
- * Who relays (`pickRelayAgent`): with `--relay agent` (the default) the group's reachable member with the best
- * measured link (the lowest round trip of the coordinator's reachability probe to its peer port; more cores on a
- * tie) relays, on its peer port's /ws/relay (node-agent/agent-relay.ts); the coordinator only when no member can be
- * dialled, or with `--relay coordinator`. Why: a coordinator relay carries every relayed byte of every group through
- * the coordinator's one link, which also serves the API, heartbeats and artifacts, and a round trip to wherever the
- * coordinator runs; an agent relay keeps training traffic among the training machines and spreads it per group. The
- * relay agent's assignment carries `relayFor` (the ticket and its targets); it asks us (`relay.request`) to send a
- * target `relay.open` naming its URL, since only we can reach the target.
+ * Who relays: with `--relay agent` (the default) one of the group's members that can be dialled (relay-choice.ts
+ * says which and why), on its peer port's /ws/relay (node-agent/agent-relay.ts); the coordinator only when none can,
+ * or with `--relay coordinator`. The relay agent's assignment carries `relayFor` (the ticket and its targets); it
+ * asks us (`relay.request`) to send a target `relay.open` naming its URL, since only we can reach the target.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { assignedRings, ringProblems, type AgentMessage, type CollectiveOp, type CollectiveResult, type RingSpecT } from '../../protocol/control.ts';
@@ -26,6 +22,7 @@ import type { AgentHub } from './agent-hub.ts';
 import type { CoordinatorConfig } from '../config.ts';
 import { CoordinatorError } from '../errors.ts';
 import type { CoordinatorMetrics } from '../metrics.ts';
+import { agentRelayUrl, pickRelayAgent } from './relay-choice.ts';
 
 export interface GroupMember {
   rank: number;
@@ -34,30 +31,6 @@ export interface GroupMember {
   address: string;
   /** Nobody can dial it: its predecessors reach it through this relay ('coordinator' or the relay agent's name). Absent: linked directly. */
   relay?: string;
-}
-
-/** A member as `pickRelayAgent` sees it. */
-export interface RelayCandidate {
-  nodeId: string;
-  reach?: { state: string; probeRttMs?: number } | undefined;
-  cores: number;
-}
-
-/**
- * The member that should relay for the group's unreachable members: one the coordinator's probe reached (so it can
- * be dialled, and was measured), with the lowest probe round trip, the most cores on a tie; undefined when none.
- * Agents report no link bandwidth of their own (the planner's link figure is cluster-wide, planner-feedback.ts), so
- * the probe's round trip is the per-agent link measurement there is.
- */
-export function pickRelayAgent<C extends RelayCandidate>(candidates: readonly C[]): C | undefined {
-  const dialable = candidates.filter((c) => c.reach?.state === 'direct' && c.reach.probeRttMs !== undefined);
-  dialable.sort((a, b) => a.reach!.probeRttMs! - b.reach!.probeRttMs! || b.cores - a.cores);
-  return dialable[0];
-}
-
-/** An agent relay's endpoint on its peer port. */
-export function agentRelayUrl(peerAddress: string): string {
-  return new URL('/ws/relay', peerAddress).href;
 }
 
 export interface GroupInfo {
@@ -134,6 +107,8 @@ export class GroupManager {
   readonly #busy = new Set<string>(); // groups with a run in flight
   /** Per group with relayed members: the sha256 of its relay ticket and the members it lets dialers through to. */
   readonly #relayTickets = new Map<string, { hash: Buffer; targets: ReadonlySet<string>; agent?: { nodeId: string; url: string } }>();
+  /** Per relayed node: the agent last picked to relay its links (whose `relay.stats` about it are believed). */
+  readonly #agentRelayOf = new Map<string, string>();
 
   constructor(hub: AgentHub, cfg: Readonly<CoordinatorConfig>, log: Logger, metrics: CoordinatorMetrics) {
     this.#hub = hub;
@@ -160,6 +135,11 @@ export class GroupManager {
       if ((state === 'forming' || state === 'ready') && timingSafeEqual(hash, t.hash) && t.targets.has(to)) return groupId;
     }
     return undefined;
+  }
+
+  /** Whether `relayNodeId` is the agent last picked to relay links to `target` (its reports about it count). */
+  isAgentRelayOf(relayNodeId: string, target: string): boolean {
+    return this.#agentRelayOf.get(target) === relayNodeId;
   }
 
   get(id: string): GroupInfo {
@@ -200,7 +180,7 @@ export class GroupManager {
     // Whether a member can be dialled is learned just after it joins: wait for that (at most a probe's timeout).
     await this.#hub.reachSettled(chosen.map((n) => n.id));
     const reach = new Map(this.#hub.availableNodes().map((n) => [n.id, n.reach]));
-    const cores = new Map(chosen.map((n) => [n.id, n.capabilities.cores]));
+    const cores = new Map(chosen.map((n) => [n.id, n.capabilities?.cores ?? 1])); // (test fakes may carry none)
     const id = `g-${randomBytes(6).toString('hex')}`;
     const token = randomBytes(24).toString('base64url');
     const members: GroupMember[] = chosen.map((n, rank) => {
@@ -213,7 +193,11 @@ export class GroupManager {
       ? pickRelayAgent(members.map((m) => ({ ...m, reach: reach.get(m.nodeId), cores: cores.get(m.nodeId) ?? 1 })))
       : undefined;
     const agentRelay = relayAgent ? { nodeId: relayAgent.nodeId, url: agentRelayUrl(relayAgent.address) } : undefined;
-    if (relayAgent) for (const m of relayed) m.relay = relayAgent.name;
+    for (const m of relayed) {
+      if (relayAgent) m.relay = relayAgent.name;
+      if (relayAgent) this.#agentRelayOf.set(m.nodeId, relayAgent.nodeId);
+      else this.#agentRelayOf.delete(m.nodeId);
+    }
     if (ticket) {
       this.#relayTickets.set(id, { hash: createHash('sha256').update(ticket).digest(), targets: new Set(relayed.map((m) => m.nodeId)), ...(agentRelay ? { agent: agentRelay } : {}) });
     }

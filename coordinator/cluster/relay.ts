@@ -50,7 +50,7 @@ export class CoordinatorRelay {
     const { metrics } = opts;
     this.#endpoint = new RelayEndpoint({
       via: 'coordinator',
-      errorPrefix: 'CRD',
+      codes: { unauthorized: 'CRD_ERR_UNAUTHORIZED', unavailable: 'CRD_ERR_RELAY_UNAVAILABLE' },
       authorize: opts.ticketGroup,
       canReach: (to) => opts.targets.isConnected(to),
       open: (to, s) => opts.targets.send(to, { type: 'relay.open', ...s }),
@@ -77,7 +77,8 @@ export class CoordinatorRelay {
   /** What agent relay `relayName` reported (`relay.stats`): cumulative figures per node it relays. */
   reportAgentRelay(relayName: string, links: readonly AgentRelayed[]): void {
     const now = Date.now();
-    for (const { nodeId, ...figures } of links) {
+    for (const { nodeId, dialerLegRttMs, nodeLegRttMs, relayedRttMs, ...counts } of links) {
+      const figures = { ...counts, dialerLegRttMs: dialerLegRttMs ?? null, nodeLegRttMs: nodeLegRttMs ?? null, relayedRttMs: relayedRttMs ?? null };
       const prev = this.#agentStats.get(nodeId);
       // A report that carried nothing new keeps the older time, so a busier relay elsewhere is not hidden by it.
       const changed = !prev || prev.stats.via !== relayName || prev.stats.bytesToNode !== figures.bytesToNode || prev.stats.bytesFromNode !== figures.bytesFromNode;

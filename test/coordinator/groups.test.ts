@@ -10,10 +10,11 @@ import type { AgentHub } from '../../coordinator/cluster/agent-hub.ts';
 import type { CoordinatorConfig } from '../../coordinator/config.ts';
 import { CoordinatorError } from '../../coordinator/errors.ts';
 import { GroupManager } from '../../coordinator/cluster/groups.ts';
+import { pickRelayAgent } from '../../coordinator/cluster/relay-choice.ts';
 import type { CoordinatorMetrics } from '../../coordinator/metrics.ts';
 
 /** Four connected agents; each answers a group.assign with group.ready on the next tick. */
-function fakeHub(nodes = 4, relayed: ReadonlySet<number> = new Set()) {
+function fakeHub(nodes = 4, relayed: ReadonlySet<number> = new Set(), opts: { relay?: 'agent' | 'coordinator'; probeRttMs?: number[] } = {}) {
   const sent: Array<{ nodeId: string; msg: CoordinatorMessage }> = [];
   let onMessage: (nodeId: string, msg: AgentMessage, attachment: Buffer | undefined) => void = () => {};
   const hub = {
@@ -22,7 +23,10 @@ function fakeHub(nodes = 4, relayed: ReadonlySet<number> = new Set()) {
     isConnected: () => true,
     availableNodes: () => Array.from({ length: nodes }, (_, i) => ({
       id: `n${i}`, name: `agent-${i}`, peerAddress: `ws://10.0.0.${i}:7070`,
-      reach: relayed.has(i) ? { state: 'relayed', reason: 'no answer', checkedAtMs: 0, relay: 'coordinator' } : { state: 'direct', reason: 'answered', checkedAtMs: 0 },
+      capabilities: { cores: 4 },
+      reach: relayed.has(i)
+        ? { state: 'relayed', reason: 'no answer', checkedAtMs: 0, relay: 'coordinator' }
+        : { state: 'direct', reason: 'answered', checkedAtMs: 0, ...(opts.probeRttMs?.[i] !== undefined ? { probeRttMs: opts.probeRttMs[i] } : {}) },
     })),
     reachSettled: async () => {},
     send(nodeId: string, msg: CoordinatorMessage) {
@@ -31,10 +35,11 @@ function fakeHub(nodes = 4, relayed: ReadonlySet<number> = new Set()) {
       if (msg.type === 'group.assign') setImmediate(() => onMessage(nodeId, { type: 'group.ready', groupId: msg.groupId, rank: msg.rank }, undefined));
     },
   };
-  const cfg = { groupFormTimeoutMs: 2000, collectiveTimeoutMs: 2000 } as CoordinatorConfig;
+  const cfg = { groupFormTimeoutMs: 2000, collectiveTimeoutMs: 2000, relay: opts.relay ?? 'coordinator' } as CoordinatorConfig;
   const manager = new GroupManager(hub as unknown as AgentHub, cfg, silentLogger, {} as CoordinatorMetrics);
   const assigns = () => sent.filter((s) => s.msg.type === 'group.assign').map((s) => s.msg as GroupAssign);
-  return { manager, assigns };
+  const tell = (nodeId: string, msg: AgentMessage) => onMessage(nodeId, msg, undefined);
+  return { manager, assigns, sent, tell };
 }
 
 const RINGS = [
@@ -101,4 +106,48 @@ test('a group with no unreachable member issues no relay ticket', async () => {
   const { manager, assigns } = fakeHub(2);
   await manager.form({ size: 2, segmentBytes: 1024 });
   for (const a of assigns()) assert.ok(a.peers.every((p) => p.relay === undefined));
+});
+
+test('with --relay agent, the reachable member with the lowest probe round trip relays; only it may ask for relay.open, which names its URL', async () => {
+  // n1 and n3 cannot be dialled; n0 (9 ms), n2 (2 ms) can: n2 relays.
+  const { manager, assigns, sent, tell } = fakeHub(4, new Set([1, 3]), { relay: 'agent', probeRttMs: [9, 0, 2, 0] });
+  const info = await manager.form({ size: 4, segmentBytes: 1024 });
+  assert.deepEqual(info.members.map((m) => m.relay ?? 'direct'), ['direct', 'agent-2', 'direct', 'agent-2']);
+  for (const a of assigns()) {
+    for (const p of a.peers) {
+      if (p.nodeId === 'n1' || p.nodeId === 'n3') assert.equal(p.relay?.url, 'ws://10.0.0.2:7070/ws/relay');
+      else assert.equal(p.relay, undefined);
+    }
+    if (a.rank === 2) assert.deepEqual(a.relayFor?.targets, ['n1', 'n3'], 'the relay agent is told whom it relays for');
+    else assert.equal(a.relayFor, undefined, 'only the relay agent');
+  }
+  const ticket = assigns()[0]!.peers[1]!.relay!.ticket;
+  assert.equal(assigns().find((a) => a.rank === 2)!.relayFor!.ticket, ticket);
+  assert.equal(manager.ticketGroup(ticket, 'n1'), undefined, "the coordinator's relay does not take a group an agent relays");
+  assert.ok(manager.isAgentRelayOf('n2', 'n1') && !manager.isAgentRelayOf('n0', 'n1'));
+
+  const opens = () => sent.filter((s) => s.msg.type === 'relay.open');
+  tell('n0', { type: 'relay.request', groupId: info.id, to: 'n1', session: 'rs-1', key: 'k1' }); // not the relay
+  tell('n2', { type: 'relay.request', groupId: info.id, to: 'n0', session: 'rs-2', key: 'k2' }); // not relayed
+  tell('n2', { type: 'relay.request', groupId: 'g-other', to: 'n1', session: 'rs-3', key: 'k3' }); // another group
+  assert.equal(opens().length, 0);
+  tell('n2', { type: 'relay.request', groupId: info.id, to: 'n3', session: 'rs-4', key: 'k4' });
+  assert.deepEqual(opens(), [{ nodeId: 'n3', msg: { type: 'relay.open', session: 'rs-4', key: 'k4', groupId: info.id, url: 'ws://10.0.0.2:7070/ws/relay' } }]);
+  manager.release(info.id);
+  tell('n2', { type: 'relay.request', groupId: info.id, to: 'n3', session: 'rs-5', key: 'k5' });
+  assert.equal(opens().length, 1, 'nothing once the group is released');
+});
+
+test('with --relay agent but no member the probe reached, the coordinator relays', async () => {
+  const { manager, assigns } = fakeHub(3, new Set([1]), { relay: 'agent' }); // direct but never probed (older agents): not picked
+  const info = await manager.form({ size: 3, segmentBytes: 1024 });
+  assert.deepEqual(info.members.map((m) => m.relay ?? 'direct'), ['direct', 'coordinator', 'direct']);
+  assert.ok(assigns().every((a) => a.relayFor === undefined && a.peers.every((p) => p.relay?.url === undefined)));
+});
+
+test('pickRelayAgent: probed and dialable only, lowest round trip, more cores on a tie', () => {
+  const c = (nodeId: string, state: string, probeRttMs: number | undefined, cores: number) => ({ nodeId, cores, reach: { state, ...(probeRttMs !== undefined ? { probeRttMs } : {}) } });
+  assert.equal(pickRelayAgent([c('a', 'relayed', undefined, 8), c('b', 'direct', undefined, 8)]), undefined);
+  assert.equal(pickRelayAgent([c('a', 'direct', 5, 8), c('b', 'direct', 1, 2), c('c', 'relayed', undefined, 64)])?.nodeId, 'b');
+  assert.equal(pickRelayAgent([c('a', 'direct', 1, 2), c('b', 'direct', 1, 16)])?.nodeId, 'b');
 });

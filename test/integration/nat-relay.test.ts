@@ -8,6 +8,13 @@
  * relay and its bytes, and the losses must equal those of the same job on loopback with direct links only: relaying
  * passes bytes on, it must not change the math.
  *
+ * That first run pins `--relay coordinator`. The second runs the default (`--relay agent`): the same three agents,
+ * and the reachable one is picked as the group's relay (coordinator/cluster/groups.ts), so the two unreachable
+ * agents' links go through its peer port's /ws/relay (node-agent/agent-relay.ts), the coordinator carries no relayed
+ * byte, the nodes API and `coordinator nodes` say "relayed via nat-2" with the bytes it reported, and the losses are
+ * again loopback's. Its relay endpoint refuses a dialer without the group's ticket or with a wrong one, and a
+ * callback with an unknown session, with 401 before any upgrade, as the coordinator's does.
+ *
  * Needs root, ip, tc and nft (`npm run setup`). Without them the test fails saying what is missing; it never skips.
  */
 import { after, before, describe, test } from 'node:test';
@@ -20,6 +27,7 @@ import type { NodeWithRole } from '../../coordinator/api/views.ts';
 import { createNetwork, type Network } from '../support/netns.ts';
 import { assertSameCurve, runToEnd, writeCorpus } from '../support/jobs.ts';
 import { until } from '../support/until.ts';
+import WebSocket from 'ws';
 
 const COORDINATOR = new URL('../../bin/coordinator.js', import.meta.url).pathname;
 const MODEL = { vocabSize: 300, nCtx: 16, nLayer: 1, nHead: 2, nEmbd: 16 };
@@ -41,6 +49,44 @@ function counterSum(text: string, name: string, filter: RegExp = /.*/): number {
     .reduce((sum, l) => sum + Number(l.split(' ').at(-1)), 0);
 }
 
+/** The loopback oracle's run (three agents linked directly), made once and compared with both relayed runs. */
+let loopbackRun: Awaited<ReturnType<typeof runToEnd>> | undefined;
+async function loopbackOracle(corpus: string): Promise<Awaited<ReturnType<typeof runToEnd>>> {
+  if (loopbackRun) return loopbackRun;
+  const loopback = await startCluster({ agents: 3 });
+  try {
+    loopbackRun = await runToEnd(loopback, spec('loopback-direct', corpus), 120_000);
+    const loopNodes = (await loopback.api<{ nodes: NodeWithRole[] }>('GET', '/api/nodes')).nodes;
+    assert.ok(loopNodes.every((n) => n.reach?.state === 'direct' && n.relayStats === null), 'no relay on loopback');
+    return loopbackRun;
+  } finally {
+    await loopback.stop();
+  }
+}
+
+/** What a relay endpoint answers a bare upgrade: its HTTP status and JSON error, or 'upgraded'. */
+function relayAnswer(url: string, authorization?: string): Promise<{ status: number; code?: string } | 'upgraded'> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, { headers: authorization ? { authorization } : {}, perMessageDeflate: false });
+    ws.on('error', () => {});
+    ws.once('unexpected-response', (_req, res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        let code: string | undefined;
+        try {
+          code = (JSON.parse(Buffer.concat(chunks).toString()) as { error: { code: string } }).error.code;
+        } catch {
+          // not JSON
+        }
+        resolve({ status: res.statusCode!, ...(code ? { code } : {}) });
+        ws.terminate();
+      });
+    });
+    ws.once('open', () => (resolve('upgraded'), ws.close()));
+  });
+}
+
 describe('agents behind NAT train through the coordinator relay', () => {
   let net: Network | undefined;
   let cluster: LocalCluster;
@@ -51,7 +97,7 @@ describe('agents behind NAT train through the coordinator relay', () => {
     corpus = writeCorpus(dir, 20, 24);
     // Throws with what is missing (root, ip, tc, nft): the test fails rather than skips.
     net = createNetwork('nat', [{ dropInbound: true }, { dropInbound: true }, {}]);
-    cluster = await startCluster({ agents: 0, coordinatorHost: net.bridgeAddress });
+    cluster = await startCluster({ agents: 0, coordinatorHost: net.bridgeAddress, coordinatorArgs: ['--relay', 'coordinator'] });
     net.hosts.forEach((h, i) => cluster.startAgent(`nat-${i}`, ['--peer-host', h.address], { exec: h.exec, peerListen: '0.0.0.0' }));
     await cluster.waitForNodes(3);
   });
@@ -113,14 +159,80 @@ describe('agents behind NAT train through the coordinator relay', () => {
     assert.match(agentMetrics, /meshtrain_agent_reachable 1/);
 
     // The oracle: the same job on loopback, three agents linked directly.
-    const loopback = await startCluster({ agents: 3 });
-    try {
-      const direct3 = await runToEnd(loopback, spec('loopback-direct', corpus), 120_000);
-      const loopNodes = (await loopback.api<{ nodes: NodeWithRole[] }>('GET', '/api/nodes')).nodes;
-      assert.ok(loopNodes.every((n) => n.reach?.state === 'direct' && n.relayStats === null), 'no relay on loopback');
-      assertSameCurve(relayed, direct3, STEPS, 1e-5);
-    } finally {
-      await loopback.stop();
+    assertSameCurve(relayed, await loopbackOracle(corpus), STEPS, 1e-5);
+  });
+});
+
+describe('agents behind NAT train through a reachable agent picked as relay', () => {
+  let net: Network | undefined;
+  let cluster: LocalCluster;
+  let dir = '', corpus = '';
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'nat-agent-relay-'));
+    corpus = writeCorpus(dir, 20, 24);
+    net = createNetwork('natag', [{ dropInbound: true }, { dropInbound: true }, {}]);
+    cluster = await startCluster({ agents: 0, coordinatorHost: net.bridgeAddress }); // --relay agent: the default
+    net.hosts.forEach((h, i) => cluster.startAgent(`nat-${i}`, ['--peer-host', h.address], { exec: h.exec, peerListen: '0.0.0.0' }));
+    await cluster.waitForNodes(3);
+    await until('every reachability check done', async () => {
+      const list = await nodes();
+      return list.length === 3 && list.every((n) => n.reach && n.reach.state !== 'checking') ? list : undefined;
+    }, 15_000);
+  });
+  after(async () => {
+    await cluster?.stop();
+    net?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const nodes = async () => (await cluster.api<{ nodes: NodeWithRole[] }>('GET', '/api/nodes')).nodes;
+
+  test('the reachable agent relays the job of all three; the nodes API names it; losses are loopback\'s', async () => {
+    const relayed = await runToEnd(cluster, spec('nat-agent-relayed', corpus), 120_000);
+
+    // The relay agent reports its figures with its heartbeats: wait for the report that follows the last step.
+    const list = await until('the agent relay reported both relayed nodes', async () => {
+      const l = await nodes();
+      return ['nat-0', 'nat-1'].every((name) => {
+        const s = l.find((x) => x.name === name)?.relayStats;
+        return s && s.via === 'nat-2' && s.bytesToNode > 0 && s.bytesFromNode > 0;
+      }) ? l : undefined;
+    }, 10_000);
+    for (const name of ['nat-0', 'nat-1']) {
+      const n = list.find((x) => x.name === name)!;
+      assert.equal(n.reach?.state, 'relayed');
+      assert.equal(n.reach?.relay, 'nat-2', `${name} is relayed via the reachable agent`);
+      assert.ok(n.relayStats!.linksTotal >= 1);
     }
+    assert.equal(list.find((x) => x.name === 'nat-2')?.relayStats, null, 'the relay agent itself is dialled directly');
+    console.log(`agent relay figures after ${STEPS} steps: ${JSON.stringify(Object.fromEntries(list.map((n) => [n.name, n.relayStats])))}`);
+
+    const cli = spawnProc([COORDINATOR, 'nodes', '--url', cluster.url, '--token', cluster.token], { stderr: 'capture' });
+    assert.equal(await cli.exited, 0, cli.output.join('\n'));
+    const rows = cli.output.join('\n');
+    for (const name of ['nat-0', 'nat-1']) assert.match(rows, new RegExp(`${name}.*relayed via nat-2.*MiB in`), rows);
+
+    // The coordinator carried no relayed byte; the relay agent counted what it passed on.
+    const metrics = await (await cluster.fetch(`${cluster.url}/metrics`)).text();
+    assert.equal(counterSum(metrics, 'meshtrain_relay_bytes_total'), 0, 'no bytes through the coordinator relay');
+    const relayAgent = list.find((x) => x.name === 'nat-2')!;
+    const agentMetrics = await (await fetch(`${relayAgent.peerAddress.replace(/^ws/, 'http')}/metrics`)).text();
+    assert.ok(counterSum(agentMetrics, 'meshtrain_agent_relay_served_bytes_total', /direction="to_node"/) > 0, 'relay bytes on the relay agent');
+
+    assertSameCurve(relayed, await loopbackOracle(corpus), STEPS, 1e-5);
+  });
+
+  test("the agent relay's endpoint refuses a dialer without the ticket or with a wrong one, and unknown sessions", async () => {
+    const list = await nodes();
+    const relayAgent = list.find((x) => x.name === 'nat-2')!;
+    const hidden = list.find((x) => x.name === 'nat-0')!;
+    const base = new URL('/ws/relay', relayAgent.peerAddress).href;
+    const unauthorized = { status: 401, code: 'AGT_ERR_RELAY_REFUSED' };
+    assert.deepEqual(await relayAnswer(`${base}?to=${hidden.id}`), unauthorized, 'no ticket');
+    assert.deepEqual(await relayAnswer(`${base}?to=${hidden.id}`, 'Bearer not-the-ticket'), unauthorized, 'wrong ticket');
+    assert.deepEqual(await relayAnswer(`${base}?to=${hidden.id}`, 'Basic bm8='), unauthorized, 'not a bearer');
+    assert.deepEqual(await relayAnswer(`${base}?session=rs-0123456789abcdef`, 'Bearer some-key'), unauthorized, 'unknown session');
+    assert.deepEqual(await relayAnswer(base), unauthorized, 'neither ?to nor ?session');
   });
 });

@@ -36,7 +36,7 @@ export const agentExamples: Examples<typeof agentMessages> = {
   'relay.request': { type: 'relay.request', groupId: 'g1', to: 'node-3', session: 'rs-0a1b2c', key: 'relay-session-key_0123' },
   'relay.stats': {
     type: 'relay.stats',
-    links: [{ nodeId: 'node-3', bytesToNode: 1024, bytesFromNode: 2048, linksOpen: 1, linksTotal: 2, dialerLegRttMs: 0.5, nodeLegRttMs: null, relayedRttMs: null }],
+    links: [{ nodeId: 'node-3', bytesToNode: 1024, bytesFromNode: 2048, linksOpen: 1, linksTotal: 2, dialerLegRttMs: 0.5, nodeLegRttMs: 0.25, relayedRttMs: 0.75 }, { nodeId: 'node-4', bytesToNode: 0, bytesFromNode: 0, linksOpen: 0, linksTotal: 1 }],
   },
   heartbeat: { type: 'heartbeat', seq: 2 ** 52, sentAt: 1_726_000_000_123.25 },
   leave: { type: 'leave', reason: 'shutting down (SIGTERM)' },

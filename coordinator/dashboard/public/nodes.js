@@ -1,6 +1,6 @@
 // The nodes view: every agent the coordinator knows, what it is and what it is doing. Dead agents and slow ones
 // (the straggler of a running job, or far below the fastest agent's measured matmul rate) are marked by row class.
-// The Links column says whether peers dial an agent directly or through the coordinator's relay (it could not be
+// The Links column says whether peers dial an agent directly or through a relay, the coordinator or an agent (it could not be
 // dialled: behind NAT, or --relay-only), and what relaying has cost: bytes both ways and the relayed round trip.
 import { age, badge, bytes, card, empty, fill, h, num, table } from './dom.js';
 
