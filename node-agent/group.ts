@@ -245,7 +245,7 @@ export class Group {
       if (!relayUrl) throw new AgentError('AGT_ERR_PEER_UNREACHABLE', `rank ${next.rank} can only be reached through a relay, and this agent knows none`);
       const url = new URL(relayUrl);
       url.searchParams.set('to', next.nodeId);
-      target = { address: url.href, relayTicket: next.relay.ticket };
+      target = { address: url.href, relayTicket: next.relay.ticket, ...(next.relay.url ? { agentRelay: true } : {}) };
     }
     let lastError = '';
     for (let attempt = 0; Date.now() < deadline && !this.#released; attempt++) {
@@ -283,7 +283,10 @@ export class Group {
             } catch {
               // not our relay's JSON: the status alone
             }
-            reject(new AgentError(res.statusCode === 401 ? 'AGT_ERR_PEER_REFUSED' : 'AGT_ERR_PEER_UNREACHABLE', `the relay refused the link (${why})`));
+            // An agent relay learns its grant from its own assignment, which may reach it after ours reached us: its
+            // 401 is retried until the ring's deadline; the coordinator's relay knows the ticket before anyone has it.
+            const final = res.statusCode === 401 && !target.agentRelay;
+            reject(new AgentError(final ? 'AGT_ERR_PEER_REFUSED' : 'AGT_ERR_PEER_UNREACHABLE', `the relay refused the link (${why})`));
             ws.terminate(); // aborts the request; the connection's close then finds the promise settled
           });
           res.once('error', () => {});
@@ -333,6 +336,8 @@ export class Group {
 interface DialTarget {
   address: string;
   relayTicket?: string;
+  /** The relay is an agent (the entry's relay.url), not the coordinator. */
+  agentRelay?: boolean;
 }
 
 /**

@@ -215,7 +215,9 @@ export class GroupManager {
     const peers = members.map(({ rank, nodeId, address, relay }) => ({
       rank, nodeId, address, ...(relay && ticket ? { relay: { ticket, ...(agentRelay ? { url: agentRelay.url } : {}) } } : {}),
     }));
-    for (const m of members) {
+    // The relay agent first, so that its grant is likely in place before dialers reach it (they retry its 401 anyway).
+    const order = agentRelay ? [...members].sort((a, b) => Number(b.nodeId === agentRelay.nodeId) - Number(a.nodeId === agentRelay.nodeId)) : members;
+    for (const m of order) {
       this.#hub.send(m.nodeId, {
         type: 'group.assign',
         groupId: id,
