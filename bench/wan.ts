@@ -14,8 +14,10 @@
  *   diloco   DiLoCo: each replica takes --inner-steps (H) AdamW steps alone, then the replicas all-reduce their
  *            pseudo-gradients in bf16 and take one outer Nesterov step (training.diloco, gradientWire 'bf16')
  * Each way evaluates the held-out split at its last step (evalEvery = steps, a multiple of H). Per way:
- *   wall_s               training wall time: the coordinator's time of the last step's report − the first step's
- *                        start (its report's time − its stepMs); the final evaluation is inside the last step
+ *   wall_s               training wall time: the end of the last step − the first step's start, on the coordinator's
+ *                        clock (first step: its report's time − its stepMs; last: the report before it + its stepMs,
+ *                        because its own report waits for the held-out evaluation every job ends with: the same
+ *                        forward passes in every way, reported apart as final_eval_s)
  *   compute_utilisation  per rank: Σ over steps of its computeMs (forward + backward + optimizer, the agent's own
  *                        meshtrain_agent_step_phase_seconds{phase="compute"} sum) ÷ wall_s; the mean over ranks
  *   bytes_per_step       bytes the agents sent each other, per step per rank: what the delay proxies delivered
@@ -153,7 +155,10 @@ async function runWay(way: Way, s: Setup, cluster: LocalCluster, net: Network, p
   const agents = await agentFigures(net, id);
   const train = v.metrics.filter((m) => m.kind === 'train').sort((a, b) => a.step - b.step);
   const first = train[0]!, last = train.at(-1)!;
-  const wallS = (last.atMs - (first.atMs - first.values.stepMs!)) / 1000;
+  // The last step's report comes after the held-out evaluation that ends every job (the same forward passes in every
+  // way: the bench's yardstick, not training), so training ends one step's time after the second-to-last report.
+  const trainEndMs = train.length > 1 ? train.at(-2)!.atMs + last.values.stepMs! : last.atMs;
+  const wallS = (trainEndMs - (first.atMs - first.values.stepMs!)) / 1000;
   const heldout = v.metrics.find((m) => m.kind === 'eval' && m.step === s.steps)?.values.loss;
   const perStep = (k: keyof AgentFigures) => mean(agents.map((a) => a[k] / Math.max(1, a.steps)));
   return {
@@ -169,6 +174,7 @@ async function runWay(way: Way, s: Setup, cluster: LocalCluster, net: Network, p
     step_s: round3(perStep('stepS')),
     between_steps_s: round3(wallS / last.step - perStep('stepS')), // per step, outside every rank's step timeline
     heldout_loss: heldout === undefined ? null : round3(heldout),
+    final_eval_s: round3((last.atMs - trainEndMs) / 1000),
     train_loss: round3(last.values.loss!),
     tokens_per_s: Math.round((s.steps * s.batch * SEQ_LEN) / wallS),
     job_s: round3(jobS),

@@ -42,7 +42,7 @@ export const COORDINATOR_OPTIONS = defineOptions({
   tlsKey: opt.string({ arg: 'PATH', doc: 'the PEM private key of --tls-cert' }),
   relay: opt.choice(['agent', 'coordinator'] as const, {
     default: 'agent', arg: 'WHO',
-    doc: "who relays links to agents nobody can dial: 'agent' (the group's reachable member with the best measured link, else the coordinator) or 'coordinator' (always)",
+    doc: "who relays links to agents nobody can dial: 'agent' (the group's reachable member with the best measured link, else a reachable idle agent, else the coordinator) or 'coordinator' (always)",
   }),
   backend: opt.choice<BackendChoice>(BACKENDS, {
     default: 'cpu', arg: 'B', doc: 'what the evaluation suites (SFT exact match, DPO, distillation) compute on, in their worker thread',

@@ -1,7 +1,7 @@
 /**
  * This agent as a group's relay: when the coordinator picks it (coordinator/cluster/groups.ts: a reachable member,
- * for a group with members nobody can dial), its assignment carries `relayFor` (the group's relay ticket and the
- * relayed members), and its peer port's /ws/relay then runs the same endpoint as the coordinator's relay
+ * or an idle reachable agent, for a group with members nobody can dial), its assignment carries `relayFor` (or,
+ * not a member, it gets `relay.grant`: the group's relay ticket and the relayed members), and its peer port's /ws/relay then runs the same endpoint as the coordinator's relay
  * (common/relay-endpoint.ts): a dialer with the ticket for one of those targets is held, the coordinator is asked
  * (`relay.request`, over our control channel: the target has no connection to us) to send the target `relay.open`
  * naming our relay URL with a one-time session key, the target dials back with it, and the two are spliced. 401 for

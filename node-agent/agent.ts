@@ -303,6 +303,8 @@ export class Agent {
         return;
       case 'group.assign':
         return this.#joinGroup(conn, msg);
+      case 'relay.grant': // we relay for a group we are not in (agent-relay.ts)
+        return this.#relay.assign({ groupId: msg.groupId, relayFor: { ticket: msg.ticket, targets: msg.targets } });
       case 'group.release':
         if (this.#job.groupId === msg.groupId) this.#job.stop(`group ${msg.groupId} was released`);
         this.#groups.get(msg.groupId)?.release();

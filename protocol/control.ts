@@ -272,6 +272,11 @@ export const coordinatorMessages = {
      */
     relayFor: Type.Optional(Type.Object({ ticket: Secret, targets: Type.Array(Id, { minItems: 1, maxItems: 65536 }) }, { additionalProperties: false })),
   }),
+  /**
+   * "Relay group `groupId`'s links to `targets` for holders of `ticket`", to an idle agent that can be dialled when
+   * no member of the group can (a member relay gets `relayFor` in its assignment instead). Ended by `group.release`.
+   */
+  'relay.grant': message('relay.grant', { groupId: Id, ticket: Secret, targets: Type.Array(Id, { minItems: 1, maxItems: 65536 }) }),
   /** "This group is over; close its links." */
   'group.release': message('group.release', { groupId: Id }),
   /** "Run this collective on your group's ring." Data is generated from (seed, rank) so every side can check it. */

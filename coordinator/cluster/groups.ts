@@ -11,8 +11,8 @@
  * to the group's relayed members only, until the group is released. Everyone else links directly, as before.
  *
  * Who relays: with `--relay agent` (the default) one of the group's members that can be dialled (relay-choice.ts
- * says which and why), on its peer port's /ws/relay (node-agent/agent-relay.ts); the coordinator only when none can,
- * or with `--relay coordinator`. The relay agent's assignment carries `relayFor` (the ticket and its targets); it
+ * says which and why), else an idle agent that can (told by `relay.grant`), on its peer port's /ws/relay
+ * (node-agent/agent-relay.ts); the coordinator only when none can, or with `--relay coordinator`. The relay agent's assignment carries `relayFor` (the ticket and its targets); it
  * asks us (`relay.request`) to send a target `relay.open` naming its URL, since only we can reach the target.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -106,7 +106,7 @@ export class GroupManager {
   readonly #running = new Map<string, Running>(); // by runId
   readonly #busy = new Set<string>(); // groups with a run in flight
   /** Per group with relayed members: the sha256 of its relay ticket and the members it lets dialers through to. */
-  readonly #relayTickets = new Map<string, { hash: Buffer; targets: ReadonlySet<string>; agent?: { nodeId: string; url: string } }>();
+  readonly #relayTickets = new Map<string, { hash: Buffer; targets: ReadonlySet<string>; agent?: { nodeId: string; url: string; member: boolean } }>();
   /** Per relayed node: the agent last picked to relay its links (whose `relay.stats` about it are believed). */
   readonly #agentRelayOf = new Map<string, string>();
 
@@ -190,9 +190,9 @@ export class GroupManager {
     const relayed = members.filter((m) => m.relay !== undefined);
     const ticket = relayed.length ? randomBytes(24).toString('base64url') : undefined;
     const relayAgent = relayed.length && this.#cfg.relay === 'agent'
-      ? pickRelayAgent(members.map((m) => ({ ...m, reach: reach.get(m.nodeId), cores: cores.get(m.nodeId) ?? 1 })))
+      ? pickRelayAgent(members.map((m) => ({ ...m, reach: reach.get(m.nodeId), cores: cores.get(m.nodeId) ?? 1 }))) ?? this.#idleRelay(chosen.map((n) => n.id))
       : undefined;
-    const agentRelay = relayAgent ? { nodeId: relayAgent.nodeId, url: agentRelayUrl(relayAgent.address) } : undefined;
+    const agentRelay = relayAgent ? { nodeId: relayAgent.nodeId, url: agentRelayUrl(relayAgent.address), member: members.some((m) => m.nodeId === relayAgent.nodeId) } : undefined;
     for (const m of relayed) {
       if (relayAgent) m.relay = relayAgent.name;
       if (relayAgent) this.#agentRelayOf.set(m.nodeId, relayAgent.nodeId);
@@ -216,6 +216,7 @@ export class GroupManager {
       rank, nodeId, address, ...(relay && ticket ? { relay: { ticket, ...(agentRelay ? { url: agentRelay.url } : {}) } } : {}),
     }));
     // The relay agent first, so that its grant is likely in place before dialers reach it (they retry its 401 anyway).
+    if (ticket && agentRelay && !agentRelay.member) this.#hub.send(agentRelay.nodeId, { type: 'relay.grant', groupId: id, ticket, targets: relayed.map((r) => r.nodeId) });
     const order = agentRelay ? [...members].sort((a, b) => Number(b.nodeId === agentRelay.nodeId) - Number(a.nodeId === agentRelay.nodeId)) : members;
     for (const m of order) {
       this.#hub.send(m.nodeId, {
@@ -281,10 +282,13 @@ export class GroupManager {
     const info = this.#groups.get(groupId);
     if (!info || info.state === 'released') return;
     info.state = 'released';
+    const relay = this.#relayTickets.get(groupId)?.agent;
     this.#relayTickets.delete(groupId);
     for (const m of info.members) {
       if (this.#hub.isConnected(m.nodeId)) this.#hub.send(m.nodeId, { type: 'group.release', groupId });
     }
+    // An idle agent relaying for the group holds only the grant: release ends it too.
+    if (relay && !relay.member && this.#hub.isConnected(relay.nodeId)) this.#hub.send(relay.nodeId, { type: 'group.release', groupId });
   }
 
   #onMessage(nodeId: string, msg: AgentMessage, attachment: Buffer | undefined): void {
@@ -355,10 +359,24 @@ export class GroupManager {
     this.#hub.send(msg.to, { type: 'relay.open', session: msg.session, key: msg.key, groupId: msg.groupId, url: t.agent.url });
   }
 
+  /** When no member can relay: an idle agent that can be dialled (in no live group, not relaying for one), if any. */
+  #idleRelay(memberIds: readonly string[]): { nodeId: string; name: string; address: string } | undefined {
+    const busy = new Set(memberIds);
+    for (const info of this.#groups.values()) {
+      if (info.state !== 'forming' && info.state !== 'ready') continue;
+      for (const m of info.members) busy.add(m.nodeId);
+      const relay = this.#relayTickets.get(info.id)?.agent;
+      if (relay) busy.add(relay.nodeId);
+    }
+    const idle = this.#hub.availableNodes().filter((n) => !busy.has(n.id));
+    return pickRelayAgent(idle.map((n) => ({ nodeId: n.id, name: n.name, address: n.peerAddress, reach: n.reach, cores: n.capabilities?.cores ?? 1 })));
+  }
+
   #onNodeDown(nodeId: string, reason: string): void {
     for (const info of this.#groups.values()) {
-      if (info.state === 'released' || info.state === 'failed' || !info.members.some((m) => m.nodeId === nodeId)) continue;
-      const err = new CoordinatorError('CRD_ERR_GROUP_FAILED', `member ${nodeId} of group ${info.id} went down: ${reason}`);
+      const isRelay = this.#relayTickets.get(info.id)?.agent?.nodeId === nodeId; // its relayed links die with it
+      if (info.state === 'released' || info.state === 'failed' || !(isRelay || info.members.some((m) => m.nodeId === nodeId))) continue;
+      const err = new CoordinatorError('CRD_ERR_GROUP_FAILED', `${isRelay ? 'relay agent' : 'member'} ${nodeId} of group ${info.id} went down: ${reason}`);
       this.#forming.get(info.id)?.reject(err);
       for (const run of this.#running.values()) if (run.groupId === info.id) run.reject(err);
     }

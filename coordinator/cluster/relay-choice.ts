@@ -4,7 +4,9 @@
  * through the coordinator's one link, which also carries the API, heartbeats and artifacts, and adds a round trip to
  * wherever the coordinator runs; an agent relay keeps training traffic among the training machines (its own links
  * are the group's anyway), spreads relaying per group, and leaves the coordinator's link free of training traffic.
- * The coordinator stays the fallback: every agent reaches it by construction.
+ * groups.ts asks among the members first (a member relay adds no machine to the group's traffic), then among idle
+ * agents (in no live group, relaying for none); the coordinator stays the fallback: every agent reaches it by
+ * construction.
  */
 
 /** A member as `pickRelayAgent` sees it. */

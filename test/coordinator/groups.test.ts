@@ -151,3 +151,29 @@ test('pickRelayAgent: probed and dialable only, lowest round trip, more cores on
   assert.equal(pickRelayAgent([c('a', 'direct', 5, 8), c('b', 'direct', 1, 2), c('c', 'relayed', undefined, 64)])?.nodeId, 'b');
   assert.equal(pickRelayAgent([c('a', 'direct', 1, 2), c('b', 'direct', 1, 16)])?.nodeId, 'b');
 });
+
+test('with --relay agent and no member that can be dialled, an idle agent that can relays: relay.grant, ended by group.release', async () => {
+  // n0 and n1 form the group, both unreachable; n2 and n3 are idle, n3 with the faster probe.
+  const { manager, assigns, sent, tell } = fakeHub(4, new Set([0, 1]), { relay: 'agent', probeRttMs: [0, 0, 7, 3] });
+  const info = await manager.form({ nodeIds: ['n0', 'n1'], segmentBytes: 1024 });
+  assert.deepEqual(info.members.map((m) => m.relay), ['agent-3', 'agent-3']);
+  const grants = sent.filter((s) => s.msg.type === 'relay.grant');
+  assert.equal(grants.length, 1);
+  assert.equal(grants[0]!.nodeId, 'n3');
+  const grant = grants[0]!.msg as Extract<CoordinatorMessage, { type: 'relay.grant' }>;
+  assert.deepEqual(grant.targets, ['n0', 'n1']);
+  for (const a of assigns()) {
+    assert.equal(a.relayFor, undefined);
+    for (const p of a.peers) assert.deepEqual(p.relay, { ticket: grant.ticket, url: 'ws://10.0.0.3:7070/ws/relay' });
+  }
+  tell('n3', { type: 'relay.request', groupId: info.id, to: 'n0', session: 'rs-1', key: 'k1' });
+  assert.equal(sent.filter((s) => s.msg.type === 'relay.open' && s.nodeId === 'n0').length, 1);
+  manager.release(info.id);
+  assert.ok(sent.some((s) => s.nodeId === 'n3' && s.msg.type === 'group.release' && s.msg.groupId === info.id), 'the relay is released too');
+});
+
+test('a member that can be dialled is preferred to a faster idle agent', async () => {
+  const { manager } = fakeHub(4, new Set([1]), { relay: 'agent', probeRttMs: [9, 0, 0, 1] });
+  const info = await manager.form({ nodeIds: ['n0', 'n1'], segmentBytes: 1024 });
+  assert.deepEqual(info.members.map((m) => m.relay ?? 'direct'), ['direct', 'agent-0']);
+});

@@ -131,6 +131,7 @@ export const coordinatorExamples: Examples<typeof coordinatorMessages> = {
     ],
     relayFor: { ticket: 'relay-ticket-0123', targets: ['c'] },
   },
+  'relay.grant': { type: 'relay.grant', groupId: 'g1', ticket: 'relay-ticket-0123', targets: ['c', 'node-9'] },
   'group.release': { type: 'group.release', groupId: 'g1' },
   'collective.run': {
     type: 'collective.run',
