@@ -35,6 +35,14 @@ import { serverOptions } from '../protocol/ws-options.ts';
 /** A relay's path, on the coordinator's port and on an agent relay's peer port alike. */
 export const RELAY_PATH = '/ws/relay';
 
+/** The relay endpoint on the host of `base` (a coordinator's …/ws/agent URL, or an agent's peer address). */
+export const relayUrlOn = (base: string): string => new URL(RELAY_PATH, base).href;
+
+/** sha256 of a secret's text: what tickets, session keys and group tokens are compared by (in constant time). */
+export function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
 /** Relay figures of one relayed node, as the nodes API shows them. */
 export interface RelayStats {
   /** Who relays: 'coordinator', or the name of the agent relaying. */
@@ -245,9 +253,6 @@ export class RelayEndpoint {
   }
 }
 
-function sha256(text: string): Buffer {
-  return createHash('sha256').update(text).digest();
-}
 
 function round(ms: number): number {
   return Math.round(ms * 100) / 100;

@@ -11,10 +11,10 @@
  * What it carried is sent to the coordinator (`relay.stats`, with heartbeats while it relays) for the nodes API,
  * and counted in meshtrain_agent_relay_served_bytes_total.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { RelayEndpoint } from '../common/relay-endpoint.ts';
+import { RelayEndpoint, sha256 } from '../common/relay-endpoint.ts';
 import type { Logger } from '../common/log.ts';
 import type { AgentMessage, GroupAssign } from '../protocol/control.ts';
 import type { RelayMetrics } from './relay-metrics.ts';
@@ -72,6 +72,9 @@ export class AgentRelay {
   }
 
   /** Drops every grant (the control connection is gone: the coordinator re-forms groups anyway). */
+  /** The last report sent and on which control connection (a new connection gets the figures again). */
+  #lastSent: { control: Control; text: string } | null = null;
+
   releaseAll(): void {
     this.#grants.clear();
   }
@@ -87,10 +90,17 @@ export class AgentRelay {
     return links.length ? { type: 'relay.stats', links } : null;
   }
 
-  /** Sends `report()` on `control` when there is anything to report. */
+  /**
+   * Sends `report()` on `control` (with every heartbeat) when there is anything to report and it differs from what
+   * this connection was last sent: figures are cumulative, so an unchanged report says nothing new.
+   */
   reportTo(control: Control): void {
     const r = this.report();
-    if (r) control.send(r);
+    if (!r) return;
+    const text = JSON.stringify(r.links);
+    if (control === this.#lastSent?.control && text === this.#lastSent.text) return;
+    this.#lastSent = { control, text };
+    control.send(r);
   }
 
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -108,6 +118,3 @@ export class AgentRelay {
   }
 }
 
-function sha256(text: string): Buffer {
-  return createHash('sha256').update(text).digest();
-}

@@ -43,7 +43,8 @@ import { AgentError } from './errors.ts';
 import { Group } from './group.ts';
 import { httpEndpoints } from './http-endpoints.ts';
 import { AgentRelay } from './agent-relay.ts';
-import { openRelayedLink, relayUrl } from './relay-link.ts';
+import { openRelayedLink } from './relay-link.ts';
+import { relayUrlOn } from '../common/relay-endpoint.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { PeerServer } from './peer-server.ts';
 import { httpBaseUrl, JobSlot } from './job-slot.ts';
@@ -336,7 +337,7 @@ export class Agent {
         ...(this.#cfg.ca ? { ca: this.#cfg.ca } : {}),
         collectiveIdleTimeoutMs: this.#cfg.collectiveIdleTimeoutMs,
         keepalive: this.#keepalive(),
-        relayUrl: relayUrl(this.#cfg.url),
+        relayUrl: relayUrlOn(this.#cfg.url),
         onRelaySocket: (socket) => this.#cfg.metrics?.relay.track(socket, 'dialer'),
       });
     } catch (err) {

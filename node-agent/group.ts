@@ -15,7 +15,8 @@
  */
 import WebSocket from 'ws';
 import type { Socket } from 'node:net';
-import { timingSafeEqual, createHash } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
+import { sha256 } from '../common/relay-endpoint.ts';
 import { CloseCode } from '../protocol/codes.ts';
 import { MessageConnection } from '../protocol/connection.ts';
 import { ProtocolError } from '../protocol/errors.ts';
@@ -358,9 +359,6 @@ function sharedPause(link: RingInLink): [RingInLink, RingInLink] {
   return [handle(0), handle(1)];
 }
 
-function sha256(text: string): Buffer {
-  return createHash('sha256').update(text).digest();
-}
 
 function withDeadline<T>(p: Promise<T>, deadline: number, what: string): Promise<T> {
   return new Promise((resolve, reject) => {

@@ -109,13 +109,14 @@ export class PeerServer {
 
   /**
    * A link a relay handed us: `ws` is a connection we opened to the relay for one dialer, who is on its other end.
-   * It is checked exactly as a direct link is (peer.hello, group token, ring, rank).
+   * It is checked exactly as a direct link is (peer.hello, group token, ring, rank), but answers no peer.probe:
+   * reachability is proved on the address itself, never through a relay.
    */
   acceptRelayed(ws: import('ws').WebSocket, label: string): void {
-    this.#accept(ws, label);
+    this.#accept(ws, label, false);
   }
 
-  #accept(ws: import('ws').WebSocket, remote: string): void {
+  #accept(ws: import('ws').WebSocket, remote: string, direct = true): void {
     const log = this.#opts.log;
     const helloDone = this.#hellos.admit(ws);
     if (!helloDone) return; // closed with 1013 TRY_AGAIN
@@ -129,7 +130,7 @@ export class PeerServer {
       label: `peer link from ${remote}`,
       log,
       maxAttachmentBytes: MAX_PEER_ATTACHMENT,
-      firstType: ['peer.hello', 'peer.probe'],
+      firstType: direct ? ['peer.hello', 'peer.probe'] : 'peer.hello',
       ...(this.#opts.keepalive ? { keepalive: this.#opts.keepalive } : {}),
       onReject: this.#opts.onReject,
       onClose: (code, reason) => {
@@ -139,7 +140,7 @@ export class PeerServer {
       },
       onMessage: async (msg, payload) => {
         if (handler) return handler(msg, payload);
-        if (msg.type === 'peer.probe' && !handshaking) {
+        if (msg.type === 'peer.probe' && direct && !handshaking) {
           handshaking = true;
           clearTimeout(timer);
           if (!this.#opts.proveReach) throw new ProtocolError('PRT_ERR_UNEXPECTED', 'this agent answers no reachability probes');

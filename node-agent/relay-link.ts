@@ -10,11 +10,8 @@ import type { Logger } from '../common/log.ts';
 import { MAX_PEER_FRAME } from '../protocol/peer.ts';
 import { clientOptions } from '../protocol/ws-options.ts';
 import type { PeerServer } from './peer-server.ts';
+import { relayUrlOn } from '../common/relay-endpoint.ts';
 
-/** The coordinator's relay endpoint on the URL the agent joins through (…/ws/agent → …/ws/relay). */
-export function relayUrl(controlUrl: string): string {
-  return new URL('/ws/relay', controlUrl).href;
-}
 
 /** Opens our side of relay session `session` with its one-time `key` and accepts it as an inbound peer link. */
 export function openRelayedLink(opts: {
@@ -29,7 +26,7 @@ export function openRelayedLink(opts: {
   ca?: readonly string[] | undefined;
   onSocket?(socket: Socket): void;
 }): void {
-  const url = new URL(opts.relayUrl ?? relayUrl(opts.controlUrl));
+  const url = new URL(opts.relayUrl ?? relayUrlOn(opts.controlUrl));
   url.searchParams.set('session', opts.session);
   const ws = new WebSocket(url, {
     ...clientOptions(MAX_PEER_FRAME),

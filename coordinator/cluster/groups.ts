@@ -14,6 +14,7 @@
  * says which and why), else an idle agent that can (told by `relay.grant`), on its peer port's /ws/relay
  * (node-agent/agent-relay.ts); the coordinator only when none can, or with `--relay coordinator`. The relay agent's assignment carries `relayFor` (the ticket and its targets); it
  * asks us (`relay.request`) to send a target `relay.open` naming its URL, since only we can reach the target.
+ * Long: forming a group, its relay tickets and the collectives run on it all read the one table of live groups.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { assignedRings, ringProblems, type AgentMessage, type CollectiveOp, type CollectiveResult, type RingSpecT } from '../../protocol/control.ts';
@@ -22,7 +23,8 @@ import type { AgentHub } from './agent-hub.ts';
 import type { CoordinatorConfig } from '../config.ts';
 import { CoordinatorError } from '../errors.ts';
 import type { CoordinatorMetrics } from '../metrics.ts';
-import { agentRelayUrl, pickRelayAgent } from './relay-choice.ts';
+import { pickRelayAgent } from './relay-choice.ts';
+import { relayUrlOn, sha256 } from '../../common/relay-endpoint.ts';
 
 export interface GroupMember {
   rank: number;
@@ -128,7 +130,7 @@ export class GroupManager {
    * its relayed members (a group an agent relays has no business at the coordinator's relay).
    */
   ticketGroup(ticket: string, to: string): string | undefined {
-    const hash = createHash('sha256').update(ticket).digest();
+    const hash = sha256(ticket);
     for (const [groupId, t] of this.#relayTickets) {
       if (t.agent) continue;
       const state = this.#groups.get(groupId)?.state;
@@ -192,14 +194,14 @@ export class GroupManager {
     const relayAgent = relayed.length && this.#cfg.relay === 'agent'
       ? pickRelayAgent(members.map((m) => ({ ...m, reach: reach.get(m.nodeId), cores: cores.get(m.nodeId) ?? 1 }))) ?? this.#idleRelay(chosen.map((n) => n.id))
       : undefined;
-    const agentRelay = relayAgent ? { nodeId: relayAgent.nodeId, url: agentRelayUrl(relayAgent.address), member: members.some((m) => m.nodeId === relayAgent.nodeId) } : undefined;
+    const agentRelay = relayAgent ? { nodeId: relayAgent.nodeId, url: relayUrlOn(relayAgent.address), member: members.some((m) => m.nodeId === relayAgent.nodeId) } : undefined;
     for (const m of relayed) {
       if (relayAgent) m.relay = relayAgent.name;
       if (relayAgent) this.#agentRelayOf.set(m.nodeId, relayAgent.nodeId);
       else this.#agentRelayOf.delete(m.nodeId);
     }
     if (ticket) {
-      this.#relayTickets.set(id, { hash: createHash('sha256').update(ticket).digest(), targets: new Set(relayed.map((m) => m.nodeId)), ...(agentRelay ? { agent: agentRelay } : {}) });
+      this.#relayTickets.set(id, { hash: sha256(ticket), targets: new Set(relayed.map((m) => m.nodeId)), ...(agentRelay ? { agent: agentRelay } : {}) });
     }
     const info: GroupInfo = {
       id,

@@ -28,7 +28,3 @@ export function pickRelayAgent<C extends RelayCandidate>(candidates: readonly C[
   return dialable[0];
 }
 
-/** An agent relay's endpoint on its peer port. */
-export function agentRelayUrl(peerAddress: string): string {
-  return new URL('/ws/relay', peerAddress).href;
-}

@@ -22,7 +22,8 @@
  *   hop waits for its receiver to get a core: α × slowdown with all of the job's agents on the host busy.
  * - Data: each stage shard's gradients ring-all-reduced over the d replicas after the pipeline drains (no overlap
  *   with backward is assumed: an upper bound), plus the tied-embedding sum between first and last stage (p > 1).
- *   ZeRO-1 moves the same bytes. training.gradientWire bf16/f16 sends 2 bytes a value (the hops' latency stays).
+ *   ZeRO-1 moves the same bytes. training.gradientWire bf16/f16 sends 2 bytes a value (the hops' latency stays);
+ *   with ZeRO-1 only its gradient reduce-scatter does, the parameter all-gather stays float32 (3 bytes a value on average).
  *   DiLoCo (training.diloco) all-reduces the pseudo-gradient once per round of innerSteps steps: that one all-reduce
  *   ÷ innerSteps per step, no per-step world all-reduce, and two more parameter copies in memory (outer weights and
  *   momentum) and their elementwise outer step, also ÷ innerSteps.
@@ -98,6 +99,8 @@ export function evaluate(ctx: PlanContext, l: ParallelLayout, m: number, grid: G
   const { data: d, pipeline: p, tensor: t } = l;
   const rows = training.batchSize / (d * m);
   const wireBytes = training.gradientWire === 'bf16' || training.gradientWire === 'f16' ? 2 : BYTES;
+  // ZeRO-1: the reduce-scatter half travels in the wire format, the parameters' all-gather half in float32 (step.ts).
+  const dataBytesPerValue = training.zero && !training.diloco ? (wireBytes + BYTES) / 2 : wireBytes;
   const rounds = training.diloco?.innerSteps ?? 1; // steps per data-parallel all-reduce
   const message = rows * training.seqLen * model.nEmbd * BYTES; // one micro-batch's [b, s, d] float32
   // A hop waits for its receiver to get a core: α with a core each, longer when the job's agents crowd a host.
@@ -193,7 +196,7 @@ export function evaluate(ctx: PlanContext, l: ParallelLayout, m: number, grid: G
     }
     for (let tp = 0; tp < t; tp++) {
       const ring = grid.map((replica) => replica[i]![tp]!);
-      let ms = ringAllreduceMs(d, params * wireBytes, ringBw(ring), alpha(ring)) / rounds;
+      let ms = ringAllreduceMs(d, params * dataBytesPerValue, ringBw(ring), alpha(ring)) / rounds;
       if (p > 1 && (i === 0 || i === p - 1)) {
         const wte = model.vocabSize * model.nEmbd * BYTES; // the tied embedding's two copies sum their gradients
         ms += Math.max(...grid.map((replica) => {

@@ -102,6 +102,9 @@ const key = (offset: number, phase: 0 | 1) => offset * 2 + phase;
  */
 export const MAX_EARLY_MESSAGES = 16_384;
 
+/** Most values in one bf16/f16 segment: 1 Mi values encode in ~2 ms (bf16) to ~5 ms (f16) on these machines (wire.ts). */
+export const MAX_ENCODED_SEGMENT = 1 << 20;
+
 export class Ring {
   readonly rank: number;
   readonly size: number;
@@ -138,14 +141,14 @@ export class Ring {
    */
   allReduce(buf: Float32Array, opts?: AllReduceOptions): Promise<void> {
     if (opts?.idleTimeoutMs !== undefined && !(opts.idleTimeoutMs > 0)) return Promise.reject(outOfRange(`idleTimeoutMs must be positive, got ${opts.idleTimeoutMs}`));
-    return this.#run('allreduce', buf, opts?.wire, opts?.idleTimeoutMs, () => {
+    return this.#run('allreduce', buf, opts?.wire, opts?.idleTimeoutMs, (elems) => {
       const n = this.size;
       const r = this.rank;
       const expected = new Map<number, Expected>();
       for (let c = 0; c < n; c++) {
         const range = chunkRange(buf.length, n, c);
-        if (c !== mod(r - 1, n)) this.#expect(expected, range, 0, mod(r - 2 - c, n));
-        if (c !== r) this.#expect(expected, range, 1, mod(r - 1 - c, n));
+        if (c !== mod(r - 1, n)) this.#expect(elems, expected, range, 0, mod(r - 2 - c, n));
+        if (c !== r) this.#expect(elems, expected, range, 1, mod(r - 1 - c, n));
       }
       return { expected, initial: [{ range: chunkRange(buf.length, n, mod(r - 1, n)), phase: 0 as const }] };
     });
@@ -156,12 +159,12 @@ export class Ring {
    * the chunk is the float32 sum of what arrived in that format (not rounded to it).
    */
   async reduceScatter(buf: Float32Array, opts?: WireOption): Promise<Range> {
-    await this.#run('reducescatter', buf, opts?.wire, undefined, () => {
+    await this.#run('reducescatter', buf, opts?.wire, undefined, (elems) => {
       const n = this.size;
       const r = this.rank;
       const expected = new Map<number, Expected>();
       for (let c = 0; c < n; c++) {
-        if (c !== mod(r - 1, n)) this.#expect(expected, chunkRange(buf.length, n, c), 0, mod(r - 2 - c, n));
+        if (c !== mod(r - 1, n)) this.#expect(elems, expected, chunkRange(buf.length, n, c), 0, mod(r - 2 - c, n));
       }
       return { expected, initial: [{ range: chunkRange(buf.length, n, mod(r - 1, n)), phase: 0 as const }] };
     });
@@ -173,11 +176,11 @@ export class Ring {
    * `wire`, each rank first rounds its own chunk to that format in place, so all ranks end with the same values.
    */
   allGather(buf: Float32Array, opts?: WireOption): Promise<void> {
-    return this.#run('allgather', buf, opts?.wire, undefined, () => {
+    return this.#run('allgather', buf, opts?.wire, undefined, (elems) => {
       const n = this.size;
       const r = this.rank;
       const expected = new Map<number, Expected>();
-      for (let c = 0; c < n; c++) if (c !== r) this.#expect(expected, chunkRange(buf.length, n, c), 1, mod(r - 1 - c, n));
+      for (let c = 0; c < n; c++) if (c !== r) this.#expect(elems, expected, chunkRange(buf.length, n, c), 1, mod(r - 1 - c, n));
       return { expected, initial: [{ range: chunkRange(buf.length, n, r), phase: 1 as const }] };
     });
   }
@@ -187,10 +190,10 @@ export class Ring {
     if (!Number.isInteger(root) || root < 0 || root >= this.size) {
       return Promise.reject(outOfRange(`broadcast root ${root} is outside ring of ${this.size}`));
     }
-    return this.#run('broadcast', buf, 'f32', undefined, () => {
+    return this.#run('broadcast', buf, 'f32', undefined, (elems) => {
       const whole = { start: 0, end: buf.length };
       const expected = new Map<number, Expected>();
-      if (this.rank !== root) this.#expect(expected, whole, 1, mod(this.rank - root - 1, this.size));
+      if (this.rank !== root) this.#expect(elems, expected, whole, 1, mod(this.rank - root - 1, this.size));
       return { expected, initial: this.rank === root ? [{ range: whole, phase: 1 as const }] : [] };
     });
   }
@@ -246,8 +249,8 @@ export class Ring {
     if (this.#active) this.#settle(this.#active, err);
   }
 
-  #expect(into: Map<number, Expected>, range: Range, phase: 0 | 1, hop: number): void {
-    for (const s of segments(range, this.#segmentElems)) into.set(key(s.start, phase), { end: s.end, hop });
+  #expect(elems: number, into: Map<number, Expected>, range: Range, phase: 0 | 1, hop: number): void {
+    for (const s of segments(range, elems)) into.set(key(s.start, phase), { end: s.end, hop });
   }
 
   #run(
@@ -255,18 +258,21 @@ export class Ring {
     buf: Float32Array,
     wire: GradientWire | undefined,
     idleMs: number | undefined,
-    plan: () => { expected: Map<number, Expected>; initial: Array<{ range: Range; phase: 0 | 1 }> },
+    plan: (elems: number) => { expected: Map<number, Expected>; initial: Array<{ range: Range; phase: 0 | 1 }> },
   ): Promise<void> {
     const w = wire ?? 'f32';
+    // Encoded segments are converted on this (heartbeating) thread: at most MAX_ENCODED_SEGMENT values each, so one
+    // conversion stays a few milliseconds whatever segmentBytes is. Every rank derives the same size.
+    const elems = w === 'f32' ? this.#segmentElems : Math.min(this.#segmentElems, MAX_ENCODED_SEGMENT);
     if (this.size === 1 || buf.length === 0) {
       // Nothing crosses a link, but the sequence number must advance on every rank alike. (A ring of one leaves
       // the buffer as it is whatever the wire: there is nobody to agree with.)
       return this.#start(kind, buf, w, new Map(), 0, undefined, async () => {});
     }
-    const { expected, initial } = plan();
+    const { expected, initial } = plan(elems);
     return this.#start(kind, buf, w, expected, 0, idleMs, async (a) => {
       for (const { range, phase } of initial) {
-        for (const s of segments(range, this.#segmentElems)) {
+        for (const s of segments(range, elems)) {
           if (w === 'f32') {
             await this.#sendWhenWritable(a, this.#header(a.seq, phase, 0, s, w), bytesOf(buf, s.start, s.end));
             continue;

@@ -14,6 +14,7 @@ import type { GradientWire } from '../../protocol/job-spec.ts';
 import { decode, encode, type EncodedWire } from '../../node-agent/collectives/wire.ts';
 import { silentLogger } from '../../common/log.ts';
 import { Group } from '../../node-agent/group.ts';
+import { MAX_ENCODED_SEGMENT } from '../../node-agent/collectives/ring.ts';
 import { PeerServer } from '../../node-agent/peer-server.ts';
 
 /** Unit roundoff: the largest relative error of one rounding to the format. */
@@ -101,6 +102,25 @@ for (const wire of ['bf16', 'f16'] as const) {
       assert.deepEqual([...f32.wires], ['f32']);
     });
   }
+
+  test(`${wire} segments hold at most MAX_ENCODED_SEGMENT values whatever segmentBytes, so no conversion on the agent's thread runs long`, async () => {
+    const length = 2 * MAX_ENCODED_SEGMENT + 12_345;
+    const inputs = Array.from({ length: 2 }, (_, r) => data(r, length, 5));
+    const { rings, links } = fakeRing(2, 64 * 1024 * 1024); // one f32 segment would carry a whole chunk
+    let largest = 0;
+    for (const link of links) {
+      const send = link.send.bind(link);
+      link.send = (msg, payload) => {
+        if (msg.type === 'ring.data') largest = Math.max(largest, msg.count);
+        send(msg, payload);
+      };
+    }
+    const bufs = inputs.map((x) => x.slice());
+    await Promise.all(rings.map((ring, r) => ring.allReduce(bufs[r]!, { wire })));
+    assert.equal(largest, MAX_ENCODED_SEGMENT, 'the chunks were cut at the cap');
+    assert.deepEqual(bits(bufs[1]!), bits(bufs[0]!), 'both ranks agree bit for bit');
+    assertWithinBound(wire, 2, inputs, bufs[0]!);
+  });
 
   test(`reduce-scatter in ${wire} leaves each rank the float32 sum of its chunk, within the bound, at half the bytes`, async () => {
     for (const [size, length] of [[2, 5], [3, 10], [4, 3], [4, 1001]] as const) {

@@ -14,6 +14,7 @@
  * `bytes` counts what the proxy delivered, per direction, so a benchmark can see what crossed the link.
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { listenOn, portOf } from './tcp-proxy.ts';
 
 export interface DelayProxyOptions {
   /** Where connections are forwarded to. */
@@ -142,17 +143,12 @@ export class DelayProxy {
     if (o.maxBufferedBytes !== undefined && !(o.maxBufferedBytes >= 1)) throw new RangeError(`maxBufferedBytes must be ≥ 1, got ${o.maxBufferedBytes}`);
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: true });
     const proxy = new DelayProxy(server, o);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(o.port ?? 0, o.host ?? '127.0.0.1', () => (server.off('error', reject), resolve()));
-    });
+    await listenOn(server, o);
     return proxy;
   }
 
   get port(): number {
-    const addr = this.#server.address();
-    if (!addr || typeof addr === 'string') throw new Error('the proxy is not listening');
-    return addr.port;
+    return portOf(this.#server);
   }
 
   get delayMs(): number {

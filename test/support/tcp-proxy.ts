@@ -45,17 +45,12 @@ export class TcpProxy {
   static async listen(o: TcpProxyOptions): Promise<TcpProxy> {
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: true });
     const proxy = new TcpProxy(server, { host: o.targetHost ?? '127.0.0.1', port: o.targetPort });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(o.port ?? 0, o.host ?? '127.0.0.1', () => (server.off('error', reject), resolve()));
-    });
+    await listenOn(server, o);
     return proxy;
   }
 
   get port(): number {
-    const addr = this.#server.address();
-    if (!addr || typeof addr === 'string') throw new Error('the proxy is not listening');
-    return addr.port;
+    return portOf(this.#server);
   }
 
   get mode(): ProxyMode {
@@ -143,4 +138,19 @@ export class TcpProxy {
     link.client.resetAndDestroy();
     link.upstream?.resetAndDestroy();
   }
+}
+
+/** Starts `server` listening on `o.host` (default 127.0.0.1) and `o.port` (default: any free one); rejects on a listen error. */
+export function listenOn(server: Server, o: { host?: string; port?: number }): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port ?? 0, o.host ?? '127.0.0.1', () => (server.off('error', reject), resolve()));
+  });
+}
+
+/** The port a proxy's server listens on. */
+export function portOf(server: Server): number {
+  const addr = server.address();
+  if (!addr || typeof addr === 'string') throw new Error('the proxy is not listening');
+  return addr.port;
 }
